@@ -1,0 +1,17 @@
+//! The pure core of the agent: events, job specifications and the supervisor state machine.
+//!
+//! Nothing here performs I/O or reads a clock; see `ARCHITECTURE.md`.
+
+pub mod event;
+pub mod machine;
+pub mod spec;
+
+pub use event::{Event, EventCode};
+pub use machine::{
+    Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, RunId, Sig,
+    StopReason,
+};
+pub use spec::{Backoff, HealthSpec, InitialStatus, JobSpec, Restarts, Trigger, main_job};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Validated job specifications: what the config layer produces and the machine consumes.
+
+use std::time::Duration;
+
+use crate::event::EventCode;
+
+/// What starts a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// No `when`: the global `startup` event.
+    Startup,
+    /// `when: {source, once|each, timeout}`.
+    Event {
+        source: String,
+        code: EventCode,
+        each: bool,
+        timeout: Option<Duration>,
+    },
+    /// `when: {interval}`: at startup, then on every tick.
+    Interval(Duration),
+}
+
+impl Trigger {
+    /// Pre-stop and post-stop hooks: jobs started by another job's
+    /// `stopping`/`stopped`. They are not stopped by a shutdown; they are
+    /// what a shutdown runs.
+    pub fn is_stop_hook(&self) -> bool {
+        matches!(
+            self,
+            Trigger::Event {
+                code: EventCode::Stopping | EventCode::Stopped,
+                ..
+            }
+        )
+    }
+}
+
+/// `restarts`: "never", "unlimited" or a count of re-runs after the first run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restarts {
+    Never,
+    Unlimited,
+    Count(u32),
+}
+
+/// Exponential back-off between restarts of a crashing job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// A run that lasted at least this long resets the back-off: the job
+    /// was working, so its next crash is not part of a crash loop.
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            reset_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the restart that follows `streak` consecutive
+    /// short-lived runs (the first restart has streak 0).
+    pub fn delay(&self, streak: u32) -> Duration {
+        let factor = 1u32.checked_shl(streak.min(31)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    pub exec: Vec<String>,
+    pub interval: Duration,
+    pub ttl: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes needed to turn healthy.
+    pub rise: u32,
+    /// Consecutive failures needed to turn unhealthy.
+    pub fall: u32,
+}
+
+/// The catalog status a job is registered with before its first check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialStatus {
+    Passing,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub name: String,
+    /// Empty for an advertise-only job.
+    pub exec: Vec<String>,
+    pub trigger: Trigger,
+    pub timeout: Option<Duration>,
+    pub restarts: Restarts,
+    pub backoff: Backoff,
+    /// SIGTERM → SIGKILL grace during a stop.
+    pub stop_timeout: Duration,
+    pub health: Option<HealthSpec>,
+    pub port: Option<u16>,
+    pub interfaces: Vec<String>,
+    pub tags: Vec<String>,
+    pub initial_status: Option<InitialStatus>,
+    pub raw_logs: bool,
+    pub enable_tag_override: bool,
+    pub deregister_critical_after: Option<Duration>,
+    /// Explicitly marked as the job whose exit code autopilot exits with.
+    pub main: bool,
+}
+
+impl JobSpec {
+    /// A minimal job, the base for tests and for programmatic construction.
+    pub fn new(name: &str, exec: &[&str]) -> Self {
+        JobSpec {
+            name: name.to_string(),
+            exec: exec.iter().map(|s| s.to_string()).collect(),
+            trigger: Trigger::Startup,
+            timeout: None,
+            restarts: Restarts::Never,
+            backoff: Backoff::default(),
+            stop_timeout: Duration::from_secs(5),
+            health: None,
+            port: None,
+            interfaces: Vec::new(),
+            tags: Vec::new(),
+            initial_status: None,
+            raw_logs: false,
+            enable_tag_override: false,
+            deregister_critical_after: None,
+            main: false,
+        }
+    }
+}
+
+/// Picks the job whose exit code autopilot exits with: the one marked
+/// `main: true`, else the last job that is the end of the start chain.
+///
+/// ContainerPilot configs usually start the app after a one-shot pre-start
+/// job (`when: {source: "preStart", once: "exitSuccess"}`), so "the last job
+/// with no `when`" alone would pick the pre-start step. A candidate is a
+/// non-interval job with an exec that starts at startup or once after
+/// another job's `exitSuccess`; candidates that another candidate waits on
+/// are steps before the main job, not the main job.
+pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
+    if let Some(i) = jobs.iter().position(|j| j.main) {
+        return Some(i);
+    }
+    let candidate = |j: &JobSpec| {
+        !j.exec.is_empty()
+            && match &j.trigger {
+                Trigger::Startup => true,
+                Trigger::Event {
+                    code: EventCode::ExitSuccess,
+                    each: false,
+                    source,
+                    ..
+                } => jobs.iter().any(|o| &o.name == source),
+                _ => false,
+            }
+    };
+    let awaited = |name: &str| {
+        jobs.iter().any(|o| {
+            candidate(o)
+                && matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
+        })
+    };
+    jobs.iter()
+        .enumerate()
+        .rev()
+        .find(|(_, j)| candidate(j) && !awaited(&j.name))
+        .map(|(i, _)| i)
+}

@@ -1,0 +1,532 @@
+//! Deterministic tests of the supervisor: a fake clock and simulated process exits.
+
+use std::time::Duration;
+
+use crate::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct H {
+    m: Machine,
+    now: Duration,
+    /// Every action seen, in order.
+    log: Vec<Action>,
+}
+
+impl H {
+    fn new(specs: Vec<JobSpec>) -> H {
+        H {
+            m: Machine::new(specs, Duration::from_secs(5), 1),
+            now: Duration::ZERO,
+            log: Vec::new(),
+        }
+    }
+
+    fn input(&mut self, i: Input) -> Vec<Action> {
+        let a = self.m.handle(self.now, i);
+        self.record(a)
+    }
+
+    fn record(&mut self, a: Vec<Action>) -> Vec<Action> {
+        for act in &a {
+            if let Action::Spawn { run, .. } = act {
+                // The runtime reports the pid right after spawning.
+                let more = self.m.handle(
+                    self.now,
+                    Input::Started {
+                        run: *run,
+                        pid: 1000 + run.0 as u32,
+                    },
+                );
+                assert!(more.is_empty());
+            }
+        }
+        self.log.extend(a.iter().cloned());
+        a
+    }
+
+    fn startup(&mut self) -> Vec<Action> {
+        self.input(Input::Startup)
+    }
+
+    /// Moves the clock forward to `t` ms, firing timers on the way.
+    fn at(&mut self, t: u64) -> Vec<Action> {
+        self.now = ms(t);
+        let a = self.m.advance(self.now);
+        self.record(a)
+    }
+
+    fn exit(&mut self, run: RunId, code: i32) -> Vec<Action> {
+        self.input(Input::Exited {
+            run,
+            status: ExitStatus::Code(code),
+        })
+    }
+
+    fn name(&self, job: usize) -> String {
+        self.m.spec(job).name.clone()
+    }
+
+    /// The run of the most recent spawn of `name`'s exec (or check).
+    fn run_of(&self, name: &str, kind: ProcKind) -> RunId {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Spawn { run, job, kind: k } if *k == kind && self.name(*job) == name => {
+                    Some(*run)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} never spawned"))
+    }
+
+    fn spawns(&self, a: &[Action]) -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Spawn {
+                    job,
+                    kind: ProcKind::Job,
+                    ..
+                } => Some(self.name(*job)),
+                Action::Spawn {
+                    job,
+                    kind: ProcKind::Check,
+                    ..
+                } => Some(format!("check.{}", self.name(*job))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count_spawns(&self, name: &str) -> usize {
+        self.spawns(&self.log)
+            .iter()
+            .filter(|n| n.as_str() == name)
+            .count()
+    }
+
+    fn events(a: &[Action]) -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Published(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finished(a: &[Action]) -> Option<(StopReason, i32)> {
+        a.iter().find_map(|a| match a {
+            Action::Finished { reason, code } => Some((*reason, *code)),
+            _ => None,
+        })
+    }
+
+    fn signals(a: &[Action]) -> Vec<(RunId, Sig)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Signal { run, sig } => Some((*run, *sig)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn job(name: &str) -> JobSpec {
+    JobSpec::new(name, &["/bin/true"])
+}
+
+fn on(name: &str, source: &str, code: EventCode, each: bool) -> JobSpec {
+    JobSpec {
+        trigger: Trigger::Event {
+            source: source.into(),
+            code,
+            each,
+            timeout: None,
+        },
+        ..job(name)
+    }
+}
+
+fn health(interval: u64, rise: u32, fall: u32) -> Option<HealthSpec> {
+    Some(HealthSpec {
+        exec: vec!["/bin/true".into()],
+        interval: ms(interval),
+        ttl: ms(interval * 3),
+        timeout: ms(interval),
+        rise,
+        fall,
+    })
+}
+
+#[test]
+fn prestart_chain_then_app_is_main() {
+    let mut h = H::new(vec![
+        job("preStart"),
+        on("app", "preStart", EventCode::ExitSuccess, false),
+    ]);
+    assert_eq!(h.m.main_job(), Some(1));
+    let a = h.startup();
+    assert_eq!(h.spawns(&a), vec!["preStart"]);
+    let a = h.exit(h.run_of("preStart", ProcKind::Job), 0);
+    assert_eq!(h.spawns(&a), vec!["app"]);
+    assert!(H::events(&a).contains(&"preStart.exitSuccess".to_string()));
+    assert_eq!(H::finished(&a), None, "pre-start ending is not the end");
+    let a = h.exit(h.run_of("app", ProcKind::Job), 7);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 7)));
+}
+
+#[test]
+fn signal_death_maps_to_128_plus_n() {
+    let mut h = H::new(vec![job("app")]);
+    h.startup();
+    let run = h.run_of("app", ProcKind::Job);
+    let a = h.input(Input::Exited {
+        run,
+        status: ExitStatus::Signal(9),
+    });
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 137)));
+}
+
+#[test]
+fn restarts_count_with_exponential_backoff() {
+    let mut h = H::new(vec![JobSpec {
+        restarts: Restarts::Count(3),
+        ..job("app")
+    }]);
+    h.startup();
+    let mut delays = Vec::new();
+    let mut t = 0;
+    for _ in 0..3 {
+        let a = h.exit(h.run_of("app", ProcKind::Job), 1);
+        let d = a
+            .iter()
+            .find_map(|a| match a {
+                Action::Restarting { delay, .. } => Some(*delay),
+                _ => None,
+            })
+            .expect("restart scheduled");
+        delays.push(d);
+        // Nothing happens before the back-off is over.
+        let a = h.at(t + d.as_millis() as u64 - 1);
+        assert!(h.spawns(&a).is_empty());
+        t += d.as_millis() as u64;
+        let a = h.at(t);
+        assert_eq!(h.spawns(&a), vec!["app"]);
+    }
+    assert_eq!(delays, vec![ms(100), ms(200), ms(400)]);
+    let a = h.exit(h.run_of("app", ProcKind::Job), 3);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 3)));
+    assert_eq!(h.count_spawns("app"), 4, "one run plus three restarts");
+}
+
+#[test]
+fn backoff_is_capped_and_resets_after_a_long_run() {
+    let b = Backoff::default();
+    assert_eq!(b.delay(0), ms(100));
+    assert_eq!(b.delay(6), ms(6400));
+    assert_eq!(b.delay(7), Duration::from_secs(10));
+    assert_eq!(b.delay(400), Duration::from_secs(10));
+
+    let mut h = H::new(vec![JobSpec {
+        restarts: Restarts::Unlimited,
+        ..job("app")
+    }]);
+    h.startup();
+    h.exit(h.run_of("app", ProcKind::Job), 1);
+    h.at(100);
+    h.exit(h.run_of("app", ProcKind::Job), 1);
+    h.at(300);
+    // This run lasts 20 s, longer than reset_after: the next delay is short again.
+    h.at(20_300);
+    let a = h.exit(h.run_of("app", ProcKind::Job), 1);
+    assert!(a.contains(&Action::Restarting {
+        job: 0,
+        delay: ms(100)
+    }));
+}
+
+#[test]
+fn once_runs_once_and_each_runs_per_event_with_queueing() {
+    let mut h = H::new(vec![
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..job("app")
+        },
+        on("first", "app", EventCode::ExitFailed, false),
+        on("every", "app", EventCode::ExitFailed, true),
+    ]);
+    h.startup();
+    let a = h.exit(h.run_of("app", ProcKind::Job), 1);
+    assert_eq!(h.spawns(&a), vec!["first", "every"]);
+    h.at(100);
+    // A second event while `every` is still running is queued, not doubled.
+    let a = h.exit(h.run_of("app", ProcKind::Job), 1);
+    assert!(h.spawns(&a).is_empty());
+    let a = h.exit(h.run_of("every", ProcKind::Job), 0);
+    assert_eq!(h.spawns(&a), vec!["every"]);
+    h.exit(h.run_of("every", ProcKind::Job), 0);
+    h.exit(h.run_of("first", ProcKind::Job), 0);
+    h.at(400);
+    h.exit(h.run_of("app", ProcKind::Job), 1);
+    assert_eq!(h.count_spawns("first"), 1);
+    assert_eq!(h.count_spawns("every"), 3);
+}
+
+#[test]
+fn interval_runs_at_startup_then_every_tick_skipping_overlaps() {
+    let mut h = H::new(vec![
+        job("app"),
+        JobSpec {
+            trigger: Trigger::Interval(ms(1000)),
+            restarts: Restarts::Unlimited,
+            timeout: Some(ms(1000)),
+            ..job("tick")
+        },
+    ]);
+    assert_eq!(h.m.main_job(), Some(0), "interval jobs are never main");
+    let a = h.startup();
+    assert_eq!(h.spawns(&a), vec!["app", "tick"]);
+    h.exit(h.run_of("tick", ProcKind::Job), 0);
+    let a = h.at(1000);
+    assert_eq!(h.spawns(&a), vec!["tick"]);
+    // Still running at the next tick: killed by its timeout, the tick skipped.
+    let run = h.run_of("tick", ProcKind::Job);
+    let a = h.at(2000);
+    assert!(h.spawns(&a).is_empty());
+    assert_eq!(H::signals(&a), vec![(run, Sig::Kill)]);
+    h.input(Input::Exited {
+        run,
+        status: ExitStatus::Signal(9),
+    });
+    let a = h.at(3000);
+    assert_eq!(h.spawns(&a), vec!["tick"]);
+}
+
+#[test]
+fn interval_restart_limit_ends_the_job() {
+    let mut h = H::new(vec![JobSpec {
+        trigger: Trigger::Interval(ms(100)),
+        restarts: Restarts::Count(1),
+        ..job("tick")
+    }]);
+    h.startup();
+    h.exit(h.run_of("tick", ProcKind::Job), 0);
+    h.at(100);
+    let a = h.exit(h.run_of("tick", ProcKind::Job), 0);
+    assert!(H::events(&a).contains(&"tick.stopped".to_string()));
+    assert_eq!(h.count_spawns("tick"), 2);
+}
+
+#[test]
+fn when_timeout_gives_up_and_emits_stopped() {
+    let mut h = H::new(vec![
+        JobSpec {
+            trigger: Trigger::Event {
+                source: "never".into(),
+                code: EventCode::Healthy,
+                each: false,
+                timeout: Some(ms(500)),
+            },
+            ..job("waiter")
+        },
+        job("never"),
+        on("after", "waiter", EventCode::Stopped, false),
+    ]);
+    h.startup();
+    let a = h.at(500);
+    let ev = H::events(&a);
+    assert!(ev.contains(&"waiter.timerExpired".to_string()), "{ev:?}");
+    assert!(ev.contains(&"waiter.stopped".to_string()), "{ev:?}");
+    assert_eq!(h.spawns(&a), vec!["after"]);
+}
+
+#[test]
+fn health_rise_fall_publishes_transitions_only() {
+    let mut h = H::new(vec![JobSpec {
+        health: health(1000, 2, 2),
+        ..job("app")
+    }]);
+    h.startup();
+    let mut events = Vec::new();
+    let results = [0, 0, 0, 0, 1, 0, 1, 1, 1, 0, 0];
+    for (i, code) in results.iter().enumerate() {
+        let a = h.at(1000 * (i as u64 + 1));
+        assert_eq!(h.spawns(&a), vec!["check.app"]);
+        let a = h.exit(h.run_of("app", ProcKind::Check), *code);
+        events.extend(H::events(&a));
+    }
+    assert_eq!(
+        events,
+        vec!["app.healthy", "app.unhealthy", "app.healthy"],
+        "rise 2 / fall 2, and no repeat on every passing check"
+    );
+}
+
+#[test]
+fn health_check_timeout_kills_and_counts_as_failure() {
+    let mut h = H::new(vec![JobSpec {
+        health: health(1000, 1, 1),
+        ..job("app")
+    }]);
+    h.startup();
+    h.at(1000);
+    let run = h.run_of("app", ProcKind::Check);
+    // No overlapping check while one is still running.
+    let a = h.at(2000);
+    assert!(h.spawns(&a).is_empty());
+    assert_eq!(H::signals(&a), vec![(run, Sig::Kill)]);
+    let a = h.input(Input::Exited {
+        run,
+        status: ExitStatus::Signal(9),
+    });
+    assert_eq!(H::events(&a), vec!["app.unhealthy"]);
+}
+
+#[test]
+fn graceful_stop_order_prestop_term_kill_poststop() {
+    let mut h = H::new(vec![
+        JobSpec {
+            stop_timeout: ms(2000),
+            ..job("app")
+        },
+        on("preStop", "app", EventCode::Stopping, false),
+        on("postStop", "app", EventCode::Stopped, false),
+    ]);
+    h.startup();
+    let app = h.run_of("app", ProcKind::Job);
+    h.at(1000);
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    assert_eq!(h.spawns(&a), vec!["preStop"]);
+    assert!(H::signals(&a).is_empty(), "app is not signalled before pre-stop ends");
+    let a = h.exit(h.run_of("preStop", ProcKind::Job), 0);
+    assert_eq!(H::signals(&a), vec![(app, Sig::Term)]);
+    // app ignores SIGTERM: SIGKILL at its stopTimeout, not before.
+    assert!(H::signals(&h.at(2999)).is_empty());
+    assert_eq!(H::signals(&h.at(3000)), vec![(app, Sig::Kill)]);
+    let a = h.input(Input::Exited {
+        run: app,
+        status: ExitStatus::Signal(9),
+    });
+    assert_eq!(h.spawns(&a), vec!["postStop"]);
+    assert_eq!(H::finished(&a), None, "post-stop still running");
+    let a = h.exit(h.run_of("postStop", ProcKind::Job), 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 137)));
+}
+
+#[test]
+fn stop_with_everything_already_exited_finishes_at_once() {
+    let mut h = H::new(vec![
+        JobSpec {
+            restarts: Restarts::Count(1),
+            ..job("app")
+        },
+        on("handler", "SIGHUP", EventCode::Signal, true),
+    ]);
+    h.startup();
+    h.exit(h.run_of("app", ProcKind::Job), 0);
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+}
+
+#[test]
+fn stop_hook_that_hangs_is_bounded_by_the_global_stop_timeout() {
+    let mut h = H::new(vec![job("app"), on("preStop", "app", EventCode::Stopping, false)]);
+    h.startup();
+    h.input(Input::Stop(StopReason::Shutdown));
+    let hook = h.run_of("preStop", ProcKind::Job);
+    assert_eq!(H::signals(&h.at(5000)), vec![(hook, Sig::Kill)]);
+}
+
+#[test]
+fn signal_events_trigger_jobs() {
+    let mut h = H::new(vec![
+        job("app"),
+        on("onhup", "SIGHUP", EventCode::Signal, true),
+    ]);
+    h.startup();
+    let a = h.input(Input::SignalEvent("SIGHUP".into()));
+    assert_eq!(h.spawns(&a), vec!["onhup"]);
+    let a = h.input(Input::SignalEvent("SIGUSR2".into()));
+    assert!(h.spawns(&a).is_empty());
+}
+
+#[test]
+fn maintenance_pauses_checks_and_publishes_events() {
+    let mut h = H::new(vec![JobSpec {
+        health: health(1000, 1, 1),
+        port: Some(80),
+        ..job("app")
+    }]);
+    h.startup();
+    h.at(1000);
+    h.exit(h.run_of("app", ProcKind::Check), 0);
+    let a = h.input(Input::Maintenance(true));
+    assert_eq!(H::events(&a), vec!["global.enterMaintenance"]);
+    let a = h.at(2000);
+    assert!(h.spawns(&a).is_empty(), "no checks in maintenance");
+    let a = h.input(Input::Maintenance(false));
+    assert_eq!(H::events(&a), vec!["global.exitMaintenance"]);
+    h.at(3000);
+    let a = h.exit(h.run_of("app", ProcKind::Check), 0);
+    assert_eq!(H::events(&a), vec!["app.healthy"]);
+}
+
+#[test]
+fn reload_stops_everything_and_reports_reload() {
+    let mut h = H::new(vec![job("app")]);
+    h.startup();
+    let a = h.input(Input::Stop(StopReason::Reload));
+    let (run, sig) = H::signals(&a)[0];
+    assert_eq!(sig, Sig::Term);
+    let a = h.exit(run, 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+}
+
+#[test]
+fn completed_jobs_with_no_main_end_the_agent() {
+    let mut h = H::new(vec![on("a", "SIGHUP", EventCode::Signal, false)]);
+    assert_eq!(h.m.main_job(), None);
+    h.startup();
+    let a = h.input(Input::SignalEvent("SIGHUP".into()));
+    let a2 = h.exit(h.run_of("a", ProcKind::Job), 0);
+    assert_eq!(H::finished(&a), None);
+    assert_eq!(H::finished(&a2), Some((StopReason::Shutdown, 0)));
+}
+
+#[test]
+fn no_lost_early_events() {
+    // `early` reacts to an event published during startup dispatch itself.
+    let mut h = H::new(vec![
+        JobSpec {
+            exec: vec![],
+            health: None,
+            port: Some(1),
+            ..job("advertised")
+        },
+        on("early", "global", EventCode::Startup, false),
+    ]);
+    let a = h.startup();
+    assert_eq!(h.spawns(&a), vec!["early"]);
+}
+
+#[test]
+fn main_job_selection() {
+    let specs = vec![
+        job("consul-agent"),
+        on("preStart", "consul-agent", EventCode::Healthy, false),
+        on("app", "preStart", EventCode::ExitSuccess, false),
+        JobSpec {
+            trigger: Trigger::Interval(ms(5)),
+            ..job("sensor")
+        },
+        on("preStop", "app", EventCode::Stopping, false),
+    ];
+    assert_eq!(main_job(&specs), Some(2));
+    let mut explicit = specs.clone();
+    explicit[0].main = true;
+    assert_eq!(main_job(&explicit), Some(0));
+    assert_eq!(main_job(&specs[3..]), None);
+}

@@ -1,0 +1,356 @@
+//! The function table: Go's text/template built-ins plus ContainerPilot's extensions.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::Value;
+
+/// A template function. Errors are plain messages; the renderer adds the
+/// position and the function's name.
+pub type Func = Arc<dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync>;
+
+/// Longest list `loop` will build: large enough for any real config, small
+/// enough that a typo cannot exhaust memory.
+const MAX_LOOP: i64 = 100_000;
+
+/// The functions a template may call. It holds no ambient authority: a
+/// function reaches the environment, the catalog or files only if the caller
+/// installed one that does.
+#[derive(Clone, Default)]
+pub struct Funcs {
+    map: HashMap<String, Func>,
+}
+
+impl Funcs {
+    /// Go's built-ins and ContainerPilot's pure helpers, with no access to
+    /// anything outside the template's own data.
+    pub fn builtin() -> Self {
+        let mut f = Funcs::default();
+        f.insert("default", |a| {
+            let [def, val] = two(a, "default")?;
+            Ok(match val {
+                Value::Nil => def.clone(),
+                Value::Str(s) if s.is_empty() => def.clone(),
+                v => v.clone(),
+            })
+        });
+        f.insert("split", |a| {
+            let [sep, s] = two(a, "split")?;
+            let (sep, s) = (text(sep), text(s));
+            if s.is_empty() {
+                return Ok(Value::List(vec![Value::Str(String::new())]));
+            }
+            Ok(Value::List(if sep.is_empty() {
+                s.chars().map(|c| Value::Str(c.to_string())).collect()
+            } else {
+                s.split(sep.as_str()).map(Value::from).collect()
+            }))
+        });
+        f.insert("join", |a| {
+            let [sep, list] = two(a, "join")?;
+            match list {
+                Value::List(l) => Ok(Value::Str(
+                    l.iter().map(text).collect::<Vec<_>>().join(&text(sep)),
+                )),
+                Value::Nil => Ok(Value::Str(String::new())),
+                other => Ok(Value::Str(text(other))),
+            }
+        });
+        f.insert("replaceAll", |a| {
+            let [from, to, s] = three(a, "replaceAll")?;
+            Ok(Value::Str(text(s).replace(&text(from), &text(to))))
+        });
+        f.insert("regexReplaceAll", |a| {
+            let [re, to, s] = three(a, "regexReplaceAll")?;
+            let re = regex::Regex::new(&text(re)).map_err(|e| format!("bad regex: {e}"))?;
+            Ok(Value::Str(
+                re.replace_all(&text(s), text(to).as_str()).into_owned(),
+            ))
+        });
+        f.insert("loop", |a| {
+            let ints: Vec<i64> = a
+                .iter()
+                .map(|v| v.as_int().ok_or_else(|| format!("loop wants integers, got {}", v.type_name())))
+                .collect::<Result<_, _>>()?;
+            let (from, to) = match ints.as_slice() {
+                [n] => (0, *n),
+                [a, b] => (*a, *b),
+                _ => return Err(format!("loop takes 1 or 2 integers, got {}", ints.len())),
+            };
+            if (to - from).abs() > MAX_LOOP {
+                return Err(format!("loop range {from}..{to} is longer than {MAX_LOOP}"));
+            }
+            Ok(Value::List(if from <= to {
+                (from..to).map(Value::Int).collect()
+            } else {
+                ((to + 1)..=from).rev().map(Value::Int).collect()
+            }))
+        });
+        f.insert("printf", |a| {
+            let (fmt, rest) = a.split_first().ok_or("printf needs a format")?;
+            Ok(Value::Str(sprintf(&text(fmt), rest)))
+        });
+        f.insert("print", |a| Ok(Value::Str(sprint(a))));
+        f.insert("println", |a| {
+            let words: Vec<String> = a.iter().map(text).collect();
+            Ok(Value::Str(words.join(" ") + "\n"))
+        });
+        f.insert("len", |a| {
+            let [v] = one(a, "len")?;
+            Ok(Value::Int(match v {
+                Value::Str(s) => s.len() as i64,
+                Value::List(l) => l.len() as i64,
+                Value::Map(m) => m.len() as i64,
+                Value::Nil => 0,
+                other => return Err(format!("len of {}", other.type_name())),
+            }))
+        });
+        f.insert("index", |a| {
+            let (first, keys) = a.split_first().ok_or("index needs a value")?;
+            let mut v = first.clone();
+            for k in keys {
+                v = match (&v, k) {
+                    (Value::List(l), k) => {
+                        let i = k.as_int().ok_or("list index must be an integer")?;
+                        l.get(usize::try_from(i).map_err(|_| "negative index".to_string())?)
+                            .cloned()
+                            .ok_or_else(|| format!("index {i} out of range"))?
+                    }
+                    (Value::Map(m), k) => m.get(&text(k)).cloned().unwrap_or_default(),
+                    (Value::Nil, _) => Value::Nil,
+                    (other, _) => return Err(format!("can't index {}", other.type_name())),
+                };
+            }
+            Ok(v)
+        });
+        f.insert("not", |a| {
+            let [v] = one(a, "not")?;
+            Ok(Value::Bool(!v.truthy()))
+        });
+        f.insert("and", |a| {
+            Ok(a.iter()
+                .find(|v| !v.truthy())
+                .or(a.last())
+                .cloned()
+                .unwrap_or_default())
+        });
+        f.insert("or", |a| {
+            Ok(a.iter()
+                .find(|v| v.truthy())
+                .or(a.last())
+                .cloned()
+                .unwrap_or_default())
+        });
+        f.insert("eq", |a| {
+            let (first, rest) = a.split_first().ok_or("eq needs arguments")?;
+            Ok(Value::Bool(rest.iter().any(|b| compare(first, b) == Some(Ordering::Equal))))
+        });
+        f.insert("ne", |a| {
+            let [x, y] = two(a, "ne")?;
+            Ok(Value::Bool(compare(x, y) != Some(Ordering::Equal)))
+        });
+        for (name, want) in [
+            ("lt", &[Ordering::Less][..]),
+            ("le", &[Ordering::Less, Ordering::Equal][..]),
+            ("gt", &[Ordering::Greater][..]),
+            ("ge", &[Ordering::Greater, Ordering::Equal][..]),
+        ] {
+            let want = want.to_vec();
+            f.insert(name, move |a| {
+                let [x, y] = two(a, name)?;
+                let ord = compare(x, y).ok_or_else(|| {
+                    format!("incompatible types for comparison: {} and {}", x.type_name(), y.type_name())
+                })?;
+                Ok(Value::Bool(want.contains(&ord)))
+            });
+        }
+        f.insert("toJSON", |a| {
+            let [v] = one(a, "toJSON")?;
+            serde_json::to_string(&v.to_json()).map(Value::Str).map_err(|e| e.to_string())
+        });
+        f.insert("parseJSON", |a| {
+            let [v] = one(a, "parseJSON")?;
+            serde_json::from_str::<serde_json::Value>(&text(v))
+                .map(|j| Value::from_json(&j))
+                .map_err(|e| format!("invalid JSON: {e}"))
+        });
+        f
+    }
+
+    /// The built-ins plus `env`, reading from the given environment (not the
+    /// process's, so callers decide what a template may see).
+    pub fn with_env(env: BTreeMap<String, String>) -> Self {
+        let mut f = Self::builtin();
+        let env = Arc::new(env);
+        f.insert("env", move |a| {
+            let [k] = one(a, "env")?;
+            Ok(Value::Str(env.get(&text(k)).cloned().unwrap_or_default()))
+        });
+        f
+    }
+
+    pub fn insert(
+        &mut self,
+        name: &str,
+        f: impl Fn(&[Value]) -> Result<Value, String> + Send + Sync + 'static,
+    ) {
+        self.map.insert(name.to_string(), Arc::new(f));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Func> {
+        self.map.get(name)
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.to_string()
+}
+
+fn one<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 1], String> {
+    match a {
+        [x] => Ok([x]),
+        _ => Err(format!("{name} takes 1 argument, got {}", a.len())),
+    }
+}
+
+fn two<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 2], String> {
+    match a {
+        [x, y] => Ok([x, y]),
+        _ => Err(format!("{name} takes 2 arguments, got {}", a.len())),
+    }
+}
+
+fn three<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 3], String> {
+    match a {
+        [x, y, z] => Ok([x, y, z]),
+        _ => Err(format!("{name} takes 3 arguments, got {}", a.len())),
+    }
+}
+
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Int(x), Value::Float(y)) => (*x as f64).partial_cmp(y),
+        (Value::Float(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (Value::Float(x), Value::Float(y)) => x.partial_cmp(y),
+        (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Nil, Value::Nil) => Some(Ordering::Equal),
+        (x, y) if x == y => Some(Ordering::Equal),
+        _ => None,
+    }
+}
+
+/// Go's `fmt.Sprint`: spaces only between operands when neither is a string.
+fn sprint(args: &[Value]) -> String {
+    let mut out = String::new();
+    for (i, v) in args.iter().enumerate() {
+        if i > 0 && !matches!(v, Value::Str(_)) && !matches!(args[i - 1], Value::Str(_)) {
+            out.push(' ');
+        }
+        out.push_str(&v.to_string());
+    }
+    out
+}
+
+/// The subset of Go's `fmt.Sprintf` that configs use: `%v %s %d %q %f %x %X
+/// %t %%`, with flags `-` and `0`, a width and a precision.
+fn sprintf(fmt: &str, args: &[Value]) -> String {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let (mut left, mut zero) = (false, false);
+        while let Some(&f) = chars.peek() {
+            match f {
+                '-' => left = true,
+                '0' => zero = true,
+                '+' | ' ' | '#' => {}
+                _ => break,
+            }
+            chars.next();
+        }
+        let mut width = String::new();
+        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            width.push(d);
+            chars.next();
+        }
+        let mut prec: Option<usize> = None;
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            let mut p = String::new();
+            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                p.push(d);
+                chars.next();
+            }
+            prec = Some(p.parse().unwrap_or(0));
+        }
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(arg) = args.next() else {
+            out.push_str(&format!("%!{verb}(MISSING)"));
+            continue;
+        };
+        let body = match verb {
+            'd' => match arg.as_int() {
+                Some(i) => i.to_string(),
+                None => format!("%!d({})", arg.type_name()),
+            },
+            'f' | 'F' => {
+                let f = match arg {
+                    Value::Float(f) => *f,
+                    other => other.as_int().map(|i| i as f64).unwrap_or(f64::NAN),
+                };
+                format!("{:.*}", prec.unwrap_or(6), f)
+            }
+            'x' | 'X' => {
+                let s = match arg {
+                    Value::Str(s) => s.bytes().map(|b| format!("{b:02x}")).collect(),
+                    other => other.as_int().map(|i| format!("{i:x}")).unwrap_or_default(),
+                };
+                if verb == 'X' { s.to_uppercase() } else { s }
+            }
+            'q' => serde_json::to_string(&arg.to_string()).unwrap_or_default(),
+            't' => arg.truthy().to_string(),
+            _ => {
+                let s = arg.to_string();
+                match prec {
+                    Some(p) if verb == 's' => s.chars().take(p).collect(),
+                    _ => s,
+                }
+            }
+        };
+        let width: usize = width.parse().unwrap_or(0);
+        let pad = width.saturating_sub(body.chars().count());
+        if left {
+            out.push_str(&body);
+            out.extend(std::iter::repeat_n(' ', pad));
+        } else if zero && matches!(verb, 'd' | 'f' | 'x' | 'X') {
+            let (sign, digits) = body.strip_prefix('-').map_or(("", body.as_str()), |d| ("-", d));
+            out.push_str(sign);
+            out.extend(std::iter::repeat_n('0', pad));
+            out.push_str(digits);
+        } else {
+            out.extend(std::iter::repeat_n(' ', pad));
+            out.push_str(&body);
+        }
+    }
+    let extra: Vec<_> = args.collect();
+    if !extra.is_empty() {
+        out.push_str("%!(EXTRA ");
+        out.push_str(&extra.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
+        out.push(')');
+    }
+    out
+}
