@@ -1,0 +1,770 @@
+//! Loading a ContainerPilot v3 config: Go-template rendering, JSON5 parsing and validation into typed specs.
+//!
+//! Every error names the file, the line and column (in the rendered text),
+//! and the field path such as `jobs[2].when.interval`. Nothing is half
+//! applied: a config either loads whole or not at all.
+
+mod decode;
+pub mod json5;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
+use autopilot_core::spec::{Backoff, HealthSpec, InitialStatus, JobSpec, Restarts, Trigger};
+use decode::{Doc, Field, Obj, child};
+
+pub use decode::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no config file given: pass -config PATH, or set CONTAINERPILOT or AUTOPILOT_CONFIG")]
+    NoPath,
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {field}: {message}", file = .file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub consul: Option<ConsulConfig>,
+    /// The catalog URL (`local://`, `etcd://`, `consul://`), an autopilot extension.
+    pub catalog: Option<String>,
+    pub logging: LoggingConfig,
+    pub jobs: Vec<JobSpec>,
+    pub watches: Vec<WatchConfig>,
+    pub telemetry: Option<TelemetryConfig>,
+    pub control: ControlConfig,
+    pub stop_timeout: Duration,
+}
+
+/// ContainerPilot's `consul` block: `"host:port"` or an object.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConsulConfig {
+    pub address: String,
+    pub scheme: Option<String>,
+    pub token: Option<String>,
+    pub tls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub level: Level,
+    pub format: LogFormat,
+    pub output: LogOutput,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: Level::Info,
+            format: LogFormat::Text,
+            output: LogOutput::Stdout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    pub name: String,
+    pub interval: Duration,
+    pub tag: Option<String>,
+    pub dc: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricConfig {
+    /// `namespace_subsystem_name`, the name clients put to.
+    pub full_name: String,
+    pub help: String,
+    pub kind: MetricKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub port: u16,
+    pub interfaces: Vec<String>,
+    pub tags: Vec<String>,
+    pub metrics: Vec<MetricConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ControlConfig {
+    pub socket: Option<PathBuf>,
+}
+
+/// Finds the config path: `-config`, else `$CONTAINERPILOT`, else `$AUTOPILOT_CONFIG`.
+pub fn resolve_path(
+    flag: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<PathBuf, ConfigError> {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            ["CONTAINERPILOT", "AUTOPILOT_CONFIG"]
+                .iter()
+                .find_map(|k| env.get(*k).filter(|v| !v.is_empty()).map(PathBuf::from))
+        })
+        .ok_or(ConfigError::NoPath)
+}
+
+/// Reads and renders the config template, as `-template` prints it.
+pub fn render(path: &Path, env: &BTreeMap<String, String>) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    render_str(path, &text, env)
+}
+
+fn render_str(
+    path: &Path,
+    text: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<String, ConfigError> {
+    autopilot_template::render_env(text, env).map_err(|e| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        line: e.line,
+        column: e.column,
+        field: "template".into(),
+        message: e.message,
+    })
+}
+
+pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    let rendered = render(path, env)?;
+    parse_rendered(path, &rendered)
+}
+
+/// Renders and parses config text; `path` is only used in errors.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let rendered = render_str(path, text, env)?;
+    parse_rendered(path, &rendered)
+}
+
+fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
+    let doc = Doc {
+        file: path,
+        src: rendered,
+    };
+    let root = json5::parse(rendered).map_err(|e| doc.err(e.pos, "(syntax)", e.message))?;
+    let mut top = Obj::new(&doc, &root, "")?;
+
+    let consul = top.get("consul").map(|f| consul(&f)).transpose()?;
+    let catalog = top.get("catalog").map(|f| catalog_url(&f)).transpose()?;
+    let logging = top
+        .get("logging")
+        .map(|f| logging(&f))
+        .transpose()?
+        .unwrap_or_default();
+    let stop_timeout = top
+        .get("stopTimeout")
+        .map(|f| f.duration())
+        .transpose()?
+        .unwrap_or(Duration::from_secs(5));
+    let control = match top.get("control") {
+        Some(f) => {
+            let mut o = f.obj()?;
+            let socket = o.get("socket").map(|f| f.str().map(PathBuf::from)).transpose()?;
+            o.finish(&["socket"])?;
+            ControlConfig { socket }
+        }
+        None => ControlConfig::default(),
+    };
+    let telemetry = top.get("telemetry").map(|f| telemetry(&f)).transpose()?;
+
+    let mut watches = Vec::new();
+    if let Some(f) = top.get("watches") {
+        let mut names = HashSet::new();
+        for w in f.array()? {
+            let cfg = watch(&w)?;
+            if !names.insert(cfg.name.clone()) {
+                return Err(w.err(format!("duplicate watch name {:?}", cfg.name)));
+            }
+            watches.push(cfg);
+        }
+    }
+
+    let mut jobs = Vec::new();
+    let mut job_fields = Vec::new();
+    if let Some(f) = top.get("jobs") {
+        let mut names = HashSet::new();
+        for j in f.array()? {
+            let spec = job(&j, stop_timeout)?;
+            if !names.insert(spec.name.clone()) {
+                return Err(doc.err(
+                    j.node.pos,
+                    &child(&j.path, "name"),
+                    format!("duplicate job name {:?}", spec.name),
+                ));
+            }
+            jobs.push(spec);
+            job_fields.push(j);
+        }
+    }
+    top.finish(&[
+        "consul",
+        "catalog",
+        "logging",
+        "jobs",
+        "watches",
+        "telemetry",
+        "control",
+        "stopTimeout",
+    ])?;
+
+    // Every `when.source` must name something that can publish events.
+    let job_names: HashSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    for (spec, field) in jobs.iter().zip(&job_fields) {
+        let Trigger::Event { source, code, .. } = &spec.trigger else {
+            continue;
+        };
+        let known = match (source.as_str(), code) {
+            (s, EventCode::Signal) => SIGNAL_EVENTS.contains(&s),
+            (GLOBAL, c) => c.is_global(),
+            (s, _) => match s.strip_prefix("watch.") {
+                Some(w) => watches.iter().any(|x| x.name == w),
+                None => job_names.contains(s),
+            },
+        };
+        if !known {
+            let mut o = field.obj()?;
+            let when = o.require("when")?;
+            let mut w = when.obj()?;
+            let src_field = w.require("source")?;
+            return Err(src_field.err(format!(
+                "{source:?} names no job, watch (watch.<name>) or signal ({})",
+                SIGNAL_EVENTS.join(", ")
+            )));
+        }
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        consul,
+        catalog,
+        logging,
+        jobs,
+        watches,
+        telemetry,
+        control,
+        stop_timeout,
+    })
+}
+
+fn consul(f: &Field) -> Result<ConsulConfig, ConfigError> {
+    if let json5::Kind::Str(s) = &f.node.kind {
+        if s.trim().is_empty() {
+            return Err(f.err("the consul address is empty"));
+        }
+        return Ok(ConsulConfig {
+            address: s.clone(),
+            ..Default::default()
+        });
+    }
+    let mut o = f.obj()?;
+    let address = o.require("address")?.str()?;
+    let scheme = o.get("scheme").map(|f| f.str()).transpose()?;
+    if let Some(s) = &scheme
+        && s != "http"
+        && s != "https"
+    {
+        return Err(o.err("scheme", format!("expected \"http\" or \"https\", found {s:?}")));
+    }
+    let token = o.get("token").map(|f| f.str()).transpose()?;
+    let mut tls = BTreeMap::new();
+    if let Some(t) = o.get("tls") {
+        let mut to = t.obj()?;
+        const KEYS: [&str; 6] = ["cafile", "capath", "clientcert", "clientkey", "servername", "verify"];
+        for k in KEYS {
+            if let Some(v) = to.get(k) {
+                let s = if k == "verify" {
+                    v.bool()?.to_string()
+                } else {
+                    v.str()?
+                };
+                tls.insert(k.to_string(), s);
+            }
+        }
+        to.finish(&KEYS)?;
+    }
+    o.finish(&["address", "scheme", "token", "tls"])?;
+    Ok(ConsulConfig {
+        address,
+        scheme,
+        token,
+        tls,
+    })
+}
+
+fn catalog_url(f: &Field) -> Result<String, ConfigError> {
+    let url = f.str()?;
+    let ok = ["local://", "etcd://", "consul://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len());
+    if !ok {
+        return Err(f.err(format!(
+            "{url:?} is not a catalog URL: expected local:///path, etcd://host:port[,...]/prefix or consul://host:port"
+        )));
+    }
+    Ok(url)
+}
+
+fn logging(f: &Field) -> Result<LoggingConfig, ConfigError> {
+    let mut o = f.obj()?;
+    let mut cfg = LoggingConfig::default();
+    if let Some(l) = o.get("level") {
+        cfg.level = match l.str()?.to_ascii_uppercase().as_str() {
+            "DEBUG" | "TRACE" => Level::Debug,
+            "INFO" => Level::Info,
+            "WARN" | "WARNING" => Level::Warn,
+            "ERROR" | "FATAL" | "PANIC" => Level::Error,
+            other => {
+                return Err(l.err(format!(
+                    "unknown level {other:?}; expected DEBUG, INFO, WARN, ERROR, FATAL or PANIC"
+                )));
+            }
+        };
+    }
+    if let Some(fm) = o.get("format") {
+        cfg.format = match fm.str()?.as_str() {
+            "default" | "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(fm.err(format!(
+                    "unknown format {other:?}; expected \"default\", \"text\" or \"json\""
+                )));
+            }
+        };
+    }
+    if let Some(out) = o.get("output") {
+        cfg.output = match out.str()?.as_str() {
+            "stdout" => LogOutput::Stdout,
+            "stderr" => LogOutput::Stderr,
+            "" => return Err(out.err("expected \"stdout\", \"stderr\" or a file path")),
+            path => LogOutput::File(PathBuf::from(path)),
+        };
+    }
+    o.finish(&["level", "format", "output"])?;
+    Ok(cfg)
+}
+
+fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {
+    let mut o = f.obj()?;
+    let name_f = o.require("name")?;
+    let name = name_f.str()?;
+    check_service_name(&name_f, &name)?;
+    let interval = o.require("interval")?.positive_duration()?;
+    let tag = o.get("tag").map(|f| f.str()).transpose()?;
+    let dc = o.get("dc").map(|f| f.str()).transpose()?;
+    o.finish(&["name", "interval", "tag", "dc"])?;
+    Ok(WatchConfig {
+        name,
+        interval,
+        tag,
+        dc,
+    })
+}
+
+fn telemetry(f: &Field) -> Result<TelemetryConfig, ConfigError> {
+    let mut o = f.obj()?;
+    let port = o
+        .get("port")
+        .map(|p| p.int(1, 65535))
+        .transpose()?
+        .unwrap_or(9090) as u16;
+    let interfaces = o.get("interfaces").map(|f| f.strings()).transpose()?.unwrap_or_default();
+    let tags = o.get("tags").map(|f| f.strings()).transpose()?.unwrap_or_default();
+    let mut metrics = Vec::new();
+    let mut seen = HashSet::new();
+    if let Some(m) = o.get("metrics") {
+        for mf in m.array()? {
+            let mut mo = mf.obj()?;
+            let name_f = mo.require("name")?;
+            let name = name_f.str()?;
+            let parts: Vec<String> = ["namespace", "subsystem"]
+                .iter()
+                .filter_map(|k| mo.get(k).map(|f| f.str()))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .chain(std::iter::once(name.clone()))
+                .collect();
+            let full_name = parts.join("_");
+            if !valid_metric_name(&full_name) {
+                return Err(name_f.err(format!(
+                    "{full_name:?} is not a valid Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"
+                )));
+            }
+            if !seen.insert(full_name.clone()) {
+                return Err(name_f.err(format!("duplicate metric {full_name:?}")));
+            }
+            let help = mo.get("help").map(|f| f.str()).transpose()?.unwrap_or_else(|| full_name.clone());
+            let type_f = mo.require("type")?;
+            let kind = match type_f.str()?.as_str() {
+                "counter" => MetricKind::Counter,
+                "gauge" => MetricKind::Gauge,
+                "histogram" => MetricKind::Histogram,
+                "summary" => MetricKind::Summary,
+                other => {
+                    return Err(type_f.err(format!(
+                        "unknown metric type {other:?}; expected counter, gauge, histogram or summary"
+                    )));
+                }
+            };
+            mo.finish(&["namespace", "subsystem", "name", "help", "type"])?;
+            metrics.push(MetricConfig {
+                full_name,
+                help,
+                kind,
+            });
+        }
+    }
+    o.finish(&["port", "interfaces", "tags", "metrics"])?;
+    Ok(TelemetryConfig {
+        port,
+        interfaces,
+        tags,
+        metrics,
+    })
+}
+
+fn valid_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Consul's service-name rule, which ContainerPilot enforces for advertised jobs.
+fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() > 1
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !ok {
+        return Err(f.err(format!(
+            "{name:?} is not a valid service name: it must start with a lower-case letter and contain only letters, digits and '-' (at least 2 characters)"
+        )));
+    }
+    Ok(())
+}
+
+const JOB_KEYS: [&str; 15] = [
+    "name",
+    "exec",
+    "port",
+    "interfaces",
+    "tags",
+    "initial_status",
+    "health",
+    "when",
+    "timeout",
+    "restarts",
+    "stopTimeout",
+    "logging",
+    "consul",
+    "main",
+    "restartBackoff",
+];
+
+fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
+    let mut o = f.obj()?;
+    let exec = o.get("exec").map(|e| e.exec()).transpose()?.unwrap_or_default();
+    let port = o.get("port").map(|p| p.int(1, 65535)).transpose()?.map(|p| p as u16);
+    let name = match o.get("name") {
+        Some(n) => {
+            let name = n.str()?;
+            if port.is_some() {
+                check_service_name(&n, &name)?;
+            } else if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(n.err(format!("{name:?} is not a valid job name: it must be non-empty with no spaces")));
+            }
+            name
+        }
+        None if port.is_none() && !exec.is_empty() => exec[0].clone(),
+        None => return Err(o.err("name", "this field is required")),
+    };
+    if exec.is_empty() && port.is_none() {
+        return Err(o.err("exec", "a job needs an 'exec', or a 'port' to advertise"));
+    }
+    let interfaces = o.get("interfaces").map(|f| f.strings()).transpose()?.unwrap_or_default();
+    let tags = o.get("tags").map(|f| f.strings()).transpose()?.unwrap_or_default();
+    let initial_status = match o.get("initial_status") {
+        None => None,
+        Some(s) => Some(match s.str()?.as_str() {
+            "passing" => InitialStatus::Passing,
+            "warning" => InitialStatus::Warning,
+            "critical" => InitialStatus::Critical,
+            other => {
+                return Err(s.err(format!(
+                    "unknown status {other:?}; expected passing, warning or critical"
+                )));
+            }
+        }),
+    };
+    let health = o.get("health").map(|h| health(&h)).transpose()?;
+    if port.is_some() && health.is_none() && initial_status.is_none() {
+        return Err(o.err(
+            "port",
+            "an advertised job needs 'health' (or 'initial_status') so its catalog entry can be kept alive",
+        ));
+    }
+    let trigger = match o.get("when") {
+        None => Trigger::Startup,
+        Some(w) => when(&w)?,
+    };
+    let timeout = match o.get("timeout") {
+        Some(t) => Some(t.positive_duration()?),
+        None => match trigger {
+            // A periodic task never outlives its period.
+            Trigger::Interval(every) => Some(every),
+            _ => None,
+        },
+    };
+    let restarts = match o.get("restarts") {
+        None if matches!(trigger, Trigger::Interval(_)) => Restarts::Unlimited,
+        None => Restarts::Never,
+        Some(r) => {
+            let v = restarts(&r)?;
+            if v == Restarts::Unlimited && matches!(trigger, Trigger::Event { each: true, .. }) {
+                return Err(r.err(
+                    "\"unlimited\" cannot be used with 'when.each': every event would add a process that restarts forever",
+                ));
+            }
+            v
+        }
+    };
+    let stop_timeout = o
+        .get("stopTimeout")
+        .map(|t| t.duration())
+        .transpose()?
+        .unwrap_or(global_stop);
+    let raw_logs = match o.get("logging") {
+        Some(l) => {
+            let mut lo = l.obj()?;
+            let raw = lo.get("raw").map(|r| r.bool()).transpose()?.unwrap_or(false);
+            lo.finish(&["raw"])?;
+            raw
+        }
+        None => false,
+    };
+    let (enable_tag_override, deregister_critical_after) = match o.get("consul") {
+        Some(c) => {
+            let mut co = c.obj()?;
+            let eto = co.get("enableTagOverride").map(|v| v.bool()).transpose()?.unwrap_or(false);
+            let dcsa = co
+                .get("deregisterCriticalServiceAfter")
+                .map(|v| v.positive_duration())
+                .transpose()?;
+            co.finish(&["enableTagOverride", "deregisterCriticalServiceAfter"])?;
+            (eto, dcsa)
+        }
+        None => (false, None),
+    };
+    let main = o.get("main").map(|m| m.bool()).transpose()?.unwrap_or(false);
+    let backoff = match o.get("restartBackoff") {
+        Some(b) => {
+            let mut bo = b.obj()?;
+            let mut v = Backoff::default();
+            if let Some(x) = bo.get("initial") {
+                v.initial = x.positive_duration()?;
+            }
+            if let Some(x) = bo.get("max") {
+                v.max = x.positive_duration()?;
+            }
+            if let Some(x) = bo.get("resetAfter") {
+                v.reset_after = x.duration()?;
+            }
+            if v.max < v.initial {
+                return Err(bo.err("max", "must not be shorter than 'initial'"));
+            }
+            bo.finish(&["initial", "max", "resetAfter"])?;
+            v
+        }
+        None => Backoff::default(),
+    };
+    o.finish(&JOB_KEYS)?;
+    Ok(JobSpec {
+        name,
+        exec,
+        trigger,
+        timeout,
+        restarts,
+        backoff,
+        stop_timeout,
+        health,
+        port,
+        interfaces,
+        tags,
+        initial_status,
+        raw_logs,
+        enable_tag_override,
+        deregister_critical_after,
+        main,
+    })
+}
+
+fn health(f: &Field) -> Result<HealthSpec, ConfigError> {
+    let mut o = f.obj()?;
+    let exec = o.require("exec")?.exec()?;
+    let interval = o.require("interval")?.positive_duration()?;
+    let ttl = o.require("ttl")?.positive_duration()?;
+    let timeout = o
+        .get("timeout")
+        .map(|t| t.positive_duration())
+        .transpose()?
+        // A check with no timeout could hang forever and block every later check.
+        .unwrap_or(interval);
+    let rise = o.get("rise").map(|r| r.int(1, 1000)).transpose()?.unwrap_or(1) as u32;
+    let fall = o.get("fall").map(|r| r.int(1, 1000)).transpose()?.unwrap_or(1) as u32;
+    o.finish(&["exec", "interval", "ttl", "timeout", "rise", "fall"])?;
+    Ok(HealthSpec {
+        exec,
+        interval,
+        ttl,
+        timeout,
+        rise,
+        fall,
+    })
+}
+
+fn when(f: &Field) -> Result<Trigger, ConfigError> {
+    let mut o = f.obj()?;
+    const KEYS: [&str; 5] = ["source", "once", "each", "interval", "timeout"];
+    if o.has("interval") {
+        for other in ["once", "each", "source", "timeout"] {
+            if o.has(other) {
+                return Err(o.err(
+                    "interval",
+                    format!("'interval' cannot be combined with '{other}'"),
+                ));
+            }
+        }
+        let every = o.require("interval")?.positive_duration()?;
+        o.finish(&KEYS)?;
+        return Ok(Trigger::Interval(every));
+    }
+    if o.has("once") && o.has("each") {
+        return Err(o.err("each", "set only one of 'once' and 'each'"));
+    }
+    let source_f = o.get("source");
+    let source = source_f.as_ref().map(|s| s.str()).transpose()?;
+    let timeout = o.get("timeout").map(|t| t.positive_duration()).transpose()?;
+    let (code_f, each) = match (o.get("once"), o.get("each")) {
+        (Some(c), None) => (Some(c), false),
+        (None, Some(c)) => (Some(c), true),
+        _ => (None, true),
+    };
+    let is_signal = source.as_deref().is_some_and(|s| SIGNAL_EVENTS.contains(&s));
+    let code = match &code_f {
+        Some(c) => {
+            let name = c.str()?;
+            let code = EventCode::parse(&name).ok_or_else(|| {
+                c.err(format!(
+                    "unknown event {name:?}; expected one of: {}",
+                    EventCode::ALL.map(EventCode::as_str).join(", ")
+                ))
+            })?;
+            if is_signal && code != EventCode::Signal {
+                return Err(c.err(format!(
+                    "a signal source takes no event other than \"signal\" (found {name:?})"
+                )));
+            }
+            code
+        }
+        None if is_signal => EventCode::Signal,
+        None => {
+            return Err(o.err(
+                "once",
+                "'when' needs 'once' or 'each' (naming an event), or 'interval'",
+            ));
+        }
+    };
+    let source = match source {
+        Some(s) if s.is_empty() => return Err(o.err("source", "the source is empty")),
+        Some(s) => s,
+        None if code.is_global() => GLOBAL.to_string(),
+        None => {
+            return Err(o.err(
+                "source",
+                format!("'source' is required for the {code:?} event (a job name, watch.<name> or a signal)"),
+            ));
+        }
+    };
+    o.finish(&KEYS)?;
+    Ok(Trigger::Event {
+        source,
+        code,
+        each,
+        timeout,
+    })
+}
+
+fn restarts(f: &Field) -> Result<Restarts, ConfigError> {
+    match &f.node.kind {
+        json5::Kind::Str(s) if s == "unlimited" => Ok(Restarts::Unlimited),
+        json5::Kind::Str(s) if s == "never" => Ok(Restarts::Never),
+        json5::Kind::Str(s) if s.parse::<u32>().is_err() => Err(f.err(format!(
+            "expected \"never\", \"unlimited\" or a non-negative integer, found {s:?}"
+        ))),
+        _ => {
+            let n = f.int(0, i64::from(u32::MAX)).map_err(|_| {
+                f.err("expected \"never\", \"unlimited\" or a non-negative integer")
+            })?;
+            Ok(if n == 0 {
+                Restarts::Never
+            } else {
+                Restarts::Count(n as u32)
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use autopilot_core::{EventCode, Restarts, Trigger};
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    let env: BTreeMap<String, String> = [("PORT", "8080"), ("EQ", "a=b")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load_str(Path::new("/etc/app.json5"), text, &env)
+}
+
+#[test]
+fn full_containerpilot_example() {
+    let c = load(
+        r#"{
+  consul: "localhost:8500",
+  logging: { level: "INFO", format: "default", output: "stdout" },
+  stopTimeout: 7,
+  jobs: [
+    {
+      name: "app",
+      exec: "/bin/app --port {{ .PORT }} --opt '{{ .EQ }}'",
+      restarts: "unlimited",
+      port: {{ .PORT }},
+      when: { source: "setup", once: "exitSuccess", timeout: "60s" },
+      health: { exec: "/usr/bin/curl --fail -s http://localhost/app", interval: 5, ttl: 10, timeout: "5s" },
+      tags: ["app", "prod"],
+      interfaces: ["eth0", "eth1[1]", "192.168.0.0/16", "static:192.168.1.100",],
+      consul: { enableTagOverride: true, deregisterCriticalServiceAfter: "10m" },
+    },
+    { name: "setup", exec: ["/usr/local/bin/preStart-script.sh"], restarts: "never" },
+    { name: "preStop", when: { source: "app", once: "stopping" }, exec: "/stop.sh", restarts: 2 },
+    { name: "sensor", exec: "/sensor.sh", when: { interval: "1500ms" } },
+    { name: "reload", exec: "/r.sh", when: { source: "watch.app", each: "changed" } },
+    { name: "hup", exec: "/h.sh", when: { source: "SIGHUP" } },
+    { name: "advert", port: 9000, initial_status: "passing" },
+  ],
+  watches: [{ name: "app", interval: 10 }],
+  control: { socket: "/tmp/cp.sock" },
+  telemetry: { port: 9090, interfaces: "eth0", metrics: [{ namespace: "ns", subsystem: "sub", name: "m", help: "h", type: "counter" }, { name: "solo", type: "gauge" }] },
+}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = &c.jobs[0];
+    assert_eq!(app.exec, vec!["/bin/app", "--port", "8080", "--opt", "a=b"]);
+    assert_eq!(app.port, Some(8080));
+    assert_eq!(app.restarts, Restarts::Unlimited);
+    assert_eq!(app.stop_timeout, Duration::from_secs(7));
+    assert_eq!(app.health.as_ref().map(|h| h.interval), Some(Duration::from_secs(5)));
+    assert_eq!(
+        app.trigger,
+        Trigger::Event {
+            source: "setup".into(),
+            code: EventCode::ExitSuccess,
+            each: false,
+            timeout: Some(Duration::from_secs(60))
+        }
+    );
+    assert_eq!(c.jobs[2].restarts, Restarts::Count(2));
+    assert_eq!(c.jobs[3].trigger, Trigger::Interval(Duration::from_millis(1500)));
+    assert_eq!(c.jobs[3].timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(c.jobs[3].restarts, Restarts::Unlimited);
+    assert!(matches!(&c.jobs[5].trigger, Trigger::Event { code: EventCode::Signal, each: true, .. }));
+    assert!(c.jobs[6].exec.is_empty());
+    let t = c.telemetry.expect("telemetry");
+    assert_eq!(t.metrics[0].full_name, "ns_sub_m");
+    assert_eq!(t.metrics[1].full_name, "solo");
+    assert_eq!(c.consul.map(|c| c.address), Some("localhost:8500".into()));
+    assert_eq!(c.control.socket, Some("/tmp/cp.sock".into()));
+}
+
+/// Each bad config, the `line:column: field` it must point at, and a part of the message.
+#[test]
+fn bad_configs_table() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("{ jobz: [] }", "1:3: jobz", "unknown field"),
+        ("{ jobs: [{ name: 'a', exec: 'x', restart: 1 }] }", "1:34: jobs[0].restart", "did you mean \"restarts\""),
+        ("{ jobs: [{ name: 'a', exec: 5 }] }", "1:29: jobs[0].exec", "expected a string or an array of strings, found a number"),
+        ("{ jobs: [{ name: 'a', exec: 'x' }, {\n name: 'a', exec: 'y' }] }", "1:36: jobs[1].name", "duplicate job name \"a\""),
+        ("{ jobs: [\n {name: 'a', exec: 'x'},\n {name: 'b', exec: 'x'},\n {name: 'c', exec: 'x', when: {interval: '1s', once: 'healthy'}}] }", "4:32: jobs[2].when.interval", "cannot be combined with 'once'"),
+        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'nope', once: 'healthy'} }] }", "1:49: jobs[0].when.source", "\"nope\" names no job"),
+        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'watch.db', each: 'changed'} }] }", "1:49: jobs[0].when.source", "names no job, watch"),
+        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'a', once: 'healthy', each: 'healthy'} }] }", "1:71: jobs[0].when.each", "only one of"),
+        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'a', once: 'bogus'} }] }", "1:60: jobs[0].when.once", "unknown event \"bogus\""),
+        ("{ jobs: [{ name: 'a', exec: 'x', restarts: 'sometimes' }] }", "1:44: jobs[0].restarts", "\"never\", \"unlimited\""),
+        ("{ jobs: [{ name: 'a', exec: 'x', restarts: -1 }] }", "1:44: jobs[0].restarts", "non-negative"),
+        ("{ jobs: [{ name: 'a', exec: 'x', restarts: 'unlimited', when: {source: 'a', each: 'healthy'} }] }", "1:44: jobs[0].restarts", "cannot be used with 'when.each'"),
+        ("{ jobs: [{ name: 'a', exec: 'x', timeout: '10parsecs' }] }", "1:43: jobs[0].timeout", "unknown unit"),
+        ("{ jobs: [{ name: 'web', exec: 'x', port: 80 }] }", "1:36: jobs[0].port", "needs 'health'"),
+        ("{ jobs: [{ name: 'web', exec: 'x', port: 70000, health: {exec: 'c', interval: 1, ttl: 2} }] }", "1:42: jobs[0].port", "out of range"),
+        ("{ jobs: [{ name: 'Web', exec: 'x', port: 80, initial_status: 'passing' }] }", "1:18: jobs[0].name", "not a valid service name"),
+        ("{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', interval: 1} }] }", "1:42: jobs[0].health.ttl", "required"),
+        ("{ jobs: [{ name: 'a', exec: 'sh -c \"unbalanced' }] }", "1:29: jobs[0].exec", "unbalanced quotes"),
+        ("{ jobs: [{ name: 'a', exec: '' }] }", "1:29: jobs[0].exec", "the command is empty"),
+        ("{ jobs: [{ name: 'a' }] }", "1:10: jobs[0].exec", "needs an 'exec'"),
+        ("{ jobs: [{ name: 'a', exec: 'x', main: 'yes' }] }", "1:40: jobs[0].main", "expected true or false"),
+        ("{ jobs: { name: 'a' } }", "1:9: jobs", "expected an array"),
+        ("{ jobs: [{ name: 'a', exec: 'x' }] ", "1:36: (syntax)", "missing '}'"),
+        ("{ jobs: [{ name: 'a', exec: x }] }", "1:29: (syntax)", "strings must be quoted"),
+        ("{ logging: { level: 'LOUD' } }", "1:21: logging.level", "unknown level"),
+        ("{ watches: [{ name: 'db' }] }", "1:13: watches[0].interval", "required"),
+        ("{ telemetry: { metrics: [{ name: 'm', type: 'meter' }] } }", "1:45: telemetry.metrics[0].type", "unknown metric type"),
+        ("{ catalog: 'zookeeper://x' }", "1:12: catalog", "not a catalog URL"),
+        ("{ stopTimeout: 'soon' }", "1:16: stopTimeout", "not a valid duration"),
+        ("{\n  jobs: [{ name: {{ .X", "2:18: template", "unclosed action"),
+    ];
+    let mut failures = Vec::new();
+    for (text, at, msg) in cases {
+        match load(text) {
+            Ok(_) => failures.push(format!("{text}: loaded, expected an error")),
+            Err(e) => {
+                let s = e.to_string();
+                let want_prefix = format!("/etc/app.json5:{at}: ");
+                if !s.starts_with(&want_prefix) || !s.contains(msg) {
+                    failures.push(format!("{text}\n   got: {s}\n  want: {want_prefix}...{msg}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn path_resolution_order() {
+    let mut env = BTreeMap::new();
+    assert!(matches!(resolve_path(None, &env), Err(ConfigError::NoPath)));
+    env.insert("AUTOPILOT_CONFIG".to_string(), "/b".to_string());
+    assert_eq!(resolve_path(None, &env).ok(), Some("/b".into()));
+    env.insert("CONTAINERPILOT".to_string(), "/a".to_string());
+    assert_eq!(resolve_path(None, &env).ok(), Some("/a".into()));
+    assert_eq!(resolve_path(Some(Path::new("/c")), &env).ok(), Some("/c".into()));
+}
