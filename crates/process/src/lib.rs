@@ -1,0 +1,306 @@
+//! The one place autopilot forks and waits: spawning jobs in their own process groups, signalling groups, and reaping.
+//!
+//! A `waitpid(-1)` reaper running beside `tokio::process` would steal exit
+//! statuses from it. So there is no `tokio::process` here: [`Spawner`] owns
+//! every spawn and the only reaper. The reaper reaps *every* exited child
+//! (jobs, checks, and orphans re-parented to us as PID 1 or as a
+//! sub-reaper) and hands each job's status to its waiter. Spawning and
+//! reaping take the same lock, so a child that exits instantly cannot be
+//! reaped before its waiter is registered.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+
+/// How a process ended: an exit code, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot run {program:?}: {source}")]
+    Exec { program: String, source: io::Error },
+    #[error("empty command")]
+    Empty,
+    #[error("cannot install the SIGCHLD handler: {0}")]
+    Signal(io::Error),
+}
+
+/// What to run, and where its output goes.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Pass stdout/stderr straight through instead of line-tagging them.
+    pub raw_output: bool,
+    /// The name output lines are tagged with (a job, or `check.<job>`).
+    pub tag: String,
+}
+
+/// A spawned process: its pid (also its process group id) and its exit.
+pub struct Child {
+    pub pid: u32,
+    pub exit: oneshot::Receiver<Exit>,
+}
+
+/// Longest output line passed on whole; longer lines are cut, so a job
+/// writing without newlines cannot grow the agent's memory.
+const MAX_LINE: usize = 64 * 1024;
+
+type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>;
+
+/// One table per process: `waitpid(-1)` sees every child of the process,
+/// so two tables would steal each other's statuses.
+fn waiters() -> Waiters {
+    static W: std::sync::OnceLock<Waiters> = std::sync::OnceLock::new();
+    W.get_or_init(Waiters::default).clone()
+}
+
+#[derive(Clone)]
+pub struct Spawner {
+    waiters: Waiters,
+}
+
+impl Spawner {
+    /// Installs the SIGCHLD handler and starts the reaper. Must be called
+    /// inside a tokio runtime, before anything is spawned.
+    pub fn start() -> Result<Spawner, SpawnError> {
+        let mut sigchld = signal(SignalKind::child()).map_err(SpawnError::Signal)?;
+        let waiters = waiters();
+        let w = waiters.clone();
+        tokio::spawn(async move {
+            loop {
+                reap(&w);
+                if sigchld.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        Ok(Spawner { waiters })
+    }
+
+    pub fn spawn(&self, spec: &SpawnSpec) -> Result<Child, SpawnError> {
+        let (program, args) = spec.argv.split_first().ok_or(SpawnError::Empty)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            // Its own group, so a timeout or stop signals the whole tree.
+            .process_group(0);
+        if !spec.raw_output {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut child = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+                program: program.clone(),
+                source,
+            })?;
+            waiters.insert(child.id() as i32, tx);
+            child
+        };
+        let pid = child.id();
+        if let Some(out) = child.stdout.take() {
+            forward(out.into(), spec.tag.clone(), pid, false);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward(err.into(), spec.tag.clone(), pid, true);
+        }
+        // `child` is dropped without waiting: the reaper owns the wait.
+        Ok(Child { pid, exit: rx })
+    }
+}
+
+/// Reaps every exited child. Waiters get their status; orphans are just
+/// collected so none stays a zombie.
+fn reap(waiters: &Mutex<HashMap<i32, oneshot::Sender<Exit>>>) {
+    let mut waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!("waitpid failed: {e}");
+                return;
+            }
+        };
+        match waiters.remove(&pid.as_raw()) {
+            Some(tx) => {
+                let _ = tx.send(exit);
+            }
+            None => tracing::debug!(pid = pid.as_raw(), "reaped orphan"),
+        }
+    }
+}
+
+fn forward(fd: OwnedFd, tag: String, pid: u32, stderr: bool) {
+    let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!(job = %tag, "cannot read job output: {e}");
+            return;
+        }
+    };
+    tokio::spawn(pump(rx, tag, pid, stderr));
+}
+
+async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stderr: bool) {
+    let mut reader = BufReader::with_capacity(8192, rx);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let mut truncated = false;
+        loop {
+            let chunk = match reader.fill_buf().await {
+                Ok(c) => c,
+                Err(_) => return,
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..take.min(room)]);
+            truncated |= take > room;
+            reader.consume(take);
+            if done {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        let cut = if truncated { " [line truncated]" } else { "" };
+        if stderr {
+            tracing::info!(target: "job", job = %tag, pid, stream = "stderr", "{line}{cut}");
+        } else {
+            tracing::info!(target: "job", job = %tag, pid, stream = "stdout", "{line}{cut}");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    Term,
+    Kill,
+    Int,
+    Hup,
+    Usr1,
+    Usr2,
+}
+
+impl Sig {
+    fn nix(self) -> Signal {
+        match self {
+            Sig::Term => Signal::SIGTERM,
+            Sig::Kill => Signal::SIGKILL,
+            Sig::Int => Signal::SIGINT,
+            Sig::Hup => Signal::SIGHUP,
+            Sig::Usr1 => Signal::SIGUSR1,
+            Sig::Usr2 => Signal::SIGUSR2,
+        }
+    }
+}
+
+/// Signals a job's whole process group. A group that is already gone is not an error.
+pub fn signal_group(pgid: u32, sig: Sig) -> io::Result<()> {
+    match killpg(Pid::from_raw(pgid as i32), sig.nix()) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Makes this process the reaper of orphaned descendants when it is not
+/// PID 1 (`--init` on a host), as PID 1 is by nature.
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> SpawnSpec {
+        SpawnSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            raw_output: false,
+            tag: "t".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exit_codes_and_signals_are_never_lost() {
+        let sp = Spawner::start().expect("spawner");
+        // Many instant exits race the reaper; each status must reach its waiter.
+        let mut kids = Vec::new();
+        for i in 0..50 {
+            kids.push((i, sp.spawn(&sh(&format!("exit {i}"))).expect("spawn")));
+        }
+        for (i, k) in kids {
+            assert_eq!(k.exit.await.expect("status"), Exit::Code(i));
+        }
+        let k = sp.spawn(&sh("sleep 30")).expect("spawn");
+        signal_group(k.pid, Sig::Kill).expect("kill");
+        assert_eq!(k.exit.await.expect("status"), Exit::Signal(9));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn group_signal_reaches_grandchildren() {
+        let sp = Spawner::start().expect("spawner");
+        let dir = std::env::temp_dir().join(format!("ap-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let marker = dir.join("gc");
+        let script = format!(
+            "sh -c 'trap \"echo got > {m}; exit 0\" TERM; while :; do sleep 0.05; done' & wait",
+            m = marker.display()
+        );
+        let k = sp.spawn(&sh(&script)).expect("spawn");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        signal_group(k.pid, Sig::Term).expect("term");
+        let _ = k.exit.await;
+        for _ in 0..50 {
+            if marker.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(marker.exists(), "grandchild got SIGTERM through the group");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn missing_program_is_a_clear_error() {
+        let sp = Spawner::start().expect("spawner");
+        let spec = SpawnSpec {
+            argv: vec!["/no/such/prog".into()],
+            ..sh("")
+        };
+        let e = sp.spawn(&spec).err().expect("error");
+        assert!(e.to_string().contains("/no/such/prog"), "{e}");
+    }
+}
