@@ -1,1 +1,346 @@
-fn main(){}
+//! The `autopilot` binary: ContainerPilot's single-dash flags and modern subcommands over the runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use autopilot_config::ConfigError;
+use clap::{Parser, Subcommand};
+
+/// Flags ContainerPilot users pass with one dash; rewritten to two for clap.
+const SINGLE_DASH: [&str; 13] = [
+    "config",
+    "template",
+    "out",
+    "reload",
+    "maintenance",
+    "putenv",
+    "putmetric",
+    "ping",
+    "version",
+    "pid1",
+    "init",
+    "socket",
+    "help",
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "autopilot",
+    about = "Runs a service's jobs as PID 1: supervises, health-checks and registers them",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// JSON5 config file (default: $CONTAINERPILOT, then $AUTOPILOT_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Control socket to talk to (default: the config's control.socket).
+    #[arg(long, global = true, env = "AUTOPILOT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Render the config template and exit.
+    #[arg(long)]
+    template: bool,
+    /// Where -template writes (default: stdout, "-").
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Reload the running agent's config.
+    #[arg(long)]
+    reload: bool,
+    /// Toggle maintenance mode of the running agent.
+    #[arg(long, value_name = "enable|disable")]
+    maintenance: Option<String>,
+    /// Set (K=V) or clear (K) an environment variable for future jobs.
+    #[arg(long, value_name = "K=V")]
+    putenv: Vec<String>,
+    /// Update a configured metric (K=V).
+    #[arg(long, value_name = "K=V")]
+    putmetric: Vec<String>,
+    /// Check that the agent's control socket answers.
+    #[arg(long)]
+    ping: bool,
+    /// Print the version and exit.
+    #[arg(long)]
+    version: bool,
+    /// Reap orphans and forward signals even when not PID 1.
+    #[arg(long, alias = "pid1")]
+    init: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the agent (the default).
+    Run,
+    /// Reload the running agent's config; an invalid config is reported and not applied.
+    Reload,
+    /// Enter or leave maintenance mode.
+    Maintenance {
+        #[arg(value_parser = ["enable", "disable"])]
+        mode: String,
+    },
+    /// Set (K=V) or clear (K) environment variables for future jobs.
+    Putenv {
+        #[arg(required = true)]
+        vars: Vec<String>,
+    },
+    /// Update configured metrics (K=V).
+    Putmetric {
+        #[arg(required = true)]
+        metrics: Vec<String>,
+    },
+    /// Check that the agent answers.
+    Ping,
+    /// Show the jobs of the running agent.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render the config template.
+    Template {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let args = std::env::args_os().map(|a| {
+        let s = a.to_string_lossy();
+        match s.strip_prefix('-') {
+            Some(rest)
+                if !rest.starts_with('-')
+                    && SINGLE_DASH.contains(&rest.split('=').next().unwrap_or_default()) =>
+            {
+                format!("-{s}").into()
+            }
+            _ => a,
+        }
+    });
+    let cli = Cli::parse_from(args);
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
+            eprintln!("autopilot: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn env_map() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<i32> {
+    let env = env_map();
+    if cli.version || matches!(cli.cmd, Some(Cmd::Version)) {
+        println!("autopilot {}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    if cli.template || matches!(cli.cmd, Some(Cmd::Template { .. })) {
+        let out = match &cli.cmd {
+            Some(Cmd::Template { out }) => out.clone().or(cli.out.clone()),
+            _ => cli.out.clone(),
+        };
+        let path = autopilot_config::resolve_path(cli.config.as_deref(), &env)?;
+        let text = autopilot_config::render(&path, &env)?;
+        match out.as_deref() {
+            None => print!("{text}"),
+            Some(p) if p == Path::new("-") => print!("{text}"),
+            Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?,
+        }
+        return Ok(0);
+    }
+    let client = if cli.reload {
+        Some(Req::post("/v3/reload", None))
+    } else if let Some(m) = &cli.maintenance {
+        Some(maintenance(m)?)
+    } else if !cli.putenv.is_empty() {
+        Some(putenv(&cli.putenv)?)
+    } else if !cli.putmetric.is_empty() {
+        Some(putmetric(&cli.putmetric)?)
+    } else if cli.ping {
+        Some(Req::get("/v3/ping"))
+    } else {
+        match &cli.cmd {
+            Some(Cmd::Reload) => Some(Req::post("/v3/reload", None)),
+            Some(Cmd::Maintenance { mode }) => Some(maintenance(mode)?),
+            Some(Cmd::Putenv { vars }) => Some(putenv(vars)?),
+            Some(Cmd::Putmetric { metrics }) => Some(putmetric(metrics)?),
+            Some(Cmd::Ping) => Some(Req::get("/v3/ping")),
+            Some(Cmd::Status { json }) => return status(&cli, &env, *json),
+            _ => None,
+        }
+    };
+    if let Some(req) = client {
+        let socket = socket_for_client(&cli, &env);
+        let (code, body) = block_on(autopilot_runtime::control::request(
+            &socket, req.method, &req.uri, req.body,
+        ))??;
+        if code != 200 {
+            bail!("the agent refused the request ({code}): {}", body.trim());
+        }
+        if !body.trim().is_empty() {
+            println!("{}", body.trim());
+        }
+        return Ok(0);
+    }
+    run_agent(&cli, env)
+}
+
+struct Req {
+    method: &'static str,
+    uri: String,
+    body: Option<String>,
+}
+
+impl Req {
+    fn get(uri: &str) -> Req {
+        Req {
+            method: "GET",
+            uri: uri.into(),
+            body: None,
+        }
+    }
+    fn post(uri: &str, body: Option<String>) -> Req {
+        Req {
+            method: "POST",
+            uri: uri.into(),
+            body,
+        }
+    }
+}
+
+fn maintenance(mode: &str) -> anyhow::Result<Req> {
+    match mode {
+        "enable" | "disable" => Ok(Req::post(&format!("/v3/maintenance/{mode}"), None)),
+        other => bail!("-maintenance takes \"enable\" or \"disable\", not {other:?}"),
+    }
+}
+
+fn putenv(vars: &[String]) -> anyhow::Result<Req> {
+    let mut m = serde_json::Map::new();
+    for v in vars {
+        let (k, val) = v.split_once('=').unwrap_or((v, ""));
+        if k.is_empty() {
+            bail!("-putenv {v:?}: expected KEY=VALUE or KEY");
+        }
+        m.insert(k.to_string(), serde_json::Value::String(val.to_string()));
+    }
+    Ok(Req::post("/v3/environ", Some(serde_json::Value::Object(m).to_string())))
+}
+
+fn putmetric(vars: &[String]) -> anyhow::Result<Req> {
+    let mut m = serde_json::Map::new();
+    for v in vars {
+        let Some((k, val)) = v.split_once('=') else {
+            bail!("-putmetric {v:?}: expected NAME=VALUE");
+        };
+        let n: f64 = val
+            .trim()
+            .parse()
+            .with_context(|| format!("-putmetric {v:?}: {val:?} is not a number"))?;
+        let num = serde_json::Number::from_f64(n)
+            .with_context(|| format!("-putmetric {v:?}: {val:?} is not a finite number"))?;
+        m.insert(k.to_string(), serde_json::Value::Number(num));
+    }
+    Ok(Req::post("/v3/metric", Some(serde_json::Value::Object(m).to_string())))
+}
+
+fn default_socket(env: &BTreeMap<String, String>) -> PathBuf {
+    if nix_is_root() {
+        return PathBuf::from("/var/run/containerpilot.socket");
+    }
+    match env.get("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => Path::new(d).join("autopilot.socket"),
+        None => std::env::temp_dir().join(format!("autopilot-{}.socket", uid())),
+    }
+}
+
+fn uid() -> u32 {
+    nix::unistd::Uid::current().as_raw()
+}
+
+fn nix_is_root() -> bool {
+    uid() == 0
+}
+
+/// The socket a client command talks to: `--socket`, else the config's
+/// `control.socket` (when a config can be found and loaded), else the default.
+fn socket_for_client(cli: &Cli, env: &BTreeMap<String, String>) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    autopilot_config::resolve_path(cli.config.as_deref(), env)
+        .ok()
+        .and_then(|p| autopilot_config::load(&p, env).ok())
+        .and_then(|c| c.control.socket)
+        .unwrap_or_else(|| default_socket(env))
+}
+
+fn status(cli: &Cli, env: &BTreeMap<String, String>, json: bool) -> anyhow::Result<i32> {
+    let socket = socket_for_client(cli, env);
+    let (code, body) = block_on(autopilot_runtime::control::request(&socket, "GET", "/v3/status", None))??;
+    if code != 200 {
+        bail!("the agent refused the request ({code}): {}", body.trim());
+    }
+    if json {
+        println!("{}", body.trim());
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("the agent sent invalid status JSON")?;
+    println!(
+        "autopilot {} pid {}{}{}",
+        v["version"].as_str().unwrap_or("?"),
+        v["pid"],
+        if v["maintenance"] == true { "  [maintenance]" } else { "" },
+        if v["stopping"] == true { "  [stopping]" } else { "" },
+    );
+    println!("{:<24} {:<11} {:>8} {:<11} {:>8}", "JOB", "STATUS", "PID", "HEALTH", "RESTARTS");
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let pid = j["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<11} {:>8} {:<11} {:>8}",
+            j["name"].as_str().unwrap_or("?"),
+            j["status"].as_str().unwrap_or("?"),
+            pid,
+            j["health"].as_str().unwrap_or("?"),
+            j["restarts"],
+        );
+    }
+    Ok(0)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(f))
+}
+
+fn run_agent(cli: &Cli, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
+    let path = autopilot_config::resolve_path(cli.config.as_deref(), &env)?;
+    let config = autopilot_config::load(&path, &env)?;
+    let log = autopilot_runtime::logging::init(&config.logging)?;
+    let socket = cli
+        .socket
+        .clone()
+        .or_else(|| config.control.socket.clone())
+        .unwrap_or_else(|| default_socket(&env));
+    let init = cli.init || std::process::id() == 1;
+    let opts = autopilot_runtime::Options {
+        config,
+        env,
+        socket,
+        init,
+        log,
+    };
+    let code = block_on(autopilot_runtime::run(opts))??;
+    Ok(code)
+}

@@ -1,1 +1,10 @@
-//! tmp
+//! The imperative shell around the core: the event loop and its I/O adapters.
+
+pub mod agent;
+pub mod control;
+pub mod interfaces;
+pub mod logging;
+pub mod metrics;
+pub mod telemetry;
+
+pub use agent::{AgentError, Options, run};

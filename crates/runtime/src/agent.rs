@@ -1,0 +1,469 @@
+//! The agent's event loop: feeds signals, exits, timers and control commands to the core machine and carries out its actions.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use autopilot_config::Config;
+use autopilot_core::{Action, ExitStatus, Input, Machine, Phase, ProcKind, RunId, Sig, StopReason};
+use autopilot_process::{Exit, SpawnSpec, Spawner};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::control::{self, Command};
+use crate::interfaces;
+use crate::logging::LogHandle;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Spawner(#[from] autopilot_process::SpawnError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("job {job}: interfaces: {message}")]
+    Interfaces { job: String, message: String },
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+pub struct Options {
+    pub config: Config,
+    /// The environment jobs inherit and the config is rendered with.
+    pub env: BTreeMap<String, String>,
+    pub socket: PathBuf,
+    /// Reap orphans even when not PID 1 (`-pid1`/`--init`).
+    pub init: bool,
+    pub log: LogHandle,
+}
+
+enum Msg {
+    Exited { run: RunId, exit: Exit },
+    Control(Command),
+}
+
+struct RunMeta {
+    pid: u32,
+    job: usize,
+    kind: ProcKind,
+    started: Instant,
+}
+
+struct Agent {
+    machine: Machine,
+    config: Config,
+    /// A validated config waiting for the running jobs to stop.
+    next_config: Option<(Config, Vec<Option<IpAddr>>)>,
+    base_env: BTreeMap<String, String>,
+    put_env: BTreeMap<String, String>,
+    job_ips: Vec<Option<IpAddr>>,
+    runs: HashMap<RunId, RunMeta>,
+    spawner: Spawner,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Msg>,
+    start: Instant,
+    queue: VecDeque<Action>,
+    log: LogHandle,
+}
+
+/// Resolves the advertised IP of every job with a port.
+fn job_ips(config: &Config) -> Result<Vec<Option<IpAddr>>, AgentError> {
+    let addrs = interfaces::host_addresses();
+    config
+        .jobs
+        .iter()
+        .map(|j| match j.port {
+            None => Ok(None),
+            Some(_) => interfaces::resolve(&j.interfaces, &addrs)
+                .map(Some)
+                .map_err(|message| AgentError::Interfaces {
+                    job: j.name.clone(),
+                    message,
+                }),
+        })
+        .collect()
+}
+
+/// Runs the agent until every job has stopped; returns the exit code.
+pub async fn run(opts: Options) -> Result<i32, AgentError> {
+    let spawner = Spawner::start()?;
+    if opts.init && std::process::id() != 1 {
+        if let Err(e) = autopilot_process::become_subreaper() {
+            tracing::warn!("cannot become the reaper of orphans: {e}");
+        }
+    }
+    let ips = job_ips(&opts.config)?;
+    let user_metrics = opts
+        .config
+        .telemetry
+        .as_ref()
+        .map(|t| t.metrics.clone())
+        .unwrap_or_default();
+    let metrics = Arc::new(Metrics::new(&user_metrics));
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(64);
+    control::serve(&opts.socket, ctl_tx.clone(), metrics.clone()).await?;
+    if let Some(t) = &opts.config.telemetry {
+        let ip = interfaces::resolve(&t.interfaces, &interfaces::host_addresses())
+            .map_err(AgentError::Telemetry)?;
+        crate::telemetry::serve(SocketAddr::new(ip, t.port), ctl_tx.clone(), metrics.clone())
+            .await
+            .map_err(AgentError::Telemetry)?;
+    }
+    let sig = |k| signal(k).map_err(AgentError::Signal);
+    let (mut term, mut int, mut hup, mut usr1, mut usr2) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::user_defined1())?,
+        sig(SignalKind::user_defined2())?,
+    );
+
+    let machine = Machine::new(opts.config.jobs.clone(), opts.config.stop_timeout, 1);
+    let mut agent = Agent {
+        machine,
+        config: opts.config,
+        next_config: None,
+        base_env: opts.env,
+        put_env: BTreeMap::new(),
+        job_ips: ips,
+        runs: HashMap::new(),
+        spawner,
+        metrics,
+        tx: tx.clone(),
+        start: Instant::now(),
+        queue: VecDeque::new(),
+        log: opts.log,
+    };
+    tracing::info!(
+        jobs = agent.config.jobs.len(),
+        config = %agent.config.path.display(),
+        "autopilot {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    agent.input(Input::Startup);
+    loop {
+        if let Some(code) = agent.execute() {
+            let _ = std::fs::remove_file(&opts.socket);
+            tracing::info!(code, "all jobs stopped; exiting");
+            return Ok(code);
+        }
+        let deadline = agent
+            .machine
+            .next_deadline()
+            .map(|d| tokio::time::Instant::from_std(agent.start + d));
+        tokio::select! {
+            Some(msg) = rx.recv() => agent.message(msg),
+            Some(cmd) = ctl_rx.recv() => agent.message(Msg::Control(cmd)),
+            _ = sleep_until(deadline) => {
+                let now = agent.start.elapsed();
+                agent.queue.extend(agent.machine.advance(now));
+            }
+            _ = term.recv() => agent.stop("SIGTERM"),
+            _ = int.recv() => agent.stop("SIGINT"),
+            _ = hup.recv() => agent.input(Input::SignalEvent("SIGHUP".into())),
+            _ = usr2.recv() => agent.input(Input::SignalEvent("SIGUSR2".into())),
+            _ = usr1.recv() => {
+                if let Err(e) = agent.log.reopen() {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    fn input(&mut self, i: Input) {
+        let now = self.start.elapsed();
+        let actions = self.machine.handle(now, i);
+        self.queue.extend(actions);
+    }
+
+    fn stop(&mut self, why: &str) {
+        if self.machine.stopping() == Some(StopReason::Shutdown) {
+            tracing::info!("{why} received; already stopping");
+            return;
+        }
+        tracing::info!("{why} received; stopping jobs");
+        self.input(Input::Stop(StopReason::Shutdown));
+    }
+
+    fn message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Exited { run, exit } => {
+                let status = match exit {
+                    Exit::Code(c) => ExitStatus::Code(c),
+                    Exit::Signal(s) => ExitStatus::Signal(s),
+                };
+                if let Some(meta) = self.runs.remove(&run) {
+                    let name = self.machine.spec(meta.job).name.clone();
+                    match meta.kind {
+                        ProcKind::Check => {
+                            let result = if status.success() { "passed" } else { "failed" };
+                            self.metrics.record(
+                                "autopilot_health_checks",
+                                &[("job", &name), ("result", result)],
+                                1.0,
+                            );
+                            self.metrics.record(
+                                "autopilot_health_check_duration_seconds",
+                                &[("job", &name)],
+                                meta.started.elapsed().as_secs_f64(),
+                            );
+                            tracing::debug!(job = %name, code = status.code(), "health check {result}");
+                        }
+                        ProcKind::Job => {
+                            self.metrics.record("autopilot_job_running", &[("job", &name)], 0.0);
+                            tracing::info!(job = %name, pid = meta.pid, code = status.code(), "job exited");
+                        }
+                    }
+                }
+                self.input(Input::Exited { run, status });
+            }
+            Msg::Control(cmd) => self.command(cmd),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Reload(reply) => {
+                let res = self.prepare_reload();
+                let ok = res.is_ok();
+                let _ = reply.send(res);
+                if ok {
+                    tracing::info!("reloading: stopping jobs to start the new config");
+                    self.input(Input::Stop(StopReason::Reload));
+                }
+            }
+            Command::Maintenance(on, reply) => {
+                let updated = self.machine.in_maintenance() != on;
+                if updated {
+                    tracing::info!(enabled = on, "maintenance mode changed");
+                }
+                let _ = reply.send(updated);
+                self.input(Input::Maintenance(on));
+            }
+            Command::PutEnv(env) => {
+                for (k, v) in env {
+                    match v {
+                        Some(v) => self.put_env.insert(k, v),
+                        None => self.put_env.remove(&k),
+                    };
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn prepare_reload(&mut self) -> Result<(), String> {
+        if self.machine.stopping().is_some() {
+            return Err("the agent is already stopping".into());
+        }
+        let env = self.render_env();
+        let cfg = autopilot_config::load(&self.config.path, &env).map_err(|e| e.to_string())?;
+        let ips = job_ips(&cfg).map_err(|e| e.to_string())?;
+        if cfg.control != self.config.control || cfg.telemetry.as_ref().map(|t| t.port) != self.config.telemetry.as_ref().map(|t| t.port) {
+            tracing::warn!("control and telemetry listeners keep their old settings until restart");
+        }
+        self.next_config = Some((cfg, ips));
+        Ok(())
+    }
+
+    fn render_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.base_env.clone();
+        env.extend(self.put_env.clone());
+        env
+    }
+
+    /// Carries out queued actions until none remain; returns the exit code
+    /// once the machine has finished a shutdown.
+    fn execute(&mut self) -> Option<i32> {
+        while let Some(action) = self.queue.pop_front() {
+            match action {
+                Action::Spawn { run, job, kind } => self.spawn(run, job, kind),
+                Action::Signal { run, sig } => {
+                    if let Some(meta) = self.runs.get(&run) {
+                        let s = match sig {
+                            Sig::Term => autopilot_process::Sig::Term,
+                            Sig::Kill => autopilot_process::Sig::Kill,
+                        };
+                        let name = &self.machine.spec(meta.job).name;
+                        tracing::debug!(job = %name, pid = meta.pid, signal = ?sig, "signalling process group");
+                        if let Err(e) = autopilot_process::signal_group(meta.pid, s) {
+                            tracing::warn!(job = %name, "cannot signal process group {}: {e}", meta.pid);
+                        }
+                    }
+                }
+                Action::Published(ev) => {
+                    tracing::debug!(event = %ev, "event");
+                    self.metrics.record(
+                        "autopilot_events",
+                        &[("code", ev.code.as_str()), ("source", &ev.source)],
+                        1.0,
+                    );
+                }
+                Action::Health { job, healthy } => {
+                    let name = self.machine.spec(job).name.clone();
+                    let v = match healthy {
+                        Some(true) => 1.0,
+                        Some(false) => 0.0,
+                        None => -1.0,
+                    };
+                    self.metrics.record("autopilot_job_healthy", &[("job", &name)], v);
+                    match healthy {
+                        Some(true) => tracing::info!(job = %name, "healthy"),
+                        Some(false) => tracing::warn!(job = %name, "unhealthy"),
+                        None => {}
+                    }
+                }
+                Action::Restarting { job, delay } => {
+                    let name = self.machine.spec(job).name.clone();
+                    self.metrics.record("autopilot_job_restarts", &[("job", &name)], 1.0);
+                    tracing::info!(job = %name, "restarting in {delay:?}");
+                }
+                Action::Finished { reason: StopReason::Shutdown, code } => return Some(code),
+                Action::Finished { reason: StopReason::Reload, .. } => {
+                    if let Some((cfg, ips)) = self.next_config.take() {
+                        self.metrics
+                            .set_user(&cfg.telemetry.as_ref().map(|t| t.metrics.clone()).unwrap_or_default());
+                        self.machine =
+                            Machine::new(cfg.jobs.clone(), cfg.stop_timeout, self.machine.next_run_id());
+                        self.config = cfg;
+                        self.job_ips = ips;
+                        tracing::info!(jobs = self.config.jobs.len(), "config reloaded; starting jobs");
+                        self.input(Input::Startup);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, run: RunId, job: usize, kind: ProcKind) {
+        let spec = self.machine.spec(job);
+        let (argv, tag, raw) = match (kind, &spec.health) {
+            (ProcKind::Job, _) => (spec.exec.clone(), spec.name.clone(), spec.raw_logs),
+            (ProcKind::Check, Some(h)) => (h.exec.clone(), format!("check.{}", spec.name), spec.raw_logs),
+            (ProcKind::Check, None) => return,
+        };
+        let name = spec.name.clone();
+        let env = self.child_env();
+        match self.spawner.spawn(&SpawnSpec {
+            argv,
+            env,
+            raw_output: raw,
+            tag,
+        }) {
+            Ok(child) => {
+                if kind == ProcKind::Job {
+                    tracing::info!(job = %name, pid = child.pid, "job started");
+                    self.metrics.record("autopilot_job_running", &[("job", &name)], 1.0);
+                }
+                self.runs.insert(
+                    run,
+                    RunMeta {
+                        pid: child.pid,
+                        job,
+                        kind,
+                        started: Instant::now(),
+                    },
+                );
+                self.input(Input::Started {
+                    run,
+                    pid: child.pid,
+                });
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(exit) = child.exit.await {
+                        let _ = tx.send(Msg::Exited { run, exit }).await;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(job = %name, "{e}");
+                self.input(Input::SpawnFailed {
+                    run,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// The environment of every child: the agent's own, `-putenv` values,
+    /// and the `CONTAINERPILOT_*` variables with `AUTOPILOT_*` twins.
+    fn child_env(&self) -> Vec<(String, String)> {
+        let mut env = self.render_env();
+        let mut set = |k: String, v: String| {
+            env.insert(format!("CONTAINERPILOT_{k}"), v.clone());
+            env.insert(format!("AUTOPILOT_{k}"), v);
+        };
+        set("PID".into(), std::process::id().to_string());
+        for j in 0..self.machine.job_count() {
+            let key = env_key(&self.machine.spec(j).name);
+            if let Some(Some(ip)) = self.job_ips.get(j) {
+                set(format!("{key}_IP"), ip.to_string());
+            }
+            if let Some(pid) = self.machine.pid_of(j) {
+                set(format!("{key}_PID"), pid.to_string());
+            }
+        }
+        env.into_iter().collect()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let jobs: Vec<serde_json::Value> = self
+            .machine
+            .view()
+            .into_iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let phase = match j.phase {
+                    Phase::Waiting => "waiting",
+                    Phase::Running(_) => "running",
+                    Phase::Backoff => "restarting",
+                    Phase::Done => "stopped",
+                };
+                serde_json::json!({
+                    "name": j.name,
+                    "status": phase,
+                    "pid": j.pid,
+                    "health": j.health.as_str(),
+                    "restarts": j.restarts,
+                    "lastExitCode": j.last_exit,
+                    "main": self.machine.main_job() == Some(i),
+                    "ip": self.job_ips.get(i).copied().flatten().map(|ip| ip.to_string()),
+                    "port": self.machine.spec(i).port,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "config": self.config.path,
+            "maintenance": self.machine.in_maintenance(),
+            "stopping": self.machine.stopping().is_some(),
+            "jobs": jobs,
+            "watches": self.config.watches.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `my-job` → `MY_JOB`, as in `CONTAINERPILOT_MY_JOB_IP`.
+pub fn env_key(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect()
+}

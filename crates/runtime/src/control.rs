@@ -1,0 +1,253 @@
+//! The control socket: ContainerPilot's `/v3` HTTP API on a unix socket, and the client the CLI uses.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+/// Requests the control socket passes to the agent loop.
+#[derive(Debug)]
+pub enum Command {
+    Reload(oneshot::Sender<Result<(), String>>),
+    Maintenance(bool, oneshot::Sender<bool>),
+    PutEnv(BTreeMap<String, Option<String>>),
+    Status(oneshot::Sender<serde_json::Value>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: another agent is already listening there")]
+    InUse { path: PathBuf },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the agent at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {message}")]
+    Protocol { path: PathBuf, message: String },
+}
+
+#[derive(Clone)]
+struct Ctx {
+    tx: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+}
+
+/// Binds the socket with mode 0600 (removing a stale file left by a dead
+/// agent) and serves it until the process exits.
+pub async fn serve(
+    path: &Path,
+    tx: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    // Created with a restrictive umask so the socket is never reachable by
+    // others, even for the instant before the chmod.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    let app = Router::new()
+        .route("/v3/ping", get(|| async { "ok" }))
+        .route("/v3/reload", post(reload))
+        .route("/v3/maintenance/enable", post(|s| maintenance(s, true)))
+        .route("/v3/maintenance/disable", post(|s| maintenance(s, false)))
+        .route("/v3/environ", post(environ))
+        .route("/v3/metric", post(metric))
+        .route("/v3/status", get(status))
+        .with_state(Ctx { tx, metrics });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("control socket stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+fn bad(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, msg.into() + "\n").into_response()
+}
+
+fn gone() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down\n").into_response()
+}
+
+async fn reload(State(c): State<Ctx>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if c.tx.send(Command::Reload(tx)).await.is_err() {
+        return gone();
+    }
+    match rx.await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => bad(e),
+        Err(_) => gone(),
+    }
+}
+
+async fn maintenance(State(c): State<Ctx>, on: bool) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if c.tx.send(Command::Maintenance(on, tx)).await.is_err() {
+        return gone();
+    }
+    match rx.await {
+        Ok(updated) => axum::Json(serde_json::json!({ "updated": updated })).into_response(),
+        Err(_) => gone(),
+    }
+}
+
+fn json_object(body: &Bytes) -> Result<serde_json::Map<String, serde_json::Value>, Response> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("the body must be a JSON object")),
+        Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+fn valid_env_name(k: &str) -> bool {
+    let mut c = k.chars();
+    c.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
+    let m = match json_object(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let mut env = BTreeMap::new();
+    for (k, v) in m {
+        if !valid_env_name(&k) {
+            return bad(format!("{k:?} is not a valid environment variable name"));
+        }
+        let v = match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) if s.is_empty() => None,
+            serde_json::Value::String(s) => Some(s),
+            other => return bad(format!("{k}: expected a string or null, found {other}")),
+        };
+        env.insert(k, v);
+    }
+    if c.tx.send(Command::PutEnv(env)).await.is_err() {
+        return gone();
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn metric(State(c): State<Ctx>, body: Bytes) -> Response {
+    let m = match json_object(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    // Validate everything first so a bad entry applies nothing.
+    let mut vals = Vec::new();
+    for (k, v) in m {
+        let x = match &v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let Some(x) = x else {
+            return bad(format!("{k}: expected a number, found {v}"));
+        };
+        vals.push((k, x));
+    }
+    for (k, x) in &vals {
+        if let Err(e) = c.metrics.check(k, *x) {
+            return bad(e.to_string());
+        }
+    }
+    for (k, x) in vals {
+        if let Err(e) = c.metrics.put(&k, x) {
+            return bad(e.to_string());
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn status(State(c): State<Ctx>) -> Response {
+    match status_of(&c.tx).await {
+        Some(v) => axum::Json(v).into_response(),
+        None => gone(),
+    }
+}
+
+pub(crate) async fn status_of(tx: &mpsc::Sender<Command>) -> Option<serde_json::Value> {
+    let (rtx, rrx) = oneshot::channel();
+    tx.send(Command::Status(rtx)).await.ok()?;
+    rrx.await.ok()
+}
+
+/// Sends one request to an agent's control socket; returns the status code and body.
+pub async fn request(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<String>,
+) -> Result<(u16, String), ControlError> {
+    let proto = |message: String| ControlError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    };
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| proto(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "autopilot")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| proto(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| proto(e.to_string()))?;
+    let code = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| proto(e.to_string()))?
+        .to_bytes();
+    Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
+}
