@@ -123,7 +123,11 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
             eprintln!("autopilot: {e:#}");
             ExitCode::from(code)
         }
@@ -152,7 +156,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         match out.as_deref() {
             None => print!("{text}"),
             Some(p) if p == Path::new("-") => print!("{text}"),
-            Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?,
+            Some(p) => {
+                std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?
+            }
         }
         return Ok(0);
     }
@@ -232,7 +238,10 @@ fn putenv(vars: &[String]) -> anyhow::Result<Req> {
         }
         m.insert(k.to_string(), serde_json::Value::String(val.to_string()));
     }
-    Ok(Req::post("/v3/environ", Some(serde_json::Value::Object(m).to_string())))
+    Ok(Req::post(
+        "/v3/environ",
+        Some(serde_json::Value::Object(m).to_string()),
+    ))
 }
 
 fn putmetric(vars: &[String]) -> anyhow::Result<Req> {
@@ -249,7 +258,10 @@ fn putmetric(vars: &[String]) -> anyhow::Result<Req> {
             .with_context(|| format!("-putmetric {v:?}: {val:?} is not a finite number"))?;
         m.insert(k.to_string(), serde_json::Value::Number(num));
     }
-    Ok(Req::post("/v3/metric", Some(serde_json::Value::Object(m).to_string())))
+    Ok(Req::post(
+        "/v3/metric",
+        Some(serde_json::Value::Object(m).to_string()),
+    ))
 }
 
 fn default_socket(env: &BTreeMap<String, String>) -> PathBuf {
@@ -285,7 +297,12 @@ fn socket_for_client(cli: &Cli, env: &BTreeMap<String, String>) -> PathBuf {
 
 fn status(cli: &Cli, env: &BTreeMap<String, String>, json: bool) -> anyhow::Result<i32> {
     let socket = socket_for_client(cli, env);
-    let (code, body) = block_on(autopilot_runtime::control::request(&socket, "GET", "/v3/status", None))??;
+    let (code, body) = block_on(autopilot_runtime::control::request(
+        &socket,
+        "GET",
+        "/v3/status",
+        None,
+    ))??;
     if code != 200 {
         bail!("the agent refused the request ({code}): {}", body.trim());
     }
@@ -293,17 +310,32 @@ fn status(cli: &Cli, env: &BTreeMap<String, String>, json: bool) -> anyhow::Resu
         println!("{}", body.trim());
         return Ok(0);
     }
-    let v: serde_json::Value = serde_json::from_str(&body).context("the agent sent invalid status JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("the agent sent invalid status JSON")?;
     println!(
         "autopilot {} pid {}{}{}",
         v["version"].as_str().unwrap_or("?"),
         v["pid"],
-        if v["maintenance"] == true { "  [maintenance]" } else { "" },
-        if v["stopping"] == true { "  [stopping]" } else { "" },
+        if v["maintenance"] == true {
+            "  [maintenance]"
+        } else {
+            ""
+        },
+        if v["stopping"] == true {
+            "  [stopping]"
+        } else {
+            ""
+        },
     );
-    println!("{:<24} {:<11} {:>8} {:<11} {:>8}", "JOB", "STATUS", "PID", "HEALTH", "RESTARTS");
+    println!(
+        "{:<24} {:<11} {:>8} {:<11} {:>8}",
+        "JOB", "STATUS", "PID", "HEALTH", "RESTARTS"
+    );
     for j in v["jobs"].as_array().into_iter().flatten() {
-        let pid = j["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let pid = j["pid"]
+            .as_u64()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<24} {:<11} {:>8} {:<11} {:>8}",
             j["name"].as_str().unwrap_or("?"),

@@ -105,7 +105,8 @@ impl<'a> Obj<'a> {
                 let lower = k.to_ascii_lowercase();
                 let hint = match known.iter().find(|c| {
                     let c = c.to_ascii_lowercase();
-                    c == lower || (lower.len() > 2 && (c.starts_with(&lower) || lower.starts_with(&c)))
+                    c == lower
+                        || (lower.len() > 2 && (c.starts_with(&lower) || lower.starts_with(&c)))
                 }) {
                     Some(c) => format!("unknown field (did you mean {c:?}?)"),
                     None => format!("unknown field; expected one of: {}", known.join(", ")),
@@ -204,8 +205,9 @@ impl<'a> Field<'a> {
     /// `sh -c 'echo hi'`.
     pub fn exec(&self) -> Result<Vec<String>, ConfigError> {
         let argv = match &self.node.kind {
-            Kind::Str(s) => shlex::split(s)
-                .ok_or_else(|| self.err(format!("unbalanced quotes or trailing backslash in {s:?}")))?,
+            Kind::Str(s) => shlex::split(s).ok_or_else(|| {
+                self.err(format!("unbalanced quotes or trailing backslash in {s:?}"))
+            })?,
             Kind::Array(_) => self.strings()?,
             _ => return Err(self.wrong("a string or an array of strings")),
         };
@@ -276,9 +278,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => 60.0,
             "h" => 3600.0,
             "" => {
-                return Err(format!(
-                    "{s:?} is missing a unit (ns, us, ms, s, m or h)"
-                ));
+                return Err(format!("{s:?} is missing a unit (ns, us, ms, s, m or h)"));
             }
             u => return Err(format!("{s:?} has an unknown unit {u:?}")),
         };

@@ -96,10 +96,11 @@ impl P<'_> {
                         }
                     }
                 }
-                Some(_) if self.src[self.i..].starts_with('\u{a0}')
-                    || self.src[self.i..].starts_with('\u{feff}')
-                    || self.src[self.i..].starts_with('\u{2028}')
-                    || self.src[self.i..].starts_with('\u{2029}') =>
+                Some(_)
+                    if self.src[self.i..].starts_with('\u{a0}')
+                        || self.src[self.i..].starts_with('\u{feff}')
+                        || self.src[self.i..].starts_with('\u{2028}')
+                        || self.src[self.i..].starts_with('\u{2029}') =>
                 {
                     self.i += self.src[self.i..].chars().next().map_or(1, char::len_utf8);
                 }
@@ -130,9 +131,9 @@ impl P<'_> {
                     }
                     w => {
                         self.i = pos;
-                        return Err(self.err(format!(
-                            "unexpected word {w:?}: strings must be quoted"
-                        )));
+                        return Err(
+                            self.err(format!("unexpected word {w:?}: strings must be quoted"))
+                        );
                     }
                 }
             }
@@ -140,7 +141,10 @@ impl P<'_> {
         Ok(Node { pos, kind })
     }
 
-    fn nested(&mut self, f: fn(&mut Self) -> Result<Kind, SyntaxError>) -> Result<Kind, SyntaxError> {
+    fn nested(
+        &mut self,
+        f: fn(&mut Self) -> Result<Kind, SyntaxError>,
+    ) -> Result<Kind, SyntaxError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(self.err("document is nested too deeply"));
@@ -267,10 +271,14 @@ impl P<'_> {
                         'u' => {
                             let mut h = self.hex(4)?;
                             // A surrogate pair spelled as two escapes.
-                            if (0xd800..0xdc00).contains(&h) && self.src[self.i..].starts_with("\\u") {
+                            if (0xd800..0xdc00).contains(&h)
+                                && self.src[self.i..].starts_with("\\u")
+                            {
                                 self.i += 2;
                                 let lo = self.hex(4)?;
-                                h = 0x10000 + ((h - 0xd800) << 10) + (lo.wrapping_sub(0xdc00) & 0x3ff);
+                                h = 0x10000
+                                    + ((h - 0xd800) << 10)
+                                    + (lo.wrapping_sub(0xdc00) & 0x3ff);
                             }
                             out.push(char::from_u32(h).unwrap_or('\u{fffd}'));
                         }
@@ -351,11 +359,20 @@ impl P<'_> {
             }
         }
         let text = &self.src[ds..self.i];
-        if text.is_empty() || text == "." || self.peek().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_') {
+        if text.is_empty()
+            || text == "."
+            || self
+                .peek()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        {
             self.i = start;
             return Err(self.err("invalid number"));
         }
-        let text = if text.starts_with('.') { format!("0{text}") } else { text.to_string() };
+        let text = if text.starts_with('.') {
+            format!("0{text}")
+        } else {
+            text.to_string()
+        };
         let text = text.strip_suffix('.').map(str::to_string).unwrap_or(text);
         text.parse::<f64>().map(|v| sign * v).map_err(|_| {
             self.i = start;
@@ -374,9 +391,15 @@ mod tests {
 
     #[test]
     fn json5_features() {
-        let v = k("// c\n{a: 1, 'b': \"x\", $c_1: [1, 2,], /* c */ d: .5, e: +5., f: 0x1F, g: 'multi\\\nline', h: null, i: -Infinity,}");
+        let v = k(
+            "// c\n{a: 1, 'b': \"x\", $c_1: [1, 2,], /* c */ d: .5, e: +5., f: 0x1F, g: 'multi\\\nline', h: null, i: -Infinity,}",
+        );
         let Kind::Object(e) = v else { panic!() };
-        let get = |n: &str| e.iter().find(|(k, _, _)| k == n).map(|(_, _, v)| v.kind.clone());
+        let get = |n: &str| {
+            e.iter()
+                .find(|(k, _, _)| k == n)
+                .map(|(_, _, v)| v.kind.clone())
+        };
         assert_eq!(get("a"), Some(Kind::Number(1.0)));
         assert_eq!(get("b"), Some(Kind::Str("x".into())));
         assert_eq!(get("d"), Some(Kind::Number(0.5)));
@@ -393,7 +416,9 @@ mod tests {
     fn positions_and_errors() {
         let n = parse("{\n  a: [1,\n   true]\n}").unwrap();
         let Kind::Object(e) = n.kind else { panic!() };
-        let Kind::Array(items) = &e[0].2.kind else { panic!() };
+        let Kind::Array(items) = &e[0].2.kind else {
+            panic!()
+        };
         assert_eq!(items[1].pos, 14);
         for (src, msg) in [
             ("{a: 1", "missing '}'"),

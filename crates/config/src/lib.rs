@@ -209,7 +209,10 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
     let control = match top.get("control") {
         Some(f) => {
             let mut o = f.obj()?;
-            let socket = o.get("socket").map(|f| f.str().map(PathBuf::from)).transpose()?;
+            let socket = o
+                .get("socket")
+                .map(|f| f.str().map(PathBuf::from))
+                .transpose()?;
             o.finish(&["socket"])?;
             ControlConfig { socket }
         }
@@ -313,13 +316,23 @@ fn consul(f: &Field) -> Result<ConsulConfig, ConfigError> {
         && s != "http"
         && s != "https"
     {
-        return Err(o.err("scheme", format!("expected \"http\" or \"https\", found {s:?}")));
+        return Err(o.err(
+            "scheme",
+            format!("expected \"http\" or \"https\", found {s:?}"),
+        ));
     }
     let token = o.get("token").map(|f| f.str()).transpose()?;
     let mut tls = BTreeMap::new();
     if let Some(t) = o.get("tls") {
         let mut to = t.obj()?;
-        const KEYS: [&str; 6] = ["cafile", "capath", "clientcert", "clientkey", "servername", "verify"];
+        const KEYS: [&str; 6] = [
+            "cafile",
+            "capath",
+            "clientcert",
+            "clientkey",
+            "servername",
+            "verify",
+        ];
         for k in KEYS {
             if let Some(v) = to.get(k) {
                 let s = if k == "verify" {
@@ -417,8 +430,16 @@ fn telemetry(f: &Field) -> Result<TelemetryConfig, ConfigError> {
         .map(|p| p.int(1, 65535))
         .transpose()?
         .unwrap_or(9090) as u16;
-    let interfaces = o.get("interfaces").map(|f| f.strings()).transpose()?.unwrap_or_default();
-    let tags = o.get("tags").map(|f| f.strings()).transpose()?.unwrap_or_default();
+    let interfaces = o
+        .get("interfaces")
+        .map(|f| f.strings())
+        .transpose()?
+        .unwrap_or_default();
+    let tags = o
+        .get("tags")
+        .map(|f| f.strings())
+        .transpose()?
+        .unwrap_or_default();
     let mut metrics = Vec::new();
     let mut seen = HashSet::new();
     if let Some(m) = o.get("metrics") {
@@ -443,7 +464,11 @@ fn telemetry(f: &Field) -> Result<TelemetryConfig, ConfigError> {
             if !seen.insert(full_name.clone()) {
                 return Err(name_f.err(format!("duplicate metric {full_name:?}")));
             }
-            let help = mo.get("help").map(|f| f.str()).transpose()?.unwrap_or_else(|| full_name.clone());
+            let help = mo
+                .get("help")
+                .map(|f| f.str())
+                .transpose()?
+                .unwrap_or_else(|| full_name.clone());
             let type_f = mo.require("type")?;
             let kind = match type_f.str()?.as_str() {
                 "counter" => MetricKind::Counter,
@@ -515,15 +540,25 @@ const JOB_KEYS: [&str; 15] = [
 
 fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     let mut o = f.obj()?;
-    let exec = o.get("exec").map(|e| e.exec()).transpose()?.unwrap_or_default();
-    let port = o.get("port").map(|p| p.int(1, 65535)).transpose()?.map(|p| p as u16);
+    let exec = o
+        .get("exec")
+        .map(|e| e.exec())
+        .transpose()?
+        .unwrap_or_default();
+    let port = o
+        .get("port")
+        .map(|p| p.int(1, 65535))
+        .transpose()?
+        .map(|p| p as u16);
     let name = match o.get("name") {
         Some(n) => {
             let name = n.str()?;
             if port.is_some() {
                 check_service_name(&n, &name)?;
             } else if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(n.err(format!("{name:?} is not a valid job name: it must be non-empty with no spaces")));
+                return Err(n.err(format!(
+                    "{name:?} is not a valid job name: it must be non-empty with no spaces"
+                )));
             }
             name
         }
@@ -533,8 +568,16 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     if exec.is_empty() && port.is_none() {
         return Err(o.err("exec", "a job needs an 'exec', or a 'port' to advertise"));
     }
-    let interfaces = o.get("interfaces").map(|f| f.strings()).transpose()?.unwrap_or_default();
-    let tags = o.get("tags").map(|f| f.strings()).transpose()?.unwrap_or_default();
+    let interfaces = o
+        .get("interfaces")
+        .map(|f| f.strings())
+        .transpose()?
+        .unwrap_or_default();
+    let tags = o
+        .get("tags")
+        .map(|f| f.strings())
+        .transpose()?
+        .unwrap_or_default();
     let initial_status = match o.get("initial_status") {
         None => None,
         Some(s) => Some(match s.str()?.as_str() {
@@ -588,7 +631,11 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     let raw_logs = match o.get("logging") {
         Some(l) => {
             let mut lo = l.obj()?;
-            let raw = lo.get("raw").map(|r| r.bool()).transpose()?.unwrap_or(false);
+            let raw = lo
+                .get("raw")
+                .map(|r| r.bool())
+                .transpose()?
+                .unwrap_or(false);
             lo.finish(&["raw"])?;
             raw
         }
@@ -597,7 +644,11 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     let (enable_tag_override, deregister_critical_after) = match o.get("consul") {
         Some(c) => {
             let mut co = c.obj()?;
-            let eto = co.get("enableTagOverride").map(|v| v.bool()).transpose()?.unwrap_or(false);
+            let eto = co
+                .get("enableTagOverride")
+                .map(|v| v.bool())
+                .transpose()?
+                .unwrap_or(false);
             let dcsa = co
                 .get("deregisterCriticalServiceAfter")
                 .map(|v| v.positive_duration())
@@ -607,7 +658,11 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         }
         None => (false, None),
     };
-    let main = o.get("main").map(|m| m.bool()).transpose()?.unwrap_or(false);
+    let main = o
+        .get("main")
+        .map(|m| m.bool())
+        .transpose()?
+        .unwrap_or(false);
     let backoff = match o.get("restartBackoff") {
         Some(b) => {
             let mut bo = b.obj()?;
@@ -661,8 +716,16 @@ fn health(f: &Field) -> Result<HealthSpec, ConfigError> {
         .transpose()?
         // A check with no timeout could hang forever and block every later check.
         .unwrap_or(interval);
-    let rise = o.get("rise").map(|r| r.int(1, 1000)).transpose()?.unwrap_or(1) as u32;
-    let fall = o.get("fall").map(|r| r.int(1, 1000)).transpose()?.unwrap_or(1) as u32;
+    let rise = o
+        .get("rise")
+        .map(|r| r.int(1, 1000))
+        .transpose()?
+        .unwrap_or(1) as u32;
+    let fall = o
+        .get("fall")
+        .map(|r| r.int(1, 1000))
+        .transpose()?
+        .unwrap_or(1) as u32;
     o.finish(&["exec", "interval", "ttl", "timeout", "rise", "fall"])?;
     Ok(HealthSpec {
         exec,
@@ -695,13 +758,18 @@ fn when(f: &Field) -> Result<Trigger, ConfigError> {
     }
     let source_f = o.get("source");
     let source = source_f.as_ref().map(|s| s.str()).transpose()?;
-    let timeout = o.get("timeout").map(|t| t.positive_duration()).transpose()?;
+    let timeout = o
+        .get("timeout")
+        .map(|t| t.positive_duration())
+        .transpose()?;
     let (code_f, each) = match (o.get("once"), o.get("each")) {
         (Some(c), None) => (Some(c), false),
         (None, Some(c)) => (Some(c), true),
         _ => (None, true),
     };
-    let is_signal = source.as_deref().is_some_and(|s| SIGNAL_EVENTS.contains(&s));
+    let is_signal = source
+        .as_deref()
+        .is_some_and(|s| SIGNAL_EVENTS.contains(&s));
     let code = match &code_f {
         Some(c) => {
             let name = c.str()?;

@@ -51,7 +51,10 @@ fn full_containerpilot_example() {
     assert_eq!(app.port, Some(8080));
     assert_eq!(app.restarts, Restarts::Unlimited);
     assert_eq!(app.stop_timeout, Duration::from_secs(7));
-    assert_eq!(app.health.as_ref().map(|h| h.interval), Some(Duration::from_secs(5)));
+    assert_eq!(
+        app.health.as_ref().map(|h| h.interval),
+        Some(Duration::from_secs(5))
+    );
     assert_eq!(
         app.trigger,
         Trigger::Event {
@@ -62,10 +65,20 @@ fn full_containerpilot_example() {
         }
     );
     assert_eq!(c.jobs[2].restarts, Restarts::Count(2));
-    assert_eq!(c.jobs[3].trigger, Trigger::Interval(Duration::from_millis(1500)));
+    assert_eq!(
+        c.jobs[3].trigger,
+        Trigger::Interval(Duration::from_millis(1500))
+    );
     assert_eq!(c.jobs[3].timeout, Some(Duration::from_millis(1500)));
     assert_eq!(c.jobs[3].restarts, Restarts::Unlimited);
-    assert!(matches!(&c.jobs[5].trigger, Trigger::Event { code: EventCode::Signal, each: true, .. }));
+    assert!(matches!(
+        &c.jobs[5].trigger,
+        Trigger::Event {
+            code: EventCode::Signal,
+            each: true,
+            ..
+        }
+    ));
     assert!(c.jobs[6].exec.is_empty());
     let t = c.telemetry.expect("telemetry");
     assert_eq!(t.metrics[0].full_name, "ns_sub_m");
@@ -79,35 +92,147 @@ fn full_containerpilot_example() {
 fn bad_configs_table() {
     let cases: &[(&str, &str, &str)] = &[
         ("{ jobz: [] }", "1:3: jobz", "unknown field"),
-        ("{ jobs: [{ name: 'a', exec: 'x', restart: 1 }] }", "1:34: jobs[0].restart", "did you mean \"restarts\""),
-        ("{ jobs: [{ name: 'a', exec: 5 }] }", "1:29: jobs[0].exec", "expected a string or an array of strings, found a number"),
-        ("{ jobs: [{ name: 'a', exec: 'x' }, {\n name: 'a', exec: 'y' }] }", "1:36: jobs[1].name", "duplicate job name \"a\""),
-        ("{ jobs: [\n {name: 'a', exec: 'x'},\n {name: 'b', exec: 'x'},\n {name: 'c', exec: 'x', when: {interval: '1s', once: 'healthy'}}] }", "4:32: jobs[2].when.interval", "cannot be combined with 'once'"),
-        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'nope', once: 'healthy'} }] }", "1:49: jobs[0].when.source", "\"nope\" names no job"),
-        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'watch.db', each: 'changed'} }] }", "1:49: jobs[0].when.source", "names no job, watch"),
-        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'a', once: 'healthy', each: 'healthy'} }] }", "1:71: jobs[0].when.each", "only one of"),
-        ("{ jobs: [{ name: 'a', exec: 'x', when: {source: 'a', once: 'bogus'} }] }", "1:60: jobs[0].when.once", "unknown event \"bogus\""),
-        ("{ jobs: [{ name: 'a', exec: 'x', restarts: 'sometimes' }] }", "1:44: jobs[0].restarts", "\"never\", \"unlimited\""),
-        ("{ jobs: [{ name: 'a', exec: 'x', restarts: -1 }] }", "1:44: jobs[0].restarts", "non-negative"),
-        ("{ jobs: [{ name: 'a', exec: 'x', restarts: 'unlimited', when: {source: 'a', each: 'healthy'} }] }", "1:44: jobs[0].restarts", "cannot be used with 'when.each'"),
-        ("{ jobs: [{ name: 'a', exec: 'x', timeout: '10parsecs' }] }", "1:43: jobs[0].timeout", "unknown unit"),
-        ("{ jobs: [{ name: 'web', exec: 'x', port: 80 }] }", "1:36: jobs[0].port", "needs 'health'"),
-        ("{ jobs: [{ name: 'web', exec: 'x', port: 70000, health: {exec: 'c', interval: 1, ttl: 2} }] }", "1:42: jobs[0].port", "out of range"),
-        ("{ jobs: [{ name: 'Web', exec: 'x', port: 80, initial_status: 'passing' }] }", "1:18: jobs[0].name", "not a valid service name"),
-        ("{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', interval: 1} }] }", "1:42: jobs[0].health.ttl", "required"),
-        ("{ jobs: [{ name: 'a', exec: 'sh -c \"unbalanced' }] }", "1:29: jobs[0].exec", "unbalanced quotes"),
-        ("{ jobs: [{ name: 'a', exec: '' }] }", "1:29: jobs[0].exec", "the command is empty"),
-        ("{ jobs: [{ name: 'a' }] }", "1:10: jobs[0].exec", "needs an 'exec'"),
-        ("{ jobs: [{ name: 'a', exec: 'x', main: 'yes' }] }", "1:40: jobs[0].main", "expected true or false"),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', restart: 1 }] }",
+            "1:34: jobs[0].restart",
+            "did you mean \"restarts\"",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 5 }] }",
+            "1:29: jobs[0].exec",
+            "expected a string or an array of strings, found a number",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x' }, {\n name: 'a', exec: 'y' }] }",
+            "1:36: jobs[1].name",
+            "duplicate job name \"a\"",
+        ),
+        (
+            "{ jobs: [\n {name: 'a', exec: 'x'},\n {name: 'b', exec: 'x'},\n {name: 'c', exec: 'x', when: {interval: '1s', once: 'healthy'}}] }",
+            "4:32: jobs[2].when.interval",
+            "cannot be combined with 'once'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: {source: 'nope', once: 'healthy'} }] }",
+            "1:49: jobs[0].when.source",
+            "\"nope\" names no job",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: {source: 'watch.db', each: 'changed'} }] }",
+            "1:49: jobs[0].when.source",
+            "names no job, watch",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: {source: 'a', once: 'healthy', each: 'healthy'} }] }",
+            "1:71: jobs[0].when.each",
+            "only one of",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: {source: 'a', once: 'bogus'} }] }",
+            "1:60: jobs[0].when.once",
+            "unknown event \"bogus\"",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', restarts: 'sometimes' }] }",
+            "1:44: jobs[0].restarts",
+            "\"never\", \"unlimited\"",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', restarts: -1 }] }",
+            "1:44: jobs[0].restarts",
+            "non-negative",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', restarts: 'unlimited', when: {source: 'a', each: 'healthy'} }] }",
+            "1:44: jobs[0].restarts",
+            "cannot be used with 'when.each'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', timeout: '10parsecs' }] }",
+            "1:43: jobs[0].timeout",
+            "unknown unit",
+        ),
+        (
+            "{ jobs: [{ name: 'web', exec: 'x', port: 80 }] }",
+            "1:36: jobs[0].port",
+            "needs 'health'",
+        ),
+        (
+            "{ jobs: [{ name: 'web', exec: 'x', port: 70000, health: {exec: 'c', interval: 1, ttl: 2} }] }",
+            "1:42: jobs[0].port",
+            "out of range",
+        ),
+        (
+            "{ jobs: [{ name: 'Web', exec: 'x', port: 80, initial_status: 'passing' }] }",
+            "1:18: jobs[0].name",
+            "not a valid service name",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', interval: 1} }] }",
+            "1:42: jobs[0].health.ttl",
+            "required",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'sh -c \"unbalanced' }] }",
+            "1:29: jobs[0].exec",
+            "unbalanced quotes",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: '' }] }",
+            "1:29: jobs[0].exec",
+            "the command is empty",
+        ),
+        (
+            "{ jobs: [{ name: 'a' }] }",
+            "1:10: jobs[0].exec",
+            "needs an 'exec'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', main: 'yes' }] }",
+            "1:40: jobs[0].main",
+            "expected true or false",
+        ),
         ("{ jobs: { name: 'a' } }", "1:9: jobs", "expected an array"),
-        ("{ jobs: [{ name: 'a', exec: 'x' }] ", "1:36: (syntax)", "missing '}'"),
-        ("{ jobs: [{ name: 'a', exec: x }] }", "1:29: (syntax)", "strings must be quoted"),
-        ("{ logging: { level: 'LOUD' } }", "1:21: logging.level", "unknown level"),
-        ("{ watches: [{ name: 'db' }] }", "1:13: watches[0].interval", "required"),
-        ("{ telemetry: { metrics: [{ name: 'm', type: 'meter' }] } }", "1:45: telemetry.metrics[0].type", "unknown metric type"),
-        ("{ catalog: 'zookeeper://x' }", "1:12: catalog", "not a catalog URL"),
-        ("{ stopTimeout: 'soon' }", "1:16: stopTimeout", "not a valid duration"),
-        ("{\n  jobs: [{ name: {{ .X", "2:18: template", "unclosed action"),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x' }] ",
+            "1:36: (syntax)",
+            "missing '}'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: x }] }",
+            "1:29: (syntax)",
+            "strings must be quoted",
+        ),
+        (
+            "{ logging: { level: 'LOUD' } }",
+            "1:21: logging.level",
+            "unknown level",
+        ),
+        (
+            "{ watches: [{ name: 'db' }] }",
+            "1:13: watches[0].interval",
+            "required",
+        ),
+        (
+            "{ telemetry: { metrics: [{ name: 'm', type: 'meter' }] } }",
+            "1:45: telemetry.metrics[0].type",
+            "unknown metric type",
+        ),
+        (
+            "{ catalog: 'zookeeper://x' }",
+            "1:12: catalog",
+            "not a catalog URL",
+        ),
+        (
+            "{ stopTimeout: 'soon' }",
+            "1:16: stopTimeout",
+            "not a valid duration",
+        ),
+        (
+            "{\n  jobs: [{ name: {{ .X",
+            "2:18: template",
+            "unclosed action",
+        ),
     ];
     let mut failures = Vec::new();
     for (text, at, msg) in cases {
@@ -117,7 +242,9 @@ fn bad_configs_table() {
                 let s = e.to_string();
                 let want_prefix = format!("/etc/app.json5:{at}: ");
                 if !s.starts_with(&want_prefix) || !s.contains(msg) {
-                    failures.push(format!("{text}\n   got: {s}\n  want: {want_prefix}...{msg}"));
+                    failures.push(format!(
+                        "{text}\n   got: {s}\n  want: {want_prefix}...{msg}"
+                    ));
                 }
             }
         }
@@ -133,5 +260,8 @@ fn path_resolution_order() {
     assert_eq!(resolve_path(None, &env).ok(), Some("/b".into()));
     env.insert("CONTAINERPILOT".to_string(), "/a".to_string());
     assert_eq!(resolve_path(None, &env).ok(), Some("/a".into()));
-    assert_eq!(resolve_path(Some(Path::new("/c")), &env).ok(), Some("/c".into()));
+    assert_eq!(
+        resolve_path(Some(Path::new("/c")), &env).ok(),
+        Some("/c".into())
+    );
 }

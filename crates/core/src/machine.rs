@@ -58,9 +58,18 @@ pub enum Sig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Startup,
-    Started { run: RunId, pid: u32 },
-    SpawnFailed { run: RunId, error: String },
-    Exited { run: RunId, status: ExitStatus },
+    Started {
+        run: RunId,
+        pid: u32,
+    },
+    SpawnFailed {
+        run: RunId,
+        error: String,
+    },
+    Exited {
+        run: RunId,
+        status: ExitStatus,
+    },
     /// A signal that is published as an event (`SIGHUP`, `SIGUSR2`).
     SignalEvent(String),
     /// An event from outside the job set, such as a watch's `changed`.
@@ -777,7 +786,10 @@ impl Machine {
             .map(|(id, _)| *id)
             .collect();
         for run in checks {
-            self.actions.push(Action::Signal { run, sig: Sig::Kill });
+            self.actions.push(Action::Signal {
+                run,
+                sig: Sig::Kill,
+            });
         }
         for j in 0..self.jobs.len() {
             let job = &mut self.jobs[j];

@@ -145,30 +145,36 @@ impl JobSpec {
 /// ContainerPilot configs usually start the app after a one-shot pre-start
 /// job (`when: {source: "preStart", once: "exitSuccess"}`), so "the last job
 /// with no `when`" alone would pick the pre-start step. A candidate is a
-/// non-interval job with an exec that starts at startup or once after
-/// another job's `exitSuccess`; candidates that another candidate waits on
-/// are steps before the main job, not the main job.
+/// non-interval job with an exec that starts at startup, or once after the
+/// `exitSuccess` of a run-once job; candidates that another candidate waits
+/// on are steps before the main job, not the main job.
 pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
     if let Some(i) = jobs.iter().position(|j| j.main) {
         return Some(i);
     }
-    let candidate = |j: &JobSpec| {
+    // A run-once step: not periodic, not re-run on every event.
+    let once = |j: &JobSpec| {
         !j.exec.is_empty()
+            && !matches!(
+                j.trigger,
+                Trigger::Interval(_) | Trigger::Event { each: true, .. }
+            )
+    };
+    let candidate = |j: &JobSpec| {
+        once(j)
             && match &j.trigger {
                 Trigger::Startup => true,
                 Trigger::Event {
                     code: EventCode::ExitSuccess,
-                    each: false,
                     source,
                     ..
-                } => jobs.iter().any(|o| &o.name == source),
+                } => jobs.iter().any(|o| &o.name == source && once(o)),
                 _ => false,
             }
     };
     let awaited = |name: &str| {
         jobs.iter().any(|o| {
-            candidate(o)
-                && matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
+            candidate(o) && matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
         })
     };
     jobs.iter()

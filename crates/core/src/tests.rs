@@ -400,7 +400,10 @@ fn graceful_stop_order_prestop_term_kill_poststop() {
     h.at(1000);
     let a = h.input(Input::Stop(StopReason::Shutdown));
     assert_eq!(h.spawns(&a), vec!["preStop"]);
-    assert!(H::signals(&a).is_empty(), "app is not signalled before pre-stop ends");
+    assert!(
+        H::signals(&a).is_empty(),
+        "app is not signalled before pre-stop ends"
+    );
     let a = h.exit(h.run_of("preStop", ProcKind::Job), 0);
     assert_eq!(H::signals(&a), vec![(app, Sig::Term)]);
     // app ignores SIGTERM: SIGKILL at its stopTimeout, not before.
@@ -433,7 +436,10 @@ fn stop_with_everything_already_exited_finishes_at_once() {
 
 #[test]
 fn stop_hook_that_hangs_is_bounded_by_the_global_stop_timeout() {
-    let mut h = H::new(vec![job("app"), on("preStop", "app", EventCode::Stopping, false)]);
+    let mut h = H::new(vec![
+        job("app"),
+        on("preStop", "app", EventCode::Stopping, false),
+    ]);
     h.startup();
     h.input(Input::Stop(StopReason::Shutdown));
     let hook = h.run_of("preStop", ProcKind::Job);
@@ -529,4 +535,14 @@ fn main_job_selection() {
     explicit[0].main = true;
     assert_eq!(main_job(&explicit), Some(0));
     assert_eq!(main_job(&specs[3..]), None);
+    // A one-shot handler of an interval job is not on the start chain.
+    let handler = vec![
+        job("app"),
+        JobSpec {
+            trigger: Trigger::Interval(ms(5)),
+            ..job("tick")
+        },
+        on("first", "tick", EventCode::ExitSuccess, false),
+    ];
+    assert_eq!(main_job(&handler), Some(0));
 }

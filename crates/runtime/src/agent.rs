@@ -91,10 +91,11 @@ fn job_ips(config: &Config) -> Result<Vec<Option<IpAddr>>, AgentError> {
 /// Runs the agent until every job has stopped; returns the exit code.
 pub async fn run(opts: Options) -> Result<i32, AgentError> {
     let spawner = Spawner::start()?;
-    if opts.init && std::process::id() != 1 {
-        if let Err(e) = autopilot_process::become_subreaper() {
-            tracing::warn!("cannot become the reaper of orphans: {e}");
-        }
+    if opts.init
+        && std::process::id() != 1
+        && let Err(e) = autopilot_process::become_subreaper()
+    {
+        tracing::warn!("cannot become the reaper of orphans: {e}");
     }
     let ips = job_ips(&opts.config)?;
     let user_metrics = opts
@@ -224,7 +225,8 @@ impl Agent {
                             tracing::debug!(job = %name, code = status.code(), "health check {result}");
                         }
                         ProcKind::Job => {
-                            self.metrics.record("autopilot_job_running", &[("job", &name)], 0.0);
+                            self.metrics
+                                .record("autopilot_job_running", &[("job", &name)], 0.0);
                             tracing::info!(job = %name, pid = meta.pid, code = status.code(), "job exited");
                         }
                     }
@@ -275,7 +277,10 @@ impl Agent {
         let env = self.render_env();
         let cfg = autopilot_config::load(&self.config.path, &env).map_err(|e| e.to_string())?;
         let ips = job_ips(&cfg).map_err(|e| e.to_string())?;
-        if cfg.control != self.config.control || cfg.telemetry.as_ref().map(|t| t.port) != self.config.telemetry.as_ref().map(|t| t.port) {
+        if cfg.control != self.config.control
+            || cfg.telemetry.as_ref().map(|t| t.port)
+                != self.config.telemetry.as_ref().map(|t| t.port)
+        {
             tracing::warn!("control and telemetry listeners keep their old settings until restart");
         }
         self.next_config = Some((cfg, ips));
@@ -322,7 +327,8 @@ impl Agent {
                         Some(false) => 0.0,
                         None => -1.0,
                     };
-                    self.metrics.record("autopilot_job_healthy", &[("job", &name)], v);
+                    self.metrics
+                        .record("autopilot_job_healthy", &[("job", &name)], v);
                     match healthy {
                         Some(true) => tracing::info!(job = %name, "healthy"),
                         Some(false) => tracing::warn!(job = %name, "unhealthy"),
@@ -331,19 +337,36 @@ impl Agent {
                 }
                 Action::Restarting { job, delay } => {
                     let name = self.machine.spec(job).name.clone();
-                    self.metrics.record("autopilot_job_restarts", &[("job", &name)], 1.0);
+                    self.metrics
+                        .record("autopilot_job_restarts", &[("job", &name)], 1.0);
                     tracing::info!(job = %name, "restarting in {delay:?}");
                 }
-                Action::Finished { reason: StopReason::Shutdown, code } => return Some(code),
-                Action::Finished { reason: StopReason::Reload, .. } => {
+                Action::Finished {
+                    reason: StopReason::Shutdown,
+                    code,
+                } => return Some(code),
+                Action::Finished {
+                    reason: StopReason::Reload,
+                    ..
+                } => {
                     if let Some((cfg, ips)) = self.next_config.take() {
-                        self.metrics
-                            .set_user(&cfg.telemetry.as_ref().map(|t| t.metrics.clone()).unwrap_or_default());
-                        self.machine =
-                            Machine::new(cfg.jobs.clone(), cfg.stop_timeout, self.machine.next_run_id());
+                        self.metrics.set_user(
+                            &cfg.telemetry
+                                .as_ref()
+                                .map(|t| t.metrics.clone())
+                                .unwrap_or_default(),
+                        );
+                        self.machine = Machine::new(
+                            cfg.jobs.clone(),
+                            cfg.stop_timeout,
+                            self.machine.next_run_id(),
+                        );
                         self.config = cfg;
                         self.job_ips = ips;
-                        tracing::info!(jobs = self.config.jobs.len(), "config reloaded; starting jobs");
+                        tracing::info!(
+                            jobs = self.config.jobs.len(),
+                            "config reloaded; starting jobs"
+                        );
                         self.input(Input::Startup);
                     }
                 }
@@ -356,7 +379,11 @@ impl Agent {
         let spec = self.machine.spec(job);
         let (argv, tag, raw) = match (kind, &spec.health) {
             (ProcKind::Job, _) => (spec.exec.clone(), spec.name.clone(), spec.raw_logs),
-            (ProcKind::Check, Some(h)) => (h.exec.clone(), format!("check.{}", spec.name), spec.raw_logs),
+            (ProcKind::Check, Some(h)) => (
+                h.exec.clone(),
+                format!("check.{}", spec.name),
+                spec.raw_logs,
+            ),
             (ProcKind::Check, None) => return,
         };
         let name = spec.name.clone();
@@ -370,7 +397,8 @@ impl Agent {
             Ok(child) => {
                 if kind == ProcKind::Job {
                     tracing::info!(job = %name, pid = child.pid, "job started");
-                    self.metrics.record("autopilot_job_running", &[("job", &name)], 1.0);
+                    self.metrics
+                        .record("autopilot_job_running", &[("job", &name)], 1.0);
                 }
                 self.runs.insert(
                     run,
@@ -464,6 +492,12 @@ impl Agent {
 /// `my-job` → `MY_JOB`, as in `CONTAINERPILOT_MY_JOB_IP`.
 pub fn env_key(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

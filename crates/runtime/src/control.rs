@@ -127,24 +127,26 @@ async fn maintenance(State(c): State<Ctx>, on: bool) -> Response {
     }
 }
 
-fn json_object(body: &Bytes) -> Result<serde_json::Map<String, serde_json::Value>, Response> {
+/// The body as a JSON object, or the message for a 400.
+fn json_object(body: &Bytes) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
-        Ok(_) => Err(bad("the body must be a JSON object")),
-        Err(e) => Err(bad(format!("the body is not valid JSON: {e}"))),
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("the body is not valid JSON: {e}")),
     }
 }
 
 fn valid_env_name(k: &str) -> bool {
     let mut c = k.chars();
-    c.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    c.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
     let m = match json_object(&body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let mut env = BTreeMap::new();
     for (k, v) in m {
@@ -168,7 +170,7 @@ async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
 async fn metric(State(c): State<Ctx>, body: Bytes) -> Response {
     let m = match json_object(&body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     // Validate everything first so a bad entry applies nothing.
     let mut vals = Vec::new();

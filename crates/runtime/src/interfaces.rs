@@ -38,7 +38,11 @@ fn octets(ip: &IpAddr) -> Vec<u8> {
 /// The first address matching the first matching specification.
 pub fn resolve(specs: &[String], addrs: &[(String, IpAddr)]) -> Result<IpAddr, String> {
     let defaults: Vec<String> = DEFAULT_INTERFACES.iter().map(|s| s.to_string()).collect();
-    let specs = if specs.is_empty() { &defaults[..] } else { specs };
+    let specs = if specs.is_empty() {
+        &defaults[..]
+    } else {
+        specs
+    };
     for spec in specs {
         if let Some(ip) = match_one(spec, addrs)? {
             return Ok(ip);
@@ -111,11 +115,19 @@ fn match_one(spec: &str, addrs: &[(String, IpAddr)]) -> Result<Option<IpAddr>, S
 fn in_net(ip: &IpAddr, net: &IpAddr, bits: u32) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(*a) & mask == u32::from(*n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(*a) & mask == u128::from(*n) & mask
         }
         _ => false,
@@ -161,6 +173,9 @@ mod tests {
         assert!(r(&["eth9"]).is_err());
         assert!(r(&["eth0:inet7"]).is_err());
         assert!(r(&["static:nope"]).is_err());
-        assert_eq!(resolve(&[], &[]).map(|i| i.to_string()), Ok("127.0.0.1".into()));
+        assert_eq!(
+            resolve(&[], &[]).map(|i| i.to_string()),
+            Ok("127.0.0.1".into())
+        );
     }
 }

@@ -31,7 +31,10 @@ impl LogHandle {
         let mut t = self.target.lock().unwrap_or_else(|e| e.into_inner());
         if let Target::File { path, file } = &mut *t {
             *file = open(path).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot reopen log file {}: {e}", path.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot reopen log file {}: {e}", path.display()),
+                )
             })?;
         }
         Ok(())
@@ -70,7 +73,10 @@ pub fn init(cfg: &LoggingConfig) -> io::Result<LogHandle> {
         LogOutput::Stderr => Target::Stderr,
         LogOutput::File(path) => Target::File {
             file: open(path).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open log file {}: {e}", path.display()),
+                )
             })?,
             path: path.clone(),
         },

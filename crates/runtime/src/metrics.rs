@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use autopilot_config::{MetricConfig, MetricKind};
 
-const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 /// Observations a summary keeps for its quantiles.
 const SUMMARY_WINDOW: usize = 1024;
@@ -83,16 +85,36 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(user: &[MetricConfig]) -> Metrics {
         let m = Metrics::default();
-        m.declare("autopilot_job_restarts", "Restarts of each job after an exit.", MetricKind::Counter);
-        m.declare("autopilot_job_running", "1 while the job's process is running.", MetricKind::Gauge);
-        m.declare("autopilot_job_healthy", "1 healthy, 0 unhealthy, -1 unknown.", MetricKind::Gauge);
-        m.declare("autopilot_health_checks", "Health-check results by job and result.", MetricKind::Counter);
+        m.declare(
+            "autopilot_job_restarts",
+            "Restarts of each job after an exit.",
+            MetricKind::Counter,
+        );
+        m.declare(
+            "autopilot_job_running",
+            "1 while the job's process is running.",
+            MetricKind::Gauge,
+        );
+        m.declare(
+            "autopilot_job_healthy",
+            "1 healthy, 0 unhealthy, -1 unknown.",
+            MetricKind::Gauge,
+        );
+        m.declare(
+            "autopilot_health_checks",
+            "Health-check results by job and result.",
+            MetricKind::Counter,
+        );
         m.declare(
             "autopilot_health_check_duration_seconds",
             "How long health checks take.",
             MetricKind::Histogram,
         );
-        m.declare("autopilot_events", "Events published on the agent's bus.", MetricKind::Counter);
+        m.declare(
+            "autopilot_events",
+            "Events published on the agent's bus.",
+            MetricKind::Counter,
+        );
         m.set_user(user);
         m
     }
@@ -160,7 +182,12 @@ impl Metrics {
             .get_mut(name)
             .ok_or_else(|| MetricError::Unknown(name.to_string()))?;
         let kind = fam.kind;
-        observe(fam.series.entry(Vec::new()).or_insert_with(|| Value::new(kind)), v);
+        observe(
+            fam.series
+                .entry(Vec::new())
+                .or_insert_with(|| Value::new(kind)),
+            v,
+        );
         Ok(())
     }
 
@@ -211,9 +238,14 @@ impl Metrics {
                         let mut cum = 0;
                         for (b, c) in BUCKETS.iter().zip(counts) {
                             cum += c;
-                            let _ = writeln!(out, "{name}_bucket{} {cum}", l(Some(("le", num(*b)))));
+                            let _ =
+                                writeln!(out, "{name}_bucket{} {cum}", l(Some(("le", num(*b)))));
                         }
-                        let _ = writeln!(out, "{name}_bucket{} {count}", l(Some(("le", "+Inf".into()))));
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{} {count}",
+                            l(Some(("le", "+Inf".into())))
+                        );
                         let _ = writeln!(out, "{name}_sum{} {}", l(None), num(*sum));
                         let _ = writeln!(out, "{name}_count{} {count}", l(None));
                     }
@@ -226,7 +258,8 @@ impl Metrics {
                             } else {
                                 sorted[((sorted.len() - 1) as f64 * q).round() as usize]
                             };
-                            let _ = writeln!(out, "{name}{} {}", l(Some(("quantile", num(q)))), num(v));
+                            let _ =
+                                writeln!(out, "{name}{} {}", l(Some(("quantile", num(q)))), num(v));
                         }
                         let _ = writeln!(out, "{name}_sum{} {}", l(None), num(*sum));
                         let _ = writeln!(out, "{name}_count{} {count}", l(None));
@@ -267,7 +300,11 @@ fn num(x: f64) -> String {
     if x.is_nan() {
         "NaN".into()
     } else if x.is_infinite() {
-        if x > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if x > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{x}")
     }
@@ -278,7 +315,9 @@ fn escape_help(s: &str) -> String {
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n").replace('"', "\\\"")
+    s.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('"', "\\\"")
 }
 
 #[cfg(test)]
@@ -286,14 +325,19 @@ mod tests {
     use super::*;
 
     fn user() -> Vec<MetricConfig> {
-        [("c", MetricKind::Counter), ("g", MetricKind::Gauge), ("h", MetricKind::Histogram), ("s", MetricKind::Summary)]
-            .iter()
-            .map(|(n, k)| MetricConfig {
-                full_name: n.to_string(),
-                help: format!("help {n}"),
-                kind: *k,
-            })
-            .collect()
+        [
+            ("c", MetricKind::Counter),
+            ("g", MetricKind::Gauge),
+            ("h", MetricKind::Histogram),
+            ("s", MetricKind::Summary),
+        ]
+        .iter()
+        .map(|(n, k)| MetricConfig {
+            full_name: n.to_string(),
+            help: format!("help {n}"),
+            kind: *k,
+        })
+        .collect()
     }
 
     #[test]
@@ -309,7 +353,11 @@ mod tests {
         assert_eq!(m.put("nope", 1.0), Err(MetricError::Unknown("nope".into())));
         assert!(m.put("c", -1.0).is_err());
         assert!(m.put("autopilot_events", 1.0).is_err());
-        m.record("autopilot_events", &[("source", "a\"b"), ("code", "x")], 1.0);
+        m.record(
+            "autopilot_events",
+            &[("source", "a\"b"), ("code", "x")],
+            1.0,
+        );
         let out = m.render();
         assert!(out.contains("# TYPE c counter\nc 5\n"), "{out}");
         assert!(out.contains("g 7\n"), "{out}");
@@ -317,6 +365,9 @@ mod tests {
         assert!(out.contains("h_bucket{le=\"0.25\"} 0\n"), "{out}");
         assert!(out.contains("s{quantile=\"0.99\"} 3\n"), "{out}");
         assert!(out.contains("s_count 2\n"), "{out}");
-        assert!(out.contains("autopilot_events{code=\"x\",source=\"a\\\"b\"} 1\n"), "{out}");
+        assert!(
+            out.contains("autopilot_events{code=\"x\",source=\"a\\\"b\"} 1\n"),
+            "{out}"
+        );
     }
 }

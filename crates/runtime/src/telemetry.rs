@@ -42,7 +42,10 @@ pub async fn serve(
 
 async fn metrics_page(State(c): State<Ctx>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         c.metrics.render(),
     )
         .into_response()

@@ -138,7 +138,12 @@ impl Exec<'_> {
         Ok(v)
     }
 
-    fn command(&mut self, dot: &Value, cmd: &Command, piped: Option<Value>) -> Result<Value, Error> {
+    fn command(
+        &mut self,
+        dot: &Value,
+        cmd: &Command,
+        piped: Option<Value>,
+    ) -> Result<Value, Error> {
         let first = &cmd.args[0];
         if let Arg::Ident(name) = first {
             let mut args = Vec::with_capacity(cmd.args.len());

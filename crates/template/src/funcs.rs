@@ -71,7 +71,10 @@ impl Funcs {
         f.insert("loop", |a| {
             let ints: Vec<i64> = a
                 .iter()
-                .map(|v| v.as_int().ok_or_else(|| format!("loop wants integers, got {}", v.type_name())))
+                .map(|v| {
+                    v.as_int()
+                        .ok_or_else(|| format!("loop wants integers, got {}", v.type_name()))
+                })
                 .collect::<Result<_, _>>()?;
             let (from, to) = match ints.as_slice() {
                 [n] => (0, *n),
@@ -144,7 +147,10 @@ impl Funcs {
         });
         f.insert("eq", |a| {
             let (first, rest) = a.split_first().ok_or("eq needs arguments")?;
-            Ok(Value::Bool(rest.iter().any(|b| compare(first, b) == Some(Ordering::Equal))))
+            Ok(Value::Bool(
+                rest.iter()
+                    .any(|b| compare(first, b) == Some(Ordering::Equal)),
+            ))
         });
         f.insert("ne", |a| {
             let [x, y] = two(a, "ne")?;
@@ -160,14 +166,20 @@ impl Funcs {
             f.insert(name, move |a| {
                 let [x, y] = two(a, name)?;
                 let ord = compare(x, y).ok_or_else(|| {
-                    format!("incompatible types for comparison: {} and {}", x.type_name(), y.type_name())
+                    format!(
+                        "incompatible types for comparison: {} and {}",
+                        x.type_name(),
+                        y.type_name()
+                    )
                 })?;
                 Ok(Value::Bool(want.contains(&ord)))
             });
         }
         f.insert("toJSON", |a| {
             let [v] = one(a, "toJSON")?;
-            serde_json::to_string(&v.to_json()).map(Value::Str).map_err(|e| e.to_string())
+            serde_json::to_string(&v.to_json())
+                .map(Value::Str)
+                .map_err(|e| e.to_string())
         });
         f.insert("parseJSON", |a| {
             let [v] = one(a, "parseJSON")?;
@@ -337,7 +349,9 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             out.push_str(&body);
             out.extend(std::iter::repeat_n(' ', pad));
         } else if zero && matches!(verb, 'd' | 'f' | 'x' | 'X') {
-            let (sign, digits) = body.strip_prefix('-').map_or(("", body.as_str()), |d| ("-", d));
+            let (sign, digits) = body
+                .strip_prefix('-')
+                .map_or(("", body.as_str()), |d| ("-", d));
             out.push_str(sign);
             out.extend(std::iter::repeat_n('0', pad));
             out.push_str(digits);
@@ -349,7 +363,13 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
     let extra: Vec<_> = args.collect();
     if !extra.is_empty() {
         out.push_str("%!(EXTRA ");
-        out.push_str(&extra.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
+        out.push_str(
+            &extra
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
         out.push(')');
     }
     out

@@ -94,9 +94,9 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, Error> {
     };
     let (nodes, end) = p.list()?;
     match end {
-        End::Eof => Ok(nodes),
-        End::End(pos) => Err(Error::at(src, pos, "unexpected {{end}}")),
-        End::Else(pos, _) => Err(Error::at(src, pos, "unexpected {{else}}")),
+        Term::Eof => Ok(nodes),
+        Term::End(pos) => Err(Error::at(src, pos, "unexpected {{end}}")),
+        Term::Else(pos, _) => Err(Error::at(src, pos, "unexpected {{else}}")),
     }
 }
 
@@ -151,7 +151,11 @@ fn split(src: &str) -> Result<Vec<Piece>, Error> {
                 trim_next = false;
                 rest = src.len() - r.len();
             } else {
-                return Err(Error::at(src, open, "comment ends before closing delimiter"));
+                return Err(Error::at(
+                    src,
+                    open,
+                    "comment ends before closing delimiter",
+                ));
             }
             continue;
         }
@@ -249,7 +253,10 @@ fn lex_action(src: &str, mut i: usize, open: usize) -> Result<(Vec<Token>, usize
             b'.' => {
                 let start = i + 1;
                 let mut j = start;
-                while b.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+                while b
+                    .get(j)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
                     j += 1;
                 }
                 i = j;
@@ -261,7 +268,10 @@ fn lex_action(src: &str, mut i: usize, open: usize) -> Result<(Vec<Token>, usize
             }
             b'$' => {
                 let mut j = i + 1;
-                while b.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+                while b
+                    .get(j)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
                     j += 1;
                 }
                 let name = src[i..j].to_string();
@@ -284,7 +294,10 @@ fn lex_action(src: &str, mut i: usize, open: usize) -> Result<(Vec<Token>, usize
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let mut j = i;
-                while b.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+                while b
+                    .get(j)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
                     j += 1;
                 }
                 let word = src[i..j].to_string();
@@ -312,7 +325,9 @@ fn parse_number(text: &str) -> Option<Value> {
         .strip_prefix("0x")
         .or_else(|| digits.strip_prefix("0X"))
     {
-        return i64::from_str_radix(hex, 16).ok().map(|v| Value::Int(sign * v));
+        return i64::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| Value::Int(sign * v));
     }
     if let Ok(v) = digits.parse::<i64>() {
         return Some(Value::Int(sign * v));
@@ -339,7 +354,9 @@ fn lex_quoted(src: &str, start: usize) -> Result<(String, usize), Error> {
                 Some((_, '"')) => out.push('"'),
                 Some((_, '\'')) => out.push('\''),
                 Some((_, 'u')) => {
-                    let hex: String = (0..4).filter_map(|_| chars.next().map(|(_, c)| c)).collect();
+                    let hex: String = (0..4)
+                        .filter_map(|_| chars.next().map(|(_, c)| c))
+                        .collect();
                     let ch = u32::from_str_radix(&hex, 16)
                         .ok()
                         .and_then(char::from_u32)
@@ -361,7 +378,7 @@ fn lex_quoted(src: &str, start: usize) -> Result<(String, usize), Error> {
     Err(Error::at(src, start, "unterminated quoted string"))
 }
 
-enum End {
+enum Term {
     Eof,
     End(usize),
     Else(usize, Vec<Token>),
@@ -378,7 +395,7 @@ impl Parser<'_> {
     }
 
     /// Parses nodes until end of input, `{{end}}` or `{{else ...}}`.
-    fn list(&mut self) -> Result<(Vec<Node>, End), Error> {
+    fn list(&mut self) -> Result<(Vec<Node>, Term), Error> {
         let mut nodes = Vec::new();
         while let Some(piece) = self.pieces.next() {
             let action = match piece {
@@ -402,11 +419,11 @@ impl Parser<'_> {
                     if toks.len() > 1 {
                         return Err(self.err(pos, "unexpected tokens after end"));
                     }
-                    return Ok((nodes, End::End(pos)));
+                    return Ok((nodes, Term::End(pos)));
                 }
                 "else" => {
                     toks.remove(0);
-                    return Ok((nodes, End::Else(pos, toks)));
+                    return Ok((nodes, Term::Else(pos, toks)));
                 }
                 "if" | "range" | "with" => {
                     toks.remove(0);
@@ -418,23 +435,33 @@ impl Parser<'_> {
                 _ => nodes.push(Node::Action(self.pipeline(pos, toks, true)?)),
             }
         }
-        Ok((nodes, End::Eof))
+        Ok((nodes, Term::Eof))
     }
 
     fn control(&mut self, kw: &str, pos: usize, toks: Vec<Token>) -> Result<Node, Error> {
         let pipe = self.pipeline(pos, toks, true)?;
         let (body, end) = self.list()?;
         let otherwise = match end {
-            End::Eof => return Err(self.err(pos, format!("unexpected EOF: {{{{{kw}}}}} without {{{{end}}}}"))),
-            End::End(_) => Vec::new(),
-            End::Else(epos, rest) if rest.is_empty() => {
+            Term::Eof => {
+                return Err(self.err(
+                    pos,
+                    format!("unexpected EOF: {{{{{kw}}}}} without {{{{end}}}}"),
+                ));
+            }
+            Term::End(_) => Vec::new(),
+            Term::Else(epos, rest) if rest.is_empty() => {
                 let (other, end) = self.list()?;
                 match end {
-                    End::End(_) => other,
-                    _ => return Err(self.err(epos, format!("{{{{else}}}} of {{{{{kw}}}}} without {{{{end}}}}"))),
+                    Term::End(_) => other,
+                    _ => {
+                        return Err(self.err(
+                            epos,
+                            format!("{{{{else}}}} of {{{{{kw}}}}} without {{{{end}}}}"),
+                        ));
+                    }
                 }
             }
-            End::Else(epos, mut rest) => {
+            Term::Else(epos, mut rest) => {
                 // `{{else if x}}` / `{{else with x}}` chain: the nested block
                 // shares the outer block's `{{end}}`.
                 let nested_kw = match rest.first() {
@@ -472,11 +499,22 @@ impl Parser<'_> {
         let mut assign = false;
         // Variable declarations: `$x :=`, `$i, $e :=`, `$x =`.
         let snapshot: Vec<Token> = toks.clone().collect();
-        if allow_decl && matches!(snapshot.first(), Some(Token { tok: Tok::Var(_), .. })) {
+        if allow_decl
+            && matches!(
+                snapshot.first(),
+                Some(Token {
+                    tok: Tok::Var(_),
+                    ..
+                })
+            )
+        {
             let mut j = 0;
             let mut names = Vec::new();
             let mut found = None;
-            while let Some(Token { tok: Tok::Var(v), .. }) = snapshot.get(j) {
+            while let Some(Token {
+                tok: Tok::Var(v), ..
+            }) = snapshot.get(j)
+            {
                 names.push(v.clone());
                 match snapshot.get(j + 1).map(|t| &t.tok) {
                     Some(Tok::Comma) => j += 2,

@@ -27,23 +27,50 @@ fn value_with_equals_is_kept_whole() {
 
 #[test]
 fn containerpilot_documented_examples() {
-    assert_eq!(r(r#"{{ .CONSUL | default "localhost" }}"#, &[]), "localhost");
-    assert_eq!(r(r#"{{ .CONSUL | default "localhost" }}"#, &[("CONSUL", "c:8500")]), "c:8500");
     assert_eq!(
-        r(r#"Hello, {{.PARTS | split ":" | join "." }}!"#, &[("PARTS", "a:b:c")]),
+        r(r#"{{ .CONSUL | default "localhost" }}"#, &[]),
+        "localhost"
+    );
+    assert_eq!(
+        r(
+            r#"{{ .CONSUL | default "localhost" }}"#,
+            &[("CONSUL", "c:8500")]
+        ),
+        "c:8500"
+    );
+    assert_eq!(
+        r(
+            r#"Hello, {{.PARTS | split ":" | join "." }}!"#,
+            &[("PARTS", "a:b:c")]
+        ),
         "Hello, a.b.c!"
     );
     assert_eq!(
-        r(r#"Hello, {{.NAME | replaceAll "e" "_" }}!"#, &[("NAME", "Template")]),
+        r(
+            r#"Hello, {{.NAME | replaceAll "e" "_" }}!"#,
+            &[("NAME", "Template")]
+        ),
         "Hello, T_mplat_!"
     );
     assert_eq!(
-        r(r#"Hello, {{.NAME | regexReplaceAll "[epa]+" "_" }}!"#, &[("NAME", "Template")]),
+        r(
+            r#"Hello, {{.NAME | regexReplaceAll "[epa]+" "_" }}!"#,
+            &[("NAME", "Template")]
+        ),
         "Hello, T_m_l_t_!"
     );
-    assert_eq!(r("{{ range $i := loop 5 }}{{ $i }},{{end}}", &[]), "0,1,2,3,4,");
-    assert_eq!(r("{{ range $i := loop 5 8 }}{{ $i }},{{end}}", &[]), "5,6,7,");
-    assert_eq!(r("{{ range $i := loop 5 1 }}{{ $i }},{{end}}", &[]), "5,4,3,2,");
+    assert_eq!(
+        r("{{ range $i := loop 5 }}{{ $i }},{{end}}", &[]),
+        "0,1,2,3,4,"
+    );
+    assert_eq!(
+        r("{{ range $i := loop 5 8 }}{{ $i }},{{end}}", &[]),
+        "5,6,7,"
+    );
+    assert_eq!(
+        r("{{ range $i := loop 5 1 }}{{ $i }},{{end}}", &[]),
+        "5,4,3,2,"
+    );
     assert_eq!(r(r#"{{ env "MY_VAR_1" }}"#, &[("MY_VAR_1", "v")]), "v");
 }
 
@@ -52,26 +79,69 @@ fn dynamic_watches_example() {
     let src = r#"[{{ range $i := loop 0 3 -}}{{ if (env (printf "SERVICE_NAME_%d" $i)) -}}
 {name: "{{ (env (printf "SERVICE_NAME_%d" $i)) }}", interval: {{ (env (printf "SERVICE_INTERVAL_%d" $i)) | default 10 }}},
 {{- end }}{{- end }}]"#;
-    let out = r(src, &[("SERVICE_NAME_1", "db"), ("SERVICE_INTERVAL_1", "3"), ("SERVICE_NAME_2", "web")]);
-    assert_eq!(out, r#"[{name: "db", interval: 3},{name: "web", interval: 10},]"#);
+    let out = r(
+        src,
+        &[
+            ("SERVICE_NAME_1", "db"),
+            ("SERVICE_INTERVAL_1", "3"),
+            ("SERVICE_NAME_2", "web"),
+        ],
+    );
+    assert_eq!(
+        out,
+        r#"[{name: "db", interval: 3},{name: "web", interval: 10},]"#
+    );
 }
 
 #[test]
 fn control_flow() {
-    assert_eq!(r("{{ if .A }}yes{{ else }}no{{ end }}", &[("A", "1")]), "yes");
+    assert_eq!(
+        r("{{ if .A }}yes{{ else }}no{{ end }}", &[("A", "1")]),
+        "yes"
+    );
     assert_eq!(r("{{ if .A }}yes{{ else }}no{{ end }}", &[]), "no");
     assert_eq!(
-        r("{{ if .A }}a{{ else if .B }}b{{ else }}c{{ end }}", &[("B", "1")]),
+        r(
+            "{{ if .A }}a{{ else if .B }}b{{ else }}c{{ end }}",
+            &[("B", "1")]
+        ),
         "b"
     );
-    assert_eq!(r("{{ with .A }}<{{ . }}>{{ else }}none{{ end }}", &[("A", "x")]), "<x>");
-    assert_eq!(r("{{ range .NOPE }}x{{ else }}empty{{ end }}", &[]), "empty");
+    assert_eq!(
+        r(
+            "{{ with .A }}<{{ . }}>{{ else }}none{{ end }}",
+            &[("A", "x")]
+        ),
+        "<x>"
+    );
+    assert_eq!(
+        r("{{ range .NOPE }}x{{ else }}empty{{ end }}", &[]),
+        "empty"
+    );
     assert_eq!(r("{{ $x := \"v\" }}{{ $x = \"w\" }}{{ $x }}", &[]), "w");
-    assert_eq!(r(r#"{{ range $k, $v := split "," "a,b" }}{{$k}}={{$v}} {{end}}"#, &[]), "0=a 1=b ");
+    assert_eq!(
+        r(
+            r#"{{ range $k, $v := split "," "a,b" }}{{$k}}={{$v}} {{end}}"#,
+            &[]
+        ),
+        "0=a 1=b "
+    );
     assert_eq!(r("{{/* a comment */}}x {{- /* trimmed */ -}} y", &[]), "xy");
-    assert_eq!(r(r#"{{ if and (eq .A "1") (ne .B "2") }}ok{{ end }}"#, &[("A", "1")]), "ok");
-    assert_eq!(r(r#"{{ if lt 1 2 }}lt{{ end }}{{ len "abc" }}"#, &[]), "lt3");
-    assert_eq!(r(r#"{{ printf "%03d|%-3s|%.2f|%q" 7 "a" 1.5 "x" }}"#, &[]), "007|a  |1.50|\"x\"");
+    assert_eq!(
+        r(
+            r#"{{ if and (eq .A "1") (ne .B "2") }}ok{{ end }}"#,
+            &[("A", "1")]
+        ),
+        "ok"
+    );
+    assert_eq!(
+        r(r#"{{ if lt 1 2 }}lt{{ end }}{{ len "abc" }}"#, &[]),
+        "lt3"
+    );
+    assert_eq!(
+        r(r#"{{ printf "%03d|%-3s|%.2f|%q" 7 "a" 1.5 "x" }}"#, &[]),
+        "007|a  |1.50|\"x\""
+    );
     assert_eq!(r(r#"{{ index (split "," "a,b") 1 }}"#, &[]), "b");
 }
 
@@ -91,5 +161,8 @@ fn errors_carry_position() {
 
 #[test]
 fn json_helpers() {
-    assert_eq!(r(r#"{{ (parseJSON "{\"a\":[1,2]}").a | toJSON }}"#, &[]), "[1,2]");
+    assert_eq!(
+        r(r#"{{ (parseJSON "{\"a\":[1,2]}").a | toJSON }}"#, &[]),
+        "[1,2]"
+    );
 }

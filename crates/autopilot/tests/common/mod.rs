@@ -1,0 +1,257 @@
+//! Test harness: runs the real `autopilot` binary in a temporary directory and always stops it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_autopilot")
+}
+
+/// A scratch directory removed on drop.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(tag: &str) -> Dir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "autopilot-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Dir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        self.read(name).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running agent. Dropping it stops it: SIGTERM, then SIGKILL.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub out: PathBuf,
+    pub started: Instant,
+}
+
+/// Writes `config.json5` (with the control socket filled in) and starts the agent.
+pub fn start(dir: &Dir, config: &str) -> Agent {
+    start_with(dir, config, &[], &[])
+}
+
+pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) -> Agent {
+    let socket = dir.path("ctl.sock");
+    let text = config
+        .replace("@SOCKET@", &socket.display().to_string())
+        .replace("@DIR@", &dir.0.display().to_string());
+    let cfg = dir.write("config.json5", &text);
+    let out = dir.path("agent.log");
+    let log = std::fs::File::create(&out).expect("log file");
+    let mut cmd = Command::new(bin());
+    cmd.arg("-config")
+        .arg(&cfg)
+        .args(args)
+        .env("AUTOPILOT_SOCKET", &socket)
+        .env_remove("CONTAINERPILOT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    let child = cmd.spawn().expect("spawn autopilot");
+    Agent {
+        child: Some(child),
+        socket,
+        config: cfg,
+        out,
+        started: Instant::now(),
+    }
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the agent to exit; returns its exit code, or None on timeout.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                use std::os::unix::process::ExitStatusExt;
+                return st.code().or(st.signal().map(|s| 128 + s));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits until the control socket answers.
+    pub fn ready(&self) {
+        wait_for(Duration::from_secs(10), || {
+            http_unix(&self.socket, "GET", "/v3/ping", "").is_some_and(|(c, _)| c == 200)
+        });
+        assert!(
+            http_unix(&self.socket, "GET", "/v3/ping", "").is_some(),
+            "agent never answered; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Runs the CLI against this agent; returns (exit code, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        cli(&self.config, &self.socket, args)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http_unix(&self.socket, "GET", "/v3/status", "").expect("status");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).expect("status json")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+            if self.wait(Duration::from_secs(5)).is_none()
+                && let Some(c) = self.child.as_mut()
+            {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn cli(config: &Path, socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .arg("-config")
+        .arg(config)
+        .args(args)
+        .env("AUTOPILOT_SOCKET", socket)
+        .output()
+        .expect("run cli");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Polls `f` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A raw HTTP/1.1 request over a unix socket: (status, body).
+pub fn http_unix(path: &Path, method: &str, uri: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+pub fn http_tcp(addr: &str, uri: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

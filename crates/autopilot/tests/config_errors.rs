@@ -1,0 +1,66 @@
+//! Bad configs through the real binary: exit code 2, a message naming file, line, column and field, and no job started.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn bad_configs_exit_2_and_start_nothing() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "{ jobs: [{ name: 'b', exec: 'true', when: { interval: '1s', once: 'x' } }, { name: 'a', exec: 'touch @DIR@/started' }] }",
+            "config.json5:1:45: jobs[0].when.interval: 'interval' cannot be combined with 'once'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' },\n  { name: 'a', exec: 'true' }] }",
+            "config.json5:2:3: jobs[1].name: duplicate job name \"a\"",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started', when: { source: 'ghost', once: 'healthy' } }] }",
+            "jobs[0].when.source: \"ghost\" names no job",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started', port: 'http' }] }",
+            "jobs[0].port: expected an integer",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }], nonsense: true }",
+            "nonsense: unknown field",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }",
+            "(syntax): unexpected end of input",
+        ),
+    ];
+    for (text, want) in cases {
+        let d = Dir::new("badcfg");
+        let mut a = start(&d, text);
+        let code = a.wait(Duration::from_secs(10));
+        let log = a.log();
+        assert_eq!(code, Some(2), "{text}: {log}");
+        assert!(log.contains(want), "{text}\n got: {log}\nwant: {want}");
+        assert!(
+            !d.path("started").exists(),
+            "a job started despite the bad config"
+        );
+    }
+}
+
+#[test]
+fn missing_config_is_a_clear_error() {
+    let out = std::process::Command::new(bin())
+        .env_remove("CONTAINERPILOT")
+        .env_remove("AUTOPILOT_CONFIG")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no config file given"));
+    let out = std::process::Command::new(bin())
+        .args(["-config", "/nonexistent/cfg.json5"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cfg.json5"));
+}
