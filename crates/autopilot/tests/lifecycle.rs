@@ -222,7 +222,7 @@ fn once_each_interval_and_timeouts() {
 #[test]
 fn health_checks_emit_transitions_with_rise_and_fall() {
     let d = Dir::new("health");
-    let mut a = start(
+    let a = start(
         &d,
         r#"{
   control: { socket: "@SOCKET@" },
@@ -256,7 +256,7 @@ fn health_checks_emit_transitions_with_rise_and_fall() {
 #[test]
 fn jobs_get_containerpilot_and_autopilot_variables() {
     let d = Dir::new("env");
-    let mut a = start_with(
+    let a = start_with(
         &d,
         r#"{
   control: { socket: "@SOCKET@" },
@@ -291,7 +291,7 @@ fn jobs_get_containerpilot_and_autopilot_variables() {
 #[test]
 fn log_file_is_reopened_on_usr1_and_json_format_works() {
     let d = Dir::new("logs");
-    let mut a = start(
+    let a = start(
         &d,
         r#"{
   control: { socket: "@SOCKET@" },
