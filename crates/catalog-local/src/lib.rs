@@ -1,0 +1,450 @@
+//! The embedded catalog: one SQLite database in WAL mode that every agent on the machine shares, with inotify-driven change notification.
+//!
+//! Why SQLite: it is the best-kept embedded store that several processes
+//! can write at once (WAL mode, file locks, busy timeouts), and every
+//! transaction is atomic and survives `kill -9` at any instant. Entries
+//! carry an expiry refreshed by their agent's keep-alive; readers never see
+//! an expired entry, and any agent deletes expired ones. Every visible
+//! change bumps a revision in the same transaction; writers touch the WAL
+//! file, inotify wakes the watchers, and they compare revisions.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autopilot_catalog::{
+    Catalog, CatalogError, Instance, Registration, ServiceSummary, Status, now_ms, rfc3339_ms,
+};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('rev', 0), ('schema', 1);
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    status TEXT NOT NULL,
+    ttl_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    last_heartbeat_ms INTEGER NOT NULL,
+    critical_since_ms INTEGER,
+    deregister_after_ms INTEGER,
+    owner TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_name ON instances (name);
+CREATE INDEX IF NOT EXISTS instances_by_owner ON instances (owner);
+";
+
+/// A safety re-check, in case a change notification is ever missed (for
+/// example on a filesystem where inotify does not report other writers).
+const SAFETY_RECHECK: Duration = Duration::from_secs(5);
+
+pub struct LocalCatalog {
+    url: String,
+    conn: Arc<Mutex<Connection>>,
+    owner: String,
+    changes: watch::Receiver<u64>,
+    notifier: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LocalCatalog {
+    fn drop(&mut self) {
+        self.notifier.abort();
+    }
+}
+
+fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
+    let invalid = |message: String| CatalogError::Invalid {
+        url: url.to_string(),
+        message,
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| invalid(format!("cannot create the catalog directory {}: {e}", dir.display())))?;
+    let file = dir.join("catalog.db");
+    let conn = Connection::open(&file)
+        .map_err(|e| invalid(format!("cannot open {}: {e}", file.display())))?;
+    let setup = || -> rusqlite::Result<()> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL + NORMAL: every commit is atomic and survives the process
+        // being killed at any instant; an OS crash may lose the last commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        // Proves the file is writable now, not at the first registration.
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+        Ok(())
+    };
+    setup().map_err(|e| invalid(format!("cannot use {}: {e}", file.display())))?;
+    Ok(conn)
+}
+
+impl LocalCatalog {
+    /// Opens (creating if needed) the catalog in `dir` for one agent
+    /// session named `owner`. Must be called inside a tokio runtime.
+    pub fn open(dir: &Path, owner: &str) -> Result<LocalCatalog, CatalogError> {
+        let url = format!("local://{}", dir.display());
+        let conn = open_db(dir, &url)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
+            CatalogError::Invalid {
+                url: url.clone(),
+                message: format!("cannot watch {} for changes: {e}", dir.display()),
+            }
+        })?;
+        inotify
+            .add_watch(
+                dir,
+                AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_CLOSE_WRITE,
+            )
+            .map_err(|e| CatalogError::Invalid {
+                url: url.clone(),
+                message: format!("cannot watch {} for changes: {e}", dir.display()),
+            })?;
+        let rev0 = {
+            let c = lock(&conn);
+            read_rev(&c).unwrap_or(0)
+        };
+        let (tx, rx) = watch::channel(rev0);
+        let notifier = tokio::spawn(notify_loop(conn.clone(), inotify, tx, dir.to_path_buf()));
+        Ok(LocalCatalog {
+            url,
+            conn,
+            owner: owner.to_string(),
+            changes: rx,
+            notifier,
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, CatalogError> {
+        let conn = self.conn.clone();
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = lock(&conn);
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| CatalogError::Unavailable {
+            url: url.clone(),
+            message: format!("catalog task failed: {e}"),
+        })?
+        .map_err(|e| CatalogError::Unavailable {
+            url,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_rev(c: &Connection) -> rusqlite::Result<u64> {
+    c.query_row("SELECT value FROM meta WHERE key = 'rev'", [], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
+}
+
+fn bump(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
+    tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev'", [])
+        .map(|_| ())
+}
+
+/// Deletes expired entries and those critical for too long; returns the
+/// current revision and the next time something will expire.
+fn sweep(c: &mut Connection) -> rusqlite::Result<(u64, Option<u64>)> {
+    let now = now_ms() as i64;
+    let tx = c.transaction()?;
+    let removed = tx.execute(
+        "DELETE FROM instances WHERE expires_ms <= ?1
+           OR (critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL
+               AND critical_since_ms + deregister_after_ms <= ?1)",
+        params![now],
+    )?;
+    if removed > 0 {
+        bump(&tx)?;
+    }
+    let next: Option<i64> = tx.query_row(
+        "SELECT MIN(t) FROM (
+            SELECT MIN(expires_ms) AS t FROM instances
+            UNION ALL
+            SELECT MIN(critical_since_ms + deregister_after_ms) FROM instances
+              WHERE critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL)",
+        [],
+        |r| r.get(0),
+    )?;
+    let rev = read_rev(&tx)?;
+    tx.commit()?;
+    Ok((rev, next.map(|t| t.max(0) as u64)))
+}
+
+struct Fd(Inotify);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+async fn notify_loop(conn: Arc<Mutex<Connection>>, inotify: Inotify, tx: watch::Sender<u64>, dir: PathBuf) {
+    // SAFETY: `Inotify` owns its descriptor for its whole life, and `Fd`
+    // always returns that same descriptor; the AsyncFd owns the Inotify.
+    let fd = match unsafe { AsyncFd::register(Fd(inotify)) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("catalog {}: cannot watch for changes: {}", dir.display(), e);
+            return;
+        }
+    };
+    loop {
+        let c = conn.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep(&mut lock(&c))).await;
+        let next = match swept {
+            Ok(Ok((rev, next))) => {
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != rev;
+                    *cur = rev;
+                    changed
+                });
+                next
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("catalog {}: {e}", dir.display());
+                None
+            }
+            Err(_) => None,
+        };
+        let wait = next
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
+            .unwrap_or(SAFETY_RECHECK)
+            .min(SAFETY_RECHECK);
+        tokio::select! {
+            ready = fd.readable() => match ready {
+                Ok(mut guard) => {
+                    // Drain every queued event; one wake-up re-reads once.
+                    while guard.get_inner().0.read_events().is_ok() {}
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::warn!("catalog {}: change watch failed: {e}", dir.display());
+                    tokio::time::sleep(SAFETY_RECHECK).await;
+                }
+            },
+            _ = tokio::time::sleep(wait) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn parse_instance(r: &rusqlite::Row) -> rusqlite::Result<Instance> {
+    let tags: String = r.get(4)?;
+    let status: String = r.get(5)?;
+    Ok(Instance {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        address: r.get(2)?,
+        port: u16::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        // Data written by other processes is not trusted: bad fields degrade, never crash.
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        status: Status::parse(&status).unwrap_or(Status::Critical),
+        last_heartbeat: rfc3339_ms(r.get::<_, i64>(6)?.max(0) as u64),
+    })
+}
+
+#[async_trait::async_trait]
+impl Catalog for LocalCatalog {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn register(&self, reg: &Registration) -> Result<(), CatalogError> {
+        let reg = reg.clone();
+        let owner = self.owner.clone();
+        self.with(move |c| {
+            let now = now_ms() as i64;
+            let ttl = reg.ttl.as_millis() as i64;
+            let critical = (reg.status == Status::Critical).then_some(now);
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR REPLACE INTO instances
+                 (id, name, address, port, tags, status, ttl_ms, expires_ms, last_heartbeat_ms,
+                  critical_since_ms, deregister_after_ms, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    reg.id,
+                    reg.name,
+                    reg.address,
+                    reg.port,
+                    serde_json::to_string(&reg.tags).unwrap_or_else(|_| "[]".into()),
+                    reg.status.as_str(),
+                    ttl,
+                    now + ttl,
+                    now,
+                    critical,
+                    reg.deregister_critical_after.map(|d| d.as_millis() as i64),
+                    owner
+                ],
+            )?;
+            bump(&tx)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn set_status(&self, id: &str, status: Status) -> Result<bool, CatalogError> {
+        let (id, owner) = (id.to_string(), self.owner.clone());
+        self.with(move |c| {
+            let now = now_ms() as i64;
+            let tx = c.transaction()?;
+            let cur: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM instances WHERE id = ?1 AND owner = ?2 AND expires_ms > ?3",
+                    params![id, owner, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(cur) = cur else { return Ok(false) };
+            if cur != status.as_str() {
+                tx.execute(
+                    "UPDATE instances SET status = ?1,
+                       critical_since_ms = CASE WHEN ?1 = 'critical' THEN COALESCE(critical_since_ms, ?2) ELSE NULL END
+                     WHERE id = ?3 AND owner = ?4",
+                    params![status.as_str(), now, id, owner],
+                )?;
+                bump(&tx)?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn deregister(&self, id: &str) -> Result<(), CatalogError> {
+        let (id, owner) = (id.to_string(), self.owner.clone());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            if tx.execute("DELETE FROM instances WHERE id = ?1 AND owner = ?2", params![id, owner])? > 0 {
+                bump(&tx)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn keep_alive(&self) -> Result<usize, CatalogError> {
+        let owner = self.owner.clone();
+        self.with(move |c| {
+            let now = now_ms() as i64;
+            c.execute(
+                "UPDATE instances SET expires_ms = ?1 + ttl_ms, last_heartbeat_ms = ?1
+                 WHERE owner = ?2 AND expires_ms > ?1",
+                params![now, owner],
+            )
+        })
+        .await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT name, COUNT(*), SUM(status = 'passing') FROM instances
+                 WHERE expires_ms > ?1 GROUP BY name ORDER BY name",
+            )?;
+            let rows = st.query_map(params![now_ms() as i64], |r| {
+                Ok(ServiceSummary {
+                    name: r.get(0)?,
+                    instances: r.get::<_, i64>(1)? as usize,
+                    passing: r.get::<_, i64>(2)? as usize,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
+        let service = service.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, name, address, port, tags, status, last_heartbeat_ms FROM instances
+                 WHERE name = ?1 AND expires_ms > ?2 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![service, now_ms() as i64], parse_instance)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ap-local-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let d = dir("conf");
+        let open = |agent: &str| -> Arc<dyn Catalog> {
+            Arc::new(LocalCatalog::open(&d, &format!("agent-{agent}")).expect("open"))
+        };
+        autopilot_catalog::conformance::run_all(open, "local").await;
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn corrupt_and_unwritable_paths_are_reported() {
+        let d = dir("corrupt");
+        std::fs::create_dir_all(&d).expect("dir");
+        std::fs::write(d.join("catalog.db"), b"this is not a database, it is garbage ...........").expect("write");
+        let e = LocalCatalog::open(&d, "x").err().expect("error");
+        let s = e.to_string();
+        assert!(s.starts_with("catalog local://") && s.contains(&d.display().to_string()), "{s}");
+        let _ = std::fs::remove_dir_all(&d);
+
+        let e = LocalCatalog::open(Path::new("/proc/autopilot-cannot-be-here"), "x").err().expect("error");
+        assert!(e.to_string().contains("/proc/autopilot-cannot-be-here"), "{e}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn committed_entries_survive_reopening() {
+        let d = dir("durable");
+        {
+            let c = LocalCatalog::open(&d, "a").expect("open");
+            c.register(&Registration {
+                id: "x-1".into(),
+                name: "x".into(),
+                address: "10.0.0.1".into(),
+                port: 1,
+                tags: vec![],
+                status: Status::Passing,
+                ttl: Duration::from_secs(60),
+                deregister_critical_after: None,
+            })
+            .await
+            .expect("register");
+        }
+        let c = LocalCatalog::open(&d, "b").expect("reopen");
+        assert_eq!(c.instances("x").await.expect("read").len(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,156 @@
+//! The conformance suite every catalog backend must pass, run by each backend's own tests against a real store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{Catalog, Registration, Status};
+
+fn reg(id: &str, name: &str, port: u16, ttl_ms: u64) -> Registration {
+    Registration {
+        id: id.to_string(),
+        name: name.to_string(),
+        address: "127.0.0.1".to_string(),
+        port,
+        tags: vec!["a".into(), "b".into()],
+        status: Status::Passing,
+        ttl: Duration::from_millis(ttl_ms),
+        deregister_critical_after: None,
+    }
+}
+
+async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs every check. `open(agent)` must open a new session (a new agent)
+/// on the same store each time it is called; `tag` keeps service names of
+/// concurrent runs apart.
+pub async fn run_all<F>(open: F, tag: &str)
+where
+    F: Fn(&str) -> Arc<dyn Catalog>,
+{
+    register_read_and_status(&open, tag).await;
+    sessions_share_but_own_their_entries(&open, tag).await;
+    expiry_keep_alive_and_change_notification(&open, tag).await;
+    deregister_critical_after(&open, tag).await;
+    hostile_data_round_trips(&open, tag).await;
+}
+
+async fn register_read_and_status<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+    let a = open("a");
+    let svc = format!("web-{tag}");
+    a.register(&reg(&format!("{svc}-h1"), &svc, 8080, 30_000)).await.expect("register");
+    let got = a.instances(&svc).await.expect("instances");
+    assert_eq!(got.len(), 1);
+    let i = &got[0];
+    assert_eq!((i.id.as_str(), i.name.as_str(), i.address.as_str(), i.port), (&*format!("{svc}-h1"), &*svc, "127.0.0.1", 8080));
+    assert_eq!(i.tags, vec!["a", "b"]);
+    assert_eq!(i.status, Status::Passing);
+    assert!(i.last_heartbeat.ends_with('Z'));
+    let services = a.services().await.expect("services");
+    let s = services.iter().find(|s| s.name == svc).expect("listed");
+    assert_eq!((s.instances, s.passing), (1, 1));
+
+    assert!(a.set_status(&format!("{svc}-h1"), Status::Critical).await.expect("status"));
+    assert_eq!(a.instances(&svc).await.expect("read")[0].status, Status::Critical);
+    assert!(a.set_status(&format!("{svc}-h1"), Status::Passing).await.expect("status"));
+    assert!(!a.set_status("no-such-id", Status::Passing).await.expect("status"));
+
+    // Re-registering replaces the entry.
+    let mut r = reg(&format!("{svc}-h1"), &svc, 9090, 30_000);
+    r.tags = vec!["z".into()];
+    a.register(&r).await.expect("re-register");
+    let got = a.instances(&svc).await.expect("read");
+    assert_eq!((got.len(), got[0].port, got[0].tags.clone()), (1, 9090, vec!["z".to_string()]));
+
+    a.deregister(&format!("{svc}-h1")).await.expect("deregister");
+    assert!(a.instances(&svc).await.expect("read").is_empty());
+    a.deregister(&format!("{svc}-h1")).await.expect("deregister twice is fine");
+    assert!(a.instances("never-registered").await.expect("read").is_empty());
+}
+
+async fn sessions_share_but_own_their_entries<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+    let (a, b) = (open("a"), open("b"));
+    let svc = format!("db-{tag}");
+    a.register(&reg(&format!("{svc}-ha"), &svc, 5432, 30_000)).await.expect("a");
+    b.register(&reg(&format!("{svc}-hb"), &svc, 5432, 30_000)).await.expect("b");
+    let ids: Vec<String> = b.instances(&svc).await.expect("read").into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![format!("{svc}-ha"), format!("{svc}-hb")]);
+    assert!(!b.set_status(&format!("{svc}-ha"), Status::Critical).await.expect("status"), "b does not own a's entry");
+    b.deregister(&format!("{svc}-ha")).await.expect("no-op");
+    assert_eq!(a.instances(&svc).await.expect("read").len(), 2, "b cannot remove a's entry");
+    assert_eq!(a.keep_alive().await.expect("keep-alive"), 1);
+    a.deregister(&format!("{svc}-ha")).await.expect("a");
+    b.deregister(&format!("{svc}-hb")).await.expect("b");
+}
+
+async fn expiry_keep_alive_and_change_notification<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+    let (a, b) = (open("a"), open("b"));
+    let svc = format!("cache-{tag}");
+    let mut changes = b.changes();
+    changes.borrow_and_update();
+    let t = Instant::now();
+    a.register(&reg(&format!("{svc}-h1"), &svc, 6379, 1_000)).await.expect("register");
+    tokio::time::timeout(Duration::from_secs(2), changes.changed())
+        .await
+        .expect("a change is notified")
+        .expect("notifier alive");
+    assert!(t.elapsed() < Duration::from_millis(500), "notified in {:?}", t.elapsed());
+    // Kept alive past its TTL...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(a.keep_alive().await.expect("keep-alive"), 1);
+    }
+    assert_eq!(b.instances(&svc).await.expect("read").len(), 1, "kept alive past its TTL");
+    // ...then expires once the keep-alives stop, and watchers hear of it.
+    changes.borrow_and_update();
+    let t = Instant::now();
+    let gone = eventually(Duration::from_secs(3), || async { b.instances(&svc).await.expect("read").is_empty() }).await;
+    assert!(gone, "entry expired");
+    assert!(t.elapsed() >= Duration::from_millis(300), "not before its TTL: {:?}", t.elapsed());
+    tokio::time::timeout(Duration::from_secs(3), changes.changed())
+        .await
+        .expect("expiry is notified")
+        .expect("notifier alive");
+}
+
+async fn deregister_critical_after<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+    let a = open("a");
+    let svc = format!("flaky-{tag}");
+    let mut r = reg(&format!("{svc}-h1"), &svc, 80, 30_000);
+    r.deregister_critical_after = Some(Duration::from_millis(500));
+    a.register(&r).await.expect("register");
+    assert!(a.set_status(&r.id, Status::Critical).await.expect("critical"));
+    let gone = eventually(Duration::from_secs(4), || async {
+        let _ = a.keep_alive().await;
+        a.instances(&svc).await.expect("read").is_empty()
+    })
+    .await;
+    assert!(gone, "a critical entry is removed after deregisterCriticalServiceAfter");
+}
+
+async fn hostile_data_round_trips<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+    let a = open("a");
+    let svc = format!("odd-{tag}");
+    let mut r = reg(&format!("{svc}-'; DROP TABLE instances;--"), &svc, 1, 30_000);
+    r.tags = vec!["\"quoted\"".into(), "line\nbreak".into(), "ünïcödé".into(), "{{ .X }}".into()];
+    r.address = "::1".into();
+    a.register(&r).await.expect("register");
+    let got = a.instances(&svc).await.expect("read");
+    assert_eq!(got[0].id, r.id);
+    assert_eq!(got[0].tags, r.tags);
+    a.deregister(&r.id).await.expect("deregister");
+}

@@ -1,0 +1,267 @@
+//! The service catalog abstraction: entry types, the `Catalog` trait every backend implements, and catalog URL selection.
+//!
+//! The trait is shaped for a strongly consistent store with leases and
+//! watches: an agent owns its entries through one session, keeps them all
+//! alive with one keep-alive, and learns of changes through a revision
+//! counter rather than by polling.
+
+pub mod conformance;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Passing,
+    Warning,
+    Critical,
+    Maintenance,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+            Status::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Passing,
+            Status::Warning,
+            Status::Critical,
+            Status::Maintenance,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+/// What an agent publishes for one of its jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// `<job>-<hostname>`.
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub status: Status,
+    /// How long the entry outlives its agent's last keep-alive.
+    pub ttl: Duration,
+    /// Remove the entry once it has been critical this long.
+    pub deregister_critical_after: Option<Duration>,
+}
+
+/// One entry as read back from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub status: Status,
+    /// RFC 3339, UTC, millisecond precision.
+    pub last_heartbeat: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub instances: usize,
+    pub passing: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The store could not be reached or answered with an error; retrying may help.
+    #[error("catalog {url}: {message}")]
+    Unavailable { url: String, message: String },
+    /// The store is unusable as configured (bad path, corrupt data, bad credentials).
+    #[error("catalog {url}: {message}")]
+    Invalid { url: String, message: String },
+    #[error("invalid catalog URL {url:?}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("catalog {url}: the {backend} backend is not available yet; use a local:// catalog")]
+    Unsupported { url: String, backend: String },
+}
+
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync {
+    /// The URL this catalog was opened from, for messages.
+    fn url(&self) -> &str;
+
+    /// Creates or replaces an entry, owned by this agent's session.
+    async fn register(&self, reg: &Registration) -> Result<(), CatalogError>;
+
+    /// Changes an entry's status; `Ok(false)` if this session has no such entry.
+    async fn set_status(&self, id: &str, status: Status) -> Result<bool, CatalogError>;
+
+    /// Removes an entry of this session (a no-op if it is gone).
+    async fn deregister(&self, id: &str) -> Result<(), CatalogError>;
+
+    /// Keeps every entry of this session alive: one request, whatever the
+    /// number of entries. Returns how many entries it refreshed.
+    async fn keep_alive(&self) -> Result<usize, CatalogError>;
+
+    async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError>;
+
+    /// Every live (unexpired) instance of a service, any status, sorted by ID.
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError>;
+
+    /// A revision that changes whenever any instance may have changed,
+    /// expiries included. Watchers re-read on change; no polling.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// A parsed catalog URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogUrl {
+    Local(PathBuf),
+    Etcd { endpoints: Vec<String>, prefix: String },
+    Consul { address: String },
+}
+
+pub fn parse_url(url: &str) -> Result<CatalogUrl, CatalogError> {
+    let bad = |message: &str| CatalogError::BadUrl {
+        url: url.to_string(),
+        message: message.to_string(),
+    };
+    if let Some(path) = url.strip_prefix("local://") {
+        if !path.starts_with('/') {
+            return Err(bad("a local catalog needs an absolute path: local:///var/lib/autopilot/catalog"));
+        }
+        return Ok(CatalogUrl::Local(PathBuf::from(path)));
+    }
+    if let Some(rest) = url.strip_prefix("etcd://") {
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((h, p)) => (h, format!("/{}", p.trim_matches('/'))),
+            None => (rest, "/autopilot".to_string()),
+        };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(bad("no etcd endpoints: etcd://host1:2379,host2:2379/prefix"));
+        }
+        let prefix = if prefix == "/" { "/autopilot".to_string() } else { prefix };
+        return Ok(CatalogUrl::Etcd { endpoints, prefix });
+    }
+    if let Some(addr) = url.strip_prefix("consul://") {
+        if addr.is_empty() {
+            return Err(bad("no consul address: consul://host:8500"));
+        }
+        return Ok(CatalogUrl::Consul {
+            address: addr.trim_end_matches('/').to_string(),
+        });
+    }
+    Err(bad("expected local:///path, etcd://host:port[,...]/prefix or consul://host:port"))
+}
+
+/// The catalog used when nothing is configured: a fixed path for root, the
+/// XDG state directory otherwise.
+pub fn default_url(env: &BTreeMap<String, String>, is_root: bool) -> String {
+    if is_root {
+        return "local:///var/lib/autopilot/catalog".to_string();
+    }
+    let state = env
+        .get("XDG_STATE_HOME")
+        .filter(|s| s.starts_with('/'))
+        .cloned()
+        .or_else(|| env.get("HOME").map(|h| format!("{h}/.local/state")))
+        .unwrap_or_else(|| "/tmp".to_string());
+    format!("local://{state}/autopilot")
+}
+
+/// Picks the catalog: an explicit choice (`--catalog`), then
+/// `$AUTOPILOT_CATALOG`, then the config's `catalog`, then the default.
+pub fn select_url(
+    explicit: Option<&str>,
+    env: &BTreeMap<String, String>,
+    config: Option<&str>,
+    is_root: bool,
+) -> String {
+    explicit
+        .map(str::to_string)
+        .or_else(|| env.get("AUTOPILOT_CATALOG").filter(|s| !s.is_empty()).cloned())
+        .or_else(|| config.map(str::to_string))
+        .unwrap_or_else(|| default_url(env, is_root))
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 in UTC.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("local:///srv/lab/catalog").ok(), Some(CatalogUrl::Local("/srv/lab/catalog".into())));
+        assert!(parse_url("local://relative").is_err());
+        assert_eq!(
+            parse_url("etcd://a:2379,b:2379/env1").ok(),
+            Some(CatalogUrl::Etcd { endpoints: vec!["a:2379".into(), "b:2379".into()], prefix: "/env1".into() })
+        );
+        assert_eq!(
+            parse_url("etcd://a:2379").ok(),
+            Some(CatalogUrl::Etcd { endpoints: vec!["a:2379".into()], prefix: "/autopilot".into() })
+        );
+        assert!(parse_url("zk://x").is_err());
+        let mut env = BTreeMap::new();
+        env.insert("HOME".to_string(), "/home/u".to_string());
+        assert_eq!(default_url(&env, false), "local:///home/u/.local/state/autopilot");
+        env.insert("XDG_STATE_HOME".to_string(), "/st".to_string());
+        assert_eq!(default_url(&env, false), "local:///st/autopilot");
+        assert_eq!(default_url(&env, true), "local:///var/lib/autopilot/catalog");
+        assert_eq!(select_url(None, &env, Some("local:///c"), false), "local:///c");
+        env.insert("AUTOPILOT_CATALOG".to_string(), "local:///e".to_string());
+        assert_eq!(select_url(None, &env, Some("local:///c"), false), "local:///e");
+        assert_eq!(select_url(Some("local:///f"), &env, Some("local:///c"), false), "local:///f");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
