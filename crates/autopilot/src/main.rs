@@ -104,6 +104,35 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+    /// Read the service catalog.
+    Catalog {
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        #[arg(long, global = true, value_name = "URL")]
+        catalog: Option<String>,
+        #[command(subcommand)]
+        cmd: CatalogCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogCmd {
+    /// List services with their instance counts.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the live instances of a service.
+    Instances {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a service's passing instances now and after every change, until interrupted.
+    Watch {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -180,6 +209,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Putmetric { metrics }) => Some(putmetric(metrics)?),
             Some(Cmd::Ping) => Some(Req::get("/v3/ping")),
             Some(Cmd::Status { json }) => return status(&cli, &env, *json),
+            Some(Cmd::Catalog { catalog, cmd }) => {
+                let url = autopilot_catalog::select_url(catalog.as_deref(), &env, None, nix_is_root());
+                return block_on(catalog_cmd(url, cmd))?;
+            }
             _ => None,
         }
     };
@@ -356,6 +389,90 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
+async fn catalog_cmd(url: String, cmd: &CatalogCmd) -> anyhow::Result<i32> {
+    let owner = format!("cli/{}", std::process::id());
+    let cat = autopilot_runtime::catalog::open(&url, &owner)?;
+    match cmd {
+        CatalogCmd::Services { json } => {
+            let list = cat.services().await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<32} {:>9} {:>8}", "SERVICE", "INSTANCES", "PASSING");
+                for s in list {
+                    println!("{:<32} {:>9} {:>8}", s.name, s.instances, s.passing);
+                }
+            }
+        }
+        CatalogCmd::Instances { name, json } => {
+            let list = cat.instances(name).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_instances(&list);
+            }
+        }
+        CatalogCmd::Watch { name, json } => {
+            let mut changes = cat.changes();
+            let mut last = None;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            loop {
+                changes.borrow_and_update();
+                let passing: Vec<_> = cat
+                    .instances(name)
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.status == autopilot_catalog::Status::Passing)
+                    .collect();
+                let key: Vec<_> = passing.iter().map(|i| (&i.address, i.port, &i.tags)).map(|k| format!("{k:?}")).collect();
+                if last.as_ref() != Some(&key) {
+                    if *json {
+                        println!("{}", serde_json::to_string(&passing)?);
+                    } else {
+                        println!(
+                            "{} {name}: {} passing: {}",
+                            autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms()),
+                            passing.len(),
+                            passing.iter().map(|i| format!("{}:{}", i.address, i.port)).collect::<Vec<_>>().join(" ")
+                        );
+                    }
+                    last = Some(key);
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return Ok(1) },
+                    _ = tokio::signal::ctrl_c() => return Ok(0),
+                    _ = term.recv() => return Ok(0),
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_instances(list: &[autopilot_catalog::Instance]) {
+    println!("{:<36} {:<22} {:<11} {:<24} {}", "ID", "ADDRESS", "STATUS", "LAST HEARTBEAT", "TAGS");
+    for i in list {
+        println!(
+            "{:<36} {:<22} {:<11} {:<24} {}",
+            i.id,
+            format!("{}:{}", i.address, i.port),
+            i.status.as_str(),
+            i.last_heartbeat,
+            i.tags.join(",")
+        );
+    }
+}
+
+fn hostname(env: &BTreeMap<String, String>) -> String {
+    env.get("AUTOPILOT_HOSTNAME")
+        .filter(|h| !h.is_empty())
+        .cloned()
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 fn run_agent(cli: &Cli, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
     let path = autopilot_config::resolve_path(cli.config.as_deref(), &env)?;
     let config = autopilot_config::load(&path, &env)?;
@@ -366,12 +483,18 @@ fn run_agent(cli: &Cli, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
         .or_else(|| config.control.socket.clone())
         .unwrap_or_else(|| default_socket(&env));
     let init = cli.init || std::process::id() == 1;
+    let catalog_explicit = config.catalog.is_some()
+        || env.get("AUTOPILOT_CATALOG").is_some_and(|c| !c.is_empty());
+    let catalog_url = autopilot_catalog::select_url(None, &env, config.catalog.as_deref(), nix_is_root());
     let opts = autopilot_runtime::Options {
+        hostname: hostname(&env),
         config,
         env,
         socket,
         init,
         log,
+        catalog_url,
+        catalog_explicit,
     };
     let code = block_on(autopilot_runtime::run(opts))??;
     Ok(code)

@@ -54,6 +54,7 @@ exit $(cat DIR/zombies)
         .arg(bin())
         .arg("-config")
         .arg(&cfg)
+        .env("AUTOPILOT_CATALOG", format!("local://{}", d.path("catalog").display()))
         .output()
         .expect("run under unshare");
     let log =
@@ -96,6 +97,7 @@ fn pid_1_exit_code_and_signal_death() {
             .arg(bin())
             .arg("-config")
             .arg(&cfg)
+            .env("AUTOPILOT_CATALOG", format!("local://{}", d.path("catalog").display()))
             .status()
             .expect("run");
         assert_eq!(st.code(), Some(want));
@@ -119,6 +121,7 @@ fn pid_1_exit_code_and_signal_death() {
     let st = Command::new(bin())
         .args(["--init", "-config"])
         .arg(&cfg)
+        .env("AUTOPILOT_CATALOG", format!("local://{}", d.path("catalog").display()))
         .status()
         .expect("run");
     assert_eq!(st.code(), Some(0));

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
-use autopilot_core::spec::{Backoff, HealthSpec, InitialStatus, JobSpec, Restarts, Trigger};
+use autopilot_core::spec::{Backoff, HealthSpec, EntryStatus, JobSpec, Restarts, Trigger};
 use decode::{Doc, Field, Obj, child};
 
 pub use decode::parse_duration;
@@ -99,10 +99,17 @@ impl Default for LoggingConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchConfig {
+    /// The service watched.
     pub name: String,
+    /// The safety re-check period; changes arrive without waiting for it.
     pub interval: Duration,
     pub tag: Option<String>,
     pub dc: Option<String>,
+    /// Quiet period that coalesces a burst of changes into one event.
+    pub debounce: Duration,
+    /// The event source jobs name: `watch.<name>`, or `watch.<name>.<tag>`
+    /// when several watches share a service name.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,15 +227,26 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
     };
     let telemetry = top.get("telemetry").map(|f| telemetry(&f)).transpose()?;
 
-    let mut watches = Vec::new();
+    let mut watches: Vec<WatchConfig> = Vec::new();
     if let Some(f) = top.get("watches") {
-        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
         for w in f.array()? {
             let cfg = watch(&w)?;
-            if !names.insert(cfg.name.clone()) {
-                return Err(w.err(format!("duplicate watch name {:?}", cfg.name)));
+            if !keys.insert((cfg.name.clone(), cfg.tag.clone())) {
+                return Err(w.err(format!(
+                    "duplicate watch of {:?}{}",
+                    cfg.name,
+                    cfg.tag.as_ref().map(|t| format!(" with tag {t:?}")).unwrap_or_default()
+                )));
             }
             watches.push(cfg);
+        }
+        // Watches of one service with different tags keep apart by source.
+        for i in 0..watches.len() {
+            let shared = watches.iter().filter(|w| w.name == watches[i].name).count() > 1;
+            if let (true, Some(tag)) = (shared, watches[i].tag.clone()) {
+                watches[i].source = format!("watch.{}.{tag}", watches[i].name);
+            }
         }
     }
 
@@ -269,10 +287,8 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         let known = match (source.as_str(), code) {
             (s, EventCode::Signal) => SIGNAL_EVENTS.contains(&s),
             (GLOBAL, c) => c.is_global(),
-            (s, _) => match s.strip_prefix("watch.") {
-                Some(w) => watches.iter().any(|x| x.name == w),
-                None => job_names.contains(s),
-            },
+            (s, _) if s.starts_with("watch.") => watches.iter().any(|x| x.source == s),
+            (s, _) => job_names.contains(s),
         };
         if !known {
             let mut o = field.obj()?;
@@ -414,12 +430,15 @@ fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {
     let interval = o.require("interval")?.positive_duration()?;
     let tag = o.get("tag").map(|f| f.str()).transpose()?;
     let dc = o.get("dc").map(|f| f.str()).transpose()?;
-    o.finish(&["name", "interval", "tag", "dc"])?;
+    let debounce = o.get("debounce").map(|f| f.duration()).transpose()?.unwrap_or_default();
+    o.finish(&["name", "interval", "tag", "dc", "debounce"])?;
     Ok(WatchConfig {
+        source: format!("watch.{name}"),
         name,
         interval,
         tag,
         dc,
+        debounce,
     })
 }
 
@@ -581,9 +600,9 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     let initial_status = match o.get("initial_status") {
         None => None,
         Some(s) => Some(match s.str()?.as_str() {
-            "passing" => InitialStatus::Passing,
-            "warning" => InitialStatus::Warning,
-            "critical" => InitialStatus::Critical,
+            "passing" => EntryStatus::Passing,
+            "warning" => EntryStatus::Warning,
+            "critical" => EntryStatus::Critical,
             other => {
                 return Err(s.err(format!(
                     "unknown status {other:?}; expected passing, warning or critical"

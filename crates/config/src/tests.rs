@@ -253,6 +253,22 @@ fn bad_configs_table() {
 }
 
 #[test]
+fn watches_of_one_service_with_different_tags_keep_apart() {
+    let c = load(
+        r#"{ watches: [{ name: "db", interval: 5 }, { name: "db", tag: "primary", interval: 5, debounce: "200ms" }, { name: "web", tag: "x", interval: 1 }],
+        jobs: [{ name: "a", exec: "x", when: { source: "watch.db.primary", each: "changed" } },
+               { name: "b", exec: "x", when: { source: "watch.db", each: "changed" } },
+               { name: "c", exec: "x", when: { source: "watch.web", each: "healthy" } }] }"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sources: Vec<&str> = c.watches.iter().map(|w| w.source.as_str()).collect();
+    assert_eq!(sources, vec!["watch.db", "watch.db.primary", "watch.web"]);
+    assert_eq!(c.watches[1].debounce, Duration::from_millis(200));
+    let e = load(r#"{ watches: [{ name: "db", interval: 5 }, { name: "db", interval: 9 }] }"#).unwrap_err();
+    assert!(e.to_string().contains("duplicate watch of \"db\""), "{e}");
+}
+
+#[test]
 fn path_resolution_order() {
     let mut env = BTreeMap::new();
     assert!(matches!(resolve_path(None, &env), Err(ConfigError::NoPath)));

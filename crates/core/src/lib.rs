@@ -5,13 +5,15 @@
 pub mod event;
 pub mod machine;
 pub mod spec;
+pub mod watch;
 
 pub use event::{Event, EventCode};
 pub use machine::{
     Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, RunId, Sig,
     StopReason,
 };
-pub use spec::{Backoff, HealthSpec, InitialStatus, JobSpec, Restarts, Trigger, main_job};
+pub use spec::{Backoff, EntryStatus, HealthSpec, JobSpec, Restarts, Trigger, main_job};
+pub use watch::{Endpoint, WatchState};
 
 #[cfg(test)]
 mod tests;

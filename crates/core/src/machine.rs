@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::event::{Event, EventCode};
-use crate::spec::{JobSpec, Restarts, Trigger, main_job};
+use crate::spec::{EntryStatus, JobSpec, Restarts, Trigger, main_job};
 
 /// One spawned process (a job's exec or a health check). Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,6 +93,12 @@ pub enum Action {
     Health { job: usize, healthy: Option<bool> },
     /// A job is restarting after an exit.
     Restarting { job: usize, delay: Duration },
+    /// Create or replace the job's catalog entry with this status.
+    Register { job: usize, status: EntryStatus },
+    /// Change the status of the job's existing catalog entry.
+    SetStatus { job: usize, status: EntryStatus },
+    /// Remove the job's catalog entry.
+    Deregister { job: usize },
     /// Every job is stopped: exit with `code`, or load the new config.
     Finished { reason: StopReason, code: i32 },
 }
@@ -176,6 +182,8 @@ struct Job {
     epoch: u64,
     last_exit: Option<ExitStatus>,
     restarts_total: u64,
+    /// The status of the job's catalog entry, if it has one.
+    registered: Option<EntryStatus>,
 }
 
 /// A read-only view of a job, for `/status` and metrics.
@@ -187,6 +195,7 @@ pub struct JobView {
     pub health: HealthStatus,
     pub restarts: u64,
     pub last_exit: Option<i32>,
+    pub registered: Option<EntryStatus>,
 }
 
 pub struct Machine {
@@ -235,6 +244,7 @@ impl Machine {
                     epoch: 0,
                     last_exit: None,
                     restarts_total: 0,
+                    registered: None,
                 }
             })
             .collect();
@@ -302,6 +312,7 @@ impl Machine {
                 health: j.health,
                 restarts: j.restarts_total,
                 last_exit: j.last_exit.map(ExitStatus::code),
+                registered: j.registered,
             })
             .collect()
     }
@@ -544,6 +555,9 @@ impl Machine {
         }
         job.stop = Some(StopStage::Hooks);
         let name = job.spec.name.clone();
+        // Leave the catalog before anything else, so traffic drains while
+        // the pre-stop hooks run.
+        self.sync_catalog(j);
         self.publish(Event::new(EventCode::Stopping, &name));
         self.drain();
         self.progress_stop(j);
@@ -644,6 +658,44 @@ impl Machine {
             _ => None,
         };
         self.actions.push(Action::Health { job: j, healthy });
+    }
+
+    /// The catalog entry a job should have now: registered only once healthy
+    /// (or at once with `initial_status`), critical when failing or not
+    /// running, and absent in maintenance or once it is stopping.
+    fn desired_entry(&self, j: usize) -> Option<EntryStatus> {
+        let job = &self.jobs[j];
+        job.spec.port?;
+        if self.maintenance || self.stopping.is_some() || job.stop.is_some() {
+            return None;
+        }
+        let running = matches!(job.phase, Phase::Running(_));
+        match job.health {
+            HealthStatus::Healthy => Some(EntryStatus::Passing),
+            HealthStatus::Unhealthy => (job.registered.is_some() || job.spec.initial_status.is_some())
+                .then_some(EntryStatus::Critical),
+            HealthStatus::Maintenance => None,
+            HealthStatus::Unknown => match job.registered {
+                Some(_) if !running => Some(EntryStatus::Critical),
+                Some(s) => Some(s),
+                None if running => job.spec.initial_status,
+                None => None,
+            },
+        }
+    }
+
+    fn sync_catalog(&mut self, j: usize) {
+        let want = self.desired_entry(j);
+        let have = self.jobs[j].registered;
+        if want == have {
+            return;
+        }
+        self.jobs[j].registered = want;
+        self.actions.push(match (have, want) {
+            (_, None) => Action::Deregister { job: j },
+            (None, Some(status)) => Action::Register { job: j, status },
+            (Some(_), Some(status)) => Action::SetStatus { job: j, status },
+        });
     }
 
     fn set_maintenance(&mut self, on: bool) {
@@ -819,6 +871,9 @@ impl Machine {
     fn after_step(&mut self) {
         if self.finished {
             return;
+        }
+        for j in 0..self.jobs.len() {
+            self.sync_catalog(j);
         }
         if self.stopping.is_some() {
             // Jobs that waited on hooks may proceed now.

@@ -84,9 +84,10 @@ pub struct HealthSpec {
     pub fall: u32,
 }
 
-/// The catalog status a job is registered with before its first check.
+/// The status of a job's catalog entry (also `initial_status`, the one it
+/// is registered with before its first check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitialStatus {
+pub enum EntryStatus {
     Passing,
     Warning,
     Critical,
@@ -107,7 +108,7 @@ pub struct JobSpec {
     pub port: Option<u16>,
     pub interfaces: Vec<String>,
     pub tags: Vec<String>,
-    pub initial_status: Option<InitialStatus>,
+    pub initial_status: Option<EntryStatus>,
     pub raw_logs: bool,
     pub enable_tag_override: bool,
     pub deregister_critical_after: Option<Duration>,

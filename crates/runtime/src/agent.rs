@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use autopilot_catalog::{Catalog, CatalogError, Instance, Registration, Status};
 use autopilot_config::Config;
-use autopilot_core::{Action, ExitStatus, Input, Machine, Phase, ProcKind, RunId, Sig, StopReason};
+use autopilot_core::{
+    Action, Endpoint, EntryStatus, Event, ExitStatus, Input, Machine, Phase, ProcKind,
+    RunId, Sig, StopReason, WatchState,
+};
 use autopilot_process::{Exit, SpawnSpec, Spawner};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::catalog::{Registrar, spawn_watch};
 use crate::control::{self, Command};
 use crate::interfaces;
 use crate::logging::LogHandle;
@@ -29,7 +34,22 @@ pub enum AgentError {
     Telemetry(String),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(
+        "{path}: this config has a ContainerPilot `consul` block, but the Consul backend is not available yet; set `catalog` in the config or $AUTOPILOT_CATALOG (for example local:///var/lib/autopilot/catalog) to run it"
+    )]
+    ConsulUnsupported { path: String },
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
+
+/// The TTL of entries whose job has no health check (as ContainerPilot's
+/// telemetry service had).
+const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub struct Options {
     pub config: Config,
@@ -39,11 +59,18 @@ pub struct Options {
     /// Reap orphans even when not PID 1 (`-pid1`/`--init`).
     pub init: bool,
     pub log: LogHandle,
+    /// The catalog URL, already chosen from flag, environment, config and default.
+    pub catalog_url: String,
+    /// Whether the URL was chosen explicitly (config `catalog` or $AUTOPILOT_CATALOG).
+    pub catalog_explicit: bool,
+    /// The host name used in entry IDs (`$AUTOPILOT_HOSTNAME` or the system's).
+    pub hostname: String,
 }
 
 enum Msg {
     Exited { run: RunId, exit: Exit },
     Control(Command),
+    Watch { generation: u64, index: usize, passing: Vec<Instance> },
 }
 
 struct RunMeta {
@@ -68,6 +95,16 @@ struct Agent {
     start: Instant,
     queue: VecDeque<Action>,
     log: LogHandle,
+    catalog: Arc<dyn Catalog>,
+    registrar: Registrar,
+    hostname: String,
+    watch_states: Vec<WatchState>,
+    watch_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Bumped on reload, so snapshots from old watch tasks are ignored.
+    watch_generation: u64,
+    /// Where watch snapshots are written for handlers.
+    state_dir: PathBuf,
+    telemetry_id: Option<String>,
 }
 
 /// Resolves the advertised IP of every job with a port.
@@ -90,6 +127,23 @@ fn job_ips(config: &Config) -> Result<Vec<Option<IpAddr>>, AgentError> {
 
 /// Runs the agent until every job has stopped; returns the exit code.
 pub async fn run(opts: Options) -> Result<i32, AgentError> {
+    if opts.config.consul.is_some() && !opts.catalog_explicit {
+        return Err(AgentError::ConsulUnsupported {
+            path: opts.config.path.display().to_string(),
+        });
+    }
+    let owner = format!(
+        "{}/{}/{}",
+        opts.hostname,
+        std::process::id(),
+        autopilot_catalog::now_ms()
+    );
+    let catalog = crate::catalog::open(&opts.catalog_url, &owner)?;
+    let state_dir = std::env::temp_dir().join(format!("autopilot-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
     let spawner = Spawner::start()?;
     if opts.init
         && std::process::id() != 1
@@ -108,12 +162,27 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(64);
     control::serve(&opts.socket, ctl_tx.clone(), metrics.clone()).await?;
+    let registrar = Registrar::start(catalog.clone());
+    let mut telemetry_id = None;
     if let Some(t) = &opts.config.telemetry {
         let ip = interfaces::resolve(&t.interfaces, &interfaces::host_addresses())
             .map_err(AgentError::Telemetry)?;
         crate::telemetry::serve(SocketAddr::new(ip, t.port), ctl_tx.clone(), metrics.clone())
             .await
             .map_err(AgentError::Telemetry)?;
+        // The telemetry endpoint advertises itself, as ContainerPilot's did.
+        let id = format!("containerpilot-{}", opts.hostname);
+        registrar.put(Registration {
+            id: id.clone(),
+            name: "containerpilot".into(),
+            address: ip.to_string(),
+            port: t.port,
+            tags: t.tags.clone(),
+            status: Status::Passing,
+            ttl: DEFAULT_TTL,
+            deregister_critical_after: None,
+        });
+        telemetry_id = Some(id);
     }
     let sig = |k| signal(k).map_err(AgentError::Signal);
     let (mut term, mut int, mut hup, mut usr1, mut usr2) = (
@@ -139,17 +208,32 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         start: Instant::now(),
         queue: VecDeque::new(),
         log: opts.log,
+        catalog,
+        registrar,
+        hostname: opts.hostname,
+        watch_states: Vec::new(),
+        watch_tasks: Vec::new(),
+        watch_generation: 0,
+        state_dir,
+        telemetry_id,
     };
+    agent.start_watches();
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
+        catalog = agent.catalog.url(),
         "autopilot {} starting",
         env!("CARGO_PKG_VERSION")
     );
     agent.input(Input::Startup);
     loop {
         if let Some(code) = agent.execute() {
+            if let Some(id) = &agent.telemetry_id {
+                agent.registrar.remove(id);
+            }
+            agent.registrar.flush(std::time::Duration::from_secs(5)).await;
             let _ = std::fs::remove_file(&opts.socket);
+            let _ = std::fs::remove_dir_all(&agent.state_dir);
             tracing::info!(code, "all jobs stopped; exiting");
             return Ok(code);
         }
@@ -185,6 +269,84 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Agent {
+    /// Starts one task per configured watch (again after a reload).
+    fn start_watches(&mut self) {
+        for t in self.watch_tasks.drain(..) {
+            t.abort();
+        }
+        self.watch_generation += 1;
+        self.watch_states = vec![WatchState::default(); self.config.watches.len()];
+        for (index, w) in self.config.watches.iter().enumerate() {
+            let generation = self.watch_generation;
+            self.watch_tasks.push(spawn_watch(
+                self.catalog.clone(),
+                w.clone(),
+                self.tx.clone(),
+                move |passing| Msg::Watch {
+                    generation,
+                    index,
+                    passing,
+                },
+            ));
+        }
+    }
+
+    fn watch_file(&self, index: usize) -> PathBuf {
+        let key = env_key(self.config.watches[index].source.trim_start_matches("watch."));
+        self.state_dir.join(format!("watch-{}.json", key.to_ascii_lowercase()))
+    }
+
+    /// Applies a watch snapshot: on a change, writes the instances file
+    /// handlers read, then publishes the watch's events.
+    fn watch_snapshot(&mut self, index: usize, passing: Vec<Instance>) {
+        let Some(state) = self.watch_states.get_mut(index) else {
+            return;
+        };
+        let endpoints = passing
+            .iter()
+            .map(|i| Endpoint {
+                address: i.address.clone(),
+                port: i.port,
+                tags: i.tags.clone(),
+            })
+            .collect();
+        let codes = state.update(endpoints);
+        if codes.is_empty() {
+            return;
+        }
+        let file = self.watch_file(index);
+        let json = serde_json::to_vec_pretty(&passing).unwrap_or_default();
+        if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
+            tracing::warn!(file = %file.display(), "cannot write watch snapshot: {e}");
+        }
+        let source = self.config.watches[index].source.clone();
+        tracing::info!(watch = %source, passing = passing.len(), "watch changed");
+        for code in codes {
+            self.input(Input::External(Event::new(code, &source)));
+        }
+    }
+
+    /// The catalog entry of a job, with the status the machine chose.
+    fn registration(&self, job: usize, status: EntryStatus) -> Option<Registration> {
+        let spec = self.machine.spec(job);
+        let port = spec.port?;
+        let address = self.job_ips.get(job).copied().flatten()?;
+        Some(Registration {
+            id: format!("{}-{}", spec.name, self.hostname),
+            name: spec.name.clone(),
+            address: address.to_string(),
+            port,
+            tags: spec.tags.clone(),
+            status: catalog_status(status),
+            ttl: spec.health.as_ref().map_or(DEFAULT_TTL, |h| h.ttl),
+            deregister_critical_after: spec.deregister_critical_after,
+        })
+    }
+
+    fn entry_id(&self, job: usize) -> String {
+        format!("{}-{}", self.machine.spec(job).name, self.hostname)
+    }
+
     fn input(&mut self, i: Input) {
         let now = self.start.elapsed();
         let actions = self.machine.handle(now, i);
@@ -234,6 +396,15 @@ impl Agent {
                 self.input(Input::Exited { run, status });
             }
             Msg::Control(cmd) => self.command(cmd),
+            Msg::Watch {
+                generation,
+                index,
+                passing,
+            } => {
+                if generation == self.watch_generation {
+                    self.watch_snapshot(index, passing);
+                }
+            }
         }
     }
 
@@ -341,6 +512,22 @@ impl Agent {
                         .record("autopilot_job_restarts", &[("job", &name)], 1.0);
                     tracing::info!(job = %name, "restarting in {delay:?}");
                 }
+                Action::Register { job, status } => {
+                    if let Some(r) = self.registration(job, status) {
+                        tracing::info!(id = %r.id, status = r.status.as_str(), "registering");
+                        self.registrar.put(r);
+                    }
+                }
+                Action::SetStatus { job, status } => {
+                    let id = self.entry_id(job);
+                    tracing::info!(%id, status = catalog_status(status).as_str(), "catalog status");
+                    self.registrar.status(&id, catalog_status(status));
+                }
+                Action::Deregister { job } => {
+                    let id = self.entry_id(job);
+                    tracing::info!(%id, "deregistering");
+                    self.registrar.remove(&id);
+                }
                 Action::Finished {
                     reason: StopReason::Shutdown,
                     code,
@@ -387,7 +574,7 @@ impl Agent {
             (ProcKind::Check, None) => return,
         };
         let name = spec.name.clone();
-        let env = self.child_env();
+        let env = self.child_env(job);
         match self.spawner.spawn(&SpawnSpec {
             argv,
             env,
@@ -432,8 +619,18 @@ impl Agent {
 
     /// The environment of every child: the agent's own, `-putenv` values,
     /// and the `CONTAINERPILOT_*` variables with `AUTOPILOT_*` twins.
-    fn child_env(&self) -> Vec<(String, String)> {
+    fn child_env(&self, job: usize) -> Vec<(String, String)> {
         let mut env = self.render_env();
+        for (i, w) in self.config.watches.iter().enumerate() {
+            let file = self.watch_file(i).display().to_string();
+            let key = env_key(w.source.trim_start_matches("watch."));
+            env.insert(format!("AUTOPILOT_WATCH_{key}_FILE"), file.clone());
+            if matches!(&self.machine.spec(job).trigger, autopilot_core::Trigger::Event { source, .. } if *source == w.source)
+            {
+                // The instances of the watch that triggered this handler.
+                env.insert("AUTOPILOT_WATCH_FILE".into(), file);
+            }
+        }
         let mut set = |k: String, v: String| {
             env.insert(format!("CONTAINERPILOT_{k}"), v.clone());
             env.insert(format!("AUTOPILOT_{k}"), v);
@@ -452,6 +649,7 @@ impl Agent {
     }
 
     fn status(&self) -> serde_json::Value {
+        let reg = self.registrar.state();
         let jobs: Vec<serde_json::Value> = self
             .machine
             .view()
@@ -474,6 +672,29 @@ impl Agent {
                     "main": self.machine.main_job() == Some(i),
                     "ip": self.job_ips.get(i).copied().flatten().map(|ip| ip.to_string()),
                     "port": self.machine.spec(i).port,
+                    "registration": self.machine.spec(i).port.map(|_| {
+                        let id = self.entry_id(i);
+                        let applied = reg.applied.get(&id).map(|s| s.as_str());
+                        serde_json::json!({
+                            "id": id,
+                            "wanted": j.registered.map(|s| catalog_status(s).as_str()),
+                            "catalog": applied,
+                        })
+                    }),
+                })
+            })
+            .collect();
+        let watches: Vec<serde_json::Value> = self
+            .config
+            .watches
+            .iter()
+            .zip(&self.watch_states)
+            .map(|(w, s)| {
+                serde_json::json!({
+                    "name": w.name,
+                    "tag": w.tag,
+                    "source": w.source,
+                    "passing": s.current().map(|c| c.len()),
                 })
             })
             .collect();
@@ -483,9 +704,22 @@ impl Agent {
             "config": self.config.path,
             "maintenance": self.machine.in_maintenance(),
             "stopping": self.machine.stopping().is_some(),
+            "catalog": {
+                "url": self.catalog.url(),
+                "degraded": reg.error.is_some(),
+                "error": reg.error,
+            },
             "jobs": jobs,
-            "watches": self.config.watches.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+            "watches": watches,
         })
+    }
+}
+
+fn catalog_status(s: EntryStatus) -> Status {
+    match s {
+        EntryStatus::Passing => Status::Passing,
+        EntryStatus::Warning => Status::Warning,
+        EntryStatus::Critical => Status::Critical,
     }
 }
 

@@ -1,6 +1,8 @@
 //! The imperative shell around the core: the event loop and its I/O adapters.
 
 pub mod agent;
+pub mod catalog;
+pub mod fsutil;
 pub mod control;
 pub mod interfaces;
 pub mod logging;

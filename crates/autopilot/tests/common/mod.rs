@@ -80,6 +80,8 @@ pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) 
         .arg(&cfg)
         .args(args)
         .env("AUTOPILOT_SOCKET", &socket)
+        // Never the machine's default catalog: each test has its own.
+        .env("AUTOPILOT_CATALOG", format!("local://{}", dir.path("catalog").display()))
         .env_remove("CONTAINERPILOT")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -167,11 +169,13 @@ impl Drop for Agent {
 }
 
 pub fn cli(config: &Path, socket: &Path, args: &[&str]) -> (i32, String) {
+    let catalog = config.parent().unwrap_or(Path::new("/tmp")).join("catalog");
     let out = Command::new(bin())
         .arg("-config")
         .arg(config)
         .args(args)
         .env("AUTOPILOT_SOCKET", socket)
+        .env("AUTOPILOT_CATALOG", format!("local://{}", catalog.display()))
         .output()
         .expect("run cli");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

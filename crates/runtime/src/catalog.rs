@@ -1,0 +1,271 @@
+//! The agent's side of the catalog: opening a backend by URL, the registrar that converges entries to the wanted state, and watch tasks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_catalog::{Catalog, CatalogError, CatalogUrl, Instance, Registration, Status};
+use autopilot_config::WatchConfig;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// Opens the backend a catalog URL names, as one agent session `owner`.
+pub fn open(url: &str, owner: &str) -> Result<Arc<dyn Catalog>, CatalogError> {
+    match autopilot_catalog::parse_url(url)? {
+        CatalogUrl::Local(dir) => Ok(Arc::new(autopilot_catalog_local::LocalCatalog::open(&dir, owner)?)),
+        CatalogUrl::Etcd { .. } => Err(CatalogError::Unsupported {
+            url: url.to_string(),
+            backend: "etcd".into(),
+        }),
+        CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
+            url: url.to_string(),
+            backend: "consul".into(),
+        }),
+    }
+}
+
+enum Cmd {
+    Put(Registration),
+    Status(String, Status),
+    Remove(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the registrar has achieved, for `/status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistrarState {
+    /// The last error, while the catalog is failing.
+    pub error: Option<String>,
+    /// Entries as they are in the catalog now, by ID.
+    pub applied: BTreeMap<String, Status>,
+}
+
+/// Converges the catalog to the entries the agent wants, in order, retrying
+/// with back-off when the catalog fails. The agent loop never waits on it,
+/// so a catalog outage never stalls supervision.
+#[derive(Clone)]
+pub struct Registrar {
+    tx: mpsc::UnboundedSender<Cmd>,
+    state: watch::Receiver<RegistrarState>,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Registrar {
+    pub fn start(catalog: Arc<dyn Catalog>) -> Registrar {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stx, srx) = watch::channel(RegistrarState::default());
+        tokio::spawn(run_registrar(catalog, rx, stx));
+        Registrar { tx, state: srx }
+    }
+
+    pub fn put(&self, r: Registration) {
+        let _ = self.tx.send(Cmd::Put(r));
+    }
+
+    pub fn status(&self, id: &str, s: Status) {
+        let _ = self.tx.send(Cmd::Status(id.to_string(), s));
+    }
+
+    pub fn remove(&self, id: &str) {
+        let _ = self.tx.send(Cmd::Remove(id.to_string()));
+    }
+
+    pub fn state(&self) -> RegistrarState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until everything sent so far has been applied (or tried once
+    /// more after a failure), at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+    }
+}
+
+struct Worker {
+    catalog: Arc<dyn Catalog>,
+    desired: BTreeMap<String, Registration>,
+    applied: BTreeMap<String, Registration>,
+    error: Option<String>,
+    retry: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Worker {
+    /// Applies every difference between wanted and applied entries; stops
+    /// at the first failure and schedules a retry.
+    async fn reconcile(&mut self) {
+        let ids: Vec<String> = self.desired.keys().chain(self.applied.keys()).cloned().collect();
+        for id in ids {
+            let res = match (self.desired.get(&id), self.applied.get(&id)) {
+                (Some(d), Some(a)) if d == a => Ok(()),
+                (Some(d), Some(a)) if Registration { status: d.status, ..a.clone() } == *d => {
+                    match self.catalog.set_status(&id, d.status).await {
+                        // Gone underneath us (expired while we stalled): register anew.
+                        Ok(false) => self.catalog.register(d).await,
+                        other => other.map(|_| ()),
+                    }
+                }
+                (Some(d), _) => self.catalog.register(d).await,
+                (None, Some(_)) => self.catalog.deregister(&id).await,
+                (None, None) => Ok(()),
+            };
+            match res {
+                Ok(()) => match self.desired.get(&id) {
+                    Some(d) => {
+                        self.applied.insert(id, d.clone());
+                    }
+                    None => {
+                        self.applied.remove(&id);
+                    }
+                },
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
+        if self.error.take().is_some() {
+            tracing::info!(catalog = self.catalog.url(), "catalog reachable again; registrations restored");
+        }
+        self.retry = RETRY_MIN;
+        self.retry_at = None;
+    }
+
+    fn fail(&mut self, e: CatalogError) {
+        let msg = e.to_string();
+        if self.error.as_deref() != Some(&msg) {
+            tracing::warn!("{msg}; retrying in {:?}", self.retry);
+        }
+        self.error = Some(msg);
+        self.retry_at = Some(Instant::now() + self.retry);
+        self.retry = (self.retry * 2).min(RETRY_MAX);
+    }
+
+    /// One keep-alive for all of this agent's entries, at a third of the
+    /// shortest TTL.
+    fn keep_alive_every(&self) -> Duration {
+        self.applied
+            .values()
+            .map(|r| r.ttl / 3)
+            .min()
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_millis(100))
+    }
+}
+
+async fn run_registrar(
+    catalog: Arc<dyn Catalog>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    state: watch::Sender<RegistrarState>,
+) {
+    let mut w = Worker {
+        catalog,
+        desired: BTreeMap::new(),
+        applied: BTreeMap::new(),
+        error: None,
+        retry: RETRY_MIN,
+        retry_at: None,
+    };
+    let mut next_keep_alive = Instant::now() + w.keep_alive_every();
+    loop {
+        let retry_at = w.retry_at;
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let mut flush = None;
+                // Take everything queued so one reconcile covers a burst.
+                let mut next = Some(cmd);
+                while let Some(c) = next {
+                    match c {
+                        Cmd::Put(r) => { w.desired.insert(r.id.clone(), r); }
+                        Cmd::Status(id, s) => {
+                            if let Some(d) = w.desired.get_mut(&id) { d.status = s; }
+                        }
+                        Cmd::Remove(id) => { w.desired.remove(&id); }
+                        Cmd::Flush(tx) => flush = Some(tx),
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if w.retry_at.is_none() || flush.is_some() {
+                    w.reconcile().await;
+                }
+                if let Some(tx) = flush { let _ = tx.send(()); }
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(next_keep_alive)), if retry_at.is_some() => {
+                w.reconcile().await;
+            }
+            _ = tokio::time::sleep_until(next_keep_alive), if !w.applied.is_empty() && retry_at.is_none() => {
+                match w.catalog.keep_alive().await {
+                    Ok(n) if n < w.applied.len() => {
+                        // Some entries vanished (they expired while this agent
+                        // was stalled): re-register them. Critical ones stay
+                        // gone, which is what deregisterCriticalServiceAfter asked.
+                        w.applied.retain(|_, r| r.status == Status::Critical);
+                        w.reconcile().await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => w.fail(e),
+                }
+                next_keep_alive = Instant::now() + w.keep_alive_every();
+            }
+        }
+        if next_keep_alive < Instant::now() {
+            next_keep_alive = Instant::now() + w.keep_alive_every();
+        }
+        let snapshot = RegistrarState {
+            error: w.error.clone(),
+            applied: w.applied.iter().map(|(k, v)| (k.clone(), v.status)).collect(),
+        };
+        state.send_if_modified(|cur| {
+            let changed = *cur != snapshot;
+            *cur = snapshot;
+            changed
+        });
+    }
+}
+
+/// Reads the passing instances of a watched service whenever the catalog
+/// changes (and every `interval` as a safety net), and sends each snapshot.
+/// A failed read sends nothing: an unreachable catalog is not "no instances".
+pub fn spawn_watch<M: Send + 'static>(
+    catalog: Arc<dyn Catalog>,
+    cfg: WatchConfig,
+    tx: mpsc::Sender<M>,
+    wrap: impl Fn(Vec<Instance>) -> M + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut changes = catalog.changes();
+        loop {
+            changes.borrow_and_update();
+            match catalog.instances(&cfg.name).await {
+                Ok(list) => {
+                    let passing: Vec<Instance> = list
+                        .into_iter()
+                        .filter(|i| i.status == Status::Passing)
+                        .filter(|i| cfg.tag.as_ref().is_none_or(|t| i.tags.contains(t)))
+                        .collect();
+                    if tx.send(wrap(passing)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(watch = %cfg.source, "{e}"),
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(cfg.interval) => {}
+            }
+            // Debounce: wait for a quiet period before reading.
+            while !cfg.debounce.is_zero() {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(cfg.debounce) => break,
+                }
+            }
+        }
+    })
+}
