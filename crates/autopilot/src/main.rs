@@ -210,7 +210,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Ping) => Some(Req::get("/v3/ping")),
             Some(Cmd::Status { json }) => return status(&cli, &env, *json),
             Some(Cmd::Catalog { catalog, cmd }) => {
-                let url = autopilot_catalog::select_url(catalog.as_deref(), &env, None, nix_is_root());
+                let url =
+                    autopilot_catalog::select_url(catalog.as_deref(), &env, None, nix_is_root());
                 return block_on(catalog_cmd(url, cmd))?;
             }
             _ => None,
@@ -415,7 +416,8 @@ async fn catalog_cmd(url: String, cmd: &CatalogCmd) -> anyhow::Result<i32> {
         CatalogCmd::Watch { name, json } => {
             let mut changes = cat.changes();
             let mut last = None;
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             loop {
                 changes.borrow_and_update();
                 let passing: Vec<_> = cat
@@ -424,7 +426,11 @@ async fn catalog_cmd(url: String, cmd: &CatalogCmd) -> anyhow::Result<i32> {
                     .into_iter()
                     .filter(|i| i.status == autopilot_catalog::Status::Passing)
                     .collect();
-                let key: Vec<_> = passing.iter().map(|i| (&i.address, i.port, &i.tags)).map(|k| format!("{k:?}")).collect();
+                let key: Vec<_> = passing
+                    .iter()
+                    .map(|i| (&i.address, i.port, &i.tags))
+                    .map(|k| format!("{k:?}"))
+                    .collect();
                 if last.as_ref() != Some(&key) {
                     if *json {
                         println!("{}", serde_json::to_string(&passing)?);
@@ -433,7 +439,11 @@ async fn catalog_cmd(url: String, cmd: &CatalogCmd) -> anyhow::Result<i32> {
                             "{} {name}: {} passing: {}",
                             autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms()),
                             passing.len(),
-                            passing.iter().map(|i| format!("{}:{}", i.address, i.port)).collect::<Vec<_>>().join(" ")
+                            passing
+                                .iter()
+                                .map(|i| format!("{}:{}", i.address, i.port))
+                                .collect::<Vec<_>>()
+                                .join(" ")
                         );
                     }
                     last = Some(key);
@@ -452,7 +462,10 @@ async fn catalog_cmd(url: String, cmd: &CatalogCmd) -> anyhow::Result<i32> {
 }
 
 fn print_instances(list: &[autopilot_catalog::Instance]) {
-    println!("{:<36} {:<22} {:<11} {:<24} {}", "ID", "ADDRESS", "STATUS", "LAST HEARTBEAT", "TAGS");
+    println!(
+        "{:<36} {:<22} {:<11} {:<24} TAGS",
+        "ID", "ADDRESS", "STATUS", "LAST HEARTBEAT"
+    );
     for i in list {
         println!(
             "{:<36} {:<22} {:<11} {:<24} {}",
@@ -469,7 +482,11 @@ fn hostname(env: &BTreeMap<String, String>) -> String {
     env.get("AUTOPILOT_HOSTNAME")
         .filter(|h| !h.is_empty())
         .cloned()
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
         .unwrap_or_else(|| "localhost".to_string())
 }
 
@@ -483,9 +500,10 @@ fn run_agent(cli: &Cli, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
         .or_else(|| config.control.socket.clone())
         .unwrap_or_else(|| default_socket(&env));
     let init = cli.init || std::process::id() == 1;
-    let catalog_explicit = config.catalog.is_some()
-        || env.get("AUTOPILOT_CATALOG").is_some_and(|c| !c.is_empty());
-    let catalog_url = autopilot_catalog::select_url(None, &env, config.catalog.as_deref(), nix_is_root());
+    let catalog_explicit =
+        config.catalog.is_some() || env.get("AUTOPILOT_CATALOG").is_some_and(|c| !c.is_empty());
+    let catalog_url =
+        autopilot_catalog::select_url(None, &env, config.catalog.as_deref(), nix_is_root());
     let opts = autopilot_runtime::Options {
         hostname: hostname(&env),
         config,

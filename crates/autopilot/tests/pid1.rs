@@ -54,7 +54,10 @@ exit $(cat DIR/zombies)
         .arg(bin())
         .arg("-config")
         .arg(&cfg)
-        .env("AUTOPILOT_CATALOG", format!("local://{}", d.path("catalog").display()))
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", d.path("catalog").display()),
+        )
         .output()
         .expect("run under unshare");
     let log =
@@ -97,7 +100,10 @@ fn pid_1_exit_code_and_signal_death() {
             .arg(bin())
             .arg("-config")
             .arg(&cfg)
-            .env("AUTOPILOT_CATALOG", format!("local://{}", d.path("catalog").display()))
+            .env(
+                "AUTOPILOT_CATALOG",
+                format!("local://{}", d.path("catalog").display()),
+            )
             .status()
             .expect("run");
         assert_eq!(st.code(), Some(want));
@@ -121,7 +127,10 @@ fn pid_1_exit_code_and_signal_death() {
     let st = Command::new(bin())
         .args(["--init", "-config"])
         .arg(&cfg)
-        .env("AUTOPILOT_CATALOG", format!("local://{}", d.path("catalog").display()))
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", d.path("catalog").display()),
+        )
         .status()
         .expect("run");
     assert_eq!(st.code(), Some(0));

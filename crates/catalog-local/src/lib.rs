@@ -65,8 +65,12 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
         url: url.to_string(),
         message,
     };
-    std::fs::create_dir_all(dir)
-        .map_err(|e| invalid(format!("cannot create the catalog directory {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        invalid(format!(
+            "cannot create the catalog directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let file = dir.join("catalog.db");
     let conn = Connection::open(&file)
         .map_err(|e| invalid(format!("cannot open {}: {e}", file.display())))?;
@@ -92,12 +96,13 @@ impl LocalCatalog {
         let url = format!("local://{}", dir.display());
         let conn = open_db(dir, &url)?;
         let conn = Arc::new(Mutex::new(conn));
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
-            CatalogError::Invalid {
-                url: url.clone(),
-                message: format!("cannot watch {} for changes: {e}", dir.display()),
-            }
-        })?;
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
+                CatalogError::Invalid {
+                    url: url.clone(),
+                    message: format!("cannot watch {} for changes: {e}", dir.display()),
+                }
+            })?;
         inotify
             .add_watch(
                 dir,
@@ -152,8 +157,10 @@ fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
 }
 
 fn read_rev(c: &Connection) -> rusqlite::Result<u64> {
-    c.query_row("SELECT value FROM meta WHERE key = 'rev'", [], |r| r.get::<_, i64>(0))
-        .map(|v| v as u64)
+    c.query_row("SELECT value FROM meta WHERE key = 'rev'", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|v| v as u64)
 }
 
 fn bump(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
@@ -197,7 +204,12 @@ impl AsRawFd for Fd {
     }
 }
 
-async fn notify_loop(conn: Arc<Mutex<Connection>>, inotify: Inotify, tx: watch::Sender<u64>, dir: PathBuf) {
+async fn notify_loop(
+    conn: Arc<Mutex<Connection>>,
+    inotify: Inotify,
+    tx: watch::Sender<u64>,
+    dir: PathBuf,
+) {
     // SAFETY: `Inotify` owns its descriptor for its whole life, and `Fd`
     // always returns that same descriptor; the AsyncFd owns the Inotify.
     let fd = match unsafe { AsyncFd::register(Fd(inotify)) } {
@@ -334,7 +346,11 @@ impl Catalog for LocalCatalog {
         let (id, owner) = (id.to_string(), self.owner.clone());
         self.with(move |c| {
             let tx = c.transaction()?;
-            if tx.execute("DELETE FROM instances WHERE id = ?1 AND owner = ?2", params![id, owner])? > 0 {
+            if tx.execute(
+                "DELETE FROM instances WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+            )? > 0
+            {
                 bump(&tx)?;
             }
             tx.commit()
@@ -415,14 +431,26 @@ mod tests {
     async fn corrupt_and_unwritable_paths_are_reported() {
         let d = dir("corrupt");
         std::fs::create_dir_all(&d).expect("dir");
-        std::fs::write(d.join("catalog.db"), b"this is not a database, it is garbage ...........").expect("write");
+        std::fs::write(
+            d.join("catalog.db"),
+            b"this is not a database, it is garbage ...........",
+        )
+        .expect("write");
         let e = LocalCatalog::open(&d, "x").err().expect("error");
         let s = e.to_string();
-        assert!(s.starts_with("catalog local://") && s.contains(&d.display().to_string()), "{s}");
+        assert!(
+            s.starts_with("catalog local://") && s.contains(&d.display().to_string()),
+            "{s}"
+        );
         let _ = std::fs::remove_dir_all(&d);
 
-        let e = LocalCatalog::open(Path::new("/proc/autopilot-cannot-be-here"), "x").err().expect("error");
-        assert!(e.to_string().contains("/proc/autopilot-cannot-be-here"), "{e}");
+        let e = LocalCatalog::open(Path::new("/proc/autopilot-cannot-be-here"), "x")
+            .err()
+            .expect("error");
+        assert!(
+            e.to_string().contains("/proc/autopilot-cannot-be-here"),
+            "{e}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -52,11 +52,16 @@ where
 async fn register_read_and_status<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
     let a = open("a");
     let svc = format!("web-{tag}");
-    a.register(&reg(&format!("{svc}-h1"), &svc, 8080, 30_000)).await.expect("register");
+    a.register(&reg(&format!("{svc}-h1"), &svc, 8080, 30_000))
+        .await
+        .expect("register");
     let got = a.instances(&svc).await.expect("instances");
     assert_eq!(got.len(), 1);
     let i = &got[0];
-    assert_eq!((i.id.as_str(), i.name.as_str(), i.address.as_str(), i.port), (&*format!("{svc}-h1"), &*svc, "127.0.0.1", 8080));
+    assert_eq!(
+        (i.id.as_str(), i.name.as_str(), i.address.as_str(), i.port),
+        (&*format!("{svc}-h1"), &*svc, "127.0.0.1", 8080)
+    );
     assert_eq!(i.tags, vec!["a", "b"]);
     assert_eq!(i.status, Status::Passing);
     assert!(i.last_heartbeat.ends_with('Z'));
@@ -64,63 +69,132 @@ async fn register_read_and_status<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag
     let s = services.iter().find(|s| s.name == svc).expect("listed");
     assert_eq!((s.instances, s.passing), (1, 1));
 
-    assert!(a.set_status(&format!("{svc}-h1"), Status::Critical).await.expect("status"));
-    assert_eq!(a.instances(&svc).await.expect("read")[0].status, Status::Critical);
-    assert!(a.set_status(&format!("{svc}-h1"), Status::Passing).await.expect("status"));
-    assert!(!a.set_status("no-such-id", Status::Passing).await.expect("status"));
+    assert!(
+        a.set_status(&format!("{svc}-h1"), Status::Critical)
+            .await
+            .expect("status")
+    );
+    assert_eq!(
+        a.instances(&svc).await.expect("read")[0].status,
+        Status::Critical
+    );
+    assert!(
+        a.set_status(&format!("{svc}-h1"), Status::Passing)
+            .await
+            .expect("status")
+    );
+    assert!(
+        !a.set_status("no-such-id", Status::Passing)
+            .await
+            .expect("status")
+    );
 
     // Re-registering replaces the entry.
     let mut r = reg(&format!("{svc}-h1"), &svc, 9090, 30_000);
     r.tags = vec!["z".into()];
     a.register(&r).await.expect("re-register");
     let got = a.instances(&svc).await.expect("read");
-    assert_eq!((got.len(), got[0].port, got[0].tags.clone()), (1, 9090, vec!["z".to_string()]));
+    assert_eq!(
+        (got.len(), got[0].port, got[0].tags.clone()),
+        (1, 9090, vec!["z".to_string()])
+    );
 
-    a.deregister(&format!("{svc}-h1")).await.expect("deregister");
+    a.deregister(&format!("{svc}-h1"))
+        .await
+        .expect("deregister");
     assert!(a.instances(&svc).await.expect("read").is_empty());
-    a.deregister(&format!("{svc}-h1")).await.expect("deregister twice is fine");
-    assert!(a.instances("never-registered").await.expect("read").is_empty());
+    a.deregister(&format!("{svc}-h1"))
+        .await
+        .expect("deregister twice is fine");
+    assert!(
+        a.instances("never-registered")
+            .await
+            .expect("read")
+            .is_empty()
+    );
 }
 
-async fn sessions_share_but_own_their_entries<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+async fn sessions_share_but_own_their_entries<F: Fn(&str) -> Arc<dyn Catalog>>(
+    open: &F,
+    tag: &str,
+) {
     let (a, b) = (open("a"), open("b"));
     let svc = format!("db-{tag}");
-    a.register(&reg(&format!("{svc}-ha"), &svc, 5432, 30_000)).await.expect("a");
-    b.register(&reg(&format!("{svc}-hb"), &svc, 5432, 30_000)).await.expect("b");
-    let ids: Vec<String> = b.instances(&svc).await.expect("read").into_iter().map(|i| i.id).collect();
+    a.register(&reg(&format!("{svc}-ha"), &svc, 5432, 30_000))
+        .await
+        .expect("a");
+    b.register(&reg(&format!("{svc}-hb"), &svc, 5432, 30_000))
+        .await
+        .expect("b");
+    let ids: Vec<String> = b
+        .instances(&svc)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     assert_eq!(ids, vec![format!("{svc}-ha"), format!("{svc}-hb")]);
-    assert!(!b.set_status(&format!("{svc}-ha"), Status::Critical).await.expect("status"), "b does not own a's entry");
+    assert!(
+        !b.set_status(&format!("{svc}-ha"), Status::Critical)
+            .await
+            .expect("status"),
+        "b does not own a's entry"
+    );
     b.deregister(&format!("{svc}-ha")).await.expect("no-op");
-    assert_eq!(a.instances(&svc).await.expect("read").len(), 2, "b cannot remove a's entry");
+    assert_eq!(
+        a.instances(&svc).await.expect("read").len(),
+        2,
+        "b cannot remove a's entry"
+    );
     assert_eq!(a.keep_alive().await.expect("keep-alive"), 1);
     a.deregister(&format!("{svc}-ha")).await.expect("a");
     b.deregister(&format!("{svc}-hb")).await.expect("b");
 }
 
-async fn expiry_keep_alive_and_change_notification<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
+async fn expiry_keep_alive_and_change_notification<F: Fn(&str) -> Arc<dyn Catalog>>(
+    open: &F,
+    tag: &str,
+) {
     let (a, b) = (open("a"), open("b"));
     let svc = format!("cache-{tag}");
     let mut changes = b.changes();
     changes.borrow_and_update();
     let t = Instant::now();
-    a.register(&reg(&format!("{svc}-h1"), &svc, 6379, 1_000)).await.expect("register");
+    a.register(&reg(&format!("{svc}-h1"), &svc, 6379, 1_000))
+        .await
+        .expect("register");
     tokio::time::timeout(Duration::from_secs(2), changes.changed())
         .await
         .expect("a change is notified")
         .expect("notifier alive");
-    assert!(t.elapsed() < Duration::from_millis(500), "notified in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "notified in {:?}",
+        t.elapsed()
+    );
     // Kept alive past its TTL...
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(a.keep_alive().await.expect("keep-alive"), 1);
     }
-    assert_eq!(b.instances(&svc).await.expect("read").len(), 1, "kept alive past its TTL");
+    assert_eq!(
+        b.instances(&svc).await.expect("read").len(),
+        1,
+        "kept alive past its TTL"
+    );
     // ...then expires once the keep-alives stop, and watchers hear of it.
     changes.borrow_and_update();
     let t = Instant::now();
-    let gone = eventually(Duration::from_secs(3), || async { b.instances(&svc).await.expect("read").is_empty() }).await;
+    let gone = eventually(Duration::from_secs(3), || async {
+        b.instances(&svc).await.expect("read").is_empty()
+    })
+    .await;
     assert!(gone, "entry expired");
-    assert!(t.elapsed() >= Duration::from_millis(300), "not before its TTL: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "not before its TTL: {:?}",
+        t.elapsed()
+    );
     tokio::time::timeout(Duration::from_secs(3), changes.changed())
         .await
         .expect("expiry is notified")
@@ -133,20 +207,37 @@ async fn deregister_critical_after<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, ta
     let mut r = reg(&format!("{svc}-h1"), &svc, 80, 30_000);
     r.deregister_critical_after = Some(Duration::from_millis(500));
     a.register(&r).await.expect("register");
-    assert!(a.set_status(&r.id, Status::Critical).await.expect("critical"));
+    assert!(
+        a.set_status(&r.id, Status::Critical)
+            .await
+            .expect("critical")
+    );
     let gone = eventually(Duration::from_secs(4), || async {
         let _ = a.keep_alive().await;
         a.instances(&svc).await.expect("read").is_empty()
     })
     .await;
-    assert!(gone, "a critical entry is removed after deregisterCriticalServiceAfter");
+    assert!(
+        gone,
+        "a critical entry is removed after deregisterCriticalServiceAfter"
+    );
 }
 
 async fn hostile_data_round_trips<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
     let a = open("a");
     let svc = format!("odd-{tag}");
-    let mut r = reg(&format!("{svc}-'; DROP TABLE instances;--"), &svc, 1, 30_000);
-    r.tags = vec!["\"quoted\"".into(), "line\nbreak".into(), "ünïcödé".into(), "{{ .X }}".into()];
+    let mut r = reg(
+        &format!("{svc}-'; DROP TABLE instances;--"),
+        &svc,
+        1,
+        30_000,
+    );
+    r.tags = vec![
+        "\"quoted\"".into(),
+        "line\nbreak".into(),
+        "ünïcödé".into(),
+        "{{ .X }}".into(),
+    ];
     r.address = "::1".into();
     a.register(&r).await.expect("register");
     let got = a.instances(&svc).await.expect("read");

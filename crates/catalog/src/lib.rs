@@ -127,8 +127,13 @@ pub trait Catalog: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogUrl {
     Local(PathBuf),
-    Etcd { endpoints: Vec<String>, prefix: String },
-    Consul { address: String },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+    Consul {
+        address: String,
+    },
 }
 
 pub fn parse_url(url: &str) -> Result<CatalogUrl, CatalogError> {
@@ -138,7 +143,9 @@ pub fn parse_url(url: &str) -> Result<CatalogUrl, CatalogError> {
     };
     if let Some(path) = url.strip_prefix("local://") {
         if !path.starts_with('/') {
-            return Err(bad("a local catalog needs an absolute path: local:///var/lib/autopilot/catalog"));
+            return Err(bad(
+                "a local catalog needs an absolute path: local:///var/lib/autopilot/catalog",
+            ));
         }
         return Ok(CatalogUrl::Local(PathBuf::from(path)));
     }
@@ -153,9 +160,15 @@ pub fn parse_url(url: &str) -> Result<CatalogUrl, CatalogError> {
             .map(str::to_string)
             .collect();
         if endpoints.is_empty() {
-            return Err(bad("no etcd endpoints: etcd://host1:2379,host2:2379/prefix"));
+            return Err(bad(
+                "no etcd endpoints: etcd://host1:2379,host2:2379/prefix",
+            ));
         }
-        let prefix = if prefix == "/" { "/autopilot".to_string() } else { prefix };
+        let prefix = if prefix == "/" {
+            "/autopilot".to_string()
+        } else {
+            prefix
+        };
         return Ok(CatalogUrl::Etcd { endpoints, prefix });
     }
     if let Some(addr) = url.strip_prefix("consul://") {
@@ -166,7 +179,9 @@ pub fn parse_url(url: &str) -> Result<CatalogUrl, CatalogError> {
             address: addr.trim_end_matches('/').to_string(),
         });
     }
-    Err(bad("expected local:///path, etcd://host:port[,...]/prefix or consul://host:port"))
+    Err(bad(
+        "expected local:///path, etcd://host:port[,...]/prefix or consul://host:port",
+    ))
 }
 
 /// The catalog used when nothing is configured: a fixed path for root, the
@@ -194,7 +209,11 @@ pub fn select_url(
 ) -> String {
     explicit
         .map(str::to_string)
-        .or_else(|| env.get("AUTOPILOT_CATALOG").filter(|s| !s.is_empty()).cloned())
+        .or_else(|| {
+            env.get("AUTOPILOT_CATALOG")
+                .filter(|s| !s.is_empty())
+                .cloned()
+        })
         .or_else(|| config.map(str::to_string))
         .unwrap_or_else(|| default_url(env, is_root))
 }
@@ -235,27 +254,51 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("local:///srv/lab/catalog").ok(), Some(CatalogUrl::Local("/srv/lab/catalog".into())));
+        assert_eq!(
+            parse_url("local:///srv/lab/catalog").ok(),
+            Some(CatalogUrl::Local("/srv/lab/catalog".into()))
+        );
         assert!(parse_url("local://relative").is_err());
         assert_eq!(
             parse_url("etcd://a:2379,b:2379/env1").ok(),
-            Some(CatalogUrl::Etcd { endpoints: vec!["a:2379".into(), "b:2379".into()], prefix: "/env1".into() })
+            Some(CatalogUrl::Etcd {
+                endpoints: vec!["a:2379".into(), "b:2379".into()],
+                prefix: "/env1".into()
+            })
         );
         assert_eq!(
             parse_url("etcd://a:2379").ok(),
-            Some(CatalogUrl::Etcd { endpoints: vec!["a:2379".into()], prefix: "/autopilot".into() })
+            Some(CatalogUrl::Etcd {
+                endpoints: vec!["a:2379".into()],
+                prefix: "/autopilot".into()
+            })
         );
         assert!(parse_url("zk://x").is_err());
         let mut env = BTreeMap::new();
         env.insert("HOME".to_string(), "/home/u".to_string());
-        assert_eq!(default_url(&env, false), "local:///home/u/.local/state/autopilot");
+        assert_eq!(
+            default_url(&env, false),
+            "local:///home/u/.local/state/autopilot"
+        );
         env.insert("XDG_STATE_HOME".to_string(), "/st".to_string());
         assert_eq!(default_url(&env, false), "local:///st/autopilot");
-        assert_eq!(default_url(&env, true), "local:///var/lib/autopilot/catalog");
-        assert_eq!(select_url(None, &env, Some("local:///c"), false), "local:///c");
+        assert_eq!(
+            default_url(&env, true),
+            "local:///var/lib/autopilot/catalog"
+        );
+        assert_eq!(
+            select_url(None, &env, Some("local:///c"), false),
+            "local:///c"
+        );
         env.insert("AUTOPILOT_CATALOG".to_string(), "local:///e".to_string());
-        assert_eq!(select_url(None, &env, Some("local:///c"), false), "local:///e");
-        assert_eq!(select_url(Some("local:///f"), &env, Some("local:///c"), false), "local:///f");
+        assert_eq!(
+            select_url(None, &env, Some("local:///c"), false),
+            "local:///e"
+        );
+        assert_eq!(
+            select_url(Some("local:///f"), &env, Some("local:///c"), false),
+            "local:///f"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
-use autopilot_core::spec::{Backoff, HealthSpec, EntryStatus, JobSpec, Restarts, Trigger};
+use autopilot_core::spec::{Backoff, EntryStatus, HealthSpec, JobSpec, Restarts, Trigger};
 use decode::{Doc, Field, Obj, child};
 
 pub use decode::parse_duration;
@@ -236,7 +236,10 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
                 return Err(w.err(format!(
                     "duplicate watch of {:?}{}",
                     cfg.name,
-                    cfg.tag.as_ref().map(|t| format!(" with tag {t:?}")).unwrap_or_default()
+                    cfg.tag
+                        .as_ref()
+                        .map(|t| format!(" with tag {t:?}"))
+                        .unwrap_or_default()
                 )));
             }
             watches.push(cfg);
@@ -430,7 +433,11 @@ fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {
     let interval = o.require("interval")?.positive_duration()?;
     let tag = o.get("tag").map(|f| f.str()).transpose()?;
     let dc = o.get("dc").map(|f| f.str()).transpose()?;
-    let debounce = o.get("debounce").map(|f| f.duration()).transpose()?.unwrap_or_default();
+    let debounce = o
+        .get("debounce")
+        .map(|f| f.duration())
+        .transpose()?
+        .unwrap_or_default();
     o.finish(&["name", "interval", "tag", "dc", "debounce"])?;
     Ok(WatchConfig {
         source: format!("watch.{name}"),

@@ -264,7 +264,8 @@ fn watches_of_one_service_with_different_tags_keep_apart() {
     let sources: Vec<&str> = c.watches.iter().map(|w| w.source.as_str()).collect();
     assert_eq!(sources, vec!["watch.db", "watch.db.primary", "watch.web"]);
     assert_eq!(c.watches[1].debounce, Duration::from_millis(200));
-    let e = load(r#"{ watches: [{ name: "db", interval: 5 }, { name: "db", interval: 9 }] }"#).unwrap_err();
+    let e = load(r#"{ watches: [{ name: "db", interval: 5 }, { name: "db", interval: 9 }] }"#)
+        .unwrap_err();
     assert!(e.to_string().contains("duplicate watch of \"db\""), "{e}");
 }
 

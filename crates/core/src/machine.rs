@@ -672,8 +672,9 @@ impl Machine {
         let running = matches!(job.phase, Phase::Running(_));
         match job.health {
             HealthStatus::Healthy => Some(EntryStatus::Passing),
-            HealthStatus::Unhealthy => (job.registered.is_some() || job.spec.initial_status.is_some())
-                .then_some(EntryStatus::Critical),
+            HealthStatus::Unhealthy => (job.registered.is_some()
+                || job.spec.initial_status.is_some())
+            .then_some(EntryStatus::Critical),
             HealthStatus::Maintenance => None,
             HealthStatus::Unknown => match job.registered {
                 Some(_) if !running => Some(EntryStatus::Critical),

@@ -550,8 +550,12 @@ fn main_job_selection() {
 fn catalog_ops(h: &H, a: &[Action]) -> Vec<String> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Register { job, status } => Some(format!("register {} {status:?}", h.name(*job))),
-            Action::SetStatus { job, status } => Some(format!("status {} {status:?}", h.name(*job))),
+            Action::Register { job, status } => {
+                Some(format!("register {} {status:?}", h.name(*job)))
+            }
+            Action::SetStatus { job, status } => {
+                Some(format!("status {} {status:?}", h.name(*job)))
+            }
             Action::Deregister { job } => Some(format!("deregister {}", h.name(*job))),
             Action::Signal { sig, .. } => Some(format!("signal {sig:?}")),
             _ => None,
@@ -567,16 +571,26 @@ fn registration_follows_health_maintenance_and_stop() {
         ..job("web")
     }]);
     let a = h.startup();
-    assert!(catalog_ops(&h, &a).is_empty(), "not registered before the first passing check");
+    assert!(
+        catalog_ops(&h, &a).is_empty(),
+        "not registered before the first passing check"
+    );
     h.at(1000);
     let a = h.exit(h.run_of("web", ProcKind::Check), 1);
-    assert!(catalog_ops(&h, &a).is_empty(), "a failing check before registration registers nothing");
+    assert!(
+        catalog_ops(&h, &a).is_empty(),
+        "a failing check before registration registers nothing"
+    );
     h.at(2000);
     let a = h.exit(h.run_of("web", ProcKind::Check), 0);
     assert_eq!(catalog_ops(&h, &a), vec!["register web Passing"]);
     h.at(3000);
     let a = h.exit(h.run_of("web", ProcKind::Check), 1);
-    assert_eq!(catalog_ops(&h, &a), vec!["status web Critical"], "critical at once");
+    assert_eq!(
+        catalog_ops(&h, &a),
+        vec!["status web Critical"],
+        "critical at once"
+    );
     h.at(4000);
     let a = h.exit(h.run_of("web", ProcKind::Check), 0);
     assert_eq!(catalog_ops(&h, &a), vec!["status web Passing"]);
@@ -586,9 +600,17 @@ fn registration_follows_health_maintenance_and_stop() {
     assert!(catalog_ops(&h, &a).is_empty());
     h.at(5000);
     let a = h.exit(h.run_of("web", ProcKind::Check), 0);
-    assert_eq!(catalog_ops(&h, &a), vec!["register web Passing"], "re-registered after maintenance");
+    assert_eq!(
+        catalog_ops(&h, &a),
+        vec!["register web Passing"],
+        "re-registered after maintenance"
+    );
     let a = h.input(Input::Stop(StopReason::Shutdown));
-    assert_eq!(catalog_ops(&h, &a), vec!["deregister web", "signal Term"], "deregistered before SIGTERM");
+    assert_eq!(
+        catalog_ops(&h, &a),
+        vec!["deregister web", "signal Term"],
+        "deregistered before SIGTERM"
+    );
 }
 
 #[test]
@@ -602,7 +624,11 @@ fn initial_status_registers_at_once_and_exits_turn_critical() {
     let a = h.startup();
     assert_eq!(catalog_ops(&h, &a), vec!["register web Warning"]);
     let a = h.exit(h.run_of("web", ProcKind::Job), 1);
-    assert_eq!(catalog_ops(&h, &a), vec!["status web Critical"], "a dead process is not serving");
+    assert_eq!(
+        catalog_ops(&h, &a),
+        vec!["status web Critical"],
+        "a dead process is not serving"
+    );
     // Advertise-only: a port and no exec.
     let mut h = H::new(vec![JobSpec {
         exec: vec![],

@@ -58,13 +58,28 @@ mod tests {
     fn changes_and_health() {
         use EventCode::*;
         let mut w = WatchState::default();
-        assert_eq!(w.update(vec![]), vec![Unhealthy], "first state reported even when empty");
+        assert_eq!(
+            w.update(vec![]),
+            vec![Unhealthy],
+            "first state reported even when empty"
+        );
         assert_eq!(w.update(vec![]), vec![]);
         assert_eq!(w.update(vec![ep(1, &[])]), vec![Changed, Healthy]);
         assert_eq!(w.update(vec![ep(1, &[])]), vec![]);
-        assert_eq!(w.update(vec![ep(2, &[]), ep(1, &[])]), vec![Changed, Healthy]);
-        assert_eq!(w.update(vec![ep(1, &[]), ep(2, &[])]), vec![], "order does not matter");
-        assert_eq!(w.update(vec![ep(1, &["x"]), ep(2, &[])]), vec![Changed, Healthy], "tags count");
+        assert_eq!(
+            w.update(vec![ep(2, &[]), ep(1, &[])]),
+            vec![Changed, Healthy]
+        );
+        assert_eq!(
+            w.update(vec![ep(1, &[]), ep(2, &[])]),
+            vec![],
+            "order does not matter"
+        );
+        assert_eq!(
+            w.update(vec![ep(1, &["x"]), ep(2, &[])]),
+            vec![Changed, Healthy],
+            "tags count"
+        );
         assert_eq!(w.update(vec![]), vec![Changed, Unhealthy]);
         let mut fresh = WatchState::default();
         assert_eq!(fresh.update(vec![ep(1, &[])]), vec![Changed, Healthy]);

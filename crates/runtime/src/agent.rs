@@ -9,8 +9,8 @@ use std::time::Instant;
 use autopilot_catalog::{Catalog, CatalogError, Instance, Registration, Status};
 use autopilot_config::Config;
 use autopilot_core::{
-    Action, Endpoint, EntryStatus, Event, ExitStatus, Input, Machine, Phase, ProcKind,
-    RunId, Sig, StopReason, WatchState,
+    Action, Endpoint, EntryStatus, Event, ExitStatus, Input, Machine, Phase, ProcKind, RunId, Sig,
+    StopReason, WatchState,
 };
 use autopilot_process::{Exit, SpawnSpec, Spawner};
 use tokio::signal::unix::{SignalKind, signal};
@@ -68,9 +68,16 @@ pub struct Options {
 }
 
 enum Msg {
-    Exited { run: RunId, exit: Exit },
+    Exited {
+        run: RunId,
+        exit: Exit,
+    },
     Control(Command),
-    Watch { generation: u64, index: usize, passing: Vec<Instance> },
+    Watch {
+        generation: u64,
+        index: usize,
+        passing: Vec<Instance>,
+    },
 }
 
 struct RunMeta {
@@ -231,7 +238,10 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             if let Some(id) = &agent.telemetry_id {
                 agent.registrar.remove(id);
             }
-            agent.registrar.flush(std::time::Duration::from_secs(5)).await;
+            agent
+                .registrar
+                .flush(std::time::Duration::from_secs(5))
+                .await;
             let _ = std::fs::remove_file(&opts.socket);
             let _ = std::fs::remove_dir_all(&agent.state_dir);
             tracing::info!(code, "all jobs stopped; exiting");
@@ -292,8 +302,13 @@ impl Agent {
     }
 
     fn watch_file(&self, index: usize) -> PathBuf {
-        let key = env_key(self.config.watches[index].source.trim_start_matches("watch."));
-        self.state_dir.join(format!("watch-{}.json", key.to_ascii_lowercase()))
+        let key = env_key(
+            self.config.watches[index]
+                .source
+                .trim_start_matches("watch."),
+        );
+        self.state_dir
+            .join(format!("watch-{}.json", key.to_ascii_lowercase()))
     }
 
     /// Applies a watch snapshot: on a change, writes the instances file

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 /// Opens the backend a catalog URL names, as one agent session `owner`.
 pub fn open(url: &str, owner: &str) -> Result<Arc<dyn Catalog>, CatalogError> {
     match autopilot_catalog::parse_url(url)? {
-        CatalogUrl::Local(dir) => Ok(Arc::new(autopilot_catalog_local::LocalCatalog::open(&dir, owner)?)),
+        CatalogUrl::Local(dir) => Ok(Arc::new(autopilot_catalog_local::LocalCatalog::open(
+            &dir, owner,
+        )?)),
         CatalogUrl::Etcd { .. } => Err(CatalogError::Unsupported {
             url: url.to_string(),
             backend: "etcd".into(),
@@ -99,11 +101,21 @@ impl Worker {
     /// Applies every difference between wanted and applied entries; stops
     /// at the first failure and schedules a retry.
     async fn reconcile(&mut self) {
-        let ids: Vec<String> = self.desired.keys().chain(self.applied.keys()).cloned().collect();
+        let ids: Vec<String> = self
+            .desired
+            .keys()
+            .chain(self.applied.keys())
+            .cloned()
+            .collect();
         for id in ids {
             let res = match (self.desired.get(&id), self.applied.get(&id)) {
                 (Some(d), Some(a)) if d == a => Ok(()),
-                (Some(d), Some(a)) if Registration { status: d.status, ..a.clone() } == *d => {
+                (Some(d), Some(a))
+                    if Registration {
+                        status: d.status,
+                        ..a.clone()
+                    } == *d =>
+                {
                     match self.catalog.set_status(&id, d.status).await {
                         // Gone underneath us (expired while we stalled): register anew.
                         Ok(false) => self.catalog.register(d).await,
@@ -130,7 +142,10 @@ impl Worker {
             }
         }
         if self.error.take().is_some() {
-            tracing::info!(catalog = self.catalog.url(), "catalog reachable again; registrations restored");
+            tracing::info!(
+                catalog = self.catalog.url(),
+                "catalog reachable again; registrations restored"
+            );
         }
         self.retry = RETRY_MIN;
         self.retry_at = None;
@@ -219,7 +234,11 @@ async fn run_registrar(
         }
         let snapshot = RegistrarState {
             error: w.error.clone(),
-            applied: w.applied.iter().map(|(k, v)| (k.clone(), v.status)).collect(),
+            applied: w
+                .applied
+                .iter()
+                .map(|(k, v)| (k.clone(), v.status))
+                .collect(),
         };
         state.send_if_modified(|cur| {
             let changed = *cur != snapshot;

@@ -2,8 +2,8 @@
 
 pub mod agent;
 pub mod catalog;
-pub mod fsutil;
 pub mod control;
+pub mod fsutil;
 pub mod interfaces;
 pub mod logging;
 pub mod metrics;

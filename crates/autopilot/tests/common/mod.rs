@@ -81,7 +81,10 @@ pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) 
         .args(args)
         .env("AUTOPILOT_SOCKET", &socket)
         // Never the machine's default catalog: each test has its own.
-        .env("AUTOPILOT_CATALOG", format!("local://{}", dir.path("catalog").display()))
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", dir.path("catalog").display()),
+        )
         .env_remove("CONTAINERPILOT")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -175,7 +178,10 @@ pub fn cli(config: &Path, socket: &Path, args: &[&str]) -> (i32, String) {
         .arg(config)
         .args(args)
         .env("AUTOPILOT_SOCKET", socket)
-        .env("AUTOPILOT_CATALOG", format!("local://{}", catalog.display()))
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", catalog.display()),
+        )
         .output()
         .expect("run cli");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
