@@ -362,7 +362,7 @@ fn status(cli: &Cli, env: &BTreeMap<String, String>, json: bool) -> anyhow::Resu
         },
     );
     println!(
-        "{:<24} {:<11} {:>8} {:<11} {:>8}",
+        "{:<24} {:<11} {:>8} {:<11} {:>8}  CATALOG",
         "JOB", "STATUS", "PID", "HEALTH", "RESTARTS"
     );
     for j in v["jobs"].as_array().into_iter().flatten() {
@@ -370,15 +370,35 @@ fn status(cli: &Cli, env: &BTreeMap<String, String>, json: bool) -> anyhow::Resu
             .as_u64()
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".into());
+        let reg = &j["registration"];
+        let catalog = if reg.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} {}",
+                reg["id"].as_str().unwrap_or("?"),
+                reg["catalog"].as_str().unwrap_or("unregistered")
+            )
+        };
         println!(
-            "{:<24} {:<11} {:>8} {:<11} {:>8}",
+            "{:<24} {:<11} {:>8} {:<11} {:>8}  {}",
             j["name"].as_str().unwrap_or("?"),
             j["status"].as_str().unwrap_or("?"),
             pid,
             j["health"].as_str().unwrap_or("?"),
             j["restarts"],
+            catalog,
         );
     }
+    let c = &v["catalog"];
+    println!(
+        "catalog {}{}",
+        c["url"].as_str().unwrap_or("?"),
+        c["error"]
+            .as_str()
+            .map(|e| format!("  [degraded: {e}]"))
+            .unwrap_or_default()
+    );
     Ok(0)
 }
 
