@@ -76,7 +76,10 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
         .map_err(|e| invalid(format!("cannot open {}: {e}", file.display())))?;
     let setup = || -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
         // WAL + NORMAL: every commit is atomic and survives the process
         // being killed at any instant; an OS crash may lose the last commits.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -85,7 +88,22 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
         conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
         Ok(())
     };
-    setup().map_err(|e| invalid(format!("cannot use {}: {e}", file.display())))?;
+    // Agents starting at the same instant race to create the schema and
+    // switch to WAL, which needs a lock the busy handler does not always
+    // wait for: retry those, fail at once on anything else.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match setup() {
+            Ok(()) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(invalid(format!("cannot use {}: {e}", file.display()))),
+        }
+    }
     Ok(conn)
 }
 
@@ -451,6 +469,24 @@ mod tests {
             e.to_string().contains("/proc/autopilot-cannot-be-here"),
             "{e}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_agents_opening_at_once_all_succeed() {
+        let d = dir("race");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                    rt.block_on(async { LocalCatalog::open(&d, &format!("a{i}")).map(|_| ()) })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("open");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[tokio::test(flavor = "current_thread")]
