@@ -96,8 +96,10 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
         match setup() {
             Ok(()) => break,
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                    && std::time::Instant::now() < deadline =>
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -478,7 +480,10 @@ mod tests {
             .map(|i| {
                 let d = d.clone();
                 std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("rt");
                     rt.block_on(async { LocalCatalog::open(&d, &format!("a{i}")).map(|_| ()) })
                 })
             })
