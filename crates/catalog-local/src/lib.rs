@@ -440,10 +440,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance() {
         let d = dir("conf");
-        let open = |agent: &str| -> Arc<dyn Catalog> {
-            Arc::new(LocalCatalog::open(&d, &format!("agent-{agent}")).expect("open"))
+        let open = |agent: String| {
+            let d = d.clone();
+            async move {
+                Arc::new(LocalCatalog::open(&d, &format!("agent-{agent}")).expect("open"))
+                    as Arc<dyn Catalog>
+            }
         };
-        autopilot_catalog::conformance::run_all(open, "local").await;
+        autopilot_catalog::conformance::run_all(open, "local", Duration::from_secs(1)).await;
         let _ = std::fs::remove_dir_all(&d);
     }
 

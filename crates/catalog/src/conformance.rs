@@ -37,20 +37,26 @@ where
 
 /// Runs every check. `open(agent)` must open a new session (a new agent)
 /// on the same store each time it is called; `tag` keeps service names of
-/// concurrent runs apart.
-pub async fn run_all<F>(open: F, tag: &str)
+/// concurrent runs apart; `expiry` bounds how long an entry outlives its
+/// last keep-alive (the entry TTL of 1 s, or the backend's lease TTL).
+pub async fn run_all<F, Fut>(open: F, tag: &str, expiry: Duration)
 where
-    F: Fn(&str) -> Arc<dyn Catalog>,
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
 {
     register_read_and_status(&open, tag).await;
     sessions_share_but_own_their_entries(&open, tag).await;
-    expiry_keep_alive_and_change_notification(&open, tag).await;
+    expiry_keep_alive_and_change_notification(&open, tag, expiry).await;
     deregister_critical_after(&open, tag).await;
     hostile_data_round_trips(&open, tag).await;
 }
 
-async fn register_read_and_status<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
-    let a = open("a");
+async fn register_read_and_status<F, Fut>(open: &F, tag: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let a = open("a".into()).await;
     let svc = format!("web-{tag}");
     a.register(&reg(&format!("{svc}-h1"), &svc, 8080, 30_000))
         .await
@@ -114,11 +120,12 @@ async fn register_read_and_status<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag
     );
 }
 
-async fn sessions_share_but_own_their_entries<F: Fn(&str) -> Arc<dyn Catalog>>(
-    open: &F,
-    tag: &str,
-) {
-    let (a, b) = (open("a"), open("b"));
+async fn sessions_share_but_own_their_entries<F, Fut>(open: &F, tag: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
     let svc = format!("db-{tag}");
     a.register(&reg(&format!("{svc}-ha"), &svc, 5432, 30_000))
         .await
@@ -151,11 +158,12 @@ async fn sessions_share_but_own_their_entries<F: Fn(&str) -> Arc<dyn Catalog>>(
     b.deregister(&format!("{svc}-hb")).await.expect("b");
 }
 
-async fn expiry_keep_alive_and_change_notification<F: Fn(&str) -> Arc<dyn Catalog>>(
-    open: &F,
-    tag: &str,
-) {
-    let (a, b) = (open("a"), open("b"));
+async fn expiry_keep_alive_and_change_notification<F, Fut>(open: &F, tag: &str, expiry: Duration)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
     let svc = format!("cache-{tag}");
     let mut changes = b.changes();
     changes.borrow_and_update();
@@ -173,8 +181,10 @@ async fn expiry_keep_alive_and_change_notification<F: Fn(&str) -> Arc<dyn Catalo
         t.elapsed()
     );
     // Kept alive past its TTL...
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    let step = (expiry / 3).min(Duration::from_millis(400));
+    let until = Instant::now() + expiry + Duration::from_millis(500);
+    while Instant::now() < until {
+        tokio::time::sleep(step).await;
         assert_eq!(a.keep_alive().await.expect("keep-alive"), 1);
     }
     assert_eq!(
@@ -201,8 +211,12 @@ async fn expiry_keep_alive_and_change_notification<F: Fn(&str) -> Arc<dyn Catalo
         .expect("notifier alive");
 }
 
-async fn deregister_critical_after<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
-    let a = open("a");
+async fn deregister_critical_after<F, Fut>(open: &F, tag: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let a = open("a".into()).await;
     let svc = format!("flaky-{tag}");
     let mut r = reg(&format!("{svc}-h1"), &svc, 80, 30_000);
     r.deregister_critical_after = Some(Duration::from_millis(500));
@@ -223,8 +237,12 @@ async fn deregister_critical_after<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, ta
     );
 }
 
-async fn hostile_data_round_trips<F: Fn(&str) -> Arc<dyn Catalog>>(open: &F, tag: &str) {
-    let a = open("a");
+async fn hostile_data_round_trips<F, Fut>(open: &F, tag: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let a = open("a".into()).await;
     let svc = format!("odd-{tag}");
     let mut r = reg(
         &format!("{svc}-'; DROP TABLE instances;--"),

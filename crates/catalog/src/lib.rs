@@ -113,6 +113,12 @@ pub trait Catalog: Send + Sync {
     /// number of entries. Returns how many entries it refreshed.
     async fn keep_alive(&self) -> Result<usize, CatalogError>;
 
+    /// How often `keep_alive` should be called; `None` lets the caller derive
+    /// it from the entries' TTLs.
+    fn keep_alive_interval(&self) -> Option<Duration> {
+        None
+    }
+
     async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError>;
 
     /// Every live (unexpired) instance of a service, any status, sorted by ID.

@@ -164,6 +164,9 @@ impl Worker {
     /// One keep-alive for all of this agent's entries, at a third of the
     /// shortest TTL.
     fn keep_alive_every(&self) -> Duration {
+        if let Some(every) = self.catalog.keep_alive_interval() {
+            return every;
+        }
         self.applied
             .values()
             .map(|r| r.ttl / 3)

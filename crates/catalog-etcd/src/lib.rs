@@ -1,0 +1,686 @@
+//! The etcd v3 catalog: the one place that holds the connection and the agent's session (its lease), and the watch stream.
+//!
+//! Key layout (see `docs/etcd-layout.md`), under a prefix (default `/autopilot`):
+//! - `<prefix>/instances/<service>/<id>`: one JSON entry per registered job,
+//!   attached to its agent's lease;
+//! - `<prefix>/agents/<session>`: one per live agent, on the same lease.
+//!
+//! Every agent has one lease. Its entries are puts on that lease, status
+//! changes are puts to the same key, and one keep-alive stream keeps
+//! everything alive. When the lease is lost (etcd was unreachable longer than
+//! the TTL) a new one is granted and every entry of the session is written
+//! again, so registrations come back as soon as etcd does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use autopilot_catalog::{
+    Catalog, CatalogError, Instance, Registration, ServiceSummary, Status, now_ms, rfc3339_ms,
+};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, TlsOptions, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+
+/// Every request gives up after this long, so an unreachable cluster turns
+/// into a retryable error quickly instead of a hang.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How to reach and authenticate to etcd.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// CA certificate (PEM) to verify the servers; enables TLS.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for client-certificate auth.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The agent's lease TTL.
+    pub lease_ttl: Duration,
+}
+
+/// An entry as stored under `<prefix>/instances/<service>/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    name: String,
+    address: String,
+    port: u16,
+    tags: Vec<String>,
+    status: Status,
+    /// The session that owns the entry.
+    owner: String,
+    registered_ms: u64,
+    #[serde(default)]
+    critical_since_ms: Option<u64>,
+    #[serde(default)]
+    deregister_after_ms: Option<u64>,
+}
+
+struct Session {
+    lease: Option<i64>,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// This agent's entries by ID, rewritten whenever the lease is renewed.
+    owned: BTreeMap<String, Entry>,
+    last_keep_alive_ms: u64,
+}
+
+pub struct EtcdCatalog {
+    url: String,
+    prefix: String,
+    owner: String,
+    client: Client,
+    lease_ttl: Duration,
+    /// Attempts per request: one per endpoint, plus one.
+    attempts: usize,
+    session: Mutex<Session>,
+    changes: watch::Receiver<u64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdCatalog {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let msg = s.message();
+            if msg.is_empty() {
+                format!("{:?}", s.code())
+            } else {
+                msg.to_string()
+            }
+        }
+        other => {
+            // Transport errors bury the cause; surface the innermost one.
+            let mut text = other.to_string();
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(other);
+            while let Some(s) = src {
+                text = s.to_string();
+                src = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// A failure worth retrying at once: the connection failed, or the cluster
+/// is between leaders. Every write here is idempotent, so a retry after a
+/// timeout is safe.
+fn is_transport(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "connect",
+        "transport",
+        "unavailable",
+        "broken pipe",
+        "connection",
+        "no answer within",
+        "timeout",
+        "timed out",
+        "leader",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+fn is_auth_error(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        // gRPC codes 16 (unauthenticated) and 7 (permission denied).
+        if matches!(i32::from(s.code()), 16 | 7)
+            || s.message().contains("authentication failed")
+            || s.message().contains("permission denied")
+            || s.message().contains("user name is empty"))
+}
+
+async fn timed<T>(
+    url: &str,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, CatalogError> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CatalogError::Unavailable {
+            url: url.to_string(),
+            message: describe(&e),
+        }),
+        Err(_) => Err(CatalogError::Unavailable {
+            url: url.to_string(),
+            message: format!("no answer within {OP_TIMEOUT:?}"),
+        }),
+    }
+}
+
+fn read_pem(url: &str, what: &str, path: &PathBuf) -> Result<Vec<u8>, CatalogError> {
+    std::fs::read(path).map_err(|e| CatalogError::Invalid {
+        url: url.to_string(),
+        message: format!("cannot read the {what} {}: {e}", path.display()),
+    })
+}
+
+impl EtcdCatalog {
+    /// Connects, checks that the prefix can be read and written with these
+    /// credentials, and starts the watch stream. Errors here are
+    /// configuration errors (bad endpoints, credentials or prefix).
+    pub async fn connect(opts: EtcdOptions, owner: &str) -> Result<EtcdCatalog, CatalogError> {
+        let url = format!("etcd://{}{}", opts.endpoints.join(","), opts.prefix);
+        let invalid = |message: String| CatalogError::Invalid {
+            url: url.clone(),
+            message,
+        };
+        if !opts.prefix.starts_with('/') || opts.prefix.contains("//") {
+            return Err(invalid(format!(
+                "the key prefix {:?} must start with '/' and have no empty segments",
+                opts.prefix
+            )));
+        }
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(OP_TIMEOUT)
+            .with_timeout(OP_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let tls = opts.ca.is_some() || opts.cert.is_some();
+        if tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &opts.ca {
+                t = t.ca_certificate(Certificate::from_pem(read_pem(&url, "CA certificate", ca)?));
+            }
+            match (&opts.cert, &opts.key) {
+                (Some(c), Some(k)) => {
+                    t = t.identity(Identity::from_pem(
+                        read_pem(&url, "client certificate", c)?,
+                        read_pem(&url, "client key", k)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(invalid(
+                        "a client certificate needs both cert and key".into(),
+                    ));
+                }
+            }
+            connect = connect.with_tls(t);
+        }
+        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+            connect = connect.with_user(u.clone(), p.clone());
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let endpoints: Vec<String> = opts
+            .endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("{scheme}://{e}")
+                }
+            })
+            .collect();
+        let connected =
+            tokio::time::timeout(OP_TIMEOUT * 2, Client::connect(endpoints, Some(connect))).await;
+        let mut client = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) if is_auth_error(&e) => {
+                return Err(invalid(format!("authentication failed: {}", describe(&e))));
+            }
+            Ok(Err(e)) => return Err(invalid(format!("cannot connect: {}", describe(&e)))),
+            Err(_) => return Err(invalid("cannot connect: no endpoint answered".into())),
+        };
+        // A read and a write under the prefix prove reachability, credentials
+        // and permissions before any job starts.
+        let probe = format!("{}/agents/{owner}", opts.prefix);
+        let check = async {
+            let got = client
+                .get(
+                    format!("{}/", opts.prefix),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only()
+                            .with_limit(1),
+                    ),
+                )
+                .await?;
+            client.put(probe.clone(), "", None).await?;
+            client.delete(probe.clone(), None).await?;
+            Ok::<_, etcd_client::Error>(got.header().map(|h| h.revision()).unwrap_or(0))
+        };
+        let rev = match tokio::time::timeout(OP_TIMEOUT * 2, check).await {
+            Ok(Ok(rev)) => rev,
+            Ok(Err(e)) if is_auth_error(&e) => {
+                return Err(invalid(format!(
+                    "not allowed to use the prefix {}: {}",
+                    opts.prefix,
+                    describe(&e)
+                )));
+            }
+            Ok(Err(e)) => return Err(invalid(format!("cannot use the cluster: {}", describe(&e)))),
+            Err(_) => {
+                return Err(invalid(format!(
+                    "no endpoint answered within {:?} ({})",
+                    OP_TIMEOUT * 2,
+                    opts.endpoints.join(", ")
+                )));
+            }
+        };
+        let (tx, rx) = watch::channel(0u64);
+        let watcher = tokio::spawn(watch_loop(
+            client.clone(),
+            format!("{}/instances/", opts.prefix),
+            rev,
+            tx,
+            url.clone(),
+        ));
+        Ok(EtcdCatalog {
+            url,
+            prefix: opts.prefix,
+            owner: owner.to_string(),
+            client,
+            lease_ttl: opts.lease_ttl.max(Duration::from_secs(1)),
+            attempts: opts.endpoints.len() + 1,
+            session: Mutex::new(Session {
+                lease: None,
+                keeper: None,
+                owned: BTreeMap::new(),
+                last_keep_alive_ms: 0,
+            }),
+            changes: rx,
+            watcher,
+        })
+    }
+
+    fn key(&self, e: &Entry) -> String {
+        format!("{}/instances/{}/{}", self.prefix, e.name, e.id)
+    }
+
+    async fn put_entry(&self, e: &Entry, lease: i64) -> Result<(), CatalogError> {
+        let (key, value) = (self.key(e), json(e));
+        self.call(|mut c| {
+            let (k, v) = (key.clone(), value.clone());
+            async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_key(&self, key: String) -> Result<(), CatalogError> {
+        self.call(|mut c| {
+            let k = key.clone();
+            async move { c.delete(k, None).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_prefix(&self, prefix: String) -> Result<etcd_client::GetResponse, CatalogError> {
+        self.call(|mut c| {
+            let k = prefix.clone();
+            async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+    }
+
+    fn unavailable(&self, message: String) -> CatalogError {
+        CatalogError::Unavailable {
+            url: self.url.clone(),
+            message,
+        }
+    }
+
+    /// Makes sure the session has a live lease; a new lease gets every owned
+    /// entry written again.
+    async fn ensure_lease(&self, s: &mut Session) -> Result<i64, CatalogError> {
+        if let Some(l) = s.lease {
+            return Ok(l);
+        }
+        let ttl = self.lease_ttl.as_secs().max(1) as i64;
+        let lease = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?
+            .id();
+        let agent =
+            serde_json::json!({ "session": self.owner, "lease": lease, "started_ms": now_ms() })
+                .to_string();
+        let agent_key = format!("{}/agents/{}", self.prefix, self.owner);
+        self.call(|mut c| {
+            let (k, v) = (agent_key.clone(), agent.clone());
+            async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+        })
+        .await?;
+        for e in s.owned.values() {
+            self.put_entry(e, lease).await?;
+        }
+        if !s.owned.is_empty() {
+            tracing::info!(catalog = %self.url, entries = s.owned.len(), "new lease; registrations restored");
+        }
+        s.lease = Some(lease);
+        s.keeper = None;
+        s.last_keep_alive_ms = now_ms();
+        Ok(lease)
+    }
+
+    /// Writes one entry on the session's lease, renewing the lease once if
+    /// etcd says it is gone.
+    async fn write(&self, s: &mut Session, e: &Entry) -> Result<(), CatalogError> {
+        for attempt in 0..2 {
+            let lease = self.ensure_lease(s).await?;
+            match self.put_entry(e, lease).await {
+                Ok(_) => return Ok(()),
+                Err(CatalogError::Unavailable { message, .. })
+                    if attempt == 0 && message.contains("lease not found") =>
+                {
+                    s.lease = None;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(self.unavailable("the lease keeps expiring".into()))
+    }
+
+    /// Runs one request, retrying when the endpoint it went to is down: the
+    /// balancer sends the retry elsewhere, so losing a member costs a retry,
+    /// not an error.
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, CatalogError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = String::new();
+        for _ in 0..self.attempts {
+            match timed(&self.url, f(self.client.clone())).await {
+                Err(CatalogError::Unavailable { message, .. }) if is_transport(&message) => {
+                    last = message;
+                }
+                other => return other,
+            }
+        }
+        Err(self.unavailable(last))
+    }
+
+    fn lost_lease(s: &mut Session) {
+        s.lease = None;
+        s.keeper = None;
+    }
+}
+
+fn json(e: &Entry) -> String {
+    serde_json::to_string(e).unwrap_or_default()
+}
+
+/// Data from the cluster is not trusted: unparsable entries are skipped.
+fn parse_entry(v: &[u8]) -> Option<Entry> {
+    serde_json::from_slice(v).ok()
+}
+
+fn to_instance(e: Entry, heartbeat_ms: u64) -> Instance {
+    Instance {
+        id: e.id,
+        name: e.name,
+        address: e.address,
+        port: e.port,
+        tags: e.tags,
+        status: e.status,
+        last_heartbeat: rfc3339_ms(heartbeat_ms),
+    }
+}
+
+/// Follows every change under the instances prefix from a known revision.
+/// After a broken stream it resumes from the last revision seen, so no
+/// change is missed; if that revision was compacted away it notifies anyway
+/// (watchers then re-read everything) and resumes from the present.
+async fn watch_loop(
+    client: Client,
+    key: String,
+    start_rev: i64,
+    tx: watch::Sender<u64>,
+    url: String,
+) {
+    let mut rev = start_rev;
+    let mut counter = 0u64;
+    let mut backoff = Duration::from_millis(50);
+    let mut broken = false;
+    loop {
+        let mut c = client.clone();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let stream = tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts))).await;
+        let mut stream = match stream {
+            Ok(Ok(s)) => s,
+            _ => {
+                if !broken {
+                    tracing::warn!(catalog = %url, "watch stream unavailable; retrying");
+                    broken = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+        };
+        if broken {
+            tracing::info!(catalog = %url, "watch stream resumed from revision {}", rev + 1);
+            // Whatever happened meanwhile is replayed below; one extra
+            // notification makes readers re-check after the outage too.
+            counter += 1;
+            let _ = tx.send(counter);
+        }
+        backoff = Duration::from_millis(50);
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp.compact_revision() > 0 {
+                tracing::warn!(catalog = %url, "watch revision {} was compacted; re-reading", rev + 1);
+                rev = resp.compact_revision() - 1;
+                counter += 1;
+                let _ = tx.send(counter);
+                break;
+            }
+            if resp.canceled() {
+                break;
+            }
+            let mut seen = false;
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    rev = rev.max(kv.mod_revision());
+                }
+                seen = true;
+            }
+            if seen {
+                counter += 1;
+                if tx.send(counter).is_err() {
+                    return;
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        broken = true;
+        tracing::warn!(catalog = %url, "watch stream broke; resuming from revision {}", rev + 1);
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for EtcdCatalog {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn register(&self, reg: &Registration) -> Result<(), CatalogError> {
+        let now = now_ms();
+        let entry = Entry {
+            id: reg.id.clone(),
+            name: reg.name.clone(),
+            address: reg.address.clone(),
+            port: reg.port,
+            tags: reg.tags.clone(),
+            status: reg.status,
+            owner: self.owner.clone(),
+            registered_ms: now,
+            critical_since_ms: (reg.status == Status::Critical).then_some(now),
+            deregister_after_ms: reg.deregister_critical_after.map(|d| d.as_millis() as u64),
+        };
+        let mut s = self.session.lock().await;
+        // A re-registration under another service name leaves no stale key.
+        if let Some(old) = s.owned.get(&reg.id).cloned()
+            && old.name != entry.name
+        {
+            self.delete_key(self.key(&old)).await?;
+        }
+        self.write(&mut s, &entry).await?;
+        s.owned.insert(entry.id.clone(), entry);
+        Ok(())
+    }
+
+    async fn set_status(&self, id: &str, status: Status) -> Result<bool, CatalogError> {
+        let mut s = self.session.lock().await;
+        let Some(mut e) = s.owned.get(id).cloned() else {
+            return Ok(false);
+        };
+        if e.status == status {
+            return Ok(true);
+        }
+        e.status = status;
+        e.critical_since_ms = match status {
+            Status::Critical => e.critical_since_ms.or(Some(now_ms())),
+            _ => None,
+        };
+        self.write(&mut s, &e).await?;
+        s.owned.insert(id.to_string(), e);
+        Ok(true)
+    }
+
+    async fn deregister(&self, id: &str) -> Result<(), CatalogError> {
+        let mut s = self.session.lock().await;
+        let Some(e) = s.owned.get(id).cloned() else {
+            return Ok(());
+        };
+        self.delete_key(self.key(&e)).await?;
+        s.owned.remove(id);
+        Ok(())
+    }
+
+    async fn keep_alive(&self) -> Result<usize, CatalogError> {
+        let mut s = self.session.lock().await;
+        if s.owned.is_empty() && s.lease.is_none() {
+            return Ok(0);
+        }
+        let lease = self.ensure_lease(&mut s).await?;
+        if s.keeper.is_none() {
+            let pair = self
+                .call(|mut c| async move { c.lease_keep_alive(lease).await })
+                .await?;
+            s.keeper = Some(pair);
+        }
+        let result = match s.keeper.as_mut() {
+            Some((keeper, stream)) => {
+                let sent = timed(&self.url, keeper.keep_alive()).await;
+                match sent {
+                    Ok(()) => match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+                        Ok(Ok(Some(resp))) => Ok(resp.ttl()),
+                        Ok(Ok(None)) => {
+                            Err(self.unavailable("the keep-alive stream closed".into()))
+                        }
+                        Ok(Err(e)) => Err(self.unavailable(describe(&e))),
+                        Err(_) => {
+                            Err(self
+                                .unavailable(format!("no keep-alive answer within {OP_TIMEOUT:?}")))
+                        }
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            None => Err(self.unavailable("no keep-alive stream".into())),
+        };
+        match result {
+            Ok(ttl) if ttl > 0 => {
+                s.last_keep_alive_ms = now_ms();
+            }
+            Ok(_) => {
+                // The lease expired while we could not reach etcd: take a new
+                // one and write every entry again.
+                tracing::warn!(catalog = %self.url, "lease expired; registering again");
+                Self::lost_lease(&mut s);
+                self.ensure_lease(&mut s).await?;
+            }
+            Err(e) => {
+                s.keeper = None;
+                return Err(e);
+            }
+        }
+        // deregisterCriticalServiceAfter: the owner removes its own entries
+        // that stayed critical too long (a dead owner's lease does the rest).
+        let now = now_ms();
+        let expired: Vec<Entry> = s
+            .owned
+            .values()
+            .filter(|e| matches!((e.critical_since_ms, e.deregister_after_ms), (Some(since), Some(after)) if since + after <= now))
+            .cloned()
+            .collect();
+        for e in expired {
+            self.delete_key(self.key(&e)).await?;
+            s.owned.remove(&e.id);
+        }
+        Ok(s.owned.len())
+    }
+
+    fn keep_alive_interval(&self) -> Option<Duration> {
+        Some(self.lease_ttl / 3)
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError> {
+        let resp = self
+            .get_prefix(format!("{}/instances/", self.prefix))
+            .await?;
+        let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for kv in resp.kvs() {
+            if let Some(e) = parse_entry(kv.value()) {
+                let slot = by.entry(e.name.clone()).or_default();
+                slot.0 += 1;
+                slot.1 += usize::from(e.status == Status::Passing);
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|(name, (instances, passing))| ServiceSummary {
+                name,
+                instances,
+                passing,
+            })
+            .collect())
+    }
+
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
+        let resp = self
+            .get_prefix(format!("{}/instances/{service}/", self.prefix))
+            .await?;
+        let mine_ms = self.session.lock().await.last_keep_alive_ms;
+        let mut out: Vec<Instance> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| parse_entry(kv.value()))
+            .filter(|e| e.name == service)
+            .map(|e| {
+                // etcd keeps no per-key heartbeat; ours is known, others' is
+                // the last write (their lease keeps them alive meanwhile).
+                let hb = if e.owner == self.owner {
+                    mine_ms.max(e.registered_ms)
+                } else {
+                    e.registered_ms
+                };
+                to_instance(e, hb)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}

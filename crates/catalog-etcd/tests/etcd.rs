@@ -1,0 +1,288 @@
+//! The etcd backend against real etcd servers started on loopback: the shared conformance suite, clusters, outages, TLS and auth.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autopilot_catalog::{Catalog, Registration, Status};
+use autopilot_catalog_etcd::{EtcdCatalog, EtcdOptions};
+use autopilot_testkit::{Etcd, TempDir, endpoints, etcdctl, make_certs};
+
+fn opts(endpoints: &str, prefix: &str, ttl_s: u64) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: endpoints.split(',').map(str::to_string).collect(),
+        prefix: prefix.to_string(),
+        lease_ttl: Duration::from_secs(ttl_s),
+        ..Default::default()
+    }
+}
+
+async fn connect(o: EtcdOptions, owner: &str) -> Arc<dyn Catalog> {
+    Arc::new(
+        EtcdCatalog::connect(o, owner)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+fn reg(id: &str, name: &str) -> Registration {
+    Registration {
+        id: id.into(),
+        name: name.into(),
+        address: "127.0.0.1".into(),
+        port: 80,
+        tags: vec![],
+        status: Status::Passing,
+        ttl: Duration::from_secs(10),
+        deregister_critical_after: None,
+    }
+}
+
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_single_node() {
+    let dir = TempDir::new("etcd-conf");
+    let etcd = Etcd::single(&dir.0);
+    let ep = etcd.endpoint();
+    let open = |agent: String| {
+        let ep = ep.clone();
+        async move { connect(opts(&ep, "/conformance", 2), &format!("agent-{agent}")).await }
+    };
+    autopilot_catalog::conformance::run_all(open, "etcd", Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_keep_environments_apart() {
+    let dir = TempDir::new("etcd-prefix");
+    let etcd = Etcd::single(&dir.0);
+    let prod = connect(opts(&etcd.endpoint(), "/prod", 5), "p").await;
+    let lab = connect(opts(&etcd.endpoint(), "/lab", 5), "l").await;
+    prod.register(&reg("web-1", "web")).await.expect("register");
+    assert_eq!(prod.instances("web").await.expect("read").len(), 1);
+    assert!(lab.instances("web").await.expect("read").is_empty());
+    assert!(lab.services().await.expect("read").is_empty());
+    // The layout is readable with etcdctl.
+    let keys = etcdctl(
+        &etcd.endpoint(),
+        &["get", "--prefix", "--keys-only", "/prod/instances/"],
+    );
+    assert!(keys.contains("/prod/instances/web/web-1"), "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_member_of_three_is_invisible() {
+    let dir = TempDir::new("etcd-three");
+    let mut cluster = Etcd::cluster(&dir.0, 3);
+    let eps = endpoints(&cluster);
+    let a = connect(opts(&eps, "/t", 5), "a").await;
+    let b = connect(opts(&eps, "/t", 5), "b").await;
+    let mut changes = b.changes();
+    a.register(&reg("web-a", "web")).await.expect("register");
+    cluster[0].kill();
+    // Registration, status writes, keep-alives and watches go on.
+    let t = Instant::now();
+    let ok = eventually(Duration::from_secs(10), async || {
+        a.register(&reg("web-b", "web")).await.is_ok()
+    })
+    .await;
+    assert!(ok, "writes fail over to another member");
+    eprintln!("first write after the member loss took {:?}", t.elapsed());
+    assert!(
+        a.set_status("web-a", Status::Critical)
+            .await
+            .expect("status")
+    );
+    assert_eq!(a.keep_alive().await.expect("keep-alive"), 2);
+    changes.borrow_and_update();
+    a.deregister("web-b").await.expect("deregister");
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .expect("watch still live")
+        .expect("open");
+    let got = b.instances("web").await.expect("read");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].status, Status::Critical);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_across_a_reconnect_misses_no_change() {
+    let dir = TempDir::new("etcd-reconnect");
+    let mut cluster = Etcd::cluster(&dir.0, 3);
+    // The watcher talks to m0 only; the writer to the other two.
+    let watcher = connect(opts(&cluster[0].endpoint(), "/t", 5), "w").await;
+    let writer = connect(opts(&endpoints(&cluster[1..]), "/t", 5), "x").await;
+    let mut changes = watcher.changes();
+    changes.borrow_and_update();
+    cluster[0].kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = eventually(Duration::from_secs(10), async || {
+        writer.register(&reg("db-1", "db")).await.is_ok()
+    })
+    .await;
+    assert!(
+        ok,
+        "the writer's side of the cluster keeps working while the watcher is cut off"
+    );
+    changes.borrow_and_update();
+    cluster[0].restart();
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("the change made during the outage is delivered after reconnecting")
+        .expect("open");
+    assert_eq!(watcher.instances("db").await.expect("read").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_restored_after_etcd_returns() {
+    let dir = TempDir::new("etcd-outage");
+    let mut etcd = Etcd::single(&dir.0);
+    let ep = etcd.endpoint();
+    let a = connect(opts(&ep, "/t", 2), "a").await;
+    a.register(&reg("svc-1", "svc")).await.expect("register");
+    etcd.kill();
+    assert!(
+        a.keep_alive().await.is_err(),
+        "an unreachable cluster is an error, not a hang"
+    );
+    assert!(
+        a.instances("svc").await.is_err(),
+        "and never an empty answer"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.restart();
+    let t = Instant::now();
+    let back = eventually(Duration::from_secs(5), async || {
+        let _ = a.keep_alive().await;
+        a.instances("svc")
+            .await
+            .map(|v| v.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(back, "registration restored");
+    eprintln!("restored {:?} after etcd answered again", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_session_expires_with_its_lease() {
+    let dir = TempDir::new("etcd-lease");
+    let etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/t", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/t", 2), "b").await;
+    a.register(&reg("x-1", "x")).await.expect("register");
+    drop(a);
+    let t = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(8), async || b
+            .instances("x")
+            .await
+            .expect("read")
+            .is_empty())
+        .await
+    );
+    eprintln!("gone after {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let dir = TempDir::new("etcd-tls");
+    let server = make_certs(&dir.0, "server");
+    let client = make_certs(&dir.0, "client");
+    let etcd = Etcd::single_tls(&dir.0, server.clone());
+    let mut o = opts(&etcd.endpoint(), "/tls", 5);
+    o.ca = Some(client.ca.clone());
+    o.cert = Some(client.cert.clone());
+    o.key = Some(client.key.clone());
+    let c = connect(o.clone(), "a").await;
+    c.register(&reg("s-1", "s"))
+        .await
+        .expect("register over TLS");
+    assert_eq!(c.instances("s").await.expect("read").len(), 1);
+    // Without a client certificate the server refuses.
+    let mut anon = o.clone();
+    anon.cert = None;
+    anon.key = None;
+    let e = EtcdCatalog::connect(anon, "b")
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("etcd://"), "{e}");
+    // Without TLS at all, too.
+    let plain = opts(&etcd.endpoint(), "/tls", 5);
+    assert!(EtcdCatalog::connect(plain, "c").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_password_auth_and_clear_errors() {
+    let dir = TempDir::new("etcd-auth");
+    let etcd = Etcd::single(&dir.0);
+    let ep = etcd.endpoint();
+    etcdctl(&ep, &["user", "add", "root:rootpw"]);
+    etcdctl(&ep, &["user", "add", "agent:agentpw"]);
+    etcdctl(&ep, &["role", "add", "agents"]);
+    etcdctl(
+        &ep,
+        &[
+            "role",
+            "grant-permission",
+            "agents",
+            "--prefix=true",
+            "readwrite",
+            "/prod/",
+        ],
+    );
+    etcdctl(&ep, &["user", "grant-role", "agent", "agents"]);
+    etcdctl(&ep, &["auth", "enable"]);
+
+    let mut o = opts(&ep, "/prod", 5);
+    o.username = Some("agent".into());
+    o.password = Some("agentpw".into());
+    let c = connect(o.clone(), "a").await;
+    c.register(&reg("s-1", "s"))
+        .await
+        .expect("register with auth");
+
+    let mut bad = o.clone();
+    bad.password = Some("wrong".into());
+    let e = EtcdCatalog::connect(bad, "b")
+        .await
+        .err()
+        .expect("bad password refused")
+        .to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+
+    let mut other = o.clone();
+    other.prefix = "/staging".into();
+    let e = EtcdCatalog::connect(other, "c")
+        .await
+        .err()
+        .expect("prefix refused")
+        .to_string();
+    assert!(e.contains("not allowed to use the prefix /staging"), "{e}");
+
+    let mut bad_prefix = o.clone();
+    bad_prefix.prefix = "prod".into();
+    let e = EtcdCatalog::connect(bad_prefix, "d")
+        .await
+        .err()
+        .expect("invalid prefix")
+        .to_string();
+    assert!(e.contains("must start with '/'"), "{e}");
+
+    let port = autopilot_testkit::free_port();
+    let e = EtcdCatalog::connect(opts(&format!("127.0.0.1:{port}"), "/prod", 5), "e")
+        .await
+        .err()
+        .expect("no server")
+        .to_string();
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+}

@@ -1,0 +1,341 @@
+//! Test harness: starts real etcd members on free 127.0.0.1 ports in temporary directories, and kills them on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A port no one listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A unique scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "autopilot-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// TLS material for a member: server certificate and key, and the CA that
+/// clients must present certificates from.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One etcd member. Dropping it kills it.
+pub struct Etcd {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    cluster: String,
+    tls: Option<Tls>,
+    child: Option<Child>,
+}
+
+fn etcd_bin() -> &'static str {
+    if Path::new("/usr/bin/etcd").exists() {
+        "/usr/bin/etcd"
+    } else {
+        "etcd"
+    }
+}
+
+impl Etcd {
+    /// A single-member cluster.
+    pub fn single(dir: &Path) -> Etcd {
+        Self::cluster(dir, 1).pop().expect("one member")
+    }
+
+    /// A single member serving clients over TLS with client certificates.
+    pub fn single_tls(dir: &Path, tls: Tls) -> Etcd {
+        let mut m = Self::members(dir, 1, Some(tls));
+        let mut e = m.pop().expect("one member");
+        e.start("new");
+        e
+    }
+
+    /// `n` members forming one cluster, all started and healthy.
+    pub fn cluster(dir: &Path, n: usize) -> Vec<Etcd> {
+        let mut members = Self::members(dir, n, None);
+        for m in &mut members {
+            m.spawn("new");
+        }
+        for m in &members {
+            m.wait_healthy(Duration::from_secs(30));
+        }
+        members
+    }
+
+    fn members(dir: &Path, n: usize, tls: Option<Tls>) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (c, p))| Etcd {
+                name: format!("m{i}"),
+                client_port: c,
+                peer_port: p,
+                data: dir.join(format!("etcd-m{i}")),
+                log: dir.join(format!("etcd-m{i}.log")),
+                cluster: cluster.clone(),
+                tls: tls.clone(),
+                child: None,
+            })
+            .collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// `127.0.0.1:PORT`, as catalog URLs take it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self, state: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("etcd log");
+        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(etcd_bin());
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &self.cluster,
+                "--initial-cluster-state",
+                state,
+            ])
+            .args(["--initial-cluster-token", "autopilot-test"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        self.child = Some(cmd.spawn().expect("start etcd (is etcd-server installed?)"));
+    }
+
+    fn start(&mut self, state: &str) {
+        self.spawn(state);
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    /// Waits until the member answers on its client port.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.tls.is_some() {
+                if TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+                    return;
+                }
+            } else if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = write!(
+                    s,
+                    "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                );
+                let mut body = String::new();
+                let _ = s.read_to_string(&mut body);
+                if body.contains("\"health\":\"true\"") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd {} not healthy after {limit:?}; log:\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Kills the member (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed member again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start("existing");
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Comma-separated endpoints of members, for `etcd://A,B,C/prefix`.
+pub fn endpoints(members: &[Etcd]) -> String {
+    members
+        .iter()
+        .map(Etcd::endpoint)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `etcdctl` (v3 API) against an endpoint, for tests that set up auth.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://{endpoint}"))
+        .args(args)
+        .output()
+        .expect("run etcdctl (is etcd-client installed?)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Generates a CA and a certificate/key pair signed by it with `openssl`,
+/// valid for 127.0.0.1 and localhost; returns (ca, cert, key) paths.
+pub fn make_certs(dir: &Path, name: &str) -> Tls {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !dir.join("ca.pem").exists() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=autopilot-test-ca",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        ]);
+    }
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &format!("{name}-key.pem"),
+        "-out",
+        &format!("{name}.csr"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{name}.csr"),
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &format!("{name}.ext"),
+        "-out",
+        &format!("{name}.pem"),
+    ]);
+    Tls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    }
+}
