@@ -212,7 +212,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Catalog { catalog, cmd }) => {
                 let url =
                     autopilot_catalog::select_url(catalog.as_deref(), &env, None, nix_is_root());
-                return block_on(catalog_cmd(url, cmd))?;
+                let etcd = autopilot_runtime::catalog::etcd_settings(&Default::default(), &env)
+                    .map_err(anyhow::Error::msg)?;
+                return block_on(catalog_cmd(url, etcd, cmd))?;
             }
             _ => None,
         }
@@ -410,9 +412,13 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
-async fn catalog_cmd(url: String, cmd: &CatalogCmd) -> anyhow::Result<i32> {
-    let owner = format!("cli/{}", std::process::id());
-    let cat = autopilot_runtime::catalog::open(&url, &owner)?;
+async fn catalog_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    cmd: &CatalogCmd,
+) -> anyhow::Result<i32> {
+    let owner = format!("cli-{}", std::process::id());
+    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
     match cmd {
         CatalogCmd::Services { json } => {
             let list = cat.services().await?;

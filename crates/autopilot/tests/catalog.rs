@@ -13,13 +13,40 @@ fn url(dir: &Path) -> String {
     format!("local://{}", dir.display())
 }
 
-/// `autopilot catalog instances NAME --json` against a catalog directory.
-fn instances(cat: &Path, name: &str) -> Vec<serde_json::Value> {
+/// Where a test's catalog lives: a local directory or an etcd URL. The same
+/// test bodies run against both backends.
+#[derive(Clone)]
+enum Cat {
+    Local(std::path::PathBuf),
+    Etcd(String),
+}
+
+impl Cat {
+    fn url(&self) -> String {
+        match self {
+            Cat::Local(p) => url(p),
+            Cat::Etcd(u) => u.clone(),
+        }
+    }
+}
+
+/// Short leases on etcd, so expiry tests stay quick.
+const ETCD_TTL: &str = "2s";
+
+fn cat_env(cat: &Cat) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUTOPILOT_CATALOG", cat.url()),
+        ("AUTOPILOT_ETCD_TTL", ETCD_TTL.to_string()),
+    ]
+}
+
+/// `autopilot catalog instances NAME --json` against a catalog.
+fn instances(cat: &Cat, name: &str) -> Vec<serde_json::Value> {
     let out = Command::new(bin())
         .args([
             "catalog",
             "--catalog",
-            &url(cat),
+            &cat.url(),
             "instances",
             name,
             "--json",
@@ -34,7 +61,7 @@ fn instances(cat: &Path, name: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice(&out.stdout).expect("instances json")
 }
 
-fn statuses(cat: &Path, name: &str) -> Vec<(String, String)> {
+fn statuses(cat: &Cat, name: &str) -> Vec<(String, String)> {
     instances(cat, name)
         .iter()
         .map(|i| {
@@ -47,7 +74,7 @@ fn statuses(cat: &Path, name: &str) -> Vec<(String, String)> {
 }
 
 /// An agent advertising `web` on `port` as host `host`, healthy while `<dir>/ok-<host>` exists.
-fn web_agent(dir: &Dir, host: &str, port: u16, cat: &Path) -> Agent {
+fn web_agent(dir: &Dir, host: &str, port: u16, cat: &Cat) -> Agent {
     let sub = Dir(dir.path(host));
     std::fs::create_dir_all(&sub.0).expect("dir");
     let flag = dir.path(&format!("ok-{host}"));
@@ -59,15 +86,10 @@ fn web_agent(dir: &Dir, host: &str, port: u16, cat: &Path) -> Agent {
 }}"#,
         flag = flag.display()
     );
-    let a = start_with(
-        &sub,
-        &cfg,
-        &[],
-        &[
-            ("AUTOPILOT_CATALOG", &url(cat)),
-            ("AUTOPILOT_HOSTNAME", host),
-        ],
-    );
+    let env = cat_env(cat);
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.push(("AUTOPILOT_HOSTNAME", host));
+    let a = start_with(&sub, &cfg, &[], &vars);
     // The sub-directory belongs to the parent Dir's cleanup.
     std::mem::forget(sub);
     a.ready();
@@ -77,8 +99,19 @@ fn web_agent(dir: &Dir, host: &str, port: u16, cat: &Path) -> Agent {
 #[test]
 fn registration_health_maintenance_and_graceful_stop() {
     let d = Dir::new("catreg");
-    let cat = d.path("catalog");
-    let mut a = web_agent(&d, "h1", 8001, &cat);
+    registration_body(&d, &Cat::Local(d.path("catalog")));
+}
+
+#[test]
+fn registration_health_maintenance_and_graceful_stop_on_etcd() {
+    let d = Dir::new("catreg-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    registration_body(&d, &Cat::Etcd(format!("etcd://{}/reg", etcd.endpoint())));
+}
+
+fn registration_body(d: &Dir, cat: &Cat) {
+    let cat = cat.clone();
+    let mut a = web_agent(d, "h1", 8001, &cat);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         instances(&cat, "web").is_empty(),
@@ -147,9 +180,20 @@ fn registration_health_maintenance_and_graceful_stop() {
 #[test]
 fn killed_agent_entry_expires_after_its_ttl() {
     let d = Dir::new("catkill");
-    let cat = d.path("catalog");
+    killed_body(&d, &Cat::Local(d.path("catalog")));
+}
+
+#[test]
+fn killed_agent_keys_expire_with_its_lease_on_etcd() {
+    let d = Dir::new("catkill-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    killed_body(&d, &Cat::Etcd(format!("etcd://{}/kill", etcd.endpoint())));
+}
+
+fn killed_body(d: &Dir, cat: &Cat) {
+    let cat = cat.clone();
     d.write("ok-h1", "");
-    let mut a = web_agent(&d, "h1", 8001, &cat);
+    let mut a = web_agent(d, "h1", 8001, &cat);
     assert!(wait_for(Duration::from_secs(5), || instances(&cat, "web")
         .len()
         == 1));
@@ -175,7 +219,18 @@ fn killed_agent_entry_expires_after_its_ttl() {
 #[test]
 fn watch_handlers_fire_once_per_change_in_order_across_agents() {
     let d = Dir::new("catwatch");
-    let cat = d.path("catalog");
+    watch_body(&d, &Cat::Local(d.path("catalog")));
+}
+
+#[test]
+fn watch_handlers_fire_once_per_change_in_order_across_agents_on_etcd() {
+    let d = Dir::new("catwatch-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    watch_body(&d, &Cat::Etcd(format!("etcd://{}/watch", etcd.endpoint())));
+}
+
+fn watch_body(d: &Dir, cat: &Cat) {
+    let cat = cat.clone();
     let log = d.path("changes");
     let watcher_dir = Dir(d.path("watcher"));
     std::fs::create_dir_all(&watcher_dir.0).expect("dir");
@@ -193,23 +248,20 @@ fn watch_handlers_fire_once_per_change_in_order_across_agents() {
         log = log.display(),
         log2 = d.path("v2").display()
     );
-    let w = start_with(
-        &watcher_dir,
-        &cfg,
-        &[],
-        &[("AUTOPILOT_CATALOG", &url(&cat))],
-    );
+    let env = cat_env(&cat);
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let w = start_with(&watcher_dir, &cfg, &[], &vars);
     std::mem::forget(watcher_dir);
     w.ready();
     d.write("ok-h1", "");
     d.write("ok-h2", "");
-    let a1 = web_agent(&d, "h1", 8001, &cat);
+    let a1 = web_agent(d, "h1", 8001, &cat);
     assert!(
         wait_for(Duration::from_secs(5), || d.lines("changes") == ["8001"]),
         "{:?}",
         d.lines("changes")
     );
-    let a2 = web_agent(&d, "h2", 8002, &cat);
+    let a2 = web_agent(d, "h2", 8002, &cat);
     assert!(
         wait_for(Duration::from_secs(5), || d.lines("changes")
             == ["8001", "8001 8002"]),
@@ -244,9 +296,9 @@ fn watch_handlers_fire_once_per_change_in_order_across_agents() {
 #[test]
 fn catalog_cli_lists_and_streams() {
     let d = Dir::new("catcli");
-    let cat = d.path("catalog");
+    let cat = Cat::Local(d.path("catalog"));
     let mut watch = Command::new(bin())
-        .args(["catalog", "--catalog", &url(&cat), "watch", "api", "--json"])
+        .args(["catalog", "--catalog", &cat.url(), "watch", "api", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("catalog watch");
@@ -263,7 +315,7 @@ fn catalog_cli_lists_and_streams() {
         ),
         &[],
         &[
-            ("AUTOPILOT_CATALOG", &url(&cat)),
+            ("AUTOPILOT_CATALOG", &cat.url()),
             ("AUTOPILOT_HOSTNAME", "box"),
         ],
     );
@@ -279,7 +331,7 @@ fn catalog_cli_lists_and_streams() {
 
     let out = Command::new(bin())
         .args(["catalog", "services", "--json"])
-        .env("AUTOPILOT_CATALOG", url(&cat))
+        .env("AUTOPILOT_CATALOG", cat.url())
         .output()
         .expect("services");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -295,7 +347,7 @@ fn catalog_cli_lists_and_streams() {
         "the telemetry endpoint registers itself"
     );
     let out = Command::new(bin())
-        .args(["catalog", "--catalog", &url(&cat), "instances", "api"])
+        .args(["catalog", "--catalog", &cat.url(), "instances", "api"])
         .output()
         .expect("instances");
     let text = String::from_utf8_lossy(&out.stdout);

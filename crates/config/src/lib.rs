@@ -48,6 +48,19 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     pub control: ControlConfig,
     pub stop_timeout: Duration,
+    /// TLS, auth and lease settings for an `etcd://` catalog, an autopilot extension.
+    pub etcd: EtcdConfig,
+}
+
+/// Settings for an `etcd://` catalog. `$AUTOPILOT_ETCD_*` variables override each.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EtcdConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub lease_ttl: Option<Duration>,
 }
 
 /// ContainerPilot's `consul` block: `"host:port"` or an object.
@@ -226,6 +239,11 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         None => ControlConfig::default(),
     };
     let telemetry = top.get("telemetry").map(|f| telemetry(&f)).transpose()?;
+    let etcd = top
+        .get("etcd")
+        .map(|f| etcd(&f))
+        .transpose()?
+        .unwrap_or_default();
 
     let mut watches: Vec<WatchConfig> = Vec::new();
     if let Some(f) = top.get("watches") {
@@ -279,6 +297,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         "telemetry",
         "control",
         "stopTimeout",
+        "etcd",
     ])?;
 
     // Every `when.source` must name something that can publish events.
@@ -315,7 +334,35 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         telemetry,
         control,
         stop_timeout,
+        etcd,
     })
+}
+
+fn etcd(f: &Field) -> Result<EtcdConfig, ConfigError> {
+    let mut o = f.obj()?;
+    let path = |o: &mut Obj, k: &str| o.get(k).map(|v| v.str().map(PathBuf::from)).transpose();
+    let cfg = EtcdConfig {
+        ca: path(&mut o, "ca")?,
+        cert: path(&mut o, "cert")?,
+        key: path(&mut o, "key")?,
+        username: o.get("username").map(|v| v.str()).transpose()?,
+        password: o.get("password").map(|v| v.str()).transpose()?,
+        lease_ttl: o
+            .get("leaseTTL")
+            .map(|v| v.positive_duration())
+            .transpose()?,
+    };
+    if cfg.cert.is_some() != cfg.key.is_some() {
+        return Err(o.err("cert", "a client certificate needs both 'cert' and 'key'"));
+    }
+    if cfg.username.is_some() != cfg.password.is_some() {
+        return Err(o.err("username", "'username' and 'password' go together"));
+    }
+    if cfg.lease_ttl.is_some_and(|t| t < Duration::from_secs(2)) {
+        return Err(o.err("leaseTTL", "must be at least 2s (etcd's minimum lease TTL)"));
+    }
+    o.finish(&["ca", "cert", "key", "username", "password", "leaseTTL"])?;
+    Ok(cfg)
 }
 
 fn consul(f: &Field) -> Result<ConsulConfig, ConfigError> {

@@ -36,6 +36,8 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Settings(String),
     #[error(
         "{path}: this config has a ContainerPilot `consul` block, but the Consul backend is not available yet; set `catalog` in the config or $AUTOPILOT_CATALOG (for example local:///var/lib/autopilot/catalog) to run it"
     )]
@@ -145,7 +147,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         std::process::id(),
         autopilot_catalog::now_ms()
     );
-    let catalog = crate::catalog::open(&opts.catalog_url, &owner)?;
+    let etcd = crate::catalog::etcd_settings(&opts.config.etcd, &opts.env)
+        .map_err(AgentError::Settings)?;
+    let catalog = crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?;
     let state_dir = std::env::temp_dir().join(format!("autopilot-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
         path: state_dir.display().to_string(),
@@ -233,6 +237,8 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         env!("CARGO_PKG_VERSION")
     );
     agent.input(Input::Startup);
+    let mut registrar_state = agent.registrar.subscribe();
+    agent.metrics.record("autopilot_catalog_degraded", &[], 0.0);
     loop {
         if let Some(code) = agent.execute() {
             if let Some(id) = &agent.telemetry_id {
@@ -257,6 +263,10 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             _ = sleep_until(deadline) => {
                 let now = agent.start.elapsed();
                 agent.queue.extend(agent.machine.advance(now));
+            }
+            Ok(()) = registrar_state.changed() => {
+                let degraded = registrar_state.borrow_and_update().error.is_some();
+                agent.metrics.record("autopilot_catalog_degraded", &[], if degraded { 1.0 } else { 0.0 });
             }
             _ = term.recv() => agent.stop("SIGTERM"),
             _ = int.recv() => agent.stop("SIGINT"),

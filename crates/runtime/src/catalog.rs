@@ -9,16 +9,63 @@ use autopilot_config::WatchConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+/// The default etcd lease TTL. Shorter detects dead agents sooner; longer
+/// rides out longer stalls (GC pauses, etcd leader elections, a slow disk)
+/// without dropping a live agent's entries. See docs/etcd-layout.md.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The etcd settings: the config's `etcd` block, each overridden by its
+/// `$AUTOPILOT_ETCD_*` variable.
+pub fn etcd_settings(
+    cfg: &autopilot_config::EtcdConfig,
+    env: &BTreeMap<String, String>,
+) -> Result<autopilot_config::EtcdConfig, String> {
+    let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let lease_ttl = match var("AUTOPILOT_ETCD_TTL") {
+        Some(t) => Some(
+            autopilot_config::parse_duration(&t).map_err(|e| format!("AUTOPILOT_ETCD_TTL: {e}"))?,
+        ),
+        None => cfg.lease_ttl,
+    };
+    Ok(autopilot_config::EtcdConfig {
+        ca: var("AUTOPILOT_ETCD_CA").map(Into::into).or(cfg.ca.clone()),
+        cert: var("AUTOPILOT_ETCD_CERT")
+            .map(Into::into)
+            .or(cfg.cert.clone()),
+        key: var("AUTOPILOT_ETCD_KEY")
+            .map(Into::into)
+            .or(cfg.key.clone()),
+        username: var("AUTOPILOT_ETCD_USERNAME").or(cfg.username.clone()),
+        password: var("AUTOPILOT_ETCD_PASSWORD").or(cfg.password.clone()),
+        lease_ttl,
+    })
+}
+
 /// Opens the backend a catalog URL names, as one agent session `owner`.
-pub fn open(url: &str, owner: &str) -> Result<Arc<dyn Catalog>, CatalogError> {
+pub async fn open(
+    url: &str,
+    owner: &str,
+    etcd: &autopilot_config::EtcdConfig,
+) -> Result<Arc<dyn Catalog>, CatalogError> {
     match autopilot_catalog::parse_url(url)? {
         CatalogUrl::Local(dir) => Ok(Arc::new(autopilot_catalog_local::LocalCatalog::open(
             &dir, owner,
         )?)),
-        CatalogUrl::Etcd { .. } => Err(CatalogError::Unsupported {
-            url: url.to_string(),
-            backend: "etcd".into(),
-        }),
+        CatalogUrl::Etcd { endpoints, prefix } => {
+            let opts = autopilot_catalog_etcd::EtcdOptions {
+                endpoints,
+                prefix,
+                ca: etcd.ca.clone(),
+                cert: etcd.cert.clone(),
+                key: etcd.key.clone(),
+                username: etcd.username.clone(),
+                password: etcd.password.clone(),
+                lease_ttl: etcd.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+            };
+            Ok(Arc::new(
+                autopilot_catalog_etcd::EtcdCatalog::connect(opts, owner).await?,
+            ))
+        }
         CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
             url: url.to_string(),
             backend: "consul".into(),
@@ -51,8 +98,10 @@ pub struct Registrar {
     state: watch::Receiver<RegistrarState>,
 }
 
+/// Retries stay frequent so registrations are back within a second of the
+/// catalog's return; a failed attempt on an unreachable catalog is cheap.
 const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_millis(500);
 
 impl Registrar {
     pub fn start(catalog: Arc<dyn Catalog>) -> Registrar {
@@ -76,6 +125,11 @@ impl Registrar {
 
     pub fn state(&self) -> RegistrarState {
         self.state.borrow().clone()
+    }
+
+    /// Notified whenever the state changes (for the degraded metric).
+    pub fn subscribe(&self) -> watch::Receiver<RegistrarState> {
+        self.state.clone()
     }
 
     /// Waits until everything sent so far has been applied (or tried once
@@ -215,6 +269,23 @@ async fn run_registrar(
                 if let Some(tx) = flush { let _ = tx.send(()); }
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(next_keep_alive)), if retry_at.is_some() => {
+                // A failed keep-alive is retried too: after an outage it
+                // renews the session (re-writing every entry) even when
+                // nothing else changed.
+                if !w.applied.is_empty() {
+                    match w.catalog.keep_alive().await {
+                        Ok(n) if n < w.applied.len() => {
+                            w.applied.retain(|_, r| r.status == Status::Critical);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            w.fail(e);
+                            continue_after_state(&w, &state);
+                            continue;
+                        }
+                    }
+                    next_keep_alive = Instant::now() + w.keep_alive_every();
+                }
                 w.reconcile().await;
             }
             _ = tokio::time::sleep_until(next_keep_alive), if !w.applied.is_empty() && retry_at.is_none() => {
@@ -235,20 +306,25 @@ async fn run_registrar(
         if next_keep_alive < Instant::now() {
             next_keep_alive = Instant::now() + w.keep_alive_every();
         }
-        let snapshot = RegistrarState {
-            error: w.error.clone(),
-            applied: w
-                .applied
-                .iter()
-                .map(|(k, v)| (k.clone(), v.status))
-                .collect(),
-        };
-        state.send_if_modified(|cur| {
-            let changed = *cur != snapshot;
-            *cur = snapshot;
-            changed
-        });
+        continue_after_state(&w, &state);
     }
+}
+
+/// Publishes the registrar's state if it changed.
+fn continue_after_state(w: &Worker, state: &watch::Sender<RegistrarState>) {
+    let snapshot = RegistrarState {
+        error: w.error.clone(),
+        applied: w
+            .applied
+            .iter()
+            .map(|(k, v)| (k.clone(), v.status))
+            .collect(),
+    };
+    state.send_if_modified(|cur| {
+        let changed = *cur != snapshot;
+        *cur = snapshot;
+        changed
+    });
 }
 
 /// Reads the passing instances of a watched service whenever the catalog
