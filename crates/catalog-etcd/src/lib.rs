@@ -71,14 +71,120 @@ struct Session {
     last_keep_alive_ms: u64,
 }
 
+/// The connection: one client per endpoint and a pinned current endpoint.
+/// Requests go to the pinned endpoint; a connection failure moves the pin
+/// to the next one and retries, so losing a member costs a retry and a log
+/// line, not an error. (etcd-client's own balancer keeps sending requests
+/// to a dead member.)
+struct Conn {
+    url: String,
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    clients: Vec<Mutex<Option<Client>>>,
+    pinned: std::sync::atomic::AtomicUsize,
+    /// Attempts per request: two per endpoint, plus one.
+    attempts: usize,
+}
+
+impl Conn {
+    async fn client(&self, idx: usize) -> Result<Client, CatalogError> {
+        let mut slot = self.clients[idx].lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let ep = self.endpoints[idx].clone();
+        let connected = tokio::time::timeout(
+            OP_TIMEOUT,
+            Client::connect([ep.clone()], Some(self.options.clone())),
+        )
+        .await;
+        match connected {
+            Ok(Ok(c)) => {
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) if is_auth_error(&e) => Err(CatalogError::Invalid {
+                url: self.url.clone(),
+                message: format!("authentication failed: {}", describe(&e)),
+            }),
+            Ok(Err(e)) => Err(CatalogError::Unavailable {
+                url: self.url.clone(),
+                message: format!("{ep}: {}", describe(&e)),
+            }),
+            Err(_) => Err(CatalogError::Unavailable {
+                url: self.url.clone(),
+                message: format!("{ep}: no answer within {OP_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    /// Moves the pin off a failed endpoint (unless another request already did).
+    fn fail(&self, idx: usize, why: &str) {
+        let next = (idx + 1) % self.endpoints.len();
+        let moved = self
+            .pinned
+            .compare_exchange(
+                idx,
+                next,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .is_ok();
+        if moved && self.endpoints.len() > 1 {
+            tracing::warn!(
+                catalog = %self.url,
+                "etcd endpoint {} failed ({why}); failing over to {}",
+                self.endpoints[idx],
+                self.endpoints[next]
+            );
+        }
+    }
+
+    /// Runs one request on the pinned endpoint, failing over on connection
+    /// errors. Every write here is idempotent, so retrying is safe.
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, CatalogError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = String::new();
+        for attempt in 0..self.attempts {
+            if attempt >= self.endpoints.len() {
+                // Every endpoint failed once: the cluster may be electing a
+                // leader. Back off a little before going round again.
+                tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+            }
+            let idx = self.pinned.load(std::sync::atomic::Ordering::SeqCst) % self.endpoints.len();
+            let client = match self.client(idx).await {
+                Ok(c) => c,
+                Err(CatalogError::Unavailable { message, .. }) => {
+                    self.fail(idx, &message);
+                    last = message;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match timed(&self.url, f(client)).await {
+                Err(CatalogError::Unavailable { message, .. }) if is_transport(&message) => {
+                    self.fail(idx, &message);
+                    last = message;
+                }
+                other => return other,
+            }
+        }
+        Err(CatalogError::Unavailable {
+            url: self.url.clone(),
+            message: last,
+        })
+    }
+}
+
 pub struct EtcdCatalog {
     url: String,
     prefix: String,
     owner: String,
-    client: Client,
+    conn: std::sync::Arc<Conn>,
     lease_ttl: Duration,
-    /// Attempts per request: one per endpoint, plus one.
-    attempts: usize,
     session: Mutex<Session>,
     changes: watch::Receiver<u64>,
     watcher: tokio::task::JoinHandle<()>,
@@ -148,6 +254,10 @@ async fn timed<T>(
 ) -> Result<T, CatalogError> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if is_auth_error(&e) => Err(CatalogError::Invalid {
+            url: url.to_string(),
+            message: describe(&e),
+        }),
         Ok(Err(e)) => Err(CatalogError::Unavailable {
             url: url.to_string(),
             message: describe(&e),
@@ -223,68 +333,80 @@ impl EtcdCatalog {
                 }
             })
             .collect();
-        let connected =
-            tokio::time::timeout(OP_TIMEOUT * 2, Client::connect(endpoints, Some(connect))).await;
-        let mut client = match connected {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) if is_auth_error(&e) => {
-                return Err(invalid(format!("authentication failed: {}", describe(&e))));
-            }
-            Ok(Err(e)) => return Err(invalid(format!("cannot connect: {}", describe(&e)))),
-            Err(_) => return Err(invalid("cannot connect: no endpoint answered".into())),
-        };
+        let n = endpoints.len();
+        let conn = std::sync::Arc::new(Conn {
+            url: url.clone(),
+            clients: (0..n).map(|_| Mutex::new(None)).collect(),
+            endpoints,
+            options: connect,
+            pinned: std::sync::atomic::AtomicUsize::new(0),
+            attempts: 2 * n + 1,
+        });
         // A read and a write under the prefix prove reachability, credentials
         // and permissions before any job starts.
         let probe = format!("{}/agents/{owner}", opts.prefix);
-        let check = async {
-            let got = client
-                .get(
-                    format!("{}/", opts.prefix),
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only()
-                            .with_limit(1),
-                    ),
-                )
-                .await?;
-            client.put(probe.clone(), "", None).await?;
-            client.delete(probe.clone(), None).await?;
-            Ok::<_, etcd_client::Error>(got.header().map(|h| h.revision()).unwrap_or(0))
-        };
-        let rev = match tokio::time::timeout(OP_TIMEOUT * 2, check).await {
-            Ok(Ok(rev)) => rev,
-            Ok(Err(e)) if is_auth_error(&e) => {
+        let prefix = opts.prefix.clone();
+        let checked = conn
+            .call(|mut client| {
+                let (prefix, probe) = (prefix.clone(), probe.clone());
+                async move {
+                    let got = client
+                        .get(
+                            format!("{prefix}/"),
+                            Some(
+                                GetOptions::new()
+                                    .with_prefix()
+                                    .with_keys_only()
+                                    .with_limit(1),
+                            ),
+                        )
+                        .await?;
+                    client.put(probe.clone(), "", None).await?;
+                    client.delete(probe, None).await?;
+                    Ok(got.header().map(|h| h.revision()).unwrap_or(0))
+                }
+            })
+            .await;
+        let rev = match checked {
+            Ok(rev) => rev,
+            Err(CatalogError::Invalid { message, .. }) if message.contains("permission denied") => {
                 return Err(invalid(format!(
-                    "not allowed to use the prefix {}: {}",
-                    opts.prefix,
-                    describe(&e)
+                    "not allowed to use the prefix {}: {message}",
+                    opts.prefix
                 )));
             }
-            Ok(Err(e)) => return Err(invalid(format!("cannot use the cluster: {}", describe(&e)))),
-            Err(_) => {
+            Err(CatalogError::Invalid { message, .. })
+                if message.starts_with("authentication failed") =>
+            {
+                return Err(invalid(message));
+            }
+            Err(CatalogError::Invalid { message, .. }) => {
+                return Err(invalid(format!("authentication failed: {message}")));
+            }
+            Err(e) => {
+                let message = match e {
+                    CatalogError::Unavailable { message, .. } => message,
+                    other => other.to_string(),
+                };
                 return Err(invalid(format!(
-                    "no endpoint answered within {:?} ({})",
-                    OP_TIMEOUT * 2,
+                    "cannot use the cluster ({}): {message}",
                     opts.endpoints.join(", ")
                 )));
             }
         };
         let (tx, rx) = watch::channel(0u64);
         let watcher = tokio::spawn(watch_loop(
-            client.clone(),
+            conn.clone(),
             format!("{}/instances/", opts.prefix),
             rev,
             tx,
-            url.clone(),
         ));
         Ok(EtcdCatalog {
             url,
             prefix: opts.prefix,
             owner: owner.to_string(),
-            client,
+            conn,
             lease_ttl: opts.lease_ttl.max(Duration::from_secs(1)),
-            attempts: opts.endpoints.len() + 1,
             session: Mutex::new(Session {
                 lease: None,
                 keeper: None,
@@ -302,29 +424,32 @@ impl EtcdCatalog {
 
     async fn put_entry(&self, e: &Entry, lease: i64) -> Result<(), CatalogError> {
         let (key, value) = (self.key(e), json(e));
-        self.call(|mut c| {
-            let (k, v) = (key.clone(), value.clone());
-            async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
-        })
-        .await
-        .map(|_| ())
+        self.conn
+            .call(|mut c| {
+                let (k, v) = (key.clone(), value.clone());
+                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn delete_key(&self, key: String) -> Result<(), CatalogError> {
-        self.call(|mut c| {
-            let k = key.clone();
-            async move { c.delete(k, None).await }
-        })
-        .await
-        .map(|_| ())
+        self.conn
+            .call(|mut c| {
+                let k = key.clone();
+                async move { c.delete(k, None).await }
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn get_prefix(&self, prefix: String) -> Result<etcd_client::GetResponse, CatalogError> {
-        self.call(|mut c| {
-            let k = prefix.clone();
-            async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await
+        self.conn
+            .call(|mut c| {
+                let k = prefix.clone();
+                async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await
     }
 
     fn unavailable(&self, message: String) -> CatalogError {
@@ -342,6 +467,7 @@ impl EtcdCatalog {
         }
         let ttl = self.lease_ttl.as_secs().max(1) as i64;
         let lease = self
+            .conn
             .call(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?
             .id();
@@ -349,11 +475,12 @@ impl EtcdCatalog {
             serde_json::json!({ "session": self.owner, "lease": lease, "started_ms": now_ms() })
                 .to_string();
         let agent_key = format!("{}/agents/{}", self.prefix, self.owner);
-        self.call(|mut c| {
-            let (k, v) = (agent_key.clone(), agent.clone());
-            async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
-        })
-        .await?;
+        self.conn
+            .call(|mut c| {
+                let (k, v) = (agent_key.clone(), agent.clone());
+                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+            })
+            .await?;
         for e in s.owned.values() {
             self.put_entry(e, lease).await?;
         }
@@ -382,26 +509,6 @@ impl EtcdCatalog {
             }
         }
         Err(self.unavailable("the lease keeps expiring".into()))
-    }
-
-    /// Runs one request, retrying when the endpoint it went to is down: the
-    /// balancer sends the retry elsewhere, so losing a member costs a retry,
-    /// not an error.
-    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, CatalogError>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let mut last = String::new();
-        for _ in 0..self.attempts {
-            match timed(&self.url, f(self.client.clone())).await {
-                Err(CatalogError::Unavailable { message, .. }) if is_transport(&message) => {
-                    last = message;
-                }
-                other => return other,
-            }
-        }
-        Err(self.unavailable(last))
     }
 
     fn lost_lease(s: &mut Session) {
@@ -436,25 +543,34 @@ fn to_instance(e: Entry, heartbeat_ms: u64) -> Instance {
 /// change is missed; if that revision was compacted away it notifies anyway
 /// (watchers then re-read everything) and resumes from the present.
 async fn watch_loop(
-    client: Client,
+    conn: std::sync::Arc<Conn>,
     key: String,
     start_rev: i64,
     tx: watch::Sender<u64>,
-    url: String,
 ) {
+    let url = conn.url.clone();
     let mut rev = start_rev;
     let mut counter = 0u64;
     let mut backoff = Duration::from_millis(50);
     let mut broken = false;
     loop {
-        let mut c = client.clone();
+        let idx = conn.pinned.load(std::sync::atomic::Ordering::SeqCst) % conn.endpoints.len();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
-        let stream = tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts))).await;
+        let stream = match conn.client(idx).await {
+            Ok(mut c) => tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts)))
+                .await
+                .map_err(|_| "no answer".to_string())
+                .and_then(|r| r.map_err(|e| describe(&e))),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = &stream {
+            conn.fail(idx, why);
+        }
         let mut stream = match stream {
-            Ok(Ok(s)) => s,
-            _ => {
+            Ok(s) => s,
+            Err(_) => {
                 if !broken {
                     tracing::warn!(catalog = %url, "watch stream unavailable; retrying");
                     broken = true;
@@ -573,6 +689,7 @@ impl Catalog for EtcdCatalog {
         let lease = self.ensure_lease(&mut s).await?;
         if s.keeper.is_none() {
             let pair = self
+                .conn
                 .call(|mut c| async move { c.lease_keep_alive(lease).await })
                 .await?;
             s.keeper = Some(pair);

@@ -17,6 +17,45 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 /// Observations a summary keeps for its quantiles.
 const SUMMARY_WINDOW: usize = 1024;
 
+/// The agent's own metrics.
+const BUILT_IN: [(&str, &str, MetricKind); 7] = [
+    (
+        "autopilot_job_restarts",
+        "Restarts of each job after an exit.",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_job_running",
+        "1 while the job's process is running.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_job_healthy",
+        "1 healthy, 0 unhealthy, -1 unknown.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_health_checks",
+        "Health-check results by job and result.",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_health_check_duration_seconds",
+        "How long health checks take.",
+        MetricKind::Histogram,
+    ),
+    (
+        "autopilot_events",
+        "Events published on the agent's bus.",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_catalog_degraded",
+        "1 while the catalog is unreachable or failing (supervision goes on).",
+        MetricKind::Gauge,
+    ),
+];
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricError {
     #[error("unknown metric {0:?}: it is not configured in telemetry.metrics")]
@@ -85,36 +124,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(user: &[MetricConfig]) -> Metrics {
         let m = Metrics::default();
-        m.declare(
-            "autopilot_job_restarts",
-            "Restarts of each job after an exit.",
-            MetricKind::Counter,
-        );
-        m.declare(
-            "autopilot_job_running",
-            "1 while the job's process is running.",
-            MetricKind::Gauge,
-        );
-        m.declare(
-            "autopilot_job_healthy",
-            "1 healthy, 0 unhealthy, -1 unknown.",
-            MetricKind::Gauge,
-        );
-        m.declare(
-            "autopilot_health_checks",
-            "Health-check results by job and result.",
-            MetricKind::Counter,
-        );
-        m.declare(
-            "autopilot_health_check_duration_seconds",
-            "How long health checks take.",
-            MetricKind::Histogram,
-        );
-        m.declare(
-            "autopilot_events",
-            "Events published on the agent's bus.",
-            MetricKind::Counter,
-        );
+        for (name, help, kind) in BUILT_IN {
+            m.declare(name, help, kind);
+        }
         m.set_user(user);
         m
     }

@@ -1,0 +1,181 @@
+//! The agent on real etcd: several agents, a lost member, a full outage with the app untouched, and clear startup errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use autopilot_testkit::{Etcd, endpoints};
+use common::*;
+
+fn web_config(dir: &Dir, port: u16) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [{{ name: "web", exec: "sleep 120", port: {port}, interfaces: ["static:127.0.0.1"],
+            health: {{ exec: "true", interval: "200ms", ttl: 2 }} }}],
+  telemetry: {{ port: {tport}, interfaces: ["static:127.0.0.1"] }},
+}}"#,
+        tport = free_port()
+    )
+    .replace("@DIR@", &dir.0.display().to_string())
+}
+
+fn agent_on(dir: &Dir, name: &str, url: &str, port: u16) -> Agent {
+    let sub = Dir(dir.path(name));
+    std::fs::create_dir_all(&sub.0).expect("dir");
+    let a = start_with(
+        &sub,
+        &web_config(&sub, port),
+        &[],
+        &[
+            ("AUTOPILOT_CATALOG", url),
+            ("AUTOPILOT_HOSTNAME", name),
+            ("AUTOPILOT_ETCD_TTL", "3s"),
+        ],
+    );
+    std::mem::forget(sub);
+    a.ready();
+    a
+}
+
+fn ids(url: &str, service: &str) -> Option<Vec<String>> {
+    let out = std::process::Command::new(bin())
+        .args(["catalog", "--catalog", url, "instances", service, "--json"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        v.iter()
+            .filter(|i| i["status"] == "passing")
+            .filter_map(|i| i["id"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+#[test]
+fn three_agents_on_a_single_node() {
+    let d = Dir::new("etcd3");
+    let etcd = Etcd::single(&d.0);
+    let url = format!("etcd://{}/three", etcd.endpoint());
+    let agents: Vec<Agent> = (1..=3)
+        .map(|i| agent_on(&d, &format!("h{i}"), &url, 8000 + i))
+        .collect();
+    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
+        == Some(vec![
+            "web-h1".into(),
+            "web-h2".into(),
+            "web-h3".into()
+        ])));
+    let st = agents[0].status();
+    assert_eq!(st["catalog"]["url"], url);
+    assert_eq!(st["catalog"]["degraded"], false);
+    drop(agents);
+    assert_eq!(ids(&url, "web"), Some(vec![]), "graceful stops deregister");
+}
+
+#[test]
+fn a_lost_member_of_three_is_invisible_to_agents() {
+    let d = Dir::new("etcdmember");
+    let mut cluster = Etcd::cluster(&d.0, 3);
+    let url = format!("etcd://{}/m", endpoints(&cluster));
+    let a1 = agent_on(&d, "h1", &url, 8001);
+    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
+        == Some(vec!["web-h1".into()])));
+    cluster[0].kill();
+    // A new agent registers, the first keeps its entry alive past its lease TTL.
+    let a2 = agent_on(&d, "h2", &url, 8002);
+    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
+        == Some(vec!["web-h1".into(), "web-h2".into()])));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        ids(&url, "web"),
+        Some(vec!["web-h1".into(), "web-h2".into()])
+    );
+    assert_eq!(a1.status()["catalog"]["degraded"], false);
+    drop((a1, a2));
+}
+
+#[test]
+fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
+    let d = Dir::new("etcdoutage");
+    let mut etcd = Etcd::single(&d.0);
+    let url = format!("etcd://{}/outage", etcd.endpoint());
+    let a = agent_on(&d, "h1", &url, 8001);
+    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
+        == Some(vec!["web-h1".into()])));
+    let pid = a.status()["jobs"][0]["pid"].as_u64().expect("pid");
+    let metrics_addr = {
+        let cfg = std::fs::read_to_string(&a.config).expect("cfg");
+        let port: u16 = cfg
+            .split("telemetry: { port: ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port");
+        format!("127.0.0.1:{port}")
+    };
+    let checks = || -> f64 {
+        let (_, body) = http_tcp(&metrics_addr, "/metrics").expect("metrics");
+        body.lines()
+            .filter(|l| l.starts_with("autopilot_health_checks{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    etcd.kill();
+    let down = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(8), || a.status()["catalog"]["degraded"]
+            == true),
+        "degraded is reported"
+    );
+    let (_, body) = http_tcp(&metrics_addr, "/metrics").expect("metrics");
+    assert!(body.contains("autopilot_catalog_degraded 1"), "{body}");
+    let before = checks();
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
+    assert!(checks() > before + 5.0, "health checks keep running");
+    let st = a.status();
+    assert_eq!(
+        st["jobs"][0]["pid"].as_u64(),
+        Some(pid),
+        "the app was not touched"
+    );
+    assert_eq!(st["jobs"][0]["status"], "running");
+    etcd.restart();
+    let back = Instant::now();
+    assert!(wait_for(Duration::from_secs(5), || ids(&url, "web")
+        == Some(vec!["web-h1".into()])));
+    let took = back.elapsed();
+    eprintln!("registration back {took:?} after etcd answered");
+    assert!(
+        took < Duration::from_secs(2),
+        "registration back within ~1 s (+CLI start): {took:?}"
+    );
+    assert!(wait_for(
+        Duration::from_secs(5),
+        || a.status()["catalog"]["degraded"] == false
+    ));
+}
+
+#[test]
+fn bad_endpoints_fail_at_startup_with_a_clear_error() {
+    let d = Dir::new("etcdbad");
+    let port = free_port();
+    let url = format!("etcd://127.0.0.1:{port}/x");
+    let mut a = start_with(
+        &d,
+        r#"{ control: { socket: "@SOCKET@" }, jobs: [{ name: "app", exec: "touch @DIR@/started" }] }"#,
+        &[],
+        &[("AUTOPILOT_CATALOG", &url)],
+    );
+    let code = a.wait(Duration::from_secs(20));
+    assert!(matches!(code, Some(c) if c != 0));
+    let log = a.log();
+    assert!(
+        log.contains("catalog etcd://127.0.0.1") && log.contains(&port.to_string()),
+        "{log}"
+    );
+    assert!(!d.path("started").exists());
+}
