@@ -11,8 +11,10 @@ fn web_config(dir: &Dir, port: u16) -> String {
     format!(
         r#"{{
   control: {{ socket: "@SOCKET@" }},
+  watches: [{{ name: "web", interval: 1 }}],
   jobs: [{{ name: "web", exec: "sleep 120", port: {port}, interfaces: ["static:127.0.0.1"],
-            health: {{ exec: "true", interval: "200ms", ttl: 2 }} }}],
+            health: {{ exec: "true", interval: "200ms", ttl: 2 }} }},
+         {{ name: "gone", when: {{ source: "watch.web", each: "unhealthy" }}, exec: "touch @DIR@/all-gone" }}],
   telemetry: {{ port: {tport}, interfaces: ["static:127.0.0.1"] }},
 }}"#,
         tport = free_port()
@@ -106,6 +108,12 @@ fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
     let a = agent_on(&d, "h1", &url, 8001);
     assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
         == Some(vec!["web-h1".into()])));
+    // The watch's first state (before web registered) was "unhealthy"; from
+    // here on it must stay healthy through the outage.
+    assert!(wait_for(Duration::from_secs(5), || a.status()["watches"]
+        [0]["passing"]
+        == 1));
+    let _ = std::fs::remove_file(d.path("h1").join("all-gone"));
     let pid = a.status()["jobs"][0]["pid"].as_u64().expect("pid");
     let metrics_addr = {
         let cfg = std::fs::read_to_string(&a.config).expect("cfg");
@@ -157,6 +165,10 @@ fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
         Duration::from_secs(5),
         || a.status()["catalog"]["degraded"] == false
     ));
+    assert!(
+        !d.path("h1").join("all-gone").exists(),
+        "the watch never reported 'no instances' because etcd was unreachable"
+    );
 }
 
 #[test]
