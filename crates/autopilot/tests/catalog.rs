@@ -75,8 +75,7 @@ fn statuses(cat: &Cat, name: &str) -> Vec<(String, String)> {
 
 /// An agent advertising `web` on `port` as host `host`, healthy while `<dir>/ok-<host>` exists.
 fn web_agent(dir: &Dir, host: &str, port: u16, cat: &Cat) -> Agent {
-    let sub = Dir(dir.path(host));
-    std::fs::create_dir_all(&sub.0).expect("dir");
+    let sub = dir.child(host);
     let flag = dir.path(&format!("ok-{host}"));
     let cfg = format!(
         r#"{{
@@ -90,8 +89,6 @@ fn web_agent(dir: &Dir, host: &str, port: u16, cat: &Cat) -> Agent {
     let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     vars.push(("AUTOPILOT_HOSTNAME", host));
     let a = start_with(&sub, &cfg, &[], &vars);
-    // The sub-directory belongs to the parent Dir's cleanup.
-    std::mem::forget(sub);
     a.ready();
     a
 }
@@ -232,8 +229,7 @@ fn watch_handlers_fire_once_per_change_in_order_across_agents_on_etcd() {
 fn watch_body(d: &Dir, cat: &Cat) {
     let cat = cat.clone();
     let log = d.path("changes");
-    let watcher_dir = Dir(d.path("watcher"));
-    std::fs::create_dir_all(&watcher_dir.0).expect("dir");
+    let watcher_dir = d.child("watcher");
     let cfg = format!(
         r#"{{
   control: {{ socket: "@SOCKET@" }},
@@ -251,7 +247,6 @@ fn watch_body(d: &Dir, cat: &Cat) {
     let env = cat_env(&cat);
     let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let w = start_with(&watcher_dir, &cfg, &[], &vars);
-    std::mem::forget(watcher_dir);
     w.ready();
     d.write("ok-h1", "");
     d.write("ok-h2", "");

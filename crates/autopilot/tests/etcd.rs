@@ -23,8 +23,7 @@ fn web_config(dir: &Dir, port: u16) -> String {
 }
 
 fn agent_on(dir: &Dir, name: &str, url: &str, port: u16) -> Agent {
-    let sub = Dir(dir.path(name));
-    std::fs::create_dir_all(&sub.0).expect("dir");
+    let sub = dir.child(name);
     let a = start_with(
         &sub,
         &web_config(&sub, port),
@@ -35,7 +34,6 @@ fn agent_on(dir: &Dir, name: &str, url: &str, port: u16) -> Agent {
             ("AUTOPILOT_ETCD_TTL", "3s"),
         ],
     );
-    std::mem::forget(sub);
     a.ready();
     a
 }

@@ -14,6 +14,21 @@ fn unshare_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `autopilot -config CFG` as PID 1 of a new PID namespace, bounded in time.
+fn in_pid_namespace(d: &Dir, cfg: &std::path::Path, limit_s: u32) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(limit_s.to_string())
+        .args(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(bin())
+        .arg("-config")
+        .arg(cfg)
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", d.path("catalog").display()),
+        );
+    cmd
+}
+
 #[test]
 fn reaps_every_orphan_as_pid_1() {
     assert!(
@@ -42,22 +57,7 @@ exit $(cat DIR/zombies)
             script_path.display()
         ),
     );
-    let out = Command::new("timeout")
-        .args([
-            "60",
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-        ])
-        .arg(bin())
-        .arg("-config")
-        .arg(&cfg)
-        .env(
-            "AUTOPILOT_CATALOG",
-            format!("local://{}", d.path("catalog").display()),
-        )
+    let out = in_pid_namespace(&d, &cfg, 60)
         .output()
         .expect("run under unshare");
     let log =
@@ -88,24 +88,7 @@ fn pid_1_exit_code_and_signal_death() {
                 d.path("ctl.sock").display()
             ),
         );
-        let st = Command::new("timeout")
-            .args([
-                "30",
-                "unshare",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--kill-child",
-            ])
-            .arg(bin())
-            .arg("-config")
-            .arg(&cfg)
-            .env(
-                "AUTOPILOT_CATALOG",
-                format!("local://{}", d.path("catalog").display()),
-            )
-            .status()
-            .expect("run");
+        let st = in_pid_namespace(&d, &cfg, 30).status().expect("run");
         assert_eq!(st.code(), Some(want));
     }
     // `--init` off PID 1 makes autopilot a sub-reaper: the same orphans are reaped.

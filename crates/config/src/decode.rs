@@ -76,6 +76,20 @@ impl<'a> Obj<'a> {
         })
     }
 
+    /// Reads an optional field with one of `Field`'s converters.
+    pub fn opt<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(&Field<'a>) -> Result<T, ConfigError>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.get(key).map(|f| read(&f)).transpose()
+    }
+
+    /// An optional string-or-array field, empty when absent.
+    pub fn strings(&mut self, key: &str) -> Result<Vec<String>, ConfigError> {
+        Ok(self.opt(key, Field::strings)?.unwrap_or_default())
+    }
+
     pub fn require(&mut self, key: &str) -> Result<Field<'a>, ConfigError> {
         self.get(key).ok_or_else(|| {
             self.doc

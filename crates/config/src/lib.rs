@@ -222,9 +222,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         .transpose()?
         .unwrap_or_default();
     let stop_timeout = top
-        .get("stopTimeout")
-        .map(|f| f.duration())
-        .transpose()?
+        .opt("stopTimeout", Field::duration)?
         .unwrap_or(Duration::from_secs(5));
     let control = match top.get("control") {
         Some(f) => {
@@ -345,12 +343,9 @@ fn etcd(f: &Field) -> Result<EtcdConfig, ConfigError> {
         ca: path(&mut o, "ca")?,
         cert: path(&mut o, "cert")?,
         key: path(&mut o, "key")?,
-        username: o.get("username").map(|v| v.str()).transpose()?,
-        password: o.get("password").map(|v| v.str()).transpose()?,
-        lease_ttl: o
-            .get("leaseTTL")
-            .map(|v| v.positive_duration())
-            .transpose()?,
+        username: o.opt("username", Field::str)?,
+        password: o.opt("password", Field::str)?,
+        lease_ttl: o.opt("leaseTTL", Field::positive_duration)?,
     };
     if cfg.cert.is_some() != cfg.key.is_some() {
         return Err(o.err("cert", "a client certificate needs both 'cert' and 'key'"));
@@ -377,7 +372,7 @@ fn consul(f: &Field) -> Result<ConsulConfig, ConfigError> {
     }
     let mut o = f.obj()?;
     let address = o.require("address")?.str()?;
-    let scheme = o.get("scheme").map(|f| f.str()).transpose()?;
+    let scheme = o.opt("scheme", Field::str)?;
     if let Some(s) = &scheme
         && s != "http"
         && s != "https"
@@ -387,7 +382,7 @@ fn consul(f: &Field) -> Result<ConsulConfig, ConfigError> {
             format!("expected \"http\" or \"https\", found {s:?}"),
         ));
     }
-    let token = o.get("token").map(|f| f.str()).transpose()?;
+    let token = o.opt("token", Field::str)?;
     let mut tls = BTreeMap::new();
     if let Some(t) = o.get("tls") {
         let mut to = t.obj()?;
@@ -478,13 +473,9 @@ fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {
     let name = name_f.str()?;
     check_service_name(&name_f, &name)?;
     let interval = o.require("interval")?.positive_duration()?;
-    let tag = o.get("tag").map(|f| f.str()).transpose()?;
-    let dc = o.get("dc").map(|f| f.str()).transpose()?;
-    let debounce = o
-        .get("debounce")
-        .map(|f| f.duration())
-        .transpose()?
-        .unwrap_or_default();
+    let tag = o.opt("tag", Field::str)?;
+    let dc = o.opt("dc", Field::str)?;
+    let debounce = o.opt("debounce", Field::duration)?.unwrap_or_default();
     o.finish(&["name", "interval", "tag", "dc", "debounce"])?;
     Ok(WatchConfig {
         source: format!("watch.{name}"),
@@ -503,16 +494,8 @@ fn telemetry(f: &Field) -> Result<TelemetryConfig, ConfigError> {
         .map(|p| p.int(1, 65535))
         .transpose()?
         .unwrap_or(9090) as u16;
-    let interfaces = o
-        .get("interfaces")
-        .map(|f| f.strings())
-        .transpose()?
-        .unwrap_or_default();
-    let tags = o
-        .get("tags")
-        .map(|f| f.strings())
-        .transpose()?
-        .unwrap_or_default();
+    let interfaces = o.strings("interfaces")?;
+    let tags = o.strings("tags")?;
     let mut metrics = Vec::new();
     let mut seen = HashSet::new();
     if let Some(m) = o.get("metrics") {
@@ -538,9 +521,7 @@ fn telemetry(f: &Field) -> Result<TelemetryConfig, ConfigError> {
                 return Err(name_f.err(format!("duplicate metric {full_name:?}")));
             }
             let help = mo
-                .get("help")
-                .map(|f| f.str())
-                .transpose()?
+                .opt("help", Field::str)?
                 .unwrap_or_else(|| full_name.clone());
             let type_f = mo.require("type")?;
             let kind = match type_f.str()?.as_str() {
@@ -613,11 +594,7 @@ const JOB_KEYS: [&str; 15] = [
 
 fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     let mut o = f.obj()?;
-    let exec = o
-        .get("exec")
-        .map(|e| e.exec())
-        .transpose()?
-        .unwrap_or_default();
+    let exec = o.opt("exec", Field::exec)?.unwrap_or_default();
     let port = o
         .get("port")
         .map(|p| p.int(1, 65535))
@@ -641,16 +618,8 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     if exec.is_empty() && port.is_none() {
         return Err(o.err("exec", "a job needs an 'exec', or a 'port' to advertise"));
     }
-    let interfaces = o
-        .get("interfaces")
-        .map(|f| f.strings())
-        .transpose()?
-        .unwrap_or_default();
-    let tags = o
-        .get("tags")
-        .map(|f| f.strings())
-        .transpose()?
-        .unwrap_or_default();
+    let interfaces = o.strings("interfaces")?;
+    let tags = o.strings("tags")?;
     let initial_status = match o.get("initial_status") {
         None => None,
         Some(s) => Some(match s.str()?.as_str() {
@@ -697,18 +666,12 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         }
     };
     let stop_timeout = o
-        .get("stopTimeout")
-        .map(|t| t.duration())
-        .transpose()?
+        .opt("stopTimeout", Field::duration)?
         .unwrap_or(global_stop);
     let raw_logs = match o.get("logging") {
         Some(l) => {
             let mut lo = l.obj()?;
-            let raw = lo
-                .get("raw")
-                .map(|r| r.bool())
-                .transpose()?
-                .unwrap_or(false);
+            let raw = lo.opt("raw", Field::bool)?.unwrap_or(false);
             lo.finish(&["raw"])?;
             raw
         }
@@ -717,25 +680,14 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
     let (enable_tag_override, deregister_critical_after) = match o.get("consul") {
         Some(c) => {
             let mut co = c.obj()?;
-            let eto = co
-                .get("enableTagOverride")
-                .map(|v| v.bool())
-                .transpose()?
-                .unwrap_or(false);
-            let dcsa = co
-                .get("deregisterCriticalServiceAfter")
-                .map(|v| v.positive_duration())
-                .transpose()?;
+            let eto = co.opt("enableTagOverride", Field::bool)?.unwrap_or(false);
+            let dcsa = co.opt("deregisterCriticalServiceAfter", Field::positive_duration)?;
             co.finish(&["enableTagOverride", "deregisterCriticalServiceAfter"])?;
             (eto, dcsa)
         }
         None => (false, None),
     };
-    let main = o
-        .get("main")
-        .map(|m| m.bool())
-        .transpose()?
-        .unwrap_or(false);
+    let main = o.opt("main", Field::bool)?.unwrap_or(false);
     let backoff = match o.get("restartBackoff") {
         Some(b) => {
             let mut bo = b.obj()?;
@@ -784,9 +736,7 @@ fn health(f: &Field) -> Result<HealthSpec, ConfigError> {
     let interval = o.require("interval")?.positive_duration()?;
     let ttl = o.require("ttl")?.positive_duration()?;
     let timeout = o
-        .get("timeout")
-        .map(|t| t.positive_duration())
-        .transpose()?
+        .opt("timeout", Field::positive_duration)?
         // A check with no timeout could hang forever and block every later check.
         .unwrap_or(interval);
     let rise = o
@@ -831,10 +781,7 @@ fn when(f: &Field) -> Result<Trigger, ConfigError> {
     }
     let source_f = o.get("source");
     let source = source_f.as_ref().map(|s| s.str()).transpose()?;
-    let timeout = o
-        .get("timeout")
-        .map(|t| t.positive_duration())
-        .transpose()?;
+    let timeout = o.opt("timeout", Field::positive_duration)?;
     let (code_f, each) = match (o.get("once"), o.get("each")) {
         (Some(c), None) => (Some(c), false),
         (None, Some(c)) => (Some(c), true),

@@ -12,8 +12,8 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_autopilot")
 }
 
-/// A scratch directory removed on drop.
-pub struct Dir(pub PathBuf);
+/// A scratch directory, removed on drop unless it is a child of another.
+pub struct Dir(pub PathBuf, bool);
 
 impl Dir {
     pub fn new(tag: &str) -> Dir {
@@ -25,7 +25,14 @@ impl Dir {
         ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
-        Dir(p)
+        Dir(p, true)
+    }
+
+    /// A sub-directory, cleaned up with its parent.
+    pub fn child(&self, name: &str) -> Dir {
+        let p = self.path(name);
+        std::fs::create_dir_all(&p).expect("create sub dir");
+        Dir(p, false)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -49,7 +56,9 @@ impl Dir {
 
 impl Drop for Dir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -259,9 +268,5 @@ pub fn http_tcp(addr: &str, uri: &str) -> Option<(u16, String)> {
     parse_response(&raw)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+#[allow(unused_imports)]
+pub use autopilot_testkit::free_port;
