@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use autopilot_config::ConfigError;
@@ -112,6 +113,50 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CatalogCmd,
     },
+    /// Read and write keys in the catalog, for hooks.
+    Kv {
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        #[arg(long, global = true, value_name = "URL")]
+        catalog: Option<String>,
+        #[command(subcommand)]
+        cmd: KvCmd,
+    },
+    /// Run a command while holding a cluster-wide lock; other callers wait their turn.
+    Lock {
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        #[arg(long, value_name = "URL")]
+        catalog: Option<String>,
+        name: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCmd {
+    /// Print a key's value (exit 1 if it is absent).
+    Get { key: String },
+    /// Set a key.
+    Put { key: String, value: String },
+    /// `cas KEY EXPECTED NEW`, or `cas --absent KEY NEW`: set a key only if it
+    /// holds EXPECTED (or does not exist); exit 1 if it did not.
+    Cas {
+        key: String,
+        #[arg(num_args = 1..=2, required = true, value_name = "[EXPECTED] NEW")]
+        values: Vec<String>,
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Delete a key (exit 1 if it was absent).
+    Del { key: String },
+    /// List keys (and values) under a prefix.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,6 +260,18 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 let etcd = autopilot_runtime::catalog::etcd_settings(&Default::default(), &env)
                     .map_err(anyhow::Error::msg)?;
                 return block_on(catalog_cmd(url, etcd, cmd))?;
+            }
+            Some(Cmd::Kv { catalog, cmd }) => {
+                let (url, etcd) = catalog_choice(catalog.as_deref(), &env)?;
+                return block_on(kv_cmd(url, etcd, cmd))?;
+            }
+            Some(Cmd::Lock {
+                catalog,
+                name,
+                command,
+            }) => {
+                let (url, etcd) = catalog_choice(catalog.as_deref(), &env)?;
+                return block_on(lock_cmd(url, etcd, name, command))?;
             }
             _ => None,
         }
@@ -487,6 +544,118 @@ async fn catalog_cmd(
     Ok(0)
 }
 
+fn catalog_choice(
+    explicit: Option<&str>,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<(String, autopilot_config::EtcdConfig)> {
+    let url = autopilot_catalog::select_url(explicit, env, None, nix_is_root());
+    let etcd = autopilot_runtime::catalog::etcd_settings(&Default::default(), env)
+        .map_err(anyhow::Error::msg)?;
+    Ok((url, etcd))
+}
+
+async fn kv_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    cmd: &KvCmd,
+) -> anyhow::Result<i32> {
+    let owner = format!("cli-{}", std::process::id());
+    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    Ok(match cmd {
+        KvCmd::Get { key } => match cat.kv_get(key).await? {
+            Some(v) => {
+                println!("{v}");
+                0
+            }
+            None => {
+                eprintln!("autopilot: no key {key:?} in catalog {url}");
+                1
+            }
+        },
+        KvCmd::Put { key, value } => {
+            cat.kv_put(key, value).await?;
+            0
+        }
+        KvCmd::Cas {
+            key,
+            values,
+            absent,
+        } => {
+            let (expected, value) = match (values.as_slice(), absent) {
+                ([new], true) => (None, new),
+                ([old, new], false) => (Some(old.as_str()), new),
+                _ => bail!(
+                    "usage: autopilot kv cas KEY EXPECTED NEW, or autopilot kv cas --absent KEY NEW"
+                ),
+            };
+            i32::from(!cat.kv_cas(key, expected, value).await?)
+        }
+        KvCmd::Del { key } => i32::from(!cat.kv_delete(key).await?),
+        KvCmd::Ls { prefix, json } => {
+            let list = cat.kv_list(prefix).await?;
+            if *json {
+                let m: serde_json::Map<String, serde_json::Value> = list
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                println!("{}", serde_json::Value::Object(m));
+            } else {
+                for (k, v) in list {
+                    println!("{k}\t{v}");
+                }
+            }
+            0
+        }
+    })
+}
+
+/// Holds the lock while the command runs, keeping this session alive so
+/// the lock does not expire under a long command, then releases it. If
+/// this process is killed, the lock expires with its session.
+async fn lock_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    name: &str,
+    command: &[String],
+) -> anyhow::Result<i32> {
+    let owner = format!(
+        "lock-{}-{}",
+        std::process::id(),
+        autopilot_catalog::now_ms()
+    );
+    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    cat.lock(name).await?;
+    let (program, args) = command
+        .split_first()
+        .context("lock needs a command after --")?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("cannot run {program:?}"))?;
+    let every = cat
+        .keep_alive_interval()
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut last = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last.elapsed() >= every {
+            last = std::time::Instant::now();
+            if let Err(e) = cat.keep_alive().await {
+                eprintln!("autopilot: lock {name}: {e}");
+            }
+        }
+    };
+    cat.unlock(name).await?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
 fn print_instances(list: &[autopilot_catalog::Instance]) {
     println!(
         "{:<36} {:<22} {:<11} {:<24} TAGS",
@@ -542,4 +711,13 @@ fn run_agent(cli: &Cli, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
     };
     let code = block_on(autopilot_runtime::run(opts))??;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -19,8 +19,9 @@ use autopilot_catalog::{
     Catalog, CatalogError, Instance, Registration, ServiceSummary, Status, now_ms, rfc3339_ms,
 };
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, TlsOptions, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, LockOptions, PutOptions, TlsOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -69,6 +70,8 @@ struct Session {
     /// This agent's entries by ID, rewritten whenever the lease is renewed.
     owned: BTreeMap<String, Entry>,
     last_keep_alive_ms: u64,
+    /// Locks held, by name: the ownership key etcd returned.
+    locks: BTreeMap<String, Vec<u8>>,
 }
 
 /// The connection: one client per endpoint and a pinned current endpoint.
@@ -412,10 +415,15 @@ impl EtcdCatalog {
                 keeper: None,
                 owned: BTreeMap::new(),
                 last_keep_alive_ms: 0,
+                locks: BTreeMap::new(),
             }),
             changes: rx,
             watcher,
         })
+    }
+
+    fn kv_key(&self, key: &str) -> String {
+        format!("{}/kv/{key}", self.prefix)
     }
 
     fn key(&self, e: &Entry) -> String {
@@ -799,5 +807,132 @@ impl Catalog for EtcdCatalog {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let k = self.kv_key(key);
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    async fn kv_put(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let (k, v) = (self.kv_key(key), value.to_string());
+        self.conn
+            .call(|mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, None).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn kv_cas(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let (k, v) = (self.kv_key(key), value.to_string());
+        let cond = match expected {
+            // Absent: the key was never created (or was deleted).
+            None => Compare::create_revision(k.clone(), CompareOp::Equal, 0),
+            Some(e) => Compare::value(k.clone(), CompareOp::Equal, e.to_string()),
+        };
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let txn = Txn::new().when([cond.clone()]).and_then([TxnOp::put(
+                    k.clone(),
+                    v.clone(),
+                    None,
+                )]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn kv_delete(&self, key: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let k = self.kv_key(key);
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.delete(k, None).await }
+            })
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError> {
+        let base = self.kv_key("");
+        let resp = self.get_prefix(self.kv_key(prefix)).await?;
+        let mut out: Vec<(String, String)> = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                (
+                    key.strip_prefix(&base).unwrap_or(&key).to_string(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn lock(&self, name: &str) -> Result<(), CatalogError> {
+        autopilot_catalog::check_key(&self.url, name)?;
+        let lease = {
+            let mut s = self.session.lock().await;
+            if s.locks.contains_key(name) {
+                return Ok(());
+            }
+            self.ensure_lease(&mut s).await?
+        };
+        // etcd queues waiters in revision order and grants the lock to the
+        // next one when the holder unlocks or its lease expires. The call
+        // blocks while waiting, so it has no request timeout.
+        let key = format!("{}/locks/{name}", self.prefix);
+        let idx =
+            self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst) % self.conn.endpoints.len();
+        let mut c = self.conn.client(idx).await?;
+        let resp = c
+            .lock(key, Some(LockOptions::new().with_lease(lease)))
+            .await
+            .map_err(|e| self.unavailable(describe(&e)))?;
+        self.session
+            .lock()
+            .await
+            .locks
+            .insert(name.to_string(), resp.key().to_vec());
+        Ok(())
+    }
+
+    async fn unlock(&self, name: &str) -> Result<(), CatalogError> {
+        let Some(key) = self.session.lock().await.locks.remove(name) else {
+            return Ok(());
+        };
+        self.conn
+            .call(|mut c| {
+                let k = key.clone();
+                async move { c.unlock(k).await }
+            })
+            .await
+            .map(|_| ())
     }
 }

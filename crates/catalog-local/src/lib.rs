@@ -40,7 +40,12 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_by_name ON instances (name);
 CREATE INDEX IF NOT EXISTS instances_by_owner ON instances (owner);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
 ";
+
+/// How long a lock outlives its holder's last keep-alive.
+const LOCK_TTL_MS: i64 = 3_000;
 
 /// A safety re-check, in case a change notification is ever missed (for
 /// example on a filesystem where inotify does not report other writers).
@@ -382,11 +387,18 @@ impl Catalog for LocalCatalog {
         let owner = self.owner.clone();
         self.with(move |c| {
             let now = now_ms() as i64;
-            c.execute(
+            let tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE instances SET expires_ms = ?1 + ttl_ms, last_heartbeat_ms = ?1
                  WHERE owner = ?2 AND expires_ms > ?1",
                 params![now, owner],
-            )
+            )?;
+            tx.execute(
+                "UPDATE locks SET expires_ms = ?1 + ?3 WHERE owner = ?2 AND expires_ms > ?1",
+                params![now, owner, LOCK_TTL_MS],
+            )?;
+            tx.commit()?;
+            Ok(n)
         })
         .await
     }
@@ -424,6 +436,150 @@ impl Catalog for LocalCatalog {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let key = key.to_string();
+        self.with(move |c| {
+            c.query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn kv_put(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let (key, value) = (key.to_string(), value.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn kv_cas(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let (key, expected, value) = (
+            key.to_string(),
+            expected.map(str::to_string),
+            value.to_string(),
+        );
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let cur: Option<String> = tx
+                .query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if cur != expected {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn kv_delete(&self, key: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let key = key.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM kv WHERE key = ?1", params![key])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError> {
+        let prefix = prefix.to_string();
+        self.with(move |c| {
+            // substr, not LIKE: keys may hold % and _.
+            let mut st = c.prepare(
+                "SELECT key, value FROM kv WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )?;
+            let rows = st.query_map(params![prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn lock(&self, name: &str) -> Result<(), CatalogError> {
+        autopilot_catalog::check_key(&self.url, name)?;
+        let mut changes = self.changes.clone();
+        loop {
+            changes.borrow_and_update();
+            let (n, owner) = (name.to_string(), self.owner.clone());
+            // Some(wait) when someone else holds it: how long until it could expire.
+            let held = self
+                .with(move |c| {
+                    let now = now_ms() as i64;
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    tx.execute(
+                        "DELETE FROM locks WHERE name = ?1 AND expires_ms <= ?2",
+                        params![n, now],
+                    )?;
+                    let cur: Option<(String, i64)> = tx
+                        .query_row(
+                            "SELECT owner, expires_ms FROM locks WHERE name = ?1",
+                            params![n],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    let wait = match cur {
+                        Some((o, _)) if o == owner => None,
+                        Some((_, exp)) => Some(Duration::from_millis((exp - now).max(1) as u64)),
+                        None => {
+                            tx.execute(
+                                "INSERT INTO locks (name, owner, expires_ms) VALUES (?1, ?2, ?3)",
+                                params![n, owner, now + LOCK_TTL_MS],
+                            )?;
+                            bump(&tx)?;
+                            None
+                        }
+                    };
+                    tx.commit()?;
+                    Ok(wait)
+                })
+                .await?;
+            let Some(wait) = held else { return Ok(()) };
+            // Woken by the holder's unlock, or when its lock could expire.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(wait.min(SAFETY_RECHECK)) => {}
+            }
+        }
+    }
+
+    async fn unlock(&self, name: &str) -> Result<(), CatalogError> {
+        let (n, owner) = (name.to_string(), self.owner.clone());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            if tx.execute(
+                "DELETE FROM locks WHERE name = ?1 AND owner = ?2",
+                params![n, owner],
+            )? > 0
+            {
+                bump(&tx)?;
+            }
+            tx.commit()
+        })
+        .await
     }
 }
 

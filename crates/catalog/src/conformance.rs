@@ -49,6 +49,84 @@ where
     expiry_keep_alive_and_change_notification(&open, tag, expiry).await;
     deregister_critical_after(&open, tag).await;
     hostile_data_round_trips(&open, tag).await;
+    key_value(&open, tag).await;
+    locks_exclude_and_expire(&open, tag, expiry).await;
+}
+
+async fn key_value<F, Fut>(open: &F, tag: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
+    let k = |s: &str| format!("kv-{tag}/{s}");
+    assert_eq!(a.kv_get(&k("x")).await.expect("get"), None);
+    a.kv_put(&k("x"), "1").await.expect("put");
+    assert_eq!(b.kv_get(&k("x")).await.expect("get").as_deref(), Some("1"));
+    assert!(
+        !b.kv_cas(&k("x"), Some("0"), "2").await.expect("cas"),
+        "wrong expectation"
+    );
+    assert!(b.kv_cas(&k("x"), Some("1"), "2").await.expect("cas"));
+    assert!(!a.kv_cas(&k("x"), None, "3").await.expect("cas"), "exists");
+    assert!(
+        a.kv_cas(&k("y"), None, "new").await.expect("cas"),
+        "create if absent"
+    );
+    a.kv_put(&k("z/deep"), "weird \"value\"\n")
+        .await
+        .expect("put");
+    let listed = a.kv_list(&k("")).await.expect("ls");
+    assert_eq!(
+        listed,
+        vec![
+            (k("x"), "2".into()),
+            (k("y"), "new".into()),
+            (k("z/deep"), "weird \"value\"\n".into())
+        ]
+    );
+    assert!(a.kv_delete(&k("x")).await.expect("del"));
+    assert!(!a.kv_delete(&k("x")).await.expect("del"));
+    assert!(a.kv_get("").await.is_err(), "empty keys are refused");
+}
+
+async fn locks_exclude_and_expire<F, Fut>(open: &F, tag: &str, expiry: Duration)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
+    let name = format!("lock-{tag}");
+    a.lock(&name).await.expect("a locks");
+    let waiter = {
+        let (b, name) = (b.clone(), name.clone());
+        tokio::spawn(async move {
+            b.lock(&name).await.expect("b locks");
+            Instant::now()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "b waits while a holds the lock");
+    let released = Instant::now();
+    a.unlock(&name).await.expect("unlock");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("b gets it")
+        .expect("task");
+    assert!(
+        got.duration_since(released) < Duration::from_millis(500),
+        "handed over promptly"
+    );
+    // b now holds the lock and never sends a keep-alive: like a killed
+    // holder, it loses the lock once its session expires.
+    let c = open("c".into()).await;
+    let t = Instant::now();
+    tokio::time::timeout(expiry + Duration::from_secs(5), c.lock(&name))
+        .await
+        .expect("an abandoned lock expires")
+        .expect("c locks");
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    c.unlock(&name).await.expect("unlock");
 }
 
 async fn register_read_and_status<F, Fut>(open: &F, tag: &str)

@@ -127,6 +127,46 @@ pub trait Catalog: Send + Sync {
     /// A revision that changes whenever any instance may have changed,
     /// expiries included. Watchers re-read on change; no polling.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    // ---- key/value, for hooks (`autopilot kv`) ---------------------------
+
+    async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError>;
+
+    async fn kv_put(&self, key: &str, value: &str) -> Result<(), CatalogError>;
+
+    /// Writes `value` only if the key currently holds `expected` (`None`:
+    /// only if it is absent). Returns whether it wrote.
+    async fn kv_cas(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, CatalogError>;
+
+    /// Returns whether the key existed.
+    async fn kv_delete(&self, key: &str) -> Result<bool, CatalogError>;
+
+    /// Every key starting with `prefix`, sorted, with its value.
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError>;
+
+    // ---- cluster-wide locks (`autopilot lock`) ----------------------------
+
+    /// Waits until this session holds the lock `name`; the lock lives while
+    /// the session is kept alive, so a dead holder's lock expires.
+    async fn lock(&self, name: &str) -> Result<(), CatalogError>;
+
+    async fn unlock(&self, name: &str) -> Result<(), CatalogError>;
+}
+
+/// Keys for `kv_*` and lock names: non-empty, printable, no NUL.
+pub fn check_key(url: &str, key: &str) -> Result<(), CatalogError> {
+    if key.is_empty() || key.len() > 1024 || key.chars().any(|c| c.is_control()) {
+        return Err(CatalogError::Invalid {
+            url: url.to_string(),
+            message: format!("invalid key {key:?}: it must be 1-1024 printable characters"),
+        });
+    }
+    Ok(())
 }
 
 /// A parsed catalog URL.
