@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use autopilot_catalog::{
-    Catalog, CatalogError, Instance, Registration, ServiceSummary, Status, now_ms, rfc3339_ms,
+    Candidate, Catalog, CatalogError, Instance, Leader, Registration, ServiceSummary, Status,
+    now_ms, rfc3339_ms,
 };
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
@@ -72,6 +73,18 @@ struct Session {
     last_keep_alive_ms: u64,
     /// Locks held, by name: the ownership key etcd returned.
     locks: BTreeMap<String, Vec<u8>>,
+    /// Elections led, by name: the election's own lease (its TTL is the
+    /// election's, not the session's) and the term won.
+    elections: BTreeMap<String, (i64, u64)>,
+}
+
+/// The value of `<prefix>/elections/<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaderValue {
+    id: String,
+    address: String,
+    port: u16,
+    owner: String,
 }
 
 /// The connection: one client per endpoint and a pinned current endpoint.
@@ -400,7 +413,8 @@ impl EtcdCatalog {
         let (tx, rx) = watch::channel(0u64);
         let watcher = tokio::spawn(watch_loop(
             conn.clone(),
-            format!("{}/instances/", opts.prefix),
+            // The whole prefix: entries, elections and locks all wake readers.
+            format!("{}/", opts.prefix),
             rev,
             tx,
         ));
@@ -416,6 +430,7 @@ impl EtcdCatalog {
                 owned: BTreeMap::new(),
                 last_keep_alive_ms: 0,
                 locks: BTreeMap::new(),
+                elections: BTreeMap::new(),
             }),
             changes: rx,
             watcher,
@@ -921,6 +936,105 @@ impl Catalog for EtcdCatalog {
             .locks
             .insert(name.to_string(), resp.key().to_vec());
         Ok(())
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        me: &Candidate,
+        ttl: Duration,
+    ) -> Result<Option<u64>, CatalogError> {
+        autopilot_catalog::check_key(&self.url, election)?;
+        let key = format!("{}/elections/{election}", self.prefix);
+        let held = self.session.lock().await.elections.get(election).copied();
+        if let Some((lease, term)) = held {
+            // Renewal: one keep-alive on the election's lease.
+            let alive = self
+                .conn
+                .call(|mut c| async move {
+                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
+                })
+                .await?;
+            if alive > 0 {
+                return Ok(Some(term));
+            }
+            self.session.lock().await.elections.remove(election);
+        }
+        let ttl_s = ttl.as_secs().max(1) as i64;
+        let lease = self
+            .conn
+            .call(|mut c| async move { c.lease_grant(ttl_s, None).await })
+            .await?
+            .id();
+        let value = serde_json::to_string(&LeaderValue {
+            id: me.id.clone(),
+            address: me.address.clone(),
+            port: me.port,
+            owner: self.owner.clone(),
+        })
+        .unwrap_or_default();
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        value.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if !resp.succeeded() {
+            let _ = self
+                .conn
+                .call(|mut c| async move { c.lease_revoke(lease).await })
+                .await;
+            return Ok(None);
+        }
+        // The put's revision is the key's create revision: a new term gets
+        // a higher revision than any before it.
+        let term = resp.header().map(|h| h.revision()).unwrap_or(0).max(0) as u64;
+        self.session
+            .lock()
+            .await
+            .elections
+            .insert(election.to_string(), (lease, term));
+        Ok(Some(term))
+    }
+
+    async fn resign(&self, election: &str) -> Result<(), CatalogError> {
+        let Some((lease, _)) = self.session.lock().await.elections.remove(election) else {
+            return Ok(());
+        };
+        // Revoking the lease deletes the key in the same step.
+        self.conn
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError> {
+        let key = format!("{}/elections/{election}", self.prefix);
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let k = key.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().and_then(|kv| {
+            let v: LeaderValue = serde_json::from_slice(kv.value()).ok()?;
+            Some(Leader {
+                id: v.id,
+                address: v.address,
+                port: v.port,
+                term: kv.create_revision().max(0) as u64,
+            })
+        }))
     }
 
     async fn unlock(&self, name: &str) -> Result<(), CatalogError> {

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autopilot_catalog::{
-    Catalog, CatalogError, Instance, Registration, ServiceSummary, Status, now_ms, rfc3339_ms,
+    Candidate, Catalog, CatalogError, Instance, Leader, Registration, ServiceSummary, Status,
+    now_ms, rfc3339_ms,
 };
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -42,6 +43,11 @@ CREATE INDEX IF NOT EXISTS instances_by_name ON instances (name);
 CREATE INDEX IF NOT EXISTS instances_by_owner ON instances (owner);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS elections (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, id TEXT NOT NULL, address TEXT NOT NULL,
+    port INTEGER NOT NULL, term INTEGER NOT NULL, expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS election_terms (name TEXT PRIMARY KEY, term INTEGER NOT NULL);
 ";
 
 /// How long a lock outlives its holder's last keep-alive.
@@ -204,12 +210,20 @@ fn sweep(c: &mut Connection) -> rusqlite::Result<(u64, Option<u64>)> {
                AND critical_since_ms + deregister_after_ms <= ?1)",
         params![now],
     )?;
+    // Expired leaders and locks go too, so waiters and followers are woken.
+    let removed = removed
+        + tx.execute("DELETE FROM elections WHERE expires_ms <= ?1", params![now])?
+        + tx.execute("DELETE FROM locks WHERE expires_ms <= ?1", params![now])?;
     if removed > 0 {
         bump(&tx)?;
     }
     let next: Option<i64> = tx.query_row(
         "SELECT MIN(t) FROM (
             SELECT MIN(expires_ms) AS t FROM instances
+            UNION ALL
+            SELECT MIN(expires_ms) FROM elections
+            UNION ALL
+            SELECT MIN(expires_ms) FROM locks
             UNION ALL
             SELECT MIN(critical_since_ms + deregister_after_ms) FROM instances
               WHERE critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL)",
@@ -564,6 +578,99 @@ impl Catalog for LocalCatalog {
                 _ = tokio::time::sleep(wait.min(SAFETY_RECHECK)) => {}
             }
         }
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        me: &Candidate,
+        ttl: Duration,
+    ) -> Result<Option<u64>, CatalogError> {
+        autopilot_catalog::check_key(&self.url, election)?;
+        let (name, owner, me) = (election.to_string(), self.owner.clone(), me.clone());
+        let ttl_ms = ttl.as_millis() as i64;
+        self.with(move |c| {
+            let now = now_ms() as i64;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let cur: Option<(String, i64, i64)> = tx
+                .query_row(
+                    "SELECT owner, term, expires_ms FROM elections WHERE name = ?1",
+                    params![name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let term = match cur {
+                Some((o, term, exp)) if o == owner && exp > now => {
+                    tx.execute(
+                        "UPDATE elections SET expires_ms = ?1 WHERE name = ?2",
+                        params![now + ttl_ms, name],
+                    )?;
+                    Some(term)
+                }
+                Some((_, _, exp)) if exp > now => None,
+                _ => {
+                    let prev: i64 = tx
+                        .query_row(
+                            "SELECT term FROM election_terms WHERE name = ?1",
+                            params![name],
+                            |r| r.get(0),
+                        )
+                        .optional()?
+                        .unwrap_or(0);
+                    let term = prev + 1;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO election_terms (name, term) VALUES (?1, ?2)",
+                        params![name, term],
+                    )?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO elections (name, owner, id, address, port, term, expires_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![name, owner, me.id, me.address, me.port, term, now + ttl_ms],
+                    )?;
+                    bump(&tx)?;
+                    Some(term)
+                }
+            };
+            tx.commit()?;
+            Ok(term.map(|t| t as u64))
+        })
+        .await
+    }
+
+    async fn resign(&self, election: &str) -> Result<(), CatalogError> {
+        let (name, owner) = (election.to_string(), self.owner.clone());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            if tx.execute(
+                "DELETE FROM elections WHERE name = ?1 AND owner = ?2",
+                params![name, owner],
+            )? > 0
+            {
+                bump(&tx)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError> {
+        let name = election.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, address, port, term FROM elections WHERE name = ?1 AND expires_ms > ?2",
+                params![name, now_ms() as i64],
+                |r| {
+                    Ok(Leader {
+                        id: r.get(0)?,
+                        address: r.get(1)?,
+                        port: u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        term: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
     }
 
     async fn unlock(&self, name: &str) -> Result<(), CatalogError> {

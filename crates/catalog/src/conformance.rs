@@ -51,6 +51,69 @@ where
     hostile_data_round_trips(&open, tag).await;
     key_value(&open, tag).await;
     locks_exclude_and_expire(&open, tag, expiry).await;
+    elections(&open, tag, expiry).await;
+}
+
+async fn elections<F, Fut>(open: &F, tag: &str, expiry: Duration)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    use crate::Candidate;
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
+    let name = format!("primary-{tag}");
+    let me = |id: &str, port| Candidate {
+        id: id.into(),
+        address: "127.0.0.1".into(),
+        port,
+    };
+    let ttl = Duration::from_secs(2);
+    assert_eq!(a.leader(&name).await.expect("leader"), None);
+    let t1 = a
+        .campaign(&name, &me("a", 1), ttl)
+        .await
+        .expect("campaign")
+        .expect("a wins");
+    assert_eq!(
+        b.campaign(&name, &me("b", 2), ttl).await.expect("campaign"),
+        None,
+        "one leader"
+    );
+    assert_eq!(
+        a.campaign(&name, &me("a", 1), ttl).await.expect("renew"),
+        Some(t1),
+        "renewal keeps the term"
+    );
+    let l = b
+        .leader(&name)
+        .await
+        .expect("leader")
+        .expect("someone leads");
+    assert_eq!((l.id.as_str(), l.port, l.term), ("a", 1, t1));
+    a.resign(&name).await.expect("resign");
+    let t2 = b
+        .campaign(&name, &me("b", 2), ttl)
+        .await
+        .expect("campaign")
+        .expect("b wins after a resigns");
+    assert!(t2 > t1, "fencing tokens strictly increase: {t1} then {t2}");
+    // b stops renewing: after the TTL, a can win with a higher term.
+    let start = Instant::now();
+    let mut t3 = None;
+    while t3.is_none() && start.elapsed() < ttl + expiry + Duration::from_secs(3) {
+        t3 = a.campaign(&name, &me("a", 1), ttl).await.expect("campaign");
+        if t3.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let t3 = t3.expect("an abandoned leadership expires");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "not before the TTL: {:?}",
+        start.elapsed()
+    );
+    assert!(t3 > t2);
+    a.resign(&name).await.expect("resign");
 }
 
 async fn key_value<F, Fut>(open: &F, tag: &str)

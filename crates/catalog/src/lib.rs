@@ -156,6 +156,43 @@ pub trait Catalog: Send + Sync {
     async fn lock(&self, name: &str) -> Result<(), CatalogError>;
 
     async fn unlock(&self, name: &str) -> Result<(), CatalogError>;
+
+    // ---- leader election ---------------------------------------------------
+
+    /// One attempt to lead `election` for `ttl`: wins if nobody leads, renews
+    /// if this session already leads. Returns the term (the fencing token)
+    /// when this session leads after the call. Terms strictly increase with
+    /// each new leader.
+    async fn campaign(
+        &self,
+        election: &str,
+        me: &Candidate,
+        ttl: Duration,
+    ) -> Result<Option<u64>, CatalogError>;
+
+    /// Gives up leadership at once (a no-op if this session does not lead).
+    async fn resign(&self, election: &str) -> Result<(), CatalogError>;
+
+    /// The current leader, if any.
+    async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError>;
+}
+
+/// Who is campaigning: the instance ID (`<job>-<hostname>`) and where it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+}
+
+/// The leader of an election, as `autopilot leader NAME --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leader {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    /// The fencing token.
+    pub term: u64,
 }
 
 /// Keys for `kv_*` and lock names: non-empty, printable, no NUL.
