@@ -121,6 +121,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KvCmd,
     },
+    /// Print the current leader of an election (exit 1 if nobody leads).
+    Leader {
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        #[arg(long, value_name = "URL")]
+        catalog: Option<String>,
+        name: String,
+        /// `{"id", "address", "port", "term"}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
@@ -264,6 +274,14 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Kv { catalog, cmd }) => {
                 let (url, etcd) = catalog_choice(catalog.as_deref(), &env)?;
                 return block_on(kv_cmd(url, etcd, cmd))?;
+            }
+            Some(Cmd::Leader {
+                catalog,
+                name,
+                json,
+            }) => {
+                let (url, etcd) = catalog_choice(catalog.as_deref(), &env)?;
+                return block_on(leader_cmd(url, etcd, name, *json))?;
             }
             Some(Cmd::Lock {
                 catalog,
@@ -544,6 +562,20 @@ async fn catalog_cmd(
     Ok(0)
 }
 
+/// Where per-job state directories live when `$AUTOPILOT_STATE_DIR` is unset.
+fn default_state_root(env: &BTreeMap<String, String>) -> PathBuf {
+    if nix_is_root() {
+        return PathBuf::from("/var/lib/autopilot/jobs");
+    }
+    let base = env
+        .get("XDG_STATE_HOME")
+        .filter(|s| s.starts_with('/'))
+        .map(PathBuf::from)
+        .or_else(|| env.get("HOME").map(|h| Path::new(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("autopilot/jobs")
+}
+
 fn catalog_choice(
     explicit: Option<&str>,
     env: &BTreeMap<String, String>,
@@ -607,6 +639,25 @@ async fn kv_cmd(
             0
         }
     })
+}
+
+async fn leader_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let owner = format!("cli-{}", std::process::id());
+    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    match cat.leader(name).await? {
+        Some(l) if json => println!("{}", serde_json::to_string(&l)?),
+        Some(l) => println!("{} {}:{} term {}", l.id, l.address, l.port, l.term),
+        None => {
+            eprintln!("autopilot: nobody leads {name:?}");
+            return Ok(1);
+        }
+    }
+    Ok(0)
 }
 
 /// Holds the lock while the command runs, keeping this session alive so
@@ -699,7 +750,13 @@ fn run_agent(cli: &Cli, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
         config.catalog.is_some() || env.get("AUTOPILOT_CATALOG").is_some_and(|c| !c.is_empty());
     let catalog_url =
         autopilot_catalog::select_url(None, &env, config.catalog.as_deref(), nix_is_root());
+    let job_state_root = env
+        .get("AUTOPILOT_STATE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_state_root(&env));
     let opts = autopilot_runtime::Options {
+        job_state_root,
         hostname: hostname(&env),
         config,
         env,

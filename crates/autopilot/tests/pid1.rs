@@ -25,7 +25,8 @@ fn in_pid_namespace(d: &Dir, cfg: &std::path::Path, limit_s: u32) -> Command {
         .env(
             "AUTOPILOT_CATALOG",
             format!("local://{}", d.path("catalog").display()),
-        );
+        )
+        .env("AUTOPILOT_STATE_DIR", d.path("state"));
     cmd
 }
 
@@ -114,6 +115,7 @@ fn pid_1_exit_code_and_signal_death() {
             "AUTOPILOT_CATALOG",
             format!("local://{}", d.path("catalog").display()),
         )
+        .env("AUTOPILOT_STATE_DIR", d.path("state"))
         .status()
         .expect("run");
     assert_eq!(st.code(), Some(0));

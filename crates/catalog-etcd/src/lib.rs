@@ -923,13 +923,28 @@ impl Catalog for EtcdCatalog {
         // next one when the holder unlocks or its lease expires. The call
         // blocks while waiting, so it has no request timeout.
         let key = format!("{}/locks/{name}", self.prefix);
-        let idx =
-            self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst) % self.conn.endpoints.len();
-        let mut c = self.conn.client(idx).await?;
-        let resp = c
-            .lock(key, Some(LockOptions::new().with_lease(lease)))
-            .await
-            .map_err(|e| self.unavailable(describe(&e)))?;
+        let resp = loop {
+            let idx = self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst)
+                % self.conn.endpoints.len();
+            let mut c = self.conn.client(idx).await?;
+            match c
+                .lock(key.clone(), Some(LockOptions::new().with_lease(lease)))
+                .await
+            {
+                Ok(resp) => break resp,
+                // Each request times out (so a dead member cannot hang us);
+                // asking again with the same lease keeps our place in the
+                // queue, since etcd's waiter key is derived from the lease.
+                Err(e) if is_transport(&describe(&e)) => {
+                    let why = describe(&e);
+                    if !why.to_ascii_lowercase().contains("timeout") {
+                        self.conn.fail(idx, &why);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                Err(e) => return Err(self.unavailable(describe(&e))),
+            }
+        };
         self.session
             .lock()
             .await

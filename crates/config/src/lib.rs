@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
-use autopilot_core::spec::{Backoff, EntryStatus, HealthSpec, JobSpec, Restarts, Trigger};
+use autopilot_core::spec::{
+    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles, Trigger,
+};
 use decode::{Doc, Field, Obj, child};
 
 pub use decode::parse_duration;
@@ -574,7 +576,7 @@ fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-const JOB_KEYS: [&str; 15] = [
+const JOB_KEYS: [&str; 17] = [
     "name",
     "exec",
     "port",
@@ -590,6 +592,8 @@ const JOB_KEYS: [&str; 15] = [
     "consul",
     "main",
     "restartBackoff",
+    "election",
+    "roles",
 ];
 
 fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
@@ -709,6 +713,60 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         }
         None => Backoff::default(),
     };
+    let election = match o.get("election") {
+        Some(e) => {
+            let mut eo = e.obj()?;
+            let name_f = eo.require("name")?;
+            let name = name_f.str()?;
+            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(name_f.err(format!("{name:?} is not a valid election name")));
+            }
+            let ttl = eo
+                .opt("ttl", Field::positive_duration)?
+                .unwrap_or(Duration::from_secs(5));
+            if ttl < Duration::from_secs(2) {
+                return Err(eo.err("ttl", "must be at least 2s (etcd's minimum lease TTL)"));
+            }
+            eo.finish(&["name", "ttl"])?;
+            Some(ElectionSpec { name, ttl })
+        }
+        None => None,
+    };
+    let roles = match o.get("roles") {
+        Some(r) => {
+            if port.is_none() {
+                return Err(r.err("'roles' name the catalog entry, so the job needs a 'port'"));
+            }
+            if election.is_none() {
+                return Err(r.err("'roles' follow an election: set 'election' too"));
+            }
+            let mut ro = r.obj()?;
+            let mut role = |key: &str| -> Result<RoleSpec, ConfigError> {
+                let Some(f) = ro.get(key) else {
+                    return Ok(RoleSpec::default());
+                };
+                let mut x = f.obj()?;
+                let name = match x.get("name") {
+                    Some(n) => {
+                        let v = n.str()?;
+                        check_service_name(&n, &v)?;
+                        Some(v)
+                    }
+                    None => None,
+                };
+                let tags = x.opt("tags", Field::strings)?;
+                x.finish(&["name", "tags"])?;
+                Ok(RoleSpec { name, tags })
+            };
+            let roles = Roles {
+                leader: role("leader")?,
+                follower: role("follower")?,
+            };
+            ro.finish(&["leader", "follower"])?;
+            Some(roles)
+        }
+        None => None,
+    };
     o.finish(&JOB_KEYS)?;
     Ok(JobSpec {
         name,
@@ -727,6 +785,8 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         enable_tag_override,
         deregister_critical_after,
         main,
+        election,
+        roles,
     })
 }
 

@@ -270,6 +270,47 @@ fn watches_of_one_service_with_different_tags_keep_apart() {
 }
 
 #[test]
+fn elections_and_roles() {
+    let c = load(
+        r#"{ jobs: [{ name: "redis", exec: "redis-server", port: 6379, health: { exec: "true", interval: 1, ttl: 3 },
+            election: { name: "redis-primary", ttl: "5s" },
+            roles: { leader: { name: "redis", tags: ["primary"] }, follower: { name: "redis-replica" } } },
+          { name: "on-elected", exec: "true", when: { source: "redis", each: "elected" } },
+          { name: "on-change", exec: "true", when: { source: "redis", each: "leaderChanged" } }] }"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = c.jobs[0].election.as_ref().expect("election");
+    assert_eq!(
+        (e.name.as_str(), e.ttl),
+        ("redis-primary", Duration::from_secs(5))
+    );
+    let r = c.jobs[0].roles.as_ref().expect("roles");
+    assert_eq!(r.leader.tags.as_deref(), Some(&["primary".to_string()][..]));
+    assert_eq!(r.follower.name.as_deref(), Some("redis-replica"));
+    for (text, want) in [
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { name: 'e', ttl: '1s' } }] }",
+            "jobs[0].election.ttl: must be at least 2s",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { ttl: '5s' } }] }",
+            "jobs[0].election.name: this field is required",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { name: 'e' }, roles: {} }] }",
+            "jobs[0].roles: 'roles' name the catalog entry",
+        ),
+        (
+            "{ jobs: [{ name: 'ab', exec: 'x', port: 1, initial_status: 'passing', election: { name: 'e' }, roles: { leader: { name: 'Bad' } } }] }",
+            "jobs[0].roles.leader.name",
+        ),
+    ] {
+        let e = load(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}\n got: {e}\nwant: {want}");
+    }
+}
+
+#[test]
 fn path_resolution_order() {
     let mut env = BTreeMap::new();
     assert!(matches!(resolve_path(None, &env), Err(ConfigError::NoPath)));

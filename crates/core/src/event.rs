@@ -19,10 +19,16 @@ pub enum EventCode {
     Signal,
     /// A job's `when.timeout` expired before its event arrived.
     TimerExpired,
+    /// The job won its election.
+    Elected,
+    /// The job stopped being leader (resigned, or could not renew in time).
+    Demoted,
+    /// The leader of the job's election changed.
+    LeaderChanged,
 }
 
 impl EventCode {
-    pub const ALL: [EventCode; 13] = [
+    pub const ALL: [EventCode; 16] = [
         EventCode::Startup,
         EventCode::Shutdown,
         EventCode::ExitSuccess,
@@ -36,6 +42,9 @@ impl EventCode {
         EventCode::ExitMaintenance,
         EventCode::Signal,
         EventCode::TimerExpired,
+        EventCode::Elected,
+        EventCode::Demoted,
+        EventCode::LeaderChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +62,9 @@ impl EventCode {
             EventCode::ExitMaintenance => "exitMaintenance",
             EventCode::Signal => "signal",
             EventCode::TimerExpired => "timerExpired",
+            EventCode::Elected => "elected",
+            EventCode::Demoted => "demoted",
+            EventCode::LeaderChanged => "leaderChanged",
         }
     }
 

@@ -12,7 +12,10 @@ pub use machine::{
     Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, RunId, Sig,
     StopReason,
 };
-pub use spec::{Backoff, EntryStatus, HealthSpec, JobSpec, Restarts, Trigger, main_job};
+pub use spec::{
+    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles, Trigger,
+    main_job,
+};
 pub use watch::{Endpoint, WatchState};
 
 #[cfg(test)]

@@ -99,6 +99,8 @@ pub enum Action {
     SetStatus { job: usize, status: EntryStatus },
     /// Remove the job's catalog entry.
     Deregister { job: usize },
+    /// Start (`true`) or stop campaigning in the job's election.
+    Campaign { job: usize, campaign: bool },
     /// Every job is stopped: exit with `code`, or load the new config.
     Finished { reason: StopReason, code: i32 },
 }
@@ -184,6 +186,7 @@ struct Job {
     restarts_total: u64,
     /// The status of the job's catalog entry, if it has one.
     registered: Option<EntryStatus>,
+    campaigning: bool,
 }
 
 /// A read-only view of a job, for `/status` and metrics.
@@ -245,6 +248,7 @@ impl Machine {
                     last_exit: None,
                     restarts_total: 0,
                     registered: None,
+                    campaigning: false,
                 }
             })
             .collect();
@@ -279,6 +283,11 @@ impl Machine {
 
     pub fn next_run_id(&self) -> u64 {
         self.next_run
+    }
+
+    /// The status of the job's catalog entry, if it has one.
+    pub fn registered(&self, job: usize) -> Option<EntryStatus> {
+        self.jobs[job].registered
     }
 
     pub fn in_maintenance(&self) -> bool {
@@ -555,9 +564,10 @@ impl Machine {
         }
         job.stop = Some(StopStage::Hooks);
         let name = job.spec.name.clone();
-        // Leave the catalog before anything else, so traffic drains while
-        // the pre-stop hooks run.
+        // Leave the catalog (and any leadership) before anything else, so
+        // traffic drains and another node can lead while the pre-stop hooks run.
         self.sync_catalog(j);
+        self.sync_campaign(j);
         self.publish(Event::new(EventCode::Stopping, &name));
         self.drain();
         self.progress_stop(j);
@@ -682,6 +692,30 @@ impl Machine {
                 None if running => job.spec.initial_status,
                 None => None,
             },
+        }
+    }
+
+    /// A job campaigns while it runs and is healthy (or has no health
+    /// check), and not in maintenance or stopping.
+    fn sync_campaign(&mut self, j: usize) {
+        let job = &self.jobs[j];
+        if job.spec.election.is_none() {
+            return;
+        }
+        let want = !self.maintenance
+            && self.stopping.is_none()
+            && job.stop.is_none()
+            && matches!(job.phase, Phase::Running(_))
+            && match job.spec.health {
+                Some(_) => job.health == HealthStatus::Healthy,
+                None => true,
+            };
+        if want != job.campaigning {
+            self.jobs[j].campaigning = want;
+            self.actions.push(Action::Campaign {
+                job: j,
+                campaign: want,
+            });
         }
     }
 
@@ -875,6 +909,7 @@ impl Machine {
         }
         for j in 0..self.jobs.len() {
             self.sync_catalog(j);
+            self.sync_campaign(j);
         }
         if self.stopping.is_some() {
             // Jobs that waited on hooks may proceed now.

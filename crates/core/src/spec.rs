@@ -93,6 +93,27 @@ pub enum EntryStatus {
     Critical,
 }
 
+/// `election: {name, ttl}`: the job campaigns for leadership of `name`
+/// while it is healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElectionSpec {
+    pub name: String,
+    pub ttl: Duration,
+}
+
+/// How the job's catalog entry looks in one role; unset fields keep the job's own.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoleSpec {
+    pub name: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Roles {
+    pub leader: RoleSpec,
+    pub follower: RoleSpec,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
@@ -114,6 +135,9 @@ pub struct JobSpec {
     pub deregister_critical_after: Option<Duration>,
     /// Explicitly marked as the job whose exit code autopilot exits with.
     pub main: bool,
+    pub election: Option<ElectionSpec>,
+    /// The catalog entry's name and tags per role.
+    pub roles: Option<Roles>,
 }
 
 impl JobSpec {
@@ -136,6 +160,8 @@ impl JobSpec {
             enable_tag_override: false,
             deregister_critical_after: None,
             main: false,
+            election: None,
+            roles: None,
         }
     }
 }

@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use autopilot_catalog::{Catalog, CatalogError, Instance, Registration, Status};
+use autopilot_catalog::{Candidate, Catalog, CatalogError, Instance, Leader, Registration, Status};
 use autopilot_config::Config;
 use autopilot_core::{
-    Action, Endpoint, EntryStatus, Event, ExitStatus, Input, Machine, Phase, ProcKind, RunId, Sig,
-    StopReason, WatchState,
+    Action, Endpoint, EntryStatus, Event, EventCode, ExitStatus, Input, Machine, Phase, ProcKind,
+    RunId, Sig, StopReason, WatchState,
 };
 use autopilot_process::{Exit, SpawnSpec, Spawner};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::catalog::{Registrar, spawn_watch};
+use crate::catalog::{ElectionNews, Registrar, spawn_election, spawn_watch};
 use crate::control::{self, Command};
 use crate::interfaces;
 use crate::logging::LogHandle;
@@ -67,6 +67,8 @@ pub struct Options {
     pub catalog_explicit: bool,
     /// The host name used in entry IDs (`$AUTOPILOT_HOSTNAME` or the system's).
     pub hostname: String,
+    /// Where per-job state directories live (they persist across runs).
+    pub job_state_root: PathBuf,
 }
 
 enum Msg {
@@ -79,6 +81,11 @@ enum Msg {
         generation: u64,
         index: usize,
         passing: Vec<Instance>,
+    },
+    Election {
+        generation: u64,
+        job: usize,
+        news: ElectionNews,
     },
 }
 
@@ -114,6 +121,14 @@ struct Agent {
     /// Where watch snapshots are written for handlers.
     state_dir: PathBuf,
     telemetry_id: Option<String>,
+    /// Per job: the channel that turns its campaign on and off, and its task.
+    campaigns: Vec<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+    /// Per job: whether it currently leads its election.
+    leading: Vec<bool>,
+    /// The last known leader of each election.
+    leaders: BTreeMap<String, Option<Leader>>,
+    /// Where each job's persistent state directory lives.
+    job_state_root: PathBuf,
 }
 
 /// Resolves the advertised IP of every job with a port.
@@ -227,8 +242,13 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         watch_generation: 0,
         state_dir,
         telemetry_id,
+        campaigns: Vec::new(),
+        leading: Vec::new(),
+        leaders: BTreeMap::new(),
+        job_state_root: opts.job_state_root,
     };
     agent.start_watches();
+    agent.reset_elections();
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
@@ -289,6 +309,139 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Agent {
+    /// Sets up election bookkeeping for the current jobs (again after a reload).
+    fn reset_elections(&mut self) {
+        for (tx, task) in self.campaigns.drain(..).flatten() {
+            let _ = tx.send(false);
+            task.abort();
+        }
+        let n = self.machine.job_count();
+        self.campaigns = (0..n).map(|_| None).collect();
+        self.leading = vec![false; n];
+        self.leaders = (0..n)
+            .filter_map(|j| {
+                self.machine
+                    .spec(j)
+                    .election
+                    .as_ref()
+                    .map(|e| (e.name.clone(), None))
+            })
+            .collect();
+    }
+
+    fn campaign(&mut self, job: usize, on: bool) {
+        if let Some((tx, _)) = &self.campaigns[job] {
+            let _ = tx.send(on);
+            return;
+        }
+        if !on {
+            return;
+        }
+        let spec = self.machine.spec(job);
+        let Some(e) = spec.election.clone() else {
+            return;
+        };
+        let me = Candidate {
+            id: self.entry_id(job),
+            address: self
+                .job_ips
+                .get(job)
+                .copied()
+                .flatten()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            port: spec.port.unwrap_or(0),
+        };
+        let (tx, rx) = watch::channel(true);
+        let generation = self.watch_generation;
+        let task = spawn_election(
+            self.catalog.clone(),
+            e.name,
+            me,
+            e.ttl,
+            rx,
+            self.tx.clone(),
+            move |news| Msg::Election {
+                generation,
+                job,
+                news,
+            },
+        );
+        self.campaigns[job] = Some((tx, task));
+    }
+
+    fn election_news(&mut self, job: usize, news: ElectionNews) {
+        let name = self.machine.spec(job).name.clone();
+        let Some(election) = self
+            .machine
+            .spec(job)
+            .election
+            .as_ref()
+            .map(|e| e.name.clone())
+        else {
+            return;
+        };
+        match news {
+            ElectionNews::Elected(term) => {
+                tracing::info!(job = %name, %election, term, "elected leader");
+                self.leading[job] = true;
+                self.reregister(job);
+                self.input(Input::External(Event::new(EventCode::Elected, &name)));
+            }
+            ElectionNews::Demoted(term) => {
+                tracing::warn!(job = %name, %election, term, "no longer leader");
+                self.leading[job] = false;
+                self.reregister(job);
+                self.input(Input::External(Event::new(EventCode::Demoted, &name)));
+            }
+            ElectionNews::Leader(l) => {
+                if self.leaders.get(&election) == Some(&l) {
+                    return;
+                }
+                tracing::info!(%election, leader = ?l.as_ref().map(|l| &l.id), "leader changed");
+                let file = self.leader_file(&election);
+                let json = serde_json::to_vec_pretty(&l).unwrap_or_default();
+                if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
+                    tracing::warn!(file = %file.display(), "cannot write leader file: {e}");
+                }
+                self.leaders.insert(election.clone(), l);
+                // Every job in this election hears of it.
+                for j in 0..self.machine.job_count() {
+                    if self
+                        .machine
+                        .spec(j)
+                        .election
+                        .as_ref()
+                        .is_some_and(|e| e.name == election)
+                    {
+                        let n = self.machine.spec(j).name.clone();
+                        self.input(Input::External(Event::new(EventCode::LeaderChanged, &n)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-publishes a registered job's entry after its role changed.
+    fn reregister(&mut self, job: usize) {
+        if self.machine.spec(job).roles.is_none() {
+            return;
+        }
+        if let Some(status) = self.machine.registered(job)
+            && let Some(r) = self.registration(job, status)
+        {
+            tracing::info!(id = %r.id, name = %r.name, "role changed; catalog entry follows");
+            self.registrar.put(r);
+        }
+    }
+
+    fn leader_file(&self, election: &str) -> PathBuf {
+        self.state_dir.join(format!(
+            "leader-{}.json",
+            env_key(election).to_ascii_lowercase()
+        ))
+    }
+
     /// Starts one task per configured watch (again after a reload).
     fn start_watches(&mut self) {
         for t in self.watch_tasks.drain(..) {
@@ -356,12 +509,23 @@ impl Agent {
         let spec = self.machine.spec(job);
         let port = spec.port?;
         let address = self.job_ips.get(job).copied().flatten()?;
+        let role = spec.roles.as_ref().map(|r| {
+            if self.leading.get(job).copied().unwrap_or(false) {
+                &r.leader
+            } else {
+                &r.follower
+            }
+        });
         Some(Registration {
             id: format!("{}-{}", spec.name, self.hostname),
-            name: spec.name.clone(),
+            name: role
+                .and_then(|r| r.name.clone())
+                .unwrap_or_else(|| spec.name.clone()),
             address: address.to_string(),
             port,
-            tags: spec.tags.clone(),
+            tags: role
+                .and_then(|r| r.tags.clone())
+                .unwrap_or_else(|| spec.tags.clone()),
             status: catalog_status(status),
             ttl: spec.health.as_ref().map_or(DEFAULT_TTL, |h| h.ttl),
             deregister_critical_after: spec.deregister_critical_after,
@@ -428,6 +592,15 @@ impl Agent {
             } => {
                 if generation == self.watch_generation {
                     self.watch_snapshot(index, passing);
+                }
+            }
+            Msg::Election {
+                generation,
+                job,
+                news,
+            } => {
+                if generation == self.watch_generation {
+                    self.election_news(job, news);
                 }
             }
         }
@@ -548,6 +721,7 @@ impl Agent {
                     tracing::info!(%id, status = catalog_status(status).as_str(), "catalog status");
                     self.registrar.status(&id, catalog_status(status));
                 }
+                Action::Campaign { job, campaign } => self.campaign(job, campaign),
                 Action::Deregister { job } => {
                     let id = self.entry_id(job);
                     tracing::info!(%id, "deregistering");
@@ -575,6 +749,8 @@ impl Agent {
                         );
                         self.config = cfg;
                         self.job_ips = ips;
+                        self.start_watches();
+                        self.reset_elections();
                         tracing::info!(
                             jobs = self.config.jobs.len(),
                             "config reloaded; starting jobs"
@@ -656,11 +832,37 @@ impl Agent {
                 env.insert("AUTOPILOT_WATCH_FILE".into(), file);
             }
         }
+        for (election, l) in &self.leaders {
+            let key = env_key(election);
+            env.insert(
+                format!("AUTOPILOT_LEADER_{key}_FILE"),
+                self.leader_file(election).display().to_string(),
+            );
+            if let Some(l) = l {
+                env.insert(format!("AUTOPILOT_LEADER_{key}_ID"), l.id.clone());
+                env.insert(format!("AUTOPILOT_LEADER_{key}_ADDRESS"), l.address.clone());
+                env.insert(format!("AUTOPILOT_LEADER_{key}_PORT"), l.port.to_string());
+                env.insert(format!("AUTOPILOT_LEADER_{key}_TERM"), l.term.to_string());
+            }
+        }
+        let state = self.job_state_root.join(&self.machine.spec(job).name);
+        match std::fs::create_dir_all(&state) {
+            Ok(()) => {
+                env.insert(
+                    "AUTOPILOT_JOB_STATE_DIR".into(),
+                    state.display().to_string(),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(dir = %state.display(), "cannot create the job state directory: {e}")
+            }
+        }
         let mut set = |k: String, v: String| {
             env.insert(format!("CONTAINERPILOT_{k}"), v.clone());
             env.insert(format!("AUTOPILOT_{k}"), v);
         };
         set("PID".into(), std::process::id().to_string());
+
         for j in 0..self.machine.job_count() {
             let key = env_key(&self.machine.spec(j).name);
             if let Some(Some(ip)) = self.job_ips.get(j) {
@@ -697,6 +899,11 @@ impl Agent {
                     "main": self.machine.main_job() == Some(i),
                     "ip": self.job_ips.get(i).copied().flatten().map(|ip| ip.to_string()),
                     "port": self.machine.spec(i).port,
+                    "election": self.machine.spec(i).election.as_ref().map(|e| serde_json::json!({
+                        "name": e.name,
+                        "leader": self.leading.get(i).copied().unwrap_or(false),
+                        "current": self.leaders.get(&e.name).cloned().flatten(),
+                    })),
                     "registration": self.machine.spec(i).port.map(|_| {
                         let id = self.entry_id(i);
                         let applied = reg.applied.get(&id).map(|s| s.as_str());

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autopilot_catalog::{Catalog, CatalogError, CatalogUrl, Instance, Registration, Status};
+use autopilot_catalog::{
+    Candidate, Catalog, CatalogError, CatalogUrl, Instance, Leader, Registration, Status,
+};
 use autopilot_config::WatchConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -363,6 +365,123 @@ pub fn spawn_watch<M: Send + 'static>(
                     r = changes.changed() => if r.is_err() { return },
                     _ = tokio::time::sleep(cfg.debounce) => break,
                 }
+            }
+        }
+    })
+}
+
+/// What an election task tells the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ElectionNews {
+    Elected(u64),
+    /// No longer leader: resigned, lost the seat, or could not renew in time.
+    Demoted(u64),
+    /// The election's leader as last read (`None`: nobody leads).
+    Leader(Option<Leader>),
+}
+
+/// Campaigns for `election` while `want` is true, and reports leadership
+/// and leader changes.
+///
+/// Safety: a leader counts its lease from the moment it *sent* its last
+/// successful renewal. The catalog can only expire the seat `ttl` after it
+/// *processed* that renewal, which is later. So the task declares itself
+/// demoted at `sent + ttl - margin`, before any other node can win, even
+/// when the catalog is unreachable and the renewal never comes back.
+pub fn spawn_election<M: Send + 'static>(
+    catalog: Arc<dyn Catalog>,
+    election: String,
+    me: Candidate,
+    ttl: Duration,
+    mut want: watch::Receiver<bool>,
+    tx: mpsc::Sender<M>,
+    wrap: impl Fn(ElectionNews) -> M + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let margin = (ttl / 5).max(Duration::from_millis(300));
+        let every = ttl / 3;
+        let mut changes = catalog.changes();
+        let mut leading: Option<(u64, Instant)> = None;
+        let mut last_leader: Option<Option<Leader>> = None;
+        loop {
+            changes.borrow_and_update();
+            let wanted = *want.borrow_and_update();
+            let now = Instant::now();
+            if let Some((term, sent)) = leading {
+                if !wanted {
+                    leading = None;
+                    let _ = tx.send(wrap(ElectionNews::Demoted(term))).await;
+                    if let Err(e) = tokio::time::timeout(every, catalog.resign(&election))
+                        .await
+                        .unwrap_or(Ok(()))
+                    {
+                        tracing::warn!(%election, "resign failed ({e}); the seat expires with its TTL");
+                    }
+                } else if now + margin >= sent + ttl {
+                    leading = None;
+                    tracing::warn!(%election, "could not renew leadership in time; demoting");
+                    let _ = tx.send(wrap(ElectionNews::Demoted(term))).await;
+                }
+            }
+            if leading.is_none()
+                && let Ok(Ok(l)) = tokio::time::timeout(every, catalog.leader(&election)).await
+                && last_leader.as_ref() != Some(&l)
+            {
+                last_leader = Some(l.clone());
+                if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
+                    return;
+                }
+            }
+            // Followers only campaign when the seat looks free: one read
+            // instead of a lease grant and a transaction on every wake-up.
+            let seat_taken =
+                leading.is_none() && matches!(&last_leader, Some(Some(l)) if l.id != me.id);
+            if wanted && !seat_taken {
+                let sent = Instant::now();
+                // A leader's attempt may not outlast its own safe window.
+                let limit = match leading {
+                    Some((_, prev)) => (prev + ttl)
+                        .saturating_duration_since(sent + margin)
+                        .max(Duration::from_millis(1)),
+                    None => every,
+                };
+                match tokio::time::timeout(limit, catalog.campaign(&election, &me, ttl)).await {
+                    Ok(Ok(Some(term))) => {
+                        if leading.map(|(t, _)| t) != Some(term) {
+                            if let Some((old, _)) = leading {
+                                let _ = tx.send(wrap(ElectionNews::Demoted(old))).await;
+                            }
+                            let _ = tx.send(wrap(ElectionNews::Elected(term))).await;
+                        }
+                        leading = Some((term, sent));
+                    }
+                    Ok(Ok(None)) => {
+                        if let Some((term, _)) = leading.take() {
+                            let _ = tx.send(wrap(ElectionNews::Demoted(term))).await;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(%election, "campaign: {e}"),
+                    Err(_) => tracing::debug!(%election, "campaign: no answer in time"),
+                }
+            }
+            if let Ok(Ok(l)) = tokio::time::timeout(every, catalog.leader(&election)).await
+                && last_leader.as_ref() != Some(&l)
+            {
+                last_leader = Some(l.clone());
+                if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
+                    return;
+                }
+            }
+            let wake = match leading {
+                Some((_, sent)) => {
+                    every.min((sent + ttl).saturating_duration_since(Instant::now() + margin))
+                }
+                None => every,
+            };
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                r = want.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(wake.max(Duration::from_millis(10))) => {}
             }
         }
     })

@@ -94,6 +94,7 @@ pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) 
             "AUTOPILOT_CATALOG",
             format!("local://{}", dir.path("catalog").display()),
         )
+        .env("AUTOPILOT_STATE_DIR", dir.path("state"))
         .env_remove("CONTAINERPILOT")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
