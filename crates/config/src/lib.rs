@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
 use autopilot_core::spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles, Trigger,
+    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
+    SnapshotSpec, Trigger,
 };
 use decode::{Doc, Field, Obj, child};
 
@@ -576,7 +577,7 @@ fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-const JOB_KEYS: [&str; 17] = [
+const JOB_KEYS: [&str; 18] = [
     "name",
     "exec",
     "port",
@@ -594,6 +595,7 @@ const JOB_KEYS: [&str; 17] = [
     "restartBackoff",
     "election",
     "roles",
+    "snapshot",
 ];
 
 fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
@@ -767,6 +769,10 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         }
         None => None,
     };
+    let snapshot = match o.get("snapshot") {
+        Some(f) => Some(snapshot(&f, &name)?),
+        None => None,
+    };
     o.finish(&JOB_KEYS)?;
     Ok(JobSpec {
         name,
@@ -787,6 +793,66 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         main,
         election,
         roles,
+        snapshot,
+    })
+}
+
+fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
+    let mut o = f.obj()?;
+    let store_f = o.require("store")?;
+    let store = store_f.str()?;
+    if !store.starts_with("file:///") && !store.starts_with("s3://") {
+        return Err(store_f.err(format!(
+            "{store:?} is not a snapshot store: expected file:///path or s3://bucket/prefix"
+        )));
+    }
+    let set = o
+        .opt("name", Field::str)?
+        .unwrap_or_else(|| job.to_string());
+    if set.is_empty()
+        || !set
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(o.err(
+            "name",
+            format!("{set:?} is not a valid snapshot name (letters, digits, '-', '_', '.')"),
+        ));
+    }
+    let create = o.opt("create", Field::exec)?;
+    let restore = o.opt("restore", Field::exec)?;
+    let interval = o.opt("interval", Field::positive_duration)?;
+    if interval.is_some() && create.is_none() {
+        return Err(o.err("interval", "an interval needs a 'create' command"));
+    }
+    let retain = o.opt("retain", |f| f.int(1, 10_000))?.unwrap_or(3) as u32;
+    let leader_only = o.opt("leaderOnly", Field::bool)?.unwrap_or(false);
+    let data_dir = o.opt("dataDir", Field::str)?.map(PathBuf::from);
+    if restore.is_some() != data_dir.is_some() {
+        return Err(o.err(
+            "restore",
+            "'restore' and 'dataDir' go together: autopilot restores into an empty dataDir",
+        ));
+    }
+    o.finish(&[
+        "name",
+        "store",
+        "create",
+        "restore",
+        "interval",
+        "retain",
+        "leaderOnly",
+        "dataDir",
+    ])?;
+    Ok(SnapshotSpec {
+        set,
+        store,
+        create,
+        restore,
+        interval,
+        retain,
+        leader_only,
+        data_dir,
     })
 }
 

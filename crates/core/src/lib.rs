@@ -13,8 +13,8 @@ pub use machine::{
     StopReason,
 };
 pub use spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles, Trigger,
-    main_job,
+    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
+    SnapshotSpec, Trigger, main_job,
 };
 pub use watch::{Endpoint, WatchState};
 

@@ -76,6 +76,11 @@ pub enum Input {
     External(Event),
     Stop(StopReason),
     Maintenance(bool),
+    /// The restore before a job's first start finished (`ok`) or failed.
+    Prepared {
+        job: usize,
+        ok: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +106,10 @@ pub enum Action {
     Deregister { job: usize },
     /// Start (`true`) or stop campaigning in the job's election.
     Campaign { job: usize, campaign: bool },
+    /// Restore the job's data before its first start; answer with `Input::Prepared`.
+    Prepare { job: usize },
+    /// Take a snapshot of the job (its interval came round).
+    Snapshot { job: usize },
     /// Every job is stopped: exit with `code`, or load the new config.
     Finished { reason: StopReason, code: i32 },
 }
@@ -113,6 +122,8 @@ pub enum Phase {
     Running(Option<RunId>),
     /// Waiting out the back-off before a restart.
     Backoff,
+    /// Restoring its data before its first start.
+    Preparing,
     /// Will never run again.
     Done,
 }
@@ -150,6 +161,7 @@ enum Timer {
     Interval(usize),
     HealthTick { job: usize, epoch: u64 },
     Restart(usize),
+    Snapshot { job: usize, epoch: u64 },
     WhenTimeout(usize),
     RunTimeout(RunId),
     KillAfterTerm(RunId),
@@ -187,6 +199,8 @@ struct Job {
     /// The status of the job's catalog entry, if it has one.
     registered: Option<EntryStatus>,
     campaigning: bool,
+    /// The restore before the first start is done (or not needed).
+    prepared: bool,
 }
 
 /// A read-only view of a job, for `/status` and metrics.
@@ -226,6 +240,7 @@ impl Machine {
         let jobs = specs
             .into_iter()
             .map(|spec| {
+                let spec_restores = spec.snapshot.as_ref().is_some_and(|s| s.restores());
                 let starts_left = match &spec.trigger {
                     Trigger::Event { each: true, .. } => None,
                     _ => Some(1),
@@ -249,6 +264,7 @@ impl Machine {
                     restarts_total: 0,
                     registered: None,
                     campaigning: false,
+                    prepared: !spec_restores,
                 }
             })
             .collect();
@@ -365,6 +381,7 @@ impl Machine {
             Input::External(ev) => self.publish(ev),
             Input::Stop(reason) => self.begin_stop(reason),
             Input::Maintenance(on) => self.set_maintenance(on),
+            Input::Prepared { job, ok } => self.prepared(job, ok),
         }
         self.drain();
         self.after_step();
@@ -417,7 +434,7 @@ impl Machine {
         };
         match job.phase {
             Phase::Waiting => self.start(j),
-            Phase::Running(_) | Phase::Backoff => job.pending += 1,
+            Phase::Running(_) | Phase::Backoff | Phase::Preparing => job.pending += 1,
             Phase::Done => {}
         }
         if let Some(every) = interval {
@@ -430,6 +447,11 @@ impl Machine {
     fn start(&mut self, j: usize) {
         let now = self.now;
         let job = &mut self.jobs[j];
+        if !job.prepared {
+            job.phase = Phase::Preparing;
+            self.actions.push(Action::Prepare { job: j });
+            return;
+        }
         job.ran = true;
         job.epoch += 1;
         job.passes = 0;
@@ -463,6 +485,33 @@ impl Machine {
         }
         if let Some(every) = health_every {
             self.set_timer(every, Timer::HealthTick { job: j, epoch });
+        }
+        if let Some(every) = self.jobs[j].spec.snapshot.as_ref().and_then(|s| s.interval) {
+            self.set_timer(every, Timer::Snapshot { job: j, epoch });
+        }
+    }
+
+    fn prepared(&mut self, j: usize, ok: bool) {
+        if self.jobs[j].phase != Phase::Preparing {
+            return;
+        }
+        if self.stopping.is_some() {
+            self.jobs[j].phase = Phase::Waiting;
+            self.settle(j);
+            return;
+        }
+        if ok {
+            self.jobs[j].prepared = true;
+            self.jobs[j].phase = Phase::Waiting;
+            self.start(j);
+        } else {
+            // Try again after the back-off, as a failed run would.
+            let job = &mut self.jobs[j];
+            let delay = job.spec.backoff.delay(job.streak);
+            job.streak = job.streak.saturating_add(1);
+            job.phase = Phase::Backoff;
+            self.actions.push(Action::Restarting { job: j, delay });
+            self.set_timer(delay, Timer::Restart(j));
         }
     }
 
@@ -833,6 +882,19 @@ impl Machine {
                 } else {
                     self.jobs[j].phase = Phase::Waiting;
                     self.start(j);
+                }
+            }
+            Timer::Snapshot { job: j, epoch } => {
+                let job = &self.jobs[j];
+                if job.epoch != epoch
+                    || !matches!(job.phase, Phase::Running(_))
+                    || self.stopping.is_some()
+                {
+                    return;
+                }
+                if let Some(every) = job.spec.snapshot.as_ref().and_then(|s| s.interval) {
+                    self.set_timer(every, Timer::Snapshot { job: j, epoch });
+                    self.actions.push(Action::Snapshot { job: j });
                 }
             }
             Timer::WhenTimeout(j) => {

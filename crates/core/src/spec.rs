@@ -114,6 +114,28 @@ pub struct Roles {
     pub follower: RoleSpec,
 }
 
+/// `snapshot`: where a job's snapshots go, how to make and restore them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSpec {
+    /// The snapshot set's name in the store and the catalog (default: the job's name).
+    pub set: String,
+    pub store: String,
+    pub create: Option<Vec<String>>,
+    pub restore: Option<Vec<String>>,
+    pub interval: Option<Duration>,
+    pub retain: u32,
+    pub leader_only: bool,
+    /// Restored into before the job first starts, when it is empty.
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+impl SnapshotSpec {
+    /// Whether the job must pass through a restore check before it starts.
+    pub fn restores(&self) -> bool {
+        self.restore.is_some() && self.data_dir.is_some()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
@@ -138,6 +160,7 @@ pub struct JobSpec {
     pub election: Option<ElectionSpec>,
     /// The catalog entry's name and tags per role.
     pub roles: Option<Roles>,
+    pub snapshot: Option<SnapshotSpec>,
 }
 
 impl JobSpec {
@@ -162,6 +185,7 @@ impl JobSpec {
             main: false,
             election: None,
             roles: None,
+            snapshot: None,
         }
     }
 }

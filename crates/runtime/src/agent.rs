@@ -87,6 +87,11 @@ enum Msg {
         job: usize,
         news: ElectionNews,
     },
+    Prepared {
+        generation: u64,
+        job: usize,
+        ok: bool,
+    },
 }
 
 struct RunMeta {
@@ -170,6 +175,12 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         path: state_dir.display().to_string(),
         source,
     })?;
+    for j in &opts.config.jobs {
+        if let Some(s) = &j.snapshot {
+            autopilot_snapshot::open(&s.store)
+                .map_err(|e| AgentError::Settings(format!("job {}: {e}", j.name)))?;
+        }
+    }
     let spawner = Spawner::start()?;
     if opts.init
         && std::process::id() != 1
@@ -261,6 +272,31 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     agent.metrics.record("autopilot_catalog_degraded", &[], 0.0);
     loop {
         if let Some(code) = agent.execute() {
+            // Hand leadership over before exiting, so a follower wins at
+            // once rather than after the seat's TTL.
+            let elections: Vec<String> = (0..agent.machine.job_count())
+                .filter(|j| agent.leading.get(*j).copied().unwrap_or(false))
+                .filter_map(|j| {
+                    agent
+                        .machine
+                        .spec(j)
+                        .election
+                        .as_ref()
+                        .map(|e| e.name.clone())
+                })
+                .collect();
+            for (tx, task) in agent.campaigns.drain(..).flatten() {
+                let _ = tx.send(false);
+                task.abort();
+            }
+            for e in elections {
+                let resign = agent.catalog.resign(&e);
+                if let Ok(Err(err)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), resign).await
+                {
+                    tracing::warn!(election = %e, "resign failed ({err}); the seat expires with its TTL");
+                }
+            }
             if let Some(id) = &agent.telemetry_id {
                 agent.registrar.remove(id);
             }
@@ -386,6 +422,9 @@ impl Agent {
                 tracing::info!(job = %name, %election, term, "elected leader");
                 self.leading[job] = true;
                 self.reregister(job);
+                // A new leader with no snapshot yet makes the first one, so
+                // nodes waiting to restore can start.
+                self.snapshot(job, true);
                 self.input(Input::External(Event::new(EventCode::Elected, &name)));
             }
             ElectionNews::Demoted(term) => {
@@ -420,6 +459,64 @@ impl Agent {
                 }
             }
         }
+    }
+
+    fn snapshot_ctx(&self, job: usize) -> crate::snapshots::Ctx {
+        crate::snapshots::Ctx {
+            catalog: self.catalog.clone(),
+            spawner: self.spawner.clone(),
+            env: self.child_env(job),
+            me: self.entry_id(job),
+            scratch: self.state_dir.clone(),
+        }
+    }
+
+    /// Restores the job's data before its first start, off the event loop.
+    fn prepare(&mut self, job: usize) {
+        let Some(spec) = self.machine.spec(job).snapshot.clone() else {
+            self.input(Input::Prepared { job, ok: true });
+            return;
+        };
+        let election = self
+            .machine
+            .spec(job)
+            .election
+            .as_ref()
+            .map(|e| e.name.clone());
+        let ctx = self.snapshot_ctx(job);
+        let (tx, generation) = (self.tx.clone(), self.watch_generation);
+        tokio::spawn(async move {
+            let ok = match crate::snapshots::restore(&ctx, &spec, election.as_deref()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(set = %spec.set, "restore before start failed: {e}");
+                    false
+                }
+            };
+            let _ = tx
+                .send(Msg::Prepared {
+                    generation,
+                    job,
+                    ok,
+                })
+                .await;
+        });
+    }
+
+    /// Takes a snapshot in the background (leaders only, when so configured).
+    fn snapshot(&mut self, job: usize, only_if_none: bool) {
+        let Some(spec) = self.machine.spec(job).snapshot.clone() else {
+            return;
+        };
+        if spec.create.is_none() || (spec.leader_only && !self.leading[job]) {
+            return;
+        }
+        let ctx = self.snapshot_ctx(job);
+        tokio::spawn(async move {
+            if let Err(e) = crate::snapshots::take(&ctx, &spec, only_if_none).await {
+                tracing::error!(set = %spec.set, "snapshot failed: {e}");
+            }
+        });
     }
 
     /// Re-publishes a registered job's entry after its role changed.
@@ -603,6 +700,15 @@ impl Agent {
                     self.election_news(job, news);
                 }
             }
+            Msg::Prepared {
+                generation,
+                job,
+                ok,
+            } => {
+                if generation == self.watch_generation {
+                    self.input(Input::Prepared { job, ok });
+                }
+            }
         }
     }
 
@@ -722,6 +828,8 @@ impl Agent {
                     self.registrar.status(&id, catalog_status(status));
                 }
                 Action::Campaign { job, campaign } => self.campaign(job, campaign),
+                Action::Prepare { job } => self.prepare(job),
+                Action::Snapshot { job } => self.snapshot(job, false),
                 Action::Deregister { job } => {
                     let id = self.entry_id(job);
                     tracing::info!(%id, "deregistering");
@@ -887,6 +995,7 @@ impl Agent {
                     Phase::Waiting => "waiting",
                     Phase::Running(_) => "running",
                     Phase::Backoff => "restarting",
+                    Phase::Preparing => "restoring",
                     Phase::Done => "stopped",
                 };
                 serde_json::json!({

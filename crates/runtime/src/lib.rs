@@ -7,6 +7,7 @@ pub mod fsutil;
 pub mod interfaces;
 pub mod logging;
 pub mod metrics;
+pub mod snapshots;
 pub mod telemetry;
 
 pub use agent::{AgentError, Options, run};

@@ -1,0 +1,237 @@
+//! Snapshots and restore-before-start: taking a snapshot under a cluster-wide lock and recording it in the catalog, and restoring the newest verified one, waiting for one, or winning the one-time bootstrap.
+//!
+//! Catalog keys (in the key/value space): `snapshots/<set>/index` holds the
+//! recorded snapshots, newest first, as JSON; `snapshots/<set>/bootstrap`
+//! names the one node that initialised fresh.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_catalog::Catalog;
+use autopilot_core::SnapshotSpec;
+use autopilot_process::{Exit, SpawnSpec, Spawner};
+use serde::{Deserialize, Serialize};
+
+/// One recorded snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapMeta {
+    pub sha256: String,
+    pub size: u64,
+    pub created_ms: u64,
+    /// The instance that took it.
+    pub by: String,
+}
+
+/// What the flows need from the agent.
+#[derive(Clone)]
+pub struct Ctx {
+    pub catalog: Arc<dyn Catalog>,
+    pub spawner: Spawner,
+    /// The job's child environment.
+    pub env: Vec<(String, String)>,
+    /// This instance's ID (`<job>-<hostname>`).
+    pub me: String,
+    /// Where temporary snapshot files go.
+    pub scratch: PathBuf,
+}
+
+fn index_key(set: &str) -> String {
+    format!("snapshots/{set}/index")
+}
+
+fn bootstrap_key(set: &str) -> String {
+    format!("snapshots/{set}/bootstrap")
+}
+
+async fn run(
+    ctx: &Ctx,
+    argv: &[String],
+    extra: &[(&str, String)],
+    tag: &str,
+) -> Result<(), String> {
+    let mut env = ctx.env.clone();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let child = ctx
+        .spawner
+        .spawn(&SpawnSpec {
+            argv: argv.to_vec(),
+            env,
+            raw_output: false,
+            tag: tag.to_string(),
+        })
+        .map_err(|e| e.to_string())?;
+    match child.exit.await {
+        Ok(Exit::Code(0)) => Ok(()),
+        Ok(Exit::Code(c)) => Err(format!("{tag} exited with {c}")),
+        Ok(Exit::Signal(s)) => Err(format!("{tag} was killed by signal {s}")),
+        Err(_) => Err(format!("{tag}: exit status lost")),
+    }
+}
+
+async fn read_index(ctx: &Ctx, set: &str) -> Result<(Option<String>, Vec<SnapMeta>), String> {
+    let raw = ctx
+        .catalog
+        .kv_get(&index_key(set))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Hostile or damaged data reads as "no snapshots", never as a crash.
+    let list = raw
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    Ok((raw, list))
+}
+
+/// Runs the create command, uploads the result under its sha256, and only
+/// then records it as the newest (a compare-and-swap on the index), pruning
+/// what falls beyond `retain`. One snapshot of a set runs at a time,
+/// cluster-wide. With `only_if_none`, does nothing when one already exists.
+pub async fn take(
+    ctx: &Ctx,
+    spec: &SnapshotSpec,
+    only_if_none: bool,
+) -> Result<Option<SnapMeta>, String> {
+    let Some(create) = &spec.create else {
+        return Ok(None);
+    };
+    let store = autopilot_snapshot::open(&spec.store).map_err(|e| e.to_string())?;
+    let lock = format!("snapshot/{}", spec.set);
+    ctx.catalog.lock(&lock).await.map_err(|e| e.to_string())?;
+    let result = async {
+        if only_if_none && !read_index(ctx, &spec.set).await?.1.is_empty() {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&ctx.scratch).map_err(|e| e.to_string())?;
+        let tmp = ctx.scratch.join(format!("snapshot-{}.tmp", spec.set));
+        let _ = std::fs::remove_file(&tmp);
+        run(ctx, create, &[("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string())], &format!("snapshot.{}", spec.set)).await?;
+        if !tmp.exists() {
+            return Err("the create command wrote nothing to $AUTOPILOT_SNAPSHOT_FILE".to_string());
+        }
+        let (sha256, size) = autopilot_snapshot::sha256_file(&tmp).await.map_err(|e| e.to_string())?;
+        store.put(&spec.set, &sha256, &tmp).await.map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&tmp);
+        let meta = SnapMeta {
+            sha256,
+            size,
+            created_ms: autopilot_catalog::now_ms(),
+            by: ctx.me.clone(),
+        };
+        loop {
+            let (raw, mut list) = read_index(ctx, &spec.set).await?;
+            list.retain(|m| m.sha256 != meta.sha256);
+            list.insert(0, meta.clone());
+            let pruned = list.split_off((spec.retain as usize).min(list.len()));
+            let json = serde_json::to_string(&list).map_err(|e| e.to_string())?;
+            if ctx
+                .catalog
+                .kv_cas(&index_key(&spec.set), raw.as_deref(), &json)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                for p in pruned {
+                    if let Err(e) = store.delete(&spec.set, &p.sha256).await {
+                        tracing::warn!(set = %spec.set, "cannot prune snapshot {}: {e}", p.sha256);
+                    }
+                }
+                break;
+            }
+        }
+        tracing::info!(set = %spec.set, sha256 = %meta.sha256, size = meta.size, "snapshot recorded");
+        Ok(Some(meta))
+    }
+    .await;
+    if let Err(e) = ctx.catalog.unlock(&lock).await {
+        tracing::warn!("cannot release {lock}: {e}");
+    }
+    result
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+/// Before a job's first start: if its data directory is empty, restore the
+/// newest snapshot whose checksum verifies (a mismatch is never used; the
+/// next older one is tried). With no snapshot yet, wait for one while a
+/// leader exists or another node bootstrapped; otherwise win the one-time
+/// bootstrap and start fresh. Retries with back-off; never gives up.
+pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> Result<(), String> {
+    let (Some(restore), Some(data)) = (&spec.restore, &spec.data_dir) else {
+        return Ok(());
+    };
+    if !is_empty_dir(data) {
+        tracing::info!(dir = %data.display(), "data present; nothing to restore");
+        return Ok(());
+    }
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    std::fs::create_dir_all(&ctx.scratch).map_err(|e| e.to_string())?;
+    let store = autopilot_snapshot::open(&spec.store).map_err(|e| e.to_string())?;
+    let mut backoff = Duration::from_millis(200);
+    let mut changes = ctx.catalog.changes();
+    loop {
+        changes.borrow_and_update();
+        let list = match read_index(ctx, &spec.set).await {
+            Ok((_, l)) => l,
+            Err(e) => {
+                tracing::warn!(set = %spec.set, "cannot read the snapshot index: {e}");
+                Vec::new()
+            }
+        };
+        for meta in &list {
+            let tmp = ctx.scratch.join(format!("restore-{}.tmp", spec.set));
+            if let Err(e) = store.get(&spec.set, &meta.sha256, &tmp).await {
+                tracing::warn!(set = %spec.set, "cannot fetch snapshot {}: {e}", meta.sha256);
+                continue;
+            }
+            match autopilot_snapshot::sha256_file(&tmp).await {
+                Ok((sha, _)) if sha == meta.sha256 => {}
+                Ok((sha, _)) => {
+                    tracing::error!(set = %spec.set, want = %meta.sha256, got = %sha, "snapshot checksum mismatch; trying an older one");
+                    let _ = std::fs::remove_file(&tmp);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read {}: {e}", tmp.display());
+                    continue;
+                }
+            }
+            let extra = [
+                ("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string()),
+                ("AUTOPILOT_DATA_DIR", data.display().to_string()),
+            ];
+            let res = run(ctx, restore, &extra, &format!("restore.{}", spec.set)).await;
+            let _ = std::fs::remove_file(&tmp);
+            res?;
+            tracing::info!(set = %spec.set, sha256 = %meta.sha256, "restored before start");
+            return Ok(());
+        }
+        // No usable snapshot. Wait while someone is able to make one.
+        let leader = match election {
+            Some(e) => ctx.catalog.leader(e).await.ok().flatten(),
+            None => None,
+        };
+        if leader.is_none() {
+            let key = bootstrap_key(&spec.set);
+            let won = ctx
+                .catalog
+                .kv_cas(&key, None, &ctx.me)
+                .await
+                .map_err(|e| e.to_string());
+            let holder = ctx.catalog.kv_get(&key).await.ok().flatten();
+            if matches!(won, Ok(true)) || holder.as_deref() == Some(ctx.me.as_str()) {
+                tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
+                return Ok(());
+            }
+        }
+        tracing::info!(set = %spec.set, "waiting for a first snapshot");
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
