@@ -639,3 +639,40 @@ fn initial_status_registers_at_once_and_exits_turn_critical() {
     let a = h.startup();
     assert_eq!(catalog_ops(&h, &a), vec!["register adv Passing"]);
 }
+
+#[test]
+fn restore_before_start_gates_the_first_run_only() {
+    let snap = SnapshotSpec {
+        set: "db".into(),
+        store: "file:///s".into(),
+        create: None,
+        restore: Some(vec!["restore".into()]),
+        interval: None,
+        retain: 3,
+        leader_only: false,
+        data_dir: Some("/data".into()),
+    };
+    let mut h = H::new(vec![JobSpec {
+        snapshot: Some(snap),
+        restarts: Restarts::Unlimited,
+        ..job("db")
+    }]);
+    let a = h.startup();
+    assert!(h.spawns(&a).is_empty(), "nothing runs before the restore");
+    assert!(a.contains(&Action::Prepare { job: 0 }));
+    // A failed restore is retried after the back-off, not given up.
+    let a = h.input(Input::Prepared { job: 0, ok: false });
+    assert!(a.contains(&Action::Restarting {
+        job: 0,
+        delay: ms(100)
+    }));
+    let a = h.at(100);
+    assert!(a.contains(&Action::Prepare { job: 0 }));
+    let a = h.input(Input::Prepared { job: 0, ok: true });
+    assert_eq!(h.spawns(&a), vec!["db"]);
+    // Restarts do not restore again.
+    h.exit(h.run_of("db", ProcKind::Job), 1);
+    let a = h.at(300);
+    assert_eq!(h.spawns(&a), vec!["db"]);
+    assert!(!a.contains(&Action::Prepare { job: 0 }));
+}
