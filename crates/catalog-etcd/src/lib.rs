@@ -971,9 +971,16 @@ impl Catalog for EtcdCatalog {
                     keeper.keep_alive().await?;
                     Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
                 })
-                .await?;
-            if alive > 0 {
-                return Ok(Some(term));
+                .await;
+            match alive {
+                Ok(ttl) if ttl > 0 => return Ok(Some(term)),
+                // An unreachable cluster: the seat may still be ours.
+                Err(CatalogError::Unavailable { message, .. }) if is_transport(&message) => {
+                    return Err(self.unavailable(message));
+                }
+                // The lease is gone ("lease not found", or a zero TTL): the
+                // seat was lost, so campaign anew below.
+                _ => {}
             }
             self.session.lock().await.elections.remove(election);
         }

@@ -401,12 +401,14 @@ pub fn spawn_election<M: Send + 'static>(
         let margin = (ttl / 5).max(Duration::from_millis(300));
         let every = ttl / 3;
         let mut changes = catalog.changes();
+        // (term, send time of the last successful renewal)
         let mut leading: Option<(u64, Instant)> = None;
         let mut last_leader: Option<Option<Leader>> = None;
+        // The instant a leader must have stepped down by.
+        let deadline = |sent: Instant| sent + ttl - margin;
         loop {
             changes.borrow_and_update();
             let wanted = *want.borrow_and_update();
-            let now = Instant::now();
             if let Some((term, sent)) = leading {
                 if !wanted {
                     leading = None;
@@ -417,14 +419,21 @@ pub fn spawn_election<M: Send + 'static>(
                     {
                         tracing::warn!(%election, "resign failed ({e}); the seat expires with its TTL");
                     }
-                } else if now + margin >= sent + ttl {
+                } else if Instant::now() >= deadline(sent) {
                     leading = None;
                     tracing::warn!(%election, "could not renew leadership in time; demoting");
                     let _ = tx.send(wrap(ElectionNews::Demoted(term))).await;
                 }
             }
-            if leading.is_none()
-                && let Ok(Ok(l)) = tokio::time::timeout(every, catalog.leader(&election)).await
+            // Every wait below is bounded by the leader's deadline, so the
+            // check above runs in time whatever the catalog does.
+            let bound = |d: Duration, leading: Option<(u64, Instant)>| match leading {
+                Some((_, sent)) => d.min(deadline(sent).saturating_duration_since(Instant::now())),
+                None => d,
+            };
+            let read = bound(every, leading);
+            if !read.is_zero()
+                && let Ok(Ok(l)) = tokio::time::timeout(read, catalog.leader(&election)).await
                 && last_leader.as_ref() != Some(&l)
             {
                 last_leader = Some(l.clone());
@@ -436,17 +445,22 @@ pub fn spawn_election<M: Send + 'static>(
             // instead of a lease grant and a transaction on every wake-up.
             let seat_taken =
                 leading.is_none() && matches!(&last_leader, Some(Some(l)) if l.id != me.id);
-            if wanted && !seat_taken {
+            let due = match leading {
+                Some((_, sent)) => Instant::now() >= sent + every,
+                None => true,
+            };
+            if wanted && !seat_taken && due {
                 let sent = Instant::now();
-                // A leader's attempt may not outlast its own safe window.
-                let limit = match leading {
-                    Some((_, prev)) => (prev + ttl)
-                        .saturating_duration_since(sent + margin)
-                        .max(Duration::from_millis(1)),
-                    None => every,
+                let limit = bound(every, leading);
+                let outcome = if limit.is_zero() {
+                    None
+                } else {
+                    tokio::time::timeout(limit, catalog.campaign(&election, &me, ttl))
+                        .await
+                        .ok()
                 };
-                match tokio::time::timeout(limit, catalog.campaign(&election, &me, ttl)).await {
-                    Ok(Ok(Some(term))) => {
+                match outcome {
+                    Some(Ok(Some(term))) => {
                         if leading.map(|(t, _)| t) != Some(term) {
                             if let Some((old, _)) = leading {
                                 let _ = tx.send(wrap(ElectionNews::Demoted(old))).await;
@@ -455,33 +469,26 @@ pub fn spawn_election<M: Send + 'static>(
                         }
                         leading = Some((term, sent));
                     }
-                    Ok(Ok(None)) => {
+                    Some(Ok(None)) => {
                         if let Some((term, _)) = leading.take() {
                             let _ = tx.send(wrap(ElectionNews::Demoted(term))).await;
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!(%election, "campaign: {e}"),
-                    Err(_) => tracing::debug!(%election, "campaign: no answer in time"),
-                }
-            }
-            if let Ok(Ok(l)) = tokio::time::timeout(every, catalog.leader(&election)).await
-                && last_leader.as_ref() != Some(&l)
-            {
-                last_leader = Some(l.clone());
-                if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
-                    return;
+                    Some(Err(e)) => tracing::debug!(%election, "campaign: {e}"),
+                    None => tracing::debug!(%election, "campaign: no answer in time"),
                 }
             }
             let wake = match leading {
                 Some((_, sent)) => {
-                    every.min((sent + ttl).saturating_duration_since(Instant::now() + margin))
+                    let next_renewal = (sent + every).saturating_duration_since(Instant::now());
+                    bound(next_renewal.max(Duration::from_millis(20)), leading)
                 }
                 None => every,
             };
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
                 r = want.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(wake.max(Duration::from_millis(10))) => {}
+                _ = tokio::time::sleep(wake) => {}
             }
         }
     })

@@ -339,3 +339,97 @@ pub fn make_certs(dir: &Path, name: &str) -> Tls {
         key: dir.join(format!("{name}-key.pem")),
     }
 }
+
+/// A TCP proxy on loopback that can partition its traffic, to make a
+/// server unreachable from one client only. While cut, bytes are held, not
+/// refused: connections hang as behind a partition, and resume intact after
+/// it heals, as TCP would.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let pairs = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c2), Ok(s2)) => [(c2, s2), (server, client)],
+                    _ => continue,
+                };
+                for (mut from, mut to) in pairs {
+                    let (c, s) = (c.clone(), s.clone());
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                        let mut buf = [0u8; 16384];
+                        let mut held: Vec<u8> = Vec::new();
+                        while !s.load(Ordering::SeqCst) {
+                            if !c.load(Ordering::SeqCst) {
+                                match from.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => held.extend_from_slice(&buf[..n]),
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            } else {
+                                // Partitioned: read nothing, so the sender's
+                                // data waits (as in TCP buffers) until healing.
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                            if !held.is_empty() {
+                                if to.write_all(&held).is_err() {
+                                    break;
+                                }
+                                held.clear();
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, stop }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts holding all traffic, both ways.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
