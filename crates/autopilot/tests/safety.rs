@@ -100,7 +100,7 @@ fn a_cut_off_leader_demotes_before_anyone_else_is_elected() {
             .rev()
             .find(|e| e.0 == "demoted")
             .map(|e| e.1);
-        if !demoted.is_some_and(|dm| dm < elected) {
+        if demoted.is_none_or(|dm| dm >= elected) {
             dump(&nodes);
             panic!(
                 "trial {trial}: {old} demoted at {demoted:?}, {new} elected at {elected}: overlap"
