@@ -1029,14 +1029,24 @@ impl Catalog for EtcdCatalog {
     }
 
     async fn resign(&self, election: &str) -> Result<(), CatalogError> {
-        let Some((lease, _)) = self.session.lock().await.elections.remove(election) else {
+        let Some((lease, _)) = self.session.lock().await.elections.get(election).copied() else {
             return Ok(());
         };
-        // Revoking the lease deletes the key in the same step.
-        self.conn
+        // Revoking the lease deletes the key in the same step. The seat is
+        // forgotten only once that is done, so an interrupted resignation
+        // can be repeated (an agent resigns again on its way out).
+        match self
+            .conn
             .call(|mut c| async move { c.lease_revoke(lease).await })
             .await
-            .map(|_| ())
+        {
+            Ok(_) => {}
+            Err(CatalogError::Unavailable { message, .. })
+                if message.contains("lease not found") => {}
+            Err(e) => return Err(e),
+        }
+        self.session.lock().await.elections.remove(election);
+        Ok(())
     }
 
     async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError> {

@@ -274,8 +274,10 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         if let Some(code) = agent.execute() {
             // Hand leadership over before exiting, so a follower wins at
             // once rather than after the seat's TTL.
+            // Every election, not only those led now: a resignation started
+            // by the election task may have been cut short; repeating it is
+            // harmless.
             let elections: Vec<String> = (0..agent.machine.job_count())
-                .filter(|j| agent.leading.get(*j).copied().unwrap_or(false))
                 .filter_map(|j| {
                     agent
                         .machine
