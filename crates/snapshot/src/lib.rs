@@ -15,7 +15,9 @@ pub enum StoreError {
     Io { url: String, message: String },
     #[error("invalid snapshot store URL {url:?}: {message}")]
     BadUrl { url: String, message: String },
-    #[error("snapshot store {url}: the {scheme} store is not available yet; use file:///path")]
+    #[error(
+        "snapshot store {url}: unknown scheme {scheme:?}; use file:///path or s3://bucket/prefix"
+    )]
     Unsupported { url: String, scheme: String },
 }
 
@@ -43,6 +45,9 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             root: PathBuf::from(path),
         }));
     }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        return S3Store::open(url, rest).map(|s| Arc::new(s) as Arc<dyn Store>);
+    }
     match url.split_once("://") {
         Some((scheme, _)) => Err(StoreError::Unsupported {
             url: url.into(),
@@ -50,7 +55,7 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         }),
         None => Err(StoreError::BadUrl {
             url: url.into(),
-            message: "expected file:///path".into(),
+            message: "expected file:///path or s3://bucket/prefix".into(),
         }),
     }
 }
@@ -170,6 +175,156 @@ impl Store for FileStore {
     }
 }
 
+/// S3-compatible object storage: `s3://bucket/prefix`, objects at
+/// `<prefix>/<set>/<sha256>.snap`. Credentials and region come from the
+/// usual `AWS_*` variables; `$AUTOPILOT_S3_ENDPOINT` points at another
+/// S3-compatible service (MinIO, Ceph, ...), plain HTTP allowed.
+pub struct S3Store {
+    url: String,
+    prefix: String,
+    s3: Arc<dyn object_store::ObjectStore>,
+}
+
+/// Upload part size: large enough for throughput, small enough to bound memory.
+const PART: usize = 8 << 20;
+
+impl S3Store {
+    fn open(url: &str, rest: &str) -> Result<S3Store, StoreError> {
+        let bad = |message: String| StoreError::BadUrl {
+            url: url.into(),
+            message,
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket: s3://bucket/prefix".into()));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            b = b.with_region("us-east-1");
+        }
+        if let Ok(ep) = std::env::var("AUTOPILOT_S3_ENDPOINT")
+            && !ep.is_empty()
+        {
+            b = b
+                .with_endpoint(&ep)
+                .with_allow_http(ep.starts_with("http://"));
+        }
+        let s3 = b.build().map_err(|e| bad(e.to_string()))?;
+        Ok(S3Store {
+            url: url.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            s3: Arc::new(s3),
+        })
+    }
+
+    fn path(&self, set: &str, sha: &str) -> Result<object_store::path::Path, StoreError> {
+        if !valid(set) || !sha.chars().all(|c| c.is_ascii_hexdigit()) || sha.len() != 64 {
+            return Err(self.err(format!("invalid snapshot name {set:?}/{sha:?}")));
+        }
+        let key = if self.prefix.is_empty() {
+            format!("{set}/{sha}.snap")
+        } else {
+            format!("{}/{set}/{sha}.snap", self.prefix)
+        };
+        Ok(object_store::path::Path::from(key))
+    }
+
+    fn err(&self, message: String) -> StoreError {
+        StoreError::Io {
+            url: self.url.clone(),
+            message,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn put(&self, set: &str, sha: &str, src: &Path) -> Result<(), StoreError> {
+        use object_store::ObjectStoreExt;
+        use tokio::io::AsyncReadExt;
+        let path = self.path(set, sha)?;
+        if self.s3.head(&path).await.is_ok() {
+            return Ok(());
+        }
+        let upload = self
+            .s3
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.err(format!("cannot start the upload of {path}: {e}")))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut f = tokio::fs::File::open(src)
+            .await
+            .map_err(|e| self.err(format!("cannot read {}: {e}", src.display())))?;
+        loop {
+            let mut buf = vec![0u8; PART];
+            let mut n = 0;
+            while n < PART {
+                let got = f
+                    .read(&mut buf[n..])
+                    .await
+                    .map_err(|e| self.err(format!("cannot read {}: {e}", src.display())))?;
+                if got == 0 {
+                    break;
+                }
+                n += got;
+            }
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            // At most a few parts in flight: memory stays bounded.
+            w.wait_for_capacity(4)
+                .await
+                .map_err(|e| self.err(format!("upload of {path} failed: {e}")))?;
+            w.put(bytes::Bytes::from(buf));
+            if n < PART {
+                break;
+            }
+        }
+        w.finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(format!("upload of {path} failed: {e}")))
+    }
+
+    async fn get(&self, set: &str, sha: &str, dest: &Path) -> Result<(), StoreError> {
+        use futures_util::StreamExt;
+        use object_store::ObjectStoreExt;
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(set, sha)?;
+        let got = self
+            .s3
+            .get(&path)
+            .await
+            .map_err(|e| self.err(format!("cannot fetch {path}: {e}")))?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".fetch-{}-{}", sha, std::process::id()));
+        let io = |e: std::io::Error| self.err(format!("cannot write {}: {e}", tmp.display()));
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.err(format!("cannot fetch {path}: {e}")))?;
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+        f.sync_all().await.map_err(io)?;
+        drop(f);
+        tokio::fs::rename(&tmp, dest).await.map_err(io)
+    }
+
+    async fn delete(&self, set: &str, sha: &str) -> Result<(), StoreError> {
+        use object_store::ObjectStoreExt;
+        let path = self.path(set, sha)?;
+        match self.s3.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(format!("cannot delete {path}: {e}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +356,7 @@ mod tests {
         store.delete("redis", &sha).await.expect("delete");
         assert!(store.get("redis", &sha, &back).await.is_err());
         assert!(matches!(
-            open("s3://bucket/x"),
+            open("gs://bucket/x"),
             Err(StoreError::Unsupported { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
