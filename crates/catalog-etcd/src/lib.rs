@@ -156,6 +156,44 @@ impl Conn {
         }
     }
 
+    async fn put(
+        &self,
+        key: String,
+        value: String,
+        lease: Option<i64>,
+    ) -> Result<(), CatalogError> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        self.call(|mut c| {
+            let (k, v, o) = (key.clone(), value.clone(), opts.clone());
+            async move { c.put(k, v, o).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Returns how many keys it deleted.
+    async fn delete(&self, key: String) -> Result<i64, CatalogError> {
+        self.call(|mut c| {
+            let k = key.clone();
+            async move { c.delete(k, None).await }
+        })
+        .await
+        .map(|r| r.deleted())
+    }
+
+    async fn get(
+        &self,
+        key: String,
+        prefix: bool,
+    ) -> Result<etcd_client::GetResponse, CatalogError> {
+        self.call(|mut c| {
+            let k = key.clone();
+            let opts = prefix.then(|| GetOptions::new().with_prefix());
+            async move { c.get(k, opts).await }
+        })
+        .await
+    }
+
     /// Runs one request on the pinned endpoint, failing over on connection
     /// errors. Every write here is idempotent, so retrying is safe.
     async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, CatalogError>
@@ -446,33 +484,7 @@ impl EtcdCatalog {
     }
 
     async fn put_entry(&self, e: &Entry, lease: i64) -> Result<(), CatalogError> {
-        let (key, value) = (self.key(e), json(e));
-        self.conn
-            .call(|mut c| {
-                let (k, v) = (key.clone(), value.clone());
-                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
-            })
-            .await
-            .map(|_| ())
-    }
-
-    async fn delete_key(&self, key: String) -> Result<(), CatalogError> {
-        self.conn
-            .call(|mut c| {
-                let k = key.clone();
-                async move { c.delete(k, None).await }
-            })
-            .await
-            .map(|_| ())
-    }
-
-    async fn get_prefix(&self, prefix: String) -> Result<etcd_client::GetResponse, CatalogError> {
-        self.conn
-            .call(|mut c| {
-                let k = prefix.clone();
-                async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
+        self.conn.put(self.key(e), json(e), Some(lease)).await
     }
 
     fn unavailable(&self, message: String) -> CatalogError {
@@ -498,12 +510,7 @@ impl EtcdCatalog {
             serde_json::json!({ "session": self.owner, "lease": lease, "started_ms": now_ms() })
                 .to_string();
         let agent_key = format!("{}/agents/{}", self.prefix, self.owner);
-        self.conn
-            .call(|mut c| {
-                let (k, v) = (agent_key.clone(), agent.clone());
-                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
-            })
-            .await?;
+        self.conn.put(agent_key, agent, Some(lease)).await?;
         for e in s.owned.values() {
             self.put_entry(e, lease).await?;
         }
@@ -669,7 +676,7 @@ impl Catalog for EtcdCatalog {
         if let Some(old) = s.owned.get(&reg.id).cloned()
             && old.name != entry.name
         {
-            self.delete_key(self.key(&old)).await?;
+            self.conn.delete(self.key(&old)).await?;
         }
         self.write(&mut s, &entry).await?;
         s.owned.insert(entry.id.clone(), entry);
@@ -699,7 +706,7 @@ impl Catalog for EtcdCatalog {
         let Some(e) = s.owned.get(id).cloned() else {
             return Ok(());
         };
-        self.delete_key(self.key(&e)).await?;
+        self.conn.delete(self.key(&e)).await?;
         s.owned.remove(id);
         Ok(())
     }
@@ -763,7 +770,7 @@ impl Catalog for EtcdCatalog {
             .cloned()
             .collect();
         for e in expired {
-            self.delete_key(self.key(&e)).await?;
+            self.conn.delete(self.key(&e)).await?;
             s.owned.remove(&e.id);
         }
         Ok(s.owned.len())
@@ -775,7 +782,8 @@ impl Catalog for EtcdCatalog {
 
     async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError> {
         let resp = self
-            .get_prefix(format!("{}/instances/", self.prefix))
+            .conn
+            .get(format!("{}/instances/", self.prefix), true)
             .await?;
         let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for kv in resp.kvs() {
@@ -797,7 +805,8 @@ impl Catalog for EtcdCatalog {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
         let resp = self
-            .get_prefix(format!("{}/instances/{service}/", self.prefix))
+            .conn
+            .get(format!("{}/instances/{service}/", self.prefix), true)
             .await?;
         let mine_ms = self.session.lock().await.last_keep_alive_ms;
         let mut out: Vec<Instance> = resp
@@ -827,13 +836,7 @@ impl Catalog for EtcdCatalog {
     async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError> {
         autopilot_catalog::check_key(&self.url, key)?;
         let k = self.kv_key(key);
-        let resp = self
-            .conn
-            .call(|mut c| {
-                let k = k.clone();
-                async move { c.get(k, None).await }
-            })
-            .await?;
+        let resp = self.conn.get(k, false).await?;
         Ok(resp
             .kvs()
             .first()
@@ -842,14 +845,9 @@ impl Catalog for EtcdCatalog {
 
     async fn kv_put(&self, key: &str, value: &str) -> Result<(), CatalogError> {
         autopilot_catalog::check_key(&self.url, key)?;
-        let (k, v) = (self.kv_key(key), value.to_string());
         self.conn
-            .call(|mut c| {
-                let (k, v) = (k.clone(), v.clone());
-                async move { c.put(k, v, None).await }
-            })
+            .put(self.kv_key(key), value.to_string(), None)
             .await
-            .map(|_| ())
     }
 
     async fn kv_cas(
@@ -881,20 +879,12 @@ impl Catalog for EtcdCatalog {
 
     async fn kv_delete(&self, key: &str) -> Result<bool, CatalogError> {
         autopilot_catalog::check_key(&self.url, key)?;
-        let k = self.kv_key(key);
-        let resp = self
-            .conn
-            .call(|mut c| {
-                let k = k.clone();
-                async move { c.delete(k, None).await }
-            })
-            .await?;
-        Ok(resp.deleted() > 0)
+        Ok(self.conn.delete(self.kv_key(key)).await? > 0)
     }
 
     async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError> {
         let base = self.kv_key("");
-        let resp = self.get_prefix(self.kv_key(prefix)).await?;
+        let resp = self.conn.get(self.kv_key(prefix), true).await?;
         let mut out: Vec<(String, String)> = resp
             .kvs()
             .iter()
@@ -1050,13 +1040,9 @@ impl Catalog for EtcdCatalog {
     }
 
     async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError> {
-        let key = format!("{}/elections/{election}", self.prefix);
         let resp = self
             .conn
-            .call(|mut c| {
-                let k = key.clone();
-                async move { c.get(k, None).await }
-            })
+            .get(format!("{}/elections/{election}", self.prefix), false)
             .await?;
         Ok(resp.kvs().first().and_then(|kv| {
             let v: LeaderValue = serde_json::from_slice(kv.value()).ok()?;
