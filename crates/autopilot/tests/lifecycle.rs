@@ -320,3 +320,26 @@ fn log_file_is_reopened_on_usr1_and_json_format_works() {
         }
     }
 }
+
+#[test]
+fn each_job_has_a_state_directory_that_persists_across_runs() {
+    let d = Dir::new("jobstate");
+    let a = start(
+        &d,
+        r#"{
+  control: { socket: "@SOCKET@" },
+  jobs: [
+    { name: "app", exec: "sleep 30" },
+    { name: "counter", when: { interval: "100ms" },
+      exec: ["sh", "-c", "n=$(cat \"$AUTOPILOT_JOB_STATE_DIR/n\" 2>/dev/null || echo 0); echo $((n+1)) > \"$AUTOPILOT_JOB_STATE_DIR/n\""] },
+  ]
+}"#,
+    );
+    a.ready();
+    let n = || d.read("state/counter/n").trim().parse::<u32>().unwrap_or(0);
+    assert!(
+        wait_for(Duration::from_secs(5), || n() >= 5),
+        "the count survives each run: {}",
+        n()
+    );
+}

@@ -75,6 +75,7 @@ fn body(d: &Dir, url: &str) {
         "all converge to healthy with no human help"
     );
     let boot = kv(url, "snapshots/db/bootstrap").expect("one node bootstrapped");
+    let boot = boot.split(' ').next().expect("claimant").to_string();
     let want = format!("fresh from {}", boot.trim_start_matches("db-"));
     for (dir, _) in &nodes {
         let first = dir
@@ -176,4 +177,37 @@ fn snapshots_and_restore_on_etcd() {
     let d = Dir::new("snap-etcd");
     let etcd = autopilot_testkit::Etcd::single(&d.0);
     body(&d, &format!("etcd://{}/snap", etcd.endpoint()));
+}
+
+#[test]
+fn a_stale_bootstrap_claim_is_taken_over() {
+    let d = Dir::new("snap-stale");
+    let url = format!("local://{}", d.path("catalog").display());
+    // A node claimed the bootstrap long ago and died before its first snapshot.
+    let out = Command::new(bin())
+        .args([
+            "kv",
+            "put",
+            "snapshots/db/bootstrap",
+            "db-ghost 1000",
+            "--catalog",
+            &url,
+        ])
+        .output()
+        .expect("kv put");
+    assert!(out.status.success());
+    let store = format!("file://{}", d.path("store").display());
+    let dir = d.child("n1");
+    let a = start_with(
+        &dir,
+        &config(7150, &store),
+        &[],
+        &[("AUTOPILOT_CATALOG", &url), ("AUTOPILOT_HOSTNAME", "n1")],
+    );
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || a.status()["jobs"][0]
+        ["health"]
+        == "healthy"));
+    assert!(kv(&url, "snapshots/db/bootstrap").is_some_and(|c| c.starts_with("db-n1 ")));
+    assert!(a.log().contains("taking over a stale bootstrap claim"));
 }

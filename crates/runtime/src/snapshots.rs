@@ -154,6 +154,41 @@ fn is_empty_dir(p: &Path) -> bool {
         .unwrap_or(true)
 }
 
+/// A bootstrap claim older than this, with still no snapshot and no
+/// leader, belongs to a node that died before its first snapshot: another
+/// node may take it over, so a cold start never waits forever.
+const STALE_CLAIM: Duration = Duration::from_secs(60);
+
+/// Tries to become the one node that initialises fresh. The claim is
+/// `<instance> <ms>`, written by compare-and-swap from absent (or from a
+/// stale claim), so exactly one node wins it.
+async fn claim_bootstrap(ctx: &Ctx, set: &str) -> bool {
+    let key = bootstrap_key(set);
+    let now = autopilot_catalog::now_ms();
+    let mine = format!("{} {now}", ctx.me);
+    let current = match ctx.catalog.kv_get(&key).await {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let expected = match &current {
+        None => None,
+        Some(c) if c.split(' ').next() == Some(ctx.me.as_str()) => return true,
+        Some(c) => {
+            let at: u64 = c
+                .rsplit(' ')
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            if now.saturating_sub(at) < STALE_CLAIM.as_millis() as u64 {
+                return false;
+            }
+            tracing::warn!(set, claim = %c, "taking over a stale bootstrap claim");
+            Some(c.as_str())
+        }
+    };
+    matches!(ctx.catalog.kv_cas(&key, expected, &mine).await, Ok(true))
+}
+
 /// Before a job's first start: if its data directory is empty, restore the
 /// newest snapshot whose checksum verifies (a mismatch is never used; the
 /// next older one is tried). With no snapshot yet, wait for one while a
@@ -214,18 +249,9 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
             Some(e) => ctx.catalog.leader(e).await.ok().flatten(),
             None => None,
         };
-        if leader.is_none() {
-            let key = bootstrap_key(&spec.set);
-            let won = ctx
-                .catalog
-                .kv_cas(&key, None, &ctx.me)
-                .await
-                .map_err(|e| e.to_string());
-            let holder = ctx.catalog.kv_get(&key).await.ok().flatten();
-            if matches!(won, Ok(true)) || holder.as_deref() == Some(ctx.me.as_str()) {
-                tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
-                return Ok(());
-            }
+        if leader.is_none() && claim_bootstrap(ctx, &spec.set).await {
+            tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
+            return Ok(());
         }
         tracing::info!(set = %spec.set, "waiting for a first snapshot");
         tokio::select! {
