@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Agent benchmarks for docs/benchmarks.md: RSS, exec-to-main-job latency,
 shutdown time, and idle CPU with 10 health checks. Run via bench/agent.sh."""
-import json, os, signal, statistics, subprocess, sys, tempfile, time
+import json, os, signal, subprocess, sys, tempfile, time
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/autopilot"
 TMP = tempfile.mkdtemp(prefix="ap-bench-")

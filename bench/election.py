@@ -5,19 +5,16 @@
 - graceful handover: SIGTERM to the leader's agent -> the new leader's
   `elected` handler running, over 10 trials.
 Run via bench/election.sh."""
-import json, os, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import json, os, signal, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import start_etcd  # noqa: E402
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/autopilot"
 TMP = tempfile.mkdtemp(prefix="ap-elect-")
 TRIALS = int(os.environ.get("TRIALS", "20"))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def pct(xs, q):
@@ -70,22 +67,10 @@ def wait(pred, limit=30):
 
 
 def main():
-    cport, pport = free_port(), free_port()
-    etcd = subprocess.Popen(
-        ["etcd", "--data-dir", os.path.join(TMP, "etcd"),
-         "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-         "--initial-cluster", f"default=http://127.0.0.1:{pport}", "--logger", "zap", "--log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    etcd, cport = start_etcd(os.path.join(TMP, "etcd"))
     url = f"etcd://127.0.0.1:{cport}/bench"
     nodes = []
     try:
-        def healthy():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{cport}/health", timeout=1).status == 200
-            except OSError:
-                return False
-        wait(healthy)
         nodes = [Node(i, url) for i in (1, 2, 3)]
         for n in nodes:
             n.start()

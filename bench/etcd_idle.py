@@ -1,19 +1,16 @@
 #!/usr/bin/env python3
 """etcd requests per second from one idle agent (20 jobs with health checks,
 5 watches), read from etcd's own gRPC counters. Run via bench/etcd.sh."""
-import json, os, re, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import json, os, re, signal, subprocess, sys, tempfile, time, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import start_etcd  # noqa: E402
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/autopilot"
 TMP = tempfile.mkdtemp(prefix="ap-etcdidle-")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "60"))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def counters(port):
@@ -28,20 +25,8 @@ def counters(port):
 
 
 def main():
-    cport, pport = free_port(), free_port()
-    etcd = subprocess.Popen(
-        ["etcd", "--data-dir", os.path.join(TMP, "data"),
-         "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-         "--initial-cluster", f"default=http://127.0.0.1:{pport}", "--logger", "zap", "--log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    etcd, cport = start_etcd(os.path.join(TMP, "data"))
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{cport}/health", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.1)
         jobs = ",".join(
             f'{{ name: "svc{i}", exec: "sleep 3600", port: {9000 + i}, interfaces: "static:127.0.0.1", '
             f'health: {{ exec: "true", interval: 1, ttl: 5 }} }}' for i in range(20))
