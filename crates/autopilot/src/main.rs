@@ -98,10 +98,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Render the config template.
+    /// Render the config file's template, or (`template render`) a file template from the catalog.
     Template {
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: Option<TemplateCmd>,
     },
     /// Print the version.
     Version,
@@ -218,6 +220,32 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Subcommand, Debug)]
+enum TemplateCmd {
+    /// Render a template from catalog data: once (`--once`, or with no --out), or again on every change.
+    Render {
+        source: PathBuf,
+        /// Where to write (atomically, only when changed); stdout if absent.
+        #[arg(long, value_name = "DEST")]
+        out: Option<PathBuf>,
+        /// Render once, as soon as the data the template names exists, and exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: give up after this long (e.g. 30s; 0 waits for ever).
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        timeout: String,
+        /// Mode of the written file (octal).
+        #[arg(long, default_value = "0644")]
+        perms: String,
+        /// A file or directory the template's `file` function may read (repeatable).
+        #[arg(long = "allow-file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        #[arg(long, value_name = "URL")]
+        catalog: Option<String>,
+    },
+}
+
 fn env_map() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -230,9 +258,54 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         println!("autopilot {}", env!("CARGO_PKG_VERSION"));
         return Ok(0);
     }
+    if let Some(Cmd::Template {
+        cmd:
+            Some(TemplateCmd::Render {
+                source,
+                out,
+                once,
+                timeout,
+                perms,
+                files,
+                catalog,
+            }),
+        ..
+    }) = &cli.cmd
+    {
+        let (url, etcd) = catalog_choice(catalog.as_deref(), &env)?;
+        let perms = u32::from_str_radix(perms.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|p| *p <= 0o7777)
+            .with_context(|| format!("--perms {perms:?}: not an octal mode such as 0644"))?;
+        let timeout = autopilot_config::parse_duration(timeout)
+            .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))?;
+        let text = std::fs::read_to_string(source)
+            .with_context(|| format!("cannot read template {}", source.display()))?;
+        let tpl = autopilot_template::Template::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: {}",
+                source.display(),
+                e.line,
+                e.column,
+                e.message
+            )
+        })?;
+        let req = RenderReq {
+            source: source.clone(),
+            text,
+            tpl,
+            out: out.clone(),
+            once: *once || out.is_none(),
+            timeout,
+            perms,
+            files: files.clone(),
+            env,
+        };
+        return block_on(render_cmd(url, etcd, req))?;
+    }
     if cli.template || matches!(cli.cmd, Some(Cmd::Template { .. })) {
         let out = match &cli.cmd {
-            Some(Cmd::Template { out }) => out.clone().or(cli.out.clone()),
+            Some(Cmd::Template { out, .. }) => out.clone().or(cli.out.clone()),
             _ => cli.out.clone(),
         };
         let path = autopilot_config::resolve_path(cli.config.as_deref(), &env)?;
@@ -574,6 +647,116 @@ fn default_state_root(env: &BTreeMap<String, String>) -> PathBuf {
         .or_else(|| env.get("HOME").map(|h| Path::new(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir);
     base.join("autopilot/jobs")
+}
+
+struct RenderReq {
+    source: PathBuf,
+    text: String,
+    tpl: autopilot_template::Template,
+    out: Option<PathBuf>,
+    once: bool,
+    timeout: Duration,
+    perms: u32,
+    files: Vec<PathBuf>,
+    env: BTreeMap<String, String>,
+}
+
+/// `autopilot template render`: once, waiting for the data the template
+/// names; or for ever, with the agent's own template task.
+async fn render_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    req: RenderReq,
+) -> anyhow::Result<i32> {
+    use autopilot_runtime::templates::{self, Grants, RenderError};
+    let owner = format!("cli-{}", std::process::id());
+    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    let name = req.source.display().to_string();
+    if !req.once {
+        let dest = req
+            .out
+            .clone()
+            .context("rendering on every change needs --out")?;
+        let cfg = autopilot_config::TemplateConfig {
+            name: name.clone(),
+            source: req.source,
+            text: req.text,
+            dest,
+            command: None,
+            wait_min: Duration::ZERO,
+            wait_max: Duration::ZERO,
+            perms: req.perms,
+            when: None,
+            files: req.files,
+        };
+        let ctx = templates::Ctx {
+            catalog: cat,
+            spawner: autopilot_process::Spawner::start()?,
+            metrics: std::sync::Arc::new(autopilot_runtime::metrics::Metrics::new(&[])),
+            env: req.env,
+        };
+        let (_pokes, rx) = tokio::sync::watch::channel(0);
+        let task = templates::spawn(cfg, ctx, rx);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = task => {}
+        }
+        return Ok(0);
+    }
+    let tpl = std::sync::Arc::new(req.tpl);
+    let grants = Grants {
+        env: req.env,
+        files: req.files,
+    };
+    let give_up = (!req.timeout.is_zero()).then(|| tokio::time::Instant::now() + req.timeout);
+    let mut changes = cat.changes();
+    let mut told = String::new();
+    loop {
+        changes.borrow_and_update();
+        let (t, c, g, n) = (tpl.clone(), cat.clone(), grants.clone(), name.clone());
+        let handle = tokio::runtime::Handle::current();
+        let out = tokio::task::spawn_blocking(move || {
+            templates::render_blocking(&n, &t, &c, &handle, &g)
+        })
+        .await
+        .context("render task failed")?;
+        match out {
+            Ok(text) => {
+                match &req.out {
+                    None => print!("{text}"),
+                    Some(p) if p == Path::new("-") => print!("{text}"),
+                    Some(p) => {
+                        templates::write_if_changed(p, &text, req.perms)
+                            .with_context(|| format!("cannot write {}", p.display()))?;
+                    }
+                }
+                return Ok(0);
+            }
+            Err(e @ RenderError::Template { .. }) => anyhow::bail!("{e}"),
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != told {
+                    eprintln!("autopilot: {msg}");
+                    told = msg;
+                }
+            }
+        }
+        let retry = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = retry => {}
+            _ = sleep_until_opt(give_up) => anyhow::bail!("gave up after {:?}: {told}", req.timeout),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn catalog_choice(

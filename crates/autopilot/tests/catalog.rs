@@ -416,3 +416,24 @@ fn bad_catalog_paths_and_consul_configs_fail_clearly() {
         "AUTOPILOT_CATALOG overrides the consul block"
     );
 }
+
+/// Regression: the first keep-alive was scheduled for the 5 s default before
+/// any entry existed, so a 2 s entry lapsed and came back seconds later.
+#[test]
+fn a_short_ttl_entry_never_lapses() {
+    let d = Dir::new("cat-ttl");
+    let cat = Cat::Local(d.path("catalog"));
+    std::fs::write(d.path("ok-a"), "").expect("flag");
+    let _a = web_agent(&d, "a", autopilot_testkit::free_port(), &cat);
+    assert!(wait_for(Duration::from_secs(5), || statuses(&cat, "web")
+        .len()
+        == 1));
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            statuses(&cat, "web"),
+            [("web-a".to_string(), "passing".to_string())]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

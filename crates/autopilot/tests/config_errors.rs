@@ -30,12 +30,27 @@ fn bad_configs_exit_2_and_start_nothing() {
             "nonsense: unknown field",
         ),
         (
-            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }",
-            "(syntax): unexpected end of input",
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  templates: [{ source: 'nope.tmpl', dest: 'out' }] }",
+            "config.json5:2:25: templates[0].source: cannot read @DIR@/nope.tmpl",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  templates: [{ source: 'bad.tmpl', dest: 'out' }] }",
+            "bad.tmpl:2:1: template: unexpected EOF: {{if}} without {{end}}",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  templates: [{ source: 'ok.tmpl', dest: 'out', perms: '0999' }] }",
+            "templates[0].perms: \"0999\" is not an octal mode",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  templates: [{ source: 'ok.tmpl', dest: 'out', when: { source: 'ghost', once: 'exitSuccess' } }] }",
+            "templates[0].when.source: \"ghost\" names no job",
         ),
     ];
     for (text, want) in cases {
         let d = Dir::new("badcfg");
+        d.write("bad.tmpl", "ok\n{{ if .X }}");
+        d.write("ok.tmpl", "ok");
+        let want = &want.replace("@DIR@", &d.0.display().to_string());
         let mut a = start(&d, text);
         let code = a.wait(Duration::from_secs(10));
         let log = a.log();

@@ -468,11 +468,14 @@ impl Catalog for LocalCatalog {
         autopilot_catalog::check_key(&self.url, key)?;
         let (key, value) = (key.to_string(), value.to_string());
         self.with(move |c| {
-            c.execute(
+            // Key writes bump the revision too: templates re-render on them.
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
                 params![key, value],
-            )
-            .map(|_| ())
+            )?;
+            bump(&tx)?;
+            tx.commit()
         })
         .await
     }
@@ -503,6 +506,7 @@ impl Catalog for LocalCatalog {
                 "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
                 params![key, value],
             )?;
+            bump(&tx)?;
             tx.commit()?;
             Ok(true)
         })
@@ -513,8 +517,13 @@ impl Catalog for LocalCatalog {
         autopilot_catalog::check_key(&self.url, key)?;
         let key = key.to_string();
         self.with(move |c| {
-            c.execute("DELETE FROM kv WHERE key = ?1", params![key])
-                .map(|n| n > 0)
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM kv WHERE key = ?1", params![key])?;
+            if n > 0 {
+                bump(&tx)?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
         })
         .await
     }

@@ -124,7 +124,14 @@ where
     let (a, b) = (open("a".into()).await, open("b".into()).await);
     let k = |s: &str| format!("kv-{tag}/{s}");
     assert_eq!(a.kv_get(&k("x")).await.expect("get"), None);
+    let mut changes = b.changes();
+    changes.borrow_and_update();
     a.kv_put(&k("x"), "1").await.expect("put");
+    // Templates re-render on key writes, so they are notified like registrations.
+    tokio::time::timeout(Duration::from_secs(2), changes.changed())
+        .await
+        .expect("a key write is notified")
+        .expect("notifier alive");
     assert_eq!(b.kv_get(&k("x")).await.expect("get").as_deref(), Some("1"));
     assert!(
         !b.kv_cas(&k("x"), Some("0"), "2").await.expect("cas"),

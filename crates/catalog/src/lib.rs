@@ -124,8 +124,9 @@ pub trait Catalog: Send + Sync {
     /// Every live (unexpired) instance of a service, any status, sorted by ID.
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError>;
 
-    /// A revision that changes whenever any instance may have changed,
-    /// expiries included. Watchers re-read on change; no polling.
+    /// A revision that changes whenever any instance, key or leader may have
+    /// changed, expiries included. Watchers and templates re-read on change;
+    /// no polling.
     fn changes(&self) -> watch::Receiver<u64>;
 
     // ---- key/value, for hooks (`autopilot kv`) ---------------------------

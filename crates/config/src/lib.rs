@@ -48,6 +48,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub jobs: Vec<JobSpec>,
     pub watches: Vec<WatchConfig>,
+    /// Files rendered from catalog data, an autopilot extension.
+    pub templates: Vec<TemplateConfig>,
     pub telemetry: Option<TelemetryConfig>,
     pub control: ControlConfig,
     pub stop_timeout: Duration,
@@ -126,6 +128,38 @@ pub struct WatchConfig {
     /// The event source jobs name: `watch.<name>`, or `watch.<name>.<tag>`
     /// when several watches share a service name.
     pub source: String,
+}
+
+/// One `templates` entry: a file rendered from catalog data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateConfig {
+    /// The name in logs, metrics and events (`template.<name>`): `name`, or the
+    /// destination's file name.
+    pub name: String,
+    /// Resolved against the config file's directory.
+    pub source: PathBuf,
+    /// The source text, read and checked when the config loads.
+    pub text: String,
+    pub dest: PathBuf,
+    /// Run after each write that changed the file.
+    pub command: Option<Vec<String>>,
+    /// Quiet period that coalesces a burst of changes into one render.
+    pub wait_min: Duration,
+    /// Longest a render waits for the quiet period during a steady stream of changes.
+    pub wait_max: Duration,
+    /// Mode bits of the destination.
+    pub perms: u32,
+    /// Rendering starts with this event (`each`: and renders again on every one).
+    pub when: Option<TemplateWhen>,
+    /// Files and directories the `file` function may read. Nothing else is readable.
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateWhen {
+    pub source: String,
+    pub code: EventCode,
+    pub each: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,12 +323,33 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
             job_fields.push(j);
         }
     }
+    let mut templates: Vec<TemplateConfig> = Vec::new();
+    let mut template_fields = Vec::new();
+    if let Some(f) = top.get("templates") {
+        for t in f.array()? {
+            let cfg = template(&t, path)?;
+            if let Some(other) = templates.iter().find(|o| o.dest == cfg.dest) {
+                return Err(t.err(format!(
+                    "template {:?} writes {}, as template {:?} already does",
+                    cfg.name,
+                    cfg.dest.display(),
+                    other.name
+                )));
+            }
+            if templates.iter().any(|o| o.name == cfg.name) {
+                return Err(t.err(format!("duplicate template name {:?}", cfg.name)));
+            }
+            templates.push(cfg);
+            template_fields.push(t);
+        }
+    }
     top.finish(&[
         "consul",
         "catalog",
         "logging",
         "jobs",
         "watches",
+        "templates",
         "telemetry",
         "control",
         "stopTimeout",
@@ -325,6 +380,25 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    for (t, field) in templates.iter().zip(&template_fields) {
+        let Some(w) = &t.when else { continue };
+        let known = match (w.source.as_str(), w.code) {
+            (s, EventCode::Signal) => SIGNAL_EVENTS.contains(&s),
+            (GLOBAL, c) => c.is_global(),
+            (s, _) if s.starts_with("watch.") => watches.iter().any(|x| x.source == s),
+            (s, _) => job_names.contains(s),
+        };
+        if !known {
+            let mut o = field.obj()?;
+            let mut w = o.require("when")?.obj()?;
+            return Err(w.require("source")?.err(format!(
+                "{:?} names no job, watch (watch.<name>) or signal ({})",
+                w_source(&t.when),
+                SIGNAL_EVENTS.join(", ")
+            )));
+        }
+    }
+
     Ok(Config {
         path: path.to_path_buf(),
         consul,
@@ -332,6 +406,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         logging,
         jobs,
         watches,
+        templates,
         telemetry,
         control,
         stop_timeout,
@@ -468,6 +543,105 @@ fn logging(f: &Field) -> Result<LoggingConfig, ConfigError> {
     }
     o.finish(&["level", "format", "output"])?;
     Ok(cfg)
+}
+
+fn w_source(w: &Option<TemplateWhen>) -> &str {
+    w.as_ref().map_or("", |w| w.source.as_str())
+}
+
+fn template(f: &Field, config_path: &Path) -> Result<TemplateConfig, ConfigError> {
+    let mut o = f.obj()?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+    let source_f = o.require("source")?;
+    let source = resolve(source_f.str()?);
+    let text = std::fs::read_to_string(&source)
+        .map_err(|e| source_f.err(format!("cannot read {}: {e}", source.display())))?;
+    // Checked now, so a broken template stops the config loading, not a render later.
+    autopilot_template::Template::parse(&text).map_err(|e| ConfigError::Invalid {
+        file: source.clone(),
+        line: e.line,
+        column: e.column,
+        field: "template".into(),
+        message: e.message,
+    })?;
+    let dest_f = o.require("dest")?;
+    let dest = dest_f.str()?;
+    if dest.is_empty() {
+        return Err(dest_f.err("must be a file path"));
+    }
+    let dest = resolve(dest);
+    let name = match o.opt("name", Field::str)? {
+        Some(n) if n.is_empty() => return Err(o.err("name", "must not be empty")),
+        Some(n) => n,
+        None => dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dest.display().to_string()),
+    };
+    let command = o.opt("command", Field::exec)?;
+    let (wait_min, wait_max) = match o.get("wait") {
+        None => (Duration::ZERO, Duration::ZERO),
+        Some(w) => {
+            let mut w = w.obj()?;
+            let min = w.opt("min", Field::duration)?.unwrap_or_default();
+            let max = w.opt("max", Field::duration)?.unwrap_or(min * 4);
+            if max < min {
+                return Err(w.err("max", "must not be shorter than 'min'"));
+            }
+            w.finish(&["min", "max"])?;
+            (min, max)
+        }
+    };
+    let perms = match o.get("perms") {
+        None => 0o644,
+        Some(p) => {
+            let v = match p.str() {
+                Ok(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                    .map_err(|_| p.err(format!("{s:?} is not an octal mode such as \"0644\"")))?,
+                Err(_) => p.int(0, 0o7777)? as u32,
+            };
+            if v > 0o7777 {
+                return Err(p.err("mode is larger than 07777"));
+            }
+            v
+        }
+    };
+    let when = match o.get("when") {
+        None => None,
+        Some(w) => match when(&w)? {
+            Trigger::Event {
+                source,
+                code,
+                each,
+                timeout: None,
+            } if !source.is_empty() => Some(TemplateWhen { source, code, each }),
+            _ => {
+                return Err(w.err(
+                    "a template's 'when' is {source, once|each}: the event that starts rendering",
+                ));
+            }
+        },
+    };
+    let files = o.strings("files")?.into_iter().map(resolve).collect();
+    o.finish(&[
+        "name", "source", "dest", "command", "wait", "perms", "when", "files",
+    ])?;
+    Ok(TemplateConfig {
+        name,
+        source,
+        text,
+        dest,
+        command,
+        wait_min,
+        wait_max,
+        perms,
+        when,
+        files,
+    })
 }
 
 fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {

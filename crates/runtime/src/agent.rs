@@ -134,6 +134,8 @@ struct Agent {
     leaders: BTreeMap<String, Option<Leader>>,
     /// Where each job's persistent state directory lives.
     job_state_root: PathBuf,
+    /// Per template: its render task, and the counter its `when` event bumps.
+    templates: Vec<(tokio::task::JoinHandle<()>, watch::Sender<u64>)>,
 }
 
 /// Resolves the advertised IP of every job with a port.
@@ -257,6 +259,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         leading: Vec::new(),
         leaders: BTreeMap::new(),
         job_state_root: opts.job_state_root,
+        templates: Vec::new(),
     };
     agent.start_watches();
     agent.reset_elections();
@@ -541,12 +544,31 @@ impl Agent {
         ))
     }
 
+    /// Starts one task per configured template (again after a reload).
+    fn start_templates(&mut self) {
+        for (task, _) in self.templates.drain(..) {
+            task.abort();
+        }
+        let ctx = crate::templates::Ctx {
+            catalog: self.catalog.clone(),
+            spawner: self.spawner.clone(),
+            metrics: self.metrics.clone(),
+            env: self.render_env(),
+        };
+        for t in &self.config.templates {
+            let (tx, rx) = watch::channel(0u64);
+            let task = crate::templates::spawn(t.clone(), ctx.clone(), rx);
+            self.templates.push((task, tx));
+        }
+    }
+
     /// Starts one task per configured watch (again after a reload).
     fn start_watches(&mut self) {
         for t in self.watch_tasks.drain(..) {
             t.abort();
         }
         self.watch_generation += 1;
+        self.start_templates();
         self.watch_states = vec![WatchState::default(); self.config.watches.len()];
         for (index, w) in self.config.watches.iter().enumerate() {
             let generation = self.watch_generation;
@@ -791,6 +813,14 @@ impl Agent {
                 }
                 Action::Published(ev) => {
                     tracing::debug!(event = %ev, "event");
+                    for (t, (_, pokes)) in self.config.templates.iter().zip(&self.templates) {
+                        if t.when
+                            .as_ref()
+                            .is_some_and(|w| w.code == ev.code && w.source == ev.source)
+                        {
+                            pokes.send_modify(|n| *n += 1);
+                        }
+                    }
                     self.metrics.record(
                         "autopilot_events",
                         &[("code", ev.code.as_str()), ("source", &ev.source)],

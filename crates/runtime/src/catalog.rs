@@ -305,8 +305,11 @@ async fn run_registrar(
                 next_keep_alive = Instant::now() + w.keep_alive_every();
             }
         }
-        if next_keep_alive < Instant::now() {
-            next_keep_alive = Instant::now() + w.keep_alive_every();
+        // A new entry may have a shorter TTL than the one the schedule was
+        // made for (or the schedule was made with no entries at all).
+        let soonest = Instant::now() + w.keep_alive_every();
+        if next_keep_alive < Instant::now() || soonest < next_keep_alive {
+            next_keep_alive = soonest;
         }
         continue_after_state(&w, &state);
     }

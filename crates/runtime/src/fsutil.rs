@@ -2,11 +2,18 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Replaces `path` with `data` so readers see the old or the new content,
 /// never a partial file, even if the process dies mid-write.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, None)
+}
+
+/// As [`write_atomic`], and the file gets exactly `mode` (the umask does not
+/// apply) before it becomes visible.
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -20,6 +27,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(data)?;
+        if let Some(mode) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;

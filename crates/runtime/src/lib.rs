@@ -9,5 +9,6 @@ pub mod logging;
 pub mod metrics;
 pub mod snapshots;
 pub mod telemetry;
+pub mod templates;
 
 pub use agent::{AgentError, Options, run};

@@ -18,7 +18,17 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const SUMMARY_WINDOW: usize = 1024;
 
 /// The agent's own metrics.
-const BUILT_IN: [(&str, &str, MetricKind); 7] = [
+const BUILT_IN: [(&str, &str, MetricKind); 9] = [
+    (
+        "autopilot_template_renders",
+        "Template renders by template and result (written, unchanged, waiting, failed).",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_template_command_failures",
+        "Failed runs of a template's command (each is retried).",
+        MetricKind::Counter,
+    ),
     (
         "autopilot_job_restarts",
         "Restarts of each job after an exit.",

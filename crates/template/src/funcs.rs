@@ -181,6 +181,46 @@ impl Funcs {
                 .map(Value::Str)
                 .map_err(|e| e.to_string())
         });
+        f.insert("byTag", |a| {
+            let [list] = one(a, "byTag")?;
+            let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for item in list_items(list, "byTag")? {
+                if let Value::Map(m) = item
+                    && let Some(Value::List(tags)) = m.get("Tags")
+                {
+                    for t in tags {
+                        let list = by.entry(text(t)).or_default();
+                        // An instance listing a tag twice still appears once.
+                        if !list.contains(item) {
+                            list.push(item.clone());
+                        }
+                    }
+                }
+            }
+            Ok(Value::from(by))
+        });
+        f.insert("sortBy", |a| {
+            let [field, list] = two(a, "sortBy")?;
+            let field = text(field);
+            let mut items = list_items(list, "sortBy")?.to_vec();
+            let key = |v: &Value| match v {
+                Value::Map(m) => m.get(&field).cloned().unwrap_or_default(),
+                _ => Value::Nil,
+            };
+            // Stable, so equal keys keep the catalog's order (by ID).
+            items.sort_by(|x, y| compare(&key(x), &key(y)).unwrap_or(Ordering::Equal));
+            Ok(Value::List(items))
+        });
+        f.insert("contains", |a| {
+            let [needle, hay] = two(a, "contains")?;
+            Ok(Value::Bool(match hay {
+                Value::List(l) => l
+                    .iter()
+                    .any(|v| compare(v, needle) == Some(Ordering::Equal)),
+                Value::Map(m) => m.contains_key(&text(needle)),
+                other => text(other).contains(&text(needle)),
+            }))
+        });
         f.insert("parseJSON", |a| {
             let [v] = one(a, "parseJSON")?;
             serde_json::from_str::<serde_json::Value>(&text(v))
@@ -212,6 +252,14 @@ impl Funcs {
 
     pub fn get(&self, name: &str) -> Option<&Func> {
         self.map.get(name)
+    }
+}
+
+fn list_items<'a>(v: &'a Value, name: &str) -> Result<&'a [Value], String> {
+    match v {
+        Value::List(l) => Ok(l),
+        Value::Nil => Ok(&[]),
+        other => Err(format!("{name} wants a list, got {}", other.type_name())),
     }
 }
 

@@ -166,3 +166,13 @@ fn json_helpers() {
         "[1,2]"
     );
 }
+
+#[test]
+fn catalog_shaped_helpers() {
+    let list = r#"[{"ID":"b","Port":9,"Tags":["x","y"]},{"ID":"a","Port":10,"Tags":["y","y"]}]"#;
+    let src = format!(
+        r#"{{{{ $l := parseJSON `{list}` }}}}{{{{ range sortBy "Port" $l }}}}{{{{ .ID }}}}{{{{ end }}}} {{{{ range $t, $s := byTag $l }}}}{{{{ $t }}}}={{{{ len $s }}}} {{{{ end }}}}{{{{ contains "x" (index $l 0).Tags }}}}"#
+    );
+    assert_eq!(r(&src, &[]), "ba x=1 y=2 true");
+    assert!(render_env("{{ sortBy \"P\" 3 }}", &env(&[])).is_err());
+}

@@ -56,7 +56,8 @@ impl Dir {
 
 impl Drop for Dir {
     fn drop(&mut self) {
-        if self.1 {
+        // AUTOPILOT_KEEP_TEST_DIRS=1 keeps agents' logs for a post-mortem.
+        if self.1 && std::env::var_os("AUTOPILOT_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
