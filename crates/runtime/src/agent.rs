@@ -962,6 +962,9 @@ impl Agent {
     /// and the `CONTAINERPILOT_*` variables with `AUTOPILOT_*` twins.
     fn child_env(&self, job: usize) -> Vec<(String, String)> {
         let mut env = self.render_env();
+        // Hooks (`autopilot kv`, `lock`, `template render`) reach the agent's
+        // own catalog even when the config, not the environment, chose it.
+        env.insert("AUTOPILOT_CATALOG".into(), self.catalog.url().to_string());
         for (i, w) in self.config.watches.iter().enumerate() {
             let file = self.watch_file(i).display().to_string();
             let key = env_key(w.source.trim_start_matches("watch."));

@@ -111,7 +111,61 @@ pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) 
     }
 }
 
+/// The repository's `examples/<name>` directory.
+pub fn example_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// Starts a blueprint's agent as its README does: from the example's
+/// directory, with the example's own config, `autopilot` on the PATH, and
+/// `socket` where that config puts the control socket.
+pub fn start_example(
+    example: &str,
+    config: &str,
+    log: &Path,
+    socket: &Path,
+    env: &[(&str, &str)],
+) -> Agent {
+    let dir = example_dir(example);
+    let bin_dir = Path::new(bin()).parent().expect("bin dir").to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::fs::File::create(log).expect("log file");
+    let child = Command::new(bin())
+        .arg("-config")
+        .arg(dir.join(config))
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env_remove("CONTAINERPILOT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn autopilot");
+    Agent {
+        child: Some(child),
+        socket: socket.to_path_buf(),
+        config: dir.join(config),
+        out: log.to_path_buf(),
+        started: Instant::now(),
+    }
+}
+
 impl Agent {
+    /// The pid of a job's current process, from the agent's status.
+    pub fn job_pid(&self, job: &str) -> Option<i32> {
+        let st = self.status();
+        st["jobs"].as_array()?.iter().find(|j| j["name"] == job)?["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
     }
