@@ -57,14 +57,13 @@ impl Site {
         env.push(("NGINX_ADDR".into(), "127.0.0.1".into()));
         env.push(("AUTOPILOT_HOSTNAME".into(), "lb".into()));
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let a = start_example(
+        start_example(
             "nginx",
             "nginx.json5",
             &self.dir.path("nginx.log"),
             &state.join("autopilot.sock"),
             &vars,
-        );
-        a
+        )
     }
 
     fn get(&self) -> Option<(u16, String)> {
