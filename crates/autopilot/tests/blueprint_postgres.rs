@@ -1,0 +1,244 @@
+//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd: one guarded initdb, standbys from a snapshot, kill -9 failover to a standby, the other following, and the old primary rewound back in.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One value from `psql -Atc` against 127.0.0.1:`port` (None on any error).
+fn sql(port: u16, query: &str) -> Option<String> {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-Atqc", query])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+struct Cluster {
+    dir: Dir,
+    etcd: autopilot_testkit::Etcd,
+}
+
+impl Cluster {
+    fn url(&self) -> String {
+        format!("etcd://{}/pg-bp", self.etcd.endpoint())
+    }
+
+    fn node(&self, name: &str, port: u16) -> Agent {
+        let env: Vec<(String, String)> = vec![
+            ("AUTOPILOT_CATALOG".into(), self.url()),
+            ("AUTOPILOT_INTERFACE".into(), "static:127.0.0.1".into()),
+            ("AUTOPILOT_HOSTNAME".into(), name.into()),
+            (
+                "AUTOPILOT_STATE_DIR".into(),
+                self.dir
+                    .path(&format!("state-{name}"))
+                    .display()
+                    .to_string(),
+            ),
+            ("PG_RUN".into(), self.dir.0.display().to_string()),
+            ("PG_PORT".into(), port.to_string()),
+            (
+                "PGDATA".into(),
+                self.dir.path(&format!("data-{name}")).display().to_string(),
+            ),
+            ("PG_BIND".into(), "127.0.0.1".into()),
+            (
+                "SNAPSHOT_STORE".into(),
+                format!("file://{}", self.dir.path("store").display()),
+            ),
+        ];
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let a = start_example(
+            "postgres",
+            "postgres.json5",
+            &self.dir.path(&format!("{name}.log")),
+            &self.dir.path(&format!("autopilot-postgres-{port}.sock")),
+            &vars,
+        );
+        a.ready();
+        a
+    }
+
+    fn catalog(&self, service: &str) -> Vec<u16> {
+        let out = Command::new(bin())
+            .args([
+                "catalog",
+                "--catalog",
+                &self.url(),
+                "instances",
+                service,
+                "--json",
+            ])
+            .output()
+            .expect("catalog cli");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|i| i["status"] == "passing")
+                    .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn streams_from(standby: u16, primary: u16) -> bool {
+    sql(standby, "select pg_is_in_recovery()").as_deref() == Some("t")
+        && sql(
+            primary,
+            "select count(*) from pg_stat_replication where state = 'streaming'",
+        )
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| n >= 1)
+        && sql(standby, "select status from pg_stat_wal_receiver").as_deref() == Some("streaming")
+        && sql(standby, "select sender_port from pg_stat_wal_receiver") == Some(primary.to_string())
+}
+
+#[test]
+fn postgres_bootstrap_failover_and_rewind() {
+    assert!(
+        Command::new("psql").arg("--version").output().is_ok()
+            && std::path::Path::new("/usr/lib/postgresql").exists(),
+        "PostgreSQL is not installed: run ./scripts/test, which installs it"
+    );
+    let dir = Dir::new("bp-pg");
+    let etcd = autopilot_testkit::Etcd::single(&dir.0);
+    let c = Cluster { dir, etcd };
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["pg1", "pg2", "pg3"];
+    let mut nodes: Vec<Option<Agent>> = (0..3).map(|i| Some(c.node(names[i], ports[i]))).collect();
+    let logs = |nodes: &[Option<Agent>]| {
+        nodes
+            .iter()
+            .flatten()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+
+    // One primary registered as "postgres"; two standbys streaming from it.
+    let mut primary = 0;
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            let p = c.catalog("postgres");
+            let Some(&pp) = p.first() else { return false };
+            primary = ports.iter().position(|x| *x == pp).unwrap_or(0);
+            p.len() == 1
+                && c.catalog("postgres-replica").len() == 2
+                && (0..3)
+                    .filter(|i| *i != primary)
+                    .all(|i| streams_from(ports[i], pp))
+        }),
+        "no primary with two streaming standbys:\n{}",
+        logs(&nodes)
+    );
+    // The guarded bootstrap ran initdb on exactly one node; the others came from its snapshot.
+    let all = logs(&nodes);
+    assert_eq!(all.matches("bootstrap: initdb").count(), 1, "{all}");
+    assert_eq!(all.matches("restored before start").count(), 2, "{all}");
+
+    // Writes go to whoever is registered as "postgres".
+    let write = |c: &Cluster, v: usize| {
+        let Some(&p) = c.catalog("postgres").first() else {
+            return false;
+        };
+        sql(p, &format!("insert into t values ({v}) returning 1")).as_deref() == Some("1")
+    };
+    let p0 = ports[primary];
+    sql(p0, "create table t (v int)").expect("create table");
+    for v in 0..50 {
+        assert!(write(&c, v));
+    }
+    // Let both standbys replay everything before the crash.
+    let lsn = sql(p0, "select pg_current_wal_lsn()").expect("lsn");
+    assert!(wait_for(Duration::from_secs(10), || {
+        (0..3).filter(|i| *i != primary).all(|i| {
+            sql(
+                ports[i],
+                &format!("select pg_last_wal_replay_lsn() >= '{lsn}'"),
+            )
+            .as_deref()
+                == Some("t")
+        })
+    }));
+
+    // kill -9 of the primary's agent and postmaster.
+    let m = nodes[primary].take().expect("primary");
+    let pm = m.job_pid("postgres").expect("postmaster pid");
+    let killed = Instant::now();
+    unsafe {
+        libc::kill(m.pid(), libc::SIGKILL);
+        libc::kill(pm, libc::SIGKILL);
+    }
+    let mut m = m;
+    let _ = m.wait(Duration::from_secs(5));
+    drop(m);
+
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != primary).collect();
+    let mut new_primary = survivors[0];
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            survivors.iter().any(|&i| {
+                let ok = c.catalog("postgres").contains(&ports[i])
+                    && sql(ports[i], "insert into t values (100) returning 1").as_deref()
+                        == Some("1");
+                if ok {
+                    new_primary = i;
+                }
+                ok
+            })
+        }),
+        "no new primary:\n{}",
+        logs(&nodes)
+    );
+    eprintln!(
+        "failover (kill -9 → first write on the new primary): {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        sql(ports[new_primary], "select count(*) from t where v < 50").as_deref(),
+        Some("50")
+    );
+    let other = survivors
+        .iter()
+        .copied()
+        .find(|i| *i != new_primary)
+        .expect("other");
+    assert!(
+        wait_for(Duration::from_secs(20), || streams_from(
+            ports[other],
+            ports[new_primary]
+        )),
+        "the other standby does not follow the new primary:\n{}",
+        logs(&nodes)
+    );
+
+    // The old primary comes back: pg_rewind onto the new timeline, then streams.
+    nodes[primary] = Some(c.node(names[primary], ports[primary]));
+    assert!(
+        wait_for(Duration::from_secs(30), || streams_from(
+            ports[primary],
+            ports[new_primary]
+        )),
+        "old primary did not rejoin:\n{}",
+        nodes[primary].as_ref().map(|a| a.log()).unwrap_or_default()
+    );
+    let back = nodes[primary].as_ref().map(|a| a.log()).unwrap_or_default();
+    assert!(back.contains("rewinding onto"), "{back}");
+    assert!(
+        !back.contains("cloning"),
+        "rewind failed, re-cloned:\n{back}"
+    );
+    assert!(wait_for(Duration::from_secs(10), || write(&c, 200)));
+    assert!(wait_for(Duration::from_secs(10), || {
+        sql(ports[primary], "select count(*) from t where v = 200").as_deref() == Some("1")
+    }));
+}

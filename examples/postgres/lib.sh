@@ -1,0 +1,29 @@
+# Shared by the scripts: settings, running as the postgres user, and SQL.
+PORT=${PG_PORT:-5432}
+DATA=${PGDATA:-/var/lib/postgresql/autopilot}
+RUN=${PG_RUN:-/tmp}
+SOCK="$RUN/pg-$PORT"
+ME="${CONTAINERPILOT_POSTGRES_IP:-127.0.0.1}:$PORT"
+BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+PATH="$BIN:$PATH"
+export PATH
+log() { echo "$*" >&2; }
+# as_pg CMD...: PostgreSQL refuses to run as root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
+}
+# q SQL: one value from the local server.
+q() { as_pg psql -h "$SOCK" -p "$PORT" -U postgres -d postgres -Atqc "$1" 2>/dev/null; }
+# qr HOST:PORT SQL: one value from another node.
+qr() {
+    PGCONNECT_TIMEOUT=1 psql -h "${1%:*}" -p "${1##*:}" -U postgres -d postgres -Atqc "$2" 2>/dev/null
+}
+leader() { autopilot leader postgres 2>/dev/null | awk '{print $2}'; }
+# conninfo HOST:PORT: where this standby streams from (reloadable; see start.sh).
+conninfo() {
+    printf "primary_conninfo = 'host=%s port=%s user=postgres application_name=%s'\n" \
+        "${1%:*}" "${1##*:}" "$(echo "$ME" | tr ':.' '__')" > "$DATA/autopilot.conf.tmp"
+    mv "$DATA/autopilot.conf.tmp" "$DATA/autopilot.conf"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/autopilot.conf"
+    return 0
+}
