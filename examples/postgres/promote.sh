@@ -8,6 +8,14 @@ set -u
 lsn_of() { echo "coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"; }
 best=$(q "select $(lsn_of)")
 best_peer=
+# In a graceful handover the old primary is still shutting down (fence.sh):
+# a fast shutdown sends its last WAL to the standbys and then ends the
+# stream, so wait (3 s at most) for the stream to end before comparing.
+n=0
+while [ $n -lt 60 ] && [ "$(q "select status from pg_stat_wal_receiver")" = streaming ]; do
+    sleep 0.05; n=$((n + 1))
+done
+best=$(q "select $(lsn_of)")
 for peer in $(autopilot template render peers.tmpl --once --timeout 2s); do
     [ "$peer" = "$ME" ] && continue
     lsn=$(qr "$peer" "select $(lsn_of)")

@@ -10,7 +10,10 @@ if [ "$(info 127.0.0.1 "$PORT" role)" = master ]; then
 fi
 best=$(info 127.0.0.1 "$PORT" master_repl_offset)
 best_peer=
-for peer in $(autopilot template render peers.tmpl --once --timeout 2s); do
+# In a graceful handover the old master is alive (fence.sh paused its writes):
+# it is a candidate too, and usually the most advanced one.
+upstream="$(info 127.0.0.1 "$PORT" master_host):$(info 127.0.0.1 "$PORT" master_port)"
+for peer in $upstream $(autopilot template render peers.tmpl --once --timeout 2s); do
     [ "$peer" = "$ME" ] && continue
     off=$(info "${peer%:*}" "${peer##*:}" master_repl_offset)
     if [ -n "$off" ] && [ "$off" -gt "${best:-0}" ]; then
