@@ -1,40 +1,53 @@
 #!/bin/sh
 # Elected. A standby first catches up from the most advanced reachable
 # standby (cascading replication), so the promoted node has every WAL record
-# any survivor received; then it promotes.
+# any survivor received; then it promotes. Every step here is on the
+# failover's critical path, so queries are few and combined.
 set -u
 . ./lib.sh
-[ "$(q 'select pg_is_in_recovery()')" = t ] || exit 0
-lsn_of() { echo "coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"; }
-best=$(q "select $(lsn_of)")
-best_peer=
+# "true|16/B374D848|streaming": in recovery, receive (or replay) LSN, receiver status.
+state() {
+    q "select pg_is_in_recovery() || '|' || coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), '0/0') || '|' || coalesce((select status from pg_stat_wal_receiver), '')"
+}
+# An LSN ("16/B374D848") as a number, for comparisons in the shell.
+lsn() { hi=${1%/*}; lo=${1#*/}; echo $(((0x$hi << 32) + 0x$lo)); }
+s=$(state)
+[ "${s%%|*}" = true ] || exit 0 # already a primary
 # In a graceful handover the old primary is still shutting down (fence.sh):
 # a fast shutdown sends its last WAL to the standbys and then ends the
 # stream, so wait (3 s at most) for the stream to end before comparing.
 n=0
-while [ $n -lt 60 ] && [ "$(q "select status from pg_stat_wal_receiver")" = streaming ]; do
-    sleep 0.05; n=$((n + 1))
+while [ $n -lt 60 ] && [ "${s##*|}" = streaming ]; do
+    sleep 0.05; n=$((n + 1)); s=$(state)
 done
-best=$(q "select $(lsn_of)")
+mine=$(echo "$s" | cut -d'|' -f2)
+best=$(lsn "$mine")
+best_lsn=$mine
+best_peer=
 for peer in $(autopilot template render peers.tmpl --once --timeout 2s); do
     [ "$peer" = "$ME" ] && continue
-    lsn=$(qr "$peer" "select $(lsn_of)")
-    [ -n "$lsn" ] || continue
-    if [ "$(q "select '$lsn'::pg_lsn > '${best:-0/0}'::pg_lsn")" = t ]; then
-        best=$lsn; best_peer=$peer
+    l=$(qr "$peer" "select coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
+    [ -n "$l" ] || continue
+    if [ "$(lsn "$l")" -gt "$best" ]; then
+        best=$(lsn "$l"); best_lsn=$l; best_peer=$peer
     fi
 done
 if [ -n "$best_peer" ]; then
-    log "catching up from $best_peer (to $best) before promotion"
+    log "catching up from $best_peer (to $best_lsn) before promotion"
     conninfo "$best_peer"
     q "select pg_reload_conf()" >/dev/null
     n=0
-    while [ $n -lt 100 ] && [ "$(q "select pg_last_wal_replay_lsn() >= '$best'::pg_lsn")" != t ]; do
+    while [ $n -lt 100 ] && [ "$(q "select pg_last_wal_replay_lsn() >= '$best_lsn'::pg_lsn")" != t ]; do
         sleep 0.05; n=$((n + 1))
     done
 fi
 rm -f "$DATA/autopilot.conf"
-q "select pg_promote(true, 30)" >/dev/null
+# Not waiting inside pg_promote (it polls every 100 ms): clients retry anyway.
+q "select pg_promote(false)" >/dev/null
+n=0
+while [ $n -lt 600 ] && [ "$(q 'select pg_is_in_recovery()')" != f ]; do
+    sleep 0.02; n=$((n + 1))
+done
 # Records the new timeline in the control file, so a returning old primary's
 # pg_rewind sees the fork.
 q "checkpoint" >/dev/null

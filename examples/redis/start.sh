@@ -14,7 +14,8 @@ while [ "$L" = "$ME" ] && [ $n -lt 150 ]; do
     sleep 0.1; n=$((n + 1)); L=$(leader)
 done
 set -- --port "$PORT" --bind "${REDIS_BIND:-0.0.0.0}" --protected-mode no \
-    --dir "$DATA" --save "" --appendonly no --replica-read-only yes
+    --dir "$DATA" --save "" --appendonly no --replica-read-only yes \
+    --repl-diskless-sync-delay 0
 if [ -n "$L" ] && [ "$L" != "$ME" ]; then
     log "starting as a replica of $L"
     exec redis-server "$@" --replicaof "${L%:*}" "${L##*:}"

@@ -549,11 +549,14 @@ impl Agent {
         for (task, _) in self.templates.drain(..) {
             task.abort();
         }
+        let mut env = self.render_env();
+        // A template's command may call `autopilot kv` and friends too.
+        env.insert("AUTOPILOT_CATALOG".into(), self.catalog.url().to_string());
         let ctx = crate::templates::Ctx {
             catalog: self.catalog.clone(),
             spawner: self.spawner.clone(),
             metrics: self.metrics.clone(),
-            env: self.render_env(),
+            env,
         };
         for t in &self.config.templates {
             let (tx, rx) = watch::channel(0u64);
@@ -669,6 +672,10 @@ impl Agent {
             return;
         }
         tracing::info!("{why} received; stopping jobs");
+        // No template command starts while the jobs it would reload are stopping.
+        for (task, _) in self.templates.drain(..) {
+            task.abort();
+        }
         self.input(Input::Stop(StopReason::Shutdown));
     }
 

@@ -149,6 +149,7 @@ fn data_funcs(
                 list.iter()
                     .filter(|i| q.statuses.is_empty() || q.statuses.contains(&i.status))
                     .filter(|i| q.tag.as_ref().is_none_or(|t| i.tags.contains(t)))
+                    .filter(|i| plausible(i))
                     .map(instance_value)
                     .collect(),
             ))
@@ -326,6 +327,24 @@ impl ServiceQuery {
             statuses,
         })
     }
+}
+
+/// Rendered files are often configs (nginx, haproxy) where a newline or a
+/// `;` in an address would inject directives; an entry that no agent could
+/// have written is left out rather than rendered.
+fn plausible(i: &Instance) -> bool {
+    let host_ok = i.address.parse::<std::net::IpAddr>().is_ok()
+        || (!i.address.is_empty()
+            && i.address.len() <= 253
+            && i.address
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    let text_ok = |s: &str| !s.chars().any(|c| c.is_control());
+    if !(host_ok && text_ok(&i.id) && text_ok(&i.name) && i.tags.iter().all(|t| text_ok(t))) {
+        tracing::warn!(id = %i.id.escape_debug(), "skipping a catalog entry with an implausible address, name or tag");
+        return false;
+    }
+    true
 }
 
 fn instance_value(i: &Instance) -> Value {
@@ -579,6 +598,34 @@ mod tests {
                 .contains("bogus")
         );
         assert!(ServiceQuery::parse("tag.").is_err());
+    }
+
+    #[test]
+    fn implausible_entries_are_not_rendered() {
+        let base = Instance {
+            id: "web-a".into(),
+            name: "web".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec!["v1".into()],
+            status: Status::Passing,
+            last_heartbeat: String::new(),
+        };
+        assert!(plausible(&base));
+        assert!(plausible(&Instance {
+            address: "web-1.example".into(),
+            ..base.clone()
+        }));
+        for address in ["1.2.3.4; include /etc/passwd", "a\nb", ""] {
+            assert!(!plausible(&Instance {
+                address: address.into(),
+                ..base.clone()
+            }));
+        }
+        assert!(!plausible(&Instance {
+            tags: vec!["x\ny".into()],
+            ..base
+        }));
     }
 
     #[test]

@@ -1,0 +1,660 @@
+"""Failover against the incumbents, on one machine and one etcd (docs/benchmarks.md).
+
+PostgreSQL: autopilot's blueprint (examples/postgres) against Patroni.
+Redis: autopilot's blueprint (examples/redis) against Redis Sentinel (down-after 1000 ms).
+For each: crash failover (kill -9 of agent and server on the primary -> first successful
+write on another node), graceful switchover write gap, replica bootstrap time, and RSS.
+
+Usage: python3 bench/failover.py AUTOPILOT_BIN [--trials N] [--only pg|redis]
+Run it through bench/failover.sh, which installs Patroni and Sentinel and builds autopilot.
+"""
+import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import free_port, start_etcd  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+TTL = 5  # seconds: the lease TTL every system gets
+
+
+def pg_bin():
+    """The newest installed PostgreSQL's bin directory."""
+    return sorted(d for d in (os.path.join("/usr/lib/postgresql", v, "bin")
+                              for v in os.listdir("/usr/lib/postgresql")) if os.path.isdir(d))[-1]
+
+PROCS = []
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summary(name, xs):
+    if not xs:
+        return f"{name}: no samples"
+    return f"{name}: p50 {pct(xs, 50):.2f} s, p99 {pct(xs, 99):.2f} s, min {min(xs):.2f} s, max {max(xs):.2f} s (n={len(xs)})"
+
+
+def rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def spawn(argv, log, cwd=None, env=None, user=None):
+    if user and os.getuid() == 0:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"] + argv
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    PROCS.append(p)
+    return p
+
+
+def kill_group(p, sig=signal.SIGTERM):
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(f, timeout, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if f():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+# ---- clients -----------------------------------------------------------------
+
+def pg(port, sql, timeout=1):
+    """One statement on 127.0.0.1:port; returns the first value, or raises."""
+    import psycopg2
+    c = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                         connect_timeout=timeout, password="bench")
+    try:
+        c.autocommit = True
+        cur = c.cursor()
+        cur.execute(sql)
+        return cur.fetchone()[0] if cur.description else None
+    finally:
+        c.close()
+
+
+def resp(port, *args, timeout=1.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        req = f"*{len(args)}\r\n" + "".join(f"${len(str(a))}\r\n{a}\r\n" for a in args)
+        s.sendall(req.encode())
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        line, rest = data.split(b"\r\n", 1)
+        if line.startswith(b"$"):
+            n = int(line[1:])
+            if n < 0:
+                return None
+            while len(rest) < n + 2:
+                rest += s.recv(65536)
+            return rest[:n].decode()
+        return line.decode()
+    finally:
+        s.close()
+
+
+def redis_info(port, field):
+    text = resp(port, "INFO", "replication")
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+class Writer:
+    """Writes continuously to whichever node accepts, recording (time, node) of each success."""
+
+    def __init__(self, ports, write):
+        self.ports, self.write = ports, write
+        self.ok = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        i, cur = 0, 0
+        while not self.stop.is_set():
+            for k in range(len(self.ports)):
+                port = self.ports[(cur + k) % len(self.ports)]
+                try:
+                    if self.write(port, i):
+                        self.ok.append((time.monotonic(), port))
+                        cur = (cur + k) % len(self.ports)
+                        break
+                except Exception:
+                    pass
+            i += 1
+            time.sleep(0.002)
+
+    def close(self):
+        self.stop.set()
+        self.t.join()
+
+    def first_after(self, t0, not_port):
+        for t, p in self.ok:
+            if t > t0 and p != not_port:
+                return t
+        return None
+
+    def last_before(self, t0, port):
+        last = None
+        for t, p in self.ok:
+            if t <= t0 and p == port:
+                last = t
+        return last
+
+    def gap(self, t0, old):
+        """Longest pause in successful writes from t0 until the first write on another node."""
+        new = self.first_after(t0, old)
+        if new is None:
+            return None
+        times = [t for t, _ in self.ok if t <= new]
+        prev = max([t for t in times if t <= t0], default=t0)
+        best = 0.0
+        for t in times:
+            if t > t0:
+                best = max(best, t - prev)
+                prev = t
+        return best
+
+
+def pg_write(port, i):
+    return pg(port, f"insert into bench values ({i}) returning 1", timeout=1) == 1
+
+
+def redis_write(port, i):
+    return resp(port, "SET", f"k{i}", "v", timeout=0.5) == "+OK"
+
+
+# ---- autopilot blueprints ------------------------------------------------------
+
+class ApCluster:
+    def __init__(self, bin_path, work, etcd_port, kind, ttl):
+        self.bin, self.work, self.kind, self.ttl = bin_path, work, kind, ttl
+        self.url = f"etcd://127.0.0.1:{etcd_port}/bench-{kind}"
+        self.nodes = {}  # name -> dict(port, proc)
+
+    def env(self, name, port):
+        e = dict(os.environ)
+        e["PATH"] = os.path.dirname(os.path.abspath(self.bin)) + ":" + e.get("PATH", "")
+        e.update({
+            "AUTOPILOT_CATALOG": self.url, "AUTOPILOT_INTERFACE": "static:127.0.0.1",
+            "AUTOPILOT_HOSTNAME": name, "AUTOPILOT_STATE_DIR": f"{self.work}/state-{name}",
+            "SNAPSHOT_STORE": f"file://{self.work}/store",
+        })
+        if self.kind == "pg":
+            e.update({"PG_RUN": self.work, "PG_PORT": str(port), "PGDATA": f"{self.work}/data-{name}",
+                      "PG_BIND": "127.0.0.1", "PG_LEASE_TTL": f"{self.ttl}s"})
+        else:
+            e.update({"REDIS_RUN": self.work, "REDIS_PORT": str(port), "REDIS_DATA": f"{self.work}/data-{name}",
+                      "REDIS_BIND": "127.0.0.1", "REDIS_LEASE_TTL": f"{self.ttl}s", "SNAPSHOT_INTERVAL": "10s"})
+        return e
+
+    def socket(self, port):
+        return f"{self.work}/autopilot-{'postgres' if self.kind == 'pg' else 'redis'}-{port}.sock"
+
+    def start(self, name, port=None):
+        port = port or self.nodes.get(name, {}).get("port") or free_port()
+        ex = "postgres" if self.kind == "pg" else "redis"
+        p = spawn([self.bin, "-config", f"{ex}.json5"], f"{self.work}/{name}.log",
+                  cwd=os.path.join(ROOT, "examples", ex), env=self.env(name, port))
+        self.nodes[name] = {"port": port, "proc": p}
+        return port
+
+    def ctl(self, name, *args):
+        port = self.nodes[name]["port"]
+        env = dict(os.environ, AUTOPILOT_SOCKET=self.socket(port))
+        subprocess.run([self.bin, *args], env=env, check=True, stdout=subprocess.DEVNULL)
+
+    def server_pid(self, name):
+        port = self.nodes[name]["port"]
+        out = subprocess.run([self.bin, "status", "--json"], capture_output=True, text=True,
+                             env=dict(os.environ, AUTOPILOT_SOCKET=self.socket(port)))
+        for j in json.loads(out.stdout)["jobs"]:
+            if j["name"] in ("postgres", "redis"):
+                return j["pid"]
+        return None
+
+    def leader(self):
+        out = subprocess.run([self.bin, "leader", "--catalog", self.url,
+                              "postgres" if self.kind == "pg" else "redis"], capture_output=True, text=True)
+        if out.returncode != 0:
+            return None
+        port = int(out.stdout.split()[1].rsplit(":", 1)[1])
+        return next((n for n, v in self.nodes.items() if v["port"] == port), None)
+
+    def agent_rss(self):
+        return [rss_mb(v["proc"].pid) for v in self.nodes.values() if v["proc"].poll() is None]
+
+
+def pg_settled(ports, primary_port):
+    if pg(primary_port, "select pg_is_in_recovery()"):
+        return False
+    n = pg(primary_port, "select count(*) from pg_stat_replication where state = 'streaming'")
+    return n >= len(ports) - 1
+
+
+def redis_settled(ports, master_port):
+    if redis_info(master_port, "role") != "master":
+        return False
+    return int(redis_info(master_port, "connected_slaves") or 0) >= len(ports) - 1 and all(
+        redis_info(p, "master_link_status") == "up" for p in ports if p != master_port)
+
+
+def bench_autopilot(kind, bin_path, etcd_port, trials, work, ttl=TTL, crash_only=False):
+    c = ApCluster(bin_path, work, etcd_port, kind, ttl)
+    names = ["n1", "n2", "n3"]
+    for n in names:
+        c.start(n)
+    ports = [c.nodes[n]["port"] for n in names]
+    settled = pg_settled if kind == "pg" else redis_settled
+
+    def wait_settled(timeout=90):
+        def ok():
+            l = c.leader()
+            return l is not None and settled(ports, c.nodes[l]["port"])
+        if not wait_until(ok, timeout, 0.2):
+            raise SystemExit(f"autopilot {kind}: cluster did not settle; logs in {work}")
+
+    wait_settled()
+    if kind == "pg":
+        pg(c.nodes[c.leader()]["port"], "create table bench (v int)")
+    write = pg_write if kind == "pg" else redis_write
+    crash, graceful = [], []
+    for t in range(trials):
+        wait_settled()
+        w = Writer(ports, write)
+        time.sleep(0.5 + random.random() * 2)
+        old = c.leader()
+        pid = c.server_pid(old)
+        t0 = time.monotonic()
+        if os.environ.get("BENCH_DEBUG"):
+            print(f"  kill {old} at {time.strftime('%H:%M:%S', time.gmtime())}.{int(time.time() * 1000) % 1000:03d}", flush=True)
+        os.kill(c.nodes[old]["proc"].pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: w.first_after(t0, c.nodes[old]["port"]) is not None, 60)
+        first = w.first_after(t0, c.nodes[old]["port"])
+        w.close()
+        if first is not None:
+            crash.append(first - t0)
+        print(f"  autopilot {kind} crash {t + 1}/{trials}: {crash[-1] if first else 'none':.3}", flush=True)
+        c.nodes[old]["proc"].wait()
+        c.start(old)
+    for t in range(0 if crash_only else trials):
+        wait_settled()
+        w = Writer(ports, write)
+        time.sleep(0.5 + random.random() * 2)
+        old = c.leader()
+        t0 = time.monotonic()
+        c.ctl(old, "maintenance", "enable")
+        wait_until(lambda: w.first_after(t0, c.nodes[old]["port"]) is not None, 30)
+        gap = w.gap(t0, c.nodes[old]["port"])
+        w.close()
+        if gap is not None:
+            graceful.append(gap)
+        print(f"  autopilot {kind} switchover {t + 1}/{trials}: gap {gap}", flush=True)
+        c.ctl(old, "maintenance", "disable")
+    wait_settled()
+    if crash_only:
+        for v in c.nodes.values():
+            kill_group(v["proc"])
+            v["proc"].wait()
+        return crash, graceful, None, float("nan")
+    # A fourth node with an empty data dir: start -> streaming/in sync from the primary.
+    t0 = time.monotonic()
+    p4 = c.start("n4")
+    lp = c.nodes[c.leader()]["port"]
+    if kind == "pg":
+        ok = wait_until(lambda: pg(p4, "select status from pg_stat_wal_receiver") == "streaming", 120)
+    else:
+        ok = wait_until(lambda: redis_info(p4, "master_link_status") == "up"
+                        and int(redis_info(lp, "connected_slaves")) >= 3, 120)
+    boot = time.monotonic() - t0 if ok else None
+    rss = c.agent_rss()
+    for v in c.nodes.values():
+        kill_group(v["proc"])
+    for v in c.nodes.values():
+        try:
+            v["proc"].wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            kill_group(v["proc"], signal.SIGKILL)
+    return crash, graceful, boot, statistics.mean(rss) if rss else float("nan")
+
+
+# ---- Patroni -------------------------------------------------------------------
+
+PATRONI_YML = """scope: bench
+name: {name}
+restapi: {{listen: "127.0.0.1:{api}", connect_address: "127.0.0.1:{api}"}}
+etcd3: {{hosts: "127.0.0.1:{etcd}"}}
+bootstrap:
+  dcs:
+    ttl: {ttl}
+    loop_wait: 1
+    retry_timeout: 2
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      parameters: {{wal_log_hints: "on", max_wal_senders: 10, wal_keep_size: 512MB, shared_buffers: 32MB}}
+  initdb: [{{encoding: UTF8}}]
+postgresql:
+  listen: "127.0.0.1:{port}"
+  connect_address: "127.0.0.1:{port}"
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {work}/pgpass-{name}
+  authentication:
+    superuser: {{username: postgres, password: bench}}
+    replication: {{username: replicator, password: bench}}
+    rewind: {{username: postgres, password: bench}}
+  parameters: {{unix_socket_directories: "{work}"}}
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.1/32 trust
+    - host replication all 127.0.0.1/32 trust
+"""
+
+
+def bench_patroni(etcd_port, trials, work):
+    os.chmod(work, 0o777)
+    nodes = {}
+
+    def start(name):
+        if name not in nodes:
+            nodes[name] = {"port": free_port(), "api": free_port()}
+        n = nodes[name]
+        cfg = f"{work}/patroni-{name}.yml"
+        with open(cfg, "w") as f:
+            f.write(PATRONI_YML.format(name=name, api=n["api"], etcd=etcd_port, ttl=TTL, port=n["port"],
+                                       data=f"{work}/pdata-{name}", bin=pg_bin(), work=work))
+        os.chmod(cfg, 0o644)
+        n["proc"] = spawn(["patroni", cfg], f"{work}/patroni-{name}.log", user="postgres")
+        return n["port"]
+
+    def leader():
+        for name, n in nodes.items():
+            try:
+                import urllib.request
+                r = urllib.request.urlopen(f"http://127.0.0.1:{n['api']}/primary", timeout=1)
+                if r.status == 200:
+                    return name
+            except Exception:
+                pass
+        return None
+
+    names = ["p1", "p2", "p3"]
+    for n in names:
+        start(n)
+    ports = [nodes[n]["port"] for n in names]
+
+    def wait_settled(timeout=120):
+        def ok():
+            l = leader()
+            return l is not None and pg_settled(ports, nodes[l]["port"])
+        if not wait_until(ok, timeout, 0.2):
+            raise SystemExit(f"patroni: cluster did not settle; logs in {work}")
+
+    wait_settled()
+    pg(nodes[leader()]["port"], "create table bench (v int)")
+    crash, graceful = [], []
+    for t in range(trials):
+        wait_settled()
+        w = Writer(ports, pg_write)
+        time.sleep(0.5 + random.random() * 2)
+        old = leader()
+        with open(f"{work}/pdata-{old}/postmaster.pid") as f:
+            pm = int(f.readline())
+        t0 = time.monotonic()
+        os.kill(nodes[old]["proc"].pid, signal.SIGKILL)
+        os.kill(pm, signal.SIGKILL)
+        wait_until(lambda: w.first_after(t0, nodes[old]["port"]) is not None, 90)
+        first = w.first_after(t0, nodes[old]["port"])
+        w.close()
+        if first is not None:
+            crash.append(first - t0)
+        print(f"  patroni crash {t + 1}/{trials}: {crash[-1] if first else 'none':.3}", flush=True)
+        nodes[old]["proc"].wait()
+        start(old)
+    for t in range(trials):
+        wait_settled()
+        w = Writer(ports, pg_write)
+        time.sleep(0.5 + random.random() * 2)
+        old = leader()
+        t0 = time.monotonic()
+        subprocess.run(["patronictl", "-c", f"{work}/patroni-{old}.yml", "switchover", "--force",
+                        "--leader" if _patronictl_has_leader() else "--master", old],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: w.first_after(t0, nodes[old]["port"]) is not None, 60)
+        gap = w.gap(t0, nodes[old]["port"])
+        w.close()
+        if gap is not None:
+            graceful.append(gap)
+        print(f"  patroni switchover {t + 1}/{trials}: gap {gap}", flush=True)
+    wait_settled()
+    t0 = time.monotonic()
+    p4 = start("p4")
+    ok = wait_until(lambda: pg(p4, "select status from pg_stat_wal_receiver") == "streaming", 180)
+    boot = time.monotonic() - t0 if ok else None
+    rss = [rss_mb(n["proc"].pid) for n in nodes.values() if n["proc"].poll() is None]
+    for n in nodes.values():
+        kill_group(n["proc"])
+    for n in nodes.values():
+        try:
+            n["proc"].wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            kill_group(n["proc"], signal.SIGKILL)
+    # Patroni's postgres outlives a killed Patroni only if it was orphaned; stop any.
+    for n in nodes.values():
+        pid_file = f"{work}/pdata-{[k for k, v in nodes.items() if v is n][0]}/postmaster.pid"
+        if os.path.exists(pid_file):
+            try:
+                os.kill(int(open(pid_file).readline()), signal.SIGQUIT)
+            except (OSError, ValueError):
+                pass
+    return crash, graceful, boot, statistics.mean(rss) if rss else float("nan")
+
+
+def _patronictl_has_leader():
+    out = subprocess.run(["patronictl", "switchover", "--help"], capture_output=True, text=True).stdout
+    return "--leader" in out
+
+
+# ---- Redis Sentinel --------------------------------------------------------------
+
+def bench_sentinel(trials, work):
+    rs, ss = {}, []
+
+    def start_redis(name, replicaof=None):
+        if name not in rs:
+            rs[name] = {"port": free_port()}
+        port = rs[name]["port"]
+        os.makedirs(f"{work}/r-{name}", exist_ok=True)
+        conf = f"{work}/r-{name}.conf"
+        if not os.path.exists(conf):
+            with open(conf, "w") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {work}/r-{name}\nsave \"\"\n"
+                        f"appendonly no\nreplica-announce-ip 127.0.0.1\nrepl-diskless-sync-delay 0\n")
+                if replicaof:
+                    f.write(f"replicaof 127.0.0.1 {replicaof}\n")
+        rs[name]["proc"] = spawn(["redis-server", conf], f"{work}/r-{name}.log")
+        return port
+
+    m = start_redis("r1")
+    start_redis("r2", m)
+    start_redis("r3", m)
+    ports = [rs[n]["port"] for n in ("r1", "r2", "r3")]
+    for i in range(3):
+        sp = free_port()
+        conf = f"{work}/s{i}.conf"
+        with open(conf, "w") as f:
+            f.write(f"port {sp}\nbind 127.0.0.1\nprotected-mode no\ndir {work}\n"
+                    f"sentinel announce-ip 127.0.0.1\n"
+                    f"sentinel monitor bench 127.0.0.1 {m} 2\n"
+                    f"sentinel down-after-milliseconds bench 1000\n"
+                    f"sentinel failover-timeout bench 10000\n"
+                    f"sentinel parallel-syncs bench 2\n")
+        ss.append({"port": sp, "proc": spawn(["redis-sentinel", conf], f"{work}/s{i}.log")})
+
+    def master():
+        for s in ss:
+            try:
+                addr = resp(s["port"], "SENTINEL", "get-master-addr-by-name", "bench")
+            except Exception:
+                continue
+            if addr and not addr.startswith("-"):
+                break
+        # RESP array: read it directly
+        out = subprocess.run(["redis-cli", "-p", str(ss[0]["port"]), "SENTINEL", "get-master-addr-by-name",
+                              "bench"], capture_output=True, text=True).stdout.split()
+        if len(out) < 2:
+            return None
+        return next((n for n, v in rs.items() if v["port"] == int(out[1])), None)
+
+    def wait_settled(timeout=90):
+        def ok():
+            mm = master()
+            if mm is None or not redis_settled(ports, rs[mm]["port"]):
+                return False
+            # Every sentinel agrees, sees both replicas and the two other sentinels.
+            for s in ss:
+                out = subprocess.run(["redis-cli", "-p", str(s["port"]), "SENTINEL", "get-master-addr-by-name",
+                                      "bench"], capture_output=True, text=True).stdout.split()
+                if len(out) < 2 or int(out[1]) != rs[mm]["port"]:
+                    return False
+                m = subprocess.run(["redis-cli", "-p", str(s["port"]), "SENTINEL", "master", "bench"],
+                                   capture_output=True, text=True).stdout.split()
+                fields = dict(zip(m[::2], m[1::2]))
+                if fields.get("num-slaves") != "2" or fields.get("num-other-sentinels") != "2":
+                    return False
+            return True
+        if not wait_until(ok, timeout, 0.2):
+            raise SystemExit(f"sentinel: did not settle; logs in {work}")
+
+    wait_settled()
+    crash, graceful = [], []
+    for t in range(trials):
+        wait_settled()
+        time.sleep(1)
+        w = Writer(ports, redis_write)
+        time.sleep(0.5 + random.random() * 2)
+        old = master()
+        t0 = time.monotonic()
+        os.kill(rs[old]["proc"].pid, signal.SIGKILL)
+        wait_until(lambda: w.first_after(t0, rs[old]["port"]) is not None, 60)
+        first = w.first_after(t0, rs[old]["port"])
+        w.close()
+        if first is not None:
+            crash.append(first - t0)
+        print(f"  sentinel crash {t + 1}/{trials}: {crash[-1] if first else 'none':.3}", flush=True)
+        rs[old]["proc"].wait()
+        start_redis(old)  # Sentinel turns the returning old master into a replica
+    for t in range(trials):
+        wait_settled()
+        time.sleep(1)
+        w = Writer(ports, redis_write)
+        time.sleep(0.5 + random.random() * 2)
+        old = master()
+        t0 = time.monotonic()
+        subprocess.run(["redis-cli", "-p", str(ss[0]["port"]), "SENTINEL", "FAILOVER", "bench"],
+                       stdout=subprocess.DEVNULL)
+        wait_until(lambda: w.first_after(t0, rs[old]["port"]) is not None, 60)
+        gap = w.gap(t0, rs[old]["port"])
+        w.close()
+        if gap is not None:
+            graceful.append(gap)
+        print(f"  sentinel switchover {t + 1}/{trials}: gap {gap}", flush=True)
+    wait_settled()
+    mp = rs[master()]["port"]
+    t0 = time.monotonic()
+    p4 = start_redis("r4", mp)
+    ok = wait_until(lambda: redis_info(p4, "master_link_status") == "up", 120)
+    boot = time.monotonic() - t0 if ok else None
+    rss = [rss_mb(s["proc"].pid) for s in ss]
+    for v in list(rs.values()) + ss:
+        kill_group(v["proc"], signal.SIGKILL)
+    return crash, graceful, boot, statistics.mean(rss)
+
+
+def crash_only_result(graceful, boot):
+    return not graceful and boot is None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bin")
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--only", choices=["pg", "redis"])
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs) at the end")
+    ap.add_argument("--autopilot-only", action="store_true", help="skip Patroni and Sentinel")
+    a = ap.parse_args()
+    a.bin = os.path.abspath(a.bin)
+    work = tempfile.mkdtemp(prefix="autopilot-failover-")
+    os.chmod(work, 0o755)
+    etcd, etcd_port = start_etcd(f"{work}/etcd")
+    PROCS.append(etcd)
+    results = []
+    try:
+        if a.only in (None, "pg"):
+            for name, fn in (("autopilot postgres", lambda w: bench_autopilot("pg", a.bin, etcd_port, a.trials, w)),
+                             ("patroni", lambda w: bench_patroni(etcd_port, a.trials, w))
+                             )[:1 if a.autopilot_only else 2]:
+                w = tempfile.mkdtemp(prefix=name.replace(" ", "-") + "-", dir=work)
+                os.chmod(w, 0o777)
+                print(f"== {name}", flush=True)
+                results.append((name, fn(w)))
+        if a.only in (None, "redis"):
+            for name, fn in (("autopilot redis", lambda w: bench_autopilot("redis", a.bin, etcd_port, a.trials, w)),
+                             ("redis sentinel", lambda w: bench_sentinel(a.trials, w)),
+                             ("autopilot redis, lease TTL 2 s (crash only)",
+                              lambda w: bench_autopilot("redis", a.bin, etcd_port, a.trials, w, ttl=2, crash_only=True)),
+                             )[:1 if a.autopilot_only else 3]:
+                w = tempfile.mkdtemp(prefix=name.split(",")[0].replace(" ", "-") + "-", dir=work)
+                print(f"== {name}", flush=True)
+                results.append((name, fn(w)))
+    finally:
+        for p in PROCS:
+            kill_group(p, signal.SIGKILL)
+    print(f"\nlease TTL {TTL} s for every system; {a.trials} trials each")
+    for name, (crash, graceful, boot, rss) in results:
+        print(f"{name}:")
+        print("  " + summary("crash failover (kill -9 -> first write on the new primary)", crash))
+        if not crash_only_result(graceful, boot):
+            print("  " + summary("graceful switchover write gap", graceful))
+        if crash_only_result(graceful, boot):
+            continue
+        print(f"  replica bootstrap (start -> streaming/in sync): {boot:.2f} s" if boot else "  replica bootstrap: failed")
+        print(f"  RSS of the agent (mean per node): {rss:.1f} MB")
+    if a.keep:
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
