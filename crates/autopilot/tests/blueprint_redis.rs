@@ -119,6 +119,41 @@ fn replicates(port: u16, master: u16) -> bool {
         && info(port, "master_link_status").as_deref() == Some("up")
 }
 
+type Acked = Arc<Mutex<BTreeSet<String>>>;
+
+/// Writes `<prefix><n>` to whichever node accepts, and records the keys
+/// that `WAIT 1` confirmed on a replica.
+fn spawn_writer(
+    ports: Vec<u16>,
+    prefix: &'static str,
+) -> (Acked, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let key = format!("{prefix}{i}");
+                for &p in &ports {
+                    if resp(p, &["SET", &key, "v"]).as_deref() == Some("+OK") {
+                        if resp(p, &["WAIT", "1", "500"])
+                            .and_then(|r| r.trim_start_matches(':').parse::<i64>().ok())
+                            .is_some_and(|n| n >= 1)
+                        {
+                            acked.lock().expect("lock").insert(key.clone());
+                        }
+                        break;
+                    }
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    (acked, stop, handle)
+}
+
 #[test]
 fn redis_master_failover_snapshots_and_rejoin() {
     assert!(
@@ -168,30 +203,7 @@ fn redis_master_failover_snapshots_and_rejoin() {
     assert!(wait_for(Duration::from_secs(10), || snapshots() >= 1));
 
     // Writes acknowledged by WAIT 1 run across the failover.
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acked, stop, ports) = (acked.clone(), stop.clone(), ports[..3].to_vec());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let key = format!("k{i}");
-                for &p in &ports {
-                    if resp(p, &["SET", &key, "v"]).as_deref() == Some("+OK") {
-                        if resp(p, &["WAIT", "1", "500"])
-                            .and_then(|r| r.trim_start_matches(':').parse::<i64>().ok())
-                            .is_some_and(|n| n >= 1)
-                        {
-                            acked.lock().expect("lock").insert(key.clone());
-                        }
-                        break;
-                    }
-                }
-                i += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let (acked, stop, writer) = spawn_writer(ports[..3].to_vec(), "k");
     std::thread::sleep(Duration::from_millis(800));
 
     // kill -9 of the master's agent and of redis-server.
@@ -300,4 +312,56 @@ fn redis_master_failover_snapshots_and_rejoin() {
     );
     let sample = acked.iter().next().expect("a key");
     assert_eq!(resp(ports[3], &["EXISTS", sample]).as_deref(), Some(":1"));
+
+    // Graceful handover: maintenance on the master. It resigns, pauses its
+    // writes; another node catches up from it and takes over at once.
+    let all = ports.clone();
+    let (acked, stop, writer) = spawn_writer(all.clone(), "g");
+    std::thread::sleep(Duration::from_millis(500));
+    let old = ports[new_master];
+    let (code, out) = nodes[new_master]
+        .as_ref()
+        .expect("master agent")
+        .cli(&["maintenance", "enable"]);
+    assert_eq!(code, 0, "{out}");
+    let handed = Instant::now();
+    let mut next = 0;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            all.iter().any(|&p| {
+                let ok = p != old && info(p, "role").as_deref() == Some("master");
+                if ok {
+                    next = p;
+                }
+                ok
+            })
+        }),
+        "no new master after maintenance"
+    );
+    eprintln!(
+        "graceful handover (maintenance → new master): {:?}",
+        handed.elapsed()
+    );
+    let before = acked.lock().expect("lock").len();
+    assert!(wait_for(Duration::from_secs(5), || acked
+        .lock()
+        .expect("lock")
+        .len()
+        > before + 5));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("lock").clone();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|k| resp(next, &["EXISTS", k]).as_deref() != Some(":1"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost in the handover: {lost:?}",
+        lost.len()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || replicates(old, next)),
+        "the old master does not follow the new one"
+    );
 }
