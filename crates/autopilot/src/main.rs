@@ -224,6 +224,7 @@ fn main() -> ExitCode {
 enum TemplateCmd {
     /// Render a template from catalog data: once (`--once`, or with no --out), or again on every change.
     Render {
+        /// The template file (Go text/template, the config's syntax).
         source: PathBuf,
         /// Where to write (atomically, only when changed); stdout if absent.
         #[arg(long, value_name = "DEST")]
