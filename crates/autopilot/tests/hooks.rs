@@ -127,3 +127,46 @@ fn lock_serialises_five_callers_on_etcd() {
     let etcd = autopilot_testkit::Etcd::single(&d.0);
     lock_body(&format!("etcd://{}/lock", etcd.endpoint()), &d);
 }
+
+/// A hook reaches a TLS etcd configured only in the config file: the agent
+/// passes its catalog URL and credentials down as `AUTOPILOT_*` variables.
+#[test]
+fn hooks_inherit_the_agents_catalog_and_credentials() {
+    let d = Dir::new("hook-env");
+    let server = autopilot_testkit::make_certs(&d.0, "server");
+    let client = autopilot_testkit::make_certs(&d.0, "client");
+    let etcd = autopilot_testkit::Etcd::single_tls(&d.0, server);
+    let url = format!("etcd://{}/hooks", etcd.endpoint());
+    let cfg = format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  etcd: {{ ca: "{ca}", cert: "{cert}", key: "{key}" }},
+  jobs: [
+    {{ name: "hook", exec: ["{bin}", "kv", "put", "hooked", "yes"] }},
+    {{ name: "idle", exec: "sleep 600" }},
+  ],
+}}"#,
+        ca = client.ca.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+        bin = bin(),
+    );
+    let agent = start_with(&d, &cfg, &[], &[("AUTOPILOT_CATALOG", &url)]);
+    agent.ready();
+    let read = || {
+        Command::new(bin())
+            .args(["kv", "get", "hooked"])
+            .env("AUTOPILOT_CATALOG", &url)
+            .env("AUTOPILOT_ETCD_CA", &client.ca)
+            .env("AUTOPILOT_ETCD_CERT", &client.cert)
+            .env("AUTOPILOT_ETCD_KEY", &client.key)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || read() == "yes"),
+        "the hook did not reach the TLS catalog:\n{}",
+        agent.log()
+    );
+}

@@ -134,6 +134,8 @@ struct Agent {
     leaders: BTreeMap<String, Option<Leader>>,
     /// Where each job's persistent state directory lives.
     job_state_root: PathBuf,
+    /// `AUTOPILOT_CATALOG` and `AUTOPILOT_ETCD_*` for children (see `catalog::hook_env`).
+    hook_env: Vec<(String, String)>,
     /// Per template: its render task, and the counter its `when` event bumps.
     templates: Vec<(tokio::task::JoinHandle<()>, watch::Sender<u64>)>,
 }
@@ -172,6 +174,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     let etcd = crate::catalog::etcd_settings(&opts.config.etcd, &opts.env)
         .map_err(AgentError::Settings)?;
     let catalog = crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?;
+    let hook_env = crate::catalog::hook_env(&opts.catalog_url, &etcd);
     let state_dir = std::env::temp_dir().join(format!("autopilot-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
         path: state_dir.display().to_string(),
@@ -260,6 +263,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         leaders: BTreeMap::new(),
         job_state_root: opts.job_state_root,
         templates: Vec::new(),
+        hook_env,
     };
     agent.start_watches();
     agent.reset_elections();
@@ -551,7 +555,7 @@ impl Agent {
         }
         let mut env = self.render_env();
         // A template's command may call `autopilot kv` and friends too.
-        env.insert("AUTOPILOT_CATALOG".into(), self.catalog.url().to_string());
+        env.extend(self.hook_env.clone());
         let ctx = crate::templates::Ctx {
             catalog: self.catalog.clone(),
             spawner: self.spawner.clone(),
@@ -969,9 +973,7 @@ impl Agent {
     /// and the `CONTAINERPILOT_*` variables with `AUTOPILOT_*` twins.
     fn child_env(&self, job: usize) -> Vec<(String, String)> {
         let mut env = self.render_env();
-        // Hooks (`autopilot kv`, `lock`, `template render`) reach the agent's
-        // own catalog even when the config, not the environment, chose it.
-        env.insert("AUTOPILOT_CATALOG".into(), self.catalog.url().to_string());
+        env.extend(self.hook_env.clone());
         for (i, w) in self.config.watches.iter().enumerate() {
             let file = self.watch_file(i).display().to_string();
             let key = env_key(w.source.trim_start_matches("watch."));

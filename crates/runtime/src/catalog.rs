@@ -43,6 +43,27 @@ pub fn etcd_settings(
     })
 }
 
+/// The catalog connection as variables for hooks: `autopilot kv`, `lock`,
+/// `leader` and `template render` run by a job reach the agent's catalog
+/// with the agent's credentials, whether the environment or the config
+/// chose them. (Not the lease TTL: a hook's own session is short-lived.)
+pub fn hook_env(url: &str, etcd: &autopilot_config::EtcdConfig) -> Vec<(String, String)> {
+    let mut env = vec![("AUTOPILOT_CATALOG".to_string(), url.to_string())];
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    for (k, v) in [
+        ("AUTOPILOT_ETCD_CA", path(&etcd.ca)),
+        ("AUTOPILOT_ETCD_CERT", path(&etcd.cert)),
+        ("AUTOPILOT_ETCD_KEY", path(&etcd.key)),
+        ("AUTOPILOT_ETCD_USERNAME", etcd.username.clone()),
+        ("AUTOPILOT_ETCD_PASSWORD", etcd.password.clone()),
+    ] {
+        if let Some(v) = v {
+            env.push((k.to_string(), v));
+        }
+    }
+    env
+}
+
 /// Opens the backend a catalog URL names, as one agent session `owner`.
 pub async fn open(
     url: &str,
