@@ -61,8 +61,12 @@ def spawn(argv, log, cwd=None, env=None, user=None):
 
 
 def kill_group(p, sig=signal.SIGTERM):
+    """Signals the process's group if it leads one (what `spawn` starts), else the process."""
     try:
-        os.killpg(p.pid, sig)
+        if os.getpgid(p.pid) == p.pid:
+            os.killpg(p.pid, sig)
+        else:
+            p.send_signal(sig)
     except ProcessLookupError:
         pass
 
@@ -640,6 +644,8 @@ def main():
     finally:
         for p in PROCS:
             kill_group(p, signal.SIGKILL)
+        for p in PROCS:
+            p.wait()
     print(f"\nlease TTL {TTL} s for every system; {a.trials} trials each")
     for name, (crash, graceful, boot, rss) in results:
         print(f"{name}:")
