@@ -90,26 +90,7 @@ impl Cluster {
     }
 
     fn catalog(&self, service: &str) -> Vec<u16> {
-        let out = std::process::Command::new(bin())
-            .args([
-                "catalog",
-                "--catalog",
-                &self.url(),
-                "instances",
-                service,
-                "--json",
-            ])
-            .output()
-            .expect("catalog cli");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v.as_array()
-            .map(|l| {
-                l.iter()
-                    .filter(|i| i["status"] == "passing")
-                    .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
-                    .collect()
-            })
-            .unwrap_or_default()
+        passing_ports(&self.url(), service)
     }
 }
 

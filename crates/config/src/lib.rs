@@ -362,13 +362,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         let Trigger::Event { source, code, .. } = &spec.trigger else {
             continue;
         };
-        let known = match (source.as_str(), code) {
-            (s, EventCode::Signal) => SIGNAL_EVENTS.contains(&s),
-            (GLOBAL, c) => c.is_global(),
-            (s, _) if s.starts_with("watch.") => watches.iter().any(|x| x.source == s),
-            (s, _) => job_names.contains(s),
-        };
-        if !known {
+        if !source_known(source, *code, &watches, &job_names) {
             let mut o = field.obj()?;
             let when = o.require("when")?;
             let mut w = when.obj()?;
@@ -382,13 +376,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
 
     for (t, field) in templates.iter().zip(&template_fields) {
         let Some(w) = &t.when else { continue };
-        let known = match (w.source.as_str(), w.code) {
-            (s, EventCode::Signal) => SIGNAL_EVENTS.contains(&s),
-            (GLOBAL, c) => c.is_global(),
-            (s, _) if s.starts_with("watch.") => watches.iter().any(|x| x.source == s),
-            (s, _) => job_names.contains(s),
-        };
-        if !known {
+        if !source_known(&w.source, w.code, &watches, &job_names) {
             let mut o = field.obj()?;
             let mut w = o.require("when")?.obj()?;
             return Err(w.require("source")?.err(format!(
@@ -543,6 +531,22 @@ fn logging(f: &Field) -> Result<LoggingConfig, ConfigError> {
     }
     o.finish(&["level", "format", "output"])?;
     Ok(cfg)
+}
+
+/// Whether `source` can publish `code`: a signal, a global event, a declared
+/// watch (`watch.<name>`) or a job.
+fn source_known(
+    source: &str,
+    code: EventCode,
+    watches: &[WatchConfig],
+    jobs: &HashSet<&str>,
+) -> bool {
+    match (source, code) {
+        (s, EventCode::Signal) => SIGNAL_EVENTS.contains(&s),
+        (GLOBAL, c) => c.is_global(),
+        (s, _) if s.starts_with("watch.") => watches.iter().any(|x| x.source == s),
+        (s, _) => jobs.contains(s),
+    }
 }
 
 fn w_source(w: &Option<TemplateWhen>) -> &str {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use autopilot_catalog::{Catalog, CatalogError, Instance, Status};
 use autopilot_config::TemplateConfig;
 use autopilot_process::{Exit, SpawnSpec, Spawner};
-use autopilot_template::{Funcs, Template, Value};
+use autopilot_template::{Funcs, Template, Value, arg1 as one, arg2 as two};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -360,20 +360,6 @@ fn instance_value(i: &Instance) -> Value {
 
 fn map<const N: usize>(kv: [(&str, Value); N]) -> Value {
     Value::Map(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-}
-
-fn one<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 1], String> {
-    match a {
-        [x] => Ok([x]),
-        _ => Err(format!("{name} takes 1 argument, got {}", a.len())),
-    }
-}
-
-fn two<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 2], String> {
-    match a {
-        [x, y] => Ok([x, y]),
-        _ => Err(format!("{name} takes 2 arguments, got {}", a.len())),
-    }
 }
 
 /// Writes `text` to `dest` (atomically, with `mode`) unless the file already

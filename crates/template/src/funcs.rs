@@ -267,14 +267,16 @@ fn text(v: &Value) -> String {
     v.to_string()
 }
 
-fn one<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 1], String> {
+/// The single argument of function `name`, or an arity error.
+pub fn one<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 1], String> {
     match a {
         [x] => Ok([x]),
         _ => Err(format!("{name} takes 1 argument, got {}", a.len())),
     }
 }
 
-fn two<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 2], String> {
+/// The two arguments of function `name`, or an arity error.
+pub fn two<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 2], String> {
     match a {
         [x, y] => Ok([x, y]),
         _ => Err(format!("{name} takes 2 arguments, got {}", a.len())),

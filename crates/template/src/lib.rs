@@ -11,7 +11,7 @@ mod funcs;
 mod parse;
 mod value;
 
-pub use funcs::{Func, Funcs};
+pub use funcs::{Func, Funcs, one as arg1, two as arg2};
 pub use value::Value;
 
 /// A template error with the 1-based line and column in the template source.

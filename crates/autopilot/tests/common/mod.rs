@@ -111,6 +111,30 @@ pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) 
     }
 }
 
+/// The ports of a service's passing instances, via `autopilot catalog instances`.
+pub fn passing_ports(catalog: &str, service: &str) -> Vec<u16> {
+    let out = Command::new(bin())
+        .args([
+            "catalog",
+            "--catalog",
+            catalog,
+            "instances",
+            service,
+            "--json",
+        ])
+        .output()
+        .expect("catalog cli");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|i| i["status"] == "passing")
+                .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The repository's `examples/<name>` directory.
 pub fn example_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
