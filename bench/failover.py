@@ -188,6 +188,38 @@ class Writer:
         return best
 
 
+def crash_time(w, t0, old_port):
+    first = w.first_after(t0, old_port)
+    return None if first is None else first - t0
+
+
+def trial(label, ports, write, leader, port_of, arm, measure, timeout=60):
+    """One trial: write continuously, wait a random moment (so the action falls anywhere in
+    each system's renewal cycle), then run the action `arm(primary)` prepared and measure
+    the writes once another node accepts one. Returns (old primary, measurement or None)."""
+    w = Writer(ports, write)
+    time.sleep(0.5 + random.random() * 2)
+    old = leader()
+    old_port = port_of(old)
+    act = arm(old)
+    t0 = time.monotonic()
+    if os.environ.get("BENCH_DEBUG"):
+        print(f"  {label} on {old} at {time.strftime('%H:%M:%S', time.gmtime())}", flush=True)
+    act()
+    wait_until(lambda: w.first_after(t0, old_port) is not None, timeout)
+    result = measure(w, t0, old_port)
+    w.close()
+    print(f"  {label}: {'none' if result is None else f'{result:.3f} s'}", flush=True)
+    return old, result
+
+
+def kill_both(*pids):
+    def act():
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    return act
+
+
 def pg_write(port, i):
     return pg(port, f"insert into bench values ({i}) returning 1", timeout=1) == 1
 
@@ -291,38 +323,19 @@ def bench_autopilot(kind, bin_path, etcd_port, trials, work, ttl=TTL, crash_only
         pg(c.nodes[c.leader()]["port"], "create table bench (v int)")
     write = pg_write if kind == "pg" else redis_write
     crash, graceful = [], []
+    port_of = lambda n: c.nodes[n]["port"]  # noqa: E731
     for t in range(trials):
         wait_settled()
-        w = Writer(ports, write)
-        time.sleep(0.5 + random.random() * 2)
-        old = c.leader()
-        pid = c.server_pid(old)
-        t0 = time.monotonic()
-        if os.environ.get("BENCH_DEBUG"):
-            print(f"  kill {old} at {time.strftime('%H:%M:%S', time.gmtime())}.{int(time.time() * 1000) % 1000:03d}", flush=True)
-        os.kill(c.nodes[old]["proc"].pid, signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: w.first_after(t0, c.nodes[old]["port"]) is not None, 60)
-        first = w.first_after(t0, c.nodes[old]["port"])
-        w.close()
-        if first is not None:
-            crash.append(first - t0)
-        print(f"  autopilot {kind} crash {t + 1}/{trials}: {crash[-1] if first else 'none':.3}", flush=True)
+        old, r = trial(f"autopilot {kind} crash {t + 1}/{trials}", ports, write, c.leader, port_of,
+                       lambda n: kill_both(c.nodes[n]["proc"].pid, c.server_pid(n)), crash_time)
+        crash += [r] if r is not None else []
         c.nodes[old]["proc"].wait()
         c.start(old)
     for t in range(0 if crash_only else trials):
         wait_settled()
-        w = Writer(ports, write)
-        time.sleep(0.5 + random.random() * 2)
-        old = c.leader()
-        t0 = time.monotonic()
-        c.ctl(old, "maintenance", "enable")
-        wait_until(lambda: w.first_after(t0, c.nodes[old]["port"]) is not None, 30)
-        gap = w.gap(t0, c.nodes[old]["port"])
-        w.close()
-        if gap is not None:
-            graceful.append(gap)
-        print(f"  autopilot {kind} switchover {t + 1}/{trials}: gap {gap}", flush=True)
+        old, r = trial(f"autopilot {kind} switchover {t + 1}/{trials}", ports, write, c.leader, port_of,
+                       lambda n: lambda: c.ctl(n, "maintenance", "enable"), Writer.gap, timeout=30)
+        graceful += [r] if r is not None else []
         c.ctl(old, "maintenance", "disable")
     wait_settled()
     if crash_only:
@@ -427,39 +440,29 @@ def bench_patroni(etcd_port, trials, work):
     wait_settled()
     pg(nodes[leader()]["port"], "create table bench (v int)")
     crash, graceful = [], []
+    port_of = lambda n: nodes[n]["port"]  # noqa: E731
+
+    def postmaster(n):
+        with open(f"{work}/pdata-{n}/postmaster.pid") as f:
+            return int(f.readline())
+
+    def switchover(n):
+        flag = "--leader" if _patronictl_has_leader() else "--master"
+        return lambda: subprocess.run(["patronictl", "-c", f"{work}/patroni-{n}.yml", "switchover", "--force",
+                                       flag, n], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     for t in range(trials):
         wait_settled()
-        w = Writer(ports, pg_write)
-        time.sleep(0.5 + random.random() * 2)
-        old = leader()
-        with open(f"{work}/pdata-{old}/postmaster.pid") as f:
-            pm = int(f.readline())
-        t0 = time.monotonic()
-        os.kill(nodes[old]["proc"].pid, signal.SIGKILL)
-        os.kill(pm, signal.SIGKILL)
-        wait_until(lambda: w.first_after(t0, nodes[old]["port"]) is not None, 90)
-        first = w.first_after(t0, nodes[old]["port"])
-        w.close()
-        if first is not None:
-            crash.append(first - t0)
-        print(f"  patroni crash {t + 1}/{trials}: {crash[-1] if first else 'none':.3}", flush=True)
+        old, r = trial(f"patroni crash {t + 1}/{trials}", ports, pg_write, leader, port_of,
+                       lambda n: kill_both(nodes[n]["proc"].pid, postmaster(n)), crash_time, timeout=90)
+        crash += [r] if r is not None else []
         nodes[old]["proc"].wait()
         start(old)
     for t in range(trials):
         wait_settled()
-        w = Writer(ports, pg_write)
-        time.sleep(0.5 + random.random() * 2)
-        old = leader()
-        t0 = time.monotonic()
-        subprocess.run(["patronictl", "-c", f"{work}/patroni-{old}.yml", "switchover", "--force",
-                        "--leader" if _patronictl_has_leader() else "--master", old],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: w.first_after(t0, nodes[old]["port"]) is not None, 60)
-        gap = w.gap(t0, nodes[old]["port"])
-        w.close()
-        if gap is not None:
-            graceful.append(gap)
-        print(f"  patroni switchover {t + 1}/{trials}: gap {gap}", flush=True)
+        _, r = trial(f"patroni switchover {t + 1}/{trials}", ports, pg_write, leader, port_of,
+                     switchover, Writer.gap)
+        graceful += [r] if r is not None else []
     wait_settled()
     t0 = time.monotonic()
     p4 = start("p4")
@@ -562,37 +565,23 @@ def bench_sentinel(trials, work):
 
     wait_settled()
     crash, graceful = [], []
+    port_of = lambda n: rs[n]["port"]  # noqa: E731
+    failover = lambda n: lambda: subprocess.run(  # noqa: E731
+        ["redis-cli", "-p", str(ss[0]["port"]), "SENTINEL", "FAILOVER", "bench"], stdout=subprocess.DEVNULL)
     for t in range(trials):
         wait_settled()
         time.sleep(1)
-        w = Writer(ports, redis_write)
-        time.sleep(0.5 + random.random() * 2)
-        old = master()
-        t0 = time.monotonic()
-        os.kill(rs[old]["proc"].pid, signal.SIGKILL)
-        wait_until(lambda: w.first_after(t0, rs[old]["port"]) is not None, 60)
-        first = w.first_after(t0, rs[old]["port"])
-        w.close()
-        if first is not None:
-            crash.append(first - t0)
-        print(f"  sentinel crash {t + 1}/{trials}: {crash[-1] if first else 'none':.3}", flush=True)
+        old, r = trial(f"sentinel crash {t + 1}/{trials}", ports, redis_write, master, port_of,
+                       lambda n: kill_both(rs[n]["proc"].pid), crash_time)
+        crash += [r] if r is not None else []
         rs[old]["proc"].wait()
         start_redis(old)  # Sentinel turns the returning old master into a replica
     for t in range(trials):
         wait_settled()
         time.sleep(1)
-        w = Writer(ports, redis_write)
-        time.sleep(0.5 + random.random() * 2)
-        old = master()
-        t0 = time.monotonic()
-        subprocess.run(["redis-cli", "-p", str(ss[0]["port"]), "SENTINEL", "FAILOVER", "bench"],
-                       stdout=subprocess.DEVNULL)
-        wait_until(lambda: w.first_after(t0, rs[old]["port"]) is not None, 60)
-        gap = w.gap(t0, rs[old]["port"])
-        w.close()
-        if gap is not None:
-            graceful.append(gap)
-        print(f"  sentinel switchover {t + 1}/{trials}: gap {gap}", flush=True)
+        _, r = trial(f"sentinel switchover {t + 1}/{trials}", ports, redis_write, master, port_of,
+                     failover, Writer.gap)
+        graceful += [r] if r is not None else []
     wait_settled()
     mp = rs[master()]["port"]
     t0 = time.monotonic()

@@ -31,17 +31,8 @@ impl Cluster {
     }
 
     fn node(&self, name: &str, port: u16) -> Agent {
-        let env: Vec<(String, String)> = vec![
-            ("AUTOPILOT_CATALOG".into(), self.url()),
-            ("AUTOPILOT_INTERFACE".into(), "static:127.0.0.1".into()),
-            ("AUTOPILOT_HOSTNAME".into(), name.into()),
-            (
-                "AUTOPILOT_STATE_DIR".into(),
-                self.dir
-                    .path(&format!("state-{name}"))
-                    .display()
-                    .to_string(),
-            ),
+        let mut env = blueprint_env(&self.dir, &self.url(), name);
+        env.extend([
             ("PG_RUN".into(), self.dir.0.display().to_string()),
             ("PG_PORT".into(), port.to_string()),
             (
@@ -49,21 +40,14 @@ impl Cluster {
                 self.dir.path(&format!("data-{name}")).display().to_string(),
             ),
             ("PG_BIND".into(), "127.0.0.1".into()),
-            (
-                "SNAPSHOT_STORE".into(),
-                format!("file://{}", self.dir.path("store").display()),
-            ),
-        ];
-        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let a = start_example(
+        ]);
+        start_example_ready(
             "postgres",
             "postgres.json5",
             &self.dir.path(&format!("{name}.log")),
             &self.dir.path(&format!("autopilot-postgres-{port}.sock")),
-            &vars,
-        );
-        a.ready();
-        a
+            &env,
+        )
     }
 
     fn catalog(&self, service: &str) -> Vec<u16> {

@@ -55,38 +55,24 @@ impl Cluster {
     }
 
     fn node(&self, name: &str, port: u16) -> Agent {
-        let data = self.dir.path(&format!("data-{name}"));
-        let env: Vec<(String, String)> = vec![
-            ("AUTOPILOT_CATALOG".into(), self.url()),
-            ("AUTOPILOT_INTERFACE".into(), "static:127.0.0.1".into()),
-            ("AUTOPILOT_HOSTNAME".into(), name.into()),
-            (
-                "AUTOPILOT_STATE_DIR".into(),
-                self.dir
-                    .path(&format!("state-{name}"))
-                    .display()
-                    .to_string(),
-            ),
+        let mut env = blueprint_env(&self.dir, &self.url(), name);
+        env.extend([
             ("REDIS_RUN".into(), self.dir.0.display().to_string()),
             ("REDIS_PORT".into(), port.to_string()),
-            ("REDIS_DATA".into(), data.display().to_string()),
-            ("REDIS_BIND".into(), "127.0.0.1".into()),
             (
-                "SNAPSHOT_STORE".into(),
-                format!("file://{}", self.dir.path("store").display()),
+                "REDIS_DATA".into(),
+                self.dir.path(&format!("data-{name}")).display().to_string(),
             ),
+            ("REDIS_BIND".into(), "127.0.0.1".into()),
             ("SNAPSHOT_INTERVAL".into(), "2s".into()),
-        ];
-        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let a = start_example(
+        ]);
+        start_example_ready(
             "redis",
             "redis.json5",
             &self.dir.path(&format!("{name}.log")),
             &self.dir.path(&format!("autopilot-redis-{port}.sock")),
-            &vars,
-        );
-        a.ready();
-        a
+            &env,
+        )
     }
 
     fn catalog(&self, service: &str) -> Vec<u16> {
@@ -100,39 +86,70 @@ fn replicates(port: u16, master: u16) -> bool {
         && info(port, "master_link_status").as_deref() == Some("up")
 }
 
-type Acked = Arc<Mutex<BTreeSet<String>>>;
-
 /// Writes `<prefix><n>` to whichever node accepts, and records the keys
 /// that `WAIT 1` confirmed on a replica.
-fn spawn_writer(
-    ports: Vec<u16>,
-    prefix: &'static str,
-) -> (Acked, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handle = {
-        let (acked, stop) = (acked.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let key = format!("{prefix}{i}");
-                for &p in &ports {
-                    if resp(p, &["SET", &key, "v"]).as_deref() == Some("+OK") {
-                        if resp(p, &["WAIT", "1", "500"])
-                            .and_then(|r| r.trim_start_matches(':').parse::<i64>().ok())
-                            .is_some_and(|n| n >= 1)
-                        {
-                            acked.lock().expect("lock").insert(key.clone());
+struct Writer {
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(ports: Vec<u16>, prefix: &'static str) -> Writer {
+        let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("{prefix}{i}");
+                    for &p in &ports {
+                        if resp(p, &["SET", &key, "v"]).as_deref() == Some("+OK") {
+                            if resp(p, &["WAIT", "1", "500"])
+                                .and_then(|r| r.trim_start_matches(':').parse::<i64>().ok())
+                                .is_some_and(|n| n >= 1)
+                            {
+                                acked.lock().expect("lock").insert(key.clone());
+                            }
+                            break;
                         }
-                        break;
                     }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                i += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
-    (acked, stop, handle)
+            })
+        };
+        Writer {
+            acked,
+            stop,
+            handle,
+        }
+    }
+
+    /// Waits for a few more acknowledged writes (on the new master), stops,
+    /// and returns every acknowledged key and those missing on `master`.
+    fn finish(self, master: u16) -> (BTreeSet<String>, Vec<String>) {
+        let before = self.acked.lock().expect("lock").len();
+        assert!(
+            wait_for(Duration::from_secs(5), || self
+                .acked
+                .lock()
+                .expect("lock")
+                .len()
+                > before + 5),
+            "writes do not resume"
+        );
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("writer");
+        let acked = self.acked.lock().expect("lock").clone();
+        let lost = acked
+            .iter()
+            .filter(|k| resp(master, &["EXISTS", k]).as_deref() != Some(":1"))
+            .cloned()
+            .collect();
+        (acked, lost)
+    }
 }
 
 #[test]
@@ -184,7 +201,7 @@ fn redis_master_failover_snapshots_and_rejoin() {
     assert!(wait_for(Duration::from_secs(10), || snapshots() >= 1));
 
     // Writes acknowledged by WAIT 1 run across the failover.
-    let (acked, stop, writer) = spawn_writer(ports[..3].to_vec(), "k");
+    let writer = Writer::start(ports[..3].to_vec(), "k");
     std::thread::sleep(Duration::from_millis(800));
 
     // kill -9 of the master's agent and of redis-server.
@@ -239,21 +256,8 @@ fn redis_master_failover_snapshots_and_rejoin() {
         "the other replica does not follow the new master"
     );
     // Writes succeed on the new master, then stop.
-    let before = acked.lock().expect("lock").len();
-    assert!(wait_for(Duration::from_secs(5), || acked
-        .lock()
-        .expect("lock")
-        .len()
-        > before + 5));
-    stop.store(true, Ordering::SeqCst);
-    writer.join().expect("writer");
-
-    let acked = acked.lock().expect("lock").clone();
+    let (acked, lost) = writer.finish(ports[new_master]);
     assert!(acked.len() > 20, "too few writes: {}", acked.len());
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|k| resp(ports[new_master], &["EXISTS", k]).as_deref() != Some(":1"))
-        .collect();
     assert!(
         lost.is_empty(),
         "{} acknowledged writes lost: {lost:?}",
@@ -297,7 +301,7 @@ fn redis_master_failover_snapshots_and_rejoin() {
     // Graceful handover: maintenance on the master. It resigns, pauses its
     // writes; another node catches up from it and takes over at once.
     let all = ports.clone();
-    let (acked, stop, writer) = spawn_writer(all.clone(), "g");
+    let writer = Writer::start(all.clone(), "g");
     std::thread::sleep(Duration::from_millis(500));
     let old = ports[new_master];
     let (code, out) = nodes[new_master]
@@ -323,19 +327,7 @@ fn redis_master_failover_snapshots_and_rejoin() {
         "graceful handover (maintenance → new master): {:?}",
         handed.elapsed()
     );
-    let before = acked.lock().expect("lock").len();
-    assert!(wait_for(Duration::from_secs(5), || acked
-        .lock()
-        .expect("lock")
-        .len()
-        > before + 5));
-    stop.store(true, Ordering::SeqCst);
-    writer.join().expect("writer");
-    let acked = acked.lock().expect("lock").clone();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|k| resp(next, &["EXISTS", k]).as_deref() != Some(":1"))
-        .collect();
+    let (_, lost) = writer.finish(next);
     assert!(
         lost.is_empty(),
         "{} acknowledged writes lost in the handover: {lost:?}",

@@ -135,6 +135,39 @@ pub fn passing_ports(catalog: &str, service: &str) -> Vec<u16> {
         .unwrap_or_default()
 }
 
+/// The settings every blueprint node on etcd gets: its catalog, loopback
+/// advertising, host name, state directory and a `file://` snapshot store,
+/// all under `dir`.
+pub fn blueprint_env(dir: &Dir, catalog: &str, name: &str) -> Vec<(String, String)> {
+    vec![
+        ("AUTOPILOT_CATALOG".into(), catalog.into()),
+        ("AUTOPILOT_INTERFACE".into(), "static:127.0.0.1".into()),
+        ("AUTOPILOT_HOSTNAME".into(), name.into()),
+        (
+            "AUTOPILOT_STATE_DIR".into(),
+            dir.path(&format!("state-{name}")).display().to_string(),
+        ),
+        (
+            "SNAPSHOT_STORE".into(),
+            format!("file://{}", dir.path("store").display()),
+        ),
+    ]
+}
+
+/// [`start_example`] with owned variables, waiting until the agent answers.
+pub fn start_example_ready(
+    example: &str,
+    config: &str,
+    log: &Path,
+    socket: &Path,
+    env: &[(String, String)],
+) -> Agent {
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = start_example(example, config, log, socket, &vars);
+    a.ready();
+    a
+}
+
 /// The repository's `examples/<name>` directory.
 pub fn example_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
