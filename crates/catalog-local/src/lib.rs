@@ -784,6 +784,7 @@ mod tests {
                 status: Status::Passing,
                 ttl: Duration::from_secs(60),
                 deregister_critical_after: None,
+                seat: None,
             })
             .await
             .expect("register");

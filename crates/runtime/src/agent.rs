@@ -223,6 +223,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             status: Status::Passing,
             ttl: DEFAULT_TTL,
             deregister_critical_after: None,
+            seat: None,
         });
         telemetry_id = Some(id);
     }
@@ -657,6 +658,7 @@ impl Agent {
             status: catalog_status(status),
             ttl: spec.health.as_ref().map_or(DEFAULT_TTL, |h| h.ttl),
             deregister_critical_after: spec.deregister_critical_after,
+            seat: None,
         })
     }
 
