@@ -9,7 +9,7 @@ pub mod watch;
 
 pub use event::{Event, EventCode};
 pub use machine::{
-    Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, RunId, Sig,
+    Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, Role, RunId, Sig,
     StopReason,
 };
 pub use spec::{

@@ -81,6 +81,25 @@ pub enum Input {
         job: usize,
         ok: bool,
     },
+    /// The job's election task won the seat with this term (`Some`), or no
+    /// longer leads (`None`: resigned, lost the seat, or could not renew).
+    Leadership {
+        job: usize,
+        term: Option<u64>,
+    },
+}
+
+/// Which of its `roles` a job's catalog entry takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The job has no `roles`: one entry under its own name and tags.
+    Plain,
+    /// The leader's entry, bound to the seat won with `term`: it lives and
+    /// dies with that seat.
+    Leader {
+        term: u64,
+    },
+    Follower,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,8 +127,9 @@ pub enum Action {
     Campaign { job: usize, campaign: bool },
     /// Restore the job's data before its first start; answer with `Input::Prepared`.
     Prepare { job: usize },
-    /// Take a snapshot of the job (its interval came round).
-    Snapshot { job: usize },
+    /// Take a snapshot of the job: its interval came round, or (with
+    /// `only_if_none`) it was just elected and the set may have none yet.
+    Snapshot { job: usize, only_if_none: bool },
     /// Every job is stopped: exit with `code`, or load the new config.
     Finished { reason: StopReason, code: i32 },
 }
@@ -199,6 +219,8 @@ struct Job {
     /// The status of the job's catalog entry, if it has one.
     registered: Option<EntryStatus>,
     campaigning: bool,
+    /// The term of the seat the job holds, while it leads its election.
+    leading: Option<u64>,
     /// The restore before the first start is done (or not needed).
     prepared: bool,
 }
@@ -264,6 +286,7 @@ impl Machine {
                     restarts_total: 0,
                     registered: None,
                     campaigning: false,
+                    leading: None,
                     prepared: !spec_restores,
                 }
             })
@@ -304,6 +327,21 @@ impl Machine {
     /// The status of the job's catalog entry, if it has one.
     pub fn registered(&self, job: usize) -> Option<EntryStatus> {
         self.jobs[job].registered
+    }
+
+    /// The term of the seat the job holds, while it leads.
+    pub fn leading(&self, job: usize) -> Option<u64> {
+        self.jobs[job].leading
+    }
+
+    /// The role the job's catalog entry takes now.
+    pub fn role(&self, job: usize) -> Role {
+        let j = &self.jobs[job];
+        match (&j.spec.roles, j.leading) {
+            (None, _) => Role::Plain,
+            (Some(_), Some(term)) => Role::Leader { term },
+            (Some(_), None) => Role::Follower,
+        }
     }
 
     pub fn in_maintenance(&self) -> bool {
@@ -382,6 +420,7 @@ impl Machine {
             Input::Stop(reason) => self.begin_stop(reason),
             Input::Maintenance(on) => self.set_maintenance(on),
             Input::Prepared { job, ok } => self.prepared(job, ok),
+            Input::Leadership { job, term } => self.leadership(job, term),
         }
         self.drain();
         self.after_step();
@@ -512,6 +551,42 @@ impl Machine {
             job.phase = Phase::Backoff;
             self.actions.push(Action::Restarting { job: j, delay });
             self.set_timer(delay, Timer::Restart(j));
+        }
+    }
+
+    /// Leadership changed: publish `elected`/`demoted`, re-register a job
+    /// with `roles` under its new role, and have a new leader make the
+    /// set's first snapshot if none exists (nodes waiting to restore need it).
+    fn leadership(&mut self, j: usize, term: Option<u64>) {
+        let Some(job) = self.jobs.get_mut(j) else {
+            return;
+        };
+        if job.spec.election.is_none() || job.leading == term {
+            return;
+        }
+        let was = std::mem::replace(&mut job.leading, term);
+        let name = job.spec.name.clone();
+        if was.is_some() {
+            // A seat lost (or replaced by a new term) is a demotion first.
+            self.publish(Event::new(EventCode::Demoted, &name));
+        }
+        let job = &self.jobs[j];
+        if let (Some(status), Some(_)) = (job.registered, &job.spec.roles) {
+            self.actions.push(Action::Register { job: j, status });
+        }
+        if term.is_some() {
+            if job
+                .spec
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.create.is_some())
+            {
+                self.actions.push(Action::Snapshot {
+                    job: j,
+                    only_if_none: true,
+                });
+            }
+            self.publish(Event::new(EventCode::Elected, &name));
         }
     }
 
@@ -892,9 +967,18 @@ impl Machine {
                 {
                     return;
                 }
-                if let Some(every) = job.spec.snapshot.as_ref().and_then(|s| s.interval) {
+                if let Some(s) = job.spec.snapshot.as_ref()
+                    && let Some(every) = s.interval
+                {
+                    // With `leaderOnly`, followers skip their turn.
+                    let due = s.create.is_some() && (!s.leader_only || job.leading.is_some());
                     self.set_timer(every, Timer::Snapshot { job: j, epoch });
-                    self.actions.push(Action::Snapshot { job: j });
+                    if due {
+                        self.actions.push(Action::Snapshot {
+                            job: j,
+                            only_if_none: false,
+                        });
+                    }
                 }
             }
             Timer::WhenTimeout(j) => {
@@ -921,7 +1005,12 @@ impl Machine {
     // ---- stopping -------------------------------------------------------
 
     fn begin_stop(&mut self, reason: StopReason) {
-        if self.stopping.is_some() {
+        if let Some(current) = self.stopping {
+            // A shutdown asked for during a reload wins: the jobs are
+            // already stopping, and the new config is never started.
+            if current == StopReason::Reload && reason == StopReason::Shutdown {
+                self.stopping = Some(StopReason::Shutdown);
+            }
             return;
         }
         self.stopping = Some(reason);
