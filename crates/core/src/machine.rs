@@ -33,7 +33,7 @@ impl ExitStatus {
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Signal(s) => s.saturating_add(128),
         }
     }
 
@@ -464,7 +464,7 @@ impl Machine {
         }
         match &mut job.starts_left {
             Some(0) => return,
-            Some(n) => *n -= 1,
+            Some(n) => *n = n.saturating_sub(1),
             None => {}
         }
         let interval = match job.spec.trigger {
@@ -473,7 +473,9 @@ impl Machine {
         };
         match job.phase {
             Phase::Waiting => self.start(j),
-            Phase::Running(_) | Phase::Backoff | Phase::Preparing => job.pending += 1,
+            Phase::Running(_) | Phase::Backoff | Phase::Preparing => {
+                job.pending = job.pending.saturating_add(1)
+            }
             Phase::Done => {}
         }
         if let Some(every) = interval {
@@ -492,7 +494,7 @@ impl Machine {
             return;
         }
         job.ran = true;
-        job.epoch += 1;
+        job.epoch = job.epoch.wrapping_add(1);
         job.passes = 0;
         job.fails = 0;
         let epoch = job.epoch;
@@ -501,7 +503,7 @@ impl Machine {
             job.phase = Phase::Running(None);
         } else {
             let run = RunId(self.next_run);
-            self.next_run += 1;
+            self.next_run = self.next_run.saturating_add(1);
             self.runs.insert(
                 run,
                 Run {
@@ -596,7 +598,9 @@ impl Machine {
         };
         match r.kind {
             ProcKind::Check => self.check_done(r.job, run, status),
-            ProcKind::Job => self.job_exited(r.job, run, status, self.now - r.started),
+            ProcKind::Job => {
+                self.job_exited(r.job, run, status, self.now.saturating_sub(r.started))
+            }
         }
     }
 
@@ -613,7 +617,7 @@ impl Machine {
         {
             let job = &mut self.jobs[j];
             job.last_exit = Some(status);
-            job.epoch += 1;
+            job.epoch = job.epoch.wrapping_add(1);
             job.check = None;
             job.phase = Phase::Waiting;
         }
@@ -642,11 +646,11 @@ impl Machine {
         }
         if job.restarts_left != Some(0) {
             if let Some(n) = &mut job.restarts_left {
-                *n -= 1;
+                *n = n.saturating_sub(1);
             }
             let delay = job.spec.backoff.delay(job.streak);
             job.streak = job.streak.saturating_add(1);
-            job.restarts_total += 1;
+            job.restarts_total = job.restarts_total.saturating_add(1);
             job.phase = Phase::Backoff;
             self.actions.push(Action::Restarting { job: j, delay });
             self.set_timer(delay, Timer::Restart(j));
@@ -660,7 +664,7 @@ impl Machine {
     fn settle(&mut self, j: usize) {
         let job = &mut self.jobs[j];
         if job.pending > 0 && (self.stopping.is_none() || job.spec.trigger.is_stop_hook()) {
-            job.pending -= 1;
+            job.pending = job.pending.saturating_sub(1);
             job.restarts_left = limit(job.spec.restarts);
             self.start(j);
             return;
@@ -719,7 +723,7 @@ impl Machine {
                 let job = &mut self.jobs[j];
                 job.phase = Phase::Done;
                 job.stop = None;
-                job.epoch += 1;
+                job.epoch = job.epoch.wrapping_add(1);
                 let name = job.spec.name.clone();
                 self.set_health(j, HealthStatus::Unknown);
                 self.publish(Event::new(EventCode::Stopped, &name));
@@ -886,8 +890,9 @@ impl Machine {
     // ---- timers ---------------------------------------------------------
 
     fn set_timer(&mut self, after: Duration, t: Timer) {
-        self.timer_seq += 1;
-        self.timers.insert((self.now + after, self.timer_seq), t);
+        self.timer_seq = self.timer_seq.wrapping_add(1);
+        self.timers
+            .insert((self.now.saturating_add(after), self.timer_seq), t);
     }
 
     fn fire(&mut self, t: Timer) {
@@ -907,9 +912,9 @@ impl Machine {
                         Some(0) => self.complete(j),
                         left => {
                             if let Some(n) = left {
-                                *n -= 1;
+                                *n = n.saturating_sub(1);
                             }
-                            job.restarts_total += 1;
+                            job.restarts_total = job.restarts_total.saturating_add(1);
                             self.start(j);
                         }
                     }
@@ -929,7 +934,7 @@ impl Machine {
                     return;
                 }
                 let run = RunId(self.next_run);
-                self.next_run += 1;
+                self.next_run = self.next_run.saturating_add(1);
                 self.runs.insert(
                     run,
                     Run {
