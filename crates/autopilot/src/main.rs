@@ -847,6 +847,7 @@ async fn leader_cmd(
 /// Holds the lock while the command runs, keeping this session alive so
 /// the lock does not expire under a long command, then releases it. If
 /// this process is killed, the lock expires with its session.
+#[allow(clippy::disallowed_methods)] // replaced by the process crate's spawner
 async fn lock_cmd(
     url: String,
     etcd: autopilot_config::EtcdConfig,

@@ -1,6 +1,8 @@
 //! Faults the agent loop itself must survive without losing anything: a stop during a reload,
 //! a full disk under the watch handlers' instances file, snapshots that exist but cannot be used,
 //! and a scratch directory no other user can predict.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Leader election with real agents on both backends: one winner, failover with a higher
 //! fencing token, graceful handover, resigning when unhealthy, and role-aware registration.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -159,8 +161,7 @@ fn election_body(d: &Dir, url: &str) {
         .expect("pid") as i32;
     let t = Instant::now();
     nodes[third].agent.signal(libc::SIGKILL);
-    // SAFETY: ends the orphaned job's group; no memory involved.
-    unsafe { libc::killpg(job_pid, libc::SIGKILL) };
+    killpg(job_pid, libc::SIGKILL);
     // The dead leader's role entry goes with its seat: no reader ever sees
     // two leaders' entries.
     let mut most = 0;

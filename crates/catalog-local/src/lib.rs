@@ -251,6 +251,7 @@ async fn notify_loop(
 ) {
     // SAFETY: `Inotify` owns its descriptor for its whole life, and `Fd`
     // always returns that same descriptor; the AsyncFd owns the Inotify.
+    #[allow(unsafe_code)]
     let fd = match unsafe { AsyncFd::register(Fd(inotify)) } {
         Ok(fd) => fd,
         Err(e) => {
