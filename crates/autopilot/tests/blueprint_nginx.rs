@@ -1,4 +1,6 @@
 //! The nginx blueprint (examples/nginx) end to end: real nginx and real backends under autopilot, on the embedded catalog.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -125,7 +127,7 @@ fn nginx_routes_to_healthy_backends_only() {
     let gone = format!("server 127.0.0.1:{} ", ports[1]);
     assert!(site.conf().contains(&gone), "{}", site.conf());
     let killed = Instant::now();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill(pid, libc::SIGKILL);
     assert!(
         wait_for(HEALTH_INTERVAL, || !site.conf().contains(&gone)),
         "b2 still in the upstream after {HEALTH_INTERVAL:?}:\n{}",

@@ -1,4 +1,6 @@
 //! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd: one guarded initdb, standbys from a snapshot, kill -9 failover to a standby, the other following, and the old primary rewound back in.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -139,10 +141,8 @@ fn postgres_bootstrap_failover_and_rewind() {
     let m = nodes[primary].take().expect("primary");
     let pm = m.job_pid("postgres").expect("postmaster pid");
     let killed = Instant::now();
-    unsafe {
-        libc::kill(m.pid(), libc::SIGKILL);
-        libc::kill(pm, libc::SIGKILL);
-    }
+    kill(m.pid(), libc::SIGKILL);
+    kill(pm, libc::SIGKILL);
     let mut m = m;
     let _ = m.wait(Duration::from_secs(5));
     drop(m);

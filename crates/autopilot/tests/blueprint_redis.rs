@@ -1,4 +1,6 @@
 //! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, and the old master rejoining.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -208,10 +210,8 @@ fn redis_master_failover_snapshots_and_rejoin() {
     let m = nodes[master].take().expect("master node");
     let redis_pid = m.job_pid("redis").expect("redis pid");
     let killed = Instant::now();
-    unsafe {
-        libc::kill(m.pid(), libc::SIGKILL);
-        libc::kill(redis_pid, libc::SIGKILL);
-    }
+    kill(m.pid(), libc::SIGKILL);
+    kill(redis_pid, libc::SIGKILL);
     let mut m = m;
     let _ = m.wait(Duration::from_secs(5));
     drop(m);

@@ -1,4 +1,6 @@
 //! Several real agents sharing one embedded catalog: registration, health, expiry, maintenance, watches and the catalog CLI.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -197,8 +199,7 @@ fn killed_body(d: &Dir, cat: &Cat) {
     let job_pid = a.status()["jobs"][0]["pid"].as_i64().expect("job pid") as i32;
     a.signal(libc::SIGKILL);
     a.wait(Duration::from_secs(5));
-    // SAFETY: killing the orphaned job's group; no memory is involved.
-    unsafe { libc::killpg(job_pid, libc::SIGKILL) };
+    killpg(job_pid, libc::SIGKILL);
     let t = Instant::now();
     assert_eq!(
         instances(&cat, "web").len(),

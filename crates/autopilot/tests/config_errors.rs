@@ -1,4 +1,6 @@
 //! Bad configs through the real binary: exit code 2, a message naming file, line, column and field, and no job started.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! The control socket, the CLI flags and subcommands, reload, and `/metrics`.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

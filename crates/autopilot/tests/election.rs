@@ -1,5 +1,7 @@
 //! Leader election with real agents on both backends: one winner, failover with a higher
 //! fencing token, graceful handover, resigning when unhealthy, and role-aware registration.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -17,7 +19,8 @@ fn config(port: u16) -> String {
        health: {{ exec: "test ! -e @DIR@/sick", interval: "100ms", ttl: 2 }},
        election: {{ name: "db-primary", ttl: "2s" }},
        roles: {{ leader: {{ name: "db", tags: ["primary"] }}, follower: {{ name: "db-replica" }} }} }},
-    {{ name: "on-elected", when: {{ source: "db", each: "elected" }}, exec: "sh -c 'date +%s%N > @DIR@/elected'" }},
+    {{ name: "on-elected", when: {{ source: "db", each: "elected" }},
+       exec: ["sh", "-c", "date +%s%N > @DIR@/elected; echo $AUTOPILOT_LEADER_DB_PRIMARY_ID $AUTOPILOT_LEADER_DB_PRIMARY_TERM >> @DIR@/elected-terms"] }},
     {{ name: "on-demoted", when: {{ source: "db", each: "demoted" }}, exec: "sh -c 'date +%s%N > @DIR@/demoted'" }},
     {{ name: "on-leader", when: {{ source: "db", each: "leaderChanged" }},
        exec: ["sh", "-c", "echo $AUTOPILOT_LEADER_DB_PRIMARY_ID $AUTOPILOT_LEADER_DB_PRIMARY_TERM >> @DIR@/leaders"] }},
@@ -98,6 +101,16 @@ fn election_body(d: &Dir, url: &str) {
     assert!(wait_for(Duration::from_secs(5), || names(url, "db")
         == vec![id.clone()]
         && names(url, "db-replica").len() == 2));
+    // The `elected` handler sees the term it won (its fencing token).
+    assert!(
+        wait_for(Duration::from_secs(5), || nodes[first]
+            .dir
+            .read("elected-terms")
+            .lines()
+            .any(|l| l == format!("{id} {term1}"))),
+        "elected handler env: {:?}",
+        nodes[first].dir.read("elected-terms")
+    );
     // Followers learned the leader and its term from their environment.
     for n in &nodes {
         assert!(wait_for(Duration::from_secs(5), || n
@@ -148,11 +161,21 @@ fn election_body(d: &Dir, url: &str) {
         .expect("pid") as i32;
     let t = Instant::now();
     nodes[third].agent.signal(libc::SIGKILL);
-    // SAFETY: ends the orphaned job's group; no memory involved.
-    unsafe { libc::killpg(job_pid, libc::SIGKILL) };
-    assert!(wait_for(Duration::from_secs(10), || leader(url)
-        .is_some_and(|(i, _)| i != id3)));
+    killpg(job_pid, libc::SIGKILL);
+    // The dead leader's role entry goes with its seat: no reader ever sees
+    // two leaders' entries.
+    let mut most = 0;
+    assert!(wait_for(Duration::from_secs(10), || {
+        most = most.max(names(url, "db").len());
+        leader(url).is_some_and(|(i, _)| i != id3)
+    }));
     let failover = t.elapsed();
+    assert!(wait_for(Duration::from_secs(5), || {
+        let listed = names(url, "db");
+        most = most.max(listed.len());
+        listed.len() == 1
+    }));
+    assert!(most <= 1, "two leaders' entries listed at once");
     eprintln!("failover after kill -9 took {failover:?}");
     assert!(
         failover < Duration::from_secs(3) + Duration::from_millis(1500),

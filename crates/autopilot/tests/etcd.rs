@@ -1,4 +1,6 @@
 //! The agent on real etcd: several agents, a lost member, a full outage with the app untouched, and clear startup errors.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Hook helpers on both backends: `autopilot kv` and `autopilot lock`.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! PID-1 duty in a fresh PID namespace: orphans reaped, exit code passed out.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

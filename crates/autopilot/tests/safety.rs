@@ -1,5 +1,7 @@
 //! Split-brain safety: a leader cut off from etcd (and only it) demotes itself before any other
 //! node is elected, over 20 trials, checked from the agents' own event handler timestamps.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Snapshots and restore-before-start with real agents: simultaneous cold start converges
 //! (one bootstrap, the others restore), retention prunes, and a corrupt newest snapshot is skipped.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

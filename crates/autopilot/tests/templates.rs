@@ -1,4 +1,6 @@
 //! Templates through the real binary, on both backends: rendering from catalog data, writing only on change, `wait`, a failing command retried, `when` gating, and `autopilot template render`.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

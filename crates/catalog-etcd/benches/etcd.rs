@@ -24,6 +24,7 @@ fn reg(id: &str, name: &str, port: u16) -> Registration {
         status: Status::Passing,
         ttl: Duration::from_secs(10),
         deregister_critical_after: None,
+        seat: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn reg(id: &str, name: &str) -> Registration {
         status: Status::Passing,
         ttl: Duration::from_secs(10),
         deregister_critical_after: None,
+        seat: None,
     }
 }
 

@@ -251,6 +251,7 @@ async fn notify_loop(
 ) {
     // SAFETY: `Inotify` owns its descriptor for its whole life, and `Fd`
     // always returns that same descriptor; the AsyncFd owns the Inotify.
+    #[allow(unsafe_code)]
     let fd = match unsafe { AsyncFd::register(Fd(inotify)) } {
         Ok(fd) => fd,
         Err(e) => {
@@ -784,6 +785,7 @@ mod tests {
                 status: Status::Passing,
                 ttl: Duration::from_secs(60),
                 deregister_critical_after: None,
+                seat: None,
             })
             .await
             .expect("register");

@@ -15,6 +15,7 @@ fn reg(id: &str, name: &str, port: u16, ttl_ms: u64) -> Registration {
         status: Status::Passing,
         ttl: Duration::from_millis(ttl_ms),
         deregister_critical_after: None,
+        seat: None,
     }
 }
 
@@ -52,6 +53,130 @@ where
     key_value(&open, tag).await;
     locks_exclude_and_expire(&open, tag, expiry).await;
     elections(&open, tag, expiry).await;
+    seat_bound_entries(&open, tag, expiry).await;
+}
+
+/// An entry bound to an election seat lives and dies with the seat: it is
+/// refused without the seat, disappears when the leader resigns, and
+/// disappears together with an abandoned seat, never after it, so a reader
+/// never sees two leaders' entries.
+async fn seat_bound_entries<F, Fut>(open: &F, tag: &str, expiry: Duration)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    use crate::{Candidate, CatalogError, Seat};
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
+    let election = format!("seat-{tag}");
+    let service = format!("seat-primary-{tag}");
+    let me = |id: &str, port| Candidate {
+        id: id.into(),
+        address: "127.0.0.1".into(),
+        port,
+    };
+    let ttl = Duration::from_secs(2);
+    let bound = |id: &str, port: u16, term: u64| Registration {
+        seat: Some(Seat {
+            election: election.clone(),
+            term,
+        }),
+        // The session's own entries outlive the seat by far: only the seat
+        // can make the bound entry disappear this early.
+        ..reg(id, &service, port, 60_000)
+    };
+    // Without the seat: refused, and nothing is written.
+    match a.register(&bound("a-1", 1, 1)).await {
+        Err(CatalogError::SeatLost { .. }) => {}
+        other => panic!("a bound entry without its seat must be refused, got {other:?}"),
+    }
+    assert!(a.instances(&service).await.expect("read").is_empty());
+
+    let t1 = a
+        .campaign(&election, &me("a-1", 1), ttl)
+        .await
+        .expect("campaign")
+        .expect("a wins");
+    // A stale term is not the seat held now.
+    if t1 > 1 {
+        assert!(matches!(
+            a.register(&bound("a-1", 1, t1 - 1)).await,
+            Err(CatalogError::SeatLost { .. })
+        ));
+    }
+    a.register(&bound("a-1", 1, t1)).await.expect("bound entry");
+    assert_eq!(a.instances(&service).await.expect("read").len(), 1);
+    // Status changes keep the binding.
+    assert!(a.set_status("a-1", Status::Critical).await.expect("status"));
+    assert!(a.set_status("a-1", Status::Passing).await.expect("status"));
+    assert_eq!(b.instances(&service).await.expect("read").len(), 1);
+
+    // Resigning ends the entry with the seat.
+    a.resign(&election).await.expect("resign");
+    assert!(
+        b.instances(&service).await.expect("read").is_empty(),
+        "a resigned leader's bound entry is gone at once"
+    );
+    // Its keep-alive does not bring it back.
+    a.keep_alive().await.expect("keep-alive");
+    assert!(b.instances(&service).await.expect("read").is_empty());
+
+    // A seat that is abandoned (its holder stops renewing) takes the entry
+    // with it: at no instant does b's new seat coexist with a's entry.
+    let t2 = a
+        .campaign(&election, &me("a-1", 1), ttl)
+        .await
+        .expect("campaign")
+        .expect("a wins again");
+    assert!(t2 > t1);
+    a.register(&bound("a-1", 1, t2)).await.expect("bound entry");
+    let start = Instant::now();
+    let mut won = None;
+    while won.is_none() && start.elapsed() < ttl + expiry + Duration::from_secs(3) {
+        // a keeps its session alive but not its seat.
+        a.keep_alive().await.expect("keep-alive");
+        let listed = b.instances(&service).await.expect("read");
+        let leader = b.leader(&election).await.expect("leader");
+        match (&leader, listed.len()) {
+            (Some(l), 1) => assert_eq!(l.term, t2, "the entry listed is the live seat's"),
+            (Some(l), n) => panic!("{n} entries listed under the seat of term {}", l.term),
+            (None, 0) => {}
+            (None, n) => panic!("{n} entries listed with no seat"),
+        }
+        won = b
+            .campaign(&election, &me("b-1", 2), ttl)
+            .await
+            .expect("campaign");
+        if won.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let t3 = won.expect("the abandoned seat expires");
+    assert!(t3 > t2);
+    assert!(
+        b.instances(&service).await.expect("read").is_empty(),
+        "the old leader's entry went with its seat"
+    );
+    // Writing to the lost seat is refused, not resurrected.
+    assert!(matches!(
+        a.register(&bound("a-1", 1, t2)).await,
+        Err(CatalogError::SeatLost { .. })
+    ));
+    b.register(&Registration {
+        seat: Some(Seat {
+            election: election.clone(),
+            term: t3,
+        }),
+        ..reg("b-1", &service, 2, 60_000)
+    })
+    .await
+    .expect("the new leader's entry");
+    let listed = a.instances(&service).await.expect("read");
+    assert_eq!(
+        listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["b-1"]
+    );
+    b.resign(&election).await.expect("resign");
+    a.deregister("a-1").await.expect("cleanup");
 }
 
 async fn elections<F, Fut>(open: &F, tag: &str, expiry: Duration)

@@ -59,6 +59,20 @@ pub struct Registration {
     pub ttl: Duration,
     /// Remove the entry once it has been critical this long.
     pub deregister_critical_after: Option<Duration>,
+    /// Binds the entry to an election seat: it lives only while this
+    /// session holds `seat.election` at `seat.term`, and disappears in the
+    /// same step as the seat (etcd: the seat's lease; embedded: the seat
+    /// row's lifetime). So no reader ever sees a dead leader's entry beside
+    /// the new leader's.
+    pub seat: Option<Seat>,
+}
+
+/// An election seat an entry is bound to (see [`Registration::seat`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Seat {
+    pub election: String,
+    /// The term the seat was won with: a seat won again is a new seat.
+    pub term: u64,
 }
 
 /// One entry as read back from the catalog.
@@ -93,6 +107,19 @@ pub enum CatalogError {
     BadUrl { url: String, message: String },
     #[error("catalog {url}: the {backend} backend is not available yet; use a local:// catalog")]
     Unsupported { url: String, backend: String },
+    /// A seat-bound entry was written while this session does not hold
+    /// that seat (it was lost or never won). Retrying cannot help; the
+    /// entry stays absent until it is registered again unbound or with a
+    /// seat that is held.
+    #[error(
+        "catalog {url}: entry {id} is bound to the seat of {election} (term {term}), which this agent does not hold"
+    )]
+    SeatLost {
+        url: String,
+        id: String,
+        election: String,
+        term: u64,
+    },
 }
 
 #[async_trait::async_trait]

@@ -235,7 +235,8 @@ impl<'a> Field<'a> {
     /// "1m30s"; a bare number in a string is seconds too).
     pub fn duration(&self) -> Result<Duration, ConfigError> {
         match &self.node.kind {
-            Kind::Number(n) if *n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(*n)),
+            Kind::Number(n) if *n >= 0.0 && n.is_finite() => Duration::try_from_secs_f64(*n)
+                .map_err(|_| self.err(format!("{n} seconds is out of range"))),
             Kind::Number(n) => Err(self.err(format!("{n} is not a valid duration"))),
             Kind::Str(s) => parse_duration(s).map_err(|e| self.err(e)),
             _ => Err(self.wrong("a duration (seconds, or a string such as \"10s\")")),
@@ -262,7 +263,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if secs < 0.0 || !secs.is_finite() {
             return Err(format!("{s:?} is not a valid duration"));
         }
-        return Ok(Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"));
     }
     if t.starts_with('-') {
         return Err(format!("{s:?}: a duration cannot be negative"));

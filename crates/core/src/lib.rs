@@ -2,6 +2,16 @@
 //!
 //! Nothing here performs I/O or reads a clock; see `ARCHITECTURE.md`.
 
+// Times and counters come from configs and the clock: no silent wrap or
+// truncation (see ARCHITECTURE.md, "Lints").
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss,
+    clippy::arithmetic_side_effects
+)]
+
 pub mod event;
 pub mod machine;
 pub mod spec;
@@ -9,7 +19,7 @@ pub mod watch;
 
 pub use event::{Event, EventCode};
 pub use machine::{
-    Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, RunId, Sig,
+    Action, ExitStatus, HealthStatus, Input, JobView, Machine, Phase, ProcKind, Role, RunId, Sig,
     StopReason,
 };
 pub use spec::{
@@ -18,5 +28,12 @@ pub use spec::{
 };
 pub use watch::{Endpoint, WatchState};
 
+// Tests compute fake times with plain arithmetic.
 #[cfg(test)]
+#[allow(
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests;

@@ -33,7 +33,7 @@ impl ExitStatus {
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Signal(s) => s.saturating_add(128),
         }
     }
 
@@ -81,6 +81,25 @@ pub enum Input {
         job: usize,
         ok: bool,
     },
+    /// The job's election task won the seat with this term (`Some`), or no
+    /// longer leads (`None`: resigned, lost the seat, or could not renew).
+    Leadership {
+        job: usize,
+        term: Option<u64>,
+    },
+}
+
+/// Which of its `roles` a job's catalog entry takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The job has no `roles`: one entry under its own name and tags.
+    Plain,
+    /// The leader's entry, bound to the seat won with `term`: it lives and
+    /// dies with that seat.
+    Leader {
+        term: u64,
+    },
+    Follower,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,8 +127,9 @@ pub enum Action {
     Campaign { job: usize, campaign: bool },
     /// Restore the job's data before its first start; answer with `Input::Prepared`.
     Prepare { job: usize },
-    /// Take a snapshot of the job (its interval came round).
-    Snapshot { job: usize },
+    /// Take a snapshot of the job: its interval came round, or (with
+    /// `only_if_none`) it was just elected and the set may have none yet.
+    Snapshot { job: usize, only_if_none: bool },
     /// Every job is stopped: exit with `code`, or load the new config.
     Finished { reason: StopReason, code: i32 },
 }
@@ -199,6 +219,8 @@ struct Job {
     /// The status of the job's catalog entry, if it has one.
     registered: Option<EntryStatus>,
     campaigning: bool,
+    /// The term of the seat the job holds, while it leads its election.
+    leading: Option<u64>,
     /// The restore before the first start is done (or not needed).
     prepared: bool,
 }
@@ -264,6 +286,7 @@ impl Machine {
                     restarts_total: 0,
                     registered: None,
                     campaigning: false,
+                    leading: None,
                     prepared: !spec_restores,
                 }
             })
@@ -304,6 +327,21 @@ impl Machine {
     /// The status of the job's catalog entry, if it has one.
     pub fn registered(&self, job: usize) -> Option<EntryStatus> {
         self.jobs[job].registered
+    }
+
+    /// The term of the seat the job holds, while it leads.
+    pub fn leading(&self, job: usize) -> Option<u64> {
+        self.jobs[job].leading
+    }
+
+    /// The role the job's catalog entry takes now.
+    pub fn role(&self, job: usize) -> Role {
+        let j = &self.jobs[job];
+        match (&j.spec.roles, j.leading) {
+            (None, _) => Role::Plain,
+            (Some(_), Some(term)) => Role::Leader { term },
+            (Some(_), None) => Role::Follower,
+        }
     }
 
     pub fn in_maintenance(&self) -> bool {
@@ -382,6 +420,7 @@ impl Machine {
             Input::Stop(reason) => self.begin_stop(reason),
             Input::Maintenance(on) => self.set_maintenance(on),
             Input::Prepared { job, ok } => self.prepared(job, ok),
+            Input::Leadership { job, term } => self.leadership(job, term),
         }
         self.drain();
         self.after_step();
@@ -425,7 +464,7 @@ impl Machine {
         }
         match &mut job.starts_left {
             Some(0) => return,
-            Some(n) => *n -= 1,
+            Some(n) => *n = n.saturating_sub(1),
             None => {}
         }
         let interval = match job.spec.trigger {
@@ -434,7 +473,9 @@ impl Machine {
         };
         match job.phase {
             Phase::Waiting => self.start(j),
-            Phase::Running(_) | Phase::Backoff | Phase::Preparing => job.pending += 1,
+            Phase::Running(_) | Phase::Backoff | Phase::Preparing => {
+                job.pending = job.pending.saturating_add(1)
+            }
             Phase::Done => {}
         }
         if let Some(every) = interval {
@@ -453,7 +494,7 @@ impl Machine {
             return;
         }
         job.ran = true;
-        job.epoch += 1;
+        job.epoch = job.epoch.wrapping_add(1);
         job.passes = 0;
         job.fails = 0;
         let epoch = job.epoch;
@@ -462,7 +503,7 @@ impl Machine {
             job.phase = Phase::Running(None);
         } else {
             let run = RunId(self.next_run);
-            self.next_run += 1;
+            self.next_run = self.next_run.saturating_add(1);
             self.runs.insert(
                 run,
                 Run {
@@ -515,13 +556,51 @@ impl Machine {
         }
     }
 
+    /// Leadership changed: publish `elected`/`demoted`, re-register a job
+    /// with `roles` under its new role, and have a new leader make the
+    /// set's first snapshot if none exists (nodes waiting to restore need it).
+    fn leadership(&mut self, j: usize, term: Option<u64>) {
+        let Some(job) = self.jobs.get_mut(j) else {
+            return;
+        };
+        if job.spec.election.is_none() || job.leading == term {
+            return;
+        }
+        let was = std::mem::replace(&mut job.leading, term);
+        let name = job.spec.name.clone();
+        if was.is_some() {
+            // A seat lost (or replaced by a new term) is a demotion first.
+            self.publish(Event::new(EventCode::Demoted, &name));
+        }
+        let job = &self.jobs[j];
+        if let (Some(status), Some(_)) = (job.registered, &job.spec.roles) {
+            self.actions.push(Action::Register { job: j, status });
+        }
+        if term.is_some() {
+            if job
+                .spec
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.create.is_some())
+            {
+                self.actions.push(Action::Snapshot {
+                    job: j,
+                    only_if_none: true,
+                });
+            }
+            self.publish(Event::new(EventCode::Elected, &name));
+        }
+    }
+
     fn exited(&mut self, run: RunId, status: ExitStatus) {
         let Some(r) = self.runs.remove(&run) else {
             return;
         };
         match r.kind {
             ProcKind::Check => self.check_done(r.job, run, status),
-            ProcKind::Job => self.job_exited(r.job, run, status, self.now - r.started),
+            ProcKind::Job => {
+                self.job_exited(r.job, run, status, self.now.saturating_sub(r.started))
+            }
         }
     }
 
@@ -538,7 +617,7 @@ impl Machine {
         {
             let job = &mut self.jobs[j];
             job.last_exit = Some(status);
-            job.epoch += 1;
+            job.epoch = job.epoch.wrapping_add(1);
             job.check = None;
             job.phase = Phase::Waiting;
         }
@@ -567,11 +646,11 @@ impl Machine {
         }
         if job.restarts_left != Some(0) {
             if let Some(n) = &mut job.restarts_left {
-                *n -= 1;
+                *n = n.saturating_sub(1);
             }
             let delay = job.spec.backoff.delay(job.streak);
             job.streak = job.streak.saturating_add(1);
-            job.restarts_total += 1;
+            job.restarts_total = job.restarts_total.saturating_add(1);
             job.phase = Phase::Backoff;
             self.actions.push(Action::Restarting { job: j, delay });
             self.set_timer(delay, Timer::Restart(j));
@@ -585,7 +664,7 @@ impl Machine {
     fn settle(&mut self, j: usize) {
         let job = &mut self.jobs[j];
         if job.pending > 0 && (self.stopping.is_none() || job.spec.trigger.is_stop_hook()) {
-            job.pending -= 1;
+            job.pending = job.pending.saturating_sub(1);
             job.restarts_left = limit(job.spec.restarts);
             self.start(j);
             return;
@@ -644,7 +723,7 @@ impl Machine {
                 let job = &mut self.jobs[j];
                 job.phase = Phase::Done;
                 job.stop = None;
-                job.epoch += 1;
+                job.epoch = job.epoch.wrapping_add(1);
                 let name = job.spec.name.clone();
                 self.set_health(j, HealthStatus::Unknown);
                 self.publish(Event::new(EventCode::Stopped, &name));
@@ -811,8 +890,9 @@ impl Machine {
     // ---- timers ---------------------------------------------------------
 
     fn set_timer(&mut self, after: Duration, t: Timer) {
-        self.timer_seq += 1;
-        self.timers.insert((self.now + after, self.timer_seq), t);
+        self.timer_seq = self.timer_seq.wrapping_add(1);
+        self.timers
+            .insert((self.now.saturating_add(after), self.timer_seq), t);
     }
 
     fn fire(&mut self, t: Timer) {
@@ -832,9 +912,9 @@ impl Machine {
                         Some(0) => self.complete(j),
                         left => {
                             if let Some(n) = left {
-                                *n -= 1;
+                                *n = n.saturating_sub(1);
                             }
-                            job.restarts_total += 1;
+                            job.restarts_total = job.restarts_total.saturating_add(1);
                             self.start(j);
                         }
                     }
@@ -854,7 +934,7 @@ impl Machine {
                     return;
                 }
                 let run = RunId(self.next_run);
-                self.next_run += 1;
+                self.next_run = self.next_run.saturating_add(1);
                 self.runs.insert(
                     run,
                     Run {
@@ -892,9 +972,18 @@ impl Machine {
                 {
                     return;
                 }
-                if let Some(every) = job.spec.snapshot.as_ref().and_then(|s| s.interval) {
+                if let Some(s) = job.spec.snapshot.as_ref()
+                    && let Some(every) = s.interval
+                {
+                    // With `leaderOnly`, followers skip their turn.
+                    let due = s.create.is_some() && (!s.leader_only || job.leading.is_some());
                     self.set_timer(every, Timer::Snapshot { job: j, epoch });
-                    self.actions.push(Action::Snapshot { job: j });
+                    if due {
+                        self.actions.push(Action::Snapshot {
+                            job: j,
+                            only_if_none: false,
+                        });
+                    }
                 }
             }
             Timer::WhenTimeout(j) => {
@@ -921,7 +1010,12 @@ impl Machine {
     // ---- stopping -------------------------------------------------------
 
     fn begin_stop(&mut self, reason: StopReason) {
-        if self.stopping.is_some() {
+        if let Some(current) = self.stopping {
+            // A shutdown asked for during a reload wins: the jobs are
+            // already stopping, and the new config is never started.
+            if current == StopReason::Reload && reason == StopReason::Shutdown {
+                self.stopping = Some(StopReason::Shutdown);
+            }
             return;
         }
         self.stopping = Some(reason);

@@ -676,3 +676,285 @@ fn restore_before_start_gates_the_first_run_only() {
     assert_eq!(h.spawns(&a), vec!["db"]);
     assert!(!a.contains(&Action::Prepare { job: 0 }));
 }
+
+#[test]
+fn shutdown_during_a_reload_wins() {
+    let mut h = H::new(vec![job("app")]);
+    h.startup();
+    let a = h.input(Input::Stop(StopReason::Reload));
+    let (run, _) = H::signals(&a)[0];
+    // SIGTERM arrives while the old jobs are still stopping.
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    assert!(H::finished(&a).is_none());
+    assert_eq!(h.m.stopping(), Some(StopReason::Shutdown));
+    let a = h.exit(run, 0);
+    assert_eq!(
+        H::finished(&a),
+        Some((StopReason::Shutdown, 0)),
+        "the new config is never started"
+    );
+    // The reverse order does not turn a shutdown into a reload.
+    let mut h = H::new(vec![job("app")]);
+    h.startup();
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    let (run, _) = H::signals(&a)[0];
+    h.input(Input::Stop(StopReason::Reload));
+    let a = h.exit(run, 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+}
+
+fn elected_job(roles: bool, snapshot: Option<SnapshotSpec>) -> JobSpec {
+    JobSpec {
+        health: health(1000, 1, 1),
+        port: Some(6379),
+        restarts: Restarts::Unlimited,
+        election: Some(ElectionSpec {
+            name: "primary".into(),
+            ttl: ms(5000),
+        }),
+        roles: roles.then(|| Roles {
+            leader: RoleSpec {
+                name: Some("db-primary".into()),
+                tags: None,
+            },
+            follower: RoleSpec {
+                name: Some("db-replica".into()),
+                tags: None,
+            },
+        }),
+        snapshot,
+        ..job("db")
+    }
+}
+
+#[test]
+fn leadership_publishes_events_and_moves_the_role_entry() {
+    let mut h = H::new(vec![elected_job(true, None)]);
+    h.startup();
+    h.at(1000);
+    let a = h.exit(h.run_of("db", ProcKind::Check), 0);
+    assert_eq!(catalog_ops(&h, &a), vec!["register db Passing"]);
+    assert!(a.contains(&Action::Campaign {
+        job: 0,
+        campaign: true
+    }));
+    assert_eq!(h.m.role(0), Role::Follower);
+
+    let a = h.input(Input::Leadership {
+        job: 0,
+        term: Some(7),
+    });
+    assert_eq!(H::events(&a), vec!["db.elected"]);
+    assert_eq!(
+        catalog_ops(&h, &a),
+        vec!["register db Passing"],
+        "the entry is rewritten under the leader's role"
+    );
+    assert_eq!(h.m.role(0), Role::Leader { term: 7 });
+    // The same news again changes nothing.
+    let a = h.input(Input::Leadership {
+        job: 0,
+        term: Some(7),
+    });
+    assert!(a.is_empty(), "{a:?}");
+    // A seat won again is a new seat: demoted, then elected, and the entry
+    // is bound to the new term.
+    let a = h.input(Input::Leadership {
+        job: 0,
+        term: Some(9),
+    });
+    assert_eq!(H::events(&a), vec!["db.demoted", "db.elected"]);
+    assert_eq!(h.m.role(0), Role::Leader { term: 9 });
+    let a = h.input(Input::Leadership { job: 0, term: None });
+    assert_eq!(H::events(&a), vec!["db.demoted"]);
+    assert_eq!(catalog_ops(&h, &a), vec!["register db Passing"]);
+    assert_eq!(h.m.role(0), Role::Follower);
+
+    // Without roles the entry stays as it is.
+    let mut h = H::new(vec![elected_job(false, None)]);
+    h.startup();
+    h.at(1000);
+    h.exit(h.run_of("db", ProcKind::Check), 0);
+    let a = h.input(Input::Leadership {
+        job: 0,
+        term: Some(1),
+    });
+    assert!(catalog_ops(&h, &a).is_empty());
+    assert_eq!(h.m.role(0), Role::Plain);
+    // A job with no election ignores the news.
+    let mut h = H::new(vec![job("x")]);
+    h.startup();
+    let a = h.input(Input::Leadership {
+        job: 0,
+        term: Some(1),
+    });
+    assert!(a.is_empty());
+    // An out-of-range job index is ignored, not a panic.
+    let a = h.input(Input::Leadership {
+        job: 5,
+        term: Some(1),
+    });
+    assert!(a.is_empty());
+}
+
+#[test]
+fn a_new_leader_takes_the_first_snapshot_and_followers_skip_leader_only_ticks() {
+    let snap = SnapshotSpec {
+        set: "db".into(),
+        store: "file:///s".into(),
+        create: Some(vec!["dump".into()]),
+        restore: None,
+        interval: Some(ms(10_000)),
+        retain: 3,
+        leader_only: true,
+        data_dir: None,
+    };
+    let snaps = |a: &[Action]| {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Snapshot { only_if_none, .. } => Some(*only_if_none),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut h = H::new(vec![elected_job(false, Some(snap))]);
+    h.startup();
+    h.at(1000);
+    h.exit(h.run_of("db", ProcKind::Check), 0);
+    let a = h.at(10_000);
+    assert!(snaps(&a).is_empty(), "a follower skips a leaderOnly tick");
+    let a = h.input(Input::Leadership {
+        job: 0,
+        term: Some(1),
+    });
+    assert_eq!(snaps(&a), vec![true], "first snapshot if none exists");
+    let a = h.at(20_000);
+    assert_eq!(snaps(&a), vec![false], "the leader takes its turn");
+}
+
+mod props {
+    //! Property tests: whatever happens, a stop finishes and nothing is
+    //! registered once stopping.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Advance(u64),
+        ExitJob(usize, i32),
+        ExitCheck(usize, bool),
+        Maintenance(bool),
+        Leadership(usize, Option<u64>),
+        Signal,
+        Reload,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..3000).prop_map(Step::Advance),
+            (0usize..4, -1i32..3).prop_map(|(j, c)| Step::ExitJob(j, c)),
+            (0usize..4, any::<bool>()).prop_map(|(j, ok)| Step::ExitCheck(j, ok)),
+            any::<bool>().prop_map(Step::Maintenance),
+            (0usize..4, proptest::option::of(1u64..5)).prop_map(|(j, t)| Step::Leadership(j, t)),
+            Just(Step::Signal),
+            Just(Step::Reload),
+        ]
+    }
+
+    fn jobs() -> Vec<JobSpec> {
+        vec![
+            JobSpec {
+                restarts: Restarts::Unlimited,
+                ..elected_job(true, None)
+            },
+            JobSpec {
+                port: Some(80),
+                health: health(500, 2, 2),
+                restarts: Restarts::Count(3),
+                ..job("web")
+            },
+            on("pre-stop", "web", EventCode::Stopping, false),
+            on("on-hup", "SIGHUP", EventCode::Signal, true),
+        ]
+    }
+
+    /// The runs currently alive, by kind and job, from the actions seen.
+    fn live(h: &H) -> Vec<(RunId, usize, ProcKind)> {
+        let mut alive: Vec<(RunId, usize, ProcKind)> = Vec::new();
+        for a in &h.log {
+            if let Action::Spawn { run, job, kind } = a {
+                alive.push((*run, *job, *kind));
+            }
+        }
+        alive
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn a_stop_always_finishes_and_nothing_registers_after_it(
+            steps in proptest::collection::vec(step(), 0..60),
+            stop_at in 0usize..60,
+        ) {
+            let mut h = H::new(jobs());
+            h.startup();
+            let mut exited: std::collections::HashSet<RunId> = Default::default();
+            let mut stopped = false;
+            for (i, s) in steps.iter().enumerate() {
+                if i == stop_at {
+                    h.input(Input::Stop(StopReason::Shutdown));
+                    stopped = true;
+                }
+                let runs = live(&h);
+                let pick = |job: usize, kind: ProcKind| {
+                    runs.iter().rev().find(|(r, j, k)| *j == job && *k == kind && !exited.contains(r)).map(|(r, _, _)| *r)
+                };
+                let a = match s {
+                    Step::Advance(d) => { let t = h.now.as_millis() as u64 + d; h.at(t) }
+                    Step::ExitJob(j, c) => match pick(*j, ProcKind::Job) {
+                        Some(r) => { exited.insert(r); h.exit(r, *c) }
+                        None => Vec::new(),
+                    },
+                    Step::ExitCheck(j, ok) => match pick(*j, ProcKind::Check) {
+                        Some(r) => { exited.insert(r); h.exit(r, if *ok { 0 } else { 1 }) }
+                        None => Vec::new(),
+                    },
+                    Step::Maintenance(on) => h.input(Input::Maintenance(*on)),
+                    Step::Leadership(j, t) => h.input(Input::Leadership { job: *j, term: *t }),
+                    Step::Signal => h.input(Input::SignalEvent("SIGHUP".into())),
+                    Step::Reload => h.input(Input::Stop(StopReason::Reload)),
+                };
+                if stopped || h.m.stopping().is_some() {
+                    prop_assert!(
+                        !a.iter().any(|x| matches!(x, Action::Register { .. } | Action::Campaign { campaign: true, .. })),
+                        "registered or campaigned while stopping: {a:?}"
+                    );
+                }
+                if H::finished(&h.log).is_some() {
+                    break;
+                }
+            }
+            if H::finished(&h.log).is_none() {
+                h.input(Input::Stop(StopReason::Shutdown));
+            }
+            // Every process ends (SIGKILL cannot be ignored) and the clock
+            // runs on: the stop must finish within a bounded time.
+            let mut rounds = 0;
+            while H::finished(&h.log).is_none() {
+                rounds += 1;
+                prop_assert!(rounds < 200, "the stop never finished");
+                for (r, _, _) in live(&h) {
+                    if exited.insert(r) {
+                        h.input(Input::Exited { run: r, status: ExitStatus::Signal(9) });
+                    }
+                }
+                let t = h.now.as_millis() as u64 + 1000;
+                h.at(t);
+            }
+            let finished = H::finished(&h.log);
+            if stopped {
+                prop_assert_eq!(finished.map(|f| f.0), Some(StopReason::Shutdown));
+            }
+        }
+    }
+}

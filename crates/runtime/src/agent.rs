@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use autopilot_catalog::{Candidate, Catalog, CatalogError, Instance, Leader, Registration, Status};
+use autopilot_catalog::{
+    Candidate, Catalog, CatalogError, Instance, Leader, Registration, Seat, Status,
+};
 use autopilot_config::Config;
 use autopilot_core::{
     Action, Endpoint, EntryStatus, Event, EventCode, ExitStatus, Input, Machine, Phase, ProcKind,
-    RunId, Sig, StopReason, WatchState,
+    Role, RunId, Sig, StopReason, WatchState,
 };
 use autopilot_process::{Exit, SpawnSpec, Spawner};
 use tokio::signal::unix::{SignalKind, signal};
@@ -92,6 +94,11 @@ enum Msg {
         job: usize,
         ok: bool,
     },
+    /// Try again to publish a watch's held-back snapshot.
+    WatchRetry {
+        generation: u64,
+        index: usize,
+    },
 }
 
 struct RunMeta {
@@ -123,13 +130,20 @@ struct Agent {
     watch_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Bumped on reload, so snapshots from old watch tasks are ignored.
     watch_generation: u64,
-    /// Where watch snapshots are written for handlers.
+    /// Where watch snapshots are written for handlers: the private scratch
+    /// directory, removed when `_scratch` is dropped.
     state_dir: PathBuf,
+    _scratch: tempfile::TempDir,
+    /// Per watch: the latest snapshot not yet published because its
+    /// instances file could not be written (retried; never published stale).
+    watch_pending: Vec<Option<Vec<Instance>>>,
+    /// Consecutive failures to write a watch's instances file.
+    watch_failures: Vec<u32>,
+    /// Per job: what its restore before start is waiting for, if anything.
+    restore_progress: Vec<Arc<std::sync::Mutex<Option<String>>>>,
     telemetry_id: Option<String>,
     /// Per job: the channel that turns its campaign on and off, and its task.
     campaigns: Vec<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
-    /// Per job: whether it currently leads its election.
-    leading: Vec<bool>,
     /// The last known leader of each election.
     leaders: BTreeMap<String, Option<Leader>>,
     /// Where each job's persistent state directory lives.
@@ -175,11 +189,25 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         .map_err(AgentError::Settings)?;
     let catalog = crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?;
     let hook_env = crate::catalog::hook_env(&opts.catalog_url, &etcd);
-    let state_dir = std::env::temp_dir().join(format!("autopilot-{}", std::process::id()));
-    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
-        path: state_dir.display().to_string(),
-        source,
-    })?;
+    // The agent's private scratch directory (watch and leader files,
+    // snapshot files in transit): a fresh name no other user can predict or
+    // pre-create, mode 0700, removed at exit. As PID 1 a fixed name such as
+    // /tmp/autopilot-1 would be an invitation to plant symlinks.
+    let scratch_base = opts
+        .env
+        .get("XDG_RUNTIME_DIR")
+        .filter(|d| d.starts_with('/') && std::path::Path::new(d.as_str()).is_dir())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::Builder::new()
+        .prefix("autopilot-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(&scratch_base)
+        .map_err(|source| AgentError::StateDir {
+            path: scratch_base.display().to_string(),
+            source,
+        })?;
+    let state_dir = scratch.path().to_path_buf();
     for j in &opts.config.jobs {
         if let Some(s) = &j.snapshot {
             autopilot_snapshot::open(&s.store)
@@ -223,6 +251,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             status: Status::Passing,
             ttl: DEFAULT_TTL,
             deregister_critical_after: None,
+            seat: None,
         });
         telemetry_id = Some(id);
     }
@@ -256,10 +285,13 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         watch_states: Vec::new(),
         watch_tasks: Vec::new(),
         watch_generation: 0,
+        watch_pending: Vec::new(),
+        watch_failures: Vec::new(),
+        restore_progress: Vec::new(),
         state_dir,
+        _scratch: scratch,
         telemetry_id,
         campaigns: Vec::new(),
-        leading: Vec::new(),
         leaders: BTreeMap::new(),
         job_state_root: opts.job_state_root,
         templates: Vec::new(),
@@ -362,7 +394,7 @@ impl Agent {
         }
         let n = self.machine.job_count();
         self.campaigns = (0..n).map(|_| None).collect();
-        self.leading = vec![false; n];
+        self.restore_progress = (0..n).map(|_| Default::default()).collect();
         self.leaders = (0..n)
             .filter_map(|j| {
                 self.machine
@@ -382,21 +414,10 @@ impl Agent {
         if !on {
             return;
         }
-        let spec = self.machine.spec(job);
-        let Some(e) = spec.election.clone() else {
+        let Some(e) = self.machine.spec(job).election.clone() else {
             return;
         };
-        let me = Candidate {
-            id: self.entry_id(job),
-            address: self
-                .job_ips
-                .get(job)
-                .copied()
-                .flatten()
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
-            port: spec.port.unwrap_or(0),
-        };
+        let me = self.candidate(job);
         let (tx, rx) = watch::channel(true);
         let generation = self.watch_generation;
         let task = spawn_election(
@@ -429,44 +450,85 @@ impl Agent {
         match news {
             ElectionNews::Elected(term) => {
                 tracing::info!(job = %name, %election, term, "elected leader");
-                self.leading[job] = true;
-                self.reregister(job);
-                // A new leader with no snapshot yet makes the first one, so
-                // nodes waiting to restore can start.
-                self.snapshot(job, true);
-                self.input(Input::External(Event::new(EventCode::Elected, &name)));
+                // The `elected` handler must see the term it won (its
+                // fencing token): this node is recorded as the leader, in
+                // the environment and the leader file, before `elected` is
+                // published.
+                let me = self.candidate(job);
+                let changed = self.record_leader(
+                    &election,
+                    Some(Leader {
+                        id: me.id,
+                        address: me.address,
+                        port: me.port,
+                        term,
+                    }),
+                );
+                self.input(Input::Leadership {
+                    job,
+                    term: Some(term),
+                });
+                if changed {
+                    self.publish_leader_changed(&election);
+                }
             }
             ElectionNews::Demoted(term) => {
                 tracing::warn!(job = %name, %election, term, "no longer leader");
-                self.leading[job] = false;
-                self.reregister(job);
-                self.input(Input::External(Event::new(EventCode::Demoted, &name)));
+                self.input(Input::Leadership { job, term: None });
             }
             ElectionNews::Leader(l) => {
-                if self.leaders.get(&election) == Some(&l) {
-                    return;
-                }
-                tracing::info!(%election, leader = ?l.as_ref().map(|l| &l.id), "leader changed");
-                let file = self.leader_file(&election);
-                let json = serde_json::to_vec_pretty(&l).unwrap_or_default();
-                if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
-                    tracing::warn!(file = %file.display(), "cannot write leader file: {e}");
-                }
-                self.leaders.insert(election.clone(), l);
-                // Every job in this election hears of it.
-                for j in 0..self.machine.job_count() {
-                    if self
-                        .machine
-                        .spec(j)
-                        .election
-                        .as_ref()
-                        .is_some_and(|e| e.name == election)
-                    {
-                        let n = self.machine.spec(j).name.clone();
-                        self.input(Input::External(Event::new(EventCode::LeaderChanged, &n)));
-                    }
+                let l = l.and_then(|l| sanitize_leader(&election, l));
+                if self.record_leader(&election, l) {
+                    self.publish_leader_changed(&election);
                 }
             }
+        }
+    }
+
+    /// Records an election's leader for children's environment and writes
+    /// the leader file; returns whether it changed.
+    fn record_leader(&mut self, election: &str, l: Option<Leader>) -> bool {
+        if self.leaders.get(election) == Some(&l) {
+            return false;
+        }
+        tracing::info!(%election, leader = ?l.as_ref().map(|l| &l.id), term = ?l.as_ref().map(|l| l.term), "leader changed");
+        let file = self.leader_file(election);
+        let json = serde_json::to_vec_pretty(&l).unwrap_or_default();
+        if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
+            tracing::warn!(file = %file.display(), "cannot write leader file: {e}");
+        }
+        self.leaders.insert(election.to_string(), l);
+        true
+    }
+
+    /// Every job in the election hears of a new leader.
+    fn publish_leader_changed(&mut self, election: &str) {
+        for j in 0..self.machine.job_count() {
+            if self
+                .machine
+                .spec(j)
+                .election
+                .as_ref()
+                .is_some_and(|e| e.name == election)
+            {
+                let n = self.machine.spec(j).name.clone();
+                self.input(Input::External(Event::new(EventCode::LeaderChanged, &n)));
+            }
+        }
+    }
+
+    /// This job as a candidate: its entry ID and where it serves.
+    fn candidate(&self, job: usize) -> Candidate {
+        Candidate {
+            id: self.entry_id(job),
+            address: self
+                .job_ips
+                .get(job)
+                .copied()
+                .flatten()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            port: self.machine.spec(job).port.unwrap_or(0),
         }
     }
 
@@ -477,6 +539,7 @@ impl Agent {
             env: self.child_env(job),
             me: self.entry_id(job),
             scratch: self.state_dir.clone(),
+            progress: self.restore_progress.get(job).cloned().unwrap_or_default(),
         }
     }
 
@@ -512,33 +575,17 @@ impl Agent {
         });
     }
 
-    /// Takes a snapshot in the background (leaders only, when so configured).
+    /// Takes a snapshot in the background (the core decided it is due).
     fn snapshot(&mut self, job: usize, only_if_none: bool) {
         let Some(spec) = self.machine.spec(job).snapshot.clone() else {
             return;
         };
-        if spec.create.is_none() || (spec.leader_only && !self.leading[job]) {
-            return;
-        }
         let ctx = self.snapshot_ctx(job);
         tokio::spawn(async move {
             if let Err(e) = crate::snapshots::take(&ctx, &spec, only_if_none).await {
                 tracing::error!(set = %spec.set, "snapshot failed: {e}");
             }
         });
-    }
-
-    /// Re-publishes a registered job's entry after its role changed.
-    fn reregister(&mut self, job: usize) {
-        if self.machine.spec(job).roles.is_none() {
-            return;
-        }
-        if let Some(status) = self.machine.registered(job)
-            && let Some(r) = self.registration(job, status)
-        {
-            tracing::info!(id = %r.id, name = %r.name, "role changed; catalog entry follows");
-            self.registrar.put(r);
-        }
     }
 
     fn leader_file(&self, election: &str) -> PathBuf {
@@ -577,6 +624,8 @@ impl Agent {
         self.watch_generation += 1;
         self.start_templates();
         self.watch_states = vec![WatchState::default(); self.config.watches.len()];
+        self.watch_pending = vec![None; self.config.watches.len()];
+        self.watch_failures = vec![0; self.config.watches.len()];
         for (index, w) in self.config.watches.iter().enumerate() {
             let generation = self.watch_generation;
             self.watch_tasks.push(spawn_watch(
@@ -605,27 +654,56 @@ impl Agent {
     /// Applies a watch snapshot: on a change, writes the instances file
     /// handlers read, then publishes the watch's events.
     fn watch_snapshot(&mut self, index: usize, passing: Vec<Instance>) {
-        let Some(state) = self.watch_states.get_mut(index) else {
+        let Some(state) = self.watch_states.get(index) else {
             return;
         };
         let endpoints = passing
             .iter()
             .map(|i| Endpoint {
+                id: i.id.clone(),
                 address: i.address.clone(),
                 port: i.port,
                 tags: i.tags.clone(),
             })
             .collect();
-        let codes = state.update(endpoints);
+        let (set, codes) = state.compare(endpoints);
         if codes.is_empty() {
+            self.watch_pending[index] = None;
             return;
         }
+        // The handlers read the instances file: the change is published
+        // only once the file holds it. If it cannot be written (disk full),
+        // nothing is published and the newest snapshot is retried, so a
+        // handler never acts on the previous list.
         let file = self.watch_file(index);
         let json = serde_json::to_vec_pretty(&passing).unwrap_or_default();
-        if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
-            tracing::warn!(file = %file.display(), "cannot write watch snapshot: {e}");
-        }
         let source = self.config.watches[index].source.clone();
+        if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
+            let failures = self.watch_failures[index].saturating_add(1);
+            self.watch_failures[index] = failures;
+            // Once, then every 32nd attempt, with the count.
+            if failures == 1 || failures.is_multiple_of(32) {
+                tracing::warn!(watch = %source, file = %file.display(), failures, "cannot write the instances file; the change is held back and retried: {e}");
+            }
+            let first_retry = self.watch_pending[index].is_none();
+            self.watch_pending[index] = Some(passing);
+            if first_retry {
+                let delay =
+                    std::time::Duration::from_millis(100u64.saturating_mul(1 << failures.min(5)));
+                let (tx, generation) = (self.tx.clone(), self.watch_generation);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Msg::WatchRetry { generation, index }).await;
+                });
+            }
+            return;
+        }
+        if self.watch_failures[index] > 0 {
+            tracing::info!(watch = %source, failures = self.watch_failures[index], "instances file written again");
+            self.watch_failures[index] = 0;
+        }
+        self.watch_pending[index] = None;
+        self.watch_states[index].record(set);
         tracing::info!(watch = %source, passing = passing.len(), "watch changed");
         for code in codes {
             self.input(Input::External(Event::new(code, &source)));
@@ -637,13 +715,19 @@ impl Agent {
         let spec = self.machine.spec(job);
         let port = spec.port?;
         let address = self.job_ips.get(job).copied().flatten()?;
-        let role = spec.roles.as_ref().map(|r| {
-            if self.leading.get(job).copied().unwrap_or(false) {
-                &r.leader
-            } else {
-                &r.follower
-            }
-        });
+        // The core decides the role; the leader's entry is bound to its seat
+        // so it disappears in the same step as the seat.
+        let (role, seat) = match (spec.roles.as_ref(), self.machine.role(job)) {
+            (Some(r), Role::Leader { term }) => (
+                Some(&r.leader),
+                spec.election.as_ref().map(|e| Seat {
+                    election: e.name.clone(),
+                    term,
+                }),
+            ),
+            (Some(r), _) => (Some(&r.follower), None),
+            (None, _) => (None, None),
+        };
         Some(Registration {
             id: format!("{}-{}", spec.name, self.hostname),
             name: role
@@ -657,6 +741,7 @@ impl Agent {
             status: catalog_status(status),
             ttl: spec.health.as_ref().map_or(DEFAULT_TTL, |h| h.ttl),
             deregister_critical_after: spec.deregister_critical_after,
+            seat,
         })
     }
 
@@ -733,6 +818,13 @@ impl Agent {
             } => {
                 if generation == self.watch_generation {
                     self.election_news(job, news);
+                }
+            }
+            Msg::WatchRetry { generation, index } => {
+                if generation == self.watch_generation
+                    && let Some(passing) = self.watch_pending.get_mut(index).and_then(Option::take)
+                {
+                    self.watch_snapshot(index, passing);
                 }
             }
             Msg::Prepared {
@@ -872,7 +964,7 @@ impl Agent {
                 }
                 Action::Campaign { job, campaign } => self.campaign(job, campaign),
                 Action::Prepare { job } => self.prepare(job),
-                Action::Snapshot { job } => self.snapshot(job, false),
+                Action::Snapshot { job, only_if_none } => self.snapshot(job, only_if_none),
                 Action::Deregister { job } => {
                     let id = self.entry_id(job);
                     tracing::info!(%id, "deregistering");
@@ -1024,7 +1116,18 @@ impl Agent {
                 set(format!("{key}_PID"), pid.to_string());
             }
         }
-        env.into_iter().collect()
+        // Whatever reached this map (a `putenv`, catalog data, the agent's
+        // own environment), a value execve would refuse is left out rather
+        // than failing the spawn.
+        env.into_iter()
+            .filter(|(k, v)| {
+                let ok = env_ok(k, v);
+                if !ok {
+                    tracing::warn!(variable = %k.chars().take(64).collect::<String>(), bytes = v.len(), "leaving an unusable variable out of a child's environment");
+                }
+                ok
+            })
+            .collect()
     }
 
     fn status(&self) -> serde_json::Value {
@@ -1054,9 +1157,11 @@ impl Agent {
                     "port": self.machine.spec(i).port,
                     "election": self.machine.spec(i).election.as_ref().map(|e| serde_json::json!({
                         "name": e.name,
-                        "leader": self.leading.get(i).copied().unwrap_or(false),
+                        "leader": self.machine.leading(i).is_some(),
+                        "term": self.machine.leading(i),
                         "current": self.leaders.get(&e.name).cloned().flatten(),
                     })),
+                    "restore": self.restore_progress.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                     "registration": self.machine.spec(i).port.map(|_| {
                         let id = self.entry_id(i);
                         let applied = reg.applied.get(&id).map(|s| s.as_str());
@@ -1119,4 +1224,79 @@ pub fn env_key(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Longest environment value passed to a child. Linux refuses an exec with
+/// any single string over 128 KiB; a catalog value that big is hostile.
+const MAX_ENV_VALUE: usize = 32 * 1024;
+
+/// Whether a variable can be passed to `execve` at all: one bad value must
+/// never make every later spawn fail.
+fn env_ok(k: &str, v: &str) -> bool {
+    !k.is_empty() && !k.contains(['=', '\0']) && !v.contains('\0') && v.len() <= MAX_ENV_VALUE
+}
+
+/// A leader as read from the catalog is untrusted: it reaches children's
+/// environment. Its ID must be printable and short, its address an IP or a
+/// host name; otherwise the leader is treated as unknown.
+fn sanitize_leader(election: &str, l: Leader) -> Option<Leader> {
+    let id_ok = !l.id.is_empty() && l.id.len() <= 256 && !l.id.chars().any(char::is_control);
+    let addr_ok =
+        l.address.is_empty() || l.address.parse::<IpAddr>().is_ok() || is_hostname(&l.address);
+    if id_ok && addr_ok {
+        return Some(l);
+    }
+    tracing::warn!(%election, "ignoring a malformed leader entry in the catalog (id {:?}, address of {} bytes)", l.id.chars().take(64).collect::<String>(), l.address.len());
+    None
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and hyphens.
+fn is_hostname(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(id: &str, address: &str) -> Leader {
+        Leader {
+            id: id.into(),
+            address: address.into(),
+            port: 6379,
+            term: 3,
+        }
+    }
+
+    #[test]
+    fn hostile_leader_entries_are_ignored() {
+        for ok in ["10.0.0.1", "::1", "db-1.example.com", ""] {
+            assert!(sanitize_leader("e", leader("db-a", ok)).is_some(), "{ok}");
+        }
+        let big = "a".repeat(200 * 1024);
+        for bad in ["10.0.0.1\0x", "a b", "-x", big.as_str(), "x;rm -rf /"] {
+            assert!(
+                sanitize_leader("e", leader("db-a", bad)).is_none(),
+                "{bad:.40}"
+            );
+        }
+        assert!(sanitize_leader("e", leader("a\nb", "10.0.0.1")).is_none());
+        assert!(sanitize_leader("e", leader("", "10.0.0.1")).is_none());
+    }
+
+    #[test]
+    fn unusable_environment_values_are_recognised() {
+        assert!(env_ok("A", "b"));
+        assert!(!env_ok("A", "b\0c"));
+        assert!(!env_ok("A=B", "c"));
+        assert!(!env_ok("", "c"));
+        assert!(!env_ok("A", &"x".repeat(MAX_ENV_VALUE + 1)));
+    }
 }

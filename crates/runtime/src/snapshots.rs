@@ -2,7 +2,13 @@
 //!
 //! Catalog keys (in the key/value space): `snapshots/<set>/index` holds the
 //! recorded snapshots, newest first, as JSON; `snapshots/<set>/bootstrap`
-//! names the one node that initialised fresh.
+//! names the one node that initialised fresh; `snapshots/<set>/force-bootstrap`
+//! is a person's explicit order that one instance start fresh although
+//! snapshots were recorded (none of them usable).
+//!
+//! The rule that keeps data: once the index exists (even empty or
+//! unreadable), a node with an empty data directory never starts empty on
+//! its own. It restores, or waits and says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,8 +38,16 @@ pub struct Ctx {
     pub env: Vec<(String, String)>,
     /// This instance's ID (`<job>-<hostname>`).
     pub me: String,
-    /// Where temporary snapshot files go.
+    /// Where temporary snapshot files go (the agent's private directory).
     pub scratch: PathBuf,
+    /// What the restore is waiting for, for `/status` (`None` when not waiting).
+    pub progress: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Ctx {
+    fn report(&self, why: Option<String>) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
 }
 
 fn index_key(set: &str) -> String {
@@ -42,6 +56,10 @@ fn index_key(set: &str) -> String {
 
 fn bootstrap_key(set: &str) -> String {
     format!("snapshots/{set}/bootstrap")
+}
+
+fn force_key(set: &str) -> String {
+    format!("snapshots/{set}/force-bootstrap")
 }
 
 async fn run(
@@ -105,13 +123,19 @@ pub async fn take(
         std::fs::create_dir_all(&ctx.scratch).map_err(|e| e.to_string())?;
         let tmp = ctx.scratch.join(format!("snapshot-{}.tmp", spec.set));
         let _ = std::fs::remove_file(&tmp);
-        run(ctx, create, &[("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string())], &format!("snapshot.{}", spec.set)).await?;
-        if !tmp.exists() {
-            return Err("the create command wrote nothing to $AUTOPILOT_SNAPSHOT_FILE".to_string());
+        let uploaded = async {
+            run(ctx, create, &[("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string())], &format!("snapshot.{}", spec.set)).await?;
+            if !tmp.exists() {
+                return Err("the create command wrote nothing to $AUTOPILOT_SNAPSHOT_FILE".to_string());
+            }
+            let (sha256, size) = autopilot_snapshot::sha256_file(&tmp).await.map_err(|e| e.to_string())?;
+            store.put(&spec.set, &sha256, &tmp).await.map_err(|e| e.to_string())?;
+            Ok((sha256, size))
         }
-        let (sha256, size) = autopilot_snapshot::sha256_file(&tmp).await.map_err(|e| e.to_string())?;
-        store.put(&spec.set, &sha256, &tmp).await.map_err(|e| e.to_string())?;
+        .await;
+        // Whatever happened, the file in transit goes.
         let _ = std::fs::remove_file(&tmp);
+        let (sha256, size) = uploaded?;
         let meta = SnapMeta {
             sha256,
             size,
@@ -161,7 +185,9 @@ const STALE_CLAIM: Duration = Duration::from_secs(60);
 
 /// Tries to become the one node that initialises fresh. The claim is
 /// `<instance> <ms>`, written by compare-and-swap from absent (or from a
-/// stale claim), so exactly one node wins it.
+/// stale claim), so exactly one node wins it. Only called while the index
+/// shows no snapshot was ever recorded, and a stale claim is taken over
+/// only if that is still so.
 async fn claim_bootstrap(ctx: &Ctx, set: &str) -> bool {
     let key = bootstrap_key(set);
     let now = autopilot_catalog::now_ms();
@@ -179,7 +205,12 @@ async fn claim_bootstrap(ctx: &Ctx, set: &str) -> bool {
                 .next()
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
-            if now.saturating_sub(at) < STALE_CLAIM.as_millis() as u64 {
+            if now.saturating_sub(at) < u64::try_from(STALE_CLAIM.as_millis()).unwrap_or(u64::MAX) {
+                return false;
+            }
+            // The claimant died before its first snapshot, unless one was
+            // recorded meanwhile: then there is data, and no takeover.
+            if !matches!(read_index(ctx, set).await, Ok((None, _))) {
                 return false;
             }
             tracing::warn!(set, claim = %c, "taking over a stale bootstrap claim");
@@ -189,11 +220,33 @@ async fn claim_bootstrap(ctx: &Ctx, set: &str) -> bool {
     matches!(ctx.catalog.kv_cas(&key, expected, &mine).await, Ok(true))
 }
 
+/// Whether a person ordered this instance to start fresh despite recorded
+/// snapshots; the order is consumed (deleted by compare-and-swap) so it
+/// applies once.
+async fn forced(ctx: &Ctx, set: &str) -> bool {
+    let key = force_key(set);
+    match ctx.catalog.kv_get(&key).await {
+        Ok(Some(v)) if v.trim() == ctx.me => {
+            // Consume it: replace with a record of who used it and when.
+            let used = format!("used by {} at {}", ctx.me, autopilot_catalog::now_ms());
+            matches!(ctx.catalog.kv_cas(&key, Some(&v), &used).await, Ok(true))
+        }
+        _ => false,
+    }
+}
+
 /// Before a job's first start: if its data directory is empty, restore the
 /// newest snapshot whose checksum verifies (a mismatch is never used; the
-/// next older one is tried). With no snapshot yet, wait for one while a
-/// leader exists or another node bootstrapped; otherwise win the one-time
-/// bootstrap and start fresh. Retries with back-off; never gives up.
+/// next older one is tried).
+///
+/// With no usable snapshot, it never starts empty on a guess:
+/// - the catalog cannot be read: wait and retry;
+/// - the index exists (snapshots were recorded) but none can be fetched and
+///   verified: wait and retry, reporting why, until one can, or until a
+///   person orders this instance to start fresh with
+///   `autopilot kv put snapshots/<set>/force-bootstrap <instance-id>`;
+/// - no snapshot was ever recorded: wait for one while a leader exists or
+///   another node bootstrapped; otherwise win the one-time bootstrap.
 pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> Result<(), String> {
     let (Some(restore), Some(data)) = (&spec.restore, &spec.data_dir) else {
         return Ok(());
@@ -207,57 +260,98 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
     let store = autopilot_snapshot::open(&spec.store).map_err(|e| e.to_string())?;
     let mut backoff = Duration::from_millis(200);
     let mut changes = ctx.catalog.changes();
+    let mut told = String::new();
+    let mut attempts: u64 = 0;
     loop {
         changes.borrow_and_update();
-        let list = match read_index(ctx, &spec.set).await {
-            Ok((_, l)) => l,
-            Err(e) => {
-                tracing::warn!(set = %spec.set, "cannot read the snapshot index: {e}");
-                Vec::new()
-            }
-        };
-        for meta in &list {
-            let tmp = ctx.scratch.join(format!("restore-{}.tmp", spec.set));
-            if let Err(e) = store.get(&spec.set, &meta.sha256, &tmp).await {
-                tracing::warn!(set = %spec.set, "cannot fetch snapshot {}: {e}", meta.sha256);
-                continue;
-            }
-            match autopilot_snapshot::sha256_file(&tmp).await {
-                Ok((sha, _)) if sha == meta.sha256 => {}
-                Ok((sha, _)) => {
-                    tracing::error!(set = %spec.set, want = %meta.sha256, got = %sha, "snapshot checksum mismatch; trying an older one");
+        attempts = attempts.saturating_add(1);
+        let why = match read_index(ctx, &spec.set).await {
+            Err(e) => format!("cannot read the snapshot index: {e}"),
+            Ok((raw, list)) => {
+                let mut problems = Vec::new();
+                for meta in &list {
+                    let tmp = ctx.scratch.join(format!("restore-{}.tmp", spec.set));
+                    let verified = match store.get(&spec.set, &meta.sha256, &tmp).await {
+                        Err(e) => Err(format!("{}: cannot fetch: {e}", short(&meta.sha256))),
+                        Ok(()) => match autopilot_snapshot::sha256_file(&tmp).await {
+                            Ok((sha, _)) if sha == meta.sha256 => Ok(()),
+                            Ok((sha, _)) => Err(format!(
+                                "{}: checksum mismatch (got {})",
+                                short(&meta.sha256),
+                                short(&sha)
+                            )),
+                            Err(e) => Err(format!("{}: cannot read: {e}", short(&meta.sha256))),
+                        },
+                    };
+                    if let Err(p) = verified {
+                        let _ = std::fs::remove_file(&tmp);
+                        tracing::warn!(set = %spec.set, "snapshot unusable: {p}");
+                        problems.push(p);
+                        continue;
+                    }
+                    let extra = [
+                        ("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string()),
+                        ("AUTOPILOT_DATA_DIR", data.display().to_string()),
+                    ];
+                    let res = run(ctx, restore, &extra, &format!("restore.{}", spec.set)).await;
                     let _ = std::fs::remove_file(&tmp);
-                    continue;
+                    res?;
+                    tracing::info!(set = %spec.set, sha256 = %meta.sha256, "restored before start");
+                    ctx.report(None);
+                    return Ok(());
                 }
-                Err(e) => {
-                    tracing::warn!("cannot read {}: {e}", tmp.display());
-                    continue;
+                if raw.is_some() {
+                    // Snapshots exist (or existed): starting empty would
+                    // lose them. Only a person's explicit order overrides.
+                    if forced(ctx, &spec.set).await {
+                        tracing::warn!(set = %spec.set, instance = %ctx.me, "no usable snapshot; starting fresh as ordered by snapshots/{}/force-bootstrap", spec.set);
+                        ctx.report(None);
+                        return Ok(());
+                    }
+                    let recorded =
+                        if list.is_empty() && raw.as_deref().is_some_and(|r| r.trim() != "[]") {
+                            "the snapshot index is unreadable".to_string()
+                        } else {
+                            format!("{} snapshot(s) recorded, none usable", list.len())
+                        };
+                    let mut why = recorded;
+                    if !problems.is_empty() {
+                        why.push_str(": ");
+                        why.push_str(&problems.join("; "));
+                    }
+                    why.push_str(&format!(
+                        "; not starting empty (to start fresh anyway: autopilot kv put {} {})",
+                        force_key(&spec.set),
+                        ctx.me
+                    ));
+                    why
+                } else {
+                    let leader = match election {
+                        Some(e) => ctx.catalog.leader(e).await.ok().flatten(),
+                        None => None,
+                    };
+                    if leader.is_none() && claim_bootstrap(ctx, &spec.set).await {
+                        tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
+                        ctx.report(None);
+                        return Ok(());
+                    }
+                    "waiting for a first snapshot".to_string()
                 }
             }
-            let extra = [
-                ("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string()),
-                ("AUTOPILOT_DATA_DIR", data.display().to_string()),
-            ];
-            let res = run(ctx, restore, &extra, &format!("restore.{}", spec.set)).await;
-            let _ = std::fs::remove_file(&tmp);
-            res?;
-            tracing::info!(set = %spec.set, sha256 = %meta.sha256, "restored before start");
-            return Ok(());
-        }
-        // No usable snapshot. Wait while someone is able to make one.
-        let leader = match election {
-            Some(e) => ctx.catalog.leader(e).await.ok().flatten(),
-            None => None,
         };
-        if leader.is_none() && claim_bootstrap(ctx, &spec.set).await {
-            tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
-            return Ok(());
+        if why != told {
+            tracing::warn!(set = %spec.set, attempts, "restore before start: {why}");
+            told.clone_from(&why);
         }
-        tracing::info!(set = %spec.set, "waiting for a first snapshot");
+        ctx.report(Some(why));
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }

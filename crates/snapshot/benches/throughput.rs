@@ -1,10 +1,13 @@
 //! Snapshot throughput on a 1 GiB file: hashing, upload to a file:// store, fetch, and the
 //! peak RSS while doing it (streaming: no full copy in memory). Run:
 //! `cargo bench -p autopilot-snapshot` (needs about 3 GiB of free space in $TMPDIR).
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
 use std::time::Instant;
 
+#[allow(unsafe_code)]
 fn peak_rss_mb() -> f64 {
     // SAFETY: getrusage fills the struct we pass; no other memory is touched.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

@@ -1,4 +1,6 @@
 //! The S3 store against a real S3-compatible server (moto, on loopback), started here.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +32,7 @@ fn http(port: u16, req: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(unsafe_code)] // set_var, justified below
 async fn s3_store_round_trip_against_a_real_server() {
     let port = free_port();
     let server = Command::new("python3")

@@ -1,4 +1,6 @@
 //! Test harness: starts real etcd members on free 127.0.0.1 ports in temporary directories, and kills them on drop.
+// The harness starts real servers (etcd, openssl) as child processes.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,5 +1,7 @@
 //! Test harness: runs the real `autopilot` binary in a temporary directory and always stops it.
 #![allow(dead_code)]
+// The harness starts the real binary as a child process.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -228,10 +230,7 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+        kill(self.pid(), sig);
     }
 
     /// Waits for the agent to exit; returns its exit code, or None on timeout.
@@ -383,3 +382,24 @@ pub fn http_tcp(addr: &str, uri: &str) -> Option<(u16, String)> {
 
 #[allow(unused_imports)]
 pub use autopilot_testkit::free_port;
+
+fn nix_signal(sig: i32) -> Option<nix::sys::signal::Signal> {
+    nix::sys::signal::Signal::try_from(sig).ok()
+}
+
+/// Sends `sig` to a process; a process that is gone is not an error.
+pub fn kill(pid: i32, sig: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix_signal(sig));
+}
+
+/// Sends `sig` to a process group.
+pub fn killpg(pgid: i32, sig: i32) {
+    if let Some(s) = nix_signal(sig) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), s);
+    }
+}
+
+/// Whether a process exists (signal 0).
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
