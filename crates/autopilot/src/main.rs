@@ -186,6 +186,7 @@ fn main() -> ExitCode {
 /// panic. Short-lived commands die of SIGPIPE instead, quietly with status
 /// 141, as other tools do. The agent and the lock holder keep ignoring it:
 /// a closed socket must not kill them (their children get SIGPIPE back).
+#[allow(unsafe_code)]
 fn default_sigpipe() {
     use nix::sys::signal::{SigHandler, Signal, signal};
     // SAFETY: SIG_DFL installs no handler code, and no other thread runs yet.

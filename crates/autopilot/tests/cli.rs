@@ -1,8 +1,11 @@
 //! The CLI under faults: `autopilot lock` tied to its command, quiet exits on a closed pipe, and startup errors that name the config field.
 
+// These tests run the real binary as a child process.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,11 +19,8 @@ struct Reap(Vec<i32>);
 impl Drop for Reap {
     fn drop(&mut self) {
         for &p in &self.0 {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe {
-                libc::kill(-p, libc::SIGKILL);
-                libc::kill(p, libc::SIGKILL);
-            }
+            killpg(p, libc::SIGKILL);
+            kill(p, libc::SIGKILL);
         }
     }
 }
@@ -68,13 +68,6 @@ fn read_pid(path: &Path) -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
 #[test]
 fn sigterm_reaches_the_command_and_the_lock_waits_for_its_exit() {
     let d = Dir::new("lock-term");
@@ -96,7 +89,7 @@ fn sigterm_reaches_the_command_and_the_lock_waits_for_its_exit() {
     );
     reap.0.extend(read_pid(&pidfile));
     let mut h2 = lock(&url, "job", &format!("echo second >> {}", log.display()));
-    signal(h1.id(), libc::SIGTERM);
+    kill(h1.id() as i32, libc::SIGTERM);
     assert_eq!(
         wait_child(&mut h1, Duration::from_secs(10)),
         Some(0),
@@ -134,7 +127,7 @@ fn kill_9_of_the_holder_kills_its_command_before_the_next_holder_enters() {
         d.path("seen").display()
     );
     let mut h2 = lock(&url, "job", &check);
-    signal(h1.id(), libc::SIGKILL);
+    kill(h1.id() as i32, libc::SIGKILL);
     assert_eq!(wait_child(&mut h1, Duration::from_secs(5)), Some(137));
     assert!(
         wait_for(Duration::from_secs(5), || dead(pid)),
@@ -147,12 +140,7 @@ fn kill_9_of_the_holder_kills_its_command_before_the_next_holder_enters() {
 
 /// A pipe whose reading end is already closed, as after `| head -0`.
 fn closed_pipe() -> OwnedFd {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2");
-    // SAFETY: pipe2 succeeded, so both are open descriptors we own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
     drop(r);
     w
 }

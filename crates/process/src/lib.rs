@@ -115,6 +115,7 @@ impl Spawner {
     }
 
     /// [`Spawner::spawn`] with the child tied to this process as `attach` says.
+    #[allow(unsafe_code)]
     pub fn spawn_attached(&self, spec: &SpawnSpec, attach: Attach) -> Result<Child, SpawnError> {
         let (program, args) = spec.argv.split_first().ok_or(SpawnError::Empty)?;
         let mut cmd = Command::new(program);
