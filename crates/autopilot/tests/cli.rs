@@ -271,3 +271,59 @@ fn a_control_socket_in_use_exits_2_and_names_the_field() {
     first.signal(libc::SIGTERM);
     assert!(first.wait(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn a_holder_that_cannot_confirm_its_session_stops_the_command() {
+    use std::io::{BufRead, Write};
+    let d = Dir::new("lock-lost");
+    let url = local(&d);
+    let log = d.path("log");
+    let pidfile = d.path("pid");
+    let script = format!(
+        "echo $$ > {p}; trap 'echo stopped >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
+        p = pidfile.display(),
+        l = log.display()
+    );
+    let mut h = Command::new(bin())
+        .args(["lock", "--catalog", &url, "job", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn autopilot lock");
+    let mut reap = Reap(vec![]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
+        "the command never started"
+    );
+    reap.0.extend(read_pid(&pidfile));
+    // Another process takes SQLite's write lock and keeps it: the holder's
+    // keep-alives cannot commit, so its lock may expire.
+    let mut sql = Command::new("sqlite3")
+        .arg(d.path("catalog").join("catalog.db"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sqlite3 (Debian package sqlite3)");
+    reap.0.push(sql.id() as i32);
+    let mut stdin = sql.stdin.take().expect("stdin");
+    writeln!(stdin, "BEGIN EXCLUSIVE; SELECT 'locked';").expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(sql.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "locked");
+    // TTL 3 s minus a 600 ms margin, plus the bounded unlock (3 s).
+    assert_eq!(
+        wait_child(&mut h, Duration::from_secs(15)),
+        Some(1),
+        "the holder must give up and exit non-zero"
+    );
+    drop(stdin);
+    let _ = sql.wait();
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = h.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(err.contains("the lock may be lost"), "{err}");
+    assert_eq!(d.lines("log"), ["stopped"], "the command got SIGTERM");
+    drop(reap);
+}

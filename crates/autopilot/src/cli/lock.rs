@@ -131,8 +131,9 @@ pub async fn lock_cmd(
     renew.abort();
     let exit = exit.context("lost the command's exit status")?;
     if lost {
-        // Best effort: the lock may already be someone else's.
-        let _ = cat.unlock(name).await;
+        // Best effort, bounded: the catalog is not answering, and the lock
+        // may already be someone else's.
+        let _ = tokio::time::timeout(ttl, cat.unlock(name)).await;
         return Ok(1);
     }
     cat.unlock(name).await?;

@@ -47,7 +47,11 @@ pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    Ok(rt.block_on(f))
+    let out = rt.block_on(f);
+    // Dropping the runtime would wait for blocking catalog calls still
+    // running (a keep-alive stuck on a locked database); the answer is known.
+    rt.shutdown_background();
+    Ok(out)
 }
 
 fn uid() -> u32 {
