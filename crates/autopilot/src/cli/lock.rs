@@ -53,7 +53,8 @@ async fn keep_alive(
 /// this process is killed, the kernel kills the command (parent-death
 /// signal) and the lock expires with the session. If the session cannot be
 /// confirmed for nearly the lock's TTL, another holder may soon enter: the
-/// command gets SIGTERM and the exit code is 1.
+/// command gets SIGTERM (SIGKILL once the whole TTL has passed) and the
+/// exit code is 1.
 pub async fn lock_cmd(
     url: String,
     etcd: autopilot_config::EtcdConfig,
@@ -110,14 +111,20 @@ pub async fn lock_cmd(
         .max(Duration::from_millis(100));
     let (tx, mut confirmed) = watch::channel(locked_at);
     let renew = tokio::spawn(keep_alive(cat.clone(), name.to_string(), every, tx));
-    let mut lost = false;
+    let (mut lost, mut killed, mut renewing) = (false, false, true);
     let exit = loop {
-        let deadline = *confirmed.borrow_and_update() + ttl.saturating_sub(margin);
+        let last = *confirmed.borrow_and_update();
+        let deadline = last + ttl.saturating_sub(margin);
         tokio::select! {
             r = &mut child.exit => break r,
             _ = term.recv() => signal_group(child.pid, Sig::Term)?,
             _ = int.recv() => signal_group(child.pid, Sig::Int)?,
-            _ = confirmed.changed() => {}
+            r = confirmed.changed(), if renewing => renewing = r.is_ok(),
+            // A full TTL without confirmation: another holder may be in.
+            _ = tokio::time::sleep_until(last + ttl), if lost && !killed => {
+                killed = true;
+                signal_group(child.pid, Sig::Kill)?;
+            }
             _ = tokio::time::sleep_until(deadline), if !lost => {
                 lost = true;
                 eprintln!(
