@@ -3,6 +3,8 @@
 pub mod agent;
 pub mod catalog;
 pub mod control;
+#[cfg(test)]
+mod election_tests;
 pub mod fsutil;
 pub mod interfaces;
 pub mod logging;

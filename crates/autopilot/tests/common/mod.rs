@@ -3,6 +3,8 @@
 // The harness starts the real binary as a child process.
 #![allow(clippy::disallowed_methods)]
 
+pub mod redis;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

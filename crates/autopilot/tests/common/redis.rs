@@ -1,0 +1,157 @@
+//! The Redis blueprint's test helpers: a RESP client, a cluster of blueprint nodes on one etcd,
+//! and a writer that records the writes `WAIT 1` acknowledged.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+
+/// One RESP command; returns the reply as text (`-ERR ...` for errors).
+pub fn resp(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let line = line.trim_end().to_string();
+    if let Some(n) = line.strip_prefix('$') {
+        let n: i64 = n.parse().ok()?;
+        if n < 0 {
+            return Some(String::new());
+        }
+        let mut body = vec![0u8; n as usize + 2];
+        std::io::Read::read_exact(&mut r, &mut body).ok()?;
+        return Some(String::from_utf8_lossy(&body[..n as usize]).into_owned());
+    }
+    Some(line)
+}
+
+/// One field of `INFO replication`.
+pub fn info(port: u16, field: &str) -> Option<String> {
+    let text = resp(port, &["INFO", "replication"])?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+pub struct Cluster {
+    pub dir: Dir,
+    pub etcd: autopilot_testkit::Etcd,
+}
+
+impl Cluster {
+    pub fn url(&self) -> String {
+        format!("etcd://{}/redis-bp", self.etcd.endpoint())
+    }
+
+    pub fn node(&self, name: &str, port: u16) -> Agent {
+        let mut env = blueprint_env(&self.dir, &self.url(), name);
+        env.extend([
+            ("REDIS_RUN".into(), self.dir.0.display().to_string()),
+            ("REDIS_PORT".into(), port.to_string()),
+            (
+                "REDIS_DATA".into(),
+                self.dir.path(&format!("data-{name}")).display().to_string(),
+            ),
+            ("REDIS_BIND".into(), "127.0.0.1".into()),
+            ("SNAPSHOT_INTERVAL".into(), "2s".into()),
+        ]);
+        start_example_ready(
+            "redis",
+            "redis.json5",
+            &self.dir.path(&format!("{name}.log")),
+            &self.dir.path(&format!("autopilot-redis-{port}.sock")),
+            &env,
+        )
+    }
+
+    pub fn catalog(&self, service: &str) -> Vec<u16> {
+        passing_ports(&self.url(), service)
+    }
+}
+
+pub fn replicates(port: u16, master: u16) -> bool {
+    info(port, "role").as_deref() == Some("slave")
+        && info(port, "master_port") == Some(master.to_string())
+        && info(port, "master_link_status").as_deref() == Some("up")
+}
+
+/// Writes `<prefix><n>` to whichever node accepts, and records the keys
+/// that `WAIT 1` confirmed on a replica.
+pub struct Writer {
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(ports: Vec<u16>, prefix: &'static str) -> Writer {
+        let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("{prefix}{i}");
+                    for &p in &ports {
+                        if resp(p, &["SET", &key, "v"]).as_deref() == Some("+OK") {
+                            if resp(p, &["WAIT", "1", "500"])
+                                .and_then(|r| r.trim_start_matches(':').parse::<i64>().ok())
+                                .is_some_and(|n| n >= 1)
+                            {
+                                acked.lock().expect("lock").insert(key.clone());
+                            }
+                            break;
+                        }
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Writer {
+            acked,
+            stop,
+            handle,
+        }
+    }
+
+    /// How many writes `WAIT 1` acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+
+    /// Waits for a few more acknowledged writes (on the new master), stops,
+    /// and returns every acknowledged key and those missing on `master`.
+    pub fn finish(self, master: u16) -> (BTreeSet<String>, Vec<String>) {
+        let before = self.acked.lock().expect("lock").len();
+        assert!(
+            wait_for(Duration::from_secs(5), || self
+                .acked
+                .lock()
+                .expect("lock")
+                .len()
+                > before + 5),
+            "writes do not resume"
+        );
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("writer");
+        let acked = self.acked.lock().expect("lock").clone();
+        let lost = acked
+            .iter()
+            .filter(|k| resp(master, &["EXISTS", k]).as_deref() != Some(":1"))
+            .cloned()
+            .collect();
+        (acked, lost)
+    }
+}
