@@ -54,6 +54,20 @@ pub struct SpawnSpec {
     pub tag: String,
 }
 
+/// How a process is attached to the one that spawns it. Kept apart from
+/// [`SpawnSpec`] so the runtime's specs need not change; the default is what
+/// jobs get (stdin null, output per `raw_output`, no parent-death signal).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attach {
+    /// Inherit stdin, stdout and stderr from this process (overrides `raw_output`).
+    pub inherit_stdio: bool,
+    /// SIGKILL the child when this process dies (`PR_SET_PDEATHSIG`), so a
+    /// command cannot outlive a holder killed with SIGKILL. The signal fires
+    /// when the spawning *thread* exits: spawn from a thread that lives as
+    /// long as the process (the current-thread runtime's).
+    pub die_with_parent: bool,
+}
+
 /// A spawned process: its pid (also its process group id) and its exit.
 pub struct Child {
     pub pid: u32,
@@ -97,6 +111,12 @@ impl Spawner {
     }
 
     pub fn spawn(&self, spec: &SpawnSpec) -> Result<Child, SpawnError> {
+        self.spawn_attached(spec, Attach::default())
+    }
+
+    /// [`Spawner::spawn`] with the child tied to this process as `attach` says.
+    #[allow(unsafe_code)]
+    pub fn spawn_attached(&self, spec: &SpawnSpec, attach: Attach) -> Result<Child, SpawnError> {
         let (program, args) = spec.argv.split_first().ok_or(SpawnError::Empty)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -105,8 +125,31 @@ impl Spawner {
             .stdin(Stdio::null())
             // Its own group, so a timeout or stop signals the whole tree.
             .process_group(0);
-        if !spec.raw_output {
+        if attach.inherit_stdio {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+        } else if !spec.raw_output {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        if attach.die_with_parent {
+            let parent = nix::unistd::getpid().as_raw();
+            // SAFETY: the closure runs in the child between fork and exec, so
+            // it may only make async-signal-safe calls: prctl, getppid and
+            // building an io::Error from an errno (no allocation) are.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // The parent may have died before prctl ran: then the
+                    // signal will never come, so refuse to exec.
+                    if libc::getppid() != parent {
+                        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                    }
+                    Ok(())
+                });
+            }
         }
         let (tx, rx) = oneshot::channel();
         let mut child = {
@@ -294,6 +337,21 @@ mod tests {
         }
         assert!(marker.exists(), "grandchild got SIGTERM through the group");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn attached_child_inherits_stdio_and_reports_its_exit() {
+        let sp = Spawner::start().expect("spawner");
+        let attach = Attach {
+            inherit_stdio: true,
+            die_with_parent: true,
+        };
+        let k = sp.spawn_attached(&sh("exit 7"), attach).expect("spawn");
+        assert_eq!(k.exit.await.expect("status"), Exit::Code(7));
+        // Killing the parent is tested through the binary (tests/cli.rs).
+        let k = sp.spawn_attached(&sh("sleep 30"), attach).expect("spawn");
+        signal_group(k.pid, Sig::Term).expect("term");
+        assert_eq!(k.exit.await.expect("status"), Exit::Signal(15));
     }
 
     #[tokio::test(flavor = "current_thread")]

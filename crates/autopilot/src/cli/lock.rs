@@ -1,0 +1,151 @@
+//! `autopilot lock NAME -- CMD`: runs a command while holding a cluster-wide lock, tied to the holder's life and session.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use autopilot_catalog::Catalog;
+use autopilot_process::{Attach, Exit, Sig, SpawnSpec, Spawner, signal_group};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long a lock outlives its holder's last keep-alive on the embedded
+/// catalog (catalog-local's `LOCK_TTL_MS`, which the trait does not expose).
+const LOCAL_LOCK_TTL: Duration = Duration::from_secs(3);
+
+/// The lock's lifetime without a keep-alive: the embedded catalog's lock
+/// TTL, or the etcd session lease's.
+fn lock_ttl(url: &str, etcd: &autopilot_config::EtcdConfig) -> Duration {
+    if url.starts_with("etcd") {
+        etcd.lease_ttl
+            .unwrap_or(autopilot_runtime::catalog::DEFAULT_LEASE_TTL)
+    } else {
+        LOCAL_LOCK_TTL
+    }
+}
+
+/// Keeps the session alive; publishes the instant each confirmed keep-alive
+/// was *sent* (the lock lives at least `ttl` from then). Every attempt is
+/// bounded, so a stalled catalog cannot hold up the next one.
+async fn keep_alive(
+    cat: Arc<dyn Catalog>,
+    name: String,
+    every: Duration,
+    tx: watch::Sender<Instant>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let sent = Instant::now();
+        match tokio::time::timeout(every, cat.keep_alive()).await {
+            Ok(Ok(_)) => {
+                tx.send_replace(sent);
+            }
+            Ok(Err(e)) => eprintln!("autopilot: lock {name}: keep-alive failed: {e}"),
+            Err(_) => eprintln!("autopilot: lock {name}: keep-alive unanswered after {every:?}"),
+        }
+    }
+}
+
+/// Holds the lock while the command runs and releases it only after the
+/// command exited. SIGTERM and SIGINT go to the command's process group; if
+/// this process is killed, the kernel kills the command (parent-death
+/// signal) and the lock expires with the session. If the session cannot be
+/// confirmed for nearly the lock's TTL, another holder may soon enter: the
+/// command gets SIGTERM (SIGKILL once the whole TTL has passed) and the
+/// exit code is 1.
+pub async fn lock_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    name: &str,
+    command: &[String],
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<i32> {
+    if command.is_empty() {
+        anyhow::bail!("lock needs a command after --");
+    }
+    let owner = format!(
+        "lock-{}-{}",
+        std::process::id(),
+        autopilot_catalog::now_ms()
+    );
+    let ttl = lock_ttl(&url, &etcd);
+    let margin = (ttl / 5).max(Duration::from_millis(300));
+    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    cat.lock(name).await?;
+    // Waiting for the lock may have taken long: confirm the session now,
+    // so the TTL is counted from a known instant.
+    let locked_at = Instant::now();
+    if let Err(e) = cat.keep_alive().await {
+        let _ = cat.unlock(name).await;
+        return Err(
+            anyhow::Error::new(e).context(format!("lock {name}: cannot confirm the session"))
+        );
+    }
+    // Handlers first, so a signal that comes right after the spawn is forwarded.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let spawner = Spawner::start()?;
+    let spec = SpawnSpec {
+        argv: command.to_vec(),
+        env: env.into_iter().collect(),
+        raw_output: true,
+        tag: format!("lock.{name}"),
+    };
+    let attach = Attach {
+        inherit_stdio: true,
+        die_with_parent: true,
+    };
+    let mut child = match spawner.spawn_attached(&spec, attach) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = cat.unlock(name).await;
+            return Err(e.into());
+        }
+    };
+    let every = cat
+        .keep_alive_interval()
+        .unwrap_or(ttl / 3)
+        .min(ttl / 3)
+        .max(Duration::from_millis(100));
+    let (tx, mut confirmed) = watch::channel(locked_at);
+    let renew = tokio::spawn(keep_alive(cat.clone(), name.to_string(), every, tx));
+    let (mut lost, mut killed, mut renewing) = (false, false, true);
+    let exit = loop {
+        let last = *confirmed.borrow_and_update();
+        let deadline = last + ttl.saturating_sub(margin);
+        tokio::select! {
+            r = &mut child.exit => break r,
+            _ = term.recv() => signal_group(child.pid, Sig::Term)?,
+            _ = int.recv() => signal_group(child.pid, Sig::Int)?,
+            r = confirmed.changed(), if renewing => renewing = r.is_ok(),
+            // A full TTL without confirmation: another holder may be in.
+            _ = tokio::time::sleep_until(last + ttl), if lost && !killed => {
+                killed = true;
+                signal_group(child.pid, Sig::Kill)?;
+            }
+            _ = tokio::time::sleep_until(deadline), if !lost => {
+                lost = true;
+                eprintln!(
+                    "autopilot: lock {name}: the session was not confirmed for {:?} of the lock's {ttl:?} TTL; the lock may be lost, stopping the command",
+                    ttl.saturating_sub(margin),
+                );
+                signal_group(child.pid, Sig::Term)?;
+            }
+        }
+    };
+    renew.abort();
+    let exit = exit.context("lost the command's exit status")?;
+    if lost {
+        // Best effort, bounded: the catalog is not answering, and the lock
+        // may already be someone else's.
+        let _ = tokio::time::timeout(ttl, cat.unlock(name)).await;
+        return Ok(1);
+    }
+    cat.unlock(name).await?;
+    Ok(match exit {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => 128 + s,
+    })
+}

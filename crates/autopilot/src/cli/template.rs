@@ -1,0 +1,205 @@
+//! `-template` (render the config file) and `autopilot template render` (a file template from catalog data, once or on every change).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum TemplateCmd {
+    /// Render a template from catalog data: once (`--once`, or with no --out), or again on every change.
+    Render {
+        /// The template file (Go text/template, the config's syntax).
+        source: PathBuf,
+        /// Where to write (atomically, only when changed); stdout if absent.
+        #[arg(long, value_name = "DEST")]
+        out: Option<PathBuf>,
+        /// Render once, as soon as the data the template names exists, and exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: give up after this long (e.g. 30s; 0 waits for ever).
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        timeout: String,
+        /// Mode of the written file (octal).
+        #[arg(long, default_value = "0644")]
+        perms: String,
+        /// A file or directory the template's `file` function may read (repeatable).
+        #[arg(long = "allow-file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        #[arg(long, value_name = "URL")]
+        catalog: Option<String>,
+    },
+}
+
+/// `-template`: renders the config file with the environment and writes it to `out` (stdout for none or "-").
+pub fn config_template(
+    config: Option<&Path>,
+    out: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<i32> {
+    let path = autopilot_config::resolve_path(config, env)?;
+    let text = autopilot_config::render(&path, env)?;
+    match out {
+        None => print!("{text}"),
+        Some(p) if p == Path::new("-") => print!("{text}"),
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?
+        }
+    }
+    Ok(0)
+}
+
+/// `autopilot template render`.
+pub fn render(cmd: &TemplateCmd, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
+    let TemplateCmd::Render {
+        source,
+        out,
+        once,
+        timeout,
+        perms,
+        files,
+        catalog,
+    } = cmd;
+    let (url, etcd) = super::catalog_choice(catalog.as_deref(), &env)?;
+    let perms = u32::from_str_radix(perms.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|p| *p <= 0o7777)
+        .with_context(|| format!("--perms {perms:?}: not an octal mode such as 0644"))?;
+    let timeout = autopilot_config::parse_duration(timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))?;
+    let text = std::fs::read_to_string(source)
+        .with_context(|| format!("cannot read template {}", source.display()))?;
+    let tpl = autopilot_template::Template::parse(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{}:{}: {}",
+            source.display(),
+            e.line,
+            e.column,
+            e.message
+        )
+    })?;
+    let req = RenderReq {
+        source: source.clone(),
+        text,
+        tpl,
+        out: out.clone(),
+        once: *once || out.is_none(),
+        timeout,
+        perms,
+        files: files.clone(),
+        env,
+    };
+    super::block_on(render_cmd(url, etcd, req))?
+}
+
+struct RenderReq {
+    source: PathBuf,
+    text: String,
+    tpl: autopilot_template::Template,
+    out: Option<PathBuf>,
+    once: bool,
+    timeout: Duration,
+    perms: u32,
+    files: Vec<PathBuf>,
+    env: BTreeMap<String, String>,
+}
+
+/// Once, waiting for the data the template names; or for ever, with the
+/// agent's own template task.
+async fn render_cmd(
+    url: String,
+    etcd: autopilot_config::EtcdConfig,
+    req: RenderReq,
+) -> anyhow::Result<i32> {
+    use autopilot_runtime::templates::{self, Grants, RenderError};
+    let cat = autopilot_runtime::catalog::open(&url, &super::cli_owner(), &etcd).await?;
+    let name = req.source.display().to_string();
+    if !req.once {
+        let dest = req
+            .out
+            .clone()
+            .context("rendering on every change needs --out")?;
+        let cfg = autopilot_config::TemplateConfig {
+            name: name.clone(),
+            source: req.source,
+            text: req.text,
+            dest,
+            command: None,
+            wait_min: Duration::ZERO,
+            wait_max: Duration::ZERO,
+            perms: req.perms,
+            when: None,
+            files: req.files,
+        };
+        let ctx = templates::Ctx {
+            catalog: cat,
+            spawner: autopilot_process::Spawner::start()?,
+            metrics: std::sync::Arc::new(autopilot_runtime::metrics::Metrics::new(&[])),
+            env: req.env,
+        };
+        let (_pokes, rx) = tokio::sync::watch::channel(0);
+        let task = templates::spawn(cfg, ctx, rx);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = task => {}
+        }
+        return Ok(0);
+    }
+    let tpl = std::sync::Arc::new(req.tpl);
+    let grants = Grants {
+        env: req.env,
+        files: req.files,
+    };
+    let give_up = (!req.timeout.is_zero()).then(|| tokio::time::Instant::now() + req.timeout);
+    let mut changes = cat.changes();
+    let mut told = String::new();
+    loop {
+        changes.borrow_and_update();
+        let (t, c, g, n) = (tpl.clone(), cat.clone(), grants.clone(), name.clone());
+        let handle = tokio::runtime::Handle::current();
+        let out = tokio::task::spawn_blocking(move || {
+            templates::render_blocking(&n, &t, &c, &handle, &g)
+        })
+        .await
+        .context("render task failed")?;
+        match out {
+            Ok(text) => {
+                match &req.out {
+                    None => print!("{text}"),
+                    Some(p) if p == Path::new("-") => print!("{text}"),
+                    Some(p) => {
+                        templates::write_if_changed(p, &text, req.perms)
+                            .with_context(|| format!("cannot write {}", p.display()))?;
+                    }
+                }
+                return Ok(0);
+            }
+            Err(e @ RenderError::Template { .. }) => anyhow::bail!("{e}"),
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != told {
+                    eprintln!("autopilot: {msg}");
+                    told = msg;
+                }
+            }
+        }
+        let retry = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = retry => {}
+            _ = sleep_until_opt(give_up) => anyhow::bail!("gave up after {:?}: {told}", req.timeout),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,329 @@
+//! The CLI under faults: `autopilot lock` tied to its command, quiet exits on a closed pipe, and startup errors that name the config field.
+
+// These tests run the real binary as a child process.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Kills the recorded process groups and processes on drop, so a test that
+/// fails (on the old code, say) leaves nothing running.
+struct Reap(Vec<i32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            killpg(p, libc::SIGKILL);
+            kill(p, libc::SIGKILL);
+        }
+    }
+}
+
+fn local(d: &Dir) -> String {
+    format!("local://{}", d.path("catalog").display())
+}
+
+fn lock(url: &str, name: &str, script: &str) -> std::process::Child {
+    Command::new(bin())
+        .args(["lock", "--catalog", url, name, "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn autopilot lock")
+}
+
+/// Waits for a child with a deadline; its exit code, or 128+signal.
+fn wait_child(c: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut code = None;
+    wait_for(timeout, || match c.try_wait() {
+        Ok(Some(st)) => {
+            code = st.code().or(st.signal().map(|s| 128 + s));
+            true
+        }
+        _ => false,
+    });
+    code
+}
+
+/// Whether `pid` is gone or a zombie (dead, not yet reaped by its new parent).
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .filter(|s| s.ends_with('\n'))
+        .and_then(|s| s.trim().parse().ok())
+}
+
+#[test]
+fn sigterm_reaches_the_command_and_the_lock_waits_for_its_exit() {
+    let d = Dir::new("lock-term");
+    let url = local(&d);
+    let log = d.path("log");
+    let pidfile = d.path("pid");
+    // The trap takes a while, so a lock released at SIGTERM (not at exit)
+    // would let the second holder write before "done".
+    let first = format!(
+        "echo $$ > {p}; trap 'sleep 0.5; echo done >> {l}; exit 0' TERM; echo started >> {l}; while :; do sleep 0.05; done",
+        p = pidfile.display(),
+        l = log.display()
+    );
+    let mut h1 = lock(&url, "job", &first);
+    let mut reap = Reap(vec![]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
+        "the first command never started"
+    );
+    reap.0.extend(read_pid(&pidfile));
+    let mut h2 = lock(&url, "job", &format!("echo second >> {}", log.display()));
+    kill(h1.id() as i32, libc::SIGTERM);
+    assert_eq!(
+        wait_child(&mut h1, Duration::from_secs(10)),
+        Some(0),
+        "the holder exits with its command's code"
+    );
+    assert_eq!(wait_child(&mut h2, Duration::from_secs(15)), Some(0));
+    assert_eq!(
+        d.lines("log"),
+        ["started", "done", "second"],
+        "the command got SIGTERM, and the second holder entered only after it exited"
+    );
+    drop(reap);
+}
+
+#[test]
+fn kill_9_of_the_holder_kills_its_command_before_the_next_holder_enters() {
+    let d = Dir::new("lock-kill");
+    let url = local(&d);
+    let pidfile = d.path("pid");
+    let mut h1 = lock(
+        &url,
+        "job",
+        &format!("echo $$ > {}; exec sleep 1000", pidfile.display()),
+    );
+    let mut reap = Reap(vec![]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
+        "the first command never started"
+    );
+    let pid = read_pid(&pidfile).expect("pid");
+    reap.0.push(pid);
+    // The second command records whether the first one still lived when it entered.
+    let check = format!(
+        "st=$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null); if [ -z \"$st\" ] || [ \"$st\" = Z ]; then echo gone; else echo alive; fi > {}",
+        d.path("seen").display()
+    );
+    let mut h2 = lock(&url, "job", &check);
+    kill(h1.id() as i32, libc::SIGKILL);
+    assert_eq!(wait_child(&mut h1, Duration::from_secs(5)), Some(137));
+    assert!(
+        wait_for(Duration::from_secs(5), || dead(pid)),
+        "the command {pid} outlived its holder"
+    );
+    assert_eq!(wait_child(&mut h2, Duration::from_secs(20)), Some(0));
+    assert_eq!(d.read("seen").trim(), "gone");
+    drop(reap);
+}
+
+/// A pipe whose reading end is already closed, as after `| head -0`.
+fn closed_pipe() -> OwnedFd {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+    drop(r);
+    w
+}
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let d = Dir::new("pipe");
+    let url = local(&d);
+    let mut agent = start(
+        &d,
+        "{ control: { socket: '@SOCKET@' }, jobs: [{ name: 'app', exec: 'sleep 30' }] }",
+    );
+    agent.ready();
+    let (code, out) = agent.cli(&["kv", "put", "k", "v"]);
+    assert_eq!(code, 0, "{out}");
+    let cases: &[&[&str]] = &[
+        &["catalog", "services"],
+        &["kv", "ls"],
+        &["status"],
+        &["version"],
+        &["-version"],
+        &["-template"],
+    ];
+    for args in cases {
+        let out = Command::new(bin())
+            .arg("-config")
+            .arg(&agent.config)
+            .args(*args)
+            .env("AUTOPILOT_SOCKET", &agent.socket)
+            .env("AUTOPILOT_CATALOG", &url)
+            .stdout(Stdio::from(closed_pipe()))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run cli");
+        use std::os::unix::process::ExitStatusExt;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(0) || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(
+            !err.contains("panicked"),
+            "{args:?} panicked on a closed pipe: {err}"
+        );
+    }
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait(Duration::from_secs(10)).is_some());
+}
+
+/// Runs the agent on `config` with no socket flag or variable, so the
+/// config's `control.socket` is the one used; waits for its exit.
+fn run_config(d: &Dir, name: &str, config: &str) -> (Option<i32>, String, std::path::PathBuf) {
+    let cfg = d.write(name, &config.replace("@DIR@", &d.0.display().to_string()));
+    let mut c = Command::new(bin())
+        .arg("-config")
+        .arg(&cfg)
+        .env_remove("AUTOPILOT_SOCKET")
+        .env_remove("CONTAINERPILOT")
+        .env("AUTOPILOT_CATALOG", local(d))
+        .env("AUTOPILOT_STATE_DIR", d.path("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn autopilot");
+    let code = wait_child(&mut c, Duration::from_secs(10));
+    if code.is_none() {
+        let _ = c.kill();
+    }
+    let out = c.wait_with_output().expect("output");
+    (code, String::from_utf8_lossy(&out.stderr).into_owned(), cfg)
+}
+
+#[test]
+fn startup_errors_exit_2_and_name_the_field() {
+    let d = Dir::new("startup");
+    d.write("file", "not a directory");
+    let port = free_port();
+    let cases: &[(&str, &str)] = &[
+        (
+            "{ logging: { output: '@DIR@/no/such/dir/log' }, control: { socket: '@DIR@/a.sock' }, jobs: [{ name: 'a', exec: 'touch @DIR@/started' }] }",
+            "logging.output: cannot open log file",
+        ),
+        (
+            "{ control: { socket: '@DIR@/file/ctl.sock' }, jobs: [{ name: 'a', exec: 'touch @DIR@/started' }] }",
+            "control.socket: control socket @DIR@/file/ctl.sock",
+        ),
+        (
+            "{ control: { socket: '@DIR@/b.sock' }, jobs: [{ name: 'a', exec: 'touch @DIR@/started' },\n  { name: 'web', exec: 'touch @DIR@/started', port: 80, interfaces: ['nosuch0'], initial_status: 'passing' }] }",
+            "jobs[1].interfaces: none of the interface specifications",
+        ),
+        (
+            &format!(
+                "{{ control: {{ socket: '@DIR@/c.sock' }}, telemetry: {{ port: {port}, interfaces: ['nosuch0'] }}, jobs: [{{ name: 'a', exec: 'touch @DIR@/started' }}] }}"
+            ),
+            "telemetry.interfaces: none of the interface specifications",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let (code, err, cfg) = run_config(&d, &format!("c{i}.json5"), text);
+        let want = format!(
+            "{}: {}",
+            cfg.display(),
+            want.replace("@DIR@", &d.0.display().to_string())
+        );
+        assert_eq!(code, Some(2), "{text}: {err}");
+        assert!(err.contains(&want), "{text}\n got: {err}\nwant: {want}");
+        assert!(!d.path("started").exists(), "a job started: {text}");
+    }
+}
+
+#[test]
+fn a_control_socket_in_use_exits_2_and_names_the_field() {
+    let d = Dir::new("sock-in-use");
+    let config = "{ control: { socket: '@SOCKET@' }, jobs: [{ name: 'app', exec: 'sleep 30' }] }";
+    let mut first = start(&d, config);
+    first.ready();
+    let text = config.replace("@SOCKET@", &first.socket.display().to_string());
+    let (code, err, cfg) = run_config(&d, "second.json5", &text);
+    assert_eq!(code, Some(2), "{err}");
+    let want = format!(
+        "{}: control.socket: control socket {}: another agent is already listening there",
+        cfg.display(),
+        first.socket.display()
+    );
+    assert!(err.contains(&want), "got: {err}\nwant: {want}");
+    first.signal(libc::SIGTERM);
+    assert!(first.wait(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn a_holder_that_cannot_confirm_its_session_stops_the_command() {
+    use std::io::{BufRead, Write};
+    let d = Dir::new("lock-lost");
+    let url = local(&d);
+    let log = d.path("log");
+    let pidfile = d.path("pid");
+    let script = format!(
+        "echo $$ > {p}; trap 'echo stopped >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
+        p = pidfile.display(),
+        l = log.display()
+    );
+    let mut h = Command::new(bin())
+        .args(["lock", "--catalog", &url, "job", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn autopilot lock");
+    let mut reap = Reap(vec![]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
+        "the command never started"
+    );
+    reap.0.extend(read_pid(&pidfile));
+    // Another process takes SQLite's write lock and keeps it: the holder's
+    // keep-alives cannot commit, so its lock may expire.
+    let mut sql = Command::new("sqlite3")
+        .arg(d.path("catalog").join("catalog.db"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sqlite3 (Debian package sqlite3)");
+    reap.0.push(sql.id() as i32);
+    let mut stdin = sql.stdin.take().expect("stdin");
+    writeln!(stdin, "BEGIN EXCLUSIVE; SELECT 'locked';").expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(sql.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "locked");
+    // TTL 3 s minus a 600 ms margin, plus the bounded unlock (3 s).
+    assert_eq!(
+        wait_child(&mut h, Duration::from_secs(15)),
+        Some(1),
+        "the holder must give up and exit non-zero"
+    );
+    drop(stdin);
+    let _ = sql.wait();
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = h.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(err.contains("the lock may be lost"), "{err}");
+    assert_eq!(d.lines("log"), ["stopped"], "the command got SIGTERM");
+    drop(reap);
+}
