@@ -30,8 +30,17 @@ pub enum AgentError {
     Spawner(#[from] autopilot_process::SpawnError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// `jobs[index].interfaces` matches no address of this host.
     #[error("job {job}: interfaces: {message}")]
-    Interfaces { job: String, message: String },
+    Interfaces {
+        job: String,
+        index: usize,
+        message: String,
+    },
+    /// `telemetry.interfaces` matches no address of this host.
+    #[error("telemetry: interfaces: {0}")]
+    TelemetryInterfaces(String),
+    /// The telemetry listener cannot be bound (`telemetry.port`).
     #[error("telemetry: {0}")]
     Telemetry(String),
     #[error("cannot install a signal handler: {0}")]
@@ -160,12 +169,14 @@ fn job_ips(config: &Config) -> Result<Vec<Option<IpAddr>>, AgentError> {
     config
         .jobs
         .iter()
-        .map(|j| match j.port {
+        .enumerate()
+        .map(|(index, j)| match j.port {
             None => Ok(None),
             Some(_) => interfaces::resolve(&j.interfaces, &addrs)
                 .map(Some)
                 .map_err(|message| AgentError::Interfaces {
                     job: j.name.clone(),
+                    index,
                     message,
                 }),
         })
@@ -236,7 +247,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     let mut telemetry_id = None;
     if let Some(t) = &opts.config.telemetry {
         let ip = interfaces::resolve(&t.interfaces, &interfaces::host_addresses())
-            .map_err(AgentError::Telemetry)?;
+            .map_err(AgentError::TelemetryInterfaces)?;
         crate::telemetry::serve(SocketAddr::new(ip, t.port), ctl_tx.clone(), metrics.clone())
             .await
             .map_err(AgentError::Telemetry)?;

@@ -75,16 +75,6 @@ pub fn run_agent(
         (None, Some(s)) => (s.clone(), SocketOrigin::Config),
         (None, None) => (default_socket(&env), SocketOrigin::Default),
     };
-    // The runtime reports both a bind failure and an interface mismatch as
-    // AgentError::Telemetry; checking here names the field for the latter.
-    if let Some(t) = &config.telemetry {
-        autopilot_runtime::interfaces::resolve(
-            &t.interfaces,
-            &autopilot_runtime::interfaces::host_addresses(),
-        )
-        .map_err(|m| setup("telemetry.interfaces", m))?;
-    }
-    let jobs: Vec<String> = config.jobs.iter().map(|j| j.name.clone()).collect();
     let catalog_explicit =
         config.catalog.is_some() || env.get("AUTOPILOT_CATALOG").is_some_and(|c| !c.is_empty());
     let catalog_url =
@@ -107,10 +97,13 @@ pub fn run_agent(
     };
     match super::block_on(autopilot_runtime::run(opts))? {
         Ok(code) => Ok(code),
-        Err(AgentError::Interfaces { job, message }) => {
-            let i = jobs.iter().position(|j| *j == job).unwrap_or_default();
-            Err(setup(&format!("jobs[{i}].interfaces"), message).into())
+        Err(AgentError::Interfaces { index, message, .. }) => {
+            Err(setup(&format!("jobs[{index}].interfaces"), message).into())
         }
+        Err(AgentError::TelemetryInterfaces(message)) => {
+            Err(setup("telemetry.interfaces", message).into())
+        }
+        Err(AgentError::Telemetry(message)) => Err(setup("telemetry.port", message).into()),
         Err(AgentError::Control(e @ (ControlError::InUse { .. } | ControlError::Io { .. }))) => {
             Err(match origin {
                 SocketOrigin::Config => setup("control.socket", e.to_string()),
