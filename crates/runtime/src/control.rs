@@ -1,7 +1,7 @@
 //! The control socket: ContainerPilot's `/v3` HTTP API on a unix socket, and the client the CLI uses.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use hyper::body::Bytes;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::listen::Limits;
 use crate::metrics::Metrics;
 
 /// Requests the control socket passes to the agent loop.
@@ -30,6 +31,10 @@ pub enum Command {
 pub enum ControlError {
     #[error("control socket {path}: another agent is already listening there")]
     InUse { path: PathBuf },
+    #[error(
+        "control socket {path}: a {kind} is in the way (only a stale socket is removed); move it or choose another path"
+    )]
+    NotSocket { path: PathBuf, kind: &'static str },
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -50,8 +55,9 @@ struct Ctx {
     metrics: Arc<Metrics>,
 }
 
-/// Binds the socket with mode 0600 (removing a stale file left by a dead
-/// agent) and serves it until the process exits.
+/// Binds the socket with mode 0600 (removing a stale socket left by a dead
+/// agent, refusing anything else at the path) and serves it until the
+/// process exits, with the connection bounds of [`Limits`].
 pub async fn serve(
     path: &Path,
     tx: mpsc::Sender<Command>,
@@ -61,13 +67,26 @@ pub async fn serve(
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse {
-                path: path.to_path_buf(),
-            });
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            let ft = meta.file_type();
+            // Anything but a socket (a config file, a symlink, a directory)
+            // is someone's data: never delete it on their behalf.
+            if !ft.is_socket() {
+                return Err(ControlError::NotSocket {
+                    path: path.to_path_buf(),
+                    kind: file_kind(&ft),
+                });
+            }
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(ControlError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io_err)?;
         }
-        std::fs::remove_file(path).map_err(io_err)?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err)?;
@@ -88,12 +107,22 @@ pub async fn serve(
         .route("/v3/metric", post(metric))
         .route("/v3/status", get(status))
         .with_state(Ctx { tx, metrics });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("control socket stopped: {e}");
-        }
-    });
+    crate::listen::spawn(listener, app, Limits::default(), "control");
     Ok(())
+}
+
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_file() {
+        "regular file"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else {
+        "device"
+    }
 }
 
 fn bad(msg: impl Into<String>) -> Response {
@@ -143,24 +172,64 @@ fn valid_env_name(k: &str) -> bool {
         && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
-    let m = match json_object(&body) {
-        Ok(m) => m,
-        Err(e) => return bad(e),
-    };
+/// Limits on one `/v3/environ` request: every variable reaches every later
+/// child's environment, so a bad one would break all spawns.
+const ENV_MAX_VALUE: usize = 32 << 10;
+const ENV_MAX_VARS: usize = 256;
+const ENV_MAX_TOTAL: usize = 256 << 10;
+
+/// The variables of a `/v3/environ` body (`None`: unset), or the message for
+/// a 400. All are checked before any applies.
+fn parse_environ(body: &Bytes) -> Result<BTreeMap<String, Option<String>>, String> {
+    let m = json_object(body)?;
+    if m.len() > ENV_MAX_VARS {
+        return Err(format!(
+            "{} variables in one request; at most {ENV_MAX_VARS}",
+            m.len()
+        ));
+    }
     let mut env = BTreeMap::new();
+    let mut total = 0usize;
     for (k, v) in m {
         if !valid_env_name(&k) {
-            return bad(format!("{k:?} is not a valid environment variable name"));
+            return Err(format!("{k:?} is not a valid environment variable name"));
         }
         let v = match v {
             serde_json::Value::Null => None,
             serde_json::Value::String(s) if s.is_empty() => None,
             serde_json::Value::String(s) => Some(s),
-            other => return bad(format!("{k}: expected a string or null, found {other}")),
+            other => return Err(format!("{k}: expected a string or null, found {other}")),
         };
+        if let Some(v) = &v {
+            if v.contains('\0') {
+                return Err(format!("{k}: the value contains a NUL byte"));
+            }
+            if v.len() > ENV_MAX_VALUE {
+                return Err(format!(
+                    "{k}: the value is {} bytes; at most {ENV_MAX_VALUE}",
+                    v.len()
+                ));
+            }
+        }
+        total = total
+            .saturating_add(k.len())
+            .saturating_add(v.as_ref().map_or(0, String::len))
+            .saturating_add(2);
+        if total > ENV_MAX_TOTAL {
+            return Err(format!(
+                "the variables exceed {ENV_MAX_TOTAL} bytes in total"
+            ));
+        }
         env.insert(k, v);
     }
+    Ok(env)
+}
+
+async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
+    let env = match parse_environ(&body) {
+        Ok(env) => env,
+        Err(e) => return bad(e),
+    };
     if c.tx.send(Command::PutEnv(env)).await.is_err() {
         return gone();
     }

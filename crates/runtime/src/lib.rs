@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod control;
 pub mod fsutil;
 pub mod interfaces;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod snapshots;
@@ -12,3 +13,4 @@ pub mod telemetry;
 pub mod templates;
 
 pub use agent::{AgentError, Options, run};
+pub use listen::raise_nofile_limit;
