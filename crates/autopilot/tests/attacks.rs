@@ -173,7 +173,7 @@ fn template_file_race_reads_nothing_outside_the_grant() {
     }
     // A granted single file is read; a symlink granted as a file is not followed.
     assert_eq!(
-        read_granted(&want, &[want.clone()]),
+        read_granted(&want, std::slice::from_ref(&want)),
         Ok(Value::from("inside"))
     );
     assert!(read_granted(&granted.path("alt"), &[granted.path("alt")]).is_err());

@@ -291,10 +291,10 @@ pub fn read_granted(path: &Path, allowed: &[PathBuf]) -> Result<Value, String> {
         }
     }
     match last {
-        Some(e) if e == nix::errno::Errno::ENOSYS => Err(format!(
+        Some(nix::errno::Errno::ENOSYS) => Err(format!(
             "file {shown}: this kernel lacks openat2, which reading files safely needs"
         )),
-        Some(e) if e == nix::errno::Errno::EXDEV || e == nix::errno::Errno::ELOOP => Err(refused()),
+        Some(nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP) => Err(refused()),
         Some(e) => Err(format!("file {shown}: {}", std::io::Error::from(e))),
         None => Err(refused()),
     }
