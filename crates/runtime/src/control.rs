@@ -322,3 +322,66 @@ pub async fn request(
         .to_bytes();
     Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_environ_bodies_are_refused() {
+        let ok = parse_environ(&Bytes::from(r#"{"A":"1","B":null,"C":""}"#)).expect("ok");
+        assert_eq!(ok.get("A"), Some(&Some("1".to_string())));
+        assert_eq!(ok.get("B"), Some(&None));
+        let big = "x".repeat(ENV_MAX_VALUE + 1);
+        let many: Vec<String> = (0..=ENV_MAX_VARS)
+            .map(|i| format!("\"V{i}\":\"x\""))
+            .collect();
+        let total: Vec<String> = (0..9)
+            .map(|i| format!("\"T{i}\":\"{}\"", "y".repeat(ENV_MAX_VALUE)))
+            .collect();
+        for (body, why) in [
+            (r#"{"A":"a\u0000b"}"#.to_string(), "NUL"),
+            (r#"{"A\u0000":"x"}"#.to_string(), "not a valid"),
+            (format!(r#"{{"A":"{big}"}}"#), "at most"),
+            (
+                format!("{{{}}}", many.join(",")),
+                "variables in one request",
+            ),
+            (format!("{{{}}}", total.join(",")), "in total"),
+            (r#"{"A":1}"#.to_string(), "expected a string"),
+        ] {
+            let e = parse_environ(&Bytes::from(body)).expect_err(why);
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_stale_socket_is_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new(&[]));
+        let (tx, _rx) = mpsc::channel(1);
+        let path = dir.path().join("ctl.sock");
+        // A stale socket: bound, then its listener gone.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        serve(&path, tx.clone(), metrics.clone())
+            .await
+            .expect("stale socket replaced");
+        assert!(matches!(
+            serve(&path, tx.clone(), metrics.clone()).await,
+            Err(ControlError::InUse { .. })
+        ));
+        for (name, kind) in [("dir", "directory"), ("link", "symlink")] {
+            let p = dir.path().join(name);
+            if name == "dir" {
+                std::fs::create_dir(&p).expect("dir");
+            } else {
+                std::os::unix::fs::symlink("/etc/passwd", &p).expect("link");
+            }
+            let e = serve(&p, tx.clone(), metrics.clone())
+                .await
+                .expect_err(name);
+            assert!(e.to_string().contains(kind), "{e}");
+            assert!(std::fs::symlink_metadata(&p).is_ok(), "{name} was removed");
+        }
+    }
+}

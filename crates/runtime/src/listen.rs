@@ -145,3 +145,19 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_descriptor_limit_reaches_the_hard_one() {
+        use nix::sys::resource::{Resource, getrlimit};
+        let (soft, hard) = raise_nofile_limit().expect("raise");
+        assert_eq!(
+            getrlimit(Resource::RLIMIT_NOFILE).expect("get"),
+            (soft, hard)
+        );
+        assert!(soft == hard || soft == 1 << 20, "{soft} of {hard}");
+    }
+}
