@@ -190,6 +190,12 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             path: opts.config.path.display().to_string(),
         });
     }
+    // Descriptors in reserve: a flood of connections must never leave
+    // none for spawning a health check.
+    match crate::raise_nofile_limit() {
+        Ok((soft, hard)) => tracing::debug!(soft, hard, "descriptor limit"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let owner = format!(
         "{}/{}/{}",
         opts.hostname,
@@ -869,13 +875,36 @@ impl Agent {
                 let _ = reply.send(updated);
                 self.input(Input::Maintenance(on));
             }
-            Command::PutEnv(env) => {
+            Command::PutEnv(env, reply) => {
+                // Checked on the result, so many small requests cannot add up
+                // to an environment execve refuses (E2BIG).
+                let mut next = self.put_env.clone();
                 for (k, v) in env {
                     match v {
-                        Some(v) => self.put_env.insert(k, v),
-                        None => self.put_env.remove(&k),
+                        Some(v) => next.insert(k, v),
+                        None => next.remove(&k),
                     };
                 }
+                let total: usize = next
+                    .iter()
+                    .map(|(k, v)| k.len().saturating_add(v.len()).saturating_add(2))
+                    .fold(0, usize::saturating_add);
+                let res = if next.len() > control::ENV_MAX_VARS {
+                    Err(format!(
+                        "putenv would hold {} variables; at most {}",
+                        next.len(),
+                        control::ENV_MAX_VARS
+                    ))
+                } else if total > control::ENV_MAX_TOTAL {
+                    Err(format!(
+                        "putenv would hold {total} bytes; at most {}",
+                        control::ENV_MAX_TOTAL
+                    ))
+                } else {
+                    self.put_env = next;
+                    Ok(())
+                };
+                let _ = reply.send(res);
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());

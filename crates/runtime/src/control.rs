@@ -1,7 +1,7 @@
 //! The control socket: ContainerPilot's `/v3` HTTP API on a unix socket, and the client the CLI uses.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use hyper::body::Bytes;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::listen::Limits;
 use crate::metrics::Metrics;
 
 /// Requests the control socket passes to the agent loop.
@@ -22,7 +23,12 @@ use crate::metrics::Metrics;
 pub enum Command {
     Reload(oneshot::Sender<Result<(), String>>),
     Maintenance(bool, oneshot::Sender<bool>),
-    PutEnv(BTreeMap<String, Option<String>>),
+    /// Set (`Some`) or clear variables; the agent answers whether the totals it
+    /// keeps stay within [`ENV_MAX_VARS`] and [`ENV_MAX_TOTAL`] (else nothing applies).
+    PutEnv(
+        BTreeMap<String, Option<String>>,
+        oneshot::Sender<Result<(), String>>,
+    ),
     Status(oneshot::Sender<serde_json::Value>),
 }
 
@@ -30,6 +36,10 @@ pub enum Command {
 pub enum ControlError {
     #[error("control socket {path}: another agent is already listening there")]
     InUse { path: PathBuf },
+    #[error(
+        "control socket {path}: a {kind} is in the way (only a stale socket is removed); move it or choose another path"
+    )]
+    NotSocket { path: PathBuf, kind: &'static str },
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -50,8 +60,9 @@ struct Ctx {
     metrics: Arc<Metrics>,
 }
 
-/// Binds the socket with mode 0600 (removing a stale file left by a dead
-/// agent) and serves it until the process exits.
+/// Binds the socket with mode 0600 (removing a stale socket left by a dead
+/// agent, refusing anything else at the path) and serves it until the
+/// process exits, with the connection bounds of [`Limits`].
 pub async fn serve(
     path: &Path,
     tx: mpsc::Sender<Command>,
@@ -61,13 +72,26 @@ pub async fn serve(
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse {
-                path: path.to_path_buf(),
-            });
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            let ft = meta.file_type();
+            // Anything but a socket (a config file, a symlink, a directory)
+            // is someone's data: never delete it on their behalf.
+            if !ft.is_socket() {
+                return Err(ControlError::NotSocket {
+                    path: path.to_path_buf(),
+                    kind: file_kind(&ft),
+                });
+            }
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(ControlError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io_err)?;
         }
-        std::fs::remove_file(path).map_err(io_err)?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err)?;
@@ -88,12 +112,22 @@ pub async fn serve(
         .route("/v3/metric", post(metric))
         .route("/v3/status", get(status))
         .with_state(Ctx { tx, metrics });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("control socket stopped: {e}");
-        }
-    });
+    crate::listen::spawn(listener, app, Limits::default(), "control");
     Ok(())
+}
+
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_file() {
+        "regular file"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else {
+        "device"
+    }
 }
 
 fn bad(msg: impl Into<String>) -> Response {
@@ -143,28 +177,74 @@ fn valid_env_name(k: &str) -> bool {
         && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
-    let m = match json_object(&body) {
-        Ok(m) => m,
-        Err(e) => return bad(e),
-    };
+/// Limits on one `/v3/environ` request: every variable reaches every later
+/// child's environment, so a bad one would break all spawns.
+const ENV_MAX_VALUE: usize = 32 << 10;
+/// Also the limits on everything `putenv` has set so far, which the agent checks.
+pub const ENV_MAX_VARS: usize = 256;
+pub const ENV_MAX_TOTAL: usize = 256 << 10;
+
+/// The variables of a `/v3/environ` body (`None`: unset), or the message for
+/// a 400. All are checked before any applies.
+fn parse_environ(body: &Bytes) -> Result<BTreeMap<String, Option<String>>, String> {
+    let m = json_object(body)?;
+    if m.len() > ENV_MAX_VARS {
+        return Err(format!(
+            "{} variables in one request; at most {ENV_MAX_VARS}",
+            m.len()
+        ));
+    }
     let mut env = BTreeMap::new();
+    let mut total = 0usize;
     for (k, v) in m {
         if !valid_env_name(&k) {
-            return bad(format!("{k:?} is not a valid environment variable name"));
+            return Err(format!("{k:?} is not a valid environment variable name"));
         }
         let v = match v {
             serde_json::Value::Null => None,
             serde_json::Value::String(s) if s.is_empty() => None,
             serde_json::Value::String(s) => Some(s),
-            other => return bad(format!("{k}: expected a string or null, found {other}")),
+            other => return Err(format!("{k}: expected a string or null, found {other}")),
         };
+        if let Some(v) = &v {
+            if v.contains('\0') {
+                return Err(format!("{k}: the value contains a NUL byte"));
+            }
+            if v.len() > ENV_MAX_VALUE {
+                return Err(format!(
+                    "{k}: the value is {} bytes; at most {ENV_MAX_VALUE}",
+                    v.len()
+                ));
+            }
+        }
+        total = total
+            .saturating_add(k.len())
+            .saturating_add(v.as_ref().map_or(0, String::len))
+            .saturating_add(2);
+        if total > ENV_MAX_TOTAL {
+            return Err(format!(
+                "the variables exceed {ENV_MAX_TOTAL} bytes in total"
+            ));
+        }
         env.insert(k, v);
     }
-    if c.tx.send(Command::PutEnv(env)).await.is_err() {
+    Ok(env)
+}
+
+async fn environ(State(c): State<Ctx>, body: Bytes) -> Response {
+    let env = match parse_environ(&body) {
+        Ok(env) => env,
+        Err(e) => return bad(e),
+    };
+    let (tx, rx) = oneshot::channel();
+    if c.tx.send(Command::PutEnv(env, tx)).await.is_err() {
         return gone();
     }
-    StatusCode::OK.into_response()
+    match rx.await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => bad(e),
+        Err(_) => gone(),
+    }
 }
 
 async fn metric(State(c): State<Ctx>, body: Bytes) -> Response {
@@ -252,4 +332,67 @@ pub async fn request(
         .map_err(|e| proto(e.to_string()))?
         .to_bytes();
     Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_environ_bodies_are_refused() {
+        let ok = parse_environ(&Bytes::from(r#"{"A":"1","B":null,"C":""}"#)).expect("ok");
+        assert_eq!(ok.get("A"), Some(&Some("1".to_string())));
+        assert_eq!(ok.get("B"), Some(&None));
+        let big = "x".repeat(ENV_MAX_VALUE + 1);
+        let many: Vec<String> = (0..=ENV_MAX_VARS)
+            .map(|i| format!("\"V{i}\":\"x\""))
+            .collect();
+        let total: Vec<String> = (0..9)
+            .map(|i| format!("\"T{i}\":\"{}\"", "y".repeat(ENV_MAX_VALUE)))
+            .collect();
+        for (body, why) in [
+            (r#"{"A":"a\u0000b"}"#.to_string(), "NUL"),
+            (r#"{"A\u0000":"x"}"#.to_string(), "not a valid"),
+            (format!(r#"{{"A":"{big}"}}"#), "at most"),
+            (
+                format!("{{{}}}", many.join(",")),
+                "variables in one request",
+            ),
+            (format!("{{{}}}", total.join(",")), "in total"),
+            (r#"{"A":1}"#.to_string(), "expected a string"),
+        ] {
+            let e = parse_environ(&Bytes::from(body)).expect_err(why);
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_stale_socket_is_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let metrics = Arc::new(Metrics::new(&[]));
+        let (tx, _rx) = mpsc::channel(1);
+        let path = dir.path().join("ctl.sock");
+        // A stale socket: bound, then its listener gone.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        serve(&path, tx.clone(), metrics.clone())
+            .await
+            .expect("stale socket replaced");
+        assert!(matches!(
+            serve(&path, tx.clone(), metrics.clone()).await,
+            Err(ControlError::InUse { .. })
+        ));
+        for (name, kind) in [("dir", "directory"), ("link", "symlink")] {
+            let p = dir.path().join(name);
+            if name == "dir" {
+                std::fs::create_dir(&p).expect("dir");
+            } else {
+                std::os::unix::fs::symlink("/etc/passwd", &p).expect("link");
+            }
+            let e = serve(&p, tx.clone(), metrics.clone())
+                .await
+                .expect_err(name);
+            assert!(e.to_string().contains(kind), "{e}");
+            assert!(std::fs::symlink_metadata(&p).is_ok(), "{name} was removed");
+        }
+    }
 }

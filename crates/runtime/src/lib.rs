@@ -7,6 +7,7 @@ pub mod control;
 mod election_tests;
 pub mod fsutil;
 pub mod interfaces;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod snapshots;
@@ -14,3 +15,4 @@ pub mod telemetry;
 pub mod templates;
 
 pub use agent::{AgentError, Options, run};
+pub use listen::raise_nofile_limit;

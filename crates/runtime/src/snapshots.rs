@@ -121,11 +121,13 @@ pub async fn take(
             return Ok(None);
         }
         std::fs::create_dir_all(&ctx.scratch).map_err(|e| e.to_string())?;
-        let tmp = ctx.scratch.join(format!("snapshot-{}.tmp", spec.set));
-        let _ = std::fs::remove_file(&tmp);
+        // An empty 0600 file with an unpredictable name, removed when
+        // dropped: whatever fails below, nothing is left behind.
+        let tmp = autopilot_snapshot::scratch_file(&ctx.scratch, &format!("snapshot-{}-", spec.set))
+            .map_err(|e| format!("cannot create a file in {}: {e}", ctx.scratch.display()))?;
         let uploaded = async {
             run(ctx, create, &[("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string())], &format!("snapshot.{}", spec.set)).await?;
-            if !tmp.exists() {
+            if std::fs::metadata(&tmp).map(|m| m.len() == 0).unwrap_or(true) {
                 return Err("the create command wrote nothing to $AUTOPILOT_SNAPSHOT_FILE".to_string());
             }
             let (sha256, size) = autopilot_snapshot::sha256_file(&tmp).await.map_err(|e| e.to_string())?;
@@ -133,8 +135,7 @@ pub async fn take(
             Ok((sha256, size))
         }
         .await;
-        // Whatever happened, the file in transit goes.
-        let _ = std::fs::remove_file(&tmp);
+        drop(tmp);
         let (sha256, size) = uploaded?;
         let meta = SnapMeta {
             sha256,
@@ -270,7 +271,18 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
             Ok((raw, list)) => {
                 let mut problems = Vec::new();
                 for meta in &list {
-                    let tmp = ctx.scratch.join(format!("restore-{}.tmp", spec.set));
+                    let tmp = match autopilot_snapshot::scratch_file(
+                        &ctx.scratch,
+                        &format!("restore-{}-", spec.set),
+                    ) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            return Err(format!(
+                                "cannot create a file in {}: {e}",
+                                ctx.scratch.display()
+                            ));
+                        }
+                    };
                     let verified = match store.get(&spec.set, &meta.sha256, &tmp).await {
                         Err(e) => Err(format!("{}: cannot fetch: {e}", short(&meta.sha256))),
                         Ok(()) => match autopilot_snapshot::sha256_file(&tmp).await {
@@ -284,7 +296,6 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
                         },
                     };
                     if let Err(p) = verified {
-                        let _ = std::fs::remove_file(&tmp);
                         tracing::warn!(set = %spec.set, "snapshot unusable: {p}");
                         problems.push(p);
                         continue;
@@ -294,7 +305,7 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
                         ("AUTOPILOT_DATA_DIR", data.display().to_string()),
                     ];
                     let res = run(ctx, restore, &extra, &format!("restore.{}", spec.set)).await;
-                    let _ = std::fs::remove_file(&tmp);
+                    drop(tmp);
                     res?;
                     tracing::info!(set = %spec.set, sha256 = %meta.sha256, "restored before start");
                     ctx.report(None);

@@ -11,6 +11,7 @@ use axum::routing::get;
 use tokio::sync::mpsc;
 
 use crate::control::{Command, status_of};
+use crate::listen::Limits;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -19,6 +20,10 @@ struct Ctx {
     metrics: Arc<Metrics>,
 }
 
+/// Listens on `addr` only: the address of the configured `interfaces`, never
+/// a wildcard unless the config names one (`static:0.0.0.0`). Connections are
+/// capped and timed out (see [`Limits`]) so idle clients cannot use up the
+/// descriptors health checks need.
 pub async fn serve(
     addr: SocketAddr,
     tx: mpsc::Sender<Command>,
@@ -32,11 +37,7 @@ pub async fn serve(
         .route("/status", get(status))
         .with_state(Ctx { tx, metrics });
     tracing::info!(%addr, "telemetry listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("telemetry server stopped: {e}");
-        }
-    });
+    crate::listen::spawn(listener, app, Limits::default(), "telemetry");
     Ok(())
 }
 

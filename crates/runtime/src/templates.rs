@@ -260,31 +260,118 @@ fn data_funcs(
     f
 }
 
-/// Reads a file if it lies inside a granted path, after resolving symlinks,
-/// so `../` and links cannot step outside the grant.
-fn read_granted(path: &Path, allowed: &[PathBuf]) -> Result<Value, String> {
-    let real = std::fs::canonicalize(path).map_err(|e| format!("file {}: {e}", path.display()))?;
-    let granted = allowed.iter().any(|g| {
-        std::fs::canonicalize(g)
-            .map(|g| real.starts_with(g))
-            .unwrap_or(false)
-    });
-    if !granted {
-        return Err(format!(
-            "file {}: not readable by this template (grant it in the template's \"files\")",
-            path.display()
-        ));
+/// Reads a file if it lies inside a granted path. The file is opened once,
+/// beneath a descriptor of the granted directory (`openat2` with
+/// `RESOLVE_BENEATH`), so neither `../`, a symlink, nor a directory swapped
+/// between a check and the open can step outside the grant. A granted single
+/// file is opened beneath its directory without following a final symlink.
+/// Only regular files are read (a FIFO or a device would block or never
+/// end), at most [`MAX_FILE`] bytes.
+pub fn read_granted(path: &Path, allowed: &[PathBuf]) -> Result<Value, String> {
+    let shown = path.display();
+    let refused = || {
+        format!(
+            "file {shown}: not readable by this template (grant it in the template's \"files\")"
+        )
+    };
+    let want = std::path::absolute(path).map_err(|e| format!("file {shown}: {e}"))?;
+    let mut last = None;
+    for g in allowed {
+        let Ok(g) = std::path::absolute(g) else {
+            continue;
+        };
+        // Lexical: `Path::starts_with` compares whole components.
+        let Ok(rel) = want.strip_prefix(&g) else {
+            continue;
+        };
+        match open_beneath(&g, rel) {
+            Ok(Some(f)) => return read_regular(f, &shown),
+            Ok(None) => continue,
+            Err(e) => last = Some(e),
+        }
     }
-    let meta = std::fs::metadata(&real).map_err(|e| format!("file {}: {e}", path.display()))?;
+    match last {
+        Some(nix::errno::Errno::ENOSYS) => Err(format!(
+            "file {shown}: this kernel lacks openat2, which reading files safely needs"
+        )),
+        Some(nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP) => Err(refused()),
+        Some(e) => Err(format!("file {shown}: {}", std::io::Error::from(e))),
+        None => Err(refused()),
+    }
+}
+
+/// Opens `rel` beneath the granted `grant`: `Ok(None)` when the grant does not
+/// cover it (a file grant only covers itself).
+fn open_beneath(
+    grant: &Path,
+    rel: &Path,
+) -> Result<Option<std::os::fd::OwnedFd>, nix::errno::Errno> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    use nix::sys::stat::Mode;
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let file_flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    // The grant's own path is the config's: it is trusted, links and all.
+    match open(grant, dir_flags, Mode::empty()) {
+        Ok(dir) => {
+            if rel.as_os_str().is_empty() {
+                return Ok(None);
+            }
+            let how = OpenHow::new().flags(file_flags).resolve(resolve);
+            openat2(&dir, rel, how).map(Some)
+        }
+        Err(nix::errno::Errno::ENOTDIR) => {
+            // A single file: only the grant itself, never a final symlink.
+            if !rel.as_os_str().is_empty() {
+                return Ok(None);
+            }
+            let (Some(parent), Some(name)) = (grant.parent(), grant.file_name()) else {
+                return Ok(None);
+            };
+            let dir = open(parent, dir_flags, Mode::empty())?;
+            let how = OpenHow::new()
+                .flags(file_flags | OFlag::O_NOFOLLOW)
+                .resolve(resolve);
+            openat2(&dir, Path::new(name), how).map(Some)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads an opened file if it is a regular one, within [`MAX_FILE`].
+fn read_regular(fd: std::os::fd::OwnedFd, shown: &dyn std::fmt::Display) -> Result<Value, String> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let f = std::fs::File::from(fd);
+    let meta = f.metadata().map_err(|e| format!("file {shown}: {e}"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!("file {shown}: {kind}; only regular files are read"));
+    }
     if meta.len() > MAX_FILE {
-        return Err(format!(
-            "file {}: larger than {MAX_FILE} bytes",
-            path.display()
-        ));
+        return Err(format!("file {shown}: larger than {MAX_FILE} bytes"));
     }
-    std::fs::read_to_string(&real)
+    let mut buf = Vec::new();
+    // The cap holds even if the file grows after the check.
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("file {shown}: {e}"))?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(format!("file {shown}: larger than {MAX_FILE} bytes"));
+    }
+    String::from_utf8(buf)
         .map(Value::Str)
-        .map_err(|e| format!("file {}: {e}", path.display()))
+        .map_err(|_| format!("file {shown}: not UTF-8 text"))
 }
 
 /// `service "tag.name|filter"`: the tag is everything before the last dot

@@ -114,25 +114,50 @@ impl FileStore {
     }
 }
 
+/// Creates an empty file in `dir` with an unpredictable name starting with
+/// `prefix`, opened `O_CREAT|O_EXCL|O_NOFOLLOW` with mode 0600: a file or
+/// symlink someone planted is never followed or reused. Dropping the result
+/// removes the file, so an error on any path leaves nothing behind.
+pub fn temp_file_in(dir: &Path, prefix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::OpenOptionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .rand_bytes(12)
+        .make_in(dir, |p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o600)
+                .open(p)
+        })
+}
+
+/// A scratch path for a snapshot or a restore: an empty 0600 file created as
+/// [`temp_file_in`] does, removed when the returned path is dropped (also
+/// when the upload or the restore fails half-way).
+pub fn scratch_file(dir: &Path, prefix: &str) -> std::io::Result<tempfile::TempPath> {
+    Ok(temp_file_in(dir, prefix)?.into_temp_path())
+}
+
 /// Streams `src` into `dest` through a temp file, fsynced and renamed.
 fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut r = std::fs::File::open(src)?;
-        let mut w = std::fs::File::create(&tmp)?;
-        std::io::copy(&mut r, &mut w)?;
-        w.flush()?;
-        w.sync_all()?;
-    }
-    std::fs::rename(&tmp, dest)?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut r = std::fs::File::open(src)?;
+    let mut w = temp_file_in(dir, &format!(".{name}.tmp-"))?;
+    std::io::copy(&mut r, &mut w)?;
+    w.flush()?;
+    w.as_file().sync_all()?;
+    w.persist(dest).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -301,10 +326,16 @@ impl Store for S3Store {
             .get(&path)
             .await
             .map_err(|e| self.err(format!("cannot fetch {path}: {e}")))?;
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".fetch-{}-{}", sha, std::process::id()));
-        let io = |e: std::io::Error| self.err(format!("cannot write {}: {e}", tmp.display()));
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let io = |e: std::io::Error| self.err(format!("cannot write {}: {e}", dest.display()));
+        // Removed on drop: a failed fetch leaves no partial file behind.
+        let (f, tmp) = temp_file_in(dir, &format!(".fetch-{sha}-"))
+            .map_err(io)?
+            .into_parts();
+        let mut f = tokio::fs::File::from_std(f);
         let mut stream = got.into_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.err(format!("cannot fetch {path}: {e}")))?;
@@ -312,7 +343,7 @@ impl Store for S3Store {
         }
         f.sync_all().await.map_err(io)?;
         drop(f);
-        tokio::fs::rename(&tmp, dest).await.map_err(io)
+        tmp.persist(dest).map_err(|e| io(e.error))
     }
 
     async fn delete(&self, set: &str, sha: &str) -> Result<(), StoreError> {
@@ -360,5 +391,67 @@ mod tests {
             Err(StoreError::Unsupported { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).expect("ls").flatten() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+            if e.file_type().expect("type").is_dir() {
+                out.extend(listing(&e.path()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_put_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(&format!("file://{}", dir.path().join("store").display())).expect("open");
+        let sha = "a".repeat(64);
+        std::fs::create_dir_all(dir.path().join("store/db")).expect("set dir");
+        // A source that opens but cannot be read: the copy fails after the temp file exists.
+        let src = dir.path().join("src-dir");
+        std::fs::create_dir(&src).expect("src");
+        assert!(store.put("db", &sha, &src).await.is_err());
+        // A source that vanished.
+        assert!(
+            store
+                .put("db", &sha, &dir.path().join("gone"))
+                .await
+                .is_err()
+        );
+        assert_eq!(listing(&dir.path().join("store")), vec!["db".to_string()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_planted_symlink_in_the_store_is_not_followed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("victim");
+        let src = dir.path().join("data");
+        std::fs::write(&src, b"hello snapshot").expect("write");
+        let (sha, _) = sha256_file(&src).await.expect("hash");
+        let set = dir.path().join("store/db");
+        std::fs::create_dir_all(&set).expect("set dir");
+        // The temp name the old code used, predictable from the checksum and pid.
+        let planted = set.join(format!(".{sha}.snap.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).expect("plant");
+        let store = open(&format!("file://{}", dir.path().join("store").display())).expect("open");
+        store.put("db", &sha, &src).await.expect("put");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        let obj = set.join(format!("{sha}.snap"));
+        assert!(!std::fs::symlink_metadata(&obj).expect("meta").is_symlink());
+        assert_eq!(std::fs::read(&obj).expect("read"), b"hello snapshot");
+        // A scratch file is exclusive, private and removed on drop.
+        let scratch = scratch_file(dir.path(), "snapshot-db-").expect("scratch");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&scratch).expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let p = scratch.to_path_buf();
+        drop(scratch);
+        assert!(!p.exists());
     }
 }

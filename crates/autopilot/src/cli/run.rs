@@ -104,26 +104,28 @@ pub fn run_agent(
             Err(setup("telemetry.interfaces", message).into())
         }
         Err(AgentError::Telemetry(message)) => Err(setup("telemetry.port", message).into()),
-        Err(AgentError::Control(e @ (ControlError::InUse { .. } | ControlError::Io { .. }))) => {
-            Err(match origin {
-                SocketOrigin::Config => setup("control.socket", e.to_string()),
-                SocketOrigin::Default => setup(
-                    "control.socket",
-                    format!("{e} (the default path; set control.socket to choose another)"),
-                ),
-                SocketOrigin::Flag => SetupError {
-                    origin: "--socket".into(),
-                    field: String::new(),
-                    message: e.to_string(),
-                },
-                SocketOrigin::Env => SetupError {
-                    origin: "$AUTOPILOT_SOCKET".into(),
-                    field: String::new(),
-                    message: e.to_string(),
-                },
-            }
-            .into())
+        Err(AgentError::Control(
+            e @ (ControlError::InUse { .. }
+            | ControlError::Io { .. }
+            | ControlError::NotSocket { .. }),
+        )) => Err(match origin {
+            SocketOrigin::Config => setup("control.socket", e.to_string()),
+            SocketOrigin::Default => setup(
+                "control.socket",
+                format!("{e} (the default path; set control.socket to choose another)"),
+            ),
+            SocketOrigin::Flag => SetupError {
+                origin: "--socket".into(),
+                field: String::new(),
+                message: e.to_string(),
+            },
+            SocketOrigin::Env => SetupError {
+                origin: "$AUTOPILOT_SOCKET".into(),
+                field: String::new(),
+                message: e.to_string(),
+            },
         }
+        .into()),
         Err(e) => Err(e.into()),
     }
 }

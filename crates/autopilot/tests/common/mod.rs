@@ -405,3 +405,51 @@ pub fn killpg(pgid: i32, sig: i32) {
 pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
+
+// ---- attacks.rs helpers ----
+
+/// [`start`] with the agent's descriptor limit set to `nofile` (soft and
+/// hard), through util-linux `prlimit`, which execs the agent: same pid.
+pub fn start_limited(dir: &Dir, config: &str, nofile: u64) -> Agent {
+    let socket = dir.path("ctl.sock");
+    let text = config
+        .replace("@SOCKET@", &socket.display().to_string())
+        .replace("@DIR@", &dir.0.display().to_string());
+    let cfg = dir.write("config.json5", &text);
+    let out = dir.path("agent.log");
+    let log = std::fs::File::create(&out).expect("log file");
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(bin())
+        .arg("-config")
+        .arg(&cfg)
+        .env("AUTOPILOT_SOCKET", &socket)
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", dir.path("catalog").display()),
+        )
+        .env("AUTOPILOT_STATE_DIR", dir.path("state"))
+        .env_remove("CONTAINERPILOT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn prlimit autopilot");
+    Agent {
+        child: Some(child),
+        socket,
+        config: cfg,
+        out,
+        started: Instant::now(),
+    }
+}
+
+/// Raises this test process's soft descriptor limit to at least `n` (within the hard limit).
+pub fn raise_own_nofile(n: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < n {
+        setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard).expect("setrlimit");
+    }
+}
