@@ -12,7 +12,15 @@ pub type Func = Arc<dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync>;
 
 /// Longest list `loop` will build: large enough for any real config, small
 /// enough that a typo cannot exhaust memory.
-const MAX_LOOP: i64 = 100_000;
+pub const MAX_LOOP: u64 = 100_000;
+
+/// Largest width or precision `printf` accepts (`%9999999999d` is an error,
+/// not a 10 GB string).
+pub const MAX_PRINTF_WIDTH: usize = 4096;
+
+/// Largest string `replaceAll` and `regexReplaceAll` will build; checked
+/// before building it.
+const MAX_STRING: usize = 16 * 1024 * 1024;
 
 /// The functions a template may call. It holds no ambient authority: a
 /// function reaches the environment, the catalog or files only if the caller
@@ -59,14 +67,42 @@ impl Funcs {
         });
         f.insert("replaceAll", |a| {
             let [from, to, s] = three(a, "replaceAll")?;
-            Ok(Value::Str(text(s).replace(&text(from), &text(to))))
+            let (from, to, s) = (text(from), text(to), text(s));
+            // An empty pattern matches between every character.
+            let hits = if from.is_empty() {
+                s.chars().count().saturating_add(1)
+            } else {
+                s.matches(from.as_str()).count()
+            };
+            let size = hits
+                .checked_mul(to.len())
+                .and_then(|grow| s.len().checked_add(grow))
+                .filter(|n| *n <= MAX_STRING)
+                .ok_or_else(|| format!("the result would be larger than {MAX_STRING} bytes"))?;
+            let mut out = String::with_capacity(size);
+            out.push_str(&s.replace(&from, &to));
+            Ok(Value::Str(out))
         });
         f.insert("regexReplaceAll", |a| {
             let [re, to, s] = three(a, "regexReplaceAll")?;
-            let re = regex::Regex::new(&text(re)).map_err(|e| format!("bad regex: {e}"))?;
-            Ok(Value::Str(
-                re.replace_all(&text(s), text(to).as_str()).into_owned(),
-            ))
+            let re = regex::RegexBuilder::new(&text(re))
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("bad regex: {e}"))?;
+            let (to, s) = (text(to), text(s));
+            // Each `$name` in the replacement expands to at most the match,
+            // so bound the result before expanding anything.
+            let refs = to.matches('$').count();
+            let mut size = s.len();
+            for m in re.find_iter(&s) {
+                size = refs
+                    .checked_mul(m.len())
+                    .and_then(|x| x.checked_add(to.len()))
+                    .and_then(|x| size.checked_add(x))
+                    .filter(|n| *n <= MAX_STRING)
+                    .ok_or_else(|| format!("the result would be larger than {MAX_STRING} bytes"))?;
+            }
+            Ok(Value::Str(re.replace_all(&s, to.as_str()).into_owned()))
         });
         f.insert("loop", |a| {
             let ints: Vec<i64> = a
@@ -81,18 +117,22 @@ impl Funcs {
                 [a, b] => (*a, *b),
                 _ => return Err(format!("loop takes 1 or 2 integers, got {}", ints.len())),
             };
-            if (to - from).abs() > MAX_LOOP {
+            if from.abs_diff(to) > MAX_LOOP {
                 return Err(format!("loop range {from}..{to} is longer than {MAX_LOOP}"));
             }
             Ok(Value::List(if from <= to {
                 (from..to).map(Value::Int).collect()
             } else {
-                ((to + 1)..=from).rev().map(Value::Int).collect()
+                // Counting down from `from` to just above `to`.
+                (to..from)
+                    .rev()
+                    .map(|i| Value::Int(i.saturating_add(1)))
+                    .collect()
             }))
         });
         f.insert("printf", |a| {
             let (fmt, rest) = a.split_first().ok_or("printf needs a format")?;
-            Ok(Value::Str(sprintf(&text(fmt), rest)))
+            sprintf(&text(fmt), rest).map(Value::Str)
         });
         f.insert("print", |a| Ok(Value::Str(sprint(a))));
         f.insert("println", |a| {
@@ -101,13 +141,16 @@ impl Funcs {
         });
         f.insert("len", |a| {
             let [v] = one(a, "len")?;
-            Ok(Value::Int(match v {
-                Value::Str(s) => s.len() as i64,
-                Value::List(l) => l.len() as i64,
-                Value::Map(m) => m.len() as i64,
+            let n = match v {
+                Value::Str(s) => s.len(),
+                Value::List(l) => l.len(),
+                Value::Map(m) => m.len(),
                 Value::Nil => 0,
                 other => return Err(format!("len of {}", other.type_name())),
-            }))
+            };
+            i64::try_from(n)
+                .map(Value::Int)
+                .map_err(|_| format!("length {n} is too large"))
         });
         f.insert("index", |a| {
             let (first, keys) = a.split_first().ok_or("index needs a value")?;
@@ -253,6 +296,11 @@ impl Funcs {
     pub fn get(&self, name: &str) -> Option<&Func> {
         self.map.get(name)
     }
+
+    /// The names of every installed function, for [`crate::Template::check_functions`].
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
 }
 
 fn list_items<'a>(v: &'a Value, name: &str) -> Result<&'a [Value], String> {
@@ -293,8 +341,8 @@ fn three<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 3], String> {
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
-        (Value::Int(x), Value::Float(y)) => (*x as f64).partial_cmp(y),
-        (Value::Float(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (Value::Int(x), Value::Float(y)) => int_as_float(*x).partial_cmp(y),
+        (Value::Float(x), Value::Int(y)) => x.partial_cmp(&int_as_float(*y)),
         (Value::Float(x), Value::Float(y)) => x.partial_cmp(y),
         (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
@@ -304,11 +352,24 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+/// The nearest float to an integer, as Go converts for mixed comparisons.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "rounding to the nearest float is the documented conversion"
+)]
+fn int_as_float(i: i64) -> f64 {
+    i as f64
+}
+
 /// Go's `fmt.Sprint`: spaces only between operands when neither is a string.
 fn sprint(args: &[Value]) -> String {
     let mut out = String::new();
     for (i, v) in args.iter().enumerate() {
-        if i > 0 && !matches!(v, Value::Str(_)) && !matches!(args[i - 1], Value::Str(_)) {
+        let prev_str = i
+            .checked_sub(1)
+            .and_then(|p| args.get(p))
+            .is_some_and(|p| matches!(p, Value::Str(_)));
+        if i > 0 && !matches!(v, Value::Str(_)) && !prev_str {
             out.push(' ');
         }
         out.push_str(&v.to_string());
@@ -317,8 +378,9 @@ fn sprint(args: &[Value]) -> String {
 }
 
 /// The subset of Go's `fmt.Sprintf` that configs use: `%v %s %d %q %f %x %X
-/// %t %%`, with flags `-` and `0`, a width and a precision.
-fn sprintf(fmt: &str, args: &[Value]) -> String {
+/// %t %%`, with flags `-` and `0`, a width and a precision (each at most
+/// [`MAX_PRINTF_WIDTH`]).
+fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     let mut args = args.iter();
     let mut chars = fmt.chars().peekable();
@@ -337,20 +399,11 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             }
             chars.next();
         }
-        let mut width = String::new();
-        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-            width.push(d);
-            chars.next();
-        }
+        let width = printf_number(&mut chars, "width")?;
         let mut prec: Option<usize> = None;
         if chars.peek() == Some(&'.') {
             chars.next();
-            let mut p = String::new();
-            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                p.push(d);
-                chars.next();
-            }
-            prec = Some(p.parse().unwrap_or(0));
+            prec = Some(printf_number(&mut chars, "precision")?);
         }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
@@ -372,7 +425,7 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             'f' | 'F' => {
                 let f = match arg {
                     Value::Float(f) => *f,
-                    other => other.as_int().map(|i| i as f64).unwrap_or(f64::NAN),
+                    other => other.as_int().map(int_as_float).unwrap_or(f64::NAN),
                 };
                 format!("{:.*}", prec.unwrap_or(6), f)
             }
@@ -393,7 +446,6 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
                 }
             }
         };
-        let width: usize = width.parse().unwrap_or(0);
         let pad = width.saturating_sub(body.chars().count());
         if left {
             out.push_str(&body);
@@ -409,6 +461,11 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             out.extend(std::iter::repeat_n(' ', pad));
             out.push_str(&body);
         }
+        if out.len() > MAX_STRING {
+            return Err(format!(
+                "the result would be larger than {MAX_STRING} bytes"
+            ));
+        }
     }
     let extra: Vec<_> = args.collect();
     if !extra.is_empty() {
@@ -422,5 +479,22 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
         );
         out.push(')');
     }
-    out
+    Ok(out)
+}
+
+/// Reads a printf width or precision, refusing one above [`MAX_PRINTF_WIDTH`].
+fn printf_number(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    what: &str,
+) -> Result<usize, String> {
+    let mut n = 0usize;
+    while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+        chars.next();
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(usize::try_from(d).unwrap_or(0)))
+            .filter(|n| *n <= MAX_PRINTF_WIDTH)
+            .ok_or_else(|| format!("printf {what} is larger than {MAX_PRINTF_WIDTH}"))?;
+    }
+    Ok(n)
 }
