@@ -16,6 +16,8 @@ pub(crate) struct Exec<'a> {
     limits: &'a Limits,
     steps: u64,
     started: Instant,
+    /// The action being evaluated, so text and size errors point near it.
+    at: usize,
 }
 
 impl<'a> Exec<'a> {
@@ -28,6 +30,7 @@ impl<'a> Exec<'a> {
             limits,
             steps: 0,
             started: Instant::now(),
+            at: 0,
         }
     }
 
@@ -37,6 +40,7 @@ impl<'a> Exec<'a> {
 
     /// Counts one step against the budget, and looks at the clock now and then.
     fn tick(&mut self, pos: usize) -> Result<(), Error> {
+        self.at = pos;
         self.steps = self.steps.saturating_add(1);
         if self.steps > self.limits.max_steps {
             return Err(self.err(
@@ -73,7 +77,7 @@ impl<'a> Exec<'a> {
         for node in nodes {
             match node {
                 Node::Text(t) => {
-                    self.tick(0)?;
+                    self.tick(self.at)?;
                     self.out.push_str(t);
                 }
                 Node::Action(p) => {
@@ -121,7 +125,7 @@ impl<'a> Exec<'a> {
                     self.range(dot, pipe, body, otherwise)?;
                 }
             }
-            self.check_size(0, self.out.len(), "rendered output")?;
+            self.check_size(self.at, self.out.len(), "rendered output")?;
         }
         Ok(())
     }
