@@ -16,6 +16,8 @@ pub(crate) struct Exec<'a> {
     limits: &'a Limits,
     steps: u64,
     started: Instant,
+    /// Time spent in caller-installed functions, which the clock skips.
+    external: std::time::Duration,
     /// The action being evaluated, so text and size errors point near it.
     at: usize,
 }
@@ -31,6 +33,7 @@ impl<'a> Exec<'a> {
             steps: 0,
             started: Instant::now(),
             at: 0,
+            external: std::time::Duration::ZERO,
         }
     }
 
@@ -51,7 +54,9 @@ impl<'a> Exec<'a> {
                 ),
             ));
         }
-        if self.steps.is_multiple_of(CLOCK_EVERY) && self.started.elapsed() > self.limits.max_time {
+        if self.steps.is_multiple_of(CLOCK_EVERY)
+            && self.started.elapsed().saturating_sub(self.external) > self.limits.max_time
+        {
             return Err(self.err(
                 pos,
                 format!(
@@ -232,7 +237,12 @@ impl<'a> Exec<'a> {
             .funcs
             .get(name)
             .ok_or_else(|| self.err(pos, format!("function {name:?} not defined")))?;
-        let v = f(args).map_err(|e| self.err(pos, format!("error calling {name}: {e}")))?;
+        let external = self.funcs.is_external(name).then(Instant::now);
+        let v = f(args);
+        if let Some(t) = external {
+            self.external = self.external.saturating_add(t.elapsed());
+        }
+        let v = v.map_err(|e| self.err(pos, format!("error calling {name}: {e}")))?;
         // Strings can double on every step (`$x = printf "%s%s" $x $x`), so
         // each result is held to the output bound, not only the final text.
         if let Value::Str(s) = &v {

@@ -28,6 +28,10 @@ const MAX_STRING: usize = 16 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct Funcs {
     map: HashMap<String, Func>,
+    /// Functions installed by the caller with [`Funcs::insert`]. They may
+    /// block on I/O the caller bounds itself (a catalog read), so their time
+    /// is not counted against a render's wall-clock budget.
+    external: std::collections::HashSet<String>,
 }
 
 impl Funcs {
@@ -35,7 +39,7 @@ impl Funcs {
     /// anything outside the template's own data.
     pub fn builtin() -> Self {
         let mut f = Funcs::default();
-        f.insert("default", |a| {
+        f.add("default", |a| {
             let [def, val] = two(a, "default")?;
             Ok(match val {
                 Value::Nil => def.clone(),
@@ -43,7 +47,7 @@ impl Funcs {
                 v => v.clone(),
             })
         });
-        f.insert("split", |a| {
+        f.add("split", |a| {
             let [sep, s] = two(a, "split")?;
             let (sep, s) = (text(sep), text(s));
             if s.is_empty() {
@@ -55,7 +59,7 @@ impl Funcs {
                 s.split(sep.as_str()).map(Value::from).collect()
             }))
         });
-        f.insert("join", |a| {
+        f.add("join", |a| {
             let [sep, list] = two(a, "join")?;
             match list {
                 Value::List(l) => Ok(Value::Str(
@@ -65,7 +69,7 @@ impl Funcs {
                 other => Ok(Value::Str(text(other))),
             }
         });
-        f.insert("replaceAll", |a| {
+        f.add("replaceAll", |a| {
             let [from, to, s] = three(a, "replaceAll")?;
             let (from, to, s) = (text(from), text(to), text(s));
             // An empty pattern matches between every character.
@@ -83,7 +87,7 @@ impl Funcs {
             out.push_str(&s.replace(&from, &to));
             Ok(Value::Str(out))
         });
-        f.insert("regexReplaceAll", |a| {
+        f.add("regexReplaceAll", |a| {
             let [re, to, s] = three(a, "regexReplaceAll")?;
             let re = regex::RegexBuilder::new(&text(re))
                 .size_limit(1 << 20)
@@ -104,7 +108,7 @@ impl Funcs {
             }
             Ok(Value::Str(re.replace_all(&s, to.as_str()).into_owned()))
         });
-        f.insert("loop", |a| {
+        f.add("loop", |a| {
             let ints: Vec<i64> = a
                 .iter()
                 .map(|v| {
@@ -130,16 +134,16 @@ impl Funcs {
                     .collect()
             }))
         });
-        f.insert("printf", |a| {
+        f.add("printf", |a| {
             let (fmt, rest) = a.split_first().ok_or("printf needs a format")?;
             sprintf(&text(fmt), rest).map(Value::Str)
         });
-        f.insert("print", |a| Ok(Value::Str(sprint(a))));
-        f.insert("println", |a| {
+        f.add("print", |a| Ok(Value::Str(sprint(a))));
+        f.add("println", |a| {
             let words: Vec<String> = a.iter().map(text).collect();
             Ok(Value::Str(words.join(" ") + "\n"))
         });
-        f.insert("len", |a| {
+        f.add("len", |a| {
             let [v] = one(a, "len")?;
             let n = match v {
                 Value::Str(s) => s.len(),
@@ -152,7 +156,7 @@ impl Funcs {
                 .map(Value::Int)
                 .map_err(|_| format!("length {n} is too large"))
         });
-        f.insert("index", |a| {
+        f.add("index", |a| {
             let (first, keys) = a.split_first().ok_or("index needs a value")?;
             let mut v = first.clone();
             for k in keys {
@@ -170,32 +174,32 @@ impl Funcs {
             }
             Ok(v)
         });
-        f.insert("not", |a| {
+        f.add("not", |a| {
             let [v] = one(a, "not")?;
             Ok(Value::Bool(!v.truthy()))
         });
-        f.insert("and", |a| {
+        f.add("and", |a| {
             Ok(a.iter()
                 .find(|v| !v.truthy())
                 .or(a.last())
                 .cloned()
                 .unwrap_or_default())
         });
-        f.insert("or", |a| {
+        f.add("or", |a| {
             Ok(a.iter()
                 .find(|v| v.truthy())
                 .or(a.last())
                 .cloned()
                 .unwrap_or_default())
         });
-        f.insert("eq", |a| {
+        f.add("eq", |a| {
             let (first, rest) = a.split_first().ok_or("eq needs arguments")?;
             Ok(Value::Bool(
                 rest.iter()
                     .any(|b| compare(first, b) == Some(Ordering::Equal)),
             ))
         });
-        f.insert("ne", |a| {
+        f.add("ne", |a| {
             let [x, y] = two(a, "ne")?;
             Ok(Value::Bool(compare(x, y) != Some(Ordering::Equal)))
         });
@@ -206,7 +210,7 @@ impl Funcs {
             ("ge", &[Ordering::Greater, Ordering::Equal][..]),
         ] {
             let want = want.to_vec();
-            f.insert(name, move |a| {
+            f.add(name, move |a| {
                 let [x, y] = two(a, name)?;
                 let ord = compare(x, y).ok_or_else(|| {
                     format!(
@@ -218,13 +222,13 @@ impl Funcs {
                 Ok(Value::Bool(want.contains(&ord)))
             });
         }
-        f.insert("toJSON", |a| {
+        f.add("toJSON", |a| {
             let [v] = one(a, "toJSON")?;
             serde_json::to_string(&v.to_json())
                 .map(Value::Str)
                 .map_err(|e| e.to_string())
         });
-        f.insert("byTag", |a| {
+        f.add("byTag", |a| {
             let [list] = one(a, "byTag")?;
             let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for item in list_items(list, "byTag")? {
@@ -242,7 +246,7 @@ impl Funcs {
             }
             Ok(Value::from(by))
         });
-        f.insert("sortBy", |a| {
+        f.add("sortBy", |a| {
             let [field, list] = two(a, "sortBy")?;
             let field = text(field);
             let mut items = list_items(list, "sortBy")?.to_vec();
@@ -254,7 +258,7 @@ impl Funcs {
             items.sort_by(|x, y| compare(&key(x), &key(y)).unwrap_or(Ordering::Equal));
             Ok(Value::List(items))
         });
-        f.insert("contains", |a| {
+        f.add("contains", |a| {
             let [needle, hay] = two(a, "contains")?;
             Ok(Value::Bool(match hay {
                 Value::List(l) => l
@@ -264,7 +268,7 @@ impl Funcs {
                 other => text(other).contains(&text(needle)),
             }))
         });
-        f.insert("parseJSON", |a| {
+        f.add("parseJSON", |a| {
             let [v] = one(a, "parseJSON")?;
             serde_json::from_str::<serde_json::Value>(&text(v))
                 .map(|j| Value::from_json(&j))
@@ -278,19 +282,36 @@ impl Funcs {
     pub fn with_env(env: BTreeMap<String, String>) -> Self {
         let mut f = Self::builtin();
         let env = Arc::new(env);
-        f.insert("env", move |a| {
+        f.add("env", move |a| {
             let [k] = one(a, "env")?;
             Ok(Value::Str(env.get(&text(k)).cloned().unwrap_or_default()))
         });
         f
     }
 
+    /// Installs (or replaces) a function. Its time is not counted against
+    /// the render's wall-clock budget (see [`crate::Limits::max_time`]): the
+    /// caller bounds its own I/O.
     pub fn insert(
         &mut self,
         name: &str,
         f: impl Fn(&[Value]) -> Result<Value, String> + Send + Sync + 'static,
     ) {
         self.map.insert(name.to_string(), Arc::new(f));
+        self.external.insert(name.to_string());
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        f: impl Fn(&[Value]) -> Result<Value, String> + Send + Sync + 'static,
+    ) {
+        self.map.insert(name.to_string(), Arc::new(f));
+        self.external.remove(name);
+    }
+
+    pub(crate) fn is_external(&self, name: &str) -> bool {
+        self.external.contains(name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Func> {

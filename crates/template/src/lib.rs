@@ -64,7 +64,8 @@ pub struct Limits {
     /// Most evaluation steps in one render: every node, command and `range`
     /// iteration counts one.
     pub max_steps: u64,
-    /// Longest one render may take.
+    /// Longest one render may take, not counting time inside functions the
+    /// caller installed with [`Funcs::insert`] (they bound their own I/O).
     pub max_time: Duration,
 }
 
