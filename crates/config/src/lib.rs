@@ -281,7 +281,13 @@ fn render_str(
     text: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<String, ConfigError> {
-    autopilot_template::render_env(text, env).map_err(|e| ConfigError::Invalid {
+    // The rendered text is parsed whole, so it gets the same bound as the
+    // file: that caps the JSON5 tree, too.
+    let limits = autopilot_template::Limits {
+        max_output: usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX),
+        ..Default::default()
+    };
+    autopilot_template::render_env_with(text, env, &limits).map_err(|e| ConfigError::Invalid {
         file: path.to_path_buf(),
         line: e.line,
         column: e.column,

@@ -157,15 +157,24 @@ pub fn render_env(
     src: &str,
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<String, Error> {
+    render_env_with(src, env, &Limits::default())
+}
+
+/// [`render_env`] within the given limits.
+pub fn render_env_with(
+    src: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    limits: &Limits,
+) -> Result<String, Error> {
     let data = Value::Map(
         env.iter()
             .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
             .collect(),
     );
     let funcs = Funcs::with_env(env.clone());
-    let tpl = Template::parse(src)?;
+    let tpl = Template::parse_with(src, limits)?;
     tpl.check_functions(funcs.names())?;
-    tpl.render(&data, &funcs)
+    tpl.render_with(&data, &funcs, limits)
 }
 
 #[cfg(test)]
