@@ -18,6 +18,9 @@ pub const MAX_LOOP: u64 = 100_000;
 /// not a 10 GB string).
 pub const MAX_PRINTF_WIDTH: usize = 4096;
 
+/// Most pieces `split` makes: each costs far more memory than its text.
+const MAX_PIECES: usize = 1_000_000;
+
 /// Largest string `replaceAll` and `regexReplaceAll` will build; checked
 /// before building it.
 const MAX_STRING: usize = 16 * 1024 * 1024;
@@ -52,6 +55,16 @@ impl Funcs {
             let (sep, s) = (text(sep), text(s));
             if s.is_empty() {
                 return Ok(Value::List(vec![Value::Str(String::new())]));
+            }
+            let pieces = if sep.is_empty() {
+                s.chars().count()
+            } else {
+                s.matches(sep.as_str()).count().saturating_add(1)
+            };
+            if pieces > MAX_PIECES {
+                return Err(format!(
+                    "split would make {pieces} pieces, more than {MAX_PIECES}"
+                ));
             }
             Ok(Value::List(if sep.is_empty() {
                 s.chars().map(|c| Value::Str(c.to_string())).collect()

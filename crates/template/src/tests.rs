@@ -257,6 +257,10 @@ fn hostile_templates_fail_fast() {
         "larger than 16777216",
     );
     fails("{{ nosuch 1 }}", "function \"nosuch\" not defined");
+    fails(
+        r#"{{ $b := printf "%4096d%4096d" 1 2 }}{{ split "" (replaceAll " " (printf "%200d" 0) $b) }}"#,
+        "more than 1000000",
+    );
 }
 
 #[test]

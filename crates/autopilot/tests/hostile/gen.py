@@ -1,3 +1,8 @@
+"""Writes the hostile corpus: one config per case, first line `// expect: FRAGMENT`.
+
+Run from this directory: `python3 gen.py`. The cases live in this file; the
+`runtime/` templates are written by hand.
+"""
 import os
 cases = []
 def c(name, body, expect):
@@ -63,6 +68,7 @@ c("tpl-deep-if", "{{ if 1 }}" * 101 + "{{ end }}" * 101 + T, "tpl-deep-if.json5:
 c("tpl-deep-parens", "{{ " + "(" * 101 + "1" + ")" * 101 + " }}" + T, "template: parentheses nested deeper than 100")
 c("tpl-replace-bomb", "{{ $b := printf \"%4096d%4096d\" 1 2 }}{{ replaceAll \" \" $b $b }}" + T, "template: error calling replaceAll: the result would be larger than 16777216 bytes")
 c("tpl-output-bomb", "{{ range 5000 }}{{ printf \"%4096d\" 1 }}{{ end }}" + T, "tpl-output-bomb.json5:2:")
+c("tpl-split-bomb", "{{ $b := printf \"%4096d%4096d\" 1 2 }}{{ split \"\" (replaceAll \" \" (printf \"%200d\" 0) $b) }}" + T, "template: error calling split: split would make 1638002 pieces, more than 1000000")
 c("tpl-rendered-garbage", "{{ \"{ jobs: [\" }}" , "(syntax): unexpected end of input")
 # syntax and structure
 c("syn-empty", "", "(syntax): unexpected end of input, expected a value")
@@ -183,7 +189,7 @@ c("tb-define", TB.format("define.tmpl"), "define.tmpl:1:1: template: ")
 
 for name, body, expect in cases:
     with open(name + ".json5", "wb") as f:
-        f.write(("// expect: " + expect + "\n").encode() if True else b"")
+        f.write(("// expect: " + expect + "\n").encode())
         f.write(body.encode("utf-8"))
 # raw-byte cases
 def raw(name, data, expect):
