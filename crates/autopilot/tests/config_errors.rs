@@ -47,11 +47,32 @@ fn bad_configs_exit_2_and_start_nothing() {
             "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  templates: [{ source: 'ok.tmpl', dest: 'out', when: { source: 'ghost', once: 'exitSuccess' } }] }",
             "templates[0].when.source: \"ghost\" names no job",
         ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' },\n  { name: '../x', exec: 'true' }] }",
+            "config.json5:2:11: jobs[1].name: \"../x\" is not a valid job name: it contains a path separator",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' },\n  { name: 'b', exec: 'true', when: { interval: 1e20 } }] }",
+            "config.json5:2:48: jobs[1].when.interval: 100000000000000000000 is not a valid duration",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' },\n  { name: 'b', exec: 'true', when: { source: 'c', once: 'exitSuccess' } },\n  { name: 'c', exec: 'true', when: { source: 'b', once: 'stopped' } }] }",
+            "config.json5:2:46: jobs[1].when.source: 'when' cycle: \"b\" -> \"c\" -> \"b\"",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  templates: [{ source: 'typo.tmpl', dest: 'out' }] }",
+            "typo.tmpl:2:4: template: function \"servics\" not defined",
+        ),
+        (
+            "{{ range 1000000000 }}{{ end }}{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }] }",
+            "config.json5:1:1: template: template ",
+        ),
     ];
     for (text, want) in cases {
         let d = Dir::new("badcfg");
         d.write("bad.tmpl", "ok\n{{ if .X }}");
         d.write("ok.tmpl", "ok");
+        d.write("typo.tmpl", "ok\n{{ servics \"db\" }}");
         let want = &want.replace("@DIR@", &d.0.display().to_string());
         let mut a = start(&d, text);
         let code = a.wait(Duration::from_secs(10));

@@ -6,6 +6,21 @@ use std::time::Duration;
 use crate::ConfigError;
 use crate::json5::{Kind, Node};
 
+/// The longest duration any field accepts: ten years of 365 days. Longer
+/// values are typos or attacks, and would overflow timers downstream.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A non-negative number of seconds as a duration, at most [`MAX_DURATION`].
+fn secs(n: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(n)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
+}
+
+fn too_long(what: impl std::fmt::Display) -> String {
+    format!("{what} is not a valid duration: it must be between 0 and 10 years (315360000s)")
+}
+
 /// Where errors point: the file and its rendered text.
 pub(crate) struct Doc<'a> {
     pub file: &'a Path,
@@ -161,6 +176,8 @@ impl<'a> Field<'a> {
 
     pub fn str(&self) -> Result<String, ConfigError> {
         match &self.node.kind {
+            // A NUL can be in no argument, path or environment variable.
+            Kind::Str(s) if s.contains('\0') => Err(self.err("a NUL byte is not allowed here")),
             Kind::Str(s) => Ok(s.clone()),
             _ => Err(self.wrong("a string")),
         }
@@ -208,7 +225,7 @@ impl<'a> Field<'a> {
     /// A string or an array of strings.
     pub fn strings(&self) -> Result<Vec<String>, ConfigError> {
         match &self.node.kind {
-            Kind::Str(s) => Ok(vec![s.clone()]),
+            Kind::Str(_) => Ok(vec![self.str()?]),
             Kind::Array(_) => self.array()?.iter().map(Field::str).collect(),
             _ => Err(self.wrong("a string or an array of strings")),
         }
@@ -219,7 +236,7 @@ impl<'a> Field<'a> {
     /// `sh -c 'echo hi'`.
     pub fn exec(&self) -> Result<Vec<String>, ConfigError> {
         let argv = match &self.node.kind {
-            Kind::Str(s) => shlex::split(s).ok_or_else(|| {
+            Kind::Str(s) => shlex::split(&self.str()?).ok_or_else(|| {
                 self.err(format!("unbalanced quotes or trailing backslash in {s:?}"))
             })?,
             Kind::Array(_) => self.strings()?,
@@ -235,9 +252,7 @@ impl<'a> Field<'a> {
     /// "1m30s"; a bare number in a string is seconds too).
     pub fn duration(&self) -> Result<Duration, ConfigError> {
         match &self.node.kind {
-            Kind::Number(n) if *n >= 0.0 && n.is_finite() => Duration::try_from_secs_f64(*n)
-                .map_err(|_| self.err(format!("{n} seconds is out of range"))),
-            Kind::Number(n) => Err(self.err(format!("{n} is not a valid duration"))),
+            Kind::Number(n) => secs(*n).ok_or_else(|| self.err(too_long(n))),
             Kind::Str(s) => parse_duration(s).map_err(|e| self.err(e)),
             _ => Err(self.wrong("a duration (seconds, or a string such as \"10s\")")),
         }
@@ -259,11 +274,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs < 0.0 || !secs.is_finite() {
-            return Err(format!("{s:?} is not a valid duration"));
-        }
-        return Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"));
+    if let Ok(n) = t.parse::<f64>() {
+        return secs(n).ok_or_else(|| too_long(format!("{s:?}")));
     }
     if t.starts_with('-') {
         return Err(format!("{s:?}: a duration cannot be negative"));
@@ -297,10 +309,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             }
             u => return Err(format!("{s:?} has an unknown unit {u:?}")),
         };
+        // Float arithmetic cannot trap: an overflow becomes infinity,
+        // which `secs` refuses.
         total += n * scale;
         rest = &rest[unit_len..];
     }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{s:?} is out of range"))
+    secs(total).ok_or_else(|| too_long(format!("{s:?}")))
 }
 
 #[cfg(test)]
@@ -319,5 +333,19 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1s2").is_err());
+        assert_eq!(parse_duration("87600h"), Ok(super::MAX_DURATION));
+        for huge in [
+            "87601h",
+            "1e20",
+            "1e400",
+            "NaN",
+            "inf",
+            "-0.5",
+            &"9".repeat(400),
+            "99999999999999999999h",
+        ] {
+            let e = parse_duration(huge).expect_err(huge);
+            assert!(e.contains("10 years"), "{huge}: {e}");
+        }
     }
 }

@@ -7,7 +7,7 @@
 mod decode;
 pub mod json5;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +18,28 @@ use autopilot_core::spec::{
 };
 use decode::{Doc, Field, Obj, child};
 
-pub use decode::parse_duration;
+pub use decode::{MAX_DURATION, parse_duration};
+
+/// The functions a `templates` source file may call beyond the built-ins:
+/// the data functions crates/runtime/src/templates.rs installs, plus `env`.
+/// Sources are checked against this list (with the built-ins) at load, so a
+/// misspelt function fails the config, not a render; runtime asserts that
+/// it installs exactly these.
+pub const TEMPLATE_DATA_FUNCS: [&str; 9] = [
+    "service",
+    "services",
+    "key",
+    "keyOrDefault",
+    "ls",
+    "tree",
+    "leader",
+    "file",
+    "env",
+];
+
+/// The largest config file or template source read; anything bigger is
+/// refused before it is read whole.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -207,11 +228,52 @@ pub fn resolve_path(
 
 /// Reads and renders the config template, as `-template` prints it.
 pub fn render(path: &Path, env: &BTreeMap<String, String>) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
+    let text = read_text(path, "(file)").map_err(|e| match e {
+        ReadError::Io(source) => ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        ReadError::Invalid(e) => e,
     })?;
     render_str(path, &text, env)
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Invalid(ConfigError),
+}
+
+/// Reads a UTF-8 text file of at most [`MAX_FILE_BYTES`]; bad UTF-8 is an
+/// error at the line and column of the first bad byte, under `field`.
+fn read_text(path: &Path, field: &str) -> Result<String, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    let invalid = |line, column, message: String| {
+        ReadError::Invalid(ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            message,
+        })
+    };
+    if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_FILE_BYTES) {
+        return Err(invalid(
+            1,
+            1,
+            format!("the file is larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let prefix = String::from_utf8_lossy(&e.as_bytes()[..good]);
+        let (line, column) = autopilot_template::line_col(&prefix, good);
+        invalid(line, column, "the file is not valid UTF-8".into())
+    })
 }
 
 fn render_str(
@@ -219,7 +281,13 @@ fn render_str(
     text: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<String, ConfigError> {
-    autopilot_template::render_env(text, env).map_err(|e| ConfigError::Invalid {
+    // The rendered text is parsed whole, so it gets the same bound as the
+    // file: that caps the JSON5 tree, too.
+    let limits = autopilot_template::Limits {
+        max_output: usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX),
+        ..Default::default()
+    };
+    autopilot_template::render_env_with(text, env, &limits).map_err(|e| ConfigError::Invalid {
         file: path.to_path_buf(),
         line: e.line,
         column: e.column,
@@ -372,6 +440,12 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
                 SIGNAL_EVENTS.join(", ")
             )));
         }
+    }
+
+    if let Some((k, message)) = when_cycle(&jobs) {
+        let mut o = job_fields[k].obj()?;
+        let mut w = o.require("when")?.obj()?;
+        return Err(w.require("source")?.err(message));
     }
 
     for (t, field) in templates.iter().zip(&template_fields) {
@@ -549,6 +623,123 @@ fn source_known(
     }
 }
 
+/// The job that job `i` waits on, if that job must run for the event to
+/// come. A job with a `when.timeout` publishes `timerExpired` and `stopped`
+/// without running, so waiting on those from it never blocks.
+fn blocking_wait(jobs: &[JobSpec], index: &HashMap<&str, usize>, i: usize) -> Option<usize> {
+    let Trigger::Event { source, code, .. } = &jobs.get(i)?.trigger else {
+        return None;
+    };
+    let j = *index.get(source.as_str())?;
+    let gives_up = matches!(
+        jobs.get(j).map(|t| &t.trigger),
+        Some(Trigger::Event {
+            timeout: Some(_),
+            ..
+        })
+    );
+    if gives_up && matches!(code, EventCode::TimerExpired | EventCode::Stopped) && j != i {
+        return None;
+    }
+    Some(j)
+}
+
+/// Finds jobs that can never start: a job waiting on itself, a ring of jobs
+/// each waiting on the next (whatever the events, `stopping` and `stopped`
+/// included: they come only from a job that ran), or a wait for
+/// `timerExpired` from a job with no `when.timeout`. Returns the first such
+/// job in config order and the message. Each job waits on at most one other,
+/// so one walk per job with three-colour marking is linear.
+fn when_cycle(jobs: &[JobSpec]) -> Option<(usize, String)> {
+    let index: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
+    for (i, job) in jobs.iter().enumerate() {
+        if let Trigger::Event {
+            source,
+            code: EventCode::TimerExpired,
+            ..
+        } = &job.trigger
+            && let Some(&j) = index.get(source.as_str())
+            && !matches!(
+                jobs[j].trigger,
+                Trigger::Event {
+                    timeout: Some(_),
+                    ..
+                }
+            )
+        {
+            return Some((
+                i,
+                format!("{source:?} has no 'when.timeout', so its timerExpired event never fires"),
+            ));
+        }
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; jobs.len()];
+    let mut found: Option<Vec<usize>> = None;
+    for start in 0..jobs.len() {
+        let mut path = Vec::new();
+        let mut at = Some(start);
+        while let Some(i) = at {
+            match mark[i] {
+                Mark::Done => break,
+                Mark::OnPath => {
+                    let from = path.iter().position(|p| *p == i).unwrap_or(0);
+                    let ring = path[from..].to_vec();
+                    if found
+                        .as_ref()
+                        .is_none_or(|f: &Vec<usize>| ring.iter().min() < f.iter().min())
+                    {
+                        found = Some(ring);
+                    }
+                    break;
+                }
+                Mark::New => {
+                    mark[i] = Mark::OnPath;
+                    path.push(i);
+                    at = blocking_wait(jobs, &index, i);
+                }
+            }
+        }
+        for p in path {
+            mark[p] = Mark::Done;
+        }
+    }
+    let ring = found?;
+    let first = ring
+        .iter()
+        .position(|i| Some(i) == ring.iter().min())
+        .unwrap_or(0);
+    let mut order: Vec<usize> = ring[first..].to_vec();
+    order.extend_from_slice(&ring[..first]);
+    let k = order[0];
+    let message = if order.len() == 1 {
+        format!(
+            "job {:?} waits on its own event, so it can never start",
+            jobs[k].name
+        )
+    } else {
+        let names: Vec<String> = order
+            .iter()
+            .chain(std::iter::once(&k))
+            .map(|i| format!("{:?}", jobs[*i].name))
+            .collect();
+        format!(
+            "'when' cycle: {} (each waits on the next), so none of them can ever start",
+            names.join(" -> ")
+        )
+    };
+    Some((k, message))
+}
+
 fn w_source(w: &Option<TemplateWhen>) -> &str {
     w.as_ref().map_or("", |w| w.source.as_str())
 }
@@ -562,16 +753,22 @@ fn template(f: &Field, config_path: &Path) -> Result<TemplateConfig, ConfigError
     };
     let source_f = o.require("source")?;
     let source = resolve(source_f.str()?);
-    let text = std::fs::read_to_string(&source)
-        .map_err(|e| source_f.err(format!("cannot read {}: {e}", source.display())))?;
-    // Checked now, so a broken template stops the config loading, not a render later.
-    autopilot_template::Template::parse(&text).map_err(|e| ConfigError::Invalid {
-        file: source.clone(),
-        line: e.line,
-        column: e.column,
-        field: "template".into(),
-        message: e.message,
+    let text = read_text(&source, "template").map_err(|e| match e {
+        ReadError::Io(e) => source_f.err(format!("cannot read {}: {e}", source.display())),
+        ReadError::Invalid(e) => e,
     })?;
+    // Checked now, so a broken template or an unknown function stops the
+    // config loading, not a render later.
+    let funcs = autopilot_template::Funcs::with_env(BTreeMap::new());
+    autopilot_template::Template::parse(&text)
+        .and_then(|t| t.check_functions(funcs.names().chain(TEMPLATE_DATA_FUNCS)))
+        .map_err(|e| ConfigError::Invalid {
+            file: source.clone(),
+            line: e.line,
+            column: e.column,
+            field: "template".into(),
+            message: e.message,
+        })?;
     let dest_f = o.require("dest")?;
     let dest = dest_f.str()?;
     if dest.is_empty() {
@@ -592,7 +789,9 @@ fn template(f: &Field, config_path: &Path) -> Result<TemplateConfig, ConfigError
         Some(w) => {
             let mut w = w.obj()?;
             let min = w.opt("min", Field::duration)?.unwrap_or_default();
-            let max = w.opt("max", Field::duration)?.unwrap_or(min * 4);
+            let max = w
+                .opt("max", Field::duration)?
+                .unwrap_or(min.saturating_mul(4));
             if max < min {
                 return Err(w.err("max", "must not be shorter than 'min'"));
             }
@@ -741,6 +940,33 @@ fn valid_metric_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
+/// Why `name` cannot be one path component (a directory or file name under
+/// the state root), if it cannot.
+fn component_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name == "." || name == ".." {
+        Some("'.' and '..' name directories")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("it contains a path separator")
+    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("it contains a space or a control character")
+    } else if name.len() > 200 {
+        Some("it is longer than 200 bytes")
+    } else {
+        None
+    }
+}
+
+/// Refuses a name that becomes a directory or file name and could escape
+/// or break the state root (`..`, `a/b`, control characters, empty).
+fn check_component(f: &Field, name: &str, what: &str) -> Result<(), ConfigError> {
+    match component_problem(name) {
+        Some(why) => Err(f.err(format!("{name:?} is not a valid {what}: {why}"))),
+        None => Ok(()),
+    }
+}
+
 /// Consul's service-name rule, which ContainerPilot enforces for advertised jobs.
 fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
     let mut chars = name.chars();
@@ -789,14 +1015,21 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
             let name = n.str()?;
             if port.is_some() {
                 check_service_name(&n, &name)?;
-            } else if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(n.err(format!(
-                    "{name:?} is not a valid job name: it must be non-empty with no spaces"
-                )));
+            } else {
+                check_component(&n, &name, "job name")?;
             }
             name
         }
-        None if port.is_none() && !exec.is_empty() => exec[0].clone(),
+        None if port.is_none() && !exec.is_empty() => {
+            let name = exec[0].clone();
+            if component_problem(&name).is_some() {
+                return Err(o.err(
+                    "name",
+                    format!("the command {name:?} cannot name the job (it becomes a file name): set 'name'"),
+                ));
+            }
+            name
+        }
         None => return Err(o.err("name", "this field is required")),
     };
     if exec.is_empty() && port.is_none() {
@@ -898,9 +1131,7 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
             let mut eo = e.obj()?;
             let name_f = eo.require("name")?;
             let name = name_f.str()?;
-            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(name_f.err(format!("{name:?} is not a valid election name")));
-            }
+            check_component(&name_f, &name, "election name")?;
             let ttl = eo
                 .opt("ttl", Field::positive_duration)?
                 .unwrap_or(Duration::from_secs(5));
@@ -988,6 +1219,8 @@ fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
         .opt("name", Field::str)?
         .unwrap_or_else(|| job.to_string());
     if set.is_empty()
+        || set == "."
+        || set == ".."
         || !set
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))

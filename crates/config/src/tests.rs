@@ -233,6 +233,51 @@ fn bad_configs_table() {
             "2:18: template",
             "unclosed action",
         ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: { source: 'b', once: 'exitSuccess' } },\n { name: 'b', exec: 'y', when: { source: 'a', once: 'stopped' } }] }",
+            "1:50: jobs[0].when.source",
+            "'when' cycle: \"a\" -> \"b\" -> \"a\"",
+        ),
+        (
+            "{ jobs: [{ name: 'z', exec: 'x' }, { name: 'a', exec: 'x', when: { source: 'a', each: 'stopping' } }] }",
+            "1:76: jobs[1].when.source",
+            "waits on its own event",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: { source: 'b', once: 'timerExpired' } }, { name: 'b', exec: 'y' }] }",
+            "1:50: jobs[0].when.source",
+            "no 'when.timeout'",
+        ),
+        (
+            "{ jobs: [{ name: '../../etc', exec: 'x' }] }",
+            "1:18: jobs[0].name",
+            "not a valid job name: it contains a path separator",
+        ),
+        (
+            "{ jobs: [{ exec: '/usr/bin/app' }] }",
+            "1:10: jobs[0].name",
+            "cannot name the job",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { name: '..' } }] }",
+            "1:52: jobs[0].election.name",
+            "not a valid election name",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', when: { interval: 1e20 } }] }",
+            "1:52: jobs[0].when.interval",
+            "between 0 and 10 years",
+        ),
+        (
+            "{ stopTimeout: '100000000000h' }",
+            "1:16: stopTimeout",
+            "between 0 and 10 years",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x\\u0000y' }] }",
+            "1:29: jobs[0].exec",
+            "NUL byte",
+        ),
     ];
     let mut failures = Vec::new();
     for (text, at, msg) in cases {
@@ -250,6 +295,18 @@ fn bad_configs_table() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn waits_that_can_fire_are_not_cycles() {
+    // b gives up after its timeout and then publishes timerExpired and
+    // stopped, so a's wait on it can end even though b waits on a.
+    load(
+        "{ jobs: [{ name: 'a', exec: 'x', when: { source: 'b', once: 'stopped' } },
+                  { name: 'b', exec: 'y', when: { source: 'a', once: 'healthy', timeout: '1s' } },
+                  { name: 'c', exec: 'z', when: { source: 'b', once: 'timerExpired' } }] }",
+    )
+    .expect("no cycle");
 }
 
 #[test]

@@ -650,6 +650,29 @@ async fn run_command(ctx: &Ctx, name: &str, argv: &[String]) -> Result<(), Strin
 mod tests {
     use super::*;
 
+    /// The config checks template sources against this list at load, so it
+    /// must name exactly the functions a render installs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_data_functions_are_the_ones_the_config_checks_against() {
+        let dir = tempfile::tempdir().expect("dir");
+        let catalog: Arc<dyn Catalog> = Arc::new(
+            autopilot_catalog_local::LocalCatalog::open(dir.path(), "t").expect("catalog"),
+        );
+        let funcs = data_funcs(
+            catalog,
+            tokio::runtime::Handle::current(),
+            &Grants::default(),
+            Arc::default(),
+        );
+        let base = Funcs::builtin();
+        let builtin: std::collections::BTreeSet<&str> = base.names().collect();
+        let installed: std::collections::BTreeSet<&str> =
+            funcs.names().filter(|n| !builtin.contains(n)).collect();
+        let listed: std::collections::BTreeSet<&str> =
+            autopilot_config::TEMPLATE_DATA_FUNCS.into_iter().collect();
+        assert_eq!(installed, listed);
+    }
+
     #[test]
     fn service_queries() {
         let q = ServiceQuery::parse("backend").unwrap();

@@ -1,40 +1,105 @@
-//! Evaluation of a parsed template against data and a function table.
+//! Evaluation of a parsed template against data and a function table, within a step, size and time budget.
+
+use std::time::Instant;
 
 use crate::parse::{Arg, Command, Node, Pipeline};
-use crate::{Error, Funcs, Value};
+use crate::{Error, Funcs, Limits, Value};
 
-/// A bound on the rendered size, so a hostile or mistaken template (say a
-/// `loop` over a huge range) fails cleanly instead of exhausting memory.
-const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+/// How many steps pass between two looks at the clock.
+const CLOCK_EVERY: u64 = 16;
 
 pub(crate) struct Exec<'a> {
-    pub src: &'a str,
-    pub funcs: &'a Funcs,
-    pub vars: Vec<(String, Value)>,
+    src: &'a str,
+    funcs: &'a Funcs,
+    vars: Vec<(String, Value)>,
     pub out: String,
+    limits: &'a Limits,
+    steps: u64,
+    started: Instant,
+    /// Time spent in caller-installed functions, which the clock skips.
+    external: std::time::Duration,
+    /// The action being evaluated, so text and size errors point near it.
+    at: usize,
 }
 
-impl Exec<'_> {
+impl<'a> Exec<'a> {
+    pub fn new(src: &'a str, funcs: &'a Funcs, data: Value, limits: &'a Limits) -> Self {
+        Exec {
+            src,
+            funcs,
+            vars: vec![("$".to_string(), data)],
+            out: String::new(),
+            limits,
+            steps: 0,
+            started: Instant::now(),
+            at: 0,
+            external: std::time::Duration::ZERO,
+        }
+    }
+
     fn err(&self, pos: usize, msg: impl Into<String>) -> Error {
         Error::at(self.src, pos, msg)
+    }
+
+    /// Counts one step against the budget, and looks at the clock now and then.
+    fn tick(&mut self, pos: usize) -> Result<(), Error> {
+        self.at = pos;
+        self.steps = self.steps.saturating_add(1);
+        if self.steps > self.limits.max_steps {
+            return Err(self.err(
+                pos,
+                format!(
+                    "template needs more than {} evaluation steps",
+                    self.limits.max_steps
+                ),
+            ));
+        }
+        if self.steps.is_multiple_of(CLOCK_EVERY)
+            && self.started.elapsed().saturating_sub(self.external) > self.limits.max_time
+        {
+            return Err(self.err(
+                pos,
+                format!(
+                    "template took longer than {:?} to render",
+                    self.limits.max_time
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, pos: usize, len: usize, what: &str) -> Result<(), Error> {
+        if len > self.limits.max_output {
+            return Err(self.err(
+                pos,
+                format!("{what} is larger than {} bytes", self.limits.max_output),
+            ));
+        }
+        Ok(())
     }
 
     pub fn walk(&mut self, dot: &Value, nodes: &[Node]) -> Result<(), Error> {
         for node in nodes {
             match node {
-                Node::Text(t) => self.out.push_str(t),
+                Node::Text(t) => {
+                    self.tick(self.at)?;
+                    self.out.push_str(t);
+                }
                 Node::Action(p) => {
+                    self.tick(p.pos)?;
                     let v = self.pipeline(dot, p)?;
                     if p.decl.is_empty() {
                         use std::fmt::Write;
                         let _ = write!(self.out, "{v}");
                     }
+                    self.check_size(p.pos, self.out.len(), "rendered output")?;
                 }
                 Node::If {
                     pipe,
                     then,
                     otherwise,
                 } => {
+                    self.tick(pipe.pos)?;
                     let mark = self.vars.len();
                     let v = self.pipeline(dot, pipe)?;
                     let branch = if v.truthy() { then } else { otherwise };
@@ -46,6 +111,7 @@ impl Exec<'_> {
                     body,
                     otherwise,
                 } => {
+                    self.tick(pipe.pos)?;
                     let mark = self.vars.len();
                     let v = self.pipeline(dot, pipe)?;
                     if v.truthy() {
@@ -59,11 +125,12 @@ impl Exec<'_> {
                     pipe,
                     body,
                     otherwise,
-                } => self.range(dot, pipe, body, otherwise)?,
+                } => {
+                    self.tick(pipe.pos)?;
+                    self.range(dot, pipe, body, otherwise)?;
+                }
             }
-            if self.out.len() > MAX_OUTPUT {
-                return Err(Error::at(self.src, 0, "rendered output is too large"));
-            }
+            self.check_size(self.at, self.out.len(), "rendered output")?;
         }
         Ok(())
     }
@@ -83,15 +150,13 @@ impl Exec<'_> {
             ..pipe.clone()
         };
         let v = self.pipeline(dot, &undeclared)?;
-        let items: Vec<(Value, Value)> = match v {
-            Value::List(l) => l
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| (Value::Int(i as i64), e))
-                .collect(),
-            Value::Map(m) => m.into_iter().map(|(k, e)| (Value::Str(k), e)).collect(),
-            Value::Int(n) if n >= 0 => (0..n).map(|i| (Value::Int(i), Value::Int(i))).collect(),
-            Value::Nil => Vec::new(),
+        // Items are produced one at a time: `range 1000000000` must run out of
+        // budget, not build a billion-element list first.
+        let mut items: Box<dyn Iterator<Item = (Value, Value)>> = match v {
+            Value::List(l) => Box::new(l.into_iter().zip(0i64..).map(|(e, i)| (Value::Int(i), e))),
+            Value::Map(m) => Box::new(m.into_iter().map(|(k, e)| (Value::Str(k), e))),
+            Value::Int(n) if n >= 0 => Box::new((0..n).map(|i| (Value::Int(i), Value::Int(i)))),
+            Value::Nil => Box::new(std::iter::empty()),
             other => {
                 return Err(self.err(
                     pipe.pos,
@@ -99,10 +164,13 @@ impl Exec<'_> {
                 ));
             }
         };
-        if items.is_empty() {
+        let Some(first) = items.next() else {
             self.walk(dot, otherwise)?;
-        }
-        for (k, e) in items {
+            self.vars.truncate(mark);
+            return Ok(());
+        };
+        for (k, e) in std::iter::once(first).chain(items) {
+            self.tick(pipe.pos)?;
             let inner = self.vars.len();
             match pipe.decl.as_slice() {
                 [] => {}
@@ -144,25 +212,43 @@ impl Exec<'_> {
         cmd: &Command,
         piped: Option<Value>,
     ) -> Result<Value, Error> {
-        let first = &cmd.args[0];
+        self.tick(cmd.pos)?;
+        let Some((first, rest)) = cmd.args.split_first() else {
+            return Err(self.err(cmd.pos, "missing value for command"));
+        };
         if let Arg::Ident(name) = first {
             let mut args = Vec::with_capacity(cmd.args.len());
-            for a in &cmd.args[1..] {
+            for a in rest {
                 args.push(self.arg(dot, a, cmd.pos)?);
             }
             if let Some(p) = piped {
                 args.push(p);
             }
-            let f = self
-                .funcs
-                .get(name)
-                .ok_or_else(|| self.err(cmd.pos, format!("function {name:?} not defined")))?;
-            return f(&args).map_err(|e| self.err(cmd.pos, format!("error calling {name}: {e}")));
+            return self.call(name, &args, cmd.pos);
         }
-        if cmd.args.len() > 1 || piped.is_some() {
+        if !rest.is_empty() || piped.is_some() {
             return Err(self.err(cmd.pos, "can't give argument to non-function"));
         }
         self.arg(dot, first, cmd.pos)
+    }
+
+    fn call(&mut self, name: &str, args: &[Value], pos: usize) -> Result<Value, Error> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| self.err(pos, format!("function {name:?} not defined")))?;
+        let external = self.funcs.is_external(name).then(Instant::now);
+        let v = f(args);
+        if let Some(t) = external {
+            self.external = self.external.saturating_add(t.elapsed());
+        }
+        let v = v.map_err(|e| self.err(pos, format!("error calling {name}: {e}")))?;
+        // Strings can double on every step (`$x = printf "%s%s" $x $x`), so
+        // each result is held to the output bound, not only the final text.
+        if let Value::Str(s) = &v {
+            self.check_size(pos, s.len(), &format!("the result of {name}"))?;
+        }
+        Ok(v)
     }
 
     fn arg(&mut self, dot: &Value, arg: &Arg, pos: usize) -> Result<Value, Error> {
@@ -186,11 +272,8 @@ impl Exec<'_> {
             }
             Arg::Lit(v) => Ok(v.clone()),
             Arg::Ident(name) => {
-                let f = self
-                    .funcs
-                    .get(name)
-                    .ok_or_else(|| self.err(pos, format!("function {name:?} not defined")))?;
-                f(&[]).map_err(|e| self.err(pos, format!("error calling {name}: {e}")))
+                self.tick(pos)?;
+                self.call(name, &[], pos)
             }
             Arg::Sub(p, fields) => {
                 let v = self.pipeline(dot, p)?;

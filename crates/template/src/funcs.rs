@@ -12,7 +12,18 @@ pub type Func = Arc<dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync>;
 
 /// Longest list `loop` will build: large enough for any real config, small
 /// enough that a typo cannot exhaust memory.
-const MAX_LOOP: i64 = 100_000;
+pub const MAX_LOOP: u64 = 100_000;
+
+/// Largest width or precision `printf` accepts (`%9999999999d` is an error,
+/// not a 10 GB string).
+pub const MAX_PRINTF_WIDTH: usize = 4096;
+
+/// Most pieces `split` makes: each costs far more memory than its text.
+const MAX_PIECES: usize = 1_000_000;
+
+/// Largest string `replaceAll` and `regexReplaceAll` will build; checked
+/// before building it.
+const MAX_STRING: usize = 16 * 1024 * 1024;
 
 /// The functions a template may call. It holds no ambient authority: a
 /// function reaches the environment, the catalog or files only if the caller
@@ -20,6 +31,10 @@ const MAX_LOOP: i64 = 100_000;
 #[derive(Clone, Default)]
 pub struct Funcs {
     map: HashMap<String, Func>,
+    /// Functions installed by the caller with [`Funcs::insert`]. They may
+    /// block on I/O the caller bounds itself (a catalog read), so their time
+    /// is not counted against a render's wall-clock budget.
+    external: std::collections::HashSet<String>,
 }
 
 impl Funcs {
@@ -27,7 +42,7 @@ impl Funcs {
     /// anything outside the template's own data.
     pub fn builtin() -> Self {
         let mut f = Funcs::default();
-        f.insert("default", |a| {
+        f.add("default", |a| {
             let [def, val] = two(a, "default")?;
             Ok(match val {
                 Value::Nil => def.clone(),
@@ -35,11 +50,21 @@ impl Funcs {
                 v => v.clone(),
             })
         });
-        f.insert("split", |a| {
+        f.add("split", |a| {
             let [sep, s] = two(a, "split")?;
             let (sep, s) = (text(sep), text(s));
             if s.is_empty() {
                 return Ok(Value::List(vec![Value::Str(String::new())]));
+            }
+            let pieces = if sep.is_empty() {
+                s.chars().count()
+            } else {
+                s.matches(sep.as_str()).count().saturating_add(1)
+            };
+            if pieces > MAX_PIECES {
+                return Err(format!(
+                    "split would make {pieces} pieces, more than {MAX_PIECES}"
+                ));
             }
             Ok(Value::List(if sep.is_empty() {
                 s.chars().map(|c| Value::Str(c.to_string())).collect()
@@ -47,7 +72,7 @@ impl Funcs {
                 s.split(sep.as_str()).map(Value::from).collect()
             }))
         });
-        f.insert("join", |a| {
+        f.add("join", |a| {
             let [sep, list] = two(a, "join")?;
             match list {
                 Value::List(l) => Ok(Value::Str(
@@ -57,18 +82,46 @@ impl Funcs {
                 other => Ok(Value::Str(text(other))),
             }
         });
-        f.insert("replaceAll", |a| {
+        f.add("replaceAll", |a| {
             let [from, to, s] = three(a, "replaceAll")?;
-            Ok(Value::Str(text(s).replace(&text(from), &text(to))))
+            let (from, to, s) = (text(from), text(to), text(s));
+            // An empty pattern matches between every character.
+            let hits = if from.is_empty() {
+                s.chars().count().saturating_add(1)
+            } else {
+                s.matches(from.as_str()).count()
+            };
+            let size = hits
+                .checked_mul(to.len())
+                .and_then(|grow| s.len().checked_add(grow))
+                .filter(|n| *n <= MAX_STRING)
+                .ok_or_else(|| format!("the result would be larger than {MAX_STRING} bytes"))?;
+            let mut out = String::with_capacity(size);
+            out.push_str(&s.replace(&from, &to));
+            Ok(Value::Str(out))
         });
-        f.insert("regexReplaceAll", |a| {
+        f.add("regexReplaceAll", |a| {
             let [re, to, s] = three(a, "regexReplaceAll")?;
-            let re = regex::Regex::new(&text(re)).map_err(|e| format!("bad regex: {e}"))?;
-            Ok(Value::Str(
-                re.replace_all(&text(s), text(to).as_str()).into_owned(),
-            ))
+            let re = regex::RegexBuilder::new(&text(re))
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("bad regex: {e}"))?;
+            let (to, s) = (text(to), text(s));
+            // Each `$name` in the replacement expands to at most the match,
+            // so bound the result before expanding anything.
+            let refs = to.matches('$').count();
+            let mut size = s.len();
+            for m in re.find_iter(&s) {
+                size = refs
+                    .checked_mul(m.len())
+                    .and_then(|x| x.checked_add(to.len()))
+                    .and_then(|x| size.checked_add(x))
+                    .filter(|n| *n <= MAX_STRING)
+                    .ok_or_else(|| format!("the result would be larger than {MAX_STRING} bytes"))?;
+            }
+            Ok(Value::Str(re.replace_all(&s, to.as_str()).into_owned()))
         });
-        f.insert("loop", |a| {
+        f.add("loop", |a| {
             let ints: Vec<i64> = a
                 .iter()
                 .map(|v| {
@@ -81,35 +134,42 @@ impl Funcs {
                 [a, b] => (*a, *b),
                 _ => return Err(format!("loop takes 1 or 2 integers, got {}", ints.len())),
             };
-            if (to - from).abs() > MAX_LOOP {
+            if from.abs_diff(to) > MAX_LOOP {
                 return Err(format!("loop range {from}..{to} is longer than {MAX_LOOP}"));
             }
             Ok(Value::List(if from <= to {
                 (from..to).map(Value::Int).collect()
             } else {
-                ((to + 1)..=from).rev().map(Value::Int).collect()
+                // Counting down from `from` to just above `to`.
+                (to..from)
+                    .rev()
+                    .map(|i| Value::Int(i.saturating_add(1)))
+                    .collect()
             }))
         });
-        f.insert("printf", |a| {
+        f.add("printf", |a| {
             let (fmt, rest) = a.split_first().ok_or("printf needs a format")?;
-            Ok(Value::Str(sprintf(&text(fmt), rest)))
+            sprintf(&text(fmt), rest).map(Value::Str)
         });
-        f.insert("print", |a| Ok(Value::Str(sprint(a))));
-        f.insert("println", |a| {
+        f.add("print", |a| Ok(Value::Str(sprint(a))));
+        f.add("println", |a| {
             let words: Vec<String> = a.iter().map(text).collect();
             Ok(Value::Str(words.join(" ") + "\n"))
         });
-        f.insert("len", |a| {
+        f.add("len", |a| {
             let [v] = one(a, "len")?;
-            Ok(Value::Int(match v {
-                Value::Str(s) => s.len() as i64,
-                Value::List(l) => l.len() as i64,
-                Value::Map(m) => m.len() as i64,
+            let n = match v {
+                Value::Str(s) => s.len(),
+                Value::List(l) => l.len(),
+                Value::Map(m) => m.len(),
                 Value::Nil => 0,
                 other => return Err(format!("len of {}", other.type_name())),
-            }))
+            };
+            i64::try_from(n)
+                .map(Value::Int)
+                .map_err(|_| format!("length {n} is too large"))
         });
-        f.insert("index", |a| {
+        f.add("index", |a| {
             let (first, keys) = a.split_first().ok_or("index needs a value")?;
             let mut v = first.clone();
             for k in keys {
@@ -127,32 +187,32 @@ impl Funcs {
             }
             Ok(v)
         });
-        f.insert("not", |a| {
+        f.add("not", |a| {
             let [v] = one(a, "not")?;
             Ok(Value::Bool(!v.truthy()))
         });
-        f.insert("and", |a| {
+        f.add("and", |a| {
             Ok(a.iter()
                 .find(|v| !v.truthy())
                 .or(a.last())
                 .cloned()
                 .unwrap_or_default())
         });
-        f.insert("or", |a| {
+        f.add("or", |a| {
             Ok(a.iter()
                 .find(|v| v.truthy())
                 .or(a.last())
                 .cloned()
                 .unwrap_or_default())
         });
-        f.insert("eq", |a| {
+        f.add("eq", |a| {
             let (first, rest) = a.split_first().ok_or("eq needs arguments")?;
             Ok(Value::Bool(
                 rest.iter()
                     .any(|b| compare(first, b) == Some(Ordering::Equal)),
             ))
         });
-        f.insert("ne", |a| {
+        f.add("ne", |a| {
             let [x, y] = two(a, "ne")?;
             Ok(Value::Bool(compare(x, y) != Some(Ordering::Equal)))
         });
@@ -163,7 +223,7 @@ impl Funcs {
             ("ge", &[Ordering::Greater, Ordering::Equal][..]),
         ] {
             let want = want.to_vec();
-            f.insert(name, move |a| {
+            f.add(name, move |a| {
                 let [x, y] = two(a, name)?;
                 let ord = compare(x, y).ok_or_else(|| {
                     format!(
@@ -175,13 +235,13 @@ impl Funcs {
                 Ok(Value::Bool(want.contains(&ord)))
             });
         }
-        f.insert("toJSON", |a| {
+        f.add("toJSON", |a| {
             let [v] = one(a, "toJSON")?;
             serde_json::to_string(&v.to_json())
                 .map(Value::Str)
                 .map_err(|e| e.to_string())
         });
-        f.insert("byTag", |a| {
+        f.add("byTag", |a| {
             let [list] = one(a, "byTag")?;
             let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for item in list_items(list, "byTag")? {
@@ -199,7 +259,7 @@ impl Funcs {
             }
             Ok(Value::from(by))
         });
-        f.insert("sortBy", |a| {
+        f.add("sortBy", |a| {
             let [field, list] = two(a, "sortBy")?;
             let field = text(field);
             let mut items = list_items(list, "sortBy")?.to_vec();
@@ -211,7 +271,7 @@ impl Funcs {
             items.sort_by(|x, y| compare(&key(x), &key(y)).unwrap_or(Ordering::Equal));
             Ok(Value::List(items))
         });
-        f.insert("contains", |a| {
+        f.add("contains", |a| {
             let [needle, hay] = two(a, "contains")?;
             Ok(Value::Bool(match hay {
                 Value::List(l) => l
@@ -221,7 +281,7 @@ impl Funcs {
                 other => text(other).contains(&text(needle)),
             }))
         });
-        f.insert("parseJSON", |a| {
+        f.add("parseJSON", |a| {
             let [v] = one(a, "parseJSON")?;
             serde_json::from_str::<serde_json::Value>(&text(v))
                 .map(|j| Value::from_json(&j))
@@ -235,23 +295,45 @@ impl Funcs {
     pub fn with_env(env: BTreeMap<String, String>) -> Self {
         let mut f = Self::builtin();
         let env = Arc::new(env);
-        f.insert("env", move |a| {
+        f.add("env", move |a| {
             let [k] = one(a, "env")?;
             Ok(Value::Str(env.get(&text(k)).cloned().unwrap_or_default()))
         });
         f
     }
 
+    /// Installs (or replaces) a function. Its time is not counted against
+    /// the render's wall-clock budget (see [`crate::Limits::max_time`]): the
+    /// caller bounds its own I/O.
     pub fn insert(
         &mut self,
         name: &str,
         f: impl Fn(&[Value]) -> Result<Value, String> + Send + Sync + 'static,
     ) {
         self.map.insert(name.to_string(), Arc::new(f));
+        self.external.insert(name.to_string());
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        f: impl Fn(&[Value]) -> Result<Value, String> + Send + Sync + 'static,
+    ) {
+        self.map.insert(name.to_string(), Arc::new(f));
+        self.external.remove(name);
+    }
+
+    pub(crate) fn is_external(&self, name: &str) -> bool {
+        self.external.contains(name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Func> {
         self.map.get(name)
+    }
+
+    /// The names of every installed function, for [`crate::Template::check_functions`].
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
     }
 }
 
@@ -293,8 +375,8 @@ fn three<'a>(a: &'a [Value], name: &str) -> Result<[&'a Value; 3], String> {
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
-        (Value::Int(x), Value::Float(y)) => (*x as f64).partial_cmp(y),
-        (Value::Float(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (Value::Int(x), Value::Float(y)) => int_as_float(*x).partial_cmp(y),
+        (Value::Float(x), Value::Int(y)) => x.partial_cmp(&int_as_float(*y)),
         (Value::Float(x), Value::Float(y)) => x.partial_cmp(y),
         (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
@@ -304,11 +386,24 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+/// The nearest float to an integer, as Go converts for mixed comparisons.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "rounding to the nearest float is the documented conversion"
+)]
+fn int_as_float(i: i64) -> f64 {
+    i as f64
+}
+
 /// Go's `fmt.Sprint`: spaces only between operands when neither is a string.
 fn sprint(args: &[Value]) -> String {
     let mut out = String::new();
     for (i, v) in args.iter().enumerate() {
-        if i > 0 && !matches!(v, Value::Str(_)) && !matches!(args[i - 1], Value::Str(_)) {
+        let prev_str = i
+            .checked_sub(1)
+            .and_then(|p| args.get(p))
+            .is_some_and(|p| matches!(p, Value::Str(_)));
+        if i > 0 && !matches!(v, Value::Str(_)) && !prev_str {
             out.push(' ');
         }
         out.push_str(&v.to_string());
@@ -317,8 +412,9 @@ fn sprint(args: &[Value]) -> String {
 }
 
 /// The subset of Go's `fmt.Sprintf` that configs use: `%v %s %d %q %f %x %X
-/// %t %%`, with flags `-` and `0`, a width and a precision.
-fn sprintf(fmt: &str, args: &[Value]) -> String {
+/// %t %%`, with flags `-` and `0`, a width and a precision (each at most
+/// [`MAX_PRINTF_WIDTH`]).
+fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     let mut args = args.iter();
     let mut chars = fmt.chars().peekable();
@@ -337,20 +433,11 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             }
             chars.next();
         }
-        let mut width = String::new();
-        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-            width.push(d);
-            chars.next();
-        }
+        let width = printf_number(&mut chars, "width")?;
         let mut prec: Option<usize> = None;
         if chars.peek() == Some(&'.') {
             chars.next();
-            let mut p = String::new();
-            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                p.push(d);
-                chars.next();
-            }
-            prec = Some(p.parse().unwrap_or(0));
+            prec = Some(printf_number(&mut chars, "precision")?);
         }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
@@ -372,7 +459,7 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             'f' | 'F' => {
                 let f = match arg {
                     Value::Float(f) => *f,
-                    other => other.as_int().map(|i| i as f64).unwrap_or(f64::NAN),
+                    other => other.as_int().map(int_as_float).unwrap_or(f64::NAN),
                 };
                 format!("{:.*}", prec.unwrap_or(6), f)
             }
@@ -393,7 +480,6 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
                 }
             }
         };
-        let width: usize = width.parse().unwrap_or(0);
         let pad = width.saturating_sub(body.chars().count());
         if left {
             out.push_str(&body);
@@ -409,6 +495,11 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
             out.extend(std::iter::repeat_n(' ', pad));
             out.push_str(&body);
         }
+        if out.len() > MAX_STRING {
+            return Err(format!(
+                "the result would be larger than {MAX_STRING} bytes"
+            ));
+        }
     }
     let extra: Vec<_> = args.collect();
     if !extra.is_empty() {
@@ -422,5 +513,22 @@ fn sprintf(fmt: &str, args: &[Value]) -> String {
         );
         out.push(')');
     }
-    out
+    Ok(out)
+}
+
+/// Reads a printf width or precision, refusing one above [`MAX_PRINTF_WIDTH`].
+fn printf_number(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    what: &str,
+) -> Result<usize, String> {
+    let mut n = 0usize;
+    while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+        chars.next();
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(usize::try_from(d).unwrap_or(0)))
+            .filter(|n| *n <= MAX_PRINTF_WIDTH)
+            .ok_or_else(|| format!("printf {what} is larger than {MAX_PRINTF_WIDTH}"))?;
+    }
+    Ok(n)
 }

@@ -5,13 +5,31 @@
 //! `if`/`else if`/`else`, `range` (lists, maps, ints) and `with`; string, raw
 //! string, char, number, bool and nil literals. Not supported:
 //! `define`/`template`/`block`. Missing map keys render as "".
+//!
+//! Templates may come from hostile hands (a config, a catalog-driven source
+//! file), so parsing and rendering are bounded by [`Limits`]: nesting depth
+//! (parse time), output and string size, a step budget and a wall-clock budget
+//! (render time). The built-in functions carry their own fixed caps:
+//! [`MAX_LOOP`] elements for `loop` and [`MAX_PRINTF_WIDTH`] for a `printf`
+//! width or precision. Exceeding any of them is an [`Error`], never a panic,
+//! a hang or an unbounded allocation.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss,
+    clippy::arithmetic_side_effects
+)]
 
 mod exec;
 mod funcs;
 mod parse;
 mod value;
 
-pub use funcs::{Func, Funcs, one as arg1, two as arg2};
+use std::time::Duration;
+
+pub use funcs::{Func, Funcs, MAX_LOOP, MAX_PRINTF_WIDTH, one as arg1, two as arg2};
 pub use value::Value;
 
 /// A template error with the 1-based line and column in the template source.
@@ -34,13 +52,45 @@ impl Error {
     }
 }
 
+/// Bounds on one parse and one render. The defaults suit any real config or
+/// catalog template; callers may tighten them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of `if`/`with`/`range` blocks (an `else if` counts as
+    /// one more level, as in Go) and, separately, of parentheses in one action.
+    pub max_depth: usize,
+    /// Largest rendered output, and largest string any step may produce, in bytes.
+    pub max_output: usize,
+    /// Most evaluation steps in one render: every node, command and `range`
+    /// iteration counts one.
+    pub max_steps: u64,
+    /// Longest one render may take, not counting time inside functions the
+    /// caller installed with [`Funcs::insert`] (they bound their own I/O).
+    pub max_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 100,
+            max_output: 16 * 1024 * 1024,
+            max_steps: 2_000_000,
+            max_time: Duration::from_millis(500),
+        }
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..src.floor_char_boundary(offset)];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+    let line = before.matches('\n').count().saturating_add(1);
+    let line_start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
+    let column = before
+        .get(line_start..)
+        .map_or(0, |l| l.chars().count())
+        .saturating_add(1);
+    (line, column)
 }
 
 /// A parsed template, ready to render any number of times.
@@ -51,37 +101,80 @@ pub struct Template {
 }
 
 impl Template {
+    /// Parses with the default [`Limits`].
     pub fn parse(src: &str) -> Result<Self, Error> {
+        Self::parse_with(src, &Limits::default())
+    }
+
+    pub fn parse_with(src: &str, limits: &Limits) -> Result<Self, Error> {
         Ok(Template {
             src: src.to_string(),
-            nodes: parse::parse(src)?,
+            nodes: parse::parse(src, limits.max_depth)?,
         })
     }
 
+    /// Fails on the first function the template calls that is not in
+    /// `known`, with its position: unknown names are caught when a template
+    /// is loaded rather than at its first render.
+    pub fn check_functions<'a>(
+        &self,
+        known: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Error> {
+        let known: std::collections::HashSet<&str> = known.into_iter().collect();
+        let mut calls = Vec::new();
+        parse::functions(&self.nodes, &mut calls);
+        match calls.into_iter().find(|(name, _)| !known.contains(name)) {
+            Some((name, pos)) => Err(Error::at(
+                &self.src,
+                pos,
+                format!("function {name:?} not defined"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Renders with the default [`Limits`].
     pub fn render(&self, data: &Value, funcs: &Funcs) -> Result<String, Error> {
-        let mut ex = exec::Exec {
-            src: &self.src,
-            funcs,
-            vars: vec![("$".to_string(), data.clone())],
-            out: String::new(),
-        };
+        self.render_with(data, funcs, &Limits::default())
+    }
+
+    pub fn render_with(
+        &self,
+        data: &Value,
+        funcs: &Funcs,
+        limits: &Limits,
+    ) -> Result<String, Error> {
+        let mut ex = exec::Exec::new(&self.src, funcs, data.clone(), limits);
         ex.walk(data, &self.nodes)?;
         Ok(ex.out)
     }
 }
 
 /// Renders `src` with the environment as data (`{{ .VAR }}`) and the
-/// ContainerPilot function set, as a config file is rendered.
+/// ContainerPilot function set, as a config file is rendered. Unknown
+/// functions fail before anything is rendered.
 pub fn render_env(
     src: &str,
     env: &std::collections::BTreeMap<String, String>,
+) -> Result<String, Error> {
+    render_env_with(src, env, &Limits::default())
+}
+
+/// [`render_env`] within the given limits.
+pub fn render_env_with(
+    src: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    limits: &Limits,
 ) -> Result<String, Error> {
     let data = Value::Map(
         env.iter()
             .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
             .collect(),
     );
-    Template::parse(src)?.render(&data, &Funcs::with_env(env.clone()))
+    let funcs = Funcs::with_env(env.clone());
+    let tpl = Template::parse_with(src, limits)?;
+    tpl.check_functions(funcs.names())?;
+    tpl.render_with(&data, &funcs, limits)
 }
 
 #[cfg(test)]

@@ -86,11 +86,13 @@ enum Piece {
     Action(Action),
 }
 
-pub(crate) fn parse(src: &str) -> Result<Vec<Node>, Error> {
-    let pieces = split(src)?;
+pub(crate) fn parse(src: &str, max_depth: usize) -> Result<Vec<Node>, Error> {
+    let pieces = split(src, max_depth)?;
     let mut p = Parser {
         src,
         pieces: pieces.into_iter().peekable(),
+        depth: 0,
+        max_depth,
     };
     let (nodes, end) = p.list()?;
     match end {
@@ -102,7 +104,11 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, Error> {
 
 /// Splits the source into text and actions, applying `{{-` / `-}}` trimming
 /// and dropping comments.
-fn split(src: &str) -> Result<Vec<Piece>, Error> {
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "byte and token offsets only grow up to the source length, which fits in usize"
+)]
+fn split(src: &str, max_depth: usize) -> Result<Vec<Piece>, Error> {
     let mut out = Vec::new();
     let mut rest = 0usize;
     let mut trim_next = false;
@@ -159,7 +165,7 @@ fn split(src: &str) -> Result<Vec<Piece>, Error> {
             }
             continue;
         }
-        let (toks, close, trim) = lex_action(src, body_start, open)?;
+        let (toks, close, trim) = lex_action(src, body_start, open, max_depth)?;
         out.push(Piece::Action(Action { pos: open, toks }));
         trim_next = trim;
         rest = close;
@@ -169,10 +175,22 @@ fn split(src: &str) -> Result<Vec<Piece>, Error> {
 
 /// Lexes the inside of an action starting at `i`; returns the tokens, the
 /// offset just past `}}`, and whether the action asked to trim what follows.
-fn lex_action(src: &str, mut i: usize, open: usize) -> Result<(Vec<Token>, usize, bool), Error> {
+/// Parentheses nested deeper than `max_depth` are refused here, so the
+/// recursive parse of sub-pipelines stays shallow and linear.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "byte and token offsets only grow up to the source length, which fits in usize"
+)]
+fn lex_action(
+    src: &str,
+    mut i: usize,
+    open: usize,
+    max_depth: usize,
+) -> Result<(Vec<Token>, usize, bool), Error> {
     let b = src.as_bytes();
     let mut toks = Vec::new();
     let mut spaced = true;
+    let mut parens = 0usize;
     loop {
         let Some(&c) = b.get(i) else {
             return Err(Error::at(src, open, "unclosed action"));
@@ -198,10 +216,19 @@ fn lex_action(src: &str, mut i: usize, open: usize) -> Result<(Vec<Token>, usize
                 Tok::Pipe
             }
             b'(' => {
+                parens += 1;
+                if parens > max_depth {
+                    return Err(Error::at(
+                        src,
+                        i,
+                        format!("parentheses nested deeper than {max_depth}"),
+                    ));
+                }
                 i += 1;
                 Tok::LParen
             }
             b')' => {
+                parens = parens.saturating_sub(1);
                 i += 1;
                 Tok::RParen
             }
@@ -248,7 +275,7 @@ fn lex_action(src: &str, mut i: usize, open: usize) -> Result<(Vec<Token>, usize
                     return Err(Error::at(src, i, "unterminated character constant"));
                 }
                 i += 1 + used + 1;
-                Tok::Num(Value::Int(ch as i64))
+                Tok::Num(Value::Int(i64::from(u32::from(ch))))
             }
             b'.' => {
                 let start = i + 1;
@@ -320,17 +347,18 @@ fn parse_number(text: &str) -> Option<Value> {
         Some(d) => (true, d),
         None => (false, clean.strip_prefix('+').unwrap_or(&clean)),
     };
-    let sign = if neg { -1 } else { 1 };
+    let signed = |v: i64| if neg { v.checked_neg() } else { Some(v) };
     if let Some(hex) = digits
         .strip_prefix("0x")
         .or_else(|| digits.strip_prefix("0X"))
     {
         return i64::from_str_radix(hex, 16)
             .ok()
-            .map(|v| Value::Int(sign * v));
+            .and_then(signed)
+            .map(Value::Int);
     }
     if let Ok(v) = digits.parse::<i64>() {
-        return Some(Value::Int(sign * v));
+        return signed(v).map(Value::Int);
     }
     digits
         .parse::<f64>()
@@ -339,6 +367,10 @@ fn parse_number(text: &str) -> Option<Value> {
         .map(|f| Value::Float(if neg { -f } else { f }))
 }
 
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "byte and token offsets only grow up to the source length, which fits in usize"
+)]
 fn lex_quoted(src: &str, start: usize) -> Result<(String, usize), Error> {
     let mut out = String::new();
     let mut chars = src[start + 1..].char_indices();
@@ -387,6 +419,9 @@ enum Term {
 struct Parser<'a> {
     src: &'a str,
     pieces: std::iter::Peekable<std::vec::IntoIter<Piece>>,
+    /// Current nesting of `if`/`with`/`range` (and `else if` links).
+    depth: usize,
+    max_depth: usize,
 }
 
 impl Parser<'_> {
@@ -439,6 +474,19 @@ impl Parser<'_> {
     }
 
     fn control(&mut self, kw: &str, pos: usize, toks: Vec<Token>) -> Result<Node, Error> {
+        if self.depth >= self.max_depth {
+            return Err(self.err(
+                pos,
+                format!("{{{{{kw}}}}} nested deeper than {}", self.max_depth),
+            ));
+        }
+        self.depth = self.depth.saturating_add(1);
+        let node = self.control_body(kw, pos, toks);
+        self.depth = self.depth.saturating_sub(1);
+        node
+    }
+
+    fn control_body(&mut self, kw: &str, pos: usize, toks: Vec<Token>) -> Result<Node, Error> {
         let pipe = self.pipeline(pos, toks, true)?;
         let (body, end) = self.list()?;
         let otherwise = match end {
@@ -493,6 +541,10 @@ impl Parser<'_> {
         })
     }
 
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "byte and token offsets only grow up to the source length, which fits in usize"
+    )]
     fn pipeline(&self, pos: usize, toks: Vec<Token>, allow_decl: bool) -> Result<Pipeline, Error> {
         let mut toks = toks.into_iter().peekable();
         let mut decl = Vec::new();
@@ -553,6 +605,10 @@ impl Parser<'_> {
         })
     }
 
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "byte and token offsets only grow up to the source length, which fits in usize"
+    )]
     fn commands(&self, pos: usize, toks: &[Token]) -> Result<Vec<Command>, Error> {
         let mut cmds = Vec::new();
         let mut i = 0;
@@ -595,6 +651,10 @@ impl Parser<'_> {
     }
 
     /// Parses one operand at `toks[i]`, returning it and the next index.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "byte and token offsets only grow up to the source length, which fits in usize"
+    )]
     fn operand(&self, toks: &[Token], i: usize) -> Result<(Arg, usize), Error> {
         let t = &toks[i];
         let mut next = i + 1;
@@ -658,5 +718,46 @@ impl Parser<'_> {
             Tok::Pipe => return Err(self.err(t.pos, "unexpected |")),
         };
         Ok((arg, next))
+    }
+}
+
+/// Every function a template calls, with the offset of its command.
+pub(crate) fn functions<'a>(nodes: &'a [Node], out: &mut Vec<(&'a str, usize)>) {
+    for node in nodes {
+        match node {
+            Node::Text(_) => {}
+            Node::Action(p) => pipeline_functions(p, out),
+            Node::If {
+                pipe,
+                then: body,
+                otherwise,
+            }
+            | Node::Range {
+                pipe,
+                body,
+                otherwise,
+            }
+            | Node::With {
+                pipe,
+                body,
+                otherwise,
+            } => {
+                pipeline_functions(pipe, out);
+                functions(body, out);
+                functions(otherwise, out);
+            }
+        }
+    }
+}
+
+fn pipeline_functions<'a>(p: &'a Pipeline, out: &mut Vec<(&'a str, usize)>) {
+    for cmd in &p.cmds {
+        for arg in &cmd.args {
+            match arg {
+                Arg::Ident(name) => out.push((name, cmd.pos)),
+                Arg::Sub(inner, _) => pipeline_functions(inner, out),
+                Arg::Dot(_) | Arg::Var(..) | Arg::Lit(_) => {}
+            }
+        }
     }
 }

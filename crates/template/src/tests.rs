@@ -176,3 +176,187 @@ fn catalog_shaped_helpers() {
     assert_eq!(r(&src, &[]), "ba x=1 y=2 true");
     assert!(render_env("{{ sortBy \"P\" 3 }}", &env(&[])).is_err());
 }
+
+fn fails(src: &str, want: &str) {
+    let start = std::time::Instant::now();
+    let e = match render_env(src, &env(&[])) {
+        Ok(out) => panic!("{src}: rendered {} bytes", out.len()),
+        Err(e) => e,
+    };
+    // `A | B`: either, where two limits race on a loaded machine.
+    assert!(
+        want.split(" | ").any(|w| e.message.contains(w)),
+        "{}: got {e}, want {want}",
+        &src[..src.len().min(60)]
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn hostile_templates_fail_fast() {
+    let n = 100_000;
+    fails(
+        &format!("{}x{}", "{{if 1}}".repeat(n), "{{end}}".repeat(n)),
+        "nested deeper than 100",
+    );
+    fails(
+        &format!(
+            "{}x{}",
+            "{{with 1}}{{range 1}}".repeat(n),
+            "{{end}}".repeat(2 * n)
+        ),
+        "nested deeper than 100",
+    );
+    fails(
+        &format!("{{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n)),
+        "parentheses nested deeper than 100",
+    );
+    fails(
+        "{{ range 1000000000 }}x{{ end }}",
+        "evaluation steps | took longer than",
+    );
+    fails(
+        "{{ range loop 100000 }}{{ range loop 100000 }}{{ end }}{{ end }}",
+        "evaluation steps | took longer than",
+    );
+    fails("{{ loop -1 9223372036854775807 }}", "longer than 100000");
+    fails(
+        "{{ loop -9223372036854775808 9223372036854775807 }}",
+        "longer than",
+    );
+    fails(
+        r#"{{ printf "%9999999999d" 1 }}"#,
+        "printf width is larger than 4096",
+    );
+    fails(
+        r#"{{ printf "%.70000f" 1.5 }}"#,
+        "printf precision is larger than 4096",
+    );
+    fails(
+        r#"{{ $x := "ab" }}{{ range 100 }}{{ $x = printf "%s%s" $x $x }}{{ end }}"#,
+        "larger than",
+    );
+    fails(
+        r#"{{ range 100 }}{{ printf "%4096d" 1 }}{{ end }}{{ range 10000 }}{{ printf "%4096d" 1 }}{{ end }}"#,
+        "rendered output is larger than | took longer than",
+    );
+    fails(
+        r#"{{ $big := printf "%4096d%4096d" 1 2 }}{{ replaceAll " " $big $big }}"#,
+        "larger than 16777216",
+    );
+    fails(
+        r#"{{ $big := printf "%4096d%4096d" 1 2 }}{{ regexReplaceAll "." $big $big }}"#,
+        "larger than 16777216",
+    );
+    fails(
+        r#"{{ $big := printf "%4096d%4096d" 1 2 }}{{ regexReplaceAll "." "$0$0$0$0$0$0$0$0$0$0$0$0$0" ($big | replaceAll " " $big) }}"#,
+        "larger than 16777216",
+    );
+    fails("{{ nosuch 1 }}", "function \"nosuch\" not defined");
+    fails(
+        r#"{{ $b := printf "%4096d%4096d" 1 2 }}{{ split "" (replaceAll " " (printf "%200d" 0) $b) }}"#,
+        "more than 1000000",
+    );
+}
+
+#[test]
+fn loop_counts_both_ways_at_the_edges() {
+    assert_eq!(r("{{ loop 3 }}", &[]), "[0 1 2]");
+    assert_eq!(r("{{ loop 3 0 }}", &[]), "[3 2 1]");
+    assert_eq!(
+        r("{{ loop 9223372036854775806 9223372036854775807 }}", &[]),
+        "[9223372036854775806]"
+    );
+    assert_eq!(
+        r("{{ loop -9223372036854775807 -9223372036854775808 }}", &[]),
+        "[-9223372036854775807]"
+    );
+    assert_eq!(
+        r(r#"{{ printf "%05d|%-3s|%.2f" 42 "a" 1.5 }}"#, &[]),
+        "00042|a  |1.50"
+    );
+}
+
+#[test]
+fn limits_can_be_tightened() {
+    let tight = Limits {
+        max_depth: 2,
+        max_output: 10,
+        max_steps: 50,
+        max_time: std::time::Duration::from_secs(5),
+    };
+    let deep = "{{if 1}}{{if 1}}{{if 1}}x{{end}}{{end}}{{end}}";
+    assert!(Template::parse(deep).is_ok());
+    let e = Template::parse_with(deep, &tight).expect_err("depth 3 of 2");
+    assert_eq!((e.line, e.column), (1, 17), "{e}");
+    let funcs = Funcs::builtin();
+    let t = Template::parse("{{ range 100 }}{{ end }}").expect("parse");
+    let e = t
+        .render_with(&Value::Nil, &funcs, &tight)
+        .expect_err("steps");
+    assert!(e.message.contains("more than 50"), "{e}");
+    let t = Template::parse("{{ range 20 }}x{{ end }}").expect("parse");
+    let e = t
+        .render_with(&Value::Nil, &funcs, &tight)
+        .expect_err("size");
+    assert!(e.message.contains("larger than 10"), "{e}");
+    let slow = Limits {
+        max_time: std::time::Duration::ZERO,
+        ..Limits::default()
+    };
+    let t = Template::parse("{{ range 1000 }}x{{ end }}").expect("parse");
+    let e = t.render_with(&Value::Nil, &funcs, &slow).expect_err("time");
+    assert!(e.message.contains("took longer than"), "{e}");
+}
+
+#[test]
+fn unknown_functions_are_found_before_rendering() {
+    let t = Template::parse("a\n{{ if eq 1 1 }}{{ (printf \"%d\" (nosuch 2)) }}{{ end }}")
+        .expect("parse");
+    let e = t
+        .check_functions(Funcs::builtin().names())
+        .expect_err("nosuch");
+    assert_eq!((e.line, e.column), (2, 33), "{e}");
+    assert!(e.message.contains("\"nosuch\""), "{e}");
+    assert!(
+        t.check_functions(Funcs::builtin().names().chain(["nosuch"]))
+            .is_ok()
+    );
+    let t = Template::parse("{{ .X | env }}{{ with $v := env \"A\" }}{{ $v }}{{ end }}")
+        .expect("parse");
+    assert!(t.check_functions(Funcs::builtin().names()).is_err());
+    assert!(
+        t.check_functions(Funcs::with_env(BTreeMap::new()).names())
+            .is_ok()
+    );
+}
+
+#[test]
+fn time_in_caller_functions_is_not_the_templates() {
+    let mut funcs = Funcs::builtin();
+    // A catalog read that is slow but answers: not the template's fault.
+    funcs.insert("slow", |_| {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        Ok(Value::Int(1))
+    });
+    let limits = Limits {
+        max_time: std::time::Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let t = Template::parse("{{ range 40 }}{{ slow }}{{ end }}").expect("parse");
+    assert_eq!(
+        t.render_with(&Value::Nil, &funcs, &limits)
+            .expect("render")
+            .len(),
+        40
+    );
+    let t = Template::parse("{{ range 100000000 }}{{ end }}").expect("parse");
+    let e = t
+        .render_with(&Value::Nil, &funcs, &limits)
+        .expect_err("own time counts");
+    assert!(e.message.contains("took longer than"), "{e}");
+}

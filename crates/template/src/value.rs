@@ -55,7 +55,7 @@ impl Value {
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
-            Value::Float(f) if f.fract() == 0.0 => Some(*f as i64),
+            Value::Float(f) => float_as_int(*f),
             Value::Str(s) => s.trim().parse().ok(),
             Value::Bool(b) => Some(i64::from(*b)),
             _ => None,
@@ -95,6 +95,18 @@ impl Value {
             }
         }
     }
+}
+
+/// A whole float within i64's range as an integer; anything else is not one.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    reason = "the value is whole and checked to be inside i64's range first"
+)]
+fn float_as_int(f: f64) -> Option<i64> {
+    // 2^63 is exact as a float; every whole float below it fits.
+    let bound = i64::MAX as f64;
+    (f.fract() == 0.0 && f >= -bound && f < bound).then_some(f as i64)
 }
 
 impl fmt::Display for Value {

@@ -72,15 +72,22 @@ pub fn render(cmd: &TemplateCmd, env: BTreeMap<String, String>) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))?;
     let text = std::fs::read_to_string(source)
         .with_context(|| format!("cannot read template {}", source.display()))?;
-    let tpl = autopilot_template::Template::parse(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: {}",
-            source.display(),
-            e.line,
-            e.column,
-            e.message
-        )
-    })?;
+    // Unknown functions are errors now, as they are at config load.
+    let known = autopilot_template::Funcs::with_env(Default::default());
+    let tpl = autopilot_template::Template::parse(&text)
+        .and_then(|t| {
+            t.check_functions(known.names().chain(autopilot_config::TEMPLATE_DATA_FUNCS))
+                .map(|()| t)
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: {}",
+                source.display(),
+                e.line,
+                e.column,
+                e.message
+            )
+        })?;
     let req = RenderReq {
         source: source.clone(),
         text,

@@ -1,0 +1,151 @@
+//! Property tests of the template engine: it never panics and every render ends within its budget.
+
+use std::time::{Duration, Instant};
+
+use autopilot_template::{Funcs, Limits, Template, Value};
+use proptest::prelude::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_time: Duration::from_millis(50),
+        max_steps: 200_000,
+        ..Limits::default()
+    }
+}
+
+/// Parses and, if that works, renders `src`; fails if the render overran.
+fn exercise(src: &str) -> Result<(), TestCaseError> {
+    let limits = limits();
+    let Ok(t) = Template::parse_with(src, &limits) else {
+        return Ok(());
+    };
+    let data = Value::from_json(&serde_json::json!({
+        "A": "x", "L": [1, 2, 3], "M": { "k": [ { "Tags": ["a"] } ] }
+    }));
+    let started = Instant::now();
+    let _ = t.render_with(&data, &Funcs::with_env(Default::default()), &limits);
+    // One step can overshoot the clock by at most one bounded function call.
+    prop_assert!(
+        started.elapsed() < limits.max_time + Duration::from_secs(1),
+        "{src:?} took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+const SYNTAX: &[&str] = &[
+    "{{",
+    "}}",
+    "{{-",
+    "-}}",
+    " ",
+    "(",
+    ")",
+    "|",
+    ".",
+    "$",
+    "$x",
+    ":=",
+    "=",
+    "\"",
+    "`",
+    "'",
+    "1",
+    "-1",
+    "0x",
+    "9223372036854775807",
+    "if",
+    "else",
+    "end",
+    "range",
+    "with",
+    "loop",
+    "printf",
+    "len",
+    "index",
+    "/*",
+    "*/",
+    "a",
+    ".A",
+    ".L",
+    ",",
+    "\n",
+    "%",
+    "d",
+];
+
+/// Block openers; each generated one gets a body and its `{{ end }}`.
+const OPENERS: &[&str] = &[
+    "{{ range 1000000000 }}",
+    "{{ range loop 100000 }}",
+    "{{ range .L }}",
+    "{{ range $i, $e := .M }}",
+    "{{ if 1 }}",
+    "{{ if .A }}x{{ else if 0 }}",
+    "{{ with .M }}",
+    "{{ with $y := .L }}y{{ else }}",
+];
+
+/// Templates whose blocks balance, so most reach the renderer.
+fn balanced() -> impl Strategy<Value = String> {
+    let leaf = prop::sample::select(PIECES).prop_map(str::to_string);
+    leaf.prop_recursive(6, 64, 4, |inner| {
+        (
+            prop::sample::select(OPENERS),
+            prop::collection::vec(inner, 0..4),
+        )
+            .prop_map(|(open, body)| format!("{open}{}{{{{ end }}}}", body.concat()))
+    })
+}
+
+const PIECES: &[&str] = &[
+    "x",
+    "{{ range 1000000000 }}",
+    "{{ range loop 100000 }}",
+    "{{ range .L }}",
+    "{{ range $i, $e := .M }}",
+    "{{ if 1 }}",
+    "{{ if .A }}",
+    "{{ else }}",
+    "{{ else if 0 }}",
+    "{{ with .M }}",
+    "{{ end }}",
+    "{{ end }}",
+    "{{ $x := \"ab\" }}",
+    "{{ $x = printf \"%s%s\" $x $x }}",
+    "{{ printf \"%4096d\" 1 }}",
+    "{{ printf \"%9999999999d\" 1 }}",
+    "{{ printf \"%.70000f\" 1.5 }}",
+    "{{ loop -1 9223372036854775807 }}",
+    "{{ loop -9223372036854775808 9223372036854775807 }}",
+    "{{ replaceAll \"\" \"abcdefgh\" (printf \"%4096d\" 1) }}",
+    "{{ regexReplaceAll \".\" \"$0$0$0$0\" (printf \"%4096d\" 1) }}",
+    "{{ (((((len .L))))) }}",
+    "{{ index .L 99 }}",
+    "{{ .M | toJSON | parseJSON | byTag }}",
+    "{{ split \"\" (printf \"%4096d\" 1) | join \",\" }}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn never_panics_on_arbitrary_text(s in any::<String>()) {
+        exercise(&s)?;
+    }
+
+    #[test]
+    fn never_panics_on_syntax_soup(parts in prop::collection::vec(prop::sample::select(SYNTAX), 0..60)) {
+        exercise(&parts.concat())?;
+    }
+
+    #[test]
+    fn balanced_templates_end_within_budget(parts in prop::collection::vec(balanced(), 1..4)) {
+        exercise(&parts.concat())?;
+    }
+
+    #[test]
+    fn generated_templates_end_within_budget(parts in prop::collection::vec(prop::sample::select(PIECES), 0..24)) {
+        exercise(&parts.concat())?;
+    }
+}
