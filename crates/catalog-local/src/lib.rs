@@ -608,7 +608,9 @@ impl Catalog for LocalCatalog {
         let (id, owner) = (id.to_string(), self.owner.clone());
         self.with(move |c| {
             let now = clock_ms();
-            let tx = c.transaction()?;
+            // IMMEDIATE: a read upgraded to a write fails at once (no busy
+            // wait) when another agent committed in between.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let cur: Option<String> = tx
                 .query_row(
                     concat!(
@@ -1070,5 +1072,120 @@ mod tests {
         let c = LocalCatalog::open(&d, "b").expect("reopen");
         assert_eq!(c.instances("x").await.expect("read").len(), 1);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The schema of the first release (meta 'schema' = 1), with wall-clock expiries.
+    const SCHEMA_1: &str = "
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta (key, value) VALUES ('rev', 7), ('schema', 1);
+        CREATE TABLE instances (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
+            port INTEGER NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL, ttl_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL,
+            critical_since_ms INTEGER, deregister_after_ms INTEGER, owner TEXT NOT NULL);
+        CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+        CREATE TABLE elections (name TEXT PRIMARY KEY, owner TEXT NOT NULL, id TEXT NOT NULL,
+            address TEXT NOT NULL, port INTEGER NOT NULL, term INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+        CREATE TABLE election_terms (name TEXT PRIMARY KEY, term INTEGER NOT NULL);
+        INSERT INTO instances VALUES ('x-1', 'x', '10.0.0.1', 1, '[]', 'passing', 60000,
+            9999999999999, 0, NULL, NULL, 'old-agent');
+        INSERT INTO kv VALUES ('k', 'v');
+        INSERT INTO locks VALUES ('l', 'old-agent', 9999999999999);
+        INSERT INTO elections VALUES ('e', 'old-agent', 'x-1', '10.0.0.1', 1, 5, 9999999999999);
+        INSERT INTO election_terms VALUES ('e', 5);
+    ";
+
+    fn entry(id: &str) -> Registration {
+        Registration {
+            id: id.into(),
+            name: "x".into(),
+            address: "10.0.0.1".into(),
+            port: 1,
+            tags: vec![],
+            status: Status::Passing,
+            ttl: Duration::from_secs(60),
+            deregister_critical_after: None,
+            seat: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_schema_1_catalog_is_migrated_and_its_wall_clock_rows_purged() {
+        let d = dir("migrate");
+        std::fs::create_dir_all(&d).expect("dir");
+        Connection::open(d.join("catalog.db"))
+            .expect("old db")
+            .execute_batch(SCHEMA_1)
+            .expect("old schema");
+        let c = LocalCatalog::open(&d, "a").expect("open migrates");
+        // The old rows' wall-clock expiries mean nothing on the boot clock: gone.
+        assert!(c.instances("x").await.expect("read").is_empty());
+        assert!(c.leader("e").await.expect("leader").is_none());
+        // Data and terms survive: the next term is still higher.
+        assert_eq!(c.kv_get("k").await.expect("kv").as_deref(), Some("v"));
+        let me = Candidate {
+            id: "x-2".into(),
+            address: "10.0.0.2".into(),
+            port: 2,
+        };
+        let term = c.campaign("e", &me, Duration::from_secs(5)).await;
+        assert_eq!(term.expect("campaign"), Some(6));
+        c.lock("l").await.expect("the old lock was purged");
+        // The new columns work.
+        c.register(&Registration {
+            seat: Some(autopilot_catalog::Seat {
+                election: "e".into(),
+                term: 6,
+            }),
+            ..entry("x-2")
+        })
+        .await
+        .expect("bound entry");
+        assert_eq!(c.instances("x").await.expect("read").len(), 1);
+        let schema: i64 = lock(&c.conn)
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+            .expect("schema");
+        assert_eq!(schema, SCHEMA_VERSION);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rows_from_another_boot_are_purged_and_this_boots_are_kept() {
+        let d = dir("boot");
+        let c = LocalCatalog::open(&d, "a").expect("open");
+        c.register(&entry("x-1")).await.expect("register");
+        drop(c);
+        // Same boot: a reopened catalog keeps its live rows.
+        let c = LocalCatalog::open(&d, "b").expect("reopen");
+        assert_eq!(c.instances("x").await.expect("read").len(), 1);
+        lock(&c.conn)
+            .execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot'", [])
+            .expect("pretend a reboot");
+        drop(c);
+        let c = LocalCatalog::open(&d, "c").expect("reopen");
+        assert!(c.instances("x").await.expect("read").is_empty());
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_newer_schema_is_refused() {
+        let d = dir("newer");
+        drop(LocalCatalog::open(&d, "a").expect("open"));
+        Connection::open(d.join("catalog.db"))
+            .expect("db")
+            .execute("UPDATE meta SET value = 99 WHERE key = 'schema'", [])
+            .expect("bump schema");
+        let e = LocalCatalog::open(&d, "b").err().expect("refused");
+        assert!(e.to_string().contains("schema 99"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_boot_clock_ignores_the_wall_clock() {
+        // CLOCK_BOOTTIME counts from boot: far below any wall-clock epoch value.
+        let t = clock_ms();
+        assert!(t > 0 && (t as u64) < now_ms() / 2, "{t}");
     }
 }
