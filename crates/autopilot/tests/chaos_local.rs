@@ -225,5 +225,111 @@ fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() 
     );
 }
 
-#[allow(dead_code)]
-fn _unused(_: Instant) {}
+/// A registered, elected job whose process ends soon after its agent is
+/// killed (it polls its parent), so a kill -9 leaves nothing running.
+fn chaos_config(port: u16) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "web", port: {port}, interfaces: ["static:127.0.0.1"],
+       exec: ["sh", "-c", "while kill -0 $PPID 2>/dev/null; do sleep 0.1; done"],
+       health: {{ exec: "true", interval: "100ms", ttl: 2 }},
+       election: {{ name: "primary", ttl: "2s" }} }},
+  ]
+}}"#
+    )
+}
+
+fn ids(url: &str, service: &str) -> Vec<String> {
+    instances(url, service)
+        .iter()
+        .filter_map(|i| i["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (Debian package sqlite3)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn kill_9_in_a_loop_leaves_an_intact_catalog_that_loses_nothing() {
+    let d = Dir::new("kill9");
+    let catalog = d.path("catalog");
+    let url = format!("local://{}", catalog.display());
+    let env = |host: &'static str| [("AUTOPILOT_CATALOG", url.clone()), ("AUTOPILOT_HOSTNAME", host.to_string())];
+    let start = |dir: &Dir, port: u16, host: &'static str| {
+        let e = env(host);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_with(dir, &chaos_config(port), &[], &e)
+    };
+    let survivor_dir = d.child("keep");
+    let survivor = start(&survivor_dir, 7320, "keep");
+    survivor.ready();
+    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web").contains(&"web-keep".to_string())));
+    let (code, out) = survivor.cli(&["kv", "put", "config/before", "kept"]);
+    assert_eq!(code, 0, "{out}");
+
+    let victims = [(d.child("v1"), 7321, "v1"), (d.child("v2"), 7322, "v2")];
+    // xorshift: random kill moments, reproducible from the printed seed.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("kill -9 seed {seed}");
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..20 {
+        let (dir, port, host) = &victims[round % 2];
+        let mut a = start(dir, *port, host);
+        // Anywhere from start-up (opening, first registration, first
+        // campaign) to steady keep-alives and renewals.
+        std::thread::sleep(Duration::from_millis(rand(1500)));
+        a.signal(libc::SIGKILL);
+        assert!(a.wait(Duration::from_secs(5)).is_some(), "round {round}: not killed");
+    }
+
+    let db = catalog.join("catalog.db");
+    assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
+    // The surviving agent's entry and its data are all there.
+    assert!(
+        wait_for(Duration::from_secs(5), || ids(&url, "web").contains(&"web-keep".to_string())),
+        "the survivor's entry is gone: {:?}\n{}",
+        ids(&url, "web"),
+        survivor.log()
+    );
+    let (code, out) = survivor.cli(&["kv", "get", "config/before"]);
+    assert_eq!((code, out.trim()), (0, "kept"));
+    // The killed agents' entries expired; a restarted agent registers again
+    // and the election still has exactly one leader.
+    let (dir, port, host) = &victims[0];
+    let back = start(dir, *port, host);
+    back.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let mut now = ids(&url, "web");
+            now.sort();
+            now == ["web-keep", "web-v1"]
+        }),
+        "after the restart: {:?}\n{}",
+        ids(&url, "web"),
+        back.log()
+    );
+    let leading = |a: &Agent| a.status()["jobs"][0]["election"]["leader"] == true;
+    assert!(wait_for(Duration::from_secs(10), || leading(&survivor) ^ leading(&back)));
+    assert!(survivor.status()["jobs"][0]["registration"]["catalog"] == "passing");
+    drop(back);
+    drop(survivor);
+    assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
+}
