@@ -333,3 +333,119 @@ fn kill_9_in_a_loop_leaves_an_intact_catalog_that_loses_nothing() {
     drop(survivor);
     assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped (also on failure).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "cannot mount a tmpfs at {} (root needed)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("ticks"))
+        .collect();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (f[0] + f[1]) as f64 / hz
+}
+
+fn registered_config() -> String {
+    let job = |name: &str, port: u16| {
+        format!(
+            r#"{{ name: "{name}", exec: "sleep 600", port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ exec: "true", interval: "200ms", ttl: 2 }} }},"#
+        )
+    };
+    format!(
+        "{{\n  control: {{ socket: \"@SOCKET@\" }},\n  jobs: [\n    {}\n    {}\n    {}\n  ]\n}}",
+        job("svc-a", 7331),
+        job("svc-b", 7332),
+        job("svc-c", 7333)
+    )
+}
+
+#[test]
+fn a_full_disk_is_no_log_or_cpu_storm_and_registrations_come_back() {
+    let d = Dir::new("disk-full");
+    let mnt = d.path("tmpfs");
+    let _tmpfs = Tmpfs::mount(&mnt, "2m");
+    let url = format!("local://{}", mnt.join("catalog").display());
+    let a = start_with(&d, &registered_config(), &[], &[("AUTOPILOT_CATALOG", &url)]);
+    a.ready();
+    let all = |url: &str| {
+        ["svc-a", "svc-b", "svc-c"]
+            .iter()
+            .all(|s| instances(url, s).len() == 1)
+    };
+    assert!(wait_for(Duration::from_secs(10), || all(&url)), "{}", a.log());
+
+    // Fill the filesystem to the last byte.
+    let fill = mnt.join("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).expect("fill file");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Keep-alives fail, so the entries expire (and cannot be swept).
+    assert!(
+        wait_for(Duration::from_secs(10), || instances(&url, "svc-a").is_empty()),
+        "keep-alives kept working on a full disk?\n{}",
+        a.log()
+    );
+    let lines = |a: &Agent| a.log().lines().count();
+    let (lines0, cpu0, t0) = (lines(&a), cpu_seconds(a.pid()), Instant::now());
+    // Measured over a fixed window: the storm is a rate.
+    std::thread::sleep(Duration::from_secs(3));
+    let (lines1, cpu1) = (lines(&a), cpu_seconds(a.pid()));
+    let cpu = (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
+    eprintln!(
+        "disk full for {:?}: {} log lines, {:.1}% CPU",
+        t0.elapsed(),
+        lines1 - lines0,
+        cpu * 100.0
+    );
+    assert!(
+        lines1 - lines0 <= 6,
+        "the log grew by {} lines in 3 s on a full disk:\n{}",
+        lines1 - lines0,
+        a.log().lines().skip(lines0).take(40).collect::<Vec<_>>().join("\n")
+    );
+    assert!(cpu < 0.20, "the agent used {:.0}% CPU on a full disk", cpu * 100.0);
+
+    // Space again: everything is registered again and the agent says so.
+    std::fs::remove_file(&fill).expect("free space");
+    assert!(
+        wait_for(Duration::from_secs(10), || all(&url)),
+        "registrations did not come back:\n{}",
+        a.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || a.log().contains("again")),
+        "no recovery logged:\n{}",
+        a.log()
+    );
+}
