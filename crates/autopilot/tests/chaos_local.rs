@@ -124,7 +124,9 @@ fn a_wall_clock_step_never_makes_two_leaders() {
         instances(&url, "db")
     );
     // Three seat TTLs with a healthy leader: b must not be elected.
-    let stolen = wait_for(Duration::from_secs(6), || db.read("events").contains("elected"));
+    let stolen = wait_for(Duration::from_secs(6), || {
+        db.read("events").contains("elected")
+    });
     assert!(
         !stolen,
         "the follower with the stepped clock took the seat: a {:?}, b {:?}",
@@ -137,7 +139,9 @@ fn a_wall_clock_step_never_makes_two_leaders() {
     // The stepped follower still takes over properly when a steps down.
     da.write("sick", "");
     assert!(
-        wait_for(Duration::from_secs(5), || da.read("events").contains("demoted")
+        wait_for(Duration::from_secs(5), || da
+            .read("events")
+            .contains("demoted")
             && db.read("events").contains("elected")),
         "b never took over; log:\n{}",
         b.log()
@@ -178,7 +182,8 @@ fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() 
     );
     a.ready();
     assert!(
-        wait_for(Duration::from_secs(10), || instances(&url, "web").len() == 1),
+        wait_for(Duration::from_secs(10), || instances(&url, "web").len()
+            == 1),
         "log:\n{}",
         a.log()
     );
@@ -204,7 +209,10 @@ fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() 
         err.contains(&open.display().to_string()) && err.contains("0777") && err.contains("uid"),
         "{err}"
     );
-    assert!(!open.join("catalog.db").exists(), "nothing is created there");
+    assert!(
+        !open.join("catalog.db").exists(),
+        "nothing is created there"
+    );
 
     // So is one owned by another user.
     let theirs = d.path("theirs");
@@ -254,7 +262,11 @@ fn sqlite(db: &Path, sql: &str) -> String {
         .arg(sql)
         .output()
         .expect("sqlite3 (Debian package sqlite3)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -263,7 +275,12 @@ fn kill_9_in_a_loop_leaves_an_intact_catalog_that_loses_nothing() {
     let d = Dir::new("kill9");
     let catalog = d.path("catalog");
     let url = format!("local://{}", catalog.display());
-    let env = |host: &'static str| [("AUTOPILOT_CATALOG", url.clone()), ("AUTOPILOT_HOSTNAME", host.to_string())];
+    let env = |host: &'static str| {
+        [
+            ("AUTOPILOT_CATALOG", url.clone()),
+            ("AUTOPILOT_HOSTNAME", host.to_string()),
+        ]
+    };
     let start = |dir: &Dir, port: u16, host: &'static str| {
         let e = env(host);
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -272,7 +289,8 @@ fn kill_9_in_a_loop_leaves_an_intact_catalog_that_loses_nothing() {
     let survivor_dir = d.child("keep");
     let survivor = start(&survivor_dir, 7320, "keep");
     survivor.ready();
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web").contains(&"web-keep".to_string())));
+    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
+        .contains(&"web-keep".to_string())));
     let (code, out) = survivor.cli(&["kv", "put", "config/before", "kept"]);
     assert_eq!(code, 0, "{out}");
 
@@ -297,14 +315,18 @@ fn kill_9_in_a_loop_leaves_an_intact_catalog_that_loses_nothing() {
         // campaign) to steady keep-alives and renewals.
         std::thread::sleep(Duration::from_millis(rand(1500)));
         a.signal(libc::SIGKILL);
-        assert!(a.wait(Duration::from_secs(5)).is_some(), "round {round}: not killed");
+        assert!(
+            a.wait(Duration::from_secs(5)).is_some(),
+            "round {round}: not killed"
+        );
     }
 
     let db = catalog.join("catalog.db");
     assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
     // The surviving agent's entry and its data are all there.
     assert!(
-        wait_for(Duration::from_secs(5), || ids(&url, "web").contains(&"web-keep".to_string())),
+        wait_for(Duration::from_secs(5), || ids(&url, "web")
+            .contains(&"web-keep".to_string())),
         "the survivor's entry is gone: {:?}\n{}",
         ids(&url, "web"),
         survivor.log()
@@ -327,7 +349,8 @@ fn kill_9_in_a_loop_leaves_an_intact_catalog_that_loses_nothing() {
         back.log()
     );
     let leading = |a: &Agent| a.status()["jobs"][0]["election"]["leader"] == true;
-    assert!(wait_for(Duration::from_secs(10), || leading(&survivor) ^ leading(&back)));
+    assert!(wait_for(Duration::from_secs(10), || leading(&survivor)
+        ^ leading(&back)));
     assert!(survivor.status()["jobs"][0]["registration"]["catalog"] == "passing");
     drop(back);
     drop(survivor);
@@ -341,11 +364,21 @@ impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).expect("mount point");
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .status()
             .expect("mount");
-        assert!(st.success(), "cannot mount a tmpfs at {} (root needed)", at.display());
+        assert!(
+            st.success(),
+            "cannot mount a tmpfs at {} (root needed)",
+            at.display()
+        );
         Tmpfs(at.to_path_buf())
     }
 }
@@ -392,14 +425,23 @@ fn a_full_disk_is_no_log_or_cpu_storm_and_registrations_come_back() {
     let mnt = d.path("tmpfs");
     let _tmpfs = Tmpfs::mount(&mnt, "2m");
     let url = format!("local://{}", mnt.join("catalog").display());
-    let a = start_with(&d, &registered_config(), &[], &[("AUTOPILOT_CATALOG", &url)]);
+    let a = start_with(
+        &d,
+        &registered_config(),
+        &[],
+        &[("AUTOPILOT_CATALOG", &url)],
+    );
     a.ready();
     let all = |url: &str| {
         ["svc-a", "svc-b", "svc-c"]
             .iter()
             .all(|s| instances(url, s).len() == 1)
     };
-    assert!(wait_for(Duration::from_secs(10), || all(&url)), "{}", a.log());
+    assert!(
+        wait_for(Duration::from_secs(10), || all(&url)),
+        "{}",
+        a.log()
+    );
 
     // Fill the filesystem to the last byte.
     let fill = mnt.join("fill");
@@ -412,7 +454,8 @@ fn a_full_disk_is_no_log_or_cpu_storm_and_registrations_come_back() {
     }
     // Keep-alives fail, so the entries expire (and cannot be swept).
     assert!(
-        wait_for(Duration::from_secs(10), || instances(&url, "svc-a").is_empty()),
+        wait_for(Duration::from_secs(10), || instances(&url, "svc-a")
+            .is_empty()),
         "keep-alives kept working on a full disk?\n{}",
         a.log()
     );
@@ -432,9 +475,18 @@ fn a_full_disk_is_no_log_or_cpu_storm_and_registrations_come_back() {
         lines1 - lines0 <= 6,
         "the log grew by {} lines in 3 s on a full disk:\n{}",
         lines1 - lines0,
-        a.log().lines().skip(lines0).take(40).collect::<Vec<_>>().join("\n")
+        a.log()
+            .lines()
+            .skip(lines0)
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    assert!(cpu < 0.20, "the agent used {:.0}% CPU on a full disk", cpu * 100.0);
+    assert!(
+        cpu < 0.20,
+        "the agent used {:.0}% CPU on a full disk",
+        cpu * 100.0
+    );
 
     // Space again: everything is registered again and the agent says so.
     std::fs::remove_file(&fill).expect("free space");

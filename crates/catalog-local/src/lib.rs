@@ -217,8 +217,7 @@ impl From<rusqlite::Error> for Setup {
 fn migrate(conn: &Connection, dir: &Path, boot: &str) -> Result<(), Setup> {
     // IMMEDIATE: the write lock up front, so two agents migrating at once
     // serialise instead of both altering the table.
-    let tx =
-        rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
     let version: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
         r.get(0)
@@ -237,7 +236,9 @@ fn migrate(conn: &Connection, dir: &Path, boot: &str) -> Result<(), Setup> {
         )?;
     }
     let stored: Option<rusqlite::types::Value> = tx
-        .query_row("SELECT value FROM meta WHERE key = 'boot'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'boot'", [], |r| {
+            r.get(0)
+        })
         .optional()?;
     if stored != Some(rusqlite::types::Value::Text(boot.to_string())) {
         let purged = tx.execute("DELETE FROM instances", [])?
@@ -300,7 +301,9 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(Setup::Sql(e)) => return Err(invalid(format!("cannot use {}: {e}", file.display()))),
+            Err(Setup::Sql(e)) => {
+                return Err(invalid(format!("cannot use {}: {e}", file.display())));
+            }
             Err(Setup::Refused(m)) => return Err(invalid(m)),
         }
     }
@@ -546,53 +549,61 @@ impl Catalog for LocalCatalog {
         let owner = self.owner.clone();
         let url = self.url.clone();
         let (id, seat) = (reg.id.clone(), reg.seat.clone());
-        let held = self.with(move |c| {
-            let now = clock_ms();
-            let ttl = i64::try_from(reg.ttl.as_millis()).unwrap_or(i64::MAX);
-            let critical = (reg.status == Status::Critical).then_some(now);
-            // IMMEDIATE: the seat cannot change hands between the check
-            // and the write.
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let Some(seat) = &reg.seat {
-                let held: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM elections
+        let held = self
+            .with(move |c| {
+                let now = clock_ms();
+                let ttl = i64::try_from(reg.ttl.as_millis()).unwrap_or(i64::MAX);
+                let critical = (reg.status == Status::Critical).then_some(now);
+                // IMMEDIATE: the seat cannot change hands between the check
+                // and the write.
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                if let Some(seat) = &reg.seat {
+                    let held: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM elections
                        WHERE name = ?1 AND owner = ?2 AND term = ?3 AND expires_ms > ?4)",
-                    params![seat.election, owner, i64::try_from(seat.term).unwrap_or(-1), now],
-                    |r| r.get(0),
-                )?;
-                if !held {
-                    return Ok(false);
+                        params![
+                            seat.election,
+                            owner,
+                            i64::try_from(seat.term).unwrap_or(-1),
+                            now
+                        ],
+                        |r| r.get(0),
+                    )?;
+                    if !held {
+                        return Ok(false);
+                    }
                 }
-            }
-            tx.execute(
-                "INSERT OR REPLACE INTO instances
+                tx.execute(
+                    "INSERT OR REPLACE INTO instances
                  (id, name, address, port, tags, status, ttl_ms, expires_ms, last_heartbeat_ms,
                   critical_since_ms, deregister_after_ms, owner, seat_election, seat_term)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    reg.id,
-                    reg.name,
-                    reg.address,
-                    reg.port,
-                    serde_json::to_string(&reg.tags).unwrap_or_else(|_| "[]".into()),
-                    reg.status.as_str(),
-                    ttl,
-                    now.saturating_add(ttl),
-                    // Displayed only: wall-clock time.
-                    now_ms() as i64,
-                    critical,
-                    reg.deregister_critical_after
-                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                    owner,
-                    reg.seat.as_ref().map(|s| s.election.as_str()),
-                    reg.seat.as_ref().map(|s| i64::try_from(s.term).unwrap_or(-1)),
-                ],
-            )?;
-            bump(&tx)?;
-            tx.commit()?;
-            Ok(true)
-        })
-        .await?;
+                    params![
+                        reg.id,
+                        reg.name,
+                        reg.address,
+                        reg.port,
+                        serde_json::to_string(&reg.tags).unwrap_or_else(|_| "[]".into()),
+                        reg.status.as_str(),
+                        ttl,
+                        now.saturating_add(ttl),
+                        // Displayed only: wall-clock time.
+                        now_ms() as i64,
+                        critical,
+                        reg.deregister_critical_after
+                            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                        owner,
+                        reg.seat.as_ref().map(|s| s.election.as_str()),
+                        reg.seat
+                            .as_ref()
+                            .map(|s| i64::try_from(s.term).unwrap_or(-1)),
+                    ],
+                )?;
+                bump(&tx)?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
         match (held, seat) {
             (false, Some(seat)) => Err(CatalogError::SeatLost {
                 url,
@@ -679,13 +690,11 @@ impl Catalog for LocalCatalog {
 
     async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                concat!(
-                    "SELECT name, COUNT(*), SUM(status = 'passing') FROM instances WHERE ",
-                    live!("?1"),
-                    " GROUP BY name ORDER BY name"
-                ),
-            )?;
+            let mut st = c.prepare(concat!(
+                "SELECT name, COUNT(*), SUM(status = 'passing') FROM instances WHERE ",
+                live!("?1"),
+                " GROUP BY name ORDER BY name"
+            ))?;
             let rows = st.query_map(params![clock_ms()], |r| {
                 Ok(ServiceSummary {
                     name: r.get(0)?,
@@ -701,14 +710,12 @@ impl Catalog for LocalCatalog {
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
         let service = service.to_string();
         self.with(move |c| {
-            let mut st = c.prepare(
-                concat!(
-                    "SELECT id, name, address, port, tags, status, last_heartbeat_ms FROM instances
+            let mut st = c.prepare(concat!(
+                "SELECT id, name, address, port, tags, status, last_heartbeat_ms FROM instances
                      WHERE name = ?1 AND ",
-                    live!("?2"),
-                    " ORDER BY id"
-                ),
-            )?;
+                live!("?2"),
+                " ORDER BY id"
+            ))?;
             let rows = st.query_map(params![service, clock_ms()], parse_instance)?;
             rows.collect()
         })
@@ -1143,7 +1150,9 @@ mod tests {
         .expect("bound entry");
         assert_eq!(c.instances("x").await.expect("read").len(), 1);
         let schema: i64 = lock(&c.conn)
-            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
             .expect("schema");
         assert_eq!(schema, SCHEMA_VERSION);
         drop(c);
@@ -1160,7 +1169,10 @@ mod tests {
         let c = LocalCatalog::open(&d, "b").expect("reopen");
         assert_eq!(c.instances("x").await.expect("read").len(), 1);
         lock(&c.conn)
-            .execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot'", [])
+            .execute(
+                "UPDATE meta SET value = 'another-boot' WHERE key = 'boot'",
+                [],
+            )
             .expect("pretend a reboot");
         drop(c);
         let c = LocalCatalog::open(&d, "c").expect("reopen");
