@@ -173,24 +173,27 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
 /// Creates `file` 0600 (or tightens an existing one of ours to 0600)
 /// before SQLite opens it; SQLite gives the -wal and -shm files the
 /// database's mode. Never follows a symlink at the database path.
-fn prepare_file(file: &Path, must_exist: bool) -> Result<(), String> {
+fn prepare_file(file: &Path, create: bool) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true)
         .write(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
-    if must_exist {
+    if create {
         opts.create(true);
     }
     let f = match opts.open(file) {
         Ok(f) => f,
-        Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("cannot open {}: {e}", file.display())),
     };
     let meta = f
         .metadata()
         .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", file.display()));
+    }
     if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o7777 != 0o600 {
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot set the mode of {}: {e}", file.display()))?;
