@@ -4,9 +4,14 @@
 //! can write at once (WAL mode, file locks, busy timeouts), and every
 //! transaction is atomic and survives `kill -9` at any instant. Entries
 //! carry an expiry refreshed by their agent's keep-alive; readers never see
-//! an expired entry, and any agent deletes expired ones. Every visible
-//! change bumps a revision in the same transaction; writers touch the WAL
-//! file, inotify wakes the watchers, and they compare revisions.
+//! an expired entry, and any agent deletes expired ones. An entry bound to
+//! an election seat is visible only while that seat row is live, so it
+//! ends in the same instant as the seat. Expiries are CLOCK_BOOTTIME
+//! milliseconds (a wall-clock step cannot move them); rows from another
+//! boot are purged on open. Every visible change bumps a revision in the
+//! same transaction; writers touch the WAL file, inotify wakes the
+//! watchers, and they compare revisions. The directory is 0700 and the
+//! database 0600; a directory others can write to is refused.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -22,9 +27,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+/// The tables as this version writes them (schema 2). A schema-1 catalog
+/// is migrated by `migrate`; `CREATE ... IF NOT EXISTS` leaves it alone.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('rev', 0), ('schema', 1);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('rev', 0), ('schema', 2);
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -37,7 +44,9 @@ CREATE TABLE IF NOT EXISTS instances (
     last_heartbeat_ms INTEGER NOT NULL,
     critical_since_ms INTEGER,
     deregister_after_ms INTEGER,
-    owner TEXT NOT NULL
+    owner TEXT NOT NULL,
+    seat_election TEXT,
+    seat_term INTEGER
 );
 CREATE INDEX IF NOT EXISTS instances_by_name ON instances (name);
 CREATE INDEX IF NOT EXISTS instances_by_owner ON instances (owner);
@@ -50,12 +59,37 @@ CREATE TABLE IF NOT EXISTS elections (
 CREATE TABLE IF NOT EXISTS election_terms (name TEXT PRIMARY KEY, term INTEGER NOT NULL);
 ";
 
+/// The schema version this code writes.
+const SCHEMA_VERSION: i64 = 2;
+
+/// An entry is visible while unexpired and, when bound to a seat, while
+/// that seat row exists with the same owner and term and is unexpired.
+/// Evaluated with the same `now` as the seat's own expiry, so the entry
+/// and the seat end in the same instant. `?N` is the time parameter.
+macro_rules! live {
+    ($now:literal) => {
+        concat!(
+            "(instances.expires_ms > ",
+            $now,
+            " AND (instances.seat_election IS NULL OR EXISTS (SELECT 1 FROM elections e
+               WHERE e.name = instances.seat_election AND e.owner = instances.owner
+                 AND e.term = instances.seat_term AND e.expires_ms > ",
+            $now,
+            ")))"
+        )
+    };
+}
+
 /// How long a lock outlives its holder's last keep-alive.
 const LOCK_TTL_MS: i64 = 3_000;
 
 /// A safety re-check, in case a change notification is ever missed (for
 /// example on a filesystem where inotify does not report other writers).
 const SAFETY_RECHECK: Duration = Duration::from_secs(5);
+
+/// The back-off between failed sweeps grows from the first to the second.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct LocalCatalog {
     url: String,
@@ -71,21 +105,179 @@ impl Drop for LocalCatalog {
     }
 }
 
+/// Milliseconds on CLOCK_BOOTTIME, the time base of every expiry.
+///
+/// Shared by all processes on the machine like the wall clock, but a
+/// wall-clock step (NTP, an operator, a faked clock) cannot move it, so a
+/// seat or entry can never expire early or late because a clock jumped.
+/// It counts from boot, so rows are only comparable within one boot: the
+/// boot id in `meta` says which boot the rows belong to.
+fn clock_ms() -> i64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => t
+            .tv_sec()
+            .saturating_mul(1000)
+            .saturating_add(t.tv_nsec() / 1_000_000),
+        // Linux has had CLOCK_BOOTTIME since 2.6.39; without it nothing
+        // could expire correctly, and 0 makes every row look expired
+        // (entries vanish) rather than immortal.
+        Err(_) => 0,
+    }
+}
+
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+fn boot_id() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(BOOT_ID)?.trim().to_string())
+}
+
+/// Creates the catalog directory 0700 if it is missing, and refuses one
+/// that another user could write to or that belongs to someone else: its
+/// database holds key/value data and decides who is leader.
+fn prepare_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the catalog directory {}: {e}", dir.display()))?;
+        // The umask may have taken bits we asked for; set exactly 0700.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!(
+                "cannot set the mode of the catalog directory {}: {e}",
+                dir.display()
+            )
+        })?;
+    }
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot use the catalog directory {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "the catalog path {} is not a directory",
+            dir.display()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    let me = nix::unistd::geteuid().as_raw();
+    if mode & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        return Err(format!(
+            "refusing the catalog directory {}: mode {mode:04o}, owner uid {}; it must be owned by uid {me} or root and not writable by group or others (chmod go-w)",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `file` 0600 (or tightens an existing one of ours to 0600)
+/// before SQLite opens it; SQLite gives the -wal and -shm files the
+/// database's mode. Never follows a symlink at the database path.
+fn prepare_file(file: &Path, create: bool) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
+    if create {
+        opts.create(true);
+    }
+    let f = match opts.open(file) {
+        Ok(f) => f,
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot open {}: {e}", file.display())),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", file.display()));
+    }
+    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o7777 != 0o600 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Why opening failed: a store error (retried when busy) or a refusal.
+enum Setup {
+    Sql(rusqlite::Error),
+    Refused(String),
+}
+
+impl From<rusqlite::Error> for Setup {
+    fn from(e: rusqlite::Error) -> Setup {
+        Setup::Sql(e)
+    }
+}
+
+/// Brings the schema to `SCHEMA_VERSION` and purges rows whose times are
+/// from another boot (or from schema 1's wall-clock base): their agents
+/// are dead, and their expiries mean nothing on this boot's clock.
+/// Election terms and key/value data are kept.
+fn migrate(conn: &Connection, dir: &Path, boot: &str) -> Result<(), Setup> {
+    // IMMEDIATE: the write lock up front, so two agents migrating at once
+    // serialise instead of both altering the table.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    let version: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+        r.get(0)
+    })?;
+    if version > SCHEMA_VERSION {
+        return Err(Setup::Refused(format!(
+            "{} has catalog schema {version}, newer than this agent's {SCHEMA_VERSION}",
+            dir.join("catalog.db").display()
+        )));
+    }
+    if version < 2 {
+        tx.execute_batch(
+            "ALTER TABLE instances ADD COLUMN seat_election TEXT;
+             ALTER TABLE instances ADD COLUMN seat_term INTEGER;
+             UPDATE meta SET value = 2 WHERE key = 'schema';",
+        )?;
+    }
+    let stored: Option<rusqlite::types::Value> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'boot'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if stored != Some(rusqlite::types::Value::Text(boot.to_string())) {
+        let purged = tx.execute("DELETE FROM instances", [])?
+            + tx.execute("DELETE FROM elections", [])?
+            + tx.execute("DELETE FROM locks", [])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('boot', ?1)",
+            params![boot],
+        )?;
+        bump(&tx)?;
+        if purged > 0 {
+            tracing::info!(
+                "catalog {}: removed {purged} entries, seats and locks from a previous boot or clock base",
+                dir.display()
+            );
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
     let invalid = |message: String| CatalogError::Invalid {
         url: url.to_string(),
         message,
     };
-    std::fs::create_dir_all(dir).map_err(|e| {
-        invalid(format!(
-            "cannot create the catalog directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    prepare_dir(dir).map_err(invalid)?;
     let file = dir.join("catalog.db");
+    prepare_file(&file, true).map_err(invalid)?;
+    for side in ["catalog.db-wal", "catalog.db-shm"] {
+        prepare_file(&dir.join(side), false).map_err(invalid)?;
+    }
+    let boot = boot_id().map_err(|e| invalid(format!("cannot read the boot id {BOOT_ID}: {e}")))?;
     let conn = Connection::open(&file)
         .map_err(|e| invalid(format!("cannot open {}: {e}", file.display())))?;
-    let setup = || -> rusqlite::Result<()> {
+    let setup = || -> Result<(), Setup> {
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -94,10 +286,8 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
         // WAL + NORMAL: every commit is atomic and survives the process
         // being killed at any instant; an OS crash may lose the last commits.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        // Proves the file is writable now, not at the first registration.
-        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
-        Ok(())
+        // Also proves the file is writable now, not at the first registration.
+        migrate(&conn, dir, &boot)
     };
     // Agents starting at the same instant race to create the schema and
     // switch to WAL, which needs a lock the busy handler does not always
@@ -106,7 +296,7 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
     loop {
         match setup() {
             Ok(()) => break,
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(Setup::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if matches!(
                     e.code,
                     rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
@@ -114,7 +304,10 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => return Err(invalid(format!("cannot use {}: {e}", file.display()))),
+            Err(Setup::Sql(e)) => {
+                return Err(invalid(format!("cannot use {}: {e}", file.display())));
+            }
+            Err(Setup::Refused(m)) => return Err(invalid(m)),
         }
     }
     Ok(conn)
@@ -202,12 +395,16 @@ fn bump(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
 /// Deletes expired entries and those critical for too long; returns the
 /// current revision and the next time something will expire.
 fn sweep(c: &mut Connection) -> rusqlite::Result<(u64, Option<u64>)> {
-    let now = now_ms() as i64;
+    let now = clock_ms();
     let tx = c.transaction()?;
+    // Entries whose seat ended go too (they are already invisible).
     let removed = tx.execute(
-        "DELETE FROM instances WHERE expires_ms <= ?1
-           OR (critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL
-               AND critical_since_ms + deregister_after_ms <= ?1)",
+        concat!(
+            "DELETE FROM instances WHERE NOT ",
+            live!("?1"),
+            " OR (critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL
+               AND critical_since_ms + deregister_after_ms <= ?1)"
+        ),
         params![now],
     )?;
     // Expired leaders and locks go too, so waiters and followers are woken.
@@ -259,11 +456,25 @@ async fn notify_loop(
             return;
         }
     };
+    // A failed sweep (a full disk, a lock held too long) touches the WAL,
+    // whose change notification would wake this loop at once to fail
+    // again: after a failure, wait out a growing back-off instead, and log
+    // only when failing starts and when it ends.
+    let mut failures: u64 = 0;
+    let mut backoff = Duration::ZERO;
     loop {
         let c = conn.clone();
         let swept = tokio::task::spawn_blocking(move || sweep(&mut lock(&c))).await;
         let next = match swept {
             Ok(Ok((rev, next))) => {
+                if failures > 0 {
+                    tracing::info!(
+                        "catalog {}: sweeping works again after {failures} failed attempts",
+                        dir.display()
+                    );
+                    failures = 0;
+                    backoff = Duration::ZERO;
+                }
                 tx.send_if_modified(|cur| {
                     let changed = *cur != rev;
                     *cur = rev;
@@ -272,13 +483,30 @@ async fn notify_loop(
                 next
             }
             Ok(Err(e)) => {
-                tracing::warn!("catalog {}: {e}", dir.display());
+                if failures == 0 {
+                    tracing::warn!(
+                        "catalog {}: cannot sweep expired entries: {e}; retrying with back-off, logging again on recovery",
+                        dir.display()
+                    );
+                }
+                failures = failures.saturating_add(1);
+                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                 None
             }
             Err(_) => None,
         };
+        if failures > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tx.closed() => return,
+            }
+            // Whatever the failed attempt (or others) notified meanwhile is
+            // covered by the next sweep.
+            while fd.get_ref().0.read_events().is_ok() {}
+            continue;
+        }
         let wait = next
-            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
+            .map(|t| Duration::from_millis(t.saturating_sub(clock_ms().max(0) as u64) + 1))
             .unwrap_or(SAFETY_RECHECK)
             .min(SAFETY_RECHECK);
         tokio::select! {
@@ -323,45 +551,87 @@ impl Catalog for LocalCatalog {
     async fn register(&self, reg: &Registration) -> Result<(), CatalogError> {
         let reg = reg.clone();
         let owner = self.owner.clone();
-        self.with(move |c| {
-            let now = now_ms() as i64;
-            let ttl = reg.ttl.as_millis() as i64;
-            let critical = (reg.status == Status::Critical).then_some(now);
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT OR REPLACE INTO instances
+        let url = self.url.clone();
+        let (id, seat) = (reg.id.clone(), reg.seat.clone());
+        let held = self
+            .with(move |c| {
+                let now = clock_ms();
+                let ttl = i64::try_from(reg.ttl.as_millis()).unwrap_or(i64::MAX);
+                let critical = (reg.status == Status::Critical).then_some(now);
+                // IMMEDIATE: the seat cannot change hands between the check
+                // and the write.
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                if let Some(seat) = &reg.seat {
+                    let held: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM elections
+                       WHERE name = ?1 AND owner = ?2 AND term = ?3 AND expires_ms > ?4)",
+                        params![
+                            seat.election,
+                            owner,
+                            i64::try_from(seat.term).unwrap_or(-1),
+                            now
+                        ],
+                        |r| r.get(0),
+                    )?;
+                    if !held {
+                        return Ok(false);
+                    }
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO instances
                  (id, name, address, port, tags, status, ttl_ms, expires_ms, last_heartbeat_ms,
-                  critical_since_ms, deregister_after_ms, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    reg.id,
-                    reg.name,
-                    reg.address,
-                    reg.port,
-                    serde_json::to_string(&reg.tags).unwrap_or_else(|_| "[]".into()),
-                    reg.status.as_str(),
-                    ttl,
-                    now + ttl,
-                    now,
-                    critical,
-                    reg.deregister_critical_after.map(|d| d.as_millis() as i64),
-                    owner
-                ],
-            )?;
-            bump(&tx)?;
-            tx.commit()
-        })
-        .await
+                  critical_since_ms, deregister_after_ms, owner, seat_election, seat_term)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    params![
+                        reg.id,
+                        reg.name,
+                        reg.address,
+                        reg.port,
+                        serde_json::to_string(&reg.tags).unwrap_or_else(|_| "[]".into()),
+                        reg.status.as_str(),
+                        ttl,
+                        now.saturating_add(ttl),
+                        // Displayed only: wall-clock time.
+                        now_ms() as i64,
+                        critical,
+                        reg.deregister_critical_after
+                            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                        owner,
+                        reg.seat.as_ref().map(|s| s.election.as_str()),
+                        reg.seat
+                            .as_ref()
+                            .map(|s| i64::try_from(s.term).unwrap_or(-1)),
+                    ],
+                )?;
+                bump(&tx)?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        match (held, seat) {
+            (false, Some(seat)) => Err(CatalogError::SeatLost {
+                url,
+                id,
+                election: seat.election,
+                term: seat.term,
+            }),
+            _ => Ok(()),
+        }
     }
 
     async fn set_status(&self, id: &str, status: Status) -> Result<bool, CatalogError> {
         let (id, owner) = (id.to_string(), self.owner.clone());
         self.with(move |c| {
-            let now = now_ms() as i64;
-            let tx = c.transaction()?;
+            let now = clock_ms();
+            // IMMEDIATE: a read upgraded to a write fails at once (no busy
+            // wait) when another agent committed in between.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let cur: Option<String> = tx
                 .query_row(
-                    "SELECT status FROM instances WHERE id = ?1 AND owner = ?2 AND expires_ms > ?3",
+                    concat!(
+                        "SELECT status FROM instances WHERE id = ?1 AND owner = ?2 AND ",
+                        live!("?3")
+                    ),
                     params![id, owner, now],
                     |r| r.get(0),
                 )
@@ -401,12 +671,16 @@ impl Catalog for LocalCatalog {
     async fn keep_alive(&self) -> Result<usize, CatalogError> {
         let owner = self.owner.clone();
         self.with(move |c| {
-            let now = now_ms() as i64;
+            let now = clock_ms();
             let tx = c.transaction()?;
+            // Only live entries count: one whose seat is gone stays gone.
             let n = tx.execute(
-                "UPDATE instances SET expires_ms = ?1 + ttl_ms, last_heartbeat_ms = ?1
-                 WHERE owner = ?2 AND expires_ms > ?1",
-                params![now, owner],
+                concat!(
+                    "UPDATE instances SET expires_ms = ?1 + ttl_ms, last_heartbeat_ms = ?3
+                     WHERE owner = ?2 AND ",
+                    live!("?1")
+                ),
+                params![now, owner, now_ms() as i64],
             )?;
             tx.execute(
                 "UPDATE locks SET expires_ms = ?1 + ?3 WHERE owner = ?2 AND expires_ms > ?1",
@@ -420,11 +694,12 @@ impl Catalog for LocalCatalog {
 
     async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT name, COUNT(*), SUM(status = 'passing') FROM instances
-                 WHERE expires_ms > ?1 GROUP BY name ORDER BY name",
-            )?;
-            let rows = st.query_map(params![now_ms() as i64], |r| {
+            let mut st = c.prepare(concat!(
+                "SELECT name, COUNT(*), SUM(status = 'passing') FROM instances WHERE ",
+                live!("?1"),
+                " GROUP BY name ORDER BY name"
+            ))?;
+            let rows = st.query_map(params![clock_ms()], |r| {
                 Ok(ServiceSummary {
                     name: r.get(0)?,
                     instances: r.get::<_, i64>(1)? as usize,
@@ -439,11 +714,13 @@ impl Catalog for LocalCatalog {
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
         let service = service.to_string();
         self.with(move |c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare(concat!(
                 "SELECT id, name, address, port, tags, status, last_heartbeat_ms FROM instances
-                 WHERE name = ?1 AND expires_ms > ?2 ORDER BY id",
-            )?;
-            let rows = st.query_map(params![service, now_ms() as i64], parse_instance)?;
+                     WHERE name = ?1 AND ",
+                live!("?2"),
+                " ORDER BY id"
+            ))?;
+            let rows = st.query_map(params![service, clock_ms()], parse_instance)?;
             rows.collect()
         })
         .await
@@ -551,7 +828,7 @@ impl Catalog for LocalCatalog {
             // Some(wait) when someone else holds it: how long until it could expire.
             let held = self
                 .with(move |c| {
-                    let now = now_ms() as i64;
+                    let now = clock_ms();
                     let tx =
                         c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     tx.execute(
@@ -598,9 +875,9 @@ impl Catalog for LocalCatalog {
     ) -> Result<Option<u64>, CatalogError> {
         autopilot_catalog::check_key(&self.url, election)?;
         let (name, owner, me) = (election.to_string(), self.owner.clone(), me.clone());
-        let ttl_ms = ttl.as_millis() as i64;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.with(move |c| {
-            let now = now_ms() as i64;
+            let now = clock_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let cur: Option<(String, i64, i64)> = tx
                 .query_row(
@@ -613,7 +890,7 @@ impl Catalog for LocalCatalog {
                 Some((o, term, exp)) if o == owner && exp > now => {
                     tx.execute(
                         "UPDATE elections SET expires_ms = ?1 WHERE name = ?2",
-                        params![now + ttl_ms, name],
+                        params![now.saturating_add(ttl_ms), name],
                     )?;
                     Some(term)
                 }
@@ -627,7 +904,13 @@ impl Catalog for LocalCatalog {
                         )
                         .optional()?
                         .unwrap_or(0);
-                    let term = prev + 1;
+                    let term = prev.saturating_add(1);
+                    // The entries bound to the seat that ended end with it
+                    // (readers already stopped seeing them at its expiry).
+                    tx.execute(
+                        "DELETE FROM instances WHERE seat_election = ?1",
+                        params![name],
+                    )?;
                     tx.execute(
                         "INSERT OR REPLACE INTO election_terms (name, term) VALUES (?1, ?2)",
                         params![name, term],
@@ -635,7 +918,7 @@ impl Catalog for LocalCatalog {
                     tx.execute(
                         "INSERT OR REPLACE INTO elections (name, owner, id, address, port, term, expires_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![name, owner, me.id, me.address, me.port, term, now + ttl_ms],
+                        params![name, owner, me.id, me.address, me.port, term, now.saturating_add(ttl_ms)],
                     )?;
                     bump(&tx)?;
                     Some(term)
@@ -651,10 +934,17 @@ impl Catalog for LocalCatalog {
         let (name, owner) = (election.to_string(), self.owner.clone());
         self.with(move |c| {
             let tx = c.transaction()?;
+            // The seat and the entries bound to it go in one transaction:
+            // no reader sees one without the other.
+            let bound = tx.execute(
+                "DELETE FROM instances WHERE seat_election = ?1 AND owner = ?2",
+                params![name, owner],
+            )?;
             if tx.execute(
                 "DELETE FROM elections WHERE name = ?1 AND owner = ?2",
                 params![name, owner],
-            )? > 0
+            )? + bound
+                > 0
             {
                 bump(&tx)?;
             }
@@ -668,7 +958,7 @@ impl Catalog for LocalCatalog {
         self.with(move |c| {
             c.query_row(
                 "SELECT id, address, port, term FROM elections WHERE name = ?1 AND expires_ms > ?2",
-                params![name, now_ms() as i64],
+                params![name, clock_ms()],
                 |r| {
                     Ok(Leader {
                         id: r.get(0)?,
@@ -793,5 +1083,125 @@ mod tests {
         let c = LocalCatalog::open(&d, "b").expect("reopen");
         assert_eq!(c.instances("x").await.expect("read").len(), 1);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The schema of the first release (meta 'schema' = 1), with wall-clock expiries.
+    const SCHEMA_1: &str = "
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta (key, value) VALUES ('rev', 7), ('schema', 1);
+        CREATE TABLE instances (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
+            port INTEGER NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL, ttl_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL,
+            critical_since_ms INTEGER, deregister_after_ms INTEGER, owner TEXT NOT NULL);
+        CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+        CREATE TABLE elections (name TEXT PRIMARY KEY, owner TEXT NOT NULL, id TEXT NOT NULL,
+            address TEXT NOT NULL, port INTEGER NOT NULL, term INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+        CREATE TABLE election_terms (name TEXT PRIMARY KEY, term INTEGER NOT NULL);
+        INSERT INTO instances VALUES ('x-1', 'x', '10.0.0.1', 1, '[]', 'passing', 60000,
+            9999999999999, 0, NULL, NULL, 'old-agent');
+        INSERT INTO kv VALUES ('k', 'v');
+        INSERT INTO locks VALUES ('l', 'old-agent', 9999999999999);
+        INSERT INTO elections VALUES ('e', 'old-agent', 'x-1', '10.0.0.1', 1, 5, 9999999999999);
+        INSERT INTO election_terms VALUES ('e', 5);
+    ";
+
+    fn entry(id: &str) -> Registration {
+        Registration {
+            id: id.into(),
+            name: "x".into(),
+            address: "10.0.0.1".into(),
+            port: 1,
+            tags: vec![],
+            status: Status::Passing,
+            ttl: Duration::from_secs(60),
+            deregister_critical_after: None,
+            seat: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_schema_1_catalog_is_migrated_and_its_wall_clock_rows_purged() {
+        let d = dir("migrate");
+        std::fs::create_dir_all(&d).expect("dir");
+        Connection::open(d.join("catalog.db"))
+            .expect("old db")
+            .execute_batch(SCHEMA_1)
+            .expect("old schema");
+        let c = LocalCatalog::open(&d, "a").expect("open migrates");
+        // The old rows' wall-clock expiries mean nothing on the boot clock: gone.
+        assert!(c.instances("x").await.expect("read").is_empty());
+        assert!(c.leader("e").await.expect("leader").is_none());
+        // Data and terms survive: the next term is still higher.
+        assert_eq!(c.kv_get("k").await.expect("kv").as_deref(), Some("v"));
+        let me = Candidate {
+            id: "x-2".into(),
+            address: "10.0.0.2".into(),
+            port: 2,
+        };
+        let term = c.campaign("e", &me, Duration::from_secs(5)).await;
+        assert_eq!(term.expect("campaign"), Some(6));
+        c.lock("l").await.expect("the old lock was purged");
+        // The new columns work.
+        c.register(&Registration {
+            seat: Some(autopilot_catalog::Seat {
+                election: "e".into(),
+                term: 6,
+            }),
+            ..entry("x-2")
+        })
+        .await
+        .expect("bound entry");
+        assert_eq!(c.instances("x").await.expect("read").len(), 1);
+        let schema: i64 = lock(&c.conn)
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .expect("schema");
+        assert_eq!(schema, SCHEMA_VERSION);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rows_from_another_boot_are_purged_and_this_boots_are_kept() {
+        let d = dir("boot");
+        let c = LocalCatalog::open(&d, "a").expect("open");
+        c.register(&entry("x-1")).await.expect("register");
+        drop(c);
+        // Same boot: a reopened catalog keeps its live rows.
+        let c = LocalCatalog::open(&d, "b").expect("reopen");
+        assert_eq!(c.instances("x").await.expect("read").len(), 1);
+        lock(&c.conn)
+            .execute(
+                "UPDATE meta SET value = 'another-boot' WHERE key = 'boot'",
+                [],
+            )
+            .expect("pretend a reboot");
+        drop(c);
+        let c = LocalCatalog::open(&d, "c").expect("reopen");
+        assert!(c.instances("x").await.expect("read").is_empty());
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_newer_schema_is_refused() {
+        let d = dir("newer");
+        drop(LocalCatalog::open(&d, "a").expect("open"));
+        Connection::open(d.join("catalog.db"))
+            .expect("db")
+            .execute("UPDATE meta SET value = 99 WHERE key = 'schema'", [])
+            .expect("bump schema");
+        let e = LocalCatalog::open(&d, "b").err().expect("refused");
+        assert!(e.to_string().contains("schema 99"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_boot_clock_ignores_the_wall_clock() {
+        // CLOCK_BOOTTIME counts from boot: far below any wall-clock epoch value.
+        let t = clock_ms();
+        assert!(t > 0 && (t as u64) < now_ms() / 2, "{t}");
     }
 }

@@ -453,3 +453,75 @@ pub fn raise_own_nofile(n: u64) {
         setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard).expect("setrlimit");
     }
 }
+
+// Helpers for tests/chaos_local.rs.
+
+/// Like [`start_with`], but the agent is started through `prefix` (for
+/// example `sh -c 'umask 000 && exec "$@"' sh`), which must exec it so
+/// the child's pid is the agent's.
+pub fn start_wrapped(dir: &Dir, config: &str, prefix: &[&str], env: &[(&str, &str)]) -> Agent {
+    let socket = dir.path("ctl.sock");
+    let text = config
+        .replace("@SOCKET@", &socket.display().to_string())
+        .replace("@DIR@", &dir.0.display().to_string());
+    let cfg = dir.write("config.json5", &text);
+    let out = dir.path("agent.log");
+    let log = std::fs::File::create(&out).expect("log file");
+    let (program, pre) = prefix.split_first().expect("a wrapper command");
+    let child = Command::new(program)
+        .args(pre)
+        .arg(bin())
+        .arg("-config")
+        .arg(&cfg)
+        .env("AUTOPILOT_SOCKET", &socket)
+        .env(
+            "AUTOPILOT_CATALOG",
+            format!("local://{}", dir.path("catalog").display()),
+        )
+        .env("AUTOPILOT_STATE_DIR", dir.path("state"))
+        .env_remove("CONTAINERPILOT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn autopilot");
+    Agent {
+        child: Some(child),
+        socket,
+        config: cfg,
+        out,
+        started: Instant::now(),
+    }
+}
+
+/// Leadership intervals `(start ns, end ns, node)` from each node's
+/// `events` file of `elected <ns>` / `demoted <ns>` lines, sorted; an
+/// interval still open ends at `u128::MAX`.
+pub fn leadership_spans(dirs: &[&Dir]) -> Vec<(u128, u128, usize)> {
+    let mut spans = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut start = None;
+        for line in dir.read("events").lines() {
+            let Some((kind, t)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(t) = t.trim().parse::<u128>() else {
+                continue;
+            };
+            match (kind, start) {
+                ("elected", None) => start = Some(t),
+                ("demoted", Some(s)) => {
+                    spans.push((s, t, i));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            spans.push((s, u128::MAX, i));
+        }
+    }
+    spans.sort();
+    spans
+}
