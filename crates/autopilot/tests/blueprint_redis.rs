@@ -11,16 +11,7 @@ use common::*;
 
 #[test]
 fn redis_master_failover_snapshots_and_rejoin() {
-    assert!(
-        std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "redis-server is not installed: run ./scripts/test, which installs it"
-    );
-    let dir = Dir::new("bp-redis");
-    let etcd = autopilot_testkit::Etcd::single(&dir.0);
-    let c = Cluster { dir, etcd };
+    let c = Cluster::new("bp-redis");
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let names = ["n1", "n2", "n3", "n4"];
     let mut nodes: Vec<Option<Agent>> = (0..3).map(|i| Some(c.node(names[i], ports[i]))).collect();

@@ -43,16 +43,7 @@ fn converged(c: &Cluster, ports: &[u16]) -> Option<usize> {
 
 #[test]
 fn an_etcd_stall_past_the_ttl_loses_no_acknowledged_write() {
-    assert!(
-        std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "redis-server is not installed: run ./scripts/test, which installs it"
-    );
-    let dir = Dir::new("chaos-redis");
-    let etcd = autopilot_testkit::Etcd::single(&dir.0);
-    let c = Cluster { dir, etcd };
+    let c = Cluster::new("chaos-redis");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let nodes: Vec<Agent> = ["n1", "n2", "n3"]
         .iter()

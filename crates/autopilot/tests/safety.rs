@@ -117,24 +117,8 @@ fn a_cut_off_leader_demotes_before_anyone_else_is_elected() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Over the whole run, leadership intervals of different nodes never overlap.
-    let mut spans: Vec<(u128, u128, usize)> = Vec::new();
-    for (i, (dir, _, _)) in nodes.iter().enumerate() {
-        let mut start = None;
-        for (k, t) in events(dir) {
-            match (k.as_str(), start) {
-                ("elected", None) => start = Some(t),
-                ("demoted", Some(s)) => {
-                    spans.push((s, t, i));
-                    start = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            spans.push((s, u128::MAX, i));
-        }
-    }
-    spans.sort();
+    let dirs: Vec<&Dir> = nodes.iter().map(|(dir, _, _)| dir).collect();
+    let spans = leadership_spans(&dirs);
     for w in spans.windows(2) {
         assert!(w[0].1 < w[1].0, "leadership overlap: {w:?}");
     }

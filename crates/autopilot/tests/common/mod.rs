@@ -82,6 +82,12 @@ pub fn start(dir: &Dir, config: &str) -> Agent {
 }
 
 pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) -> Agent {
+    launch(dir, config, &[], args, env)
+}
+
+/// Writes the config and starts the agent, through `prefix` if not empty
+/// (a wrapper that must exec the agent, so the child's pid is the agent's).
+fn launch(dir: &Dir, config: &str, prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Agent {
     let socket = dir.path("ctl.sock");
     let text = config
         .replace("@SOCKET@", &socket.display().to_string())
@@ -89,7 +95,14 @@ pub fn start_with(dir: &Dir, config: &str, args: &[&str], env: &[(&str, &str)]) 
     let cfg = dir.write("config.json5", &text);
     let out = dir.path("agent.log");
     let log = std::fs::File::create(&out).expect("log file");
-    let mut cmd = Command::new(bin());
+    let mut cmd = match prefix.split_first() {
+        Some((program, pre)) => {
+            let mut c = Command::new(program);
+            c.args(pre).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
     cmd.arg("-config")
         .arg(&cfg)
         .args(args)
@@ -411,38 +424,8 @@ pub fn alive(pid: i32) -> bool {
 /// [`start`] with the agent's descriptor limit set to `nofile` (soft and
 /// hard), through util-linux `prlimit`, which execs the agent: same pid.
 pub fn start_limited(dir: &Dir, config: &str, nofile: u64) -> Agent {
-    let socket = dir.path("ctl.sock");
-    let text = config
-        .replace("@SOCKET@", &socket.display().to_string())
-        .replace("@DIR@", &dir.0.display().to_string());
-    let cfg = dir.write("config.json5", &text);
-    let out = dir.path("agent.log");
-    let log = std::fs::File::create(&out).expect("log file");
-    let child = Command::new("prlimit")
-        .arg(format!("--nofile={nofile}:{nofile}"))
-        .arg("--")
-        .arg(bin())
-        .arg("-config")
-        .arg(&cfg)
-        .env("AUTOPILOT_SOCKET", &socket)
-        .env(
-            "AUTOPILOT_CATALOG",
-            format!("local://{}", dir.path("catalog").display()),
-        )
-        .env("AUTOPILOT_STATE_DIR", dir.path("state"))
-        .env_remove("CONTAINERPILOT")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn prlimit autopilot");
-    Agent {
-        child: Some(child),
-        socket,
-        config: cfg,
-        out,
-        started: Instant::now(),
-    }
+    let limit = format!("--nofile={nofile}:{nofile}");
+    start_wrapped(dir, config, &["prlimit", &limit, "--"], &[])
 }
 
 /// Raises this test process's soft descriptor limit to at least `n` (within the hard limit).
@@ -460,39 +443,8 @@ pub fn raise_own_nofile(n: u64) {
 /// example `sh -c 'umask 000 && exec "$@"' sh`), which must exec it so
 /// the child's pid is the agent's.
 pub fn start_wrapped(dir: &Dir, config: &str, prefix: &[&str], env: &[(&str, &str)]) -> Agent {
-    let socket = dir.path("ctl.sock");
-    let text = config
-        .replace("@SOCKET@", &socket.display().to_string())
-        .replace("@DIR@", &dir.0.display().to_string());
-    let cfg = dir.write("config.json5", &text);
-    let out = dir.path("agent.log");
-    let log = std::fs::File::create(&out).expect("log file");
-    let (program, pre) = prefix.split_first().expect("a wrapper command");
-    let child = Command::new(program)
-        .args(pre)
-        .arg(bin())
-        .arg("-config")
-        .arg(&cfg)
-        .env("AUTOPILOT_SOCKET", &socket)
-        .env(
-            "AUTOPILOT_CATALOG",
-            format!("local://{}", dir.path("catalog").display()),
-        )
-        .env("AUTOPILOT_STATE_DIR", dir.path("state"))
-        .env_remove("CONTAINERPILOT")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn autopilot");
-    Agent {
-        child: Some(child),
-        socket,
-        config: cfg,
-        out,
-        started: Instant::now(),
-    }
+    assert!(!prefix.is_empty(), "a wrapper command");
+    launch(dir, config, prefix, &[], env)
 }
 
 /// Leadership intervals `(start ns, end ns, node)` from each node's

@@ -49,6 +49,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A fresh directory and etcd for a cluster of blueprint nodes.
+    pub fn new(tag: &str) -> Cluster {
+        assert!(
+            std::process::Command::new("redis-server")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "redis-server is not installed: run ./scripts/test, which installs it"
+        );
+        let dir = Dir::new(tag);
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        Cluster { dir, etcd }
+    }
+
     pub fn url(&self) -> String {
         format!("etcd://{}/redis-bp", self.etcd.endpoint())
     }
