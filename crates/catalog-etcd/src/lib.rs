@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use autopilot_catalog::{
-    Candidate, Catalog, CatalogError, Instance, Leader, Registration, ServiceSummary, Status,
+    Candidate, Catalog, CatalogError, Instance, Leader, Registration, Seat, ServiceSummary, Status,
     now_ms, rfc3339_ms,
 };
 use etcd_client::{
@@ -30,6 +30,17 @@ use tokio::sync::{Mutex, watch};
 /// Every request gives up after this long, so an unreachable cluster turns
 /// into a retryable error quickly instead of a hang.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A lock wait is asked again this often, so a stalled connection is found
+/// out (and a replaced lease noticed) while waiting.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// A watch stream silent this long is asked for its progress, which must
+/// come within `OP_TIMEOUT`: a stalled connection is not a quiet one.
+const WATCH_IDLE: Duration = Duration::from_secs(5);
+
+/// While an outage lasts, a warning with the count of failures this often.
+const REPEAT_WARN: Duration = Duration::from_secs(10);
 
 /// How to reach and authenticate to etcd.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +74,10 @@ struct Entry {
     critical_since_ms: Option<u64>,
     #[serde(default)]
     deregister_after_ms: Option<u64>,
+    /// The election seat the entry is bound to: it is written on that
+    /// seat's lease, never on the session's (not stored in etcd).
+    #[serde(skip)]
+    seat: Option<Seat>,
 }
 
 struct Session {
@@ -241,6 +256,8 @@ pub struct EtcdCatalog {
     lease_ttl: Duration,
     session: Mutex<Session>,
     changes: watch::Receiver<u64>,
+    /// Bumped with every new session lease, so lock waiters re-queue on it.
+    lease_epoch: watch::Sender<u64>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -471,6 +488,7 @@ impl EtcdCatalog {
                 elections: BTreeMap::new(),
             }),
             changes: rx,
+            lease_epoch: watch::channel(0u64).0,
             watcher,
         })
     }
@@ -494,8 +512,9 @@ impl EtcdCatalog {
         }
     }
 
-    /// Makes sure the session has a live lease; a new lease gets every owned
-    /// entry written again.
+    /// Makes sure the session has a live lease; a new lease gets the agents
+    /// key and every owned entry written again, except seat-bound ones
+    /// (they live on their seat's lease, and die with it).
     async fn ensure_lease(&self, s: &mut Session) -> Result<i64, CatalogError> {
         if let Some(l) = s.lease {
             return Ok(l);
@@ -511,29 +530,36 @@ impl EtcdCatalog {
                 .to_string();
         let agent_key = format!("{}/agents/{}", self.prefix, self.owner);
         self.conn.put(agent_key, agent, Some(lease)).await?;
-        for e in s.owned.values() {
+        let mut restored = 0usize;
+        for e in s.owned.values().filter(|e| e.seat.is_none()) {
             self.put_entry(e, lease).await?;
+            restored += 1;
         }
-        if !s.owned.is_empty() {
-            tracing::info!(catalog = %self.url, entries = s.owned.len(), "new lease; registrations restored");
+        if restored > 0 {
+            tracing::info!(catalog = %self.url, entries = restored, "new lease; registrations restored");
         }
         s.lease = Some(lease);
         s.keeper = None;
         s.last_keep_alive_ms = now_ms();
+        // Lock waiters queued on the old lease queue again on this one.
+        self.lease_epoch.send_modify(|n| *n = n.wrapping_add(1));
         Ok(lease)
     }
 
-    /// Writes one entry on the session's lease, renewing the lease once if
-    /// etcd says it is gone.
+    /// Writes one entry: a seat-bound one on its seat's lease, any other on
+    /// the session's lease, renewing that lease once if etcd says it is gone.
     async fn write(&self, s: &mut Session, e: &Entry) -> Result<(), CatalogError> {
+        if let Some(seat) = &e.seat {
+            return self.write_bound(s, e, seat).await;
+        }
         for attempt in 0..2 {
             let lease = self.ensure_lease(s).await?;
             match self.put_entry(e, lease).await {
                 Ok(_) => return Ok(()),
                 Err(CatalogError::Unavailable { message, .. })
-                    if attempt == 0 && message.contains("lease not found") =>
+                    if attempt == 0 && is_lease_gone(&message) =>
                 {
-                    s.lease = None;
+                    self.lost_lease(s, &message);
                 }
                 Err(err) => return Err(err),
             }
@@ -541,10 +567,113 @@ impl EtcdCatalog {
         Err(self.unavailable("the lease keeps expiring".into()))
     }
 
-    fn lost_lease(s: &mut Session) {
-        s.lease = None;
-        s.keeper = None;
+    /// Writes a seat-bound entry on the election's lease, in a transaction
+    /// that succeeds only while the seat key is the one won at that term.
+    /// Anything else is `SeatLost`, and nothing is written.
+    async fn write_bound(
+        &self,
+        s: &mut Session,
+        e: &Entry,
+        seat: &Seat,
+    ) -> Result<(), CatalogError> {
+        let lost = || CatalogError::SeatLost {
+            url: self.url.clone(),
+            id: e.id.clone(),
+            election: seat.election.clone(),
+            term: seat.term,
+        };
+        let Some(&(lease, term)) = s.elections.get(&seat.election) else {
+            return Err(lost());
+        };
+        if term != seat.term {
+            return Err(lost());
+        }
+        let term = i64::try_from(term).map_err(|_| lost())?;
+        let seat_key = self.election_key(&seat.election);
+        let (k, v) = (self.key(e), json(e));
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        seat_key.clone(),
+                        CompareOp::Equal,
+                        term,
+                    )])
+                    .and_then([TxnOp::put(
+                        k.clone(),
+                        v.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match resp {
+            Ok(r) if r.succeeded() => Ok(()),
+            Ok(_) => {
+                self.forget_seat(s, &seat.election);
+                Err(lost())
+            }
+            Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => {
+                self.forget_seat(s, &seat.election);
+                Err(lost())
+            }
+            Err(err) => Err(err),
+        }
     }
+
+    /// One keep-alive on the session's lease over its stream (opened on
+    /// demand); every step has a deadline. Returns the TTL etcd granted (0:
+    /// the lease is gone).
+    async fn renew(&self, s: &mut Session, lease: i64) -> Result<i64, CatalogError> {
+        if s.keeper.is_none() {
+            let pair = self
+                .conn
+                .call(|mut c| async move { c.lease_keep_alive(lease).await })
+                .await?;
+            s.keeper = Some(pair);
+        }
+        let Some((keeper, stream)) = s.keeper.as_mut() else {
+            return Err(self.unavailable("no keep-alive stream".into()));
+        };
+        timed(&self.url, keeper.keep_alive()).await?;
+        match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+            Ok(Ok(Some(resp))) => Ok(resp.ttl()),
+            Ok(Ok(None)) => Err(self.unavailable("the keep-alive stream closed".into())),
+            Ok(Err(e)) => Err(self.unavailable(describe(&e))),
+            Err(_) => Err(self.unavailable(format!("no keep-alive answer within {OP_TIMEOUT:?}"))),
+        }
+    }
+
+    /// The session's lease is gone (expired or the cluster forgot it). Its
+    /// entries are rewritten on the next lease; locks held on it are lost:
+    /// someone else may hold them now, so they are never silently taken back.
+    fn lost_lease(&self, s: &mut Session, why: &str) {
+        if let Some(lease) = s.lease.take() {
+            tracing::warn!(catalog = %self.url, "session lease {lease:x} lost ({why}); taking a new one and registering again");
+        }
+        s.keeper = None;
+        for name in std::mem::take(&mut s.locks).keys() {
+            tracing::warn!(catalog = %self.url, lock = %name, "lock lost with the session lease; released, not re-acquired");
+        }
+    }
+
+    /// A seat this session held is gone (resigned, expired, or replaced):
+    /// its bound entries went with its lease.
+    fn forget_seat(&self, s: &mut Session, election: &str) {
+        s.elections.remove(election);
+        s.owned
+            .retain(|_, e| e.seat.as_ref().is_none_or(|seat| seat.election != election));
+    }
+
+    fn election_key(&self, election: &str) -> String {
+        format!("{}/elections/{election}", self.prefix)
+    }
+}
+
+/// etcd no longer knows the lease (it expired, or the cluster lost its data).
+fn is_lease_gone(message: &str) -> bool {
+    message.contains("lease not found")
 }
 
 fn json(e: &Entry) -> String {
@@ -568,10 +697,62 @@ fn to_instance(e: Entry, heartbeat_ms: u64) -> Instance {
     }
 }
 
-/// Follows every change under the instances prefix from a known revision.
-/// After a broken stream it resumes from the last revision seen, so no
-/// change is missed; if that revision was compacted away it notifies anyway
-/// (watchers then re-read everything) and resumes from the present.
+/// Logs a repeated failure with its count instead of once and then
+/// silence: a warning on the first failure, another every `REPEAT_WARN`
+/// while it lasts (with the count and duration), an info on recovery.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    failures: u64,
+    last_warn: Option<std::time::Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, url: &str, what: &str, why: &str) {
+        let now = std::time::Instant::now();
+        self.failures = self.failures.saturating_add(1);
+        let since = *self.since.get_or_insert(now);
+        match self.last_warn {
+            None => {
+                tracing::warn!(catalog = %url, "{what} failed: {why}; retrying");
+                self.last_warn = Some(now);
+            }
+            Some(t) if now.duration_since(t) >= REPEAT_WARN => {
+                tracing::warn!(
+                    catalog = %url,
+                    failures = self.failures,
+                    "{what} still failing after {} attempts over {:?}: {why}",
+                    self.failures,
+                    now.duration_since(since)
+                );
+                self.last_warn = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn recovered(&mut self, url: &str, what: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                catalog = %url,
+                failures = self.failures,
+                "{what} recovered after {} failed attempts over {:?}",
+                self.failures,
+                since.elapsed()
+            );
+        }
+        self.failures = 0;
+        self.last_warn = None;
+    }
+}
+
+/// Follows every change under the prefix from a known revision. After a
+/// broken stream it resumes from the last revision seen, so no change is
+/// missed; if that revision was compacted away, or the cluster was reset
+/// (its revision went backwards or its cluster ID changed, as after a
+/// restart with an empty data dir), it notifies (readers re-read
+/// everything) and resumes from the present. Every wait has a deadline: a
+/// silent stream is asked for its progress, which must come in time.
 async fn watch_loop(
     conn: std::sync::Arc<Conn>,
     key: String,
@@ -580,54 +761,89 @@ async fn watch_loop(
 ) {
     let url = conn.url.clone();
     let mut rev = start_rev;
+    let mut cluster: Option<u64> = None;
     let mut counter = 0u64;
     let mut backoff = Duration::from_millis(50);
-    let mut broken = false;
+    let mut outage = Outage::default();
+    let notify = |counter: &mut u64| {
+        *counter = counter.wrapping_add(1);
+        tx.send(*counter).is_ok()
+    };
     loop {
         let idx = conn.pinned.load(std::sync::atomic::Ordering::SeqCst) % conn.endpoints.len();
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(rev + 1);
+            .with_start_revision(rev.saturating_add(1));
         let stream = match conn.client(idx).await {
             Ok(mut c) => tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts)))
                 .await
-                .map_err(|_| "no answer".to_string())
+                .map_err(|_| format!("no answer within {OP_TIMEOUT:?}"))
                 .and_then(|r| r.map_err(|e| describe(&e))),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(why) = &stream {
-            conn.fail(idx, why);
-        }
         let mut stream = match stream {
             Ok(s) => s,
-            Err(_) => {
-                if !broken {
-                    tracing::warn!(catalog = %url, "watch stream unavailable; retrying");
-                    broken = true;
-                }
+            Err(why) => {
+                conn.fail(idx, &why);
+                outage.failed(&url, "the watch stream", &why);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         };
-        if broken {
-            tracing::info!(catalog = %url, "watch stream resumed from revision {}", rev + 1);
+        if outage.since.is_some() {
+            outage.recovered(&url, "the watch stream");
             // Whatever happened meanwhile is replayed below; one extra
             // notification makes readers re-check after the outage too.
-            counter += 1;
-            let _ = tx.send(counter);
+            if !notify(&mut counter) {
+                return;
+            }
         }
         backoff = Duration::from_millis(50);
-        while let Ok(Some(resp)) = stream.message().await {
+        let why = loop {
+            let msg = match tokio::time::timeout(WATCH_IDLE, stream.message()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    if let Err(e) = stream.request_progress().await {
+                        break describe(&e);
+                    }
+                    match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+                        Ok(m) => m,
+                        Err(_) => break format!("no progress answer within {OP_TIMEOUT:?}"),
+                    }
+                }
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => break "the stream closed".to_string(),
+                Err(e) => break describe(&e),
+            };
+            if let Some(h) = resp.header() {
+                let (id, now) = (h.cluster_id(), h.revision());
+                let reset = cluster.is_some_and(|c| c != id) || now < rev;
+                cluster = Some(id);
+                if reset {
+                    tracing::warn!(
+                        catalog = %url,
+                        "the cluster was reset (cluster id {id:x}, revision {now} after {rev}); watching from the present"
+                    );
+                    rev = now;
+                    if !notify(&mut counter) {
+                        return;
+                    }
+                    break "the cluster was reset".to_string();
+                }
+            }
             if resp.compact_revision() > 0 {
                 tracing::warn!(catalog = %url, "watch revision {} was compacted; re-reading", rev + 1);
                 rev = resp.compact_revision() - 1;
-                counter += 1;
-                let _ = tx.send(counter);
-                break;
+                if !notify(&mut counter) {
+                    return;
+                }
+                break "compacted".to_string();
             }
             if resp.canceled() {
-                break;
+                break format!("canceled: {}", resp.cancel_reason());
             }
             let mut seen = false;
             for ev in resp.events() {
@@ -636,18 +852,14 @@ async fn watch_loop(
                 }
                 seen = true;
             }
-            if seen {
-                counter += 1;
-                if tx.send(counter).is_err() {
-                    return;
-                }
+            if seen && !notify(&mut counter) {
+                return;
             }
-        }
+        };
         if tx.is_closed() {
             return;
         }
-        broken = true;
-        tracing::warn!(catalog = %url, "watch stream broke; resuming from revision {}", rev + 1);
+        outage.failed(&url, "the watch stream", &why);
     }
 }
 
@@ -669,7 +881,10 @@ impl Catalog for EtcdCatalog {
             owner: self.owner.clone(),
             registered_ms: now,
             critical_since_ms: (reg.status == Status::Critical).then_some(now),
-            deregister_after_ms: reg.deregister_critical_after.map(|d| d.as_millis() as u64),
+            deregister_after_ms: reg
+                .deregister_critical_after
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            seat: reg.seat.clone(),
         };
         let mut s = self.session.lock().await;
         // A re-registration under another service name leaves no stale key.
@@ -717,42 +932,21 @@ impl Catalog for EtcdCatalog {
             return Ok(0);
         }
         let lease = self.ensure_lease(&mut s).await?;
-        if s.keeper.is_none() {
-            let pair = self
-                .conn
-                .call(|mut c| async move { c.lease_keep_alive(lease).await })
-                .await?;
-            s.keeper = Some(pair);
-        }
-        let result = match s.keeper.as_mut() {
-            Some((keeper, stream)) => {
-                let sent = timed(&self.url, keeper.keep_alive()).await;
-                match sent {
-                    Ok(()) => match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
-                        Ok(Ok(Some(resp))) => Ok(resp.ttl()),
-                        Ok(Ok(None)) => {
-                            Err(self.unavailable("the keep-alive stream closed".into()))
-                        }
-                        Ok(Err(e)) => Err(self.unavailable(describe(&e))),
-                        Err(_) => {
-                            Err(self
-                                .unavailable(format!("no keep-alive answer within {OP_TIMEOUT:?}")))
-                        }
-                    },
-                    Err(e) => Err(e),
-                }
-            }
-            None => Err(self.unavailable("no keep-alive stream".into())),
-        };
-        match result {
+        let renewed = self.renew(&mut s, lease).await;
+        match renewed {
             Ok(ttl) if ttl > 0 => {
                 s.last_keep_alive_ms = now_ms();
             }
+            // The lease expired while etcd was unreachable or stalled, or the
+            // cluster lost its data: take a new one and write every entry
+            // again (etcd answers an unknown lease with a zero TTL or with
+            // "lease not found", depending on where it is noticed).
             Ok(_) => {
-                // The lease expired while we could not reach etcd: take a new
-                // one and write every entry again.
-                tracing::warn!(catalog = %self.url, "lease expired; registering again");
-                Self::lost_lease(&mut s);
+                self.lost_lease(&mut s, "expired");
+                self.ensure_lease(&mut s).await?;
+            }
+            Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => {
+                self.lost_lease(&mut s, &message);
                 self.ensure_lease(&mut s).await?;
             }
             Err(e) => {
@@ -902,45 +1096,64 @@ impl Catalog for EtcdCatalog {
 
     async fn lock(&self, name: &str) -> Result<(), CatalogError> {
         autopilot_catalog::check_key(&self.url, name)?;
-        let lease = {
-            let mut s = self.session.lock().await;
-            if s.locks.contains_key(name) {
-                return Ok(());
-            }
-            self.ensure_lease(&mut s).await?
-        };
         // etcd queues waiters in revision order and grants the lock to the
-        // next one when the holder unlocks or its lease expires. The call
-        // blocks while waiting, so it has no request timeout.
+        // next one when the holder unlocks or its lease expires. The wait is
+        // asked in bounded requests (the connection's request timeout, and
+        // LOCK_WAIT here), so a stalled member cannot hang us.
         let key = format!("{}/locks/{name}", self.prefix);
-        let resp = loop {
+        let mut epoch = self.lease_epoch.subscribe();
+        loop {
+            let lease = {
+                let mut s = self.session.lock().await;
+                if s.locks.contains_key(name) {
+                    return Ok(());
+                }
+                epoch.borrow_and_update();
+                self.ensure_lease(&mut s).await?
+            };
             let idx = self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst)
                 % self.conn.endpoints.len();
             let mut c = self.conn.client(idx).await?;
-            match c
-                .lock(key.clone(), Some(LockOptions::new().with_lease(lease)))
-                .await
-            {
-                Ok(resp) => break resp,
-                // Each request times out (so a dead member cannot hang us);
-                // asking again with the same lease keeps our place in the
-                // queue, since etcd's waiter key is derived from the lease.
-                Err(e) if is_transport(&describe(&e)) => {
+            let asked = c.lock(key.clone(), Some(LockOptions::new().with_lease(lease)));
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(LOCK_WAIT, asked) => r,
+                // The session lease was replaced: a waiter on the old one
+                // would wait forever (or win a lock that dies at once).
+                _ = epoch.changed() => {
+                    tracing::info!(catalog = %self.url, lock = %name, "session lease replaced; waiting for the lock again on the new lease");
+                    continue;
+                }
+            };
+            match outcome {
+                // Asking again keeps waiting; the deadline only proves the
+                // connection still answers.
+                Err(_) => {}
+                Ok(Ok(resp)) => {
+                    let mut s = self.session.lock().await;
+                    if s.lease != Some(lease) {
+                        // Granted on a lease that is already gone: not held.
+                        tracing::warn!(catalog = %self.url, lock = %name, "lock granted on a lost lease; waiting again");
+                        continue;
+                    }
+                    s.locks.insert(name.to_string(), resp.key().to_vec());
+                    return Ok(());
+                }
+                Ok(Err(e)) if is_lease_gone(&describe(&e)) => {
+                    let mut s = self.session.lock().await;
+                    if s.lease == Some(lease) {
+                        self.lost_lease(&mut s, &describe(&e));
+                    }
+                }
+                Ok(Err(e)) if is_transport(&describe(&e)) => {
                     let why = describe(&e);
                     if !why.to_ascii_lowercase().contains("timeout") {
                         self.conn.fail(idx, &why);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                Err(e) => return Err(self.unavailable(describe(&e))),
+                Ok(Err(e)) => return Err(self.unavailable(describe(&e))),
             }
-        };
-        self.session
-            .lock()
-            .await
-            .locks
-            .insert(name.to_string(), resp.key().to_vec());
-        Ok(())
+        }
     }
 
     async fn campaign(
@@ -972,7 +1185,8 @@ impl Catalog for EtcdCatalog {
                 // seat was lost, so campaign anew below.
                 _ => {}
             }
-            self.session.lock().await.elections.remove(election);
+            let mut s = self.session.lock().await;
+            self.forget_seat(&mut s, election);
         }
         let ttl_s = ttl.as_secs().max(1) as i64;
         let lease = self
@@ -1035,7 +1249,8 @@ impl Catalog for EtcdCatalog {
                 if message.contains("lease not found") => {}
             Err(e) => return Err(e),
         }
-        self.session.lock().await.elections.remove(election);
+        let mut s = self.session.lock().await;
+        self.forget_seat(&mut s, election);
         Ok(())
     }
 

@@ -287,3 +287,146 @@ async fn username_password_auth_and_clear_errors() {
         .to_string();
     assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
 }
+
+/// Calls `keep_alive` as the registrar does (every 100 ms while failing)
+/// until `b` lists `id` under `service`; returns how long that took.
+async fn until_listed(
+    a: &Arc<dyn Catalog>,
+    b: &Arc<dyn Catalog>,
+    service: &str,
+    id: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let _ = a.keep_alive().await;
+        if let Ok(list) = b.instances(service).await
+            && list.iter().any(|i| i.id == id)
+        {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Every request made while etcd is stalled returns (an error) within its
+/// deadline instead of hanging.
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(8), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung past its deadline on a stalled etcd"));
+    eprintln!(
+        "{what} returned after {:?} on a stalled etcd",
+        started.elapsed()
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_in_a_stall_is_replaced_and_held_locks_are_dropped() {
+    let dir = TempDir::new("etcd-stall");
+    let etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/stall", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/stall", 30), "b").await;
+    a.register(&reg("web-1", "web")).await.expect("register");
+    a.keep_alive().await.expect("keep-alive");
+    a.lock("held").await.expect("lock");
+    let me = autopilot_catalog::Candidate {
+        id: "a".into(),
+        address: "127.0.0.1".into(),
+        port: 1,
+    };
+    let t1 = a
+        .campaign("stall", &me, Duration::from_secs(2))
+        .await
+        .expect("campaign")
+        .expect("a leads");
+
+    // A stall three times the lease TTL.
+    etcd.pause();
+    let stalled = Instant::now();
+    assert!(bounded("keep_alive", a.keep_alive()).await.is_err());
+    assert!(
+        bounded("campaign", a.campaign("stall", &me, Duration::from_secs(2)))
+            .await
+            .is_err()
+    );
+    assert!(bounded("instances", a.instances("web")).await.is_err());
+    assert!(bounded("resign", a.resign("nothing-held")).await.is_ok());
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(stalled.elapsed())).await;
+    etcd.resume();
+
+    let took = until_listed(&a, &b, "web", "web-1", Duration::from_secs(10))
+        .await
+        .expect("the entry returns after the stall");
+    eprintln!("entry back {took:?} after etcd resumed");
+    assert!(
+        took < Duration::from_secs(1),
+        "entry back within 1 s: {took:?}"
+    );
+    // The seat's lease expired too: campaigning wins a new term.
+    let t2 = a
+        .campaign("stall", &me, Duration::from_secs(2))
+        .await
+        .expect("campaign")
+        .expect("a leads again");
+    assert!(t2 > t1);
+    // The held lock died with the lease: b can take it, and a does not
+    // believe it still holds it (its lock call waits like anyone's).
+    tokio::time::timeout(Duration::from_secs(5), b.lock("held"))
+        .await
+        .expect("b is granted the lock a lost")
+        .expect("lock");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), a.lock("held"))
+            .await
+            .is_err(),
+        "a must not silently re-acquire a lock it lost"
+    );
+    b.unlock("held").await.expect("unlock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_restart_restores_entries_and_watches_follow_the_new_cluster() {
+    let dir = TempDir::new("etcd-empty");
+    let mut etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/empty", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/empty", 30), "b").await;
+    // Enough history that the old revision is far ahead of the new cluster's.
+    for i in 0..30 {
+        b.kv_put("filler", &i.to_string()).await.expect("put");
+    }
+    a.register(&reg("web-1", "web")).await.expect("register");
+    a.keep_alive().await.expect("keep-alive");
+    let mut changes = b.changes();
+
+    etcd.restart_empty();
+    let took = until_listed(&a, &b, "web", "web-1", Duration::from_secs(10))
+        .await
+        .expect("the entry returns after an empty restart");
+    eprintln!("entry back {took:?} after etcd answered");
+    assert!(
+        took < Duration::from_secs(1),
+        "entry back within 1 s: {took:?}"
+    );
+
+    // The watch follows the new cluster: a change made now wakes readers.
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_secs(3) {
+        changes.borrow_and_update();
+        if tokio::time::timeout(Duration::from_millis(300), changes.changed())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    changes.borrow_and_update();
+    b.kv_put("after", "1").await.expect("put");
+    tokio::time::timeout(Duration::from_secs(3), changes.changed())
+        .await
+        .expect("a change after the restart wakes readers")
+        .expect("watch alive");
+}

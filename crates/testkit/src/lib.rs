@@ -215,7 +215,7 @@ impl Etcd {
         );
     }
 
-    /// Kills the member (SIGKILL) and waits for it.
+    /// Kills the member (SIGKILL, even when paused) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -231,6 +231,41 @@ impl Etcd {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The member's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("etcd is running");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Stalls the member (SIGSTOP): its sockets stay open but nothing
+    /// answers, as with a long GC pause or a frozen VM.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused member run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the member (SIGKILL) and starts it again on the same ports with
+    /// an EMPTY data dir: a new cluster whose revisions start again from 1
+    /// and which knows none of the old leases. Single-member clusters only.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
+        self.start("new");
     }
 }
 
