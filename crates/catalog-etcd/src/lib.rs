@@ -86,6 +86,9 @@ struct Session {
     /// This agent's entries by ID, rewritten whenever the lease is renewed.
     owned: BTreeMap<String, Entry>,
     last_keep_alive_ms: u64,
+    /// When etcd last confirmed the lease (granted or kept alive), by the
+    /// monotonic clock: a lease not confirmed for a whole TTL is expired.
+    confirmed: Option<std::time::Instant>,
     /// Locks held, by name: the ownership key etcd returned.
     locks: BTreeMap<String, Vec<u8>>,
     /// Elections led, by name: the election's own lease (its TTL is the
@@ -484,6 +487,7 @@ impl EtcdCatalog {
                 keeper: None,
                 owned: BTreeMap::new(),
                 last_keep_alive_ms: 0,
+                confirmed: None,
                 locks: BTreeMap::new(),
                 elections: BTreeMap::new(),
             }),
@@ -516,6 +520,23 @@ impl EtcdCatalog {
     /// key and every owned entry written again, except seat-bound ones
     /// (they live on their seat's lease, and die with it).
     async fn ensure_lease(&self, s: &mut Session) -> Result<i64, CatalogError> {
+        // etcd expires a lease a TTL after the last keep-alive it processed,
+        // which was before the last one confirmed here. Past that, the lease
+        // is dead even if etcd (back from a stall) has not reaped it yet:
+        // writing on it would make entries vanish again a moment later.
+        if let (Some(l), Some(at)) = (s.lease, s.confirmed)
+            && at.elapsed() > self.lease_ttl
+        {
+            self.lost_lease(s, &format!("not kept alive for {:?}", at.elapsed()));
+            // Revoking frees what the old lease still holds; best effort,
+            // bounded by the request deadline.
+            let conn = self.conn.clone();
+            tokio::spawn(async move {
+                let _ = conn
+                    .call(|mut c| async move { c.lease_revoke(l).await })
+                    .await;
+            });
+        }
         if let Some(l) = s.lease {
             return Ok(l);
         }
@@ -541,6 +562,7 @@ impl EtcdCatalog {
         s.lease = Some(lease);
         s.keeper = None;
         s.last_keep_alive_ms = now_ms();
+        s.confirmed = Some(std::time::Instant::now());
         // Lock waiters queued on the old lease queue again on this one.
         self.lease_epoch.send_modify(|n| *n = n.wrapping_add(1));
         Ok(lease)
@@ -936,6 +958,7 @@ impl Catalog for EtcdCatalog {
         match renewed {
             Ok(ttl) if ttl > 0 => {
                 s.last_keep_alive_ms = now_ms();
+                s.confirmed = Some(std::time::Instant::now());
             }
             // The lease expired while etcd was unreachable or stalled, or the
             // cluster lost its data: take a new one and write every entry
