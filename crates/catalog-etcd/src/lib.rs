@@ -343,11 +343,98 @@ async fn timed<T>(
     }
 }
 
-fn read_pem(url: &str, what: &str, path: &PathBuf) -> Result<Vec<u8>, CatalogError> {
-    std::fs::read(path).map_err(|e| CatalogError::Invalid {
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificate,
+    Key,
+}
+
+/// Reads a PEM file and checks that it holds what it should, so a wrong
+/// file is named here rather than failing later as a transport error.
+fn read_pem(url: &str, what: &str, path: &PathBuf, kind: Pem) -> Result<Vec<u8>, CatalogError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |message: String| CatalogError::Invalid {
         url: url.to_string(),
-        message: format!("cannot read the {what} {}: {e}", path.display()),
-    })
+        message,
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| invalid(format!("cannot read the {what} {}: {e}", path.display())))?;
+    let ok = match kind {
+        Pem::Certificate => {
+            let mut certs = CertificateDer::pem_slice_iter(&bytes);
+            matches!(certs.next(), Some(Ok(_))) && certs.all(|c| c.is_ok())
+        }
+        Pem::Key => PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
+    };
+    if !ok {
+        let want = match kind {
+            Pem::Certificate => "PEM certificate (-----BEGIN CERTIFICATE-----)",
+            Pem::Key => "PEM private key (-----BEGIN PRIVATE KEY-----)",
+        };
+        return Err(invalid(format!(
+            "the {what} {} is not a {want}",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Turns a TLS failure into what is wrong and which file to look at; other
+/// messages are returned as they are.
+fn explain_tls(message: &str, opts: &EtcdOptions) -> String {
+    let file = |p: &Option<PathBuf>, none: &str| {
+        p.as_ref()
+            .map_or_else(|| none.to_string(), |p| p.display().to_string())
+    };
+    let ca = file(&opts.ca, "the system's trusted roots");
+    let cert = file(&opts.cert, "(none given)");
+    let hosts = opts.endpoints.join(", ");
+    let server = message.contains("invalid peer certificate");
+    let alert = message.contains("alert");
+    let has = |words: &[&str]| words.iter().any(|w| message.contains(w));
+    let hint = if server && has(&["UnknownIssuer", "BadSignature", "unknown issuer"]) {
+        format!("the server's certificate is not signed by the CA in {ca}")
+    } else if server && has(&["Expired", "expired"]) {
+        format!("the server's certificate has expired (verified with the CA in {ca})")
+    } else if server && has(&["NotValidYet", "not valid yet"]) {
+        format!("the server's certificate is not valid yet (verified with the CA in {ca})")
+    } else if server && has(&["NotValidForName", "not valid for name"]) {
+        format!(
+            "the server's certificate is not valid for the host name it was reached by ({hosts}; verified with the CA in {ca})"
+        )
+    } else if alert && message.contains("CertificateExpired") {
+        format!("the server refused the client certificate {cert}: it has expired")
+    } else if alert
+        && [
+            "BadCertificate",
+            "UnknownCA",
+            "CertificateRequired",
+            "DecryptError",
+        ]
+        .iter()
+        .any(|a| message.contains(a))
+    {
+        format!(
+            "the server refused the client certificate {cert} (not signed by a CA it trusts, or missing)"
+        )
+    } else if opts.cert.is_some()
+        && ["canceled", "reset", "broken pipe", "closed"]
+            .iter()
+            .any(|w| message.to_ascii_lowercase().contains(w))
+    {
+        // A TLS 1.3 server checks the client certificate after the
+        // handshake and just drops the connection: the alert is lost.
+        format!(
+            "the server dropped the connection after the TLS handshake: it probably refused the client certificate {cert} (expired, not yet valid, or not signed by a CA it trusts)"
+        )
+    } else if message.contains("InvalidContentType") || message.contains("CorruptMessage") {
+        format!("the server at {hosts} does not speak TLS (CA {ca} given)")
+    } else {
+        return message.to_string();
+    };
+    format!("{hint} ({message})")
 }
 
 impl EtcdCatalog {
@@ -374,13 +461,18 @@ impl EtcdCatalog {
         if tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &opts.ca {
-                t = t.ca_certificate(Certificate::from_pem(read_pem(&url, "CA certificate", ca)?));
+                t = t.ca_certificate(Certificate::from_pem(read_pem(
+                    &url,
+                    "CA certificate",
+                    ca,
+                    Pem::Certificate,
+                )?));
             }
             match (&opts.cert, &opts.key) {
                 (Some(c), Some(k)) => {
                     t = t.identity(Identity::from_pem(
-                        read_pem(&url, "client certificate", c)?,
-                        read_pem(&url, "client key", k)?,
+                        read_pem(&url, "client certificate", c, Pem::Certificate)?,
+                        read_pem(&url, "client key", k, Pem::Key)?,
                     ));
                 }
                 (None, None) => {}
@@ -463,8 +555,9 @@ impl EtcdCatalog {
                     other => other.to_string(),
                 };
                 return Err(invalid(format!(
-                    "cannot use the cluster ({}): {message}",
-                    opts.endpoints.join(", ")
+                    "cannot use the cluster ({}): {}",
+                    opts.endpoints.join(", "),
+                    explain_tls(&message, &opts)
                 )));
             }
         };

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use autopilot_catalog::{Catalog, Registration, Status};
 use autopilot_catalog_etcd::{EtcdCatalog, EtcdOptions};
-use autopilot_testkit::{Etcd, TempDir, endpoints, etcdctl, make_certs};
+use autopilot_testkit::{Etcd, TempDir, endpoints, etcdctl, make_certs, make_certs_with};
 
 fn opts(endpoints: &str, prefix: &str, ttl_s: u64) -> EtcdOptions {
     EtcdOptions {
@@ -429,4 +429,92 @@ async fn an_empty_restart_restores_entries_and_watches_follow_the_new_cluster() 
         .await
         .expect("a change after the restart wakes readers")
         .expect("watch alive");
+}
+
+/// Connects with TLS material that is wrong in one way; returns the error.
+async fn tls_error(
+    endpoint: &str,
+    ca: &std::path::Path,
+    client: &autopilot_testkit::Tls,
+) -> String {
+    let mut o = opts(endpoint, "/tls", 5);
+    o.ca = Some(ca.to_path_buf());
+    o.cert = Some(client.cert.clone());
+    o.key = Some(client.key.clone());
+    let e = EtcdCatalog::connect(o, "t")
+        .await
+        .err()
+        .expect("a TLS mistake is refused")
+        .to_string();
+    eprintln!("{e}");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mistakes_say_what_is_wrong() {
+    let dir = TempDir::new("etcd-tlsbad");
+    let good = dir.0.join("good");
+    let other = dir.0.join("other");
+    for d in [
+        &good,
+        &other,
+        &dir.0.join("a"),
+        &dir.0.join("b"),
+        &dir.0.join("c"),
+    ] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let server = make_certs(&good, "server");
+    let client = make_certs(&good, "client");
+    let expired = make_certs_with(&good, "expired", "IP:127.0.0.1,DNS:localhost", -1);
+    let misnamed = make_certs_with(&good, "misnamed", "DNS:example.com", 2);
+    let stranger = make_certs(&other, "stranger");
+    let etcd = Etcd::single_tls(&dir.0.join("a"), server.clone());
+
+    // A CA that did not sign the server's certificate.
+    let e = tls_error(&etcd.endpoint(), &stranger.ca, &client).await;
+    assert!(
+        e.contains("not signed by") && e.contains(&stranger.ca.display().to_string()),
+        "{e}"
+    );
+    // A file that is not PEM.
+    let junk = dir.0.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("junk");
+    let e = tls_error(&etcd.endpoint(), &junk, &client).await;
+    assert!(
+        e.contains("PEM") && e.contains(&junk.display().to_string()),
+        "{e}"
+    );
+    let bad_key = autopilot_testkit::Tls {
+        key: junk.clone(),
+        ..client.clone()
+    };
+    let e = tls_error(&etcd.endpoint(), &server.ca, &bad_key).await;
+    assert!(e.contains("PEM") && e.contains("client key"), "{e}");
+    // Our own client certificate has expired: the server refuses it.
+    let e = tls_error(&etcd.endpoint(), &server.ca, &expired).await;
+    assert!(
+        e.contains("refused the client certificate")
+            && e.contains("expired")
+            && e.contains(&expired.cert.display().to_string()),
+        "{e}"
+    );
+    drop(etcd);
+
+    // The server's certificate has expired.
+    let etcd = Etcd::single_tls(&dir.0.join("b"), expired.clone());
+    let e = tls_error(&etcd.endpoint(), &server.ca, &client).await;
+    assert!(
+        e.contains("has expired") && e.contains(&server.ca.display().to_string()),
+        "{e}"
+    );
+    drop(etcd);
+
+    // The server's certificate is for another host name.
+    let etcd = Etcd::single_tls(&dir.0.join("c"), misnamed.clone());
+    let e = tls_error(&etcd.endpoint(), &server.ca, &client).await;
+    assert!(
+        e.contains("not valid for") && e.contains("127.0.0.1"),
+        "{e}"
+    );
 }

@@ -304,6 +304,12 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
 /// Generates a CA and a certificate/key pair signed by it with `openssl`,
 /// valid for 127.0.0.1 and localhost; returns (ca, cert, key) paths.
 pub fn make_certs(dir: &Path, name: &str) -> Tls {
+    make_certs_with(dir, name, "IP:127.0.0.1,DNS:localhost", 2)
+}
+
+/// [`make_certs`] with the certificate's subjectAltName (e.g.
+/// `DNS:example.com`) and validity in days (negative: already expired).
+pub fn make_certs_with(dir: &Path, name: &str, san: &str, days: i32) -> Tls {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -336,7 +342,7 @@ pub fn make_certs(dir: &Path, name: &str) -> Tls {
     let ext = dir.join(format!("{name}.ext"));
     std::fs::write(
         &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n"),
     )
     .expect("ext");
     run(&[
@@ -362,7 +368,7 @@ pub fn make_certs(dir: &Path, name: &str) -> Tls {
         "ca-key.pem",
         "-CAcreateserial",
         "-days",
-        "2",
+        &days.to_string(),
         "-extfile",
         &format!("{name}.ext"),
         "-out",
