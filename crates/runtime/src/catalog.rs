@@ -504,7 +504,11 @@ async fn run_registrar(
                 if w.retry_at.is_none() || flush.is_some() {
                     w.reconcile().await;
                 }
-                if let Some(tx) = flush { let _ = tx.send(()); }
+                if let Some(tx) = flush {
+                    // What the flush waited for is visible in the state first.
+                    continue_after_state(&w, &state);
+                    let _ = tx.send(());
+                }
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(next_keep_alive)), if retry_at.is_some() => {
                 // A failed keep-alive is retried too: after an outage it
@@ -826,6 +830,121 @@ mod tests {
         let err = etcd_settings(&Default::default(), &env).expect_err("missing file");
         assert!(err.contains("nope"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn on_etcd(etcd: &autopilot_testkit::Etcd, prefix: &str) -> Arc<dyn Catalog> {
+        let settings = autopilot_config::EtcdConfig {
+            lease_ttl: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        open(
+            &format!("etcd://{}/{prefix}", etcd.endpoint()),
+            "a",
+            &settings,
+        )
+        .await
+        .expect("open")
+    }
+
+    fn reg(id: &str, seat: Option<autopilot_catalog::Seat>) -> Registration {
+        Registration {
+            id: id.into(),
+            name: "web".into(),
+            address: "127.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            status: Status::Passing,
+            ttl: Duration::from_secs(10),
+            deregister_critical_after: None,
+            seat,
+        }
+    }
+
+    async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_seat_is_not_an_outage_and_is_not_retried() {
+        let dir = autopilot_testkit::TempDir::new("registrar-seat");
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        let catalog = on_etcd(&etcd, "seat").await;
+        let r = Registrar::start(catalog.clone());
+        let seat = |term| {
+            Some(autopilot_catalog::Seat {
+                election: "e".into(),
+                term,
+            })
+        };
+        r.put(reg("web-1", seat(1)));
+        r.put(reg("web-2", None));
+        r.flush(Duration::from_secs(5)).await;
+        let st = r.state();
+        assert_eq!(st.error, None, "a lost seat does not degrade the catalog");
+        assert_eq!(st.failures, 0);
+        assert_eq!(st.applied.keys().collect::<Vec<_>>(), ["web-2"]);
+        // Not retried: the same registration again changes nothing.
+        r.put(reg("web-1", seat(1)));
+        r.flush(Duration::from_secs(5)).await;
+        assert!(!r.state().applied.contains_key("web-1"));
+        // A changed registration (the seat won) is applied.
+        let me = Candidate {
+            id: "web-1".into(),
+            address: "127.0.0.1".into(),
+            port: 80,
+        };
+        let term = catalog
+            .campaign("e", &me, Duration::from_secs(2))
+            .await
+            .expect("campaign")
+            .expect("won");
+        r.put(reg("web-1", seat(term)));
+        r.flush(Duration::from_secs(5)).await;
+        assert_eq!(r.state().applied.get("web-1"), Some(&Status::Passing));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_past_their_ttl_without_keep_alive_are_not_claimed() {
+        let dir = autopilot_testkit::TempDir::new("registrar-expiry");
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        let r = Registrar::start(on_etcd(&etcd, "expiry").await);
+        r.put(reg("web-1", None));
+        r.flush(Duration::from_secs(5)).await;
+        assert!(r.state().applied.contains_key("web-1"));
+        etcd.pause();
+        let paused = std::time::Instant::now();
+        let gone = eventually(Duration::from_secs(8), || r.state().applied.is_empty()).await;
+        let after = paused.elapsed();
+        let st = r.state();
+        etcd.resume();
+        assert!(gone, "still claimed {after:?} into a stall: {st:?}");
+        assert!(
+            after >= Duration::from_secs(2),
+            "not before the TTL: {after:?}"
+        );
+        assert!(
+            st.error.is_some() && st.failures > 0 && st.failing_since.is_some(),
+            "{st:?}"
+        );
+        // Back when etcd answers, and the outage is over.
+        assert!(
+            eventually(Duration::from_secs(3), || r
+                .state()
+                .applied
+                .contains_key("web-1"))
+            .await,
+            "{:?}",
+            r.state()
+        );
+        assert!(eventually(Duration::from_secs(3), || r.state().failing_since.is_none()).await);
+        assert_eq!(r.state().failures, 0);
     }
 
     #[test]
