@@ -308,6 +308,10 @@ fn is_transport(message: &str) -> bool {
         "timeout",
         "timed out",
         "leader",
+        "canceled",
+        "http2",
+        "h2 protocol",
+        "reset",
     ]
     .iter()
     .any(|w| m.contains(w))
@@ -1225,11 +1229,23 @@ impl Catalog for EtcdCatalog {
                     return Ok(());
                 }
                 epoch.borrow_and_update();
-                self.ensure_lease(&mut s).await?
+                self.ensure_lease(&mut s).await
             };
             let idx = self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst)
                 % self.conn.endpoints.len();
-            let mut c = self.conn.client(idx).await?;
+            let client = match lease {
+                Ok(lease) => self.conn.client(idx).await.map(|c| (lease, c)),
+                Err(e) => Err(e),
+            };
+            // A waiter outlives an outage: it waits, it does not fail.
+            let (lease, mut c) = match client {
+                Ok(pair) => pair,
+                Err(CatalogError::Unavailable { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let asked = c.lock(key.clone(), Some(LockOptions::new().with_lease(lease)));
             let outcome = tokio::select! {
                 r = tokio::time::timeout(LOCK_WAIT, asked) => r,
@@ -1293,13 +1309,13 @@ impl Catalog for EtcdCatalog {
                 .await;
             match alive {
                 Ok(ttl) if ttl > 0 => return Ok(Some(term)),
-                // An unreachable cluster: the seat may still be ours.
-                Err(CatalogError::Unavailable { message, .. }) if is_transport(&message) => {
-                    return Err(self.unavailable(message));
-                }
-                // The lease is gone ("lease not found", or a zero TTL): the
+                // The lease is gone (a zero TTL, or "lease not found"): the
                 // seat was lost, so campaign anew below.
-                _ => {}
+                Ok(_) => {}
+                Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => {}
+                // Anything else (an unreachable or stalled cluster): the
+                // seat may still be ours; only etcd saying so ends it.
+                Err(e) => return Err(e),
             }
             let mut s = self.session.lock().await;
             self.forget_seat(&mut s, election);

@@ -518,3 +518,57 @@ async fn tls_mistakes_say_what_is_wrong() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_queues_again_on_the_new_lease() {
+    let dir = TempDir::new("etcd-lockwait");
+    let etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/lockwait", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/lockwait", 30), "b").await;
+    b.lock("l").await.expect("b holds the lock");
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move { a.lock("l").await })
+    };
+    // a waits; then a stall far past a's TTL (but not b's) kills a's lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    etcd.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    etcd.resume();
+    // a's session renews as the registrar would: a new lease.
+    let renewed = Instant::now();
+    while renewed.elapsed() < Duration::from_secs(5) && a.keep_alive().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if waiter.is_finished() {
+        panic!(
+            "b still holds the lock, yet a's wait ended: {:?}",
+            waiter.await
+        );
+    }
+    b.unlock("l").await.expect("unlock");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter gets the lock once b lets go")
+        .expect("join");
+    got.expect("lock");
+    // a holds it on its live lease: it outlasts the old lease's TTL while
+    // a keeps its session alive, so b waits.
+    let held = Instant::now();
+    let b_waits = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("l").await })
+    };
+    while held.elapsed() < Duration::from_secs(4) {
+        a.keep_alive().await.expect("keep-alive");
+        assert!(!b_waits.is_finished(), "a's lock died with a lease");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.unlock("l").await.expect("unlock");
+    tokio::time::timeout(Duration::from_secs(5), b_waits)
+        .await
+        .expect("b gets it after a")
+        .expect("join")
+        .expect("lock");
+}
