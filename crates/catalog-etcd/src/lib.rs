@@ -7,9 +7,12 @@
 //!
 //! Every agent has one lease. Its entries are puts on that lease, status
 //! changes are puts to the same key, and one keep-alive stream keeps
-//! everything alive. When the lease is lost (etcd was unreachable longer than
-//! the TTL) a new one is granted and every entry of the session is written
-//! again, so registrations come back as soon as etcd does.
+//! everything alive. When the lease is lost (etcd was unreachable or stalled
+//! longer than the TTL, or restarted empty) a new one is granted and every
+//! entry of the session is written again, so registrations come back as soon
+//! as etcd does; locks held on it are lost, lock waiters queue again.
+//! An entry bound to an election seat lives on the seat's lease instead, and
+//! dies with the seat. Every request has a deadline.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,7 +86,8 @@ struct Entry {
 struct Session {
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    /// This agent's entries by ID, rewritten whenever the lease is renewed.
+    /// This agent's entries by ID, rewritten on every new session lease
+    /// (except seat-bound ones, which live on their seat's lease).
     owned: BTreeMap<String, Entry>,
     last_keep_alive_ms: u64,
     /// When etcd last confirmed the lease (granted or kept alive), by the

@@ -1,4 +1,4 @@
-//! Test harness: starts real etcd members on free 127.0.0.1 ports in temporary directories, and kills them on drop.
+//! Test harness: starts real etcd members on free 127.0.0.1 ports in temporary directories (stalls, kills and restarts them, empty if asked), and kills them on drop.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
