@@ -1010,6 +1010,18 @@ impl Catalog for EtcdCatalog {
             seat: reg.seat.clone(),
         };
         let mut s = self.session.lock().await;
+        // A seat not held at that term refuses the entry before anything
+        // (the old entry included) is touched.
+        if let Some(seat) = &entry.seat
+            && s.elections.get(&seat.election).map(|&(_, t)| t) != Some(seat.term)
+        {
+            return Err(CatalogError::SeatLost {
+                url: self.url.clone(),
+                id: entry.id.clone(),
+                election: seat.election.clone(),
+                term: seat.term,
+            });
+        }
         // A re-registration under another service name leaves no stale key.
         if let Some(old) = s.owned.get(&reg.id).cloned()
             && old.name != entry.name
@@ -1232,8 +1244,10 @@ impl Catalog for EtcdCatalog {
                 if s.locks.contains_key(name) {
                     return Ok(());
                 }
+                let lease = self.ensure_lease(&mut s).await;
+                // Only a lease replaced after this one re-queues us.
                 epoch.borrow_and_update();
-                self.ensure_lease(&mut s).await
+                lease
             };
             let idx = self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst)
                 % self.conn.endpoints.len();
