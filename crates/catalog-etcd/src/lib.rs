@@ -7,16 +7,19 @@
 //!
 //! Every agent has one lease. Its entries are puts on that lease, status
 //! changes are puts to the same key, and one keep-alive stream keeps
-//! everything alive. When the lease is lost (etcd was unreachable longer than
-//! the TTL) a new one is granted and every entry of the session is written
-//! again, so registrations come back as soon as etcd does.
+//! everything alive. When the lease is lost (etcd was unreachable or stalled
+//! longer than the TTL, or restarted empty) a new one is granted and every
+//! entry of the session is written again, so registrations come back as soon
+//! as etcd does; locks held on it are lost, lock waiters queue again.
+//! An entry bound to an election seat lives on the seat's lease instead, and
+//! dies with the seat. Every request has a deadline.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use autopilot_catalog::{
-    Candidate, Catalog, CatalogError, Instance, Leader, Registration, ServiceSummary, Status,
+    Candidate, Catalog, CatalogError, Instance, Leader, Registration, Seat, ServiceSummary, Status,
     now_ms, rfc3339_ms,
 };
 use etcd_client::{
@@ -30,6 +33,17 @@ use tokio::sync::{Mutex, watch};
 /// Every request gives up after this long, so an unreachable cluster turns
 /// into a retryable error quickly instead of a hang.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A lock wait is asked again this often, so a stalled connection is found
+/// out (and a replaced lease noticed) while waiting.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// A watch stream silent this long is asked for its progress, which must
+/// come within `OP_TIMEOUT`: a stalled connection is not a quiet one.
+const WATCH_IDLE: Duration = Duration::from_secs(5);
+
+/// While an outage lasts, a warning with the count of failures this often.
+const REPEAT_WARN: Duration = Duration::from_secs(10);
 
 /// How to reach and authenticate to etcd.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,14 +77,22 @@ struct Entry {
     critical_since_ms: Option<u64>,
     #[serde(default)]
     deregister_after_ms: Option<u64>,
+    /// The election seat the entry is bound to: it is written on that
+    /// seat's lease, never on the session's (not stored in etcd).
+    #[serde(skip)]
+    seat: Option<Seat>,
 }
 
 struct Session {
     lease: Option<i64>,
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    /// This agent's entries by ID, rewritten whenever the lease is renewed.
+    /// This agent's entries by ID, rewritten on every new session lease
+    /// (except seat-bound ones, which live on their seat's lease).
     owned: BTreeMap<String, Entry>,
     last_keep_alive_ms: u64,
+    /// When etcd last confirmed the lease (granted or kept alive), by the
+    /// monotonic clock: a lease not confirmed for a whole TTL is expired.
+    confirmed: Option<std::time::Instant>,
     /// Locks held, by name: the ownership key etcd returned.
     locks: BTreeMap<String, Vec<u8>>,
     /// Elections led, by name: the election's own lease (its TTL is the
@@ -241,6 +263,8 @@ pub struct EtcdCatalog {
     lease_ttl: Duration,
     session: Mutex<Session>,
     changes: watch::Receiver<u64>,
+    /// Bumped with every new session lease, so lock waiters re-queue on it.
+    lease_epoch: watch::Sender<u64>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -288,6 +312,10 @@ fn is_transport(message: &str) -> bool {
         "timeout",
         "timed out",
         "leader",
+        "canceled",
+        "http2",
+        "h2 protocol",
+        "reset",
     ]
     .iter()
     .any(|w| m.contains(w))
@@ -323,11 +351,98 @@ async fn timed<T>(
     }
 }
 
-fn read_pem(url: &str, what: &str, path: &PathBuf) -> Result<Vec<u8>, CatalogError> {
-    std::fs::read(path).map_err(|e| CatalogError::Invalid {
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificate,
+    Key,
+}
+
+/// Reads a PEM file and checks that it holds what it should, so a wrong
+/// file is named here rather than failing later as a transport error.
+fn read_pem(url: &str, what: &str, path: &PathBuf, kind: Pem) -> Result<Vec<u8>, CatalogError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |message: String| CatalogError::Invalid {
         url: url.to_string(),
-        message: format!("cannot read the {what} {}: {e}", path.display()),
-    })
+        message,
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| invalid(format!("cannot read the {what} {}: {e}", path.display())))?;
+    let ok = match kind {
+        Pem::Certificate => {
+            let mut certs = CertificateDer::pem_slice_iter(&bytes);
+            matches!(certs.next(), Some(Ok(_))) && certs.all(|c| c.is_ok())
+        }
+        Pem::Key => PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
+    };
+    if !ok {
+        let want = match kind {
+            Pem::Certificate => "PEM certificate (-----BEGIN CERTIFICATE-----)",
+            Pem::Key => "PEM private key (-----BEGIN PRIVATE KEY-----)",
+        };
+        return Err(invalid(format!(
+            "the {what} {} is not a {want}",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Turns a TLS failure into what is wrong and which file to look at; other
+/// messages are returned as they are.
+fn explain_tls(message: &str, opts: &EtcdOptions) -> String {
+    let file = |p: &Option<PathBuf>, none: &str| {
+        p.as_ref()
+            .map_or_else(|| none.to_string(), |p| p.display().to_string())
+    };
+    let ca = file(&opts.ca, "the system's trusted roots");
+    let cert = file(&opts.cert, "(none given)");
+    let hosts = opts.endpoints.join(", ");
+    let server = message.contains("invalid peer certificate");
+    let alert = message.contains("alert");
+    let has = |words: &[&str]| words.iter().any(|w| message.contains(w));
+    let hint = if server && has(&["UnknownIssuer", "BadSignature", "unknown issuer"]) {
+        format!("the server's certificate is not signed by the CA in {ca}")
+    } else if server && has(&["Expired", "expired"]) {
+        format!("the server's certificate has expired (verified with the CA in {ca})")
+    } else if server && has(&["NotValidYet", "not valid yet"]) {
+        format!("the server's certificate is not valid yet (verified with the CA in {ca})")
+    } else if server && has(&["NotValidForName", "not valid for name"]) {
+        format!(
+            "the server's certificate is not valid for the host name it was reached by ({hosts}; verified with the CA in {ca})"
+        )
+    } else if alert && message.contains("CertificateExpired") {
+        format!("the server refused the client certificate {cert}: it has expired")
+    } else if alert
+        && [
+            "BadCertificate",
+            "UnknownCA",
+            "CertificateRequired",
+            "DecryptError",
+        ]
+        .iter()
+        .any(|a| message.contains(a))
+    {
+        format!(
+            "the server refused the client certificate {cert} (not signed by a CA it trusts, or missing)"
+        )
+    } else if opts.cert.is_some()
+        && ["canceled", "reset", "broken pipe", "closed"]
+            .iter()
+            .any(|w| message.to_ascii_lowercase().contains(w))
+    {
+        // A TLS 1.3 server checks the client certificate after the
+        // handshake and just drops the connection: the alert is lost.
+        format!(
+            "the server dropped the connection after the TLS handshake: it probably refused the client certificate {cert} (expired, not yet valid, or not signed by a CA it trusts)"
+        )
+    } else if message.contains("InvalidContentType") || message.contains("CorruptMessage") {
+        format!("the server at {hosts} does not speak TLS (CA {ca} given)")
+    } else {
+        return message.to_string();
+    };
+    format!("{hint} ({message})")
 }
 
 impl EtcdCatalog {
@@ -354,13 +469,18 @@ impl EtcdCatalog {
         if tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &opts.ca {
-                t = t.ca_certificate(Certificate::from_pem(read_pem(&url, "CA certificate", ca)?));
+                t = t.ca_certificate(Certificate::from_pem(read_pem(
+                    &url,
+                    "CA certificate",
+                    ca,
+                    Pem::Certificate,
+                )?));
             }
             match (&opts.cert, &opts.key) {
                 (Some(c), Some(k)) => {
                     t = t.identity(Identity::from_pem(
-                        read_pem(&url, "client certificate", c)?,
-                        read_pem(&url, "client key", k)?,
+                        read_pem(&url, "client certificate", c, Pem::Certificate)?,
+                        read_pem(&url, "client key", k, Pem::Key)?,
                     ));
                 }
                 (None, None) => {}
@@ -443,8 +563,9 @@ impl EtcdCatalog {
                     other => other.to_string(),
                 };
                 return Err(invalid(format!(
-                    "cannot use the cluster ({}): {message}",
-                    opts.endpoints.join(", ")
+                    "cannot use the cluster ({}): {}",
+                    opts.endpoints.join(", "),
+                    explain_tls(&message, &opts)
                 )));
             }
         };
@@ -467,10 +588,12 @@ impl EtcdCatalog {
                 keeper: None,
                 owned: BTreeMap::new(),
                 last_keep_alive_ms: 0,
+                confirmed: None,
                 locks: BTreeMap::new(),
                 elections: BTreeMap::new(),
             }),
             changes: rx,
+            lease_epoch: watch::channel(0u64).0,
             watcher,
         })
     }
@@ -494,9 +617,27 @@ impl EtcdCatalog {
         }
     }
 
-    /// Makes sure the session has a live lease; a new lease gets every owned
-    /// entry written again.
+    /// Makes sure the session has a live lease; a new lease gets the agents
+    /// key and every owned entry written again, except seat-bound ones
+    /// (they live on their seat's lease, and die with it).
     async fn ensure_lease(&self, s: &mut Session) -> Result<i64, CatalogError> {
+        // etcd expires a lease a TTL after the last keep-alive it processed,
+        // which was before the last one confirmed here. Past that, the lease
+        // is dead even if etcd (back from a stall) has not reaped it yet:
+        // writing on it would make entries vanish again a moment later.
+        if let (Some(l), Some(at)) = (s.lease, s.confirmed)
+            && at.elapsed() > self.lease_ttl
+        {
+            self.lost_lease(s, &format!("not kept alive for {:?}", at.elapsed()));
+            // Revoking frees what the old lease still holds; best effort,
+            // bounded by the request deadline.
+            let conn = self.conn.clone();
+            tokio::spawn(async move {
+                let _ = conn
+                    .call(|mut c| async move { c.lease_revoke(l).await })
+                    .await;
+            });
+        }
         if let Some(l) = s.lease {
             return Ok(l);
         }
@@ -511,29 +652,37 @@ impl EtcdCatalog {
                 .to_string();
         let agent_key = format!("{}/agents/{}", self.prefix, self.owner);
         self.conn.put(agent_key, agent, Some(lease)).await?;
-        for e in s.owned.values() {
+        let mut restored = 0usize;
+        for e in s.owned.values().filter(|e| e.seat.is_none()) {
             self.put_entry(e, lease).await?;
+            restored += 1;
         }
-        if !s.owned.is_empty() {
-            tracing::info!(catalog = %self.url, entries = s.owned.len(), "new lease; registrations restored");
+        if restored > 0 {
+            tracing::info!(catalog = %self.url, entries = restored, "new lease; registrations restored");
         }
         s.lease = Some(lease);
         s.keeper = None;
         s.last_keep_alive_ms = now_ms();
+        s.confirmed = Some(std::time::Instant::now());
+        // Lock waiters queued on the old lease queue again on this one.
+        self.lease_epoch.send_modify(|n| *n = n.wrapping_add(1));
         Ok(lease)
     }
 
-    /// Writes one entry on the session's lease, renewing the lease once if
-    /// etcd says it is gone.
+    /// Writes one entry: a seat-bound one on its seat's lease, any other on
+    /// the session's lease, renewing that lease once if etcd says it is gone.
     async fn write(&self, s: &mut Session, e: &Entry) -> Result<(), CatalogError> {
+        if let Some(seat) = &e.seat {
+            return self.write_bound(s, e, seat).await;
+        }
         for attempt in 0..2 {
             let lease = self.ensure_lease(s).await?;
             match self.put_entry(e, lease).await {
                 Ok(_) => return Ok(()),
                 Err(CatalogError::Unavailable { message, .. })
-                    if attempt == 0 && message.contains("lease not found") =>
+                    if attempt == 0 && is_lease_gone(&message) =>
                 {
-                    s.lease = None;
+                    self.lost_lease(s, &message);
                 }
                 Err(err) => return Err(err),
             }
@@ -541,10 +690,113 @@ impl EtcdCatalog {
         Err(self.unavailable("the lease keeps expiring".into()))
     }
 
-    fn lost_lease(s: &mut Session) {
-        s.lease = None;
-        s.keeper = None;
+    /// Writes a seat-bound entry on the election's lease, in a transaction
+    /// that succeeds only while the seat key is the one won at that term.
+    /// Anything else is `SeatLost`, and nothing is written.
+    async fn write_bound(
+        &self,
+        s: &mut Session,
+        e: &Entry,
+        seat: &Seat,
+    ) -> Result<(), CatalogError> {
+        let lost = || CatalogError::SeatLost {
+            url: self.url.clone(),
+            id: e.id.clone(),
+            election: seat.election.clone(),
+            term: seat.term,
+        };
+        let Some(&(lease, term)) = s.elections.get(&seat.election) else {
+            return Err(lost());
+        };
+        if term != seat.term {
+            return Err(lost());
+        }
+        let term = i64::try_from(term).map_err(|_| lost())?;
+        let seat_key = self.election_key(&seat.election);
+        let (k, v) = (self.key(e), json(e));
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        seat_key.clone(),
+                        CompareOp::Equal,
+                        term,
+                    )])
+                    .and_then([TxnOp::put(
+                        k.clone(),
+                        v.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match resp {
+            Ok(r) if r.succeeded() => Ok(()),
+            Ok(_) => {
+                self.forget_seat(s, &seat.election);
+                Err(lost())
+            }
+            Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => {
+                self.forget_seat(s, &seat.election);
+                Err(lost())
+            }
+            Err(err) => Err(err),
+        }
     }
+
+    /// One keep-alive on the session's lease over its stream (opened on
+    /// demand); every step has a deadline. Returns the TTL etcd granted (0:
+    /// the lease is gone).
+    async fn renew(&self, s: &mut Session, lease: i64) -> Result<i64, CatalogError> {
+        if s.keeper.is_none() {
+            let pair = self
+                .conn
+                .call(|mut c| async move { c.lease_keep_alive(lease).await })
+                .await?;
+            s.keeper = Some(pair);
+        }
+        let Some((keeper, stream)) = s.keeper.as_mut() else {
+            return Err(self.unavailable("no keep-alive stream".into()));
+        };
+        timed(&self.url, keeper.keep_alive()).await?;
+        match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+            Ok(Ok(Some(resp))) => Ok(resp.ttl()),
+            Ok(Ok(None)) => Err(self.unavailable("the keep-alive stream closed".into())),
+            Ok(Err(e)) => Err(self.unavailable(describe(&e))),
+            Err(_) => Err(self.unavailable(format!("no keep-alive answer within {OP_TIMEOUT:?}"))),
+        }
+    }
+
+    /// The session's lease is gone (expired or the cluster forgot it). Its
+    /// entries are rewritten on the next lease; locks held on it are lost:
+    /// someone else may hold them now, so they are never silently taken back.
+    fn lost_lease(&self, s: &mut Session, why: &str) {
+        if let Some(lease) = s.lease.take() {
+            tracing::warn!(catalog = %self.url, "session lease {lease:x} lost ({why}); taking a new one and registering again");
+        }
+        s.keeper = None;
+        for name in std::mem::take(&mut s.locks).keys() {
+            tracing::warn!(catalog = %self.url, lock = %name, "lock lost with the session lease; released, not re-acquired");
+        }
+    }
+
+    /// A seat this session held is gone (resigned, expired, or replaced):
+    /// its bound entries went with its lease.
+    fn forget_seat(&self, s: &mut Session, election: &str) {
+        s.elections.remove(election);
+        s.owned
+            .retain(|_, e| e.seat.as_ref().is_none_or(|seat| seat.election != election));
+    }
+
+    fn election_key(&self, election: &str) -> String {
+        format!("{}/elections/{election}", self.prefix)
+    }
+}
+
+/// etcd no longer knows the lease (it expired, or the cluster lost its data).
+fn is_lease_gone(message: &str) -> bool {
+    message.contains("lease not found")
 }
 
 fn json(e: &Entry) -> String {
@@ -568,10 +820,62 @@ fn to_instance(e: Entry, heartbeat_ms: u64) -> Instance {
     }
 }
 
-/// Follows every change under the instances prefix from a known revision.
-/// After a broken stream it resumes from the last revision seen, so no
-/// change is missed; if that revision was compacted away it notifies anyway
-/// (watchers then re-read everything) and resumes from the present.
+/// Logs a repeated failure with its count instead of once and then
+/// silence: a warning on the first failure, another every `REPEAT_WARN`
+/// while it lasts (with the count and duration), an info on recovery.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    failures: u64,
+    last_warn: Option<std::time::Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, url: &str, what: &str, why: &str) {
+        let now = std::time::Instant::now();
+        self.failures = self.failures.saturating_add(1);
+        let since = *self.since.get_or_insert(now);
+        match self.last_warn {
+            None => {
+                tracing::warn!(catalog = %url, "{what} failed: {why}; retrying");
+                self.last_warn = Some(now);
+            }
+            Some(t) if now.duration_since(t) >= REPEAT_WARN => {
+                tracing::warn!(
+                    catalog = %url,
+                    failures = self.failures,
+                    "{what} still failing after {} attempts over {:?}: {why}",
+                    self.failures,
+                    now.duration_since(since)
+                );
+                self.last_warn = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn recovered(&mut self, url: &str, what: &str) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                catalog = %url,
+                failures = self.failures,
+                "{what} recovered after {} failed attempts over {:?}",
+                self.failures,
+                since.elapsed()
+            );
+        }
+        self.failures = 0;
+        self.last_warn = None;
+    }
+}
+
+/// Follows every change under the prefix from a known revision. After a
+/// broken stream it resumes from the last revision seen, so no change is
+/// missed; if that revision was compacted away, or the cluster was reset
+/// (its revision went backwards or its cluster ID changed, as after a
+/// restart with an empty data dir), it notifies (readers re-read
+/// everything) and resumes from the present. Every wait has a deadline: a
+/// silent stream is asked for its progress, which must come in time.
 async fn watch_loop(
     conn: std::sync::Arc<Conn>,
     key: String,
@@ -580,54 +884,89 @@ async fn watch_loop(
 ) {
     let url = conn.url.clone();
     let mut rev = start_rev;
+    let mut cluster: Option<u64> = None;
     let mut counter = 0u64;
     let mut backoff = Duration::from_millis(50);
-    let mut broken = false;
+    let mut outage = Outage::default();
+    let notify = |counter: &mut u64| {
+        *counter = counter.wrapping_add(1);
+        tx.send(*counter).is_ok()
+    };
     loop {
         let idx = conn.pinned.load(std::sync::atomic::Ordering::SeqCst) % conn.endpoints.len();
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(rev + 1);
+            .with_start_revision(rev.saturating_add(1));
         let stream = match conn.client(idx).await {
             Ok(mut c) => tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts)))
                 .await
-                .map_err(|_| "no answer".to_string())
+                .map_err(|_| format!("no answer within {OP_TIMEOUT:?}"))
                 .and_then(|r| r.map_err(|e| describe(&e))),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(why) = &stream {
-            conn.fail(idx, why);
-        }
         let mut stream = match stream {
             Ok(s) => s,
-            Err(_) => {
-                if !broken {
-                    tracing::warn!(catalog = %url, "watch stream unavailable; retrying");
-                    broken = true;
-                }
+            Err(why) => {
+                conn.fail(idx, &why);
+                outage.failed(&url, "the watch stream", &why);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         };
-        if broken {
-            tracing::info!(catalog = %url, "watch stream resumed from revision {}", rev + 1);
+        if outage.since.is_some() {
+            outage.recovered(&url, "the watch stream");
             // Whatever happened meanwhile is replayed below; one extra
             // notification makes readers re-check after the outage too.
-            counter += 1;
-            let _ = tx.send(counter);
+            if !notify(&mut counter) {
+                return;
+            }
         }
         backoff = Duration::from_millis(50);
-        while let Ok(Some(resp)) = stream.message().await {
+        let why = loop {
+            let msg = match tokio::time::timeout(WATCH_IDLE, stream.message()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    if let Err(e) = stream.request_progress().await {
+                        break describe(&e);
+                    }
+                    match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+                        Ok(m) => m,
+                        Err(_) => break format!("no progress answer within {OP_TIMEOUT:?}"),
+                    }
+                }
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => break "the stream closed".to_string(),
+                Err(e) => break describe(&e),
+            };
+            if let Some(h) = resp.header() {
+                let (id, now) = (h.cluster_id(), h.revision());
+                let reset = cluster.is_some_and(|c| c != id) || now < rev;
+                cluster = Some(id);
+                if reset {
+                    tracing::warn!(
+                        catalog = %url,
+                        "the cluster was reset (cluster id {id:x}, revision {now} after {rev}); watching from the present"
+                    );
+                    rev = now;
+                    if !notify(&mut counter) {
+                        return;
+                    }
+                    break "the cluster was reset".to_string();
+                }
+            }
             if resp.compact_revision() > 0 {
                 tracing::warn!(catalog = %url, "watch revision {} was compacted; re-reading", rev + 1);
                 rev = resp.compact_revision() - 1;
-                counter += 1;
-                let _ = tx.send(counter);
-                break;
+                if !notify(&mut counter) {
+                    return;
+                }
+                break "compacted".to_string();
             }
             if resp.canceled() {
-                break;
+                break format!("canceled: {}", resp.cancel_reason());
             }
             let mut seen = false;
             for ev in resp.events() {
@@ -636,18 +975,14 @@ async fn watch_loop(
                 }
                 seen = true;
             }
-            if seen {
-                counter += 1;
-                if tx.send(counter).is_err() {
-                    return;
-                }
+            if seen && !notify(&mut counter) {
+                return;
             }
-        }
+        };
         if tx.is_closed() {
             return;
         }
-        broken = true;
-        tracing::warn!(catalog = %url, "watch stream broke; resuming from revision {}", rev + 1);
+        outage.failed(&url, "the watch stream", &why);
     }
 }
 
@@ -669,9 +1004,24 @@ impl Catalog for EtcdCatalog {
             owner: self.owner.clone(),
             registered_ms: now,
             critical_since_ms: (reg.status == Status::Critical).then_some(now),
-            deregister_after_ms: reg.deregister_critical_after.map(|d| d.as_millis() as u64),
+            deregister_after_ms: reg
+                .deregister_critical_after
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            seat: reg.seat.clone(),
         };
         let mut s = self.session.lock().await;
+        // A seat not held at that term refuses the entry before anything
+        // (the old entry included) is touched.
+        if let Some(seat) = &entry.seat
+            && s.elections.get(&seat.election).map(|&(_, t)| t) != Some(seat.term)
+        {
+            return Err(CatalogError::SeatLost {
+                url: self.url.clone(),
+                id: entry.id.clone(),
+                election: seat.election.clone(),
+                term: seat.term,
+            });
+        }
         // A re-registration under another service name leaves no stale key.
         if let Some(old) = s.owned.get(&reg.id).cloned()
             && old.name != entry.name
@@ -717,42 +1067,22 @@ impl Catalog for EtcdCatalog {
             return Ok(0);
         }
         let lease = self.ensure_lease(&mut s).await?;
-        if s.keeper.is_none() {
-            let pair = self
-                .conn
-                .call(|mut c| async move { c.lease_keep_alive(lease).await })
-                .await?;
-            s.keeper = Some(pair);
-        }
-        let result = match s.keeper.as_mut() {
-            Some((keeper, stream)) => {
-                let sent = timed(&self.url, keeper.keep_alive()).await;
-                match sent {
-                    Ok(()) => match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
-                        Ok(Ok(Some(resp))) => Ok(resp.ttl()),
-                        Ok(Ok(None)) => {
-                            Err(self.unavailable("the keep-alive stream closed".into()))
-                        }
-                        Ok(Err(e)) => Err(self.unavailable(describe(&e))),
-                        Err(_) => {
-                            Err(self
-                                .unavailable(format!("no keep-alive answer within {OP_TIMEOUT:?}")))
-                        }
-                    },
-                    Err(e) => Err(e),
-                }
-            }
-            None => Err(self.unavailable("no keep-alive stream".into())),
-        };
-        match result {
+        let renewed = self.renew(&mut s, lease).await;
+        match renewed {
             Ok(ttl) if ttl > 0 => {
                 s.last_keep_alive_ms = now_ms();
+                s.confirmed = Some(std::time::Instant::now());
             }
+            // The lease expired while etcd was unreachable or stalled, or the
+            // cluster lost its data: take a new one and write every entry
+            // again (etcd answers an unknown lease with a zero TTL or with
+            // "lease not found", depending on where it is noticed).
             Ok(_) => {
-                // The lease expired while we could not reach etcd: take a new
-                // one and write every entry again.
-                tracing::warn!(catalog = %self.url, "lease expired; registering again");
-                Self::lost_lease(&mut s);
+                self.lost_lease(&mut s, "expired");
+                self.ensure_lease(&mut s).await?;
+            }
+            Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => {
+                self.lost_lease(&mut s, &message);
                 self.ensure_lease(&mut s).await?;
             }
             Err(e) => {
@@ -902,45 +1232,78 @@ impl Catalog for EtcdCatalog {
 
     async fn lock(&self, name: &str) -> Result<(), CatalogError> {
         autopilot_catalog::check_key(&self.url, name)?;
-        let lease = {
-            let mut s = self.session.lock().await;
-            if s.locks.contains_key(name) {
-                return Ok(());
-            }
-            self.ensure_lease(&mut s).await?
-        };
         // etcd queues waiters in revision order and grants the lock to the
-        // next one when the holder unlocks or its lease expires. The call
-        // blocks while waiting, so it has no request timeout.
+        // next one when the holder unlocks or its lease expires. The wait is
+        // asked in bounded requests (the connection's request timeout, and
+        // LOCK_WAIT here), so a stalled member cannot hang us.
         let key = format!("{}/locks/{name}", self.prefix);
-        let resp = loop {
+        let mut epoch = self.lease_epoch.subscribe();
+        loop {
+            let lease = {
+                let mut s = self.session.lock().await;
+                if s.locks.contains_key(name) {
+                    return Ok(());
+                }
+                let lease = self.ensure_lease(&mut s).await;
+                // Only a lease replaced after this one re-queues us.
+                epoch.borrow_and_update();
+                lease
+            };
             let idx = self.conn.pinned.load(std::sync::atomic::Ordering::SeqCst)
                 % self.conn.endpoints.len();
-            let mut c = self.conn.client(idx).await?;
-            match c
-                .lock(key.clone(), Some(LockOptions::new().with_lease(lease)))
-                .await
-            {
-                Ok(resp) => break resp,
-                // Each request times out (so a dead member cannot hang us);
-                // asking again with the same lease keeps our place in the
-                // queue, since etcd's waiter key is derived from the lease.
-                Err(e) if is_transport(&describe(&e)) => {
+            let client = match lease {
+                Ok(lease) => self.conn.client(idx).await.map(|c| (lease, c)),
+                Err(e) => Err(e),
+            };
+            // A waiter outlives an outage: it waits, it does not fail.
+            let (lease, mut c) = match client {
+                Ok(pair) => pair,
+                Err(CatalogError::Unavailable { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let asked = c.lock(key.clone(), Some(LockOptions::new().with_lease(lease)));
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(LOCK_WAIT, asked) => r,
+                // The session lease was replaced: a waiter on the old one
+                // would wait forever (or win a lock that dies at once).
+                _ = epoch.changed() => {
+                    tracing::info!(catalog = %self.url, lock = %name, "session lease replaced; waiting for the lock again on the new lease");
+                    continue;
+                }
+            };
+            match outcome {
+                // Asking again keeps waiting; the deadline only proves the
+                // connection still answers.
+                Err(_) => {}
+                Ok(Ok(resp)) => {
+                    let mut s = self.session.lock().await;
+                    if s.lease != Some(lease) {
+                        // Granted on a lease that is already gone: not held.
+                        tracing::warn!(catalog = %self.url, lock = %name, "lock granted on a lost lease; waiting again");
+                        continue;
+                    }
+                    s.locks.insert(name.to_string(), resp.key().to_vec());
+                    return Ok(());
+                }
+                Ok(Err(e)) if is_lease_gone(&describe(&e)) => {
+                    let mut s = self.session.lock().await;
+                    if s.lease == Some(lease) {
+                        self.lost_lease(&mut s, &describe(&e));
+                    }
+                }
+                Ok(Err(e)) if is_transport(&describe(&e)) => {
                     let why = describe(&e);
                     if !why.to_ascii_lowercase().contains("timeout") {
                         self.conn.fail(idx, &why);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                Err(e) => return Err(self.unavailable(describe(&e))),
+                Ok(Err(e)) => return Err(self.unavailable(describe(&e))),
             }
-        };
-        self.session
-            .lock()
-            .await
-            .locks
-            .insert(name.to_string(), resp.key().to_vec());
-        Ok(())
+        }
     }
 
     async fn campaign(
@@ -964,15 +1327,16 @@ impl Catalog for EtcdCatalog {
                 .await;
             match alive {
                 Ok(ttl) if ttl > 0 => return Ok(Some(term)),
-                // An unreachable cluster: the seat may still be ours.
-                Err(CatalogError::Unavailable { message, .. }) if is_transport(&message) => {
-                    return Err(self.unavailable(message));
-                }
-                // The lease is gone ("lease not found", or a zero TTL): the
+                // The lease is gone (a zero TTL, or "lease not found"): the
                 // seat was lost, so campaign anew below.
-                _ => {}
+                Ok(_) => {}
+                Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => {}
+                // Anything else (an unreachable or stalled cluster): the
+                // seat may still be ours; only etcd saying so ends it.
+                Err(e) => return Err(e),
             }
-            self.session.lock().await.elections.remove(election);
+            let mut s = self.session.lock().await;
+            self.forget_seat(&mut s, election);
         }
         let ttl_s = ttl.as_secs().max(1) as i64;
         let lease = self
@@ -1035,7 +1399,8 @@ impl Catalog for EtcdCatalog {
                 if message.contains("lease not found") => {}
             Err(e) => return Err(e),
         }
-        self.session.lock().await.elections.remove(election);
+        let mut s = self.session.lock().await;
+        self.forget_seat(&mut s, election);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use autopilot_catalog::{Catalog, Registration, Status};
 use autopilot_catalog_etcd::{EtcdCatalog, EtcdOptions};
-use autopilot_testkit::{Etcd, TempDir, endpoints, etcdctl, make_certs};
+use autopilot_testkit::{Etcd, TempDir, endpoints, etcdctl, make_certs, make_certs_with};
 
 fn opts(endpoints: &str, prefix: &str, ttl_s: u64) -> EtcdOptions {
     EtcdOptions {
@@ -286,4 +286,289 @@ async fn username_password_auth_and_clear_errors() {
         .expect("no server")
         .to_string();
     assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+/// Calls `keep_alive` as the registrar does (every 100 ms while failing)
+/// until `b` lists `id` under `service`; returns how long that took.
+async fn until_listed(
+    a: &Arc<dyn Catalog>,
+    b: &Arc<dyn Catalog>,
+    service: &str,
+    id: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let _ = a.keep_alive().await;
+        if let Ok(list) = b.instances(service).await
+            && list.iter().any(|i| i.id == id)
+        {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Every request made while etcd is stalled returns (an error) within its
+/// deadline instead of hanging.
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(8), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung past its deadline on a stalled etcd"));
+    eprintln!(
+        "{what} returned after {:?} on a stalled etcd",
+        started.elapsed()
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_in_a_stall_is_replaced_and_held_locks_are_dropped() {
+    let dir = TempDir::new("etcd-stall");
+    let etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/stall", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/stall", 30), "b").await;
+    a.register(&reg("web-1", "web")).await.expect("register");
+    a.keep_alive().await.expect("keep-alive");
+    a.lock("held").await.expect("lock");
+    let me = autopilot_catalog::Candidate {
+        id: "a".into(),
+        address: "127.0.0.1".into(),
+        port: 1,
+    };
+    let t1 = a
+        .campaign("stall", &me, Duration::from_secs(2))
+        .await
+        .expect("campaign")
+        .expect("a leads");
+
+    // A stall three times the lease TTL.
+    etcd.pause();
+    let stalled = Instant::now();
+    assert!(bounded("keep_alive", a.keep_alive()).await.is_err());
+    assert!(
+        bounded("campaign", a.campaign("stall", &me, Duration::from_secs(2)))
+            .await
+            .is_err()
+    );
+    assert!(bounded("instances", a.instances("web")).await.is_err());
+    assert!(bounded("resign", a.resign("nothing-held")).await.is_ok());
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(stalled.elapsed())).await;
+    etcd.resume();
+
+    let took = until_listed(&a, &b, "web", "web-1", Duration::from_secs(10))
+        .await
+        .expect("the entry returns after the stall");
+    eprintln!("entry back {took:?} after etcd resumed");
+    assert!(
+        took < Duration::from_secs(1),
+        "entry back within 1 s: {took:?}"
+    );
+    // The seat's lease expired too: campaigning wins a new term.
+    let t2 = a
+        .campaign("stall", &me, Duration::from_secs(2))
+        .await
+        .expect("campaign")
+        .expect("a leads again");
+    assert!(t2 > t1);
+    // The held lock died with the lease: b can take it, and a does not
+    // believe it still holds it (its lock call waits like anyone's).
+    tokio::time::timeout(Duration::from_secs(5), b.lock("held"))
+        .await
+        .expect("b is granted the lock a lost")
+        .expect("lock");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), a.lock("held"))
+            .await
+            .is_err(),
+        "a must not silently re-acquire a lock it lost"
+    );
+    b.unlock("held").await.expect("unlock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_restart_restores_entries_and_watches_follow_the_new_cluster() {
+    let dir = TempDir::new("etcd-empty");
+    let mut etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/empty", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/empty", 30), "b").await;
+    // Enough history that the old revision is far ahead of the new cluster's.
+    for i in 0..30 {
+        b.kv_put("filler", &i.to_string()).await.expect("put");
+    }
+    a.register(&reg("web-1", "web")).await.expect("register");
+    a.keep_alive().await.expect("keep-alive");
+    let mut changes = b.changes();
+
+    etcd.restart_empty();
+    let took = until_listed(&a, &b, "web", "web-1", Duration::from_secs(10))
+        .await
+        .expect("the entry returns after an empty restart");
+    eprintln!("entry back {took:?} after etcd answered");
+    assert!(
+        took < Duration::from_secs(1),
+        "entry back within 1 s: {took:?}"
+    );
+
+    // The watch follows the new cluster: a change made now wakes readers.
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_secs(3) {
+        changes.borrow_and_update();
+        if tokio::time::timeout(Duration::from_millis(300), changes.changed())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    changes.borrow_and_update();
+    b.kv_put("after", "1").await.expect("put");
+    tokio::time::timeout(Duration::from_secs(3), changes.changed())
+        .await
+        .expect("a change after the restart wakes readers")
+        .expect("watch alive");
+}
+
+/// Connects with TLS material that is wrong in one way; returns the error.
+async fn tls_error(
+    endpoint: &str,
+    ca: &std::path::Path,
+    client: &autopilot_testkit::Tls,
+) -> String {
+    let mut o = opts(endpoint, "/tls", 5);
+    o.ca = Some(ca.to_path_buf());
+    o.cert = Some(client.cert.clone());
+    o.key = Some(client.key.clone());
+    let e = EtcdCatalog::connect(o, "t")
+        .await
+        .err()
+        .expect("a TLS mistake is refused")
+        .to_string();
+    eprintln!("{e}");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mistakes_say_what_is_wrong() {
+    let dir = TempDir::new("etcd-tlsbad");
+    let good = dir.0.join("good");
+    let other = dir.0.join("other");
+    for d in [
+        &good,
+        &other,
+        &dir.0.join("a"),
+        &dir.0.join("b"),
+        &dir.0.join("c"),
+    ] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let server = make_certs(&good, "server");
+    let client = make_certs(&good, "client");
+    let expired = make_certs_with(&good, "expired", "IP:127.0.0.1,DNS:localhost", -1);
+    let misnamed = make_certs_with(&good, "misnamed", "DNS:example.com", 2);
+    let stranger = make_certs(&other, "stranger");
+    let etcd = Etcd::single_tls(&dir.0.join("a"), server.clone());
+
+    // A CA that did not sign the server's certificate.
+    let e = tls_error(&etcd.endpoint(), &stranger.ca, &client).await;
+    assert!(
+        e.contains("not signed by") && e.contains(&stranger.ca.display().to_string()),
+        "{e}"
+    );
+    // A file that is not PEM.
+    let junk = dir.0.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("junk");
+    let e = tls_error(&etcd.endpoint(), &junk, &client).await;
+    assert!(
+        e.contains("PEM") && e.contains(&junk.display().to_string()),
+        "{e}"
+    );
+    let bad_key = autopilot_testkit::Tls {
+        key: junk.clone(),
+        ..client.clone()
+    };
+    let e = tls_error(&etcd.endpoint(), &server.ca, &bad_key).await;
+    assert!(e.contains("PEM") && e.contains("client key"), "{e}");
+    // Our own client certificate has expired: the server refuses it.
+    let e = tls_error(&etcd.endpoint(), &server.ca, &expired).await;
+    assert!(
+        e.contains("refused the client certificate")
+            && e.contains("expired")
+            && e.contains(&expired.cert.display().to_string()),
+        "{e}"
+    );
+    drop(etcd);
+
+    // The server's certificate has expired.
+    let etcd = Etcd::single_tls(&dir.0.join("b"), expired.clone());
+    let e = tls_error(&etcd.endpoint(), &server.ca, &client).await;
+    assert!(
+        e.contains("has expired") && e.contains(&server.ca.display().to_string()),
+        "{e}"
+    );
+    drop(etcd);
+
+    // The server's certificate is for another host name.
+    let etcd = Etcd::single_tls(&dir.0.join("c"), misnamed.clone());
+    let e = tls_error(&etcd.endpoint(), &server.ca, &client).await;
+    assert!(
+        e.contains("not valid for") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_queues_again_on_the_new_lease() {
+    let dir = TempDir::new("etcd-lockwait");
+    let etcd = Etcd::single(&dir.0);
+    let a = connect(opts(&etcd.endpoint(), "/lockwait", 2), "a").await;
+    let b = connect(opts(&etcd.endpoint(), "/lockwait", 30), "b").await;
+    b.lock("l").await.expect("b holds the lock");
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move { a.lock("l").await })
+    };
+    // a waits; then a stall far past a's TTL (but not b's) kills a's lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    etcd.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    etcd.resume();
+    // a's session renews as the registrar would: a new lease.
+    let renewed = Instant::now();
+    while renewed.elapsed() < Duration::from_secs(5) && a.keep_alive().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if waiter.is_finished() {
+        panic!(
+            "b still holds the lock, yet a's wait ended: {:?}",
+            waiter.await
+        );
+    }
+    b.unlock("l").await.expect("unlock");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter gets the lock once b lets go")
+        .expect("join");
+    got.expect("lock");
+    // a holds it on its live lease: it outlasts the old lease's TTL while
+    // a keeps its session alive, so b waits.
+    let held = Instant::now();
+    let b_waits = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("l").await })
+    };
+    while held.elapsed() < Duration::from_secs(4) {
+        a.keep_alive().await.expect("keep-alive");
+        assert!(!b_waits.is_finished(), "a's lock died with a lease");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.unlock("l").await.expect("unlock");
+    tokio::time::timeout(Duration::from_secs(5), b_waits)
+        .await
+        .expect("b gets it after a")
+        .expect("join")
+        .expect("lock");
 }

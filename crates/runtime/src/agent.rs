@@ -205,7 +205,6 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     let etcd = crate::catalog::etcd_settings(&opts.config.etcd, &opts.env)
         .map_err(AgentError::Settings)?;
     let catalog = crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?;
-    let hook_env = crate::catalog::hook_env(&opts.catalog_url, &etcd);
     // The agent's private scratch directory (watch and leader files,
     // snapshot files in transit): a fresh name no other user can predict or
     // pre-create, mode 0700, removed at exit. As PID 1 a fixed name such as
@@ -225,6 +224,10 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             source,
         })?;
     let state_dir = scratch.path().to_path_buf();
+    // Children reach the catalog with the agent's settings; the password
+    // only as a 0600 file in the private directory, never in an environment.
+    let hook_env = crate::catalog::hook_env(&opts.catalog_url, &etcd, &state_dir)
+        .map_err(AgentError::Settings)?;
     for j in &opts.config.jobs {
         if let Some(s) = &j.snapshot {
             autopilot_snapshot::open(&s.store)
@@ -326,6 +329,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     agent.input(Input::Startup);
     let mut registrar_state = agent.registrar.subscribe();
     agent.metrics.record("autopilot_catalog_degraded", &[], 0.0);
+    agent
+        .metrics
+        .record("autopilot_catalog_registered", &[], 0.0);
     loop {
         if let Some(code) = agent.execute() {
             // Hand leadership over before exiting, so a follower wins at
@@ -379,8 +385,13 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
                 agent.queue.extend(agent.machine.advance(now));
             }
             Ok(()) = registrar_state.changed() => {
-                let degraded = registrar_state.borrow_and_update().error.is_some();
+                let (degraded, registered) = {
+                    let st = registrar_state.borrow_and_update();
+                    (st.error.is_some(), st.applied.len())
+                };
                 agent.metrics.record("autopilot_catalog_degraded", &[], if degraded { 1.0 } else { 0.0 });
+                // What the catalog holds now, not what was asked for.
+                agent.metrics.record("autopilot_catalog_registered", &[], registered as f64);
             }
             _ = term.recv() => agent.stop("SIGTERM"),
             _ = int.recv() => agent.stop("SIGINT"),
@@ -618,6 +629,7 @@ impl Agent {
             task.abort();
         }
         let mut env = self.render_env();
+        crate::catalog::scrub_secrets(&mut env);
         // A template's command may call `autopilot kv` and friends too.
         env.extend(self.hook_env.clone());
         let ctx = crate::templates::Ctx {
@@ -1105,6 +1117,7 @@ impl Agent {
     /// and the `CONTAINERPILOT_*` variables with `AUTOPILOT_*` twins.
     fn child_env(&self, job: usize) -> Vec<(String, String)> {
         let mut env = self.render_env();
+        crate::catalog::scrub_secrets(&mut env);
         env.extend(self.hook_env.clone());
         for (i, w) in self.config.watches.iter().enumerate() {
             let file = self.watch_file(i).display().to_string();
@@ -1238,6 +1251,9 @@ impl Agent {
                 "url": self.catalog.url(),
                 "degraded": reg.error.is_some(),
                 "error": reg.error,
+                "failingSince": reg.failing_since.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| autopilot_catalog::rfc3339_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
+                "failures": reg.failures,
+                "registered": reg.applied.len(),
             },
             "jobs": jobs,
             "watches": watches,

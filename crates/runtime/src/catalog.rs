@@ -1,6 +1,7 @@
-//! The agent's side of the catalog: opening a backend by URL, the registrar that converges entries to the wanted state, and watch tasks.
+//! The agent's side of the catalog: settings and hook credentials, opening a backend by URL, the registrar that converges entries to the wanted state, and watch tasks.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,16 +39,79 @@ pub fn etcd_settings(
             .map(Into::into)
             .or(cfg.key.clone()),
         username: var("AUTOPILOT_ETCD_USERNAME").or(cfg.username.clone()),
-        password: var("AUTOPILOT_ETCD_PASSWORD").or(cfg.password.clone()),
+        password: match var("AUTOPILOT_ETCD_PASSWORD") {
+            Some(p) => Some(p),
+            None => match var(PASSWORD_FILE_VAR) {
+                Some(f) => Some(read_password_file(Path::new(&f))?),
+                None => cfg.password.clone(),
+            },
+        },
         lease_ttl,
     })
+}
+
+/// The variable naming the file that holds the etcd password, for hooks:
+/// the password itself never travels in an environment.
+pub const PASSWORD_FILE_VAR: &str = "AUTOPILOT_ETCD_PASSWORD_FILE";
+const PASSWORD_VAR: &str = "AUTOPILOT_ETCD_PASSWORD";
+
+/// Reads a password file; one trailing newline (as `echo` writes) is not
+/// part of the password.
+fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{PASSWORD_FILE_VAR}: cannot read {}: {e}", path.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    Ok(text.to_string())
+}
+
+/// Removes the etcd password from an environment children inherit (hooks
+/// get [`PASSWORD_FILE_VAR`] instead, from [`hook_env`]).
+pub fn scrub_secrets(env: &mut BTreeMap<String, String>) {
+    env.remove(PASSWORD_VAR);
+}
+
+/// Writes the password to a new 0600 file `etcd-password` in `dir` (a
+/// private directory the agent owns): created with O_CREAT|O_EXCL|O_NOFOLLOW
+/// so an existing file or a planted symlink is never written through. A
+/// stale file of ours from an earlier run is removed first.
+fn write_password_file(dir: &Path, password: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("etcd-password");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+    };
+    let mut f = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Unlinking removes a symlink itself, never its target.
+            std::fs::remove_file(&path)?;
+            open()?
+        }
+        other => other?,
+    };
+    f.write_all(password.as_bytes())?;
+    f.sync_all()?;
+    Ok(path)
 }
 
 /// The catalog connection as variables for hooks: `autopilot kv`, `lock`,
 /// `leader` and `template render` run by a job reach the agent's catalog
 /// with the agent's credentials, whether the environment or the config
 /// chose them. (Not the lease TTL: a hook's own session is short-lived.)
-pub fn hook_env(url: &str, etcd: &autopilot_config::EtcdConfig) -> Vec<(String, String)> {
+/// The password is never put in the environment: it is written to a 0600
+/// file in `dir` (a private directory of the agent) and passed as
+/// `AUTOPILOT_ETCD_PASSWORD_FILE`.
+pub fn hook_env(
+    url: &str,
+    etcd: &autopilot_config::EtcdConfig,
+    dir: &Path,
+) -> Result<Vec<(String, String)>, String> {
     let mut env = vec![("AUTOPILOT_CATALOG".to_string(), url.to_string())];
     let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     for (k, v) in [
@@ -55,13 +119,21 @@ pub fn hook_env(url: &str, etcd: &autopilot_config::EtcdConfig) -> Vec<(String, 
         ("AUTOPILOT_ETCD_CERT", path(&etcd.cert)),
         ("AUTOPILOT_ETCD_KEY", path(&etcd.key)),
         ("AUTOPILOT_ETCD_USERNAME", etcd.username.clone()),
-        ("AUTOPILOT_ETCD_PASSWORD", etcd.password.clone()),
     ] {
         if let Some(v) = v {
             env.push((k.to_string(), v));
         }
     }
-    env
+    if let Some(p) = &etcd.password {
+        let file = write_password_file(dir, p).map_err(|e| {
+            format!(
+                "cannot write the etcd password file in {}: {e}",
+                dir.display()
+            )
+        })?;
+        env.push((PASSWORD_FILE_VAR.to_string(), file.display().to_string()));
+    }
+    Ok(env)
 }
 
 /// Opens the backend a catalog URL names, as one agent session `owner`.
@@ -108,8 +180,14 @@ enum Cmd {
 pub struct RegistrarState {
     /// The last error, while the catalog is failing.
     pub error: Option<String>,
-    /// Entries as they are in the catalog now, by ID.
+    /// Entries as they are in the catalog now, by ID. When the catalog has
+    /// failed for longer than the entries live without a keep-alive, they
+    /// are gone from it, and from here.
     pub applied: BTreeMap<String, Status>,
+    /// When the current outage began (wall clock), while there is one.
+    pub failing_since: Option<std::time::SystemTime>,
+    /// Failed attempts in the current outage.
+    pub failures: u64,
 }
 
 /// Converges the catalog to the entries the agent wants, in order, retrying
@@ -169,9 +247,67 @@ struct Worker {
     catalog: Arc<dyn Catalog>,
     desired: BTreeMap<String, Registration>,
     applied: BTreeMap<String, Registration>,
+    /// Seat-bound registrations refused with `SeatLost`: not retried until
+    /// the wanted registration changes.
+    refused: BTreeMap<String, Registration>,
     error: Option<String>,
     retry: Duration,
     retry_at: Option<Instant>,
+    /// The last time the catalog confirmed our entries (a keep-alive or a
+    /// write that succeeded): entries outlive it by their TTL, no more.
+    confirmed: Instant,
+    outage: Outage,
+}
+
+/// A repeated failure is logged with its count, not once and then silence:
+/// a warning at the first failure, one every `REPEAT_WARN` while it lasts
+/// (attempts and duration), and an info with the count on recovery.
+#[derive(Default)]
+struct Outage {
+    since: Option<(Instant, std::time::SystemTime)>,
+    failures: u64,
+    last_warn: Option<Instant>,
+}
+
+const REPEAT_WARN: Duration = Duration::from_secs(10);
+
+impl Outage {
+    fn failed(&mut self, what: &str, why: &str) {
+        let now = Instant::now();
+        self.failures = self.failures.saturating_add(1);
+        let (since, _) = *self
+            .since
+            .get_or_insert((now, std::time::SystemTime::now()));
+        match self.last_warn {
+            None => {
+                tracing::warn!("{what} failed: {why}; retrying");
+                self.last_warn = Some(now);
+            }
+            Some(t) if now.duration_since(t) >= REPEAT_WARN => {
+                tracing::warn!(
+                    failures = self.failures,
+                    "{what} still failing after {} attempts over {:?}: {why}",
+                    self.failures,
+                    now.duration_since(since)
+                );
+                self.last_warn = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn recovered(&mut self, what: &str) {
+        if let Some((since, _)) = self.since.take() {
+            tracing::info!(
+                failures = self.failures,
+                "{what} recovered after {} failed attempts over {:?}",
+                self.failures,
+                since.elapsed()
+            );
+        }
+        self.failures = 0;
+        self.last_warn = None;
+    }
 }
 
 impl Worker {
@@ -184,9 +320,23 @@ impl Worker {
             .chain(self.applied.keys())
             .cloned()
             .collect();
+        let mut called = false;
         for id in ids {
+            if let (Some(d), Some(r)) = (self.desired.get(&id), self.refused.get(&id))
+                && d == r
+            {
+                continue;
+            }
+            let unchanged = match (self.desired.get(&id), self.applied.get(&id)) {
+                (Some(d), Some(a)) => d == a,
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            called = true;
             let res = match (self.desired.get(&id), self.applied.get(&id)) {
-                (Some(d), Some(a)) if d == a => Ok(()),
                 (Some(d), Some(a))
                     if Registration {
                         status: d.status,
@@ -204,25 +354,49 @@ impl Worker {
                 (None, None) => Ok(()),
             };
             match res {
-                Ok(()) => match self.desired.get(&id) {
-                    Some(d) => {
-                        self.applied.insert(id, d.clone());
+                Ok(()) => {
+                    self.refused.remove(&id);
+                    match self.desired.get(&id) {
+                        Some(d) => {
+                            self.applied.insert(id, d.clone());
+                        }
+                        None => {
+                            self.applied.remove(&id);
+                        }
                     }
-                    None => {
+                }
+                // The seat this entry is bound to is not held: nothing was
+                // written and retrying cannot help. The catalog is fine.
+                Err(e @ CatalogError::SeatLost { .. }) => {
+                    tracing::info!("{e}; not registered until the entry changes");
+                    if self.applied.get(&id).is_some_and(|a| a.seat.is_some()) {
+                        // It went with its seat.
                         self.applied.remove(&id);
                     }
-                },
+                    if let Some(d) = self.desired.get(&id) {
+                        self.refused.insert(id, d.clone());
+                    }
+                }
                 Err(e) => {
                     self.fail(e);
                     return;
                 }
             }
         }
+        // Nothing asked of the catalog proves nothing about it.
+        if called || self.error.is_none() {
+            self.succeeded(called);
+        }
+    }
+
+    /// The catalog answered: the outage (if any) is over.
+    fn succeeded(&mut self, answered: bool) {
+        if answered {
+            self.confirmed = Instant::now();
+        }
         if self.error.take().is_some() {
-            tracing::info!(
-                catalog = self.catalog.url(),
-                "catalog reachable again; registrations restored"
-            );
+            self.outage
+                .recovered(&format!("catalog {}", self.catalog.url()));
         }
         self.retry = RETRY_MIN;
         self.retry_at = None;
@@ -230,12 +404,52 @@ impl Worker {
 
     fn fail(&mut self, e: CatalogError) {
         let msg = e.to_string();
-        if self.error.as_deref() != Some(&msg) {
-            tracing::warn!("{msg}; retrying in {:?}", self.retry);
-        }
+        self.outage.failed("the catalog", &msg);
         self.error = Some(msg);
         self.retry_at = Some(Instant::now() + self.retry);
         self.retry = (self.retry * 2).min(RETRY_MAX);
+        // Past their TTL without a keep-alive, our entries are gone from
+        // the catalog: stop claiming them (reconcile writes them again when
+        // the catalog answers).
+        if !self.applied.is_empty() && self.confirmed.elapsed() > self.expiry() {
+            tracing::warn!(
+                entries = self.applied.len(),
+                "no keep-alive for {:?}: the entries have expired from the catalog",
+                self.confirmed.elapsed()
+            );
+            self.applied.clear();
+        }
+    }
+
+    /// One keep-alive, given up when our entries would expire meanwhile
+    /// (at least a second): `/status` must stop claiming them on time even
+    /// when the catalog stalls rather than refuses.
+    async fn keep_alive(&mut self) -> Result<usize, CatalogError> {
+        let limit = self
+            .expiry()
+            .saturating_sub(self.confirmed.elapsed())
+            .max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, self.catalog.keep_alive()).await {
+            Ok(r) => r,
+            Err(_) => Err(CatalogError::Unavailable {
+                url: self.catalog.url().to_string(),
+                message: format!("no keep-alive answer within {limit:?}"),
+            }),
+        }
+    }
+
+    /// How long entries live in the catalog after the last keep-alive.
+    fn expiry(&self) -> Duration {
+        match self.catalog.keep_alive_interval() {
+            // The backend keeps alive at a third of its lease TTL.
+            Some(every) => every.saturating_mul(3),
+            None => self
+                .applied
+                .values()
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(Duration::from_secs(5)),
+        }
     }
 
     /// One keep-alive for all of this agent's entries, at a third of the
@@ -262,9 +476,12 @@ async fn run_registrar(
         catalog,
         desired: BTreeMap::new(),
         applied: BTreeMap::new(),
+        refused: BTreeMap::new(),
         error: None,
         retry: RETRY_MIN,
         retry_at: None,
+        confirmed: Instant::now(),
+        outage: Outage::default(),
     };
     let mut next_keep_alive = Instant::now() + w.keep_alive_every();
     loop {
@@ -281,7 +498,10 @@ async fn run_registrar(
                         Cmd::Status(id, s) => {
                             if let Some(d) = w.desired.get_mut(&id) { d.status = s; }
                         }
-                        Cmd::Remove(id) => { w.desired.remove(&id); }
+                        Cmd::Remove(id) => {
+                            w.desired.remove(&id);
+                            w.refused.remove(&id);
+                        }
                         Cmd::Flush(tx) => flush = Some(tx),
                     }
                     next = rx.try_recv().ok();
@@ -289,18 +509,24 @@ async fn run_registrar(
                 if w.retry_at.is_none() || flush.is_some() {
                     w.reconcile().await;
                 }
-                if let Some(tx) = flush { let _ = tx.send(()); }
+                if let Some(tx) = flush {
+                    // What the flush waited for is visible in the state first.
+                    continue_after_state(&w, &state);
+                    let _ = tx.send(());
+                }
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(next_keep_alive)), if retry_at.is_some() => {
                 // A failed keep-alive is retried too: after an outage it
                 // renews the session (re-writing every entry) even when
                 // nothing else changed.
                 if !w.applied.is_empty() {
-                    match w.catalog.keep_alive().await {
-                        Ok(n) if n < w.applied.len() => {
-                            w.applied.retain(|_, r| r.status == Status::Critical);
+                    match w.keep_alive().await {
+                        Ok(n) => {
+                            w.succeeded(true);
+                            if n < w.applied.len() {
+                                w.applied.retain(|_, r| r.status == Status::Critical);
+                            }
                         }
-                        Ok(_) => {}
                         Err(e) => {
                             w.fail(e);
                             continue_after_state(&w, &state);
@@ -312,15 +538,16 @@ async fn run_registrar(
                 w.reconcile().await;
             }
             _ = tokio::time::sleep_until(next_keep_alive), if !w.applied.is_empty() && retry_at.is_none() => {
-                match w.catalog.keep_alive().await {
+                match w.keep_alive().await {
                     Ok(n) if n < w.applied.len() => {
                         // Some entries vanished (they expired while this agent
                         // was stalled): re-register them. Critical ones stay
                         // gone, which is what deregisterCriticalServiceAfter asked.
+                        w.confirmed = Instant::now();
                         w.applied.retain(|_, r| r.status == Status::Critical);
                         w.reconcile().await;
                     }
-                    Ok(_) => {}
+                    Ok(_) => w.confirmed = Instant::now(),
                     Err(e) => w.fail(e),
                 }
                 next_keep_alive = Instant::now() + w.keep_alive_every();
@@ -340,6 +567,8 @@ async fn run_registrar(
 fn continue_after_state(w: &Worker, state: &watch::Sender<RegistrarState>) {
     let snapshot = RegistrarState {
         error: w.error.clone(),
+        failing_since: w.outage.since.map(|(_, wall)| wall),
+        failures: w.outage.failures,
         applied: w
             .applied
             .iter()
@@ -516,4 +745,223 @@ pub fn spawn_election<M: Send + 'static>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("autopilot-catalog-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        p
+    }
+
+    fn with_password() -> autopilot_config::EtcdConfig {
+        autopilot_config::EtcdConfig {
+            username: Some("agent".into()),
+            password: Some("s3cret".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hook_env_passes_a_private_password_file_never_the_password() {
+        let dir = scratch("hookenv");
+        let env = hook_env("etcd://127.0.0.1:2379/x", &with_password(), &dir).expect("env");
+        assert!(
+            env.iter()
+                .all(|(k, v)| k != PASSWORD_VAR && !v.contains("s3cret"))
+        );
+        let file = env
+            .iter()
+            .find(|(k, _)| k == PASSWORD_FILE_VAR)
+            .map(|(_, v)| PathBuf::from(v))
+            .expect("password file variable");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "s3cret");
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A second agent start replaces its own stale file.
+        hook_env("etcd://127.0.0.1:2379/x", &with_password(), &dir).expect("again");
+        // Without a password there is no file.
+        let none = hook_env("etcd://127.0.0.1:2379/x", &Default::default(), &dir).expect("env");
+        assert!(none.iter().all(|(k, _)| k != PASSWORD_FILE_VAR));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_password_file_is_never_written_through_a_symlink() {
+        let dir = scratch("symlink");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep me").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("etcd-password")).expect("symlink");
+        let env = hook_env("etcd://h/x", &with_password(), &dir).expect("env");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me");
+        let file = dir.join("etcd-password");
+        assert!(
+            !std::fs::symlink_metadata(&file)
+                .expect("meta")
+                .file_type()
+                .is_symlink()
+        );
+        assert!(env.iter().any(|(k, _)| k == PASSWORD_FILE_VAR));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn settings_read_the_password_file_and_the_variable_wins() {
+        let dir = scratch("pwfile");
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let mut env = BTreeMap::from([(PASSWORD_FILE_VAR.to_string(), file.display().to_string())]);
+        let got = etcd_settings(&Default::default(), &env).expect("settings");
+        assert_eq!(got.password.as_deref(), Some("from-file"));
+        env.insert(PASSWORD_VAR.into(), "from-env".into());
+        let got = etcd_settings(&Default::default(), &env).expect("settings");
+        assert_eq!(got.password.as_deref(), Some("from-env"));
+        // Only one trailing newline is trimmed.
+        std::fs::write(&file, "two\n\n").expect("write");
+        env.remove(PASSWORD_VAR);
+        let got = etcd_settings(&Default::default(), &env).expect("settings");
+        assert_eq!(got.password.as_deref(), Some("two\n"));
+        // A missing file is an error naming it.
+        env.insert(
+            PASSWORD_FILE_VAR.into(),
+            dir.join("nope").display().to_string(),
+        );
+        let err = etcd_settings(&Default::default(), &env).expect_err("missing file");
+        assert!(err.contains("nope"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn on_etcd(etcd: &autopilot_testkit::Etcd, prefix: &str) -> Arc<dyn Catalog> {
+        let settings = autopilot_config::EtcdConfig {
+            lease_ttl: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        open(
+            &format!("etcd://{}/{prefix}", etcd.endpoint()),
+            "a",
+            &settings,
+        )
+        .await
+        .expect("open")
+    }
+
+    fn reg(id: &str, seat: Option<autopilot_catalog::Seat>) -> Registration {
+        Registration {
+            id: id.into(),
+            name: "web".into(),
+            address: "127.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            status: Status::Passing,
+            ttl: Duration::from_secs(10),
+            deregister_critical_after: None,
+            seat,
+        }
+    }
+
+    async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_seat_is_not_an_outage_and_is_not_retried() {
+        let dir = autopilot_testkit::TempDir::new("registrar-seat");
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        let catalog = on_etcd(&etcd, "seat").await;
+        let r = Registrar::start(catalog.clone());
+        let seat = |term| {
+            Some(autopilot_catalog::Seat {
+                election: "e".into(),
+                term,
+            })
+        };
+        r.put(reg("web-1", seat(1)));
+        r.put(reg("web-2", None));
+        r.flush(Duration::from_secs(5)).await;
+        let st = r.state();
+        assert_eq!(st.error, None, "a lost seat does not degrade the catalog");
+        assert_eq!(st.failures, 0);
+        assert_eq!(st.applied.keys().collect::<Vec<_>>(), ["web-2"]);
+        // Not retried: the same registration again changes nothing.
+        r.put(reg("web-1", seat(1)));
+        r.flush(Duration::from_secs(5)).await;
+        assert!(!r.state().applied.contains_key("web-1"));
+        // A changed registration (the seat won) is applied.
+        let me = Candidate {
+            id: "web-1".into(),
+            address: "127.0.0.1".into(),
+            port: 80,
+        };
+        let term = catalog
+            .campaign("e", &me, Duration::from_secs(2))
+            .await
+            .expect("campaign")
+            .expect("won");
+        r.put(reg("web-1", seat(term)));
+        r.flush(Duration::from_secs(5)).await;
+        assert_eq!(r.state().applied.get("web-1"), Some(&Status::Passing));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_past_their_ttl_without_keep_alive_are_not_claimed() {
+        let dir = autopilot_testkit::TempDir::new("registrar-expiry");
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        let r = Registrar::start(on_etcd(&etcd, "expiry").await);
+        r.put(reg("web-1", None));
+        r.flush(Duration::from_secs(5)).await;
+        assert!(r.state().applied.contains_key("web-1"));
+        etcd.pause();
+        let paused = std::time::Instant::now();
+        let gone = eventually(Duration::from_secs(8), || r.state().applied.is_empty()).await;
+        let after = paused.elapsed();
+        let st = r.state();
+        etcd.resume();
+        assert!(gone, "still claimed {after:?} into a stall: {st:?}");
+        // The last keep-alive went out at most TTL/3 before the stall.
+        assert!(
+            after >= Duration::from_millis(1300),
+            "not before the TTL: {after:?}"
+        );
+        assert!(
+            st.error.is_some() && st.failures > 0 && st.failing_since.is_some(),
+            "{st:?}"
+        );
+        // Back when etcd answers, and the outage is over.
+        assert!(
+            eventually(Duration::from_secs(3), || r
+                .state()
+                .applied
+                .contains_key("web-1"))
+            .await,
+            "{:?}",
+            r.state()
+        );
+        assert!(eventually(Duration::from_secs(3), || r.state().failing_since.is_none()).await);
+        assert_eq!(r.state().failures, 0);
+    }
+
+    #[test]
+    fn scrub_secrets_removes_the_password_only() {
+        let mut env = BTreeMap::from([
+            (PASSWORD_VAR.to_string(), "s3cret".to_string()),
+            ("AUTOPILOT_ETCD_USERNAME".to_string(), "agent".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]);
+        scrub_secrets(&mut env);
+        assert!(!env.contains_key(PASSWORD_VAR));
+        assert_eq!(env.len(), 2);
+    }
 }

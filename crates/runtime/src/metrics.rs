@@ -18,7 +18,7 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const SUMMARY_WINDOW: usize = 1024;
 
 /// The agent's own metrics.
-const BUILT_IN: [(&str, &str, MetricKind); 9] = [
+const BUILT_IN: [(&str, &str, MetricKind); 10] = [
     (
         "autopilot_template_renders",
         "Template renders by template and result (written, unchanged, waiting, failed).",
@@ -62,6 +62,11 @@ const BUILT_IN: [(&str, &str, MetricKind); 9] = [
     (
         "autopilot_catalog_degraded",
         "1 while the catalog is unreachable or failing (supervision goes on).",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_catalog_registered",
+        "Entries of this agent the catalog holds now (0 once a lost session let them expire).",
         MetricKind::Gauge,
     ),
 ];

@@ -1,4 +1,4 @@
-//! Test harness: starts real etcd members on free 127.0.0.1 ports in temporary directories, and kills them on drop.
+//! Test harness: starts real etcd members on free 127.0.0.1 ports in temporary directories (stalls, kills and restarts them, empty if asked), and kills them on drop.
 // The harness starts real servers (etcd, openssl) as child processes.
 #![allow(clippy::disallowed_methods)]
 
@@ -217,7 +217,7 @@ impl Etcd {
         );
     }
 
-    /// Kills the member (SIGKILL) and waits for it.
+    /// Kills the member (SIGKILL, even when paused) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -233,6 +233,41 @@ impl Etcd {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The member's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("etcd is running");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Stalls the member (SIGSTOP): its sockets stay open but nothing
+    /// answers, as with a long GC pause or a frozen VM.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused member run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the member (SIGKILL) and starts it again on the same ports with
+    /// an EMPTY data dir: a new cluster whose revisions start again from 1
+    /// and which knows none of the old leases. Single-member clusters only.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
+        self.start("new");
     }
 }
 
@@ -271,6 +306,12 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
 /// Generates a CA and a certificate/key pair signed by it with `openssl`,
 /// valid for 127.0.0.1 and localhost; returns (ca, cert, key) paths.
 pub fn make_certs(dir: &Path, name: &str) -> Tls {
+    make_certs_with(dir, name, "IP:127.0.0.1,DNS:localhost", 2)
+}
+
+/// [`make_certs`] with the certificate's subjectAltName (e.g.
+/// `DNS:example.com`) and validity in days (negative: already expired).
+pub fn make_certs_with(dir: &Path, name: &str, san: &str, days: i32) -> Tls {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -303,7 +344,7 @@ pub fn make_certs(dir: &Path, name: &str) -> Tls {
     let ext = dir.join(format!("{name}.ext"));
     std::fs::write(
         &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n"),
     )
     .expect("ext");
     run(&[
@@ -329,7 +370,7 @@ pub fn make_certs(dir: &Path, name: &str) -> Tls {
         "ca-key.pem",
         "-CAcreateserial",
         "-days",
-        "2",
+        &days.to_string(),
         "-extfile",
         &format!("{name}.ext"),
         "-out",
