@@ -387,3 +387,79 @@ fn hostile_putenv_is_refused_and_jobs_keep_starting() {
         "the good value never arrived"
     );
 }
+
+#[test]
+fn the_etcd_password_reaches_no_child_environment_but_hooks_still_authenticate() {
+    use autopilot_testkit::etcdctl;
+    let d = Dir::new("secrets");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    etcdctl(&ep, &["user", "add", "root:rootpw"]);
+    etcdctl(&ep, &["user", "add", "agent:s3cret-pw"]);
+    etcdctl(&ep, &["role", "add", "agents"]);
+    etcdctl(
+        &ep,
+        &[
+            "role",
+            "grant-permission",
+            "agents",
+            "--prefix=true",
+            "readwrite",
+            "/sec/",
+        ],
+    );
+    etcdctl(&ep, &["user", "grant-role", "agent", "agents"]);
+    etcdctl(&ep, &["auth", "enable"]);
+    let url = format!("etcd://{ep}/sec");
+    let bin_dir = Path::new(bin())
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    // The service dumps its environment; a hook writes through the catalog
+    // with the agent's credentials.
+    let cfg = r#"{
+  control: { socket: "@SOCKET@" },
+  jobs: [
+    { name: "app", exec: ["sh", "-c", "env > @DIR@/app.env; sleep 600"] },
+    { name: "hook", exec: ["sh", "-c", "autopilot kv put from-hook ok && echo done > @DIR@/hook"] },
+  ]
+}"#;
+    let a = start_with(
+        &d,
+        cfg,
+        &[],
+        &[
+            ("AUTOPILOT_CATALOG", &url),
+            ("AUTOPILOT_ETCD_USERNAME", "agent"),
+            ("AUTOPILOT_ETCD_PASSWORD", "s3cret-pw"),
+            ("PATH", &path),
+        ],
+    );
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || d.read("hook").trim() == "done"),
+        "the hook authenticated through the password file; log:\n{}",
+        a.log()
+    );
+    assert!(wait_for(Duration::from_secs(5), || !d
+        .read("app.env")
+        .is_empty()));
+    let env = d.read("app.env");
+    assert!(
+        !env.contains("s3cret-pw"),
+        "the password reached the service's environment"
+    );
+    let file = env
+        .lines()
+        .find_map(|l| l.strip_prefix("AUTOPILOT_ETCD_PASSWORD_FILE="))
+        .expect("the password file is named");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).expect("password file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(file).expect("read").trim(),
+        "s3cret-pw"
+    );
+}

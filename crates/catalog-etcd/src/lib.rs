@@ -1110,6 +1110,11 @@ impl Catalog for EtcdCatalog {
         Some(self.lease_ttl / 3)
     }
 
+    fn lock_ttl(&self) -> Duration {
+        // Locks live on the session's lease.
+        self.lease_ttl
+    }
+
     async fn services(&self) -> Result<Vec<ServiceSummary>, CatalogError> {
         let resp = self
             .conn

@@ -544,6 +544,10 @@ fn parse_instance(r: &rusqlite::Row) -> rusqlite::Result<Instance> {
 
 #[async_trait::async_trait]
 impl Catalog for LocalCatalog {
+    fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(LOCK_TTL_MS.unsigned_abs())
+    }
+
     fn url(&self) -> &str {
         &self.url
     }

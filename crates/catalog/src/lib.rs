@@ -185,6 +185,11 @@ pub trait Catalog: Send + Sync {
 
     async fn unlock(&self, name: &str) -> Result<(), CatalogError>;
 
+    /// How long a held lock outlives this session's last successful
+    /// keep-alive: a holder that cannot keep its session alive must assume
+    /// the lock is gone after this long.
+    fn lock_ttl(&self) -> Duration;
+
     // ---- leader election ---------------------------------------------------
 
     /// One attempt to lead `election` for `ttl`: wins if nobody leads, renews

@@ -85,6 +85,9 @@ impl Catalog for Freezable {
     async fn unlock(&self, _: &str) -> Result<(), CatalogError> {
         Err(unused())
     }
+    fn lock_ttl(&self) -> Duration {
+        Duration::from_secs(3)
+    }
     async fn campaign(
         &self,
         _: &str,

@@ -11,21 +11,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How long a lock outlives its holder's last keep-alive on the embedded
-/// catalog (catalog-local's `LOCK_TTL_MS`, which the trait does not expose).
-const LOCAL_LOCK_TTL: Duration = Duration::from_secs(3);
-
-/// The lock's lifetime without a keep-alive: the embedded catalog's lock
-/// TTL, or the etcd session lease's.
-fn lock_ttl(url: &str, etcd: &autopilot_config::EtcdConfig) -> Duration {
-    if url.starts_with("etcd") {
-        etcd.lease_ttl
-            .unwrap_or(autopilot_runtime::catalog::DEFAULT_LEASE_TTL)
-    } else {
-        LOCAL_LOCK_TTL
-    }
-}
-
 /// Keeps the session alive; publishes the instant each confirmed keep-alive
 /// was *sent* (the lock lives at least `ttl` from then). Every attempt is
 /// bounded, so a stalled catalog cannot hold up the next one.
@@ -70,9 +55,9 @@ pub async fn lock_cmd(
         std::process::id(),
         autopilot_catalog::now_ms()
     );
-    let ttl = lock_ttl(&url, &etcd);
-    let margin = (ttl / 5).max(Duration::from_millis(300));
     let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    let ttl = cat.lock_ttl();
+    let margin = (ttl / 5).max(Duration::from_millis(300));
     cat.lock(name).await?;
     // Waiting for the lock may have taken long: confirm the session now,
     // so the TTL is counted from a known instant.
