@@ -389,6 +389,39 @@ fn read_pem(url: &str, what: &str, path: &PathBuf, kind: Pem) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
+/// Refuses a client certificate outside its validity period here: a TLS 1.3
+/// server checks it after the handshake and just drops the connection, so
+/// the server's reason never reaches us.
+fn check_validity(url: &str, path: &std::path::Path, pem: &[u8]) -> Result<(), CatalogError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem).next() else {
+        return Ok(());
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Ok(());
+    };
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    let problem = if now > validity.not_after {
+        Some(format!("expired on {}", validity.not_after))
+    } else if now < validity.not_before {
+        Some(format!("is not valid until {}", validity.not_before))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(CatalogError::Invalid {
+            url: url.to_string(),
+            message: format!(
+                "the client certificate {} {p}; the server would refuse it",
+                path.display()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Turns a TLS failure into what is wrong and which file to look at; other
 /// messages are returned as they are.
 fn explain_tls(message: &str, opts: &EtcdOptions) -> String {
@@ -478,8 +511,10 @@ impl EtcdCatalog {
             }
             match (&opts.cert, &opts.key) {
                 (Some(c), Some(k)) => {
+                    let cert = read_pem(&url, "client certificate", c, Pem::Certificate)?;
+                    check_validity(&url, c, &cert)?;
                     t = t.identity(Identity::from_pem(
-                        read_pem(&url, "client certificate", c, Pem::Certificate)?,
+                        cert,
                         read_pem(&url, "client key", k, Pem::Key)?,
                     ));
                 }
