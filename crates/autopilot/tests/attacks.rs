@@ -422,8 +422,8 @@ fn the_etcd_password_reaches_no_child_environment_but_hooks_still_authenticate()
     let cfg = r#"{
   control: { socket: "@SOCKET@" },
   jobs: [
-    { name: "app", exec: ["sh", "-c", "env > @DIR@/app.env; sleep 600"] },
     { name: "hook", exec: ["sh", "-c", "autopilot kv put from-hook ok && echo done > @DIR@/hook"] },
+    { name: "app", exec: ["sh", "-c", "env > @DIR@/app.env; sleep 600"], main: true },
   ]
 }"#;
     let a = start_with(
