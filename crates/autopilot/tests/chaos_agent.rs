@@ -208,11 +208,13 @@ fn kv_put(url: &str, key: &str, value: &str) {
 
 /// An agent whose snapshot set has `index` recorded; returns once it
 /// reports why it is waiting, having started nothing.
-fn waits_instead_of_starting_empty(tag: &str, index: &str, store_setup: impl Fn(&Dir)) {
+fn waits_instead_of_starting_empty(tag: &str, index: Option<&str>, store_setup: impl Fn(&Dir)) {
     let d = Dir::new(tag);
     let url = format!("local://{}", d.path("catalog").display());
     store_setup(&d);
-    kv_put(&url, "snapshots/db/index", index);
+    if let Some(index) = index {
+        kv_put(&url, "snapshots/db/index", index);
+    }
     let store = format!("file://{}", d.path("store").display());
     let a = start_with(
         &d,
@@ -265,7 +267,7 @@ const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00
 #[test]
 fn snapshots_that_all_fail_their_checksum_do_not_mean_an_empty_start() {
     let index = format!(r#"[{{"sha256":"{SHA}","size":9,"created_ms":1,"by":"db-old"}}]"#);
-    waits_instead_of_starting_empty("snap-corrupt", &index, |d| {
+    waits_instead_of_starting_empty("snap-corrupt", Some(&index), |d| {
         std::fs::create_dir_all(d.path("store/db")).expect("store");
         std::fs::write(d.path(&format!("store/db/{SHA}.snap")), "corrupted").expect("object");
     });
@@ -275,9 +277,19 @@ fn snapshots_that_all_fail_their_checksum_do_not_mean_an_empty_start() {
 fn an_unreachable_store_or_an_unreadable_index_does_not_mean_an_empty_start() {
     // The index names a snapshot the store does not have (a lost bucket).
     let index = format!(r#"[{{"sha256":"{SHA}","size":9,"created_ms":1,"by":"db-old"}}]"#);
-    waits_instead_of_starting_empty("snap-missing", &index, |_| {});
+    waits_instead_of_starting_empty("snap-missing", Some(&index), |_| {});
     // The index itself is damaged: snapshots existed, so still no empty start.
-    waits_instead_of_starting_empty("snap-garbled", "{not json", |_| {});
+    waits_instead_of_starting_empty("snap-garbled", Some("{not json"), |_| {});
+}
+
+#[test]
+fn a_catalog_that_lost_its_index_does_not_mean_an_empty_start_while_the_store_has_snapshots() {
+    // etcd restored empty: no index, no bootstrap claim, no leader; the
+    // store still holds the set's snapshots.
+    waits_instead_of_starting_empty("snap-noindex", None, |d| {
+        std::fs::create_dir_all(d.path("store/db")).expect("store");
+        std::fs::write(d.path(&format!("store/db/{SHA}.snap")), "test").expect("object");
+    });
 }
 
 #[test]

@@ -21,7 +21,8 @@ fn config(port: u16) -> String {
        roles: {{ leader: {{ name: "db", tags: ["primary"] }}, follower: {{ name: "db-replica" }} }} }},
     {{ name: "on-elected", when: {{ source: "db", each: "elected" }},
        exec: ["sh", "-c", "date +%s%N > @DIR@/elected; echo $AUTOPILOT_LEADER_DB_PRIMARY_ID $AUTOPILOT_LEADER_DB_PRIMARY_TERM >> @DIR@/elected-terms"] }},
-    {{ name: "on-demoted", when: {{ source: "db", each: "demoted" }}, exec: "sh -c 'date +%s%N > @DIR@/demoted'" }},
+    {{ name: "on-demoted", when: {{ source: "db", each: "demoted" }},
+       exec: ["sh", "-c", "date +%s%N > @DIR@/demoted; echo \"saw:$AUTOPILOT_LEADER_DB_PRIMARY_ID\" >> @DIR@/demoted-saw"] }},
     {{ name: "on-leader", when: {{ source: "db", each: "leaderChanged" }},
        exec: ["sh", "-c", "echo $AUTOPILOT_LEADER_DB_PRIMARY_ID $AUTOPILOT_LEADER_DB_PRIMARY_TERM >> @DIR@/leaders"] }},
   ]
@@ -129,6 +130,18 @@ fn election_body(d: &Dir, url: &str) {
         .dir
         .read("demoted")
         .is_empty()));
+    // A demoted node no longer tells its children it leads.
+    assert!(wait_for(Duration::from_secs(5), || !nodes[first]
+        .dir
+        .read("demoted-saw")
+        .is_empty()));
+    for line in nodes[first].dir.lines("demoted-saw") {
+        assert_ne!(
+            line,
+            format!("saw:{id}"),
+            "the demoted handler saw itself as leader"
+        );
+    }
     std::fs::remove_file(nodes[first].dir.path("sick")).expect("heal");
 
     // Graceful stop of the leader hands over in under a second.

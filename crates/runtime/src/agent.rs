@@ -502,6 +502,16 @@ impl Agent {
             }
             ElectionNews::Demoted(term) => {
                 tracing::warn!(job = %name, %election, term, "no longer leader");
+                // This node no longer knows who leads: its children (the
+                // `demoted` handler first) must not see itself as leader.
+                if self
+                    .leaders
+                    .get(&election)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|l| l.id == self.entry_id(job))
+                {
+                    self.record_leader(&election, None);
+                }
                 self.input(Input::Leadership { job, term: None });
             }
             ElectionNews::Leader(l) => {

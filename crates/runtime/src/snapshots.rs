@@ -173,10 +173,18 @@ pub async fn take(
     result
 }
 
-fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(true)
+/// Whether a data directory is empty (or absent). One that cannot be
+/// listed (a flaky mount, wrong owner) is not empty: restoring over it could
+/// bury real data.
+fn is_empty_dir(p: &Path) -> Result<bool, String> {
+    match std::fs::read_dir(p) {
+        Ok(mut d) => Ok(d.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(format!(
+            "cannot tell whether the data directory {} is empty: {e}",
+            p.display()
+        )),
+    }
 }
 
 /// A bootstrap claim older than this, with still no snapshot and no
@@ -252,7 +260,7 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
     let (Some(restore), Some(data)) = (&spec.restore, &spec.data_dir) else {
         return Ok(());
     };
-    if !is_empty_dir(data) {
+    if !is_empty_dir(data)? {
         tracing::info!(dir = %data.display(), "data present; nothing to restore");
         return Ok(());
     }
@@ -337,16 +345,45 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
                     ));
                     why
                 } else {
+                    // No index: the set never had a snapshot, unless the
+                    // catalog lost its data (etcd restored empty). The objects
+                    // in the store outlive it, so they are asked too.
+                    let stored = store.has_snapshots(&spec.set).await;
+                    // A leader that cannot be read is not "no leader".
                     let leader = match election {
-                        Some(e) => ctx.catalog.leader(e).await.ok().flatten(),
-                        None => None,
+                        Some(e) => ctx.catalog.leader(e).await.map(|l| l.is_some()),
+                        None => Ok(false),
                     };
-                    if leader.is_none() && claim_bootstrap(ctx, &spec.set).await {
-                        tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
-                        ctx.report(None);
-                        return Ok(());
+                    match (stored, leader) {
+                        (Ok(true), _) => {
+                            if forced(ctx, &spec.set).await {
+                                tracing::warn!(set = %spec.set, instance = %ctx.me, "no snapshot index; starting fresh as ordered by snapshots/{}/force-bootstrap", spec.set);
+                                ctx.report(None);
+                                return Ok(());
+                            }
+                            format!(
+                                "the catalog has no snapshot index but the store {} holds snapshots of this set (did the catalog lose its data?); not starting empty: waiting for the leader to record one (to start fresh anyway: autopilot kv put {} {})",
+                                spec.store,
+                                force_key(&spec.set),
+                                ctx.me
+                            )
+                        }
+                        (Err(e), _) => {
+                            format!("cannot list the snapshot store: {e}; not starting empty")
+                        }
+                        (_, Err(e)) => format!("cannot read the leader: {e}; waiting"),
+                        (Ok(false), Ok(true)) => {
+                            "waiting for the leader's first snapshot".to_string()
+                        }
+                        (Ok(false), Ok(false)) => {
+                            if claim_bootstrap(ctx, &spec.set).await {
+                                tracing::info!(set = %spec.set, "no snapshot and no leader: this node bootstraps fresh");
+                                ctx.report(None);
+                                return Ok(());
+                            }
+                            "waiting for a first snapshot".to_string()
+                        }
                     }
-                    "waiting for a first snapshot".to_string()
                 }
             }
         };

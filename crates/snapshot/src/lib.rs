@@ -30,6 +30,10 @@ pub trait Store: Send + Sync {
     /// Copies snapshot `sha` of `set` to `dest` (not verified: see [`sha256_file`]).
     async fn get(&self, set: &str, sha: &str, dest: &Path) -> Result<(), StoreError>;
     async fn delete(&self, set: &str, sha: &str) -> Result<(), StoreError>;
+    /// Whether the store holds any snapshot of `set`. The objects outlive
+    /// the catalog's index: a catalog that lost its data must not make a
+    /// set with snapshots look like one that never had any.
+    async fn has_snapshots(&self, set: &str) -> Result<bool, StoreError>;
 }
 
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
@@ -190,6 +194,28 @@ impl Store for FileStore {
             .map_err(|e| self.err(format!("cannot fetch {set}/{sha}: {e}")))
     }
 
+    async fn has_snapshots(&self, set: &str) -> Result<bool, StoreError> {
+        if !valid(set) {
+            return Err(self.err(format!("invalid snapshot set {set:?}")));
+        }
+        let dir = self.root.join(set);
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.err(format!("cannot list {}: {e}", dir.display()))),
+        };
+        while let Some(e) = entries
+            .next_entry()
+            .await
+            .map_err(|e| self.err(format!("cannot list {}: {e}", dir.display())))?
+        {
+            if e.file_name().to_string_lossy().ends_with(".snap") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn delete(&self, set: &str, sha: &str) -> Result<(), StoreError> {
         let p = self.object(set, sha)?;
         match tokio::fs::remove_file(&p).await {
@@ -344,6 +370,27 @@ impl Store for S3Store {
         f.sync_all().await.map_err(io)?;
         drop(f);
         tmp.persist(dest).map_err(|e| io(e.error))
+    }
+
+    async fn has_snapshots(&self, set: &str) -> Result<bool, StoreError> {
+        use futures_util::StreamExt;
+        if !valid(set) {
+            return Err(self.err(format!("invalid snapshot set {set:?}")));
+        }
+        let key = if self.prefix.is_empty() {
+            set.to_string()
+        } else {
+            format!("{}/{set}", self.prefix)
+        };
+        let prefix = object_store::path::Path::from(key);
+        let mut list = self.s3.list(Some(&prefix));
+        while let Some(item) = list.next().await {
+            let meta = item.map_err(|e| self.err(format!("cannot list {prefix}: {e}")))?;
+            if meta.location.as_ref().ends_with(".snap") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn delete(&self, set: &str, sha: &str) -> Result<(), StoreError> {
