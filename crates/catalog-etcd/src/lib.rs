@@ -96,8 +96,9 @@ struct Session {
     /// Locks held, by name: the ownership key etcd returned.
     locks: BTreeMap<String, Vec<u8>>,
     /// Elections led, by name: the election's own lease (its TTL is the
-    /// election's, not the session's) and the term won.
-    elections: BTreeMap<String, (i64, u64)>,
+    /// election's, not the session's), the term won, and the seat key's
+    /// create revision (what seat-bound writes compare against).
+    elections: BTreeMap<String, (i64, u64, i64)>,
 }
 
 /// The value of `<prefix>/elections/<name>`.
@@ -107,6 +108,10 @@ struct LeaderValue {
     address: String,
     port: u16,
     owner: String,
+    /// The fencing token. Seats written before terms were counted have none:
+    /// their key's create revision is their term.
+    #[serde(default)]
+    term: u64,
 }
 
 /// The connection: one client per endpoint and a pinned current endpoint.
@@ -265,6 +270,9 @@ pub struct EtcdCatalog {
     changes: watch::Receiver<u64>,
     /// Bumped with every new session lease, so lock waiters re-queue on it.
     lease_epoch: watch::Sender<u64>,
+    /// The highest term this agent has seen per election: after etcd lost
+    /// its data (the term counter with it), new terms still start above it.
+    terms_seen: std::sync::Mutex<BTreeMap<String, u64>>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -629,6 +637,7 @@ impl EtcdCatalog {
             }),
             changes: rx,
             lease_epoch: watch::channel(0u64).0,
+            terms_seen: std::sync::Mutex::new(BTreeMap::new()),
             watcher,
         })
     }
@@ -740,13 +749,12 @@ impl EtcdCatalog {
             election: seat.election.clone(),
             term: seat.term,
         };
-        let Some(&(lease, term)) = s.elections.get(&seat.election) else {
+        let Some(&(lease, term, rev)) = s.elections.get(&seat.election) else {
             return Err(lost());
         };
         if term != seat.term {
             return Err(lost());
         }
-        let term = i64::try_from(term).map_err(|_| lost())?;
         let seat_key = self.election_key(&seat.election);
         let (k, v) = (self.key(e), json(e));
         let resp = self
@@ -756,7 +764,7 @@ impl EtcdCatalog {
                     .when([Compare::create_revision(
                         seat_key.clone(),
                         CompareOp::Equal,
-                        term,
+                        rev,
                     )])
                     .and_then([TxnOp::put(
                         k.clone(),
@@ -826,6 +834,27 @@ impl EtcdCatalog {
 
     fn election_key(&self, election: &str) -> String {
         format!("{}/elections/{election}", self.prefix)
+    }
+
+    /// The election's term counter: the last term granted. It has no lease,
+    /// so it outlives every seat.
+    fn term_key(&self, election: &str) -> String {
+        format!("{}/terms/{election}", self.prefix)
+    }
+
+    fn saw_term(&self, election: &str, term: u64) {
+        let mut seen = self.terms_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let t = seen.entry(election.to_string()).or_default();
+        *t = (*t).max(term);
+    }
+
+    fn seen_term(&self, election: &str) -> u64 {
+        self.terms_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(election)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -1048,7 +1077,7 @@ impl Catalog for EtcdCatalog {
         // A seat not held at that term refuses the entry before anything
         // (the old entry included) is touched.
         if let Some(seat) = &entry.seat
-            && s.elections.get(&seat.election).map(|&(_, t)| t) != Some(seat.term)
+            && s.elections.get(&seat.election).map(|&(_, t, _)| t) != Some(seat.term)
         {
             return Err(CatalogError::SeatLost {
                 url: self.url.clone(),
@@ -1355,7 +1384,7 @@ impl Catalog for EtcdCatalog {
         autopilot_catalog::check_key(&self.url, election)?;
         let key = format!("{}/elections/{election}", self.prefix);
         let held = self.session.lock().await.elections.get(election).copied();
-        if let Some((lease, term)) = held {
+        if let Some((lease, term, _)) = held {
             // Renewal: one keep-alive on the election's lease.
             let alive = self
                 .conn
@@ -1378,7 +1407,24 @@ impl Catalog for EtcdCatalog {
             let mut s = self.session.lock().await;
             self.forget_seat(&mut s, election);
         }
-        let ttl_s = ttl.as_secs().max(1) as i64;
+        // The term is a counter advanced in the same transaction that takes
+        // the seat, so it strictly increases with every new leader; it
+        // starts above any term this agent has seen, so it keeps growing
+        // even after etcd lost its data (and the counter with it).
+        let term_key = self.term_key(election);
+        let counter = self.conn.get(term_key.clone(), false).await?;
+        let (last, counter_rev) = counter.kvs().first().map_or((0, 0), |kv| {
+            let v = String::from_utf8_lossy(kv.value())
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+            (v, kv.mod_revision())
+        });
+        let term = last
+            .max(self.seen_term(election))
+            .checked_add(1)
+            .ok_or_else(|| self.unavailable(format!("the term of {election} cannot grow")))?;
+        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = self
             .conn
             .call(|mut c| async move { c.lease_grant(ttl_s, None).await })
@@ -1389,18 +1435,30 @@ impl Catalog for EtcdCatalog {
             address: me.address.clone(),
             port: me.port,
             owner: self.owner.clone(),
+            term,
         })
         .unwrap_or_default();
+        let counter_unchanged = if counter_rev == 0 {
+            Compare::create_revision(term_key.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(term_key.clone(), CompareOp::Equal, counter_rev)
+        };
         let resp = self
             .conn
             .call(|mut c| {
                 let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.clone(),
-                        value.clone(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]);
+                    .when([
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                        counter_unchanged.clone(),
+                    ])
+                    .and_then([
+                        TxnOp::put(
+                            key.clone(),
+                            value.clone(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        ),
+                        TxnOp::put(term_key.clone(), term.to_string(), None),
+                    ]);
                 async move { c.txn(txn).await }
             })
             .await?;
@@ -1411,19 +1469,19 @@ impl Catalog for EtcdCatalog {
                 .await;
             return Ok(None);
         }
-        // The put's revision is the key's create revision: a new term gets
-        // a higher revision than any before it.
-        let term = resp.header().map(|h| h.revision()).unwrap_or(0).max(0) as u64;
+        // The seat key's create revision: what seat-bound writes check.
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        self.saw_term(election, term);
         self.session
             .lock()
             .await
             .elections
-            .insert(election.to_string(), (lease, term));
+            .insert(election.to_string(), (lease, term, rev));
         Ok(Some(term))
     }
 
     async fn resign(&self, election: &str) -> Result<(), CatalogError> {
-        let Some((lease, _)) = self.session.lock().await.elections.get(election).copied() else {
+        let Some((lease, _, _)) = self.session.lock().await.elections.get(election).copied() else {
             return Ok(());
         };
         // Revoking the lease deletes the key in the same step. The seat is
@@ -1449,15 +1507,24 @@ impl Catalog for EtcdCatalog {
             .conn
             .get(format!("{}/elections/{election}", self.prefix), false)
             .await?;
-        Ok(resp.kvs().first().and_then(|kv| {
+        let leader = resp.kvs().first().and_then(|kv| {
             let v: LeaderValue = serde_json::from_slice(kv.value()).ok()?;
+            let term = if v.term > 0 {
+                v.term
+            } else {
+                u64::try_from(kv.create_revision()).unwrap_or(0)
+            };
             Some(Leader {
                 id: v.id,
                 address: v.address,
                 port: v.port,
-                term: kv.create_revision().max(0) as u64,
+                term,
             })
-        }))
+        });
+        if let Some(l) = &leader {
+            self.saw_term(election, l.term);
+        }
+        Ok(leader)
     }
 
     async fn unlock(&self, name: &str) -> Result<(), CatalogError> {

@@ -573,3 +573,53 @@ async fn a_lock_waiter_queues_again_on_the_new_lease() {
         .expect("join")
         .expect("lock");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_terms_keep_growing_after_etcd_loses_its_data() {
+    use autopilot_catalog::Candidate;
+    let dir = TempDir::new("etcd-terms");
+    let mut etcd = Etcd::single(&dir.0);
+    let c = connect(opts(&etcd.endpoint(), "/terms", 3), "a").await;
+    let me = Candidate {
+        id: "a".into(),
+        address: "127.0.0.1".into(),
+        port: 1,
+    };
+    let ttl = Duration::from_secs(2);
+    // History, so the old cluster's revisions are far ahead of a new one's
+    // (terms taken from revisions would go backwards after the restart).
+    for i in 0..30 {
+        c.kv_put("filler", &i.to_string()).await.expect("put");
+    }
+    let mut last = 0;
+    // Terms grow with every new seat, whatever else is written meanwhile.
+    for i in 0..3 {
+        c.kv_put(&format!("noise/{i}"), "x").await.expect("put");
+        let t = c
+            .campaign("db", &me, ttl)
+            .await
+            .expect("campaign")
+            .expect("wins");
+        assert!(t > last, "term {t} after {last}");
+        assert_eq!(
+            c.leader("db").await.expect("leader").map(|l| l.term),
+            Some(t)
+        );
+        last = t;
+        c.resign("db").await.expect("resign");
+    }
+    // etcd comes back empty: its revisions (and the term counter) restart,
+    // but a term granted now is still above every term granted before.
+    etcd.restart_empty();
+    let mut t = None;
+    for _ in 0..100 {
+        if let Ok(Some(won)) = c.campaign("db", &me, ttl).await {
+            t = Some(won);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = t.expect("wins on the new cluster");
+    assert!(t > last, "the fencing token went back from {last} to {t}");
+    c.resign("db").await.expect("resign");
+}
