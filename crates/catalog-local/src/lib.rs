@@ -977,6 +977,19 @@ impl Catalog for LocalCatalog {
         .await
     }
 
+    async fn holds_lock(&self, name: &str) -> Result<bool, CatalogError> {
+        let (n, owner) = (name.to_string(), self.owner.clone());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM locks WHERE name = ?1 AND owner = ?2 AND expires_ms > ?3",
+                params![n, owner, clock_ms()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     async fn unlock(&self, name: &str) -> Result<(), CatalogError> {
         let (n, owner) = (name.to_string(), self.owner.clone());
         self.with(move |c| {

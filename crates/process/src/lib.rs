@@ -173,6 +173,81 @@ impl Spawner {
     }
 }
 
+impl Spawner {
+    /// Forks a guard for the process group `pgid`: when this process dies
+    /// (even by SIGKILL), the guard gets `on_parent_death` and SIGKILLs the
+    /// whole group, then exits. `PR_SET_PDEATHSIG` alone reaches only a
+    /// direct child; the guard extends it to the command's descendants. Stop
+    /// the guard with [`signal_process`]`(pid, Sig::Kill)`, which it cannot
+    /// catch, so the group is left alone. Like [`Attach::die_with_parent`],
+    /// the signal fires when the forking *thread* exits.
+    #[allow(unsafe_code)]
+    pub fn spawn_group_guard(&self, pgid: u32, on_parent_death: Sig) -> Result<Child, SpawnError> {
+        let signo = on_parent_death.nix() as libc::c_int;
+        let parent = nix::unistd::getpid().as_raw();
+        let group = pgid as libc::pid_t;
+        // Everything the child needs is built before the fork: after it,
+        // only async-signal-safe calls are allowed.
+        // SAFETY: sigset_t is plain data; sigfillset/sigemptyset/sigaddset
+        // initialise it before any use.
+        let (mut all, mut wanted) = unsafe {
+            (
+                std::mem::zeroed::<libc::sigset_t>(),
+                std::mem::zeroed::<libc::sigset_t>(),
+            )
+        };
+        // SAFETY: both sets are valid, owned, and initialised here.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::sigemptyset(&mut wanted);
+            libc::sigaddset(&mut wanted, signo);
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the child runs only async-signal-safe calls (sigprocmask,
+        // prctl, getppid, sigwaitinfo, kill, _exit) on data built before the
+        // fork, and never returns into Rust code: it ends with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above; this is the forked child.
+            unsafe {
+                // Every signal blocked: the inherited handlers (tokio's
+                // write to the parent's pipes) must never run here, and the
+                // death signal is taken synchronously below.
+                libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signo as libc::c_ulong, 0, 0, 0) == 0
+                    && libc::getppid() == parent
+                {
+                    while libc::sigwaitinfo(&wanted, std::ptr::null_mut()) != signo {}
+                }
+                // The parent died (or died before prctl ran, or prctl
+                // failed: then the group must not outlive us either).
+                libc::kill(-group, libc::SIGKILL);
+                libc::_exit(0);
+            }
+        }
+        if pid < 0 {
+            return Err(SpawnError::Exec {
+                program: "lock guard".into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        waiters.insert(pid, tx);
+        Ok(Child {
+            pid: pid as u32,
+            exit: rx,
+        })
+    }
+}
+
+/// Signals one process (not its group). A process that is already gone is not an error.
+pub fn signal_process(pid: u32, sig: Sig) -> io::Result<()> {
+    match nix::sys::signal::kill(Pid::from_raw(pid as i32), sig.nix()) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
 /// Reaps every exited child. Waiters get their status; orphans are just
 /// collected so none stays a zombie.
 fn reap(waiters: &Mutex<HashMap<i32, oneshot::Sender<Exit>>>) {
