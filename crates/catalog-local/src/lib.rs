@@ -1032,6 +1032,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn holds_lock_is_true_only_for_the_live_owner() {
+        let d = dir("holds");
+        let a = LocalCatalog::open(&d, "a").expect("open a");
+        let b = LocalCatalog::open(&d, "b").expect("open b");
+        assert!(!a.holds_lock("l").await.expect("check"));
+        a.lock("l").await.expect("lock");
+        assert!(a.holds_lock("l").await.expect("check"));
+        assert!(!b.holds_lock("l").await.expect("check"), "not b's lock");
+        a.unlock("l").await.expect("unlock");
+        assert!(!a.holds_lock("l").await.expect("check"), "released");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn corrupt_and_unwritable_paths_are_reported() {
         let d = dir("corrupt");
         std::fs::create_dir_all(&d).expect("dir");

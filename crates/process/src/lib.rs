@@ -430,6 +430,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_guard_stopped_with_sigkill_leaves_the_group_alone() {
+        let sp = Spawner::start().expect("spawner");
+        let k = sp.spawn(&sh("sleep 30 & wait")).expect("spawn");
+        let g = sp.spawn_group_guard(k.pid, Sig::Term).expect("guard");
+        signal_process(g.pid, Sig::Kill).expect("kill guard");
+        assert_eq!(g.exit.await.expect("status"), Exit::Signal(9));
+        // Signal 0: the group still exists.
+        assert!(killpg(Pid::from_raw(k.pid as i32), None::<Signal>).is_ok());
+        signal_group(k.pid, Sig::Kill).expect("kill");
+        assert_eq!(k.exit.await.expect("status"), Exit::Signal(9));
+        // The parent's death is tested through the binary (tests/cli.rs).
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn missing_program_is_a_clear_error() {
         let sp = Spawner::start().expect("spawner");
         let spec = SpawnSpec {
