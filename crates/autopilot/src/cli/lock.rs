@@ -95,6 +95,17 @@ pub async fn lock_cmd(
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let spawner = Spawner::start()?;
+    // The command's parent-death signal does not reach its descendants: it
+    // runs in a group led by a guard that kills the whole group if this
+    // process dies. The group exists first, so no descendant escapes it.
+    let guard = match spawner.spawn_group_guard(Sig::Term) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = cat.unlock(name).await;
+            return Err(e.into());
+        }
+    };
+    let group = guard.pid;
     let spec = SpawnSpec {
         argv: command.to_vec(),
         env: env.into_iter().collect(),
@@ -104,21 +115,12 @@ pub async fn lock_cmd(
     let attach = Attach {
         inherit_stdio: true,
         die_with_parent: true,
+        group: Some(group),
     };
     let mut child = match spawner.spawn_attached(&spec, attach) {
         Ok(c) => c,
         Err(e) => {
-            let _ = cat.unlock(name).await;
-            return Err(e.into());
-        }
-    };
-    // The command's descendants are not reached by its parent-death signal:
-    // the guard kills the whole group if this process dies. (A descendant
-    // forked in the microseconds before the guard exists is not covered.)
-    let guard = match spawner.spawn_group_guard(child.pid, Sig::Term) {
-        Ok(g) => g,
-        Err(e) => {
-            let _ = signal_group(child.pid, Sig::Kill);
+            let _ = signal_process(guard.pid, Sig::Kill);
             let _ = cat.unlock(name).await;
             return Err(e.into());
         }
@@ -143,20 +145,20 @@ pub async fn lock_cmd(
                 eprintln!(
                     "autopilot: lock {name}: the catalog no longer holds the lock for this session (the session was lost); stopping the command"
                 );
-                signal_group(child.pid, Sig::Term)?;
+                signal_group(group, Sig::Term)?;
             }
             Held::Lost => {}
         }
         let deadline = last + ttl.saturating_sub(margin);
         tokio::select! {
             r = &mut child.exit => break r,
-            _ = term.recv() => signal_group(child.pid, Sig::Term)?,
-            _ = int.recv() => signal_group(child.pid, Sig::Int)?,
+            _ = term.recv() => signal_group(group, Sig::Term)?,
+            _ = int.recv() => signal_group(group, Sig::Int)?,
             r = confirmed.changed(), if renewing => renewing = r.is_ok(),
             // The grace after SIGTERM is over: another holder may be in.
             _ = tokio::time::sleep_until(kill_at.unwrap_or(last + ttl)), if kill_at.is_some() && !killed => {
                 killed = true;
-                signal_group(child.pid, Sig::Kill)?;
+                signal_group(group, Sig::Kill)?;
             }
             _ = tokio::time::sleep_until(deadline), if kill_at.is_none() => {
                 // A full TTL without confirmation ends the lock.
@@ -165,7 +167,7 @@ pub async fn lock_cmd(
                     "autopilot: lock {name}: the session was not confirmed for {:?} of the lock's {ttl:?} TTL; the lock may be lost, stopping the command",
                     ttl.saturating_sub(margin),
                 );
-                signal_group(child.pid, Sig::Term)?;
+                signal_group(group, Sig::Term)?;
             }
         }
     };
