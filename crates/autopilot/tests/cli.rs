@@ -327,3 +327,79 @@ fn a_holder_that_cannot_confirm_its_session_stops_the_command() {
     assert_eq!(d.lines("log"), ["stopped"], "the command got SIGTERM");
     drop(reap);
 }
+
+#[test]
+fn kill_9_of_the_holder_kills_the_commands_children_before_the_next_holder_enters() {
+    let d = Dir::new("lock-kill-tree");
+    let url = local(&d);
+    let pidfile = d.path("pid");
+    // The shell is the direct child; `sleep` is its child, out of reach of
+    // the shell's parent-death signal.
+    let mut h1 = lock(
+        &url,
+        "job",
+        &format!("sleep 100 & echo $! > {}; wait", pidfile.display()),
+    );
+    let mut reap = Reap(vec![]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
+        "the first command never started"
+    );
+    let pid = read_pid(&pidfile).expect("pid");
+    reap.0.push(pid);
+    let check = format!(
+        "st=$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null); if [ -z \"$st\" ] || [ \"$st\" = Z ]; then echo gone; else echo alive; fi > {}",
+        d.path("seen").display()
+    );
+    let mut h2 = lock(&url, "job", &check);
+    kill(h1.id() as i32, libc::SIGKILL);
+    assert_eq!(wait_child(&mut h1, Duration::from_secs(5)), Some(137));
+    assert!(
+        wait_for(Duration::from_secs(5), || dead(pid)),
+        "the command's child {pid} outlived its holder"
+    );
+    assert_eq!(wait_child(&mut h2, Duration::from_secs(20)), Some(0));
+    assert_eq!(d.read("seen").trim(), "gone");
+    drop(reap);
+}
+
+#[test]
+fn a_holder_whose_etcd_lock_vanished_stops_the_command() {
+    use std::io::Read;
+    let d = Dir::new("lock-etcd-lost");
+    let mut etcd = autopilot_testkit::Etcd::single(&d.0);
+    let url = format!("etcd://{}/lock", etcd.endpoint());
+    let log = d.path("log");
+    let pidfile = d.path("pid");
+    let script = format!(
+        "echo $$ > {p}; trap 'echo stopped >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
+        p = pidfile.display(),
+        l = log.display()
+    );
+    let mut h = Command::new(bin())
+        .args(["lock", "--catalog", &url, "job", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn autopilot lock");
+    let mut reap = Reap(vec![h.id() as i32]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
+        "the command never started"
+    );
+    reap.0.extend(read_pid(&pidfile));
+    // A new, empty cluster: the lease and the lock key are gone, and the
+    // holder's next keep-alive succeeds on a replacement lease.
+    etcd.restart_empty();
+    // Keep-alives every TTL/3 (10 s default lease); the restart itself is short.
+    assert_eq!(
+        wait_child(&mut h, Duration::from_secs(20)),
+        Some(1),
+        "the holder must stop the command and exit non-zero"
+    );
+    let mut err = String::new();
+    let _ = h.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(err.contains("no longer holds the lock"), "{err}");
+    assert_eq!(d.lines("log"), ["stopped"], "the command got SIGTERM");
+    drop(reap);
+}

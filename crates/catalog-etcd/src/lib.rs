@@ -1527,6 +1527,18 @@ impl Catalog for EtcdCatalog {
         Ok(leader)
     }
 
+    async fn holds_lock(&self, name: &str) -> Result<bool, CatalogError> {
+        // The session must still track it (a lost lease drops it) and its
+        // key must still exist (the lease may be gone before we noticed).
+        let Some(key) = self.session.lock().await.locks.get(name).cloned() else {
+            return Ok(false);
+        };
+        let key = String::from_utf8(key)
+            .map_err(|_| self.unavailable(format!("lock {name}: key is not UTF-8")))?;
+        let resp = self.conn.get(key, false).await?;
+        Ok(!resp.kvs().is_empty())
+    }
+
     async fn unlock(&self, name: &str) -> Result<(), CatalogError> {
         let Some(key) = self.session.lock().await.locks.remove(name) else {
             return Ok(());

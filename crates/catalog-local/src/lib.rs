@@ -977,6 +977,19 @@ impl Catalog for LocalCatalog {
         .await
     }
 
+    async fn holds_lock(&self, name: &str) -> Result<bool, CatalogError> {
+        let (n, owner) = (name.to_string(), self.owner.clone());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM locks WHERE name = ?1 AND owner = ?2 AND expires_ms > ?3",
+                params![n, owner, clock_ms()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     async fn unlock(&self, name: &str) -> Result<(), CatalogError> {
         let (n, owner) = (name.to_string(), self.owner.clone());
         self.with(move |c| {
@@ -1015,6 +1028,20 @@ mod tests {
             }
         };
         autopilot_catalog::conformance::run_all(open, "local", Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn holds_lock_is_true_only_for_the_live_owner() {
+        let d = dir("holds");
+        let a = LocalCatalog::open(&d, "a").expect("open a");
+        let b = LocalCatalog::open(&d, "b").expect("open b");
+        assert!(!a.holds_lock("l").await.expect("check"));
+        a.lock("l").await.expect("lock");
+        assert!(a.holds_lock("l").await.expect("check"));
+        assert!(!b.holds_lock("l").await.expect("check"), "not b's lock");
+        a.unlock("l").await.expect("unlock");
+        assert!(!a.holds_lock("l").await.expect("check"), "released");
         let _ = std::fs::remove_dir_all(&d);
     }
 

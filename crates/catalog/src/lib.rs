@@ -185,6 +185,11 @@ pub trait Catalog: Send + Sync {
 
     async fn unlock(&self, name: &str) -> Result<(), CatalogError>;
 
+    /// Whether this session still holds the lock `name` in the catalog. A
+    /// keep-alive may succeed on a replacement session after the old one
+    /// (and its locks) was lost, so holders ask this after each keep-alive.
+    async fn holds_lock(&self, name: &str) -> Result<bool, CatalogError>;
+
     /// How long a held lock outlives this session's last successful
     /// keep-alive: a holder that cannot keep its session alive must assume
     /// the lock is gone after this long.

@@ -66,9 +66,14 @@ pub struct Attach {
     /// when the spawning *thread* exits: spawn from a thread that lives as
     /// long as the process (the current-thread runtime's).
     pub die_with_parent: bool,
+    /// Join this existing process group (a guard's, see
+    /// [`Spawner::spawn_group_guard`]) instead of leading a new one; the
+    /// child's pid is then not its group id.
+    pub group: Option<u32>,
 }
 
-/// A spawned process: its pid (also its process group id) and its exit.
+/// A spawned process: its pid (also its process group id, unless it joined
+/// another group through [`Attach::group`]) and its exit.
 pub struct Child {
     pub pid: u32,
     pub exit: oneshot::Receiver<Exit>,
@@ -124,7 +129,7 @@ impl Spawner {
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             // Its own group, so a timeout or stop signals the whole tree.
-            .process_group(0);
+            .process_group(attach.group.map_or(0, |g| g as i32));
         if attach.inherit_stdio {
             cmd.stdin(Stdio::inherit())
                 .stdout(Stdio::inherit())
@@ -170,6 +175,104 @@ impl Spawner {
         }
         // `child` is dropped without waiting: the reaper owns the wait.
         Ok(Child { pid, exit: rx })
+    }
+}
+
+impl Spawner {
+    /// Forks a guard that leads a new, empty process group: spawn commands
+    /// into it with [`Attach::group`]. When this process dies (even by
+    /// SIGKILL), the guard gets `on_parent_death` and SIGKILLs the whole
+    /// group, itself included. `PR_SET_PDEATHSIG` alone reaches only a
+    /// direct child; the guard extends it to the command's descendants, and
+    /// since the group exists before the command, no descendant escapes.
+    /// The same signal sent to the group while this process lives (a
+    /// forwarded SIGTERM) is ignored by the guard; every other catchable
+    /// signal stays blocked. Stop the guard with
+    /// [`signal_process`]`(pid, Sig::Kill)`, which leaves the rest of the
+    /// group alone. Like [`Attach::die_with_parent`], the signal fires when
+    /// the forking *thread* exits.
+    #[allow(unsafe_code)]
+    pub fn spawn_group_guard(&self, on_parent_death: Sig) -> Result<Child, SpawnError> {
+        let signo = on_parent_death.nix() as libc::c_int;
+        let parent = nix::unistd::getpid().as_raw();
+        // Everything the child needs is built before the fork: after it,
+        // only async-signal-safe calls are allowed.
+        // SAFETY: sigset_t is plain data; sigfillset/sigemptyset/sigaddset
+        // initialise it before any use.
+        let (mut all, mut wanted) = unsafe {
+            (
+                std::mem::zeroed::<libc::sigset_t>(),
+                std::mem::zeroed::<libc::sigset_t>(),
+            )
+        };
+        // SAFETY: both sets are valid, owned, and initialised here.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::sigemptyset(&mut wanted);
+            libc::sigaddset(&mut wanted, signo);
+        }
+        let guard_error = |source| SpawnError::Exec {
+            program: "process group guard".into(),
+            source,
+        };
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the child runs only async-signal-safe calls (sigprocmask,
+        // setpgid, prctl, getppid, sigwaitinfo, kill, _exit) on data built
+        // before the fork, and never returns into Rust code: it ends with
+        // _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above; this is the forked child.
+            unsafe {
+                // Every signal blocked: the inherited handlers (tokio's
+                // write to the parent's pipes) must never run here, and the
+                // death signal is taken synchronously below.
+                libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+                // Without its own group, kill(0) below would hit ours.
+                if libc::setpgid(0, 0) != 0 {
+                    libc::_exit(1);
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signo as libc::c_ulong, 0, 0, 0) == 0 {
+                    // The kernel re-parents before it sends the death
+                    // signal, so a changed parent tells it from a
+                    // forwarded one; it also covers a parent that died
+                    // before prctl ran.
+                    while libc::getppid() == parent {
+                        libc::sigwaitinfo(&wanted, std::ptr::null_mut());
+                    }
+                }
+                // The parent died (or prctl failed: then the group must
+                // not outlive us either).
+                libc::kill(0, libc::SIGKILL);
+                libc::_exit(0);
+            }
+        }
+        if pid < 0 {
+            return Err(guard_error(io::Error::last_os_error()));
+        }
+        waiters.insert(pid, tx);
+        drop(waiters);
+        // Also set here, so the group exists before the caller spawns into it.
+        let guard = Pid::from_raw(pid);
+        if let Err(e) = nix::unistd::setpgid(guard, guard)
+            && nix::unistd::getpgid(Some(guard)) != Ok(guard)
+        {
+            let _ = nix::sys::signal::kill(guard, Signal::SIGKILL);
+            return Err(guard_error(io::Error::from(e)));
+        }
+        Ok(Child {
+            pid: pid as u32,
+            exit: rx,
+        })
+    }
+}
+
+/// Signals one process (not its group). A process that is already gone is not an error.
+pub fn signal_process(pid: u32, sig: Sig) -> io::Result<()> {
+    match nix::sys::signal::kill(Pid::from_raw(pid as i32), sig.nix()) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 
@@ -345,6 +448,7 @@ mod tests {
         let attach = Attach {
             inherit_stdio: true,
             die_with_parent: true,
+            group: None,
         };
         let k = sp.spawn_attached(&sh("exit 7"), attach).expect("spawn");
         assert_eq!(k.exit.await.expect("status"), Exit::Code(7));
@@ -352,6 +456,34 @@ mod tests {
         let k = sp.spawn_attached(&sh("sleep 30"), attach).expect("spawn");
         signal_group(k.pid, Sig::Term).expect("term");
         assert_eq!(k.exit.await.expect("status"), Exit::Signal(15));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_guard_leads_the_group_ignores_forwarded_signals_and_stops_alone() {
+        let sp = Spawner::start().expect("spawner");
+        let g = sp.spawn_group_guard(Sig::Term).expect("guard");
+        let attach = Attach {
+            group: Some(g.pid),
+            ..Attach::default()
+        };
+        let k = sp.spawn_attached(&sh("sleep 30"), attach).expect("spawn");
+        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(k.pid as i32))).expect("pgid");
+        assert_eq!(
+            pgid.as_raw() as u32,
+            g.pid,
+            "the command joined the guard's group"
+        );
+        // A forwarded SIGTERM stops the command, not the guard.
+        signal_group(g.pid, Sig::Term).expect("term");
+        assert_eq!(k.exit.await.expect("status"), Exit::Signal(15));
+        let k = sp.spawn_attached(&sh("sleep 30"), attach).expect("spawn");
+        signal_process(g.pid, Sig::Kill).expect("kill guard");
+        assert_eq!(g.exit.await.expect("status"), Exit::Signal(9));
+        // Signal 0: the command lives on without its guard.
+        assert!(nix::sys::signal::kill(Pid::from_raw(k.pid as i32), None::<Signal>).is_ok());
+        signal_group(g.pid, Sig::Kill).expect("kill");
+        assert_eq!(k.exit.await.expect("status"), Exit::Signal(9));
+        // The parent's death is tested through the binary (tests/cli.rs).
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -85,6 +85,9 @@ impl Catalog for Freezable {
     async fn unlock(&self, _: &str) -> Result<(), CatalogError> {
         Err(unused())
     }
+    async fn holds_lock(&self, _: &str) -> Result<bool, CatalogError> {
+        Err(unused())
+    }
     fn lock_ttl(&self) -> Duration {
         Duration::from_secs(3)
     }

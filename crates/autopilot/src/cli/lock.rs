@@ -6,29 +6,51 @@ use std::time::Duration;
 
 use anyhow::Context;
 use autopilot_catalog::Catalog;
-use autopilot_process::{Attach, Exit, Sig, SpawnSpec, Spawner, signal_group};
+use autopilot_process::{Attach, Exit, Sig, SpawnSpec, Spawner, signal_group, signal_process};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Keeps the session alive; publishes the instant each confirmed keep-alive
-/// was *sent* (the lock lives at least `ttl` from then). Every attempt is
-/// bounded, so a stalled catalog cannot hold up the next one.
-async fn keep_alive(
-    cat: Arc<dyn Catalog>,
-    name: String,
-    every: Duration,
-    tx: watch::Sender<Instant>,
-) {
+/// What the keep-alive task last learned about the lock.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// Confirmed by a keep-alive *sent* at this instant (the lock lives at
+    /// least `ttl` from then).
+    Since(Instant),
+    /// The catalog says the lock is no longer ours (the session was lost
+    /// and replaced): another holder may already be in.
+    Lost,
+}
+
+/// Keeps the session alive and checks after each keep-alive that the lock
+/// is still ours: a keep-alive can succeed on a *new* session after the old
+/// one and its locks were lost. Every attempt is bounded, so a stalled
+/// catalog cannot hold up the next one.
+async fn keep_alive(cat: Arc<dyn Catalog>, name: String, every: Duration, tx: watch::Sender<Held>) {
     loop {
         tokio::time::sleep(every).await;
         let sent = Instant::now();
         match tokio::time::timeout(every, cat.keep_alive()).await {
-            Ok(Ok(_)) => {
-                tx.send_replace(sent);
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                eprintln!("autopilot: lock {name}: keep-alive failed: {e}");
+                continue;
             }
-            Ok(Err(e)) => eprintln!("autopilot: lock {name}: keep-alive failed: {e}"),
-            Err(_) => eprintln!("autopilot: lock {name}: keep-alive unanswered after {every:?}"),
+            Err(_) => {
+                eprintln!("autopilot: lock {name}: keep-alive unanswered after {every:?}");
+                continue;
+            }
+        }
+        match tokio::time::timeout(every, cat.holds_lock(&name)).await {
+            Ok(Ok(true)) => {
+                tx.send_replace(Held::Since(sent));
+            }
+            Ok(Ok(false)) => {
+                tx.send_replace(Held::Lost);
+                return;
+            }
+            Ok(Err(e)) => eprintln!("autopilot: lock {name}: cannot check the lock: {e}"),
+            Err(_) => eprintln!("autopilot: lock {name}: lock check unanswered after {every:?}"),
         }
     }
 }
@@ -36,10 +58,11 @@ async fn keep_alive(
 /// Holds the lock while the command runs and releases it only after the
 /// command exited. SIGTERM and SIGINT go to the command's process group; if
 /// this process is killed, the kernel kills the command (parent-death
-/// signal) and the lock expires with the session. If the session cannot be
-/// confirmed for nearly the lock's TTL, another holder may soon enter: the
-/// command gets SIGTERM (SIGKILL once the whole TTL has passed) and the
-/// exit code is 1.
+/// signal, and a guard process that kills the command's whole group) and
+/// the lock expires with the session. If the session cannot be confirmed
+/// for nearly the lock's TTL, or the catalog says the lock is no longer
+/// ours, another holder may enter: the command gets SIGTERM (SIGKILL once
+/// the TTL has passed) and the exit code is 1.
 pub async fn lock_cmd(
     url: String,
     etcd: autopilot_config::EtcdConfig,
@@ -72,6 +95,17 @@ pub async fn lock_cmd(
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let spawner = Spawner::start()?;
+    // The command's parent-death signal does not reach its descendants: it
+    // runs in a group led by a guard that kills the whole group if this
+    // process dies. The group exists first, so no descendant escapes it.
+    let guard = match spawner.spawn_group_guard(Sig::Term) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = cat.unlock(name).await;
+            return Err(e.into());
+        }
+    };
+    let group = guard.pid;
     let spec = SpawnSpec {
         argv: command.to_vec(),
         env: env.into_iter().collect(),
@@ -81,10 +115,12 @@ pub async fn lock_cmd(
     let attach = Attach {
         inherit_stdio: true,
         die_with_parent: true,
+        group: Some(group),
     };
     let mut child = match spawner.spawn_attached(&spec, attach) {
         Ok(c) => c,
         Err(e) => {
+            let _ = signal_process(guard.pid, Sig::Kill);
             let _ = cat.unlock(name).await;
             return Err(e.into());
         }
@@ -94,33 +130,53 @@ pub async fn lock_cmd(
         .unwrap_or(ttl / 3)
         .min(ttl / 3)
         .max(Duration::from_millis(100));
-    let (tx, mut confirmed) = watch::channel(locked_at);
+    let (tx, mut confirmed) = watch::channel(Held::Since(locked_at));
     let renew = tokio::spawn(keep_alive(cat.clone(), name.to_string(), every, tx));
-    let (mut lost, mut killed, mut renewing) = (false, false, true);
+    let (mut last, mut renewing) = (locked_at, true);
+    // Once the lock is (or may be) lost: when the command gets SIGKILL.
+    let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
     let exit = loop {
-        let last = *confirmed.borrow_and_update();
+        let held = *confirmed.borrow_and_update();
+        match held {
+            Held::Since(at) => last = at,
+            Held::Lost if kill_at.is_none() => {
+                kill_at = Some(Instant::now() + ttl);
+                eprintln!(
+                    "autopilot: lock {name}: the catalog no longer holds the lock for this session (the session was lost); stopping the command"
+                );
+                signal_group(group, Sig::Term)?;
+            }
+            Held::Lost => {}
+        }
         let deadline = last + ttl.saturating_sub(margin);
         tokio::select! {
             r = &mut child.exit => break r,
-            _ = term.recv() => signal_group(child.pid, Sig::Term)?,
-            _ = int.recv() => signal_group(child.pid, Sig::Int)?,
+            _ = term.recv() => signal_group(group, Sig::Term)?,
+            _ = int.recv() => signal_group(group, Sig::Int)?,
             r = confirmed.changed(), if renewing => renewing = r.is_ok(),
-            // A full TTL without confirmation: another holder may be in.
-            _ = tokio::time::sleep_until(last + ttl), if lost && !killed => {
+            // The grace after SIGTERM is over: another holder may be in.
+            _ = tokio::time::sleep_until(kill_at.unwrap_or(last + ttl)), if kill_at.is_some() && !killed => {
                 killed = true;
-                signal_group(child.pid, Sig::Kill)?;
+                signal_group(group, Sig::Kill)?;
             }
-            _ = tokio::time::sleep_until(deadline), if !lost => {
-                lost = true;
+            _ = tokio::time::sleep_until(deadline), if kill_at.is_none() => {
+                // A full TTL without confirmation ends the lock.
+                kill_at = Some(last + ttl);
                 eprintln!(
                     "autopilot: lock {name}: the session was not confirmed for {:?} of the lock's {ttl:?} TTL; the lock may be lost, stopping the command",
                     ttl.saturating_sub(margin),
                 );
-                signal_group(child.pid, Sig::Term)?;
+                signal_group(group, Sig::Term)?;
             }
         }
     };
     renew.abort();
+    // The command is done: stop the guard with a signal it cannot catch, so
+    // it leaves the group alone.
+    signal_process(guard.pid, Sig::Kill)?;
+    let _ = guard.exit.await;
+    let lost = kill_at.is_some();
     let exit = exit.context("lost the command's exit status")?;
     if lost {
         // Best effort, bounded: the catalog is not answering, and the lock
