@@ -298,6 +298,14 @@ where
     let (a, b) = (open("a".into()).await, open("b".into()).await);
     let name = format!("lock-{tag}");
     a.lock(&name).await.expect("a locks");
+    assert!(
+        a.holds_lock(&name).await.expect("holds"),
+        "the holder holds it"
+    );
+    assert!(
+        !b.holds_lock(&name).await.expect("holds"),
+        "nobody else does"
+    );
     let waiter = {
         let (b, name) = (b.clone(), name.clone());
         tokio::spawn(async move {
@@ -309,6 +317,7 @@ where
     assert!(!waiter.is_finished(), "b waits while a holds the lock");
     let released = Instant::now();
     a.unlock(&name).await.expect("unlock");
+    assert!(!a.holds_lock(&name).await.expect("holds"), "released");
     let got = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .expect("b gets it")
