@@ -390,26 +390,10 @@ fn hostile_putenv_is_refused_and_jobs_keep_starting() {
 
 #[test]
 fn the_etcd_password_reaches_no_child_environment_but_hooks_still_authenticate() {
-    use autopilot_testkit::etcdctl;
     let d = Dir::new("secrets");
     let etcd = autopilot_testkit::Etcd::single(&d.0);
     let ep = etcd.endpoint();
-    etcdctl(&ep, &["user", "add", "root:rootpw"]);
-    etcdctl(&ep, &["user", "add", "agent:s3cret-pw"]);
-    etcdctl(&ep, &["role", "add", "agents"]);
-    etcdctl(
-        &ep,
-        &[
-            "role",
-            "grant-permission",
-            "agents",
-            "--prefix=true",
-            "readwrite",
-            "/sec/",
-        ],
-    );
-    etcdctl(&ep, &["user", "grant-role", "agent", "agents"]);
-    etcdctl(&ep, &["auth", "enable"]);
+    autopilot_testkit::enable_auth(&ep, "agent", "s3cret-pw", "/sec");
     let url = format!("etcd://{ep}/sec");
     let bin_dir = Path::new(bin())
         .parent()

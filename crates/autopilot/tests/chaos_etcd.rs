@@ -51,24 +51,6 @@ fn agent(d: &Dir, name: &str, url: &str, config: &str) -> Agent {
     a
 }
 
-/// IDs of the passing instances of `service`, read with the CLI.
-fn ids(url: &str, service: &str) -> Option<Vec<String>> {
-    let out = std::process::Command::new(bin())
-        .args(["catalog", "--catalog", url, "instances", service, "--json"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-    Some(
-        v.iter()
-            .filter(|i| i["status"] == "passing")
-            .filter_map(|i| i["id"].as_str().map(str::to_string))
-            .collect(),
-    )
-}
-
 /// What the agent's `/v3/status` says is in the catalog for its `web` job.
 fn claimed(a: &Agent) -> serde_json::Value {
     a.status()["jobs"][0]["registration"]["catalog"].clone()
@@ -81,7 +63,7 @@ fn leads(a: &Agent) -> bool {
 /// Polls until `web-h1` is listed; returns how long it took from `from`.
 fn back_after(url: &str, from: Instant) -> Duration {
     assert!(
-        wait_for(Duration::from_secs(10), || ids(url, "web")
+        wait_for(Duration::from_secs(10), || passing_ids(url, "web")
             == Some(vec!["web-h1".into()])),
         "the entry never came back"
     );
@@ -97,8 +79,11 @@ fn stall(seconds: u64) {
     let etcd = Etcd::single(&d.0);
     let url = format!("etcd://{}/chaos", etcd.endpoint());
     let a = agent(&d, "h1", &url, &web_config(free_port()));
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
-        == Some(vec!["web-h1".into()])));
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into()
+    ])));
     assert!(wait_for(Duration::from_secs(10), || leads(&a)), "h1 leads");
     assert!(wait_for(Duration::from_secs(5), || claimed(&a) == "passing"));
     let pid = a.job_pid("web").expect("pid");
@@ -160,8 +145,11 @@ fn an_empty_restart_loses_nothing_and_watches_keep_seeing_changes() {
     let url = format!("etcd://{}/chaos", etcd.endpoint());
     let a = agent(&d, "h1", &url, &web_config(free_port()));
     let w = agent(&d, "w1", &url, watcher_config());
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
-        == Some(vec!["web-h1".into()])));
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into()
+    ])));
     assert!(wait_for(Duration::from_secs(5), || w.status()["watches"]
         [0]["passing"]
         == 1));

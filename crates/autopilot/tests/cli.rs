@@ -104,16 +104,14 @@ fn sigterm_reaches_the_command_and_the_lock_waits_for_its_exit() {
     drop(reap);
 }
 
-#[test]
-fn kill_9_of_the_holder_kills_its_command_before_the_next_holder_enters() {
-    let d = Dir::new("lock-kill");
+/// Holder 1 runs `command` (given the pidfile it must write the pid to
+/// watch); it is kill -9'd while holder 2 waits. The watched process must
+/// die, and be gone when holder 2 enters.
+fn kill_9_of_the_holder(tag: &str, command: impl Fn(&std::path::Path) -> String, what: &str) {
+    let d = Dir::new(tag);
     let url = local(&d);
     let pidfile = d.path("pid");
-    let mut h1 = lock(
-        &url,
-        "job",
-        &format!("echo $$ > {}; exec sleep 1000", pidfile.display()),
-    );
+    let mut h1 = lock(&url, "job", &command(&pidfile));
     let mut reap = Reap(vec![]);
     assert!(
         wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
@@ -131,11 +129,20 @@ fn kill_9_of_the_holder_kills_its_command_before_the_next_holder_enters() {
     assert_eq!(wait_child(&mut h1, Duration::from_secs(5)), Some(137));
     assert!(
         wait_for(Duration::from_secs(5), || dead(pid)),
-        "the command {pid} outlived its holder"
+        "{what} {pid} outlived its holder"
     );
     assert_eq!(wait_child(&mut h2, Duration::from_secs(20)), Some(0));
     assert_eq!(d.read("seen").trim(), "gone");
     drop(reap);
+}
+
+#[test]
+fn kill_9_of_the_holder_kills_its_command_before_the_next_holder_enters() {
+    kill_9_of_the_holder(
+        "lock-kill",
+        |pidfile| format!("echo $$ > {}; exec sleep 1000", pidfile.display()),
+        "the command",
+    );
 }
 
 /// A pipe whose reading end is already closed, as after `| head -0`.
@@ -330,37 +337,13 @@ fn a_holder_that_cannot_confirm_its_session_stops_the_command() {
 
 #[test]
 fn kill_9_of_the_holder_kills_the_commands_children_before_the_next_holder_enters() {
-    let d = Dir::new("lock-kill-tree");
-    let url = local(&d);
-    let pidfile = d.path("pid");
     // The shell is the direct child; `sleep` is its child, out of reach of
     // the shell's parent-death signal.
-    let mut h1 = lock(
-        &url,
-        "job",
-        &format!("sleep 100 & echo $! > {}; wait", pidfile.display()),
+    kill_9_of_the_holder(
+        "lock-kill-tree",
+        |pidfile| format!("sleep 100 & echo $! > {}; wait", pidfile.display()),
+        "the command's child",
     );
-    let mut reap = Reap(vec![]);
-    assert!(
-        wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
-        "the first command never started"
-    );
-    let pid = read_pid(&pidfile).expect("pid");
-    reap.0.push(pid);
-    let check = format!(
-        "st=$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null); if [ -z \"$st\" ] || [ \"$st\" = Z ]; then echo gone; else echo alive; fi > {}",
-        d.path("seen").display()
-    );
-    let mut h2 = lock(&url, "job", &check);
-    kill(h1.id() as i32, libc::SIGKILL);
-    assert_eq!(wait_child(&mut h1, Duration::from_secs(5)), Some(137));
-    assert!(
-        wait_for(Duration::from_secs(5), || dead(pid)),
-        "the command's child {pid} outlived its holder"
-    );
-    assert_eq!(wait_child(&mut h2, Duration::from_secs(20)), Some(0));
-    assert_eq!(d.read("seen").trim(), "gone");
-    drop(reap);
 }
 
 #[test]

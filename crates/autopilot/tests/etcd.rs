@@ -40,23 +40,6 @@ fn agent_on(dir: &Dir, name: &str, url: &str, port: u16) -> Agent {
     a
 }
 
-fn ids(url: &str, service: &str) -> Option<Vec<String>> {
-    let out = std::process::Command::new(bin())
-        .args(["catalog", "--catalog", url, "instances", service, "--json"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-    Some(
-        v.iter()
-            .filter(|i| i["status"] == "passing")
-            .filter_map(|i| i["id"].as_str().map(str::to_string))
-            .collect(),
-    )
-}
-
 #[test]
 fn three_agents_on_a_single_node() {
     let d = Dir::new("etcd3");
@@ -65,17 +48,22 @@ fn three_agents_on_a_single_node() {
     let agents: Vec<Agent> = (1..=3)
         .map(|i| agent_on(&d, &format!("h{i}"), &url, 8000 + i))
         .collect();
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
-        == Some(vec![
-            "web-h1".into(),
-            "web-h2".into(),
-            "web-h3".into()
-        ])));
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into(),
+        "web-h2".into(),
+        "web-h3".into()
+    ])));
     let st = agents[0].status();
     assert_eq!(st["catalog"]["url"], url);
     assert_eq!(st["catalog"]["degraded"], false);
     drop(agents);
-    assert_eq!(ids(&url, "web"), Some(vec![]), "graceful stops deregister");
+    assert_eq!(
+        passing_ids(&url, "web"),
+        Some(vec![]),
+        "graceful stops deregister"
+    );
 }
 
 #[test]
@@ -84,16 +72,23 @@ fn a_lost_member_of_three_is_invisible_to_agents() {
     let mut cluster = Etcd::cluster(&d.0, 3);
     let url = format!("etcd://{}/m", endpoints(&cluster));
     let a1 = agent_on(&d, "h1", &url, 8001);
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
-        == Some(vec!["web-h1".into()])));
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into()
+    ])));
     cluster[0].kill();
     // A new agent registers, the first keeps its entry alive past its lease TTL.
     let a2 = agent_on(&d, "h2", &url, 8002);
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
-        == Some(vec!["web-h1".into(), "web-h2".into()])));
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into(),
+        "web-h2".into()
+    ])));
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        ids(&url, "web"),
+        passing_ids(&url, "web"),
         Some(vec!["web-h1".into(), "web-h2".into()])
     );
     assert_eq!(a1.status()["catalog"]["degraded"], false);
@@ -106,8 +101,11 @@ fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
     let mut etcd = Etcd::single(&d.0);
     let url = format!("etcd://{}/outage", etcd.endpoint());
     let a = agent_on(&d, "h1", &url, 8001);
-    assert!(wait_for(Duration::from_secs(10), || ids(&url, "web")
-        == Some(vec!["web-h1".into()])));
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into()
+    ])));
     // The watch's first state (before web registered) was "unhealthy"; from
     // here on it must stay healthy through the outage.
     assert!(wait_for(Duration::from_secs(5), || a.status()["watches"]
@@ -153,8 +151,11 @@ fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
     assert_eq!(st["jobs"][0]["status"], "running");
     etcd.restart();
     let back = Instant::now();
-    assert!(wait_for(Duration::from_secs(5), || ids(&url, "web")
-        == Some(vec!["web-h1".into()])));
+    assert!(wait_for(Duration::from_secs(5), || passing_ids(
+        &url, "web"
+    ) == Some(vec![
+        "web-h1".into()
+    ])));
     let took = back.elapsed();
     eprintln!("registration back {took:?} after etcd answered");
     assert!(

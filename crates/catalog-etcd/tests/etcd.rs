@@ -227,22 +227,7 @@ async fn username_password_auth_and_clear_errors() {
     let dir = TempDir::new("etcd-auth");
     let etcd = Etcd::single(&dir.0);
     let ep = etcd.endpoint();
-    etcdctl(&ep, &["user", "add", "root:rootpw"]);
-    etcdctl(&ep, &["user", "add", "agent:agentpw"]);
-    etcdctl(&ep, &["role", "add", "agents"]);
-    etcdctl(
-        &ep,
-        &[
-            "role",
-            "grant-permission",
-            "agents",
-            "--prefix=true",
-            "readwrite",
-            "/prod/",
-        ],
-    );
-    etcdctl(&ep, &["user", "grant-role", "agent", "agents"]);
-    etcdctl(&ep, &["auth", "enable"]);
+    autopilot_testkit::enable_auth(&ep, "agent", "agentpw", "/prod");
 
     let mut o = opts(&ep, "/prod", 5);
     o.username = Some("agent".into());

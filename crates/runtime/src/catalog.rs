@@ -888,7 +888,8 @@ mod tests {
                 term,
             })
         };
-        r.put(reg("web-1", seat(1)));
+        // A term this agent does not hold (a lost seat's; won terms count up from 1).
+        r.put(reg("web-1", seat(99)));
         r.put(reg("web-2", None));
         r.flush(Duration::from_secs(5)).await;
         let st = r.state();
@@ -896,7 +897,7 @@ mod tests {
         assert_eq!(st.failures, 0);
         assert_eq!(st.applied.keys().collect::<Vec<_>>(), ["web-2"]);
         // Not retried: the same registration again changes nothing.
-        r.put(reg("web-1", seat(1)));
+        r.put(reg("web-1", seat(99)));
         r.flush(Duration::from_secs(5)).await;
         assert!(!r.state().applied.contains_key("web-1"));
         // A changed registration (the seat won) is applied.

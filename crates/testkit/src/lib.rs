@@ -288,6 +288,27 @@ pub fn endpoints(members: &[Etcd]) -> String {
 }
 
 /// Runs `etcdctl` (v3 API) against an endpoint, for tests that set up auth.
+/// Turns on etcd's auth: a root user, and `user` with `password` allowed
+/// to read and write under `prefix` only.
+pub fn enable_auth(endpoint: &str, user: &str, password: &str, prefix: &str) {
+    etcdctl(endpoint, &["user", "add", "root:rootpw"]);
+    etcdctl(endpoint, &["user", "add", &format!("{user}:{password}")]);
+    etcdctl(endpoint, &["role", "add", "agents"]);
+    etcdctl(
+        endpoint,
+        &[
+            "role",
+            "grant-permission",
+            "agents",
+            "--prefix=true",
+            "readwrite",
+            &format!("{prefix}/"),
+        ],
+    );
+    etcdctl(endpoint, &["user", "grant-role", user, "agents"]);
+    etcdctl(endpoint, &["auth", "enable"]);
+}
+
 pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")

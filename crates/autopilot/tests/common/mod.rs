@@ -152,6 +152,32 @@ pub fn passing_ports(catalog: &str, service: &str) -> Vec<u16> {
         .unwrap_or_default()
 }
 
+/// The IDs of a service's passing instances, via `autopilot catalog
+/// instances` (`None` when the catalog cannot be read).
+pub fn passing_ids(catalog: &str, service: &str) -> Option<Vec<String>> {
+    let out = Command::new(bin())
+        .args([
+            "catalog",
+            "--catalog",
+            catalog,
+            "instances",
+            service,
+            "--json",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        v.iter()
+            .filter(|i| i["status"] == "passing")
+            .filter_map(|i| i["id"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
 /// The settings every blueprint node on etcd gets: its catalog, loopback
 /// advertising, host name, state directory and a `file://` snapshot store,
 /// all under `dir`.
