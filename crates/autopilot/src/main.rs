@@ -5,6 +5,7 @@
 
 mod cli;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -149,20 +150,54 @@ enum Cmd {
     },
 }
 
-fn main() -> ExitCode {
-    let args = std::env::args_os().map(|a| {
-        let s = a.to_string_lossy();
-        match s.strip_prefix('-') {
-            Some(rest)
-                if !rest.starts_with('-')
-                    && SINGLE_DASH.contains(&rest.split('=').next().unwrap_or_default()) =>
-            {
-                format!("-{s}").into()
-            }
-            _ => a,
+/// The flags (single- or double-dash) whose value is the next argument
+/// unless written `-flag=value`.
+const TAKES_VALUE: [&str; 6] = [
+    "config",
+    "out",
+    "maintenance",
+    "putenv",
+    "putmetric",
+    "socket",
+];
+
+/// Rewrites ContainerPilot's single-dash flags (`-config`) to clap's
+/// `--config`, but only before the first positional argument (a subcommand)
+/// or `--`: what follows belongs to the subcommand or to a command run by
+/// `autopilot lock`, and is passed as written.
+fn rewrite_single_dash(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args = args.into_iter();
+    let mut out: Vec<OsString> = args.next().into_iter().collect();
+    let mut value_next = false;
+    for a in args.by_ref() {
+        if value_next {
+            value_next = false;
+            out.push(a);
+            continue;
         }
-    });
-    let cli = Cli::parse_from(args);
+        let s = a.to_string_lossy().into_owned();
+        if s == "--" || !s.starts_with('-') || s == "-" {
+            out.push(a);
+            break;
+        }
+        let name = s.trim_start_matches('-');
+        let (name, inline) = match name.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (name, false),
+        };
+        value_next = !inline && TAKES_VALUE.contains(&name);
+        if !s.starts_with("--") && SINGLE_DASH.contains(&name) {
+            out.push(format!("-{s}").into());
+        } else {
+            out.push(a);
+        }
+    }
+    out.extend(args);
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(rewrite_single_dash(std::env::args_os()));
     if !cli.runs_long() {
         default_sigpipe();
     }
@@ -290,6 +325,35 @@ fn send(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn single_dash_flags_are_rewritten_only_before_the_subcommand() {
+        let rw = |args: &[&str]| -> Vec<String> {
+            super::rewrite_single_dash(args.iter().map(|a| a.into()))
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            rw(&["ap", "-config", "-x.json5", "-reload"]),
+            ["ap", "--config", "-x.json5", "--reload"],
+            "a flag's value is not a flag"
+        );
+        assert_eq!(
+            rw(&["ap", "-putenv=A=1", "-version"]),
+            ["ap", "--putenv=A=1", "--version"]
+        );
+        assert_eq!(
+            rw(&["ap", "lock", "l", "--", "echo", "-version"]),
+            ["ap", "lock", "l", "--", "echo", "-version"],
+            "a locked command's arguments are its own"
+        );
+        assert_eq!(
+            rw(&["ap", "-config", "c.json5", "kv", "put", "k", "-help"]),
+            ["ap", "--config", "c.json5", "kv", "put", "k", "-help"]
+        );
+        assert_eq!(rw(&["ap", "--", "-help"]), ["ap", "--", "-help"]);
+    }
+
     #[test]
     fn cli_definition_is_well_formed() {
         use clap::CommandFactory;

@@ -386,3 +386,30 @@ fn a_holder_whose_etcd_lock_vanished_stops_the_command() {
     assert_eq!(d.lines("log"), ["stopped"], "the command got SIGTERM");
     drop(reap);
 }
+
+#[test]
+fn arguments_after_the_subcommand_or_a_double_dash_are_passed_as_written() {
+    let d = Dir::new("cli-args");
+    let url = local(&d);
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    // Before: rewritten to `--help` (help printed, nothing stored).
+    assert_eq!(
+        run(&["kv", "put", "k", "-help", "--catalog", &url]).0,
+        Some(0)
+    );
+    assert_eq!(
+        run(&["kv", "get", "k", "--catalog", &url]),
+        (Some(0), "-help".to_string())
+    );
+    // Before: echo got `--version` and printed its own version.
+    assert_eq!(
+        run(&["lock", "l", "--catalog", &url, "--", "echo", "-version"]),
+        (Some(0), "-version".to_string())
+    );
+}

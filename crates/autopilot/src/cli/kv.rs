@@ -8,12 +8,22 @@ pub enum KvCmd {
     /// Print a key's value (exit 1 if it is absent).
     Get { key: String },
     /// Set a key.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        /// Taken as written, even if it starts with a dash.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+    },
     /// `cas KEY EXPECTED NEW`, or `cas --absent KEY NEW`: set a key only if it
     /// holds EXPECTED (or does not exist); exit 1 if it did not.
     Cas {
         key: String,
-        #[arg(num_args = 1..=2, required = true, value_name = "[EXPECTED] NEW")]
+        #[arg(
+            num_args = 1..=2,
+            required = true,
+            value_name = "[EXPECTED] NEW",
+            allow_hyphen_values = true
+        )]
         values: Vec<String>,
         #[arg(long)]
         absent: bool,
