@@ -42,9 +42,6 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// come within `OP_TIMEOUT`: a stalled connection is not a quiet one.
 const WATCH_IDLE: Duration = Duration::from_secs(5);
 
-/// While an outage lasts, a warning with the count of failures this often.
-const REPEAT_WARN: Duration = Duration::from_secs(10);
-
 /// How to reach and authenticate to etcd.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EtcdOptions {
@@ -884,55 +881,6 @@ fn to_instance(e: Entry, heartbeat_ms: u64) -> Instance {
     }
 }
 
-/// Logs a repeated failure with its count instead of once and then
-/// silence: a warning on the first failure, another every `REPEAT_WARN`
-/// while it lasts (with the count and duration), an info on recovery.
-#[derive(Default)]
-struct Outage {
-    since: Option<std::time::Instant>,
-    failures: u64,
-    last_warn: Option<std::time::Instant>,
-}
-
-impl Outage {
-    fn failed(&mut self, url: &str, what: &str, why: &str) {
-        let now = std::time::Instant::now();
-        self.failures = self.failures.saturating_add(1);
-        let since = *self.since.get_or_insert(now);
-        match self.last_warn {
-            None => {
-                tracing::warn!(catalog = %url, "{what} failed: {why}; retrying");
-                self.last_warn = Some(now);
-            }
-            Some(t) if now.duration_since(t) >= REPEAT_WARN => {
-                tracing::warn!(
-                    catalog = %url,
-                    failures = self.failures,
-                    "{what} still failing after {} attempts over {:?}: {why}",
-                    self.failures,
-                    now.duration_since(since)
-                );
-                self.last_warn = Some(now);
-            }
-            Some(_) => {}
-        }
-    }
-
-    fn recovered(&mut self, url: &str, what: &str) {
-        if let Some(since) = self.since.take() {
-            tracing::info!(
-                catalog = %url,
-                failures = self.failures,
-                "{what} recovered after {} failed attempts over {:?}",
-                self.failures,
-                since.elapsed()
-            );
-        }
-        self.failures = 0;
-        self.last_warn = None;
-    }
-}
-
 /// Follows every change under the prefix from a known revision. After a
 /// broken stream it resumes from the last revision seen, so no change is
 /// missed; if that revision was compacted away, or the cluster was reset
@@ -951,7 +899,7 @@ async fn watch_loop(
     let mut cluster: Option<u64> = None;
     let mut counter = 0u64;
     let mut backoff = Duration::from_millis(50);
-    let mut outage = Outage::default();
+    let mut outage = autopilot_catalog::Outage::default();
     let notify = |counter: &mut u64| {
         *counter = counter.wrapping_add(1);
         tx.send(*counter).is_ok()
@@ -978,7 +926,7 @@ async fn watch_loop(
                 continue;
             }
         };
-        if outage.since.is_some() {
+        if outage.is_failing() {
             outage.recovered(&url, "the watch stream");
             // Whatever happened meanwhile is replayed below; one extra
             // notification makes readers re-check after the outage too.

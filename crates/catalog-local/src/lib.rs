@@ -459,20 +459,17 @@ async fn notify_loop(
     // A failed sweep (a full disk, a lock held too long) touches the WAL,
     // whose change notification would wake this loop at once to fail
     // again: after a failure, wait out a growing back-off instead, and log
-    // only when failing starts and when it ends.
-    let mut failures: u64 = 0;
+    // it as one outage (start, a counted reminder every 10 s, recovery).
+    let url = format!("local://{}", dir.display());
+    let mut outage = autopilot_catalog::Outage::default();
     let mut backoff = Duration::ZERO;
     loop {
         let c = conn.clone();
         let swept = tokio::task::spawn_blocking(move || sweep(&mut lock(&c))).await;
         let next = match swept {
             Ok(Ok((rev, next))) => {
-                if failures > 0 {
-                    tracing::info!(
-                        "catalog {}: sweeping works again after {failures} failed attempts",
-                        dir.display()
-                    );
-                    failures = 0;
+                if outage.is_failing() {
+                    outage.recovered(&url, "sweeping expired entries");
                     backoff = Duration::ZERO;
                 }
                 tx.send_if_modified(|cur| {
@@ -483,19 +480,13 @@ async fn notify_loop(
                 next
             }
             Ok(Err(e)) => {
-                if failures == 0 {
-                    tracing::warn!(
-                        "catalog {}: cannot sweep expired entries: {e}; retrying with back-off, logging again on recovery",
-                        dir.display()
-                    );
-                }
-                failures = failures.saturating_add(1);
+                outage.failed(&url, "sweeping expired entries", &e.to_string());
                 backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                 None
             }
             Err(_) => None,
         };
-        if failures > 0 {
+        if outage.is_failing() {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = tx.closed() => return,

@@ -233,6 +233,75 @@ pub struct Leader {
     pub term: u64,
 }
 
+/// A failure that repeats, logged with its count rather than once and then
+/// silence: a warning at the first failure, another every [`Outage::REPEAT_WARN`]
+/// while it lasts (with the number of attempts and the duration), and an info
+/// with the count on recovery. Shared by everything that retries the catalog.
+#[derive(Debug, Default)]
+pub struct Outage {
+    /// When it began: monotonic for durations, wall clock for `/status`.
+    since: Option<(std::time::Instant, SystemTime)>,
+    failures: u64,
+    last_warn: Option<std::time::Instant>,
+}
+
+impl Outage {
+    pub const REPEAT_WARN: Duration = Duration::from_secs(10);
+
+    /// Records a failed attempt at `what` on the catalog `url`.
+    pub fn failed(&mut self, url: &str, what: &str, why: &str) {
+        let now = std::time::Instant::now();
+        self.failures = self.failures.saturating_add(1);
+        let (since, _) = *self.since.get_or_insert((now, SystemTime::now()));
+        match self.last_warn {
+            None => {
+                tracing::warn!(catalog = %url, "{what} failed: {why}; retrying");
+                self.last_warn = Some(now);
+            }
+            Some(t) if now.duration_since(t) >= Self::REPEAT_WARN => {
+                tracing::warn!(
+                    catalog = %url,
+                    failures = self.failures,
+                    "{what} still failing after {} attempts over {:?}: {why}",
+                    self.failures,
+                    now.duration_since(since)
+                );
+                self.last_warn = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Ends the outage, if there was one, logging how long it lasted.
+    pub fn recovered(&mut self, url: &str, what: &str) {
+        if let Some((since, _)) = self.since.take() {
+            tracing::info!(
+                catalog = %url,
+                failures = self.failures,
+                "{what} works again after {} failed attempts over {:?}",
+                self.failures,
+                since.elapsed()
+            );
+        }
+        self.failures = 0;
+        self.last_warn = None;
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Failed attempts in the current outage.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// When the current outage began (wall clock).
+    pub fn since(&self) -> Option<SystemTime> {
+        self.since.map(|(_, wall)| wall)
+    }
+}
+
 /// Keys for `kv_*` and lock names: non-empty, printable, no NUL.
 pub fn check_key(url: &str, key: &str) -> Result<(), CatalogError> {
     if key.is_empty() || key.len() > 1024 || key.chars().any(|c| c.is_control()) {

@@ -256,58 +256,7 @@ struct Worker {
     /// The last time the catalog confirmed our entries (a keep-alive or a
     /// write that succeeded): entries outlive it by their TTL, no more.
     confirmed: Instant,
-    outage: Outage,
-}
-
-/// A repeated failure is logged with its count, not once and then silence:
-/// a warning at the first failure, one every `REPEAT_WARN` while it lasts
-/// (attempts and duration), and an info with the count on recovery.
-#[derive(Default)]
-struct Outage {
-    since: Option<(Instant, std::time::SystemTime)>,
-    failures: u64,
-    last_warn: Option<Instant>,
-}
-
-const REPEAT_WARN: Duration = Duration::from_secs(10);
-
-impl Outage {
-    fn failed(&mut self, what: &str, why: &str) {
-        let now = Instant::now();
-        self.failures = self.failures.saturating_add(1);
-        let (since, _) = *self
-            .since
-            .get_or_insert((now, std::time::SystemTime::now()));
-        match self.last_warn {
-            None => {
-                tracing::warn!("{what} failed: {why}; retrying");
-                self.last_warn = Some(now);
-            }
-            Some(t) if now.duration_since(t) >= REPEAT_WARN => {
-                tracing::warn!(
-                    failures = self.failures,
-                    "{what} still failing after {} attempts over {:?}: {why}",
-                    self.failures,
-                    now.duration_since(since)
-                );
-                self.last_warn = Some(now);
-            }
-            Some(_) => {}
-        }
-    }
-
-    fn recovered(&mut self, what: &str) {
-        if let Some((since, _)) = self.since.take() {
-            tracing::info!(
-                failures = self.failures,
-                "{what} recovered after {} failed attempts over {:?}",
-                self.failures,
-                since.elapsed()
-            );
-        }
-        self.failures = 0;
-        self.last_warn = None;
-    }
+    outage: autopilot_catalog::Outage,
 }
 
 impl Worker {
@@ -395,8 +344,7 @@ impl Worker {
             self.confirmed = Instant::now();
         }
         if self.error.take().is_some() {
-            self.outage
-                .recovered(&format!("catalog {}", self.catalog.url()));
+            self.outage.recovered(self.catalog.url(), "the catalog");
         }
         self.retry = RETRY_MIN;
         self.retry_at = None;
@@ -404,7 +352,7 @@ impl Worker {
 
     fn fail(&mut self, e: CatalogError) {
         let msg = e.to_string();
-        self.outage.failed("the catalog", &msg);
+        self.outage.failed(self.catalog.url(), "the catalog", &msg);
         self.error = Some(msg);
         self.retry_at = Some(Instant::now() + self.retry);
         self.retry = (self.retry * 2).min(RETRY_MAX);
@@ -481,7 +429,7 @@ async fn run_registrar(
         retry: RETRY_MIN,
         retry_at: None,
         confirmed: Instant::now(),
-        outage: Outage::default(),
+        outage: autopilot_catalog::Outage::default(),
     };
     let mut next_keep_alive = Instant::now() + w.keep_alive_every();
     loop {
@@ -567,8 +515,8 @@ async fn run_registrar(
 fn continue_after_state(w: &Worker, state: &watch::Sender<RegistrarState>) {
     let snapshot = RegistrarState {
         error: w.error.clone(),
-        failing_since: w.outage.since.map(|(_, wall)| wall),
-        failures: w.outage.failures,
+        failing_since: w.outage.since(),
+        failures: w.outage.failures(),
         applied: w
             .applied
             .iter()
