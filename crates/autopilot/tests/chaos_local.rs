@@ -171,6 +171,19 @@ fn mode(p: &Path) -> u32 {
         & 0o7777
 }
 
+/// `autopilot catalog services` on the catalog in `dir` must fail; its stderr.
+fn refused(dir: &std::path::Path) -> String {
+    let out = Command::new(bin())
+        .args(["catalog", "--catalog"])
+        .arg(format!("local://{}", dir.display()))
+        .arg("services")
+        .output()
+        .expect("cli");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() {
     let d = Dir::new("modes");
@@ -199,14 +212,7 @@ fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() 
     let open = d.path("open");
     std::fs::create_dir(&open).expect("dir");
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let out = Command::new(bin())
-        .args(["catalog", "--catalog"])
-        .arg(format!("local://{}", open.display()))
-        .arg("services")
-        .output()
-        .expect("cli");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = refused(&open);
     assert!(
         err.contains(&open.display().to_string()) && err.contains("0777") && err.contains("uid"),
         "{err}"
@@ -221,14 +227,7 @@ fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() 
     std::fs::create_dir(&theirs).expect("dir");
     std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
-    let out = Command::new(bin())
-        .args(["catalog", "--catalog"])
-        .arg(format!("local://{}", theirs.display()))
-        .arg("services")
-        .output()
-        .expect("cli");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = refused(&theirs);
     assert!(
         err.contains(&theirs.display().to_string()) && err.contains("65534"),
         "{err}"

@@ -279,24 +279,29 @@ fn a_control_socket_in_use_exits_2_and_names_the_field() {
     assert!(first.wait(Duration::from_secs(10)).is_some());
 }
 
+/// `autopilot lock job` running a command that writes its pid to `pid`
+/// and, on SIGTERM, `stopped` to `log`; the holder's stderr is piped.
+fn holder_until_term(d: &Dir, url: &str) -> std::process::Child {
+    let script = format!(
+        "echo $$ > {p}; trap 'echo stopped >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
+        p = d.path("pid").display(),
+        l = d.path("log").display()
+    );
+    Command::new(bin())
+        .args(["lock", "--catalog", url, "job", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn autopilot lock")
+}
+
 #[test]
 fn a_holder_that_cannot_confirm_its_session_stops_the_command() {
     use std::io::{BufRead, Write};
     let d = Dir::new("lock-lost");
     let url = local(&d);
-    let log = d.path("log");
     let pidfile = d.path("pid");
-    let script = format!(
-        "echo $$ > {p}; trap 'echo stopped >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
-        p = pidfile.display(),
-        l = log.display()
-    );
-    let mut h = Command::new(bin())
-        .args(["lock", "--catalog", &url, "job", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn autopilot lock");
+    let mut h = holder_until_term(&d, &url);
     let mut reap = Reap(vec![]);
     assert!(
         wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),
@@ -352,19 +357,8 @@ fn a_holder_whose_etcd_lock_vanished_stops_the_command() {
     let d = Dir::new("lock-etcd-lost");
     let mut etcd = autopilot_testkit::Etcd::single(&d.0);
     let url = format!("etcd://{}/lock", etcd.endpoint());
-    let log = d.path("log");
     let pidfile = d.path("pid");
-    let script = format!(
-        "echo $$ > {p}; trap 'echo stopped >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
-        p = pidfile.display(),
-        l = log.display()
-    );
-    let mut h = Command::new(bin())
-        .args(["lock", "--catalog", &url, "job", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn autopilot lock");
+    let mut h = holder_until_term(&d, &url);
     let mut reap = Reap(vec![h.id() as i32]);
     assert!(
         wait_for(Duration::from_secs(10), || read_pid(&pidfile).is_some()),

@@ -128,33 +128,9 @@ fn launch(dir: &Dir, config: &str, prefix: &[&str], args: &[&str], env: &[(&str,
     }
 }
 
-/// The ports of a service's passing instances, via `autopilot catalog instances`.
-pub fn passing_ports(catalog: &str, service: &str) -> Vec<u16> {
-    let out = Command::new(bin())
-        .args([
-            "catalog",
-            "--catalog",
-            catalog,
-            "instances",
-            service,
-            "--json",
-        ])
-        .output()
-        .expect("catalog cli");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .map(|l| {
-            l.iter()
-                .filter(|i| i["status"] == "passing")
-                .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The IDs of a service's passing instances, via `autopilot catalog
-/// instances` (`None` when the catalog cannot be read).
-pub fn passing_ids(catalog: &str, service: &str) -> Option<Vec<String>> {
+/// A service's passing instances as `autopilot catalog instances --json`
+/// prints them (`None` when the catalog cannot be read).
+fn passing(catalog: &str, service: &str) -> Option<Vec<serde_json::Value>> {
     let out = Command::new(bin())
         .args([
             "catalog",
@@ -170,9 +146,23 @@ pub fn passing_ids(catalog: &str, service: &str) -> Option<Vec<String>> {
         return None;
     }
     let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v.into_iter().filter(|i| i["status"] == "passing").collect())
+}
+
+/// The ports of a service's passing instances.
+pub fn passing_ports(catalog: &str, service: &str) -> Vec<u16> {
+    passing(catalog, service)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect()
+}
+
+/// The IDs of a service's passing instances (`None` when the catalog cannot be read).
+pub fn passing_ids(catalog: &str, service: &str) -> Option<Vec<String>> {
     Some(
-        v.iter()
-            .filter(|i| i["status"] == "passing")
+        passing(catalog, service)?
+            .iter()
             .filter_map(|i| i["id"].as_str().map(str::to_string))
             .collect(),
     )
