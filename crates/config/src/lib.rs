@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
 use autopilot_core::spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
+    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
     SnapshotSpec, Trigger,
 };
 use decode::{Doc, Field, Obj, child};
@@ -76,6 +76,23 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// TLS, auth and lease settings for an `etcd://` catalog, an autopilot extension.
     pub etcd: EtcdConfig,
+    /// ContainerPilot fields that are accepted but not honoured; the agent
+    /// logs each once at start.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// A field that loads but has no effect, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The field path, such as `jobs[0].consul.enableTagOverride`.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
 }
 
 /// Settings for an `etcd://` catalog. `$AUTOPILOT_ETCD_*` variables override each.
@@ -318,6 +335,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
     };
     let root = json5::parse(rendered).map_err(|e| doc.err(e.pos, "(syntax)", e.message))?;
     let mut top = Obj::new(&doc, &root, "")?;
+    let mut warnings = Vec::new();
 
     let consul = top.get("consul").map(|f| consul(&f)).transpose()?;
     let catalog = top.get("catalog").map(|f| catalog_url(&f)).transpose()?;
@@ -352,7 +370,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
     if let Some(f) = top.get("watches") {
         let mut keys = HashSet::new();
         for w in f.array()? {
-            let cfg = watch(&w)?;
+            let cfg = watch(&w, &mut warnings)?;
             if !keys.insert((cfg.name.clone(), cfg.tag.clone())) {
                 return Err(w.err(format!(
                     "duplicate watch of {:?}{}",
@@ -379,7 +397,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
     if let Some(f) = top.get("jobs") {
         let mut names = HashSet::new();
         for j in f.array()? {
-            let spec = job(&j, stop_timeout)?;
+            let spec = job(&j, stop_timeout, &mut warnings)?;
             if !names.insert(spec.name.clone()) {
                 return Err(doc.err(
                     j.node.pos,
@@ -473,6 +491,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         control,
         stop_timeout,
         etcd,
+        warnings,
     })
 }
 
@@ -847,7 +866,7 @@ fn template(f: &Field, config_path: &Path) -> Result<TemplateConfig, ConfigError
     })
 }
 
-fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {
+fn watch(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<WatchConfig, ConfigError> {
     let mut o = f.obj()?;
     let name_f = o.require("name")?;
     let name = name_f.str()?;
@@ -855,6 +874,12 @@ fn watch(f: &Field) -> Result<WatchConfig, ConfigError> {
     let interval = o.require("interval")?.positive_duration()?;
     let tag = o.opt("tag", Field::str)?;
     let dc = o.opt("dc", Field::str)?;
+    if dc.is_some() {
+        warnings.push(ConfigWarning {
+            field: child(&o.path, "dc"),
+            message: "ignored: autopilot's catalogs have no datacenters; the watch reads the catalog the agent uses".into(),
+        });
+    }
     let debounce = o.opt("debounce", Field::duration)?.unwrap_or_default();
     o.finish(&["name", "interval", "tag", "dc", "debounce"])?;
     Ok(WatchConfig {
@@ -1002,7 +1027,11 @@ const JOB_KEYS: [&str; 18] = [
     "snapshot",
 ];
 
-fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
+fn job(
+    f: &Field,
+    global_stop: Duration,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<JobSpec, ConfigError> {
     let mut o = f.obj()?;
     let exec = o.opt("exec", Field::exec)?.unwrap_or_default();
     let port = o
@@ -1050,7 +1079,7 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
             }
         }),
     };
-    let health = o.get("health").map(|h| health(&h)).transpose()?;
+    let health = o.get("health").map(|h| health(&h, warnings)).transpose()?;
     if port.is_some() && health.is_none() && initial_status.is_none() {
         return Err(o.err(
             "port",
@@ -1098,6 +1127,12 @@ fn job(f: &Field, global_stop: Duration) -> Result<JobSpec, ConfigError> {
         Some(c) => {
             let mut co = c.obj()?;
             let eto = co.opt("enableTagOverride", Field::bool)?.unwrap_or(false);
+            if eto {
+                warnings.push(ConfigWarning {
+                    field: child(&co.path, "enableTagOverride"),
+                    message: "ignored: autopilot's catalogs have no tag override; an entry's tags are always the job's".into(),
+                });
+            }
             let dcsa = co.opt("deregisterCriticalServiceAfter", Field::positive_duration)?;
             co.finish(&["enableTagOverride", "deregisterCriticalServiceAfter"])?;
             (eto, dcsa)
@@ -1267,9 +1302,64 @@ fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
     })
 }
 
-fn health(f: &Field) -> Result<HealthSpec, ConfigError> {
+/// The kinds of health check; a check sets exactly one.
+const CHECK_KINDS: [&str; 3] = ["exec", "http", "tcp"];
+
+fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, ConfigError> {
     let mut o = f.obj()?;
-    let exec = o.require("exec")?.exec()?;
+    let kinds: Vec<&str> = CHECK_KINDS.into_iter().filter(|k| o.has(k)).collect();
+    let kind = match kinds.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(o.err(
+                "exec",
+                "a health check needs one of 'exec', 'http' or 'tcp'",
+            ));
+        }
+        [first, second, ..] => {
+            return Err(o.err(
+                second,
+                format!("set only one of 'exec', 'http' and 'tcp' (found '{first}' and '{second}')"),
+            ));
+        }
+    };
+    let raw = match o.get("logging") {
+        Some(l) => {
+            let mut lo = l.obj()?;
+            let raw = lo.opt("raw", Field::bool)?.unwrap_or(false);
+            if raw && kind != "exec" {
+                warnings.push(ConfigWarning {
+                    field: child(&lo.path, "raw"),
+                    message: format!("ignored: a '{kind}' check runs no process, so it has no output"),
+                });
+            }
+            lo.finish(&["raw"])?;
+            raw
+        }
+        None => false,
+    };
+    if kind != "http" && o.has("expect") {
+        return Err(o.err("expect", "'expect' applies only to an 'http' check"));
+    }
+    let check = match kind {
+        "http" => {
+            let url_f = o.require("http")?;
+            let url = url_f.str()?;
+            http_url(&url).map_err(|m| url_f.err(m))?;
+            let expect = o.opt("expect", |f| f.int(100, 599))?.map(|v| v as u16);
+            HealthCheck::Http { url, expect }
+        }
+        "tcp" => {
+            let addr_f = o.require("tcp")?;
+            let address = addr_f.str()?;
+            host_port(&address).map_err(|m| addr_f.err(m))?;
+            HealthCheck::Tcp { address }
+        }
+        _ => HealthCheck::Exec {
+            argv: o.require("exec")?.exec()?,
+            raw,
+        },
+    };
     let interval = o.require("interval")?.positive_duration()?;
     let ttl = o.require("ttl")?.positive_duration()?;
     let timeout = o
@@ -1286,15 +1376,88 @@ fn health(f: &Field) -> Result<HealthSpec, ConfigError> {
         .map(|r| r.int(1, 1000))
         .transpose()?
         .unwrap_or(1) as u32;
-    o.finish(&["exec", "interval", "ttl", "timeout", "rise", "fall"])?;
+    o.finish(&[
+        "exec", "http", "tcp", "expect", "interval", "ttl", "timeout", "rise", "fall", "logging",
+    ])?;
     Ok(HealthSpec {
-        exec,
+        check,
         interval,
         ttl,
         timeout,
         rise,
         fall,
     })
+}
+
+/// Checks an `http` check's URL: `http://host[:port][/path]`. Returns the
+/// host, the port and the request target (path and query).
+pub fn http_url(url: &str) -> Result<(String, u16, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{url:?}: https is not supported by the native check; use an 'exec' check (curl) for TLS"
+            ));
+        }
+        _ => return Err(format!("{url:?} is not an http:// URL")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?}: credentials in the URL are not supported"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return Err(format!("{url:?}: port 0 is not a valid port"));
+    }
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let target = if target.is_empty() {
+        "/".to_string()
+    } else {
+        target
+    };
+    Ok((host, port, target))
+}
+
+/// Splits a `tcp` check's `host:port` (`[v6]:port` for an IPv6 address).
+pub fn host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{address:?}: {port:?} is not a port (1-65535)"))?;
+    let host = match host.strip_prefix('[') {
+        Some(h) => h
+            .strip_suffix(']')
+            .ok_or_else(|| format!("{address:?}: unbalanced '[' in the host"))?,
+        None if host.contains(':') => {
+            return Err(format!(
+                "{address:?}: write an IPv6 address in brackets, as [::1]:5432"
+            ));
+        }
+        None => host,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{address:?} has no valid host"));
+    }
+    Ok((host.to_string(), port))
 }
 
 fn when(f: &Field) -> Result<Trigger, ConfigError> {

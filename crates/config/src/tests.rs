@@ -380,3 +380,144 @@ fn path_resolution_order() {
         Some("/c".into())
     );
 }
+
+#[test]
+fn native_health_checks() {
+    let c = load(
+        r#"{ jobs: [
+          { name: "web", exec: "x", port: 80,
+            health: { http: "http://127.0.0.1:8080/health?full=1", expect: 204, interval: 1, ttl: 3, timeout: "500ms" } },
+          { name: "db", exec: "y", port: 5432, health: { tcp: "[::1]:5432", interval: 1, ttl: 3 } },
+          { name: "api", exec: "z", port: 81, health: { http: "http://localhost", interval: 1, ttl: 3 } },
+          { name: "cache", exec: "w", port: 82,
+            health: { exec: "true", interval: 1, ttl: 3, logging: { raw: true } } },
+        ] }"#,
+    )
+    .expect("loads");
+    let checks: Vec<_> = c
+        .jobs
+        .iter()
+        .map(|j| j.health.as_ref().map(|h| h.check.clone()))
+        .collect();
+    assert_eq!(
+        checks,
+        vec![
+            Some(HealthCheck::Http {
+                url: "http://127.0.0.1:8080/health?full=1".into(),
+                expect: Some(204)
+            }),
+            Some(HealthCheck::Tcp {
+                address: "[::1]:5432".into()
+            }),
+            Some(HealthCheck::Http {
+                url: "http://localhost".into(),
+                expect: None
+            }),
+            Some(HealthCheck::Exec {
+                argv: vec!["true".into()],
+                raw: true
+            }),
+        ]
+    );
+    assert_eq!(
+        c.jobs[0].health.as_ref().map(|h| h.timeout),
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(
+        http_url("http://127.0.0.1:8080/health?full=1"),
+        Ok(("127.0.0.1".into(), 8080, "/health?full=1".into()))
+    );
+    assert_eq!(
+        http_url("http://[::1]/"),
+        Ok(("::1".into(), 80, "/".into()))
+    );
+    assert_eq!(host_port("[::1]:5432"), Ok(("::1".into(), 5432)));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn native_health_check_errors_name_the_field() {
+    let cases = [
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', http: 'http://h/', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.http",
+            "set only one of 'exec', 'http' and 'tcp'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {tcp: 'h:1', http: 'http://h/', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.tcp",
+            "set only one of",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {interval: 1, ttl: 2} }] }",
+            "jobs[0].health.exec",
+            "needs one of 'exec', 'http' or 'tcp'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {http: 'https://h/', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.http",
+            "https is not supported",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {http: 'ftp://h/', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.http",
+            "not an http:// URL",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {http: 'http://h/', expect: 99, interval: 1, ttl: 2} }] }",
+            "jobs[0].health.expect",
+            "out of range",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {tcp: 'h:1', expect: 200, interval: 1, ttl: 2} }] }",
+            "jobs[0].health.expect",
+            "only to an 'http' check",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {tcp: 'localhost', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.tcp",
+            "is not host:port",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {tcp: 'h:0', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.tcp",
+            "is not a port",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {tcp: '::1:5', interval: 1, ttl: 2} }] }",
+            "jobs[0].health.tcp",
+            "in brackets",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', logging: {rew: true}, interval: 1, ttl: 2} }] }",
+            "jobs[0].health.logging.rew",
+            "unknown field",
+        ),
+    ];
+    for (text, field, message) in cases {
+        let e = load(text).expect_err(text).to_string();
+        assert!(e.contains(&format!(": {field}: ")), "{text}: {e}");
+        assert!(e.contains(message), "{text}: {e}");
+    }
+}
+
+#[test]
+fn unhonoured_fields_load_with_a_warning_naming_them() {
+    let c = load(
+        r#"{ jobs: [{ name: "web", exec: "x", port: 80, initial_status: "passing",
+                    consul: { enableTagOverride: true, deregisterCriticalServiceAfter: "10m" },
+                    health: { tcp: "127.0.0.1:80", interval: 1, ttl: 3, logging: { raw: true } } }],
+             watches: [{ name: "db", interval: 5, dc: "dc2" }] }"#,
+    )
+    .expect("loads");
+    let fields: Vec<&str> = c.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "watches[0].dc",
+            "jobs[0].health.logging.raw",
+            "jobs[0].consul.enableTagOverride"
+        ]
+    );
+    assert!(c.warnings.iter().all(|w| w.message.starts_with("ignored: ")));
+}

@@ -23,7 +23,7 @@ pub use machine::{
     StopReason,
 };
 pub use spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
+    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
     SnapshotSpec, Trigger, main_job,
 };
 pub use watch::{Endpoint, WatchState};

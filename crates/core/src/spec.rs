@@ -72,9 +72,33 @@ impl Backoff {
     }
 }
 
+/// What a health check runs: a command (a child process per check), or a
+/// probe the agent makes itself, with no process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheck {
+    /// `exec`: passes when the command exits 0. `raw` passes its output
+    /// through untagged (`health.logging.raw`).
+    Exec { argv: Vec<String>, raw: bool },
+    /// `http`: a GET of `url` (`http://host[:port]/path`); passes when the
+    /// status is `expect`, or any 2xx when `expect` is unset.
+    Http { url: String, expect: Option<u16> },
+    /// `tcp`: passes when a connection to `address` (`host:port`) opens.
+    Tcp { address: String },
+}
+
+impl HealthCheck {
+    /// A command check with tagged output, the usual case.
+    pub fn exec(argv: &[&str]) -> Self {
+        HealthCheck::Exec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            raw: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthSpec {
-    pub exec: Vec<String>,
+    pub check: HealthCheck,
     pub interval: Duration,
     pub ttl: Duration,
     pub timeout: Duration,

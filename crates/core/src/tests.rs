@@ -152,7 +152,7 @@ fn on(name: &str, source: &str, code: EventCode, each: bool) -> JobSpec {
 
 fn health(interval: u64, rise: u32, fall: u32) -> Option<HealthSpec> {
     Some(HealthSpec {
-        exec: vec!["/bin/true".into()],
+        check: HealthCheck::exec(&["/bin/true"]),
         interval: ms(interval),
         ttl: ms(interval * 3),
         timeout: ms(interval),

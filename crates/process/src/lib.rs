@@ -344,8 +344,10 @@ async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stderr: bool) {
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
         let cut = if truncated { " [line truncated]" } else { "" };
+        // What a child writes to stderr is what it means as a warning or
+        // an error; stdout is its ordinary output.
         if stderr {
-            tracing::info!(target: "job", job = %tag, pid, stream = "stderr", "{line}{cut}");
+            tracing::warn!(target: "job", job = %tag, pid, stream = "stderr", "{line}{cut}");
         } else {
             tracing::info!(target: "job", job = %tag, pid, stream = "stdout", "{line}{cut}");
         }

@@ -49,10 +49,6 @@ pub enum AgentError {
     Catalog(#[from] CatalogError),
     #[error("{0}")]
     Settings(String),
-    #[error(
-        "{path}: this config has a ContainerPilot `consul` block, but the Consul backend is not available yet; set `catalog` in the config or $AUTOPILOT_CATALOG (for example local:///var/lib/autopilot/catalog) to run it"
-    )]
-    ConsulUnsupported { path: String },
     #[error("cannot create the state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -87,6 +83,11 @@ enum Msg {
         run: RunId,
         exit: Exit,
     },
+    /// A native (`http`/`tcp`) check finished: `Err` says why it failed.
+    Probed {
+        run: RunId,
+        result: Result<(), String>,
+    },
     Control(Command),
     Watch {
         generation: u64,
@@ -111,7 +112,10 @@ enum Msg {
 }
 
 struct RunMeta {
-    pid: u32,
+    /// `None` for a native check, which runs as a task, not a process.
+    pid: Option<u32>,
+    /// A native check's task, aborted when the machine kills the run.
+    probe: Option<tokio::task::AbortHandle>,
     job: usize,
     kind: ProcKind,
     started: Instant,
@@ -161,6 +165,11 @@ struct Agent {
     hook_env: Vec<(String, String)>,
     /// Per template: its render task, and the counter its `when` event bumps.
     templates: Vec<(tokio::task::JoinHandle<()>, watch::Sender<u64>)>,
+    /// Per job: why its last health check failed, for the `unhealthy` log line.
+    check_failures: HashMap<String, String>,
+    /// Per job: how its last run ended and how long it lasted, to tell a
+    /// crash loop from a restart after a long run.
+    last_runs: HashMap<String, (ExitStatus, std::time::Duration)>,
 }
 
 /// Resolves the advertised IP of every job with a port.
@@ -185,10 +194,17 @@ fn job_ips(config: &Config) -> Result<Vec<Option<IpAddr>>, AgentError> {
 
 /// Runs the agent until every job has stopped; returns the exit code.
 pub async fn run(opts: Options) -> Result<i32, AgentError> {
-    if opts.config.consul.is_some() && !opts.catalog_explicit {
-        return Err(AgentError::ConsulUnsupported {
-            path: opts.config.path.display().to_string(),
-        });
+    // Fields a ContainerPilot config may carry that autopilot cannot honour:
+    // each is named once, and the agent runs without it.
+    for w in &opts.config.warnings {
+        tracing::warn!(field = %w.field, "{}", w.message);
+    }
+    if let Some(message) = crate::catalog::consul_fallback(
+        opts.config.consul.as_ref().map(|c| c.address.as_str()),
+        opts.catalog_explicit,
+        &opts.catalog_url,
+    ) {
+        tracing::warn!(field = "consul", "{message}");
     }
     // Descriptors in reserve: a flood of connections must never leave
     // none for spawning a health check.
@@ -316,6 +332,8 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         job_state_root: opts.job_state_root,
         templates: Vec::new(),
         hook_env,
+        check_failures: HashMap::new(),
+        last_runs: HashMap::new(),
     };
     agent.start_watches();
     agent.reset_elections();
@@ -477,7 +495,14 @@ impl Agent {
         };
         match news {
             ElectionNews::Elected(term) => {
-                tracing::info!(job = %name, %election, term, "elected leader");
+                let before = match self.leaders.get(&election).and_then(Option::as_ref) {
+                    Some(l) => format!(
+                        "the seat of the previous leader {} (term {}) was free: it resigned or its TTL expired",
+                        l.id, l.term
+                    ),
+                    None => "the seat was free: no node held it".to_string(),
+                };
+                tracing::info!(job = %name, %election, term, "elected leader: campaigning while healthy, this node won; {before}");
                 // The `elected` handler must see the term it won (its
                 // fencing token): this node is recorded as the leader, in
                 // the environment and the leader file, before `elected` is
@@ -501,7 +526,8 @@ impl Agent {
                 }
             }
             ElectionNews::Demoted(term) => {
-                tracing::warn!(job = %name, %election, term, "no longer leader");
+                let reason = self.demotion_reason(job);
+                tracing::warn!(job = %name, %election, term, "no longer leader: {reason}");
                 // This node no longer knows who leads: its children (the
                 // `demoted` handler first) must not see itself as leader.
                 if self
@@ -523,13 +549,55 @@ impl Agent {
         }
     }
 
+    /// Why a leader stepped down: the agent withdrew its campaign (the job
+    /// stopped, turned unhealthy, maintenance, shutdown), or the seat was
+    /// lost while still campaigning.
+    fn demotion_reason(&self, job: usize) -> String {
+        let campaigning = self
+            .campaigns
+            .get(job)
+            .and_then(Option::as_ref)
+            .is_some_and(|(tx, _)| *tx.borrow());
+        if campaigning {
+            return "the seat was lost or could not be renewed before its TTL ran out (the catalog was slow or unreachable, or the seat expired)".into();
+        }
+        if self.machine.stopping().is_some() {
+            return "the agent is stopping; the seat is handed over".into();
+        }
+        if self.machine.in_maintenance() {
+            return "maintenance mode was enabled; the seat is handed over".into();
+        }
+        let view = self.machine.view();
+        match view.get(job) {
+            Some(j) if !matches!(j.phase, Phase::Running(_)) => {
+                "the job is not running; the seat is handed over".into()
+            }
+            Some(j) if j.health != autopilot_core::HealthStatus::Healthy => {
+                let why = self
+                    .check_failures
+                    .get(&self.machine.spec(job).name)
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                format!("the job turned unhealthy{why}; the seat is handed over")
+            }
+            _ => "the campaign was withdrawn; the seat is handed over".into(),
+        }
+    }
+
     /// Records an election's leader for children's environment and writes
     /// the leader file; returns whether it changed.
     fn record_leader(&mut self, election: &str, l: Option<Leader>) -> bool {
         if self.leaders.get(election) == Some(&l) {
             return false;
         }
-        tracing::info!(%election, leader = ?l.as_ref().map(|l| &l.id), term = ?l.as_ref().map(|l| l.term), "leader changed");
+        match &l {
+            Some(l) => {
+                tracing::info!(%election, leader = %l.id, term = l.term, "leader changed: the catalog's seat is held by {}", l.id)
+            }
+            None => {
+                tracing::info!(%election, leader = "none", "leader changed: no node holds the seat now")
+            }
+        }
         let file = self.leader_file(election);
         let json = serde_json::to_vec_pretty(&l).unwrap_or_default();
         if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
@@ -818,26 +886,38 @@ impl Agent {
                     let name = self.machine.spec(meta.job).name.clone();
                     match meta.kind {
                         ProcKind::Check => {
-                            let result = if status.success() { "passed" } else { "failed" };
-                            self.metrics.record(
-                                "autopilot_health_checks",
-                                &[("job", &name), ("result", result)],
-                                1.0,
-                            );
-                            self.metrics.record(
-                                "autopilot_health_check_duration_seconds",
-                                &[("job", &name)],
-                                meta.started.elapsed().as_secs_f64(),
-                            );
-                            tracing::debug!(job = %name, code = status.code(), "health check {result}");
+                            let failure = match status {
+                                ExitStatus::Code(0) => None,
+                                ExitStatus::Code(c) => Some(format!("the check exited with code {c}")),
+                                ExitStatus::Signal(s) => {
+                                    Some(format!("the check was killed by signal {s} (timed out or stopped)"))
+                                }
+                            };
+                            self.check_done(&name, meta.started, failure);
                         }
                         ProcKind::Job => {
                             self.metrics
                                 .record("autopilot_job_running", &[("job", &name)], 0.0);
-                            tracing::info!(job = %name, pid = meta.pid, code = status.code(), "job exited");
+                            self.last_runs
+                                .insert(name.clone(), (status, meta.started.elapsed()));
+                            match status {
+                                ExitStatus::Code(code) => tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), code, "job exited"),
+                                ExitStatus::Signal(signal) => tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), signal, "job killed by a signal"),
+                            }
                         }
                     }
                 }
+                self.input(Input::Exited { run, status });
+            }
+            Msg::Probed { run, result } => {
+                // A probe killed by the machine (timeout, stop) was already
+                // reported as exited when it was aborted.
+                let Some(meta) = self.runs.remove(&run) else {
+                    return;
+                };
+                let name = self.machine.spec(meta.job).name.clone();
+                let status = ExitStatus::Code(if result.is_ok() { 0 } else { 1 });
+                self.check_done(&name, meta.started, result.err());
                 self.input(Input::Exited { run, status });
             }
             Msg::Control(cmd) => self.command(cmd),
@@ -874,6 +954,32 @@ impl Agent {
                 if generation == self.watch_generation {
                     self.input(Input::Prepared { job, ok });
                 }
+            }
+        }
+    }
+
+    /// Records a finished health check of job `name`: metrics, and why it
+    /// failed for the `unhealthy` line.
+    fn check_done(&mut self, name: &str, started: Instant, failure: Option<String>) {
+        let result = if failure.is_none() { "passed" } else { "failed" };
+        self.metrics.record(
+            "autopilot_health_checks",
+            &[("job", name), ("result", result)],
+            1.0,
+        );
+        self.metrics.record(
+            "autopilot_health_check_duration_seconds",
+            &[("job", name)],
+            started.elapsed().as_secs_f64(),
+        );
+        match failure {
+            Some(why) => {
+                tracing::debug!(job = %name, "health check failed: {why}");
+                self.check_failures.insert(name.to_string(), why);
+            }
+            None => {
+                tracing::debug!(job = %name, "health check passed");
+                self.check_failures.remove(name);
             }
         }
     }
@@ -964,16 +1070,31 @@ impl Agent {
             match action {
                 Action::Spawn { run, job, kind } => self.spawn(run, job, kind),
                 Action::Signal { run, sig } => {
-                    if let Some(meta) = self.runs.get(&run) {
-                        let s = match sig {
-                            Sig::Term => autopilot_process::Sig::Term,
-                            Sig::Kill => autopilot_process::Sig::Kill,
-                        };
-                        let name = &self.machine.spec(meta.job).name;
-                        tracing::debug!(job = %name, pid = meta.pid, signal = ?sig, "signalling process group");
-                        if let Err(e) = autopilot_process::signal_group(meta.pid, s) {
-                            tracing::warn!(job = %name, "cannot signal process group {}: {e}", meta.pid);
-                        }
+                    let Some(meta) = self.runs.get(&run) else {
+                        continue;
+                    };
+                    let name = self.machine.spec(meta.job).name.clone();
+                    if let Some(probe) = &meta.probe {
+                        // A native check has no process: stopping it is
+                        // aborting its task, and it ends as a killed check would.
+                        probe.abort();
+                        let started = meta.started;
+                        self.runs.remove(&run);
+                        self.check_done(&name, started, Some("the check was stopped".into()));
+                        self.input(Input::Exited {
+                            run,
+                            status: ExitStatus::Signal(9),
+                        });
+                        continue;
+                    }
+                    let Some(pid) = meta.pid else { continue };
+                    let (s, signal) = match sig {
+                        Sig::Term => (autopilot_process::Sig::Term, "SIGTERM"),
+                        Sig::Kill => (autopilot_process::Sig::Kill, "SIGKILL"),
+                    };
+                    tracing::debug!(job = %name, pid, signal, "signalling process group");
+                    if let Err(e) = autopilot_process::signal_group(pid, s) {
+                        tracing::warn!(job = %name, pid, "cannot signal the process group: {e}");
                     }
                 }
                 Action::Published(ev) => {
@@ -1003,7 +1124,10 @@ impl Agent {
                         .record("autopilot_job_healthy", &[("job", &name)], v);
                     match healthy {
                         Some(true) => tracing::info!(job = %name, "healthy"),
-                        Some(false) => tracing::warn!(job = %name, "unhealthy"),
+                        Some(false) => match self.check_failures.get(&name) {
+                            Some(why) => tracing::warn!(job = %name, "unhealthy: {why}"),
+                            None => tracing::warn!(job = %name, "unhealthy"),
+                        },
                         None => {}
                     }
                 }
@@ -1011,7 +1135,21 @@ impl Agent {
                     let name = self.machine.spec(job).name.clone();
                     self.metrics
                         .record("autopilot_job_restarts", &[("job", &name)], 1.0);
-                    tracing::info!(job = %name, "restarting in {delay:?}");
+                    let delay_s = crate::logging::dur(delay);
+                    let reset_after = self.machine.spec(job).backoff.reset_after;
+                    match self.last_runs.get(&name) {
+                        // A run shorter than `resetAfter` keeps the back-off
+                        // growing: the job is crash-looping.
+                        Some((status, lasted)) if *lasted < reset_after => {
+                            let how = match status {
+                                ExitStatus::Code(c) => format!("exited with code {c}"),
+                                ExitStatus::Signal(s) => format!("was killed by signal {s}"),
+                            };
+                            tracing::warn!(job = %name, "crash loop: the job {how} after {}; restarting in {delay_s} (back-off)", crate::logging::dur(*lasted));
+                        }
+                        Some(_) => tracing::info!(job = %name, "restarting in {delay_s}"),
+                        None => tracing::warn!(job = %name, "could not start (restore failed); retrying in {delay_s} (back-off)"),
+                    }
                 }
                 Action::Register { job, status } => {
                     if let Some(r) = self.registration(job, status) {
@@ -1072,11 +1210,16 @@ impl Agent {
         let spec = self.machine.spec(job);
         let (argv, tag, raw) = match (kind, &spec.health) {
             (ProcKind::Job, _) => (spec.exec.clone(), spec.name.clone(), spec.raw_logs),
-            (ProcKind::Check, Some(h)) => (
-                h.exec.clone(),
-                format!("check.{}", spec.name),
-                spec.raw_logs,
-            ),
+            (ProcKind::Check, Some(h)) => match &h.check {
+                autopilot_core::HealthCheck::Exec { argv, raw } => {
+                    (argv.clone(), format!("check.{}", spec.name), *raw)
+                }
+                check => {
+                    let (check, timeout) = (check.clone(), h.timeout);
+                    self.spawn_probe(run, job, &check, timeout);
+                    return;
+                }
+            },
             (ProcKind::Check, None) => return,
         };
         let name = spec.name.clone();
@@ -1096,7 +1239,8 @@ impl Agent {
                 self.runs.insert(
                     run,
                     RunMeta {
-                        pid: child.pid,
+                        pid: Some(child.pid),
+                        probe: None,
                         job,
                         kind,
                         started: Instant::now(),
@@ -1121,6 +1265,56 @@ impl Agent {
                 });
             }
         }
+    }
+
+    /// Runs a native (`http`/`tcp`) check as a task: no process, bounded by
+    /// the check's timeout; its result comes back as [`Msg::Probed`].
+    fn spawn_probe(
+        &mut self,
+        run: RunId,
+        job: usize,
+        check: &autopilot_core::HealthCheck,
+        timeout: std::time::Duration,
+    ) {
+        let started = Instant::now();
+        let probe = match crate::probe::Probe::of(check) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                // The config layer checked the URL or address already; if
+                // it is still unusable, the check fails rather than panics.
+                let (tx, result) = (self.tx.clone(), Err(e));
+                self.runs.insert(
+                    run,
+                    RunMeta {
+                        pid: None,
+                        probe: None,
+                        job,
+                        kind: ProcKind::Check,
+                        started,
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::Probed { run, result }).await;
+                });
+                return;
+            }
+            None => return,
+        };
+        let tx = self.tx.clone();
+        let task = tokio::spawn(async move {
+            let result = probe.run(timeout).await;
+            let _ = tx.send(Msg::Probed { run, result }).await;
+        });
+        self.runs.insert(
+            run,
+            RunMeta {
+                pid: None,
+                probe: Some(task.abort_handle()),
+                job,
+                kind: ProcKind::Check,
+                started,
+            },
+        );
     }
 
     /// The environment of every child: the agent's own, `-putenv` values,

@@ -65,6 +65,23 @@ fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// What to say about a ContainerPilot `consul` block (`address` is its
+/// address), given the catalog the agent runs on: until the Consul backend
+/// lands, the block is not used and the agent runs on `url` (the default
+/// catalog, or the one chosen explicitly). `None` without a `consul` block.
+pub fn consul_fallback(address: Option<&str>, explicit: bool, url: &str) -> Option<String> {
+    let address = address?;
+    Some(if explicit {
+        format!(
+            "ignored: the Consul backend is not available yet, so the consul block ({address}) is not used; running on the catalog chosen with `catalog` or $AUTOPILOT_CATALOG, {url}"
+        )
+    } else {
+        format!(
+            "ignored: the Consul backend is not available yet, so the consul block ({address}) is not used; running on the default catalog {url} (set `catalog` or $AUTOPILOT_CATALOG to choose another)"
+        )
+    })
+}
+
 /// Removes the etcd password from an environment children inherit (hooks
 /// get [`PASSWORD_FILE_VAR`] instead, from [`hook_env`]).
 pub fn scrub_secrets(env: &mut BTreeMap<String, String>) {

@@ -10,6 +10,7 @@ pub mod interfaces;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod snapshots;
 pub mod telemetry;
 pub mod templates;

@@ -102,3 +102,42 @@ pub fn init(cfg: &LoggingConfig) -> io::Result<LogHandle> {
     let _ = res;
     Ok(handle)
 }
+
+/// A duration as people write it in configs (`250ms`, `1.5s`, `2m30s`),
+/// for log lines: never Rust's debug form.
+pub fn dur(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    if secs < 60 {
+        let tenths = (ms % 1000) / 100;
+        return if tenths == 0 {
+            format!("{secs}s")
+        } else {
+            format!("{secs}.{tenths}s")
+        };
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dur;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_in_a_config() {
+        assert_eq!(dur(Duration::from_millis(250)), "250ms");
+        assert_eq!(dur(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(dur(Duration::from_secs(10)), "10s");
+        assert_eq!(dur(Duration::from_secs(150)), "2m30s");
+        assert_eq!(dur(Duration::from_secs(3700)), "1h1m40s");
+    }
+}
