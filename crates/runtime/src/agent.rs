@@ -204,7 +204,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         opts.catalog_explicit,
         &opts.catalog_url,
     ) {
-        tracing::warn!(field = "consul", "{message}");
+        tracing::warn!(field = %"consul", "{message}");
     }
     // Descriptors in reserve: a flood of connections must never leave
     // none for spawning a health check.
@@ -1079,8 +1079,15 @@ impl Agent {
                         // aborting its task, and it ends as a killed check would.
                         probe.abort();
                         let started = meta.started;
+                        // Outside a stop, the machine kills a check only
+                        // when its timeout ran out (racing the probe's own
+                        // deadline, which is the same).
+                        let why = match (&self.machine.spec(meta.job).health, self.machine.stopping()) {
+                            (Some(h), None) => format!("no answer within {}", crate::logging::dur(h.timeout)),
+                            _ => "the check was stopped".to_string(),
+                        };
                         self.runs.remove(&run);
-                        self.check_done(&name, started, Some("the check was stopped".into()));
+                        self.check_done(&name, started, Some(why));
                         self.input(Input::Exited {
                             run,
                             status: ExitStatus::Signal(9),
