@@ -189,9 +189,9 @@ fn log_levels_child_output_crash_loops_and_leader_changes() {
     let mut a = start(&d, cfg);
     a.ready();
     let has = |a: &Agent, level: &str, text: &str| {
-        json_lines(&a.log()).iter().any(|l| {
-            l["level"] == level && l["message"].as_str().is_some_and(|m| m.contains(text))
-        })
+        json_lines(&a.log())
+            .iter()
+            .any(|l| l["level"] == level && l["message"].as_str().is_some_and(|m| m.contains(text)))
     };
     let within = Duration::from_secs(10);
     assert!(
@@ -230,10 +230,12 @@ fn log_levels_child_output_crash_loops_and_leader_changes() {
         );
     }
     assert!(
-        json_lines(&log)
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("leader changed"))
-                && l["leader"].as_str().is_some_and(|id| id.starts_with("leader-"))),
+        json_lines(&log).iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("leader changed"))
+            && l["leader"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("leader-"))),
         "{log}"
     );
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
 use autopilot_core::spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
-    SnapshotSpec, Trigger,
+    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec,
+    Roles, SnapshotSpec, Trigger,
 };
 use decode::{Doc, Field, Obj, child};
 
@@ -1319,7 +1319,9 @@ fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, Co
         [first, second, ..] => {
             return Err(o.err(
                 second,
-                format!("set only one of 'exec', 'http' and 'tcp' (found '{first}' and '{second}')"),
+                format!(
+                    "set only one of 'exec', 'http' and 'tcp' (found '{first}' and '{second}')"
+                ),
             ));
         }
     };
@@ -1330,7 +1332,9 @@ fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, Co
             if raw && kind != "exec" {
                 warnings.push(ConfigWarning {
                     field: child(&lo.path, "raw"),
-                    message: format!("ignored: a '{kind}' check runs no process, so it has no output"),
+                    message: format!(
+                        "ignored: a '{kind}' check runs no process, so it has no output"
+                    ),
                 });
             }
             lo.finish(&["raw"])?;

@@ -519,5 +519,9 @@ fn unhonoured_fields_load_with_a_warning_naming_them() {
             "jobs[0].consul.enableTagOverride"
         ]
     );
-    assert!(c.warnings.iter().all(|w| w.message.starts_with("ignored: ")));
+    assert!(
+        c.warnings
+            .iter()
+            .all(|w| w.message.starts_with("ignored: "))
+    );
 }

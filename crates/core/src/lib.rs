@@ -23,8 +23,8 @@ pub use machine::{
     StopReason,
 };
 pub use spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec, Roles,
-    SnapshotSpec, Trigger, main_job,
+    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec,
+    Roles, SnapshotSpec, Trigger, main_job,
 };
 pub use watch::{Endpoint, WatchState};
 

@@ -340,7 +340,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
-        catalog = agent.catalog.url(),
+        catalog = %agent.catalog.url(),
         "autopilot {} starting",
         env!("CARGO_PKG_VERSION")
     );
@@ -888,10 +888,12 @@ impl Agent {
                         ProcKind::Check => {
                             let failure = match status {
                                 ExitStatus::Code(0) => None,
-                                ExitStatus::Code(c) => Some(format!("the check exited with code {c}")),
-                                ExitStatus::Signal(s) => {
-                                    Some(format!("the check was killed by signal {s} (timed out or stopped)"))
+                                ExitStatus::Code(c) => {
+                                    Some(format!("the check exited with code {c}"))
                                 }
+                                ExitStatus::Signal(s) => Some(format!(
+                                    "the check was killed by signal {s} (timed out or stopped)"
+                                )),
                             };
                             self.check_done(&name, meta.started, failure);
                         }
@@ -901,8 +903,12 @@ impl Agent {
                             self.last_runs
                                 .insert(name.clone(), (status, meta.started.elapsed()));
                             match status {
-                                ExitStatus::Code(code) => tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), code, "job exited"),
-                                ExitStatus::Signal(signal) => tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), signal, "job killed by a signal"),
+                                ExitStatus::Code(code) => {
+                                    tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), code, "job exited")
+                                }
+                                ExitStatus::Signal(signal) => {
+                                    tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), signal, "job killed by a signal")
+                                }
                             }
                         }
                     }
@@ -961,7 +967,11 @@ impl Agent {
     /// Records a finished health check of job `name`: metrics, and why it
     /// failed for the `unhealthy` line.
     fn check_done(&mut self, name: &str, started: Instant, failure: Option<String>) {
-        let result = if failure.is_none() { "passed" } else { "failed" };
+        let result = if failure.is_none() {
+            "passed"
+        } else {
+            "failed"
+        };
         self.metrics.record(
             "autopilot_health_checks",
             &[("job", name), ("result", result)],
@@ -1082,10 +1092,13 @@ impl Agent {
                         // Outside a stop, the machine kills a check only
                         // when its timeout ran out (racing the probe's own
                         // deadline, which is the same).
-                        let why = match (&self.machine.spec(meta.job).health, self.machine.stopping()) {
-                            (Some(h), None) => format!("no answer within {}", crate::logging::dur(h.timeout)),
-                            _ => "the check was stopped".to_string(),
-                        };
+                        let why =
+                            match (&self.machine.spec(meta.job).health, self.machine.stopping()) {
+                                (Some(h), None) => {
+                                    format!("no answer within {}", crate::logging::dur(h.timeout))
+                                }
+                                _ => "the check was stopped".to_string(),
+                            };
                         self.runs.remove(&run);
                         self.check_done(&name, started, Some(why));
                         self.input(Input::Exited {
@@ -1155,18 +1168,20 @@ impl Agent {
                             tracing::warn!(job = %name, "crash loop: the job {how} after {}; restarting in {delay_s} (back-off)", crate::logging::dur(*lasted));
                         }
                         Some(_) => tracing::info!(job = %name, "restarting in {delay_s}"),
-                        None => tracing::warn!(job = %name, "could not start (restore failed); retrying in {delay_s} (back-off)"),
+                        None => {
+                            tracing::warn!(job = %name, "could not start (restore failed); retrying in {delay_s} (back-off)")
+                        }
                     }
                 }
                 Action::Register { job, status } => {
                     if let Some(r) = self.registration(job, status) {
-                        tracing::info!(id = %r.id, status = r.status.as_str(), "registering");
+                        tracing::info!(id = %r.id, status = %r.status.as_str(), "registering");
                         self.registrar.put(r);
                     }
                 }
                 Action::SetStatus { job, status } => {
                     let id = self.entry_id(job);
-                    tracing::info!(%id, status = catalog_status(status).as_str(), "catalog status");
+                    tracing::info!(%id, status = %catalog_status(status).as_str(), "catalog status");
                     self.registrar.status(&id, catalog_status(status));
                 }
                 Action::Campaign { job, campaign } => self.campaign(job, campaign),
@@ -1513,7 +1528,9 @@ fn sanitize_leader(election: &str, l: Leader) -> Option<Leader> {
     if id_ok && addr_ok {
         return Some(l);
     }
-    tracing::warn!(%election, "ignoring a malformed leader entry in the catalog (id {:?}, address of {} bytes)", l.id.chars().take(64).collect::<String>(), l.address.len());
+    // The ID is escaped: it may hold control characters meant for a terminal.
+    let id: String = l.id.chars().take(64).collect();
+    tracing::warn!(%election, "ignoring a malformed leader entry in the catalog (id \"{}\", address of {} bytes)", id.escape_default(), l.address.len());
     None
 }
 

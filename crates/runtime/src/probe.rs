@@ -178,7 +178,10 @@ mod tests {
         let e = http(port, None).run(d).await.expect_err("500 fails");
         assert!(e.contains("answered 500, expected 2xx"), "{e}");
         assert_eq!(http(port, Some(204)).run(d).await, Ok(()));
-        let e = http(port, Some(200)).run(d).await.expect_err("204 is not 200");
+        let e = http(port, Some(200))
+            .run(d)
+            .await
+            .expect_err("204 is not 200");
         assert!(e.contains("expected 200"), "{e}");
         let started = std::time::Instant::now();
         let e = http(port, None)
