@@ -1313,7 +1313,7 @@ fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, Co
         [] => {
             return Err(o.err(
                 "exec",
-                "a health check needs one of 'exec', 'http' or 'tcp'",
+                "this field is required: a health check needs one of 'exec', 'http' or 'tcp'",
             ));
         }
         [first, second, ..] => {
