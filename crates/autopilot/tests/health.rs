@@ -182,6 +182,7 @@ fn log_levels_child_output_crash_loops_and_leader_changes() {
     let cfg = r#"{ control: { socket: "@SOCKET@" }, logging: { level: "INFO", format: "json" },
         jobs: [
           { name: "talker", exec: ["sh", "-c", "echo said-on-stdout; echo said-on-stderr >&2; exec sleep 600"] },
+          { name: "quiet", exec: ["sh", "-c", "echo routine-on-stderr >&2; exec sleep 600"], logging: { stderr: "info" } },
           { name: "crasher", exec: ["sh", "-c", "exit 3"], restarts: 3,
             restartBackoff: { initial: "20ms", max: "100ms" } },
           { name: "leader", exec: "sleep 600", main: true, election: { name: "main", ttl: "2s" } },
@@ -197,6 +198,7 @@ fn log_levels_child_output_crash_loops_and_leader_changes() {
     assert!(
         wait_for(within, || has(&a, "INFO", "said-on-stdout")
             && has(&a, "WARN", "said-on-stderr")
+            && has(&a, "INFO", "routine-on-stderr")
             && has(&a, "WARN", "crash loop: the job exited with code 3")
             && has(&a, "INFO", "elected leader: ")),
         "{}",
@@ -213,6 +215,12 @@ fn log_levels_child_output_crash_loops_and_leader_changes() {
         !lines
             .iter()
             .any(|l| l["level"] == "INFO" && l["message"] == "said-on-stderr")
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["level"] == "WARN" && l["message"] == "routine-on-stderr"),
+        "logging.stderr: \"info\" keeps the job's stderr at INFO"
     );
     a.signal(libc::SIGTERM);
     assert!(a.wait(Duration::from_secs(10)).is_some());

@@ -7,7 +7,7 @@
 mod decode;
 pub mod json5;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,6 +79,10 @@ pub struct Config {
     /// ContainerPilot fields that are accepted but not honoured; the agent
     /// logs each once at start.
     pub warnings: Vec<ConfigWarning>,
+    /// Jobs whose stderr lines are logged at INFO rather than WARN
+    /// (`jobs[].logging.stderr: "info"`). Kept here, not in the job specs,
+    /// because only the runtime's logging needs it.
+    pub stderr_at_info: BTreeSet<String>,
 }
 
 /// A field that loads but has no effect, and why.
@@ -394,10 +398,14 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
 
     let mut jobs = Vec::new();
     let mut job_fields = Vec::new();
+    let mut stderr_at_info = BTreeSet::new();
     if let Some(f) = top.get("jobs") {
         let mut names = HashSet::new();
         for j in f.array()? {
-            let spec = job(&j, stop_timeout, &mut warnings)?;
+            let (spec, info) = job(&j, stop_timeout, &mut warnings)?;
+            if info {
+                stderr_at_info.insert(spec.name.clone());
+            }
             if !names.insert(spec.name.clone()) {
                 return Err(doc.err(
                     j.node.pos,
@@ -492,6 +500,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         stop_timeout,
         etcd,
         warnings,
+        stderr_at_info,
     })
 }
 
@@ -1031,7 +1040,7 @@ fn job(
     f: &Field,
     global_stop: Duration,
     warnings: &mut Vec<ConfigWarning>,
-) -> Result<JobSpec, ConfigError> {
+) -> Result<(JobSpec, bool), ConfigError> {
     let mut o = f.obj()?;
     let exec = o.opt("exec", Field::exec)?.unwrap_or_default();
     let port = o
@@ -1114,14 +1123,27 @@ fn job(
     let stop_timeout = o
         .opt("stopTimeout", Field::duration)?
         .unwrap_or(global_stop);
-    let raw_logs = match o.get("logging") {
+    let (raw_logs, stderr_at_info) = match o.get("logging") {
         Some(l) => {
             let mut lo = l.obj()?;
             let raw = lo.opt("raw", Field::bool)?.unwrap_or(false);
-            lo.finish(&["raw"])?;
-            raw
+            // An autopilot extension: the level of the job's stderr lines.
+            let info = match lo.get("stderr") {
+                None => false,
+                Some(v) => match v.str()?.to_ascii_lowercase().as_str() {
+                    "info" => true,
+                    "warn" => false,
+                    other => {
+                        return Err(v.err(format!(
+                            "unknown level {other:?}; expected \"info\" or \"warn\""
+                        )));
+                    }
+                },
+            };
+            lo.finish(&["raw", "stderr"])?;
+            (raw, info)
         }
-        None => false,
+        None => (false, false),
     };
     let (enable_tag_override, deregister_critical_after) = match o.get("consul") {
         Some(c) => {
@@ -1218,7 +1240,7 @@ fn job(
         None => None,
     };
     o.finish(&JOB_KEYS)?;
-    Ok(JobSpec {
+    let spec = JobSpec {
         name,
         exec,
         trigger,
@@ -1238,7 +1260,8 @@ fn job(
         election,
         roles,
         snapshot,
-    })
+    };
+    Ok((spec, stderr_at_info))
 }
 
 fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {

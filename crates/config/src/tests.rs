@@ -525,3 +525,17 @@ fn unhonoured_fields_load_with_a_warning_naming_them() {
             .all(|w| w.message.starts_with("ignored: "))
     );
 }
+
+#[test]
+fn a_job_may_log_its_stderr_at_info() {
+    let c = load(
+        r#"{ jobs: [{ name: "pg", exec: "postgres", logging: { stderr: "INFO" } },
+                    { name: "app", exec: "app", logging: { raw: true, stderr: "warn" } }] }"#,
+    )
+    .expect("loads");
+    assert_eq!(c.stderr_at_info.iter().collect::<Vec<_>>(), ["pg"]);
+    let e = load(r#"{ jobs: [{ name: "a", exec: "x", logging: { stderr: "loud" } }] }"#)
+        .expect_err("unknown level")
+        .to_string();
+    assert!(e.contains("jobs[0].logging.stderr: unknown level"), "{e}");
+}

@@ -119,9 +119,29 @@ impl Spawner {
         self.spawn_attached(spec, Attach::default())
     }
 
+    /// [`Spawner::spawn`], with the child's stderr lines logged at INFO
+    /// instead of WARN when `stderr_at_info` (for programs that write their
+    /// ordinary log to stderr).
+    pub fn spawn_logged(
+        &self,
+        spec: &SpawnSpec,
+        stderr_at_info: bool,
+    ) -> Result<Child, SpawnError> {
+        self.spawn_inner(spec, Attach::default(), stderr_at_info)
+    }
+
     /// [`Spawner::spawn`] with the child tied to this process as `attach` says.
-    #[allow(unsafe_code)]
     pub fn spawn_attached(&self, spec: &SpawnSpec, attach: Attach) -> Result<Child, SpawnError> {
+        self.spawn_inner(spec, attach, false)
+    }
+
+    #[allow(unsafe_code)]
+    fn spawn_inner(
+        &self,
+        spec: &SpawnSpec,
+        attach: Attach,
+        stderr_at_info: bool,
+    ) -> Result<Child, SpawnError> {
         let (program, args) = spec.argv.split_first().ok_or(SpawnError::Empty)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -168,10 +188,15 @@ impl Spawner {
         };
         let pid = child.id();
         if let Some(out) = child.stdout.take() {
-            forward(out.into(), spec.tag.clone(), pid, false);
+            forward(out.into(), spec.tag.clone(), pid, Stream::Stdout);
         }
         if let Some(err) = child.stderr.take() {
-            forward(err.into(), spec.tag.clone(), pid, true);
+            let stream = if stderr_at_info {
+                Stream::StderrAtInfo
+            } else {
+                Stream::Stderr
+            };
+            forward(err.into(), spec.tag.clone(), pid, stream);
         }
         // `child` is dropped without waiting: the reaper owns the wait.
         Ok(Child { pid, exit: rx })
@@ -301,7 +326,15 @@ fn reap(waiters: &Mutex<HashMap<i32, oneshot::Sender<Exit>>>) {
     }
 }
 
-fn forward(fd: OwnedFd, tag: String, pid: u32, stderr: bool) {
+/// Which stream a line came from, and so its level.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+    StderrAtInfo,
+}
+
+fn forward(fd: OwnedFd, tag: String, pid: u32, stream: Stream) {
     let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
         Err(e) => {
@@ -309,10 +342,10 @@ fn forward(fd: OwnedFd, tag: String, pid: u32, stderr: bool) {
             return;
         }
     };
-    tokio::spawn(pump(rx, tag, pid, stderr));
+    tokio::spawn(pump(rx, tag, pid, stream));
 }
 
-async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stderr: bool) {
+async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stream: Stream) {
     let mut reader = BufReader::with_capacity(8192, rx);
     let mut buf = Vec::new();
     loop {
@@ -345,11 +378,17 @@ async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stderr: bool) {
         let line = line.trim_end_matches(['\n', '\r']);
         let cut = if truncated { " [line truncated]" } else { "" };
         // What a child writes to stderr is what it means as a warning or
-        // an error; stdout is its ordinary output.
-        if stderr {
-            tracing::warn!(target: "job", job = %tag, pid, stream = "stderr", "{line}{cut}");
-        } else {
-            tracing::info!(target: "job", job = %tag, pid, stream = "stdout", "{line}{cut}");
+        // an error (unless its job says otherwise); stdout is its ordinary output.
+        match stream {
+            Stream::Stderr => {
+                tracing::warn!(target: "job", job = %tag, pid, stream = "stderr", "{line}{cut}")
+            }
+            Stream::StderrAtInfo => {
+                tracing::info!(target: "job", job = %tag, pid, stream = "stderr", "{line}{cut}")
+            }
+            Stream::Stdout => {
+                tracing::info!(target: "job", job = %tag, pid, stream = "stdout", "{line}{cut}")
+            }
         }
     }
 }

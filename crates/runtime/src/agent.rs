@@ -1246,12 +1246,16 @@ impl Agent {
         };
         let name = spec.name.clone();
         let env = self.child_env(job);
-        match self.spawner.spawn(&SpawnSpec {
-            argv,
-            env,
-            raw_output: raw,
-            tag,
-        }) {
+        let stderr_at_info = self.config.stderr_at_info.contains(&name);
+        match self.spawner.spawn_logged(
+            &SpawnSpec {
+                argv,
+                env,
+                raw_output: raw,
+                tag,
+            },
+            stderr_at_info,
+        ) {
             Ok(child) => {
                 if kind == ProcKind::Job {
                     tracing::info!(job = %name, pid = child.pid, "job started");
