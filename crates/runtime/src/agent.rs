@@ -1158,9 +1158,9 @@ impl Agent {
                     let delay_s = crate::logging::dur(delay);
                     let reset_after = self.machine.spec(job).backoff.reset_after;
                     match self.last_runs.get(&name) {
-                        // A run shorter than `resetAfter` keeps the back-off
-                        // growing: the job is crash-looping.
-                        Some((status, lasted)) if *lasted < reset_after => {
+                        // A failed run shorter than `resetAfter` keeps the
+                        // back-off growing: the job is crash-looping.
+                        Some((status, lasted)) if *lasted < reset_after && !status.success() => {
                             let how = match status {
                                 ExitStatus::Code(c) => format!("exited with code {c}"),
                                 ExitStatus::Signal(s) => format!("was killed by signal {s}"),
