@@ -399,13 +399,9 @@ fn bad_catalog_paths_and_consul_configs_fail_clearly() {
         "c.json5",
         &consul.replace("@SOCKET@", &socket.display().to_string()),
     );
-    let out = Command::new(bin())
-        .args(["-config", cfg_path.to_str().expect("utf8")])
-        .env_remove("AUTOPILOT_CATALOG")
-        .output()
-        .expect("run");
-    assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Consul backend is not available yet"));
+    // Without AUTOPILOT_CATALOG the consul block falls back to the default
+    // catalog (tests/containerpilot_fields.rs runs that as an unprivileged
+    // user, so the machine's own default catalog is never touched).
     let out = Command::new(bin())
         .args(["-config", cfg_path.to_str().expect("utf8")])
         .env("AUTOPILOT_CATALOG", url(&sub.path("cat")))

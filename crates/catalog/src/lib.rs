@@ -262,9 +262,9 @@ impl Outage {
                 tracing::warn!(
                     catalog = %url,
                     failures = self.failures,
-                    "{what} still failing after {} attempts over {:?}: {why}",
+                    "{what} still failing after {} attempts over {}s: {why}",
                     self.failures,
-                    now.duration_since(since)
+                    now.duration_since(since).as_secs()
                 );
                 self.last_warn = Some(now);
             }
@@ -278,9 +278,9 @@ impl Outage {
             tracing::info!(
                 catalog = %url,
                 failures = self.failures,
-                "{what} works again after {} failed attempts over {:?}",
+                "{what} works again after {} failed attempts over {}ms",
                 self.failures,
-                since.elapsed()
+                since.elapsed().as_millis()
             );
         }
         self.failures = 0;

@@ -1328,6 +1328,10 @@ fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
 /// The kinds of health check; a check sets exactly one.
 const CHECK_KINDS: [&str; 3] = ["exec", "http", "tcp"];
 
+/// The interval of an `http` or `tcp` check that sets none (as Kubernetes'
+/// probes); its TTL defaults to three intervals.
+const NATIVE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, ConfigError> {
     let mut o = f.obj()?;
     let kinds: Vec<&str> = CHECK_KINDS.into_iter().filter(|k| o.has(k)).collect();
@@ -1387,8 +1391,22 @@ fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, Co
             raw,
         },
     };
-    let interval = o.require("interval")?.positive_duration()?;
-    let ttl = o.require("ttl")?.positive_duration()?;
+    // ContainerPilot's exec checks need both; the native checks default them
+    // as Kubernetes and Consul users expect (`health: {tcp: "..."}` alone).
+    let (interval, ttl) = if kind == "exec" {
+        (
+            o.require("interval")?.positive_duration()?,
+            o.require("ttl")?.positive_duration()?,
+        )
+    } else {
+        let interval = o
+            .opt("interval", Field::positive_duration)?
+            .unwrap_or(NATIVE_CHECK_INTERVAL);
+        let ttl = o
+            .opt("ttl", Field::positive_duration)?
+            .unwrap_or_else(|| interval.saturating_mul(3));
+        (interval, ttl)
+    };
     let timeout = o
         .opt("timeout", Field::positive_duration)?
         // A check with no timeout could hang forever and block every later check.

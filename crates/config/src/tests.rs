@@ -436,6 +436,32 @@ fn native_health_checks() {
 }
 
 #[test]
+fn native_checks_default_interval_and_ttl_exec_checks_do_not() {
+    let c = load(
+        r#"{ jobs: [
+          { name: "db", exec: "y", port: 5432, health: { tcp: "127.0.0.1:5432" } },
+          { name: "web", exec: "x", port: 80, health: { http: "http://127.0.0.1/", interval: 2 } },
+        ] }"#,
+    )
+    .expect("loads");
+    let h = |i: usize| {
+        c.jobs[i]
+            .health
+            .as_ref()
+            .map(|h| (h.interval, h.ttl, h.timeout))
+    };
+    let s = Duration::from_secs;
+    assert_eq!(h(0), Some((s(10), s(30), s(10))));
+    assert_eq!(h(1), Some((s(2), s(6), s(2))));
+    let e = load("{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', ttl: 5} }] }")
+        .expect_err("an exec check needs an interval");
+    assert!(
+        e.to_string().contains("jobs[0].health.interval"),
+        "{e}"
+    );
+}
+
+#[test]
 fn native_health_check_errors_name_the_field() {
     let cases = [
         (

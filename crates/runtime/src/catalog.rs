@@ -379,8 +379,8 @@ impl Worker {
         if !self.applied.is_empty() && self.confirmed.elapsed() > self.expiry() {
             tracing::warn!(
                 entries = self.applied.len(),
-                "no keep-alive for {:?}: the entries have expired from the catalog",
-                self.confirmed.elapsed()
+                "no keep-alive for {}: the entries have expired from the catalog",
+                crate::logging::dur(self.confirmed.elapsed())
             );
             self.applied.clear();
         }

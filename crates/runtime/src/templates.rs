@@ -582,7 +582,7 @@ pub fn spawn(
                 match run_command(&ctx, &cfg.name, argv).await {
                     Ok(()) => command_due = false,
                     Err(e) => {
-                        tracing::error!(template = %cfg.name, "command failed ({e}); retrying in {retry:?}");
+                        tracing::error!(template = %cfg.name, "command failed ({e}); retrying in {}", crate::logging::dur(retry));
                         ctx.metrics.record(
                             "autopilot_template_command_failures",
                             &[("template", &cfg.name)],
