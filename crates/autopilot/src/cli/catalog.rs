@@ -33,7 +33,13 @@ fn instances_json(list: &[autopilot_catalog::Instance]) -> serde_json::Value {
 
 pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyhow::Result<i32> {
     let what = format!("catalog {}", o.url);
-    let opened = open_catalog(&o, &super::cli_owner(), Access::Read).await?;
+    // `watch` may start before any agent: it creates the embedded catalog
+    // so it can wait on it. The others read only what exists.
+    let access = match cmd {
+        CatalogCmd::Watch { .. } => Access::Write,
+        _ => Access::Read,
+    };
+    let opened = open_catalog(&o, &super::cli_owner(), access).await?;
     let cat = opened.cat;
     match cmd {
         CatalogCmd::Services => {
