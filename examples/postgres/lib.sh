@@ -30,7 +30,7 @@ leader() {
             1) L=; return 0 ;;
         esac
         t=$((t + 1))
-        if [ $t -ge 30 ]; then
+        if [ $t -ge "${LEADER_RETRIES:-30}" ]; then
             log "cannot read the election (autopilot leader: exit $rc): not starting"
             exit 1
         fi
