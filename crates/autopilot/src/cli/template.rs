@@ -134,7 +134,9 @@ struct RenderReq {
 /// agent's own template task.
 async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32> {
     use autopilot_runtime::templates::{self, Grants, RenderError};
-    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Read)
+    // It waits for data that may not exist yet, as `catalog watch` does: it
+    // creates the embedded catalog so it can wait on it.
+    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Write)
         .await?
         .cat;
     let name = req.source.display().to_string();
@@ -179,6 +181,9 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
     let give_up = (!req.timeout.is_zero()).then(|| tokio::time::Instant::now() + req.timeout);
     let mut changes = cat.changes();
     let mut told = String::new();
+    // Whether the last attempt failed on the catalog (exit 3 on giving up)
+    // rather than waiting for absent data (exit 1).
+    let mut unreachable = false;
     loop {
         changes.borrow_and_update();
         let (t, c, g, n) = (tpl.clone(), cat.clone(), grants.clone(), name.clone());
@@ -202,6 +207,7 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
             }
             Err(e @ RenderError::Template { .. }) => anyhow::bail!("{e}"),
             Err(e) => {
+                unreachable = matches!(e, RenderError::Unavailable { .. });
                 let msg = e.to_string();
                 if msg != told {
                     eprintln!("autopilot: {msg}");
@@ -214,7 +220,12 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
             _ = changes.changed() => {}
             _ = retry => {}
             _ = sleep_until_opt(give_up) => {
-                return Err(super::Unreachable(format!("gave up after {:?} (--timeout): {told}", req.timeout)).into());
+                let msg = format!("gave up after {:?} (--timeout): {told}", req.timeout);
+                if unreachable {
+                    return Err(super::Unreachable(msg).into());
+                }
+                eprintln!("autopilot: {msg}");
+                return Ok(super::exit::ABSENT);
             }
         }
     }
