@@ -358,6 +358,14 @@ impl LocalCatalog {
     /// that must not create one (a mistyped path is an error, not an empty
     /// catalog). A missing catalog is `Unavailable`.
     pub fn open_existing(dir: &Path, owner: &str) -> Result<LocalCatalog, CatalogError> {
+        // An existing directory is checked first (it creates nothing): an
+        // unsafe one is refused with the reason, as `open` would.
+        if dir.exists() {
+            prepare_dir(dir).map_err(|message| CatalogError::Invalid {
+                url: format!("local://{}", dir.display()),
+                message,
+            })?;
+        }
         let file = dir.join("catalog.db");
         match std::fs::symlink_metadata(&file) {
             Ok(m) if m.is_file() => Self::open(dir, owner),
