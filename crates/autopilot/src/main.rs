@@ -381,6 +381,29 @@ mod tests {
             ["ap", "--config", "c.json5", "kv", "put", "k", "-help"]
         );
         assert_eq!(rw(&["ap", "--", "-help"]), ["ap", "--", "-help"]);
+        assert_eq!(
+            rw(&[
+                "ap",
+                "--timeout",
+                "2s",
+                "-o",
+                "json",
+                "-config",
+                "c",
+                "ping"
+            ]),
+            [
+                "ap",
+                "--timeout",
+                "2s",
+                "-o",
+                "json",
+                "--config",
+                "c",
+                "ping"
+            ],
+            "the global flags' values are values"
+        );
     }
 
     #[test]

@@ -268,6 +268,18 @@ fn exit_codes_tell_absent_from_usage_from_unreachable() {
     kill(holder.id() as i32, libc::SIGTERM);
     let _ = holder.wait();
     assert_eq!(r.code, Some(1), "{}", r.err);
+    // Malformed arguments are usage errors, before any socket is tried.
+    let none = d.path("none.sock").display().to_string();
+    for args in [
+        &["-putmetric", "a=x"][..],
+        &["putmetric", "a"],
+        &["-maintenance", "sideways"],
+        &["putenv", "=x"],
+    ] {
+        let mut a = vec!["--socket", &none];
+        a.extend_from_slice(args);
+        assert_eq!(ap(&a).code, Some(2), "{args:?}");
+    }
     // No agent at the socket: unreachable.
     let r = ap(&[
         "status",

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use super::Output;
 
@@ -31,6 +31,16 @@ impl Req {
     }
 }
 
+/// A malformed argument: exit 2, naming the flag.
+fn usage(flag: &str, message: String) -> anyhow::Error {
+    super::SetupError {
+        origin: flag.into(),
+        field: String::new(),
+        message,
+    }
+    .into()
+}
+
 pub fn reload() -> Req {
     Req::post("/v3/reload", None)
 }
@@ -42,7 +52,10 @@ pub fn ping() -> Req {
 pub fn maintenance(mode: &str) -> anyhow::Result<Req> {
     match mode {
         "enable" | "disable" => Ok(Req::post(&format!("/v3/maintenance/{mode}"), None)),
-        other => bail!("-maintenance takes \"enable\" or \"disable\", not {other:?}"),
+        other => Err(usage(
+            "-maintenance",
+            format!("takes \"enable\" or \"disable\", not {other:?}"),
+        )),
     }
 }
 
@@ -51,7 +64,10 @@ pub fn putenv(vars: &[String]) -> anyhow::Result<Req> {
     for v in vars {
         let (k, val) = v.split_once('=').unwrap_or((v, ""));
         if k.is_empty() {
-            bail!("-putenv {v:?}: expected KEY=VALUE or KEY");
+            return Err(usage(
+                "-putenv",
+                format!("{v:?}: expected KEY=VALUE or KEY"),
+            ));
         }
         m.insert(k.to_string(), serde_json::Value::String(val.to_string()));
     }
@@ -68,14 +84,19 @@ pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
     let mut batches: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     for v in vars {
         let Some((k, val)) = v.split_once('=') else {
-            bail!("-putmetric {v:?}: expected NAME=VALUE");
+            return Err(usage("-putmetric", format!("{v:?}: expected NAME=VALUE")));
         };
-        let n: f64 = val
+        let num = val
             .trim()
-            .parse()
-            .with_context(|| format!("-putmetric {v:?}: {val:?} is not a number"))?;
-        let num = serde_json::Number::from_f64(n)
-            .with_context(|| format!("-putmetric {v:?}: {val:?} is not a finite number"))?;
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .ok_or_else(|| {
+                usage(
+                    "-putmetric",
+                    format!("{v:?}: {val:?} is not a finite number"),
+                )
+            })?;
         match batches.last_mut().filter(|m| !m.contains_key(k)) {
             Some(m) => {
                 m.insert(k.to_string(), serde_json::Value::Number(num));

@@ -72,7 +72,12 @@ pub async fn lock_cmd(
     env: BTreeMap<String, String>,
 ) -> anyhow::Result<i32> {
     if command.is_empty() {
-        anyhow::bail!("lock needs a command after --");
+        return Err(super::SetupError {
+            origin: "lock".into(),
+            field: String::new(),
+            message: "needs a command after --".into(),
+        }
+        .into());
     }
     let owner = format!(
         "lock-{}-{}",

@@ -183,7 +183,7 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
     let mut told = String::new();
     // Whether the last attempt failed on the catalog (exit 3 on giving up)
     // rather than waiting for absent data (exit 1).
-    let mut unreachable = false;
+    let mut unreachable: bool;
     loop {
         changes.borrow_and_update();
         let (t, c, g, n) = (tpl.clone(), cat.clone(), grants.clone(), name.clone());
