@@ -307,6 +307,7 @@ fn a_frozen_etcd_times_out_with_exit_3() {
         &["kv", "ls"],
         &["catalog", "services"],
         &["catalog", "instances", "web"],
+        &["catalog", "watch", "web"],
         &["leader", "x"],
         &["lock", "l", "--", "true"],
         &["template", "render", tpl.to_str().expect("utf-8"), "--once"],
@@ -397,6 +398,7 @@ const ELECTED: &str = r#"{
       election: { name: "dbprimary", ttl: "2s" } },
     { name: "tick", when: { interval: "100ms" }, exec: "sh -c 'echo t >> @DIR@/ticks'" },
     { name: "crash", exec: "sh -c 'echo c >> @DIR@/crashes; exit 1'", restarts: 2 },
+    { name: "ontick", when: { source: "tick", each: "exitSuccess" }, exec: "sh -c 'echo o >> @DIR@/ontick'" },
   ]
 }"#;
 
@@ -412,6 +414,7 @@ fn status_shows_role_and_term_and_counts_only_restarts_and_json_is_camel_case() 
             s["jobs"][0]["election"]["leader"] == true
                 && d.lines("ticks").len() >= 5
                 && d.lines("crashes").len() >= 3
+                && d.lines("ontick").len() >= 3
         }),
         "never elected, ticked and crashed: {}",
         a.log()
@@ -429,6 +432,11 @@ fn status_shows_role_and_term_and_counts_only_restarts_and_json_is_camel_case() 
     // Before: every periodic run counted as a restart.
     assert_eq!(job("tick")["restarts"], 0, "periodic runs are not restarts");
     assert_eq!(job("crash")["restarts"], 2);
+    assert_eq!(
+        job("ontick")["restarts"],
+        0,
+        "triggered runs are not restarts"
+    );
     let term = job("db")["election"]["term"].as_u64().expect("term");
     assert_eq!(job("db")["election"]["role"], "leader");
     let (c, table) = a.cli(&["status"]);
