@@ -676,11 +676,14 @@ impl EtcdCatalog {
                 .call(|mut c| async move { c.lease_time_to_live(id, None).await })
                 .await?;
             // A lease that just expired (ttl -1) keeps the last write's time.
-            if resp.ttl() >= 0 {
+            let beat = if resp.ttl() >= 0 {
                 let since_s = resp.granted_ttl().saturating_sub(resp.ttl()).max(0);
                 let since_ms = u64::try_from(since_s).unwrap_or(0).saturating_mul(1000);
-                beats.insert(id, now_ms().saturating_sub(since_ms));
-            }
+                now_ms().saturating_sub(since_ms)
+            } else {
+                0
+            };
+            beats.insert(id, beat);
         }
         let mut out: Vec<Instance> = entries
             .into_iter()

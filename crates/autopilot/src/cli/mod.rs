@@ -1,4 +1,4 @@
-//! The subcommands, one module per family, and the settings they share (catalog choice, sockets, the async runtime).
+//! The subcommands, one module per family, and what they share: config and catalog choice, opening the catalog, sockets, `--timeout`, `-o`, exit codes, the async runtime.
 
 pub mod catalog;
 pub mod control;
