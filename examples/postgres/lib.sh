@@ -18,7 +18,25 @@ q() { as_pg psql -h "$SOCK" -p "$PORT" -U postgres -d postgres -Atqc "$1" 2>/dev
 qr() {
     PGCONNECT_TIMEOUT=1 psql -h "${1%:*}" -p "${1##*:}" -U postgres -d postgres -Atqc "$2" 2>/dev/null
 }
-leader() { autopilot leader postgres 2>/dev/null | awk '{print $2}'; }
+# leader: sets L to the primary's HOST:PORT, empty when nobody leads (exit 1).
+# An unreachable catalog (exit 3) is not "no primary": retry for a while,
+# then fail (the job restarts) rather than initdb or start as a primary.
+leader() {
+    t=0
+    while :; do
+        out=$(autopilot leader postgres --timeout 2s 2>/dev/null); rc=$?
+        case $rc in
+            0) L=$(echo "$out" | awk '{print $2}'); return 0 ;;
+            1) L=; return 0 ;;
+        esac
+        t=$((t + 1))
+        if [ $t -ge "${LEADER_RETRIES:-30}" ]; then
+            log "cannot read the election (autopilot leader: exit $rc): not starting"
+            exit 1
+        fi
+        sleep 1
+    done
+}
 # conninfo HOST:PORT: where this standby streams from (reloadable; see start.sh).
 conninfo() {
     printf "primary_conninfo = 'host=%s port=%s user=postgres application_name=%s'\n" \

@@ -12,11 +12,11 @@ mkdir -p "$DATA" "$SOCK"
 if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$SOCK"; fi
 chmod 700 "$DATA"
 
-L=$(leader)
+leader
 # A seat still held by this node's previous life: wait for it to expire
 # rather than start as a primary beside the one about to be elected.
 n=0
-while [ "$L" = "$ME" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); L=$(leader); done
+while [ "$L" = "$ME" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); leader; done
 
 clone() {
     log "cloning $1 with pg_basebackup"

@@ -1,7 +1,7 @@
 //! The `autopilot` binary: ContainerPilot's single-dash flags and modern subcommands over the runtime.
 //!
-//! This file parses arguments, dispatches to `cli::*` and maps errors to
-//! exit codes: 2 for a config or setup mistake, 1 for anything else.
+//! This file parses arguments and dispatches to `cli::*`; `cli::exit_code`
+//! maps errors to the documented exit codes (2 config or usage, 3 unreachable).
 
 mod cli;
 
@@ -9,10 +9,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use autopilot_config::ConfigError;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use cli::control::{self, Req};
+use cli::control;
 
 /// Flags ContainerPilot users pass with one dash; rewritten to two for clap.
 const SINGLE_DASH: [&str; 13] = [
@@ -35,15 +34,26 @@ const SINGLE_DASH: [&str; 13] = [
 #[command(
     name = "autopilot",
     about = "Runs a service's jobs as PID 1: supervises, health-checks and registers them",
+    after_help = "Exit codes: 0 ok; 1 absent (key, leader, lock) or a lost compare-and-swap; 2 usage or config error; 3 catalog or agent unreachable, or timed out.",
     disable_version_flag = true
 )]
 struct Cli {
-    /// JSON5 config file (default: $CONTAINERPILOT, then $AUTOPILOT_CONFIG).
+    /// JSON5 config file (default: $CONTAINERPILOT, then $AUTOPILOT_CONFIG). Every command takes the
+    /// control socket, the catalog URL and the `etcd` block from it.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Control socket to talk to (default: the config's control.socket).
     #[arg(long, global = true, env = "AUTOPILOT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// How long to wait for the catalog or the agent (default 5s; `template render --once`: 60s).
+    #[arg(long, global = true, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, value_name = "FORMAT")]
+    output: Option<cli::Output>,
+    /// The same as `-o json`.
+    #[arg(long, global = true, conflicts_with = "output")]
+    json: bool,
     /// Render the config template and exit.
     #[arg(long)]
     template: bool,
@@ -65,7 +75,7 @@ struct Cli {
     /// Check that the agent's control socket answers.
     #[arg(long)]
     ping: bool,
-    /// Print the version and exit.
+    /// Print the version, commit and build date, and exit.
     #[arg(long)]
     version: bool,
     /// Reap orphans and forward signals even when not PID 1.
@@ -91,18 +101,15 @@ enum Cmd {
         #[arg(required = true)]
         vars: Vec<String>,
     },
-    /// Update configured metrics (K=V).
+    /// Update configured metrics (K=V); a repeated name records each value.
     Putmetric {
         #[arg(required = true)]
         metrics: Vec<String>,
     },
     /// Check that the agent answers.
     Ping,
-    /// Show the jobs of the running agent.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show the jobs of the running agent (role and term of elected jobs).
+    Status,
     /// Render the config file's template, or (`template render`) a file template from the catalog.
     Template {
         #[arg(long)]
@@ -110,11 +117,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<cli::template::TemplateCmd>,
     },
-    /// Print the version.
+    /// Print the version, git commit and build date.
     Version,
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: cli::info::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Read the service catalog.
     Catalog {
-        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
         #[arg(long, global = true, value_name = "URL")]
         catalog: Option<String>,
         #[command(subcommand)]
@@ -122,7 +136,7 @@ enum Cmd {
     },
     /// Read and write keys in the catalog, for hooks.
     Kv {
-        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
         #[arg(long, global = true, value_name = "URL")]
         catalog: Option<String>,
         #[command(subcommand)]
@@ -130,19 +144,19 @@ enum Cmd {
     },
     /// Print the current leader of an election (exit 1 if nobody leads).
     Leader {
-        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
         #[arg(long, value_name = "URL")]
         catalog: Option<String>,
         name: String,
-        /// `{"id", "address", "port", "term"}`.
-        #[arg(long)]
-        json: bool,
     },
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
-        /// Catalog URL (default: $AUTOPILOT_CATALOG, then the default local catalog).
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
         #[arg(long, value_name = "URL")]
         catalog: Option<String>,
+        /// Give up (exit 1) if the lock is not ours within this long (default: wait for it).
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
         name: String,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
@@ -152,13 +166,16 @@ enum Cmd {
 
 /// The flags (single- or double-dash) whose value is the next argument
 /// unless written `-flag=value`.
-const TAKES_VALUE: [&str; 6] = [
+const TAKES_VALUE: [&str; 9] = [
     "config",
     "out",
     "maintenance",
     "putenv",
     "putmetric",
     "socket",
+    "timeout",
+    "output",
+    "o",
 ];
 
 /// Rewrites ContainerPilot's single-dash flags (`-config`) to clap's
@@ -204,15 +221,8 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<cli::SetupError>().is_some()
-            {
-                2
-            } else {
-                1
-            };
             eprintln!("autopilot: {e:#}");
-            ExitCode::from(code)
+            ExitCode::from(cli::exit_code(&e).clamp(0, 255) as u8)
         }
     }
 }
@@ -243,84 +253,103 @@ impl Cli {
 
 fn real_main(cli: Cli) -> anyhow::Result<i32> {
     let env = cli::env_map();
+    let out = if cli.json {
+        cli::Output::Json
+    } else {
+        cli.output.unwrap_or_default()
+    };
     if cli.version || matches!(cli.cmd, Some(Cmd::Version)) {
-        println!("autopilot {}", env!("CARGO_PKG_VERSION"));
-        return Ok(0);
+        return Ok(cli::info::version(out));
     }
-    if let Some(Cmd::Template { cmd: Some(cmd), .. }) = &cli.cmd {
-        return cli::template::render(cmd, env);
+    match &cli.cmd {
+        Some(Cmd::Completions { shell }) => {
+            return Ok(cli::info::completions(Cli::command(), *shell));
+        }
+        Some(Cmd::Man) => return cli::info::man(Cli::command()),
+        Some(Cmd::Template { cmd: Some(cmd), .. }) => {
+            let config = cli::load_config(cli.config.as_deref(), &env)?;
+            return cli::template::render(cmd, config.as_ref(), cli.timeout.as_deref(), env);
+        }
+        _ => {}
     }
     if cli.template || matches!(cli.cmd, Some(Cmd::Template { .. })) {
-        let out = match &cli.cmd {
+        let dest = match &cli.cmd {
             Some(Cmd::Template { out, .. }) => out.clone().or(cli.out.clone()),
             _ => cli.out.clone(),
         };
-        return cli::template::config_template(cli.config.as_deref(), out.as_deref(), &env);
+        return cli::template::config_template(cli.config.as_deref(), dest.as_deref(), &env);
     }
-    let req = if cli.reload {
-        Some(control::reload())
+    let timeout = cli::timeout_arg(cli.timeout.as_deref(), cli::DEFAULT_TIMEOUT)?;
+    let reqs = if cli.reload {
+        Some(vec![control::reload()])
     } else if let Some(m) = &cli.maintenance {
-        Some(control::maintenance(m)?)
+        Some(vec![control::maintenance(m)?])
     } else if !cli.putenv.is_empty() {
-        Some(control::putenv(&cli.putenv)?)
+        Some(vec![control::putenv(&cli.putenv)?])
     } else if !cli.putmetric.is_empty() {
         Some(control::putmetric(&cli.putmetric)?)
     } else if cli.ping {
-        Some(control::ping())
+        Some(vec![control::ping()])
     } else {
+        // The catalog commands' settings come from the config, if one is named.
+        let catalog = |explicit: &Option<String>| -> anyhow::Result<cli::CatalogOpts> {
+            let config = cli::load_config(cli.config.as_deref(), &env)?;
+            cli::catalog_choice(explicit.as_deref(), config.as_ref(), &env, timeout)
+        };
         match &cli.cmd {
-            Some(Cmd::Reload) => Some(control::reload()),
-            Some(Cmd::Maintenance { mode }) => Some(control::maintenance(mode)?),
-            Some(Cmd::Putenv { vars }) => Some(control::putenv(vars)?),
+            Some(Cmd::Reload) => Some(vec![control::reload()]),
+            Some(Cmd::Maintenance { mode }) => Some(vec![control::maintenance(mode)?]),
+            Some(Cmd::Putenv { vars }) => Some(vec![control::putenv(vars)?]),
             Some(Cmd::Putmetric { metrics }) => Some(control::putmetric(metrics)?),
-            Some(Cmd::Ping) => Some(control::ping()),
-            Some(Cmd::Status { json }) => {
-                let socket = client_socket(&cli, &env);
-                return cli::status::status(&socket, *json);
+            Some(Cmd::Ping) => Some(vec![control::ping()]),
+            Some(Cmd::Status) => {
+                let socket = client_socket(&cli, &env)?;
+                return cli::status::status(&socket, timeout, out);
             }
-            Some(Cmd::Catalog { catalog, cmd }) => {
-                let (url, etcd) = cli::catalog_choice(catalog.as_deref(), &env)?;
-                return cli::block_on(cli::catalog::catalog_cmd(url, etcd, cmd))?;
+            Some(Cmd::Catalog { catalog: url, cmd }) => {
+                let o = catalog(url)?;
+                return cli::block_on(cli::catalog::catalog_cmd(o, cmd, out))?;
             }
-            Some(Cmd::Kv { catalog, cmd }) => {
-                let (url, etcd) = cli::catalog_choice(catalog.as_deref(), &env)?;
-                return cli::block_on(cli::kv::kv_cmd(url, etcd, cmd))?;
+            Some(Cmd::Kv { catalog: url, cmd }) => {
+                let o = catalog(url)?;
+                return cli::block_on(cli::kv::kv_cmd(o, cmd, out))?;
             }
-            Some(Cmd::Leader {
-                catalog,
-                name,
-                json,
-            }) => {
-                let (url, etcd) = cli::catalog_choice(catalog.as_deref(), &env)?;
-                return cli::block_on(cli::catalog::leader_cmd(url, etcd, name, *json))?;
+            Some(Cmd::Leader { catalog: url, name }) => {
+                let o = catalog(url)?;
+                return cli::block_on(cli::catalog::leader_cmd(o, name, out))?;
             }
             Some(Cmd::Lock {
-                catalog,
+                catalog: url,
+                wait,
                 name,
                 command,
             }) => {
-                let (url, etcd) = cli::catalog_choice(catalog.as_deref(), &env)?;
-                return cli::block_on(cli::lock::lock_cmd(url, etcd, name, command, env))?;
+                let wait = wait
+                    .as_deref()
+                    .map(|w| cli::timeout_arg(Some(w), cli::DEFAULT_TIMEOUT))
+                    .transpose()?;
+                let o = catalog(url)?;
+                return cli::block_on(cli::lock::lock_cmd(o, name, wait, command, env))?;
             }
-            Some(Cmd::Run) | Some(Cmd::Version) | Some(Cmd::Template { .. }) | None => None,
+            Some(Cmd::Run)
+            | Some(Cmd::Version)
+            | Some(Cmd::Template { .. })
+            | Some(Cmd::Completions { .. })
+            | Some(Cmd::Man)
+            | None => None,
         }
     };
-    match req {
-        Some(req) => send(&cli, &env, req),
+    match reqs {
+        Some(reqs) => control::send(&client_socket(&cli, &env)?, reqs, timeout, out),
         None => cli::run::run_agent(cli.config.as_deref(), cli.socket.clone(), cli.init, env),
     }
 }
 
-fn client_socket(cli: &Cli, env: &std::collections::BTreeMap<String, String>) -> PathBuf {
-    cli::socket_for_client(cli.socket.as_deref(), cli.config.as_deref(), env)
-}
-
-fn send(
+fn client_socket(
     cli: &Cli,
     env: &std::collections::BTreeMap<String, String>,
-    req: Req,
-) -> anyhow::Result<i32> {
-    control::send(&client_socket(cli, env), req)
+) -> anyhow::Result<PathBuf> {
+    cli::socket_for_client(cli.socket.as_deref(), cli.config.as_deref(), env)
 }
 
 #[cfg(test)]
@@ -352,6 +381,29 @@ mod tests {
             ["ap", "--config", "c.json5", "kv", "put", "k", "-help"]
         );
         assert_eq!(rw(&["ap", "--", "-help"]), ["ap", "--", "-help"]);
+        assert_eq!(
+            rw(&[
+                "ap",
+                "--timeout",
+                "2s",
+                "-o",
+                "json",
+                "-config",
+                "c",
+                "ping"
+            ]),
+            [
+                "ap",
+                "--timeout",
+                "2s",
+                "-o",
+                "json",
+                "--config",
+                "c",
+                "ping"
+            ],
+            "the global flags' values are values"
+        );
     }
 
     #[test]

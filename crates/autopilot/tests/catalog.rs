@@ -136,7 +136,7 @@ fn registration_body(d: &Dir, cat: &Cat) {
     );
     assert_eq!(i["tags"], serde_json::json!(["v1"]));
     assert!(
-        i["last_heartbeat"]
+        i["lastHeartbeat"]
             .as_str()
             .is_some_and(|s| s.ends_with('Z'))
     );
@@ -362,7 +362,7 @@ fn catalog_cli_lists_and_streams() {
         vec![
             "address",
             "id",
-            "last_heartbeat",
+            "lastHeartbeat",
             "name",
             "port",
             "status",

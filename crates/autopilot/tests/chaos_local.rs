@@ -118,7 +118,7 @@ fn a_wall_clock_step_never_makes_two_leaders() {
             let at = |id: &str| {
                 list.iter()
                     .find(|i| i["id"] == id)
-                    .and_then(|i| minute_of_day(i["last_heartbeat"].as_str()?))
+                    .and_then(|i| minute_of_day(i["lastHeartbeat"].as_str()?))
             };
             matches!((at("db-a"), at("db-b")), (Some(x), Some(y)) if (y - x).rem_euclid(1440) >= 55 && (y - x).rem_euclid(1440) <= 65)
         }),

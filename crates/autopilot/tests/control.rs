@@ -272,7 +272,7 @@ fn template_flag_renders_the_config() {
 fn cli_against_a_missing_agent_fails_clearly() {
     let d = Dir::new("noagent");
     let (c, out) = cli(&d.path("none.json5"), &d.path("none.sock"), &["-ping"]);
-    assert_eq!(c, 1);
+    assert_eq!(c, 3, "an agent that cannot be reached is 'unreachable'");
     assert!(
         out.contains("cannot reach the agent") && out.contains("none.sock"),
         "{out}"

@@ -639,6 +639,68 @@ impl EtcdCatalog {
         })
     }
 
+    /// A service's entries with the lease each is attached to.
+    async fn entries(&self, service: &str) -> Result<Vec<(Entry, i64)>, CatalogError> {
+        let resp = self
+            .conn
+            .get(format!("{}/instances/{service}/", self.prefix), true)
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| parse_entry(kv.value()).map(|e| (e, kv.lease())))
+            .filter(|(e, _)| e.name == service)
+            .collect())
+    }
+
+    /// [`Catalog::instances`] with every instance's real last heartbeat,
+    /// read from its lease without any write: a keep-alive resets the
+    /// lease's remaining TTL to the granted one, so the last keep-alive was
+    /// `granted - remaining` seconds ago (1 s resolution). One
+    /// LeaseTimeToLive request per distinct lease (one per agent), so this
+    /// is for people (`autopilot catalog instances`), not for watches.
+    pub async fn instances_with_heartbeats(
+        &self,
+        service: &str,
+    ) -> Result<Vec<Instance>, CatalogError> {
+        let mine_ms = self.session.lock().await.last_keep_alive_ms;
+        let entries = self.entries(service).await?;
+        let mut beats: BTreeMap<i64, u64> = BTreeMap::new();
+        for (e, lease) in &entries {
+            if e.owner == self.owner || *lease == 0 || beats.contains_key(lease) {
+                continue;
+            }
+            let id = *lease;
+            let resp = self
+                .conn
+                .call(|mut c| async move { c.lease_time_to_live(id, None).await })
+                .await?;
+            // A lease that just expired (ttl -1) keeps the last write's time.
+            let beat = if resp.ttl() >= 0 {
+                let since_s = resp.granted_ttl().saturating_sub(resp.ttl()).max(0);
+                let since_ms = u64::try_from(since_s).unwrap_or(0).saturating_mul(1000);
+                now_ms().saturating_sub(since_ms)
+            } else {
+                0
+            };
+            beats.insert(id, beat);
+        }
+        let mut out: Vec<Instance> = entries
+            .into_iter()
+            .map(|(e, lease)| {
+                let beat = if e.owner == self.owner {
+                    mine_ms
+                } else {
+                    beats.get(&lease).copied().unwrap_or(0)
+                };
+                let hb = beat.max(e.registered_ms);
+                to_instance(e, hb)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn kv_key(&self, key: &str) -> String {
         format!("{}/kv/{key}", self.prefix)
     }
@@ -1151,19 +1213,14 @@ impl Catalog for EtcdCatalog {
     }
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
-        let resp = self
-            .conn
-            .get(format!("{}/instances/{service}/", self.prefix), true)
-            .await?;
         let mine_ms = self.session.lock().await.last_keep_alive_ms;
-        let mut out: Vec<Instance> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| parse_entry(kv.value()))
-            .filter(|e| e.name == service)
-            .map(|e| {
+        let mut out: Vec<Instance> = self
+            .entries(service)
+            .await?
+            .into_iter()
+            .map(|(e, _)| {
                 // etcd keeps no per-key heartbeat; ours is known, others' is
-                // the last write (their lease keeps them alive meanwhile).
+                // the last write here (see `instances_with_heartbeats`).
                 let hb = if e.owner == self.owner {
                     mine_ms.max(e.registered_ms)
                 } else {

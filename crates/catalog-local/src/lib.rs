@@ -354,6 +354,35 @@ impl LocalCatalog {
         })
     }
 
+    /// Opens the catalog in `dir` only if it already exists, for readers
+    /// that must not create one (a mistyped path is an error, not an empty
+    /// catalog). A missing catalog is `Unavailable`.
+    pub fn open_existing(dir: &Path, owner: &str) -> Result<LocalCatalog, CatalogError> {
+        // An existing directory is checked first (it creates nothing): an
+        // unsafe one is refused with the reason, as `open` would.
+        if dir.exists() {
+            prepare_dir(dir).map_err(|message| CatalogError::Invalid {
+                url: format!("local://{}", dir.display()),
+                message,
+            })?;
+        }
+        let file = dir.join("catalog.db");
+        match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() => Self::open(dir, owner),
+            Ok(_) => Err(CatalogError::Invalid {
+                url: format!("local://{}", dir.display()),
+                message: format!("{} is not a regular file", file.display()),
+            }),
+            Err(e) => Err(CatalogError::Unavailable {
+                url: format!("local://{}", dir.display()),
+                message: format!(
+                    "no catalog at {} (wrong path, or no agent has used it yet): {e}",
+                    file.display()
+                ),
+            }),
+        }
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,

@@ -914,7 +914,7 @@ impl Machine {
                             if let Some(n) = left {
                                 *n = n.saturating_sub(1);
                             }
-                            job.restarts_total = job.restarts_total.saturating_add(1);
+                            // A periodic run, not a restart: not counted.
                             self.start(j);
                         }
                     }

@@ -1441,6 +1441,7 @@ impl Agent {
                     "election": self.machine.spec(i).election.as_ref().map(|e| serde_json::json!({
                         "name": e.name,
                         "leader": self.machine.leading(i).is_some(),
+                        "role": if self.machine.leading(i).is_some() { "leader" } else { "follower" },
                         "term": self.machine.leading(i),
                         "current": self.leaders.get(&e.name).cloned().flatten(),
                     })),

@@ -2,38 +2,60 @@
 
 use clap::Subcommand;
 
+use super::{Access, CatalogOpts, Output, bounded, exit, open_catalog};
+
 #[derive(Subcommand, Debug)]
 pub enum CatalogCmd {
     /// List services with their instance counts.
-    Services {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the live instances of a service.
-    Instances {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Services,
+    /// List the live instances of a service, with each one's last heartbeat.
+    Instances { name: String },
     /// Print a service's passing instances now and after every change, until interrupted.
-    Watch {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Watch { name: String },
 }
 
-pub async fn catalog_cmd(
-    url: String,
-    etcd: autopilot_config::EtcdConfig,
-    cmd: &CatalogCmd,
-) -> anyhow::Result<i32> {
-    let cat = autopilot_runtime::catalog::open(&url, &super::cli_owner(), &etcd).await?;
+/// An instance as JSON: camelCase field names, as every JSON output.
+fn instance_json(i: &autopilot_catalog::Instance) -> serde_json::Value {
+    serde_json::json!({
+        "id": i.id,
+        "name": i.name,
+        "address": i.address,
+        "port": i.port,
+        "tags": i.tags,
+        "status": i.status.as_str(),
+        "lastHeartbeat": i.last_heartbeat,
+    })
+}
+
+fn instances_json(list: &[autopilot_catalog::Instance]) -> serde_json::Value {
+    serde_json::Value::Array(list.iter().map(instance_json).collect())
+}
+
+pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyhow::Result<i32> {
+    let what = format!("catalog {}", o.url);
+    // `watch` may start before any agent: it creates the embedded catalog
+    // so it can wait on it. The others read only what exists.
+    let access = match cmd {
+        CatalogCmd::Watch { .. } => Access::Write,
+        _ => Access::Read,
+    };
+    let opened = open_catalog(&o, &super::cli_owner(), access).await?;
+    let cat = opened.cat;
     match cmd {
-        CatalogCmd::Services { json } => {
-            let list = cat.services().await?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+        CatalogCmd::Services => {
+            let list = bounded(&what, o.timeout, async { Ok(cat.services().await?) }).await?;
+            if out.json() {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name,
+                            "instances": s.instances,
+                            "passing": s.passing,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{:<32} {:>9} {:>8}", "SERVICE", "INSTANCES", "PASSING");
                 for s in list {
@@ -41,35 +63,42 @@ pub async fn catalog_cmd(
                 }
             }
         }
-        CatalogCmd::Instances { name, json } => {
-            let list = cat.instances(name).await?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+        CatalogCmd::Instances { name } => {
+            let list = bounded(&what, o.timeout, async {
+                Ok(match &opened.etcd {
+                    // etcd keeps the heartbeat in the lease, not the entry.
+                    Some(etcd) => etcd.instances_with_heartbeats(name).await?,
+                    None => cat.instances(name).await?,
+                })
+            })
+            .await?;
+            if out.json() {
+                println!("{}", serde_json::to_string_pretty(&instances_json(&list))?);
             } else {
                 print_instances(&list);
             }
         }
-        CatalogCmd::Watch { name, json } => {
+        CatalogCmd::Watch { name } => {
             let mut changes = cat.changes();
             let mut last = None;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             loop {
                 changes.borrow_and_update();
-                let passing: Vec<_> = cat
-                    .instances(name)
-                    .await?
-                    .into_iter()
-                    .filter(|i| i.status == autopilot_catalog::Status::Passing)
-                    .collect();
+                let passing: Vec<_> =
+                    bounded(&what, o.timeout, async { Ok(cat.instances(name).await?) })
+                        .await?
+                        .into_iter()
+                        .filter(|i| i.status == autopilot_catalog::Status::Passing)
+                        .collect();
                 let key: Vec<_> = passing
                     .iter()
-                    .map(|i| (&i.address, i.port, &i.tags))
+                    .map(|i| (&i.id, &i.address, i.port, &i.tags))
                     .map(|k| format!("{k:?}"))
                     .collect();
                 if last.as_ref() != Some(&key) {
-                    if *json {
-                        println!("{}", serde_json::to_string(&passing)?);
+                    if out.json() {
+                        println!("{}", instances_json(&passing));
                     } else {
                         println!(
                             "{} {name}: {} passing: {}",
@@ -87,7 +116,7 @@ pub async fn catalog_cmd(
                 use std::io::Write;
                 std::io::stdout().flush()?;
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { return Ok(1) },
+                    r = changes.changed() => if r.is_err() { return Ok(exit::UNREACHABLE) },
                     _ = tokio::signal::ctrl_c() => return Ok(0),
                     _ = term.recv() => return Ok(0),
                 }
@@ -115,20 +144,26 @@ fn print_instances(list: &[autopilot_catalog::Instance]) {
 }
 
 /// `autopilot leader NAME`: the current leader, or exit 1 if nobody leads.
-pub async fn leader_cmd(
-    url: String,
-    etcd: autopilot_config::EtcdConfig,
-    name: &str,
-    json: bool,
-) -> anyhow::Result<i32> {
-    let cat = autopilot_runtime::catalog::open(&url, &super::cli_owner(), &etcd).await?;
-    match cat.leader(name).await? {
-        Some(l) if json => println!("{}", serde_json::to_string(&l)?),
+pub async fn leader_cmd(o: CatalogOpts, name: &str, out: Output) -> anyhow::Result<i32> {
+    let what = format!("catalog {}", o.url);
+    let cat = open_catalog(&o, &super::cli_owner(), Access::Read)
+        .await?
+        .cat;
+    match bounded(&what, o.timeout, async { Ok(cat.leader(name).await?) }).await? {
+        Some(l) if out.json() => println!(
+            "{}",
+            serde_json::json!({
+                "id": l.id,
+                "address": l.address,
+                "port": l.port,
+                "term": l.term,
+            })
+        ),
         Some(l) => println!("{} {}:{} term {}", l.id, l.address, l.port, l.term),
         None => {
             eprintln!("autopilot: nobody leads {name:?}");
-            return Ok(1);
+            return Ok(exit::ABSENT);
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }

@@ -1,8 +1,11 @@
 //! The `/v3` client commands (`reload`, `maintenance`, `putenv`, `putmetric`, `ping`): one request to the agent's control socket.
 
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+
+use super::Output;
 
 pub struct Req {
     pub method: &'static str,
@@ -28,6 +31,16 @@ impl Req {
     }
 }
 
+/// A malformed argument: exit 2, naming the flag.
+fn usage(flag: &str, message: String) -> anyhow::Error {
+    super::SetupError {
+        origin: flag.into(),
+        field: String::new(),
+        message,
+    }
+    .into()
+}
+
 pub fn reload() -> Req {
     Req::post("/v3/reload", None)
 }
@@ -39,7 +52,10 @@ pub fn ping() -> Req {
 pub fn maintenance(mode: &str) -> anyhow::Result<Req> {
     match mode {
         "enable" | "disable" => Ok(Req::post(&format!("/v3/maintenance/{mode}"), None)),
-        other => bail!("-maintenance takes \"enable\" or \"disable\", not {other:?}"),
+        other => Err(usage(
+            "-maintenance",
+            format!("takes \"enable\" or \"disable\", not {other:?}"),
+        )),
     }
 }
 
@@ -48,7 +64,10 @@ pub fn putenv(vars: &[String]) -> anyhow::Result<Req> {
     for v in vars {
         let (k, val) = v.split_once('=').unwrap_or((v, ""));
         if k.is_empty() {
-            bail!("-putenv {v:?}: expected KEY=VALUE or KEY");
+            return Err(usage(
+                "-putenv",
+                format!("{v:?}: expected KEY=VALUE or KEY"),
+            ));
         }
         m.insert(k.to_string(), serde_json::Value::String(val.to_string()));
     }
@@ -58,42 +77,73 @@ pub fn putenv(vars: &[String]) -> anyhow::Result<Req> {
     ))
 }
 
-pub fn putmetric(vars: &[String]) -> anyhow::Result<Req> {
-    let mut m = serde_json::Map::new();
+/// One request per batch of distinct names, in order: `a=1 a=2` records
+/// both observations (a JSON object would keep only the last). Every value
+/// is checked here first, so a malformed one sends nothing.
+pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
+    let mut batches: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     for v in vars {
         let Some((k, val)) = v.split_once('=') else {
-            bail!("-putmetric {v:?}: expected NAME=VALUE");
+            return Err(usage("-putmetric", format!("{v:?}: expected NAME=VALUE")));
         };
-        let n: f64 = val
+        let num = val
             .trim()
-            .parse()
-            .with_context(|| format!("-putmetric {v:?}: {val:?} is not a number"))?;
-        let num = serde_json::Number::from_f64(n)
-            .with_context(|| format!("-putmetric {v:?}: {val:?} is not a finite number"))?;
-        m.insert(k.to_string(), serde_json::Value::Number(num));
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .ok_or_else(|| {
+                usage(
+                    "-putmetric",
+                    format!("{v:?}: {val:?} is not a finite number"),
+                )
+            })?;
+        match batches.last_mut().filter(|m| !m.contains_key(k)) {
+            Some(m) => {
+                m.insert(k.to_string(), serde_json::Value::Number(num));
+            }
+            None => {
+                let mut m = serde_json::Map::new();
+                m.insert(k.to_string(), serde_json::Value::Number(num));
+                batches.push(m);
+            }
+        }
     }
-    Ok(Req::post(
-        "/v3/metric",
-        Some(serde_json::Value::Object(m).to_string()),
-    ))
+    Ok(batches
+        .into_iter()
+        .map(|m| Req::post("/v3/metric", Some(serde_json::Value::Object(m).to_string())))
+        .collect())
 }
 
-/// Sends `req` and returns the answer's body; a refusal is an error.
-pub fn call(socket: &Path, req: Req) -> anyhow::Result<String> {
-    let (code, body) = super::block_on(autopilot_runtime::control::request(
-        socket, req.method, &req.uri, req.body,
-    ))??;
+/// Sends `req` within `timeout` and returns the answer's body; a refusal is
+/// an error (exit 1), no answer is exit 3.
+pub fn call(socket: &Path, req: Req, timeout: Duration) -> anyhow::Result<String> {
+    let what = format!("agent at {}", socket.display());
+    let (code, body) = super::block_on(super::bounded(&what, timeout, async {
+        Ok(autopilot_runtime::control::request(socket, req.method, &req.uri, req.body).await?)
+    }))??;
     if code != 200 {
         bail!("the agent refused the request ({code}): {}", body.trim());
     }
     Ok(body)
 }
 
-/// Sends `req` and prints the answer, if any.
-pub fn send(socket: &Path, req: Req) -> anyhow::Result<i32> {
-    let body = call(socket, req)?;
-    if !body.trim().is_empty() {
-        println!("{}", body.trim());
+/// Sends each request in turn and prints the last answer, if any: as the
+/// agent wrote it, or with `-o json` as one JSON document.
+pub fn send(socket: &Path, reqs: Vec<Req>, timeout: Duration, out: Output) -> anyhow::Result<i32> {
+    let mut body = String::new();
+    for req in reqs {
+        body = call(socket, req, timeout)?;
+    }
+    let body = body.trim();
+    if out.json() {
+        let v = match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(v) => v,
+            Err(_) if body.is_empty() => serde_json::json!({ "ok": true }),
+            Err(_) => serde_json::json!({ "ok": true, "message": body }),
+        };
+        println!("{v}");
+    } else if !body.is_empty() {
+        println!("{body}");
     }
     Ok(0)
 }

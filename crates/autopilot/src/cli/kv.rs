@@ -1,7 +1,8 @@
 //! `autopilot kv`: reading and writing the catalog's keys, for hooks.
 
-use anyhow::bail;
 use clap::Subcommand;
+
+use super::{Access, CatalogOpts, Output, bounded, exit, open_catalog};
 
 #[derive(Subcommand, Debug)]
 pub enum KvCmd {
@@ -31,64 +32,94 @@ pub enum KvCmd {
     /// Delete a key (exit 1 if it was absent).
     Del { key: String },
     /// List keys (and values) under a prefix.
+    #[command(alias = "list")]
     Ls {
         #[arg(default_value = "")]
         prefix: String,
-        #[arg(long)]
-        json: bool,
     },
 }
 
-pub async fn kv_cmd(
-    url: String,
-    etcd: autopilot_config::EtcdConfig,
-    cmd: &KvCmd,
-) -> anyhow::Result<i32> {
-    let cat = autopilot_runtime::catalog::open(&url, &super::cli_owner(), &etcd).await?;
-    Ok(match cmd {
-        KvCmd::Get { key } => match cat.kv_get(key).await? {
-            Some(v) => {
-                println!("{v}");
-                0
+impl KvCmd {
+    /// Whether the command only reads (and so must not create a catalog).
+    fn reads_only(&self) -> bool {
+        matches!(self, KvCmd::Get { .. } | KvCmd::Ls { .. })
+    }
+}
+
+pub async fn kv_cmd(o: CatalogOpts, cmd: &KvCmd, out: Output) -> anyhow::Result<i32> {
+    let access = if cmd.reads_only() {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    let cat = open_catalog(&o, &super::cli_owner(), access).await?.cat;
+    let url = o.url.clone();
+    bounded(&format!("catalog {url}"), o.timeout, async {
+        Ok(match cmd {
+            KvCmd::Get { key } => match cat.kv_get(key).await? {
+                Some(v) if out.json() => {
+                    println!("{}", serde_json::json!({ "key": key, "value": v }));
+                    exit::OK
+                }
+                Some(v) => {
+                    println!("{v}");
+                    exit::OK
+                }
+                None => {
+                    eprintln!("autopilot: no key {key:?} in catalog {url}");
+                    exit::ABSENT
+                }
+            },
+            KvCmd::Put { key, value } => {
+                cat.kv_put(key, value).await?;
+                exit::OK
             }
-            None => {
-                eprintln!("autopilot: no key {key:?} in catalog {url}");
-                1
-            }
-        },
-        KvCmd::Put { key, value } => {
-            cat.kv_put(key, value).await?;
-            0
-        }
-        KvCmd::Cas {
-            key,
-            values,
-            absent,
-        } => {
-            let (expected, value) = match (values.as_slice(), absent) {
-                ([new], true) => (None, new),
-                ([old, new], false) => (Some(old.as_str()), new),
-                _ => bail!(
-                    "usage: autopilot kv cas KEY EXPECTED NEW, or autopilot kv cas --absent KEY NEW"
-                ),
-            };
-            i32::from(!cat.kv_cas(key, expected, value).await?)
-        }
-        KvCmd::Del { key } => i32::from(!cat.kv_delete(key).await?),
-        KvCmd::Ls { prefix, json } => {
-            let list = cat.kv_list(prefix).await?;
-            if *json {
-                let m: serde_json::Map<String, serde_json::Value> = list
-                    .into_iter()
-                    .map(|(k, v)| (k, serde_json::Value::String(v)))
-                    .collect();
-                println!("{}", serde_json::Value::Object(m));
-            } else {
-                for (k, v) in list {
-                    println!("{k}\t{v}");
+            KvCmd::Cas {
+                key,
+                values,
+                absent,
+            } => {
+                let (expected, value) = match (values.as_slice(), absent) {
+                    ([new], true) => (None, new),
+                    ([old, new], false) => (Some(old.as_str()), new),
+                    _ => {
+                        return Err(super::SetupError {
+                            origin: "kv cas".into(),
+                            field: String::new(),
+                            message: "usage: autopilot kv cas KEY EXPECTED NEW, or autopilot kv cas --absent KEY NEW".into(),
+                        }
+                        .into());
+                    }
+                };
+                if cat.kv_cas(key, expected, value).await? {
+                    exit::OK
+                } else {
+                    exit::ABSENT
                 }
             }
-            0
-        }
+            KvCmd::Del { key } => {
+                if cat.kv_delete(key).await? {
+                    exit::OK
+                } else {
+                    exit::ABSENT
+                }
+            }
+            KvCmd::Ls { prefix } => {
+                let list = cat.kv_list(prefix).await?;
+                if out.json() {
+                    let m: serde_json::Map<String, serde_json::Value> = list
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v)))
+                        .collect();
+                    println!("{}", serde_json::Value::Object(m));
+                } else {
+                    for (k, v) in list {
+                        println!("{k}\t{v}");
+                    }
+                }
+                exit::OK
+            }
+        })
     })
+    .await
 }

@@ -63,33 +63,54 @@ async fn keep_alive(cat: Arc<dyn Catalog>, name: String, every: Duration, tx: wa
 /// for nearly the lock's TTL, or the catalog says the lock is no longer
 /// ours, another holder may enter: the command gets SIGTERM (SIGKILL once
 /// the TTL has passed) and the exit code is 1.
+/// With `wait`, gives up (exit 1) if the lock is not ours within it.
 pub async fn lock_cmd(
-    url: String,
-    etcd: autopilot_config::EtcdConfig,
+    o: super::CatalogOpts,
     name: &str,
+    wait: Option<Duration>,
     command: &[String],
     env: BTreeMap<String, String>,
 ) -> anyhow::Result<i32> {
     if command.is_empty() {
-        anyhow::bail!("lock needs a command after --");
+        return Err(super::SetupError {
+            origin: "lock".into(),
+            field: String::new(),
+            message: "needs a command after --".into(),
+        }
+        .into());
     }
     let owner = format!(
         "lock-{}-{}",
         std::process::id(),
         autopilot_catalog::now_ms()
     );
-    let cat = autopilot_runtime::catalog::open(&url, &owner, &etcd).await?;
+    let cat = super::open_catalog(&o, &owner, super::Access::Write)
+        .await?
+        .cat;
     let ttl = cat.lock_ttl();
     let margin = (ttl / 5).max(Duration::from_millis(300));
-    cat.lock(name).await?;
+    match wait {
+        Some(w) => match tokio::time::timeout(w, cat.lock(name)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                eprintln!("autopilot: lock {name}: not acquired within {w:?} (--wait)");
+                return Ok(super::exit::ABSENT);
+            }
+        },
+        None => cat.lock(name).await?,
+    }
     // Waiting for the lock may have taken long: confirm the session now,
     // so the TTL is counted from a known instant.
     let locked_at = Instant::now();
-    if let Err(e) = cat.keep_alive().await {
-        let _ = cat.unlock(name).await;
-        return Err(
-            anyhow::Error::new(e).context(format!("lock {name}: cannot confirm the session"))
-        );
+    let confirmed = match tokio::time::timeout(o.timeout, cat.keep_alive()).await {
+        Ok(r) => r.map(|_| ()).map_err(anyhow::Error::new),
+        Err(_) => {
+            Err(super::Unreachable(format!("no answer within {:?} (--timeout)", o.timeout)).into())
+        }
+    };
+    if let Err(e) = confirmed {
+        let _ = tokio::time::timeout(o.timeout, cat.unlock(name)).await;
+        return Err(e.context(format!("lock {name}: cannot confirm the session")));
     }
     // Handlers first, so a signal that comes right after the spawn is forwarded.
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -101,7 +122,7 @@ pub async fn lock_cmd(
     let guard = match spawner.spawn_group_guard(Sig::Term) {
         Ok(g) => g,
         Err(e) => {
-            let _ = cat.unlock(name).await;
+            let _ = tokio::time::timeout(o.timeout, cat.unlock(name)).await;
             return Err(e.into());
         }
     };
@@ -121,7 +142,7 @@ pub async fn lock_cmd(
         Ok(c) => c,
         Err(e) => {
             let _ = signal_process(guard.pid, Sig::Kill);
-            let _ = cat.unlock(name).await;
+            let _ = tokio::time::timeout(o.timeout, cat.unlock(name)).await;
             return Err(e.into());
         }
     };
@@ -184,7 +205,14 @@ pub async fn lock_cmd(
         let _ = tokio::time::timeout(ttl, cat.unlock(name)).await;
         return Ok(1);
     }
-    cat.unlock(name).await?;
+    // Bounded: the lock expires with the session if the catalog is gone.
+    match tokio::time::timeout(o.timeout, cat.unlock(name)).await {
+        Ok(r) => r?,
+        Err(_) => eprintln!(
+            "autopilot: lock {name}: unlock unanswered after {:?}; the lock expires with the session",
+            o.timeout
+        ),
+    }
     Ok(match exit {
         Exit::Code(c) => c,
         Exit::Signal(s) => 128 + s,

@@ -1,7 +1,8 @@
-//! The subcommands, one module per family, and the settings they share (catalog choice, sockets, the async runtime).
+//! The subcommands, one module per family, and what they share: config and catalog choice, opening the catalog, sockets, `--timeout`, `-o`, exit codes, the async runtime.
 
 pub mod catalog;
 pub mod control;
+pub mod info;
 pub mod kv;
 pub mod lock;
 pub mod run;
@@ -10,6 +11,8 @@ pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -62,15 +65,227 @@ pub fn is_root() -> bool {
     uid() == 0
 }
 
-/// The catalog URL (flag, `$AUTOPILOT_CATALOG`, default) and the etcd settings from the environment.
+/// The stable exit codes scripts rely on (documented in the README).
+pub mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// The key, leader or lock is absent, or a compare-and-swap lost.
+    pub const ABSENT: i32 = 1;
+    /// A usage or config error (clap also exits 2 on bad arguments).
+    pub const USAGE: i32 = 2;
+    /// The catalog or the agent could not be reached, or did not answer in time.
+    pub const UNREACHABLE: i32 = 3;
+}
+
+/// The catalog or the agent did not answer (refused, absent, or not within
+/// `--timeout`): exit 3.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// The exit code an error maps to: the first cause in the chain that says.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    use autopilot_catalog::CatalogError;
+    use autopilot_runtime::control::ControlError;
+    for cause in e.chain() {
+        if cause.is::<autopilot_config::ConfigError>() || cause.is::<SetupError>() {
+            return exit::USAGE;
+        }
+        if cause.is::<Unreachable>() {
+            return exit::UNREACHABLE;
+        }
+        if let Some(c) = cause.downcast_ref::<CatalogError>() {
+            return match c {
+                CatalogError::Unavailable { .. } => exit::UNREACHABLE,
+                CatalogError::Invalid { .. }
+                | CatalogError::BadUrl { .. }
+                | CatalogError::Unsupported { .. } => exit::USAGE,
+                CatalogError::SeatLost { .. } => exit::ABSENT,
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<ControlError>() {
+            return match c {
+                ControlError::Connect { .. } | ControlError::Protocol { .. } => exit::UNREACHABLE,
+                _ => exit::ABSENT,
+            };
+        }
+    }
+    exit::ABSENT
+}
+
+/// The output format of every command that prints data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// One JSON document, camelCase field names (a stable interface).
+    Json,
+}
+
+impl Output {
+    pub fn json(self) -> bool {
+        self == Output::Json
+    }
+}
+
+/// How long one command may wait on the catalog or the agent.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--timeout` as a duration (`5s`, `500ms`; `0` is not allowed: nothing
+/// may block for ever), or `default`.
+pub fn timeout_arg(flag: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
+    let Some(t) = flag else { return Ok(default) };
+    let d = autopilot_config::parse_duration(t).map_err(|e| SetupError {
+        origin: "--timeout".into(),
+        field: String::new(),
+        message: format!("{t:?}: {e}"),
+    })?;
+    if d.is_zero() {
+        return Err(SetupError {
+            origin: "--timeout".into(),
+            field: String::new(),
+            message: "must be more than 0".into(),
+        }
+        .into());
+    }
+    Ok(d)
+}
+
+/// Runs `f` for at most `t`; past it, the catalog or agent `what` is
+/// unreachable (exit 3).
+pub async fn bounded<T>(
+    what: &str,
+    t: Duration,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(t, f).await {
+        Ok(r) => r,
+        Err(_) => Err(Unreachable(format!("{what}: no answer within {t:?} (--timeout)")).into()),
+    }
+}
+
+/// The config a client command reads its settings from: `--config`, else
+/// `$CONTAINERPILOT`, else `$AUTOPILOT_CONFIG` (as the agent finds it);
+/// `None` when none is named. A named config that cannot be loaded is an
+/// error (exit 2), never silently skipped.
+pub fn load_config(
+    flag: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<Option<autopilot_config::Config>> {
+    match autopilot_config::resolve_path(flag, env) {
+        Err(autopilot_config::ConfigError::NoPath) => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(p) => Ok(Some(autopilot_config::load(&p, env)?)),
+    }
+}
+
+/// Where a catalog command connects, and for how long it may wait.
+pub struct CatalogOpts {
+    pub url: String,
+    pub etcd: autopilot_config::EtcdConfig,
+    pub timeout: Duration,
+}
+
+/// The catalog URL, in the agent's order (`--catalog`, `$AUTOPILOT_CATALOG`,
+/// the config's `catalog`, the default), and the etcd settings (the
+/// config's `etcd` block, each overridden by its `$AUTOPILOT_ETCD_*`).
 pub fn catalog_choice(
     explicit: Option<&str>,
+    config: Option<&autopilot_config::Config>,
     env: &BTreeMap<String, String>,
-) -> anyhow::Result<(String, autopilot_config::EtcdConfig)> {
-    let url = autopilot_catalog::select_url(explicit, env, None, is_root());
-    let etcd = autopilot_runtime::catalog::etcd_settings(&Default::default(), env)
-        .map_err(anyhow::Error::msg)?;
-    Ok((url, etcd))
+    timeout: Duration,
+) -> anyhow::Result<CatalogOpts> {
+    let url = autopilot_catalog::select_url(
+        explicit,
+        env,
+        config.and_then(|c| c.catalog.as_deref()),
+        is_root(),
+    );
+    let none = autopilot_config::EtcdConfig::default();
+    let etcd = autopilot_runtime::catalog::etcd_settings(config.map_or(&none, |c| &c.etcd), env)
+        .map_err(|message| SetupError {
+            origin: "environment".into(),
+            field: String::new(),
+            message,
+        })?;
+    Ok(CatalogOpts { url, etcd, timeout })
+}
+
+/// Whether a command may create the catalog it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Readers open an existing catalog only: a mistyped path is an error
+    /// (exit 3), not an empty catalog created on the spot.
+    Read,
+    Write,
+}
+
+/// An open catalog; `etcd` is the same catalog when it is etcd, for the
+/// reads only that backend has (real heartbeats from leases).
+pub struct Opened {
+    pub cat: Arc<dyn autopilot_catalog::Catalog>,
+    pub etcd: Option<Arc<autopilot_catalog_etcd::EtcdCatalog>>,
+}
+
+/// Opens the catalog as session `owner`, within `o.timeout`.
+pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyhow::Result<Opened> {
+    use autopilot_catalog::{CatalogError, CatalogUrl};
+    let opened = async {
+        match autopilot_catalog::parse_url(&o.url)? {
+            CatalogUrl::Local(dir) => {
+                let owner = owner.to_string();
+                // SQLite may wait on a lock: off the runtime thread, so the
+                // timeout can end the wait.
+                let cat = tokio::task::spawn_blocking(move || match access {
+                    Access::Read => {
+                        autopilot_catalog_local::LocalCatalog::open_existing(&dir, &owner)
+                    }
+                    Access::Write => autopilot_catalog_local::LocalCatalog::open(&dir, &owner),
+                })
+                .await
+                .context("the catalog task failed")??;
+                Ok(Opened {
+                    cat: Arc::new(cat),
+                    etcd: None,
+                })
+            }
+            CatalogUrl::Etcd { endpoints, prefix } => {
+                let opts = autopilot_catalog_etcd::EtcdOptions {
+                    endpoints,
+                    prefix,
+                    ca: o.etcd.ca.clone(),
+                    cert: o.etcd.cert.clone(),
+                    key: o.etcd.key.clone(),
+                    username: o.etcd.username.clone(),
+                    password: o.etcd.password.clone(),
+                    lease_ttl: o
+                        .etcd
+                        .lease_ttl
+                        .unwrap_or(autopilot_runtime::catalog::DEFAULT_LEASE_TTL),
+                };
+                let cat =
+                    Arc::new(autopilot_catalog_etcd::EtcdCatalog::connect(opts, owner).await?);
+                Ok(Opened {
+                    cat: cat.clone(),
+                    etcd: Some(cat),
+                })
+            }
+            CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
+                url: o.url.clone(),
+                backend: "consul".into(),
+            }
+            .into()),
+        }
+    };
+    bounded(&format!("catalog {}", o.url), o.timeout, opened).await
 }
 
 pub fn default_socket(env: &BTreeMap<String, String>) -> PathBuf {
@@ -83,21 +298,21 @@ pub fn default_socket(env: &BTreeMap<String, String>) -> PathBuf {
     }
 }
 
-/// The socket a client command talks to: `--socket`, else the config's
-/// `control.socket` (when a config can be found and loaded), else the default.
+/// The socket a client command talks to: `--socket` (or `$AUTOPILOT_SOCKET`),
+/// else the config's `control.socket`, else the default. A config that is
+/// named but broken is an error (exit 2): falling back to the default
+/// socket would talk to another agent, or to none.
 pub fn socket_for_client(
     socket: Option<&Path>,
     config: Option<&Path>,
     env: &BTreeMap<String, String>,
-) -> PathBuf {
+) -> anyhow::Result<PathBuf> {
     if let Some(s) = socket {
-        return s.to_path_buf();
+        return Ok(s.to_path_buf());
     }
-    autopilot_config::resolve_path(config, env)
-        .ok()
-        .and_then(|p| autopilot_config::load(&p, env).ok())
+    Ok(load_config(config, env)?
         .and_then(|c| c.control.socket)
-        .unwrap_or_else(|| default_socket(env))
+        .unwrap_or_else(|| default_socket(env)))
 }
 
 /// A catalog session name unique to this CLI process.

@@ -1,14 +1,29 @@
 //! `autopilot status`: the running agent's jobs, as a table or as the agent's JSON.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use super::Output;
 use super::control::{Req, call};
 
-pub fn status(socket: &Path, json: bool) -> anyhow::Result<i32> {
-    let body = call(socket, Req::get("/v3/status"))?;
-    if json {
+/// A job's ROLE and TERM columns: `leader` and the term it won, or
+/// `follower`; `-` for a job without an election.
+fn role(j: &serde_json::Value) -> (&'static str, String) {
+    let e = &j["election"];
+    if e.is_null() {
+        return ("-", "-".into());
+    }
+    match e["term"].as_u64() {
+        Some(term) if e["leader"] == true => ("leader", term.to_string()),
+        _ => ("follower", "-".into()),
+    }
+}
+
+pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i32> {
+    let body = call(socket, Req::get("/v3/status"), timeout)?;
+    if out.json() {
         println!("{}", body.trim());
         return Ok(0);
     }
@@ -30,8 +45,8 @@ pub fn status(socket: &Path, json: bool) -> anyhow::Result<i32> {
         },
     );
     println!(
-        "{:<24} {:<11} {:>8} {:<11} {:>8}  CATALOG",
-        "JOB", "STATUS", "PID", "HEALTH", "RESTARTS"
+        "{:<24} {:<11} {:>8} {:<11} {:>8}  {:<8} {:>5}  CATALOG",
+        "JOB", "STATUS", "PID", "HEALTH", "RESTARTS", "ROLE", "TERM"
     );
     for j in v["jobs"].as_array().into_iter().flatten() {
         let pid = j["pid"]
@@ -48,13 +63,16 @@ pub fn status(socket: &Path, json: bool) -> anyhow::Result<i32> {
                 reg["catalog"].as_str().unwrap_or("unregistered")
             )
         };
+        let role = role(j);
         println!(
-            "{:<24} {:<11} {:>8} {:<11} {:>8}  {}",
+            "{:<24} {:<11} {:>8} {:<11} {:>8}  {:<8} {:>5}  {}",
             j["name"].as_str().unwrap_or("?"),
             j["status"].as_str().unwrap_or("?"),
             pid,
             j["health"].as_str().unwrap_or("?"),
             j["restarts"],
+            role.0,
+            role.1,
             catalog,
         );
     }

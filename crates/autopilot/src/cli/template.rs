@@ -19,9 +19,6 @@ pub enum TemplateCmd {
         /// Render once, as soon as the data the template names exists, and exit.
         #[arg(long)]
         once: bool,
-        /// With --once: give up after this long (e.g. 30s; 0 waits for ever).
-        #[arg(long, default_value = "60s", value_name = "DURATION")]
-        timeout: String,
         /// Mode of the written file (octal).
         #[arg(long, default_value = "0644")]
         perms: String,
@@ -52,24 +49,43 @@ pub fn config_template(
     Ok(0)
 }
 
-/// `autopilot template render`.
-pub fn render(cmd: &TemplateCmd, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
+/// How long `template render --once` waits for the data by default.
+const RENDER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `autopilot template render`; `timeout` (the global `--timeout`) bounds
+/// the wait for data with `--once` (`0`: for ever) and opening the catalog.
+pub fn render(
+    cmd: &TemplateCmd,
+    config: Option<&autopilot_config::Config>,
+    timeout: Option<&str>,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<i32> {
     let TemplateCmd::Render {
         source,
         out,
         once,
-        timeout,
         perms,
         files,
         catalog,
     } = cmd;
-    let (url, etcd) = super::catalog_choice(catalog.as_deref(), &env)?;
+    let timeout = match timeout {
+        Some(t) => autopilot_config::parse_duration(t).map_err(|e| super::SetupError {
+            origin: "--timeout".into(),
+            field: String::new(),
+            message: format!("{t:?}: {e}"),
+        })?,
+        None => RENDER_TIMEOUT,
+    };
+    let open_within = if timeout.is_zero() {
+        super::DEFAULT_TIMEOUT
+    } else {
+        timeout
+    };
+    let opts = super::catalog_choice(catalog.as_deref(), config, &env, open_within)?;
     let perms = u32::from_str_radix(perms.trim_start_matches("0o"), 8)
         .ok()
         .filter(|p| *p <= 0o7777)
         .with_context(|| format!("--perms {perms:?}: not an octal mode such as 0644"))?;
-    let timeout = autopilot_config::parse_duration(timeout)
-        .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))?;
     let text = std::fs::read_to_string(source)
         .with_context(|| format!("cannot read template {}", source.display()))?;
     // Unknown functions are errors now, as they are at config load.
@@ -99,7 +115,7 @@ pub fn render(cmd: &TemplateCmd, env: BTreeMap<String, String>) -> anyhow::Resul
         files: files.clone(),
         env,
     };
-    super::block_on(render_cmd(url, etcd, req))?
+    super::block_on(render_cmd(opts, req))?
 }
 
 struct RenderReq {
@@ -116,13 +132,13 @@ struct RenderReq {
 
 /// Once, waiting for the data the template names; or for ever, with the
 /// agent's own template task.
-async fn render_cmd(
-    url: String,
-    etcd: autopilot_config::EtcdConfig,
-    req: RenderReq,
-) -> anyhow::Result<i32> {
+async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32> {
     use autopilot_runtime::templates::{self, Grants, RenderError};
-    let cat = autopilot_runtime::catalog::open(&url, &super::cli_owner(), &etcd).await?;
+    // It waits for data that may not exist yet, as `catalog watch` does: it
+    // creates the embedded catalog so it can wait on it.
+    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Write)
+        .await?
+        .cat;
     let name = req.source.display().to_string();
     if !req.once {
         let dest = req
@@ -165,6 +181,9 @@ async fn render_cmd(
     let give_up = (!req.timeout.is_zero()).then(|| tokio::time::Instant::now() + req.timeout);
     let mut changes = cat.changes();
     let mut told = String::new();
+    // Whether the last attempt failed on the catalog (exit 3 on giving up)
+    // rather than waiting for absent data (exit 1).
+    let mut unreachable: bool;
     loop {
         changes.borrow_and_update();
         let (t, c, g, n) = (tpl.clone(), cat.clone(), grants.clone(), name.clone());
@@ -188,6 +207,7 @@ async fn render_cmd(
             }
             Err(e @ RenderError::Template { .. }) => anyhow::bail!("{e}"),
             Err(e) => {
+                unreachable = matches!(e, RenderError::Unavailable { .. });
                 let msg = e.to_string();
                 if msg != told {
                     eprintln!("autopilot: {msg}");
@@ -199,7 +219,14 @@ async fn render_cmd(
         tokio::select! {
             _ = changes.changed() => {}
             _ = retry => {}
-            _ = sleep_until_opt(give_up) => anyhow::bail!("gave up after {:?}: {told}", req.timeout),
+            _ = sleep_until_opt(give_up) => {
+                let msg = format!("gave up after {:?} (--timeout): {told}", req.timeout);
+                if unreachable {
+                    return Err(super::Unreachable(msg).into());
+                }
+                eprintln!("autopilot: {msg}");
+                return Ok(super::exit::ABSENT);
+            }
         }
     }
 }
