@@ -455,10 +455,7 @@ fn native_checks_default_interval_and_ttl_exec_checks_do_not() {
     assert_eq!(h(1), Some((s(2), s(6), s(2))));
     let e = load("{ jobs: [{ name: 'a', exec: 'x', health: {exec: 'c', ttl: 5} }] }")
         .expect_err("an exec check needs an interval");
-    assert!(
-        e.to_string().contains("jobs[0].health.interval"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("jobs[0].health.interval"), "{e}");
 }
 
 #[test]
