@@ -24,12 +24,14 @@
 
 mod exec;
 mod funcs;
+mod gofmt;
 mod parse;
 mod value;
 
 use std::time::Duration;
 
-pub use funcs::{Func, Funcs, MAX_LOOP, MAX_PRINTF_WIDTH, one as arg1, two as arg2};
+pub use funcs::{Func, Funcs, MAX_LOOP, one as arg1, two as arg2};
+pub use gofmt::MAX_PRINTF_WIDTH;
 pub use value::Value;
 
 /// A template error with the 1-based line and column in the template source.
@@ -97,7 +99,7 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
 #[derive(Debug, Clone)]
 pub struct Template {
     src: String,
-    nodes: Vec<parse::Node>,
+    parsed: parse::Parsed,
 }
 
 impl Template {
@@ -109,7 +111,7 @@ impl Template {
     pub fn parse_with(src: &str, limits: &Limits) -> Result<Self, Error> {
         Ok(Template {
             src: src.to_string(),
-            nodes: parse::parse(src, limits.max_depth)?,
+            parsed: parse::parse(src, limits.max_depth)?,
         })
     }
 
@@ -122,7 +124,10 @@ impl Template {
     ) -> Result<(), Error> {
         let known: std::collections::HashSet<&str> = known.into_iter().collect();
         let mut calls = Vec::new();
-        parse::functions(&self.nodes, &mut calls);
+        parse::functions(&self.parsed.nodes, &mut calls);
+        for body in self.parsed.defs.values() {
+            parse::functions(body, &mut calls);
+        }
         match calls.into_iter().find(|(name, _)| !known.contains(name)) {
             Some((name, pos)) => Err(Error::at(
                 &self.src,
@@ -144,8 +149,8 @@ impl Template {
         funcs: &Funcs,
         limits: &Limits,
     ) -> Result<String, Error> {
-        let mut ex = exec::Exec::new(&self.src, funcs, data.clone(), limits);
-        ex.walk(data, &self.nodes)?;
+        let mut ex = exec::Exec::new(&self.src, funcs, &self.parsed.defs, data.clone(), limits);
+        ex.walk(data, &self.parsed.nodes)?;
         Ok(ex.out)
     }
 }
