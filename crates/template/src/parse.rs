@@ -885,7 +885,7 @@ impl Parser<'_> {
             .into_iter()
             .find(|(v, _)| !self.vars.iter().any(|d| d == v))
         {
-            return Err(self.err(at, format!("undefined variable {name:?}")));
+            return Err(self.err(at, format!("undefined variable: {name}")));
         }
         if !assign {
             self.vars.extend(decl.iter().cloned());
