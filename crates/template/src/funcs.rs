@@ -1,5 +1,6 @@
 //! The function table: Go's text/template built-ins plus ContainerPilot's extensions.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,9 +18,9 @@ pub const MAX_LOOP: u64 = 100_000;
 /// Most pieces `split` makes: each costs far more memory than its text.
 const MAX_PIECES: usize = 1_000_000;
 
-/// Largest string `replaceAll` and `regexReplaceAll` will build; checked
-/// before building it.
-const MAX_STRING: usize = 16 * 1024 * 1024;
+// The largest string `replaceAll`, `regexReplaceAll` and the escapers will
+// build; checked before or while building it.
+use gofmt::MAX_STRING;
 
 /// The functions a template may call. It holds no ambient authority: a
 /// function reaches the environment, the catalog or files only if the caller
@@ -157,11 +158,9 @@ impl Funcs {
         f.add("println", |a| Ok(Value::Str(gofmt::sprintln(a))));
         // Go's escapers: one string argument as it is, several printed
         // together as `print` does.
-        f.add("html", |a| Ok(Value::Str(html_escape(&escaper_arg(a)))));
-        f.add("js", |a| Ok(Value::Str(js_escape(&escaper_arg(a)))));
-        f.add("urlquery", |a| {
-            Ok(Value::Str(query_escape(&escaper_arg(a))))
-        });
+        f.add("html", |a| escape(&escaper_arg(a), html_piece));
+        f.add("js", |a| escape(&escaper_arg(a), js_piece));
+        f.add("urlquery", |a| escape(&escaper_arg(a), query_piece));
         f.add("slice", slice);
         f.add("call", |a| {
             let what = a.first().map_or("nothing", Value::type_name);
@@ -502,59 +501,78 @@ fn escaper_arg(a: &[Value]) -> String {
     }
 }
 
-/// Go's `template.HTMLEscapeString`.
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Escapes `s` with `piece` (the replacement of a character, or `None` to
+/// keep it). The result's size is counted first, so one larger than
+/// [`MAX_STRING`] is refused before it is built.
+fn escape(s: &str, piece: fn(char) -> Option<Cow<'static, str>>) -> Result<Value, String> {
+    let mut len = 0usize;
     for c in s.chars() {
-        match c {
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\0' => out.push('\u{fffd}'),
-            c => out.push(c),
+        len = len.saturating_add(piece(c).map_or(c.len_utf8(), |p| p.len()));
+    }
+    if len > MAX_STRING {
+        return Err(format!(
+            "the result would be larger than {MAX_STRING} bytes"
+        ));
+    }
+    let mut out = String::with_capacity(len);
+    let mut kept = 0;
+    for (i, c) in s.char_indices() {
+        if let Some(p) = piece(c) {
+            out.push_str(s.get(kept..i).unwrap_or_default());
+            out.push_str(&p);
+            kept = i.saturating_add(c.len_utf8());
         }
     }
-    out
+    out.push_str(s.get(kept..).unwrap_or_default());
+    Ok(Value::Str(out))
+}
+
+/// Go's `template.HTMLEscapeString`.
+fn html_piece(c: char) -> Option<Cow<'static, str>> {
+    Some(Cow::Borrowed(match c {
+        '"' => "&#34;",
+        '\'' => "&#39;",
+        '&' => "&amp;",
+        '<' => "&lt;",
+        '>' => "&gt;",
+        '\0' => "\u{fffd}",
+        _ => return None,
+    }))
 }
 
 /// Go's `url.QueryEscape`: unreserved bytes as they are, space as `+`,
 /// every other byte as `%XX`.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(char::from(b));
-            }
-            b' ' => out.push('+'),
-            b => out.push_str(&format!("%{b:02X}")),
+fn query_piece(c: char) -> Option<Cow<'static, str>> {
+    match c {
+        'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' => None,
+        ' ' => Some(Cow::Borrowed("+")),
+        c => {
+            let mut buf = [0u8; 4];
+            Some(Cow::Owned(
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect(),
+            ))
         }
     }
-    out
 }
 
 /// Go's `template.JSEscapeString`.
-fn js_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '"' => out.push_str("\\\""),
-            '<' => out.push_str("\\u003C"),
-            '>' => out.push_str("\\u003E"),
-            '&' => out.push_str("\\u0026"),
-            '=' => out.push_str("\\u003D"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c if !c.is_ascii() && (c.is_control() || c.is_whitespace()) => {
-                out.push_str(&format!("\\u{:04X}", u32::from(c)));
-            }
-            c => out.push(c),
+fn js_piece(c: char) -> Option<Cow<'static, str>> {
+    Some(match c {
+        '\\' => Cow::Borrowed("\\\\"),
+        '\'' => Cow::Borrowed("\\'"),
+        '"' => Cow::Borrowed("\\\""),
+        '<' => Cow::Borrowed("\\u003C"),
+        '>' => Cow::Borrowed("\\u003E"),
+        '&' => Cow::Borrowed("\\u0026"),
+        '=' => Cow::Borrowed("\\u003D"),
+        c if u32::from(c) < 0x20 || (!c.is_ascii() && (c.is_control() || c.is_whitespace())) => {
+            Cow::Owned(format!("\\u{:04X}", u32::from(c)))
         }
-    }
-    out
+        _ => return None,
+    })
 }
 
 /// Go's `eq` for two operands.

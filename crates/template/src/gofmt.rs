@@ -6,8 +6,8 @@ use crate::Value;
 /// not a 10 GB string).
 pub const MAX_PRINTF_WIDTH: usize = 4096;
 
-/// Largest string `printf` builds; checked as it grows.
-const MAX_STRING: usize = 16 * 1024 * 1024;
+/// Largest string `printf` and the escapers build; checked as it grows.
+pub(crate) const MAX_STRING: usize = 16 * 1024 * 1024;
 
 /// Flags, width and precision of one `printf` directive.
 #[derive(Debug, Clone, Copy, Default)]
@@ -209,6 +209,11 @@ fn format_value(out: &mut String, spec: &Spec, verb: char, v: &Value) {
         Value::List(l) => {
             out.push('[');
             for (i, e) in l.iter().enumerate() {
+                // Each element is padded to the width: stop early, the
+                // caller reports the size.
+                if out.len() > MAX_STRING {
+                    return;
+                }
                 if i > 0 {
                     out.push(' ');
                 }
@@ -219,6 +224,9 @@ fn format_value(out: &mut String, spec: &Spec, verb: char, v: &Value) {
         Value::Map(m) => {
             out.push_str("map[");
             for (i, (k, e)) in m.iter().enumerate() {
+                if out.len() > MAX_STRING {
+                    return;
+                }
                 if i > 0 {
                     out.push(' ');
                 }
@@ -239,7 +247,7 @@ fn pad(out: &mut String, spec: &Spec, body: &str, numeric: bool) {
     let fill = spec.width.unwrap_or(0).saturating_sub(len);
     if spec.minus {
         out.push_str(body);
-        out.extend(std::iter::repeat_n(' ', fill));
+        out.push_str(&" ".repeat(fill));
     } else if spec.zero {
         let split = if numeric && body.starts_with(['+', '-', ' ']) {
             1
@@ -248,10 +256,10 @@ fn pad(out: &mut String, spec: &Spec, body: &str, numeric: bool) {
         };
         let (sign, rest) = body.split_at(split);
         out.push_str(sign);
-        out.extend(std::iter::repeat_n('0', fill));
+        out.push_str(&"0".repeat(fill));
         out.push_str(rest);
     } else {
-        out.extend(std::iter::repeat_n(' ', fill));
+        out.push_str(&" ".repeat(fill));
         out.push_str(body);
     }
 }

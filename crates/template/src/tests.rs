@@ -257,6 +257,20 @@ fn hostile_templates_fail_fast() {
         "larger than 16777216",
     );
     fails("{{ nosuch 1 }}", "function \"nosuch\" not defined");
+    // Go pads every element of a list to the width: 100000 × 4096 bytes
+    // must stop at the size bound, not be built first.
+    fails(
+        r#"{{ printf "%4096v" (loop 100000) }}"#,
+        "larger than 16777216",
+    );
+    fails(
+        r#"{{ $b := printf "%2100d" 1 }}{{ $c := replaceAll " " "<" (replaceAll " " $b $b) }}{{ html $c }}"#,
+        "larger than 16777216",
+    );
+    fails(
+        r#"{{ define "R" }}{{ range 2 }}{{ template "R" }}{{ end }}{{ end }}{{ template "R" }}"#,
+        "template calls nested deeper than 100",
+    );
     fails(
         r#"{{ $b := printf "%4096d%4096d" 1 2 }}{{ split "" (replaceAll " " (printf "%200d" 0) $b) }}"#,
         "more than 1000000",
