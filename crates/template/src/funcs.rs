@@ -174,6 +174,9 @@ impl Funcs {
                 Value::Str(s) => s.len(),
                 Value::List(l) => l.len(),
                 Value::Map(m) => m.len(),
+                // A missing value (an unset variable) has no length, as ""
+                // has none: kept from ContainerPilot's env-map templates.
+                Value::Nil => 0,
                 other => return Err(format!("len of type {}", other.go_type())),
             };
             i64::try_from(n)

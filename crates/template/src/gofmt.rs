@@ -57,13 +57,19 @@ pub(crate) fn sprintln(args: &[Value]) -> String {
 /// `%!d(MISSING)`, `%!(EXTRA int=1)`).
 pub(crate) fn sprintf(format: &str, args: &[Value]) -> Result<String, String> {
     let mut out = String::new();
-    let mut args = args.iter();
+    let mut st = ArgState {
+        args,
+        next: 0,
+        reordered: false,
+        good: true,
+    };
     let mut chars = format.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
+        st.good = true;
         let mut spec = Spec::default();
         while let Some(&f) = chars.peek() {
             match f {
@@ -76,9 +82,10 @@ pub(crate) fn sprintf(format: &str, args: &[Value]) -> Result<String, String> {
             }
             chars.next();
         }
+        let mut after_index = st.index(&mut chars);
         if chars.peek() == Some(&'*') {
             chars.next();
-            match args.next().and_then(star_arg) {
+            match st.take().and_then(star_arg) {
                 Some(w) => {
                     if w < 0 {
                         spec.minus = true;
@@ -87,20 +94,32 @@ pub(crate) fn sprintf(format: &str, args: &[Value]) -> Result<String, String> {
                 }
                 None => out.push_str("%!(BADWIDTH)"),
             }
+            after_index = false;
         } else if chars.peek().is_some_and(char::is_ascii_digit) {
             spec.width = Some(printf_number(&mut chars, "width")?);
+            if after_index {
+                st.good = false;
+            }
         }
         if chars.peek() == Some(&'.') {
             chars.next();
+            if after_index {
+                st.good = false;
+            }
+            after_index = st.index(&mut chars);
             if chars.peek() == Some(&'*') {
                 chars.next();
-                match args.next().and_then(star_arg) {
+                match st.take().and_then(star_arg) {
                     Some(p) if p >= 0 => spec.prec = Some(bounded(p.unsigned_abs(), "precision")?),
                     _ => out.push_str("%!(BADPREC)"),
                 }
+                after_index = false;
             } else {
                 spec.prec = Some(printf_number(&mut chars, "precision")?);
             }
+        }
+        if !after_index {
+            st.index(&mut chars);
         }
         // Go drops the zero flag when padding goes on the right.
         if spec.minus {
@@ -114,7 +133,13 @@ pub(crate) fn sprintf(format: &str, args: &[Value]) -> Result<String, String> {
             out.push('%');
             continue;
         }
-        match args.next() {
+        if !st.good {
+            out.push_str("%!");
+            out.push(verb);
+            out.push_str("(BADINDEX)");
+            continue;
+        }
+        match st.take() {
             Some(arg) => format_value(&mut out, &spec, verb, arg),
             None => {
                 out.push_str("%!");
@@ -128,13 +153,76 @@ pub(crate) fn sprintf(format: &str, args: &[Value]) -> Result<String, String> {
             ));
         }
     }
-    let extra: Vec<String> = args.map(typed).collect();
-    if !extra.is_empty() {
-        out.push_str("%!(EXTRA ");
-        out.push_str(&extra.join(", "));
-        out.push(')');
+    if !st.reordered {
+        let extra: Vec<String> = args.iter().skip(st.next).map(typed).collect();
+        if !extra.is_empty() {
+            out.push_str("%!(EXTRA ");
+            out.push_str(&extra.join(", "));
+            out.push(')');
+        }
     }
     Ok(out)
+}
+
+/// Which operand `printf` uses next, as Go tracks it with explicit
+/// indexes (`%[2]d`).
+struct ArgState<'a> {
+    args: &'a [Value],
+    next: usize,
+    /// An explicit index was used: Go then reports no extra operands.
+    reordered: bool,
+    /// The current directive's index was valid.
+    good: bool,
+}
+
+impl<'a> ArgState<'a> {
+    fn take(&mut self) -> Option<&'a Value> {
+        let v = self.args.get(self.next)?;
+        self.next = self.next.saturating_add(1);
+        Some(v)
+    }
+
+    /// Reads an explicit `[n]` index, if one is next; returns whether one
+    /// was read and valid.
+    fn index(&mut self, chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+        if chars.peek() != Some(&'[') {
+            return false;
+        }
+        self.reordered = true;
+        chars.next();
+        let mut look = chars.clone();
+        let mut n: Option<usize> = Some(0);
+        let mut digits = 0usize;
+        let closed = loop {
+            match look.next() {
+                Some(']') => break true,
+                Some(d) if d.is_ascii_digit() => {
+                    digits = digits.saturating_add(1);
+                    n = n.and_then(|n| n.checked_mul(10)).and_then(|n| {
+                        n.checked_add(usize::try_from(d.to_digit(10).unwrap_or(0)).unwrap_or(0))
+                    });
+                }
+                Some(_) => n = None,
+                None => break false,
+            }
+        };
+        if !closed {
+            // Go consumes only the `[` of an unclosed index.
+            self.good = false;
+            return false;
+        }
+        *chars = look;
+        match n.filter(|n| digits > 0 && *n >= 1 && *n <= self.args.len()) {
+            Some(n) => {
+                self.next = n.saturating_sub(1);
+                true
+            }
+            None => {
+                self.good = false;
+                false
+            }
+        }
+    }
 }
 
 /// An argument for `*`: Go takes only integers.

@@ -118,6 +118,9 @@ pub const CASES: &[(&str, Result<&str, &str>)] = &[
     (r#"{{printf "%6d|%-6d|%06d|%.3d" 12 12 -12 7}}"#, Ok("    12|12    |-00012|007")),
     (r#"{{printf "%3c|%6t|%f" 65 false 1}}"#, Ok("  A| false|%!f(int=1)")),
     (r#"{{printf "%5.1f%%" 99.44}}"#, Ok(" 99.4%")),
+    (r#"{{printf "%[2]s %[1]s" "a" "b"}}"#, Ok("b a")),
+    (r#"{{printf "%[1]d %[1]x %d" 255}}"#, Ok("255 ff %!d(MISSING)")),
+    (r#"{{printf "%[3]d|%[1]*d" 3 5}}"#, Ok("%!d(BADINDEX)|  5")),
     // Printing floats: Go's %v is strconv's 'g' with the shortest digits
     // that read back, in exponent form when the exponent is below -4 or at
     // least 6 (so 1e+21 and 1e+06, but 100000).
