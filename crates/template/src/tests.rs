@@ -413,6 +413,25 @@ fn recursive_templates_end_with_an_error() {
         let e = render_small_stack(&src, Limits::default()).expect_err(&src);
         assert!(e.message.contains("nested deeper than 100"), "{src}: {e}");
     }
+    // What parsing accepts, rendering does not refuse: a chain of 99 `else
+    // if`s and 100 nested blocks are within the same bound.
+    for src in [
+        format!(
+            "{{{{if 0}}}}{}{{{{else}}}}x{{{{end}}}}",
+            "{{else if 0}}".repeat(99)
+        ),
+        format!("{}x{}", "{{if 1}}".repeat(100), "{{end}}".repeat(100)),
+        format!(
+            "{}x{}",
+            "{{with 1}}{{range 1}}".repeat(50),
+            "{{end}}".repeat(100)
+        ),
+    ] {
+        assert_eq!(
+            render_small_stack(&src, Limits::default()).expect(&src),
+            "x"
+        );
+    }
     // The bound is the caller's: three calls deep fits a depth of 4, not 2.
     let three = r#"{{define "A"}}a{{template "B"}}{{end}}{{define "B"}}b{{template "C"}}{{end}}{{define "C"}}c{{end}}{{template "A"}}"#;
     let limits = |max_depth| Limits {
