@@ -181,3 +181,56 @@ proptest! {
         exercise(&parts.concat())?;
     }
 }
+
+/// Characters of `printf` directives: flags, widths, indexes and verbs.
+const FORMAT: &[&str] = &[
+    "%", "%", "[", "]", "*", ".", "-", "+", "#", " ", "0", "1", "9", "4096", "v", "d", "s", "x",
+    "X", "q", "e", "E", "g", "G", "f", "c", "U", "o", "O", "b", "t", "T", "z", "é",
+];
+
+/// Characters of number and character literals.
+const NUMBER: &[&str] = &[
+    "0",
+    "1",
+    "7",
+    "9",
+    "x",
+    "X",
+    "o",
+    "b",
+    "_",
+    ".",
+    "e",
+    "E",
+    "p",
+    "+",
+    "-",
+    "'",
+    "\\",
+    "u",
+    "a",
+    "f",
+    "9223372036854775807",
+    "18446744073709551616",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn printf_never_panics(
+        fmt in prop::collection::vec(prop::sample::select(FORMAT), 0..24),
+        args in prop::sample::select(&[
+            "", "1", "-1 \"a\"", "1.5 .L .M", "nil 0x7fffffffffffffff 1e308", "'x' true -0.0 .A",
+        ][..]),
+    ) {
+        let fmt = fmt.concat().replace('`', "");
+        exercise(&format!("{{{{ printf `{fmt}` {args} }}}}"))?;
+    }
+
+    #[test]
+    fn number_literals_never_panic(parts in prop::collection::vec(prop::sample::select(NUMBER), 1..12)) {
+        exercise(&format!("{{{{ {} }}}}", parts.concat()))?;
+        exercise(&format!("{{{{ printf \"%v%T\" {0} {0} }}}}", parts.concat()))?;
+    }
+}
