@@ -782,8 +782,6 @@ impl Parser<'_> {
                 }
             }
             Term::Else(epos, mut rest) => {
-                // `{{else if x}}` / `{{else with x}}` chain: the nested block
-                // shares the outer block's `{{end}}`.
                 let nested_kw = match rest.first() {
                     Some(Token {
                         tok: Tok::Ident(w), ..
@@ -791,7 +789,24 @@ impl Parser<'_> {
                     _ => return Err(self.err(epos, "unexpected tokens after else")),
                 };
                 rest.remove(0);
-                vec![self.control(&nested_kw, epos, rest)?]
+                let nested = self.control(&nested_kw, epos, rest)?;
+                if nested_kw == kw {
+                    // `{{if}}…{{else if}}` and `{{with}}…{{else with}}` chain:
+                    // the nested block shares the outer block's `{{end}}`.
+                    vec![nested]
+                } else {
+                    // Any other pairing (`{{else if}}` in a range or a with)
+                    // opens a block inside the else branch, which needs its
+                    // own `{{end}}`, as in Go.
+                    let (more, end) = self.list()?;
+                    if !matches!(end, Term::End(_)) {
+                        return Err(self.err(
+                            pos,
+                            format!("unexpected EOF: {{{{{kw}}}}} without {{{{end}}}}"),
+                        ));
+                    }
+                    std::iter::once(nested).chain(more).collect()
+                }
             }
         };
         Ok(match kw {

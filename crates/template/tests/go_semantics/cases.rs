@@ -147,6 +147,11 @@ pub const CASES: &[(&str, Result<&str, &str>)] = &[
     (r#"{{with .E}}a{{else with .A}}b{{.}}{{end}}"#, Ok("bx")),
     (r#"{{with $v := .N}}{{$v}}{{.}}{{end}}"#, Ok("33")),
     (r#"{{with .Missing}}a{{else with .Z}}b{{else}}c{{end}}"#, Ok("c")),
+    // Only if/else-if and with/else-with chain; any other `else if` or
+    // `else with` opens a block of its own, with its own end.
+    (r#"{{if .E}}a{{else with .A}}{{.}}{{end}}|{{end}}"#, Ok("x|")),
+    (r#"{{range .Missing}}{{else if .A}}y{{end}}{{end}}"#, Ok("y")),
+    (r#"{{range .Missing}}{{else if .A}}y{{end}}"#, Err("unexpected EOF")),
     // range: lists in order, maps in key order, an int n (Go 1.22) as
     // 0..n-1 with one variable only; empty runs the else branch.
     (r#"{{range 3}}{{.}}{{end}}|{{range $i := 3}}{{$i}}{{end}}"#, Ok("012|012")),
