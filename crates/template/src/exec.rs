@@ -1,5 +1,6 @@
 //! Evaluation of a parsed template against data and a function table, within a step, size and time budget.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::parse::{Arg, Command, Node, Pipeline};
@@ -8,9 +9,23 @@ use crate::{Error, Funcs, Limits, Value};
 /// How many steps pass between two looks at the clock.
 const CLOCK_EVERY: u64 = 16;
 
+/// How a list of nodes ended: normally, or at a `{{break}}`/`{{continue}}`
+/// that the nearest enclosing `range` acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Normal,
+    Break,
+    Continue,
+}
+
 pub(crate) struct Exec<'a> {
     src: &'a str,
     funcs: &'a Funcs,
+    defs: &'a BTreeMap<String, Vec<Node>>,
+    /// Blocks and template calls entered and not yet left: bounded by
+    /// `max_depth`, so a self-recursive template ends with an error, not a
+    /// stack overflow.
+    depth: usize,
     vars: Vec<(String, Value)>,
     pub out: String,
     limits: &'a Limits,
@@ -23,10 +38,18 @@ pub(crate) struct Exec<'a> {
 }
 
 impl<'a> Exec<'a> {
-    pub fn new(src: &'a str, funcs: &'a Funcs, data: Value, limits: &'a Limits) -> Self {
+    pub fn new(
+        src: &'a str,
+        funcs: &'a Funcs,
+        defs: &'a BTreeMap<String, Vec<Node>>,
+        data: Value,
+        limits: &'a Limits,
+    ) -> Self {
         Exec {
             src,
             funcs,
+            defs,
+            depth: 0,
             vars: vec![("$".to_string(), data)],
             out: String::new(),
             limits,
@@ -78,12 +101,34 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
-    pub fn walk(&mut self, dot: &Value, nodes: &[Node]) -> Result<(), Error> {
+    /// Walks a nested list (a block body or a called template), counting
+    /// it against the depth bound.
+    fn nested(
+        &mut self,
+        pos: usize,
+        dot: &Value,
+        nodes: &[Node],
+        what: &str,
+    ) -> Result<Flow, Error> {
+        if self.depth >= self.limits.max_depth {
+            return Err(self.err(
+                pos,
+                format!("{what} nested deeper than {}", self.limits.max_depth),
+            ));
+        }
+        self.depth = self.depth.saturating_add(1);
+        let flow = self.walk(dot, nodes);
+        self.depth = self.depth.saturating_sub(1);
+        flow
+    }
+
+    pub fn walk(&mut self, dot: &Value, nodes: &[Node]) -> Result<Flow, Error> {
         for node in nodes {
-            match node {
+            let flow = match node {
                 Node::Text(t) => {
                     self.tick(self.at)?;
                     self.out.push_str(t);
+                    Flow::Normal
                 }
                 Node::Action(p) => {
                     self.tick(p.pos)?;
@@ -93,6 +138,7 @@ impl<'a> Exec<'a> {
                         let _ = write!(self.out, "{v}");
                     }
                     self.check_size(p.pos, self.out.len(), "rendered output")?;
+                    Flow::Normal
                 }
                 Node::If {
                     pipe,
@@ -103,8 +149,9 @@ impl<'a> Exec<'a> {
                     let mark = self.vars.len();
                     let v = self.pipeline(dot, pipe)?;
                     let branch = if v.truthy() { then } else { otherwise };
-                    self.walk(dot, branch)?;
+                    let flow = self.nested(pipe.pos, dot, branch, "blocks")?;
                     self.vars.truncate(mark);
+                    flow
                 }
                 Node::With {
                     pipe,
@@ -114,12 +161,13 @@ impl<'a> Exec<'a> {
                     self.tick(pipe.pos)?;
                     let mark = self.vars.len();
                     let v = self.pipeline(dot, pipe)?;
-                    if v.truthy() {
-                        self.walk(&v, body)?;
+                    let flow = if v.truthy() {
+                        self.nested(pipe.pos, &v, body, "blocks")?
                     } else {
-                        self.walk(dot, otherwise)?;
-                    }
+                        self.nested(pipe.pos, dot, otherwise, "blocks")?
+                    };
                     self.vars.truncate(mark);
+                    flow
                 }
                 Node::Range {
                     pipe,
@@ -127,12 +175,51 @@ impl<'a> Exec<'a> {
                     otherwise,
                 } => {
                     self.tick(pipe.pos)?;
-                    self.range(dot, pipe, body, otherwise)?;
+                    self.range(dot, pipe, body, otherwise)?
                 }
-            }
+                Node::Template { pos, name, pipe } => {
+                    self.tick(*pos)?;
+                    self.template(dot, *pos, name, pipe.as_ref())?;
+                    Flow::Normal
+                }
+                Node::Break(pos) => {
+                    self.tick(*pos)?;
+                    Flow::Break
+                }
+                Node::Continue(pos) => {
+                    self.tick(*pos)?;
+                    Flow::Continue
+                }
+            };
             self.check_size(self.at, self.out.len(), "rendered output")?;
+            if flow != Flow::Normal {
+                return Ok(flow);
+            }
         }
-        Ok(())
+        Ok(Flow::Normal)
+    }
+
+    /// `{{template "name" pipeline}}`: the named body runs with the
+    /// pipeline's value as both dot and `$`, and sees no caller variables.
+    fn template(
+        &mut self,
+        dot: &Value,
+        pos: usize,
+        name: &str,
+        pipe: Option<&Pipeline>,
+    ) -> Result<(), Error> {
+        let defs = self.defs;
+        let body = defs
+            .get(name)
+            .ok_or_else(|| self.err(pos, format!("template {name:?} not defined")))?;
+        let arg = match pipe {
+            Some(p) => self.pipeline(dot, p)?,
+            None => Value::Nil,
+        };
+        let saved = std::mem::replace(&mut self.vars, vec![("$".to_string(), arg.clone())]);
+        let flow = self.nested(pos, &arg, body, "template calls");
+        self.vars = saved;
+        flow.map(|_| ())
     }
 
     fn range(
@@ -141,7 +228,7 @@ impl<'a> Exec<'a> {
         pipe: &Pipeline,
         body: &[Node],
         otherwise: &[Node],
-    ) -> Result<(), Error> {
+    ) -> Result<Flow, Error> {
         let mark = self.vars.len();
         // The declared variables name the key/index and element, so evaluate
         // the pipeline without declaring.
@@ -150,12 +237,20 @@ impl<'a> Exec<'a> {
             ..pipe.clone()
         };
         let v = self.pipeline(dot, &undeclared)?;
+        if matches!(v, Value::Int(_) | Value::Uint(_)) && pipe.decl.len() > 1 {
+            return Err(self.err(
+                pipe.pos,
+                format!("can't use {v} to iterate over more than one variable"),
+            ));
+        }
         // Items are produced one at a time: `range 1000000000` must run out of
-        // budget, not build a billion-element list first.
+        // budget, not build a billion-element list first. A negative count
+        // runs no iteration, as Go's `for i := 0; i < n; i++`.
         let mut items: Box<dyn Iterator<Item = (Value, Value)>> = match v {
             Value::List(l) => Box::new(l.into_iter().zip(0i64..).map(|(e, i)| (Value::Int(i), e))),
             Value::Map(m) => Box::new(m.into_iter().map(|(k, e)| (Value::Str(k), e))),
-            Value::Int(n) if n >= 0 => Box::new((0..n).map(|i| (Value::Int(i), Value::Int(i)))),
+            Value::Int(n) => Box::new((0..n.max(0)).map(|i| (Value::Int(i), Value::Int(i)))),
+            Value::Uint(n) => Box::new((0..n).map(|i| (Value::Uint(i), Value::Uint(i)))),
             Value::Nil => Box::new(std::iter::empty()),
             other => {
                 return Err(self.err(
@@ -165,9 +260,9 @@ impl<'a> Exec<'a> {
             }
         };
         let Some(first) = items.next() else {
-            self.walk(dot, otherwise)?;
+            let flow = self.nested(pipe.pos, dot, otherwise, "blocks")?;
             self.vars.truncate(mark);
-            return Ok(());
+            return Ok(flow);
         };
         for (k, e) in std::iter::once(first).chain(items) {
             self.tick(pipe.pos)?;
@@ -180,11 +275,14 @@ impl<'a> Exec<'a> {
                     self.vars.push((b.clone(), e.clone()));
                 }
             }
-            self.walk(&e, body)?;
+            let flow = self.nested(pipe.pos, &e, body, "blocks")?;
             self.vars.truncate(inner);
+            if flow == Flow::Break {
+                break;
+            }
         }
         self.vars.truncate(mark);
-        Ok(())
+        Ok(Flow::Normal)
     }
 
     fn pipeline(&mut self, dot: &Value, p: &Pipeline) -> Result<Value, Error> {
@@ -217,6 +315,12 @@ impl<'a> Exec<'a> {
             return Err(self.err(cmd.pos, "missing value for command"));
         };
         if let Arg::Ident(name) = first {
+            if (name == "and" || name == "or")
+                && !self.funcs.is_external(name)
+                && self.funcs.get(name).is_some()
+            {
+                return self.and_or(dot, name == "and", rest, piped, cmd.pos);
+            }
             let mut args = Vec::with_capacity(cmd.args.len());
             for a in rest {
                 args.push(self.arg(dot, a, cmd.pos)?);
@@ -230,6 +334,33 @@ impl<'a> Exec<'a> {
             return Err(self.err(cmd.pos, "can't give argument to non-function"));
         }
         self.arg(dot, first, cmd.pos)
+    }
+
+    /// Go's `and`/`or`: operands are evaluated left to right only until one
+    /// decides the result, which is returned (a piped value comes last).
+    fn and_or(
+        &mut self,
+        dot: &Value,
+        is_and: bool,
+        args: &[Arg],
+        piped: Option<Value>,
+        pos: usize,
+    ) -> Result<Value, Error> {
+        let name = if is_and { "and" } else { "or" };
+        if args.is_empty() && piped.is_none() {
+            return Err(self.err(
+                pos,
+                format!("wrong number of args for {name}: want at least 1 got 0"),
+            ));
+        }
+        let mut last = Value::Nil;
+        for a in args {
+            last = self.arg(dot, a, pos)?;
+            if last.truthy() != is_and {
+                return Ok(last);
+            }
+        }
+        Ok(piped.unwrap_or(last))
     }
 
     fn call(&mut self, name: &str, args: &[Value], pos: usize) -> Result<Value, Error> {

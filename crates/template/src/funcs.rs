@@ -1,10 +1,11 @@
 //! The function table: Go's text/template built-ins plus ContainerPilot's extensions.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::Value;
+use crate::{Value, gofmt};
 
 /// A template function. Errors are plain messages; the renderer adds the
 /// position and the function's name.
@@ -14,16 +15,12 @@ pub type Func = Arc<dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync>;
 /// enough that a typo cannot exhaust memory.
 pub const MAX_LOOP: u64 = 100_000;
 
-/// Largest width or precision `printf` accepts (`%9999999999d` is an error,
-/// not a 10 GB string).
-pub const MAX_PRINTF_WIDTH: usize = 4096;
-
 /// Most pieces `split` makes: each costs far more memory than its text.
 const MAX_PIECES: usize = 1_000_000;
 
-/// Largest string `replaceAll` and `regexReplaceAll` will build; checked
-/// before building it.
-const MAX_STRING: usize = 16 * 1024 * 1024;
+// The largest string `replaceAll`, `regexReplaceAll` and the escapers will
+// build; checked before or while building it.
+use gofmt::MAX_STRING;
 
 /// The functions a template may call. It holds no ambient authority: a
 /// function reaches the environment, the catalog or files only if the caller
@@ -149,12 +146,27 @@ impl Funcs {
         });
         f.add("printf", |a| {
             let (fmt, rest) = a.split_first().ok_or("printf needs a format")?;
-            sprintf(&text(fmt), rest).map(Value::Str)
+            match fmt {
+                Value::Str(f) => gofmt::sprintf(f, rest).map(Value::Str),
+                other => Err(format!(
+                    "printf wants a string format, got {}",
+                    other.type_name()
+                )),
+            }
         });
-        f.add("print", |a| Ok(Value::Str(sprint(a))));
-        f.add("println", |a| {
-            let words: Vec<String> = a.iter().map(text).collect();
-            Ok(Value::Str(words.join(" ") + "\n"))
+        f.add("print", |a| Ok(Value::Str(gofmt::sprint(a))));
+        f.add("println", |a| Ok(Value::Str(gofmt::sprintln(a))));
+        // Go's escapers: one string argument as it is, several printed
+        // together as `print` does.
+        f.add("html", |a| escape(&escaper_arg(a), html_piece));
+        f.add("js", |a| escape(&escaper_arg(a), js_piece));
+        f.add("urlquery", |a| escape(&escaper_arg(a), query_piece));
+        f.add("slice", slice);
+        f.add("call", |a| {
+            let what = a.first().map_or("nothing", Value::type_name);
+            Err(format!(
+                "can't call {what}: templates here hold no function values"
+            ))
         });
         f.add("len", |a| {
             let [v] = one(a, "len")?;
@@ -162,8 +174,10 @@ impl Funcs {
                 Value::Str(s) => s.len(),
                 Value::List(l) => l.len(),
                 Value::Map(m) => m.len(),
+                // A missing value (an unset variable) has no length, as ""
+                // has none: kept from ContainerPilot's env-map templates.
                 Value::Nil => 0,
-                other => return Err(format!("len of {}", other.type_name())),
+                other => return Err(format!("len of type {}", other.go_type())),
             };
             i64::try_from(n)
                 .map(Value::Int)
@@ -171,18 +185,39 @@ impl Funcs {
         });
         f.add("index", |a| {
             let (first, keys) = a.split_first().ok_or("index needs a value")?;
+            if *first == Value::Nil {
+                return Err("index of untyped nil".to_string());
+            }
             let mut v = first.clone();
             for k in keys {
-                v = match (&v, k) {
-                    (Value::List(l), k) => {
-                        let i = k.as_int().ok_or("list index must be an integer")?;
-                        l.get(usize::try_from(i).map_err(|_| "negative index".to_string())?)
+                v = match &v {
+                    Value::List(l) => {
+                        let i = index_arg(k)?;
+                        usize::try_from(i)
+                            .ok()
+                            .and_then(|u| l.get(u))
                             .cloned()
                             .ok_or_else(|| format!("index {i} out of range"))?
                     }
-                    (Value::Map(m), k) => m.get(&text(k)).cloned().unwrap_or_default(),
-                    (Value::Nil, _) => Value::Nil,
-                    (other, _) => return Err(format!("can't index {}", other.type_name())),
+                    Value::Str(s) => {
+                        let i = index_arg(k)?;
+                        usize::try_from(i)
+                            .ok()
+                            .and_then(|u| s.as_bytes().get(u))
+                            .map(|b| Value::Int(i64::from(*b)))
+                            .ok_or_else(|| format!("index {i} out of range"))?
+                    }
+                    Value::Map(m) => match k {
+                        Value::Str(k) => m.get(k).cloned().unwrap_or_default(),
+                        other => {
+                            return Err(format!(
+                                "value has type {}; should be string",
+                                other.go_type()
+                            ));
+                        }
+                    },
+                    Value::Nil => return Err("index of nil pointer".to_string()),
+                    other => return Err(format!("can't index item of type {}", other.go_type())),
                 };
             }
             Ok(v)
@@ -191,7 +226,13 @@ impl Funcs {
             let [v] = one(a, "not")?;
             Ok(Value::Bool(!v.truthy()))
         });
+        // The renderer short-circuits `and` and `or` itself (it stops
+        // evaluating at the deciding operand); these serve a call with
+        // evaluated arguments, such as `{{ .X | and 1 }}`.
         f.add("and", |a| {
+            if a.is_empty() {
+                return Err("wrong number of args for and: want at least 1 got 0".to_string());
+            }
             Ok(a.iter()
                 .find(|v| !v.truthy())
                 .or(a.last())
@@ -199,42 +240,49 @@ impl Funcs {
                 .unwrap_or_default())
         });
         f.add("or", |a| {
+            if a.is_empty() {
+                return Err("wrong number of args for or: want at least 1 got 0".to_string());
+            }
             Ok(a.iter()
                 .find(|v| v.truthy())
                 .or(a.last())
                 .cloned()
                 .unwrap_or_default())
         });
+        // Go's comparisons: the operands' kinds must match (an int and a
+        // uint compare by value), so `eq 1 "1"` is an error, not false.
         f.add("eq", |a| {
-            let (first, rest) = a.split_first().ok_or("eq needs arguments")?;
-            Ok(Value::Bool(
-                rest.iter()
-                    .any(|b| compare(first, b) == Some(Ordering::Equal)),
-            ))
+            let (first, rest) = a.split_first().ok_or("missing argument for comparison")?;
+            if rest.is_empty() {
+                return Err("missing argument for comparison".to_string());
+            }
+            for b in rest {
+                if go_eq(first, b)? {
+                    return Ok(Value::Bool(true));
+                }
+            }
+            Ok(Value::Bool(false))
         });
         f.add("ne", |a| {
             let [x, y] = two(a, "ne")?;
-            Ok(Value::Bool(compare(x, y) != Some(Ordering::Equal)))
+            Ok(Value::Bool(!go_eq(x, y)?))
         });
-        for (name, want) in [
-            ("lt", &[Ordering::Less][..]),
-            ("le", &[Ordering::Less, Ordering::Equal][..]),
-            ("gt", &[Ordering::Greater][..]),
-            ("ge", &[Ordering::Greater, Ordering::Equal][..]),
-        ] {
-            let want = want.to_vec();
-            f.add(name, move |a| {
-                let [x, y] = two(a, name)?;
-                let ord = compare(x, y).ok_or_else(|| {
-                    format!(
-                        "incompatible types for comparison: {} and {}",
-                        x.type_name(),
-                        y.type_name()
-                    )
-                })?;
-                Ok(Value::Bool(want.contains(&ord)))
-            });
-        }
+        f.add("lt", |a| {
+            let [x, y] = two(a, "lt")?;
+            Ok(Value::Bool(go_lt(x, y)?))
+        });
+        f.add("le", |a| {
+            let [x, y] = two(a, "le")?;
+            Ok(Value::Bool(go_lt(x, y)? || go_eq(x, y)?))
+        });
+        f.add("gt", |a| {
+            let [x, y] = two(a, "gt")?;
+            Ok(Value::Bool(!(go_lt(x, y)? || go_eq(x, y)?)))
+        });
+        f.add("ge", |a| {
+            let [x, y] = two(a, "ge")?;
+            Ok(Value::Bool(!go_lt(x, y)?))
+        });
         f.add("toJSON", |a| {
             let [v] = one(a, "toJSON")?;
             serde_json::to_string(&v.to_json())
@@ -395,140 +443,198 @@ fn int_as_float(i: i64) -> f64 {
     i as f64
 }
 
-/// Go's `fmt.Sprint`: spaces only between operands when neither is a string.
-fn sprint(args: &[Value]) -> String {
-    let mut out = String::new();
-    for (i, v) in args.iter().enumerate() {
-        let prev_str = i
-            .checked_sub(1)
-            .and_then(|p| args.get(p))
-            .is_some_and(|p| matches!(p, Value::Str(_)));
-        if i > 0 && !matches!(v, Value::Str(_)) && !prev_str {
-            out.push(' ');
-        }
-        out.push_str(&v.to_string());
+/// An index for `index` or `slice`: an integer of either sign.
+fn index_arg(k: &Value) -> Result<i64, String> {
+    match k {
+        Value::Int(i) => Ok(*i),
+        Value::Uint(u) => i64::try_from(*u).map_err(|_| format!("index {u} out of range")),
+        other => Err(format!(
+            "cannot index slice/array with type {}",
+            other.go_type()
+        )),
     }
-    out
 }
 
-/// The subset of Go's `fmt.Sprintf` that configs use: `%v %s %d %q %f %x %X
-/// %t %%`, with flags `-` and `0`, a width and a precision (each at most
-/// [`MAX_PRINTF_WIDTH`]).
-fn sprintf(fmt: &str, args: &[Value]) -> Result<String, String> {
-    let mut out = String::new();
-    let mut args = args.iter();
-    let mut chars = fmt.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let (mut left, mut zero) = (false, false);
-        while let Some(&f) = chars.peek() {
-            match f {
-                '-' => left = true,
-                '0' => zero = true,
-                '+' | ' ' | '#' => {}
-                _ => break,
-            }
-            chars.next();
-        }
-        let width = printf_number(&mut chars, "width")?;
-        let mut prec: Option<usize> = None;
-        if chars.peek() == Some(&'.') {
-            chars.next();
-            prec = Some(printf_number(&mut chars, "precision")?);
-        }
-        let Some(verb) = chars.next() else {
-            out.push_str("%!(NOVERB)");
-            break;
-        };
-        if verb == '%' {
-            out.push('%');
-            continue;
-        }
-        let Some(arg) = args.next() else {
-            out.push_str(&format!("%!{verb}(MISSING)"));
-            continue;
-        };
-        let body = match verb {
-            'd' => match arg.as_int() {
-                Some(i) => i.to_string(),
-                None => format!("%!d({})", arg.type_name()),
-            },
-            'f' | 'F' => {
-                let f = match arg {
-                    Value::Float(f) => *f,
-                    other => other.as_int().map(int_as_float).unwrap_or(f64::NAN),
-                };
-                format!("{:.*}", prec.unwrap_or(6), f)
-            }
-            'x' | 'X' => {
-                let s = match arg {
-                    Value::Str(s) => s.bytes().map(|b| format!("{b:02x}")).collect(),
-                    other => other.as_int().map(|i| format!("{i:x}")).unwrap_or_default(),
-                };
-                if verb == 'X' { s.to_uppercase() } else { s }
-            }
-            'q' => serde_json::to_string(&arg.to_string()).unwrap_or_default(),
-            't' => arg.truthy().to_string(),
-            _ => {
-                let s = arg.to_string();
-                match prec {
-                    Some(p) if verb == 's' => s.chars().take(p).collect(),
-                    _ => s,
-                }
-            }
-        };
-        let pad = width.saturating_sub(body.chars().count());
-        if left {
-            out.push_str(&body);
-            out.extend(std::iter::repeat_n(' ', pad));
-        } else if zero && matches!(verb, 'd' | 'f' | 'x' | 'X') {
-            let (sign, digits) = body
-                .strip_prefix('-')
-                .map_or(("", body.as_str()), |d| ("-", d));
-            out.push_str(sign);
-            out.extend(std::iter::repeat_n('0', pad));
-            out.push_str(digits);
-        } else {
-            out.extend(std::iter::repeat_n(' ', pad));
-            out.push_str(&body);
-        }
-        if out.len() > MAX_STRING {
-            return Err(format!(
-                "the result would be larger than {MAX_STRING} bytes"
-            ));
-        }
+/// Go's `slice x 1 2` (and `slice x 1 2 3` for lists): indexes count bytes in a string.
+fn slice(a: &[Value]) -> Result<Value, String> {
+    let (item, idx) = a.split_first().ok_or("slice needs a value")?;
+    let len = match item {
+        Value::Str(s) => s.len(),
+        Value::List(l) => l.len(),
+        Value::Nil => return Err("slice of untyped nil".to_string()),
+        other => return Err(format!("can't slice item of type {}", other.go_type())),
+    };
+    if idx.len() > 3 {
+        return Err(format!("too many slice indexes: {}", idx.len()));
     }
-    let extra: Vec<_> = args.collect();
-    if !extra.is_empty() {
-        out.push_str("%!(EXTRA ");
-        out.push_str(
-            &extra
-                .iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        out.push(')');
+    if idx.len() == 3 && matches!(item, Value::Str(_)) {
+        return Err("cannot 3-index slice a string".to_string());
     }
-    Ok(out)
+    // Go bounds every index by the capacity, which for our values is the length.
+    let mut at = [0usize, len, len];
+    for (slot, k) in at.iter_mut().zip(idx) {
+        let i = index_arg(k)?;
+        *slot = usize::try_from(i)
+            .ok()
+            .filter(|u| *u <= len)
+            .ok_or_else(|| format!("index out of range: {i}"))?;
+    }
+    let [lo, hi, max] = at;
+    if lo > hi {
+        return Err(format!("invalid slice index: {lo} > {hi}"));
+    }
+    if idx.len() == 3 && hi > max {
+        return Err(format!("invalid slice index: {hi} > {max}"));
+    }
+    match item {
+        Value::Str(s) => s
+            .get(lo..hi)
+            .map(Value::from)
+            .ok_or_else(|| format!("slice {lo}:{hi} splits a character")),
+        Value::List(l) => Ok(Value::List(l.get(lo..hi).unwrap_or_default().to_vec())),
+        _ => Ok(Value::Nil),
+    }
 }
 
-/// Reads a printf width or precision, refusing one above [`MAX_PRINTF_WIDTH`].
-fn printf_number(
-    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-    what: &str,
-) -> Result<usize, String> {
-    let mut n = 0usize;
-    while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-        chars.next();
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(usize::try_from(d).unwrap_or(0)))
-            .filter(|n| *n <= MAX_PRINTF_WIDTH)
-            .ok_or_else(|| format!("printf {what} is larger than {MAX_PRINTF_WIDTH}"))?;
+/// The text `html`, `js` and `urlquery` escape.
+fn escaper_arg(a: &[Value]) -> String {
+    match a {
+        [Value::Str(s)] => s.clone(),
+        _ => gofmt::sprint(a),
     }
-    Ok(n)
+}
+
+/// Escapes `s` with `piece` (the replacement of a character, or `None` to
+/// keep it). The result's size is counted first, so one larger than
+/// [`MAX_STRING`] is refused before it is built.
+fn escape(s: &str, piece: fn(char) -> Option<Cow<'static, str>>) -> Result<Value, String> {
+    let mut len = 0usize;
+    for c in s.chars() {
+        len = len.saturating_add(piece(c).map_or(c.len_utf8(), |p| p.len()));
+    }
+    if len > MAX_STRING {
+        return Err(format!(
+            "the result would be larger than {MAX_STRING} bytes"
+        ));
+    }
+    let mut out = String::with_capacity(len);
+    let mut kept = 0;
+    for (i, c) in s.char_indices() {
+        if let Some(p) = piece(c) {
+            out.push_str(s.get(kept..i).unwrap_or_default());
+            out.push_str(&p);
+            kept = i.saturating_add(c.len_utf8());
+        }
+    }
+    out.push_str(s.get(kept..).unwrap_or_default());
+    Ok(Value::Str(out))
+}
+
+/// Go's `template.HTMLEscapeString`.
+fn html_piece(c: char) -> Option<Cow<'static, str>> {
+    Some(Cow::Borrowed(match c {
+        '"' => "&#34;",
+        '\'' => "&#39;",
+        '&' => "&amp;",
+        '<' => "&lt;",
+        '>' => "&gt;",
+        '\0' => "\u{fffd}",
+        _ => return None,
+    }))
+}
+
+/// Go's `url.QueryEscape`: unreserved bytes as they are, space as `+`,
+/// every other byte as `%XX`.
+fn query_piece(c: char) -> Option<Cow<'static, str>> {
+    match c {
+        'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' => None,
+        ' ' => Some(Cow::Borrowed("+")),
+        c => {
+            let mut buf = [0u8; 4];
+            Some(Cow::Owned(
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// Go's `template.JSEscapeString`.
+fn js_piece(c: char) -> Option<Cow<'static, str>> {
+    Some(match c {
+        '\\' => Cow::Borrowed("\\\\"),
+        '\'' => Cow::Borrowed("\\'"),
+        '"' => Cow::Borrowed("\\\""),
+        '<' => Cow::Borrowed("\\u003C"),
+        '>' => Cow::Borrowed("\\u003E"),
+        '&' => Cow::Borrowed("\\u0026"),
+        '=' => Cow::Borrowed("\\u003D"),
+        c if u32::from(c) < 0x20 || (!c.is_ascii() && (c.is_control() || c.is_whitespace())) => {
+            Cow::Owned(format!("\\u{:04X}", u32::from(c)))
+        }
+        _ => return None,
+    })
+}
+
+/// Go's `eq` for two operands.
+fn go_eq(a: &Value, b: &Value) -> Result<bool, String> {
+    Ok(match (a, b) {
+        (Value::Int(x), Value::Uint(y)) | (Value::Uint(y), Value::Int(x)) => {
+            u64::try_from(*x).is_ok_and(|x| x == *y)
+        }
+        (Value::Int(x), Value::Int(y)) => x == y,
+        (Value::Uint(x), Value::Uint(y)) => x == y,
+        (Value::Float(x), Value::Float(y)) => x == y,
+        (Value::Str(x), Value::Str(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Nil, Value::Nil) => true,
+        // A missing value equals nothing but nil, and is no error.
+        (Value::Nil, _) | (_, Value::Nil) => false,
+        (Value::List(_) | Value::Map(_), _) => {
+            return Err(format!("non-comparable type {}", a.go_type()));
+        }
+        (_, Value::List(_) | Value::Map(_)) => {
+            return Err(format!("non-comparable type {}", b.go_type()));
+        }
+        _ => return Err(incompatible(a, b)),
+    })
+}
+
+/// Go's `lt`: ints, uints, floats and strings only.
+fn go_lt(a: &Value, b: &Value) -> Result<bool, String> {
+    Ok(match (a, b) {
+        (Value::Int(x), Value::Uint(y)) => u64::try_from(*x).map_or(true, |x| x < *y),
+        (Value::Uint(x), Value::Int(y)) => u64::try_from(*y).is_ok_and(|y| *x < y),
+        (Value::Int(x), Value::Int(y)) => x < y,
+        (Value::Uint(x), Value::Uint(y)) => x < y,
+        (Value::Float(x), Value::Float(y)) => x < y,
+        (Value::Str(x), Value::Str(y)) => x < y,
+        (
+            Value::Int(_) | Value::Uint(_) | Value::Float(_) | Value::Str(_),
+            Value::Int(_) | Value::Uint(_) | Value::Float(_) | Value::Str(_),
+        ) => {
+            return Err(incompatible(a, b));
+        }
+        _ => {
+            let bad = if matches!(
+                a,
+                Value::Int(_) | Value::Uint(_) | Value::Float(_) | Value::Str(_)
+            ) {
+                b
+            } else {
+                a
+            };
+            return Err(format!("invalid type for comparison: {}", bad.go_type()));
+        }
+    })
+}
+
+fn incompatible(a: &Value, b: &Value) -> String {
+    format!(
+        "incompatible types for comparison: {} and {}",
+        a.go_type(),
+        b.go_type()
+    )
 }

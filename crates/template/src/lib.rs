@@ -1,14 +1,19 @@
 //! Go text/template rendering: the syntax ContainerPilot configs are written in.
 //!
-//! Supported: text and actions with `{{-`/`-}}` trimming and comments;
-//! pipelines with `|`; fields on the dot and on variables; `$x :=`/`=`;
-//! `if`/`else if`/`else`, `range` (lists, maps, ints) and `with`; string, raw
-//! string, char, number, bool and nil literals. Not supported:
-//! `define`/`template`/`block`. Missing map keys render as "".
+//! Supported as Go does it: text and actions with `{{-`/`-}}` trimming and
+//! comments; pipelines with `|`; fields on the dot and on variables; `$`,
+//! `$x :=` and `$x =`, checked at parse time; `if`/`else if`/`else`, `with`/
+//! `else with`, `range` (lists, maps, ints) with `break`/`continue`;
+//! `define`/`template`/`block`; Go's number, char, string, bool and nil
+//! literals; Go's built-ins (`and`/`or` short-circuit, comparisons that fail
+//! on mixed kinds, `printf` with Go's verbs, `slice`, `index`, `len`, `html`,
+//! `js`, `urlquery`, `print`, `println`, `not`). Values have no methods and no
+//! function values, so `call` is an error. A missing value prints as "" (Go
+//! prints `<no value>`). `tests/go_semantics/cases.rs` is the case table.
 //!
 //! Templates may come from hostile hands (a config, a catalog-driven source
 //! file), so parsing and rendering are bounded by [`Limits`]: nesting depth
-//! (parse time), output and string size, a step budget and a wall-clock budget
+//! (parse time; blocks plus template calls at render time), output and string size, a step budget and a wall-clock budget
 //! (render time). The built-in functions carry their own fixed caps:
 //! [`MAX_LOOP`] elements for `loop` and [`MAX_PRINTF_WIDTH`] for a `printf`
 //! width or precision. Exceeding any of them is an [`Error`], never a panic,
@@ -24,12 +29,14 @@
 
 mod exec;
 mod funcs;
+mod gofmt;
 mod parse;
 mod value;
 
 use std::time::Duration;
 
-pub use funcs::{Func, Funcs, MAX_LOOP, MAX_PRINTF_WIDTH, one as arg1, two as arg2};
+pub use funcs::{Func, Funcs, MAX_LOOP, one as arg1, two as arg2};
+pub use gofmt::MAX_PRINTF_WIDTH;
 pub use value::Value;
 
 /// A template error with the 1-based line and column in the template source.
@@ -56,8 +63,11 @@ impl Error {
 /// catalog template; callers may tighten them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Deepest nesting of `if`/`with`/`range` blocks (an `else if` counts as
-    /// one more level, as in Go) and, separately, of parentheses in one action.
+    /// Deepest nesting of `if`/`with`/`range`/`block` blocks (an `else if`
+    /// counts as one more level, as in Go) and, separately, of parentheses
+    /// in one action. At render time, blocks entered plus `template` calls
+    /// made and not yet left are held to it too, so a template that calls
+    /// itself ends with an error rather than a stack overflow.
     pub max_depth: usize,
     /// Largest rendered output, and largest string any step may produce, in bytes.
     pub max_output: usize,
@@ -97,7 +107,7 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
 #[derive(Debug, Clone)]
 pub struct Template {
     src: String,
-    nodes: Vec<parse::Node>,
+    parsed: parse::Parsed,
 }
 
 impl Template {
@@ -109,7 +119,7 @@ impl Template {
     pub fn parse_with(src: &str, limits: &Limits) -> Result<Self, Error> {
         Ok(Template {
             src: src.to_string(),
-            nodes: parse::parse(src, limits.max_depth)?,
+            parsed: parse::parse(src, limits.max_depth)?,
         })
     }
 
@@ -122,7 +132,10 @@ impl Template {
     ) -> Result<(), Error> {
         let known: std::collections::HashSet<&str> = known.into_iter().collect();
         let mut calls = Vec::new();
-        parse::functions(&self.nodes, &mut calls);
+        parse::functions(&self.parsed.nodes, &mut calls);
+        for body in self.parsed.defs.values() {
+            parse::functions(body, &mut calls);
+        }
         match calls.into_iter().find(|(name, _)| !known.contains(name)) {
             Some((name, pos)) => Err(Error::at(
                 &self.src,
@@ -144,8 +157,8 @@ impl Template {
         funcs: &Funcs,
         limits: &Limits,
     ) -> Result<String, Error> {
-        let mut ex = exec::Exec::new(&self.src, funcs, data.clone(), limits);
-        ex.walk(data, &self.nodes)?;
+        let mut ex = exec::Exec::new(&self.src, funcs, &self.parsed.defs, data.clone(), limits);
+        ex.walk(data, &self.parsed.nodes)?;
         Ok(ex.out)
     }
 }

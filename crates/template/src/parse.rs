@@ -1,5 +1,7 @@
 //! Lexing and parsing of Go text/template source into a small syntax tree.
 
+use std::collections::BTreeMap;
+
 use crate::{Error, Value};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +23,21 @@ pub(crate) enum Node {
         body: Vec<Node>,
         otherwise: Vec<Node>,
     },
+    /// `{{template "name" pipeline}}` (and the call half of `{{block}}`).
+    Template {
+        pos: usize,
+        name: String,
+        pipe: Option<Pipeline>,
+    },
+    Break(usize),
+    Continue(usize),
+}
+
+/// A parsed source: its main body and the templates it defines.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Parsed {
+    pub nodes: Vec<Node>,
+    pub defs: BTreeMap<String, Vec<Node>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,17 +103,24 @@ enum Piece {
     Action(Action),
 }
 
-pub(crate) fn parse(src: &str, max_depth: usize) -> Result<Vec<Node>, Error> {
+pub(crate) fn parse(src: &str, max_depth: usize) -> Result<Parsed, Error> {
     let pieces = split(src, max_depth)?;
     let mut p = Parser {
         src,
         pieces: pieces.into_iter().peekable(),
         depth: 0,
         max_depth,
+        defs: BTreeMap::new(),
+        ranges: 0,
+        vars: vec!["$".to_string()],
+        in_def: false,
     };
     let (nodes, end) = p.list()?;
     match end {
-        Term::Eof => Ok(nodes),
+        Term::Eof => Ok(Parsed {
+            nodes,
+            defs: p.defs,
+        }),
         Term::End(pos) => Err(Error::at(src, pos, "unexpected {{end}}")),
         Term::Else(pos, _) => Err(Error::at(src, pos, "unexpected {{else}}")),
     }
@@ -116,7 +140,7 @@ fn split(src: &str, max_depth: usize) -> Result<Vec<Piece>, Error> {
         let Some(open) = src[rest..].find("{{").map(|i| i + rest) else {
             let mut text = &src[rest..];
             if trim_next {
-                text = text.trim_start();
+                text = text.trim_start_matches(SPACE);
             }
             if !text.is_empty() {
                 out.push(Piece::Text(text.to_string()));
@@ -125,37 +149,33 @@ fn split(src: &str, max_depth: usize) -> Result<Vec<Piece>, Error> {
         };
         let mut text = &src[rest..open];
         if trim_next {
-            text = text.trim_start();
+            text = text.trim_start_matches(SPACE);
         }
         let mut inner = open + 2;
         let bytes = src.as_bytes();
-        if bytes.get(inner) == Some(&b'-')
-            && bytes
-                .get(inner + 1)
-                .is_some_and(|c| c.is_ascii_whitespace())
-        {
-            text = text.trim_end();
-            inner += 1;
+        if bytes.get(inner) == Some(&b'-') && bytes.get(inner + 1).is_some_and(|c| is_space(*c)) {
+            text = text.trim_end_matches(SPACE);
+            inner += 2;
         }
         if !text.is_empty() {
             out.push(Piece::Text(text.to_string()));
         }
-        let body_start = inner;
-        let trimmed = src[inner..].trim_start();
-        if trimmed.starts_with("/*") {
-            let start = src.len() - trimmed.len();
-            let Some(end) = src[start..].find("*/") else {
+        // A comment starts right at the delimiter (or its trim marker) and
+        // ends right at the closing one, as in Go.
+        if src[inner..].starts_with("/*") {
+            let Some(end) = src[inner + 2..].find("*/") else {
                 return Err(Error::at(src, open, "unclosed comment"));
             };
-            let after = start + end + 2;
+            let after = inner + 2 + end + 2;
             let tail = &src[after..];
-            let tail_trim = tail.trim_start();
-            if let Some(r) = tail_trim.strip_prefix("-}}") {
-                trim_next = true;
-                rest = src.len() - r.len();
-            } else if let Some(r) = tail_trim.strip_prefix("}}") {
+            if let Some(r) = tail.strip_prefix("}}") {
                 trim_next = false;
                 rest = src.len() - r.len();
+            } else if tail.as_bytes().first().is_some_and(|c| is_space(*c))
+                && tail[1..].starts_with("-}}")
+            {
+                trim_next = true;
+                rest = after + 4;
             } else {
                 return Err(Error::at(
                     src,
@@ -165,12 +185,19 @@ fn split(src: &str, max_depth: usize) -> Result<Vec<Piece>, Error> {
             }
             continue;
         }
-        let (toks, close, trim) = lex_action(src, body_start, open, max_depth)?;
+        let (toks, close, trim) = lex_action(src, inner, open, max_depth)?;
         out.push(Piece::Action(Action { pos: open, toks }));
         trim_next = trim;
         rest = close;
     }
     Ok(out)
+}
+
+/// The white space `{{-` and `-}}` trim: Go's, ASCII only.
+const SPACE: &[char] = &[' ', '\t', '\r', '\n'];
+
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// Lexes the inside of an action starting at `i`; returns the tokens, the
@@ -195,15 +222,12 @@ fn lex_action(
         let Some(&c) = b.get(i) else {
             return Err(Error::at(src, open, "unclosed action"));
         };
-        if c.is_ascii_whitespace() {
-            let ws_start = i;
-            while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
-                i += 1;
+        if is_space(c) {
+            if src[i + 1..].starts_with("-}}") {
+                return Ok((toks, i + 4, true));
             }
-            if src[i..].starts_with("-}}") {
-                return Ok((toks, i + 3, true));
-            }
-            spaced = i > ws_start;
+            i += 1;
+            spaced = true;
             continue;
         }
         if src[i..].starts_with("}}") {
@@ -258,24 +282,15 @@ fn lex_action(
                 Tok::Str(s)
             }
             b'\'' => {
-                let rest = &src[i + 1..];
-                let mut chars = rest.chars();
-                let ch = match chars.next() {
-                    Some('\\') => match chars.next() {
-                        Some('n') => '\n',
-                        Some('t') => '\t',
-                        Some(c) => c,
-                        None => return Err(Error::at(src, i, "unterminated character constant")),
-                    },
-                    Some(c) => c,
-                    None => return Err(Error::at(src, i, "unterminated character constant")),
-                };
-                let used = rest.len() - chars.as_str().len();
-                if !chars.as_str().starts_with('\'') {
-                    return Err(Error::at(src, i, "unterminated character constant"));
-                }
-                i += 1 + used + 1;
+                let (ch, next) = lex_char(src, i)?;
+                i = next;
                 Tok::Num(Value::Int(i64::from(u32::from(ch))))
+            }
+            // `.5` is a number; `.Name` a field; `.` alone the dot.
+            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let (v, next) = lex_number(src, i)?;
+                i = next;
+                Tok::Num(v)
             }
             b'.' => {
                 let start = i + 1;
@@ -306,17 +321,8 @@ fn lex_action(
                 Tok::Var(name)
             }
             b'-' | b'+' | b'0'..=b'9' => {
-                let mut j = i + 1;
-                while b
-                    .get(j)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'_')
-                {
-                    j += 1;
-                }
-                let text = &src[i..j];
-                let v = parse_number(text)
-                    .ok_or_else(|| Error::at(src, i, format!("bad number syntax: {text:?}")))?;
-                i = j;
+                let (v, next) = lex_number(src, i)?;
+                i = next;
                 Tok::Num(v)
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
@@ -341,30 +347,181 @@ fn lex_action(
     }
 }
 
-fn parse_number(text: &str) -> Option<Value> {
-    let clean = text.replace('_', "");
-    let (neg, digits) = match clean.strip_prefix('-') {
-        Some(d) => (true, d),
-        None => (false, clean.strip_prefix('+').unwrap_or(&clean)),
+/// Lexes a number literal at `i` as Go's scanner does (a sign, a `0x`,
+/// `0o` or `0b` prefix, `_` between digits, a fraction, an exponent with its
+/// own sign) and returns its value and the offset after it.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "offsets only grow up to the source length, which fits in usize"
+)]
+fn lex_number(src: &str, start: usize) -> Result<(Value, usize), Error> {
+    let b = src.as_bytes();
+    let mut j = start;
+    if matches!(b.get(j), Some(b'+' | b'-')) {
+        j += 1;
+    }
+    let hex = matches!(b.get(j..j + 2), Some(b"0x" | b"0X"));
+    while let Some(&c) = b.get(j) {
+        let exp = if hex {
+            matches!(c, b'p' | b'P')
+        } else {
+            matches!(c, b'e' | b'E')
+        };
+        if exp {
+            j += 1;
+            if matches!(b.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    let text = &src[start..j];
+    let v = parse_number(text).map_err(|why| Error::at(src, start, format!("{why}: {text:?}")))?;
+    Ok((v, j))
+}
+
+/// A number literal's value: an int when it is an integer in any base
+/// (Go's `strconv.ParseInt(text, 0, 64)`), else a float when it has a
+/// fraction or an exponent.
+fn parse_number(text: &str) -> Result<Value, &'static str> {
+    const BAD: &str = "bad number syntax";
+    let (neg, body) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
     };
-    let signed = |v: i64| if neg { v.checked_neg() } else { Some(v) };
-    if let Some(hex) = digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else if lower.len() > 1
+        && lower.starts_with('0')
+        && lower.bytes().all(|c| c.is_ascii_digit() || c == b'_')
     {
-        return i64::from_str_radix(hex, 16)
-            .ok()
-            .and_then(signed)
-            .map(Value::Int);
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    // `_` only between digits, or right after a base prefix.
+    let prefixed = radix != 10;
+    let bytes = digits.as_bytes();
+    for (k, c) in bytes.iter().enumerate() {
+        if *c == b'_' {
+            let before_ok = match k.checked_sub(1).and_then(|p| bytes.get(p)) {
+                Some(p) => p.is_ascii_hexdigit(),
+                None => prefixed,
+            };
+            let after_ok = bytes
+                .get(k.saturating_add(1))
+                .is_some_and(u8::is_ascii_hexdigit);
+            if !(before_ok && after_ok) {
+                return Err(BAD);
+            }
+        }
     }
-    if let Ok(v) = digits.parse::<i64>() {
-        return signed(v).map(Value::Int);
+    let clean: String = digits.chars().filter(|c| *c != '_').collect();
+    if clean.is_empty() {
+        return Err(BAD);
     }
-    digits
-        .parse::<f64>()
-        .ok()
-        .filter(|f| f.is_finite())
-        .map(|f| Value::Float(if neg { -f } else { f }))
+    let is_float = radix == 10 && clean.contains(['.', 'e']);
+    if !is_float {
+        let Ok(mag) = u64::from_str_radix(&clean, radix) else {
+            return if clean.chars().all(|c| c.is_digit(radix)) {
+                Err("integer overflow")
+            } else {
+                Err(BAD)
+            };
+        };
+        let v = if neg {
+            0i64.checked_sub_unsigned(mag)
+        } else {
+            i64::try_from(mag).ok()
+        };
+        return v.map(Value::Int).ok_or("number overflows int");
+    }
+    if !clean
+        .bytes()
+        .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'+' | b'-'))
+    {
+        return Err(BAD);
+    }
+    let f: f64 = clean.parse().map_err(|_| BAD)?;
+    if !f.is_finite() {
+        return Err("number out of range");
+    }
+    Ok(Value::Float(if neg { -f } else { f }))
+}
+
+/// A character constant at `start` (`'a'`, `'\n'`, `'\x41'`, `'\u00e9'`).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "offsets only grow up to the source length, which fits in usize"
+)]
+fn lex_char(src: &str, start: usize) -> Result<(char, usize), Error> {
+    let bad = || Error::at(src, start, "unterminated character constant");
+    let mut chars = src[start + 1..].char_indices();
+    let ch = match chars.next() {
+        Some((_, '\\')) => unescape(&mut chars, '\'').map_err(|m| Error::at(src, start, m))?,
+        Some((_, '\'' | '\n')) | None => return Err(bad()),
+        Some((_, c)) => c,
+    };
+    match chars.next() {
+        Some((off, '\'')) => Ok((ch, start + 1 + off + 1)),
+        _ => Err(bad()),
+    }
+}
+
+/// One escape after a backslash, as Go's `strconv.UnquoteChar`.
+fn unescape(chars: &mut std::str::CharIndices<'_>, quote: char) -> Result<char, String> {
+    let Some((_, c)) = chars.next() else {
+        return Err("unterminated escape".to_string());
+    };
+    let hex = |chars: &mut std::str::CharIndices<'_>, n: usize, radix: u32| {
+        let s: String = (0..n)
+            .filter_map(|_| chars.next().map(|(_, c)| c))
+            .collect();
+        if s.len() != n {
+            return None;
+        }
+        u32::from_str_radix(&s, radix).ok()
+    };
+    Ok(match c {
+        'a' => '\u{7}',
+        'b' => '\u{8}',
+        'f' => '\u{c}',
+        'n' => '\n',
+        'r' => '\r',
+        't' => '\t',
+        'v' => '\u{b}',
+        '\\' => '\\',
+        'x' => hex(chars, 2, 16)
+            .and_then(char::from_u32)
+            .ok_or("bad \\x escape")?,
+        'u' => hex(chars, 4, 16)
+            .and_then(char::from_u32)
+            .ok_or("bad \\u escape")?,
+        'U' => hex(chars, 8, 16)
+            .and_then(char::from_u32)
+            .ok_or("bad \\U escape")?,
+        '0'..='7' => {
+            let rest = hex(chars, 2, 8).ok_or("bad octal escape")?;
+            let v = c
+                .to_digit(8)
+                .and_then(|d| d.checked_mul(64))
+                .and_then(|d| d.checked_add(rest))
+                .filter(|v| *v <= 255)
+                .ok_or("bad octal escape")?;
+            char::from_u32(v).ok_or("bad octal escape")?
+        }
+        c if c == quote => c,
+        other => return Err(format!("unknown escape sequence \\{other}")),
+    })
 }
 
 #[allow(
@@ -378,32 +535,7 @@ fn lex_quoted(src: &str, start: usize) -> Result<(String, usize), Error> {
         match c {
             '"' => return Ok((out, start + 1 + off + 1)),
             '\n' => break,
-            '\\' => match chars.next() {
-                Some((_, 'n')) => out.push('\n'),
-                Some((_, 't')) => out.push('\t'),
-                Some((_, 'r')) => out.push('\r'),
-                Some((_, '\\')) => out.push('\\'),
-                Some((_, '"')) => out.push('"'),
-                Some((_, '\'')) => out.push('\''),
-                Some((_, 'u')) => {
-                    let hex: String = (0..4)
-                        .filter_map(|_| chars.next().map(|(_, c)| c))
-                        .collect();
-                    let ch = u32::from_str_radix(&hex, 16)
-                        .ok()
-                        .and_then(char::from_u32)
-                        .ok_or_else(|| Error::at(src, start, "bad \\u escape in string"))?;
-                    out.push(ch);
-                }
-                Some((_, other)) => {
-                    return Err(Error::at(
-                        src,
-                        start,
-                        format!("unknown escape sequence \\{other}"),
-                    ));
-                }
-                None => break,
-            },
+            '\\' => out.push(unescape(&mut chars, '"').map_err(|m| Error::at(src, start, m))?),
             c => out.push(c),
         }
     }
@@ -419,9 +551,17 @@ enum Term {
 struct Parser<'a> {
     src: &'a str,
     pieces: std::iter::Peekable<std::vec::IntoIter<Piece>>,
-    /// Current nesting of `if`/`with`/`range` (and `else if` links).
+    /// Current nesting of `if`/`with`/`range`/`block` (and `else if` links).
     depth: usize,
     max_depth: usize,
+    defs: BTreeMap<String, Vec<Node>>,
+    /// `range` blocks around the current point of the current template body:
+    /// `{{break}}` and `{{continue}}` need one.
+    ranges: usize,
+    /// Variables in scope, checked at parse time as Go does.
+    vars: Vec<String>,
+    /// Inside a `define` or `block` body, where `define` is not allowed.
+    in_def: bool,
 }
 
 impl Parser<'_> {
@@ -464,13 +604,135 @@ impl Parser<'_> {
                     toks.remove(0);
                     nodes.push(self.control(&keyword, pos, toks)?);
                 }
-                "define" | "template" | "block" | "break" | "continue" => {
-                    return Err(self.err(pos, format!("{{{{{keyword}}}}} is not supported")));
+                "define" => {
+                    if self.in_def || self.depth > 0 {
+                        return Err(self.err(
+                            pos,
+                            "unexpected {{define}}: templates are defined only at the top level",
+                        ));
+                    }
+                    let name = self.template_name(&toks, "define")?;
+                    if toks.len() > 2 {
+                        return Err(self.err(pos, "unexpected tokens after {{define}} name"));
+                    }
+                    let body = self.def_body(pos, "define")?;
+                    self.add_def(pos, name, body)?;
+                }
+                "block" => {
+                    let name = self.template_name(&toks, "block")?;
+                    let pipe = self.template_pipe(pos, toks)?;
+                    if self.depth >= self.max_depth {
+                        return Err(self.err(
+                            pos,
+                            format!("{{{{block}}}} nested deeper than {}", self.max_depth),
+                        ));
+                    }
+                    self.depth = self.depth.saturating_add(1);
+                    let body = self.def_body(pos, "block");
+                    self.depth = self.depth.saturating_sub(1);
+                    self.add_def(pos, name.clone(), body?)?;
+                    nodes.push(Node::Template { pos, name, pipe });
+                }
+                "template" => {
+                    let name = self.template_name(&toks, "template")?;
+                    let pipe = self.template_pipe(pos, toks)?;
+                    nodes.push(Node::Template { pos, name, pipe });
+                }
+                "break" | "continue" => {
+                    if toks.len() > 1 {
+                        return Err(
+                            self.err(pos, format!("unexpected tokens in {{{{{keyword}}}}}"))
+                        );
+                    }
+                    if self.ranges == 0 {
+                        return Err(
+                            self.err(pos, format!("{{{{{keyword}}}}} outside {{{{range}}}}"))
+                        );
+                    }
+                    nodes.push(if keyword == "break" {
+                        Node::Break(pos)
+                    } else {
+                        Node::Continue(pos)
+                    });
                 }
                 _ => nodes.push(Node::Action(self.pipeline(pos, toks, true)?)),
             }
         }
         Ok((nodes, Term::Eof))
+    }
+
+    /// The quoted name after `define`, `template` or `block`.
+    fn template_name(&self, toks: &[Token], kw: &str) -> Result<String, Error> {
+        match toks.get(1) {
+            Some(Token {
+                tok: Tok::Str(name),
+                ..
+            }) => Ok(name.clone()),
+            Some(t) => Err(self.err(
+                t.pos,
+                format!("unexpected token in {{{{{kw}}}}} clause: want a quoted name"),
+            )),
+            None => Err(self.err(
+                toks.first().map_or(0, |t| t.pos),
+                format!("missing name in {{{{{kw}}}}} clause"),
+            )),
+        }
+    }
+
+    /// The optional pipeline after a `template` or `block` name.
+    fn template_pipe(&mut self, pos: usize, toks: Vec<Token>) -> Result<Option<Pipeline>, Error> {
+        let rest: Vec<Token> = toks.into_iter().skip(2).collect();
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        self.pipeline(pos, rest, false).map(Some)
+    }
+
+    /// A `define` or `block` body up to its `{{end}}`, in a scope of its own:
+    /// only `$` is defined and no `range` surrounds it.
+    fn def_body(&mut self, pos: usize, kw: &str) -> Result<Vec<Node>, Error> {
+        let saved_vars = std::mem::replace(&mut self.vars, vec!["$".to_string()]);
+        let saved_ranges = std::mem::replace(&mut self.ranges, 0);
+        let saved_def = std::mem::replace(&mut self.in_def, true);
+        let body = self.list();
+        self.vars = saved_vars;
+        self.ranges = saved_ranges;
+        self.in_def = saved_def;
+        match body? {
+            (body, Term::End(_)) => Ok(body),
+            (_, Term::Else(epos, _)) => {
+                Err(self.err(epos, format!("unexpected {{{{else}}}} in {{{{{kw}}}}}")))
+            }
+            (_, Term::Eof) => Err(self.err(
+                pos,
+                format!("unexpected EOF: {{{{{kw}}}}} without {{{{end}}}}"),
+            )),
+        }
+    }
+
+    /// Records a named template. As in Go, a name may be defined twice only
+    /// if one of the bodies is empty (white space); an empty body never
+    /// replaces a full one.
+    fn add_def(&mut self, pos: usize, name: String, body: Vec<Node>) -> Result<(), Error> {
+        let empty = |b: &[Node]| {
+            b.iter()
+                .all(|n| matches!(n, Node::Text(t) if t.trim_matches(SPACE).is_empty()))
+        };
+        match self.defs.get(&name) {
+            Some(old) if !empty(old) => {
+                if empty(&body) {
+                    return Ok(());
+                }
+                Err(self.err(
+                    pos,
+                    format!("template: multiple definition of template {name:?}"),
+                ))
+            }
+            _ => {
+                self.defs.insert(name, body);
+                Ok(())
+            }
+        }
     }
 
     fn control(&mut self, kw: &str, pos: usize, toks: Vec<Token>) -> Result<Node, Error> {
@@ -481,14 +743,24 @@ impl Parser<'_> {
             ));
         }
         self.depth = self.depth.saturating_add(1);
+        let mark = self.vars.len();
         let node = self.control_body(kw, pos, toks);
+        self.vars.truncate(mark);
         self.depth = self.depth.saturating_sub(1);
         node
     }
 
     fn control_body(&mut self, kw: &str, pos: usize, toks: Vec<Token>) -> Result<Node, Error> {
         let pipe = self.pipeline(pos, toks, true)?;
-        let (body, end) = self.list()?;
+        let is_range = kw == "range";
+        if is_range {
+            self.ranges = self.ranges.saturating_add(1);
+        }
+        let body = self.list();
+        if is_range {
+            self.ranges = self.ranges.saturating_sub(1);
+        }
+        let (body, end) = body?;
         let otherwise = match end {
             Term::Eof => {
                 return Err(self.err(
@@ -510,8 +782,6 @@ impl Parser<'_> {
                 }
             }
             Term::Else(epos, mut rest) => {
-                // `{{else if x}}` / `{{else with x}}` chain: the nested block
-                // shares the outer block's `{{end}}`.
                 let nested_kw = match rest.first() {
                     Some(Token {
                         tok: Tok::Ident(w), ..
@@ -519,7 +789,24 @@ impl Parser<'_> {
                     _ => return Err(self.err(epos, "unexpected tokens after else")),
                 };
                 rest.remove(0);
-                vec![self.control(&nested_kw, epos, rest)?]
+                let nested = self.control(&nested_kw, epos, rest)?;
+                if nested_kw == kw {
+                    // `{{if}}…{{else if}}` and `{{with}}…{{else with}}` chain:
+                    // the nested block shares the outer block's `{{end}}`.
+                    vec![nested]
+                } else {
+                    // Any other pairing (`{{else if}}` in a range or a with)
+                    // opens a block inside the else branch, which needs its
+                    // own `{{end}}`, as in Go.
+                    let (more, end) = self.list()?;
+                    if !matches!(end, Term::End(_)) {
+                        return Err(self.err(
+                            pos,
+                            format!("unexpected EOF: {{{{{kw}}}}} without {{{{end}}}}"),
+                        ));
+                    }
+                    std::iter::once(nested).chain(more).collect()
+                }
             }
         };
         Ok(match kw {
@@ -545,7 +832,12 @@ impl Parser<'_> {
         clippy::arithmetic_side_effects,
         reason = "byte and token offsets only grow up to the source length, which fits in usize"
     )]
-    fn pipeline(&self, pos: usize, toks: Vec<Token>, allow_decl: bool) -> Result<Pipeline, Error> {
+    fn pipeline(
+        &mut self,
+        pos: usize,
+        toks: Vec<Token>,
+        allow_decl: bool,
+    ) -> Result<Pipeline, Error> {
         let mut toks = toks.into_iter().peekable();
         let mut decl = Vec::new();
         let mut assign = false;
@@ -597,6 +889,22 @@ impl Parser<'_> {
         if cmds.is_empty() {
             return Err(self.err(pos, "missing value for command"));
         }
+        let mut used = Vec::new();
+        for cmd in &cmds {
+            command_vars(cmd, &mut used);
+        }
+        if assign {
+            used.extend(decl.iter().map(|d| (d.as_str(), pos)));
+        }
+        if let Some((name, at)) = used
+            .into_iter()
+            .find(|(v, _)| !self.vars.iter().any(|d| d == v))
+        {
+            return Err(self.err(at, format!("undefined variable: {name}")));
+        }
+        if !assign {
+            self.vars.extend(decl.iter().cloned());
+        }
         Ok(Pipeline {
             pos,
             decl,
@@ -609,7 +917,7 @@ impl Parser<'_> {
         clippy::arithmetic_side_effects,
         reason = "byte and token offsets only grow up to the source length, which fits in usize"
     )]
-    fn commands(&self, pos: usize, toks: &[Token]) -> Result<Vec<Command>, Error> {
+    fn commands(&mut self, pos: usize, toks: &[Token]) -> Result<Vec<Command>, Error> {
         let mut cmds = Vec::new();
         let mut i = 0;
         let mut cur = Command {
@@ -647,6 +955,12 @@ impl Parser<'_> {
         } else if !cmds.is_empty() {
             return Err(self.err(pos, "missing command after |"));
         }
+        if let Some(c) = cmds
+            .iter()
+            .find(|c| matches!(c.args.first(), Some(Arg::Lit(Value::Nil))))
+        {
+            return Err(self.err(c.pos, "nil is not a command"));
+        }
         Ok(cmds)
     }
 
@@ -655,7 +969,7 @@ impl Parser<'_> {
         clippy::arithmetic_side_effects,
         reason = "byte and token offsets only grow up to the source length, which fits in usize"
     )]
-    fn operand(&self, toks: &[Token], i: usize) -> Result<(Arg, usize), Error> {
+    fn operand(&mut self, toks: &[Token], i: usize) -> Result<(Arg, usize), Error> {
         let t = &toks[i];
         let mut next = i + 1;
         let chain = |next: &mut usize| {
@@ -746,6 +1060,27 @@ pub(crate) fn functions<'a>(nodes: &'a [Node], out: &mut Vec<(&'a str, usize)>) 
                 functions(body, out);
                 functions(otherwise, out);
             }
+            Node::Template { pipe, .. } => {
+                if let Some(p) = pipe {
+                    pipeline_functions(p, out);
+                }
+            }
+            Node::Break(_) | Node::Continue(_) => {}
+        }
+    }
+}
+
+/// Every variable a command reads, with the command's offset.
+fn command_vars<'a>(cmd: &'a Command, out: &mut Vec<(&'a str, usize)>) {
+    for arg in &cmd.args {
+        match arg {
+            Arg::Var(name, _) => out.push((name, cmd.pos)),
+            Arg::Sub(inner, _) => {
+                for c in &inner.cmds {
+                    command_vars(c, out);
+                }
+            }
+            Arg::Dot(_) | Arg::Lit(_) | Arg::Ident(_) => {}
         }
     }
 }

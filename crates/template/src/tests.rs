@@ -257,6 +257,20 @@ fn hostile_templates_fail_fast() {
         "larger than 16777216",
     );
     fails("{{ nosuch 1 }}", "function \"nosuch\" not defined");
+    // Go pads every element of a list to the width: 100000 × 4096 bytes
+    // must stop at the size bound, not be built first.
+    fails(
+        r#"{{ printf "%4096v" (loop 100000) }}"#,
+        "larger than 16777216",
+    );
+    fails(
+        r#"{{ $b := printf "%2100d" 1 }}{{ $c := replaceAll " " "<" (replaceAll " " $b $b) }}{{ html $c }}"#,
+        "larger than 16777216",
+    );
+    fails(
+        r#"{{ define "R" }}{{ range 2 }}{{ template "R" }}{{ end }}{{ end }}{{ template "R" }}"#,
+        "template calls nested deeper than 100",
+    );
     fails(
         r#"{{ $b := printf "%4096d%4096d" 1 2 }}{{ split "" (replaceAll " " (printf "%200d" 0) $b) }}"#,
         "more than 1000000",
@@ -359,4 +373,115 @@ fn time_in_caller_functions_is_not_the_templates() {
         .render_with(&Value::Nil, &funcs, &limits)
         .expect_err("own time counts");
     assert!(e.message.contains("took longer than"), "{e}");
+}
+
+/// Renders `src` with the built-ins on a thread with a small stack, so a
+/// recursion the limits fail to bound shows as a crash here rather than in
+/// PID 1's deeper stack.
+fn render_small_stack(src: &str, limits: Limits) -> Result<String, Error> {
+    let src = src.to_string();
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let t = Template::parse_with(&src, &limits)?;
+            t.render_with(&Value::Nil, &Funcs::builtin(), &limits)
+        })
+        .expect("spawn")
+        .join()
+        .expect("render thread must not crash")
+}
+
+#[test]
+fn recursive_templates_end_with_an_error() {
+    let deep_ifs = format!(
+        "{}{{{{template \"R\" .}}}}{}",
+        "{{if 1}}".repeat(90),
+        "{{end}}".repeat(90)
+    );
+    let parens = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+    for src in [
+        // Itself, directly, through a block, through another, in a range,
+        // and under 90 levels of `if` with 100 parentheses in each call.
+        r#"{{define "R"}}{{template "R" .}}{{end}}{{template "R"}}"#.to_string(),
+        r#"{{block "R" .}}x{{template "R" .}}{{end}}"#.to_string(),
+        r#"{{define "A"}}{{template "B"}}{{end}}{{define "B"}}{{template "A"}}{{end}}{{template "A"}}"#.to_string(),
+        r#"{{define "R"}}{{range 3}}{{template "R" .}}{{end}}{{end}}{{template "R"}}"#.to_string(),
+        format!(
+            "{{{{define \"R\"}}}}{deep_ifs}{{{{end}}}}{{{{template \"R\" {parens}}}}}"
+        ),
+    ] {
+        let e = render_small_stack(&src, Limits::default()).expect_err(&src);
+        assert!(e.message.contains("nested deeper than 100"), "{src}: {e}");
+    }
+    // What parsing accepts, rendering does not refuse: a chain of 99 `else
+    // if`s and 100 nested blocks are within the same bound.
+    for src in [
+        format!(
+            "{{{{if 0}}}}{}{{{{else}}}}x{{{{end}}}}",
+            "{{else if 0}}".repeat(99)
+        ),
+        format!("{}x{}", "{{if 1}}".repeat(100), "{{end}}".repeat(100)),
+        format!(
+            "{}x{}",
+            "{{with 1}}{{range 1}}".repeat(50),
+            "{{end}}".repeat(100)
+        ),
+    ] {
+        assert_eq!(
+            render_small_stack(&src, Limits::default()).expect(&src),
+            "x"
+        );
+    }
+    // The bound is the caller's: three calls deep fits a depth of 4, not 2.
+    let three = r#"{{define "A"}}a{{template "B"}}{{end}}{{define "B"}}b{{template "C"}}{{end}}{{define "C"}}c{{end}}{{template "A"}}"#;
+    let limits = |max_depth| Limits {
+        max_depth,
+        ..Limits::default()
+    };
+    assert_eq!(
+        render_small_stack(three, limits(4)).expect("depth 3"),
+        "abc"
+    );
+    let e = render_small_stack(three, limits(2)).expect_err("depth 3 of 2");
+    assert!(
+        e.message.contains("template calls nested deeper than 2"),
+        "{e}"
+    );
+    // A finite recursion renders: a tree walked by one template.
+    let tree = Value::from_json(&serde_json::json!({
+        "Name": "r", "Kids": [{"Name": "a", "Kids": [{"Name": "b", "Kids": []}]}]
+    }));
+    let t = Template::parse(
+        r#"{{define "W"}}{{.Name}}[{{range .Kids}}{{template "W" .}}{{end}}]{{end}}{{template "W" .}}"#,
+    )
+    .expect("parse");
+    assert_eq!(
+        t.render(&tree, &Funcs::builtin()).expect("render"),
+        "r[a[b[]]]"
+    );
+}
+
+#[test]
+fn defined_templates_are_checked_for_functions() {
+    let t =
+        Template::parse("{{define \"T\"}}\n{{ nosuch }}{{end}}{{template \"T\"}}").expect("parse");
+    let e = t
+        .check_functions(Funcs::builtin().names())
+        .expect_err("nosuch inside a define");
+    assert_eq!((e.line, e.column), (2, 4), "{e}");
+}
+
+#[test]
+fn and_or_stop_at_the_deciding_operand() {
+    // A caller's function that counts its calls shows what ran.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut funcs = Funcs::builtin();
+    let seen = calls.clone();
+    funcs.insert("tick", move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Value::Bool(true))
+    });
+    let t = Template::parse("{{ or 1 tick }}{{ and 0 tick }}{{ and 1 tick }}").expect("parse");
+    assert_eq!(t.render(&Value::Nil, &funcs).expect("render"), "10true");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

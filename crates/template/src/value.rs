@@ -11,6 +11,9 @@ pub enum Value {
     Nil,
     Bool(bool),
     Int(i64),
+    /// An unsigned integer too large for `Int` (only from data: JSON numbers
+    /// above `i64::MAX`). Go compares it with ints by value.
+    Uint(u64),
     Float(f64),
     Str(String),
     List(Vec<Value>),
@@ -24,6 +27,7 @@ impl Value {
             Value::Nil => false,
             Value::Bool(b) => *b,
             Value::Int(i) => *i != 0,
+            Value::Uint(u) => *u != 0,
             Value::Float(f) => *f != 0.0,
             Value::Str(s) => !s.is_empty(),
             Value::List(l) => !l.is_empty(),
@@ -36,6 +40,7 @@ impl Value {
             Value::Nil => "nil",
             Value::Bool(_) => "bool",
             Value::Int(_) => "int",
+            Value::Uint(_) => "uint",
             Value::Float(_) => "float",
             Value::Str(_) => "string",
             Value::List(_) => "list",
@@ -55,6 +60,7 @@ impl Value {
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
+            Value::Uint(u) => i64::try_from(*u).ok(),
             Value::Float(f) => float_as_int(*f),
             Value::Str(s) => s.trim().parse().ok(),
             Value::Bool(b) => Some(i64::from(*b)),
@@ -66,9 +72,10 @@ impl Value {
         match v {
             serde_json::Value::Null => Value::Nil,
             serde_json::Value::Bool(b) => Value::Bool(*b),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) => Value::Int(i),
-                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => Value::Int(i),
+                (None, Some(u)) => Value::Uint(u),
+                (None, None) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::Str(s.clone()),
             serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
@@ -85,6 +92,7 @@ impl Value {
             Value::Nil => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Int(i) => serde_json::Value::from(*i),
+            Value::Uint(u) => serde_json::Value::from(*u),
             Value::Float(f) => serde_json::Number::from_f64(*f)
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
@@ -109,37 +117,31 @@ fn float_as_int(f: f64) -> Option<i64> {
     (f.fract() == 0.0 && f >= -bound && f < bound).then_some(f as i64)
 }
 
+impl Value {
+    /// Go's name for the value's type, as `%T` prints it.
+    pub fn go_type(&self) -> &'static str {
+        match self {
+            Value::Nil => "<nil>",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Uint(_) => "uint64",
+            Value::Float(_) => "float64",
+            Value::Str(_) => "string",
+            Value::List(_) => "[]interface {}",
+            Value::Map(_) => "map[string]interface {}",
+        }
+    }
+}
+
 impl fmt::Display for Value {
-    /// Printing follows Go's `fmt.Print` for the same shapes, except that a
-    /// missing value prints as "" rather than `<no value>`: an unset
-    /// environment variable must render as the empty string.
+    /// Printing follows Go's `fmt.Print` (`%v`) for the same shapes, except
+    /// that a missing value at the top prints as "" rather than `<no value>`:
+    /// an unset environment variable must render as the empty string. Inside
+    /// a list or map it prints as Go's `<nil>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Nil => Ok(()),
-            Value::Bool(b) => write!(f, "{b}"),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write!(f, "{x}"),
-            Value::Str(s) => f.write_str(s),
-            Value::List(l) => {
-                f.write_str("[")?;
-                for (i, v) in l.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(" ")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                f.write_str("]")
-            }
-            Value::Map(m) => {
-                f.write_str("map[")?;
-                for (i, (k, v)) in m.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(" ")?;
-                    }
-                    write!(f, "{k}:{v}")?;
-                }
-                f.write_str("]")
-            }
+            other => f.write_str(&crate::gofmt::print_v(other)),
         }
     }
 }

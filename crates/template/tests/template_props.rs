@@ -65,6 +65,20 @@ const SYNTAX: &[&str] = &[
     "index",
     "/*",
     "*/",
+    "define",
+    "template",
+    "block",
+    "break",
+    "continue",
+    "\"T\"",
+    "and",
+    "or",
+    "slice",
+    "0o17",
+    "0x1p4",
+    "1_0",
+    "1e",
+    "'\\",
     "a",
     ".A",
     ".L",
@@ -84,6 +98,10 @@ const OPENERS: &[&str] = &[
     "{{ if .A }}x{{ else if 0 }}",
     "{{ with .M }}",
     "{{ with $y := .L }}y{{ else }}",
+    "{{ define \"T\" }}",
+    "{{ block \"T\" . }}",
+    "{{ block \"U\" .L }}{{ template \"T\" . }}",
+    "{{ range .L }}{{ if . }}{{ break }}{{ end }}",
 ];
 
 /// Templates whose blocks balance, so most reach the renderer.
@@ -124,6 +142,20 @@ const PIECES: &[&str] = &[
     "{{ index .L 99 }}",
     "{{ .M | toJSON | parseJSON | byTag }}",
     "{{ split \"\" (printf \"%4096d\" 1) | join \",\" }}",
+    "{{ define \"T\" }}{{ template \"T\" . }}{{ end }}",
+    "{{ define \"U\" }}{{ range . }}{{ template \"U\" $ }}{{ end }}{{ end }}",
+    "{{ template \"T\" .L }}",
+    "{{ template \"U\" .L }}",
+    "{{ template \"V\" }}",
+    "{{ range .L }}{{ break }}{{ continue }}{{ end }}",
+    "{{ continue }}",
+    "{{ and .A (index .L 9) }}",
+    "{{ or 0 (slice .L 2 1) }}",
+    "{{ slice .A 0 1 }}",
+    "{{ printf \"%*d%-*x%.*e%+q%#U%T\" 4096 1 -4096 -1 4096 1e308 \"\\x00\" 1114111 . }}",
+    "{{ printf \"%g%G%o%O%b%c%x\" 1e-320 -0.0 -9223372036854775808 8 -1 1114112 \"\" }}",
+    "{{ html .M }}{{ js .L }}{{ urlquery . }}",
+    "{{ eq .L .M }}{{ lt .A 1 }}{{ eq 1 \"1\" }}",
 ];
 
 proptest! {
@@ -147,5 +179,58 @@ proptest! {
     #[test]
     fn generated_templates_end_within_budget(parts in prop::collection::vec(prop::sample::select(PIECES), 0..24)) {
         exercise(&parts.concat())?;
+    }
+}
+
+/// Characters of `printf` directives: flags, widths, indexes and verbs.
+const FORMAT: &[&str] = &[
+    "%", "%", "[", "]", "*", ".", "-", "+", "#", " ", "0", "1", "9", "4096", "v", "d", "s", "x",
+    "X", "q", "e", "E", "g", "G", "f", "c", "U", "o", "O", "b", "t", "T", "z", "é",
+];
+
+/// Characters of number and character literals.
+const NUMBER: &[&str] = &[
+    "0",
+    "1",
+    "7",
+    "9",
+    "x",
+    "X",
+    "o",
+    "b",
+    "_",
+    ".",
+    "e",
+    "E",
+    "p",
+    "+",
+    "-",
+    "'",
+    "\\",
+    "u",
+    "a",
+    "f",
+    "9223372036854775807",
+    "18446744073709551616",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn printf_never_panics(
+        fmt in prop::collection::vec(prop::sample::select(FORMAT), 0..24),
+        args in prop::sample::select(&[
+            "", "1", "-1 \"a\"", "1.5 .L .M", "nil 0x7fffffffffffffff 1e308", "'x' true -0.0 .A",
+        ][..]),
+    ) {
+        let fmt = fmt.concat().replace('`', "");
+        exercise(&format!("{{{{ printf `{fmt}` {args} }}}}"))?;
+    }
+
+    #[test]
+    fn number_literals_never_panic(parts in prop::collection::vec(prop::sample::select(NUMBER), 1..12)) {
+        exercise(&format!("{{{{ {} }}}}", parts.concat()))?;
+        exercise(&format!("{{{{ printf \"%v%T\" {0} {0} }}}}", parts.concat()))?;
     }
 }
