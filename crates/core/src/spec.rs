@@ -190,18 +190,58 @@ impl JobSpec {
     }
 }
 
+/// Whether a job serves: it has an exec that keeps running (not an
+/// interval job, not an `each` handler, not a stop hook) and a `port` or a
+/// `health` check.
+fn serves(j: &JobSpec) -> bool {
+    !j.exec.is_empty()
+        && (j.port.is_some() || j.health.is_some())
+        && !j.trigger.is_stop_hook()
+        && !matches!(
+            j.trigger,
+            Trigger::Interval(_) | Trigger::Event { each: true, .. }
+        )
+}
+
+/// Whether the main job's failure (no restart left) ends the container:
+/// only for a job marked `main: true` or one that serves. A one-shot picked
+/// by the start-chain rule gives its code at the end, but its failure does
+/// not stop jobs that ContainerPilot would have kept running.
+pub fn ends_on_failure(j: &JobSpec) -> bool {
+    j.main || serves(j)
+}
+
 /// Picks the job whose exit code autopilot exits with: the one marked
-/// `main: true`, else the last job that is the end of the start chain.
+/// `main: true`; else the last job that serves (an exec with a `port` or a
+/// `health` check, not periodic) and that no other serving job waits on;
+/// else the last job at the end of the start chain.
 ///
-/// ContainerPilot configs usually start the app after a one-shot pre-start
-/// job (`when: {source: "preStart", once: "exitSuccess"}`), so "the last job
-/// with no `when`" alone would pick the pre-start step. A candidate is a
-/// non-interval job with an exec that starts at startup, or once after the
-/// `exitSuccess` of a run-once job; candidates that another candidate waits
-/// on are steps before the main job, not the main job.
+/// The main job only decides the exit code and, when it serves, ends the
+/// container when it fails for good. A job that exits 0 never ends it: the
+/// machine runs while any job can still run. So a one-shot setup job next
+/// to the app (ContainerPilot's own examples) is never picked over the app.
+///
+/// Start chain: ContainerPilot configs usually start the app after a
+/// one-shot pre-start job (`when: {source: "preStart", once: "exitSuccess"}`),
+/// so "the last job with no `when`" alone would pick the pre-start step. A
+/// candidate is a non-interval job with an exec that starts at startup, or
+/// once after the `exitSuccess` of a run-once job; candidates that another
+/// candidate waits on are steps before the main job, not the main job.
 pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
     if let Some(i) = jobs.iter().position(|j| j.main) {
         return Some(i);
+    }
+    let waits_on = |o: &JobSpec, name: &str| {
+        matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
+    };
+    let service = jobs
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, j)| serves(j) && !jobs.iter().any(|o| serves(o) && waits_on(o, &j.name)))
+        .map(|(i, _)| i);
+    if service.is_some() {
+        return service;
     }
     // A run-once step: not periodic, not re-run on every event.
     let once = |j: &JobSpec| {
@@ -223,11 +263,7 @@ pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
                 _ => false,
             }
     };
-    let awaited = |name: &str| {
-        jobs.iter().any(|o| {
-            candidate(o) && matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
-        })
-    };
+    let awaited = |name: &str| jobs.iter().any(|o| candidate(o) && waits_on(o, name));
     jobs.iter()
         .enumerate()
         .rev()
