@@ -1234,6 +1234,12 @@ impl Machine {
                 .all(|r| !self.jobs.get(r.job).is_some_and(|j| j.retiring))
     }
 
+    /// Whether `ev` was ever published (of the events a reload remembers:
+    /// those of current jobs or that a job waits on).
+    pub fn has_published(&self, ev: &Event) -> bool {
+        self.published.contains(ev)
+    }
+
     /// Whether a reload reported `Finished { Reload }` and waits for [`Machine::adopt`].
     pub fn reload_ready(&self) -> bool {
         self.reload.as_ref().is_some_and(|r| r.ready)
@@ -1303,10 +1309,12 @@ impl Machine {
         self.global_stop_timeout = reload.stop_timeout;
         let specs: Vec<JobSpec> = self.jobs.iter().map(|j| j.spec.clone()).collect();
         self.main = main_job(&specs);
-        // Only events some job can wait on are worth remembering.
+        // Only events of current jobs, or that some job waits on, are worth
+        // remembering: the set stays bounded by the config.
         self.published.retain(|ev| {
             specs.iter().any(|s| {
-                matches!(&s.trigger, Trigger::Event { source, code, .. } if *source == ev.source && *code == ev.code)
+                s.name == ev.source
+                    || matches!(&s.trigger, Trigger::Event { source, code, .. } if *source == ev.source && *code == ev.code)
             })
         });
         let fresh: Vec<usize> = (0..self.jobs.len())

@@ -1,0 +1,184 @@
+//! `reload` with the real binary: unchanged jobs keep their process, registration and leadership;
+//! changed jobs restart, removed ones stop and leave the catalog, new ones start.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A job that records each start and runs until SIGTERM.
+fn runner(name: &str, tag: &str) -> String {
+    format!(
+        r#"{{ name: "{name}", exec: ["sh", "-c", "echo {tag} >> @DIR@/{name}.runs; trap 'exit 0' TERM; while :; do sleep 0.1; done"] }}"#
+    )
+}
+
+/// A job with a port and a passing health check, registered in the catalog.
+fn service(name: &str, port: u16) -> String {
+    format!(
+        r#"{{ name: "{name}", port: {port}, interfaces: ["static:127.0.0.1"],
+       exec: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"],
+       health: {{ exec: "true", interval: "100ms", ttl: 2 }} }}"#
+    )
+}
+
+fn config(jobs: &[String]) -> String {
+    format!(
+        "{{ control: {{ socket: \"@SOCKET@\" }}, stopTimeout: \"5s\", jobs: [\n{}\n] }}",
+        jobs.join(",\n")
+    )
+}
+
+fn catalog(d: &Dir) -> String {
+    format!("local://{}", d.path("catalog").display())
+}
+
+/// Rewrites the agent's config (filling in the socket and directory) and reloads it.
+fn reload(a: &Agent, d: &Dir, text: &str, args: &[&str]) {
+    let text = text
+        .replace("@SOCKET@", &a.socket.display().to_string())
+        .replace("@DIR@", &d.0.display().to_string());
+    std::fs::write(&a.config, text).expect("write config");
+    let (code, out) = a.cli(args);
+    assert_eq!(code, 0, "{out}\n{}", a.log());
+}
+
+#[test]
+fn reload_keeps_unchanged_jobs_restarts_changed_ones_and_stops_removed_ones() {
+    let d = Dir::new("reload-keep");
+    let (p_keep, p_gone) = (free_port(), free_port());
+    let v1 = config(&[
+        service("keep", p_keep),
+        runner("change", "v1"),
+        service("gone", p_gone),
+    ]);
+    let mut a = start(&d, &v1);
+    a.ready();
+    let url = catalog(&d);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            passing_ports(&url, "keep") == [p_keep] && passing_ports(&url, "gone") == [p_gone]
+        }),
+        "both services registered; log:\n{}",
+        a.log()
+    );
+    let keep_pid = a.job_pid("keep").expect("keep runs");
+    let change_pid = a.job_pid("change").expect("change runs");
+    let gone_pid = a.job_pid("gone").expect("gone runs");
+
+    // `change` changes, `gone` goes, `fresh` is new, `keep` is untouched.
+    let v2 = config(&[
+        runner("fresh", "v2"),
+        service("keep", p_keep),
+        runner("change", "v2"),
+    ]);
+    reload(&a, &d, &v2, &["reload"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("change.runs")
+            == ["v1", "v2"]
+            && d.lines("fresh.runs") == ["v2"]),
+        "the changed job restarted and the new one started; log:\n{}",
+        a.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || !alive(gone_pid)
+            && passing_ports(&url, "gone").is_empty()),
+        "the removed job is stopped and deregistered; log:\n{}",
+        a.log()
+    );
+    assert_eq!(a.job_pid("keep"), Some(keep_pid), "the unchanged job keeps its process");
+    assert!(alive(keep_pid));
+    let new_change = a.job_pid("change").expect("change runs again");
+    assert_ne!(new_change, change_pid, "the changed job has a new process");
+    assert!(!alive(change_pid));
+    assert_eq!(passing_ports(&url, "keep"), [p_keep]);
+    let log = a.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("deregistering") && l.contains("keep-")),
+        "the unchanged job never left the catalog; log:\n{log}"
+    );
+
+    // A reload through the control socket with nothing changed restarts nothing.
+    reload(&a, &d, &v2, &["-reload"]);
+    assert!(wait_for(Duration::from_secs(5), || a
+        .log()
+        .matches("config reloaded")
+        .count()
+        == 2));
+    assert_eq!(a.job_pid("keep"), Some(keep_pid));
+    assert_eq!(a.job_pid("change"), Some(new_change));
+    assert_eq!(d.lines("fresh.runs"), ["v2"]);
+
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+    assert!(!alive(keep_pid) && !alive(new_change));
+}
+
+#[test]
+fn an_elected_job_keeps_its_leadership_across_a_reload() {
+    let d = Dir::new("reload-leader");
+    let port = free_port();
+    let db = format!(
+        r#"{{ name: "db", port: {port}, interfaces: ["static:127.0.0.1"],
+       exec: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"],
+       health: {{ exec: "true", interval: "100ms", ttl: 2 }},
+       election: {{ name: "primary", ttl: "2s" }} }}"#
+    );
+    let demoted = r#"{ name: "on-demoted", when: { source: "db", each: "demoted" }, exec: "sh -c 'echo demoted >> @DIR@/demoted'" }"#;
+    let v1 = config(&[db.clone(), demoted.to_string(), runner("side", "v1")]);
+    let mut a = start(&d, &v1);
+    a.ready();
+    let leader = |a: &Agent| {
+        let st = a.status();
+        let job = st["jobs"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["name"] == "db").cloned())?;
+        (job["election"]["leader"] == true).then(|| job["election"]["term"].as_u64())?
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || leader(&a).is_some()),
+        "db leads; log:\n{}",
+        a.log()
+    );
+    let term = leader(&a).expect("term");
+    let db_pid = a.job_pid("db").expect("db runs");
+
+    // A blueprint reload that touches another job must not fail over.
+    let v2 = config(&[runner("side", "v2"), db, demoted.to_string()]);
+    reload(&a, &d, &v2, &["reload"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("side.runs") == ["v1", "v2"]),
+        "{}",
+        a.log()
+    );
+    assert_eq!(leader(&a), Some(term), "same seat, same term; log:\n{}", a.log());
+    assert_eq!(a.job_pid("db"), Some(db_pid));
+    assert!(d.read("demoted").is_empty(), "never demoted; log:\n{}", a.log());
+    assert!(!a.log().contains("no longer leader"), "{}", a.log());
+
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+}
+
+#[test]
+fn a_changed_job_whose_start_event_already_happened_starts_again() {
+    let d = Dir::new("reload-once");
+    let v1 = r#"{ control: { socket: "@SOCKET@" }, jobs: [
+      { name: "preStart", exec: "sh -c 'echo pre >> @DIR@/pre.runs'" },
+      { name: "app", when: { source: "preStart", once: "exitSuccess" },
+        exec: ["sh", "-c", "echo v1 >> @DIR@/app.runs; trap 'exit 0' TERM; while :; do sleep 0.1; done"] } ] }"#;
+    let mut a = start(&d, v1);
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["v1"]));
+    reload(&a, &d, &v1.replace("echo v1", "echo v2"), &["reload"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["v1", "v2"]),
+        "the changed app starts: preStart already succeeded; log:\n{}",
+        a.log()
+    );
+    assert_eq!(d.lines("pre.runs"), ["pre"], "the unchanged preStart does not run again");
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+}
