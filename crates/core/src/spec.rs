@@ -213,8 +213,9 @@ pub fn ends_on_failure(j: &JobSpec) -> bool {
 
 /// Picks the job whose exit code autopilot exits with: the one marked
 /// `main: true`; else the last job that serves (an exec with a `port` or a
-/// `health` check, not periodic) and that no other serving job waits on;
-/// else the last job at the end of the start chain.
+/// `health` check, not periodic) and that no other serving job starts after
+/// (directly or down a chain of `when`s), one with a port first; else the
+/// last job at the end of the start chain.
 ///
 /// The main job only decides the exit code and, when it serves, ends the
 /// container when it fails for good. A job that exits 0 never ends it: the
@@ -234,14 +235,40 @@ pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
     let waits_on = |o: &JobSpec, name: &str| {
         matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
     };
-    let service = jobs
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(_, j)| serves(j) && !jobs.iter().any(|o| serves(o) && waits_on(o, &j.name)))
-        .map(|(i, _)| i);
-    if service.is_some() {
-        return service;
+    // Whether `o` starts (directly or down a chain of `when`s) after `name`.
+    let after = |o: &JobSpec, name: &str| {
+        let mut at = o;
+        for _ in 0..jobs.len() {
+            let Trigger::Event { source, .. } = &at.trigger else {
+                return false;
+            };
+            if source == name {
+                return true;
+            }
+            match jobs.iter().find(|j| &j.name == source) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        false
+    };
+    // A serving job that another one starts after is a dependency (a
+    // sidecar agent, a database the app waits for), not the main job; one
+    // with a port (the service the container exists for) beats one with
+    // only a health check.
+    let service = |with_port: bool| {
+        jobs.iter()
+            .enumerate()
+            .rev()
+            .find(|(_, j)| {
+                serves(j)
+                    && (!with_port || j.port.is_some())
+                    && !jobs.iter().any(|o| serves(o) && after(o, &j.name))
+            })
+            .map(|(i, _)| i)
+    };
+    if let Some(i) = service(true).or_else(|| service(false)) {
+        return Some(i);
     }
     // A run-once step: not periodic, not re-run on every event.
     let once = |j: &JobSpec| {

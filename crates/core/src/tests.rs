@@ -902,6 +902,25 @@ fn main_job_prefers_a_serving_job_over_one_shots() {
     ];
     assert_eq!(main_job(&specs), Some(2));
     assert!(!spec::ends_on_failure(&specs[2]), "a one-shot's failure ends nothing");
+    // ContainerPilot's schema example: the app waits for setup, which waits
+    // for a sidecar agent with a health check listed after it.
+    let specs = vec![
+        JobSpec {
+            port: Some(80),
+            health: health(1000, 1, 1),
+            ..on("app", "setup", EventCode::ExitSuccess, false)
+        },
+        on("setup", "agent", EventCode::Healthy, false),
+        JobSpec {
+            health: health(1000, 1, 1),
+            ..job("agent")
+        },
+        job("cleanup"),
+    ];
+    assert_eq!(main_job(&specs), Some(0));
+    // A port beats a health check alone.
+    let specs = vec![serving("web"), JobSpec { health: health(1000, 1, 1), ..job("cron-ish") }];
+    assert_eq!(main_job(&specs), Some(0));
     assert!(spec::ends_on_failure(&serving("x")));
 }
 
