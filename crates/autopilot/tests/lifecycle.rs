@@ -128,13 +128,14 @@ fn shutdown_is_prompt_when_jobs_have_exited() {
   control: { socket: "@SOCKET@" },
   stopTimeout: "30s",
   jobs: [
-    { name: "app", restarts: 1, exec: "true", restartBackoff: { initial: "10ms" } },
+    { name: "app", main: true, restarts: 1, exec: "sh -c 'exit 4'", restartBackoff: { initial: "10ms" } },
     { name: "handler", when: { source: "SIGHUP" }, exec: "true" },
   ]
 }"#,
     );
-    // The main job exits and exhausts its restart: the agent stops on its own.
-    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+    // The main job fails and exhausts its restart: the agent stops on its
+    // own (a clean exit would not end it while the handler can still run).
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(4), "{}", a.log());
     let d2 = Dir::new("fastterm");
     let mut b = start(
         &d2,
