@@ -1214,12 +1214,14 @@ impl Machine {
             let job = &self.jobs[j];
             match job.phase {
                 Phase::Done => false,
+                // A hook waits only for a retiring job that has not stopped
+                // yet; the hook of a job that stays is not waited for.
                 Phase::Waiting if job.spec.trigger.is_stop_hook() => match &job.spec.trigger {
-                    Trigger::Event { source, .. } => self
-                        .jobs
-                        .iter()
-                        .find(|o| &o.spec.name == source)
-                        .is_some_and(|o| o.phase != Phase::Done || o.stop.is_some()),
+                    Trigger::Event { source, .. } => {
+                        self.jobs.iter().find(|o| &o.spec.name == source).is_some_and(|o| {
+                            o.retiring && (o.phase != Phase::Done || o.stop.is_some())
+                        })
+                    }
                     _ => false,
                 },
                 _ => true,
