@@ -41,7 +41,8 @@ fn the_configuration_schema_example_runs_until_sigterm() {
         a.log()
     );
     assert!(
-        wait_for(Duration::from_secs(10), || status_of(&a, "cleanup") == "stopped"
+        wait_for(Duration::from_secs(10), || status_of(&a, "cleanup")
+            == "stopped"
             && status_of(&a, "setup") == "stopped"),
         "{}",
         a.log()
@@ -54,10 +55,18 @@ fn the_configuration_schema_example_runs_until_sigterm() {
         a.log()
     );
     // Both one-shots are done; the container still runs and serves.
-    assert!(a.wait(Duration::ZERO).is_none(), "exited early; log:\n{}", a.log());
+    assert!(
+        a.wait(Duration::ZERO).is_none(),
+        "exited early; log:\n{}",
+        a.log()
+    );
     let (code, _) = http_tcp(&format!("127.0.0.1:{port}"), "/").expect("the app answers");
     assert_eq!(code, 200);
-    assert_eq!(a.status()["jobs"][0]["main"], true, "the app is the main job");
+    assert_eq!(
+        a.status()["jobs"][0]["main"],
+        true,
+        "the app is the main job"
+    );
     assert!(
         wait_for(Duration::from_secs(5), || {
             http_tcp(&format!("127.0.0.1:{tport}"), "/metrics").is_some_and(|(c, body)| {
@@ -73,7 +82,10 @@ fn the_configuration_schema_example_runs_until_sigterm() {
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(5), "within stopTimeout: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "within stopTimeout: {took:?}"
+    );
     assert_eq!(d.lines("order"), ["setup", "app", "preStop", "postStop"]);
 }
 
@@ -83,12 +95,17 @@ fn the_setup_then_app_example_keeps_the_app_after_setup() {
     let mut a = start(&d, &fixture("cp-setup-chain.json5"));
     a.ready();
     assert!(
-        wait_for(Duration::from_secs(10), || status_of(&a, "setup") == "stopped"
+        wait_for(Duration::from_secs(10), || status_of(&a, "setup")
+            == "stopped"
             && d.lines("order") == ["setup", "app"]),
         "{}",
         a.log()
     );
-    assert!(a.wait(Duration::ZERO).is_none(), "exited early; log:\n{}", a.log());
+    assert!(
+        a.wait(Duration::ZERO).is_none(),
+        "exited early; log:\n{}",
+        a.log()
+    );
     let app = a.job_pid("app").expect("the app runs");
     assert!(alive(app));
     let t = Instant::now();

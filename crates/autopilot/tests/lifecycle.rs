@@ -367,17 +367,26 @@ fn a_one_shot_job_next_to_the_app_does_not_end_the_container() {
             .map(|j| j["status"].as_str().unwrap_or_default().to_string())
     };
     assert!(
-        wait_for(Duration::from_secs(10), || status_of(&a, "setup").as_deref()
+        wait_for(Duration::from_secs(10), || status_of(&a, "setup")
+            .as_deref()
             == Some("stopped")),
         "{}",
         a.log()
     );
     assert_eq!(d.read("setup").trim(), "done");
     // The agent decided at the one-shot's exit; it is still running the app.
-    assert!(a.wait(Duration::ZERO).is_none(), "exited; log:\n{}", a.log());
+    assert!(
+        a.wait(Duration::ZERO).is_none(),
+        "exited; log:\n{}",
+        a.log()
+    );
     let app = a.job_pid("app").expect("the app still runs");
     assert!(alive(app));
-    assert_eq!(a.status()["jobs"][0]["main"], true, "the serving job is main");
+    assert_eq!(
+        a.status()["jobs"][0]["main"],
+        true,
+        "the serving job is main"
+    );
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
 }

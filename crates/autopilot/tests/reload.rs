@@ -87,7 +87,11 @@ fn reload_keeps_unchanged_jobs_restarts_changed_ones_and_stops_removed_ones() {
         "the removed job is stopped and deregistered; log:\n{}",
         a.log()
     );
-    assert_eq!(a.job_pid("keep"), Some(keep_pid), "the unchanged job keeps its process");
+    assert_eq!(
+        a.job_pid("keep"),
+        Some(keep_pid),
+        "the unchanged job keeps its process"
+    );
     assert!(alive(keep_pid));
     let new_change = a.job_pid("change").expect("change runs again");
     assert_ne!(new_change, change_pid, "the changed job has a new process");
@@ -149,13 +153,23 @@ fn an_elected_job_keeps_its_leadership_across_a_reload() {
     let v2 = config(&[runner("side", "v2"), db, demoted.to_string()]);
     reload(&a, &d, &v2, &["reload"]);
     assert!(
-        wait_for(Duration::from_secs(10), || d.lines("side.runs") == ["v1", "v2"]),
+        wait_for(Duration::from_secs(10), || d.lines("side.runs")
+            == ["v1", "v2"]),
         "{}",
         a.log()
     );
-    assert_eq!(leader(&a), Some(term), "same seat, same term; log:\n{}", a.log());
+    assert_eq!(
+        leader(&a),
+        Some(term),
+        "same seat, same term; log:\n{}",
+        a.log()
+    );
     assert_eq!(a.job_pid("db"), Some(db_pid));
-    assert!(d.read("demoted").is_empty(), "never demoted; log:\n{}", a.log());
+    assert!(
+        d.read("demoted").is_empty(),
+        "never demoted; log:\n{}",
+        a.log()
+    );
     assert!(!a.log().contains("no longer leader"), "{}", a.log());
 
     a.signal(libc::SIGTERM);
@@ -174,11 +188,16 @@ fn a_changed_job_whose_start_event_already_happened_starts_again() {
     assert!(wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["v1"]));
     reload(&a, &d, &v1.replace("echo v1", "echo v2"), &["reload"]);
     assert!(
-        wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["v1", "v2"]),
+        wait_for(Duration::from_secs(10), || d.lines("app.runs")
+            == ["v1", "v2"]),
         "the changed app starts: preStart already succeeded; log:\n{}",
         a.log()
     );
-    assert_eq!(d.lines("pre.runs"), ["pre"], "the unchanged preStart does not run again");
+    assert_eq!(
+        d.lines("pre.runs"),
+        ["pre"],
+        "the unchanged preStart does not run again"
+    );
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
 }

@@ -337,7 +337,10 @@ impl Machine {
     /// run IDs stay unique for the whole life of the agent.
     pub fn new(specs: Vec<JobSpec>, global_stop_timeout: Duration, first_run_id: u64) -> Self {
         let main = main_job(&specs);
-        let jobs = specs.into_iter().map(|spec| Job::new(spec, false)).collect();
+        let jobs = specs
+            .into_iter()
+            .map(|spec| Job::new(spec, false))
+            .collect();
         Machine {
             jobs,
             main,
@@ -1217,11 +1220,13 @@ impl Machine {
                 // A hook waits only for a retiring job that has not stopped
                 // yet; the hook of a job that stays is not waited for.
                 Phase::Waiting if job.spec.trigger.is_stop_hook() => match &job.spec.trigger {
-                    Trigger::Event { source, .. } => {
-                        self.jobs.iter().find(|o| &o.spec.name == source).is_some_and(|o| {
+                    Trigger::Event { source, .. } => self
+                        .jobs
+                        .iter()
+                        .find(|o| &o.spec.name == source)
+                        .is_some_and(|o| {
                             o.retiring && (o.phase != Phase::Done || o.stop.is_some())
-                        })
-                    }
+                        }),
                     _ => false,
                 },
                 _ => true,
@@ -1266,27 +1271,33 @@ impl Machine {
                 new_of_old[*o] = Some(n);
             }
         }
-        let mut old: Vec<Option<Job>> = std::mem::take(&mut self.jobs).into_iter().map(Some).collect();
+        let mut old: Vec<Option<Job>> = std::mem::take(&mut self.jobs)
+            .into_iter()
+            .map(Some)
+            .collect();
         let maintenance = self.maintenance;
         self.jobs = reload
             .specs
             .into_iter()
             .zip(&reload.kept)
-            .map(|(spec, k)| match k.and_then(|o| old.get_mut(o)).and_then(Option::take) {
-                Some(mut job) => {
-                    job.spec = spec;
-                    job
-                }
-                None => Job::new(spec, maintenance),
-            })
+            .map(
+                |(spec, k)| match k.and_then(|o| old.get_mut(o)).and_then(Option::take) {
+                    Some(mut job) => {
+                        job.spec = spec;
+                        job
+                    }
+                    None => Job::new(spec, maintenance),
+                },
+            )
             .collect();
-        self.runs.retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
-            Some(n) => {
-                r.job = n;
-                true
-            }
-            None => false,
-        });
+        self.runs
+            .retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
+                Some(n) => {
+                    r.job = n;
+                    true
+                }
+                None => false,
+            });
         let remap = |j: usize| new_of_old.get(j).copied().flatten();
         self.timers = std::mem::take(&mut self.timers)
             .into_iter()
@@ -1338,10 +1349,7 @@ impl Machine {
                     code,
                     each: false,
                     ..
-                } => {
-                    !t.is_stop_hook()
-                        && self.published.contains(&Event::new(*code, source))
-                }
+                } => !t.is_stop_hook() && self.published.contains(&Event::new(*code, source)),
                 Trigger::Event { each: true, .. } => false,
             };
             if due {
@@ -1559,7 +1567,8 @@ pub fn keep_unchanged<T: PartialEq, K: PartialEq>(
     let mut taken = vec![false; old.len()];
     new.iter()
         .map(|n| {
-            let i = (0..old.len()).find(|&i| !taken[i] && key(&old[i]) == key(n) && old[i] == *n)?;
+            let i =
+                (0..old.len()).find(|&i| !taken[i] && key(&old[i]) == key(n) && old[i] == *n)?;
             taken[i] = true;
             Some(i)
         })

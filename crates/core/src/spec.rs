@@ -232,9 +232,7 @@ pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
     if let Some(i) = jobs.iter().position(|j| j.main) {
         return Some(i);
     }
-    let waits_on = |o: &JobSpec, name: &str| {
-        matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
-    };
+    let waits_on = |o: &JobSpec, name: &str| matches!(&o.trigger, Trigger::Event { source, .. } if source == name);
     // Whether `o` starts (directly or down a chain of `when`s) after `name`.
     let after = |o: &JobSpec, name: &str| {
         let mut at = o;

@@ -875,15 +875,11 @@ fn main_job_prefers_a_serving_job_over_one_shots() {
     assert_eq!(main_job(&specs), Some(1));
     // A serving job another serving job waits on is a step, not the main job.
     let specs = vec![
-        on("web", "db", EventCode::Healthy, false),
-        serving("db"),
-    ];
-    let specs = vec![
         JobSpec {
             port: Some(80),
-            ..specs[0].clone()
+            ..on("web", "db", EventCode::Healthy, false)
         },
-        specs[1].clone(),
+        serving("db"),
     ];
     assert_eq!(main_job(&specs), Some(0));
     // Advertise-only jobs, interval jobs and handlers never serve as main.
@@ -901,7 +897,10 @@ fn main_job_prefers_a_serving_job_over_one_shots() {
         job("setup"),
     ];
     assert_eq!(main_job(&specs), Some(2));
-    assert!(!spec::ends_on_failure(&specs[2]), "a one-shot's failure ends nothing");
+    assert!(
+        !spec::ends_on_failure(&specs[2]),
+        "a one-shot's failure ends nothing"
+    );
     // ContainerPilot's schema example: the app waits for setup, which waits
     // for a sidecar agent with a health check listed after it.
     let specs = vec![
@@ -919,7 +918,13 @@ fn main_job_prefers_a_serving_job_over_one_shots() {
     ];
     assert_eq!(main_job(&specs), Some(0));
     // A port beats a health check alone.
-    let specs = vec![serving("web"), JobSpec { health: health(1000, 1, 1), ..job("cron-ish") }];
+    let specs = vec![
+        serving("web"),
+        JobSpec {
+            health: health(1000, 1, 1),
+            ..job("cron-ish")
+        },
+    ];
     assert_eq!(main_job(&specs), Some(0));
     assert!(spec::ends_on_failure(&serving("x")));
 }
@@ -1024,7 +1029,11 @@ fn a_one_shot_picked_by_the_chain_rule_does_not_stop_a_worker_when_it_fails() {
     assert_eq!(h.m.main_job(), Some(1));
     h.startup();
     let a = exit_with(&mut h, "setup", 1);
-    assert_eq!(H::finished(&a), None, "the worker runs on, as under ContainerPilot");
+    assert_eq!(
+        H::finished(&a),
+        None,
+        "the worker runs on, as under ContainerPilot"
+    );
     let a = exit_with(&mut h, "worker", 0);
     assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 1)));
 }
@@ -1083,10 +1092,13 @@ fn plan_reload_keeps_unchanged_jobs_and_their_hooks() {
 
 #[test]
 fn reload_keeps_an_unchanged_job_and_restarts_a_changed_one() {
-    let v1 = vec![serving("app"), JobSpec {
-        restarts: Restarts::Unlimited,
-        ..job("side")
-    }];
+    let v1 = vec![
+        serving("app"),
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..job("side")
+        },
+    ];
     let mut h = H::new(v1.clone());
     h.startup();
     h.at(1000);
@@ -1106,8 +1118,15 @@ fn reload_keeps_an_unchanged_job_and_restarts_a_changed_one() {
         job("new"),
     ];
     let a = h.reload(v2);
-    assert_eq!(H::signals(&a), vec![(side_run, Sig::Term)], "only the changed job stops");
-    assert!(catalog_ops(&h, &a).iter().all(|o| !o.contains("app")), "{a:?}");
+    assert_eq!(
+        H::signals(&a),
+        vec![(side_run, Sig::Term)],
+        "only the changed job stops"
+    );
+    assert!(
+        catalog_ops(&h, &a).iter().all(|o| !o.contains("app")),
+        "{a:?}"
+    );
     assert_eq!(H::events(&a), vec!["side.stopping"]);
     assert_eq!(H::finished(&a), None);
     // The kept job works on meanwhile: its checks run and count.
@@ -1145,7 +1164,10 @@ fn reload_stops_and_deregisters_a_removed_job() {
     assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
     let (kept, a) = h.adopt();
     assert_eq!(kept, vec![Some(0)]);
-    assert!(a.iter().all(|x| !matches!(x, Action::Spawn { .. })), "{a:?}");
+    assert!(
+        a.iter().all(|x| !matches!(x, Action::Spawn { .. })),
+        "{a:?}"
+    );
     assert_eq!(h.m.job_count(), 1);
 }
 
@@ -1167,13 +1189,15 @@ fn reload_keeps_leadership_of_an_unchanged_elected_job() {
         elected_job(true, None),
     ]);
     assert!(
-        !a.iter().any(|x| matches!(x, Action::Campaign { .. } | Action::Deregister { .. })),
+        !a.iter()
+            .any(|x| matches!(x, Action::Campaign { .. } | Action::Deregister { .. })),
         "{a:?}"
     );
     exit_with(&mut h, "other", 143);
     let (_, a) = h.adopt();
     assert!(
-        !a.iter().any(|x| matches!(x, Action::Campaign { .. } | Action::Register { .. })),
+        !a.iter()
+            .any(|x| matches!(x, Action::Campaign { .. } | Action::Register { .. })),
         "{a:?}"
     );
     assert!(!H::events(&a).iter().any(|e| e.contains("demoted")));
@@ -1183,10 +1207,13 @@ fn reload_keeps_leadership_of_an_unchanged_elected_job() {
 
 #[test]
 fn reload_starts_a_new_once_job_whose_event_already_happened() {
-    let mut h = H::new(vec![job("preStart"), JobSpec {
-        restarts: Restarts::Unlimited,
-        ..on("app", "preStart", EventCode::ExitSuccess, false)
-    }]);
+    let mut h = H::new(vec![
+        job("preStart"),
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+    ]);
     h.startup();
     let a = exit_with(&mut h, "preStart", 0);
     assert_eq!(h.spawns(&a), vec!["app"]);
@@ -1217,10 +1244,13 @@ fn reload_starts_a_new_once_job_whose_event_already_happened() {
 fn a_shutdown_during_a_partial_reload_wins() {
     let mut h = H::new(vec![serving("app"), job("side")]);
     h.startup();
-    let a = h.reload(vec![serving("app"), JobSpec {
-        exec: vec!["/bin/sleep".into()],
-        ..job("side")
-    }]);
+    let a = h.reload(vec![
+        serving("app"),
+        JobSpec {
+            exec: vec!["/bin/sleep".into()],
+            ..job("side")
+        },
+    ]);
     let (side, _) = H::signals(&a)[0];
     let a = h.input(Input::Stop(StopReason::Shutdown));
     assert_eq!(H::signals(&a).len(), 1, "the kept job stops too: {a:?}");

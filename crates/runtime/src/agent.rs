@@ -446,8 +446,10 @@ impl Agent {
                 None => self.new_key(),
             };
             self.job_keys.push(key);
-            self.campaigns
-                .push(old.and_then(|o| campaigns.get_mut(o)).and_then(Option::take));
+            self.campaigns.push(
+                old.and_then(|o| campaigns.get_mut(o))
+                    .and_then(Option::take),
+            );
             self.restore_progress.push(
                 old.and_then(|o| progress.get_mut(o))
                     .and_then(Option::take)
@@ -726,8 +728,10 @@ impl Agent {
                 self.watch_states
                     .push(states.get(o).cloned().unwrap_or_default());
                 self.watch_pending.push(pending.get(o).cloned().flatten());
-                self.watch_failures.push(failures.get(o).copied().unwrap_or(0));
-                self.watch_keys.push(keys.get(o).copied().unwrap_or_default());
+                self.watch_failures
+                    .push(failures.get(o).copied().unwrap_or(0));
+                self.watch_keys
+                    .push(keys.get(o).copied().unwrap_or_default());
                 continue;
             }
             let key = self.new_key();
@@ -1057,13 +1061,14 @@ impl Agent {
                 *slot = Some(n);
             }
         }
-        self.runs.retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
-            Some(n) => {
-                r.job = n;
-                true
-            }
-            None => false,
-        });
+        self.runs
+            .retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
+                Some(n) => {
+                    r.job = n;
+                    true
+                }
+                None => false,
+            });
         self.metrics.set_user(
             &cfg.telemetry
                 .as_ref()
