@@ -201,3 +201,98 @@ fn a_changed_job_whose_start_event_already_happened_starts_again() {
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
 }
+
+/// The leader term of `job`'s election as the agent sees it, while it leads.
+fn term(a: &Agent, job: &str) -> Option<u64> {
+    let st = a.status();
+    let j = st["jobs"].as_array()?.iter().find(|j| j["name"] == job)?;
+    (j["election"]["leader"] == true).then(|| j["election"]["term"].as_u64())?
+}
+
+#[test]
+fn reloading_the_redis_blueprint_does_not_fail_over() {
+    let c = common::redis::Cluster::new("reload-redis");
+    let ports = [free_port(), free_port()];
+    let nodes = [c.node("n1", ports[0]), c.node("n2", ports[1])];
+    let mut master = 0;
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let Some(m) = (0..2).find(|&i| term(&nodes[i], "redis").is_some()) else {
+                return false;
+            };
+            master = m;
+            common::redis::replicates(ports[1 - m], ports[m])
+        }),
+        "no master with a replica; logs:\n{}\n---\n{}",
+        nodes[0].log(),
+        nodes[1].log()
+    );
+    let before = term(&nodes[master], "redis").expect("term");
+    let redis_pid = nodes[master].job_pid("redis").expect("redis runs");
+    for n in &nodes {
+        let (code, out) = n.cli(&["reload"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || nodes
+            .iter()
+            .all(|n| n.log().contains("config reloaded"))),
+        "{}",
+        nodes[master].log()
+    );
+    assert_eq!(term(&nodes[master], "redis"), Some(before), "same seat, same term");
+    assert_eq!(nodes[master].job_pid("redis"), Some(redis_pid), "redis kept running");
+    assert_eq!(
+        common::redis::info(ports[master], "role").as_deref(),
+        Some("master")
+    );
+    assert!(common::redis::replicates(ports[1 - master], ports[master]));
+    assert!(
+        !nodes[master].log().contains("no longer leader"),
+        "{}",
+        nodes[master].log()
+    );
+}
+
+#[test]
+fn an_unchanged_watch_keeps_its_state_across_a_reload() {
+    let d = Dir::new("reload-watch");
+    let port = free_port();
+    let jobs = |side: &str| {
+        config(&[
+            format!(
+                r#"{{ name: "web", port: {port}, interfaces: ["static:127.0.0.1"],
+       exec: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"],
+       health: {{ exec: "test ! -e @DIR@/sick", interval: "100ms", ttl: 2 }} }}"#
+            ),
+            r#"{ name: "seen", when: { source: "watch.web", each: "changed" },
+       exec: ["sh", "-c", "grep -c '\"port\"' \"$AUTOPILOT_WATCH_FILE\" >> @DIR@/seen"] }"#
+                .to_string(),
+            runner("side", side),
+        ])
+        .replace("jobs: [", "watches: [{ name: \"web\", interval: 60 }], jobs: [")
+    };
+    let mut a = start(&d, &jobs("v1"));
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("seen") == ["1"]),
+        "{}",
+        a.log()
+    );
+    reload(&a, &d, &jobs("v2"), &["reload"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("side.runs") == ["v1", "v2"]),
+        "{}",
+        a.log()
+    );
+    // The next real change is the next event: the reload published none.
+    d.write("sick", "");
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("seen").len() >= 2),
+        "{}",
+        a.log()
+    );
+    assert_eq!(d.lines("seen"), ["1", "0"], "{}", a.log());
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+}
