@@ -240,8 +240,16 @@ fn reloading_the_redis_blueprint_does_not_fail_over() {
         "{}",
         nodes[master].log()
     );
-    assert_eq!(term(&nodes[master], "redis"), Some(before), "same seat, same term");
-    assert_eq!(nodes[master].job_pid("redis"), Some(redis_pid), "redis kept running");
+    assert_eq!(
+        term(&nodes[master], "redis"),
+        Some(before),
+        "same seat, same term"
+    );
+    assert_eq!(
+        nodes[master].job_pid("redis"),
+        Some(redis_pid),
+        "redis kept running"
+    );
     assert_eq!(
         common::redis::info(ports[master], "role").as_deref(),
         Some("master")
@@ -270,7 +278,10 @@ fn an_unchanged_watch_keeps_its_state_across_a_reload() {
                 .to_string(),
             runner("side", side),
         ])
-        .replace("jobs: [", "watches: [{ name: \"web\", interval: 60 }], jobs: [")
+        .replace(
+            "jobs: [",
+            "watches: [{ name: \"web\", interval: 60 }], jobs: [",
+        )
     };
     let mut a = start(&d, &jobs("v1"));
     a.ready();
@@ -281,7 +292,8 @@ fn an_unchanged_watch_keeps_its_state_across_a_reload() {
     );
     reload(&a, &d, &jobs("v2"), &["reload"]);
     assert!(
-        wait_for(Duration::from_secs(10), || d.lines("side.runs") == ["v1", "v2"]),
+        wait_for(Duration::from_secs(10), || d.lines("side.runs")
+            == ["v1", "v2"]),
         "{}",
         a.log()
     );

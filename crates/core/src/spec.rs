@@ -204,11 +204,12 @@ fn serves(j: &JobSpec) -> bool {
 }
 
 /// Whether the main job's failure (no restart left) ends the container:
-/// only for a job marked `main: true` or one that serves. A one-shot picked
-/// by the start-chain rule gives its code at the end, but its failure does
-/// not stop jobs that ContainerPilot would have kept running.
+/// for a job marked `main: true`, one that serves, or one with `restarts`
+/// (meant to keep running). A one-shot (`restarts: never`) picked by the
+/// start-chain rule gives its code at the end, but its failure does not
+/// stop jobs that ContainerPilot would have kept running.
 pub fn ends_on_failure(j: &JobSpec) -> bool {
-    j.main || serves(j)
+    j.main || serves(j) || j.restarts != Restarts::Never
 }
 
 /// Picks the job whose exit code autopilot exits with: the one marked

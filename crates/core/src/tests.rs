@@ -927,6 +927,10 @@ fn main_job_prefers_a_serving_job_over_one_shots() {
     ];
     assert_eq!(main_job(&specs), Some(0));
     assert!(spec::ends_on_failure(&serving("x")));
+    assert!(spec::ends_on_failure(&JobSpec {
+        restarts: Restarts::Count(2),
+        ..job("worker")
+    }));
 }
 
 #[test]
@@ -1036,6 +1040,30 @@ fn a_one_shot_picked_by_the_chain_rule_does_not_stop_a_worker_when_it_fails() {
     );
     let a = exit_with(&mut h, "worker", 0);
     assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 1)));
+}
+
+#[test]
+fn a_restarting_chain_main_ends_the_container_when_its_restarts_run_out() {
+    let mut h = H::new(vec![
+        job("preStart"),
+        JobSpec {
+            restarts: Restarts::Count(1),
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+        JobSpec {
+            trigger: Trigger::Interval(ms(60_000)),
+            restarts: Restarts::Unlimited,
+            ..job("cron")
+        },
+    ]);
+    assert_eq!(h.m.main_job(), Some(1));
+    h.startup();
+    exit_with(&mut h, "cron", 0);
+    exit_with(&mut h, "preStart", 0);
+    exit_with(&mut h, "app", 6);
+    h.at(100);
+    let a = exit_with(&mut h, "app", 6);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 6)));
 }
 
 #[test]
