@@ -1,4 +1,4 @@
-//! The supervisor state machine: job lifecycles, health, restarts, timers and the stop order.
+//! The supervisor state machine: job lifecycles, health, restarts, timers, the stop order and reload.
 //!
 //! It holds no processes, sockets or clocks. The runtime feeds it [`Input`]s
 //! stamped with a monotonic time and executes the [`Action`]s it returns;

@@ -705,9 +705,9 @@ impl Agent {
         }
     }
 
-    /// Starts one task per configured watch; after a
-    /// reload, a watch whose config is unchanged keeps its task, its last
-    /// snapshot and any held-back change, so no event is lost or repeated.
+    /// Starts one task per configured watch; after a reload, a watch whose
+    /// config is unchanged keeps its task, its last snapshot and any
+    /// held-back change, so no event is lost or repeated.
     fn start_watches(&mut self, old: &[autopilot_config::WatchConfig]) {
         let kept = autopilot_core::machine::keep_unchanged(old, &self.config.watches, |w| {
             w.source.clone()
