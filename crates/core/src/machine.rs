@@ -74,6 +74,8 @@ pub enum Input {
     SignalEvent(String),
     /// An event from outside the job set, such as a watch's `changed`.
     External(Event),
+    /// Stop every job. With `Reload`, a full restart: the runtime uses
+    /// [`Input::Reload`], which keeps unchanged jobs.
     Stop(StopReason),
     Maintenance(bool),
     /// The restore before a job's first start finished (`ok`) or failed.
