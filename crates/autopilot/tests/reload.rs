@@ -308,3 +308,50 @@ fn an_unchanged_watch_keeps_its_state_across_a_reload() {
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
 }
+
+#[test]
+fn reloading_the_postgres_blueprint_keeps_the_primary() {
+    assert!(
+        std::path::Path::new("/usr/lib/postgresql").exists(),
+        "PostgreSQL is not installed: run ./scripts/test, which installs it"
+    );
+    let dir = Dir::new("reload-pg");
+    let etcd = autopilot_testkit::Etcd::single(&dir.0);
+    let url = format!("etcd://{}/pg-reload", etcd.endpoint());
+    let port = free_port();
+    let mut env = blueprint_env(&dir, &url, "pg1");
+    env.extend([
+        ("PG_RUN".into(), dir.0.display().to_string()),
+        ("PG_PORT".into(), port.to_string()),
+        ("PGDATA".into(), dir.path("data-pg1").display().to_string()),
+        ("PG_BIND".into(), "127.0.0.1".into()),
+    ]);
+    let a = start_example_ready(
+        "postgres",
+        "postgres.json5",
+        &dir.path("pg1.log"),
+        &dir.path(&format!("autopilot-postgres-{port}.sock")),
+        &env,
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || term(&a, "postgres").is_some()
+            && passing_ports(&url, "postgres") == [port]),
+        "no primary; log:\n{}",
+        a.log()
+    );
+    let before = term(&a, "postgres").expect("term");
+    let pid = a.job_pid("postgres").expect("postgres runs");
+    let (code, out) = a.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .log()
+            .contains("config reloaded")),
+        "{}",
+        a.log()
+    );
+    assert_eq!(term(&a, "postgres"), Some(before), "same seat, same term");
+    assert_eq!(a.job_pid("postgres"), Some(pid), "postgres kept running");
+    assert_eq!(passing_ports(&url, "postgres"), [port]);
+    assert!(!a.log().contains("no longer leader"), "{}", a.log());
+}
