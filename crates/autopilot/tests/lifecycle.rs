@@ -128,13 +128,14 @@ fn shutdown_is_prompt_when_jobs_have_exited() {
   control: { socket: "@SOCKET@" },
   stopTimeout: "30s",
   jobs: [
-    { name: "app", restarts: 1, exec: "true", restartBackoff: { initial: "10ms" } },
+    { name: "app", main: true, restarts: 1, exec: "sh -c 'exit 4'", restartBackoff: { initial: "10ms" } },
     { name: "handler", when: { source: "SIGHUP" }, exec: "true" },
   ]
 }"#,
     );
-    // The main job exits and exhausts its restart: the agent stops on its own.
-    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+    // The main job fails and exhausts its restart: the agent stops on its
+    // own (a clean exit would not end it while the handler can still run).
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(4), "{}", a.log());
     let d2 = Dir::new("fastterm");
     let mut b = start(
         &d2,
@@ -338,4 +339,78 @@ fn each_job_has_a_state_directory_that_persists_across_runs() {
         "the count survives each run: {}",
         n()
     );
+}
+
+#[test]
+fn a_one_shot_job_next_to_the_app_does_not_end_the_container() {
+    let d = Dir::new("oneshot");
+    let port = free_port();
+    let mut a = start(
+        &d,
+        &format!(
+            r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "app", port: {port}, interfaces: ["static:127.0.0.1"],
+      exec: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"],
+      health: {{ exec: "true", interval: "100ms", ttl: 2 }} }},
+    {{ name: "setup", exec: "sh -c 'echo done > @DIR@/setup'" }},
+  ]
+}}"#
+        ),
+    );
+    a.ready();
+    let status_of = |a: &Agent, job: &str| {
+        a.status()["jobs"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["name"] == job).cloned())
+            .map(|j| j["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || status_of(&a, "setup")
+            .as_deref()
+            == Some("stopped")),
+        "{}",
+        a.log()
+    );
+    assert_eq!(d.read("setup").trim(), "done");
+    // The agent decided at the one-shot's exit; it is still running the app.
+    assert!(
+        a.wait(Duration::ZERO).is_none(),
+        "exited; log:\n{}",
+        a.log()
+    );
+    let app = a.job_pid("app").expect("the app still runs");
+    assert!(alive(app));
+    assert_eq!(
+        a.status()["jobs"][0]["main"],
+        true,
+        "the serving job is main"
+    );
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+}
+
+#[test]
+fn only_one_shot_jobs_exit_when_none_can_run_with_the_failure_code() {
+    let d = Dir::new("oneshots");
+    let mut a = start(
+        &d,
+        r#"{
+  control: { socket: "@SOCKET@" },
+  jobs: [
+    { name: "check", exec: "sh -c 'exit 3'" },
+    { name: "migrate", exec: "sh -c 'sleep 0.3; echo migrated > @DIR@/migrate'" },
+    { name: "seed", when: { source: "migrate", once: "exitSuccess" },
+      exec: "sh -c 'sleep 0.2; echo seeded > @DIR@/seed'" },
+  ]
+}"#,
+    );
+    assert_eq!(
+        a.wait(Duration::from_secs(10)),
+        Some(3),
+        "the failed one-shot's code, once nothing can run; log:\n{}",
+        a.log()
+    );
+    assert_eq!(d.read("seed").trim(), "seeded", "the chain ran to its end");
 }

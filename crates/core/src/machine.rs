@@ -1,15 +1,15 @@
-//! The supervisor state machine: job lifecycles, health, restarts, timers and the stop order.
+//! The supervisor state machine: job lifecycles, health, restarts, timers, the stop order and reload.
 //!
 //! It holds no processes, sockets or clocks. The runtime feeds it [`Input`]s
 //! stamped with a monotonic time and executes the [`Action`]s it returns;
 //! timers are kept here and fired by [`Machine::advance`], so tests drive it
 //! with a fake clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::event::{Event, EventCode};
-use crate::spec::{EntryStatus, JobSpec, Restarts, Trigger, main_job};
+use crate::spec::{EntryStatus, JobSpec, Restarts, Trigger, ends_on_failure, main_job};
 
 /// One spawned process (a job's exec or a health check). Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +74,8 @@ pub enum Input {
     SignalEvent(String),
     /// An event from outside the job set, such as a watch's `changed`.
     External(Event),
+    /// Stop every job. With `Reload`, a full restart: the runtime uses
+    /// [`Input::Reload`], which keeps unchanged jobs.
     Stop(StopReason),
     Maintenance(bool),
     /// The restore before a job's first start finished (`ok`) or failed.
@@ -86,6 +88,14 @@ pub enum Input {
     Leadership {
         job: usize,
         term: Option<u64>,
+    },
+    /// A new, validated job list (`reload`): jobs whose spec is unchanged
+    /// keep running; the others stop via their normal stop path. When they
+    /// have stopped, the machine reports `Finished { reason: Reload }` and
+    /// the runtime calls [`Machine::adopt`].
+    Reload {
+        jobs: Vec<JobSpec>,
+        stop_timeout: Duration,
     },
 }
 
@@ -130,7 +140,8 @@ pub enum Action {
     /// Take a snapshot of the job: its interval came round, or (with
     /// `only_if_none`) it was just elected and the set may have none yet.
     Snapshot { job: usize, only_if_none: bool },
-    /// Every job is stopped: exit with `code`, or load the new config.
+    /// Every job is stopped: exit with `code`. With `Reload`: every job the
+    /// new config does not keep has stopped; call [`Machine::adopt`].
     Finished { reason: StopReason, code: i32 },
 }
 
@@ -223,6 +234,66 @@ struct Job {
     leading: Option<u64>,
     /// The restore before the first start is done (or not needed).
     prepared: bool,
+    /// A pending reload drops or replaces this job: it is stopping for good.
+    retiring: bool,
+}
+
+impl Job {
+    fn new(spec: JobSpec, maintenance: bool) -> Job {
+        let spec_restores = spec.snapshot.as_ref().is_some_and(|s| s.restores());
+        let starts_left = match &spec.trigger {
+            Trigger::Event { each: true, .. } => None,
+            _ => Some(1),
+        };
+        let restarts_left = limit(spec.restarts);
+        let health = if maintenance && (spec.health.is_some() || spec.port.is_some()) {
+            HealthStatus::Maintenance
+        } else {
+            HealthStatus::Unknown
+        };
+        Job {
+            spec,
+            phase: Phase::Waiting,
+            starts_left,
+            restarts_left,
+            streak: 0,
+            pending: 0,
+            ran: false,
+            stop: None,
+            health,
+            passes: 0,
+            fails: 0,
+            check: None,
+            epoch: 0,
+            last_exit: None,
+            restarts_total: 0,
+            registered: None,
+            campaigning: false,
+            leading: None,
+            prepared: !spec_restores,
+            retiring: false,
+        }
+    }
+}
+
+/// A reload waiting for the jobs it drops or replaces to stop.
+#[derive(Debug)]
+struct PendingReload {
+    specs: Vec<JobSpec>,
+    stop_timeout: Duration,
+    /// Per new job: the running job it continues, if unchanged.
+    kept: Vec<Option<usize>>,
+    /// `Finished { Reload }` was reported; waiting for [`Machine::adopt`].
+    ready: bool,
+}
+
+/// Why the machine began its final stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// SIGTERM/SIGINT (or the main job's failure).
+    Requested,
+    /// No job could run again.
+    Idle,
 }
 
 /// A read-only view of a job, for `/status` and metrics.
@@ -252,6 +323,15 @@ pub struct Machine {
     finished: bool,
     /// Bound on a stop hook's run during a stop, when it sets no timeout.
     global_stop_timeout: Duration,
+    reload: Option<PendingReload>,
+    /// Every event published so far: a job a reload adds with `once` on an
+    /// event that already happened starts at once. Pruned on reload to the
+    /// events some job waits on, so it stays bounded by the config.
+    published: HashSet<Event>,
+    /// The last failed final run (no restart left, not stopped by us) of a
+    /// job that is not a stop hook: the exit code when nothing can run.
+    failure: Option<ExitStatus>,
+    end: End,
 }
 
 impl Machine {
@@ -261,35 +341,7 @@ impl Machine {
         let main = main_job(&specs);
         let jobs = specs
             .into_iter()
-            .map(|spec| {
-                let spec_restores = spec.snapshot.as_ref().is_some_and(|s| s.restores());
-                let starts_left = match &spec.trigger {
-                    Trigger::Event { each: true, .. } => None,
-                    _ => Some(1),
-                };
-                let restarts_left = limit(spec.restarts);
-                Job {
-                    spec,
-                    phase: Phase::Waiting,
-                    starts_left,
-                    restarts_left,
-                    streak: 0,
-                    pending: 0,
-                    ran: false,
-                    stop: None,
-                    health: HealthStatus::Unknown,
-                    passes: 0,
-                    fails: 0,
-                    check: None,
-                    epoch: 0,
-                    last_exit: None,
-                    restarts_total: 0,
-                    registered: None,
-                    campaigning: false,
-                    leading: None,
-                    prepared: !spec_restores,
-                }
-            })
+            .map(|spec| Job::new(spec, false))
             .collect();
         Machine {
             jobs,
@@ -305,6 +357,10 @@ impl Machine {
             stopping: None,
             finished: false,
             global_stop_timeout,
+            reload: None,
+            published: HashSet::new(),
+            failure: None,
+            end: End::Requested,
         }
     }
 
@@ -421,6 +477,7 @@ impl Machine {
             Input::Maintenance(on) => self.set_maintenance(on),
             Input::Prepared { job, ok } => self.prepared(job, ok),
             Input::Leadership { job, term } => self.leadership(job, term),
+            Input::Reload { jobs, stop_timeout } => self.begin_reload(jobs, stop_timeout),
         }
         self.drain();
         self.after_step();
@@ -438,6 +495,7 @@ impl Machine {
     fn drain(&mut self) {
         while let Some(ev) = self.queue.pop_front() {
             self.actions.push(Action::Published(ev.clone()));
+            self.published.insert(ev.clone());
             for j in 0..self.jobs.len() {
                 if self.matches(j, &ev) {
                     self.triggered(j);
@@ -459,7 +517,7 @@ impl Machine {
         if job.phase == Phase::Done {
             return;
         }
-        if self.stopping.is_some() && !job.spec.trigger.is_stop_hook() {
+        if (self.stopping.is_some() || job.retiring) && !job.spec.trigger.is_stop_hook() {
             return;
         }
         match &mut job.starts_left {
@@ -536,7 +594,7 @@ impl Machine {
         if self.jobs[j].phase != Phase::Preparing {
             return;
         }
-        if self.stopping.is_some() {
+        if self.winding(j) {
             self.jobs[j].phase = Phase::Waiting;
             self.settle(j);
             return;
@@ -627,7 +685,7 @@ impl Machine {
             self.progress_stop(j);
             return;
         }
-        if self.stopping.is_some() {
+        if self.winding(j) {
             // A stop hook finished, or a job that was not asked to stop
             // (already being waited on elsewhere) exited: no restarts now.
             self.settle(j);
@@ -662,16 +720,16 @@ impl Machine {
     /// After a run ends with no restart due: run again for a queued
     /// trigger, wait for the next one, or complete.
     fn settle(&mut self, j: usize) {
+        let winding = self.winding(j);
         let job = &mut self.jobs[j];
-        if job.pending > 0 && (self.stopping.is_none() || job.spec.trigger.is_stop_hook()) {
+        if job.pending > 0 && (!winding || job.spec.trigger.is_stop_hook()) {
             job.pending = job.pending.saturating_sub(1);
             job.restarts_left = limit(job.spec.restarts);
             self.start(j);
             return;
         }
         job.pending = 0;
-        if job.starts_left == Some(0) || self.stopping.is_some() && !job.spec.trigger.is_stop_hook()
-        {
+        if job.starts_left == Some(0) || winding && !job.spec.trigger.is_stop_hook() {
             self.complete(j);
         } else {
             job.restarts_left = limit(job.spec.restarts);
@@ -690,6 +748,16 @@ impl Machine {
             job.phase = Phase::Done;
             return;
         }
+        // A final run that failed on its own (not stopped by us) decides
+        // the exit code when nothing can run any more.
+        if self.stopping.is_none()
+            && !job.retiring
+            && !job.spec.trigger.is_stop_hook()
+            && let Some(st) = job.last_exit.filter(|st| !st.success())
+        {
+            self.failure = Some(st);
+        }
+        let job = &mut self.jobs[j];
         job.stop = Some(StopStage::Hooks);
         let name = job.spec.name.clone();
         // Leave the catalog (and any leadership) before anything else, so
@@ -804,7 +872,7 @@ impl Machine {
     fn desired_entry(&self, j: usize) -> Option<EntryStatus> {
         let job = &self.jobs[j];
         job.spec.port?;
-        if self.maintenance || self.stopping.is_some() || job.stop.is_some() {
+        if self.maintenance || self.stopping.is_some() || job.stop.is_some() || job.retiring {
             return None;
         }
         let running = matches!(job.phase, Phase::Running(_));
@@ -833,6 +901,7 @@ impl Machine {
         let want = !self.maintenance
             && self.stopping.is_none()
             && job.stop.is_none()
+            && !job.retiring
             && matches!(job.phase, Phase::Running(_))
             && match job.spec.health {
                 Some(_) => job.health == HealthStatus::Healthy,
@@ -901,7 +970,7 @@ impl Machine {
                 let Trigger::Interval(every) = self.jobs[j].spec.trigger else {
                     return;
                 };
-                if self.stopping.is_some() || self.jobs[j].phase == Phase::Done {
+                if self.winding(j) || self.jobs[j].phase == Phase::Done {
                     return;
                 }
                 self.set_timer(every, Timer::Interval(j));
@@ -956,7 +1025,7 @@ impl Machine {
                 if self.jobs[j].phase != Phase::Backoff {
                     return;
                 }
-                if self.stopping.is_some() {
+                if self.winding(j) {
                     self.jobs[j].phase = Phase::Waiting;
                     self.settle(j);
                 } else {
@@ -969,6 +1038,7 @@ impl Machine {
                 if job.epoch != epoch
                     || !matches!(job.phase, Phase::Running(_))
                     || self.stopping.is_some()
+                    || job.retiring
                 {
                     return;
                 }
@@ -1018,6 +1088,9 @@ impl Machine {
             }
             return;
         }
+        // A stop asked for while a reload waits for its old jobs wins too:
+        // the new config is dropped.
+        self.reload = None;
         self.stopping = Some(reason);
         self.publish(Event::global(EventCode::Shutdown));
         self.drain();
@@ -1035,26 +1108,260 @@ impl Machine {
             });
         }
         for j in 0..self.jobs.len() {
-            let job = &mut self.jobs[j];
-            if job.spec.trigger.is_stop_hook() {
+            if self.jobs[j].spec.trigger.is_stop_hook() {
                 // A hook already running gets a bounded time to finish.
-                if let Phase::Running(Some(run)) = job.phase {
-                    let bound = job.spec.timeout.unwrap_or(self.global_stop_timeout);
-                    self.set_timer(bound, Timer::RunTimeout(run));
-                }
+                self.bound_hook(j);
                 continue;
             }
-            job.pending = 0;
-            match job.phase {
-                Phase::Done => {}
-                Phase::Waiting if !job.ran => job.phase = Phase::Done,
-                Phase::Backoff => {
-                    job.phase = Phase::Waiting;
-                    self.complete(j);
-                }
-                _ => self.complete(j),
+            self.wind_down(j);
+        }
+    }
+
+    /// Bounds a running stop hook by its `timeout` or the global stop timeout.
+    fn bound_hook(&mut self, j: usize) {
+        let job = &self.jobs[j];
+        if let Phase::Running(Some(run)) = job.phase {
+            let bound = job.spec.timeout.unwrap_or(self.global_stop_timeout);
+            self.set_timer(bound, Timer::RunTimeout(run));
+        }
+    }
+
+    /// Sends a job that is not a stop hook down its stop path for good.
+    fn wind_down(&mut self, j: usize) {
+        let job = &mut self.jobs[j];
+        job.pending = 0;
+        match job.phase {
+            Phase::Done => {}
+            Phase::Waiting if !job.ran => job.phase = Phase::Done,
+            Phase::Backoff => {
+                job.phase = Phase::Waiting;
+                self.complete(j);
+            }
+            _ => self.complete(j),
+        }
+    }
+
+    /// Whether the job is on its way out: a stop, or a reload that drops it.
+    fn winding(&self, j: usize) -> bool {
+        self.stopping.is_some() || self.jobs[j].retiring
+    }
+
+    // ---- reload -----------------------------------------------------------
+
+    /// Starts a reload: jobs the new list keeps unchanged run on; the others
+    /// (and, during a reload already pending, the ones it retired) stop via
+    /// their normal stop path. A reload during a shutdown is ignored.
+    fn begin_reload(&mut self, specs: Vec<JobSpec>, stop_timeout: Duration) {
+        if self.stopping.is_some() || self.finished {
+            return;
+        }
+        let old: Vec<JobSpec> = self.jobs.iter().map(|j| j.spec.clone()).collect();
+        let mut kept = plan_reload(&old, &specs);
+        for k in &mut kept {
+            if k.is_some_and(|o| self.jobs[o].retiring) {
+                *k = None;
             }
         }
+        let mut retire: Vec<bool> = vec![true; self.jobs.len()];
+        for o in kept.iter().flatten() {
+            retire[*o] = false;
+        }
+        self.reload = Some(PendingReload {
+            specs,
+            stop_timeout,
+            kept,
+            ready: false,
+        });
+        let newly: Vec<usize> = (0..self.jobs.len())
+            .filter(|&j| retire[j] && !self.jobs[j].retiring)
+            .collect();
+        // Mark first, so a retiring job's `stopping` reaches its retiring
+        // hooks and starts nothing else that is retiring.
+        for &j in &newly {
+            self.jobs[j].retiring = true;
+        }
+        for &j in &newly {
+            if !self.jobs[j].spec.trigger.is_stop_hook() {
+                continue;
+            }
+            // A hook of a job that stays is not needed: its new version
+            // takes over. A hook of a retiring job waits for it to stop.
+            let source_stays = match &self.jobs[j].spec.trigger {
+                Trigger::Event { source, .. } => self
+                    .jobs
+                    .iter()
+                    .any(|o| &o.spec.name == source && !o.retiring),
+                _ => false,
+            };
+            if source_stays && self.jobs[j].phase == Phase::Waiting {
+                self.jobs[j].phase = Phase::Done;
+            }
+            self.bound_hook(j);
+        }
+        for &j in &newly {
+            if self.jobs[j].spec.trigger.is_stop_hook() {
+                continue;
+            }
+            if let Some(run) = self.jobs[j].check {
+                self.actions.push(Action::Signal {
+                    run,
+                    sig: Sig::Kill,
+                });
+            }
+            self.wind_down(j);
+        }
+    }
+
+    /// Whether every job a pending reload retires has stopped: done (or a
+    /// hook that can no longer fire) with no process left.
+    fn retired(&self) -> bool {
+        let busy = |j: usize| {
+            let job = &self.jobs[j];
+            match job.phase {
+                Phase::Done => false,
+                // A hook waits only for a retiring job that has not stopped
+                // yet; the hook of a job that stays is not waited for.
+                Phase::Waiting if job.spec.trigger.is_stop_hook() => match &job.spec.trigger {
+                    Trigger::Event { source, .. } => self
+                        .jobs
+                        .iter()
+                        .find(|o| &o.spec.name == source)
+                        .is_some_and(|o| {
+                            o.retiring && (o.phase != Phase::Done || o.stop.is_some())
+                        }),
+                    _ => false,
+                },
+                _ => true,
+            }
+        };
+        (0..self.jobs.len())
+            .filter(|&j| self.jobs[j].retiring)
+            .all(|j| !busy(j))
+            && self
+                .runs
+                .values()
+                .all(|r| !self.jobs.get(r.job).is_some_and(|j| j.retiring))
+    }
+
+    /// Whether `ev` was ever published (of the events a reload remembers:
+    /// those of current jobs or that a job waits on).
+    pub fn has_published(&self, ev: &Event) -> bool {
+        self.published.contains(ev)
+    }
+
+    /// Whether a reload reported `Finished { Reload }` and waits for [`Machine::adopt`].
+    pub fn reload_ready(&self) -> bool {
+        self.reload.as_ref().is_some_and(|r| r.ready)
+    }
+
+    /// Takes the new job list of a finished reload: unchanged jobs keep
+    /// their state (process, health, registration, leadership, timers);
+    /// new and changed jobs start as at startup, except that a `once` job
+    /// whose event was already published starts at once (its event will
+    /// not come again). Returns, per new job, the index of the old job it
+    /// continues (the runtime moves its per-job state the same way), and
+    /// the actions of starting the new jobs; `None` if no reload is ready.
+    pub fn adopt(&mut self, now: Duration) -> Option<(Vec<Option<usize>>, Vec<Action>)> {
+        if !self.reload_ready() {
+            return None;
+        }
+        let reload = self.reload.take()?;
+        self.now = self.now.max(now);
+        let mut new_of_old: Vec<Option<usize>> = vec![None; self.jobs.len()];
+        for (n, o) in reload.kept.iter().enumerate() {
+            if let Some(o) = o {
+                new_of_old[*o] = Some(n);
+            }
+        }
+        let mut old: Vec<Option<Job>> = std::mem::take(&mut self.jobs)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let maintenance = self.maintenance;
+        self.jobs = reload
+            .specs
+            .into_iter()
+            .zip(&reload.kept)
+            .map(
+                |(spec, k)| match k.and_then(|o| old.get_mut(o)).and_then(Option::take) {
+                    Some(mut job) => {
+                        job.spec = spec;
+                        job
+                    }
+                    None => Job::new(spec, maintenance),
+                },
+            )
+            .collect();
+        self.runs
+            .retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
+                Some(n) => {
+                    r.job = n;
+                    true
+                }
+                None => false,
+            });
+        let remap = |j: usize| new_of_old.get(j).copied().flatten();
+        self.timers = std::mem::take(&mut self.timers)
+            .into_iter()
+            .filter_map(|(k, t)| {
+                let t = match t {
+                    Timer::Interval(j) => Timer::Interval(remap(j)?),
+                    Timer::HealthTick { job, epoch } => Timer::HealthTick {
+                        job: remap(job)?,
+                        epoch,
+                    },
+                    Timer::Restart(j) => Timer::Restart(remap(j)?),
+                    Timer::Snapshot { job, epoch } => Timer::Snapshot {
+                        job: remap(job)?,
+                        epoch,
+                    },
+                    Timer::WhenTimeout(j) => Timer::WhenTimeout(remap(j)?),
+                    t @ (Timer::RunTimeout(_) | Timer::KillAfterTerm(_)) => t,
+                };
+                Some((k, t))
+            })
+            .collect();
+        self.global_stop_timeout = reload.stop_timeout;
+        let specs: Vec<JobSpec> = self.jobs.iter().map(|j| j.spec.clone()).collect();
+        self.main = main_job(&specs);
+        // Only events of current jobs, or that some job waits on, are worth
+        // remembering: the set stays bounded by the config.
+        self.published.retain(|ev| {
+            specs.iter().any(|s| {
+                s.name == ev.source
+                    || matches!(&s.trigger, Trigger::Event { source, code, .. } if *source == ev.source && *code == ev.code)
+            })
+        });
+        let fresh: Vec<usize> = (0..self.jobs.len())
+            .filter(|n| reload.kept[*n].is_none())
+            .collect();
+        for &n in &fresh {
+            if let Trigger::Event {
+                timeout: Some(t), ..
+            } = self.jobs[n].spec.trigger
+            {
+                self.set_timer(t, Timer::WhenTimeout(n));
+            }
+        }
+        for &n in &fresh {
+            let due = match &self.jobs[n].spec.trigger {
+                Trigger::Startup | Trigger::Interval(_) => true,
+                t @ Trigger::Event {
+                    source,
+                    code,
+                    each: false,
+                    ..
+                } => !t.is_stop_hook() && self.published.contains(&Event::new(*code, source)),
+                Trigger::Event { each: true, .. } => false,
+            };
+            if due {
+                self.triggered(n);
+                self.drain();
+            }
+        }
+        self.drain();
+        self.after_step();
+        Some((reload.kept, std::mem::take(&mut self.actions)))
     }
 
     /// Runs after every step: bounds stop hooks, notices the main job's end,
@@ -1067,33 +1374,38 @@ impl Machine {
             self.sync_catalog(j);
             self.sync_campaign(j);
         }
+        // Jobs that waited on hooks may proceed now.
+        for j in 0..self.jobs.len() {
+            if self.jobs[j].stop == Some(StopStage::Hooks) {
+                self.progress_stop(j);
+            }
+        }
+        self.drain();
+        // Stop hooks started during a stop (or for a retiring job) run
+        // under a deadline.
+        let bound = self.global_stop_timeout;
+        let mut new_bounds = Vec::new();
+        for job in &self.jobs {
+            let in_stop = self.stopping.is_some()
+                || job.retiring
+                || matches!(&job.spec.trigger, Trigger::Event { source, .. }
+                    if self.jobs.iter().any(|o| &o.spec.name == source && o.retiring));
+            if let (true, true, Phase::Running(Some(run))) =
+                (in_stop, job.spec.trigger.is_stop_hook(), job.phase)
+            {
+                let has = self
+                    .timers
+                    .values()
+                    .any(|t| matches!(t, Timer::RunTimeout(r) if *r == run));
+                if !has {
+                    new_bounds.push((job.spec.timeout.unwrap_or(bound), run));
+                }
+            }
+        }
+        for (after, run) in new_bounds {
+            self.set_timer(after, Timer::RunTimeout(run));
+        }
         if self.stopping.is_some() {
-            // Jobs that waited on hooks may proceed now.
-            for j in 0..self.jobs.len() {
-                if self.jobs[j].stop == Some(StopStage::Hooks) {
-                    self.progress_stop(j);
-                }
-            }
-            self.drain();
-            // Stop hooks started during the stop run under a deadline.
-            let bound = self.global_stop_timeout;
-            let mut new_bounds = Vec::new();
-            for job in &self.jobs {
-                if let (true, Phase::Running(Some(run))) =
-                    (job.spec.trigger.is_stop_hook(), job.phase)
-                {
-                    let has = self
-                        .timers
-                        .values()
-                        .any(|t| matches!(t, Timer::RunTimeout(r) if *r == run));
-                    if !has {
-                        new_bounds.push((job.spec.timeout.unwrap_or(bound), run));
-                    }
-                }
-            }
-            for (after, run) in new_bounds {
-                self.set_timer(after, Timer::RunTimeout(run));
-            }
             if self.runs.is_empty() && self.all_inert() {
                 self.finished = true;
                 let reason = self.stopping.unwrap_or(StopReason::Shutdown);
@@ -1105,48 +1417,100 @@ impl Machine {
             }
             return;
         }
-        for j in 0..self.jobs.len() {
-            if self.jobs[j].stop == Some(StopStage::Hooks) {
-                self.progress_stop(j);
+        if let Some(r) = &self.reload {
+            // No end-of-life decisions while old jobs make way for new ones.
+            if !r.ready && self.retired() {
+                if let Some(r) = self.reload.as_mut() {
+                    r.ready = true;
+                }
+                self.actions.push(Action::Finished {
+                    reason: StopReason::Reload,
+                    code: 0,
+                });
             }
+            return;
         }
-        self.drain();
-        let main_done = match self.main {
-            Some(m) => self.jobs[m].phase == Phase::Done,
-            None => !self.jobs.is_empty() && self.all_inert(),
-        };
-        if main_done {
+        // A main job that ends for good with a failure ends the container
+        // (our extension). A clean exit never does: autopilot runs while
+        // any job can still run, as ContainerPilot did.
+        let main_failed = self.main.is_some_and(|m| {
+            let job = &self.jobs[m];
+            ends_on_failure(&job.spec)
+                && job.phase == Phase::Done
+                && job.stop.is_none()
+                && job.last_exit.is_some_and(|st| !st.success())
+        });
+        if main_failed {
+            self.begin_stop(StopReason::Shutdown);
+            self.after_step();
+        } else if !self.jobs.is_empty() && self.all_inert() {
+            self.end = End::Idle;
             self.begin_stop(StopReason::Shutdown);
             self.after_step();
         }
     }
 
-    /// No job can run again: each is done, or is a stop hook whose source
-    /// job is done (so its trigger can never fire).
+    /// No job can run again: each is done, or waits for an event only a
+    /// job that can run no more would publish (a stop hook of a stopped
+    /// job, the next step of a chain whose earlier step failed). During a
+    /// stop, only stop hooks can still run.
     fn all_inert(&self) -> bool {
-        self.jobs.iter().all(|j| match j.phase {
-            Phase::Done => true,
-            Phase::Waiting => match &j.spec.trigger {
-                Trigger::Event {
-                    source,
-                    code: EventCode::Stopping | EventCode::Stopped,
-                    ..
-                } => self
-                    .jobs
-                    .iter()
-                    .find(|o| &o.spec.name == source)
-                    .is_none_or(|o| o.phase == Phase::Done && o.stop.is_none()),
-                _ => self.stopping.is_some(),
-            },
-            _ => false,
-        })
+        let mut dead: Vec<bool> = self
+            .jobs
+            .iter()
+            .map(|j| j.phase == Phase::Done && j.stop.is_none())
+            .collect();
+        let source_of = |name: &str| self.jobs.iter().position(|o| o.spec.name == name);
+        loop {
+            let mut changed = false;
+            for (i, j) in self.jobs.iter().enumerate() {
+                if dead[i] || j.phase != Phase::Waiting {
+                    continue;
+                }
+                let now_dead = match &j.spec.trigger {
+                    Trigger::Event {
+                        source,
+                        code: EventCode::Stopping | EventCode::Stopped,
+                        ..
+                    } => source_of(source).is_none_or(|s| dead[s]),
+                    _ if self.stopping.is_some() => true,
+                    // Published to every job of an election, running or not.
+                    Trigger::Event {
+                        code: EventCode::LeaderChanged,
+                        ..
+                    } => false,
+                    Trigger::Event {
+                        source, timeout, ..
+                    } => source_of(source).is_some_and(|s| dead[s]) && (timeout.is_none() || j.ran),
+                    _ => false,
+                };
+                if now_dead {
+                    dead[i] = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        dead.iter().all(|d| *d)
     }
 
+    /// The main job's code; when nothing could run any more, the first
+    /// failure of: the main job's last run, the last failed final run of any
+    /// other job; else 0.
     fn exit_code(&self) -> i32 {
-        self.main
+        let main = self
+            .main
             .and_then(|m| self.jobs[m].last_exit)
-            .map(ExitStatus::code)
-            .unwrap_or(0)
+            .map(ExitStatus::code);
+        match self.end {
+            End::Requested => main.unwrap_or(0),
+            End::Idle => main
+                .filter(|c| *c != 0)
+                .or(self.failure.map(ExitStatus::code))
+                .unwrap_or(0),
+        }
     }
 
     fn arm_when_timeouts(&mut self) {
@@ -1159,6 +1523,58 @@ impl Machine {
             }
         }
     }
+}
+
+/// Which jobs of a running list a reloaded list keeps: per new job, the
+/// old job it continues. A job is kept when a job of the same name has an
+/// identical spec and, for a stop hook, the job it hooks is kept too (a
+/// hook already used up by its old job's stop must start afresh).
+pub fn plan_reload(old: &[JobSpec], new: &[JobSpec]) -> Vec<Option<usize>> {
+    let mut kept: Vec<Option<usize>> = new
+        .iter()
+        .map(|n| old.iter().position(|o| o.name == n.name && o == n))
+        .collect();
+    loop {
+        let mut changed = false;
+        for i in 0..new.len() {
+            if kept[i].is_none() || !new[i].trigger.is_stop_hook() {
+                continue;
+            }
+            let Trigger::Event { source, .. } = &new[i].trigger else {
+                continue;
+            };
+            let source_kept = new
+                .iter()
+                .position(|s| &s.name == source)
+                .is_some_and(|s| kept[s].is_some());
+            if !source_kept {
+                kept[i] = None;
+                changed = true;
+            }
+        }
+        if !changed {
+            return kept;
+        }
+    }
+}
+
+/// Per new item, the old item it continues: the first old item with the
+/// same key and an equal value not already taken. For watches and
+/// templates, whose tasks a reload keeps when their config is unchanged.
+pub fn keep_unchanged<T: PartialEq, K: PartialEq>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+) -> Vec<Option<usize>> {
+    let mut taken = vec![false; old.len()];
+    new.iter()
+        .map(|n| {
+            let i =
+                (0..old.len()).find(|&i| !taken[i] && key(&old[i]) == key(n) && old[i] == *n)?;
+            taken[i] = true;
+            Some(i)
+        })
+        .collect()
 }
 
 fn limit(r: Restarts) -> Option<u32> {

@@ -214,17 +214,83 @@ impl JobSpec {
     }
 }
 
+/// Whether a job serves: it has an exec that keeps running (not an
+/// interval job, not an `each` handler, not a stop hook) and a `port` or a
+/// `health` check.
+fn serves(j: &JobSpec) -> bool {
+    !j.exec.is_empty()
+        && (j.port.is_some() || j.health.is_some())
+        && !j.trigger.is_stop_hook()
+        && !matches!(
+            j.trigger,
+            Trigger::Interval(_) | Trigger::Event { each: true, .. }
+        )
+}
+
+/// Whether the main job's failure (no restart left) ends the container:
+/// for a job marked `main: true`, one that serves, or one with `restarts`
+/// (meant to keep running). A one-shot (`restarts: never`) picked by the
+/// start-chain rule gives its code at the end, but its failure does not
+/// stop jobs that ContainerPilot would have kept running.
+pub fn ends_on_failure(j: &JobSpec) -> bool {
+    j.main || serves(j) || j.restarts != Restarts::Never
+}
+
 /// Picks the job whose exit code autopilot exits with: the one marked
-/// `main: true`, else the last job that is the end of the start chain.
+/// `main: true`; else the last job that serves (an exec with a `port` or a
+/// `health` check, not periodic) and that no other serving job starts after
+/// (directly or down a chain of `when`s), one with a port first; else the
+/// last job at the end of the start chain.
 ///
-/// ContainerPilot configs usually start the app after a one-shot pre-start
-/// job (`when: {source: "preStart", once: "exitSuccess"}`), so "the last job
-/// with no `when`" alone would pick the pre-start step. A candidate is a
-/// non-interval job with an exec that starts at startup, or once after the
-/// `exitSuccess` of a run-once job; candidates that another candidate waits
-/// on are steps before the main job, not the main job.
+/// The main job only decides the exit code and, when it serves, ends the
+/// container when it fails for good. A job that exits 0 never ends it: the
+/// machine runs while any job can still run. So a one-shot setup job next
+/// to the app (ContainerPilot's own examples) is never picked over the app.
+///
+/// Start chain: ContainerPilot configs usually start the app after a
+/// one-shot pre-start job (`when: {source: "preStart", once: "exitSuccess"}`),
+/// so "the last job with no `when`" alone would pick the pre-start step. A
+/// candidate is a non-interval job with an exec that starts at startup, or
+/// once after the `exitSuccess` of a run-once job; candidates that another
+/// candidate waits on are steps before the main job, not the main job.
 pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
     if let Some(i) = jobs.iter().position(|j| j.main) {
+        return Some(i);
+    }
+    let waits_on = |o: &JobSpec, name: &str| matches!(&o.trigger, Trigger::Event { source, .. } if source == name);
+    // Whether `o` starts (directly or down a chain of `when`s) after `name`.
+    let after = |o: &JobSpec, name: &str| {
+        let mut at = o;
+        for _ in 0..jobs.len() {
+            let Trigger::Event { source, .. } = &at.trigger else {
+                return false;
+            };
+            if source == name {
+                return true;
+            }
+            match jobs.iter().find(|j| &j.name == source) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        false
+    };
+    // A serving job that another one starts after is a dependency (a
+    // sidecar agent, a database the app waits for), not the main job; one
+    // with a port (the service the container exists for) beats one with
+    // only a health check.
+    let service = |with_port: bool| {
+        jobs.iter()
+            .enumerate()
+            .rev()
+            .find(|(_, j)| {
+                serves(j)
+                    && (!with_port || j.port.is_some())
+                    && !jobs.iter().any(|o| serves(o) && after(o, &j.name))
+            })
+            .map(|(i, _)| i)
+    };
+    if let Some(i) = service(true).or_else(|| service(false)) {
         return Some(i);
     }
     // A run-once step: not periodic, not re-run on every event.
@@ -247,11 +313,7 @@ pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
                 _ => false,
             }
     };
-    let awaited = |name: &str| {
-        jobs.iter().any(|o| {
-            candidate(o) && matches!(&o.trigger, Trigger::Event { source, .. } if source == name)
-        })
-    };
+    let awaited = |name: &str| jobs.iter().any(|o| candidate(o) && waits_on(o, name));
     jobs.iter()
         .enumerate()
         .rev()

@@ -13,6 +13,8 @@ struct H {
     now: Duration,
     /// Every action seen, in order.
     log: Vec<Action>,
+    /// Every spawn: run, job name and kind (names survive a reload's renumbering).
+    spawned: Vec<(RunId, String, ProcKind)>,
 }
 
 impl H {
@@ -21,6 +23,7 @@ impl H {
             m: Machine::new(specs, Duration::from_secs(5), 1),
             now: Duration::ZERO,
             log: Vec::new(),
+            spawned: Vec::new(),
         }
     }
 
@@ -31,7 +34,8 @@ impl H {
 
     fn record(&mut self, a: Vec<Action>) -> Vec<Action> {
         for act in &a {
-            if let Action::Spawn { run, .. } = act {
+            if let Action::Spawn { run, job, kind } = act {
+                self.spawned.push((*run, self.name(*job), *kind));
                 // The runtime reports the pid right after spawning.
                 let more = self.m.handle(
                     self.now,
@@ -71,16 +75,25 @@ impl H {
 
     /// The run of the most recent spawn of `name`'s exec (or check).
     fn run_of(&self, name: &str, kind: ProcKind) -> RunId {
-        self.log
+        self.spawned
             .iter()
             .rev()
-            .find_map(|a| match a {
-                Action::Spawn { run, job, kind: k } if *k == kind && self.name(*job) == name => {
-                    Some(*run)
-                }
-                _ => None,
-            })
+            .find_map(|(run, n, k)| (*k == kind && n == name).then_some(*run))
             .unwrap_or_else(|| panic!("{name} never spawned"))
+    }
+
+    /// Takes the new job list of a reload whose old jobs have stopped.
+    fn adopt(&mut self) -> (Vec<Option<usize>>, Vec<Action>) {
+        let (kept, a) = self.m.adopt(self.now).expect("a reload is ready");
+        let a = self.record(a);
+        (kept, a)
+    }
+
+    fn reload(&mut self, jobs: Vec<JobSpec>) -> Vec<Action> {
+        self.input(Input::Reload {
+            jobs,
+            stop_timeout: Duration::from_secs(5),
+        })
     }
 
     fn spawns(&self, a: &[Action]) -> Vec<String> {
@@ -102,9 +115,9 @@ impl H {
     }
 
     fn count_spawns(&self, name: &str) -> usize {
-        self.spawns(&self.log)
+        self.spawned
             .iter()
-            .filter(|n| n.as_str() == name)
+            .filter(|(_, n, k)| *k == ProcKind::Job && n == name)
             .count()
     }
 
@@ -832,6 +845,500 @@ fn a_new_leader_takes_the_first_snapshot_and_followers_skip_leader_only_ticks() 
     assert_eq!(snaps(&a), vec![false], "the leader takes its turn");
 }
 
+fn serving(name: &str) -> JobSpec {
+    JobSpec {
+        port: Some(8080),
+        health: health(1000, 1, 1),
+        ..job(name)
+    }
+}
+
+fn exit_with(h: &mut H, name: &str, code: i32) -> Vec<Action> {
+    h.exit(h.run_of(name, ProcKind::Job), code)
+}
+
+#[test]
+fn main_job_prefers_a_serving_job_over_one_shots() {
+    // ContainerPilot's configuration reference: a service, then a job with
+    // only `exec` that does some work and exits.
+    let specs = vec![serving("app"), job("setup")];
+    assert_eq!(main_job(&specs), Some(0));
+    // A preStart chain to an app with a port: the app.
+    let specs = vec![
+        job("preStart"),
+        JobSpec {
+            port: Some(80),
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+        job("setup"),
+    ];
+    assert_eq!(main_job(&specs), Some(1));
+    // A serving job another serving job waits on is a step, not the main job.
+    let specs = vec![
+        JobSpec {
+            port: Some(80),
+            ..on("web", "db", EventCode::Healthy, false)
+        },
+        serving("db"),
+    ];
+    assert_eq!(main_job(&specs), Some(0));
+    // Advertise-only jobs, interval jobs and handlers never serve as main.
+    let specs = vec![
+        JobSpec {
+            exec: vec![],
+            port: Some(80),
+            ..job("adv")
+        },
+        JobSpec {
+            trigger: Trigger::Interval(ms(5)),
+            port: Some(81),
+            ..job("tick")
+        },
+        job("setup"),
+    ];
+    assert_eq!(main_job(&specs), Some(2));
+    assert!(
+        !spec::ends_on_failure(&specs[2]),
+        "a one-shot's failure ends nothing"
+    );
+    // ContainerPilot's schema example: the app waits for setup, which waits
+    // for a sidecar agent with a health check listed after it.
+    let specs = vec![
+        JobSpec {
+            port: Some(80),
+            health: health(1000, 1, 1),
+            ..on("app", "setup", EventCode::ExitSuccess, false)
+        },
+        on("setup", "agent", EventCode::Healthy, false),
+        JobSpec {
+            health: health(1000, 1, 1),
+            ..job("agent")
+        },
+        job("cleanup"),
+    ];
+    assert_eq!(main_job(&specs), Some(0));
+    // A port beats a health check alone.
+    let specs = vec![
+        serving("web"),
+        JobSpec {
+            health: health(1000, 1, 1),
+            ..job("cron-ish")
+        },
+    ];
+    assert_eq!(main_job(&specs), Some(0));
+    assert!(spec::ends_on_failure(&serving("x")));
+    assert!(spec::ends_on_failure(&JobSpec {
+        restarts: Restarts::Count(2),
+        ..job("worker")
+    }));
+}
+
+#[test]
+fn a_one_shot_next_to_the_app_does_not_end_the_container() {
+    let mut h = H::new(vec![serving("app"), job("setup")]);
+    let a = h.startup();
+    assert_eq!(h.spawns(&a), vec!["app", "setup"]);
+    let a = exit_with(&mut h, "setup", 0);
+    assert_eq!(H::finished(&a), None, "the app still runs");
+    assert!(h.m.pid_of(0).is_some());
+    // The app's failure (no restarts left) ends it, with its code.
+    let a = exit_with(&mut h, "app", 3);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 3)));
+}
+
+#[test]
+fn a_main_job_that_exits_0_waits_for_the_jobs_that_can_still_run() {
+    let mut h = H::new(vec![
+        serving("app"),
+        JobSpec {
+            trigger: Trigger::Interval(ms(1000)),
+            restarts: Restarts::Count(1),
+            ..job("tick")
+        },
+    ]);
+    h.startup();
+    let a = exit_with(&mut h, "app", 0);
+    assert_eq!(H::finished(&a), None, "the interval job can still run");
+    exit_with(&mut h, "tick", 0);
+    h.at(1000);
+    let a = exit_with(&mut h, "tick", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+}
+
+#[test]
+fn a_crashing_main_job_ends_with_its_code_once_restarts_are_exhausted() {
+    let mut h = H::new(vec![
+        JobSpec {
+            restarts: Restarts::Count(1),
+            ..serving("app")
+        },
+        JobSpec {
+            exec: vec!["sleep".into()],
+            ..job("worker")
+        },
+    ]);
+    h.startup();
+    let a = exit_with(&mut h, "app", 5);
+    assert_eq!(H::finished(&a), None, "one restart left");
+    h.at(100);
+    let a = exit_with(&mut h, "app", 5);
+    assert_eq!(H::finished(&a), None, "the worker is asked to stop first");
+    let (run, sig) = H::signals(&a)[0];
+    assert_eq!(sig, Sig::Term);
+    let a = h.exit(run, 143);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 5)));
+}
+
+#[test]
+fn only_one_shots_exit_when_none_can_run_with_the_last_failure() {
+    let mut h = H::new(vec![job("a"), job("b")]);
+    assert_eq!(h.m.main_job(), Some(1));
+    h.startup();
+    let a = exit_with(&mut h, "a", 2);
+    assert_eq!(H::finished(&a), None, "b still runs");
+    let a = exit_with(&mut h, "b", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 2)));
+    // All succeed: 0.
+    let mut h = H::new(vec![job("a"), job("b")]);
+    h.startup();
+    exit_with(&mut h, "b", 0);
+    let a = exit_with(&mut h, "a", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+}
+
+#[test]
+fn a_failed_pre_start_ends_the_chain_that_can_never_run() {
+    let mut h = H::new(vec![
+        job("preStart"),
+        JobSpec {
+            port: Some(80),
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+        on("after", "app", EventCode::Healthy, false),
+    ]);
+    h.startup();
+    let a = exit_with(&mut h, "preStart", 4);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 4)));
+}
+
+#[test]
+fn a_one_shot_picked_by_the_chain_rule_does_not_stop_a_worker_when_it_fails() {
+    let mut h = H::new(vec![
+        JobSpec {
+            restarts: Restarts::Never,
+            ..job("worker")
+        },
+        job("setup"),
+    ]);
+    assert_eq!(h.m.main_job(), Some(1));
+    h.startup();
+    let a = exit_with(&mut h, "setup", 1);
+    assert_eq!(
+        H::finished(&a),
+        None,
+        "the worker runs on, as under ContainerPilot"
+    );
+    let a = exit_with(&mut h, "worker", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 1)));
+}
+
+#[test]
+fn a_restarting_chain_main_ends_the_container_when_its_restarts_run_out() {
+    let mut h = H::new(vec![
+        job("preStart"),
+        JobSpec {
+            restarts: Restarts::Count(1),
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+        JobSpec {
+            trigger: Trigger::Interval(ms(60_000)),
+            restarts: Restarts::Unlimited,
+            ..job("cron")
+        },
+    ]);
+    assert_eq!(h.m.main_job(), Some(1));
+    h.startup();
+    exit_with(&mut h, "cron", 0);
+    exit_with(&mut h, "preStart", 0);
+    exit_with(&mut h, "app", 6);
+    h.at(100);
+    let a = exit_with(&mut h, "app", 6);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 6)));
+}
+
+#[test]
+fn an_advertise_only_job_keeps_the_container_running() {
+    let mut h = H::new(vec![
+        JobSpec {
+            exec: vec![],
+            port: Some(80),
+            ..job("adv")
+        },
+        job("setup"),
+    ]);
+    h.startup();
+    let a = exit_with(&mut h, "setup", 0);
+    assert_eq!(H::finished(&a), None);
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+}
+
+#[test]
+fn plan_reload_keeps_unchanged_jobs_and_their_hooks() {
+    let old = vec![
+        job("app"),
+        on("preStop", "app", EventCode::Stopping, false),
+        job("db"),
+        on("dbStop", "db", EventCode::Stopped, false),
+        job("gone"),
+    ];
+    let mut new = vec![
+        job("db"),
+        on("dbStop", "db", EventCode::Stopped, false),
+        JobSpec {
+            exec: vec!["/bin/false".into()],
+            ..job("app")
+        },
+        on("preStop", "app", EventCode::Stopping, false),
+        job("fresh"),
+    ];
+    assert_eq!(
+        machine::plan_reload(&old, &new),
+        vec![Some(2), Some(3), None, None, None],
+        "a hook of a changed job starts afresh"
+    );
+    new[2] = job("app");
+    assert_eq!(
+        machine::plan_reload(&old, &new),
+        vec![Some(2), Some(3), Some(0), Some(1), None]
+    );
+    assert_eq!(
+        machine::keep_unchanged(&[1, 2, 3], &[3, 9, 1], |x| *x),
+        vec![Some(2), None, Some(0)]
+    );
+}
+
+#[test]
+fn reload_keeps_an_unchanged_job_and_restarts_a_changed_one() {
+    let v1 = vec![
+        serving("app"),
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..job("side")
+        },
+    ];
+    let mut h = H::new(v1.clone());
+    h.startup();
+    h.at(1000);
+    let a = h.exit(h.run_of("app", ProcKind::Check), 0);
+    assert_eq!(catalog_ops(&h, &a), vec!["register app Passing"]);
+    let app_run = h.run_of("app", ProcKind::Job);
+    let app_pid = h.m.pid_of(0);
+    let side_run = h.run_of("side", ProcKind::Job);
+    // `side` changes and moves first; `new` is added.
+    let v2 = vec![
+        JobSpec {
+            exec: vec!["/bin/sleep".into()],
+            restarts: Restarts::Unlimited,
+            ..job("side")
+        },
+        serving("app"),
+        job("new"),
+    ];
+    let a = h.reload(v2);
+    assert_eq!(
+        H::signals(&a),
+        vec![(side_run, Sig::Term)],
+        "only the changed job stops"
+    );
+    assert!(
+        catalog_ops(&h, &a).iter().all(|o| !o.contains("app")),
+        "{a:?}"
+    );
+    assert_eq!(H::events(&a), vec!["side.stopping"]);
+    assert_eq!(H::finished(&a), None);
+    // The kept job works on meanwhile: its checks run and count.
+    let a = h.at(2000);
+    assert_eq!(h.spawns(&a), vec!["check.app"]);
+    let a = h.exit(side_run, 143);
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+    assert!(!h.m.is_finished());
+    let (kept, a) = h.adopt();
+    assert_eq!(kept, vec![None, Some(0), None]);
+    assert_eq!(h.spawns(&a), vec!["side", "new"]);
+    assert!(catalog_ops(&h, &a).is_empty(), "{a:?}");
+    assert_eq!(h.m.pid_of(1), app_pid, "the same process");
+    assert_eq!(h.run_of("app", ProcKind::Job), app_run);
+    assert_eq!(h.m.registered(1), Some(EntryStatus::Passing));
+    assert_eq!(h.m.main_job(), Some(1));
+    // The check in flight before the reload still counts, under the new index.
+    let a = h.exit(h.run_of("app", ProcKind::Check), 1);
+    assert_eq!(catalog_ops(&h, &a), vec!["status app Critical"]);
+    // The kept job's exit is still seen.
+    let a = h.exit(app_run, 9);
+    assert_eq!(H::events(&a)[0], "app.exitFailed");
+}
+
+#[test]
+fn reload_stops_and_deregisters_a_removed_job() {
+    let mut h = H::new(vec![serving("app"), serving("old")]);
+    h.startup();
+    h.at(1000);
+    h.exit(h.run_of("app", ProcKind::Check), 0);
+    h.exit(h.run_of("old", ProcKind::Check), 0);
+    let a = h.reload(vec![serving("app")]);
+    assert_eq!(catalog_ops(&h, &a), vec!["deregister old", "signal Term"]);
+    let a = exit_with(&mut h, "old", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+    let (kept, a) = h.adopt();
+    assert_eq!(kept, vec![Some(0)]);
+    assert!(
+        a.iter().all(|x| !matches!(x, Action::Spawn { .. })),
+        "{a:?}"
+    );
+    assert_eq!(h.m.job_count(), 1);
+}
+
+#[test]
+fn reload_keeps_leadership_of_an_unchanged_elected_job() {
+    let mut h = H::new(vec![elected_job(true, None), job("other")]);
+    h.startup();
+    h.at(1000);
+    h.exit(h.run_of("db", ProcKind::Check), 0);
+    h.input(Input::Leadership {
+        job: 0,
+        term: Some(4),
+    });
+    let a = h.reload(vec![
+        JobSpec {
+            exec: vec!["/bin/sleep".into()],
+            ..job("other")
+        },
+        elected_job(true, None),
+    ]);
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Campaign { .. } | Action::Deregister { .. })),
+        "{a:?}"
+    );
+    exit_with(&mut h, "other", 143);
+    let (_, a) = h.adopt();
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Campaign { .. } | Action::Register { .. })),
+        "{a:?}"
+    );
+    assert!(!H::events(&a).iter().any(|e| e.contains("demoted")));
+    assert_eq!(h.m.leading(1), Some(4));
+    assert_eq!(h.m.role(1), Role::Leader { term: 4 });
+}
+
+#[test]
+fn reload_starts_a_new_once_job_whose_event_already_happened() {
+    let mut h = H::new(vec![
+        job("preStart"),
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+    ]);
+    h.startup();
+    let a = exit_with(&mut h, "preStart", 0);
+    assert_eq!(h.spawns(&a), vec!["app"]);
+    // `app` changes; `watcher` is new and handles every future exitSuccess.
+    let a = h.reload(vec![
+        job("preStart"),
+        JobSpec {
+            exec: vec!["/bin/sleep".into()],
+            restarts: Restarts::Unlimited,
+            ..on("app", "preStart", EventCode::ExitSuccess, false)
+        },
+        on("watcher", "preStart", EventCode::ExitSuccess, true),
+        on("late", "SIGHUP", EventCode::Signal, false),
+    ]);
+    assert!(h.spawns(&a).is_empty());
+    exit_with(&mut h, "app", 143);
+    let (kept, a) = h.adopt();
+    assert_eq!(kept, vec![Some(0), None, None, None]);
+    assert_eq!(
+        h.spawns(&a),
+        vec!["app"],
+        "the once-job's event happened: it starts at once; an `each` job waits"
+    );
+    assert!(!h.m.is_finished());
+}
+
+#[test]
+fn a_shutdown_during_a_partial_reload_wins() {
+    let mut h = H::new(vec![serving("app"), job("side")]);
+    h.startup();
+    let a = h.reload(vec![
+        serving("app"),
+        JobSpec {
+            exec: vec!["/bin/sleep".into()],
+            ..job("side")
+        },
+    ]);
+    let (side, _) = H::signals(&a)[0];
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    assert_eq!(H::signals(&a).len(), 1, "the kept job stops too: {a:?}");
+    h.exit(side, 143);
+    let a = exit_with(&mut h, "app", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+    assert!(h.m.adopt(h.now).is_none(), "the new config never starts");
+    // A reload asked for during a shutdown is ignored.
+    let mut h = H::new(vec![job("app")]);
+    h.startup();
+    h.input(Input::Stop(StopReason::Shutdown));
+    let a = h.reload(vec![job("next")]);
+    assert!(H::finished(&a).is_none());
+    let a = exit_with(&mut h, "app", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+}
+
+#[test]
+fn reload_runs_the_stop_hooks_of_a_changed_job() {
+    let v1 = vec![
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..job("app")
+        },
+        on("preStop", "app", EventCode::Stopping, false),
+        on("postStop", "app", EventCode::Stopped, false),
+    ];
+    let mut h = H::new(v1.clone());
+    h.startup();
+    let mut v2 = v1.clone();
+    v2[0].exec = vec!["/bin/sleep".into()];
+    let a = h.reload(v2);
+    assert_eq!(h.spawns(&a), vec!["preStop"]);
+    let a = exit_with(&mut h, "preStop", 0);
+    let (run, _) = H::signals(&a)[0];
+    let a = h.exit(run, 143);
+    assert_eq!(h.spawns(&a), vec!["postStop"]);
+    assert_eq!(H::finished(&a), None, "the post-stop hook runs first");
+    let a = exit_with(&mut h, "postStop", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+    let (kept, a) = h.adopt();
+    assert_eq!(kept, vec![None, None, None]);
+    assert_eq!(h.spawns(&a), vec!["app"]);
+    // The new hooks serve the new job.
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    assert_eq!(h.spawns(&a), vec!["preStop"]);
+}
+
+#[test]
+fn reload_with_nothing_changed_is_ready_at_once() {
+    let mut h = H::new(vec![serving("app")]);
+    h.startup();
+    let a = h.reload(vec![serving("app")]);
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+    assert!(H::signals(&a).is_empty());
+    let (kept, a) = h.adopt();
+    assert_eq!(kept, vec![Some(0)]);
+    assert!(a.is_empty(), "{a:?}");
+}
+
 mod props {
     //! Property tests: whatever happens, a stop finishes and nothing is
     //! registered once stopping.
@@ -847,6 +1354,8 @@ mod props {
         Leadership(usize, Option<u64>),
         Signal,
         Reload,
+        /// A reload that changes `web` (or changes it back) and keeps the rest.
+        PartialReload,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -858,6 +1367,7 @@ mod props {
             (0usize..4, proptest::option::of(1u64..5)).prop_map(|(j, t)| Step::Leadership(j, t)),
             Just(Step::Signal),
             Just(Step::Reload),
+            Just(Step::PartialReload),
         ]
     }
 
@@ -900,6 +1410,7 @@ mod props {
             h.startup();
             let mut exited: std::collections::HashSet<RunId> = Default::default();
             let mut stopped = false;
+            let mut flip = false;
             for (i, s) in steps.iter().enumerate() {
                 if i == stop_at {
                     h.input(Input::Stop(StopReason::Shutdown));
@@ -923,24 +1434,35 @@ mod props {
                     Step::Leadership(j, t) => h.input(Input::Leadership { job: *j, term: *t }),
                     Step::Signal => h.input(Input::SignalEvent("SIGHUP".into())),
                     Step::Reload => h.input(Input::Stop(StopReason::Reload)),
+                    Step::PartialReload => {
+                        let mut next = jobs();
+                        flip = !flip;
+                        if flip {
+                            next[1].exec = vec!["/bin/sleep".into()];
+                        }
+                        h.reload(next)
+                    }
                 };
+                if h.m.reload_ready() {
+                    h.adopt();
+                }
                 if stopped || h.m.stopping().is_some() {
                     prop_assert!(
                         !a.iter().any(|x| matches!(x, Action::Register { .. } | Action::Campaign { campaign: true, .. })),
                         "registered or campaigned while stopping: {a:?}"
                     );
                 }
-                if H::finished(&h.log).is_some() {
+                if h.m.is_finished() {
                     break;
                 }
             }
-            if H::finished(&h.log).is_none() {
+            if !h.m.is_finished() {
                 h.input(Input::Stop(StopReason::Shutdown));
             }
             // Every process ends (SIGKILL cannot be ignored) and the clock
             // runs on: the stop must finish within a bounded time.
             let mut rounds = 0;
-            while H::finished(&h.log).is_none() {
+            while !h.m.is_finished() {
                 rounds += 1;
                 prop_assert!(rounds < 200, "the stop never finished");
                 for (r, _, _) in live(&h) {
@@ -951,7 +1473,10 @@ mod props {
                 let t = h.now.as_millis() as u64 + 1000;
                 h.at(t);
             }
-            let finished = H::finished(&h.log);
+            let finished = h.log.iter().rev().find_map(|a| match a {
+                Action::Finished { reason, code } => Some((*reason, *code)),
+                _ => None,
+            });
             if stopped {
                 prop_assert_eq!(finished.map(|f| f.0), Some(StopReason::Shutdown));
             }

@@ -89,25 +89,23 @@ enum Msg {
         result: Result<(), String>,
     },
     Control(Command),
+    /// Tasks name their watch or job by a key that survives a reload's
+    /// renumbering (a task of a dropped watch or job finds no key).
     Watch {
-        generation: u64,
-        index: usize,
+        key: u64,
         passing: Vec<Instance>,
     },
     Election {
-        generation: u64,
-        job: usize,
+        key: u64,
         news: ElectionNews,
     },
     Prepared {
-        generation: u64,
-        job: usize,
+        key: u64,
         ok: bool,
     },
     /// Try again to publish a watch's held-back snapshot.
     WatchRetry {
-        generation: u64,
-        index: usize,
+        key: u64,
     },
 }
 
@@ -141,8 +139,15 @@ struct Agent {
     hostname: String,
     watch_states: Vec<WatchState>,
     watch_tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Bumped on reload, so snapshots from old watch tasks are ignored.
-    watch_generation: u64,
+    /// Per watch: the key its task's messages carry.
+    watch_keys: Vec<u64>,
+    /// Per job: the key its election and restore tasks' messages carry;
+    /// kept by a reload that keeps the job.
+    job_keys: Vec<u64>,
+    next_key: u64,
+    /// A reload's old jobs have stopped: take the new config once the
+    /// actions queued before it are carried out.
+    adopt_due: bool,
     /// Where watch snapshots are written for handlers: the private scratch
     /// directory, removed when `_scratch` is dropped.
     state_dir: PathBuf,
@@ -320,7 +325,10 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         hostname: opts.hostname,
         watch_states: Vec::new(),
         watch_tasks: Vec::new(),
-        watch_generation: 0,
+        watch_keys: Vec::new(),
+        job_keys: Vec::new(),
+        next_key: 0,
+        adopt_due: false,
         watch_pending: Vec::new(),
         watch_failures: Vec::new(),
         restore_progress: Vec::new(),
@@ -335,8 +343,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         check_failures: HashMap::new(),
         last_runs: HashMap::new(),
     };
-    agent.start_watches();
-    agent.reset_elections();
+    agent.start_watches(&[]);
+    agent.start_templates(&[]);
+    agent.reset_elections(&[]);
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
@@ -432,22 +441,52 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Agent {
-    /// Sets up election bookkeeping for the current jobs (again after a reload).
-    fn reset_elections(&mut self) {
-        for (tx, task) in self.campaigns.drain(..).flatten() {
-            let _ = tx.send(false);
-            task.abort();
-        }
+    fn new_key(&mut self) -> u64 {
+        self.next_key = self.next_key.wrapping_add(1);
+        self.next_key
+    }
+
+    /// Sets up per-job bookkeeping (campaigns, restore progress, task keys)
+    /// for the machine's jobs; `kept` maps each job to the one it continues
+    /// across a reload, whose campaign and keys it takes over.
+    fn reset_elections(&mut self, kept: &[Option<usize>]) {
         let n = self.machine.job_count();
-        self.campaigns = (0..n).map(|_| None).collect();
-        self.restore_progress = (0..n).map(|_| Default::default()).collect();
+        let mut campaigns: Vec<Option<_>> = std::mem::take(&mut self.campaigns);
+        let mut progress: Vec<Option<_>> = std::mem::take(&mut self.restore_progress)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let keys = std::mem::take(&mut self.job_keys);
+        for j in 0..n {
+            let old = kept.get(j).copied().flatten();
+            let key = match old.and_then(|o| keys.get(o)) {
+                Some(k) => *k,
+                None => self.new_key(),
+            };
+            self.job_keys.push(key);
+            self.campaigns.push(
+                old.and_then(|o| campaigns.get_mut(o))
+                    .and_then(Option::take),
+            );
+            self.restore_progress.push(
+                old.and_then(|o| progress.get_mut(o))
+                    .and_then(Option::take)
+                    .unwrap_or_default(),
+            );
+        }
+        // Campaigns of dropped or changed jobs: they were told to stop when
+        // their job did; closing the channel lets the task finish its
+        // resignation and end (an abort could cut the resignation short).
+        for (tx, _task) in campaigns.into_iter().flatten() {
+            let _ = tx.send(false);
+        }
+        let leaders = std::mem::take(&mut self.leaders);
         self.leaders = (0..n)
             .filter_map(|j| {
-                self.machine
-                    .spec(j)
-                    .election
-                    .as_ref()
-                    .map(|e| (e.name.clone(), None))
+                self.machine.spec(j).election.as_ref().map(|e| {
+                    let l = leaders.get(&e.name).cloned().flatten();
+                    (e.name.clone(), l)
+                })
             })
             .collect();
     }
@@ -465,7 +504,7 @@ impl Agent {
         };
         let me = self.candidate(job);
         let (tx, rx) = watch::channel(true);
-        let generation = self.watch_generation;
+        let key = self.job_keys.get(job).copied().unwrap_or_default();
         let task = spawn_election(
             self.catalog.clone(),
             e.name,
@@ -473,11 +512,7 @@ impl Agent {
             e.ttl,
             rx,
             self.tx.clone(),
-            move |news| Msg::Election {
-                generation,
-                job,
-                news,
-            },
+            move |news| Msg::Election { key, news },
         );
         self.campaigns[job] = Some((tx, task));
     }
@@ -662,7 +697,8 @@ impl Agent {
             .as_ref()
             .map(|e| e.name.clone());
         let ctx = self.snapshot_ctx(job);
-        let (tx, generation) = (self.tx.clone(), self.watch_generation);
+        let tx = self.tx.clone();
+        let key = self.job_keys.get(job).copied().unwrap_or_default();
         tokio::spawn(async move {
             let ok = match crate::snapshots::restore(&ctx, &spec, election.as_deref()).await {
                 Ok(()) => true,
@@ -671,13 +707,7 @@ impl Agent {
                     false
                 }
             };
-            let _ = tx
-                .send(Msg::Prepared {
-                    generation,
-                    job,
-                    ok,
-                })
-                .await;
+            let _ = tx.send(Msg::Prepared { key, ok }).await;
         });
     }
 
@@ -701,11 +731,16 @@ impl Agent {
         ))
     }
 
-    /// Starts one task per configured template (again after a reload).
-    fn start_templates(&mut self) {
-        for (task, _) in self.templates.drain(..) {
-            task.abort();
-        }
+    /// Starts one task per configured template; after a reload, a template
+    /// whose config is unchanged keeps its task (and its state).
+    fn start_templates(&mut self, old: &[autopilot_config::TemplateConfig]) {
+        let kept = autopilot_core::machine::keep_unchanged(old, &self.config.templates, |t| {
+            t.name.clone()
+        });
+        let mut tasks: Vec<Option<_>> = std::mem::take(&mut self.templates)
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut env = self.render_env();
         crate::catalog::scrub_secrets(&mut env);
         // A template's command may call `autopilot kv` and friends too.
@@ -716,35 +751,71 @@ impl Agent {
             metrics: self.metrics.clone(),
             env,
         };
-        for t in &self.config.templates {
+        for (t, k) in self.config.templates.iter().zip(&kept) {
+            if let Some(task) = k.and_then(|o| tasks.get_mut(o)).and_then(Option::take) {
+                self.templates.push(task);
+                continue;
+            }
             let (tx, rx) = watch::channel(0u64);
+            // A new template whose `when` event already happened starts now:
+            // that event may never come again.
+            if t.when
+                .as_ref()
+                .is_some_and(|w| self.machine.has_published(&Event::new(w.code, &w.source)))
+            {
+                tx.send_modify(|n| *n += 1);
+            }
             let task = crate::templates::spawn(t.clone(), ctx.clone(), rx);
             self.templates.push((task, tx));
         }
+        for (task, _) in tasks.into_iter().flatten() {
+            task.abort();
+        }
     }
 
-    /// Starts one task per configured watch (again after a reload).
-    fn start_watches(&mut self) {
-        for t in self.watch_tasks.drain(..) {
-            t.abort();
-        }
-        self.watch_generation += 1;
-        self.start_templates();
-        self.watch_states = vec![WatchState::default(); self.config.watches.len()];
-        self.watch_pending = vec![None; self.config.watches.len()];
-        self.watch_failures = vec![0; self.config.watches.len()];
-        for (index, w) in self.config.watches.iter().enumerate() {
-            let generation = self.watch_generation;
+    /// Starts one task per configured watch; after a reload, a watch whose
+    /// config is unchanged keeps its task, its last snapshot and any
+    /// held-back change, so no event is lost or repeated.
+    fn start_watches(&mut self, old: &[autopilot_config::WatchConfig]) {
+        let kept = autopilot_core::machine::keep_unchanged(old, &self.config.watches, |w| {
+            w.source.clone()
+        });
+        let mut tasks: Vec<Option<_>> = std::mem::take(&mut self.watch_tasks)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let states = std::mem::take(&mut self.watch_states);
+        let pending = std::mem::take(&mut self.watch_pending);
+        let failures = std::mem::take(&mut self.watch_failures);
+        let keys = std::mem::take(&mut self.watch_keys);
+        for (w, k) in self.config.watches.clone().iter().zip(&kept) {
+            if let Some(o) = *k
+                && let Some(task) = tasks.get_mut(o).and_then(Option::take)
+            {
+                self.watch_tasks.push(task);
+                self.watch_states
+                    .push(states.get(o).cloned().unwrap_or_default());
+                self.watch_pending.push(pending.get(o).cloned().flatten());
+                self.watch_failures
+                    .push(failures.get(o).copied().unwrap_or(0));
+                self.watch_keys
+                    .push(keys.get(o).copied().unwrap_or_default());
+                continue;
+            }
+            let key = self.new_key();
             self.watch_tasks.push(spawn_watch(
                 self.catalog.clone(),
                 w.clone(),
                 self.tx.clone(),
-                move |passing| Msg::Watch {
-                    generation,
-                    index,
-                    passing,
-                },
+                move |passing| Msg::Watch { key, passing },
             ));
+            self.watch_states.push(WatchState::default());
+            self.watch_pending.push(None);
+            self.watch_failures.push(0);
+            self.watch_keys.push(key);
+        }
+        for t in tasks.into_iter().flatten() {
+            t.abort();
         }
     }
 
@@ -797,10 +868,11 @@ impl Agent {
             if first_retry {
                 let delay =
                     std::time::Duration::from_millis(100u64.saturating_mul(1 << failures.min(5)));
-                let (tx, generation) = (self.tx.clone(), self.watch_generation);
+                let tx = self.tx.clone();
+                let key = self.watch_keys.get(index).copied().unwrap_or_default();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = tx.send(Msg::WatchRetry { generation, index }).await;
+                    let _ = tx.send(Msg::WatchRetry { key }).await;
                 });
             }
             return;
@@ -927,37 +999,25 @@ impl Agent {
                 self.input(Input::Exited { run, status });
             }
             Msg::Control(cmd) => self.command(cmd),
-            Msg::Watch {
-                generation,
-                index,
-                passing,
-            } => {
-                if generation == self.watch_generation {
+            Msg::Watch { key, passing } => {
+                if let Some(index) = self.watch_keys.iter().position(|k| *k == key) {
                     self.watch_snapshot(index, passing);
                 }
             }
-            Msg::Election {
-                generation,
-                job,
-                news,
-            } => {
-                if generation == self.watch_generation {
+            Msg::Election { key, news } => {
+                if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
                     self.election_news(job, news);
                 }
             }
-            Msg::WatchRetry { generation, index } => {
-                if generation == self.watch_generation
+            Msg::WatchRetry { key } => {
+                if let Some(index) = self.watch_keys.iter().position(|k| *k == key)
                     && let Some(passing) = self.watch_pending.get_mut(index).and_then(Option::take)
                 {
                     self.watch_snapshot(index, passing);
                 }
             }
-            Msg::Prepared {
-                generation,
-                job,
-                ok,
-            } => {
-                if generation == self.watch_generation {
+            Msg::Prepared { key, ok } => {
+                if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
                     self.input(Input::Prepared { job, ok });
                 }
             }
@@ -998,11 +1058,23 @@ impl Agent {
         match cmd {
             Command::Reload(reply) => {
                 let res = self.prepare_reload();
-                let ok = res.is_ok();
+                let jobs = match (&res, &self.next_config) {
+                    (Ok(()), Some((cfg, _))) => Some((cfg.jobs.clone(), cfg.stop_timeout)),
+                    _ => None,
+                };
                 let _ = reply.send(res);
-                if ok {
-                    tracing::info!("reloading: stopping jobs to start the new config");
-                    self.input(Input::Stop(StopReason::Reload));
+                if let Some((jobs, stop_timeout)) = jobs {
+                    let old: Vec<_> = (0..self.machine.job_count())
+                        .map(|j| self.machine.spec(j).clone())
+                        .collect();
+                    let kept = autopilot_core::machine::plan_reload(&old, &jobs);
+                    let unchanged = kept.iter().flatten().count();
+                    tracing::info!(
+                        unchanged,
+                        stopping = old.len().saturating_sub(unchanged),
+                        "reloading: unchanged jobs keep running; changed and removed ones stop first"
+                    );
+                    self.input(Input::Reload { jobs, stop_timeout });
                 }
             }
             Command::Maintenance(on, reply) => {
@@ -1063,6 +1135,10 @@ impl Agent {
         {
             tracing::warn!("control and telemetry listeners keep their old settings until restart");
         }
+        // The reloaded file's unhonoured fields, named as at start.
+        for w in &cfg.warnings {
+            tracing::warn!(field = %w.field, "{}", w.message);
+        }
         self.next_config = Some((cfg, ips));
         Ok(())
     }
@@ -1073,9 +1149,69 @@ impl Agent {
         env
     }
 
+    /// Carries out queued actions until none remain, taking a reload's new config
+    /// when its turn comes; returns the exit code once a shutdown has finished.
+    fn execute(&mut self) -> Option<i32> {
+        loop {
+            if let Some(code) = self.execute_queued() {
+                return Some(code);
+            }
+            // Every action of the old job list is carried out: take the new one.
+            if !std::mem::take(&mut self.adopt_due) {
+                return None;
+            }
+            self.adopt();
+        }
+    }
+
+    /// Takes the new config of a reload whose old jobs have stopped: the
+    /// machine keeps unchanged jobs, and the per-job, watch and template
+    /// tasks follow its mapping.
+    fn adopt(&mut self) {
+        let Some((kept, actions)) = self.machine.adopt(self.start.elapsed()) else {
+            return;
+        };
+        let Some((cfg, ips)) = self.next_config.take() else {
+            self.queue.extend(actions);
+            return;
+        };
+        let mut new_of_old = vec![None; self.config.jobs.len()];
+        for (n, o) in kept.iter().enumerate() {
+            if let Some(slot) = o.and_then(|o| new_of_old.get_mut(o)) {
+                *slot = Some(n);
+            }
+        }
+        self.runs
+            .retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
+                Some(n) => {
+                    r.job = n;
+                    true
+                }
+                None => false,
+            });
+        self.metrics.set_user(
+            &cfg.telemetry
+                .as_ref()
+                .map(|t| t.metrics.clone())
+                .unwrap_or_default(),
+        );
+        let old = std::mem::replace(&mut self.config, cfg);
+        self.job_ips = ips;
+        self.reset_elections(&kept);
+        self.start_watches(&old.watches);
+        self.start_templates(&old.templates);
+        let unchanged = kept.iter().flatten().count();
+        tracing::info!(
+            jobs = self.config.jobs.len(),
+            unchanged,
+            "config reloaded; starting new and changed jobs"
+        );
+        self.queue.extend(actions);
+    }
+
     /// Carries out queued actions until none remain; returns the exit code
     /// once the machine has finished a shutdown.
-    fn execute(&mut self) -> Option<i32> {
+    fn execute_queued(&mut self) -> Option<i32> {
         while let Some(action) = self.queue.pop_front() {
             match action {
                 Action::Spawn { run, job, kind } => self.spawn(run, job, kind),
@@ -1199,30 +1335,7 @@ impl Agent {
                 Action::Finished {
                     reason: StopReason::Reload,
                     ..
-                } => {
-                    if let Some((cfg, ips)) = self.next_config.take() {
-                        self.metrics.set_user(
-                            &cfg.telemetry
-                                .as_ref()
-                                .map(|t| t.metrics.clone())
-                                .unwrap_or_default(),
-                        );
-                        self.machine = Machine::new(
-                            cfg.jobs.clone(),
-                            cfg.stop_timeout,
-                            self.machine.next_run_id(),
-                        );
-                        self.config = cfg;
-                        self.job_ips = ips;
-                        self.start_watches();
-                        self.reset_elections();
-                        tracing::info!(
-                            jobs = self.config.jobs.len(),
-                            "config reloaded; starting jobs"
-                        );
-                        self.input(Input::Startup);
-                    }
-                }
+                } => self.adopt_due = true,
             }
         }
         None
