@@ -405,6 +405,7 @@ fn bad_catalog_paths_and_consul_configs_fail_clearly() {
     let out = Command::new(bin())
         .args(["-config", cfg_path.to_str().expect("utf8")])
         .env("AUTOPILOT_CATALOG", url(&sub.path("cat")))
+        .env("AUTOPILOT_STATE_DIR", sub.path("state"))
         .output()
         .expect("run");
     assert_eq!(
