@@ -15,19 +15,6 @@ fn git(args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
@@ -39,22 +26,17 @@ fn main() {
         }
     }
     // Reproducible builds set SOURCE_DATE_EPOCH; otherwise, now.
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()
-                .and_then(|d| i64::try_from(d.as_secs()).ok())
-        });
-    let date = match secs {
-        Some(s) => {
-            let (y, m, d) = civil(s.div_euclid(86_400));
-            format!("{y:04}-{m:02}-{d:02}")
-        }
-        None => "unknown".into(),
+    let when = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => s.parse::<u64>().ok().and_then(|secs| {
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+        }),
+        Err(_) => Some(std::time::SystemTime::now()),
     };
+    // The date part of an RFC 3339 timestamp (YYYY-MM-DD).
+    let date = when
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .and_then(|s| s.get(..10).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=AUTOPILOT_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=AUTOPILOT_BUILD_DATE={date}");
 }
