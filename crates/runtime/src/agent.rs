@@ -86,7 +86,7 @@ enum Msg {
     /// A native (`http`/`tcp`) check finished: `Err` says why it failed.
     Probed {
         run: RunId,
-        result: Result<(), String>,
+        result: Result<(), crate::probe::ProbeError>,
     },
     Control(Command),
     /// Tasks name their watch or job by a key that survives a reload's
@@ -995,7 +995,7 @@ impl Agent {
                 };
                 let name = self.machine.spec(meta.job).name.clone();
                 let status = ExitStatus::Code(if result.is_ok() { 0 } else { 1 });
-                self.check_done(&name, meta.started, result.err());
+                self.check_done(&name, meta.started, result.err().map(|e| e.to_string()));
                 self.input(Input::Exited { run, status });
             }
             Msg::Control(cmd) => self.command(cmd),
@@ -1228,13 +1228,14 @@ impl Agent {
                         // Outside a stop, the machine kills a check only
                         // when its timeout ran out (racing the probe's own
                         // deadline, which is the same).
-                        let why =
-                            match (&self.machine.spec(meta.job).health, self.machine.stopping()) {
-                                (Some(h), None) => {
-                                    format!("no answer within {}", crate::logging::dur(h.timeout))
-                                }
-                                _ => "the check was stopped".to_string(),
-                            };
+                        // A stop or a reload that retires the job kills its
+                        // check too: that is not a timeout.
+                        let why = match &self.machine.spec(meta.job).health {
+                            Some(h) if !self.machine.is_winding(meta.job) => {
+                                format!("no answer within {}", crate::logging::dur(h.timeout))
+                            }
+                            _ => "the check was stopped".to_string(),
+                        };
                         self.runs.remove(&run);
                         self.check_done(&name, started, Some(why));
                         self.input(Input::Exited {
@@ -1355,11 +1356,19 @@ impl Agent {
                     return;
                 }
             },
-            (ProcKind::Check, None) => return,
+            (ProcKind::Check, None) => {
+                // The machine only checks jobs with a health check; should
+                // it not, the run must still end, or health would freeze.
+                self.input(Input::SpawnFailed {
+                    run,
+                    error: format!("job '{}' has no health check", spec.name),
+                });
+                return;
+            }
         };
         let name = spec.name.clone();
         let env = self.child_env(job);
-        let stderr_at_info = self.config.stderr_at_info.contains(&name);
+        let stderr_at_info = spec.stderr_at_info;
         match self.spawner.spawn_logged(
             &SpawnSpec {
                 argv,
@@ -1417,10 +1426,12 @@ impl Agent {
     ) {
         let started = Instant::now();
         let probe = match crate::probe::Probe::of(check) {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                // The config layer checked the URL or address already; if
-                // it is still unusable, the check fails rather than panics.
+            Ok(p) => p,
+            Err(e) => {
+                // The config layer checked the URL or address already, and
+                // only native checks come here; if the probe still cannot
+                // be made, the check ends as failed, so the machine's check
+                // run ends and health moves on.
                 let (tx, result) = (self.tx.clone(), Err(e));
                 self.runs.insert(
                     run,
@@ -1437,7 +1448,6 @@ impl Agent {
                 });
                 return;
             }
-            None => return,
         };
         let tx = self.tx.clone();
         let task = tokio::spawn(async move {
