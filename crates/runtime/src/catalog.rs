@@ -611,11 +611,34 @@ pub fn spawn_election<M: Send + 'static>(
     election: String,
     me: Candidate,
     ttl: Duration,
+    want: watch::Receiver<bool>,
+    tx: mpsc::Sender<M>,
+    wrap: impl Fn(ElectionNews) -> M + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    spawn_election_after(Vec::new(), catalog, election, me, ttl, want, tx, wrap)
+}
+
+/// [`spawn_election`], campaigning only once each of `after` has turned
+/// true: a reload's new campaign waits for the retired campaign of the
+/// same election, which may still resign under the same candidate ID (a
+/// resignation that ran after the new campaign won would delete its seat).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_election_after<M: Send + 'static>(
+    after: Vec<watch::Receiver<bool>>,
+    catalog: Arc<dyn Catalog>,
+    election: String,
+    me: Candidate,
+    ttl: Duration,
     mut want: watch::Receiver<bool>,
     tx: mpsc::Sender<M>,
     wrap: impl Fn(ElectionNews) -> M + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        for mut done in after {
+            // A dropped sender means the waiter itself is gone: the
+            // retired task has ended either way.
+            let _ = done.wait_for(|d| *d).await;
+        }
         let margin = (ttl / 5).max(Duration::from_millis(300));
         let every = ttl / 3;
         let mut changes = catalog.changes();
