@@ -481,3 +481,75 @@ fn a_changed_elected_job_takes_a_new_seat_its_old_campaign_cannot_delete() {
         "the seat is handed over at exit"
     );
 }
+
+#[test]
+fn stopping_a_changed_job_for_a_reload_fires_no_exit_handler() {
+    let d = Dir::new("reload-exit-events");
+    // No TERM trap: SIGTERM ends the job with a failure status.
+    let app = |tag: &str| {
+        format!(
+            r#"{{ name: "app", exec: ["sh", "-c", "echo {tag} >> @DIR@/app.runs; exec sleep 600"] }}"#
+        )
+    };
+    let on_fail = r#"{ name: "onFail", when: { source: "app", each: "exitFailed" },
+       exec: "sh -c 'echo failed >> @DIR@/failed'" }"#;
+    let late = r#"{ name: "late", when: { source: "app", once: "exitFailed" },
+       exec: "sh -c 'echo late >> @DIR@/failed'" }"#;
+    let mut a = start(&d, &config(&[app("v1"), on_fail.to_string()]));
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["v1"]));
+    reload(
+        &a,
+        &d,
+        &config(&[app("v2"), on_fail.to_string(), late.to_string()]),
+        &["reload"],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("app.runs")
+            == ["v1", "v2"]),
+        "{}",
+        a.log()
+    );
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some(), "{}", a.log());
+    assert!(
+        d.lines("failed").is_empty(),
+        "the run the reload stopped neither fired the kept handler nor started the new once-job; log:\n{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_reload_that_changes_the_stderr_level_restarts_the_job() {
+    let d = Dir::new("reload-stderr");
+    let app = |logging: &str| {
+        format!(
+            r#"{{ name: "app", exec: ["sh", "-c", "echo run >> @DIR@/app.runs; echo on-stderr >&2; exec sleep 600"]{logging} }}"#
+        )
+    };
+    let mut a = start(&d, &config(&[app("")]));
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["run"]));
+    reload(
+        &a,
+        &d,
+        &config(&[app(r#", logging: { stderr: "info" }"#)]),
+        &["reload"],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("app.runs")
+            == ["run", "run"]),
+        "a changed logging.stderr is a changed job; log:\n{}",
+        a.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .log()
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains("on-stderr"))),
+        "the new run's stderr is at INFO; log:\n{}",
+        a.log()
+    );
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some(), "{}", a.log());
+}
