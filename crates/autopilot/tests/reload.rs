@@ -357,6 +357,8 @@ fn reloading_the_postgres_blueprint_keeps_the_primary() {
 }
 
 /// `autopilot leader NAME --json --catalog URL`: the seat as the catalog holds it.
+// A test runs the real binary.
+#[allow(clippy::disallowed_methods)]
 fn seat(url: &str, election: &str) -> Option<(String, u64)> {
     let out = std::process::Command::new(bin())
         .args(["leader", election, "--json", "--catalog", url])
