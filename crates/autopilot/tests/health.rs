@@ -247,3 +247,66 @@ fn log_levels_child_output_crash_loops_and_leader_changes() {
         "{log}"
     );
 }
+
+#[test]
+fn a_native_check_a_reload_stops_is_stopped_not_timed_out() {
+    let d = Dir::new("health-reload");
+    // A server that accepts and never answers: a check stays in flight.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicU8::new(0));
+    let seen = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            held.extend(s.ok());
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let cfg = |exec: &str| {
+        format!(
+            r#"{{ control: {{ socket: "@SOCKET@" }}, logging: {{ level: "DEBUG", format: "json" }}, jobs: [{{
+             name: "web", exec: "{exec}", port: 8080, interfaces: ["static:127.0.0.1"],
+             health: {{ http: "http://127.0.0.1:{port}/health", interval: "100ms", ttl: 30, timeout: "20s" }} }}] }}"#
+        )
+    };
+    let mut a = start(&d, &cfg("sleep 600"));
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || accepted.load(Ordering::SeqCst)
+            > 0),
+        "a check is in flight; log:\n{}",
+        a.log()
+    );
+    // The job changes: the reload stops it, and its check with it.
+    std::fs::write(
+        &a.config,
+        cfg("sleep 601").replace("@SOCKET@", &a.socket.display().to_string()),
+    )
+    .expect("write config");
+    let (code, out) = a.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    let failed = |a: &Agent| -> Vec<String> {
+        json_lines(&a.log())
+            .iter()
+            .filter_map(|l| l["message"].as_str().map(str::to_string))
+            .filter(|m| m.starts_with("health check failed: "))
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .log()
+            .contains("config reloaded")
+            && !failed(&a).is_empty()),
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        failed(&a),
+        ["health check failed: the check was stopped"],
+        "the aborted check is not reported as a timeout; log:\n{}",
+        a.log()
+    );
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some());
+}

@@ -355,3 +355,203 @@ fn reloading_the_postgres_blueprint_keeps_the_primary() {
     assert_eq!(passing_ports(&url, "postgres"), [port]);
     assert!(!a.log().contains("no longer leader"), "{}", a.log());
 }
+
+/// `autopilot leader NAME --json --catalog URL`: the seat as the catalog holds it.
+// A test runs the real binary.
+#[allow(clippy::disallowed_methods)]
+fn seat(url: &str, election: &str) -> Option<(String, u64)> {
+    let out = std::process::Command::new(bin())
+        .args(["leader", election, "--json", "--catalog", url])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["id"].as_str()?.to_string(), v["term"].as_u64()?))
+}
+
+#[test]
+fn a_changed_elected_job_takes_a_new_seat_its_old_campaign_cannot_delete() {
+    let d = Dir::new("reload-elected");
+    let port = free_port();
+    // An advertise-only job stops at once, so a reload can adopt before the
+    // old campaign has stepped down; a long TTL keeps a deleted seat from
+    // being renewed into existence before the checks below give up.
+    let db = |tag: &str| {
+        format!(
+            r#"{{ name: "db", port: {port}, interfaces: ["static:127.0.0.1"], tags: ["{tag}"], initial_status: "passing",
+       election: {{ name: "primary", ttl: "30s" }} }}"#
+        )
+    };
+    let peek = r#"{ name: "peek", when: { interval: "50ms" },
+       exec: ["sh", "-c", "cat \"$AUTOPILOT_LEADER_PRIMARY_FILE\" > @DIR@/leader.tmp && mv @DIR@/leader.tmp @DIR@/leader.json"] }"#;
+    let url = catalog(&d);
+    let mut a = start(&d, &config(&[db("v0"), peek.to_string()]));
+    a.ready();
+    // What the agent and its children see, all of which must match the seat.
+    let view = |a: &Agent, d: &Dir| {
+        let st = a.status();
+        let job = st["jobs"]
+            .as_array()?
+            .iter()
+            .find(|j| j["name"] == "db")?
+            .clone();
+        let file: serde_json::Value = serde_json::from_str(&d.read("leader.json")).ok()?;
+        Some((
+            job["registration"]["id"].as_str()?.to_string(),
+            job["election"]["term"].as_u64()?,
+            job["election"]["current"]["term"].as_u64()?,
+            file["id"].as_str()?.to_string(),
+            file["term"].as_u64()?,
+        ))
+    };
+    let consistent = |a: &Agent, d: &Dir, above: u64| {
+        let (Some((id, term)), Some((me, t_job, t_current, f_id, f_term))) =
+            (seat(&url, "primary"), view(a, d))
+        else {
+            return None;
+        };
+        (id == me
+            && f_id == me
+            && term > above
+            && t_job == term
+            && t_current == term
+            && f_term == term)
+            .then_some(term)
+    };
+    let mut term = 0;
+    assert!(
+        wait_for(Duration::from_secs(10), || consistent(&a, &d, 0)
+            .inspect(|t| term = *t)
+            .is_some()),
+        "db leads; log:\n{}",
+        a.log()
+    );
+    // The new version cannot campaign (its check never passes): the seat
+    // the old one resigned stays free, and nothing on the node may still
+    // name this node as the leader.
+    let sick = format!(
+        r#"{{ name: "db", port: {port}, interfaces: ["static:127.0.0.1"], tags: ["sick"],
+       health: {{ exec: "false", interval: "100ms", ttl: 2 }},
+       election: {{ name: "primary", ttl: "30s" }} }}"#
+    );
+    reload(&a, &d, &config(&[sick, peek.to_string()]), &["reload"]);
+    let current = |a: &Agent| {
+        let st = a.status();
+        st["jobs"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["name"] == "db").cloned())
+            .map(|j| j["election"]["current"].clone())
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || seat(&url, "primary").is_none()
+            && current(&a) == Some(serde_json::Value::Null)
+            && d.read("leader.json").trim() == "null"),
+        "the old campaign's step-down reached the agent after the reload: seat {:?}, \
+         current {:?}, leader file {:?}; log:\n{}",
+        seat(&url, "primary"),
+        current(&a),
+        d.read("leader.json"),
+        a.log()
+    );
+    for round in 1..=4 {
+        let before = term;
+        // The tags change: the job restarts, and with it its campaign.
+        reload(
+            &a,
+            &d,
+            &config(&[db(&format!("v{round}")), peek.to_string()]),
+            &["reload"],
+        );
+        assert!(
+            wait_for(Duration::from_secs(5), || consistent(&a, &d, before)
+                .inspect(|t| term = *t)
+                .is_some()),
+            "round {round}: after the reload the node holds a new seat (term above {before}), and the \
+             agent, its status and the leader file say so; seat {:?}, view {:?}; log:\n{}",
+            seat(&url, "primary"),
+            view(&a, &d),
+            a.log()
+        );
+    }
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+    assert_eq!(
+        seat(&url, "primary"),
+        None,
+        "the seat is handed over at exit"
+    );
+}
+
+#[test]
+fn stopping_a_changed_job_for_a_reload_fires_no_exit_handler() {
+    let d = Dir::new("reload-exit-events");
+    // No TERM trap: SIGTERM ends the job with a failure status.
+    let app = |tag: &str| {
+        format!(
+            r#"{{ name: "app", exec: ["sh", "-c", "echo {tag} >> @DIR@/app.runs; exec sleep 600"] }}"#
+        )
+    };
+    let on_fail = r#"{ name: "onFail", when: { source: "app", each: "exitFailed" },
+       exec: "sh -c 'echo failed >> @DIR@/failed'" }"#;
+    let late = r#"{ name: "late", when: { source: "app", once: "exitFailed" },
+       exec: "sh -c 'echo late >> @DIR@/failed'" }"#;
+    let mut a = start(&d, &config(&[app("v1"), on_fail.to_string()]));
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["v1"]));
+    reload(
+        &a,
+        &d,
+        &config(&[app("v2"), on_fail.to_string(), late.to_string()]),
+        &["reload"],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("app.runs")
+            == ["v1", "v2"]),
+        "{}",
+        a.log()
+    );
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some(), "{}", a.log());
+    assert!(
+        d.lines("failed").is_empty(),
+        "the run the reload stopped neither fired the kept handler nor started the new once-job; log:\n{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_reload_that_changes_the_stderr_level_restarts_the_job() {
+    let d = Dir::new("reload-stderr");
+    let app = |logging: &str| {
+        format!(
+            r#"{{ name: "app", exec: ["sh", "-c", "echo run >> @DIR@/app.runs; echo on-stderr >&2; exec sleep 600"]{logging} }}"#
+        )
+    };
+    let mut a = start(&d, &config(&[app("")]));
+    a.ready();
+    assert!(wait_for(Duration::from_secs(10), || d.lines("app.runs") == ["run"]));
+    reload(
+        &a,
+        &d,
+        &config(&[app(r#", logging: { stderr: "info" }"#)]),
+        &["reload"],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d.lines("app.runs")
+            == ["run", "run"]),
+        "a changed logging.stderr is a changed job; log:\n{}",
+        a.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .log()
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains("on-stderr"))),
+        "the new run's stderr is at INFO; log:\n{}",
+        a.log()
+    );
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some(), "{}", a.log());
+}

@@ -7,7 +7,7 @@
 mod decode;
 pub mod json5;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,10 +79,6 @@ pub struct Config {
     /// ContainerPilot fields that are accepted but not honoured; the agent
     /// logs each once at start.
     pub warnings: Vec<ConfigWarning>,
-    /// Jobs whose stderr lines are logged at INFO rather than WARN
-    /// (`jobs[].logging.stderr: "info"`). Kept here, not in the job specs,
-    /// because only the runtime's logging needs it.
-    pub stderr_at_info: BTreeSet<String>,
 }
 
 /// A field that loads but has no effect, and why.
@@ -398,14 +394,10 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
 
     let mut jobs = Vec::new();
     let mut job_fields = Vec::new();
-    let mut stderr_at_info = BTreeSet::new();
     if let Some(f) = top.get("jobs") {
         let mut names = HashSet::new();
         for j in f.array()? {
-            let (spec, info) = job(&j, stop_timeout, &mut warnings)?;
-            if info {
-                stderr_at_info.insert(spec.name.clone());
-            }
+            let spec = job(&j, stop_timeout, &mut warnings)?;
             if !names.insert(spec.name.clone()) {
                 return Err(doc.err(
                     j.node.pos,
@@ -500,7 +492,6 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         stop_timeout,
         etcd,
         warnings,
-        stderr_at_info,
     })
 }
 
@@ -1040,7 +1031,7 @@ fn job(
     f: &Field,
     global_stop: Duration,
     warnings: &mut Vec<ConfigWarning>,
-) -> Result<(JobSpec, bool), ConfigError> {
+) -> Result<JobSpec, ConfigError> {
     let mut o = f.obj()?;
     let exec = o.opt("exec", Field::exec)?.unwrap_or_default();
     let port = o
@@ -1254,6 +1245,7 @@ fn job(
         tags,
         initial_status,
         raw_logs,
+        stderr_at_info,
         enable_tag_override,
         deregister_critical_after,
         main,
@@ -1261,7 +1253,7 @@ fn job(
         roles,
         snapshot,
     };
-    Ok((spec, stderr_at_info))
+    Ok(spec)
 }
 
 fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
@@ -1376,14 +1368,14 @@ fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, Co
         "http" => {
             let url_f = o.require("http")?;
             let url = url_f.str()?;
-            http_url(&url).map_err(|m| url_f.err(m))?;
+            http_url(&url).map_err(|e| url_f.err(e.to_string()))?;
             let expect = o.opt("expect", |f| f.int(100, 599))?.map(|v| v as u16);
             HealthCheck::Http { url, expect }
         }
         "tcp" => {
             let addr_f = o.require("tcp")?;
             let address = addr_f.str()?;
-            host_port(&address).map_err(|m| addr_f.err(m))?;
+            host_port(&address).map_err(|e| addr_f.err(e.to_string()))?;
             HealthCheck::Tcp { address }
         }
         _ => HealthCheck::Exec {
@@ -1434,26 +1426,57 @@ fn health(f: &Field, warnings: &mut Vec<ConfigWarning>) -> Result<HealthSpec, Co
     })
 }
 
+/// Why a native check's URL or address cannot be used. The value is quoted
+/// with its control characters escaped, so a hostile value cannot forge log lines.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("'{}' is not a valid URL: {source}", .url.escape_debug())]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("'{}': https is not supported by the native check; use an 'exec' check (curl) for TLS", .url.escape_debug())]
+    Https { url: String },
+    #[error("'{}' is not an http:// URL", .url.escape_debug())]
+    NotHttp { url: String },
+    #[error("'{}' has no host", .url.escape_debug())]
+    NoHost { url: String },
+    #[error("'{}': credentials in the URL are not supported", .url.escape_debug())]
+    Credentials { url: String },
+    #[error("'{}': port 0 is not a valid port", .url.escape_debug())]
+    PortZero { url: String },
+    #[error("'{}' is not host:port", .address.escape_debug())]
+    NotHostPort { address: String },
+    #[error("'{}': '{}' is not a port (1-65535)", .address.escape_debug(), .port.escape_debug())]
+    BadPort { address: String, port: String },
+    #[error("'{}': unbalanced '[' in the host", .address.escape_debug())]
+    UnbalancedBracket { address: String },
+    #[error("'{}': write an IPv6 address in brackets, as [::1]:5432", .address.escape_debug())]
+    BareIpv6 { address: String },
+    #[error("'{}' has no valid host", .address.escape_debug())]
+    BadHost { address: String },
+}
+
 /// Checks an `http` check's URL: `http://host[:port][/path]`. Returns the
 /// host, the port and the request target (path and query).
-pub fn http_url(url: &str) -> Result<(String, u16, String), String> {
+pub fn http_url(url: &str) -> Result<(String, u16, String), AddressError> {
+    let u = || url.to_string();
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+        .map_err(|source| AddressError::InvalidUrl { url: u(), source })?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err(format!(
-                "{url:?}: https is not supported by the native check; use an 'exec' check (curl) for TLS"
-            ));
+            return Err(AddressError::Https { url: u() });
         }
-        _ => return Err(format!("{url:?} is not an http:// URL")),
+        _ => return Err(AddressError::NotHttp { url: u() }),
     }
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("{url:?} has no host"))?;
+        .ok_or_else(|| AddressError::NoHost { url: u() })?;
     if authority.as_str().contains('@') {
-        return Err(format!("{url:?}: credentials in the URL are not supported"));
+        return Err(AddressError::Credentials { url: u() });
     }
     let host = authority
         .host()
@@ -1461,11 +1484,11 @@ pub fn http_url(url: &str) -> Result<(String, u16, String), String> {
         .trim_end_matches(']')
         .to_string();
     if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
+        return Err(AddressError::NoHost { url: u() });
     }
     let port = authority.port_u16().unwrap_or(80);
     if port == 0 {
-        return Err(format!("{url:?}: port 0 is not a valid port"));
+        return Err(AddressError::PortZero { url: u() });
     }
     let target = uri
         .path_and_query()
@@ -1479,28 +1502,30 @@ pub fn http_url(url: &str) -> Result<(String, u16, String), String> {
 }
 
 /// Splits a `tcp` check's `host:port` (`[v6]:port` for an IPv6 address).
-pub fn host_port(address: &str) -> Result<(String, u16), String> {
+pub fn host_port(address: &str) -> Result<(String, u16), AddressError> {
+    let a = || address.to_string();
     let (host, port) = address
         .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+        .ok_or_else(|| AddressError::NotHostPort { address: a() })?;
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p > 0)
-        .ok_or_else(|| format!("{address:?}: {port:?} is not a port (1-65535)"))?;
+        .ok_or_else(|| AddressError::BadPort {
+            address: a(),
+            port: port.to_string(),
+        })?;
     let host = match host.strip_prefix('[') {
         Some(h) => h
             .strip_suffix(']')
-            .ok_or_else(|| format!("{address:?}: unbalanced '[' in the host"))?,
+            .ok_or_else(|| AddressError::UnbalancedBracket { address: a() })?,
         None if host.contains(':') => {
-            return Err(format!(
-                "{address:?}: write an IPv6 address in brackets, as [::1]:5432"
-            ));
+            return Err(AddressError::BareIpv6 { address: a() });
         }
         None => host,
     };
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{address:?} has no valid host"));
+        return Err(AddressError::BadHost { address: a() });
     }
     Ok((host.to_string(), port))
 }

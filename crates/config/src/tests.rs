@@ -424,14 +424,14 @@ fn native_health_checks() {
         Some(Duration::from_millis(500))
     );
     assert_eq!(
-        http_url("http://127.0.0.1:8080/health?full=1"),
-        Ok(("127.0.0.1".into(), 8080, "/health?full=1".into()))
+        http_url("http://127.0.0.1:8080/health?full=1").ok(),
+        Some(("127.0.0.1".into(), 8080, "/health?full=1".into()))
     );
     assert_eq!(
-        http_url("http://[::1]/"),
-        Ok(("::1".into(), 80, "/".into()))
+        http_url("http://[::1]/").ok(),
+        Some(("::1".into(), 80, "/".into()))
     );
-    assert_eq!(host_port("[::1]:5432"), Ok(("::1".into(), 5432)));
+    assert_eq!(host_port("[::1]:5432").ok(), Some(("::1".into(), 5432)));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
@@ -556,9 +556,43 @@ fn a_job_may_log_its_stderr_at_info() {
                     { name: "app", exec: "app", logging: { raw: true, stderr: "warn" } }] }"#,
     )
     .expect("loads");
-    assert_eq!(c.stderr_at_info.iter().collect::<Vec<_>>(), ["pg"]);
+    let info: Vec<(&str, bool)> = c
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.stderr_at_info))
+        .collect();
+    assert_eq!(info, [("pg", true), ("app", false)]);
     let e = load(r#"{ jobs: [{ name: "a", exec: "x", logging: { stderr: "loud" } }] }"#)
         .expect_err("unknown level")
         .to_string();
     assert!(e.contains("jobs[0].logging.stderr: unknown level"), "{e}");
+}
+
+#[test]
+fn check_address_errors_are_typed_quote_the_value_and_keep_the_cause() {
+    use std::error::Error as _;
+    let e = http_url("ftp://h/").expect_err("not http");
+    assert!(matches!(e, AddressError::NotHttp { .. }), "{e:?}");
+    assert_eq!(e.to_string(), "'ftp://h/' is not an http:// URL");
+    let e = http_url("http://h\n:1/").expect_err("invalid");
+    assert!(
+        e.source().is_some(),
+        "the parser's error is kept as the source"
+    );
+    assert!(!e.to_string().contains('\n'), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("'http://h\\n:1/' is not a valid URL"),
+        "{e}"
+    );
+    let e = host_port("h:x").expect_err("bad port");
+    assert_eq!(e.to_string(), "'h:x': 'x' is not a port (1-65535)");
+    let e = load("{ jobs: [{ name: 'a', exec: 'x', health: {tcp: 'h:0', interval: 1, ttl: 2} }] }")
+        .expect_err("port 0")
+        .to_string();
+    assert!(e.contains(":1:"), "file:line kept: {e}");
+    assert!(
+        e.contains("jobs[0].health.tcp: 'h:0': '0' is not a port (1-65535)"),
+        "{e}"
+    );
 }

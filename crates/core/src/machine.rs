@@ -329,8 +329,9 @@ pub struct Machine {
     /// events some job waits on, so it stays bounded by the config.
     published: HashSet<Event>,
     /// The last failed final run (no restart left, not stopped by us) of a
-    /// job that is not a stop hook: the exit code when nothing can run.
-    failure: Option<ExitStatus>,
+    /// job that is not a stop hook, with that job's index: the exit code
+    /// when nothing can run. Dropped when a reload removes or replaces the job.
+    failure: Option<(usize, ExitStatus)>,
     end: End,
 }
 
@@ -406,6 +407,13 @@ impl Machine {
 
     pub fn stopping(&self) -> Option<StopReason> {
         self.stopping
+    }
+
+    /// Whether the job is on its way out: a stop, or a pending reload that
+    /// drops or replaces it. A check the machine kills then was stopped,
+    /// not timed out.
+    pub fn is_winding(&self, job: usize) -> bool {
+        self.jobs.get(job).is_some_and(|_| self.winding(job))
     }
 
     pub fn is_finished(&self) -> bool {
@@ -672,6 +680,13 @@ impl Machine {
         } else {
             EventCode::ExitFailed
         };
+        // A run the machine itself stopped for a reload (SIGTERM sent) did
+        // not succeed or fail on its own: its exit must not fire the kept
+        // jobs' handlers nor be remembered for the new jobs' `once`
+        // triggers. A shutdown gets the same effect from `triggered`, which
+        // starts nothing but stop hooks while stopping.
+        let stopped_for_reload =
+            self.jobs[j].retiring && self.jobs[j].stop == Some(StopStage::Term);
         {
             let job = &mut self.jobs[j];
             job.last_exit = Some(status);
@@ -680,7 +695,9 @@ impl Machine {
             job.phase = Phase::Waiting;
         }
         self.set_health(j, HealthStatus::Unknown);
-        self.publish(Event::new(code, &name));
+        if !stopped_for_reload {
+            self.publish(Event::new(code, &name));
+        }
         if self.jobs[j].stop.is_some() {
             self.progress_stop(j);
             return;
@@ -755,7 +772,7 @@ impl Machine {
             && !job.spec.trigger.is_stop_hook()
             && let Some(st) = job.last_exit.filter(|st| !st.success())
         {
-            self.failure = Some(st);
+            self.failure = Some((j, st));
         }
         let job = &mut self.jobs[j];
         job.stop = Some(StopStage::Hooks);
@@ -1321,6 +1338,9 @@ impl Machine {
                 Some((k, t))
             })
             .collect();
+        // The failure of a job the reload removed or replaced is not the
+        // new config's: it must not decide the exit code later.
+        self.failure = self.failure.and_then(|(j, st)| remap(j).map(|n| (n, st)));
         self.global_stop_timeout = reload.stop_timeout;
         let specs: Vec<JobSpec> = self.jobs.iter().map(|j| j.spec.clone()).collect();
         self.main = main_job(&specs);
@@ -1508,7 +1528,7 @@ impl Machine {
             End::Requested => main.unwrap_or(0),
             End::Idle => main
                 .filter(|c| *c != 0)
-                .or(self.failure.map(ExitStatus::code))
+                .or(self.failure.map(|(_, st)| st.code()))
                 .unwrap_or(0),
         }
     }

@@ -177,6 +177,9 @@ pub struct JobSpec {
     pub tags: Vec<String>,
     pub initial_status: Option<EntryStatus>,
     pub raw_logs: bool,
+    /// Stderr lines logged at INFO rather than WARN (`logging.stderr:
+    /// "info"`); part of the spec so a reload that changes it restarts the job.
+    pub stderr_at_info: bool,
     pub enable_tag_override: bool,
     pub deregister_critical_after: Option<Duration>,
     /// Explicitly marked as the job whose exit code autopilot exits with.
@@ -204,6 +207,7 @@ impl JobSpec {
             tags: Vec::new(),
             initial_status: None,
             raw_logs: false,
+            stderr_at_info: false,
             enable_tag_override: false,
             deregister_critical_after: None,
             main: false,

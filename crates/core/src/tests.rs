@@ -1339,6 +1339,118 @@ fn reload_with_nothing_changed_is_ready_at_once() {
     assert!(a.is_empty(), "{a:?}");
 }
 
+#[test]
+fn a_run_stopped_for_a_reload_publishes_no_exit_event() {
+    let app = JobSpec {
+        restarts: Restarts::Unlimited,
+        ..job("app")
+    };
+    let on_fail = on("onFail", "app", EventCode::ExitFailed, true);
+    let mut h = H::new(vec![app.clone(), on_fail.clone()]);
+    h.startup();
+    let old_run = h.run_of("app", ProcKind::Job);
+    let changed = JobSpec {
+        exec: vec!["/bin/sleep".into()],
+        ..app.clone()
+    };
+    let late = on("late", "app", EventCode::ExitFailed, false);
+    let a = h.reload(vec![changed, on_fail, late]);
+    assert_eq!(H::signals(&a), vec![(old_run, Sig::Term)]);
+    // SIGTERM ends the run with a failure status, but the machine stopped it.
+    let a = h.exit(old_run, 143);
+    assert!(
+        !H::events(&a).iter().any(|e| e.starts_with("app.exit")),
+        "{a:?}"
+    );
+    assert!(
+        h.spawns(&a).is_empty(),
+        "the kept handler does not run: {a:?}"
+    );
+    assert!(!h.m.has_published(&Event::new(EventCode::ExitFailed, "app")));
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+    let (kept, a) = h.adopt();
+    assert_eq!(kept, vec![None, Some(1), None]);
+    assert_eq!(h.spawns(&a), vec!["app"], "the new once-job waits: {a:?}");
+    // A failure of the new run is a real one: the kept handler and the
+    // new once-job both hear it.
+    let a = exit_with(&mut h, "app", 1);
+    assert!(H::events(&a).contains(&"app.exitFailed".to_string()));
+    let mut spawned = h.spawns(&a);
+    spawned.sort();
+    assert_eq!(spawned, vec!["late", "onFail"]);
+}
+
+#[test]
+fn a_shutdown_still_starts_no_handler_for_the_exits_it_causes() {
+    let mut h = H::new(vec![
+        serving("app"),
+        on("onFail", "app", EventCode::ExitFailed, true),
+    ]);
+    h.startup();
+    let a = h.input(Input::Stop(StopReason::Shutdown));
+    let (run, _) = H::signals(&a)[0];
+    let a = h.exit(run, 143);
+    assert!(h.spawns(&a).is_empty(), "{a:?}");
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 143)));
+}
+
+#[test]
+fn the_failure_of_a_job_a_reload_removed_does_not_decide_the_exit_code() {
+    let mut h = H::new(vec![serving("app"), job("setup")]);
+    h.startup();
+    let a = exit_with(&mut h, "setup", 3);
+    assert_eq!(H::finished(&a), None, "a one-shot's failure stops nothing");
+    let a = h.reload(vec![serving("app")]);
+    assert_eq!(H::finished(&a), Some((StopReason::Reload, 0)));
+    h.adopt();
+    // The app ends cleanly: nothing can run; the removed job's failure is
+    // not the new config's.
+    let a = exit_with(&mut h, "app", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 0)));
+
+    // A kept job's failure still counts.
+    let mut h = H::new(vec![serving("app"), job("setup")]);
+    h.startup();
+    exit_with(&mut h, "setup", 3);
+    h.reload(vec![job("setup"), serving("app")]);
+    h.adopt();
+    let a = exit_with(&mut h, "app", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 3)));
+}
+
+#[test]
+fn plan_reload_sees_the_stderr_level() {
+    let old = vec![job("app")];
+    let new = vec![JobSpec {
+        stderr_at_info: true,
+        ..job("app")
+    }];
+    assert_eq!(crate::machine::plan_reload(&old, &new), vec![None]);
+    assert_eq!(
+        crate::machine::plan_reload(&old, &old.clone()),
+        vec![Some(0)]
+    );
+}
+
+#[test]
+fn a_retiring_job_is_winding_a_kept_one_is_not() {
+    let mut h = H::new(vec![serving("app"), serving("web")]);
+    h.startup();
+    assert!(!h.m.is_winding(0) && !h.m.is_winding(1));
+    h.reload(vec![
+        serving("app"),
+        JobSpec {
+            exec: vec!["/bin/sleep".into()],
+            ..serving("web")
+        },
+    ]);
+    assert!(!h.m.is_winding(0), "kept");
+    assert!(h.m.is_winding(1), "retiring");
+    assert!(!h.m.is_winding(7), "no such job");
+    h.input(Input::Stop(StopReason::Shutdown));
+    assert!(h.m.is_winding(0));
+}
+
 mod props {
     //! Property tests: whatever happens, a stop finishes and nothing is
     //! registered once stopping.

@@ -18,7 +18,7 @@ use autopilot_process::{Exit, SpawnSpec, Spawner};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-use crate::catalog::{ElectionNews, Registrar, spawn_election, spawn_watch};
+use crate::catalog::{ElectionNews, Registrar, spawn_election_after, spawn_watch};
 use crate::control::{self, Command};
 use crate::interfaces;
 use crate::logging::LogHandle;
@@ -86,7 +86,7 @@ enum Msg {
     /// A native (`http`/`tcp`) check finished: `Err` says why it failed.
     Probed {
         run: RunId,
-        result: Result<(), String>,
+        result: Result<(), crate::probe::ProbeError>,
     },
     Control(Command),
     /// Tasks name their watch or job by a key that survives a reload's
@@ -107,6 +107,31 @@ enum Msg {
     WatchRetry {
         key: u64,
     },
+    /// The task of a campaign a reload retired has ended; every message it
+    /// sent came before this one.
+    CampaignEnded {
+        key: u64,
+    },
+}
+
+/// A job's campaign: the channel that turns it on and off, and its task.
+struct Campaign {
+    want: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    election: String,
+    /// The candidate ID it campaigns under (the job's entry ID).
+    id: String,
+}
+
+/// The campaign of a job a reload dropped or replaced, while its task may
+/// still be stepping down and resigning.
+struct Retired {
+    /// The key its messages carry.
+    key: u64,
+    election: String,
+    id: String,
+    /// Turns true when its task has ended.
+    done: watch::Receiver<bool>,
 }
 
 struct RunMeta {
@@ -160,8 +185,13 @@ struct Agent {
     /// Per job: what its restore before start is waiting for, if anything.
     restore_progress: Vec<Arc<std::sync::Mutex<Option<String>>>>,
     telemetry_id: Option<String>,
-    /// Per job: the channel that turns its campaign on and off, and its task.
-    campaigns: Vec<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+    /// Per job: its campaign, once started.
+    campaigns: Vec<Option<Campaign>>,
+    /// Campaigns a reload retired whose tasks may still run: their news is
+    /// routed by election, and a new campaign for the same election starts
+    /// only after they end (a late resignation under the same candidate ID
+    /// would delete the new seat).
+    retired: Vec<Retired>,
     /// The last known leader of each election.
     leaders: BTreeMap<String, Option<Leader>>,
     /// Where each job's persistent state directory lives.
@@ -336,6 +366,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         _scratch: scratch,
         telemetry_id,
         campaigns: Vec::new(),
+        retired: Vec::new(),
         leaders: BTreeMap::new(),
         job_state_root: opts.job_state_root,
         templates: Vec::new(),
@@ -376,9 +407,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
                         .map(|e| e.name.clone())
                 })
                 .collect();
-            for (tx, task) in agent.campaigns.drain(..).flatten() {
-                let _ = tx.send(false);
-                task.abort();
+            for c in agent.campaigns.drain(..).flatten() {
+                let _ = c.want.send(false);
+                c.task.abort();
             }
             for e in elections {
                 let resign = agent.catalog.resign(&e);
@@ -477,8 +508,27 @@ impl Agent {
         // Campaigns of dropped or changed jobs: they were told to stop when
         // their job did; closing the channel lets the task finish its
         // resignation and end (an abort could cut the resignation short).
-        for (tx, _task) in campaigns.into_iter().flatten() {
-            let _ = tx.send(false);
+        // Their news may still be on its way (the job can stop before its
+        // task has run): it is routed by election until the task ends.
+        for (o, c) in campaigns.into_iter().enumerate() {
+            let Some(c) = c else { continue };
+            let _ = c.want.send(false);
+            drop(c.want);
+            let key = keys.get(o).copied().unwrap_or_default();
+            let (done_tx, done) = watch::channel(false);
+            let tx = self.tx.clone();
+            let task = c.task;
+            tokio::spawn(async move {
+                let _ = task.await;
+                let _ = done_tx.send(true);
+                let _ = tx.send(Msg::CampaignEnded { key }).await;
+            });
+            self.retired.push(Retired {
+                key,
+                election: c.election,
+                id: c.id,
+                done,
+            });
         }
         let leaders = std::mem::take(&mut self.leaders);
         self.leaders = (0..n)
@@ -492,8 +542,8 @@ impl Agent {
     }
 
     fn campaign(&mut self, job: usize, on: bool) {
-        if let Some((tx, _)) = &self.campaigns[job] {
-            let _ = tx.send(on);
+        if let Some(c) = &self.campaigns[job] {
+            let _ = c.want.send(on);
             return;
         }
         if !on {
@@ -503,18 +553,34 @@ impl Agent {
             return;
         };
         let me = self.candidate(job);
+        let id = me.id.clone();
         let (tx, rx) = watch::channel(true);
         let key = self.job_keys.get(job).copied().unwrap_or_default();
-        let task = spawn_election(
+        let after: Vec<watch::Receiver<bool>> = self
+            .retired
+            .iter()
+            .filter(|r| r.election == e.name && !*r.done.borrow())
+            .map(|r| r.done.clone())
+            .collect();
+        if !after.is_empty() {
+            tracing::debug!(election = %e.name, "campaign waits for the retired campaign to resign");
+        }
+        let task = spawn_election_after(
+            after,
             self.catalog.clone(),
-            e.name,
+            e.name.clone(),
             me,
             e.ttl,
             rx,
             self.tx.clone(),
             move |news| Msg::Election { key, news },
         );
-        self.campaigns[job] = Some((tx, task));
+        self.campaigns[job] = Some(Campaign {
+            want: tx,
+            task,
+            election: e.name,
+            id,
+        });
     }
 
     fn election_news(&mut self, job: usize, news: ElectionNews) {
@@ -584,6 +650,32 @@ impl Agent {
         }
     }
 
+    /// News from a campaign a reload retired (its job is gone): the seat it
+    /// gave up and the leader it read still tell who leads the election.
+    fn retired_news(&mut self, election: &str, id: &str, news: ElectionNews) {
+        match news {
+            // It was told to stop: a demotion follows at once.
+            ElectionNews::Elected(_) => {}
+            ElectionNews::Demoted(term) => {
+                tracing::info!(%election, term, "the campaign of a job the reload replaced stepped down; the seat is handed over");
+                if self
+                    .leaders
+                    .get(election)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|l| l.id == id)
+                {
+                    self.record_leader(election, None);
+                }
+            }
+            ElectionNews::Leader(l) => {
+                let l = l.and_then(|l| sanitize_leader(election, l));
+                if self.leaders.contains_key(election) && self.record_leader(election, l) {
+                    self.publish_leader_changed(election);
+                }
+            }
+        }
+    }
+
     /// Why a leader stepped down: the agent withdrew its campaign (the job
     /// stopped, turned unhealthy, maintenance, shutdown), or the seat was
     /// lost while still campaigning.
@@ -592,7 +684,7 @@ impl Agent {
             .campaigns
             .get(job)
             .and_then(Option::as_ref)
-            .is_some_and(|(tx, _)| *tx.borrow());
+            .is_some_and(|c| *c.want.borrow());
         if campaigning {
             return "the seat was lost or could not be renewed before its TTL ran out (the catalog was slow or unreachable, or the seat expired)".into();
         }
@@ -995,7 +1087,7 @@ impl Agent {
                 };
                 let name = self.machine.spec(meta.job).name.clone();
                 let status = ExitStatus::Code(if result.is_ok() { 0 } else { 1 });
-                self.check_done(&name, meta.started, result.err());
+                self.check_done(&name, meta.started, result.err().map(|e| e.to_string()));
                 self.input(Input::Exited { run, status });
             }
             Msg::Control(cmd) => self.command(cmd),
@@ -1007,8 +1099,12 @@ impl Agent {
             Msg::Election { key, news } => {
                 if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
                     self.election_news(job, news);
+                } else if let Some(r) = self.retired.iter().find(|r| r.key == key) {
+                    let (election, id) = (r.election.clone(), r.id.clone());
+                    self.retired_news(&election, &id, news);
                 }
             }
+            Msg::CampaignEnded { key } => self.retired.retain(|r| r.key != key),
             Msg::WatchRetry { key } => {
                 if let Some(index) = self.watch_keys.iter().position(|k| *k == key)
                     && let Some(passing) = self.watch_pending.get_mut(index).and_then(Option::take)
@@ -1228,13 +1324,14 @@ impl Agent {
                         // Outside a stop, the machine kills a check only
                         // when its timeout ran out (racing the probe's own
                         // deadline, which is the same).
-                        let why =
-                            match (&self.machine.spec(meta.job).health, self.machine.stopping()) {
-                                (Some(h), None) => {
-                                    format!("no answer within {}", crate::logging::dur(h.timeout))
-                                }
-                                _ => "the check was stopped".to_string(),
-                            };
+                        // A stop or a reload that retires the job kills its
+                        // check too: that is not a timeout.
+                        let why = match &self.machine.spec(meta.job).health {
+                            Some(h) if !self.machine.is_winding(meta.job) => {
+                                format!("no answer within {}", crate::logging::dur(h.timeout))
+                            }
+                            _ => "the check was stopped".to_string(),
+                        };
                         self.runs.remove(&run);
                         self.check_done(&name, started, Some(why));
                         self.input(Input::Exited {
@@ -1355,11 +1452,19 @@ impl Agent {
                     return;
                 }
             },
-            (ProcKind::Check, None) => return,
+            (ProcKind::Check, None) => {
+                // The machine only checks jobs with a health check; should
+                // it not, the run must still end, or health would freeze.
+                self.input(Input::SpawnFailed {
+                    run,
+                    error: format!("job '{}' has no health check", spec.name),
+                });
+                return;
+            }
         };
         let name = spec.name.clone();
         let env = self.child_env(job);
-        let stderr_at_info = self.config.stderr_at_info.contains(&name);
+        let stderr_at_info = spec.stderr_at_info;
         match self.spawner.spawn_logged(
             &SpawnSpec {
                 argv,
@@ -1417,10 +1522,12 @@ impl Agent {
     ) {
         let started = Instant::now();
         let probe = match crate::probe::Probe::of(check) {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                // The config layer checked the URL or address already; if
-                // it is still unusable, the check fails rather than panics.
+            Ok(p) => p,
+            Err(e) => {
+                // The config layer checked the URL or address already, and
+                // only native checks come here; if the probe still cannot
+                // be made, the check ends as failed, so the machine's check
+                // run ends and health moves on.
                 let (tx, result) = (self.tx.clone(), Err(e));
                 self.runs.insert(
                     run,
@@ -1437,7 +1544,6 @@ impl Agent {
                 });
                 return;
             }
-            None => return,
         };
         let tx = self.tx.clone();
         let task = tokio::spawn(async move {

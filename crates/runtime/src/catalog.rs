@@ -611,11 +611,34 @@ pub fn spawn_election<M: Send + 'static>(
     election: String,
     me: Candidate,
     ttl: Duration,
+    want: watch::Receiver<bool>,
+    tx: mpsc::Sender<M>,
+    wrap: impl Fn(ElectionNews) -> M + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    spawn_election_after(Vec::new(), catalog, election, me, ttl, want, tx, wrap)
+}
+
+/// [`spawn_election`], campaigning only once each of `after` has turned
+/// true: a reload's new campaign waits for the retired campaign of the
+/// same election, which may still resign under the same candidate ID (a
+/// resignation that ran after the new campaign won would delete its seat).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_election_after<M: Send + 'static>(
+    after: Vec<watch::Receiver<bool>>,
+    catalog: Arc<dyn Catalog>,
+    election: String,
+    me: Candidate,
+    ttl: Duration,
     mut want: watch::Receiver<bool>,
     tx: mpsc::Sender<M>,
     wrap: impl Fn(ElectionNews) -> M + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        for mut done in after {
+            // A dropped sender means the waiter itself is gone: the
+            // retired task has ended either way.
+            let _ = done.wait_for(|d| *d).await;
+        }
         let margin = (ttl / 5).max(Duration::from_millis(300));
         let every = ttl / 3;
         let mut changes = catalog.changes();
@@ -929,5 +952,172 @@ mod tests {
         scrub_secrets(&mut env);
         assert!(!env.contains_key(PASSWORD_VAR));
         assert_eq!(env.len(), 2);
+    }
+
+    /// The embedded catalog, with `resign` held until `release` turns true:
+    /// a retired campaign's resignation that is slow to run.
+    struct SlowResign {
+        inner: autopilot_catalog_local::LocalCatalog,
+        release: watch::Receiver<bool>,
+    }
+
+    #[async_trait::async_trait]
+    impl Catalog for SlowResign {
+        fn url(&self) -> &str {
+            self.inner.url()
+        }
+        async fn register(&self, r: &Registration) -> Result<(), CatalogError> {
+            self.inner.register(r).await
+        }
+        async fn set_status(&self, id: &str, s: Status) -> Result<bool, CatalogError> {
+            self.inner.set_status(id, s).await
+        }
+        async fn deregister(&self, id: &str) -> Result<(), CatalogError> {
+            self.inner.deregister(id).await
+        }
+        async fn keep_alive(&self) -> Result<usize, CatalogError> {
+            self.inner.keep_alive().await
+        }
+        async fn services(&self) -> Result<Vec<autopilot_catalog::ServiceSummary>, CatalogError> {
+            self.inner.services().await
+        }
+        async fn instances(&self, s: &str) -> Result<Vec<Instance>, CatalogError> {
+            self.inner.instances(s).await
+        }
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.inner.changes()
+        }
+        async fn kv_get(&self, k: &str) -> Result<Option<String>, CatalogError> {
+            self.inner.kv_get(k).await
+        }
+        async fn kv_put(&self, k: &str, v: &str) -> Result<(), CatalogError> {
+            self.inner.kv_put(k, v).await
+        }
+        async fn kv_cas(&self, k: &str, o: Option<&str>, v: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_cas(k, o, v).await
+        }
+        async fn kv_delete(&self, k: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_delete(k).await
+        }
+        async fn kv_list(&self, p: &str) -> Result<Vec<(String, String)>, CatalogError> {
+            self.inner.kv_list(p).await
+        }
+        async fn lock(&self, n: &str) -> Result<(), CatalogError> {
+            self.inner.lock(n).await
+        }
+        async fn unlock(&self, n: &str) -> Result<(), CatalogError> {
+            self.inner.unlock(n).await
+        }
+        async fn holds_lock(&self, n: &str) -> Result<bool, CatalogError> {
+            self.inner.holds_lock(n).await
+        }
+        fn lock_ttl(&self) -> Duration {
+            self.inner.lock_ttl()
+        }
+        async fn campaign(
+            &self,
+            e: &str,
+            me: &Candidate,
+            ttl: Duration,
+        ) -> Result<Option<u64>, CatalogError> {
+            self.inner.campaign(e, me, ttl).await
+        }
+        async fn resign(&self, e: &str) -> Result<(), CatalogError> {
+            let mut release = self.release.clone();
+            let _ = release.wait_for(|r| *r).await;
+            self.inner.resign(e).await
+        }
+        async fn leader(&self, e: &str) -> Result<Option<Leader>, CatalogError> {
+            self.inner.leader(e).await
+        }
+    }
+
+    /// A reload replaced an elected job: the new campaign runs under the
+    /// same candidate ID, and the old campaign's resignation is slow. The
+    /// new campaign must not win (renew) the old seat the resignation then
+    /// deletes: it waits for the old task to end and takes a new term.
+    #[tokio::test]
+    async fn a_new_campaign_waits_for_the_retired_one_to_resign() {
+        let dir = scratch("retired-campaign");
+        let (release_tx, release) = watch::channel(false);
+        let catalog: Arc<dyn Catalog> = Arc::new(SlowResign {
+            inner: autopilot_catalog_local::LocalCatalog::open(&dir, "agent").expect("open"),
+            release,
+        });
+        let me = Candidate {
+            id: "db-node".into(),
+            address: "127.0.0.1".into(),
+            port: 5432,
+        };
+        let ttl = Duration::from_secs(30);
+        /// The next `Elected` or `Demoted`, within `within`.
+        async fn news(
+            rx: &mut mpsc::Receiver<ElectionNews>,
+            within: Duration,
+        ) -> Option<ElectionNews> {
+            tokio::time::timeout(within, async {
+                loop {
+                    match rx.recv().await {
+                        Some(ElectionNews::Leader(_)) => continue,
+                        n => return n,
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        let wait = Duration::from_secs(10);
+        let (want_old, want) = watch::channel(true);
+        let (tx, mut old_rx) = mpsc::channel(16);
+        let old = spawn_election(
+            catalog.clone(),
+            "e".into(),
+            me.clone(),
+            ttl,
+            want,
+            tx,
+            |n| n,
+        );
+        let Some(ElectionNews::Elected(first)) = news(&mut old_rx, wait).await else {
+            panic!("the old campaign leads")
+        };
+        // Its job is retired: the campaign steps down; the resignation hangs.
+        want_old.send(false).expect("old campaign runs");
+        drop(want_old);
+        assert_eq!(
+            news(&mut old_rx, wait).await,
+            Some(ElectionNews::Demoted(first))
+        );
+        let (done_tx, done) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = old.await;
+            let _ = done_tx.send(true);
+        });
+        let (_want_new, want) = watch::channel(true);
+        let (tx, mut new_rx) = mpsc::channel(16);
+        let _new = spawn_election_after(
+            vec![done],
+            catalog.clone(),
+            "e".into(),
+            me.clone(),
+            ttl,
+            want,
+            tx,
+            |n| n,
+        );
+        // While the old campaign has not resigned, the new one waits: it
+        // must not renew the old seat (same candidate ID) that the
+        // resignation would then delete. A bounded window, as an absence
+        // has no event to wait on; without the wait it wins within ms.
+        assert_eq!(news(&mut new_rx, Duration::from_millis(500)).await, None);
+        release_tx.send(true).expect("release");
+        let Some(ElectionNews::Elected(second)) = news(&mut new_rx, wait).await else {
+            panic!("the new campaign leads")
+        };
+        assert!(second > first, "a new seat: {second} after {first}");
+        let held = catalog.leader("e").await.expect("read").expect("a seat");
+        assert_eq!((held.id.as_str(), held.term), ("db-node", second));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

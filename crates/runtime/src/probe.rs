@@ -12,6 +12,57 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// Why a probe failed, or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// An `exec` check runs as a process, never as a probe.
+    #[error("not a native check: an 'exec' check runs as a process")]
+    NotNative,
+    #[error("unusable check target: {source}")]
+    Target {
+        #[source]
+        source: autopilot_config::AddressError,
+    },
+    #[error("no answer within {}", crate::logging::dur(*.timeout))]
+    Timeout { timeout: Duration },
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http handshake with {host}:{port}: {source}")]
+    Handshake {
+        host: String,
+        port: u16,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("cannot build the request for {target}: {source}")]
+    Request {
+        target: String,
+        #[source]
+        source: hyper::http::Error,
+    },
+    #[error("GET {target} from {host}:{port}: {source}")]
+    Get {
+        target: String,
+        host: String,
+        port: u16,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("GET {target} from {host}:{port} answered {status}, expected {want}")]
+    Status {
+        target: String,
+        host: String,
+        port: u16,
+        status: u16,
+        want: String,
+    },
+}
+
 /// What a probe checks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Probe {
@@ -27,33 +78,34 @@ pub enum Probe {
 }
 
 impl Probe {
-    /// The probe for a native check, or `None` for an `exec` check.
-    pub fn of(check: &autopilot_core::HealthCheck) -> Option<Result<Probe, String>> {
+    /// The probe for a native check; an `exec` check has none.
+    pub fn of(check: &autopilot_core::HealthCheck) -> Result<Probe, ProbeError> {
+        let target = |source| ProbeError::Target { source };
         match check {
-            autopilot_core::HealthCheck::Exec { .. } => None,
-            autopilot_core::HealthCheck::Http { url, expect } => Some(
-                autopilot_config::http_url(url).map(|(host, port, target)| Probe::Http {
+            autopilot_core::HealthCheck::Exec { .. } => Err(ProbeError::NotNative),
+            autopilot_core::HealthCheck::Http { url, expect } => autopilot_config::http_url(url)
+                .map(|(host, port, target)| Probe::Http {
                     host,
                     port,
                     target,
                     expect: *expect,
-                }),
-            ),
-            autopilot_core::HealthCheck::Tcp { address } => Some(
-                autopilot_config::host_port(address).map(|(host, port)| Probe::Tcp { host, port }),
-            ),
+                })
+                .map_err(target),
+            autopilot_core::HealthCheck::Tcp { address } => autopilot_config::host_port(address)
+                .map(|(host, port)| Probe::Tcp { host, port })
+                .map_err(target),
         }
     }
 
     /// Runs the probe once; `Err` says why it failed.
-    pub async fn run(&self, timeout: Duration) -> Result<(), String> {
+    pub async fn run(&self, timeout: Duration) -> Result<(), ProbeError> {
         match tokio::time::timeout(timeout, self.attempt()).await {
             Ok(res) => res,
-            Err(_) => Err(format!("no answer within {}", crate::logging::dur(timeout))),
+            Err(_) => Err(ProbeError::Timeout { timeout }),
         }
     }
 
-    async fn attempt(&self) -> Result<(), String> {
+    async fn attempt(&self) -> Result<(), ProbeError> {
         match self {
             Probe::Tcp { host, port } => connect(host, *port).await.map(drop),
             Probe::Http {
@@ -66,7 +118,11 @@ impl Probe {
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream))
                         .await
-                        .map_err(|e| format!("http handshake with {host}:{port}: {e}"))?;
+                        .map_err(|source| ProbeError::Handshake {
+                            host: host.clone(),
+                            port: *port,
+                            source,
+                        })?;
                 // The connection is driven beside the request; it ends when
                 // the probe's future is dropped (timeout or done).
                 let driver = async move {
@@ -82,7 +138,10 @@ impl Probe {
                     .header(hyper::header::USER_AGENT, "autopilot-health-check")
                     .header(hyper::header::CONNECTION, "close")
                     .body(Empty::<Bytes>::new())
-                    .map_err(|e| format!("cannot build the request for {target}: {e}"))?;
+                    .map_err(|source| ProbeError::Request {
+                        target: target.clone(),
+                        source,
+                    })?;
                 let response = sender.send_request(req);
                 tokio::pin!(response, driver);
                 // The connection may finish (the server closes after
@@ -93,7 +152,12 @@ impl Probe {
                     r = &mut response => r,
                     () = &mut driver => response.await,
                 }
-                .map_err(|e| format!("GET {target} from {host}:{port}: {e}"))?;
+                .map_err(|source| ProbeError::Get {
+                    target: target.clone(),
+                    host: host.clone(),
+                    port: *port,
+                    source,
+                })?;
                 let status = resp.status().as_u16();
                 let ok = match expect {
                     Some(want) => status == *want,
@@ -103,19 +167,27 @@ impl Probe {
                     Ok(())
                 } else {
                     let want = expect.map_or_else(|| "2xx".to_string(), |w| w.to_string());
-                    Err(format!(
-                        "GET {target} from {host}:{port} answered {status}, expected {want}"
-                    ))
+                    Err(ProbeError::Status {
+                        target: target.clone(),
+                        host: host.clone(),
+                        port: *port,
+                        status,
+                        want,
+                    })
                 }
             }
         }
     }
 }
 
-async fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
+async fn connect(host: &str, port: u16) -> Result<TcpStream, ProbeError> {
     TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))
+        .map_err(|source| ProbeError::Connect {
+            host: host.to_string(),
+            port,
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -174,20 +246,26 @@ mod tests {
     async fn http_status_decides_and_a_stall_times_out() {
         let (port, t) = server(vec![Some(200), Some(500), Some(204), Some(204), None]);
         let d = Duration::from_secs(5);
-        assert_eq!(http(port, None).run(d).await, Ok(()));
-        let e = http(port, None).run(d).await.expect_err("500 fails");
+        http(port, None).run(d).await.expect("200 passes");
+        let e = http(port, None)
+            .run(d)
+            .await
+            .expect_err("500 fails")
+            .to_string();
         assert!(e.contains("answered 500, expected 2xx"), "{e}");
-        assert_eq!(http(port, Some(204)).run(d).await, Ok(()));
+        http(port, Some(204)).run(d).await.expect("204 passes");
         let e = http(port, Some(200))
             .run(d)
             .await
-            .expect_err("204 is not 200");
+            .expect_err("204 is not 200")
+            .to_string();
         assert!(e.contains("expected 200"), "{e}");
         let started = std::time::Instant::now();
         let e = http(port, None)
             .run(Duration::from_millis(300))
             .await
-            .expect_err("a stall fails");
+            .expect_err("a stall fails")
+            .to_string();
         assert!(e.contains("no answer within 300ms"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
         t.join().expect("server");
@@ -201,9 +279,43 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         };
-        assert_eq!(p.run(Duration::from_secs(5)).await, Ok(()));
+        p.run(Duration::from_secs(5)).await.expect("open");
         drop(l);
-        let e = p.run(Duration::from_secs(5)).await.expect_err("closed");
+        let e = p
+            .run(Duration::from_secs(5))
+            .await
+            .expect_err("closed")
+            .to_string();
         assert!(e.contains("cannot connect to 127.0.0.1"), "{e}");
+    }
+
+    #[test]
+    fn an_exec_check_has_no_probe_and_a_bad_target_is_an_error() {
+        let e = Probe::of(&autopilot_core::HealthCheck::exec(&["true"])).expect_err("exec");
+        assert!(matches!(e, ProbeError::NotNative), "{e:?}");
+        let e = Probe::of(&autopilot_core::HealthCheck::Tcp {
+            address: "nope".into(),
+        })
+        .expect_err("no port");
+        assert_eq!(
+            e.to_string(),
+            "unusable check target: 'nope' is not host:port"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        let p = Probe::of(&autopilot_core::HealthCheck::Http {
+            url: "http://127.0.0.1:81/h".into(),
+            expect: None,
+        })
+        .expect("http");
+        assert_eq!(p, http(81, None).with_target("/h"));
+    }
+
+    impl Probe {
+        fn with_target(mut self, t: &str) -> Probe {
+            if let Probe::Http { target, .. } = &mut self {
+                *target = t.to_string();
+            }
+            self
+        }
     }
 }
