@@ -649,6 +649,21 @@ fn a_down_etcd_exits_3_within_the_timeout() {
             r.took
         );
     }
+    // A config problem stays a config problem: a CA file that is not PEM,
+    // and an endpoint that is not a URL.
+    let d = Dir::new("cli-etcd-down");
+    let junk = d.write("ca.pem", "not a certificate\n");
+    let r = ap_env(
+        &["kv", "get", "--catalog", &url, "k"],
+        &[("AUTOPILOT_ETCD_CA", junk.to_str().expect("utf-8"))],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.err);
+    assert!(r.err.contains("ca.pem"), "{}", r.err);
+    for bad in ["etcd://[::1/x", "etcd://127.0.0.1:99999/x"] {
+        let r = ap(&["kv", "get", "--catalog", bad, "k"]);
+        assert_eq!(r.code, Some(2), "{bad}: {}", r.err);
+        assert!(r.err.contains("invalid endpoint"), "{}", r.err);
+    }
 }
 
 /// The cluster's revision, which every write bumps.

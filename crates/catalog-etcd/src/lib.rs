@@ -574,6 +574,23 @@ impl EtcdCatalog {
                 }
             })
             .collect();
+        // A port that is not a port connects nowhere: a config error, not
+        // an unreachable cluster (the client only finds out on connect).
+        for e in &endpoints {
+            let authority = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+            let authority = authority.split('/').next().unwrap_or(authority);
+            let port = match authority.rsplit_once(':') {
+                Some((host, port)) if !host.ends_with(':') && !port.ends_with(']') => Some(port),
+                _ => None,
+            };
+            if let Some(port) = port
+                && !port.parse::<u16>().is_ok_and(|p| p != 0)
+            {
+                return Err(invalid(format!(
+                    "invalid endpoint {e}: the port \"{port}\" is not a number from 1 to 65535"
+                )));
+            }
+        }
         let n = endpoints.len();
         let conn = std::sync::Arc::new(Conn {
             url: url.clone(),

@@ -94,6 +94,7 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
                         .into_iter()
                         .filter(|i| i.status == autopilot_catalog::Status::Passing)
                         .collect();
+                // What a change is compared by; never printed.
                 let key: Vec<_> = passing
                     .iter()
                     .map(|i| (&i.id, &i.address, i.port, &i.tags))
@@ -169,7 +170,7 @@ pub async fn leader_cmd(o: CatalogOpts, name: &str, out: Output) -> anyhow::Resu
         ),
         Some(l) => println!("{} {}:{} term {}", l.id, l.address, l.port, l.term),
         None => {
-            eprintln!("autopilot: nobody leads {name:?}");
+            eprintln!("autopilot: nobody leads {}", super::quote(name));
             return Ok(exit::ABSENT);
         }
     }

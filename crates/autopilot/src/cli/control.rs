@@ -54,7 +54,10 @@ pub fn maintenance(mode: &str) -> anyhow::Result<Req> {
         "enable" | "disable" => Ok(Req::post(&format!("/v3/maintenance/{mode}"), None)),
         other => Err(usage(
             "-maintenance",
-            format!("takes \"enable\" or \"disable\", not {other:?}"),
+            format!(
+                "takes \"enable\" or \"disable\", not {}",
+                super::quote(other)
+            ),
         )),
     }
 }
@@ -66,7 +69,7 @@ pub fn putenv(vars: &[String]) -> anyhow::Result<Req> {
         if k.is_empty() {
             return Err(usage(
                 "-putenv",
-                format!("{v:?}: expected KEY=VALUE or KEY"),
+                format!("{}: expected KEY=VALUE or KEY", super::quote(v)),
             ));
         }
         m.insert(k.to_string(), serde_json::Value::String(val.to_string()));
@@ -84,7 +87,10 @@ pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
     let mut batches: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     for v in vars {
         let Some((k, val)) = v.split_once('=') else {
-            return Err(usage("-putmetric", format!("{v:?}: expected NAME=VALUE")));
+            return Err(usage(
+                "-putmetric",
+                format!("{}: expected NAME=VALUE", super::quote(v)),
+            ));
         };
         let num = val
             .trim()
@@ -94,7 +100,11 @@ pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
             .ok_or_else(|| {
                 usage(
                     "-putmetric",
-                    format!("{v:?}: {val:?} is not a finite number"),
+                    format!(
+                        "{}: {} is not a finite number",
+                        super::quote(v),
+                        super::quote(val)
+                    ),
                 )
             })?;
         match batches.last_mut().filter(|m| !m.contains_key(k)) {

@@ -66,7 +66,7 @@ pub async fn kv_cmd(o: CatalogOpts, cmd: &KvCmd, out: Output) -> anyhow::Result<
                     exit::OK
                 }
                 None => {
-                    eprintln!("autopilot: no key {key:?} in catalog {url}");
+                    eprintln!("autopilot: no key {} in catalog {url}", super::quote(key));
                     exit::ABSENT
                 }
             },

@@ -180,7 +180,7 @@ pub fn duration_arg(flag: &str, value: &str) -> anyhow::Result<Duration> {
     let d = autopilot_config::parse_duration(value).map_err(|e| SetupError {
         origin: flag.into(),
         field: String::new(),
-        message: format!("\"{value}\": {e}"),
+        message: format!("{}: {e}", quote(value)),
     })?;
     if d.is_zero() {
         return Err(SetupError {
@@ -196,6 +196,12 @@ pub fn duration_arg(flag: &str, value: &str) -> anyhow::Result<Duration> {
 /// A duration as people write it (`1.5s`, `250ms`), never Rust's debug form.
 pub fn dur(d: Duration) -> String {
     autopilot_runtime::logging::dur(d)
+}
+
+/// A value quoted for a message, JSON-style (`"a\tb"`), never Rust's
+/// debug form.
+pub fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
 }
 
 /// Runs `f` until the command's deadline; past it, the catalog or agent

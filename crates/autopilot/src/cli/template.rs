@@ -85,7 +85,7 @@ pub fn render(
         Some(t) => autopilot_config::parse_duration(t).map_err(|e| super::SetupError {
             origin: "--timeout".into(),
             field: String::new(),
-            message: format!("\"{t}\": {e}"),
+            message: format!("{}: {e}", super::quote(t)),
         })?,
         None => RENDER_TIMEOUT,
     };
@@ -101,7 +101,7 @@ pub fn render(
         .ok_or_else(|| {
             unusable(
                 "--perms".into(),
-                format!("\"{perms}\": not an octal mode such as 0644"),
+                format!("{}: not an octal mode such as 0644", super::quote(perms)),
             )
         })?;
     let text = std::fs::read_to_string(source).map_err(|e| {
