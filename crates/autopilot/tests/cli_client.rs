@@ -711,6 +711,47 @@ fn read_only_commands_write_nothing_to_etcd() {
     assert!(etcd_revision(&ep) > before);
 }
 
+/// A user whose role may only read the prefix can run the reading
+/// commands (they used to fail their start-up write probe, exit 2); a
+/// write is still refused as a config problem.
+#[test]
+fn a_read_only_etcd_user_runs_the_reading_commands() {
+    let d = Dir::new("cli-etcd-reader");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    let ctl = |args: &[&str]| autopilot_testkit::etcdctl(&ep, args);
+    ctl(&["put", "/ro/kv/k", "v"]);
+    ctl(&["user", "add", "root:rootpw"]);
+    ctl(&["user", "add", "reader:readerpw"]);
+    ctl(&["role", "add", "readers"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "readers",
+        "--prefix=true",
+        "read",
+        "/ro/",
+    ]);
+    ctl(&["user", "grant-role", "reader", "readers"]);
+    ctl(&["auth", "enable"]);
+    let url = format!("etcd://{ep}/ro");
+    let env = [
+        ("AUTOPILOT_ETCD_USERNAME", "reader"),
+        ("AUTOPILOT_ETCD_PASSWORD", "readerpw"),
+    ];
+    let r = ap_env(&["kv", "get", "--catalog", &url, "k"], &env);
+    assert_eq!((r.code, r.out.trim()), (Some(0), "v"), "{}", r.err);
+    let r = ap_env(&["kv", "ls", "--catalog", &url], &env);
+    assert_eq!(r.code, Some(0), "{}", r.err);
+    let r = ap_env(&["leader", "--catalog", &url, "x"], &env);
+    assert_eq!(r.code, Some(1), "nobody leads: {}", r.err);
+    let r = ap_env(&["catalog", "services", "--catalog", &url], &env);
+    assert_eq!(r.code, Some(0), "{}", r.err);
+    let r = ap_env(&["kv", "put", "--catalog", &url, "k", "w"], &env);
+    assert_eq!(r.code, Some(2), "{}", r.err);
+    assert!(r.err.contains("not allowed"), "{}", r.err);
+}
+
 /// Failures that are not "absent" never exit 1, which scripts read as
 /// "absent": a template or flag that cannot be used exits 2, a locked
 /// command that cannot be started 127 (not found) or 126, as `env` and
