@@ -490,12 +490,6 @@ fn template_render_on_an_etcd_that_freezes_keeps_its_timeout() {
     let ep = etcd.endpoint();
     let url = format!("etcd://{ep}/tpl");
     let tpl = d.write("t.tmpl", "{{ key \"absent\" }}");
-    let rev = || {
-        let out = autopilot_testkit::etcdctl(&ep, &["endpoint", "status", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v[0]["Status"]["header"]["revision"].as_u64().unwrap_or(0)
-    };
-    let start_rev = rev();
     let started = std::time::Instant::now();
     let mut r = Command::new(bin())
         .args(["template", "render", "--timeout", "2s", "--catalog", &url])
@@ -506,18 +500,31 @@ fn template_render_on_an_etcd_that_freezes_keeps_its_timeout() {
         .spawn()
         .expect("spawn render");
     let _reap = Reap(vec![r.id() as i32]);
-    // Its start-up check wrote (and removed) a key: it is connected.
-    assert!(
-        wait_for(Duration::from_secs(2), || rev() >= start_rev + 2),
-        "the render never connected"
-    );
+    // Its stderr, line by line: the first render says it waits for the key.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = r.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the render never reported");
+    assert!(first.contains("waiting for key"), "{first}");
+    // Connected, and will render again: now etcd freezes.
     etcd.pause();
     let code = wait_child(&mut r, Duration::from_secs(15));
     let took = started.elapsed();
     etcd.resume();
-    let mut err = String::new();
-    use std::io::Read;
-    let _ = r.stderr.take().expect("stderr").read_to_string(&mut err);
+    // Until the reader thread has seen the end of the pipe.
+    let err: Vec<String> =
+        std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(5)).ok()).collect();
+    let err = err.join("\n");
     assert_eq!(code, Some(3), "{err}");
     assert!(took < Duration::from_millis(3500), "took {took:?}: {err}");
     assert!(err.contains("2s (--timeout)"), "{err}");

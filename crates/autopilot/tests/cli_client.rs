@@ -747,6 +747,18 @@ fn a_read_only_etcd_user_runs_the_reading_commands() {
     assert_eq!(r.code, Some(1), "nobody leads: {}", r.err);
     let r = ap_env(&["catalog", "services", "--catalog", &url], &env);
     assert_eq!(r.code, Some(0), "{}", r.err);
+    let tpl = d.write("t.tmpl", "k={{ key \"k\" }}");
+    let r = ap_env(
+        &[
+            "template",
+            "render",
+            "--catalog",
+            &url,
+            tpl.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    assert_eq!((r.code, r.out.as_str()), (Some(0), "k=v"), "{}", r.err);
     let r = ap_env(&["kv", "put", "--catalog", &url, "k", "w"], &env);
     assert_eq!(r.code, Some(2), "{}", r.err);
     assert!(r.err.contains("not allowed"), "{}", r.err);

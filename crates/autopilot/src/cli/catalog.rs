@@ -36,7 +36,7 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
     // `watch` may start before any agent: it creates the embedded catalog
     // so it can wait on it. The others read only what exists.
     let access = match cmd {
-        CatalogCmd::Watch { .. } => Access::Write,
+        CatalogCmd::Watch { .. } => Access::Await,
         _ => Access::Read,
     };
     let opened = open_catalog(&o, &super::cli_owner(), access).await?;

@@ -285,6 +285,9 @@ pub enum Access {
     /// start-up check only reads, so read-only users work and reading
     /// wakes no watcher.
     Read,
+    /// Reads only, but may wait for data before any agent started: creates
+    /// the embedded catalog so it can wait on it; on etcd, as `Read`.
+    Await,
     Write,
 }
 
@@ -308,7 +311,9 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                     Access::Read => {
                         autopilot_catalog_local::LocalCatalog::open_existing(&dir, &owner)
                     }
-                    Access::Write => autopilot_catalog_local::LocalCatalog::open(&dir, &owner),
+                    Access::Await | Access::Write => {
+                        autopilot_catalog_local::LocalCatalog::open(&dir, &owner)
+                    }
                 })
                 .await
                 .context("the catalog task failed")??;
@@ -332,7 +337,7 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                         .unwrap_or(autopilot_runtime::catalog::DEFAULT_LEASE_TTL),
                 };
                 let cat = Arc::new(match access {
-                    Access::Read => {
+                    Access::Read | Access::Await => {
                         autopilot_catalog_etcd::EtcdCatalog::connect_read_only(opts, owner).await?
                     }
                     Access::Write => {

@@ -154,8 +154,8 @@ struct RenderReq {
 async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32> {
     use autopilot_runtime::templates::{self, Grants, RenderError};
     // It waits for data that may not exist yet, as `catalog watch` does: it
-    // creates the embedded catalog so it can wait on it.
-    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Write)
+    // creates the embedded catalog so it can wait on it, and only reads.
+    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Await)
         .await?
         .cat;
     let name = req.source.display().to_string();
