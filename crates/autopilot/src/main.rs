@@ -34,7 +34,7 @@ const SINGLE_DASH: [&str; 13] = [
 #[command(
     name = "autopilot",
     about = "Runs a service's jobs as PID 1: supervises, health-checks and registers them",
-    after_help = "Exit codes: 0 ok; 1 absent (key, leader, lock) or a lost compare-and-swap; 2 usage or config error; 3 catalog or agent unreachable, or timed out.",
+    after_help = "Exit codes: 0 ok; 1 absent (key, leader, lock) or a lost compare-and-swap; 2 usage or config error, or a request that cannot be carried out (a bad template, an unreadable file, a refused request); 3 catalog or agent unreachable, or timed out. `lock` exits with its command's code (127 or 126 if it cannot be started).",
     disable_version_flag = true
 )]
 struct Cli {
@@ -326,7 +326,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }) => {
                 let wait = wait
                     .as_deref()
-                    .map(|w| cli::timeout_arg(Some(w), cli::DEFAULT_TIMEOUT))
+                    .map(|w| cli::duration_arg("--wait", w))
                     .transpose()?;
                 let o = catalog(url)?;
                 return cli::block_on(cli::lock::lock_cmd(o, name, wait, command, env))?;

@@ -407,3 +407,125 @@ fn arguments_after_the_subcommand_or_a_double_dash_are_passed_as_written() {
         (Some(0), "-version".to_string())
     );
 }
+
+/// Keys under an etcd prefix (`etcdctl get --prefix --keys-only`).
+fn etcd_keys(endpoint: &str, prefix: &str) -> usize {
+    autopilot_testkit::etcdctl(endpoint, &["get", "--prefix", "--keys-only", prefix])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// A lock waiter waits for a held lock as long as it takes, but once etcd
+/// stops answering for --timeout it gives up with exit 3 instead of
+/// retrying for ever.
+#[test]
+fn a_lock_waiter_gives_up_with_3_when_etcd_freezes() {
+    let d = Dir::new("lock-frozen");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    let url = format!("etcd://{ep}/lock");
+    let mut h = holder_until_term(&d, &url);
+    let mut reap = Reap(vec![h.id() as i32]);
+    assert!(
+        wait_for(Duration::from_secs(10), || read_pid(&d.path("pid"))
+            .is_some()),
+        "the holder's command never started"
+    );
+    reap.0.extend(read_pid(&d.path("pid")));
+    let mut w = Command::new(bin())
+        .args([
+            "lock",
+            "--timeout",
+            "1s",
+            "--catalog",
+            &url,
+            "job",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the waiter");
+    reap.0.push(w.id() as i32);
+    assert!(
+        wait_for(Duration::from_secs(10), || etcd_keys(
+            &ep,
+            "/lock/locks/job"
+        ) == 2),
+        "the waiter never queued"
+    );
+    // A held lock is waited for past --timeout while etcd answers.
+    assert_eq!(
+        wait_child(&mut w, Duration::from_secs(3)),
+        None,
+        "the waiter gave up on a held lock"
+    );
+    etcd.pause();
+    let frozen = std::time::Instant::now();
+    let code = wait_child(&mut w, Duration::from_secs(10));
+    let took = frozen.elapsed();
+    etcd.resume();
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = w.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(took < Duration::from_secs(3), "gave up after {took:?}");
+    assert!(
+        err.contains("(--timeout)") && !err.contains("Some("),
+        "{err}"
+    );
+    kill(h.id() as i32, libc::SIGTERM);
+    let _ = wait_child(&mut h, Duration::from_secs(10));
+}
+
+/// `template render --once` against an etcd that freezes after it
+/// connected: one deadline for the whole command, the render's catalog
+/// reads included (they were unbounded by --timeout before).
+#[test]
+fn template_render_on_an_etcd_that_freezes_keeps_its_timeout() {
+    let d = Dir::new("tpl-frozen");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    let url = format!("etcd://{ep}/tpl");
+    let tpl = d.write("t.tmpl", "{{ key \"absent\" }}");
+    let started = std::time::Instant::now();
+    let mut r = Command::new(bin())
+        .args(["template", "render", "--timeout", "2s", "--catalog", &url])
+        .arg(&tpl)
+        .arg("--once")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn render");
+    let _reap = Reap(vec![r.id() as i32]);
+    // Its stderr, line by line: the first render says it waits for the key.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = r.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the render never reported");
+    assert!(first.contains("waiting for key"), "{first}");
+    // Connected, and will render again: now etcd freezes.
+    etcd.pause();
+    let code = wait_child(&mut r, Duration::from_secs(15));
+    let took = started.elapsed();
+    etcd.resume();
+    // Until the reader thread has seen the end of the pipe.
+    let err: Vec<String> =
+        std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(5)).ok()).collect();
+    let err = err.join("\n");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(took < Duration::from_millis(3500), "took {took:?}: {err}");
+    assert!(err.contains("2s (--timeout)"), "{err}");
+}

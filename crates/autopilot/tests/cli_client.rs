@@ -622,3 +622,196 @@ fn version_completions_and_man_page() {
         r.out
     );
 }
+
+/// An etcd that is down (nothing listens on its port) is unreachable: exit
+/// 3 within `--timeout`, naming the endpoint; not 2, which says "fix your
+/// config".
+#[test]
+fn a_down_etcd_exits_3_within_the_timeout() {
+    let port = autopilot_testkit::free_port();
+    let url = format!("etcd://127.0.0.1:{port}/down");
+    let cases: &[&[&str]] = &[
+        &["kv", "get", "k"],
+        &["kv", "put", "k", "v"],
+        &["leader", "x"],
+        &["catalog", "services"],
+        &["lock", "l", "--", "true"],
+    ];
+    for args in cases {
+        let mut full: Vec<&str> = vec!["--timeout", "2s", args[0], "--catalog", &url];
+        full.extend_from_slice(&args[1..]);
+        let r = ap(&full);
+        assert_eq!(r.code, Some(3), "{full:?}: {}", r.err);
+        assert!(r.err.contains(&port.to_string()), "{}", r.err);
+        assert!(
+            r.took < Duration::from_secs(3),
+            "{full:?} took {:?}",
+            r.took
+        );
+    }
+    // A config problem stays a config problem: a CA file that is not PEM,
+    // and an endpoint that is not a URL.
+    let d = Dir::new("cli-etcd-down");
+    let junk = d.write("ca.pem", "not a certificate\n");
+    let r = ap_env(
+        &["kv", "get", "--catalog", &url, "k"],
+        &[("AUTOPILOT_ETCD_CA", junk.to_str().expect("utf-8"))],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.err);
+    assert!(r.err.contains("ca.pem"), "{}", r.err);
+    for bad in ["etcd://[::1/x", "etcd://127.0.0.1:99999/x"] {
+        let r = ap(&["kv", "get", "--catalog", bad, "k"]);
+        assert_eq!(r.code, Some(2), "{bad}: {}", r.err);
+        assert!(r.err.contains("invalid endpoint"), "{}", r.err);
+    }
+}
+
+/// The cluster's revision, which every write bumps.
+fn etcd_revision(endpoint: &str) -> u64 {
+    let out = autopilot_testkit::etcdctl(endpoint, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("endpoint status json");
+    v[0]["Status"]["header"]["revision"]
+        .as_u64()
+        .expect("a revision")
+}
+
+/// Reading commands write nothing to etcd (no start-up probe key): the
+/// revision stays where it was, so no watcher wakes and read-only etcd
+/// users can run them.
+#[test]
+fn read_only_commands_write_nothing_to_etcd() {
+    let d = Dir::new("cli-etcd-ro");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    let url = format!("etcd://{ep}/ro");
+    assert_eq!(
+        ap(&["kv", "put", "--catalog", &url, "k", "v"]).code,
+        Some(0)
+    );
+    let before = etcd_revision(&ep);
+    let cases: &[(&[&str], i32)] = &[
+        (&["kv", "get", "k"], 0),
+        (&["kv", "ls"], 0),
+        (&["leader", "x"], 1),
+        (&["catalog", "services"], 0),
+        (&["catalog", "instances", "web"], 0),
+    ];
+    for (args, code) in cases {
+        let mut full: Vec<&str> = vec![args[0], "--catalog", &url];
+        full.extend_from_slice(&args[1..]);
+        let r = ap(&full);
+        assert_eq!(r.code, Some(*code), "{full:?}: {}", r.err);
+        assert_eq!(etcd_revision(&ep), before, "{full:?} wrote to etcd");
+    }
+    // The measure works: a write moves it.
+    assert_eq!(
+        ap(&["kv", "put", "--catalog", &url, "k", "w"]).code,
+        Some(0)
+    );
+    assert!(etcd_revision(&ep) > before);
+}
+
+/// A user whose role may only read the prefix can run the reading
+/// commands (they used to fail their start-up write probe, exit 2); a
+/// write is still refused as a config problem.
+#[test]
+fn a_read_only_etcd_user_runs_the_reading_commands() {
+    let d = Dir::new("cli-etcd-reader");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    let ctl = |args: &[&str]| autopilot_testkit::etcdctl(&ep, args);
+    ctl(&["put", "/ro/kv/k", "v"]);
+    ctl(&["user", "add", "root:rootpw"]);
+    ctl(&["user", "add", "reader:readerpw"]);
+    ctl(&["role", "add", "readers"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "readers",
+        "--prefix=true",
+        "read",
+        "/ro/",
+    ]);
+    ctl(&["user", "grant-role", "reader", "readers"]);
+    ctl(&["auth", "enable"]);
+    let url = format!("etcd://{ep}/ro");
+    let env = [
+        ("AUTOPILOT_ETCD_USERNAME", "reader"),
+        ("AUTOPILOT_ETCD_PASSWORD", "readerpw"),
+    ];
+    let r = ap_env(&["kv", "get", "--catalog", &url, "k"], &env);
+    assert_eq!((r.code, r.out.trim()), (Some(0), "v"), "{}", r.err);
+    let r = ap_env(&["kv", "ls", "--catalog", &url], &env);
+    assert_eq!(r.code, Some(0), "{}", r.err);
+    let r = ap_env(&["leader", "--catalog", &url, "x"], &env);
+    assert_eq!(r.code, Some(1), "nobody leads: {}", r.err);
+    let r = ap_env(&["catalog", "services", "--catalog", &url], &env);
+    assert_eq!(r.code, Some(0), "{}", r.err);
+    let tpl = d.write("t.tmpl", "k={{ key \"k\" }}");
+    let r = ap_env(
+        &[
+            "template",
+            "render",
+            "--catalog",
+            &url,
+            tpl.to_str().expect("utf-8"),
+        ],
+        &env,
+    );
+    assert_eq!((r.code, r.out.as_str()), (Some(0), "k=v"), "{}", r.err);
+    let r = ap_env(&["kv", "put", "--catalog", &url, "k", "w"], &env);
+    assert_eq!(r.code, Some(2), "{}", r.err);
+    assert!(r.err.contains("not allowed"), "{}", r.err);
+}
+
+/// Failures that are not "absent" never exit 1, which scripts read as
+/// "absent": a template or flag that cannot be used exits 2, a locked
+/// command that cannot be started 127 (not found) or 126, as `env` and
+/// `flock` do.
+#[test]
+fn errors_that_are_not_absence_never_exit_1() {
+    let d = Dir::new("cli-not-absent");
+    let url = local(&d, "cat");
+    let render = |args: &[&str]| {
+        let mut full = vec!["template", "render", "--catalog", &url, "--timeout", "2s"];
+        full.extend_from_slice(args);
+        ap(&full)
+    };
+    let bad = d.write("bad.tmpl", "a\n {{ range }}");
+    let r = render(&[bad.to_str().expect("utf-8")]);
+    assert_eq!(r.code, Some(2), "a template that does not parse: {}", r.err);
+    assert!(r.err.contains("bad.tmpl:2:"), "{}", r.err);
+    let missing = d.path("missing.tmpl").display().to_string();
+    let r = render(&[&missing]);
+    assert_eq!(r.code, Some(2), "a missing template: {}", r.err);
+    assert!(r.err.contains("missing.tmpl"), "{}", r.err);
+    let good = d.write("good.tmpl", "x");
+    let good = good.to_str().expect("utf-8");
+    let r = render(&[good, "--perms", "999"]);
+    assert_eq!(r.code, Some(2), "bad --perms: {}", r.err);
+    assert!(r.err.contains("--perms"), "{}", r.err);
+    // The template fails while rendering (a file it was not granted).
+    let secret = d.write("secret", "s3cret");
+    let f = d.write(
+        "f.tmpl",
+        &format!("{{{{ file \"{}\" }}}}", secret.display()),
+    );
+    let r = render(&[f.to_str().expect("utf-8")]);
+    assert_eq!(r.code, Some(2), "a template that fails: {}", r.err);
+    assert!(!r.out.contains("s3cret"));
+    // A command that cannot be started.
+    let r = ap(&["lock", "--catalog", &url, "l", "--", "/nonexistent/cmd"]);
+    assert_eq!(r.code, Some(127), "{}", r.err);
+    let r = ap(&[
+        "lock",
+        "--catalog",
+        &url,
+        "l",
+        "--",
+        secret.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(r.code, Some(126), "not executable: {}", r.err);
+    // The lock was released: the next holder gets it at once.
+    let r = ap(&["lock", "--catalog", &url, "--wait", "2s", "l", "--", "true"]);
+    assert_eq!(r.code, Some(0), "{}", r.err);
+}

@@ -147,6 +147,13 @@ impl Conn {
                 url: self.url.clone(),
                 message: format!("authentication failed: {}", describe(&e)),
             }),
+            // An endpoint that is not a URL never connects: a config error.
+            Ok(Err(
+                e @ (etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_)),
+            )) => Err(CatalogError::Invalid {
+                url: self.url.clone(),
+                message: format!("invalid endpoint {ep}: {}", describe(&e)),
+            }),
             Ok(Err(e)) => Err(CatalogError::Unavailable {
                 url: self.url.clone(),
                 message: format!("{ep}: {}", describe(&e)),
@@ -427,9 +434,9 @@ fn check_validity(url: &str, path: &std::path::Path, pem: &[u8]) -> Result<(), C
     }
 }
 
-/// Turns a TLS failure into what is wrong and which file to look at; other
-/// messages are returned as they are.
-fn explain_tls(message: &str, opts: &EtcdOptions) -> String {
+/// Turns a TLS failure into what is wrong and which file to look at; `None`
+/// when the message is not about TLS (the cluster is down or silent).
+fn explain_tls(message: &str, opts: &EtcdOptions) -> Option<String> {
     let file = |p: &Option<PathBuf>, none: &str| {
         p.as_ref()
             .map_or_else(|| none.to_string(), |p| p.display().to_string())
@@ -478,16 +485,36 @@ fn explain_tls(message: &str, opts: &EtcdOptions) -> String {
     } else if message.contains("InvalidContentType") || message.contains("CorruptMessage") {
         format!("the server at {hosts} does not speak TLS (CA {ca} given)")
     } else {
-        return message.to_string();
+        return None;
     };
-    format!("{hint} ({message})")
+    Some(format!("{hint} ({message})"))
 }
 
 impl EtcdCatalog {
     /// Connects, checks that the prefix can be read and written with these
-    /// credentials, and starts the watch stream. Errors here are
-    /// configuration errors (bad endpoints, credentials or prefix).
+    /// credentials, and starts the watch stream. A configuration error (bad
+    /// prefix, endpoint URL, TLS material, credentials or permissions) is
+    /// [`CatalogError::Invalid`]; a cluster that refuses connections or does
+    /// not answer is [`CatalogError::Unavailable`].
     pub async fn connect(opts: EtcdOptions, owner: &str) -> Result<EtcdCatalog, CatalogError> {
+        Self::open(opts, owner, true).await
+    }
+
+    /// [`EtcdCatalog::connect`] for a reader: the start-up check only reads,
+    /// so a user with a read-only role can connect, and connecting writes
+    /// nothing (no revision, no watcher woken).
+    pub async fn connect_read_only(
+        opts: EtcdOptions,
+        owner: &str,
+    ) -> Result<EtcdCatalog, CatalogError> {
+        Self::open(opts, owner, false).await
+    }
+
+    async fn open(
+        opts: EtcdOptions,
+        owner: &str,
+        write: bool,
+    ) -> Result<EtcdCatalog, CatalogError> {
         let url = format!("etcd://{}{}", opts.endpoints.join(","), opts.prefix);
         let invalid = |message: String| CatalogError::Invalid {
             url: url.clone(),
@@ -547,6 +574,23 @@ impl EtcdCatalog {
                 }
             })
             .collect();
+        // A port that is not a port connects nowhere: a config error, not
+        // an unreachable cluster (the client only finds out on connect).
+        for e in &endpoints {
+            let authority = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+            let authority = authority.split('/').next().unwrap_or(authority);
+            let port = match authority.rsplit_once(':') {
+                Some((host, port)) if !host.ends_with(':') && !port.ends_with(']') => Some(port),
+                _ => None,
+            };
+            if let Some(port) = port
+                && !port.parse::<u16>().is_ok_and(|p| p != 0)
+            {
+                return Err(invalid(format!(
+                    "invalid endpoint {e}: the port \"{port}\" is not a number from 1 to 65535"
+                )));
+            }
+        }
         let n = endpoints.len();
         let conn = std::sync::Arc::new(Conn {
             url: url.clone(),
@@ -556,8 +600,8 @@ impl EtcdCatalog {
             pinned: std::sync::atomic::AtomicUsize::new(0),
             attempts: 2 * n + 1,
         });
-        // A read and a write under the prefix prove reachability, credentials
-        // and permissions before any job starts.
+        // A read and (for a writer) a write under the prefix prove
+        // reachability, credentials and permissions before any job starts.
         let probe = format!("{}/agents/{owner}", opts.prefix);
         let prefix = opts.prefix.clone();
         let checked = conn
@@ -575,8 +619,10 @@ impl EtcdCatalog {
                             ),
                         )
                         .await?;
-                    client.put(probe.clone(), "", None).await?;
-                    client.delete(probe, None).await?;
+                    if write {
+                        client.put(probe.clone(), "", None).await?;
+                        client.delete(probe, None).await?;
+                    }
                     Ok(got.header().map(|h| h.revision()).unwrap_or(0))
                 }
             })
@@ -590,24 +636,27 @@ impl EtcdCatalog {
                 )));
             }
             Err(CatalogError::Invalid { message, .. })
-                if message.starts_with("authentication failed") =>
+                if message.starts_with("authentication failed")
+                    || message.starts_with("invalid endpoint") =>
             {
                 return Err(invalid(message));
             }
             Err(CatalogError::Invalid { message, .. }) => {
                 return Err(invalid(format!("authentication failed: {message}")));
             }
-            Err(e) => {
-                let message = match e {
-                    CatalogError::Unavailable { message, .. } => message,
-                    other => other.to_string(),
-                };
-                return Err(invalid(format!(
-                    "cannot use the cluster ({}): {}",
-                    opts.endpoints.join(", "),
-                    explain_tls(&message, &opts)
-                )));
+            // A TLS mistake is a config error; a cluster that is down or
+            // silent is unreachable (retrying may help, exit 3 in the CLI).
+            Err(CatalogError::Unavailable { message, .. }) => {
+                let eps = opts.endpoints.join(", ");
+                return Err(match explain_tls(&message, &opts) {
+                    Some(tls) => invalid(format!("cannot use the cluster ({eps}): {tls}")),
+                    None => CatalogError::Unavailable {
+                        url: url.clone(),
+                        message: format!("cannot reach the cluster ({eps}): {message}"),
+                    },
+                });
             }
+            Err(e) => return Err(e),
         };
         let (tx, rx) = watch::channel(0u64);
         let watcher = tokio::spawn(watch_loop(

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{Access, CatalogOpts, Output, bounded, exit, open_catalog};
+use super::{Access, CatalogOpts, Deadline, Output, bounded, exit, open_catalog};
 
 #[derive(Subcommand, Debug)]
 pub enum CatalogCmd {
@@ -36,14 +36,14 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
     // `watch` may start before any agent: it creates the embedded catalog
     // so it can wait on it. The others read only what exists.
     let access = match cmd {
-        CatalogCmd::Watch { .. } => Access::Write,
+        CatalogCmd::Watch { .. } => Access::Await,
         _ => Access::Read,
     };
     let opened = open_catalog(&o, &super::cli_owner(), access).await?;
     let cat = opened.cat;
     match cmd {
         CatalogCmd::Services => {
-            let list = bounded(&what, o.timeout, async { Ok(cat.services().await?) }).await?;
+            let list = bounded(&what, o.deadline, async { Ok(cat.services().await?) }).await?;
             if out.json() {
                 let v: Vec<_> = list
                     .iter()
@@ -64,7 +64,7 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
             }
         }
         CatalogCmd::Instances { name } => {
-            let list = bounded(&what, o.timeout, async {
+            let list = bounded(&what, o.deadline, async {
                 Ok(match &opened.etcd {
                     // etcd keeps the heartbeat in the lease, not the entry.
                     Some(etcd) => etcd.instances_with_heartbeats(name).await?,
@@ -81,16 +81,20 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
         CatalogCmd::Watch { name } => {
             let mut changes = cat.changes();
             let mut last = None;
+            // The first read shares the command's deadline; each later one
+            // (after a change) gets a whole --timeout.
+            let mut deadline = o.deadline;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             loop {
                 changes.borrow_and_update();
                 let passing: Vec<_> =
-                    bounded(&what, o.timeout, async { Ok(cat.instances(name).await?) })
+                    bounded(&what, deadline, async { Ok(cat.instances(name).await?) })
                         .await?
                         .into_iter()
                         .filter(|i| i.status == autopilot_catalog::Status::Passing)
                         .collect();
+                // What a change is compared by; never printed.
                 let key: Vec<_> = passing
                     .iter()
                     .map(|i| (&i.id, &i.address, i.port, &i.tags))
@@ -116,7 +120,12 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
                 use std::io::Write;
                 std::io::stdout().flush()?;
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { return Ok(exit::UNREACHABLE) },
+                    r = changes.changed() => {
+                        if r.is_err() {
+                            return Ok(exit::UNREACHABLE);
+                        }
+                        deadline = Deadline::after(o.timeout);
+                    }
                     _ = tokio::signal::ctrl_c() => return Ok(0),
                     _ = term.recv() => return Ok(0),
                 }
@@ -149,7 +158,7 @@ pub async fn leader_cmd(o: CatalogOpts, name: &str, out: Output) -> anyhow::Resu
     let cat = open_catalog(&o, &super::cli_owner(), Access::Read)
         .await?
         .cat;
-    match bounded(&what, o.timeout, async { Ok(cat.leader(name).await?) }).await? {
+    match bounded(&what, o.deadline, async { Ok(cat.leader(name).await?) }).await? {
         Some(l) if out.json() => println!(
             "{}",
             serde_json::json!({
@@ -161,7 +170,7 @@ pub async fn leader_cmd(o: CatalogOpts, name: &str, out: Output) -> anyhow::Resu
         ),
         Some(l) => println!("{} {}:{} term {}", l.id, l.address, l.port, l.term),
         None => {
-            eprintln!("autopilot: nobody leads {name:?}");
+            eprintln!("autopilot: nobody leads {}", super::quote(name));
             return Ok(exit::ABSENT);
         }
     }

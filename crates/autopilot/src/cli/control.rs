@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::Output;
+use super::{Deadline, Output};
 
 pub struct Req {
     pub method: &'static str,
@@ -54,7 +54,10 @@ pub fn maintenance(mode: &str) -> anyhow::Result<Req> {
         "enable" | "disable" => Ok(Req::post(&format!("/v3/maintenance/{mode}"), None)),
         other => Err(usage(
             "-maintenance",
-            format!("takes \"enable\" or \"disable\", not {other:?}"),
+            format!(
+                "takes \"enable\" or \"disable\", not {}",
+                super::quote(other)
+            ),
         )),
     }
 }
@@ -66,7 +69,7 @@ pub fn putenv(vars: &[String]) -> anyhow::Result<Req> {
         if k.is_empty() {
             return Err(usage(
                 "-putenv",
-                format!("{v:?}: expected KEY=VALUE or KEY"),
+                format!("{}: expected KEY=VALUE or KEY", super::quote(v)),
             ));
         }
         m.insert(k.to_string(), serde_json::Value::String(val.to_string()));
@@ -84,7 +87,10 @@ pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
     let mut batches: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     for v in vars {
         let Some((k, val)) = v.split_once('=') else {
-            return Err(usage("-putmetric", format!("{v:?}: expected NAME=VALUE")));
+            return Err(usage(
+                "-putmetric",
+                format!("{}: expected NAME=VALUE", super::quote(v)),
+            ));
         };
         let num = val
             .trim()
@@ -94,7 +100,11 @@ pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
             .ok_or_else(|| {
                 usage(
                     "-putmetric",
-                    format!("{v:?}: {val:?} is not a finite number"),
+                    format!(
+                        "{}: {} is not a finite number",
+                        super::quote(v),
+                        super::quote(val)
+                    ),
                 )
             })?;
         match batches.last_mut().filter(|m| !m.contains_key(k)) {
@@ -114,25 +124,32 @@ pub fn putmetric(vars: &[String]) -> anyhow::Result<Vec<Req>> {
         .collect())
 }
 
-/// Sends `req` within `timeout` and returns the answer's body; a refusal is
-/// an error (exit 1), no answer is exit 3.
-pub fn call(socket: &Path, req: Req, timeout: Duration) -> anyhow::Result<String> {
+/// Sends `req` before `deadline` and returns the answer's body; a refusal
+/// is an error (exit 2: the request cannot be carried out as asked), no
+/// answer or an agent shutting down is exit 3.
+pub fn call(socket: &Path, req: Req, deadline: Deadline) -> anyhow::Result<String> {
     let what = format!("agent at {}", socket.display());
-    let (code, body) = super::block_on(super::bounded(&what, timeout, async {
+    let (code, body) = super::block_on(super::bounded(&what, deadline, async {
         Ok(autopilot_runtime::control::request(socket, req.method, &req.uri, req.body).await?)
     }))??;
+    if code == 503 {
+        // Shutting down: the agent cannot take requests any more.
+        return Err(super::Unreachable(format!("{what}: {}", body.trim())).into());
+    }
     if code != 200 {
         bail!("the agent refused the request ({code}): {}", body.trim());
     }
     Ok(body)
 }
 
-/// Sends each request in turn and prints the last answer, if any: as the
-/// agent wrote it, or with `-o json` as one JSON document.
+/// Sends each request in turn, all within one `--timeout`, and prints the
+/// last answer, if any: as the agent wrote it, or with `-o json` as one
+/// JSON document.
 pub fn send(socket: &Path, reqs: Vec<Req>, timeout: Duration, out: Output) -> anyhow::Result<i32> {
+    let deadline = Deadline::after(timeout);
     let mut body = String::new();
     for req in reqs {
-        body = call(socket, req, timeout)?;
+        body = call(socket, req, deadline)?;
     }
     let body = body.trim();
     if out.json() {

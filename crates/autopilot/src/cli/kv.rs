@@ -54,7 +54,7 @@ pub async fn kv_cmd(o: CatalogOpts, cmd: &KvCmd, out: Output) -> anyhow::Result<
     };
     let cat = open_catalog(&o, &super::cli_owner(), access).await?.cat;
     let url = o.url.clone();
-    bounded(&format!("catalog {url}"), o.timeout, async {
+    bounded(&format!("catalog {url}"), o.deadline, async {
         Ok(match cmd {
             KvCmd::Get { key } => match cat.kv_get(key).await? {
                 Some(v) if out.json() => {
@@ -66,7 +66,7 @@ pub async fn kv_cmd(o: CatalogOpts, cmd: &KvCmd, out: Output) -> anyhow::Result<
                     exit::OK
                 }
                 None => {
-                    eprintln!("autopilot: no key {key:?} in catalog {url}");
+                    eprintln!("autopilot: no key {} in catalog {url}", super::quote(key));
                     exit::ABSENT
                 }
             },

@@ -11,6 +11,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::dur;
+
 /// What the keep-alive task last learned about the lock.
 #[derive(Debug, Clone, Copy)]
 enum Held {
@@ -37,7 +39,10 @@ async fn keep_alive(cat: Arc<dyn Catalog>, name: String, every: Duration, tx: wa
                 continue;
             }
             Err(_) => {
-                eprintln!("autopilot: lock {name}: keep-alive unanswered after {every:?}");
+                eprintln!(
+                    "autopilot: lock {name}: keep-alive unanswered after {}",
+                    dur(every)
+                );
                 continue;
             }
         }
@@ -50,8 +55,113 @@ async fn keep_alive(cat: Arc<dyn Catalog>, name: String, every: Duration, tx: wa
                 return;
             }
             Ok(Err(e)) => eprintln!("autopilot: lock {name}: cannot check the lock: {e}"),
-            Err(_) => eprintln!("autopilot: lock {name}: lock check unanswered after {every:?}"),
+            Err(_) => eprintln!(
+                "autopilot: lock {name}: lock check unanswered after {}",
+                dur(every)
+            ),
         }
+    }
+}
+
+/// A key no one writes: reading it proves the catalog answers.
+const PROBE_KEY: &str = "autopilot-cli/probe";
+
+/// Watches the catalog while the lock is awaited: a keep-alive (so the
+/// waiting session keeps its place in the queue) and a read, every `every`.
+/// Returns an error (exit 3) once nothing has answered for `limit`;
+/// `failing` tells whether the last probe failed. Waiting for a lock that
+/// is held stays unbounded: only an unreachable catalog ends the wait.
+async fn watch_catalog(
+    cat: Arc<dyn Catalog>,
+    limit: Duration,
+    every: Duration,
+    failing: watch::Sender<bool>,
+) -> anyhow::Error {
+    let mut last_ok = Instant::now();
+    let mut why = String::from("no answer");
+    loop {
+        let give_up = last_ok + limit;
+        let probe = async {
+            cat.keep_alive().await?;
+            cat.kv_get(PROBE_KEY).await
+        };
+        match tokio::time::timeout_at(give_up, probe).await {
+            Ok(Ok(_)) => {
+                last_ok = Instant::now();
+                failing.send_replace(false);
+            }
+            Ok(Err(e)) => {
+                why = e.to_string();
+                failing.send_replace(true);
+            }
+            Err(_) => {
+                failing.send_replace(true);
+            }
+        }
+        let now = Instant::now();
+        if now >= last_ok + limit {
+            return super::Unreachable(format!(
+                "unreachable for {} (--timeout) while waiting for the lock: {why}",
+                dur(limit)
+            ))
+            .into();
+        }
+        tokio::time::sleep(every.min((last_ok + limit).saturating_duration_since(now))).await;
+    }
+}
+
+/// Waits for the lock: unbounded (or up to `wait`) while the catalog
+/// answers; an error (exit 3) once it has not answered for `o.timeout`.
+/// `Ok(false)`: not acquired within `wait`.
+async fn acquire(
+    cat: &Arc<dyn Catalog>,
+    o: &super::CatalogOpts,
+    name: &str,
+    wait: Option<Duration>,
+) -> anyhow::Result<bool> {
+    let every = (o.timeout / 4)
+        .min(cat.lock_ttl() / 3)
+        .max(Duration::from_millis(100));
+    let (tx, failing) = watch::channel(false);
+    let give_up = wait.map(|w| Instant::now() + w);
+    tokio::select! {
+        r = cat.lock(name) => {
+            r?;
+            Ok(true)
+        }
+        e = watch_catalog(cat.clone(), o.timeout, every, tx) => Err(e.context(format!("lock {name}"))),
+        _ = sleep_until_opt(give_up) => {
+            let w = wait.map(dur).unwrap_or_default();
+            if *failing.borrow() {
+                return Err(super::Unreachable(format!(
+                    "lock {name}: not acquired within {w} (--wait), and the catalog {} is not answering",
+                    o.url
+                ))
+                .into());
+            }
+            eprintln!("autopilot: lock {name}: not acquired within {w} (--wait)");
+            Ok(false)
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The exit code of a command that cannot be started, as `env`, `timeout`
+/// and `flock` give: 127 when it is not found, 126 when it cannot run.
+fn spawn_failure_code(e: &autopilot_process::SpawnError) -> i32 {
+    match e {
+        autopilot_process::SpawnError::Exec { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            127
+        }
+        _ => 126,
     }
 }
 
@@ -63,7 +173,10 @@ async fn keep_alive(cat: Arc<dyn Catalog>, name: String, every: Duration, tx: wa
 /// for nearly the lock's TTL, or the catalog says the lock is no longer
 /// ours, another holder may enter: the command gets SIGTERM (SIGKILL once
 /// the TTL has passed) and the exit code is 1.
-/// With `wait`, gives up (exit 1) if the lock is not ours within it.
+/// With `wait`, gives up (exit 1) if the lock is not ours within it. A
+/// catalog that does not answer for `--timeout` while the lock is awaited
+/// ends the wait (exit 3); a command that cannot be started exits 127 (not
+/// found) or 126.
 pub async fn lock_cmd(
     o: super::CatalogOpts,
     name: &str,
@@ -89,24 +202,19 @@ pub async fn lock_cmd(
         .cat;
     let ttl = cat.lock_ttl();
     let margin = (ttl / 5).max(Duration::from_millis(300));
-    match wait {
-        Some(w) => match tokio::time::timeout(w, cat.lock(name)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                eprintln!("autopilot: lock {name}: not acquired within {w:?} (--wait)");
-                return Ok(super::exit::ABSENT);
-            }
-        },
-        None => cat.lock(name).await?,
+    if !acquire(&cat, &o, name, wait).await? {
+        return Ok(super::exit::ABSENT);
     }
     // Waiting for the lock may have taken long: confirm the session now,
     // so the TTL is counted from a known instant.
     let locked_at = Instant::now();
     let confirmed = match tokio::time::timeout(o.timeout, cat.keep_alive()).await {
         Ok(r) => r.map(|_| ()).map_err(anyhow::Error::new),
-        Err(_) => {
-            Err(super::Unreachable(format!("no answer within {:?} (--timeout)", o.timeout)).into())
-        }
+        Err(_) => Err(super::Unreachable(format!(
+            "no answer within {} (--timeout)",
+            dur(o.timeout)
+        ))
+        .into()),
     };
     if let Err(e) = confirmed {
         let _ = tokio::time::timeout(o.timeout, cat.unlock(name)).await;
@@ -143,7 +251,8 @@ pub async fn lock_cmd(
         Err(e) => {
             let _ = signal_process(guard.pid, Sig::Kill);
             let _ = tokio::time::timeout(o.timeout, cat.unlock(name)).await;
-            return Err(e.into());
+            eprintln!("autopilot: lock {name}: {e}");
+            return Ok(spawn_failure_code(&e));
         }
     };
     let every = cat
@@ -185,8 +294,9 @@ pub async fn lock_cmd(
                 // A full TTL without confirmation ends the lock.
                 kill_at = Some(last + ttl);
                 eprintln!(
-                    "autopilot: lock {name}: the session was not confirmed for {:?} of the lock's {ttl:?} TTL; the lock may be lost, stopping the command",
-                    ttl.saturating_sub(margin),
+                    "autopilot: lock {name}: the session was not confirmed for {} of the lock's {} TTL; the lock may be lost, stopping the command",
+                    dur(ttl.saturating_sub(margin)),
+                    dur(ttl),
                 );
                 signal_group(group, Sig::Term)?;
             }
@@ -209,8 +319,8 @@ pub async fn lock_cmd(
     match tokio::time::timeout(o.timeout, cat.unlock(name)).await {
         Ok(r) => r?,
         Err(_) => eprintln!(
-            "autopilot: lock {name}: unlock unanswered after {:?}; the lock expires with the session",
-            o.timeout
+            "autopilot: lock {name}: unlock unanswered after {}; the lock expires with the session",
+            dur(o.timeout)
         ),
     }
     Ok(match exit {

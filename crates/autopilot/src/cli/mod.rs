@@ -71,7 +71,10 @@ pub mod exit {
     pub const OK: i32 = 0;
     /// The key, leader or lock is absent, or a compare-and-swap lost.
     pub const ABSENT: i32 = 1;
-    /// A usage or config error (clap also exits 2 on bad arguments).
+    /// A usage or config error (clap also exits 2 on bad arguments), or a
+    /// command that cannot be carried out as asked (a template that does not
+    /// parse, a file that cannot be read or written, an internal failure):
+    /// never 1, which a script takes for "absent".
     pub const USAGE: i32 = 2;
     /// The catalog or the agent could not be reached, or did not answer in time.
     pub const UNREACHABLE: i32 = 3;
@@ -90,7 +93,9 @@ impl std::fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
-/// The exit code an error maps to: the first cause in the chain that says.
+/// The exit code an error maps to: the first cause in the chain that says;
+/// an error nothing classifies is 2, never 1 (which scripts read as
+/// "absent": a failed `leader` must not look like "nobody leads").
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     use autopilot_catalog::CatalogError;
     use autopilot_runtime::control::ControlError;
@@ -113,11 +118,11 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(c) = cause.downcast_ref::<ControlError>() {
             return match c {
                 ControlError::Connect { .. } | ControlError::Protocol { .. } => exit::UNREACHABLE,
-                _ => exit::ABSENT,
+                _ => exit::USAGE,
             };
         }
     }
-    exit::ABSENT
+    exit::USAGE
 }
 
 /// The output format of every command that prints data.
@@ -139,18 +144,47 @@ impl Output {
 /// How long one command may wait on the catalog or the agent.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One `--timeout` for a whole command: opening the catalog (or the
+/// socket) and every request after it share it, so a command never waits
+/// longer than the flag says.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    /// The whole allowance, for messages.
+    pub total: Duration,
+}
+
+impl Deadline {
+    /// `total` from now.
+    pub fn after(total: Duration) -> Deadline {
+        let now = tokio::time::Instant::now();
+        Deadline {
+            at: now.checked_add(total).unwrap_or(now + DEFAULT_TIMEOUT),
+            total,
+        }
+    }
+}
+
 /// `--timeout` as a duration (`5s`, `500ms`; `0` is not allowed: nothing
 /// may block for ever), or `default`.
 pub fn timeout_arg(flag: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
-    let Some(t) = flag else { return Ok(default) };
-    let d = autopilot_config::parse_duration(t).map_err(|e| SetupError {
-        origin: "--timeout".into(),
+    match flag {
+        Some(t) => duration_arg("--timeout", t),
+        None => Ok(default),
+    }
+}
+
+/// A duration flag's value (`5s`, `500ms`), more than 0; else exit 2
+/// naming the flag.
+pub fn duration_arg(flag: &str, value: &str) -> anyhow::Result<Duration> {
+    let d = autopilot_config::parse_duration(value).map_err(|e| SetupError {
+        origin: flag.into(),
         field: String::new(),
-        message: format!("{t:?}: {e}"),
+        message: format!("{}: {e}", quote(value)),
     })?;
     if d.is_zero() {
         return Err(SetupError {
-            origin: "--timeout".into(),
+            origin: flag.into(),
             field: String::new(),
             message: "must be more than 0".into(),
         }
@@ -159,16 +193,31 @@ pub fn timeout_arg(flag: Option<&str>, default: Duration) -> anyhow::Result<Dura
     Ok(d)
 }
 
-/// Runs `f` for at most `t`; past it, the catalog or agent `what` is
-/// unreachable (exit 3).
+/// A duration as people write it (`1.5s`, `250ms`), never Rust's debug form.
+pub fn dur(d: Duration) -> String {
+    autopilot_runtime::logging::dur(d)
+}
+
+/// A value quoted for a message, JSON-style (`"a\tb"`), never Rust's
+/// debug form.
+pub fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Runs `f` until the command's deadline; past it, the catalog or agent
+/// `what` is unreachable (exit 3).
 pub async fn bounded<T>(
     what: &str,
-    t: Duration,
+    d: Deadline,
     f: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(t, f).await {
+    match tokio::time::timeout_at(d.at, f).await {
         Ok(r) => r,
-        Err(_) => Err(Unreachable(format!("{what}: no answer within {t:?} (--timeout)")).into()),
+        Err(_) => Err(Unreachable(format!(
+            "{what}: no answer within {} (--timeout)",
+            dur(d.total)
+        ))
+        .into()),
     }
 }
 
@@ -191,7 +240,11 @@ pub fn load_config(
 pub struct CatalogOpts {
     pub url: String,
     pub etcd: autopilot_config::EtcdConfig,
+    /// `--timeout`: what one wait on the catalog may take.
     pub timeout: Duration,
+    /// The command's deadline (`--timeout` from its start): opening the
+    /// catalog and the operation share it.
+    pub deadline: Deadline,
 }
 
 /// The catalog URL, in the agent's order (`--catalog`, `$AUTOPILOT_CATALOG`,
@@ -216,15 +269,25 @@ pub fn catalog_choice(
             field: String::new(),
             message,
         })?;
-    Ok(CatalogOpts { url, etcd, timeout })
+    Ok(CatalogOpts {
+        url,
+        etcd,
+        timeout,
+        deadline: Deadline::after(timeout),
+    })
 }
 
-/// Whether a command may create the catalog it opens.
+/// Whether a command may create (or write to) the catalog it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Readers open an existing catalog only: a mistyped path is an error
-    /// (exit 3), not an empty catalog created on the spot.
+    /// (exit 3), not an empty catalog created on the spot; on etcd the
+    /// start-up check only reads, so read-only users work and reading
+    /// wakes no watcher.
     Read,
+    /// Reads only, but may wait for data before any agent started: creates
+    /// the embedded catalog so it can wait on it; on etcd, as `Read`.
+    Await,
     Write,
 }
 
@@ -235,7 +298,7 @@ pub struct Opened {
     pub etcd: Option<Arc<autopilot_catalog_etcd::EtcdCatalog>>,
 }
 
-/// Opens the catalog as session `owner`, within `o.timeout`.
+/// Opens the catalog as session `owner`, within the command's deadline.
 pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyhow::Result<Opened> {
     use autopilot_catalog::{CatalogError, CatalogUrl};
     let opened = async {
@@ -248,7 +311,9 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                     Access::Read => {
                         autopilot_catalog_local::LocalCatalog::open_existing(&dir, &owner)
                     }
-                    Access::Write => autopilot_catalog_local::LocalCatalog::open(&dir, &owner),
+                    Access::Await | Access::Write => {
+                        autopilot_catalog_local::LocalCatalog::open(&dir, &owner)
+                    }
                 })
                 .await
                 .context("the catalog task failed")??;
@@ -271,8 +336,14 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                         .lease_ttl
                         .unwrap_or(autopilot_runtime::catalog::DEFAULT_LEASE_TTL),
                 };
-                let cat =
-                    Arc::new(autopilot_catalog_etcd::EtcdCatalog::connect(opts, owner).await?);
+                let cat = Arc::new(match access {
+                    Access::Read | Access::Await => {
+                        autopilot_catalog_etcd::EtcdCatalog::connect_read_only(opts, owner).await?
+                    }
+                    Access::Write => {
+                        autopilot_catalog_etcd::EtcdCatalog::connect(opts, owner).await?
+                    }
+                });
                 Ok(Opened {
                     cat: cat.clone(),
                     etcd: Some(cat),
@@ -285,7 +356,7 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
             .into()),
         }
     };
-    bounded(&format!("catalog {}", o.url), o.timeout, opened).await
+    bounded(&format!("catalog {}", o.url), o.deadline, opened).await
 }
 
 pub fn default_socket(env: &BTreeMap<String, String>) -> PathBuf {

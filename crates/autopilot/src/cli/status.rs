@@ -22,7 +22,11 @@ fn role(j: &serde_json::Value) -> (&'static str, String) {
 }
 
 pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i32> {
-    let body = call(socket, Req::get("/v3/status"), timeout)?;
+    let body = call(
+        socket,
+        Req::get("/v3/status"),
+        super::Deadline::after(timeout),
+    )?;
     if out.json() {
         println!("{}", body.trim());
         return Ok(0);

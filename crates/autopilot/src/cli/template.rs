@@ -52,8 +52,21 @@ pub fn config_template(
 /// How long `template render --once` waits for the data by default.
 const RENDER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A template or flag that cannot be used as given: exit 2, naming it.
+fn unusable(origin: String, message: String) -> anyhow::Error {
+    super::SetupError {
+        origin,
+        field: String::new(),
+        message,
+    }
+    .into()
+}
+
 /// `autopilot template render`; `timeout` (the global `--timeout`) bounds
-/// the wait for data with `--once` (`0`: for ever) and opening the catalog.
+/// the whole command with `--once` (opening the catalog, the wait for data
+/// and every render share it; `0`: wait for the data for ever), and opening
+/// the catalog without it. A template, file or flag that cannot be used
+/// exits 2.
 pub fn render(
     cmd: &TemplateCmd,
     config: Option<&autopilot_config::Config>,
@@ -72,7 +85,7 @@ pub fn render(
         Some(t) => autopilot_config::parse_duration(t).map_err(|e| super::SetupError {
             origin: "--timeout".into(),
             field: String::new(),
-            message: format!("{t:?}: {e}"),
+            message: format!("{}: {e}", super::quote(t)),
         })?,
         None => RENDER_TIMEOUT,
     };
@@ -85,9 +98,18 @@ pub fn render(
     let perms = u32::from_str_radix(perms.trim_start_matches("0o"), 8)
         .ok()
         .filter(|p| *p <= 0o7777)
-        .with_context(|| format!("--perms {perms:?}: not an octal mode such as 0644"))?;
-    let text = std::fs::read_to_string(source)
-        .with_context(|| format!("cannot read template {}", source.display()))?;
+        .ok_or_else(|| {
+            unusable(
+                "--perms".into(),
+                format!("{}: not an octal mode such as 0644", super::quote(perms)),
+            )
+        })?;
+    let text = std::fs::read_to_string(source).map_err(|e| {
+        unusable(
+            source.display().to_string(),
+            format!("cannot read the template: {e}"),
+        )
+    })?;
     // Unknown functions are errors now, as they are at config load.
     let known = autopilot_template::Funcs::with_env(Default::default());
     let tpl = autopilot_template::Template::parse(&text)
@@ -96,12 +118,9 @@ pub fn render(
                 .map(|()| t)
         })
         .map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}:{}: {}",
-                source.display(),
-                e.line,
-                e.column,
-                e.message
+            unusable(
+                format!("{}:{}:{}", source.display(), e.line, e.column),
+                e.message,
             )
         })?;
     let req = RenderReq {
@@ -135,8 +154,8 @@ struct RenderReq {
 async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32> {
     use autopilot_runtime::templates::{self, Grants, RenderError};
     // It waits for data that may not exist yet, as `catalog watch` does: it
-    // creates the embedded catalog so it can wait on it.
-    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Write)
+    // creates the embedded catalog so it can wait on it, and only reads.
+    let cat = super::open_catalog(&o, &super::cli_owner(), super::Access::Await)
         .await?
         .cat;
     let name = req.source.display().to_string();
@@ -178,7 +197,8 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
         env: req.env,
         files: req.files,
     };
-    let give_up = (!req.timeout.is_zero()).then(|| tokio::time::Instant::now() + req.timeout);
+    // One deadline for the command: opening the catalog used part of it.
+    let give_up = (!req.timeout.is_zero()).then_some(o.deadline.at);
     let mut changes = cat.changes();
     let mut told = String::new();
     // Whether the last attempt failed on the catalog (exit 3 on giving up)
@@ -188,11 +208,23 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
         changes.borrow_and_update();
         let (t, c, g, n) = (tpl.clone(), cat.clone(), grants.clone(), name.clone());
         let handle = tokio::runtime::Handle::current();
-        let out = tokio::task::spawn_blocking(move || {
+        let rendering = tokio::task::spawn_blocking(move || {
             templates::render_blocking(&n, &t, &c, &handle, &g)
-        })
-        .await
-        .context("render task failed")?;
+        });
+        // The engine bounds its own time; a render still running at the
+        // deadline is waiting on the catalog's reads.
+        let out = tokio::select! {
+            biased;
+            r = rendering => r.context("render task failed")?,
+            _ = sleep_until_opt(give_up) => {
+                return Err(super::Unreachable(format!(
+                    "{name}: the catalog {} did not answer within {} (--timeout)",
+                    o.url,
+                    super::dur(req.timeout)
+                ))
+                .into());
+            }
+        };
         match out {
             Ok(text) => {
                 match &req.out {
@@ -205,7 +237,12 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
                 }
                 return Ok(0);
             }
-            Err(e @ RenderError::Template { .. }) => anyhow::bail!("{e}"),
+            Err(RenderError::Template {
+                template,
+                line,
+                column,
+                message,
+            }) => return Err(unusable(format!("{template}:{line}:{column}"), message)),
             Err(e) => {
                 unreachable = matches!(e, RenderError::Unavailable { .. });
                 let msg = e.to_string();
@@ -220,7 +257,10 @@ async fn render_cmd(o: super::CatalogOpts, req: RenderReq) -> anyhow::Result<i32
             _ = changes.changed() => {}
             _ = retry => {}
             _ = sleep_until_opt(give_up) => {
-                let msg = format!("gave up after {:?} (--timeout): {told}", req.timeout);
+                let msg = format!(
+                    "gave up after {} (--timeout): {told}",
+                    super::dur(req.timeout)
+                );
                 if unreachable {
                     return Err(super::Unreachable(msg).into());
                 }
