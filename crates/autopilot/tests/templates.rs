@@ -260,13 +260,13 @@ fn template_render_cli_waits_for_keys_and_confines_files() {
     );
     let grant = d.path("pub").display().to_string();
     let (code, out, err) = render(&url, &[&f.display().to_string(), "--allow-file", &grant]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 2, "a template error is a usage error: {out}");
     assert!(err.contains("not readable by this template"), "{err}");
     assert!(!out.contains("s3cret"));
 
     // A syntax error names the template file, line and column.
     let bad = d.write("bad.tmpl", "a\n {{ range }}");
     let (code, _, err) = render(&url, &[&bad.display().to_string()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("bad.tmpl:2:"), "{err}");
 }

@@ -160,7 +160,7 @@ impl Conn {
             }),
             Err(_) => Err(CatalogError::Unavailable {
                 url: self.url.clone(),
-                message: format!("{ep}: no answer within {OP_TIMEOUT:?}"),
+                message: format!("{ep}: no answer within {}s", OP_TIMEOUT.as_secs()),
             }),
         }
     }
@@ -358,7 +358,7 @@ async fn timed<T>(
         }),
         Err(_) => Err(CatalogError::Unavailable {
             url: url.to_string(),
-            message: format!("no answer within {OP_TIMEOUT:?}"),
+            message: format!("no answer within {}s", OP_TIMEOUT.as_secs()),
         }),
     }
 }
@@ -915,7 +915,10 @@ impl EtcdCatalog {
             Ok(Ok(Some(resp))) => Ok(resp.ttl()),
             Ok(Ok(None)) => Err(self.unavailable("the keep-alive stream closed".into())),
             Ok(Err(e)) => Err(self.unavailable(describe(&e))),
-            Err(_) => Err(self.unavailable(format!("no keep-alive answer within {OP_TIMEOUT:?}"))),
+            Err(_) => Err(self.unavailable(format!(
+                "no keep-alive answer within {}s",
+                OP_TIMEOUT.as_secs()
+            ))),
         }
     }
 
@@ -1023,7 +1026,7 @@ async fn watch_loop(
         let stream = match conn.client(idx).await {
             Ok(mut c) => tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts)))
                 .await
-                .map_err(|_| format!("no answer within {OP_TIMEOUT:?}"))
+                .map_err(|_| format!("no answer within {}s", OP_TIMEOUT.as_secs()))
                 .and_then(|r| r.map_err(|e| describe(&e))),
             Err(e) => Err(e.to_string()),
         };
@@ -1055,7 +1058,9 @@ async fn watch_loop(
                     }
                     match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
                         Ok(m) => m,
-                        Err(_) => break format!("no progress answer within {OP_TIMEOUT:?}"),
+                        Err(_) => {
+                            break format!("no progress answer within {}s", OP_TIMEOUT.as_secs());
+                        }
                     }
                 }
             };

@@ -103,7 +103,7 @@ pub enum CatalogError {
     /// The store is unusable as configured (bad path, corrupt data, bad credentials).
     #[error("catalog {url}: {message}")]
     Invalid { url: String, message: String },
-    #[error("invalid catalog URL {url:?}: {message}")]
+    #[error("invalid catalog URL '{url}': {message}")]
     BadUrl { url: String, message: String },
     #[error("catalog {url}: the {backend} backend is not available yet; use a local:// catalog")]
     Unsupported { url: String, backend: String },

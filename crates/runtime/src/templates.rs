@@ -124,6 +124,7 @@ fn data_funcs(
     };
     let block = {
         let handle = handle.clone();
+        let url = catalog.url().to_string();
         move |fut: std::pin::Pin<
             Box<dyn Future<Output = Result<Value, CatalogError>> + Send + '_>,
         >| {
@@ -131,8 +132,8 @@ fn data_funcs(
                 match tokio::time::timeout(READ_TIMEOUT, fut).await {
                     Ok(r) => r,
                     Err(_) => Err(CatalogError::Unavailable {
-                        url: String::new(),
-                        message: format!("no answer within {READ_TIMEOUT:?}"),
+                        url: url.clone(),
+                        message: format!("no answer within {}", crate::logging::dur(READ_TIMEOUT)),
                     }),
                 }
             })
