@@ -628,7 +628,9 @@ fn version_completions_and_man_page() {
 /// config".
 #[test]
 fn a_down_etcd_exits_3_within_the_timeout() {
-    let port = autopilot_testkit::free_port();
+    // Held for the whole test: refused, and no etcd of another test can take it.
+    let down = autopilot_testkit::refused_port();
+    let port = down.port;
     let url = format!("etcd://127.0.0.1:{port}/down");
     let cases: &[&[&str]] = &[
         &["kv", "get", "k"],

@@ -77,8 +77,9 @@ fn redis_start_never_starts_a_master_while_the_catalog_is_unreachable() {
     let d = Dir::new("hook-redis");
     let fakes = fakes(&d, &["redis-server"]);
     let data = d.path("data").display().to_string();
-    // Nothing listens on this port: etcd is down.
-    let down = format!("etcd://127.0.0.1:{}/redis", free_port());
+    // Nothing listens on this port (held, so no other test's etcd takes it).
+    let refused = autopilot_testkit::refused_port();
+    let down = format!("etcd://127.0.0.1:{}/redis", refused.port);
     let env = [
         ("AUTOPILOT_CATALOG", down.as_str()),
         ("REDIS_DATA", data.as_str()),
@@ -110,7 +111,8 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
     let d = Dir::new("hook-pg");
     let fakes = fakes(&d, &["initdb", "postgres", "pg_basebackup"]);
     let (data, run) = (d.path("data"), d.path("run"));
-    let down = format!("etcd://127.0.0.1:{}/pg", free_port());
+    let refused = autopilot_testkit::refused_port();
+    let down = format!("etcd://127.0.0.1:{}/pg", refused.port);
     let env = [
         ("AUTOPILOT_CATALOG", down.as_str()),
         ("PGDATA", data.to_str().expect("utf-8")),

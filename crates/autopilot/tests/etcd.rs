@@ -175,7 +175,10 @@ fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
 #[test]
 fn bad_endpoints_fail_at_startup_with_a_clear_error() {
     let d = Dir::new("etcdbad");
-    let port = free_port();
+    // A listener that never answers holds the port, so no etcd another test
+    // starts meanwhile can take it (a free port is only free until then).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
     let url = format!("etcd://127.0.0.1:{port}/x");
     let mut a = start_with(
         &d,

@@ -17,6 +17,37 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A loopback port that refuses connections and stays taken until dropped:
+/// a bound TCP socket that never listens. Unlike a port from [`free_port`],
+/// no server another test starts meanwhile can take it.
+pub struct RefusedPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+pub fn refused_port() -> RefusedPort {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .expect("bind");
+    let addr: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).expect("getsockname");
+    RefusedPort {
+        _socket: fd,
+        port: addr.port(),
+    }
+}
+
 /// A unique scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
