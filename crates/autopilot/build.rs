@@ -4,6 +4,7 @@
 // one-reaper rule is about the agent.
 #![allow(clippy::disallowed_methods)]
 
+use std::fmt::Write as _;
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -26,15 +27,24 @@ fn main() {
         }
     }
     // Reproducible builds set SOURCE_DATE_EPOCH; otherwise, now.
-    let when = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) => s.parse::<u64>().ok().and_then(|secs| {
-            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
-        }),
-        Err(_) => Some(std::time::SystemTime::now()),
+    let secs = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => s.parse::<u64>().ok(),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs()),
     };
-    // The date part of an RFC 3339 timestamp (YYYY-MM-DD).
-    let date = when
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+    // RFC 3339 ends at the year 9999 (humantime refuses later times).
+    const YEAR_10000: u64 = 253_402_300_800;
+    let date = secs
+        .filter(|s| *s < YEAR_10000)
+        .map(|s| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+            let mut out = String::new();
+            let _ = write!(out, "{}", humantime::format_rfc3339_seconds(t));
+            out
+        })
+        // The date part (YYYY-MM-DD).
         .and_then(|s| s.get(..10).map(str::to_string))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=AUTOPILOT_GIT_COMMIT={commit}");

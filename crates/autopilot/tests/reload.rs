@@ -514,6 +514,18 @@ fn stopping_a_changed_job_for_a_reload_fires_no_exit_handler() {
     );
     a.signal(libc::SIGTERM);
     assert!(a.wait(Duration::from_secs(10)).is_some(), "{}", a.log());
+    // The shutdown could kill a handler before it wrote its file: the log
+    // says whether one was ever started.
+    let log = a.log();
+    let spawned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("job started") && (l.contains("onFail") || l.contains("late")))
+        .collect();
+    assert!(spawned.is_empty(), "handlers started: {spawned:?}");
+    assert!(
+        log.contains("job started"),
+        "the log names started jobs: {log}"
+    );
     assert!(
         d.lines("failed").is_empty(),
         "the run the reload stopped neither fired the kept handler nor started the new once-job; log:\n{}",

@@ -484,6 +484,10 @@ fn explain_tls(message: &str, opts: &EtcdOptions) -> Option<String> {
         )
     } else if message.contains("InvalidContentType") || message.contains("CorruptMessage") {
         format!("the server at {hosts} does not speak TLS (CA {ca} given)")
+    } else if server || alert || has(&["tls", "TLS", "certificate", "handshake"]) {
+        // A TLS failure this list does not know is still a TLS failure: a
+        // config error, not an unreachable cluster.
+        format!("the TLS handshake with {hosts} failed (CA {ca}, client certificate {cert})")
     } else {
         return None;
     };

@@ -328,10 +328,11 @@ pub struct Machine {
     /// event that already happened starts at once. Pruned on reload to the
     /// events some job waits on, so it stays bounded by the config.
     published: HashSet<Event>,
-    /// The last failed final run (no restart left, not stopped by us) of a
-    /// job that is not a stop hook, with that job's index: the exit code
-    /// when nothing can run. Dropped when a reload removes or replaces the job.
-    failure: Option<(usize, ExitStatus)>,
+    /// Failed final runs (no restart left, not stopped by us) of jobs that
+    /// are not stop hooks, oldest first, at most one per job: the last one is
+    /// the exit code when nothing can run. A reload drops those of the jobs
+    /// it removes or replaces, so an earlier failure of a kept job counts again.
+    failures: Vec<(usize, ExitStatus)>,
     end: End,
 }
 
@@ -360,7 +361,7 @@ impl Machine {
             global_stop_timeout,
             reload: None,
             published: HashSet::new(),
-            failure: None,
+            failures: Vec::new(),
             end: End::Requested,
         }
     }
@@ -772,7 +773,8 @@ impl Machine {
             && !job.spec.trigger.is_stop_hook()
             && let Some(st) = job.last_exit.filter(|st| !st.success())
         {
-            self.failure = Some((j, st));
+            self.failures.retain(|(f, _)| *f != j);
+            self.failures.push((j, st));
         }
         let job = &mut self.jobs[j];
         job.stop = Some(StopStage::Hooks);
@@ -1340,7 +1342,10 @@ impl Machine {
             .collect();
         // The failure of a job the reload removed or replaced is not the
         // new config's: it must not decide the exit code later.
-        self.failure = self.failure.and_then(|(j, st)| remap(j).map(|n| (n, st)));
+        self.failures = std::mem::take(&mut self.failures)
+            .into_iter()
+            .filter_map(|(j, st)| remap(j).map(|n| (n, st)))
+            .collect();
         self.global_stop_timeout = reload.stop_timeout;
         let specs: Vec<JobSpec> = self.jobs.iter().map(|j| j.spec.clone()).collect();
         self.main = main_job(&specs);
@@ -1528,7 +1533,7 @@ impl Machine {
             End::Requested => main.unwrap_or(0),
             End::Idle => main
                 .filter(|c| *c != 0)
-                .or(self.failure.map(|(_, st)| st.code()))
+                .or(self.failures.last().map(|(_, st)| st.code()))
                 .unwrap_or(0),
         }
     }

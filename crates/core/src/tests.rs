@@ -1416,6 +1416,17 @@ fn the_failure_of_a_job_a_reload_removed_does_not_decide_the_exit_code() {
     h.adopt();
     let a = exit_with(&mut h, "app", 0);
     assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 3)));
+
+    // A kept job failed, then a job the reload removes failed later: the
+    // kept job's failure is still the exit code, not 0.
+    let mut h = H::new(vec![serving("app"), job("setup"), job("extra")]);
+    h.startup();
+    exit_with(&mut h, "setup", 3);
+    exit_with(&mut h, "extra", 5);
+    h.reload(vec![serving("app"), job("setup")]);
+    h.adopt();
+    let a = exit_with(&mut h, "app", 0);
+    assert_eq!(H::finished(&a), Some((StopReason::Shutdown, 3)));
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub enum Exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot run {program:?}: {source}")]
+    #[error("cannot run '{program}': {source}")]
     Exec { program: String, source: io::Error },
     #[error("empty command")]
     Empty,

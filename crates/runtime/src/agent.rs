@@ -397,7 +397,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             // Every election, not only those led now: a resignation started
             // by the election task may have been cut short; repeating it is
             // harmless.
-            let elections: Vec<String> = (0..agent.machine.job_count())
+            // That includes the elections of campaigns a reload retired,
+            // whose own resignation the exit would cut short.
+            let mut elections: Vec<String> = (0..agent.machine.job_count())
                 .filter_map(|j| {
                     agent
                         .machine
@@ -406,7 +408,10 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
                         .as_ref()
                         .map(|e| e.name.clone())
                 })
+                .chain(agent.retired.iter().map(|r| r.election.clone()))
                 .collect();
+            elections.sort();
+            elections.dedup();
             for c in agent.campaigns.drain(..).flatten() {
                 let _ = c.want.send(false);
                 c.task.abort();
@@ -1055,8 +1060,13 @@ impl Agent {
                                 ExitStatus::Code(c) => {
                                     Some(format!("the check exited with code {c}"))
                                 }
+                                // A stop or a reload that retires the job
+                                // kills its check: not a timeout.
+                                ExitStatus::Signal(_) if self.machine.is_winding(meta.job) => {
+                                    Some("the check was stopped".to_string())
+                                }
                                 ExitStatus::Signal(s) => Some(format!(
-                                    "the check was killed by signal {s} (timed out or stopped)"
+                                    "the check was killed by signal {s} (its timeout, or from outside)"
                                 )),
                             };
                             self.check_done(&name, meta.started, failure);

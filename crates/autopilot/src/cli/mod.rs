@@ -159,7 +159,11 @@ impl Deadline {
     pub fn after(total: Duration) -> Deadline {
         let now = tokio::time::Instant::now();
         Deadline {
-            at: now.checked_add(total).unwrap_or(now + DEFAULT_TIMEOUT),
+            // A timeout too long to represent is as good as none: a year.
+            at: now
+                .checked_add(total)
+                .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+                .unwrap_or(now),
             total,
         }
     }
