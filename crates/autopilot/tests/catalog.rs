@@ -208,9 +208,12 @@ fn killed_body(d: &Dir, cat: &Cat) {
     );
     assert!(wait_for(Duration::from_secs(5), || instances(&cat, "web").is_empty()));
     let took = t.elapsed();
+    // The TTL is 2 s from the last keep-alive; etcd revokes expired leases
+    // on a 500 ms tick, and each poll here is a CLI run. Well under the
+    // default 5 s TTL, so it is the agent's own short lease that expired.
     assert!(
-        took <= Duration::from_millis(2500),
-        "gone within its 2 s TTL: {took:?}"
+        took <= Duration::from_millis(3500),
+        "gone within its 2 s TTL (plus expiry tick and polling): {took:?}"
     );
 }
 
