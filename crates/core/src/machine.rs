@@ -1286,12 +1286,7 @@ impl Machine {
         }
         let reload = self.reload.take()?;
         self.now = self.now.max(now);
-        let mut new_of_old: Vec<Option<usize>> = vec![None; self.jobs.len()];
-        for (n, o) in reload.kept.iter().enumerate() {
-            if let Some(o) = o {
-                new_of_old[*o] = Some(n);
-            }
-        }
+        let new_of_old = new_of_old(&reload.kept, self.jobs.len());
         let mut old: Vec<Option<Job>> = std::mem::take(&mut self.jobs)
             .into_iter()
             .map(Some)
@@ -1548,6 +1543,18 @@ impl Machine {
             }
         }
     }
+}
+
+/// The inverse of [`plan_reload`]'s answer: per old job (of `old_len`),
+/// the index of the new job that continues it, if any.
+pub fn new_of_old(kept: &[Option<usize>], old_len: usize) -> Vec<Option<usize>> {
+    let mut map = vec![None; old_len];
+    for (n, o) in kept.iter().enumerate() {
+        if let Some(slot) = o.and_then(|o| map.get_mut(o)) {
+            *slot = Some(n);
+        }
+    }
+    map
 }
 
 /// Which jobs of a running list a reloaded list keeps: per new job, the

@@ -1281,12 +1281,7 @@ impl Agent {
             self.queue.extend(actions);
             return;
         };
-        let mut new_of_old = vec![None; self.config.jobs.len()];
-        for (n, o) in kept.iter().enumerate() {
-            if let Some(slot) = o.and_then(|o| new_of_old.get_mut(o)) {
-                *slot = Some(n);
-            }
-        }
+        let new_of_old = autopilot_core::machine::new_of_old(&kept, self.config.jobs.len());
         self.runs
             .retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
                 Some(n) => {
