@@ -1,5 +1,6 @@
 //! The subcommands, one module per family, and what they share: config and catalog choice, opening the catalog, sockets, `--timeout`, `-o`, exit codes, the async runtime.
 
+pub mod args;
 pub mod catalog;
 pub mod control;
 pub mod info;
