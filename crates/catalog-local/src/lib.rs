@@ -1117,19 +1117,7 @@ mod tests {
         let d = dir("durable");
         {
             let c = LocalCatalog::open(&d, "a").expect("open");
-            c.register(&Registration {
-                id: "x-1".into(),
-                name: "x".into(),
-                address: "10.0.0.1".into(),
-                port: 1,
-                tags: vec![],
-                status: Status::Passing,
-                ttl: Duration::from_secs(60),
-                deregister_critical_after: None,
-                seat: None,
-            })
-            .await
-            .expect("register");
+            c.register(&entry("x-1")).await.expect("register");
         }
         let c = LocalCatalog::open(&d, "b").expect("reopen");
         assert_eq!(c.instances("x").await.expect("read").len(), 1);
