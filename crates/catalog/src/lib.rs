@@ -213,6 +213,15 @@ pub trait Catalog: Send + Sync {
 
     /// The current leader, if any.
     async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError>;
+
+    /// Ends `leader`'s seat of `election` at once, only if the seat is still held by `leader.id` at
+    /// `leader.term` (a seat won again since is never touched). Returns whether it ended a seat.
+    /// etcd: revokes the seat key's own lease (the seat and its bound entries go in one step);
+    /// embedded: deletes the seat row (its bound entries go with it).
+    async fn end_seat(&self, election: &str, leader: &Leader) -> Result<bool, CatalogError> {
+        let _ = (election, leader);
+        Ok(false)
+    }
 }
 
 /// Who is campaigning: the instance ID (`<job>-<hostname>`) and where it serves.
