@@ -1186,8 +1186,21 @@ fn job(
             if ttl < Duration::from_secs(2) {
                 return Err(eo.err("ttl", "must be at least 2s (etcd's minimum lease TTL)"));
             }
-            eo.finish(&["name", "ttl"])?;
-            Some(ElectionSpec { name, ttl })
+            let priority = match eo.opt("priority", |f| f.int(0, i64::from(u32::MAX)))? {
+                Some(p) => u32::try_from(p).map_err(|_| eo.err("priority", "out of range"))?,
+                None => 1,
+            };
+            let max_lag = match eo.opt("maxLag", |f| f.int(0, i64::MAX))? {
+                Some(l) => Some(u64::try_from(l).map_err(|_| eo.err("maxLag", "out of range"))?),
+                None => None,
+            };
+            eo.finish(&["name", "ttl", "priority", "maxLag"])?;
+            Some(ElectionSpec {
+                name,
+                ttl,
+                priority,
+                max_lag,
+            })
         }
         None => None,
     };

@@ -596,3 +596,36 @@ fn check_address_errors_are_typed_quote_the_value_and_keep_the_cause() {
         "{e}"
     );
 }
+
+#[test]
+fn election_priority_and_max_lag() {
+    let c = load(
+        "{ jobs: [{ name: 'aa', exec: 'x', election: { name: 'e', priority: 0, maxLag: 1048576 } },\n{ name: 'bb', exec: 'x', election: { name: 'f' } }] }",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = c.jobs[0].election.as_ref().expect("election");
+    assert_eq!((e.priority, e.max_lag), (0, Some(1_048_576)));
+    let f = c.jobs[1].election.as_ref().expect("election");
+    assert_eq!((f.priority, f.max_lag, f.ttl), (1, None, Duration::from_secs(5)));
+    for (text, want) in [
+        (
+            "{ jobs: [{ name: 'a', exec: 'x',\n election: { name: 'e', priority: -1 } }] }",
+            "2:",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { name: 'e', priority: 4294967296 } }] }",
+            "jobs[0].election.priority",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { name: 'e', maxLag: 'lots' } }] }",
+            "jobs[0].election.maxLag",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'x', election: { name: 'e', maxlag: 5 } }] }",
+            "maxLag",
+        ),
+    ] {
+        let err = load(text).expect_err(text).to_string();
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}

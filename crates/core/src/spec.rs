@@ -117,12 +117,30 @@ pub enum EntryStatus {
     Critical,
 }
 
-/// `election: {name, ttl}`: the job campaigns for leadership of `name`
-/// while it is healthy.
+/// `election: {name, ttl, priority, maxLag}`: the job campaigns for
+/// leadership of `name` while it is healthy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ElectionSpec {
     pub name: String,
     pub ttl: Duration,
+    /// Ranks candidates after their replication position; 0 never leads
+    /// automatically (only through a failover or switchover intent).
+    pub priority: u32,
+    /// A candidate further behind the most advanced member than this (in
+    /// position units) never wins automatically.
+    pub max_lag: Option<u64>,
+}
+
+impl ElectionSpec {
+    /// The defaults: TTL 5 s, priority 1, no lag limit.
+    pub fn new(name: impl Into<String>) -> ElectionSpec {
+        ElectionSpec {
+            name: name.into(),
+            ttl: Duration::from_secs(5),
+            priority: 1,
+            max_lag: None,
+        }
+    }
 }
 
 /// How the job's catalog entry looks in one role; unset fields keep the job's own.

@@ -722,8 +722,8 @@ fn elected_job(roles: bool, snapshot: Option<SnapshotSpec>) -> JobSpec {
         port: Some(6379),
         restarts: Restarts::Unlimited,
         election: Some(ElectionSpec {
-            name: "primary".into(),
             ttl: ms(5000),
+            ..ElectionSpec::new("primary")
         }),
         roles: roles.then(|| Roles {
             leader: RoleSpec {
