@@ -361,6 +361,16 @@ pub fn majority(n: usize) -> usize {
     n.saturating_sub(1) / 2 + 1
 }
 
+/// Whether a majority of the members (n = member records including the
+/// leader's) has confirmed the leader holding `term` dead.
+pub fn confirmed_dead(members: &[Member], leader: &str, term: u64) -> bool {
+    let votes = members
+        .iter()
+        .filter(|m| m.id != leader && m.suspect == Some(term))
+        .count();
+    votes >= majority(members.len())
+}
+
 /// Whether this candidate (a voter: a non-leader member that suspects the
 /// leader's term itself) should end the leader's seat now.
 pub fn end_seat_due(
@@ -373,11 +383,10 @@ pub fn end_seat_due(
     if intents.paused || me == leader {
         return false;
     }
-    let voter = |m: &&Member| m.id != leader && m.suspect == Some(term);
-    if !members.iter().filter(voter).any(|m| m.id == me) {
-        return false;
-    }
-    members.iter().filter(voter).count() >= majority(members.len())
+    let voter = members
+        .iter()
+        .any(|m| m.id == me && m.suspect == Some(term));
+    voter && confirmed_dead(members, leader, term)
 }
 
 /// A probe round's outcome, as the fast path counts it.

@@ -205,6 +205,19 @@ struct Agent {
     /// Per job: how its last run ended and how long it lasted, to tell a
     /// crash loop from a restart after a long run.
     last_runs: HashMap<String, (ExitStatus, std::time::Duration)>,
+    /// Member records published, by member record ID, with their presence
+    /// listeners.
+    members: BTreeMap<String, MemberRecord>,
+    /// Per election: the replication position a hook published.
+    positions: BTreeMap<String, u64>,
+    /// Per election: the leader term this agent's campaign confirmed dead.
+    suspects: BTreeMap<String, u64>,
+}
+
+/// A member record this agent publishes for a running elected job.
+struct MemberRecord {
+    presence: crate::cluster::Presence,
+    published: Registration,
 }
 
 /// Resolves the advertised IP of every job with a port.
@@ -373,6 +386,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         hook_env,
         check_failures: HashMap::new(),
         last_runs: HashMap::new(),
+        members: BTreeMap::new(),
+        positions: BTreeMap::new(),
+        suspects: BTreeMap::new(),
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -391,7 +407,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         .metrics
         .record("autopilot_catalog_registered", &[], 0.0);
     loop {
-        if let Some(code) = agent.execute() {
+        let finished = agent.execute();
+        agent.sync_members();
+        if let Some(code) = finished {
             // Hand leadership over before exiting, so a follower wins at
             // once rather than after the seat's TTL.
             // Every election, not only those led now: a resignation started
@@ -570,12 +588,17 @@ impl Agent {
         if !after.is_empty() {
             tracing::debug!(election = %e.name, "campaign waits for the retired campaign to resign");
         }
+        let settings = crate::catalog::ClusterSettings {
+            priority: e.priority,
+            max_lag: e.max_lag,
+        };
         let task = spawn_election_after(
             after,
             self.catalog.clone(),
             e.name.clone(),
             me,
             e.ttl,
+            settings,
             rx,
             self.tx.clone(),
             move |news| Msg::Election { key, news },
@@ -652,6 +675,12 @@ impl Agent {
                     self.publish_leader_changed(&election);
                 }
             }
+            ElectionNews::Suspect(term) => {
+                match term {
+                    Some(t) => self.suspects.insert(election, t),
+                    None => self.suspects.remove(&election),
+                };
+            }
         }
     }
 
@@ -678,6 +707,8 @@ impl Agent {
                     self.publish_leader_changed(election);
                 }
             }
+            // Only a live campaign's vote is published.
+            ElectionNews::Suspect(_) => {}
         }
     }
 
@@ -1224,6 +1255,144 @@ impl Agent {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Position {
+                election,
+                position,
+                reply,
+            } => {
+                let res = self.set_position(election, position);
+                let _ = reply.send(res);
+                self.sync_members();
+            }
+        }
+    }
+
+    /// Stores the replication position a hook published for an election of
+    /// this agent (`None`: its only one).
+    fn set_position(&mut self, election: Option<String>, position: u64) -> Result<(), String> {
+        let mut mine: Vec<String> = (0..self.machine.job_count())
+            .filter_map(|j| self.machine.spec(j).election.as_ref().map(|e| e.name.clone()))
+            .collect();
+        mine.sort();
+        mine.dedup();
+        let name = match election {
+            Some(e) if mine.contains(&e) => e,
+            Some(e) => {
+                return Err(format!(
+                    "election: no job of this agent campaigns in {e:?}"
+                ));
+            }
+            None => match mine.as_slice() {
+                [only] => only.clone(),
+                [] => return Err("election: no job of this agent has an election".into()),
+                _ => {
+                    return Err(format!(
+                        "election: this agent's jobs campaign in several elections ({}); name one",
+                        mine.join(", ")
+                    ));
+                }
+            },
+        };
+        self.positions.insert(name, position);
+        Ok(())
+    }
+
+    /// Publishes one member record per running elected job (status from its
+    /// health, tags from its settings, the hook's position and the
+    /// campaign's vote), with its presence listener; removes the records of
+    /// jobs that stopped.
+    fn sync_members(&mut self) {
+        let view = self.machine.view();
+        let mut wanted: BTreeMap<String, Registration> = BTreeMap::new();
+        for (j, v) in view.iter().enumerate() {
+            let Some(e) = self.machine.spec(j).election.clone() else {
+                continue;
+            };
+            if !matches!(v.phase, Phase::Running(Some(_))) {
+                continue;
+            }
+            let Some(ip) = self.job_ips.get(j).copied().flatten() else {
+                continue;
+            };
+            let me = self.candidate(j);
+            let id = autopilot_core::cluster::member_id(&e.name, &me.id);
+            let probe = match self.members.get(&id) {
+                Some(m) => m.presence.addr,
+                None => match crate::cluster::Presence::open(ip) {
+                    Ok(p) => {
+                        let addr = p.addr;
+                        self.members.insert(
+                            id.clone(),
+                            MemberRecord {
+                                presence: p,
+                                // Never equal to a wanted record: published below.
+                                published: Registration {
+                                    id: String::new(),
+                                    name: String::new(),
+                                    address: String::new(),
+                                    port: 0,
+                                    tags: Vec::new(),
+                                    status: Status::Critical,
+                                    ttl: e.ttl,
+                                    deregister_critical_after: None,
+                                    seat: None,
+                                },
+                            },
+                        );
+                        addr
+                    }
+                    Err(err) => {
+                        tracing::warn!(election = %e.name, "cannot open the presence listener on {ip}: {err}; the member record is not published");
+                        continue;
+                    }
+                },
+            };
+            let member = autopilot_core::cluster::Member {
+                id: me.id.clone(),
+                passing: true,
+                priority: e.priority,
+                max_lag: e.max_lag,
+                position: self.positions.get(&e.name).copied(),
+                suspect: self.suspects.get(&e.name).copied(),
+                probe: Some(probe.to_string()),
+            };
+            let status = if v.health == autopilot_core::HealthStatus::Healthy {
+                Status::Passing
+            } else {
+                Status::Critical
+            };
+            wanted.insert(
+                id.clone(),
+                Registration {
+                    id,
+                    name: autopilot_core::cluster::members_service(&e.name),
+                    address: me.address,
+                    port: me.port,
+                    tags: member.tags(),
+                    status,
+                    ttl: e.ttl,
+                    deregister_critical_after: None,
+                    seat: None,
+                },
+            );
+        }
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.registrar.remove(&id);
+            self.members.remove(&id);
+        }
+        for (id, r) in wanted {
+            if let Some(m) = self.members.get_mut(&id)
+                && m.published != r
+            {
+                m.published = r.clone();
+                self.registrar.put(r);
             }
         }
     }

@@ -596,6 +596,25 @@ pub enum ElectionNews {
     Demoted(u64),
     /// The election's leader as last read (`None`: nobody leads).
     Leader(Option<Leader>),
+    /// The leader term this candidate has confirmed dead by probing (the
+    /// member record's `suspect` tag), or `None`.
+    Suspect(Option<u64>),
+}
+
+/// A candidate's own cluster settings (`election.priority`, `maxLag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub priority: u32,
+    pub max_lag: Option<u64>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> ClusterSettings {
+        ClusterSettings {
+            priority: 1,
+            max_lag: None,
+        }
+    }
 }
 
 /// Campaigns for `election` while `want` is true, and reports leadership
@@ -615,13 +634,38 @@ pub fn spawn_election<M: Send + 'static>(
     tx: mpsc::Sender<M>,
     wrap: impl Fn(ElectionNews) -> M + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_election_after(Vec::new(), catalog, election, me, ttl, want, tx, wrap)
+    spawn_election_after(
+        Vec::new(),
+        catalog,
+        election,
+        me,
+        ttl,
+        ClusterSettings::default(),
+        want,
+        tx,
+        wrap,
+    )
+}
+
+/// Aborts a task when dropped (the prober ends with its election task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// [`spawn_election`], campaigning only once each of `after` has turned
 /// true: a reload's new campaign waits for the retired campaign of the
 /// same election, which may still resign under the same candidate ID (a
 /// resignation that ran after the new campaign won would delete its seat).
+///
+/// Who campaigns for a free seat, when a leader hands over, and when a
+/// follower ends a dead leader's seat early are decided by
+/// `autopilot_core::cluster` from the member records and intents; when
+/// those cannot be read, a free seat is campaigned for at once (the
+/// catalog's compare-and-swap decides either way).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_election_after<M: Send + 'static>(
     after: Vec<watch::Receiver<bool>>,
@@ -629,10 +673,12 @@ pub fn spawn_election_after<M: Send + 'static>(
     election: String,
     me: Candidate,
     ttl: Duration,
+    settings: ClusterSettings,
     mut want: watch::Receiver<bool>,
     tx: mpsc::Sender<M>,
     wrap: impl Fn(ElectionNews) -> M + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    use autopilot_core::cluster::{self, Step};
     tokio::spawn(async move {
         for mut done in after {
             // A dropped sender means the waiter itself is gone: the
@@ -647,6 +693,17 @@ pub fn spawn_election_after<M: Send + 'static>(
         let mut last_leader: Option<Option<Leader>> = None;
         // The instant a leader must have stepped down by.
         let deadline = |sent: Instant| sent + ttl - margin;
+        // Cluster state: the fast path's prober and what it confirmed.
+        let (target_tx, target_rx) = watch::channel(None);
+        let (suspect_tx, mut suspect_rx) = watch::channel(None);
+        let _prober = AbortOnDrop(tokio::spawn(crate::cluster::run_prober(
+            target_rx, suspect_tx,
+        )));
+        let mut reported_suspect: Option<u64> = None;
+        let start = Instant::now();
+        let mut free_since: Option<Duration> = None;
+        let mut last_holder: Option<String> = None;
+        let mut dead: Option<String> = None;
         loop {
             changes.borrow_and_update();
             let wanted = *want.borrow_and_update();
@@ -682,6 +739,100 @@ pub fn spawn_election_after<M: Send + 'static>(
                     return;
                 }
             }
+            // The suspect tag follows the prober.
+            let suspect = *suspect_rx.borrow_and_update();
+            if suspect != reported_suspect {
+                reported_suspect = suspect;
+                if suspect.is_some() {
+                    tracing::info!(%election, term = ?suspect, "the leader's agent and service both refuse connections: voting it dead");
+                }
+                if tx.send(wrap(ElectionNews::Suspect(suspect))).await.is_err() {
+                    return;
+                }
+            }
+            // Member records and intents, read under the same bound.
+            let read = bound(every, leading);
+            let (members, intents) = if wanted && !read.is_zero() {
+                let m = crate::cluster::members(catalog.as_ref(), &election, read).await;
+                let read = bound(every, leading);
+                let i = if read.is_zero() {
+                    None
+                } else {
+                    crate::cluster::intents(catalog.as_ref(), &election, read).await
+                };
+                (m, i)
+            } else {
+                (None, None)
+            };
+            let held = match &last_leader {
+                Some(Some(l)) => Some(l.clone()),
+                _ => None,
+            };
+            let now = start.elapsed();
+            match &held {
+                Some(l) => {
+                    free_since = None;
+                    last_holder = Some(l.id.clone());
+                    if dead.as_ref().is_some_and(|d| *d != l.id) {
+                        dead = None;
+                    }
+                }
+                None => {
+                    free_since.get_or_insert(now);
+                }
+            }
+            // This candidate as it knows itself, whatever its record says.
+            let members = members.map(|mut list| {
+                let mine = cluster::Member {
+                    id: me.id.clone(),
+                    passing: true,
+                    priority: settings.priority,
+                    max_lag: settings.max_lag,
+                    position: list
+                        .iter()
+                        .find(|m| m.id == me.id)
+                        .and_then(|m| m.position),
+                    suspect,
+                    probe: None,
+                };
+                list.retain(|m| m.id != me.id);
+                list.push(mine);
+                list
+            });
+            // The fast path: probe a leader that is not us, unless paused.
+            let following = held.as_ref().filter(|l| l.id != me.id && leading.is_none());
+            let target = match (following, &members, &intents) {
+                (Some(l), Some(ms), Some(i)) if !i.paused => ms
+                    .iter()
+                    .find(|m| m.id == l.id)
+                    .and_then(|m| crate::cluster::ProbeTarget::of(l, m)),
+                _ => None,
+            };
+            target_tx.send_if_modified(|t| {
+                let changed = *t != target;
+                *t = target;
+                changed
+            });
+            if let (Some(l), Some(ms), Some(i)) = (following, &members, &intents) {
+                if cluster::confirmed_dead(ms, &l.id, l.term) {
+                    dead = Some(l.id.clone());
+                }
+                if cluster::end_seat_due(&me.id, ms, &l.id, l.term, i) {
+                    let res =
+                        tokio::time::timeout(every, catalog.end_seat(&election, l)).await;
+                    match res {
+                        Ok(Ok(true)) => {
+                            tracing::warn!(%election, leader = %l.id, term = l.term, "a majority of members confirmed the leader dead (its agent and service refuse connections): its seat is ended now, not after its TTL");
+                            last_leader = Some(None);
+                            let _ = tx.send(wrap(ElectionNews::Leader(None))).await;
+                            continue;
+                        }
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!(%election, "ending the dead leader's seat failed: {e}"),
+                        Err(_) => tracing::warn!(%election, "ending the dead leader's seat: no answer in time"),
+                    }
+                }
+            }
             // Followers only campaign when the seat looks free: one read
             // instead of a lease grant and a transaction on every wake-up.
             let seat_taken =
@@ -690,7 +841,47 @@ pub fn spawn_election_after<M: Send + 'static>(
                 Some((_, sent)) => Instant::now() >= sent + every,
                 None => true,
             };
-            if wanted && !seat_taken && due {
+            let dead_ids: Vec<&str> = dead.iter().map(String::as_str).collect();
+            let step = match (&members, &intents) {
+                // Our own stale seat (a restart under the same ID): renew it.
+                _ if leading.is_none() && held.as_ref().is_some_and(|l| l.id == me.id) => {
+                    Step::Campaign
+                }
+                (Some(ms), Some(i)) => cluster::decide(&cluster::View {
+                    me: &me.id,
+                    members: ms,
+                    leader: held.as_ref().map(|l| l.id.as_str()),
+                    leading: leading.is_some(),
+                    intents: i,
+                    last_holder: last_holder.as_deref(),
+                    dead: &dead_ids,
+                    free_since,
+                    now,
+                    now_ms: autopilot_catalog::now_ms(),
+                    ttl,
+                }),
+                _ => Step::Campaign,
+            };
+            let mut wait_until = None;
+            if wanted
+                && let Some((term, _)) = leading
+                && step == Step::Resign
+            {
+                tracing::info!(%election, term, "switchover: the target is ready; handing the seat over");
+                leading = None;
+                let _ = tx.send(wrap(ElectionNews::Demoted(term))).await;
+                if let Err(e) = tokio::time::timeout(every, catalog.resign(&election))
+                    .await
+                    .unwrap_or(Ok(()))
+                {
+                    tracing::warn!(%election, "resign failed ({e}); the seat expires with its TTL");
+                }
+                continue;
+            }
+            if let Step::WaitUntil(t) = step {
+                wait_until = Some(t);
+            }
+            if wanted && !seat_taken && due && step == Step::Campaign {
                 let sent = Instant::now();
                 let limit = bound(every, leading);
                 let outcome = if limit.is_zero() {
@@ -707,6 +898,17 @@ pub fn spawn_election_after<M: Send + 'static>(
                                 let _ = tx.send(wrap(ElectionNews::Demoted(old))).await;
                             }
                             let _ = tx.send(wrap(ElectionNews::Elected(term))).await;
+                            // A failover or switchover carried out is done.
+                            if let (Some(ms), Some(i)) = (&members, &intents) {
+                                for k in cluster::done_on_win(&me.id, i, ms) {
+                                    let key = k.key(&election);
+                                    if let Ok(Err(e)) =
+                                        tokio::time::timeout(every, catalog.kv_delete(&key)).await
+                                    {
+                                        tracing::warn!(%election, %key, "cannot delete the intent carried out: {e}");
+                                    }
+                                }
+                            }
                         }
                         leading = Some((term, sent));
                     }
@@ -724,11 +926,18 @@ pub fn spawn_election_after<M: Send + 'static>(
                     let next_renewal = (sent + every).saturating_duration_since(Instant::now());
                     bound(next_renewal.max(Duration::from_millis(20)), leading)
                 }
-                None => every,
+                None => match wait_until {
+                    Some(t) => t
+                        .saturating_sub(start.elapsed())
+                        .max(Duration::from_millis(5))
+                        .min(every),
+                    None => every,
+                },
             };
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
                 r = want.changed() => if r.is_err() { return },
+                r = suspect_rx.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(wake) => {}
             }
         }
@@ -1102,6 +1311,7 @@ mod tests {
             "e".into(),
             me.clone(),
             ttl,
+            ClusterSettings::default(),
             want,
             tx,
             |n| n,

@@ -30,6 +30,13 @@ pub enum Command {
         oneshot::Sender<Result<(), String>>,
     ),
     Status(oneshot::Sender<serde_json::Value>),
+    /// A hook published its replication position for `election` (`None`:
+    /// the agent's only election).
+    Position {
+        election: Option<String>,
+        position: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +118,7 @@ pub async fn serve(
         .route("/v3/environ", post(environ))
         .route("/v3/metric", post(metric))
         .route("/v3/status", get(status))
+        .route("/v3/cluster/position", post(position))
         .with_state(Ctx { tx, metrics });
     crate::listen::spawn(listener, app, Limits::default(), "control");
     Ok(())
@@ -276,6 +284,73 @@ async fn metric(State(c): State<Ctx>, body: Bytes) -> Response {
         }
     }
     StatusCode::OK.into_response()
+}
+
+/// The body of `/v3/cluster/position`, or the message for a 400.
+fn parse_position(body: &Bytes) -> Result<(Option<String>, u64), String> {
+    let m = json_object(body)?;
+    for k in m.keys() {
+        if k != "election" && k != "position" {
+            return Err(format!("{k}: unknown field (expected election, position)"));
+        }
+    }
+    let election = match m.get("election") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => {
+            Some(s.clone())
+        }
+        Some(other) => {
+            return Err(format!(
+                "election: expected a name (1-256 characters) or null, found {}",
+                truncate(&other.to_string())
+            ));
+        }
+    };
+    let position = match m.get("position") {
+        Some(serde_json::Value::String(s)) => {
+            autopilot_core::cluster::parse_position(s).map_err(|e| truncate(&e))?
+        }
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("position: {n} is not a u64"))?,
+        Some(other) => {
+            return Err(format!(
+                "position: expected a decimal u64 or an LSN X/Y as a string, found {}",
+                truncate(&other.to_string())
+            ));
+        }
+        None => return Err("position: this field is required".into()),
+    };
+    Ok((election, position))
+}
+
+/// Bounds an echoed value in an error message.
+fn truncate(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+async fn position(State(c): State<Ctx>, body: Bytes) -> Response {
+    let (election, position) = match parse_position(&body) {
+        Ok(p) => p,
+        Err(e) => return bad(e),
+    };
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Position {
+        election,
+        position,
+        reply: tx,
+    };
+    if c.tx.send(cmd).await.is_err() {
+        return gone();
+    }
+    match rx.await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => bad(e),
+        Err(_) => gone(),
+    }
 }
 
 async fn status(State(c): State<Ctx>) -> Response {

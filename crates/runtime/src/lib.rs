@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod cluster;
 pub mod control;
 #[cfg(test)]
 mod election_tests;
