@@ -1,0 +1,302 @@
+//! Clusters, the agent's side, with three real agents on both backends: the fast crash failover (and the stalls and half-deaths that must keep the TTL path), ranking by published position and priority, and the pause, failover and switchover intents.
+// Tests start the real binary and real servers as child processes.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A TCP server that accepts and closes connections, writing its pid first.
+const SERVER: &str = "import socket,os,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('127.0.0.1',int(sys.argv[1]))); s.listen(1); open(sys.argv[2],'w').write(str(os.getpid())); [c.close() for c in iter(lambda: s.accept()[0], None)]";
+
+fn config(port: u16, election: &str) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "db", exec: ["{PYTHON}", "-c", "{SERVER}", "{port}", "@DIR@/server.pid"],
+       port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ tcp: "127.0.0.1:{port}", interval: "200ms", ttl: "2s" }},
+       election: {election} }},
+  ]
+}}"#
+    )
+}
+
+struct Node {
+    dir: Dir,
+    agent: Agent,
+    id: String,
+}
+
+impl Node {
+    fn server_pid(&self) -> Option<i32> {
+        self.dir.read("server.pid").trim().parse().ok()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Stopped processes must be able to stop; the server outlives a
+        // killed agent, so it is ours to kill.
+        let server = self.server_pid();
+        kill(self.agent.pid(), libc::SIGCONT);
+        if let Some(pid) = server {
+            kill(pid, libc::SIGCONT);
+        }
+        if self.agent.child.is_some() {
+            self.agent.signal(libc::SIGTERM);
+            self.agent.wait(Duration::from_secs(5));
+        }
+        if let Some(pid) = server {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn node(d: &Dir, host: &str, url: &str, election: &str) -> Node {
+    let dir = d.child(host);
+    let port = free_port();
+    let agent = start_with(
+        &dir,
+        &config(port, election),
+        &[],
+        &[("AUTOPILOT_CATALOG", url), ("AUTOPILOT_HOSTNAME", host)],
+    );
+    agent.ready();
+    Node {
+        dir,
+        agent,
+        id: format!("db-{host}"),
+    }
+}
+
+fn cluster(d: &Dir, url: &str, elections: [&str; 3]) -> Vec<Node> {
+    elections
+        .iter()
+        .enumerate()
+        .map(|(i, e)| node(d, &format!("n{}", i + 1), url, e))
+        .collect()
+}
+
+/// `autopilot leader db --json`: (id, term).
+fn leader(url: &str) -> Option<(String, u64)> {
+    let out = Command::new(bin())
+        .args(["leader", "db", "--json", "--catalog", url])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["id"].as_str()?.to_string(), v["term"].as_u64()?))
+}
+
+/// The member records of `db` as the CLI reads them: (id, tags).
+fn members(url: &str) -> Vec<(String, Vec<String>)> {
+    let out = Command::new(bin())
+        .args([
+            "catalog",
+            "--catalog",
+            url,
+            "instances",
+            "_members.db",
+            "--json",
+        ])
+        .output()
+        .expect("cli");
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.iter()
+        .map(|i| {
+            let tags = i["tags"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (i["id"].as_str().unwrap_or_default().to_string(), tags)
+        })
+        .collect()
+}
+
+fn kv(url: &str, args: &[&str]) -> bool {
+    Command::new(bin())
+        .arg("kv")
+        .args(args)
+        .args(["--catalog", url])
+        .status()
+        .expect("kv")
+        .success()
+}
+
+fn kv_get(url: &str, key: &str) -> Option<String> {
+    let out = Command::new(bin())
+        .args(["kv", "get", key, "--catalog", url])
+        .output()
+        .expect("kv get");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Starts three nodes and waits for a leader and for every member record
+/// (with its presence listener); returns the nodes and the leader's index.
+fn settled(d: &Dir, url: &str, elections: [&str; 3]) -> (Vec<Node>, usize, u64) {
+    let nodes = cluster(d, url, elections);
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            let m = members(url);
+            m.len() == 3 && m.iter().all(|(_, t)| t.iter().any(|t| t.starts_with("probe=")))
+        }),
+        "member records: {:?}",
+        members(url)
+    );
+    let mut found = None;
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            found = leader(url);
+            found.is_some()
+        }),
+        "no leader"
+    );
+    let (id, term) = found.expect("leader");
+    let i = nodes.iter().position(|n| n.id == id).expect("a node leads");
+    (nodes, i, term)
+}
+
+/// Waits for a leader other than `old`; returns it and how long it took.
+fn next_leader(url: &str, old: &str, since: Instant, limit: Duration) -> (String, u64, Duration) {
+    let mut found = None;
+    let ok = wait_for(limit, || {
+        found = leader(url).filter(|(id, _)| id != old);
+        found.is_some()
+    });
+    assert!(ok, "no new leader within {limit:?}");
+    let (id, term) = found.expect("leader");
+    (id, term, since.elapsed())
+}
+
+const TTL5: &str = r#"{ name: "db", ttl: "5s" }"#;
+
+fn crash_of_agent_and_server(d: &Dir, url: &str) {
+    let (mut nodes, l, term) = settled(d, url, [TTL5; 3]);
+    let old = nodes[l].id.clone();
+    let server = nodes[l].server_pid().expect("the leader's server pid");
+    let t0 = Instant::now();
+    kill(nodes[l].agent.pid(), libc::SIGKILL);
+    kill(server, libc::SIGKILL);
+    let (id, term2, took) = next_leader(url, &old, t0, Duration::from_secs(10));
+    println!("fast crash failover on {url}: new leader {id} (term {term2}) after {took:?}");
+    assert!(term2 > term);
+    assert!(
+        took < Duration::from_secs(2),
+        "kill -9 of agent and server: the fast path elects within 2 s at TTL 5 s, took {took:?}"
+    );
+    // The survivors voted: their suspect tags named the dead leader's term
+    // (cleared again once the new leader is in place).
+    let log: String = nodes.iter().map(|n| n.agent.log()).collect();
+    assert!(log.contains("voting it dead"), "{log}");
+    nodes[l].agent.wait(Duration::from_secs(5));
+}
+
+/// A stopped agent (its listener's queue fills: connections time out) and
+/// a stopped server must never count as dead: the seat goes only by TTL.
+fn stalls_keep_the_ttl_path(d: &Dir, url: &str) {
+    let (nodes, l, _) = settled(d, url, [TTL5; 3]);
+    // The earliest a seat can go by TTL: the leader renews every ttl/3, so
+    // its last renewal was at most 5/3 s before the stop, and the seat
+    // lives 5 s after it; allow the margin the leader demotes by (1 s).
+    let ttl_floor = Duration::from_millis(5000 - 1667 - 1000);
+    // 1. The agent stopped, its server running.
+    let old = nodes[l].id.clone();
+    let t0 = Instant::now();
+    kill(nodes[l].agent.pid(), libc::SIGSTOP);
+    let (id, _, took) = next_leader(url, &old, t0, Duration::from_secs(12));
+    println!("SIGSTOP of the leader's agent on {url}: new leader {id} after {took:?}");
+    assert!(took >= ttl_floor, "a stalled agent lost its seat early: {took:?}");
+    kill(nodes[l].agent.pid(), libc::SIGCONT);
+    // 2. The new leader's agent and server both stopped: every probe times out.
+    let n = nodes.iter().position(|x| x.id == id).expect("leader node");
+    let server = nodes[n].server_pid().expect("server pid");
+    let t0 = Instant::now();
+    kill(nodes[n].agent.pid(), libc::SIGSTOP);
+    kill(server, libc::SIGSTOP);
+    let (id2, _, took) = next_leader(url, &id, t0, Duration::from_secs(12));
+    println!("SIGSTOP of the leader's agent and server on {url}: new leader {id2} after {took:?}");
+    assert!(
+        took >= ttl_floor,
+        "a stalled node (timeouts, not refusals) lost its seat early: {took:?}"
+    );
+    kill(server, libc::SIGCONT);
+    kill(nodes[n].agent.pid(), libc::SIGCONT);
+}
+
+/// The agent killed but its server still accepting: not dead, TTL path.
+fn crash_of_agent_only(d: &Dir, url: &str) {
+    let (nodes, l, _) = settled(d, url, [TTL5; 3]);
+    let old = nodes[l].id.clone();
+    let t0 = Instant::now();
+    kill(nodes[l].agent.pid(), libc::SIGKILL);
+    let (id, _, took) = next_leader(url, &old, t0, Duration::from_secs(12));
+    println!("kill -9 of the leader's agent only on {url}: new leader {id} after {took:?}");
+    assert!(
+        took >= Duration::from_millis(5000 - 1667 - 1000),
+        "a live server's node lost its seat before its TTL: {took:?}"
+    );
+}
+
+#[test]
+fn fast_failover_on_the_embedded_catalog() {
+    let d = Dir::new("cl-fast-local");
+    let url = format!("local://{}", d.path("catalog").display());
+    crash_of_agent_and_server(&d, &url);
+}
+
+#[test]
+fn fast_failover_on_etcd() {
+    let d = Dir::new("cl-fast-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    crash_of_agent_and_server(&d, &format!("etcd://{}/fast", etcd.endpoint()));
+}
+
+#[test]
+fn stalls_keep_the_ttl_path_on_the_embedded_catalog() {
+    let d = Dir::new("cl-stall-local");
+    let url = format!("local://{}", d.path("catalog").display());
+    stalls_keep_the_ttl_path(&d, &url);
+}
+
+#[test]
+fn stalls_keep_the_ttl_path_on_etcd() {
+    let d = Dir::new("cl-stall-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    stalls_keep_the_ttl_path(&d, &format!("etcd://{}/stall", etcd.endpoint()));
+}
+
+#[test]
+fn a_live_server_keeps_the_ttl_path_on_the_embedded_catalog() {
+    let d = Dir::new("cl-half-local");
+    let url = format!("local://{}", d.path("catalog").display());
+    crash_of_agent_only(&d, &url);
+}
+
+#[test]
+fn a_live_server_keeps_the_ttl_path_on_etcd() {
+    let d = Dir::new("cl-half-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    crash_of_agent_only(&d, &format!("etcd://{}/half", etcd.endpoint()));
+}
