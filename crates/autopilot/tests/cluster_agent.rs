@@ -160,7 +160,9 @@ fn settled(d: &Dir, url: &str, elections: [&str; 3]) -> (Vec<Node>, usize, u64) 
     assert!(
         wait_for(Duration::from_secs(15), || {
             let m = members(url);
-            m.len() == 3 && m.iter().all(|(_, t)| t.iter().any(|t| t.starts_with("probe=")))
+            m.len() == 3
+                && m.iter().all(|(_, t)| t.iter().any(|t| t.starts_with("probe=")))
+                && passing_ids(url, "_members.db").is_some_and(|p| p.len() == 3)
         }),
         "member records: {:?}",
         members(url)
@@ -299,4 +301,166 @@ fn a_live_server_keeps_the_ttl_path_on_etcd() {
     let d = Dir::new("cl-half-etcd");
     let etcd = autopilot_testkit::Etcd::single(&d.0);
     crash_of_agent_only(&d, &format!("etcd://{}/half", etcd.endpoint()));
+}
+
+fn post_position(n: &Node, body: &str) -> (u16, String) {
+    http_unix(&n.agent.socket, "POST", "/v3/cluster/position", body).expect("control socket")
+}
+
+/// The followers of leader `l`, in candidate ID order.
+fn followers(nodes: &[Node], l: usize) -> Vec<usize> {
+    (0..nodes.len()).filter(|i| *i != l).collect()
+}
+
+/// Most advanced eligible wins; priority 0 never leads, even ahead of all.
+fn ranking(d: &Dir, url: &str) {
+    let p0 = r#"{ name: "db", ttl: "5s", priority: 0 }"#;
+    let mut nodes = cluster(d, url, [TTL5, p0, TTL5]);
+    nodes.push(node(d, "n4", url, TTL5));
+    let mut found = None;
+    assert!(wait_for(Duration::from_secs(15), || {
+        found = leader(url);
+        found.is_some() && passing_ids(url, "_members.db").is_some_and(|p| p.len() == 4)
+    }));
+    let (old, _) = found.expect("leader");
+    let l = nodes.iter().position(|n| n.id == old).expect("leader node");
+    assert_ne!(l, 1, "priority 0 never leads");
+    // The two eligible followers: the one with the larger ID is further ahead.
+    let f: Vec<usize> = followers(&nodes, l).into_iter().filter(|i| *i != 1).collect();
+    let (x, y) = (f[0], f[1]);
+    for (i, pos) in [(1, "2000"), (x, "1000"), (y, "0/4B0"), (l, "1500")] {
+        let body = format!(r#"{{"election": null, "position": "{pos}"}}"#);
+        assert_eq!(post_position(&nodes[i], &body), (200, String::new()));
+    }
+    // Bad bodies name the field.
+    for (body, field) in [
+        (r#"{"position": "x"}"#, "position"),
+        (r#"{"election": "nope", "position": "1"}"#, "election"),
+        (r#"{"election": 5, "position": "1"}"#, "election"),
+        (r#"{}"#, "position"),
+        (r#"[1]"#, "object"),
+    ] {
+        let (code, text) = post_position(&nodes[0], body);
+        assert_eq!(code, 400, "{body}");
+        assert!(text.contains(field), "{body}: {text}");
+    }
+    let yid = format!("db.{}", nodes[y].id);
+    assert!(
+        wait_for(Duration::from_secs(5), || members(url)
+            .iter()
+            .any(|(id, t)| *id == yid && t.contains(&"position=1200".to_string()))),
+        "{:?}",
+        members(url)
+    );
+    // The leader hands over (a graceful stop resigns).
+    let t0 = Instant::now();
+    nodes[l].agent.signal(libc::SIGTERM);
+    let (id, _, took) = next_leader(url, &old, t0, Duration::from_secs(10));
+    println!("ranking on {url}: {id} after {took:?}");
+    assert_eq!(id, nodes[y].id, "the most advanced eligible member wins");
+    nodes[l].agent.wait(Duration::from_secs(5));
+}
+
+#[test]
+fn ranking_on_the_embedded_catalog() {
+    let d = Dir::new("cl-rank-local");
+    let url = format!("local://{}", d.path("catalog").display());
+    ranking(&d, &url);
+}
+
+#[test]
+fn ranking_on_etcd() {
+    let d = Dir::new("cl-rank-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    ranking(&d, &format!("etcd://{}/rank", etcd.endpoint()));
+}
+
+/// Paused: a crashed leader is not replaced (no fast path, nobody
+/// campaigns); resumed: it is.
+#[test]
+fn pause_holds_a_free_seat() {
+    let d = Dir::new("cl-pause");
+    let url = format!("local://{}", d.path("catalog").display());
+    let (mut nodes, l, _) = settled(&d, &url, [TTL5; 3]);
+    let old = nodes[l].id.clone();
+    let since = format!(r#"{{"since_ms": {}}}"#, now_ms());
+    assert!(kv(&url, &["put", "_cluster/db/paused", &since]));
+    let server = nodes[l].server_pid().expect("server pid");
+    let t0 = Instant::now();
+    kill(nodes[l].agent.pid(), libc::SIGKILL);
+    kill(server, libc::SIGKILL);
+    // A bounded window: an absence has no event. The TTL path alone would
+    // elect within ~5 s, the fast path within 1 s.
+    let mut seen = None;
+    let moved = wait_for(Duration::from_secs(8), || {
+        seen = leader(&url).filter(|(id, _)| *id != old);
+        seen.is_some()
+    });
+    assert!(!moved, "paused, yet {seen:?} took over");
+    assert!(
+        !nodes.iter().any(|n| n.agent.log().contains("voting it dead")),
+        "no fast path while paused"
+    );
+    assert!(kv(&url, &["del", "_cluster/db/paused"]));
+    let (id, _, took) = next_leader(&url, &old, t0, Duration::from_secs(10));
+    println!("resumed: {id} leads {took:?} after the crash");
+    nodes[l].agent.wait(Duration::from_secs(5));
+}
+
+/// A failover intent: only its target campaigns, ignoring the ranking,
+/// and deletes the intent once elected.
+#[test]
+fn failover_intent_picks_the_target() {
+    let d = Dir::new("cl-failover");
+    let url = format!("local://{}", d.path("catalog").display());
+    let (mut nodes, l, _) = settled(&d, &url, [TTL5; 3]);
+    let old = nodes[l].id.clone();
+    // The follower the ranking would pick last.
+    let target = *followers(&nodes, l).last().expect("follower");
+    let to = nodes[target].id.clone();
+    let intent = format!(
+        r#"{{"to": "{to}", "deadline_ms": {}}}"#,
+        now_ms() + 30_000
+    );
+    assert!(kv(&url, &["put", "_cluster/db/failover", &intent]));
+    let t0 = Instant::now();
+    nodes[l].agent.signal(libc::SIGTERM);
+    let (id, _, took) = next_leader(&url, &old, t0, Duration::from_secs(10));
+    println!("failover to {to}: {id} after {took:?}");
+    assert_eq!(id, to);
+    assert!(
+        wait_for(Duration::from_secs(5), || kv_get(&url, "_cluster/db/failover").is_none()),
+        "the target deletes the intent once elected"
+    );
+    nodes[l].agent.wait(Duration::from_secs(5));
+}
+
+/// A switchover intent: the leader resigns for a ready target, which
+/// alone campaigns and deletes the intent; the old leader does not retake.
+#[test]
+fn switchover_intent_hands_over() {
+    let d = Dir::new("cl-switchover");
+    let url = format!("local://{}", d.path("catalog").display());
+    let (nodes, l, term) = settled(&d, &url, [TTL5; 3]);
+    let old = nodes[l].id.clone();
+    let target = *followers(&nodes, l).last().expect("follower");
+    let to = nodes[target].id.clone();
+    let now = now_ms();
+    let intent = format!(
+        r#"{{"from": "{old}", "to": "{to}", "at_ms": {now}, "deadline_ms": {}}}"#,
+        now + 30_000
+    );
+    let t0 = Instant::now();
+    assert!(kv(&url, &["put", "_cluster/db/switchover", &intent]));
+    let (id, term2, took) = next_leader(&url, &old, t0, Duration::from_secs(10));
+    println!("switchover to {to}: {id} (term {term2}) after {took:?}");
+    assert_eq!(id, to);
+    assert!(term2 > term);
+    assert!(
+        wait_for(Duration::from_secs(5), || kv_get(&url, "_cluster/db/switchover").is_none()),
+        "the target deletes the intent once elected"
+    );
+    // The old leader is still running and does not take the seat back.
+    assert_eq!(leader(&url).map(|(id, _)| id), Some(to));
+    assert!(nodes[l].agent.log().contains("switchover"), "{}", nodes[l].agent.log());
 }

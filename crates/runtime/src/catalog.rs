@@ -878,6 +878,9 @@ pub fn spawn_election_after<M: Send + 'static>(
                 }
                 continue;
             }
+            if leading.is_none() && !seat_taken && wanted {
+                tracing::debug!(%election, ?step, members = ?members, intents = ?intents, "free seat");
+            }
             if let Step::WaitUntil(t) = step {
                 wait_until = Some(t);
             }
