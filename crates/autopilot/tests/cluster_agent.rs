@@ -161,7 +161,8 @@ fn settled(d: &Dir, url: &str, elections: [&str; 3]) -> (Vec<Node>, usize, u64) 
         wait_for(Duration::from_secs(15), || {
             let m = members(url);
             m.len() == 3
-                && m.iter().all(|(_, t)| t.iter().any(|t| t.starts_with("probe=")))
+                && m.iter()
+                    .all(|(_, t)| t.iter().any(|t| t.starts_with("probe=")))
                 && passing_ids(url, "_members.db").is_some_and(|p| p.len() == 3)
         }),
         "member records: {:?}",
@@ -229,7 +230,10 @@ fn stalls_keep_the_ttl_path(d: &Dir, url: &str) {
     kill(nodes[l].agent.pid(), libc::SIGSTOP);
     let (id, _, took) = next_leader(url, &old, t0, Duration::from_secs(12));
     println!("SIGSTOP of the leader's agent on {url}: new leader {id} after {took:?}");
-    assert!(took >= ttl_floor, "a stalled agent lost its seat early: {took:?}");
+    assert!(
+        took >= ttl_floor,
+        "a stalled agent lost its seat early: {took:?}"
+    );
     kill(nodes[l].agent.pid(), libc::SIGCONT);
     // 2. The new leader's agent and server both stopped: every probe times out.
     let n = nodes.iter().position(|x| x.id == id).expect("leader node");
@@ -326,7 +330,10 @@ fn ranking(d: &Dir, url: &str) {
     let l = nodes.iter().position(|n| n.id == old).expect("leader node");
     assert_ne!(l, 1, "priority 0 never leads");
     // The two eligible followers: the one with the larger ID is further ahead.
-    let f: Vec<usize> = followers(&nodes, l).into_iter().filter(|i| *i != 1).collect();
+    let f: Vec<usize> = followers(&nodes, l)
+        .into_iter()
+        .filter(|i| *i != 1)
+        .collect();
     let (x, y) = (f[0], f[1]);
     for (i, pos) in [(1, "2000"), (x, "1000"), (y, "0/4B0"), (l, "1500")] {
         let body = format!(r#"{{"election": null, "position": "{pos}"}}"#);
@@ -346,9 +353,9 @@ fn ranking(d: &Dir, url: &str) {
     }
     let yid = format!("db.{}", nodes[y].id);
     assert!(
-        wait_for(Duration::from_secs(5), || members(url)
-            .iter()
-            .any(|(id, t)| *id == yid && t.contains(&"position=1200".to_string()))),
+        wait_for(Duration::from_secs(5), || members(url).iter().any(
+            |(id, t)| *id == yid && t.contains(&"position=1200".to_string())
+        )),
         "{:?}",
         members(url)
     );
@@ -398,7 +405,9 @@ fn pause_holds_a_free_seat() {
     });
     assert!(!moved, "paused, yet {seen:?} took over");
     assert!(
-        !nodes.iter().any(|n| n.agent.log().contains("voting it dead")),
+        !nodes
+            .iter()
+            .any(|n| n.agent.log().contains("voting it dead")),
         "no fast path while paused"
     );
     assert!(kv(&url, &["del", "_cluster/db/paused"]));
@@ -418,10 +427,7 @@ fn failover_intent_picks_the_target() {
     // The follower the ranking would pick last.
     let target = *followers(&nodes, l).last().expect("follower");
     let to = nodes[target].id.clone();
-    let intent = format!(
-        r#"{{"to": "{to}", "deadline_ms": {}}}"#,
-        now_ms() + 30_000
-    );
+    let intent = format!(r#"{{"to": "{to}", "deadline_ms": {}}}"#, now_ms() + 30_000);
     assert!(kv(&url, &["put", "_cluster/db/failover", &intent]));
     let t0 = Instant::now();
     nodes[l].agent.signal(libc::SIGTERM);
@@ -429,7 +435,11 @@ fn failover_intent_picks_the_target() {
     println!("failover to {to}: {id} after {took:?}");
     assert_eq!(id, to);
     assert!(
-        wait_for(Duration::from_secs(5), || kv_get(&url, "_cluster/db/failover").is_none()),
+        wait_for(Duration::from_secs(5), || kv_get(
+            &url,
+            "_cluster/db/failover"
+        )
+        .is_none()),
         "the target deletes the intent once elected"
     );
     nodes[l].agent.wait(Duration::from_secs(5));
@@ -457,10 +467,18 @@ fn switchover_intent_hands_over() {
     assert_eq!(id, to);
     assert!(term2 > term);
     assert!(
-        wait_for(Duration::from_secs(5), || kv_get(&url, "_cluster/db/switchover").is_none()),
+        wait_for(Duration::from_secs(5), || kv_get(
+            &url,
+            "_cluster/db/switchover"
+        )
+        .is_none()),
         "the target deletes the intent once elected"
     );
     // The old leader is still running and does not take the seat back.
     assert_eq!(leader(&url).map(|(id, _)| id), Some(to));
-    assert!(nodes[l].agent.log().contains("switchover"), "{}", nodes[l].agent.log());
+    assert!(
+        nodes[l].agent.log().contains("switchover"),
+        "{}",
+        nodes[l].agent.log()
+    );
 }

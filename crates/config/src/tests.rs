@@ -606,7 +606,10 @@ fn election_priority_and_max_lag() {
     let e = c.jobs[0].election.as_ref().expect("election");
     assert_eq!((e.priority, e.max_lag), (0, Some(1_048_576)));
     let f = c.jobs[1].election.as_ref().expect("election");
-    assert_eq!((f.priority, f.max_lag, f.ttl), (1, None, Duration::from_secs(5)));
+    assert_eq!(
+        (f.priority, f.max_lag, f.ttl),
+        (1, None, Duration::from_secs(5))
+    );
     for (text, want) in [
         (
             "{ jobs: [{ name: 'a', exec: 'x',\n election: { name: 'e', priority: -1 } }] }",

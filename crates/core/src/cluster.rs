@@ -189,7 +189,9 @@ pub fn ranking<'a>(members: &'a [Member], exclude: &[&str]) -> Vec<&'a Member> {
 
 /// How long rank r waits per rank after the seat is seen free.
 pub fn grace(ttl: Duration) -> Duration {
-    (ttl / 10).max(Duration::from_millis(200))
+    ttl.checked_div(10)
+        .unwrap_or_default()
+        .max(Duration::from_millis(200))
 }
 
 /// `_cluster/<election>/switchover`.
@@ -301,7 +303,11 @@ pub fn decide(v: &View<'_>) -> Step {
     }
     // The seat is free.
     if let Some(f) = v.intents.failover(v.now_ms) {
-        return if f.to == v.me { Step::Campaign } else { Step::Wait };
+        return if f.to == v.me {
+            Step::Campaign
+        } else {
+            Step::Wait
+        };
     }
     if let Some(s) = switchover {
         return match switchover_target_id(s, v.members) {
@@ -358,7 +364,7 @@ pub fn done_on_win(me: &str, intents: &Intents, members: &[Member]) -> Vec<Inten
 /// The votes a leader needs to be declared dead: a majority of the
 /// members, n = member records including the leader's.
 pub fn majority(n: usize) -> usize {
-    n.saturating_sub(1) / 2 + 1
+    (n.saturating_sub(1) >> 1).saturating_add(1)
 }
 
 /// Whether a majority of the members (n = member records including the
@@ -493,7 +499,16 @@ mod tests {
         assert_eq!(parse_position("0/16B3748"), Ok(0x16B_3748));
         assert_eq!(parse_position("1/0"), Ok(1 << 32));
         assert_eq!(parse_position("FFFFFFFF/FFFFFFFF"), Ok(u64::MAX));
-        for bad in ["", "-1", "1/", "/1", "x", "1/2/3", "100000000/0", "18446744073709551616"] {
+        for bad in [
+            "",
+            "-1",
+            "1/",
+            "/1",
+            "x",
+            "1/2/3",
+            "100000000/0",
+            "18446744073709551616",
+        ] {
             let e = parse_position(bad).expect_err(bad);
             assert!(e.starts_with("position"), "{e}");
         }
@@ -519,11 +534,22 @@ mod tests {
 
     #[test]
     fn ranking_prefers_position_then_priority_then_id() {
-        let mut members = vec![m("c", Some(5)), m("a", Some(5)), m("b", Some(9)), m("d", Some(5))];
+        let mut members = vec![
+            m("c", Some(5)),
+            m("a", Some(5)),
+            m("b", Some(9)),
+            m("d", Some(5)),
+        ];
         members[3].priority = 3;
-        let order: Vec<&str> = ranking(&members, &[]).iter().map(|m| m.id.as_str()).collect();
+        let order: Vec<&str> = ranking(&members, &[])
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
         assert_eq!(order, ["b", "d", "a", "c"]);
-        let order: Vec<&str> = ranking(&members, &["b"]).iter().map(|m| m.id.as_str()).collect();
+        let order: Vec<&str> = ranking(&members, &["b"])
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
         assert_eq!(order, ["d", "a", "c"]);
     }
 
@@ -621,7 +647,10 @@ mod tests {
             let v = view(me, &members, &intents);
             assert_eq!(decide(&v), want, "{me}");
         }
-        assert_eq!(done_on_win("b", &intents, &members), [IntentKey::Switchover]);
+        assert_eq!(
+            done_on_win("b", &intents, &members),
+            [IntentKey::Switchover]
+        );
         // Not yet due: the leader stays.
         intents.switchover.as_mut().expect("set").at_ms = 1_500_000;
         let mut v = view("a", &members, &intents);
@@ -654,7 +683,10 @@ mod tests {
         members[1].suspect = Some(7);
         assert!(!end_seat_due("a", &members, "l", 7, &intents));
         members[2].suspect = Some(6);
-        assert!(!end_seat_due("a", &members, "l", 7, &intents), "another term");
+        assert!(
+            !end_seat_due("a", &members, "l", 7, &intents),
+            "another term"
+        );
         members[2].suspect = Some(7);
         assert!(end_seat_due("a", &members, "l", 7, &intents));
         assert!(end_seat_due("b", &members, "l", 7, &intents));

@@ -1272,16 +1272,20 @@ impl Agent {
     /// this agent (`None`: its only one).
     fn set_position(&mut self, election: Option<String>, position: u64) -> Result<(), String> {
         let mut mine: Vec<String> = (0..self.machine.job_count())
-            .filter_map(|j| self.machine.spec(j).election.as_ref().map(|e| e.name.clone()))
+            .filter_map(|j| {
+                self.machine
+                    .spec(j)
+                    .election
+                    .as_ref()
+                    .map(|e| e.name.clone())
+            })
             .collect();
         mine.sort();
         mine.dedup();
         let name = match election {
             Some(e) if mine.contains(&e) => e,
             Some(e) => {
-                return Err(format!(
-                    "election: no job of this agent campaigns in {e:?}"
-                ));
+                return Err(format!("election: no job of this agent campaigns in {e:?}"));
             }
             None => match mine.as_slice() {
                 [only] => only.clone(),

@@ -788,10 +788,7 @@ pub fn spawn_election_after<M: Send + 'static>(
                     passing: true,
                     priority: settings.priority,
                     max_lag: settings.max_lag,
-                    position: list
-                        .iter()
-                        .find(|m| m.id == me.id)
-                        .and_then(|m| m.position),
+                    position: list.iter().find(|m| m.id == me.id).and_then(|m| m.position),
                     suspect,
                     probe: None,
                 };
@@ -818,8 +815,7 @@ pub fn spawn_election_after<M: Send + 'static>(
                     dead = Some(l.id.clone());
                 }
                 if cluster::end_seat_due(&me.id, ms, &l.id, l.term, i) {
-                    let res =
-                        tokio::time::timeout(every, catalog.end_seat(&election, l)).await;
+                    let res = tokio::time::timeout(every, catalog.end_seat(&election, l)).await;
                     match res {
                         Ok(Ok(true)) => {
                             tracing::warn!(%election, leader = %l.id, term = l.term, "a majority of members confirmed the leader dead (its agent and service refuse connections): its seat is ended now, not after its TTL");
@@ -828,8 +824,12 @@ pub fn spawn_election_after<M: Send + 'static>(
                             continue;
                         }
                         Ok(Ok(false)) => {}
-                        Ok(Err(e)) => tracing::warn!(%election, "ending the dead leader's seat failed: {e}"),
-                        Err(_) => tracing::warn!(%election, "ending the dead leader's seat: no answer in time"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%election, "ending the dead leader's seat failed: {e}")
+                        }
+                        Err(_) => {
+                            tracing::warn!(%election, "ending the dead leader's seat: no answer in time")
+                        }
                     }
                 }
             }

@@ -4,7 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use autopilot_catalog::{Catalog, Status};
-use autopilot_core::cluster::{self, Failover, IntentKey, Intents, Member, Probe, Streak, Switchover};
+use autopilot_core::cluster::{
+    self, Failover, IntentKey, Intents, Member, Probe, Streak, Switchover,
+};
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -186,7 +188,9 @@ pub async fn intents(catalog: &dyn Catalog, election: &str, limit: Duration) -> 
                         deadline_ms: s.deadline_ms,
                     })
                 }
-                Err(e) => tracing::debug!(%election, key = %k, "ignoring an unreadable intent: {e}"),
+                Err(e) => {
+                    tracing::debug!(%election, key = %k, "ignoring an unreadable intent: {e}")
+                }
             },
             Some(IntentKey::Failover) => match serde_json::from_str::<FailoverJson>(&v) {
                 Ok(f) => {
@@ -195,7 +199,9 @@ pub async fn intents(catalog: &dyn Catalog, election: &str, limit: Duration) -> 
                         deadline_ms: f.deadline_ms,
                     })
                 }
-                Err(e) => tracing::debug!(%election, key = %k, "ignoring an unreadable intent: {e}"),
+                Err(e) => {
+                    tracing::debug!(%election, key = %k, "ignoring an unreadable intent: {e}")
+                }
             },
             Some(IntentKey::Reinit(id)) => out.reinit.push(id),
             None => {}

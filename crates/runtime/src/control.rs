@@ -296,9 +296,7 @@ fn parse_position(body: &Bytes) -> Result<(Option<String>, u64), String> {
     }
     let election = match m.get("election") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => {
-            Some(s.clone())
-        }
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
         Some(other) => {
             return Err(format!(
                 "election: expected a name (1-256 characters) or null, found {}",
