@@ -565,6 +565,12 @@ impl Agent {
     }
 
     fn campaign(&mut self, job: usize, on: bool) {
+        // A vote belongs to a running campaign: never republish a stale one.
+        if let Some(e) = &self.machine.spec(job).election
+            && (!on || self.campaigns[job].is_none())
+        {
+            self.suspects.remove(&e.name);
+        }
         if let Some(c) = &self.campaigns[job] {
             let _ = c.want.send(on);
             return;
