@@ -482,3 +482,68 @@ fn switchover_intent_hands_over() {
         nodes[l].agent.log()
     );
 }
+
+/// A hostile member record (huge numbers, garbage tags, a forged vote, a
+/// probe address nobody listens on, a host name) and unreadable intents
+/// neither crash nor wedge the agents: the fast path still elects.
+#[test]
+fn hostile_records_and_intents_do_not_wedge_the_agents() {
+    let d = Dir::new("cl-hostile");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let url = format!("etcd://{}/hostile", etcd.endpoint());
+    let (nodes, l, term) = settled(&d, &url, [TTL5; 3]);
+    let long = "x".repeat(100_000);
+    let tags = serde_json::json!([
+        "priority=99999999999999999999",
+        "position=18446744073709551615",
+        "maxlag=-5",
+        format!("suspect={term}"),
+        "suspect=18446744073709551616",
+        "probe=127.0.0.1:1",
+        "probe=[::1",
+        "=",
+        "",
+        long,
+    ]);
+    let record = serde_json::json!({
+        "id": "db.evil", "name": "_members.db", "address": "no-such-host.invalid", "port": 65535,
+        "tags": tags, "status": "passing", "owner": "evil/1/1", "registered_ms": 1u64,
+        "critical_since_ms": null, "deregister_after_ms": null,
+    });
+    autopilot_testkit::etcdctl(
+        &etcd.endpoint(),
+        &[
+            "put",
+            "/hostile/instances/_members.db/db.evil",
+            &record.to_string(),
+        ],
+    );
+    for (key, value) in [
+        ("_cluster/db/switchover", r#"{"from": 5, "at_ms": 1e300}"#),
+        ("_cluster/db/failover", "[[[["),
+        ("_cluster/db/reinit/", "{}"),
+        ("_cluster/db/unknown", "\u{7f}\u{1b}"),
+    ] {
+        assert!(kv(&url, &["put", key, value]), "{key}");
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || members(&url).len() == 4),
+        "{:?}",
+        members(&url)
+    );
+    let old = nodes[l].id.clone();
+    let server = nodes[l].server_pid().expect("server pid");
+    let t0 = Instant::now();
+    kill(nodes[l].agent.pid(), libc::SIGKILL);
+    kill(server, libc::SIGKILL);
+    let (id, _, took) = next_leader(&url, &old, t0, Duration::from_secs(10));
+    println!("with a hostile member and intents: {id} after {took:?}");
+    // The forged member ranks first (the highest position) but never
+    // campaigns: the next rank waits one grace (500 ms) more.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    for (i, n) in nodes.iter().enumerate() {
+        if i != l {
+            assert!(alive(n.agent.pid()), "agent {} died", n.id);
+        }
+    }
+}
