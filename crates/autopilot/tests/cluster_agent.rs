@@ -547,3 +547,106 @@ fn hostile_records_and_intents_do_not_wedge_the_agents() {
         }
     }
 }
+
+fn snapshot_config(port: u16, store: &str) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "db",
+       exec: ["sh", "-c", "test -e @DIR@/data/db.txt || echo fresh > @DIR@/data/db.txt; exec {PYTHON} -c \"$0\" \"$@\"", "{SERVER}", "{port}", "@DIR@/server.pid"],
+       port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ tcp: "127.0.0.1:{port}", interval: "200ms", ttl: "2s" }},
+       election: {{ name: "db", ttl: "5s" }},
+       snapshot: {{
+         store: "{store}", interval: "300ms", retain: 2, leaderOnly: true, dataDir: "@DIR@/data",
+         create: ["sh", "-c", "cp @DIR@/data/db.txt \"$AUTOPILOT_SNAPSHOT_FILE\""],
+         restore: ["sh", "-c", "cp \"$AUTOPILOT_SNAPSHOT_FILE\" \"$AUTOPILOT_DATA_DIR/db.txt\""],
+       }} }},
+  ]
+}}"#
+    )
+}
+
+/// A reinit intent: the named follower stops its job, empties its data
+/// directory, deletes the intent and starts again through restore-before-
+/// start; the leader refuses one.
+#[test]
+fn reinit_rebuilds_a_follower_from_the_snapshot() {
+    let d = Dir::new("cl-reinit");
+    let url = format!("local://{}", d.path("catalog").display());
+    let store = format!("file://{}", d.child("store").0.display());
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let host = format!("n{i}");
+            let dir = d.child(&host);
+            std::fs::create_dir_all(dir.path("data")).expect("data dir");
+            let agent = start_with(
+                &dir,
+                &snapshot_config(free_port(), &store),
+                &[],
+                &[("AUTOPILOT_CATALOG", &url), ("AUTOPILOT_HOSTNAME", &host)],
+            );
+            agent.ready();
+            Node {
+                dir,
+                agent,
+                id: format!("db-{host}"),
+            }
+        })
+        .collect();
+    let mut found = None;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            found = leader(&url);
+            found.is_some()
+                && passing_ids(&url, "_members.db").is_some_and(|p| p.len() == 3)
+                && nodes.iter().all(|n| n.dir.read("data/db.txt") == "fresh\n")
+        }),
+        "cluster did not settle: {found:?}"
+    );
+    let (lid, _) = found.expect("leader");
+    let l = nodes.iter().position(|n| n.id == lid).expect("leader node");
+    let f = followers(&nodes, l)[0];
+    let before = nodes[f].server_pid().expect("server pid");
+    std::fs::write(nodes[f].dir.path("data/junk"), "stale").expect("junk");
+    std::fs::write(nodes[f].dir.path("data/db.txt"), "diverged\n").expect("diverge");
+    let key = format!("_cluster/db/reinit/{}", nodes[f].id);
+    let leader_key = format!("_cluster/db/reinit/{lid}");
+    let body = format!(r#"{{"requested_ms": {}}}"#, now_ms());
+    assert!(kv(&url, &["put", &leader_key, &body]));
+    assert!(kv(&url, &["put", &key, &body]));
+    assert!(
+        wait_for(Duration::from_secs(15), || kv_get(&url, &key).is_none()
+            && nodes[f].server_pid().is_some_and(|p| p != before)
+            && nodes[f].dir.read("data/db.txt") == "fresh\n"),
+        "not reinitialised: intent {:?}, pid {:?}, data {:?}\n{}",
+        kv_get(&url, &key),
+        nodes[f].server_pid(),
+        nodes[f].dir.read("data/db.txt"),
+        nodes[f].agent.log()
+    );
+    assert!(!nodes[f].dir.path("data/junk").exists(), "emptied first");
+    assert!(
+        nodes[f]
+            .agent
+            .log()
+            .contains("reinit: data directory emptied")
+    );
+    // Back as a passing member; the leader refused its own reinit and still leads.
+    assert!(wait_for(Duration::from_secs(10), || passing_ids(
+        &url,
+        "_members.db"
+    )
+    .is_some_and(|p| p.len() == 3)));
+    assert_eq!(leader(&url).map(|(id, _)| id), Some(lid.clone()));
+    assert!(
+        kv_get(&url, &leader_key).is_some(),
+        "the leader's intent stays"
+    );
+    assert!(
+        nodes[l].agent.log().contains("reinit") && nodes[l].agent.log().contains("refused"),
+        "{}",
+        nodes[l].agent.log()
+    );
+}

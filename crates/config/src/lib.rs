@@ -1265,6 +1265,7 @@ fn job(
         election,
         roles,
         snapshot,
+        reinit: 0,
     };
     Ok(spec)
 }

@@ -206,6 +206,10 @@ pub struct JobSpec {
     /// The catalog entry's name and tags per role.
     pub roles: Option<Roles>,
     pub snapshot: Option<SnapshotSpec>,
+    /// How many times a reinit intent emptied this job's data: bumped by
+    /// the agent, never by a config, so the reload plan treats the job as
+    /// changed and starts it again through restore-before-start.
+    pub reinit: u32,
 }
 
 impl JobSpec {
@@ -232,6 +236,7 @@ impl JobSpec {
             election: None,
             roles: None,
             snapshot: None,
+            reinit: 0,
         }
     }
 }

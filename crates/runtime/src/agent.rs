@@ -212,6 +212,16 @@ struct Agent {
     positions: BTreeMap<String, u64>,
     /// Per election: the leader term this agent's campaign confirmed dead.
     suspects: BTreeMap<String, u64>,
+    /// A reinit waiting for its job to stop (see [`Agent::reinit`]).
+    reinit_pending: Option<Reinit>,
+}
+
+/// A reinit in progress: the job, the data directory to empty once it has
+/// stopped, and the intent to delete then.
+struct Reinit {
+    job: String,
+    dir: PathBuf,
+    key: String,
 }
 
 /// A member record this agent publishes for a running elected job.
@@ -389,6 +399,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         members: BTreeMap::new(),
         positions: BTreeMap::new(),
         suspects: BTreeMap::new(),
+        reinit_pending: None,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -687,7 +698,51 @@ impl Agent {
                     None => self.suspects.remove(&election),
                 };
             }
+            ElectionNews::Reinit => self.reinit(job, &election),
         }
+    }
+
+    /// Carries out a reinit intent for `job`: checks its `snapshot.dataDir`,
+    /// then stops the job through the reload path (as a changed job), and
+    /// [`Agent::adopt`] empties the directory before the job starts again
+    /// through restore-before-start. Refusals are logged; the intent stays.
+    fn reinit(&mut self, job: usize, election: &str) {
+        let name = self.machine.spec(job).name.clone();
+        if self.machine.stopping().is_some() || self.next_config.is_some() {
+            tracing::warn!(job = %name, %election, "reinit refused: the agent is stopping or reloading; write the intent again later");
+            return;
+        }
+        if matches!(self.machine.role(job), Role::Leader { .. }) {
+            tracing::warn!(job = %name, %election, "reinit refused: this node leads (switch over first)");
+            return;
+        }
+        let dir = self
+            .machine
+            .spec(job)
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.data_dir.clone());
+        let dir = match crate::cluster::check_data_dir(dir.as_deref()) {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::error!(job = %name, %election, "reinit refused: {why}");
+                return;
+            }
+        };
+        tracing::warn!(job = %name, %election, dir = %dir.display(), "reinit: stopping the job, emptying its data directory and starting it again through restore-before-start");
+        let mut cfg = self.config.clone();
+        let Some(spec) = cfg.jobs.get_mut(job) else {
+            return;
+        };
+        spec.reinit = spec.reinit.saturating_add(1);
+        let (jobs, stop_timeout) = (cfg.jobs.clone(), cfg.stop_timeout);
+        self.next_config = Some((cfg, self.job_ips.clone()));
+        self.reinit_pending = Some(Reinit {
+            job: name,
+            dir,
+            key: autopilot_core::cluster::IntentKey::Reinit(self.entry_id(job)).key(election),
+        });
+        self.input(Input::Reload { jobs, stop_timeout });
     }
 
     /// News from a campaign a reload retired (its job is gone): the seat it
@@ -713,8 +768,9 @@ impl Agent {
                     self.publish_leader_changed(election);
                 }
             }
-            // Only a live campaign's vote is published.
-            ElectionNews::Suspect(_) => {}
+            // Only a live campaign's vote is published, and only a live
+            // campaign's job is reinitialised.
+            ElectionNews::Suspect(_) | ElectionNews::Reinit => {}
         }
     }
 
@@ -1477,6 +1533,27 @@ impl Agent {
         );
         let old = std::mem::replace(&mut self.config, cfg);
         self.job_ips = ips;
+        // A reinit's job has stopped: empty its data before it starts again.
+        if let Some(r) = self.reinit_pending.take() {
+            match crate::cluster::empty_dir(&r.dir) {
+                Ok(n) => {
+                    tracing::warn!(job = %r.job, dir = %r.dir.display(), entries = n, "reinit: data directory emptied; restoring before start")
+                }
+                Err(e) => {
+                    tracing::error!(job = %r.job, dir = %r.dir.display(), "reinit: cannot empty the data directory: {e}")
+                }
+            }
+            let catalog = self.catalog.clone();
+            tokio::spawn(async move {
+                let del = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    catalog.kv_delete(&r.key),
+                );
+                if let Ok(Err(e)) = del.await {
+                    tracing::warn!(key = %r.key, "cannot delete the reinit intent carried out: {e}");
+                }
+            });
+        }
         self.reset_elections(&kept);
         self.start_watches(&old.watches);
         self.start_templates(&old.templates);

@@ -1,6 +1,7 @@
 //! The runtime side of clusters: the presence listener, the leader prober of the fast crash failover, and reading member records and intents (parsed leniently, every call under a deadline).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use autopilot_catalog::{Catalog, Status};
@@ -210,9 +211,81 @@ pub async fn intents(catalog: &dyn Catalog, election: &str, limit: Duration) -> 
     Some(out)
 }
 
+/// The data directory a reinit may empty: set, not `/`, a real directory
+/// (not a symlink) owned by this process's user.
+pub fn check_data_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dir.ok_or("the job has no snapshot.dataDir to empty")?;
+    if dir.parent().is_none() || !dir.is_absolute() {
+        return Err(format!(
+            "snapshot.dataDir {} is not a directory it may empty",
+            dir.display()
+        ));
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("snapshot.dataDir {}: {e}", dir.display()))?;
+    if !meta.file_type().is_dir() {
+        return Err(format!(
+            "snapshot.dataDir {} is not a directory",
+            dir.display()
+        ));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "snapshot.dataDir {} is owned by uid {}, not by this agent's user",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Removes everything inside `dir` (not `dir` itself, nor anything a
+/// symlink in it points to); returns how many entries it removed.
+pub fn empty_dir(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0usize;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+        n = n.saturating_add(1);
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reinit_empties_only_a_real_directory_of_ours() {
+        let base = std::env::temp_dir().join(format!("autopilot-reinit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let data = base.join("data");
+        std::fs::create_dir_all(data.join("sub")).expect("mkdir");
+        std::fs::write(data.join("sub/f"), "x").expect("write");
+        std::fs::write(data.join("g"), "x").expect("write");
+        let outside = base.join("outside");
+        std::fs::write(&outside, "keep").expect("write");
+        std::os::unix::fs::symlink(&outside, data.join("link")).expect("symlink");
+        assert!(check_data_dir(None).is_err());
+        assert!(check_data_dir(Some(Path::new("/"))).is_err());
+        assert!(check_data_dir(Some(Path::new("relative"))).is_err());
+        assert!(check_data_dir(Some(&outside)).is_err(), "a file");
+        let link = base.join("dirlink");
+        std::os::unix::fs::symlink(&data, &link).expect("symlink");
+        assert!(check_data_dir(Some(&link)).is_err(), "a symlink");
+        assert!(check_data_dir(Some(&base.join("missing"))).is_err());
+        assert_eq!(check_data_dir(Some(&data)), Ok(data.clone()));
+        assert_eq!(empty_dir(&data).expect("empty"), 3);
+        assert_eq!(std::fs::read_dir(&data).expect("read").count(), 0);
+        assert_eq!(std::fs::read_to_string(&outside).expect("kept"), "keep");
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[tokio::test]
     async fn a_closed_listener_refuses_and_a_live_one_accepts() {
