@@ -45,7 +45,10 @@ impl Drop for Node {
         // Stopped processes must be able to stop; the server outlives a
         // killed agent, so it is ours to kill.
         let server = self.server_pid();
-        kill(self.agent.pid(), libc::SIGCONT);
+        // Never pid -1 (a reaped agent's): that would signal every process.
+        if self.agent.child.is_some() {
+            kill(self.agent.pid(), libc::SIGCONT);
+        }
         if let Some(pid) = server {
             kill(pid, libc::SIGCONT);
         }
