@@ -706,7 +706,7 @@ pub fn spawn_election_after<M: Send + 'static>(
         let mut reported_suspect: Option<u64> = None;
         let start = Instant::now();
         let mut free_since: Option<Duration> = None;
-        let mut last_holder: Option<String> = None;
+        let mut last_holder: Option<Leader> = None;
         let mut dead: Option<String> = None;
         let mut reinit_asked = false;
         loop {
@@ -777,7 +777,7 @@ pub fn spawn_election_after<M: Send + 'static>(
             match &held {
                 Some(l) => {
                     free_since = None;
-                    last_holder = Some(l.id.clone());
+                    last_holder = Some(l.clone());
                     if dead.as_ref().is_some_and(|d| *d != l.id) {
                         dead = None;
                     }
@@ -831,10 +831,15 @@ pub fn spawn_election_after<M: Send + 'static>(
                 *t = target;
                 changed
             });
+            // A majority confirmed the leader (or, the seat now free, the
+            // last holder) dead: it is left out of the ranking.
+            if let (Some(l), Some(ms)) = (following.or(last_holder.as_ref()), &members)
+                && l.id != me.id
+                && cluster::confirmed_dead(ms, &l.id, l.term)
+            {
+                dead = Some(l.id.clone());
+            }
             if let (Some(l), Some(ms), Some(i)) = (following, &members, &intents) {
-                if cluster::confirmed_dead(ms, &l.id, l.term) {
-                    dead = Some(l.id.clone());
-                }
                 if cluster::end_seat_due(&me.id, ms, &l.id, l.term, i) {
                     let res = tokio::time::timeout(every, catalog.end_seat(&election, l)).await;
                     match res {
@@ -874,7 +879,7 @@ pub fn spawn_election_after<M: Send + 'static>(
                     leader: held.as_ref().map(|l| l.id.as_str()),
                     leading: leading.is_some(),
                     intents: i,
-                    last_holder: last_holder.as_deref(),
+                    last_holder: last_holder.as_ref().map(|l| l.id.as_str()),
                     dead: &dead_ids,
                     free_since,
                     now,
