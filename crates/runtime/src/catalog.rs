@@ -839,23 +839,23 @@ pub fn spawn_election_after<M: Send + 'static>(
             {
                 dead = Some(l.id.clone());
             }
-            if let (Some(l), Some(ms), Some(i)) = (following, &members, &intents) {
-                if cluster::end_seat_due(&me.id, ms, &l.id, l.term, i) {
-                    let res = tokio::time::timeout(every, catalog.end_seat(&election, l)).await;
-                    match res {
-                        Ok(Ok(true)) => {
-                            tracing::warn!(%election, leader = %l.id, term = l.term, "a majority of members confirmed the leader dead (its agent and service refuse connections): its seat is ended now, not after its TTL");
-                            last_leader = Some(None);
-                            let _ = tx.send(wrap(ElectionNews::Leader(None))).await;
-                            continue;
-                        }
-                        Ok(Ok(false)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(%election, "ending the dead leader's seat failed: {e}")
-                        }
-                        Err(_) => {
-                            tracing::warn!(%election, "ending the dead leader's seat: no answer in time")
-                        }
+            if let (Some(l), Some(ms), Some(i)) = (following, &members, &intents)
+                && cluster::end_seat_due(&me.id, ms, &l.id, l.term, i)
+            {
+                let res = tokio::time::timeout(every, catalog.end_seat(&election, l)).await;
+                match res {
+                    Ok(Ok(true)) => {
+                        tracing::warn!(%election, leader = %l.id, term = l.term, "a majority of members confirmed the leader dead (its agent and service refuse connections): its seat is ended now, not after its TTL");
+                        last_leader = Some(None);
+                        let _ = tx.send(wrap(ElectionNews::Leader(None))).await;
+                        continue;
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(%election, "ending the dead leader's seat failed: {e}")
+                    }
+                    Err(_) => {
+                        tracing::warn!(%election, "ending the dead leader's seat: no answer in time")
                     }
                 }
             }
