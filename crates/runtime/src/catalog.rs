@@ -757,17 +757,18 @@ pub fn spawn_election_after<M: Send + 'static>(
             }
             // Member records and intents, read under the same bound.
             let read = bound(every, leading);
-            let (members, intents) = if wanted && !read.is_zero() {
-                let m = crate::cluster::members(catalog.as_ref(), &election, read).await;
-                let read = bound(every, leading);
-                let i = if read.is_zero() {
-                    None
-                } else {
-                    crate::cluster::intents(catalog.as_ref(), &election, read).await
-                };
-                (m, i)
+            // Intents even while not campaigning: a member whose job is
+            // unhealthy is the one a reinit is for.
+            let members = if wanted && !read.is_zero() {
+                crate::cluster::members(catalog.as_ref(), &election, read).await
             } else {
-                (None, None)
+                None
+            };
+            let read = bound(every, leading);
+            let intents = if read.is_zero() {
+                None
+            } else {
+                crate::cluster::intents(catalog.as_ref(), &election, read).await
             };
             let held = match &last_leader {
                 Some(Some(l)) => Some(l.clone()),
