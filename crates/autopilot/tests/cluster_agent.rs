@@ -354,6 +354,19 @@ fn ranking(d: &Dir, url: &str) {
         assert_eq!(code, 400, "{body}");
         assert!(text.contains(field), "{body}: {text}");
     }
+    let st = nodes[y].agent.status();
+    let e = &st["jobs"][0]["election"];
+    assert_eq!(
+        (e["position"].as_u64(), e["priority"].as_u64()),
+        (Some(1200), Some(1)),
+        "{e}"
+    );
+    assert!(
+        e["probe"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{e}"
+    );
     let yid = format!("db.{}", nodes[y].id);
     assert!(
         wait_for(Duration::from_secs(5), || members(url).iter().any(

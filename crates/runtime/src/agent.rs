@@ -1924,6 +1924,11 @@ impl Agent {
                         "role": if self.machine.leading(i).is_some() { "leader" } else { "follower" },
                         "term": self.machine.leading(i),
                         "current": self.leaders.get(&e.name).cloned().flatten(),
+                        "priority": e.priority,
+                        "maxLag": e.max_lag,
+                        "position": self.positions.get(&e.name),
+                        "suspect": self.suspects.get(&e.name),
+                        "probe": self.members.get(&autopilot_core::cluster::member_id(&e.name, &self.entry_id(i))).map(|m| m.presence.addr.to_string()),
                     })),
                     "restore": self.restore_progress.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                     "registration": self.machine.spec(i).port.map(|_| {
