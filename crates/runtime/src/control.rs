@@ -412,6 +412,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn position_bodies() {
+        let p = |b: &str| parse_position(&Bytes::from(b.to_string()));
+        assert_eq!(p(r#"{"position": "42"}"#), Ok((None, 42)));
+        assert_eq!(
+            p(r#"{"election": "db", "position": "1/A"}"#),
+            Ok((Some("db".into()), (1 << 32) | 10))
+        );
+        assert_eq!(p(r#"{"election": null, "position": 7}"#), Ok((None, 7)));
+        let huge = "9".repeat(10_000);
+        for (body, field) in [
+            (r#"{"position": -1}"#.to_string(), "position"),
+            (r#"{"position": 1.5}"#.to_string(), "position"),
+            (r#"{"position": "x/y"}"#.to_string(), "position"),
+            (format!(r#"{{"position": "{huge}"}}"#), "position"),
+            (
+                r#"{"position": "1", "election": ""}"#.to_string(),
+                "election",
+            ),
+            (r#"{"position": "1", "other": 1}"#.to_string(), "other"),
+            (r#"{"election": "db"}"#.to_string(), "position"),
+        ] {
+            let e = p(&body).expect_err(&body);
+            assert!(e.starts_with(field), "{body}: {e}");
+            assert!(e.len() < 300, "bounded message: {e}");
+        }
+    }
+
+    #[test]
     fn hostile_environ_bodies_are_refused() {
         let ok = parse_environ(&Bytes::from(r#"{"A":"1","B":null,"C":""}"#)).expect("ok");
         assert_eq!(ok.get("A"), Some(&Some("1".to_string())));
