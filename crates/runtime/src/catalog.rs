@@ -755,8 +755,15 @@ pub fn spawn_election_after<M: Send + 'static>(
                     return;
                 }
             }
-            // Member records and intents, read under the same bound.
-            let read = bound(every, leading);
+            // Member records and intents, read under the same bound. A
+            // leader whose renewal is due renews first: these reads must
+            // never delay it (it reads them when a change wakes it).
+            let renewal_due = leading.is_some_and(|(_, sent)| Instant::now() >= sent + every);
+            let read = if renewal_due {
+                Duration::ZERO
+            } else {
+                bound(every, leading)
+            };
             // Intents even while not campaigning: a member whose job is
             // unhealthy is the one a reinit is for.
             let members = if wanted && !read.is_zero() {
@@ -764,7 +771,11 @@ pub fn spawn_election_after<M: Send + 'static>(
             } else {
                 None
             };
-            let read = bound(every, leading);
+            let read = if renewal_due {
+                Duration::ZERO
+            } else {
+                bound(every, leading)
+            };
             let intents = if read.is_zero() {
                 None
             } else {
