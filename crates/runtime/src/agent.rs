@@ -226,7 +226,9 @@ struct Reinit {
 
 /// A member record this agent publishes for a running elected job.
 struct MemberRecord {
-    presence: crate::cluster::Presence,
+    /// `None` when it cannot be opened on the candidate's address (one
+    /// that is advertised but not local): no fast path for this member.
+    presence: Option<crate::cluster::Presence>,
     published: Registration,
 }
 
@@ -1384,35 +1386,36 @@ impl Agent {
             let me = self.candidate(j);
             let id = autopilot_core::cluster::member_id(&e.name, &me.id);
             let probe = match self.members.get(&id) {
-                Some(m) => m.presence.addr,
-                None => match crate::cluster::Presence::open(ip) {
-                    Ok(p) => {
-                        let addr = p.addr;
-                        self.members.insert(
-                            id.clone(),
-                            MemberRecord {
-                                presence: p,
-                                // Never equal to a wanted record: published below.
-                                published: Registration {
-                                    id: String::new(),
-                                    name: String::new(),
-                                    address: String::new(),
-                                    port: 0,
-                                    tags: Vec::new(),
-                                    status: Status::Critical,
-                                    ttl: e.ttl,
-                                    deregister_critical_after: None,
-                                    seat: None,
-                                },
+                Some(m) => m.presence.as_ref().map(|p| p.addr),
+                None => {
+                    let presence = match crate::cluster::Presence::open(ip) {
+                        Ok(p) => Some(p),
+                        Err(err) => {
+                            tracing::warn!(election = %e.name, "cannot open the presence listener on {ip}: {err}; the member record has no probe address, so followers cannot fail over fast from this node");
+                            None
+                        }
+                    };
+                    let addr = presence.as_ref().map(|p| p.addr);
+                    self.members.insert(
+                        id.clone(),
+                        MemberRecord {
+                            presence,
+                            // Never equal to a wanted record: published below.
+                            published: Registration {
+                                id: String::new(),
+                                name: String::new(),
+                                address: String::new(),
+                                port: 0,
+                                tags: Vec::new(),
+                                status: Status::Critical,
+                                ttl: e.ttl,
+                                deregister_critical_after: None,
+                                seat: None,
                             },
-                        );
-                        addr
-                    }
-                    Err(err) => {
-                        tracing::warn!(election = %e.name, "cannot open the presence listener on {ip}: {err}; the member record is not published");
-                        continue;
-                    }
-                },
+                        },
+                    );
+                    addr
+                }
             };
             let member = autopilot_core::cluster::Member {
                 id: me.id.clone(),
@@ -1421,7 +1424,7 @@ impl Agent {
                 max_lag: e.max_lag,
                 position: self.positions.get(&e.name).copied(),
                 suspect: self.suspects.get(&e.name).copied(),
-                probe: Some(probe.to_string()),
+                probe: probe.map(|p| p.to_string()),
             };
             let status = if v.health == autopilot_core::HealthStatus::Healthy {
                 Status::Passing
@@ -1928,7 +1931,7 @@ impl Agent {
                         "maxLag": e.max_lag,
                         "position": self.positions.get(&e.name),
                         "suspect": self.suspects.get(&e.name),
-                        "probe": self.members.get(&autopilot_core::cluster::member_id(&e.name, &self.entry_id(i))).map(|m| m.presence.addr.to_string()),
+                        "probe": self.members.get(&autopilot_core::cluster::member_id(&e.name, &self.entry_id(i))).and_then(|m| m.presence.as_ref()).map(|p| p.addr.to_string()),
                     })),
                     "restore": self.restore_progress.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                     "registration": self.machine.spec(i).port.map(|_| {
