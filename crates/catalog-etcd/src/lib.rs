@@ -1590,6 +1590,66 @@ impl Catalog for EtcdCatalog {
         Ok(leader)
     }
 
+    async fn end_seat(&self, election: &str, leader: &Leader) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, election)?;
+        let key = self.election_key(election);
+        let resp = self.conn.get(key.clone(), false).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(false);
+        };
+        let Ok(v) = serde_json::from_slice::<LeaderValue>(kv.value()) else {
+            return Ok(false);
+        };
+        let term = if v.term > 0 {
+            v.term
+        } else {
+            u64::try_from(kv.create_revision()).unwrap_or(0)
+        };
+        if v.id != leader.id || term != leader.term {
+            return Ok(false);
+        }
+        let (lease, mod_rev) = (kv.lease(), kv.mod_revision());
+        let ended = if lease != 0 {
+            // The seat key's own lease: a seat won again since is on another
+            // lease, so revoking this one can never end it. The seat and the
+            // entries bound to it go in one step.
+            match self
+                .conn
+                .call(|mut c| async move { c.lease_revoke(lease).await })
+                .await
+            {
+                Ok(_) => true,
+                // It expired or was revoked meanwhile: not ended by us.
+                Err(CatalogError::Unavailable { message, .. }) if is_lease_gone(&message) => false,
+                Err(e) => return Err(e),
+            }
+        } else {
+            // A seat with no lease (not written by us): delete it only if
+            // it is still the version read.
+            let resp = self
+                .conn
+                .call(|mut c| {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            mod_rev,
+                        )])
+                        .and_then([TxnOp::delete(key.clone(), None)]);
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            resp.succeeded()
+        };
+        if ended {
+            let mut s = self.session.lock().await;
+            if s.elections.get(election).map(|&(l, _, _)| l) == Some(lease) {
+                self.forget_seat(&mut s, election);
+            }
+        }
+        Ok(ended)
+    }
+
     async fn holds_lock(&self, name: &str) -> Result<bool, CatalogError> {
         // The session must still track it (a lost lease drops it) and its
         // key must still exist (the lease may be gone before we noticed).

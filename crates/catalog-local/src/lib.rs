@@ -997,6 +997,40 @@ impl Catalog for LocalCatalog {
         .await
     }
 
+    async fn end_seat(&self, election: &str, leader: &Leader) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, election)?;
+        let (name, id) = (election.to_string(), leader.id.clone());
+        let term = i64::try_from(leader.term).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let now = clock_ms();
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Only the live seat of that id at that term: a seat won again
+            // since has another term and is never touched.
+            let owner: Option<String> = tx
+                .query_row(
+                    "DELETE FROM elections WHERE name = ?1 AND id = ?2 AND term = ?3
+                     AND expires_ms > ?4 RETURNING owner",
+                    params![name, id, term, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(owner) = owner else {
+                return Ok(false);
+            };
+            // Its bound entries go in the same transaction (readers stop
+            // seeing them with the seat row anyway).
+            tx.execute(
+                "DELETE FROM instances WHERE seat_election = ?1 AND owner = ?2 AND seat_term = ?3",
+                params![name, owner, term],
+            )?;
+            // Watchers wake and campaign for the free seat at once.
+            bump(&tx)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn holds_lock(&self, name: &str) -> Result<bool, CatalogError> {
         let (n, owner) = (name.to_string(), self.owner.clone());
         self.with(move |c| {

@@ -54,6 +54,123 @@ where
     locks_exclude_and_expire(&open, tag, expiry).await;
     elections(&open, tag, expiry).await;
     seat_bound_entries(&open, tag, expiry).await;
+    end_seat(&open, tag).await;
+}
+
+/// Another session ends a seat at once, but only the seat it names: the
+/// bound entry goes with it, watchers hear of it, the seat is free for
+/// the next campaign, and a seat won again since (a higher term) or held
+/// by another id is never touched.
+async fn end_seat<F, Fut>(open: &F, tag: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    use crate::{Candidate, Leader, Seat};
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
+    let election = format!("end-{tag}");
+    let service = format!("end-primary-{tag}");
+    let me = |id: &str, port| Candidate {
+        id: id.into(),
+        address: "127.0.0.1".into(),
+        port,
+    };
+    // Long enough that only `end_seat` can free the seat within the test.
+    let ttl = Duration::from_secs(30);
+    let bound = |term: u64| Registration {
+        seat: Some(Seat {
+            election: election.clone(),
+            term,
+        }),
+        ..reg("a-1", &service, 1, 60_000)
+    };
+    let gone = Leader {
+        id: "a-1".into(),
+        address: "127.0.0.1".into(),
+        port: 1,
+        term: 1,
+    };
+    assert!(
+        !b.end_seat(&election, &gone).await.expect("end_seat"),
+        "no seat: nothing ended"
+    );
+
+    let t1 = a
+        .campaign(&election, &me("a-1", 1), ttl)
+        .await
+        .expect("campaign")
+        .expect("a wins");
+    a.register(&bound(t1)).await.expect("bound entry");
+    let held = b.leader(&election).await.expect("leader").expect("held");
+    assert_eq!((held.id.as_str(), held.term), ("a-1", t1));
+
+    // The wrong id, or another term, is not this seat.
+    let wrong_id = Leader {
+        id: "b-1".into(),
+        ..held.clone()
+    };
+    assert!(!b.end_seat(&election, &wrong_id).await.expect("end_seat"));
+    let later = Leader {
+        term: t1 + 1,
+        ..held.clone()
+    };
+    assert!(!b.end_seat(&election, &later).await.expect("end_seat"));
+    assert_eq!(
+        b.leader(&election).await.expect("leader"),
+        Some(held.clone())
+    );
+    assert_eq!(b.instances(&service).await.expect("read").len(), 1);
+
+    // The right one ends at once, with its bound entry, and wakes watchers.
+    let mut changes = b.changes();
+    changes.borrow_and_update();
+    assert!(b.end_seat(&election, &held).await.expect("end_seat"));
+    assert_eq!(b.leader(&election).await.expect("leader"), None);
+    assert!(
+        b.instances(&service).await.expect("read").is_empty(),
+        "the bound entry went with the seat"
+    );
+    tokio::time::timeout(Duration::from_secs(2), changes.changed())
+        .await
+        .expect("an ended seat is notified")
+        .expect("notifier alive");
+    assert!(
+        !b.end_seat(&election, &held).await.expect("end_seat"),
+        "ending it twice ends nothing"
+    );
+
+    // The seat is free at once, and a seat won again is never touched by
+    // a request naming the ended one.
+    let t2 = a
+        .campaign(&election, &me("a-1", 1), ttl)
+        .await
+        .expect("campaign")
+        .expect("the seat is free at once");
+    assert!(t2 > t1, "a new seat has a higher term: {t1} then {t2}");
+    a.register(&bound(t2)).await.expect("bound entry");
+    assert!(!b.end_seat(&election, &held).await.expect("end_seat"));
+    let again = b.leader(&election).await.expect("leader").expect("held");
+    assert_eq!((again.id.as_str(), again.term), ("a-1", t2));
+    assert_eq!(b.instances(&service).await.expect("read").len(), 1);
+    assert_eq!(
+        a.campaign(&election, &me("a-1", 1), ttl)
+            .await
+            .expect("renew"),
+        Some(t2),
+        "the holder still renews its seat"
+    );
+
+    // b takes the freed seat at once after ending a's.
+    assert!(b.end_seat(&election, &again).await.expect("end_seat"));
+    let t3 = b
+        .campaign(&election, &me("b-1", 2), ttl)
+        .await
+        .expect("campaign")
+        .expect("b wins the ended seat at once");
+    assert!(t3 > t2);
+    assert!(b.instances(&service).await.expect("read").is_empty());
+    b.resign(&election).await.expect("resign");
+    a.deregister("a-1").await.expect("cleanup");
 }
 
 /// An entry bound to an election seat lives and dies with the seat: it is

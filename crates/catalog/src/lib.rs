@@ -213,6 +213,23 @@ pub trait Catalog: Send + Sync {
 
     /// The current leader, if any.
     async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError>;
+
+    /// Ends `leader`'s seat of `election` at once, only if the seat is still held by `leader.id` at
+    /// `leader.term` (a seat won again since is never touched). Returns whether it ended a seat.
+    /// etcd: revokes the seat key's own lease (the seat and its bound entries go in one step);
+    /// embedded: deletes the seat row (its bound entries go with it).
+    ///
+    /// The default refuses: a wrapper or test double that cannot end seats
+    /// says so rather than pretending it did.
+    async fn end_seat(&self, election: &str, leader: &Leader) -> Result<bool, CatalogError> {
+        Err(CatalogError::Invalid {
+            url: self.url().to_string(),
+            message: format!(
+                "this catalog cannot end the seat of {election} (leader {}, term {})",
+                leader.id, leader.term
+            ),
+        })
+    }
 }
 
 /// Who is campaigning: the instance ID (`<job>-<hostname>`) and where it serves.
