@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use cli::args::{Cli, Cmd, rewrite_single_dash};
+use cli::cluster::ClusterCmd;
 use cli::control;
 
 fn main() -> ExitCode {
@@ -89,6 +90,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Putenv { vars }) => Some(vec![control::putenv(vars)?]),
             Some(Cmd::Putmetric { metrics }) => Some(control::putmetric(metrics)?),
             Some(Cmd::Ping) => Some(vec![control::ping()]),
+            Some(Cmd::Cluster {
+                cmd: ClusterCmd::Position { election, value },
+                ..
+            }) => Some(vec![cli::cluster::position_req(election.as_deref(), value)]),
             Some(Cmd::Status) => {
                 let socket = client_socket(&cli, &env)?;
                 return cli::status::status(&socket, timeout, out);
@@ -104,6 +109,28 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Leader { catalog: url, name }) => {
                 let o = catalog(url)?;
                 return cli::block_on(cli::catalog::leader_cmd(o, name, out))?;
+            }
+            Some(Cmd::Cluster {
+                catalog: url,
+                cmd: ClusterCmd::List { election },
+            }) => return cli::block_on(cli::cluster::list(catalog(&url.catalog)?, election, out))?,
+            Some(Cmd::Switchover(a)) => {
+                let o = catalog(&a.catalog.catalog)?;
+                return cli::block_on(cli::cluster::switchover(o, a, cli.timeout.as_deref(), out))?;
+            }
+            Some(Cmd::Failover(a)) => {
+                let o = catalog(&a.catalog.catalog)?;
+                return cli::block_on(cli::cluster::failover(o, a, cli.timeout.as_deref(), out))?;
+            }
+            Some(Cmd::Pause(a)) => {
+                return cli::block_on(cli::cluster::pause(catalog(&a.catalog.catalog)?, a, out))?;
+            }
+            Some(Cmd::Resume(a)) => {
+                return cli::block_on(cli::cluster::resume(catalog(&a.catalog.catalog)?, a, out))?;
+            }
+            Some(Cmd::Reinit(a)) => {
+                let o = catalog(&a.catalog.catalog)?;
+                return cli::block_on(cli::cluster::reinit(o, a, cli.timeout.as_deref(), out))?;
             }
             Some(Cmd::Lock {
                 catalog: url,
