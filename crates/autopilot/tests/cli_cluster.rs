@@ -601,3 +601,124 @@ fn position_goes_to_the_control_socket() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("refused"), "{out}");
 }
+
+/// Three real agents on one catalog: `switchover --to` a replica hands the
+/// seat over and returns once the replica leads at a higher term; the
+/// intent is gone, and a position published by a hook shows in the list.
+/// Needs the agent side of issue 12 (member records, acting on intents).
+#[test]
+fn switchover_end_to_end_with_three_agents() {
+    let d = Dir::new("e2e-switchover");
+    let url = format!("local://{}", d.path("catalog").display());
+    let config = |port: u16| {
+        format!(
+            r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "db", exec: "sleep 120", port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ exec: "true", interval: "100ms", ttl: 2 }},
+       election: {{ name: "db-primary", ttl: "2s" }} }},
+  ]
+}}"#
+        )
+    };
+    let agents: Vec<(Dir, common::Agent)> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|host| {
+            let dir = d.child(host);
+            let port = autopilot_testkit::free_port();
+            let agent = common::start_with(
+                &dir,
+                &config(port),
+                &[],
+                &[("AUTOPILOT_CATALOG", &url), ("AUTOPILOT_HOSTNAME", host)],
+            );
+            agent.ready();
+            (dir, agent)
+        })
+        .collect();
+    let run = |args: &[&str]| {
+        split(
+            Command::new(bin())
+                .args(args)
+                .env("AUTOPILOT_CATALOG", &url)
+                .env_remove("CONTAINERPILOT")
+                .output()
+                .expect("cli"),
+        )
+    };
+    let list = || -> serde_json::Value {
+        let (code, out, _) = run(&["cluster", "list", "db-primary", "-o", "json"]);
+        if code != 0 {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&out).unwrap_or_default()
+    };
+    let ready = |v: &serde_json::Value| {
+        !v["leader"].is_null()
+            && v["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["health"] == "passing"))
+    };
+    let mut v = serde_json::Value::Null;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            v = list();
+            ready(&v)
+        }),
+        "three passing members and a leader: {v}\n{}",
+        agents[0].1.log()
+    );
+    let old = v["leader"]["id"].as_str().expect("leader").to_string();
+    let old_term = v["leader"]["term"].as_u64().expect("term");
+    let target = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .find(|id| *id != old)
+        .expect("a replica")
+        .to_string();
+
+    // A hook publishes a position through its agent's control socket.
+    let (_, first) = &agents[0];
+    let (code, out) = first.cli(&["cluster", "position", "--election", "db-primary", "7"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(wait_for(Duration::from_secs(5), || {
+        list()["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == "db-n1" && m["position"] == 7))
+    }));
+
+    let (code, out, err) = run(&[
+        "switchover",
+        "db-primary",
+        "--to",
+        &target,
+        "--timeout",
+        "20s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let done: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(done["leader"]["id"], target.as_str(), "{done}");
+    assert!(
+        done["leader"]["term"]
+            .as_u64()
+            .is_some_and(|t| t > old_term),
+        "{done}"
+    );
+    assert!(done["handoverMs"].as_u64().is_some(), "{done}");
+    let after = list();
+    assert_eq!(after["leader"]["id"], target.as_str(), "{after}");
+    assert!(after["switchover"].is_null(), "the intent is gone: {after}");
+    let roles: Vec<_> = after["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["role"] == "leader")
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(roles, [serde_json::Value::from(target.as_str())], "{after}");
+}
