@@ -533,6 +533,53 @@ fn failover_body(s: &Store) {
     assert_eq!(s.intent("failover"), None);
 }
 
+fn reinit_body(s: &Store) {
+    cluster(s);
+    // --no-wait: the request is written and stands.
+    let (code, out, err) = s.cli(&["reinit", E, "b", "--no-wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v = s.intent("reinit/b").expect("requested");
+    assert!(
+        v["requested_ms"]
+            .as_u64()
+            .is_some_and(|t| t.abs_diff(now_ms()) < 60_000),
+        "{v}"
+    );
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
+
+    // Nobody acts on it: exit 3 at the timeout, and the request stands.
+    let (code, out, err) = s.cli(&["reinit", E, "e", "--timeout", "1s"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("stands"), "{err}");
+    assert!(s.intent("reinit/e").is_some());
+
+    // The test acts as e's agent: the record goes, the request is
+    // consumed, the record comes back passing.
+    s.rt.block_on(s.members.kv_delete(&format!("_cluster/{E}/reinit/e")))
+        .expect("del");
+    let mut child = s.spawn(&["reinit", E, "e"]);
+    assert!(wait_for(Duration::from_secs(5), || s
+        .intent("reinit/e")
+        .is_some()));
+    // A few of its re-reads later, it still waits: e is passing but has
+    // not gone, and the request is not consumed.
+    for _ in 0..3 {
+        assert_eq!(s.cli(&["cluster", "list", E]).0, 0);
+    }
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "it waits while e has not gone"
+    );
+    s.rt.block_on(s.members.deregister(&format!("{E}.e")))
+        .expect("gone");
+    s.rt.block_on(s.members.kv_delete(&format!("_cluster/{E}/reinit/e")))
+        .expect("consumed");
+    s.member("e", Status::Passing, &["position=95"]);
+    let (code, out, err) = finish(child, Duration::from_secs(10));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("e in pg rebuilt and passing again"), "{out}");
+}
+
 macro_rules! on_both {
     ($body:ident, $local:ident, $etcd:ident) => {
         #[test]
@@ -570,6 +617,7 @@ on_both!(
     failover_on_the_embedded_catalog,
     failover_on_etcd
 );
+on_both!(reinit_body, reinit_on_the_embedded_catalog, reinit_on_etcd);
 
 /// `cluster position` goes to the agent's control socket as `reload` does:
 /// no agent is exit 3; a value the agent refuses is exit 2.
