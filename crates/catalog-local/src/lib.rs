@@ -876,6 +876,24 @@ impl Catalog for LocalCatalog {
         .await
     }
 
+    async fn kv_delete_if(&self, key: &str, expected: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let (key, expected) = (key.to_string(), expected.to_string());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM kv WHERE key = ?1 AND value = ?2",
+                params![key, expected],
+            )?;
+            if n > 0 {
+                bump(&tx)?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError> {
         let prefix = prefix.to_string();
         self.with(move |c| {

@@ -493,14 +493,10 @@ fn ineligible(v: &View, m: &Member, max_lag: Option<u64>) -> Option<String> {
     None
 }
 
-/// Deletes our intent if it still holds what we wrote: an intent written
-/// since by someone else is left alone. (The trait has no conditional
-/// delete; the window between the read and the delete is one round trip.)
+/// Deletes our intent only if it still holds what we wrote: an intent
+/// written since by someone else is left alone.
 async fn withdraw(cat: &dyn Catalog, key: &str, ours: &str) -> anyhow::Result<bool> {
-    if cat.kv_get(key).await?.as_deref() == Some(ours) {
-        return Ok(cat.kv_delete(key).await?);
-    }
-    Ok(false)
+    Ok(cat.kv_delete_if(key, ours).await?)
 }
 
 /// Writes an intent unless a live one (its deadline not passed) stands.
