@@ -110,28 +110,14 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 let o = catalog(url)?;
                 return cli::block_on(cli::catalog::leader_cmd(o, name, out))?;
             }
-            Some(Cmd::Cluster {
-                catalog: url,
-                cmd: ClusterCmd::List { election },
-            }) => return cli::block_on(cli::cluster::list(catalog(&url.catalog)?, election, out))?,
-            Some(Cmd::Switchover(a)) => {
-                let o = catalog(&a.catalog.catalog)?;
-                return cli::block_on(cli::cluster::switchover(o, a, cli.timeout.as_deref(), out))?;
-            }
-            Some(Cmd::Failover(a)) => {
-                let o = catalog(&a.catalog.catalog)?;
-                return cli::block_on(cli::cluster::failover(o, a, cli.timeout.as_deref(), out))?;
-            }
-            Some(Cmd::Pause(a)) => {
-                return cli::block_on(cli::cluster::pause(catalog(&a.catalog.catalog)?, a, out))?;
-            }
-            Some(Cmd::Resume(a)) => {
-                return cli::block_on(cli::cluster::resume(catalog(&a.catalog.catalog)?, a, out))?;
-            }
-            Some(Cmd::Reinit(a)) => {
-                let o = catalog(&a.catalog.catalog)?;
-                return cli::block_on(cli::cluster::reinit(o, a, cli.timeout.as_deref(), out))?;
-            }
+            Some(
+                c @ (Cmd::Cluster { .. }
+                | Cmd::Switchover(_)
+                | Cmd::Failover(_)
+                | Cmd::Pause(_)
+                | Cmd::Resume(_)
+                | Cmd::Reinit(_)),
+            ) => return cli::cluster::dispatch(c, catalog, cli.timeout.as_deref(), out),
             Some(Cmd::Lock {
                 catalog: url,
                 wait,

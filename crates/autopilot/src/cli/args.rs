@@ -37,7 +37,8 @@ pub struct Cli {
     /// Control socket to talk to (default: the config's control.socket).
     #[arg(long, global = true, env = "AUTOPILOT_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// How long to wait for the catalog or the agent (default 5s; `template render --once`: 60s).
+    /// How long to wait for the catalog or the agent (default 5s; `template render --once`: 60s;
+    /// `switchover`, `failover`: 30s; `reinit`: 120s).
     #[arg(long, global = true, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Output format.

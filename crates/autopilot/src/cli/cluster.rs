@@ -434,6 +434,31 @@ fn print_view(election: &str, v: &View, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs one of the catalog-side cluster commands; `catalog` chooses the
+/// catalog from a `--catalog` flag as every catalog command does.
+/// (`cluster position` goes to the control socket, as `reload` does.)
+pub fn dispatch(
+    cmd: &super::args::Cmd,
+    catalog: impl Fn(&Option<String>) -> anyhow::Result<CatalogOpts>,
+    timeout: Option<&str>,
+    out: Output,
+) -> anyhow::Result<i32> {
+    use super::args::Cmd;
+    use super::block_on;
+    match cmd {
+        Cmd::Cluster {
+            catalog: c,
+            cmd: ClusterCmd::List { election },
+        } => block_on(list(catalog(&c.catalog)?, election, out))?,
+        Cmd::Switchover(a) => block_on(switchover(catalog(&a.catalog.catalog)?, a, timeout, out))?,
+        Cmd::Failover(a) => block_on(failover(catalog(&a.catalog.catalog)?, a, timeout, out))?,
+        Cmd::Pause(a) => block_on(pause(catalog(&a.catalog.catalog)?, a, out))?,
+        Cmd::Resume(a) => block_on(resume(catalog(&a.catalog.catalog)?, a, out))?,
+        Cmd::Reinit(a) => block_on(reinit(catalog(&a.catalog.catalog)?, a, timeout, out))?,
+        other => Err(anyhow::anyhow!("not a cluster command: {other:?}")),
+    }
+}
+
 /// `autopilot cluster list ELECTION`.
 pub async fn list(o: CatalogOpts, election: &str, out: Output) -> anyhow::Result<i32> {
     check_election("cluster list", election)?;
