@@ -319,6 +319,38 @@ fn list_body(s: &Store) {
         "{out}"
     );
 
+    // Hostile text reaches neither the terminal raw nor the JSON mangled.
+    s.member_in(
+        "odd",
+        "x\u{1b}[2J\ny",
+        Status::Passing,
+        &["position=\u{1b}]0;t\u{7}"],
+    );
+    s.rt.block_on(s.members.kv_put(
+        "_cluster/odd/switchover",
+        r#"{"from": "\u001b[31m", "to": 7}"#,
+    ))
+    .expect("put");
+    s.rt.block_on(s.members.kv_put("_cluster/odd/failover", "not json"))
+        .expect("put");
+    let (code, out, err) = s.cli(&["cluster", "list", "odd"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains('\u{1b}') && out.lines().count() == 3,
+        "{out:?}"
+    );
+    assert!(
+        out.contains("switchover pending") && out.contains("failover pending"),
+        "{out}"
+    );
+    let (code, out, _) = s.cli(&["cluster", "list", "odd", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["members"][0]["id"], "x\u{1b}[2J\ny");
+    assert!(v["members"][0]["position"].is_null(), "{v}");
+    assert_eq!(v["failover"], serde_json::json!({"invalid": "not json"}));
+    assert_eq!(v["switchover"]["from"], "\u{1b}[31m");
+
     // An election nobody runs is an empty table, not an error.
     let (code, out, _) = s.cli(&["cluster", "list", "nobody", "-o", "json"]);
     assert_eq!(code, 0);

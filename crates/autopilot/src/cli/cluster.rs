@@ -343,6 +343,24 @@ fn age(heartbeat: &str, now: std::time::SystemTime) -> String {
     }
 }
 
+/// Catalog text as a table cell: control characters (a terminal escape, a
+/// line break) in a hostile record are escaped, never printed raw.
+fn cell(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        s.to_string()
+    }
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
@@ -379,14 +397,14 @@ fn print_view(election: &str, v: &View, out: Output) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("{}", summary(election, v));
+    println!("{}", cell(&summary(election, v)));
     let now = std::time::SystemTime::now();
     let rows: Vec<[String; 8]> = v
         .members
         .iter()
         .map(|m| {
             [
-                m.id.clone(),
+                cell(&m.id),
                 v.role(m).to_string(),
                 if v.is_leader(m) {
                     opt(v.leader.as_ref().map(|l| l.term))
