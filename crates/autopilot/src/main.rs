@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use cli::args::{Cli, Cmd, rewrite_single_dash};
+use cli::cluster::ClusterCmd;
 use cli::control;
 
 fn main() -> ExitCode {
@@ -89,6 +90,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Some(Cmd::Putenv { vars }) => Some(vec![control::putenv(vars)?]),
             Some(Cmd::Putmetric { metrics }) => Some(control::putmetric(metrics)?),
             Some(Cmd::Ping) => Some(vec![control::ping()]),
+            Some(Cmd::Cluster {
+                cmd: ClusterCmd::Position { election, value },
+                ..
+            }) => Some(vec![cli::cluster::position_req(election.as_deref(), value)]),
             Some(Cmd::Status) => {
                 let socket = client_socket(&cli, &env)?;
                 return cli::status::status(&socket, timeout, out);
@@ -105,6 +110,14 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 let o = catalog(url)?;
                 return cli::block_on(cli::catalog::leader_cmd(o, name, out))?;
             }
+            Some(
+                c @ (Cmd::Cluster { .. }
+                | Cmd::Switchover(_)
+                | Cmd::Failover(_)
+                | Cmd::Pause(_)
+                | Cmd::Resume(_)
+                | Cmd::Reinit(_)),
+            ) => return cli::cluster::dispatch(c, catalog, cli.timeout.as_deref(), out),
             Some(Cmd::Lock {
                 catalog: url,
                 wait,

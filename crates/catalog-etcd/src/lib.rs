@@ -1344,6 +1344,22 @@ impl Catalog for EtcdCatalog {
         Ok(self.conn.delete(self.kv_key(key)).await? > 0)
     }
 
+    async fn kv_delete_if(&self, key: &str, expected: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let k = self.kv_key(key);
+        let cond = Compare::value(k.clone(), CompareOp::Equal, expected.to_string());
+        let resp = self
+            .conn
+            .call(|mut c| {
+                let txn = Txn::new()
+                    .when([cond.clone()])
+                    .and_then([TxnOp::delete(k.clone(), None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
     async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError> {
         let base = self.kv_key("");
         let resp = self.conn.get(self.kv_key(prefix), true).await?;

@@ -13,6 +13,7 @@
 //! watchers, and they compare revisions. The directory is 0700 and the
 //! database 0600; a directory others can write to is refused.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -97,6 +98,8 @@ pub struct LocalCatalog {
     owner: String,
     changes: watch::Receiver<u64>,
     notifier: tokio::task::JoinHandle<()>,
+    /// Counts this open in [`OPEN_DBS`] while it lives.
+    _counted: OpenDb,
 }
 
 impl Drop for LocalCatalog {
@@ -263,20 +266,62 @@ fn migrate(conn: &Connection, dir: &Path, boot: &str) -> Result<(), Setup> {
     Ok(())
 }
 
-fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
+/// The catalog directories (device, inode) this process has databases open
+/// in, with how many. Closing *any* descriptor of a file drops every POSIX
+/// lock this process holds on it, SQLite's included: `prepare_file` on a
+/// database another connection of this process has open would let another
+/// process checkpoint and delete the WAL under that connection, which then
+/// reads a stale snapshot for ever. So files are prepared only by the
+/// first open in a process (SQLite itself shares locks between its own
+/// connections to one file).
+static OPEN_DBS: Mutex<BTreeMap<(u64, u64), usize>> = Mutex::new(BTreeMap::new());
+
+/// One open database counted in [`OPEN_DBS`]; dropping it uncounts it.
+struct OpenDb((u64, u64));
+
+impl Drop for OpenDb {
+    fn drop(&mut self) {
+        let mut open = lock(&OPEN_DBS);
+        if let Some(n) = open.get_mut(&self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
+fn open_db(dir: &Path, url: &str) -> Result<(Connection, OpenDb), CatalogError> {
+    use std::os::unix::fs::MetadataExt;
     let invalid = |message: String| CatalogError::Invalid {
         url: url.to_string(),
         message,
     };
     prepare_dir(dir).map_err(invalid)?;
     let file = dir.join("catalog.db");
-    prepare_file(&file, true).map_err(invalid)?;
-    for side in ["catalog.db-wal", "catalog.db-shm"] {
-        prepare_file(&dir.join(side), false).map_err(invalid)?;
-    }
+    let key = std::fs::metadata(dir)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| {
+            invalid(format!(
+                "cannot use the catalog directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    let (conn, counted) = {
+        let mut open = lock(&OPEN_DBS);
+        let n = open.entry(key).or_insert(0);
+        if *n == 0 {
+            prepare_file(&file, true).map_err(invalid)?;
+            for side in ["catalog.db-wal", "catalog.db-shm"] {
+                prepare_file(&dir.join(side), false).map_err(invalid)?;
+            }
+        }
+        let conn = Connection::open(&file)
+            .map_err(|e| invalid(format!("cannot open {}: {e}", file.display())))?;
+        *n = n.saturating_add(1);
+        (conn, OpenDb(key))
+    };
     let boot = boot_id().map_err(|e| invalid(format!("cannot read the boot id {BOOT_ID}: {e}")))?;
-    let conn = Connection::open(&file)
-        .map_err(|e| invalid(format!("cannot open {}: {e}", file.display())))?;
     let setup = || -> Result<(), Setup> {
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
@@ -310,7 +355,7 @@ fn open_db(dir: &Path, url: &str) -> Result<Connection, CatalogError> {
             Err(Setup::Refused(m)) => return Err(invalid(m)),
         }
     }
-    Ok(conn)
+    Ok((conn, counted))
 }
 
 impl LocalCatalog {
@@ -318,7 +363,7 @@ impl LocalCatalog {
     /// session named `owner`. Must be called inside a tokio runtime.
     pub fn open(dir: &Path, owner: &str) -> Result<LocalCatalog, CatalogError> {
         let url = format!("local://{}", dir.display());
-        let conn = open_db(dir, &url)?;
+        let (conn, counted) = open_db(dir, &url)?;
         let conn = Arc::new(Mutex::new(conn));
         let inotify =
             Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
@@ -351,6 +396,7 @@ impl LocalCatalog {
             owner: owner.to_string(),
             changes: rx,
             notifier,
+            _counted: counted,
         })
     }
 
@@ -405,7 +451,7 @@ impl LocalCatalog {
     }
 }
 
-fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+fn lock<T>(c: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -821,6 +867,24 @@ impl Catalog for LocalCatalog {
         self.with(move |c| {
             let tx = c.transaction()?;
             let n = tx.execute("DELETE FROM kv WHERE key = ?1", params![key])?;
+            if n > 0 {
+                bump(&tx)?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn kv_delete_if(&self, key: &str, expected: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, key)?;
+        let (key, expected) = (key.to_string(), expected.to_string());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM kv WHERE key = ?1 AND value = ?2",
+                params![key, expected],
+            )?;
             if n > 0 {
                 bump(&tx)?;
             }

@@ -402,6 +402,18 @@ where
             (k("z/deep"), "weird \"value\"\n".into())
         ]
     );
+    // A conditional delete deletes only the value it names.
+    assert!(
+        !a.kv_delete_if(&k("y"), "old").await.expect("del if"),
+        "another value is kept"
+    );
+    assert_eq!(
+        b.kv_get(&k("y")).await.expect("get").as_deref(),
+        Some("new")
+    );
+    assert!(a.kv_delete_if(&k("y"), "new").await.expect("del if"));
+    assert_eq!(b.kv_get(&k("y")).await.expect("get"), None);
+    assert!(!a.kv_delete_if(&k("y"), "new").await.expect("del if"));
     assert!(a.kv_delete(&k("x")).await.expect("del"));
     assert!(!a.kv_delete(&k("x")).await.expect("del"));
     assert!(a.kv_get("").await.is_err(), "empty keys are refused");

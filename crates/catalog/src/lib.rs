@@ -174,6 +174,18 @@ pub trait Catalog: Send + Sync {
     /// Returns whether the key existed.
     async fn kv_delete(&self, key: &str) -> Result<bool, CatalogError>;
 
+    /// Deletes the key only if it holds `expected` (in one step: a value
+    /// written since is never deleted). Returns whether it deleted.
+    ///
+    /// The default refuses, as [`Catalog::end_seat`]'s does.
+    async fn kv_delete_if(&self, key: &str, expected: &str) -> Result<bool, CatalogError> {
+        let _ = expected;
+        Err(CatalogError::Invalid {
+            url: self.url().to_string(),
+            message: format!("this catalog cannot delete {key:?} conditionally"),
+        })
+    }
+
     /// Every key starting with `prefix`, sorted, with its value.
     async fn kv_list(&self, prefix: &str) -> Result<Vec<(String, String)>, CatalogError>;
 

@@ -37,7 +37,8 @@ pub struct Cli {
     /// Control socket to talk to (default: the config's control.socket).
     #[arg(long, global = true, env = "AUTOPILOT_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// How long to wait for the catalog or the agent (default 5s; `template render --once`: 60s).
+    /// How long to wait for the catalog or the agent (default 5s; `template render --once`: 60s;
+    /// `switchover`, `failover`: 30s; `reinit`: 120s).
     #[arg(long, global = true, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Output format.
@@ -141,6 +142,23 @@ pub enum Cmd {
         catalog: Option<String>,
         name: String,
     },
+    /// Operate an elected cluster: list its members, publish a replication position.
+    Cluster {
+        #[command(flatten)]
+        catalog: super::cluster::CatalogArg,
+        #[command(subcommand)]
+        cmd: super::cluster::ClusterCmd,
+    },
+    /// Hand the seat of ELECTION over to a healthy member and wait for it (default --timeout 30s).
+    Switchover(super::cluster::SwitchoverArgs),
+    /// Force ELECTION's seat to a member when no healthy leader holds it (default --timeout 30s).
+    Failover(super::cluster::FailoverArgs),
+    /// Stop automatic failover of ELECTION (idempotent).
+    Pause(super::cluster::ElectionArgs),
+    /// Resume automatic failover of ELECTION (idempotent).
+    Resume(super::cluster::ElectionArgs),
+    /// Wipe a member's data and rebuild it from a snapshot or the leader (default --timeout 120s).
+    Reinit(super::cluster::ReinitArgs),
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).

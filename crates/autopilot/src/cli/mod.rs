@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod catalog;
+pub mod cluster;
 pub mod control;
 pub mod info;
 pub mod kv;
