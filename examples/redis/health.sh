@@ -3,14 +3,38 @@
 # since this redis-server started. A replica whose master just died stays
 # healthy (it holds the data and must be able to win the election); a new
 # replica is not announced until its first sync is done.
+# Also, every check: a master that does not hold the seat gets its write pause
+# renewed (a pause must never lapse on a deposed master), and the replication
+# offset is published as this member's position when it changed.
 set -u
 . ./lib.sh
-I=$(timeout 1 redis-cli -p "$PORT" INFO 2>/dev/null | tr -d '\r') || exit 1
+I=$(REDISCLI_AUTH=$(sed -n 1p "$PWFILE" 2>/dev/null) timeout 1 redis-cli -p "$PORT" INFO 2>/dev/null | tr -d '\r') || exit 1
 field() { echo "$I" | sed -n "s/^$1://p"; }
 [ "$(field loading)" = 0 ] || exit 1
-[ "$(field role)" = master ] && exit 0
+state=${AUTOPILOT_JOB_STATE_DIR:-/tmp}
+off=$(field master_repl_offset)
+if [ -n "$off" ] && [ "$off" != "$(cat "$state/position" 2>/dev/null)" ]; then
+    echo "$off" > "$state/position"
+    # Logged once per failure streak, not on every changed offset.
+    if out=$(autopilot cluster position "$off" 2>&1); then
+        rm -f "$state/position-failed"
+    elif [ ! -e "$state/position-failed" ]; then
+        touch "$state/position-failed"
+        log "position not published (autopilot cluster position $off: $out)"
+    fi
+fi
+if [ "$(field role)" = master ]; then
+    # Decided under the fence lock, against the seat as known now.
+    repause() {
+        is_leader && return 0
+        [ "$(info 127.0.0.1 "$PORT" role)" = master ] || return 0
+        pause || { log "deposed master: cannot renew the write pause"; return 1; }
+    }
+    locked repause || exit 1
+    exit 0
+fi
 [ "$(field master_sync_in_progress)" = 1 ] && exit 1
-mark="${AUTOPILOT_JOB_STATE_DIR:-/tmp}/synced-$(field run_id)"
+mark="$state/synced-$(field run_id)"
 if [ "$(field master_link_status)" = up ]; then
     [ -e "$mark" ] || touch "$mark"
     exit 0
