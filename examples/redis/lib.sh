@@ -40,9 +40,10 @@ pause() { [ "$(cli CLIENT PAUSE "$PAUSE_MS" WRITE 2>/dev/null | tr -d '\r')" = O
 unpause() { [ "$(cli CLIENT UNPAUSE 2>/dev/null | tr -d '\r')" = OK ]; }
 # locked CMD...: runs CMD under the node's fence lock, so a pause decided on a
 # stale view of the seat can never land after promote.sh's unpause.
+# (Not a subshell: CMD may set variables. The lock goes with fd 9.)
 locked() {
-    (
-        flock -w 5 9 || { log "cannot take the fence lock $LOCK"; exit 1; }
+    {
+        flock -w 5 9 || { log "cannot take the fence lock $LOCK"; return 1; }
         "$@"
-    ) 9>>"$LOCK"
+    } 9>>"$LOCK"
 }

@@ -133,6 +133,19 @@ impl Cluster {
     }
 }
 
+/// Whether `port` answers but holds writes (`CLIENT PAUSE ... WRITE`): `PING` answers and a `SET`
+/// of `key` gets no reply within 300 ms. (A held write runs once the pause lifts.)
+pub fn holds_writes(port: u16, key: &str) -> bool {
+    resp(port, &["PING"]).as_deref() == Some("+PONG")
+        && resp_as(
+            port,
+            Some(PASSWORD),
+            Duration::from_millis(300),
+            &["SET", key, "held"],
+        )
+        .is_none()
+}
+
 pub fn replicates(port: u16, master: u16) -> bool {
     info(port, "role").as_deref() == Some("slave")
         && info(port, "master_port") == Some(master.to_string())
@@ -178,6 +191,19 @@ impl Writer {
             stop,
             handle,
         }
+    }
+
+    /// The writes `WAIT 1` acknowledged so far.
+    pub fn acked_keys(&self) -> BTreeSet<String> {
+        self.acked.lock().expect("lock").clone()
+    }
+
+    /// Stops writing; returns every acknowledged key.
+    pub fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("writer");
+        let acked = self.acked.lock().expect("lock").clone();
+        acked
     }
 
     /// How many writes `WAIT 1` acknowledged so far.
