@@ -20,7 +20,7 @@ if [ -n "$off" ] && [ "$off" != "$(cat "$state/position" 2>/dev/null)" ]; then
         rm -f "$state/position-failed"
     elif [ ! -e "$state/position-failed" ]; then
         touch "$state/position-failed"
-        log "position not published (autopilot cluster position $off: $out)"
+        log "position not published (autopilot cluster position $off: $(echo "$out" | head -n 1))"
     fi
 fi
 if [ "$(field role)" = master ]; then
