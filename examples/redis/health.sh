@@ -13,23 +13,26 @@ field() { echo "$I" | sed -n "s/^$1://p"; }
 [ "$(field loading)" = 0 ] || exit 1
 state=${AUTOPILOT_JOB_STATE_DIR:-/tmp}
 off=$(field master_repl_offset)
-if [ -n "$off" ] && [ "$off" != "$(cat "$state/position" 2>/dev/null)" ]; then
-    echo "$off" > "$state/position"
+# Keyed by the agent's PID too: a restarted agent's member record starts without it.
+pos="${AUTOPILOT_PID:-} $off"
+if [ -n "$off" ] && [ "$pos" != "$(cat "$state/position" 2>/dev/null)" ]; then
+    echo "$pos" > "$state/position"
     # Logged once per failure streak, not on every changed offset.
-    if out=$(autopilot cluster position "$off" 2>&1); then
+    if out=$(timeout 1 autopilot cluster position "$off" 2>&1); then
         rm -f "$state/position-failed"
     elif [ ! -e "$state/position-failed" ]; then
         touch "$state/position-failed"
         log "position not published (autopilot cluster position $off: $(echo "$out" | head -n 1))"
     fi
 fi
+# repause: a master without the seat keeps its writes held. Decided under the
+# fence lock, against the seat as known now.
+repause() {
+    is_leader && return 0
+    [ "$(info 127.0.0.1 "$PORT" role)" = master ] || return 0
+    pause || { log "deposed master: cannot renew the write pause"; return 1; }
+}
 if [ "$(field role)" = master ]; then
-    # Decided under the fence lock, against the seat as known now.
-    repause() {
-        is_leader && return 0
-        [ "$(info 127.0.0.1 "$PORT" role)" = master ] || return 0
-        pause || { log "deposed master: cannot renew the write pause"; return 1; }
-    }
     locked repause || exit 1
     exit 0
 fi

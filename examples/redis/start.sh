@@ -72,7 +72,8 @@ umask 077
     if [ -n "$L" ] && [ "$L" != "$ME" ]; then
         echo "replicaof ${L%:*} ${L##*:}"
     fi
-} > "$CONF.tmp" && mv "$CONF.tmp" "$CONF" || { log "cannot write $CONF"; exit 1; }
+} > "$CONF.tmp" || { log "cannot write $CONF.tmp"; exit 1; }
+mv "$CONF.tmp" "$CONF" || { log "cannot write $CONF"; exit 1; }
 unset PW Q
 if [ -n "$L" ] && [ "$L" != "$ME" ]; then
     log "starting as a replica of $L"

@@ -227,7 +227,12 @@ fn redis_refuses_clients_without_the_password_and_keeps_it_private() {
         anon.as_deref().is_some_and(|r| r.starts_with("-NOAUTH")),
         "a write without the password: {anon:?}"
     );
-    let wrong = resp_as(port, Some("wrong"), Duration::from_secs(3), &["SET", "b", "1"]);
+    let wrong = resp_as(
+        port,
+        Some("wrong"),
+        Duration::from_secs(3),
+        &["SET", "b", "1"],
+    );
     assert!(
         wrong.as_deref().is_some_and(|r| r.starts_with("-NOAUTH")),
         "a write with a wrong password: {wrong:?}"
@@ -298,7 +303,11 @@ fn a_master_frozen_while_it_is_deposed_holds_writes_when_it_thaws() {
     );
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(2) {
-        assert!(holds_writes(port, "thawed"), "the pause lifted:\n{}", n1.log());
+        assert!(
+            holds_writes(port, "thawed"),
+            "the pause lifted:\n{}",
+            n1.log()
+        );
     }
 }
 
@@ -324,10 +333,7 @@ fn a_deposed_masters_pause_is_renewed_while_it_is_deposed() {
         );
     }
     // A pause that ended anyway (here: lifted by hand) is put back.
-    assert_eq!(
-        resp(port, &["CLIENT", "UNPAUSE"]).as_deref(),
-        Some("+OK")
-    );
+    assert_eq!(resp(port, &["CLIENT", "UNPAUSE"]).as_deref(), Some("+OK"));
     assert!(
         wait_for(Duration::from_secs(5), || holds_writes(port, "deposed")),
         "the lapsed pause of a deposed master was not renewed:\n{}",
@@ -350,8 +356,7 @@ fn writes_acknowledged_a_second_before_a_kill_9_of_every_node_survive() {
     );
 
     let writer = Writer::start(ports.clone(), "d");
-    assert!(wait_for(Duration::from_secs(10), || writer.acked_count()
-        > 100));
+    assert!(wait_for(Duration::from_secs(10), || writer.acked_count() > 100));
     let durable = writer.acked_keys();
     let acked_at = Instant::now();
     // appendfsync everysec: a write acknowledged a second ago is on disk. Writes go on meanwhile.
@@ -378,7 +383,11 @@ fn writes_acknowledged_a_second_before_a_kill_9_of_every_node_survive() {
             settled(&c, &ports).map(|m| master = m).is_some()
         }),
         "the cluster did not come back:\n{}",
-        nodes.iter().map(|a| a.log()).collect::<Vec<_>>().join("\n---\n")
+        nodes
+            .iter()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     );
     let lost: Vec<&String> = durable
         .iter()

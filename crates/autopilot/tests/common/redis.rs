@@ -202,8 +202,7 @@ impl Writer {
     pub fn stop(self) -> BTreeSet<String> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("writer");
-        let acked = self.acked.lock().expect("lock").clone();
-        acked
+        self.acked.lock().expect("lock").clone()
     }
 
     /// How many writes `WAIT 1` acknowledged so far.
