@@ -8,11 +8,10 @@
 # offset is published as this member's position when it changed.
 set -u
 . ./lib.sh
-I=$(REDISCLI_AUTH=$(sed -n 1p "$PWFILE" 2>/dev/null) timeout 1 redis-cli -p "$PORT" INFO 2>/dev/null | tr -d '\r') || exit 1
-field() { echo "$I" | sed -n "s/^$1://p"; }
-[ "$(field loading)" = 0 ] || exit 1
+I=$(REDISCLI_AUTH=$PW timeout 1 redis-cli -p "$PORT" INFO 2>/dev/null | tr -d '\r')
+[ "$(field "$I" loading)" = 0 ] || exit 1
 state=${AUTOPILOT_JOB_STATE_DIR:-/tmp}
-off=$(field master_repl_offset)
+off=$(field "$I" master_repl_offset)
 # Keyed by the agent's PID too: a restarted agent's member record starts without it.
 pos="${AUTOPILOT_PID:-} $off"
 if [ -n "$off" ] && [ "$pos" != "$(cat "$state/position" 2>/dev/null)" ]; then
@@ -32,13 +31,13 @@ repause() {
     [ "$(info 127.0.0.1 "$PORT" role)" = master ] || return 0
     pause || { log "deposed master: cannot renew the write pause"; return 1; }
 }
-if [ "$(field role)" = master ]; then
+if [ "$(field "$I" role)" = master ]; then
     locked repause || exit 1
     exit 0
 fi
-[ "$(field master_sync_in_progress)" = 1 ] && exit 1
-mark="$state/synced-$(field run_id)"
-if [ "$(field master_link_status)" = up ]; then
+[ "$(field "$I" master_sync_in_progress)" = 1 ] && exit 1
+mark="$state/synced-$(field "$I" run_id)"
+if [ "$(field "$I" master_link_status)" = up ]; then
     [ -e "$mark" ] || touch "$mark"
     exit 0
 fi

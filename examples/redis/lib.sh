@@ -10,19 +10,23 @@ PWFILE=${REDIS_PASSWORD_FILE:-/etc/autopilot/redis.password}
 PAUSE_MS=${REDIS_PAUSE_MS:-600000}
 LOCK="${REDIS_RUN:-/tmp}/redis-$PORT.fence.lock"
 log() { echo "$*" >&2; }
-# rcli HOST PORT ARGS...: redis-cli; the password reaches it through
-# REDISCLI_AUTH for this one command only (never argv, never the agent's env).
+# The password, in a shell variable that is never exported: it reaches
+# redis-cli through REDISCLI_AUTH for one command at a time (never argv,
+# never the agent's environment).
+PW=$(sed -n 1p "$PWFILE" 2>/dev/null)
+# rcli HOST PORT ARGS...: redis-cli on any node.
 rcli() {
     h=$1 p=$2; shift 2
-    REDISCLI_AUTH=$(sed -n 1p "$PWFILE" 2>/dev/null) redis-cli -h "$h" -p "$p" "$@"
+    REDISCLI_AUTH=$PW redis-cli -h "$h" -p "$p" "$@"
 }
 # cli ARGS...: this node, bounded to 2 s (a stopped server must not hang a hook).
-cli() { REDISCLI_AUTH=$(sed -n 1p "$PWFILE" 2>/dev/null) timeout 2 redis-cli -p "$PORT" "$@"; }
+cli() { REDISCLI_AUTH=$PW timeout 2 redis-cli -p "$PORT" "$@"; }
+# repl HOST PORT: INFO replication (empty if unreachable), for field.
+repl() { REDISCLI_AUTH=$PW timeout 1 redis-cli -h "$1" -p "$2" INFO replication 2>/dev/null | tr -d '\r'; }
+# field TEXT NAME: one field of INFO output.
+field() { echo "$1" | sed -n "s/^$2://p"; }
 # info HOST PORT FIELD: one field of INFO replication (empty if unreachable).
-info() {
-    REDISCLI_AUTH=$(sed -n 1p "$PWFILE" 2>/dev/null) timeout 1 redis-cli -h "$1" -p "$2" INFO replication \
-        2>/dev/null | tr -d '\r' | sed -n "s/^$3://p"
-}
+info() { field "$(repl "$1" "$2")" "$3"; }
 # leader_id: the seat holder as this agent knows it now (the leader file is
 # rewritten before each leaderChanged/elected, and emptied on demotion; the
 # environment is only as fresh as this process).

@@ -17,17 +17,18 @@ promoted() {
     unpause || { log "promote: CLIENT UNPAUSE failed (will be retried)"; return 1; }
     log "promoted to master (term ${AUTOPILOT_LEADER_REDIS_TERM:-?})"
 }
-role=$(info 127.0.0.1 "$PORT" role)
+R=$(repl 127.0.0.1 "$PORT")
+role=$(field "$R" role)
 case $role in
     master) locked promoted; exit $? ;;
     slave) ;;
     *) log "promote: cannot read this node's role (INFO failed or timed out; will be retried)"; exit 1 ;;
 esac
-best=$(info 127.0.0.1 "$PORT" master_repl_offset)
+best=$(field "$R" master_repl_offset)
 best_peer=
 # In a graceful handover the old master is alive (fence.sh paused its writes):
 # it is a candidate too, and usually the most advanced one.
-upstream="$(info 127.0.0.1 "$PORT" master_host):$(info 127.0.0.1 "$PORT" master_port)"
+upstream="$(field "$R" master_host):$(field "$R" master_port)"
 for peer in $upstream $(autopilot template render peers.tmpl --once --timeout 2s); do
     [ "$peer" = "$ME" ] || [ "$peer" = ":" ] && continue
     off=$(info "${peer%:*}" "${peer##*:}" master_repl_offset)
@@ -45,8 +46,9 @@ if [ -n "$best_peer" ]; then
     limit=$(( ${REDIS_CATCHUP_TIMEOUT:-10} * 20 ))
     n=0
     while :; do
-        mine=$(info 127.0.0.1 "$PORT" master_repl_offset)
-        if [ "$(info 127.0.0.1 "$PORT" master_link_status)" = up ] && [ "${mine:-0}" -ge "$best" ]; then
+        R=$(repl 127.0.0.1 "$PORT")
+        mine=$(field "$R" master_repl_offset)
+        if [ "$(field "$R" master_link_status)" = up ] && [ "${mine:-0}" -ge "$best" ]; then
             break
         fi
         if [ $n -ge $limit ]; then

@@ -16,7 +16,6 @@ case $(stat -L -c %a "$PWFILE") in
     *) log "password file $PWFILE is readable by group or others (mode $(stat -L -c %a "$PWFILE"); chmod 600 it): not starting"
        exit 1 ;;
 esac
-PW=$(sed -n 1p "$PWFILE")
 if [ -z "$PW" ]; then
     log "password file $PWFILE is empty: not starting"
     exit 1
