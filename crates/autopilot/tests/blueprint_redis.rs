@@ -309,6 +309,8 @@ fn a_master_frozen_while_it_is_deposed_holds_writes_when_it_thaws() {
             n1.log()
         );
     }
+    // The path under test: the fence could not read the role while the server was frozen.
+    assert!(n1.log().contains("cannot tell the role"), "{}", n1.log());
 }
 
 #[test]
