@@ -1,4 +1,4 @@
-//! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, and the old master rejoining.
+//! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, the old master rejoining; and its production defaults: the password, the fence of a deposed master (frozen, or its pause lapsed), AOF across a kill -9 of every node.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
@@ -141,6 +141,12 @@ fn redis_master_failover_snapshots_and_rejoin() {
         "n4 did not restore a snapshot:\n{}",
         n4.log()
     );
+    // With AOF on, redis ignores dump.rdb: the snapshot must be loaded as the AOF's base.
+    assert!(
+        n4.log().contains("DB loaded from base file"),
+        "n4's redis did not load the restored snapshot:\n{}",
+        n4.log()
+    );
     let sample = acked.iter().next().expect("a key");
     assert_eq!(resp(ports[3], &["EXISTS", sample]).as_deref(), Some(":1"));
 
@@ -182,5 +188,218 @@ fn redis_master_failover_snapshots_and_rejoin() {
     assert!(
         wait_for(Duration::from_secs(10), || replicates(old, next)),
         "the old master does not follow the new one"
+    );
+}
+
+/// The index of the node that is master with every other node replicating it and registered.
+fn settled(c: &Cluster, ports: &[u16]) -> Option<usize> {
+    let m = c.catalog("redis");
+    let &[mp] = m.as_slice() else { return None };
+    let master = ports.iter().position(|p| *p == mp)?;
+    (c.catalog("redis-replica").len() == ports.len() - 1
+        && ports
+            .iter()
+            .filter(|p| **p != mp)
+            .all(|p| replicates(*p, mp)))
+    .then_some(master)
+}
+
+/// A one-node cluster whose master is elected, registered and takes writes.
+fn one_master(c: &Cluster, port: u16, extra: &[(&str, &str)]) -> Agent {
+    let n = c.node_with("n1", port, extra);
+    assert!(
+        wait_for(Duration::from_secs(30), || c.catalog("redis") == [port]
+            && resp(port, &["SET", "ready", "1"]).as_deref() == Some("+OK")),
+        "no writable master:\n{}",
+        n.log()
+    );
+    n
+}
+
+#[test]
+fn redis_refuses_clients_without_the_password_and_keeps_it_private() {
+    let c = Cluster::new("bp-redis-auth");
+    let port = free_port();
+    let n1 = one_master(&c, port, &[]);
+
+    let anon = resp_as(port, None, Duration::from_secs(3), &["SET", "b", "1"]);
+    assert!(
+        anon.as_deref().is_some_and(|r| r.starts_with("-NOAUTH")),
+        "a write without the password: {anon:?}"
+    );
+    let wrong = resp_as(
+        port,
+        Some("wrong"),
+        Duration::from_secs(3),
+        &["SET", "b", "1"],
+    );
+    assert!(
+        wrong.as_deref().is_some_and(|r| r.starts_with("-NOAUTH")),
+        "a write with a wrong password: {wrong:?}"
+    );
+    assert_eq!(resp(port, &["EXISTS", "b"]).as_deref(), Some(":0"));
+
+    // The password is on no command line and in no environment of the agent or the server.
+    let redis = n1.job_pid("redis").expect("redis pid");
+    for (pid, what) in [
+        (redis, "cmdline"),
+        (redis, "environ"),
+        (n1.pid(), "cmdline"),
+        (n1.pid(), "environ"),
+    ] {
+        let text = std::fs::read(format!("/proc/{pid}/{what}")).expect("read /proc");
+        assert!(
+            !String::from_utf8_lossy(&text).contains(PASSWORD),
+            "the password is in /proc/{pid}/{what}"
+        );
+    }
+
+    // A password file others can read: the node refuses to start its server.
+    let loose = c.dir.write("loose.password", "loose-secret\n");
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let port2 = free_port();
+    let n2 = c.node_with(
+        "n2",
+        port2,
+        &[("REDIS_PASSWORD_FILE", &loose.display().to_string())],
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || n2
+            .log()
+            .contains("readable by group or others")),
+        "{}",
+        n2.log()
+    );
+    assert!(resp(port2, &["PING"]).is_none(), "redis started anyway");
+}
+
+#[test]
+fn a_master_frozen_while_it_is_deposed_holds_writes_when_it_thaws() {
+    let c = Cluster::new("bp-redis-frozen");
+    let port = free_port();
+    let n1 = one_master(&c, port, &[]);
+    let redis = n1.job_pid("redis").expect("redis pid");
+
+    // Deposed (maintenance resigns the seat) while its server cannot answer INFO.
+    kill(redis, libc::SIGSTOP);
+    let (code, out) = n1.cli(&["maintenance", "enable"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let log = n1.log();
+            log.contains("cannot tell the role") || log.contains("job exited job=fence")
+        }),
+        "the fence hook did not run:\n{}",
+        n1.log()
+    );
+    kill(redis, libc::SIGCONT);
+
+    // Thawed, it is a master without the seat: its writes must be held, and stay held.
+    assert!(
+        wait_for(Duration::from_secs(10), || holds_writes(port, "thawed")),
+        "the thawed deposed master takes writes:\n{}",
+        n1.log()
+    );
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            holds_writes(port, "thawed"),
+            "the pause lifted:\n{}",
+            n1.log()
+        );
+    }
+    // The path under test: the fence could not read the role while the server was frozen.
+    assert!(n1.log().contains("cannot tell the role"), "{}", n1.log());
+}
+
+#[test]
+fn a_deposed_masters_pause_is_renewed_while_it_is_deposed() {
+    let c = Cluster::new("bp-redis-renew");
+    let port = free_port();
+    let n1 = one_master(&c, port, &[("REDIS_PAUSE_MS", "1500")]);
+    let (code, out) = n1.cli(&["maintenance", "enable"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(10), || holds_writes(port, "deposed")),
+        "the deposed master takes writes:\n{}",
+        n1.log()
+    );
+    // Twice the pause's own timeout later, writes are still held.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
+        assert!(
+            holds_writes(port, "deposed"),
+            "the pause lapsed:\n{}",
+            n1.log()
+        );
+    }
+    // A pause that ended anyway (here: lifted by hand) is put back.
+    assert_eq!(resp(port, &["CLIENT", "UNPAUSE"]).as_deref(), Some("+OK"));
+    assert!(
+        wait_for(Duration::from_secs(5), || holds_writes(port, "deposed")),
+        "the lapsed pause of a deposed master was not renewed:\n{}",
+        n1.log()
+    );
+}
+
+#[test]
+fn writes_acknowledged_a_second_before_a_kill_9_of_every_node_survive() {
+    let c = Cluster::new("bp-redis-aof");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["n1", "n2", "n3"];
+    // Snapshots (the only persistence without AOF) are taken once, at the first election.
+    let extra = [("SNAPSHOT_INTERVAL", "1h")];
+    let start = |i: usize| c.node_with(names[i], ports[i], &extra);
+    let nodes: Vec<Agent> = (0..3).map(start).collect();
+    assert!(
+        wait_for(Duration::from_secs(30), || settled(&c, &ports).is_some()),
+        "no master with two replicas"
+    );
+
+    let writer = Writer::start(ports.clone(), "d");
+    assert!(wait_for(Duration::from_secs(10), || writer.acked_count() > 100));
+    let durable = writer.acked_keys();
+    let acked_at = Instant::now();
+    // appendfsync everysec: a write acknowledged a second ago is on disk. Writes go on meanwhile.
+    assert!(wait_for(Duration::from_secs(5), || acked_at.elapsed()
+        > Duration::from_millis(1200)));
+
+    let pids: Vec<(i32, i32)> = nodes
+        .iter()
+        .map(|n| (n.pid(), n.job_pid("redis").expect("redis pid")))
+        .collect();
+    for (agent, redis) in &pids {
+        kill(*agent, libc::SIGKILL);
+        kill(*redis, libc::SIGKILL);
+    }
+    for mut n in nodes {
+        let _ = n.wait(Duration::from_secs(5));
+    }
+    let _ = writer.stop();
+
+    let nodes: Vec<Agent> = (0..3).map(start).collect();
+    let mut master = 0;
+    assert!(
+        wait_for(Duration::from_secs(40), || {
+            settled(&c, &ports).map(|m| master = m).is_some()
+        }),
+        "the cluster did not come back:\n{}",
+        nodes
+            .iter()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+    let lost: Vec<&String> = durable
+        .iter()
+        .filter(|k| resp(ports[master], &["EXISTS", k]).as_deref() != Some(":1"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} writes acknowledged over a second before the kill were lost: {:?}",
+        lost.len(),
+        durable.len(),
+        lost.iter().take(10).collect::<Vec<_>>()
     );
 }

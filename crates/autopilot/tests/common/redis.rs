@@ -1,4 +1,4 @@
-//! The Redis blueprint's test helpers: a RESP client, a cluster of blueprint nodes on one etcd,
+//! The Redis blueprint's test helpers: a RESP client (authenticated with the cluster's password), a cluster of blueprint nodes on one etcd,
 //! and a writer that records the writes `WAIT 1` acknowledged.
 
 use std::collections::BTreeSet;
@@ -10,17 +10,44 @@ use std::time::Duration;
 
 use super::*;
 
-/// One RESP command; returns the reply as text (`-ERR ...` for errors).
+/// The password every blueprint node of these tests requires (`REDIS_PASSWORD_FILE`).
+pub const PASSWORD: &str = "bp-test-Secret-1";
+
+/// One RESP command, authenticated with [`PASSWORD`]; returns the reply as text (`-ERR ...` for
+/// errors).
 pub fn resp(port: u16, args: &[&str]) -> Option<String> {
+    resp_as(port, Some(PASSWORD), Duration::from_secs(3), args)
+}
+
+/// One RESP command sent after `AUTH password` (none: unauthenticated), waiting `timeout` for
+/// the reply (`None`: no connection or no reply in time, e.g. a write held by `CLIENT PAUSE`).
+pub fn resp_as(
+    port: u16,
+    password: Option<&str>,
+    timeout: Duration,
+    args: &[&str],
+) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let mut req = String::new();
+    let mut command = |args: &[&str]| {
+        req.push_str(&format!("*{}\r\n", args.len()));
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    };
+    if let Some(pw) = password {
+        command(&["AUTH", pw]);
     }
+    command(args);
     s.write_all(req.as_bytes()).ok()?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
+    if password.is_some() {
+        // AUTH's reply is one line; an error (no password set) is ignored.
+        r.read_line(&mut line).ok()?;
+        line.clear();
+    }
     r.read_line(&mut line).ok()?;
     let line = line.trim_end().to_string();
     if let Some(n) = line.strip_prefix('$') {
@@ -59,6 +86,9 @@ impl Cluster {
             "redis-server is not installed: run ./scripts/test, which installs it"
         );
         let dir = Dir::new(tag);
+        let pw = dir.write("redis.password", &format!("{PASSWORD}\n"));
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod password file");
         let etcd = autopilot_testkit::Etcd::single(&dir.0);
         Cluster { dir, etcd }
     }
@@ -68,6 +98,11 @@ impl Cluster {
     }
 
     pub fn node(&self, name: &str, port: u16) -> Agent {
+        self.node_with(name, port, &[])
+    }
+
+    /// A node with more (or overriding) environment variables.
+    pub fn node_with(&self, name: &str, port: u16, extra: &[(&str, &str)]) -> Agent {
         let mut env = blueprint_env(&self.dir, &self.url(), name);
         env.extend([
             ("REDIS_RUN".into(), self.dir.0.display().to_string()),
@@ -78,7 +113,12 @@ impl Cluster {
             ),
             ("REDIS_BIND".into(), "127.0.0.1".into()),
             ("SNAPSHOT_INTERVAL".into(), "2s".into()),
+            (
+                "REDIS_PASSWORD_FILE".into(),
+                self.dir.path("redis.password").display().to_string(),
+            ),
         ]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         start_example_ready(
             "redis",
             "redis.json5",
@@ -91,6 +131,19 @@ impl Cluster {
     pub fn catalog(&self, service: &str) -> Vec<u16> {
         passing_ports(&self.url(), service)
     }
+}
+
+/// Whether `port` answers but holds writes (`CLIENT PAUSE ... WRITE`): `PING` answers and a `SET`
+/// of `key` gets no reply within 300 ms. (A held write runs once the pause lifts.)
+pub fn holds_writes(port: u16, key: &str) -> bool {
+    resp(port, &["PING"]).as_deref() == Some("+PONG")
+        && resp_as(
+            port,
+            Some(PASSWORD),
+            Duration::from_millis(300),
+            &["SET", key, "held"],
+        )
+        .is_none()
 }
 
 pub fn replicates(port: u16, master: u16) -> bool {
@@ -138,6 +191,18 @@ impl Writer {
             stop,
             handle,
         }
+    }
+
+    /// The writes `WAIT 1` acknowledged so far.
+    pub fn acked_keys(&self) -> BTreeSet<String> {
+        self.acked.lock().expect("lock").clone()
+    }
+
+    /// Stops writing; returns every acknowledged key.
+    pub fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("writer");
+        self.acked.lock().expect("lock").clone()
     }
 
     /// How many writes `WAIT 1` acknowledged so far.
