@@ -2,7 +2,11 @@
 PORT=${PG_PORT:-5432}
 DATA=${PGDATA:-/var/lib/postgresql/autopilot}
 RUN=${PG_RUN:-/tmp}
-SOCK="$RUN/pg-$PORT"
+# The node's private run directory (0700): the server's socket and the
+# client password file. Never inside PGDATA: pg_rewind and pg_basebackup
+# would meet the socket and its lock file there (and pg_rewind fails).
+PRIV="$RUN/autopilot-pg-$PORT"
+SOCK="$PRIV"
 ME="${CONTAINERPILOT_POSTGRES_IP:-127.0.0.1}:$PORT"
 BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 PATH="$BIN:$PATH"

@@ -8,9 +8,9 @@
 #   - another node leads: stream from it.
 set -u
 . ./lib.sh
-mkdir -p "$DATA" "$SOCK"
-if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$SOCK"; fi
-chmod 700 "$DATA"
+mkdir -p "$DATA" "$PRIV"
+if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$PRIV"; fi
+chmod 700 "$DATA" "$PRIV"
 
 leader
 # A seat still held by this node's previous life: wait for it to expire
@@ -69,7 +69,7 @@ if [ -n "$L" ] && [ "$L" != "$ME" ]; then
     conninfo "$L"
 fi
 
-set -- postgres -D "$DATA" -p "$PORT" -k "$SOCK" -c listen_addresses="${PG_BIND:-*}"
+set -- postgres -D "$DATA" -p "$PORT" -c unix_socket_directories="$SOCK" -c listen_addresses="${PG_BIND:-*}"
 if [ "$(id -u)" = 0 ]; then
     exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
 fi

@@ -1,4 +1,4 @@
-//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd: one guarded initdb, standbys from a snapshot, kill -9 failover to a standby, the other following, and the old primary rewound back in.
+//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd, on the README's own paths: one guarded initdb, standbys from a snapshot, kill -9 failover to a standby, the other following, and the old primary rewound (not re-cloned) back in.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
@@ -37,10 +37,8 @@ impl Cluster {
         env.extend([
             ("PG_RUN".into(), self.dir.0.display().to_string()),
             ("PG_PORT".into(), port.to_string()),
-            (
-                "PGDATA".into(),
-                self.dir.path(&format!("data-{name}")).display().to_string(),
-            ),
+            // The README's own layout: the data directory `$PG_RUN/pg-$PG_PORT`.
+            ("PGDATA".into(), self.data(port).display().to_string()),
             ("PG_BIND".into(), "127.0.0.1".into()),
         ]);
         start_example_ready(
@@ -50,6 +48,10 @@ impl Cluster {
             &self.dir.path(&format!("autopilot-postgres-{port}.sock")),
             &env,
         )
+    }
+
+    fn data(&self, port: u16) -> std::path::PathBuf {
+        self.dir.path(&format!("pg-{port}"))
     }
 
     fn catalog(&self, service: &str) -> Vec<u16> {
