@@ -18,9 +18,27 @@ leader
 n=0
 while [ "$L" = "$ME" ] && [ $n -lt 150 ]; do sleep 0.1; n=$((n + 1)); leader; done
 
+# set_aside WHY: never delete the only copy of a node's data. The old data
+# directory is renamed (kept until a person removes it) and an empty one
+# takes its place; if it cannot be renamed, nothing is touched and the job
+# fails (it is retried with back-off).
+set_aside() {
+    kept="$DATA.failed-$(date -u +%Y%m%dT%H%M%SZ)"
+    if ! mv "$DATA" "$kept"; then
+        log "!!! $1, and the data directory $DATA cannot be moved aside to $kept: not starting (nothing deleted)"
+        exit 1
+    fi
+    log "!!! $1: the old data directory is KEPT at $kept (remove it once it is no longer needed)"
+    mkdir -p "$DATA"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA"; fi
+    chmod 700 "$DATA"
+}
+
+# clone HOST:PORT: a fresh standby copy of the primary (into the empty $DATA).
 clone() {
+    # Leftovers without PG_VERSION (an interrupted copy) are kept too.
+    [ -z "$(ls -A "$DATA")" ] || set_aside "the data directory $DATA is not empty before a clone"
     log "cloning $1 with pg_basebackup"
-    find "$DATA" -mindepth 1 -delete
     as_pg pg_basebackup -h "${1%:*}" -p "${1##*:}" -U postgres -D "$DATA" -X stream --checkpoint=fast || exit 1
     as_pg touch "$DATA/standby.signal"
 }
@@ -62,6 +80,7 @@ if [ -n "$L" ] && [ "$L" != "$ME" ]; then
         # and wrongly reports that no rewind is needed.
         qr "$L" "checkpoint" >/dev/null
         if ! as_pg pg_rewind -D "$DATA" --source-server="host=${L%:*} port=${L##*:} user=postgres dbname=postgres" >&2; then
+            set_aside "pg_rewind onto $L failed"
             clone "$L"
         fi
         as_pg touch "$DATA/standby.signal"

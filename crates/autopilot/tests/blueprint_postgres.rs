@@ -208,4 +208,40 @@ fn postgres_bootstrap_failover_and_rewind() {
     assert!(wait_for(Duration::from_secs(10), || {
         sql(ports[primary], "select count(*) from t where v = 200").as_deref() == Some("1")
     }));
+
+    // A failed pg_rewind never deletes the only copy: the standby `other`
+    // is stopped and made to look like an old primary whose rewind fails
+    // (no standby.signal, a truncated pg_control); its data directory is
+    // moved aside, kept, and the node is re-cloned.
+    let o = nodes[other].take().expect("other node");
+    drop(o);
+    let data = c.data(ports[other]);
+    std::fs::remove_file(data.join("standby.signal")).expect("standby.signal");
+    std::fs::write(data.join("global/pg_control"), b"").expect("truncate pg_control");
+    std::fs::write(data.join("keep-me"), b"the only copy").expect("marker");
+    nodes[other] = Some(c.node(names[other], ports[other]));
+    assert!(
+        wait_for(Duration::from_secs(60), || streams_from(
+            ports[other],
+            ports[new_primary]
+        )),
+        "the node whose rewind failed did not rejoin:\n{}",
+        nodes[other].as_ref().map(|a| a.log()).unwrap_or_default()
+    );
+    let back = nodes[other].as_ref().map(|a| a.log()).unwrap_or_default();
+    assert!(back.contains("is KEPT at"), "{back}");
+    let prefix = format!("pg-{}.failed-", ports[other]);
+    let kept: Vec<_> = std::fs::read_dir(&c.dir.0)
+        .expect("read test dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert_eq!(kept.len(), 1, "{back}");
+    assert_eq!(
+        std::fs::read(kept[0].path().join("keep-me")).expect("kept marker"),
+        b"the only copy"
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        sql(ports[other], "select count(*) from t where v = 200").as_deref() == Some("1")
+    }));
 }
