@@ -41,6 +41,42 @@ leader() {
         sleep 1
     done
 }
+# current_leader: sets LID and LADDR (HOST:PORT) to the leader as the agent
+# records it now (its leader file is rewritten on every change, while a
+# hook's environment is fixed when it starts); both empty when nobody leads.
+current_leader() {
+    LID=${AUTOPILOT_LEADER_POSTGRES_ID:-}
+    LADDR=
+    [ -n "$LID" ] && LADDR="${AUTOPILOT_LEADER_POSTGRES_ADDRESS:-}:${AUTOPILOT_LEADER_POSTGRES_PORT:-}"
+    f=${AUTOPILOT_LEADER_POSTGRES_FILE:-}
+    [ -n "$f" ] && [ -r "$f" ] || return 0
+    LID=$(sed -n 's/^ *"id": *"\([^"]*\)",*$/\1/p' "$f")
+    a=$(sed -n 's/^ *"address": *"\([^"]*\)",*$/\1/p' "$f")
+    p=$(sed -n 's/^ *"port": *\([0-9]*\),*$/\1/p' "$f")
+    LADDR=
+    [ -n "$a" ] && [ -n "$p" ] && LADDR="$a:$p"
+    return 0
+}
+# running: whether this node's server is up (pg_ctl status exits 3 when not).
+running() { as_pg pg_ctl -D "$DATA" status >/dev/null 2>&1; }
+# stop_server: fast shutdown (refuses new writes at once, still sends the
+# last WAL to the standbys), then immediate, then SIGKILL of the postmaster;
+# fails only if the server is still running after all of them.
+stop_server() {
+    running || return 0
+    as_pg pg_ctl -D "$DATA" stop -m fast -t 5 -w >/dev/null 2>&1 ||
+        as_pg pg_ctl -D "$DATA" stop -m immediate -t 5 -w >/dev/null 2>&1
+    if running; then
+        pid=$(head -1 "$DATA/postmaster.pid" 2>/dev/null)
+        [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+        sleep 0.5
+    fi
+    if running; then
+        log "!!! cannot stop the server"
+        return 1
+    fi
+    return 0
+}
 # conninfo HOST:PORT: where this standby streams from (reloadable; see start.sh).
 conninfo() {
     printf "primary_conninfo = 'host=%s port=%s user=postgres application_name=%s'\n" \

@@ -2,7 +2,8 @@
 # Elected. A standby first catches up from the most advanced reachable
 # standby (cascading replication), so the promoted node has every WAL record
 # any survivor received; then it promotes. Every step here is on the
-# failover's critical path, so queries are few and combined.
+# failover's critical path, so queries are few and combined. Exits non-zero
+# when it did not promote (retry.sh retries it while this node leads).
 set -u
 . ./lib.sh
 # "true|16/B374D848|streaming": in recovery, receive (or replay) LSN, receiver status.
@@ -12,7 +13,14 @@ state() {
 # An LSN ("16/B374D848") as a number, for comparisons in the shell.
 lsn() { hi=${1%/*}; lo=${1#*/}; echo $(((0x$hi << 32) + 0x$lo)); }
 s=$(state)
-[ "${s%%|*}" = true ] || exit 0 # already a primary
+case "${s%%|*}" in
+    true) ;;
+    false) exit 0 ;; # already a primary
+    *)
+        log "cannot tell this node's role: the server does not answer"
+        exit 1
+        ;;
+esac
 # In a graceful handover the old primary is still shutting down (fence.sh):
 # a fast shutdown sends its last WAL to the standbys and then ends the
 # stream, so wait (3 s at most) for the stream to end before comparing.
@@ -37,18 +45,29 @@ if [ -n "$best_peer" ]; then
     conninfo "$best_peer"
     q "select pg_reload_conf()" >/dev/null
     n=0
-    while [ $n -lt 100 ] && [ "$(q "select pg_last_wal_replay_lsn() >= '$best_lsn'::pg_lsn")" != t ]; do
-        sleep 0.05; n=$((n + 1))
+    while [ "$(q "select pg_last_wal_replay_lsn() >= '$best_lsn'::pg_lsn")" != t ]; do
+        n=$((n + 1))
+        if [ $n -ge 100 ]; then
+            # Promoting now would drop what $best_peer has: retried instead.
+            log "could not catch up from $best_peer to $best_lsn: not promoting"
+            exit 1
+        fi
+        sleep 0.05
     done
 fi
 rm -f "$DATA/autopilot.conf"
 # Not waiting inside pg_promote (it polls every 100 ms): clients retry anyway.
 q "select pg_promote(false)" >/dev/null
 n=0
-while [ $n -lt 600 ] && [ "$(q 'select pg_is_in_recovery()')" != f ]; do
-    sleep 0.02; n=$((n + 1))
+while [ "$(q 'select pg_is_in_recovery()')" != f ]; do
+    n=$((n + 1))
+    if [ $n -ge 600 ]; then
+        log "still in recovery 12 s after pg_promote: not promoted"
+        exit 1
+    fi
+    sleep 0.02
 done
 # Records the new timeline in the control file, so a returning old primary's
 # pg_rewind sees the fork.
 q "checkpoint" >/dev/null
-log "promoted: $(q 'select not pg_is_in_recovery()')"
+log "promoted"
