@@ -7,6 +7,13 @@ RUN=${PG_RUN:-/tmp}
 # would meet the socket and its lock file there (and pg_rewind fails).
 PRIV="$RUN/autopilot-pg-$PORT"
 SOCK="$PRIV"
+# The superuser's password (also used for replication): first line of a
+# file readable by its owner only. Clients read it from a 0600 passfile in
+# the private run dir (written by start.sh), never from argv or the
+# environment.
+PWFILE=${PG_PASSWORD_FILE:-/etc/autopilot/postgres-password}
+PGPASSFILE="$PRIV/pgpass"
+export PGPASSFILE
 ME="${CONTAINERPILOT_POSTGRES_IP:-127.0.0.1}:$PORT"
 BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 PATH="$BIN:$PATH"
@@ -40,6 +47,30 @@ leader() {
         fi
         sleep 1
     done
+}
+# passfile: checks the password file (refused if group or world can read
+# it) and writes the clients' passfile from it.
+passfile() {
+    if [ ! -f "$PWFILE" ] || [ ! -r "$PWFILE" ]; then
+        log "no readable password file $PWFILE (set PG_PASSWORD_FILE): not starting"
+        return 1
+    fi
+    if [ -n "$(find "$PWFILE" -perm /077)" ]; then
+        log "the password file $PWFILE is readable by group or others (mode $(stat -c %a "$PWFILE")): refused; chmod 600 it"
+        return 1
+    fi
+    pw=$(head -n 1 "$PWFILE")
+    if [ -z "$pw" ]; then
+        log "the password file $PWFILE is empty: not starting"
+        return 1
+    fi
+    (
+        umask 077
+        # The passfile's own escapes: backslash and colon.
+        printf '*:*:*:postgres:%s\n' "$(printf %s "$pw" | sed 's/[\\:]/\\&/g')" > "$PGPASSFILE.tmp"
+    ) || return 1
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PGPASSFILE.tmp"; fi
+    mv "$PGPASSFILE.tmp" "$PGPASSFILE"
 }
 # current_leader: sets LID and LADDR (HOST:PORT) to the leader as the agent
 # records it now (its leader file is rewritten on every change, while a

@@ -11,6 +11,7 @@ set -u
 mkdir -p "$DATA" "$PRIV"
 if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$PRIV"; fi
 chmod 700 "$DATA" "$PRIV"
+passfile || exit 1
 
 leader
 # A seat still held by this node's previous life: wait for it to expire
@@ -48,12 +49,18 @@ if [ ! -e "$DATA/PG_VERSION" ]; then
         clone "$L"
     else
         log "bootstrap: initdb"
-        as_pg initdb -D "$DATA" -U postgres --auth=trust >/dev/null || exit 1
-        # Lab defaults: trust on the nodes' own networks. Use scram and a
-        # password file for anything else.
+        # Password authentication (scram-sha-256) on every connection,
+        # local socket, TCP and replication alike.
+        (umask 077 && head -n 1 "$PWFILE" > "$PRIV/initdb-pw") || exit 1
+        if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PRIV/initdb-pw"; fi
+        as_pg initdb -D "$DATA" -U postgres --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
+            --pwfile="$PRIV/initdb-pw" >/dev/null
+        rc=$?
+        rm -f "$PRIV/initdb-pw"
+        [ $rc = 0 ] || exit 1
         cat >> "$DATA/pg_hba.conf" <<HBA
-host all all samenet trust
-host replication all samenet trust
+host all all all scram-sha-256
+host replication all all scram-sha-256
 HBA
         # In the file, not on the command line: pg_rewind's crash recovery
         # and every clone (pg_basebackup copies it) see the same settings.

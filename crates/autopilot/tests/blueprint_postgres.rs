@@ -9,17 +9,87 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One value from `psql -Atc` against 127.0.0.1:`port` (None on any error).
-fn sql(port: u16, query: &str) -> Option<String> {
+/// The superuser's password in the tests.
+const PASSWORD: &str = "s3cret:with\\escapes";
+
+/// The client passfile the tests' psql reads (0600), beside the nodes' files.
+fn passfile() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("autopilot-test-pgpass-{}", std::process::id()))
+}
+
+/// One value from `psql -Atc` against 127.0.0.1:`port` (None on any error),
+/// authenticated through `passfile` (`None`: no password at all).
+fn sql_as(passfile: Option<&std::path::Path>, port: u16, query: &str) -> Option<String> {
     let out = Command::new("psql")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(["-d", "postgres", "-Atqc", query])
+        .args(["-d", "postgres", "-w", "-Atqc", query])
         .env("PGCONNECT_TIMEOUT", "2")
+        .env(
+            "PGPASSFILE",
+            passfile.unwrap_or(std::path::Path::new("/dev/null")),
+        )
+        .env_remove("PGPASSWORD")
         .output()
         .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn sql(port: u16, query: &str) -> Option<String> {
+    sql_as(Some(&passfile()), port, query)
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// start.sh refuses a password file that group or others can read, before
+/// touching the data directory.
+#[test]
+fn a_group_readable_password_file_is_refused() {
+    let dir = Dir::new("bp-pg-pw");
+    write_mode(&dir.path("pw"), "secret\n", 0o640);
+    let bin_dir = std::path::Path::new(bin())
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let out = Command::new("sh")
+        .arg("start.sh")
+        .current_dir(example_dir("postgres"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("PG_RUN", &dir.0)
+        .env("PGDATA", dir.path("data"))
+        .env("PG_PORT", free_port().to_string())
+        .env("PG_PASSWORD_FILE", dir.path("pw"))
+        // An unreachable catalog: whatever start.sh does next fails fast.
+        .env("AUTOPILOT_CATALOG", "etcd://127.0.0.1:1/none")
+        .env("LEADER_RETRIES", "1")
+        .output()
+        .expect("run start.sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("readable by group or others"), "{err}");
+    assert!(!dir.path("data/PG_VERSION").exists());
+}
+
+/// Writes `text` to a new file with `mode`.
+fn write_mode(path: &std::path::Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 struct Cluster {
@@ -40,6 +110,10 @@ impl Cluster {
             // The README's own layout: the data directory `$PG_RUN/pg-$PG_PORT`.
             ("PGDATA".into(), self.data(port).display().to_string()),
             ("PG_BIND".into(), "127.0.0.1".into()),
+            (
+                "PG_PASSWORD_FILE".into(),
+                self.dir.path("pg-password").display().to_string(),
+            ),
         ]);
         start_example_ready(
             "postgres",
@@ -79,6 +153,10 @@ fn postgres_bootstrap_failover_and_rewind() {
         "PostgreSQL is not installed: run ./scripts/test, which installs it"
     );
     let dir = Dir::new("bp-pg");
+    write_mode(&dir.path("pg-password"), &format!("{PASSWORD}\n"), 0o600);
+    let escaped = PASSWORD.replace('\\', "\\\\").replace(':', "\\:");
+    write_mode(&passfile(), &format!("*:*:*:postgres:{escaped}\n"), 0o600);
+    let _passfile = RemoveOnDrop(passfile());
     let etcd = autopilot_testkit::Etcd::single(&dir.0);
     let c = Cluster { dir, etcd };
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -114,6 +192,16 @@ fn postgres_bootstrap_failover_and_rewind() {
     assert_eq!(all.matches("bootstrap: initdb").count(), 1, "{all}");
     assert_eq!(all.matches("restored before start").count(), 2, "{all}");
 
+    // Authentication is on: without the password, no connection (TCP or replication).
+    let p0 = ports[primary];
+    assert_eq!(sql_as(None, p0, "select 1"), None);
+    assert_eq!(sql_as(None, ports[(primary + 1) % 3], "select 1"), None);
+    let hba = sql(
+        p0,
+        "select string_agg(distinct auth_method, ',') from pg_hba_file_rules where type like 'host%'",
+    );
+    assert_eq!(hba.as_deref(), Some("scram-sha-256"));
+
     // Writes go to whoever is registered as "postgres".
     let write = |c: &Cluster, v: usize| {
         let Some(&p) = c.catalog("postgres").first() else {
@@ -121,7 +209,6 @@ fn postgres_bootstrap_failover_and_rewind() {
         };
         sql(p, &format!("insert into t values ({v}) returning 1")).as_deref() == Some("1")
     };
-    let p0 = ports[primary];
     sql(p0, "create table t (v int)").expect("create table");
     for v in 0..50 {
         assert!(write(&c, v));
