@@ -34,4 +34,5 @@ while [ "$(qr "$L" 'select pg_is_in_recovery()')" != f ]; do
 done
 conninfo "$L"
 [ "$(q "select pg_reload_conf()")" = t ] || exit 1
+rm -f "$PRIV/ineligible"
 log "streaming from $L"

@@ -108,11 +108,44 @@ stop_server() {
     fi
     return 0
 }
-# conninfo HOST:PORT: where this standby streams from (reloadable; see start.sh).
+# name_of HOST:PORT: a member's name, as its application_name and as the
+# name of its replication slot on the primary.
+name_of() { echo "ap_$1" | tr -c 'a-zA-Z0-9\n' '_' | tr 'A-Z' 'a-z'; }
+APP=$(name_of "$ME")
+# ensure_slot HOST:PORT: this standby's slot on that primary (created if missing).
+ensure_slot() {
+    qr "$1" "select count(pg_create_physical_replication_slot('$APP', true)) where not exists (select from pg_replication_slots where slot_name = '$APP')" >/dev/null
+}
+# conninfo HOST:PORT [noslot]: where this standby streams from (reloadable;
+# see start.sh), through its own replication slot unless "noslot".
 conninfo() {
-    printf "primary_conninfo = 'host=%s port=%s user=postgres application_name=%s'\n" \
-        "${1%:*}" "${1##*:}" "$(echo "$ME" | tr ':.' '__')" > "$DATA/autopilot.conf.tmp"
+    {
+        printf "primary_conninfo = 'host=%s port=%s user=postgres application_name=%s passfile=%s'\n" \
+            "${1%:*}" "${1##*:}" "$APP" "$PGPASSFILE"
+        if [ "${2:-}" != noslot ]; then
+            ensure_slot "$1"
+            printf "primary_slot_name = '%s'\n" "$APP"
+        fi
+    } > "$DATA/autopilot.conf.tmp"
     mv "$DATA/autopilot.conf.tmp" "$DATA/autopilot.conf"
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/autopilot.conf"
     return 0
+}
+# SYNC_KEY holds, in synchronous mode, "LEADER [STANDBY...]": the primary's
+# name and the standbys that may hold its last acknowledged commits (any
+# one of them does). A standby not listed never promotes.
+SYNC_KEY=postgres/sync
+sync_mode() { [ "${PG_SYNCHRONOUS:-off}" = on ]; }
+# set_sync NAMES...: this primary's synchronous_standby_names (ANY 1 of NAMES,
+# empty: none), in an included file, reloaded.
+set_sync() {
+    if [ $# -eq 0 ]; then
+        v=
+    else
+        v="ANY 1 ($(printf '"%s",' "$@" | sed 's/,$//'))"
+    fi
+    printf "synchronous_standby_names = '%s'\n" "$v" > "$DATA/autopilot-sync.conf.tmp"
+    mv "$DATA/autopilot-sync.conf.tmp" "$DATA/autopilot-sync.conf"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/autopilot-sync.conf"
+    [ "$(q "select pg_reload_conf()")" = t ]
 }

@@ -32,17 +32,62 @@ mine=$(echo "$s" | cut -d'|' -f2)
 best=$(lsn "$mine")
 best_lsn=$mine
 best_peer=
-for peer in $(autopilot template render peers.tmpl --once --timeout 2s); do
+reached=
+peers=$(autopilot template render peers.tmpl --once --timeout 2s) || {
+    log "cannot read the standbys from the catalog: not promoting"
+    exit 1
+}
+for peer in $peers; do
     [ "$peer" = "$ME" ] && continue
     l=$(qr "$peer" "select coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
     [ -n "$l" ] || continue
+    reached="$reached $(name_of "$peer")"
     if [ "$(lsn "$l")" -gt "$best" ]; then
         best=$(lsn "$l"); best_lsn=$l; best_peer=$peer
     fi
 done
+if sync_mode; then
+    # Synchronous mode: only a listed synchronous standby promotes, and only
+    # once it has reached every other listed one (ANY 1: any of them may
+    # hold the last acknowledged commits; catching up from the most advanced
+    # gets them all).
+    key=$(autopilot kv get "$SYNC_KEY" --timeout 2s 2>/dev/null)
+    case $? in
+        0) ;;
+        1) key= ;; # never ran in synchronous mode: nothing was promised
+        *)
+            log "cannot read $SYNC_KEY: not promoting"
+            exit 1
+            ;;
+    esac
+    old=${key%% *}
+    list=
+    case $key in *" "*) list=${key#* } ;; esac
+    if [ -n "$key" ] && [ "$old" != "$APP" ]; then
+        case " $list " in
+            *" $APP "*) ;;
+            *)
+                log "not a synchronous standby of $old (those: ${list:-none}): not promoting; handing the seat on"
+                touch "$PRIV/ineligible"
+                exit 1
+                ;;
+        esac
+        for n in $list; do
+            [ "$n" = "$APP" ] && continue
+            case " $reached " in
+                *" $n "*) ;;
+                *)
+                    log "synchronous standby $n is unreachable and may hold commits this node lacks: not promoting"
+                    exit 1
+                    ;;
+            esac
+        done
+    fi
+    others=$(for n in $list; do [ "$n" = "$APP" ] || echo "$n"; done | tr '\n' ' ')
+fi
 if [ -n "$best_peer" ]; then
     log "catching up from $best_peer (to $best_lsn) before promotion"
-    conninfo "$best_peer"
+    conninfo "$best_peer" noslot
     q "select pg_reload_conf()" >/dev/null
     n=0
     while [ "$(q "select pg_last_wal_replay_lsn() >= '$best_lsn'::pg_lsn")" != t ]; do
@@ -56,6 +101,15 @@ if [ -n "$best_peer" ]; then
     done
 fi
 rm -f "$DATA/autopilot.conf"
+if sync_mode; then
+    # In force from the first write: the key names this node first, then the
+    # setting requires one of the listed standbys for every commit.
+    # shellcheck disable=SC2086
+    autopilot kv put "$SYNC_KEY" "$APP $others" --timeout 2s >/dev/null && set_sync $others || {
+        log "cannot record the synchronous standbys: not promoting"
+        exit 1
+    }
+fi
 # Not waiting inside pg_promote (it polls every 100 ms): clients retry anyway.
 q "select pg_promote(false)" >/dev/null
 n=0
@@ -71,3 +125,10 @@ done
 # pg_rewind sees the fork.
 q "checkpoint" >/dev/null
 log "promoted"
+# Slots for the standbys before they re-point (members.sh keeps them after).
+for peer in $peers; do
+    [ "$peer" = "$ME" ] && continue
+    s=$(name_of "$peer")
+    q "select count(pg_create_physical_replication_slot('$s', true)) where not exists (select from pg_replication_slots where slot_name = '$s')" >/dev/null
+done
+exit 0

@@ -74,7 +74,10 @@ wal_keep_size = 512MB
 wal_log_hints = on
 shared_buffers = 32MB
 recovery_target_timeline = latest
+# Slots keep WAL for absent standbys, up to this much (then the archive).
+max_slot_wal_keep_size = ${PG_MAX_SLOT_WAL_KEEP_SIZE:-4GB}
 include_if_exists = 'autopilot.conf'
+include_if_exists = 'autopilot-sync.conf'
 CONF
     fi
 fi

@@ -40,6 +40,13 @@ fn sql(port: u16, query: &str) -> Option<String> {
     sql_as(Some(&passfile()), port, query)
 }
 
+/// Writes the tests' client passfile; removed when the guard drops.
+fn client_passfile() -> RemoveOnDrop {
+    let escaped = PASSWORD.replace('\\', "\\\\").replace(':', "\\:");
+    write_mode(&passfile(), &format!("*:*:*:postgres:{escaped}\n"), 0o600);
+    RemoveOnDrop(passfile())
+}
+
 /// Removes a file when dropped.
 struct RemoveOnDrop(std::path::PathBuf);
 
@@ -95,9 +102,23 @@ fn write_mode(path: &std::path::Path, text: &str, mode: u32) {
 struct Cluster {
     dir: Dir,
     etcd: autopilot_testkit::Etcd,
+    /// Settings every node gets besides the defaults.
+    extra: Vec<(String, String)>,
 }
 
 impl Cluster {
+    /// A scratch directory with the password file, and an etcd.
+    fn new(tag: &str, extra: &[(&str, &str)]) -> Cluster {
+        let dir = Dir::new(tag);
+        write_mode(&dir.path("pg-password"), &format!("{PASSWORD}\n"), 0o600);
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        let extra = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Cluster { dir, etcd, extra }
+    }
+
     fn url(&self) -> String {
         format!("etcd://{}/pg-bp", self.etcd.endpoint())
     }
@@ -115,6 +136,7 @@ impl Cluster {
                 self.dir.path("pg-password").display().to_string(),
             ),
         ]);
+        env.extend(self.extra.iter().cloned());
         start_example_ready(
             "postgres",
             "postgres.json5",
@@ -152,13 +174,8 @@ fn postgres_bootstrap_failover_and_rewind() {
             && std::path::Path::new("/usr/lib/postgresql").exists(),
         "PostgreSQL is not installed: run ./scripts/test, which installs it"
     );
-    let dir = Dir::new("bp-pg");
-    write_mode(&dir.path("pg-password"), &format!("{PASSWORD}\n"), 0o600);
-    let escaped = PASSWORD.replace('\\', "\\\\").replace(':', "\\:");
-    write_mode(&passfile(), &format!("*:*:*:postgres:{escaped}\n"), 0o600);
-    let _passfile = RemoveOnDrop(passfile());
-    let etcd = autopilot_testkit::Etcd::single(&dir.0);
-    let c = Cluster { dir, etcd };
+    let _passfile = client_passfile();
+    let c = Cluster::new("bp-pg", &[]);
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let names = ["pg1", "pg2", "pg3"];
     let mut nodes: Vec<Option<Agent>> = (0..3).map(|i| Some(c.node(names[i], ports[i]))).collect();
@@ -211,7 +228,7 @@ fn postgres_bootstrap_failover_and_rewind() {
     };
     sql(p0, "create table t (v int)").expect("create table");
     for v in 0..50 {
-        assert!(write(&c, v));
+        assert!(wait_for(Duration::from_secs(10), || write(&c, v)));
     }
     // Let both standbys replay everything before the crash.
     let lsn = sql(p0, "select pg_current_wal_lsn()").expect("lsn");
@@ -275,6 +292,23 @@ fn postgres_bootstrap_failover_and_rewind() {
         logs(&nodes)
     );
 
+    // The other standby streams through its own replication slot.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            sql(
+            ports[new_primary],
+            &format!(
+                "select count(*) from pg_replication_slots where slot_name = 'ap_127_0_0_1_{}' and active",
+                ports[other]
+            )
+        )
+        .as_deref()
+            == Some("1")
+        }),
+        "no active slot for the other standby:\n{}",
+        logs(&nodes)
+    );
+
     // The old primary comes back: pg_rewind onto the new timeline, then streams.
     nodes[primary] = Some(c.node(names[primary], ports[primary]));
     assert!(
@@ -331,4 +365,137 @@ fn postgres_bootstrap_failover_and_rewind() {
     assert!(wait_for(Duration::from_secs(10), || {
         sql(ports[other], "select count(*) from t where v = 200").as_deref() == Some("1")
     }));
+}
+
+/// The primary and its standbys once it has `n` standbys streaming; in
+/// synchronous mode, also listed in synchronous_standby_names (quorum).
+fn wait_primary(c: &Cluster, ports: &[u16], sync: bool) -> Option<usize> {
+    let mut primary = None;
+    wait_for(Duration::from_secs(90), || {
+        let p = c.catalog("postgres");
+        let Some(&pp) = p.first() else { return false };
+        let Some(i) = ports.iter().position(|x| *x == pp) else {
+            return false;
+        };
+        let ok = (0..ports.len())
+            .filter(|j| *j != i)
+            .all(|j| streams_from(ports[j], pp))
+            && (!sync
+                || sql(
+                    pp,
+                    "select count(*) from pg_stat_replication where sync_state = 'quorum'",
+                )
+                .as_deref()
+                    == Some(&(ports.len() - 1).to_string()));
+        if ok {
+            primary = Some(i);
+        }
+        ok
+    });
+    primary
+}
+
+/// Synchronous mode (PG_SYNCHRONOUS=on): a client commits continuously on
+/// one connection and records every acknowledged id; kill -9 of the
+/// primary's agent and of its server's whole process group; the new primary
+/// has every acknowledged commit.
+#[test]
+fn synchronous_mode_crash_failover_loses_no_acknowledged_commit() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let _passfile = client_passfile();
+    let c = Cluster::new("bp-pg-sync", &[("PG_SYNCHRONOUS", "on")]);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["s1", "s2", "s3"];
+    let mut nodes: Vec<Option<Agent>> = (0..3).map(|i| Some(c.node(names[i], ports[i]))).collect();
+    let logs = |nodes: &[Option<Agent>]| {
+        nodes
+            .iter()
+            .flatten()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let primary = wait_primary(&c, &ports, true);
+    let Some(primary) = primary else {
+        panic!(
+            "no primary with two synchronous standbys:\n{}",
+            logs(&nodes)
+        )
+    };
+    let p0 = ports[primary];
+    sql(p0, "create table acked (v bigint primary key)").expect("create table");
+
+    // One psql session: each insert, then an echo of its id once it committed.
+    let mut client = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &p0.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-w", "-q", "-v", "ON_ERROR_STOP=1"])
+        .env("PGPASSFILE", passfile())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut stdin = client.stdin.take().expect("stdin");
+    let stdout = client.stdout.take().expect("stdout");
+    let writer = std::thread::spawn(move || {
+        for i in 1..=1_000_000u64 {
+            if writeln!(stdin, "insert into acked values ({i});\n\\echo ok {i}").is_err() {
+                return;
+            }
+        }
+    });
+    let acked = Arc::new(AtomicU64::new(0));
+    let a = acked.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(n) = line.strip_prefix("ok ").and_then(|n| n.parse::<u64>().ok()) {
+                a.store(n, Ordering::SeqCst);
+            }
+        }
+    });
+    assert!(
+        wait_for(Duration::from_secs(30), || acked.load(Ordering::SeqCst)
+            >= 300),
+        "commits do not flow:\n{}",
+        logs(&nodes)
+    );
+
+    // kill -9 of the primary's agent and of its server's process group.
+    let m = nodes[primary].take().expect("primary");
+    let pm = m.job_pid("postgres").expect("postmaster pid");
+    kill(m.pid(), libc::SIGKILL);
+    killpg(pm, libc::SIGKILL);
+    let mut m = m;
+    let _ = m.wait(Duration::from_secs(5));
+    drop(m);
+    let _ = client.wait();
+    let _ = writer.join();
+    let _ = reader.join();
+    let last = acked.load(Ordering::SeqCst);
+
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != primary).collect();
+    let mut new_primary = None;
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            survivors.iter().any(|&i| {
+                let ok = c.catalog("postgres").contains(&ports[i])
+                    && sql(ports[i], "select not pg_is_in_recovery()").as_deref() == Some("t");
+                if ok {
+                    new_primary = Some(i);
+                }
+                ok
+            })
+        }),
+        "no new primary:\n{}",
+        logs(&nodes)
+    );
+    let np = ports[new_primary.expect("new primary")];
+    let have = sql(np, &format!("select count(*) from acked where v <= {last}"));
+    eprintln!("acknowledged commits: {last}; on the new primary: {have:?}");
+    assert_eq!(have, Some(last.to_string()), "{}", logs(&nodes));
 }
