@@ -15,7 +15,9 @@ PWFILE=${PG_PASSWORD_FILE:-/etc/autopilot/postgres-password}
 PGPASSFILE="$PRIV/pgpass"
 export PGPASSFILE
 ME="${CONTAINERPILOT_POSTGRES_IP:-127.0.0.1}:$PORT"
-BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+# The pinned major version: start.sh refuses any other server or data dir.
+MAJOR=${PG_MAJOR:-15}
+BIN=${PG_BIN:-/usr/lib/postgresql/$MAJOR/bin}
 PATH="$BIN:$PATH"
 export PATH
 log() { echo "$*" >&2; }

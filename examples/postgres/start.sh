@@ -12,6 +12,17 @@ mkdir -p "$DATA" "$PRIV"
 if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$PRIV"; fi
 chmod 700 "$DATA" "$PRIV"
 passfile || exit 1
+# A pinned major version: a server or a data directory of another one is
+# refused (a major upgrade is a deliberate pg_upgrade, never a side effect).
+v=$("$BIN/postgres" --version 2>/dev/null | sed -n 's/.* \([0-9][0-9]*\)\.[0-9].*/\1/p')
+if [ "$v" != "$MAJOR" ]; then
+    log "the server at $BIN/postgres is PostgreSQL ${v:-(none)}, not the pinned $MAJOR (PG_MAJOR): not starting"
+    exit 1
+fi
+if [ -e "$DATA/PG_VERSION" ] && [ "$(cat "$DATA/PG_VERSION")" != "$MAJOR" ]; then
+    log "the data directory $DATA is PostgreSQL $(cat "$DATA/PG_VERSION"), not the pinned $MAJOR (PG_MAJOR): not starting"
+    exit 1
+fi
 
 leader
 # A seat still held by this node's previous life: wait for it to expire

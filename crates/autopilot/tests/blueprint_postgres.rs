@@ -62,6 +62,35 @@ impl Drop for RemoveOnDrop {
 fn a_group_readable_password_file_is_refused() {
     let dir = Dir::new("bp-pg-pw");
     write_mode(&dir.path("pw"), "secret\n", 0o640);
+    let (ok, err) = start_sh(&dir, &[]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("readable by group or others"), "{err}");
+    assert!(!dir.path("data/PG_VERSION").exists());
+}
+
+/// start.sh refuses a server or a data directory of another major version
+/// than the pinned one (PG_MAJOR, 15 by default).
+#[test]
+fn another_major_version_is_refused() {
+    let dir = Dir::new("bp-pg-major");
+    write_mode(&dir.path("pw"), "secret\n", 0o600);
+    std::fs::create_dir_all(dir.path("data")).expect("data dir");
+    std::fs::write(dir.path("data/PG_VERSION"), "14\n").expect("PG_VERSION");
+    let (ok, err) = start_sh(&dir, &[]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("is PostgreSQL 14, not the pinned 15"), "{err}");
+    let (ok, err) = start_sh(
+        &dir,
+        &[("PG_MAJOR", "14"), ("PG_BIN", "/usr/lib/postgresql/15/bin")],
+    );
+    assert!(!ok, "{err}");
+    assert!(err.contains("is PostgreSQL 15, not the pinned 14"), "{err}");
+}
+
+/// Runs the blueprint's start.sh alone on `dir` (data dir `data`, password
+/// file `pw`) with an unreachable catalog, so whatever it does after its
+/// checks fails fast; returns whether it succeeded and its stderr.
+fn start_sh(dir: &Dir, env: &[(&str, &str)]) -> (bool, String) {
     let bin_dir = std::path::Path::new(bin())
         .parent()
         .expect("bin dir")
@@ -81,15 +110,15 @@ fn a_group_readable_password_file_is_refused() {
         .env("PGDATA", dir.path("data"))
         .env("PG_PORT", free_port().to_string())
         .env("PG_PASSWORD_FILE", dir.path("pw"))
-        // An unreachable catalog: whatever start.sh does next fails fast.
         .env("AUTOPILOT_CATALOG", "etcd://127.0.0.1:1/none")
         .env("LEADER_RETRIES", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run start.sh");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.contains("readable by group or others"), "{err}");
-    assert!(!dir.path("data/PG_VERSION").exists());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Writes `text` to a new file with `mode`.
