@@ -28,6 +28,37 @@ n=0
 while [ $n -lt 60 ] && [ "${s##*|}" = streaming ]; do
     sleep 0.05; n=$((n + 1)); s=$(state)
 done
+# A standby that has not streamed since it started (restored from the
+# archive with no primary alive) first replays the whole archive: its newest
+# segment is the last word on what was committed. Done once replay has
+# entered that segment and stopped moving; never promoted short of it.
+if [ -z "$(q 'select pg_last_wal_receive_lsn()')" ]; then
+    info=$(pgbr info) || {
+        log "cannot read the archive: not promoting"
+        exit 1
+    }
+    newest=$(echo "$info" | awk '/wal archive min\/max/ { n = $NF } END { sub(/.*\//, "", n); print n }')
+    if [ -n "$newest" ]; then
+        # 16 MiB segments: TTTTTTTT LLLLLLLL 000000SS.
+        first=$(((0x$(echo "$newest" | cut -c9-16) << 32) + (0x$(echo "$newest" | cut -c17-24) << 24)))
+        log "replaying the archive up to its newest segment $newest before promotion"
+        n=0
+        prev=
+        same=0
+        while [ $same -lt 5 ]; do
+            cur=$(lsn "$(q 'select pg_last_wal_replay_lsn()')")
+            if [ "$cur" -ge "$first" ] && [ "$cur" = "$prev" ]; then same=$((same + 1)); else same=0; fi
+            prev=$cur
+            n=$((n + 1))
+            if [ $n -ge "${PG_ARCHIVE_REPLAY_WAIT:-3000}" ]; then
+                log "the archive's newest segment $newest was not replayed in time: not promoting"
+                exit 1
+            fi
+            sleep 0.2
+        done
+    fi
+    s=$(state)
+fi
 mine=$(echo "$s" | cut -d'|' -f2)
 best=$(lsn "$mine")
 best_lsn=$mine

@@ -55,9 +55,24 @@ clone() {
     as_pg touch "$DATA/standby.signal"
 }
 
+# The archive's repository: every node writes to it (as postgres).
+write_pgbr_conf
+mkdir -p "$REPO"
+if [ "$(id -u)" = 0 ] && [ "$(stat -c %U "$REPO")" != postgres ]; then chown postgres:postgres "$REPO"; fi
+
 if [ ! -e "$DATA/PG_VERSION" ]; then
     if [ -n "$L" ] && [ "$L" != "$ME" ]; then
         clone "$L"
+    elif ! has=$(backups); then
+        # Never "start empty" on an archive that cannot be read.
+        exit 1
+    elif [ "$has" = yes ]; then
+        # The archive is the truth: a node with no data and no primary
+        # restores the newest base backup and replays the archived WAL
+        # (promote.sh waits for the end of the archive); never initdb.
+        [ -z "$(ls -A "$DATA")" ] || set_aside "the data directory $DATA is not empty before a restore"
+        log "no primary and no data: restoring the newest base backup from the archive $REPO"
+        archive_restore || exit 1
     else
         log "bootstrap: initdb"
         # Password authentication (scram-sha-256) on every connection,
@@ -89,9 +104,21 @@ recovery_target_timeline = latest
 max_slot_wal_keep_size = ${PG_MAX_SLOT_WAL_KEEP_SIZE:-4GB}
 include_if_exists = 'autopilot.conf'
 include_if_exists = 'autopilot-sync.conf'
+include_if_exists = 'autopilot-archive.conf'
 CONF
     fi
 fi
+
+# This node's archiving settings (its own paths; a copy from another node,
+# in a clone or a restored backup, is replaced). pgBackRest checksums every
+# segment it pushes and verifies it on archive-get.
+cat > "$DATA/autopilot-archive.conf" <<CONF
+archive_mode = on
+archive_command = '$PGBR archive-push %p'
+restore_command = '$PGBR archive-get %f "%p"'
+archive_timeout = ${PG_ARCHIVE_TIMEOUT:-60}
+CONF
+if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA/autopilot-archive.conf"; fi
 
 if [ -n "$L" ] && [ "$L" != "$ME" ]; then
     if [ ! -e "$DATA/standby.signal" ]; then

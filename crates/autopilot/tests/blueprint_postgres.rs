@@ -164,6 +164,10 @@ impl Cluster {
                 "PG_PASSWORD_FILE".into(),
                 self.dir.path("pg-password").display().to_string(),
             ),
+            (
+                "PG_ARCHIVE_REPO".into(),
+                self.dir.path("archive").display().to_string(),
+            ),
         ]);
         env.extend(self.extra.iter().cloned());
         start_example_ready(
