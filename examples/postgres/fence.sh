@@ -5,7 +5,8 @@
 # too. The job restarts; start.sh rejoins as a standby of the new primary.
 set -u
 . ./lib.sh
-r=$(q 'select pg_is_in_recovery()')
+# A server that does not answer within 3 s is stopped.
+r=$(Q_TIMEOUT=3 q 'select pg_is_in_recovery()')
 [ "$r" = t ] && exit 0
 log "demoted (primary: ${r:-cannot tell}): stopping the server"
 stop_server

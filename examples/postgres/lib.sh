@@ -26,10 +26,11 @@ as_pg() {
     if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
 }
 # q SQL: one value from the local server.
-q() { as_pg psql -h "$SOCK" -p "$PORT" -U postgres -d postgres -Atqc "$1" 2>/dev/null; }
+# Bounded (Q_TIMEOUT s, 10): a hung server is an answer too ("cannot tell").
+q() { as_pg timeout "${Q_TIMEOUT:-10}" psql -h "$SOCK" -p "$PORT" -U postgres -d postgres -w -Atqc "$1" 2>/dev/null; }
 # qr HOST:PORT SQL: one value from another node.
 qr() {
-    PGCONNECT_TIMEOUT=1 psql -h "${1%:*}" -p "${1##*:}" -U postgres -d postgres -Atqc "$2" 2>/dev/null
+    PGCONNECT_TIMEOUT=1 timeout "${Q_TIMEOUT:-10}" psql -h "${1%:*}" -p "${1##*:}" -U postgres -d postgres -w -Atqc "$2" 2>/dev/null
 }
 # leader: sets L to the primary's HOST:PORT, empty when nobody leads (exit 1).
 # An unreachable catalog (exit 3) is not "no primary": retry for a while,

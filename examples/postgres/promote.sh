@@ -154,7 +154,7 @@ while [ "$(q 'select pg_is_in_recovery()')" != f ]; do
 done
 # Records the new timeline in the control file, so a returning old primary's
 # pg_rewind sees the fork.
-q "checkpoint" >/dev/null
+Q_TIMEOUT=300 q "checkpoint" >/dev/null
 log "promoted"
 # Slots for the standbys before they re-point (members.sh keeps them after).
 for peer in $peers; do

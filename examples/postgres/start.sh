@@ -126,7 +126,7 @@ if [ -n "$L" ] && [ "$L" != "$ME" ]; then
         # A just-promoted primary records its new timeline in its control
         # file only at a checkpoint; before it, pg_rewind sees one timeline
         # and wrongly reports that no rewind is needed.
-        qr "$L" "checkpoint" >/dev/null
+        Q_TIMEOUT=300 qr "$L" "checkpoint" >/dev/null
         if ! as_pg pg_rewind -D "$DATA" --source-server="host=${L%:*} port=${L##*:} user=postgres dbname=postgres" >&2; then
             set_aside "pg_rewind onto $L failed"
             clone "$L"

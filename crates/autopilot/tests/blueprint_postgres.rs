@@ -532,3 +532,123 @@ fn synchronous_mode_crash_failover_loses_no_acknowledged_commit() {
     eprintln!("acknowledged commits: {last}; on the new primary: {have:?}");
     assert_eq!(have, Some(last.to_string()), "{}", logs(&nodes));
 }
+
+/// fence.sh fails closed: a primary that does not answer (its postmaster
+/// stopped, so its role cannot be told) is stopped, within a bound, rather
+/// than left running unfenced.
+#[test]
+fn fence_stops_a_server_that_does_not_answer() {
+    let dir = Dir::new("bp-pg-fence");
+    let port = free_port();
+    let data = dir.path(&format!("pg-{port}"));
+    let run = dir.path(&format!("autopilot-pg-{port}"));
+    let bin = "/usr/lib/postgresql/15/bin";
+    for d in [&data, &run] {
+        std::fs::create_dir_all(d).expect("dir");
+        assert!(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(d)
+                .status()
+                .expect("chown")
+                .success()
+        );
+    }
+    write_mode(&dir.path("pw"), "secret\n", 0o600);
+    let as_pg = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .args(args)
+            .output()
+            .expect("run as postgres")
+    };
+    let out = as_pg(&[
+        &format!("{bin}/initdb"),
+        "-D",
+        &data.display().to_string(),
+        "-U",
+        "postgres",
+        "--auth=trust",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server is this test's child, so the test reaps it once killed.
+    let mut server = Command::new("setpriv")
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(format!("{bin}/postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", run.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("postgres");
+    let pm = server.id() as i32;
+    assert!(wait_for(Duration::from_secs(30), || {
+        Command::new("psql")
+            .arg("-h")
+            .arg(&run)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atqc",
+                "select 1",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }));
+    // The postmaster hangs: connections queue and are never answered.
+    kill(pm, libc::SIGSTOP);
+
+    let mut fence = Command::new("sh")
+        .arg("fence.sh")
+        .current_dir(example_dir("postgres"))
+        .env("PG_RUN", &dir.0)
+        .env("PGDATA", &data)
+        .env("PG_PORT", port.to_string())
+        .env("PG_PASSWORD_FILE", dir.path("pw"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path("fence.log")).expect("log"))
+        .spawn()
+        .expect("fence.sh");
+    let mut stopped = false;
+    let finished = wait_for(Duration::from_secs(40), || {
+        stopped = stopped || matches!(server.try_wait(), Ok(Some(_)));
+        matches!(fence.try_wait(), Ok(Some(_)))
+    });
+    stopped = stopped || matches!(server.try_wait(), Ok(Some(_)));
+    if !finished {
+        let _ = fence.kill();
+        let _ = fence.wait();
+    }
+    // Whatever happened, nothing is left running.
+    if !stopped {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    assert!(finished, "fence.sh hangs on a server that does not answer");
+    assert!(
+        stopped,
+        "fence.sh left the server running:\n{}",
+        dir.read("fence.log")
+    );
+}
