@@ -652,3 +652,105 @@ fn fence_stops_a_server_that_does_not_answer() {
         dir.read("fence.log")
     );
 }
+
+/// Synchronous mode: a standby that the catalog's key does not list as
+/// synchronous never becomes the primary after a crash; if it wins the seat
+/// it refuses to promote and hands the seat on to a listed one.
+#[test]
+fn synchronous_mode_promotes_only_a_listed_standby() {
+    let _passfile = client_passfile();
+    let c = Cluster::new("bp-pg-sync2", &[("PG_SYNCHRONOUS", "on")]);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["l1", "l2", "l3"];
+    let mut nodes: Vec<Option<Agent>> = (0..3).map(|i| Some(c.node(names[i], ports[i]))).collect();
+    let logs = |nodes: &[Option<Agent>]| {
+        nodes
+            .iter()
+            .flatten()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let Some(primary) = wait_primary(&c, &ports, true) else {
+        panic!(
+            "no primary with two synchronous standbys:\n{}",
+            logs(&nodes)
+        )
+    };
+    let standbys: Vec<usize> = (0..3).filter(|i| *i != primary).collect();
+    let (listed, unlisted) = (standbys[0], standbys[1]);
+    // The primary's record of who may hold its commits, once it has
+    // settled on both standbys, is replaced by one naming a single standby
+    // (the primary rewrites it only when its streaming standbys change).
+    let kv_get = || {
+        Command::new(bin())
+            .args(["kv", "--catalog", &c.url(), "get", "postgres/sync"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let mut both: Vec<String> = standbys
+        .iter()
+        .map(|i| format!("ap_127_0_0_1_{}", ports[*i]))
+        .collect();
+    both.sort();
+    let settled = format!("ap_127_0_0_1_{} {}", ports[primary], both.join(" "));
+    assert!(
+        wait_for(Duration::from_secs(20), || kv_get().as_deref()
+            == Some(&settled)),
+        "the primary never recorded {settled:?} (has {:?})",
+        kv_get()
+    );
+    let out = Command::new(bin())
+        .args(["kv", "--catalog", &c.url(), "put", "postgres/sync"])
+        .arg(format!(
+            "ap_127_0_0_1_{} ap_127_0_0_1_{}",
+            ports[primary], ports[listed]
+        ))
+        .output()
+        .expect("kv put");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let m = nodes[primary].take().expect("primary");
+    let pm = m.job_pid("postgres").expect("postmaster pid");
+    kill(m.pid(), libc::SIGKILL);
+    killpg(pm, libc::SIGKILL);
+    let mut m = m;
+    let _ = m.wait(Duration::from_secs(5));
+    drop(m);
+
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            c.catalog("postgres") == vec![ports[listed]]
+                && sql(ports[listed], "select not pg_is_in_recovery()").as_deref() == Some("t")
+        }),
+        "the listed standby did not become the primary:\n{}",
+        logs(&nodes)
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || streams_from(
+            ports[unlisted],
+            ports[listed]
+        )),
+        "the unlisted standby does not follow:\n{}",
+        logs(&nodes)
+    );
+    assert_eq!(
+        sql(ports[unlisted], "select pg_is_in_recovery()").as_deref(),
+        Some("t")
+    );
+    let text = nodes[unlisted]
+        .as_ref()
+        .map(|a| a.log())
+        .unwrap_or_default();
+    assert!(!text.contains("promoted"), "{text}");
+    eprintln!(
+        "the unlisted standby won the seat first: {}",
+        text.contains("not a synchronous standby")
+    );
+}
