@@ -1,21 +1,38 @@
 #!/bin/sh
 # The primary changed. A standby re-points primary_conninfo once the new
 # primary has finished promoting; a node that is itself still a primary stops
-# (its restart rewinds it onto the new timeline).
+# (its restart rewinds it onto the new timeline). Exits non-zero when it did
+# not get there (retry.sh retries it).
 set -u
 . ./lib.sh
-L="${AUTOPILOT_LEADER_POSTGRES_ADDRESS:-}:${AUTOPILOT_LEADER_POSTGRES_PORT:-}"
-[ "$L" = ":" ] && exit 0
+current_leader
+L=$LADDR
+[ -z "$L" ] && exit 0
 [ "$L" = "$ME" ] && exit 0
-if [ "$(q 'select pg_is_in_recovery()')" = f ]; then
-    log "$L leads but this node is a primary: stopping to rejoin as a standby"
-    as_pg pg_ctl -D "$DATA" stop -m fast -w >/dev/null
-    exit 0
-fi
+# A server that is not running follows from start.sh when it starts.
+running || exit 0
+case "$(q 'select pg_is_in_recovery()')" in
+    t) ;;
+    f)
+        log "$L leads but this node is a primary: stopping to rejoin as a standby"
+        stop_server
+        exit
+        ;;
+    *)
+        log "cannot tell this node's role: the server does not answer"
+        exit 1
+        ;;
+esac
 n=0
-while [ "$(qr "$L" 'select pg_is_in_recovery()')" != f ] && [ $n -lt 200 ]; do
-    sleep 0.05; n=$((n + 1))
+while [ "$(qr "$L" 'select pg_is_in_recovery()')" != f ]; do
+    n=$((n + 1))
+    if [ $n -ge 200 ]; then
+        log "$L has not become a primary: not following it yet"
+        exit 1
+    fi
+    sleep 0.05
 done
 conninfo "$L"
-q "select pg_reload_conf()" >/dev/null
+[ "$(q "select pg_reload_conf()")" = t ] || exit 1
+rm -f "$PRIV/ineligible"
 log "streaming from $L"

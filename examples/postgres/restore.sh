@@ -1,8 +1,17 @@
 #!/bin/sh
-# Unpacks a verified base backup into the empty data dir, as a standby.
+# Restores before the first start (the data dir is empty): the newest base
+# backup in the pgBackRest archive (at least as new as the snapshot, which
+# only names one), as a standby that replays the archived WAL and then
+# streams from the primary.
 set -eu
 . ./lib.sh
-tar -xf "$AUTOPILOT_SNAPSHOT_FILE" -C "$AUTOPILOT_DATA_DIR"
-touch "$AUTOPILOT_DATA_DIR/standby.signal"
-if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$AUTOPILOT_DATA_DIR"; fi
-chmod 700 "$AUTOPILOT_DATA_DIR"
+[ "$AUTOPILOT_DATA_DIR" = "$DATA" ] || {
+    log "the snapshot's dataDir $AUTOPILOT_DATA_DIR is not PGDATA $DATA"
+    exit 1
+}
+mkdir -p "$PRIV"
+if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$PRIV"; fi
+chmod 700 "$DATA" "$PRIV"
+write_pgbr_conf
+archive_restore
+log "restored $(cat "$AUTOPILOT_SNAPSHOT_FILE")"
