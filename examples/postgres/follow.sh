@@ -2,7 +2,7 @@
 # The primary changed. A standby re-points primary_conninfo once the new
 # primary has finished promoting; a node that is itself still a primary stops
 # (its restart rewinds it onto the new timeline). Exits non-zero when it did
-# not get there (retry.sh retries it).
+# not get there (the agent retries it).
 set -u
 . ./lib.sh
 current_leader

@@ -3,7 +3,7 @@
 # standby (cascading replication), so the promoted node has every WAL record
 # any survivor received; then it promotes. Every step here is on the
 # failover's critical path, so queries are few and combined. Exits non-zero
-# when it did not promote (retry.sh retries it while this node leads).
+# when it did not promote (the agent retries it while this node leads).
 set -u
 . ./lib.sh
 # "true|16/B374D848|streaming": in recovery, receive (or replay) LSN, receiver status.

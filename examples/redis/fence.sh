@@ -3,7 +3,7 @@
 # node follows the new master (follow.sh unpauses) or leads again, so a
 # deposed master never acknowledges a write the new one will not have.
 # Fails closed: when the role cannot be read (INFO failed or timed out) it
-# pauses anyway, and it exits non-zero when it could not pause (retry.sh
+# pauses anyway, and it exits non-zero when it could not pause (the agent
 # retries it with back-off). While the node stays a deposed master it renews
 # the pause every REDIS_FENCE_RENEW seconds (0.5), so the pause never lapses,
 # even in maintenance mode, where health.sh (which renews it too) is not run.

@@ -1101,15 +1101,7 @@ fn job(
     let restarts = match o.get("restarts") {
         None if matches!(trigger, Trigger::Interval(_)) => Restarts::Unlimited,
         None => Restarts::Never,
-        Some(r) => {
-            let v = restarts(&r)?;
-            if v == Restarts::Unlimited && matches!(trigger, Trigger::Event { each: true, .. }) {
-                return Err(r.err(
-                    "\"unlimited\" cannot be used with 'when.each': every event would add a process that restarts forever",
-                ));
-            }
-            v
-        }
+        Some(r) => restarts(&r)?,
     };
     let stop_timeout = o
         .opt("stopTimeout", Field::duration)?

@@ -143,11 +143,6 @@ fn bad_configs_table() {
             "non-negative",
         ),
         (
-            "{ jobs: [{ name: 'a', exec: 'x', restarts: 'unlimited', when: {source: 'a', each: 'healthy'} }] }",
-            "1:44: jobs[0].restarts",
-            "cannot be used with 'when.each'",
-        ),
-        (
             "{ jobs: [{ name: 'a', exec: 'x', timeout: '10parsecs' }] }",
             "1:43: jobs[0].timeout",
             "unknown unit",

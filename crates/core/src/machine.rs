@@ -720,6 +720,14 @@ impl Machine {
         if lasted >= job.spec.backoff.reset_after {
             job.streak = 0;
         }
+        // An `each` handler's run that succeeded has handled its event: its
+        // `restarts` retry only a failed run (with back-off), so a hook
+        // such as a promotion is retried until it reaches its goal.
+        if status.success() && matches!(job.spec.trigger, Trigger::Event { each: true, .. }) {
+            job.streak = 0;
+            self.settle(j);
+            return;
+        }
         if job.restarts_left != Some(0) {
             if let Some(n) = &mut job.restarts_left {
                 *n = n.saturating_sub(1);

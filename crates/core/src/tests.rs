@@ -289,6 +289,79 @@ fn once_runs_once_and_each_runs_per_event_with_queueing() {
 }
 
 #[test]
+fn an_each_handler_is_retried_with_backoff_until_it_succeeds() {
+    // A hook such as a promotion: a failed run is retried with back-off;
+    // a successful run has handled its event and waits for the next one.
+    let mut h = H::new(vec![
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..job("app")
+        },
+        JobSpec {
+            restarts: Restarts::Unlimited,
+            ..on("hook", "app", EventCode::ExitFailed, true)
+        },
+    ]);
+    h.startup();
+    let a = h.exit(h.run_of("app", ProcKind::Job), 1);
+    assert_eq!(h.spawns(&a), vec!["hook"]);
+    let a = h.exit(h.run_of("hook", ProcKind::Job), 1);
+    let delay = a
+        .iter()
+        .find_map(|a| match a {
+            Action::Restarting { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .expect("a failed handler run is retried");
+    assert_eq!(delay, ms(100));
+    assert!(
+        {
+            let a = h.at(99);
+            h.spawns(&a)
+        }
+        .iter()
+        .all(|n| n != "hook")
+    );
+    assert!(
+        {
+            let a = h.at(100);
+            h.spawns(&a)
+        }
+        .iter()
+        .any(|n| n == "hook")
+    );
+    let a = h.exit(h.run_of("hook", ProcKind::Job), 1);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Restarting { delay, .. } if *delay == ms(200)))
+    );
+    assert!(
+        {
+            let a = h.at(300);
+            h.spawns(&a)
+        }
+        .iter()
+        .any(|n| n == "hook")
+    );
+    // Success: no restart, the handler waits for the next event.
+    let a = h.exit(h.run_of("hook", ProcKind::Job), 0);
+    assert!(!a.iter().any(|a| matches!(a, Action::Restarting { .. })));
+    assert!(
+        {
+            let a = h.at(10_000);
+            h.spawns(&a)
+        }
+        .iter()
+        .all(|n| n != "hook")
+    );
+    assert_eq!(h.count_spawns("hook"), 3);
+    // The next event runs it again, from the first back-off step.
+    let a = h.exit(h.run_of("app", ProcKind::Job), 1);
+    assert!(h.spawns(&a).iter().any(|n| n == "hook"));
+    assert_eq!(h.count_spawns("hook"), 4);
+}
+
+#[test]
 fn interval_runs_at_startup_then_every_tick_skipping_overlaps() {
     let mut h = H::new(vec![
         job("app"),

@@ -1654,14 +1654,19 @@ impl Agent {
                         .record("autopilot_job_restarts", &[("job", &name)], 1.0);
                     let delay_s = crate::logging::dur(delay);
                     let reset_after = self.machine.spec(job).backoff.reset_after;
+                    let handler = matches!(
+                        self.machine.spec(job).trigger,
+                        autopilot_core::Trigger::Event { each: true, .. }
+                    );
                     match self.last_runs.get(&name) {
                         // A failed run shorter than `resetAfter` keeps the
                         // back-off growing: the job is crash-looping.
+                        Some((status, lasted)) if !status.success() && handler => {
+                            // An `each` handler that has not reached its goal.
+                            tracing::warn!(job = %name, "the handler {} after {}: retrying in {delay_s} (back-off)", exit_words(status), crate::logging::dur(*lasted));
+                        }
                         Some((status, lasted)) if *lasted < reset_after && !status.success() => {
-                            let how = match status {
-                                ExitStatus::Code(c) => format!("exited with code {c}"),
-                                ExitStatus::Signal(s) => format!("was killed by signal {s}"),
-                            };
+                            let how = exit_words(status);
                             tracing::warn!(job = %name, "crash loop: the job {how} after {}; restarting in {delay_s} (back-off)", crate::logging::dur(*lasted));
                         }
                         Some(_) => tracing::info!(job = %name, "restarting in {delay_s}"),
@@ -2039,6 +2044,14 @@ fn is_hostname(s: &str) -> bool {
         })
 }
 
+/// "exited with code N" / "was killed by signal N", for logs.
+fn exit_words(status: &ExitStatus) -> String {
+    match status {
+        ExitStatus::Code(c) => format!("exited with code {c}"),
+        ExitStatus::Signal(s) => format!("was killed by signal {s}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2077,3 +2090,4 @@ mod tests {
         assert!(!env_ok("A", &"x".repeat(MAX_ENV_VALUE + 1)));
     }
 }
+
