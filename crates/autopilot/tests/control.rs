@@ -284,3 +284,32 @@ fn cli_against_a_missing_agent_fails_clearly() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("maintenance"));
 }
+
+/// A hook's `autopilot` client commands reach the agent that runs it,
+/// without `--socket` or `--config`: the agent passes `$AUTOPILOT_SOCKET`.
+#[test]
+fn a_hook_reaches_its_own_agent_without_flags() {
+    let d = Dir::new("ctl-hook");
+    let cfg = r#"{
+  control: { socket: "@SOCKET@" },
+  jobs: [
+    { name: "app", exec: "sleep 30" },
+    { name: "hook", when: { source: "SIGHUP" },
+      exec: ["sh", "-c", "env -u CONTAINERPILOT -u AUTOPILOT_CONFIG @BIN@ ping > @DIR@/ping 2>&1; echo $? >> @DIR@/ping; echo \"$AUTOPILOT_SOCKET\" > @DIR@/socket"] },
+  ],
+}"#
+    .replace("@BIN@", bin());
+    let a = start(&d, &cfg);
+    a.ready();
+    a.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(10), || !d
+        .lines("socket")
+        .is_empty()));
+    let ping = d.lines("ping");
+    assert_eq!(
+        ping.last().map(String::as_str),
+        Some("0"),
+        "the hook's ping reached its agent: {ping:?}"
+    );
+    assert_eq!(d.lines("socket"), [a.socket.display().to_string()]);
+}

@@ -196,7 +196,8 @@ struct Agent {
     leaders: BTreeMap<String, Option<Leader>>,
     /// Where each job's persistent state directory lives.
     job_state_root: PathBuf,
-    /// `AUTOPILOT_CATALOG` and `AUTOPILOT_ETCD_*` for children (see `catalog::hook_env`).
+    /// `AUTOPILOT_CATALOG`, `AUTOPILOT_ETCD_*` (see `catalog::hook_env`) and
+    /// `AUTOPILOT_SOCKET` for children.
     hook_env: Vec<(String, String)>,
     /// Per template: its render task, and the counter its `when` event bumps.
     templates: Vec<(tokio::task::JoinHandle<()>, watch::Sender<u64>)>,
@@ -302,8 +303,14 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     let state_dir = scratch.path().to_path_buf();
     // Children reach the catalog with the agent's settings; the password
     // only as a 0600 file in the private directory, never in an environment.
-    let hook_env = crate::catalog::hook_env(&opts.catalog_url, &etcd, &state_dir)
+    let mut hook_env = crate::catalog::hook_env(&opts.catalog_url, &etcd, &state_dir)
         .map_err(AgentError::Settings)?;
+    // A hook's `autopilot reload`, `maintenance` or `cluster position`
+    // reaches this agent, whatever config it was started with.
+    hook_env.push((
+        "AUTOPILOT_SOCKET".to_string(),
+        opts.socket.display().to_string(),
+    ));
     for j in &opts.config.jobs {
         if let Some(s) = &j.snapshot {
             autopilot_snapshot::open(&s.store)
@@ -2090,4 +2097,3 @@ mod tests {
         assert!(!env_ok("A", &"x".repeat(MAX_ENV_VALUE + 1)));
     }
 }
-
