@@ -17,7 +17,7 @@ in the same run. For each:
 Usage: python3 bench/failover.py AUTOPILOT_BIN [--trials N] [--only pg|redis] [--settings default|equal|both]
 Run it through bench/failover.sh, which installs Patroni and Sentinel and builds autopilot.
 """
-import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, random, select, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import free_port, start_etcd  # noqa: E402
@@ -94,15 +94,34 @@ def wait_until(f, timeout, step=0.05):
 
 # ---- clients -----------------------------------------------------------------
 
+def _pg_wait(conn, deadline):
+    """Drives an asynchronous psycopg2 connection until it is ready, or raises at `deadline`:
+    a frozen server (machine loss) must not hold the client for ever."""
+    import psycopg2.extensions as ext
+    while True:
+        state = conn.poll()
+        if state == ext.POLL_OK:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("postgres did not answer in time")
+        fd = conn.fileno()
+        r, w = ([fd], []) if state == ext.POLL_READ else ([], [fd])
+        if not any(select.select(r, w, [], left)[:2]):
+            raise TimeoutError("postgres did not answer in time")
+
+
 def pg(port, sql, timeout=1):
-    """One statement on 127.0.0.1:port; returns the first value, or raises."""
+    """One statement on 127.0.0.1:port within `timeout` seconds; returns the first value, or raises."""
     import psycopg2
+    deadline = time.monotonic() + timeout
     c = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                         connect_timeout=timeout, password="bench")
+                         connect_timeout=max(1, int(timeout)), password="bench", async_=1)
     try:
-        c.autocommit = True
+        _pg_wait(c, deadline)
         cur = c.cursor()
         cur.execute(sql)
+        _pg_wait(c, deadline)
         return cur.fetchone()[0] if cur.description else None
     finally:
         c.close()
@@ -182,7 +201,7 @@ class Writer:
 
     def close(self):
         self.stop.set()
-        self.t.join()
+        self.t.join(timeout=10)
 
     def first_after(self, t0, not_port):
         for t, p in self.ok:
@@ -809,10 +828,15 @@ def main():
                 thaw_all()
     finally:
         thaw_all()
+        # SIGTERM first: an agent stops its jobs (their own process groups) on the way out.
         for p in PROCS:
-            kill_group(p, signal.SIGKILL)
+            kill_group(p)
         for p in PROCS:
-            p.wait()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                kill_group(p, signal.SIGKILL)
+                p.wait()
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"\n{time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit or '?'}, {a.trials} trials each, "
