@@ -436,9 +436,15 @@ def redis_settled(ports, master_port):
         redis_info(p, "master_link_status") == "up" for p in ports if p != master_port)
 
 
+CURRENT = []  # the result of the run in progress, so a run that fails still reports what it measured
+
+
 def result(crash, machine, graceful, boot, rss, switch=""):
-    return {"crash": crash, "machine": machine, "switchover": graceful, "boot": boot, "rss": rss,
-            "switch": switch}
+    """The figures of one run; the lists are the ones the run fills as it goes."""
+    r = {"crash": crash, "machine": machine, "switchover": graceful, "boot": boot, "rss": rss,
+         "switch": switch}
+    CURRENT[:] = [r]
+    return r
 
 
 def bench_autopilot(kind, bin_path, etcd_port, trials, work, ttl):
@@ -461,6 +467,7 @@ def bench_autopilot(kind, bin_path, etcd_port, trials, work, ttl):
         pg(c.nodes[c.leader()]["port"], "create table bench (v int)")
     write = pg_write if kind == "pg" else redis_write
     crash, machine, graceful = [], [], []
+    result(crash, machine, graceful, None, float("nan"))
     port_of = lambda n: c.nodes[n]["port"]  # noqa: E731
     for t in range(trials):
         wait_settled()
@@ -582,7 +589,7 @@ def bench_patroni(etcd_port, trials, work, setting):
         start(n)
     ports = [nodes[n]["port"] for n in names]
 
-    def wait_settled(timeout=180):
+    def wait_settled(timeout=360):
         def ok():
             l = leader()
             return l is not None and pg_settled(ports, nodes[l]["port"])
@@ -592,6 +599,7 @@ def bench_patroni(etcd_port, trials, work, setting):
     wait_settled()
     pg(nodes[leader()]["port"], "create table bench (v int)")
     crash, machine, graceful = [], [], []
+    result(crash, machine, graceful, None, float("nan"))
     port_of = lambda n: nodes[n]["port"]  # noqa: E731
 
     def postmaster(n):
@@ -731,6 +739,7 @@ def bench_sentinel(trials, work, setting):
 
     wait_settled()
     crash, machine, graceful = [], [], []
+    result(crash, machine, graceful, None, float("nan"))
     port_of = lambda n: rs[n]["port"]  # noqa: E731
     failover = lambda n: lambda: subprocess.run(  # noqa: E731
         ["redis-cli", "-p", str(ss[0]["port"]), "SENTINEL", "FAILOVER", "bench"], stdout=subprocess.DEVNULL)
@@ -819,11 +828,14 @@ def main():
             w = tempfile.mkdtemp(prefix="run-", dir=work)
             os.chmod(w, 0o777)
             print(f"== {name}: {cfg}", flush=True)
+            CURRENT.clear()
             try:
                 results.append((name, cfg, fn(w)))
             except SystemExit as e:
                 print(f"  {name} failed: {e}", flush=True)
-                results.append((name, cfg, None))
+                # What it measured before failing, marked as incomplete.
+                results.append((name + " (incomplete: " + str(e).split(";")[0] + ")", cfg,
+                                CURRENT[0] if CURRENT else None))
             finally:
                 thaw_all()
     finally:
@@ -848,7 +860,7 @@ def main():
         if r is None:
             print(f"| {name} | {cfg} | failed | | | | |")
             continue
-        boot = f"{r['boot']:.2f} s" if r["boot"] else "failed"
+        boot = f"{r['boot']:.2f} s" if r["boot"] else "not measured"
         print(f"| {name} | {cfg} | {cell(r['crash'])} | {cell(r['machine'])} | {cell(r['switchover'])} "
               f"({r['switch']}) | {boot} | {r['rss']:.1f} MB |")
     if a.keep:
