@@ -125,16 +125,16 @@ fn info(port: u16, password: Option<&str>, field: &str) -> Option<String> {
 }
 
 /// Writes `w<n>` continuously to whichever node accepts (starting from the last one that did)
-/// and records each write `WAIT 1` acknowledged.
+/// and records each write `WAIT 1` acknowledged: (key, ns when acknowledged, port).
 struct Writer {
-    acked: Arc<Mutex<Vec<String>>>,
+    acked: Arc<Mutex<Vec<(String, u128, u16)>>>,
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
     fn start(ports: Vec<u16>, password: Option<String>) -> Writer {
-        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let acked: Arc<Mutex<Vec<(String, u128, u16)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (acked.clone(), stop.clone());
         let handle = std::thread::spawn(move || {
@@ -165,7 +165,9 @@ impl Writer {
                                 .parse::<i64>()
                                 .is_ok_and(|v| v >= 1) =>
                         {
-                            a.lock().expect("lock").push(key.clone());
+                            a.lock()
+                                .expect("lock")
+                                .push((key.clone(), now_ns(), ports[n]));
                         }
                         Some(_) => {}
                         None => conns[n] = None,
@@ -187,7 +189,17 @@ impl Writer {
     }
 
     fn acked(&self) -> Vec<String> {
-        self.acked.lock().expect("lock").clone()
+        let acked = self.acked.lock().expect("lock");
+        acked.iter().map(|(k, _, _)| k.clone()).collect()
+    }
+
+    /// When the first write acknowledged by `port` after `after` (ns) was.
+    fn first_on(&self, port: u16, after: u128) -> Option<u128> {
+        let acked = self.acked.lock().expect("lock");
+        acked
+            .iter()
+            .find(|(_, t, p)| *p == port && *t > after)
+            .map(|(_, t, _)| *t)
     }
 }
 
@@ -487,8 +499,10 @@ fn a_hundred_mixed_faults_lose_no_acknowledged_write_and_never_overlap_leadershi
         dump(&nodes)
     );
     let writer = Writer::start(nodes.iter().map(|n| n.port).collect(), pw.clone());
-    // (fault, seconds from the fault to the new leader's `elected` handler)
+    // (fault, seconds from the fault to the new leader's `elected` handler, and to the first
+    // write the new master acknowledged)
     let mut figures: Vec<(&str, f64)> = Vec::new();
+    let mut writes: Vec<(&str, f64)> = Vec::new();
 
     for trial in 0..trials {
         let fault = FAULTS[trial % FAULTS.len()];
@@ -600,6 +614,16 @@ fn a_hundred_mixed_faults_lose_no_acknowledged_write_and_never_overlap_leadershi
             dump(&nodes)
         );
         let mp = nodes[master.expect("master")].port;
+        let mut first = None;
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                first = writer.first_on(mp, t0);
+                first.is_some()
+            }),
+            "trial {trial} ({fault}): the new master acknowledges no write"
+        );
+        let wsecs = (first.expect("first write") - t0) as f64 / 1e9;
+        writes.push((fault, wsecs));
         let acked = writer.acked();
         let lost = missing(mp, pw.as_deref(), &acked).expect("read the master");
         assert!(
@@ -618,8 +642,8 @@ fn a_hundred_mixed_faults_lose_no_acknowledged_write_and_never_overlap_leadershi
             dump(&nodes)
         );
         eprintln!(
-            "trial {trial} ({fault}): {old} -> {new}, elected {secs:.2} s after the fault, \
-             converged {:.1} s after it; {} writes acknowledged so far",
+            "trial {trial} ({fault}): {old} -> {new}, elected {secs:.2} s and writing {wsecs:.2} s \
+             after the fault, converged {:.1} s after it; {} writes acknowledged so far",
             started.elapsed().as_secs_f64(),
             acked.len()
         );
@@ -640,19 +664,24 @@ fn a_hundred_mixed_faults_lose_no_acknowledged_write_and_never_overlap_leadershi
         sp.len()
     );
     for f in FAULTS {
-        let xs: Vec<f64> = figures
-            .iter()
-            .filter(|(k, _)| *k == f)
-            .map(|(_, s)| *s)
-            .collect();
-        if !xs.is_empty() {
-            eprintln!(
-                "{f:>11}: fault -> new leader's elected handler p50 {:.2} s, p99 {:.2} s, max {:.2} s (n={})",
-                pct(&xs, 50),
-                pct(&xs, 99),
-                xs.iter().copied().fold(0.0, f64::max),
-                xs.len()
-            );
+        for (what, all) in [
+            ("new leader's elected handler", &figures),
+            ("first write acknowledged by the new master", &writes),
+        ] {
+            let xs: Vec<f64> = all
+                .iter()
+                .filter(|(k, _)| *k == f)
+                .map(|(_, s)| *s)
+                .collect();
+            if !xs.is_empty() {
+                eprintln!(
+                    "{f:>11}: fault -> {what}: p50 {:.2} s, p99 {:.2} s, max {:.2} s (n={})",
+                    pct(&xs, 50),
+                    pct(&xs, 99),
+                    xs.iter().copied().fold(0.0, f64::max),
+                    xs.len()
+                );
+            }
         }
     }
 }
