@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Failover of the PostgreSQL and Redis blueprints against Patroni and Redis
 # Sentinel, on one machine and one etcd (docs/benchmarks.md).
-#   bench/failover.sh [--trials N] [--only pg|redis]
+#   bench/failover.sh [--trials N] [--only pg|redis] [--settings default|equal|both] [--autopilot-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -18,4 +18,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -p autopilot
 # Debian's python3: Patroni's own, with psycopg2.
-exec /usr/bin/python3 bench/failover.py target/release/autopilot "$@"
+exec /usr/bin/python3 bench/failover.py "${CARGO_TARGET_DIR:-target}/release/autopilot" "$@"

@@ -23,6 +23,7 @@ fn config(port: u16) -> String {
        election: {{ name: "primary", ttl: "2s" }} }},
     {{ name: "on-elected", when: {{ source: "db", each: "elected" }}, exec: ["sh", "-c", "echo elected $(date +%s%N) >> @DIR@/events"] }},
     {{ name: "on-demoted", when: {{ source: "db", each: "demoted" }}, exec: ["sh", "-c", "echo demoted $(date +%s%N) >> @DIR@/events"] }},
+    {{ name: "on-changed", when: {{ source: "db", each: "leaderChanged" }}, exec: ["sh", "-c", "echo $AUTOPILOT_LEADER_PRIMARY_ID >> @DIR@/leaders"] }},
   ]
 }}"#
     )
@@ -114,7 +115,16 @@ fn a_cut_off_leader_demotes_before_anyone_else_is_elected() {
             t.elapsed()
         );
         nodes[li].2.heal();
-        std::thread::sleep(Duration::from_millis(500));
+        // The next trial starts once the healed node reads the catalog again: its
+        // `leaderChanged` handler has recorded the new leader.
+        assert!(
+            wait_for(Duration::from_secs(15), || nodes[li]
+                .0
+                .lines("leaders")
+                .last()
+                .is_some_and(|l| *l == new)),
+            "trial {trial}: {old} never saw {new} after the cut healed"
+        );
     }
     // Over the whole run, leadership intervals of different nodes never overlap.
     let dirs: Vec<&Dir> = nodes.iter().map(|(dir, _, _)| dir).collect();
