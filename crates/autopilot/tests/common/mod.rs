@@ -420,11 +420,19 @@ fn nix_signal(sig: i32) -> Option<nix::sys::signal::Signal> {
 
 /// Sends `sig` to a process; a process that is gone is not an error.
 pub fn kill(pid: i32, sig: i32) {
+    // -1 (an agent already reaped) or 0 would signal every process of the
+    // machine or our own group: never from a test.
+    if pid <= 0 {
+        return;
+    }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix_signal(sig));
 }
 
 /// Sends `sig` to a process group.
 pub fn killpg(pgid: i32, sig: i32) {
+    if pgid <= 1 {
+        return;
+    }
     if let Some(s) = nix_signal(sig) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), s);
     }
