@@ -40,19 +40,31 @@ fn sql(port: u16, query: &str) -> Option<String> {
     sql_as(Some(&passfile()), port, query)
 }
 
-/// Writes the tests' client passfile; removed when the guard drops.
+/// Tests of this process that hold the shared client passfile.
+static PASSFILE_USERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Writes the tests' client passfile (shared by the tests of this process,
+/// which run in parallel); removed when the last guard drops.
 fn client_passfile() -> RemoveOnDrop {
-    let escaped = PASSWORD.replace('\\', "\\\\").replace(':', "\\:");
-    write_mode(&passfile(), &format!("*:*:*:postgres:{escaped}\n"), 0o600);
+    let mut users = PASSFILE_USERS.lock().unwrap_or_else(|e| e.into_inner());
+    if *users == 0 {
+        let escaped = PASSWORD.replace('\\', "\\\\").replace(':', "\\:");
+        write_mode(&passfile(), &format!("*:*:*:postgres:{escaped}\n"), 0o600);
+    }
+    *users += 1;
     RemoveOnDrop(passfile())
 }
 
-/// Removes a file when dropped.
+/// Removes the passfile when its last user drops.
 struct RemoveOnDrop(std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let mut users = PASSFILE_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
