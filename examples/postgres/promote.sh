@@ -23,9 +23,10 @@ case "${s%%|*}" in
 esac
 # In a graceful handover the old primary is still shutting down (fence.sh):
 # a fast shutdown sends its last WAL to the standbys and then ends the
-# stream, so wait (3 s at most) for the stream to end before comparing.
+# stream, so wait (1 s at most: a frozen or lost primary never ends it) for
+# the stream to end before comparing.
 n=0
-while [ $n -lt 60 ] && [ "${s##*|}" = streaming ]; do
+while [ $n -lt 20 ] && [ "${s##*|}" = streaming ]; do
     sleep 0.05; n=$((n + 1)); s=$(state)
 done
 # A standby that has not streamed since it started (restored from the
@@ -70,7 +71,9 @@ peers=$(autopilot template render peers.tmpl --once --timeout 2s) || {
 }
 for peer in $peers; do
     [ "$peer" = "$ME" ] && continue
-    l=$(qr "$peer" "select coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
+    # A live peer answers in milliseconds; a frozen one (machine loss) must
+    # not hold the promotion for the default query bound.
+    l=$(Q_TIMEOUT=1 qr "$peer" "select coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
     [ -n "$l" ] || continue
     reached="$reached $(name_of "$peer")"
     if [ "$(lsn "$l")" -gt "$best" ]; then
