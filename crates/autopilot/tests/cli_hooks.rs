@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::*;
 
 /// A directory of fake servers: each records its name and arguments in
-/// `calls` and exits 0, so a hook's `exec` ends the hook.
+/// `calls` and exits 0, so a hook's `exec` ends the hook; `--version`
+/// answers as PostgreSQL 15 (the blueprint's pinned major) without a record.
 fn fakes(d: &Dir, names: &[&str]) -> std::path::PathBuf {
     let bin = d.child("fakes").0.clone();
     // Writable by all: the postgres hooks run their servers as `postgres`.
@@ -25,7 +26,7 @@ fn fakes(d: &Dir, names: &[&str]) -> std::path::PathBuf {
         std::fs::write(
             &p,
             format!(
-                "#!/bin/sh\necho \"{n} $*\" >> {}\n",
+                "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo \"{n} (PostgreSQL) 15.0\"; exit 0; }}\necho \"{n} $*\" >> {}\n",
                 d.path("calls").display()
             ),
         )
@@ -33,6 +34,14 @@ fn fakes(d: &Dir, names: &[&str]) -> std::path::PathBuf {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     bin
+}
+
+/// The blueprints' password file (authentication is on by default): owner-only.
+fn password_file(d: &Dir) -> String {
+    let p = d.path("password");
+    std::fs::write(&p, "s3cret\n").expect("password");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p.display().to_string()
 }
 
 /// Runs `sh start.sh` in the example's directory with `autopilot` and the
@@ -54,7 +63,7 @@ fn start_hook(example: &str, fakes: &Path, env: &[(&str, &str)]) -> Option<i32> 
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(fakes.join("../start.log")).expect("start.log"))
         .spawn()
         .expect("spawn start.sh");
     let mut code = None;
@@ -77,12 +86,14 @@ fn redis_start_never_starts_a_master_while_the_catalog_is_unreachable() {
     let d = Dir::new("hook-redis");
     let fakes = fakes(&d, &["redis-server"]);
     let data = d.path("data").display().to_string();
+    let pw = password_file(&d);
     // Nothing listens on this port (held, so no other test's etcd takes it).
     let refused = autopilot_testkit::refused_port();
     let down = format!("etcd://127.0.0.1:{}/redis", refused.port);
     let env = [
         ("AUTOPILOT_CATALOG", down.as_str()),
         ("REDIS_DATA", data.as_str()),
+        ("REDIS_PASSWORD_FILE", pw.as_str()),
         ("LEADER_RETRIES", "2"),
     ];
     // Before: "no master elected: starting as a master".
@@ -97,6 +108,7 @@ fn redis_start_never_starts_a_master_while_the_catalog_is_unreachable() {
     let env = [
         ("AUTOPILOT_CATALOG", url.as_str()),
         ("REDIS_DATA", data.as_str()),
+        ("REDIS_PASSWORD_FILE", pw.as_str()),
     ];
     assert_eq!(start_hook("redis", &fakes, &env), Some(0));
     let calls = d.lines("calls");
@@ -111,6 +123,7 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
     let d = Dir::new("hook-pg");
     let fakes = fakes(&d, &["initdb", "postgres", "pg_basebackup"]);
     let (data, run) = (d.path("data"), d.path("run"));
+    let pw = password_file(&d);
     let refused = autopilot_testkit::refused_port();
     let down = format!("etcd://127.0.0.1:{}/pg", refused.port);
     let env = [
@@ -118,10 +131,16 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
         ("PGDATA", data.to_str().expect("utf-8")),
         ("PG_RUN", run.to_str().expect("utf-8")),
         ("PG_BIN", fakes.to_str().expect("utf-8")),
+        ("PG_PASSWORD_FILE", pw.as_str()),
         ("LEADER_RETRIES", "2"),
     ];
     // Before: initdb, then postgres as a primary.
-    assert_eq!(start_hook("postgres", &fakes, &env), Some(1));
+    assert_eq!(
+        start_hook("postgres", &fakes, &env),
+        Some(1),
+        "{}",
+        d.read("start.log")
+    );
     assert!(d.lines("calls").is_empty(), "ran: {:?}", d.lines("calls"));
     // Reachable and nobody leads: initdb, then the server.
     let url = local_catalog(&d);
@@ -130,6 +149,7 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
         ("PGDATA", data.to_str().expect("utf-8")),
         ("PG_RUN", run.to_str().expect("utf-8")),
         ("PG_BIN", fakes.to_str().expect("utf-8")),
+        ("PG_PASSWORD_FILE", pw.as_str()),
     ];
     assert_eq!(start_hook("postgres", &fakes, &env), Some(0));
     let calls = d.lines("calls");
