@@ -737,11 +737,25 @@ pub fn spawn_election_after<M: Send + 'static>(
             let read = bound(every, leading);
             if !read.is_zero()
                 && let Ok(Ok(l)) = tokio::time::timeout(read, catalog.leader(&election)).await
-                && last_leader.as_ref() != Some(&l)
             {
-                last_leader = Some(l.clone());
-                if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
-                    return;
+                // The seat is not (me, my term) any more: it was ended
+                // (a fast-path vote, `autopilot failover`) or lost. Step
+                // down now, before anything else: another node may win it
+                // at once.
+                if let Some((term, _)) = leading
+                    && l.as_ref().is_none_or(|h| h.id != me.id || h.term != term)
+                {
+                    leading = None;
+                    tracing::warn!(%election, term, holder = ?l.as_ref().map(|h| (&h.id, h.term)), "the seat is no longer this node's: demoting at once");
+                    if tx.send(wrap(ElectionNews::Demoted(term))).await.is_err() {
+                        return;
+                    }
+                }
+                if last_leader.as_ref() != Some(&l) {
+                    last_leader = Some(l.clone());
+                    if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
+                        return;
+                    }
                 }
             }
             // The suspect tag follows the prober.
@@ -755,15 +769,17 @@ pub fn spawn_election_after<M: Send + 'static>(
                     return;
                 }
             }
-            // Member records and intents, read under the same bound. A
-            // leader whose renewal is due renews first: these reads must
+            // Member records and intents. A leader's reads end by the time
+            // its renewal is due (recomputed before each read): they must
             // never delay it (it reads them when a change wakes it).
-            let renewal_due = leading.is_some_and(|(_, sent)| Instant::now() >= sent + every);
-            let read = if renewal_due {
-                Duration::ZERO
-            } else {
-                bound(every, leading)
+            let cluster_read = |leading: Option<(u64, Instant)>| match leading {
+                Some((_, sent)) => bound(
+                    (sent + every).saturating_duration_since(Instant::now()),
+                    leading,
+                ),
+                None => every,
             };
+            let read = cluster_read(leading);
             // Intents even while not campaigning: a member whose job is
             // unhealthy is the one a reinit is for.
             let members = if wanted && !read.is_zero() {
@@ -771,11 +787,7 @@ pub fn spawn_election_after<M: Send + 'static>(
             } else {
                 None
             };
-            let read = if renewal_due {
-                Duration::ZERO
-            } else {
-                bound(every, leading)
-            };
+            let read = cluster_read(leading);
             let intents = if read.is_zero() {
                 None
             } else {
@@ -880,7 +892,14 @@ pub fn spawn_election_after<M: Send + 'static>(
                 None => true,
             };
             let dead_ids: Vec<&str> = dead.iter().map(String::as_str).collect();
+            let now_ms = autopilot_catalog::now_ms();
+            // A switchover away from this node stands: it never takes the
+            // seat back, not even as its own stale seat.
+            let handing_over = intents
+                .as_ref()
+                .is_some_and(|i| i.handing_over(&me.id, now_ms));
             let step = match (&members, &intents) {
+                _ if leading.is_none() && handing_over => Step::Wait,
                 // Our own stale seat (a restart under the same ID): renew it.
                 _ if leading.is_none() && held.as_ref().is_some_and(|l| l.id == me.id) => {
                     Step::Campaign
@@ -895,9 +914,17 @@ pub fn spawn_election_after<M: Send + 'static>(
                     dead: &dead_ids,
                     free_since,
                     now,
-                    now_ms: autopilot_catalog::now_ms(),
+                    now_ms,
                     ttl,
                 }),
+                // A leader renews whatever it could read.
+                _ if leading.is_some() => Step::Campaign,
+                // Intents read but not the members: any intent that
+                // changes who campaigns makes this candidate wait (it
+                // cannot tell whether it is the one allowed).
+                (None, Some(i)) if i.constrains(now_ms) => Step::Wait,
+                // Nothing constrains the seat, or nothing could be read:
+                // the catalog's compare-and-swap decides.
                 _ => Step::Campaign,
             };
             let mut wait_until = None;
@@ -914,6 +941,10 @@ pub fn spawn_election_after<M: Send + 'static>(
                 {
                     tracing::warn!(%election, "resign failed ({e}); the seat expires with its TTL");
                 }
+                // Handed over: this node is no longer the holder it knows
+                // of (a stale read must not make it retake its own seat).
+                last_leader = Some(None);
+                last_holder = None;
                 continue;
             }
             if leading.is_none() && !seat_taken && wanted {
@@ -934,24 +965,30 @@ pub fn spawn_election_after<M: Send + 'static>(
                 };
                 match outcome {
                     Some(Ok(Some(term))) => {
-                        if leading.map(|(t, _)| t) != Some(term) {
-                            if let Some((old, _)) = leading {
+                        // Leading from now on: the deadline check covers
+                        // whatever follows.
+                        let before = leading.replace((term, sent));
+                        if before.map(|(t, _)| t) != Some(term) {
+                            if let Some((old, _)) = before {
                                 let _ = tx.send(wrap(ElectionNews::Demoted(old))).await;
                             }
                             let _ = tx.send(wrap(ElectionNews::Elected(term))).await;
-                            // A failover or switchover carried out is done.
+                            // A failover or switchover carried out is done:
+                            // deleted on the side (never delaying a renewal),
+                            // and only if it still holds what was acted on.
                             if let (Some(ms), Some(i)) = (&members, &intents) {
-                                for k in cluster::done_on_win(&me.id, i, ms) {
-                                    let key = k.key(&election);
-                                    if let Ok(Err(e)) =
-                                        tokio::time::timeout(every, catalog.kv_delete(&key)).await
-                                    {
-                                        tracing::warn!(%election, %key, "cannot delete the intent carried out: {e}");
-                                    }
+                                let done = cluster::done_on_win(&me.id, i, ms);
+                                if !done.is_empty() {
+                                    tokio::spawn(delete_done_intents(
+                                        catalog.clone(),
+                                        election.clone(),
+                                        done,
+                                        i.clone(),
+                                        every,
+                                    ));
                                 }
                             }
                         }
-                        leading = Some((term, sent));
                     }
                     Some(Ok(None)) => {
                         if let Some((term, _)) = leading.take() {
@@ -983,6 +1020,66 @@ pub fn spawn_election_after<M: Send + 'static>(
             }
         }
     })
+}
+
+/// Whether an intent's stored value is still the one that was acted on
+/// (a newer intent written since must not be deleted).
+fn intent_matches(
+    key: &autopilot_core::cluster::IntentKey,
+    raw: &str,
+    acted: &autopilot_core::cluster::Intents,
+) -> bool {
+    use autopilot_core::cluster::IntentKey;
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return false;
+    };
+    let to = v.get("to").map(|t| t.as_str());
+    let deadline = v.get("deadline_ms").and_then(|d| d.as_u64());
+    match key {
+        IntentKey::Failover => acted
+            .failover
+            .as_ref()
+            .is_some_and(|f| to == Some(Some(f.to.as_str())) && deadline == Some(f.deadline_ms)),
+        IntentKey::Switchover => acted.switchover.as_ref().is_some_and(|s| {
+            v.get("from").and_then(|f| f.as_str()) == Some(s.from.as_str())
+                && to.flatten() == s.to.as_deref()
+                && v.get("at_ms").and_then(|a| a.as_u64()).unwrap_or(0) == s.at_ms
+                && deadline == Some(s.deadline_ms)
+        }),
+        _ => false,
+    }
+}
+
+/// Deletes the intents a new leader carried out, each only while it holds
+/// the value acted on (`kv_delete_if`), each bounded by `limit`.
+async fn delete_done_intents(
+    catalog: Arc<dyn Catalog>,
+    election: String,
+    done: Vec<autopilot_core::cluster::IntentKey>,
+    acted: autopilot_core::cluster::Intents,
+    limit: Duration,
+) {
+    for k in done {
+        let key = k.key(&election);
+        let res = tokio::time::timeout(limit, async {
+            match catalog.kv_get(&key).await? {
+                Some(raw) if intent_matches(&k, &raw, &acted) => {
+                    catalog.kv_delete_if(&key, &raw).await
+                }
+                _ => Ok(false),
+            }
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%election, %key, "cannot delete the intent carried out: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(%election, %key, "deleting the intent carried out: no answer in time")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
