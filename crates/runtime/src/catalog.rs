@@ -1095,6 +1095,129 @@ mod tests {
         p
     }
 
+    fn local(dir: &std::path::Path, owner: &str) -> Arc<dyn Catalog> {
+        Arc::new(autopilot_catalog_local::LocalCatalog::open(dir, owner).expect("open catalog"))
+    }
+
+    /// The first news `pick` accepts within `limit` (others are skipped).
+    async fn news_within(
+        rx: &mut mpsc::Receiver<ElectionNews>,
+        limit: Duration,
+        mut pick: impl FnMut(&ElectionNews) -> bool,
+    ) -> Option<ElectionNews> {
+        tokio::time::timeout(limit, async {
+            while let Some(n) = rx.recv().await {
+                if pick(&n) {
+                    return Some(n);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn candidate(id: &str) -> Candidate {
+        Candidate {
+            id: id.into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+        }
+    }
+
+    /// Review finding 1: a leader whose seat another node ended (a
+    /// fast-path vote, `autopilot failover`) steps down at once, not at its
+    /// next renewal (ttl/3 later), since another node may win at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_whose_seat_was_ended_demotes_at_once() {
+        let dir = scratch("endseat");
+        let (a, b) = (local(&dir, "agent-a"), local(&dir, "agent-b"));
+        // every = 10 s: the old code demoted only at the next renewal.
+        let ttl = Duration::from_secs(30);
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(a, "e".into(), candidate("a"), ttl, want, tx, |n| n);
+        let Some(ElectionNews::Elected(term)) = news_within(&mut rx, Duration::from_secs(10), |n| {
+            matches!(n, ElectionNews::Elected(_))
+        })
+        .await
+        else {
+            panic!("a was never elected");
+        };
+        let leader = b.leader("e").await.expect("leader read").expect("held");
+        assert_eq!((leader.id.as_str(), leader.term), ("a", term));
+        assert!(b.end_seat("e", &leader).await.expect("end_seat"));
+        let demoted = news_within(&mut rx, Duration::from_secs(3), |n| {
+            matches!(n, ElectionNews::Demoted(_))
+        })
+        .await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(demoted, Some(ElectionNews::Demoted(term)));
+    }
+
+    /// Review finding 7: a carried-out intent is deleted only while it
+    /// still holds the value acted on; a newer one written since stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_intent_is_not_deleted_as_carried_out() {
+        use autopilot_core::cluster::{Failover, IntentKey, Intents, Switchover};
+        let dir = scratch("intentdel");
+        let c = local(&dir, "agent-a");
+        let key = IntentKey::Failover.key("e");
+        let acted = Intents {
+            failover: Some(Failover {
+                to: "b".into(),
+                deadline_ms: 1000,
+            }),
+            switchover: Some(Switchover {
+                from: "a".into(),
+                to: None,
+                at_ms: 0,
+                deadline_ms: 2000,
+            }),
+            ..Intents::default()
+        };
+        // A newer failover (another target) replaced the one acted on.
+        c.kv_put(&key, r#"{"to":"c","deadline_ms":1000}"#)
+            .await
+            .expect("put");
+        delete_done_intents(
+            c.clone(),
+            "e".into(),
+            vec![IntentKey::Failover],
+            acted.clone(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(c.kv_get(&key).await.expect("get").is_some());
+        // The one acted on goes.
+        c.kv_put(&key, r#"{"to":"b","deadline_ms":1000}"#)
+            .await
+            .expect("put");
+        let sw = IntentKey::Switchover.key("e");
+        c.kv_put(&sw, r#"{"from":"a","to":null,"deadline_ms":2000}"#)
+            .await
+            .expect("put");
+        delete_done_intents(
+            c.clone(),
+            "e".into(),
+            vec![IntentKey::Failover, IntentKey::Switchover],
+            acted.clone(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(c.kv_get(&key).await.expect("get").is_none());
+        assert!(c.kv_get(&sw).await.expect("get").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!intent_matches(
+            &IntentKey::Switchover,
+            r#"{"from":"a","to":"x","deadline_ms":2000}"#,
+            &acted
+        ));
+        assert!(!intent_matches(&IntentKey::Failover, "not json", &acted));
+    }
+
     fn with_password() -> autopilot_config::EtcdConfig {
         autopilot_config::EtcdConfig {
             username: Some("agent".into()),
