@@ -1138,10 +1138,11 @@ mod tests {
         let (_want_tx, want) = watch::channel(true);
         let (tx, mut rx) = mpsc::channel(64);
         let task = spawn_election(a, "e".into(), candidate("a"), ttl, want, tx, |n| n);
-        let Some(ElectionNews::Elected(term)) = news_within(&mut rx, Duration::from_secs(10), |n| {
-            matches!(n, ElectionNews::Elected(_))
-        })
-        .await
+        let Some(ElectionNews::Elected(term)) =
+            news_within(&mut rx, Duration::from_secs(10), |n| {
+                matches!(n, ElectionNews::Elected(_))
+            })
+            .await
         else {
             panic!("a was never elected");
         };
@@ -1216,6 +1217,191 @@ mod tests {
             &acted
         ));
         assert!(!intent_matches(&IntentKey::Failover, "not json", &acted));
+    }
+
+    /// A real embedded catalog whose cluster reads (member records and
+    /// intents) fail or never answer: a catalog under load or a member
+    /// service that cannot be listed.
+    struct ClusterReads {
+        inner: Arc<dyn Catalog>,
+        stall: bool,
+    }
+
+    impl ClusterReads {
+        async fn cut(&self) -> CatalogError {
+            if self.stall {
+                std::future::pending::<()>().await;
+            }
+            CatalogError::Unavailable {
+                url: "test".into(),
+                message: "cluster reads cut".into(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Catalog for ClusterReads {
+        fn url(&self) -> &str {
+            self.inner.url()
+        }
+        async fn register(&self, r: &Registration) -> Result<(), CatalogError> {
+            self.inner.register(r).await
+        }
+        async fn set_status(&self, id: &str, st: Status) -> Result<bool, CatalogError> {
+            self.inner.set_status(id, st).await
+        }
+        async fn deregister(&self, id: &str) -> Result<(), CatalogError> {
+            self.inner.deregister(id).await
+        }
+        async fn keep_alive(&self) -> Result<usize, CatalogError> {
+            self.inner.keep_alive().await
+        }
+        async fn services(&self) -> Result<Vec<autopilot_catalog::ServiceSummary>, CatalogError> {
+            self.inner.services().await
+        }
+        async fn instances(&self, svc: &str) -> Result<Vec<Instance>, CatalogError> {
+            if svc.starts_with("_members.") {
+                return Err(self.cut().await);
+            }
+            self.inner.instances(svc).await
+        }
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.inner.changes()
+        }
+        async fn kv_get(&self, k: &str) -> Result<Option<String>, CatalogError> {
+            self.inner.kv_get(k).await
+        }
+        async fn kv_put(&self, k: &str, v: &str) -> Result<(), CatalogError> {
+            self.inner.kv_put(k, v).await
+        }
+        async fn kv_cas(&self, k: &str, o: Option<&str>, v: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_cas(k, o, v).await
+        }
+        async fn kv_delete(&self, k: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_delete(k).await
+        }
+        async fn kv_delete_if(&self, k: &str, v: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_delete_if(k, v).await
+        }
+        async fn kv_list(&self, p: &str) -> Result<Vec<(String, String)>, CatalogError> {
+            // Intents stall with the members; a failed members read alone
+            // leaves the intents readable.
+            if self.stall && p.starts_with("_cluster/") {
+                return Err(self.cut().await);
+            }
+            self.inner.kv_list(p).await
+        }
+        async fn lock(&self, n: &str) -> Result<(), CatalogError> {
+            self.inner.lock(n).await
+        }
+        async fn unlock(&self, n: &str) -> Result<(), CatalogError> {
+            self.inner.unlock(n).await
+        }
+        async fn holds_lock(&self, n: &str) -> Result<bool, CatalogError> {
+            self.inner.holds_lock(n).await
+        }
+        fn lock_ttl(&self) -> Duration {
+            self.inner.lock_ttl()
+        }
+        async fn campaign(
+            &self,
+            e: &str,
+            c: &Candidate,
+            ttl: Duration,
+        ) -> Result<Option<u64>, CatalogError> {
+            self.inner.campaign(e, c, ttl).await
+        }
+        async fn resign(&self, e: &str) -> Result<(), CatalogError> {
+            self.inner.resign(e).await
+        }
+        async fn leader(&self, e: &str) -> Result<Option<Leader>, CatalogError> {
+            self.inner.leader(e).await
+        }
+        async fn end_seat(&self, e: &str, l: &Leader) -> Result<bool, CatalogError> {
+            self.inner.end_seat(e, l).await
+        }
+    }
+
+    /// Review finding 5: the member records cannot be read, the intents
+    /// can: a paused cluster still keeps this candidate off the free seat.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn intents_apply_when_the_members_cannot_be_read() {
+        let dir = scratch("nomembers");
+        let real = local(&dir, "agent-a");
+        let paused = autopilot_core::cluster::IntentKey::Paused.key("e");
+        real.kv_put(&paused, r#"{"since_ms":1}"#)
+            .await
+            .expect("pause");
+        let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
+            inner: real.clone(),
+            stall: false,
+        });
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(
+            c,
+            "e".into(),
+            candidate("a"),
+            Duration::from_secs(3),
+            want,
+            tx,
+            |n| n,
+        );
+        let elected = |n: &ElectionNews| matches!(n, ElectionNews::Elected(_));
+        let early = news_within(&mut rx, Duration::from_secs(2), elected).await;
+        // Resumed: it campaigns (the wait was the intent's doing).
+        real.kv_delete(&paused).await.expect("resume");
+        let late = news_within(&mut rx, Duration::from_secs(5), elected).await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(early, None, "campaigned in a paused cluster");
+        assert!(late.is_some(), "never campaigned after resume");
+    }
+
+    /// Review finding 3: cluster reads that never answer, woken again and
+    /// again by catalog changes, never delay the leader's renewal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_cluster_reads_never_delay_a_renewal() {
+        let dir = scratch("stallreads");
+        let real = local(&dir, "agent-a");
+        let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
+            inner: real.clone(),
+            stall: true,
+        });
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(
+            c,
+            "e".into(),
+            candidate("a"),
+            Duration::from_secs(3),
+            want,
+            tx,
+            |n| n,
+        );
+        let elected = news_within(&mut rx, Duration::from_secs(10), |n| {
+            matches!(n, ElectionNews::Elected(_))
+        })
+        .await;
+        assert!(elected.is_some(), "never elected");
+        // Wake the task every 150 ms for 6 s (two TTLs).
+        let bumper = tokio::spawn({
+            let real = real.clone();
+            async move {
+                for i in 0u32..40 {
+                    let _ = real.kv_put("bump", &i.to_string()).await;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+        });
+        let demoted = news_within(&mut rx, Duration::from_secs(6), |n| {
+            matches!(n, ElectionNews::Demoted(_))
+        })
+        .await;
+        bumper.abort();
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(demoted, None, "a healthy leader demoted");
     }
 
     fn with_password() -> autopilot_config::EtcdConfig {
