@@ -1224,12 +1224,19 @@ mod tests {
     /// service that cannot be listed.
     struct ClusterReads {
         inner: Arc<dyn Catalog>,
-        stall: bool,
+        /// Member reads fail at once.
+        fail_members: bool,
+        /// Member and intent reads never answer (switched on by the test).
+        stall: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl ClusterReads {
+        fn stalled(&self) -> bool {
+            self.stall.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
         async fn cut(&self) -> CatalogError {
-            if self.stall {
+            if self.stalled() {
                 std::future::pending::<()>().await;
             }
             CatalogError::Unavailable {
@@ -1260,7 +1267,7 @@ mod tests {
             self.inner.services().await
         }
         async fn instances(&self, svc: &str) -> Result<Vec<Instance>, CatalogError> {
-            if svc.starts_with("_members.") {
+            if svc.starts_with("_members.") && (self.fail_members || self.stalled()) {
                 return Err(self.cut().await);
             }
             self.inner.instances(svc).await
@@ -1286,7 +1293,7 @@ mod tests {
         async fn kv_list(&self, p: &str) -> Result<Vec<(String, String)>, CatalogError> {
             // Intents stall with the members; a failed members read alone
             // leaves the intents readable.
-            if self.stall && p.starts_with("_cluster/") {
+            if self.stalled() && p.starts_with("_cluster/") {
                 return Err(self.cut().await);
             }
             self.inner.kv_list(p).await
@@ -1334,7 +1341,8 @@ mod tests {
             .expect("pause");
         let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
             inner: real.clone(),
-            stall: false,
+            fail_members: true,
+            stall: Arc::default(),
         });
         let (_want_tx, want) = watch::channel(true);
         let (tx, mut rx) = mpsc::channel(64);
@@ -1358,15 +1366,19 @@ mod tests {
         assert!(late.is_some(), "never campaigned after resume");
     }
 
-    /// Review finding 3: cluster reads that never answer, woken again and
-    /// again by catalog changes, never delay the leader's renewal.
+    /// Review finding 3: cluster reads that never answer, started by a
+    /// change between two renewals, never delay the leader's renewal (ttl
+    /// 3 s: renewal every 1 s, demotion 2.4 s after the last one sent; the
+    /// old code let the two reads run 1 s each from the wake-up).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stalled_cluster_reads_never_delay_a_renewal() {
         let dir = scratch("stallreads");
         let real = local(&dir, "agent-a");
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
             inner: real.clone(),
-            stall: true,
+            fail_members: false,
+            stall: stall.clone(),
         });
         let (_want_tx, want) = watch::channel(true);
         let (tx, mut rx) = mpsc::channel(64);
@@ -1384,21 +1396,15 @@ mod tests {
         })
         .await;
         assert!(elected.is_some(), "never elected");
-        // Wake the task every 150 ms for 6 s (two TTLs).
-        let bumper = tokio::spawn({
-            let real = real.clone();
-            async move {
-                for i in 0u32..40 {
-                    let _ = real.kv_put("bump", &i.to_string()).await;
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                }
-            }
-        });
+        // 0.6 s after the first renewal was sent: reads stall from now on,
+        // and a change wakes the leader.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stall.store(true, std::sync::atomic::Ordering::SeqCst);
+        real.kv_put("bump", "1").await.expect("bump");
         let demoted = news_within(&mut rx, Duration::from_secs(6), |n| {
             matches!(n, ElectionNews::Demoted(_))
         })
         .await;
-        bumper.abort();
         task.abort();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(demoted, None, "a healthy leader demoted");
