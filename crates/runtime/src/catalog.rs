@@ -668,8 +668,10 @@ impl Drop for AbortOnDrop {
 /// Who campaigns for a free seat, when a leader hands over, and when a
 /// follower ends a dead leader's seat early are decided by
 /// `autopilot_core::cluster` from the member records and intents; when
-/// those cannot be read, a free seat is campaigned for at once (the
-/// catalog's compare-and-swap decides either way).
+/// the records cannot be read, a free seat is campaigned for at once
+/// unless a readable intent constrains campaigning (the catalog's
+/// compare-and-swap decides either way). A leader whose leader read shows
+/// the seat is not (its ID, its term) demotes at once.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_election_after<M: Send + 'static>(
     after: Vec<watch::Receiver<bool>>,
@@ -709,6 +711,9 @@ pub fn spawn_election_after<M: Send + 'static>(
         let mut last_holder: Option<Leader> = None;
         let mut dead: Option<String> = None;
         let mut reinit_asked = false;
+        // The deadline of the switchover this node resigned for: it does
+        // not campaign until then, unless the intents read show it gone.
+        let mut handed_over: Option<u64> = None;
         loop {
             changes.borrow_and_update();
             let wanted = *want.borrow_and_update();
@@ -895,9 +900,13 @@ pub fn spawn_election_after<M: Send + 'static>(
             let now_ms = autopilot_catalog::now_ms();
             // A switchover away from this node stands: it never takes the
             // seat back, not even as its own stale seat.
-            let handing_over = intents
-                .as_ref()
-                .is_some_and(|i| i.handing_over(&me.id, now_ms));
+            let handing_over = match &intents {
+                Some(i) => i.handing_over(&me.id, now_ms),
+                None => handed_over.is_some_and(|d| d > now_ms),
+            };
+            if intents.is_some() && !handing_over {
+                handed_over = None;
+            }
             let step = match (&members, &intents) {
                 _ if leading.is_none() && handing_over => Step::Wait,
                 // Our own stale seat (a restart under the same ID): renew it.
@@ -945,6 +954,10 @@ pub fn spawn_election_after<M: Send + 'static>(
                 // of (a stale read must not make it retake its own seat).
                 last_leader = Some(None);
                 last_holder = None;
+                handed_over = intents
+                    .as_ref()
+                    .and_then(|i| i.switchover(now_ms))
+                    .map(|s| s.deadline_ms);
                 continue;
             }
             if leading.is_none() && !seat_taken && wanted {
@@ -1228,6 +1241,9 @@ mod tests {
         fail_members: bool,
         /// Member and intent reads never answer (switched on by the test).
         stall: Arc<std::sync::atomic::AtomicBool>,
+        /// After a resignation, every read (leader, members, intents)
+        /// never answers.
+        stall_after_resign: bool,
     }
 
     impl ClusterReads {
@@ -1319,9 +1335,16 @@ mod tests {
             self.inner.campaign(e, c, ttl).await
         }
         async fn resign(&self, e: &str) -> Result<(), CatalogError> {
-            self.inner.resign(e).await
+            let res = self.inner.resign(e).await;
+            if self.stall_after_resign {
+                self.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            res
         }
         async fn leader(&self, e: &str) -> Result<Option<Leader>, CatalogError> {
+            if self.stall_after_resign && self.stalled() {
+                std::future::pending::<()>().await;
+            }
             self.inner.leader(e).await
         }
         async fn end_seat(&self, e: &str, l: &Leader) -> Result<bool, CatalogError> {
@@ -1343,6 +1366,7 @@ mod tests {
             inner: real.clone(),
             fail_members: true,
             stall: Arc::default(),
+            stall_after_resign: false,
         });
         let (_want_tx, want) = watch::channel(true);
         let (tx, mut rx) = mpsc::channel(64);
@@ -1379,6 +1403,7 @@ mod tests {
             inner: real.clone(),
             fail_members: false,
             stall: stall.clone(),
+            stall_after_resign: false,
         });
         let (_want_tx, want) = watch::channel(true);
         let (tx, mut rx) = mpsc::channel(64);
@@ -1408,6 +1433,71 @@ mod tests {
         task.abort();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(demoted, None, "a healthy leader demoted");
+    }
+
+    /// Review finding 4: a leader that resigned for a switchover never
+    /// retakes its seat while the switchover stands, even when every read
+    /// after the resignation goes unanswered (the old code took its own
+    /// seat back as "stale" and flapped Demoted/Elected).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_switchover_leader_does_not_retake_its_seat() {
+        let dir = scratch("noretake");
+        let real = local(&dir, "agent-a");
+        // b: a passing member record (its agent is not running, so the
+        // seat stays free after a resigns).
+        let b = local(&dir, "agent-b");
+        b.register(&Registration {
+            id: "e.b".into(),
+            name: "_members.e".into(),
+            address: "127.0.0.1".into(),
+            port: 2,
+            tags: vec!["priority=1".into()],
+            status: Status::Passing,
+            ttl: Duration::from_secs(60),
+            deregister_critical_after: None,
+            seat: None,
+        })
+        .await
+        .expect("b's record");
+        let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
+            inner: real.clone(),
+            fail_members: false,
+            stall: Arc::default(),
+            stall_after_resign: true,
+        });
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(
+            c,
+            "e".into(),
+            candidate("a"),
+            Duration::from_secs(3),
+            want,
+            tx,
+            |n| n,
+        );
+        let elected = |n: &ElectionNews| matches!(n, ElectionNews::Elected(_));
+        assert!(
+            news_within(&mut rx, Duration::from_secs(10), elected)
+                .await
+                .is_some()
+        );
+        let deadline = autopilot_catalog::now_ms() + 60_000;
+        real.kv_put(
+            &autopilot_core::cluster::IntentKey::Switchover.key("e"),
+            &format!(r#"{{"from":"a","to":"b","at_ms":0,"deadline_ms":{deadline}}}"#),
+        )
+        .await
+        .expect("switchover");
+        let demoted = news_within(&mut rx, Duration::from_secs(5), |n| {
+            matches!(n, ElectionNews::Demoted(_))
+        })
+        .await;
+        let again = news_within(&mut rx, Duration::from_secs(4), elected).await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(demoted.is_some(), "never handed over");
+        assert_eq!(again, None, "took its own seat back during the switchover");
     }
 
     fn with_password() -> autopilot_config::EtcdConfig {
