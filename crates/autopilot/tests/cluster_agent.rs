@@ -1,4 +1,4 @@
-//! Clusters, the agent's side, with three real agents on both backends: the fast crash failover (and the stalls and half-deaths that must keep the TTL path), ranking by published position and priority, and the pause, failover and switchover intents.
+//! Clusters, the agent's side, with three real agents on both backends: the fast crash failover (and the stalls and half-deaths that must keep the TTL path), ranking by published position and priority, the pause, failover and switchover intents, and the member record's position and presence listener across a restart or a reload.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
