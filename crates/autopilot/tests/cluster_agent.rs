@@ -1,4 +1,4 @@
-//! Clusters, the agent's side, with three real agents on both backends: the fast crash failover (and the stalls and half-deaths that must keep the TTL path), ranking by published position and priority, and the pause, failover and switchover intents.
+//! Clusters, the agent's side, with three real agents on both backends: the fast crash failover (and the stalls and half-deaths that must keep the TTL path), ranking by published position and priority, the pause, failover and switchover intents, and the member record's position and presence listener across a restart or a reload.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
@@ -664,5 +664,122 @@ fn reinit_rebuilds_a_follower_from_the_snapshot() {
         nodes[l].agent.log().contains("reinit") && nodes[l].agent.log().contains("refused"),
         "{}",
         nodes[l].agent.log()
+    );
+}
+
+/// One node whose job restarts after a crash.
+fn restarting_node(d: &Dir, url: &str) -> Node {
+    let dir = d.child("n1");
+    let port = free_port();
+    let cfg = config(port, TTL5).replace("port: ", r#"restarts: "unlimited", port: "#);
+    let agent = start_with(
+        &dir,
+        &cfg,
+        &[],
+        &[("AUTOPILOT_CATALOG", url), ("AUTOPILOT_HOSTNAME", "n1")],
+    );
+    agent.ready();
+    Node {
+        dir,
+        agent,
+        id: "db-n1".into(),
+    }
+}
+
+/// The tags of this node's member record, once it has a probe address.
+fn own_tags(url: &str, n: &Node) -> Option<Vec<String>> {
+    let id = format!("db.{}", n.id);
+    members(url)
+        .into_iter()
+        .find(|(i, t)| *i == id && t.iter().any(|t| t.starts_with("probe=")))
+        .map(|(_, t)| t)
+}
+
+/// Review finding 12: the position a hook published describes the data of
+/// the run that published it; once the job stops (its member record goes),
+/// the restarted job's record carries no position until a hook publishes
+/// one again.
+#[test]
+fn a_stopped_job_forgets_its_position() {
+    let d = Dir::new("cl-posclear");
+    let url = format!("local://{}", d.path("catalog").display());
+    let n = restarting_node(&d, &url);
+    assert!(wait_for(Duration::from_secs(15), || own_tags(&url, &n)
+        .is_some()
+        && n.server_pid().is_some()));
+    let body = r#"{"election": null, "position": "1200"}"#;
+    assert_eq!(post_position(&n, body), (200, String::new()));
+    assert!(wait_for(Duration::from_secs(5), || own_tags(&url, &n)
+        .is_some_and(|t| t.contains(&"position=1200".to_string()))));
+    let old = n.server_pid().expect("server pid");
+    kill(old, libc::SIGKILL);
+    let back = wait_for(Duration::from_secs(15), || {
+        n.server_pid().is_some_and(|p| p != old)
+            && passing_ids(&url, "_members.db").is_some_and(|p| p.len() == 1)
+            && own_tags(&url, &n).is_some_and(|t| !t.iter().any(|t| t.starts_with("position=")))
+    });
+    assert!(back, "tags after the restart: {:?}", own_tags(&url, &n));
+    let st = n.agent.status();
+    assert!(
+        st["jobs"][0]["election"]["position"].is_null(),
+        "{}",
+        st["jobs"][0]["election"]
+    );
+}
+
+/// Review finding 18: a reload that moves the job to another address
+/// moves its presence listener (the probe tag) there too.
+#[test]
+fn a_reload_moves_the_presence_listener() {
+    let d = Dir::new("cl-presence-ip");
+    let url = format!("local://{}", d.path("catalog").display());
+    let n = node(&d, "n1", &url, TTL5);
+    let mut probe = None;
+    assert!(wait_for(Duration::from_secs(15), || {
+        probe = own_tags(&url, &n).and_then(|t| {
+            t.into_iter()
+                .find_map(|t| t.strip_prefix("probe=").map(str::to_string))
+        });
+        probe.is_some()
+    }));
+    assert!(
+        probe
+            .as_deref()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{probe:?}"
+    );
+    let text = std::fs::read_to_string(&n.agent.config).expect("config");
+    std::fs::write(
+        &n.agent.config,
+        text.replace(
+            r#"interfaces: ["static:127.0.0.1"]"#,
+            r#"interfaces: ["static:127.0.0.2"]"#,
+        ),
+    )
+    .expect("new config");
+    let (code, out) = n.agent.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    let moved = wait_for(Duration::from_secs(15), || {
+        probe = own_tags(&url, &n).and_then(|t| {
+            t.into_iter()
+                .find_map(|t| t.strip_prefix("probe=").map(str::to_string))
+        });
+        probe
+            .as_deref()
+            .is_some_and(|p| p.starts_with("127.0.0.2:"))
+    });
+    assert!(
+        moved,
+        "probe after the reload: {probe:?}\n{}",
+        n.agent.log()
+    );
+    let addr = probe.expect("probe");
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &addr.parse().expect("probe address"),
+            Duration::from_secs(2)
+        )
+        .is_ok(),
+        "the presence listener answers on {addr}"
     );
 }

@@ -149,12 +149,20 @@ pub fn parse_position(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("position: {s:?} is neither a decimal u64 nor an LSN X/Y"))
 }
 
-/// The highest position any member published (0 if none did).
+/// The highest position a passing member published (0 if none did). A
+/// critical member's position is left out: a broken member with a
+/// diverged, far-ahead position must not push every healthy one past its
+/// lag limit.
 fn highest(members: &[Member]) -> u64 {
-    members.iter().filter_map(|m| m.position).max().unwrap_or(0)
+    members
+        .iter()
+        .filter(|m| m.passing)
+        .filter_map(|m| m.position)
+        .max()
+        .unwrap_or(0)
 }
 
-/// How far `m` is behind the most advanced member.
+/// How far `m` is behind the most advanced passing member.
 pub fn lag(m: &Member, members: &[Member]) -> u64 {
     highest(members).saturating_sub(m.position.unwrap_or(0))
 }
@@ -220,17 +228,47 @@ pub struct Intents {
     pub reinit: Vec<String>,
 }
 
+/// An intent whose deadline lies further ahead than this (the longest CLI
+/// timeout) is ignored: a mistaken or hostile `deadline_ms` must not stop
+/// every candidate from campaigning for ever.
+pub const MAX_INTENT_HORIZON_MS: u64 = 10 * 60 * 1000;
+
+/// Whether an intent with this deadline is in force at `now_ms`.
+fn live(deadline_ms: u64, now_ms: u64) -> bool {
+    deadline_ms > now_ms && deadline_ms <= now_ms.saturating_add(MAX_INTENT_HORIZON_MS)
+}
+
 impl Intents {
-    fn failover(&self, now_ms: u64) -> Option<&Failover> {
-        self.failover.as_ref().filter(|f| f.deadline_ms > now_ms)
+    /// The failover in force: not expired (nor absurdly far ahead).
+    pub fn failover(&self, now_ms: u64) -> Option<&Failover> {
+        self.failover
+            .as_ref()
+            .filter(|f| live(f.deadline_ms, now_ms))
     }
 
-    /// The switchover in force: not expired and due.
-    fn switchover(&self, now_ms: u64) -> Option<&Switchover> {
+    /// The switchover in force: not expired (nor absurdly far ahead) and due.
+    pub fn switchover(&self, now_ms: u64) -> Option<&Switchover> {
         self.switchover
             .as_ref()
-            .filter(|s| s.deadline_ms > now_ms && s.at_ms <= now_ms)
+            .filter(|s| live(s.deadline_ms, now_ms) && s.at_ms <= now_ms)
     }
+
+    /// Whether any intent changes who may campaign (used when the member
+    /// records could not be read: the candidate then waits).
+    pub fn constrains(&self, now_ms: u64) -> bool {
+        self.paused || self.failover(now_ms).is_some() || self.switchover(now_ms).is_some()
+    }
+
+    /// Whether a switchover away from `me` is in force (`me` must not take
+    /// the seat back, even as its own stale seat).
+    pub fn handing_over(&self, me: &str, now_ms: u64) -> bool {
+        self.switchover(now_ms).is_some_and(|s| s.from == me)
+    }
+}
+
+/// Whether `id` has a member record that is passing.
+fn present_passing(members: &[Member], id: &str) -> bool {
+    members.iter().any(|m| m.id == id && m.passing)
 }
 
 /// The candidate a switchover hands over to: the named one, or the best
@@ -301,22 +339,29 @@ pub fn decide(v: &View<'_>) -> Step {
     if v.leader.is_some() {
         return Step::Wait;
     }
-    // The seat is free.
-    if let Some(f) = v.intents.failover(v.now_ms) {
+    // The seat is free. A failover counts only while its target is a
+    // present, passing member: a dead target must not leave the cluster
+    // leaderless until the deadline.
+    if let Some(f) = v
+        .intents
+        .failover(v.now_ms)
+        .filter(|f| present_passing(v.members, &f.to))
+    {
         return if f.to == v.me {
             Step::Campaign
         } else {
             Step::Wait
         };
     }
-    if let Some(s) = switchover {
-        return match switchover_target_id(s, v.members) {
-            Some(t) if t == v.me => Step::Campaign,
-            // Nobody to hand over to: the intent cannot be carried out,
-            // and the ordinary rules apply.
-            None => ranked(v),
-            Some(_) => Step::Wait,
-        };
+    // A switchover counts only if it is from the leader that held the
+    // seat last and its target is a present, passing member; otherwise it
+    // cannot be carried out, and the ordinary rules apply.
+    if let Some(s) = switchover.filter(|s| v.last_holder == Some(s.from.as_str())) {
+        match switchover_target_id(s, v.members) {
+            Some(t) if t == v.me && present_passing(v.members, &t) => return Step::Campaign,
+            Some(t) if present_passing(v.members, &t) => return Step::Wait,
+            _ => {}
+        }
     }
     if v.intents.paused {
         return if v.last_holder == Some(v.me) {
@@ -602,7 +647,7 @@ mod tests {
             paused: true,
             failover: Some(Failover {
                 to: "b".into(),
-                deadline_ms: 2_000_000,
+                deadline_ms: 1_200_000,
             }),
             ..Intents::default()
         };
@@ -628,7 +673,7 @@ mod tests {
                 from: "a".into(),
                 to: Some("b".into()),
                 at_ms: 999_000,
-                deadline_ms: 2_000_000,
+                deadline_ms: 1_200_000,
             }),
             ..Intents::default()
         };
@@ -644,7 +689,8 @@ mod tests {
         assert_eq!(decide(&v), Step::Resign);
         // Seat free: only b campaigns, at once, a and c wait.
         for (me, want) in [("b", Step::Campaign), ("a", Step::Wait), ("c", Step::Wait)] {
-            let v = view(me, &members, &intents);
+            let mut v = view(me, &members, &intents);
+            v.last_holder = Some("a");
             assert_eq!(decide(&v), want, "{me}");
         }
         assert_eq!(
@@ -652,7 +698,7 @@ mod tests {
             [IntentKey::Switchover]
         );
         // Not yet due: the leader stays.
-        intents.switchover.as_mut().expect("set").at_ms = 1_500_000;
+        intents.switchover.as_mut().expect("set").at_ms = 1_100_000;
         let mut v = view("a", &members, &intents);
         v.leading = true;
         assert_eq!(decide(&v), Step::Campaign);
@@ -661,15 +707,102 @@ mod tests {
             from: "a".into(),
             to: None,
             at_ms: 0,
-            deadline_ms: 2_000_000,
+            deadline_ms: 1_200_000,
         });
-        let v = view("b", &members, &intents);
+        let mut v = view("b", &members, &intents);
+        v.last_holder = Some("a");
         assert_eq!(decide(&v), Step::Campaign);
-        let v = view("c", &members, &intents);
+        let mut v = view("c", &members, &intents);
+        v.last_holder = Some("a");
         assert_eq!(decide(&v), Step::Wait);
         let mut v = view("a", &members, &intents);
         v.leading = true;
         assert_eq!(decide(&v), Step::Resign);
+    }
+
+    #[test]
+    fn lag_counts_only_passing_members() {
+        // A critical member with a diverged, far-ahead position does not
+        // push the healthy ones past their limit (review finding 16).
+        let mut members = vec![m("a", Some(1_000_000)), m("b", Some(100)), m("c", Some(90))];
+        members[0].passing = false;
+        members[1].max_lag = Some(50);
+        members[2].max_lag = Some(50);
+        assert_eq!(lag(&members[1], &members), 0);
+        assert_eq!(lag(&members[2], &members), 10);
+        assert!(eligible(&members[1], &members));
+        assert!(eligible(&members[2], &members));
+        let ids: Vec<&str> = ranking(&members, &[])
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_switchover_that_cannot_be_carried_out_is_ignored() {
+        // Review finding 6: the target died after the leader resigned.
+        let mut members = vec![m("a", Some(100)), m("b", Some(100)), m("c", Some(90))];
+        let mut intents = Intents {
+            switchover: Some(Switchover {
+                from: "a".into(),
+                to: Some("b".into()),
+                at_ms: 0,
+                deadline_ms: 1_200_000,
+            }),
+            ..Intents::default()
+        };
+        let mut v = view("c", &members, &intents);
+        v.last_holder = Some("a");
+        assert_eq!(decide(&v), Step::Wait);
+        // b critical: ordinary rules (c ranks second, a grace later).
+        members[1].passing = false;
+        let mut v = view("c", &members, &intents);
+        v.last_holder = Some("a");
+        assert_eq!(decide(&v), Step::WaitUntil(ms(1500)));
+        // b gone: the same.
+        members.remove(1);
+        let mut v = view("c", &members, &intents);
+        v.last_holder = Some("a");
+        assert_eq!(decide(&v), Step::WaitUntil(ms(1500)));
+        // From a node that did not hold the seat last: ignored.
+        let members = vec![m("a", Some(100)), m("b", Some(100)), m("c", Some(90))];
+        let mut v = view("c", &members, &intents);
+        v.last_holder = Some("c");
+        assert_eq!(decide(&v), Step::WaitUntil(ms(2000)));
+        // A deadline beyond now + 10 min: ignored by everyone.
+        intents.switchover.as_mut().expect("set").deadline_ms = u64::MAX;
+        let mut v = view("c", &members, &intents);
+        v.last_holder = Some("a");
+        assert_eq!(decide(&v), Step::WaitUntil(ms(2000)));
+        assert!(!intents.constrains(1_000_000));
+        assert!(!intents.handing_over("a", 1_000_000));
+        intents.switchover.as_mut().expect("set").deadline_ms = 1_000_000 + MAX_INTENT_HORIZON_MS;
+        assert!(intents.constrains(1_000_000));
+        assert!(intents.handing_over("a", 1_000_000));
+        assert!(!intents.handing_over("b", 1_000_000));
+    }
+
+    #[test]
+    fn a_failover_to_an_absent_or_critical_target_is_ignored() {
+        let mut members = vec![m("a", Some(100)), m("b", Some(90))];
+        let mut intents = Intents {
+            failover: Some(Failover {
+                to: "x".into(),
+                deadline_ms: 1_200_000,
+            }),
+            ..Intents::default()
+        };
+        // x has no record: a ranks first and campaigns.
+        assert_eq!(decide(&view("a", &members, &intents)), Step::Campaign);
+        intents.failover.as_mut().expect("set").to = "b".into();
+        assert_eq!(decide(&view("a", &members, &intents)), Step::Wait);
+        members[1].passing = false;
+        assert_eq!(decide(&view("a", &members, &intents)), Step::Campaign);
+        members[1].passing = true;
+        intents.failover.as_mut().expect("set").deadline_ms = u64::MAX;
+        assert_eq!(decide(&view("a", &members, &intents)), Step::Campaign);
+        assert!(!intents.constrains(1_000_000));
     }
 
     #[test]

@@ -227,6 +227,11 @@ struct Reinit {
 
 /// A member record this agent publishes for a running elected job.
 struct MemberRecord {
+    /// The election the record is for (its stored position goes with it).
+    election: String,
+    /// The candidate's IP the presence listener was opened on (a reload
+    /// that changes it reopens the listener).
+    ip: IpAddr,
     /// `None` when it cannot be opened on the candidate's address (one
     /// that is advertised but not local): no fast path for this member.
     presence: Option<crate::cluster::Presence>,
@@ -1392,38 +1397,50 @@ impl Agent {
             };
             let me = self.candidate(j);
             let id = autopilot_core::cluster::member_id(&e.name, &me.id);
-            let probe = match self.members.get(&id) {
-                Some(m) => m.presence.as_ref().map(|p| p.addr),
-                None => {
-                    let presence = match crate::cluster::Presence::open(ip) {
-                        Ok(p) => Some(p),
-                        Err(err) => {
-                            tracing::warn!(election = %e.name, "cannot open the presence listener on {ip}: {err}; the member record has no probe address, so followers cannot fail over fast from this node");
-                            None
-                        }
-                    };
-                    let addr = presence.as_ref().map(|p| p.addr);
-                    self.members.insert(
-                        id.clone(),
-                        MemberRecord {
-                            presence,
-                            // Never equal to a wanted record: published below.
-                            published: Registration {
-                                id: String::new(),
-                                name: String::new(),
-                                address: String::new(),
-                                port: 0,
-                                tags: Vec::new(),
-                                status: Status::Critical,
-                                ttl: e.ttl,
-                                deregister_critical_after: None,
-                                seat: None,
+            // A new record, or the job's IP changed on reload: (re)open
+            // the presence listener on the candidate's current address.
+            if self.members.get(&id).is_none_or(|m| m.ip != ip) {
+                let presence = match crate::cluster::Presence::open(ip) {
+                    Ok(p) => Some(p),
+                    Err(err) => {
+                        tracing::warn!(election = %e.name, "cannot open the presence listener on {ip}: {err}; the member record has no probe address, so followers cannot fail over fast from this node");
+                        None
+                    }
+                };
+                match self.members.get_mut(&id) {
+                    Some(m) => {
+                        m.ip = ip;
+                        m.presence = presence;
+                    }
+                    None => {
+                        self.members.insert(
+                            id.clone(),
+                            MemberRecord {
+                                election: e.name.clone(),
+                                ip,
+                                presence,
+                                // Never equal to a wanted record: published below.
+                                published: Registration {
+                                    id: String::new(),
+                                    name: String::new(),
+                                    address: String::new(),
+                                    port: 0,
+                                    tags: Vec::new(),
+                                    status: Status::Critical,
+                                    ttl: e.ttl,
+                                    deregister_critical_after: None,
+                                    seat: None,
+                                },
                             },
-                        },
-                    );
-                    addr
+                        );
+                    }
                 }
-            };
+            }
+            let probe = self
+                .members
+                .get(&id)
+                .and_then(|m| m.presence.as_ref())
+                .map(|p| p.addr);
             let member = autopilot_core::cluster::Member {
                 id: me.id.clone(),
                 passing: true,
@@ -1461,7 +1478,13 @@ impl Agent {
             .collect();
         for id in gone {
             self.registrar.remove(&id);
-            self.members.remove(&id);
+            // The position describes the data of the run that published
+            // it: a stopped (or rebuilt) job must not republish it.
+            if let Some(m) = self.members.remove(&id)
+                && !self.members.values().any(|o| o.election == m.election)
+            {
+                self.positions.remove(&m.election);
+            }
         }
         for (id, r) in wanted {
             if let Some(m) = self.members.get_mut(&id)

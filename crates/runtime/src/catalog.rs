@@ -668,8 +668,10 @@ impl Drop for AbortOnDrop {
 /// Who campaigns for a free seat, when a leader hands over, and when a
 /// follower ends a dead leader's seat early are decided by
 /// `autopilot_core::cluster` from the member records and intents; when
-/// those cannot be read, a free seat is campaigned for at once (the
-/// catalog's compare-and-swap decides either way).
+/// the records cannot be read, a free seat is campaigned for at once
+/// unless a readable intent constrains campaigning (the catalog's
+/// compare-and-swap decides either way). A leader whose leader read shows
+/// the seat is not (its ID, its term) demotes at once.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_election_after<M: Send + 'static>(
     after: Vec<watch::Receiver<bool>>,
@@ -709,6 +711,9 @@ pub fn spawn_election_after<M: Send + 'static>(
         let mut last_holder: Option<Leader> = None;
         let mut dead: Option<String> = None;
         let mut reinit_asked = false;
+        // The deadline of the switchover this node resigned for: it does
+        // not campaign until then, unless the intents read show it gone.
+        let mut handed_over: Option<u64> = None;
         loop {
             changes.borrow_and_update();
             let wanted = *want.borrow_and_update();
@@ -737,11 +742,25 @@ pub fn spawn_election_after<M: Send + 'static>(
             let read = bound(every, leading);
             if !read.is_zero()
                 && let Ok(Ok(l)) = tokio::time::timeout(read, catalog.leader(&election)).await
-                && last_leader.as_ref() != Some(&l)
             {
-                last_leader = Some(l.clone());
-                if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
-                    return;
+                // The seat is not (me, my term) any more: it was ended
+                // (a fast-path vote, `autopilot failover`) or lost. Step
+                // down now, before anything else: another node may win it
+                // at once.
+                if let Some((term, _)) = leading
+                    && l.as_ref().is_none_or(|h| h.id != me.id || h.term != term)
+                {
+                    leading = None;
+                    tracing::warn!(%election, term, holder = ?l.as_ref().map(|h| (&h.id, h.term)), "the seat is no longer this node's: demoting at once");
+                    if tx.send(wrap(ElectionNews::Demoted(term))).await.is_err() {
+                        return;
+                    }
+                }
+                if last_leader.as_ref() != Some(&l) {
+                    last_leader = Some(l.clone());
+                    if tx.send(wrap(ElectionNews::Leader(l))).await.is_err() {
+                        return;
+                    }
                 }
             }
             // The suspect tag follows the prober.
@@ -755,15 +774,17 @@ pub fn spawn_election_after<M: Send + 'static>(
                     return;
                 }
             }
-            // Member records and intents, read under the same bound. A
-            // leader whose renewal is due renews first: these reads must
+            // Member records and intents. A leader's reads end by the time
+            // its renewal is due (recomputed before each read): they must
             // never delay it (it reads them when a change wakes it).
-            let renewal_due = leading.is_some_and(|(_, sent)| Instant::now() >= sent + every);
-            let read = if renewal_due {
-                Duration::ZERO
-            } else {
-                bound(every, leading)
+            let cluster_read = |leading: Option<(u64, Instant)>| match leading {
+                Some((_, sent)) => bound(
+                    (sent + every).saturating_duration_since(Instant::now()),
+                    leading,
+                ),
+                None => every,
             };
+            let read = cluster_read(leading);
             // Intents even while not campaigning: a member whose job is
             // unhealthy is the one a reinit is for.
             let members = if wanted && !read.is_zero() {
@@ -771,11 +792,7 @@ pub fn spawn_election_after<M: Send + 'static>(
             } else {
                 None
             };
-            let read = if renewal_due {
-                Duration::ZERO
-            } else {
-                bound(every, leading)
-            };
+            let read = cluster_read(leading);
             let intents = if read.is_zero() {
                 None
             } else {
@@ -880,7 +897,18 @@ pub fn spawn_election_after<M: Send + 'static>(
                 None => true,
             };
             let dead_ids: Vec<&str> = dead.iter().map(String::as_str).collect();
+            let now_ms = autopilot_catalog::now_ms();
+            // A switchover away from this node stands: it never takes the
+            // seat back, not even as its own stale seat.
+            let handing_over = match &intents {
+                Some(i) => i.handing_over(&me.id, now_ms),
+                None => handed_over.is_some_and(|d| d > now_ms),
+            };
+            if intents.is_some() && !handing_over {
+                handed_over = None;
+            }
             let step = match (&members, &intents) {
+                _ if leading.is_none() && handing_over => Step::Wait,
                 // Our own stale seat (a restart under the same ID): renew it.
                 _ if leading.is_none() && held.as_ref().is_some_and(|l| l.id == me.id) => {
                     Step::Campaign
@@ -895,9 +923,17 @@ pub fn spawn_election_after<M: Send + 'static>(
                     dead: &dead_ids,
                     free_since,
                     now,
-                    now_ms: autopilot_catalog::now_ms(),
+                    now_ms,
                     ttl,
                 }),
+                // A leader renews whatever it could read.
+                _ if leading.is_some() => Step::Campaign,
+                // Intents read but not the members: any intent that
+                // changes who campaigns makes this candidate wait (it
+                // cannot tell whether it is the one allowed).
+                (None, Some(i)) if i.constrains(now_ms) => Step::Wait,
+                // Nothing constrains the seat, or nothing could be read:
+                // the catalog's compare-and-swap decides.
                 _ => Step::Campaign,
             };
             let mut wait_until = None;
@@ -914,6 +950,14 @@ pub fn spawn_election_after<M: Send + 'static>(
                 {
                     tracing::warn!(%election, "resign failed ({e}); the seat expires with its TTL");
                 }
+                // Handed over: this node is no longer the holder it knows
+                // of (a stale read must not make it retake its own seat).
+                last_leader = Some(None);
+                last_holder = None;
+                handed_over = intents
+                    .as_ref()
+                    .and_then(|i| i.switchover(now_ms))
+                    .map(|s| s.deadline_ms);
                 continue;
             }
             if leading.is_none() && !seat_taken && wanted {
@@ -934,24 +978,30 @@ pub fn spawn_election_after<M: Send + 'static>(
                 };
                 match outcome {
                     Some(Ok(Some(term))) => {
-                        if leading.map(|(t, _)| t) != Some(term) {
-                            if let Some((old, _)) = leading {
+                        // Leading from now on: the deadline check covers
+                        // whatever follows.
+                        let before = leading.replace((term, sent));
+                        if before.map(|(t, _)| t) != Some(term) {
+                            if let Some((old, _)) = before {
                                 let _ = tx.send(wrap(ElectionNews::Demoted(old))).await;
                             }
                             let _ = tx.send(wrap(ElectionNews::Elected(term))).await;
-                            // A failover or switchover carried out is done.
+                            // A failover or switchover carried out is done:
+                            // deleted on the side (never delaying a renewal),
+                            // and only if it still holds what was acted on.
                             if let (Some(ms), Some(i)) = (&members, &intents) {
-                                for k in cluster::done_on_win(&me.id, i, ms) {
-                                    let key = k.key(&election);
-                                    if let Ok(Err(e)) =
-                                        tokio::time::timeout(every, catalog.kv_delete(&key)).await
-                                    {
-                                        tracing::warn!(%election, %key, "cannot delete the intent carried out: {e}");
-                                    }
+                                let done = cluster::done_on_win(&me.id, i, ms);
+                                if !done.is_empty() {
+                                    tokio::spawn(delete_done_intents(
+                                        catalog.clone(),
+                                        election.clone(),
+                                        done,
+                                        i.clone(),
+                                        every,
+                                    ));
                                 }
                             }
                         }
-                        leading = Some((term, sent));
                     }
                     Some(Ok(None)) => {
                         if let Some((term, _)) = leading.take() {
@@ -985,6 +1035,66 @@ pub fn spawn_election_after<M: Send + 'static>(
     })
 }
 
+/// Whether an intent's stored value is still the one that was acted on
+/// (a newer intent written since must not be deleted).
+fn intent_matches(
+    key: &autopilot_core::cluster::IntentKey,
+    raw: &str,
+    acted: &autopilot_core::cluster::Intents,
+) -> bool {
+    use autopilot_core::cluster::IntentKey;
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return false;
+    };
+    let to = v.get("to").map(|t| t.as_str());
+    let deadline = v.get("deadline_ms").and_then(|d| d.as_u64());
+    match key {
+        IntentKey::Failover => acted
+            .failover
+            .as_ref()
+            .is_some_and(|f| to == Some(Some(f.to.as_str())) && deadline == Some(f.deadline_ms)),
+        IntentKey::Switchover => acted.switchover.as_ref().is_some_and(|s| {
+            v.get("from").and_then(|f| f.as_str()) == Some(s.from.as_str())
+                && to.flatten() == s.to.as_deref()
+                && v.get("at_ms").and_then(|a| a.as_u64()).unwrap_or(0) == s.at_ms
+                && deadline == Some(s.deadline_ms)
+        }),
+        _ => false,
+    }
+}
+
+/// Deletes the intents a new leader carried out, each only while it holds
+/// the value acted on (`kv_delete_if`), each bounded by `limit`.
+async fn delete_done_intents(
+    catalog: Arc<dyn Catalog>,
+    election: String,
+    done: Vec<autopilot_core::cluster::IntentKey>,
+    acted: autopilot_core::cluster::Intents,
+    limit: Duration,
+) {
+    for k in done {
+        let key = k.key(&election);
+        let res = tokio::time::timeout(limit, async {
+            match catalog.kv_get(&key).await? {
+                Some(raw) if intent_matches(&k, &raw, &acted) => {
+                    catalog.kv_delete_if(&key, &raw).await
+                }
+                _ => Ok(false),
+            }
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%election, %key, "cannot delete the intent carried out: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(%election, %key, "deleting the intent carried out: no answer in time")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -996,6 +1106,398 @@ mod tests {
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("scratch dir");
         p
+    }
+
+    fn local(dir: &std::path::Path, owner: &str) -> Arc<dyn Catalog> {
+        Arc::new(autopilot_catalog_local::LocalCatalog::open(dir, owner).expect("open catalog"))
+    }
+
+    /// The first news `pick` accepts within `limit` (others are skipped).
+    async fn news_within(
+        rx: &mut mpsc::Receiver<ElectionNews>,
+        limit: Duration,
+        mut pick: impl FnMut(&ElectionNews) -> bool,
+    ) -> Option<ElectionNews> {
+        tokio::time::timeout(limit, async {
+            while let Some(n) = rx.recv().await {
+                if pick(&n) {
+                    return Some(n);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn candidate(id: &str) -> Candidate {
+        Candidate {
+            id: id.into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+        }
+    }
+
+    /// Review finding 1: a leader whose seat another node ended (a
+    /// fast-path vote, `autopilot failover`) steps down at once, not at its
+    /// next renewal (ttl/3 later), since another node may win at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_whose_seat_was_ended_demotes_at_once() {
+        let dir = scratch("endseat");
+        let (a, b) = (local(&dir, "agent-a"), local(&dir, "agent-b"));
+        // every = 10 s: the old code demoted only at the next renewal.
+        let ttl = Duration::from_secs(30);
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(a, "e".into(), candidate("a"), ttl, want, tx, |n| n);
+        let Some(ElectionNews::Elected(term)) =
+            news_within(&mut rx, Duration::from_secs(10), |n| {
+                matches!(n, ElectionNews::Elected(_))
+            })
+            .await
+        else {
+            panic!("a was never elected");
+        };
+        let leader = b.leader("e").await.expect("leader read").expect("held");
+        assert_eq!((leader.id.as_str(), leader.term), ("a", term));
+        assert!(b.end_seat("e", &leader).await.expect("end_seat"));
+        let demoted = news_within(&mut rx, Duration::from_secs(3), |n| {
+            matches!(n, ElectionNews::Demoted(_))
+        })
+        .await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(demoted, Some(ElectionNews::Demoted(term)));
+    }
+
+    /// Review finding 7: a carried-out intent is deleted only while it
+    /// still holds the value acted on; a newer one written since stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_intent_is_not_deleted_as_carried_out() {
+        use autopilot_core::cluster::{Failover, IntentKey, Intents, Switchover};
+        let dir = scratch("intentdel");
+        let c = local(&dir, "agent-a");
+        let key = IntentKey::Failover.key("e");
+        let acted = Intents {
+            failover: Some(Failover {
+                to: "b".into(),
+                deadline_ms: 1000,
+            }),
+            switchover: Some(Switchover {
+                from: "a".into(),
+                to: None,
+                at_ms: 0,
+                deadline_ms: 2000,
+            }),
+            ..Intents::default()
+        };
+        // A newer failover (another target) replaced the one acted on.
+        c.kv_put(&key, r#"{"to":"c","deadline_ms":1000}"#)
+            .await
+            .expect("put");
+        delete_done_intents(
+            c.clone(),
+            "e".into(),
+            vec![IntentKey::Failover],
+            acted.clone(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(c.kv_get(&key).await.expect("get").is_some());
+        // The one acted on goes.
+        c.kv_put(&key, r#"{"to":"b","deadline_ms":1000}"#)
+            .await
+            .expect("put");
+        let sw = IntentKey::Switchover.key("e");
+        c.kv_put(&sw, r#"{"from":"a","to":null,"deadline_ms":2000}"#)
+            .await
+            .expect("put");
+        delete_done_intents(
+            c.clone(),
+            "e".into(),
+            vec![IntentKey::Failover, IntentKey::Switchover],
+            acted.clone(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(c.kv_get(&key).await.expect("get").is_none());
+        assert!(c.kv_get(&sw).await.expect("get").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!intent_matches(
+            &IntentKey::Switchover,
+            r#"{"from":"a","to":"x","deadline_ms":2000}"#,
+            &acted
+        ));
+        assert!(!intent_matches(&IntentKey::Failover, "not json", &acted));
+    }
+
+    /// A real embedded catalog whose cluster reads (member records and
+    /// intents) fail or never answer: a catalog under load or a member
+    /// service that cannot be listed.
+    struct ClusterReads {
+        inner: Arc<dyn Catalog>,
+        /// Member reads fail at once.
+        fail_members: bool,
+        /// Member and intent reads never answer (switched on by the test).
+        stall: Arc<std::sync::atomic::AtomicBool>,
+        /// After a resignation, every read (leader, members, intents)
+        /// never answers.
+        stall_after_resign: bool,
+    }
+
+    impl ClusterReads {
+        fn stalled(&self) -> bool {
+            self.stall.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        async fn cut(&self) -> CatalogError {
+            if self.stalled() {
+                std::future::pending::<()>().await;
+            }
+            CatalogError::Unavailable {
+                url: "test".into(),
+                message: "cluster reads cut".into(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Catalog for ClusterReads {
+        fn url(&self) -> &str {
+            self.inner.url()
+        }
+        async fn register(&self, r: &Registration) -> Result<(), CatalogError> {
+            self.inner.register(r).await
+        }
+        async fn set_status(&self, id: &str, st: Status) -> Result<bool, CatalogError> {
+            self.inner.set_status(id, st).await
+        }
+        async fn deregister(&self, id: &str) -> Result<(), CatalogError> {
+            self.inner.deregister(id).await
+        }
+        async fn keep_alive(&self) -> Result<usize, CatalogError> {
+            self.inner.keep_alive().await
+        }
+        async fn services(&self) -> Result<Vec<autopilot_catalog::ServiceSummary>, CatalogError> {
+            self.inner.services().await
+        }
+        async fn instances(&self, svc: &str) -> Result<Vec<Instance>, CatalogError> {
+            if svc.starts_with("_members.") && (self.fail_members || self.stalled()) {
+                return Err(self.cut().await);
+            }
+            self.inner.instances(svc).await
+        }
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.inner.changes()
+        }
+        async fn kv_get(&self, k: &str) -> Result<Option<String>, CatalogError> {
+            self.inner.kv_get(k).await
+        }
+        async fn kv_put(&self, k: &str, v: &str) -> Result<(), CatalogError> {
+            self.inner.kv_put(k, v).await
+        }
+        async fn kv_cas(&self, k: &str, o: Option<&str>, v: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_cas(k, o, v).await
+        }
+        async fn kv_delete(&self, k: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_delete(k).await
+        }
+        async fn kv_delete_if(&self, k: &str, v: &str) -> Result<bool, CatalogError> {
+            self.inner.kv_delete_if(k, v).await
+        }
+        async fn kv_list(&self, p: &str) -> Result<Vec<(String, String)>, CatalogError> {
+            // Intents stall with the members; a failed members read alone
+            // leaves the intents readable.
+            if self.stalled() && p.starts_with("_cluster/") {
+                return Err(self.cut().await);
+            }
+            self.inner.kv_list(p).await
+        }
+        async fn lock(&self, n: &str) -> Result<(), CatalogError> {
+            self.inner.lock(n).await
+        }
+        async fn unlock(&self, n: &str) -> Result<(), CatalogError> {
+            self.inner.unlock(n).await
+        }
+        async fn holds_lock(&self, n: &str) -> Result<bool, CatalogError> {
+            self.inner.holds_lock(n).await
+        }
+        fn lock_ttl(&self) -> Duration {
+            self.inner.lock_ttl()
+        }
+        async fn campaign(
+            &self,
+            e: &str,
+            c: &Candidate,
+            ttl: Duration,
+        ) -> Result<Option<u64>, CatalogError> {
+            self.inner.campaign(e, c, ttl).await
+        }
+        async fn resign(&self, e: &str) -> Result<(), CatalogError> {
+            let res = self.inner.resign(e).await;
+            if self.stall_after_resign {
+                self.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            res
+        }
+        async fn leader(&self, e: &str) -> Result<Option<Leader>, CatalogError> {
+            if self.stall_after_resign && self.stalled() {
+                std::future::pending::<()>().await;
+            }
+            self.inner.leader(e).await
+        }
+        async fn end_seat(&self, e: &str, l: &Leader) -> Result<bool, CatalogError> {
+            self.inner.end_seat(e, l).await
+        }
+    }
+
+    /// Review finding 5: the member records cannot be read, the intents
+    /// can: a paused cluster still keeps this candidate off the free seat.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn intents_apply_when_the_members_cannot_be_read() {
+        let dir = scratch("nomembers");
+        let real = local(&dir, "agent-a");
+        let paused = autopilot_core::cluster::IntentKey::Paused.key("e");
+        real.kv_put(&paused, r#"{"since_ms":1}"#)
+            .await
+            .expect("pause");
+        let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
+            inner: real.clone(),
+            fail_members: true,
+            stall: Arc::default(),
+            stall_after_resign: false,
+        });
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(
+            c,
+            "e".into(),
+            candidate("a"),
+            Duration::from_secs(3),
+            want,
+            tx,
+            |n| n,
+        );
+        let elected = |n: &ElectionNews| matches!(n, ElectionNews::Elected(_));
+        let early = news_within(&mut rx, Duration::from_secs(2), elected).await;
+        // Resumed: it campaigns (the wait was the intent's doing).
+        real.kv_delete(&paused).await.expect("resume");
+        let late = news_within(&mut rx, Duration::from_secs(5), elected).await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(early, None, "campaigned in a paused cluster");
+        assert!(late.is_some(), "never campaigned after resume");
+    }
+
+    /// Review finding 3: cluster reads that never answer, started by a
+    /// change between two renewals, never delay the leader's renewal (ttl
+    /// 3 s: renewal every 1 s, demotion 2.4 s after the last one sent; the
+    /// old code let the two reads run 1 s each from the wake-up).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_cluster_reads_never_delay_a_renewal() {
+        let dir = scratch("stallreads");
+        let real = local(&dir, "agent-a");
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
+            inner: real.clone(),
+            fail_members: false,
+            stall: stall.clone(),
+            stall_after_resign: false,
+        });
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(
+            c,
+            "e".into(),
+            candidate("a"),
+            Duration::from_secs(3),
+            want,
+            tx,
+            |n| n,
+        );
+        let elected = news_within(&mut rx, Duration::from_secs(10), |n| {
+            matches!(n, ElectionNews::Elected(_))
+        })
+        .await;
+        assert!(elected.is_some(), "never elected");
+        // 0.6 s after the first renewal was sent: reads stall from now on,
+        // and a change wakes the leader.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stall.store(true, std::sync::atomic::Ordering::SeqCst);
+        real.kv_put("bump", "1").await.expect("bump");
+        let demoted = news_within(&mut rx, Duration::from_secs(6), |n| {
+            matches!(n, ElectionNews::Demoted(_))
+        })
+        .await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(demoted, None, "a healthy leader demoted");
+    }
+
+    /// Review finding 4: a leader that resigned for a switchover never
+    /// retakes its seat while the switchover stands, even when every read
+    /// after the resignation goes unanswered (the old code took its own
+    /// seat back as "stale" and flapped Demoted/Elected).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_switchover_leader_does_not_retake_its_seat() {
+        let dir = scratch("noretake");
+        let real = local(&dir, "agent-a");
+        // b: a passing member record (its agent is not running, so the
+        // seat stays free after a resigns).
+        let b = local(&dir, "agent-b");
+        b.register(&Registration {
+            id: "e.b".into(),
+            name: "_members.e".into(),
+            address: "127.0.0.1".into(),
+            port: 2,
+            tags: vec!["priority=1".into()],
+            status: Status::Passing,
+            ttl: Duration::from_secs(60),
+            deregister_critical_after: None,
+            seat: None,
+        })
+        .await
+        .expect("b's record");
+        let c: Arc<dyn Catalog> = Arc::new(ClusterReads {
+            inner: real.clone(),
+            fail_members: false,
+            stall: Arc::default(),
+            stall_after_resign: true,
+        });
+        let (_want_tx, want) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = spawn_election(
+            c,
+            "e".into(),
+            candidate("a"),
+            Duration::from_secs(3),
+            want,
+            tx,
+            |n| n,
+        );
+        let elected = |n: &ElectionNews| matches!(n, ElectionNews::Elected(_));
+        assert!(
+            news_within(&mut rx, Duration::from_secs(10), elected)
+                .await
+                .is_some()
+        );
+        let deadline = autopilot_catalog::now_ms() + 60_000;
+        real.kv_put(
+            &autopilot_core::cluster::IntentKey::Switchover.key("e"),
+            &format!(r#"{{"from":"a","to":"b","at_ms":0,"deadline_ms":{deadline}}}"#),
+        )
+        .await
+        .expect("switchover");
+        let demoted = news_within(&mut rx, Duration::from_secs(5), |n| {
+            matches!(n, ElectionNews::Demoted(_))
+        })
+        .await;
+        let again = news_within(&mut rx, Duration::from_secs(4), elected).await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(demoted.is_some(), "never handed over");
+        assert_eq!(again, None, "took its own seat back during the switchover");
     }
 
     fn with_password() -> autopilot_config::EtcdConfig {
