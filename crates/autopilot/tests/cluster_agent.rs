@@ -688,10 +688,14 @@ fn reinit_runs_without_campaigning_rearms_and_never_repeats() {
        health: {{ tcp: "127.0.0.1:{dead}", interval: "200ms", ttl: "2s" }},
        election: {{ name: "db", ttl: "5s" }},
        snapshot: {{ store: "{store}", interval: "1h", dataDir: "@DIR@/data",
-                   create: ["sh", "-c", "true"] }} }},
+                   create: ["sh", "-c", "true"], restore: ["sh", "-c", "true"] }} }},
   ]
 }}"#
     );
+    // At first a symlink to a directory: a reinit refuses it.
+    let real = d.child("real");
+    std::fs::create_dir_all(&real.0).expect("mkdir");
+    std::os::unix::fs::symlink(&real.0, dir.path("data")).expect("symlink");
     let agent = start_with(
         &dir,
         &cfg,
@@ -704,7 +708,7 @@ fn reinit_runs_without_campaigning_rearms_and_never_repeats() {
     let key = "_cluster/db/reinit/db-n1";
     let first = format!(r#"{{"requested_ms": {}}}"#, now_ms());
     assert!(kv(&url, &["put", key, &first]));
-    // Refused: the data directory does not exist yet.
+    // Refused: the data directory is a symlink.
     assert!(
         wait_for(Duration::from_secs(10), || agent
             .log()
@@ -712,6 +716,7 @@ fn reinit_runs_without_campaigning_rearms_and_never_repeats() {
         "never asked: {}",
         agent.log()
     );
+    std::fs::remove_file(dir.path("data")).expect("unlink");
     std::fs::create_dir_all(dir.path("data")).expect("data dir");
     std::fs::write(dir.path("data/junk"), "stale").expect("junk");
     // Asked again on its own, without a new intent.

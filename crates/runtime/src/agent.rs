@@ -236,8 +236,12 @@ struct Reinit {
     requested_ms: u64,
     /// The data directory to empty once the job has stopped.
     dir: PathBuf,
-    /// Whether the intent was deleted (the job's stop follows).
+    /// Whether the intent was deleted.
     claimed: bool,
+    /// Whether the job's campaign task has ended (retired when the reinit
+    /// was accepted): only then can no win be reported any more, so the
+    /// job's stop waits for it.
+    quiet: bool,
     /// Whether this node was recorded as the election's leader since.
     led: bool,
     /// What the machine last asked of the job's campaign, applied if the
@@ -830,7 +834,7 @@ impl Agent {
                     Some("another reinit is in progress".to_string())
                 } else if self.machine.stopping().is_some() || self.next_config.is_some() {
                     Some("the agent is stopping or reloading (asked again shortly)".into())
-                } else if matches!(self.machine.role(job), Role::Leader { .. }) {
+                } else if self.leads(job, &election) {
                     Some("this node leads (switch over first)".into())
                 } else {
                     let dir = self
@@ -853,6 +857,7 @@ impl Agent {
                                 requested_ms,
                                 dir,
                                 claimed: false,
+                                quiet: false,
                                 led: false,
                                 want_campaign,
                             });
@@ -867,11 +872,7 @@ impl Agent {
                     return;
                 }
                 tracing::warn!(job = %name, %election, requested_ms, "reinit accepted: the job stops campaigning while its intent is claimed");
-                // Directly: `campaign` would record `false` as the wish.
-                if let Some(c) = self.campaigns.get(job).and_then(Option::as_ref) {
-                    let _ = c.want.send(false);
-                }
-                self.suspects.remove(&election);
+                self.retire_for_reinit(job, key);
                 if reply.send(true).is_err() {
                     self.give_up_reinit(job);
                 }
@@ -884,36 +885,108 @@ impl Agent {
                 else {
                     return;
                 };
-                let why = if !ok {
-                    Some("its intent could not be claimed")
-                } else if r.led || matches!(self.machine.role(job), Role::Leader { .. }) {
-                    Some("this node led since the request")
-                } else if self.machine.stopping().is_some() || self.next_config.is_some() {
-                    Some("the agent is stopping or reloading; write the intent again later")
-                } else {
-                    None
-                };
-                if let Some(why) = why {
-                    if ok {
-                        tracing::error!(job = %name, %election, requested_ms, "reinit refused: {why}");
-                    }
+                if !ok {
                     self.give_up_reinit(job);
                     return;
                 }
                 r.claimed = true;
-                let dir = r.dir.clone();
-                tracing::warn!(job = %name, %election, dir = %dir.display(), "reinit: stopping the job, emptying its data directory and starting it again through restore-before-start");
-                let mut cfg = self.config.clone();
-                let Some(spec) = cfg.jobs.get_mut(job) else {
-                    self.give_up_reinit(job);
-                    return;
-                };
-                spec.reinit = spec.reinit.saturating_add(1);
-                let (jobs, stop_timeout) = (cfg.jobs.clone(), cfg.stop_timeout);
-                self.next_config = Some((cfg, self.job_ips.clone()));
-                self.input(Input::Reload { jobs, stop_timeout });
+                self.reinit_proceed(job);
             }
         }
+    }
+
+    /// Whether `job` leads its election, as the machine or the last leader
+    /// read knows it.
+    fn leads(&self, job: usize, election: &str) -> bool {
+        self.machine.leading(job).is_some()
+            || matches!(self.machine.role(job), Role::Leader { .. })
+            || self
+                .leaders
+                .get(election)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.id == self.entry_id(job))
+    }
+
+    /// Ends the campaign of a job whose reinit was accepted: its task steps
+    /// down (resigning if it won meanwhile) and ends; its end is reported
+    /// as [`Msg::CampaignEnded`] under the job's key.
+    fn retire_for_reinit(&mut self, job: usize, key: u64) {
+        let Some(c) = self.campaigns.get_mut(job).and_then(Option::take) else {
+            if let Some(r) = &mut self.reinit_pending {
+                r.quiet = true;
+            }
+            return;
+        };
+        self.suspects.remove(&c.election);
+        // Dropping the sender ends the task once it has stepped down.
+        drop(c.want);
+        let (done_tx, done) = watch::channel(false);
+        let tx = self.tx.clone();
+        let task = c.task;
+        tokio::spawn(async move {
+            let _ = task.await;
+            let _ = done_tx.send(true);
+            let _ = tx.send(Msg::CampaignEnded { key }).await;
+        });
+        self.retired.push(Retired {
+            key,
+            election: c.election,
+            id: c.id,
+            done,
+        });
+    }
+
+    /// A campaign task ended: a reinit waiting for it may go on.
+    fn reinit_campaign_ended(&mut self, key: u64) {
+        let Some(r) = self.reinit_pending.as_mut().filter(|r| r.key == key) else {
+            return;
+        };
+        r.quiet = true;
+        if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
+            self.reinit_proceed(job);
+        }
+    }
+
+    /// Stops a reinit's job through the reload path (as a changed job) once
+    /// its intent is claimed and its campaign has ended, unless this node
+    /// led since the reinit was accepted.
+    fn reinit_proceed(&mut self, job: usize) {
+        let Some(r) = &self.reinit_pending else {
+            return;
+        };
+        if !(r.claimed && r.quiet) {
+            return;
+        }
+        let (name, requested_ms, dir, led) = (r.job.clone(), r.requested_ms, r.dir.clone(), r.led);
+        let election = self
+            .machine
+            .spec(job)
+            .election
+            .as_ref()
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        let why = if led || self.leads(job, &election) {
+            Some("this node led since the request; its data is kept")
+        } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+            Some("the agent is stopping or reloading; write the intent again later")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::error!(job = %name, %election, requested_ms, "reinit refused: {why}");
+            self.give_up_reinit(job);
+            return;
+        }
+        tracing::warn!(job = %name, %election, dir = %dir.display(), "reinit: stopping the job, emptying its data directory and starting it again through restore-before-start");
+        let mut cfg = self.config.clone();
+        let Some(spec) = cfg.jobs.get_mut(job) else {
+            self.give_up_reinit(job);
+            return;
+        };
+        spec.reinit = spec.reinit.saturating_add(1);
+        let (jobs, stop_timeout) = (cfg.jobs.clone(), cfg.stop_timeout);
+        self.next_config = Some((cfg, self.job_ips.clone()));
+        self.input(Input::Reload { jobs, stop_timeout });
     }
 
     /// Ends a reinit not carried out: the job's campaign gets back what the
@@ -1391,7 +1464,10 @@ impl Agent {
                     self.retired_news(&election, &id, news);
                 }
             }
-            Msg::CampaignEnded { key } => self.retired.retain(|r| r.key != key),
+            Msg::CampaignEnded { key } => {
+                self.retired.retain(|r| r.key != key);
+                self.reinit_campaign_ended(key);
+            }
             Msg::Reinit { key, news } => {
                 if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
                     self.reinit_news(job, news);
@@ -1725,7 +1801,7 @@ impl Agent {
         self.job_ips = ips;
         // A claimed reinit's job has stopped: empty its data before it
         // starts again, unless this node led meanwhile.
-        if let Some(r) = self.reinit_pending.take_if(|r| r.claimed) {
+        if let Some(r) = self.reinit_pending.take_if(|r| r.claimed && r.quiet) {
             if r.led {
                 tracing::error!(job = %r.job, dir = %r.dir.display(), "reinit refused: this node led since the request; its data is kept");
             } else {
