@@ -224,6 +224,9 @@ struct Agent {
     /// Per job key: the task watching that job's reinit intent (jobs with
     /// an election), whether or not the job campaigns.
     reinit_watches: BTreeMap<u64, tokio::task::JoinHandle<()>>,
+    /// The last reinit refusal logged (job key, requested_ms, why): a watch
+    /// asks again every few seconds, and the same refusal is logged once.
+    reinit_refused: Option<(u64, u64, String)>,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -434,6 +437,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         suspects: BTreeMap::new(),
         reinit_pending: None,
         reinit_watches: BTreeMap::new(),
+        reinit_refused: None,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -867,10 +871,16 @@ impl Agent {
                     }
                 };
                 if let Some(why) = refusal {
-                    tracing::warn!(job = %name, %election, requested_ms, "reinit refused: {why}");
+                    let told = Some((key, requested_ms, why));
+                    if self.reinit_refused != told {
+                        let why = told.as_ref().map(|t| t.2.as_str()).unwrap_or_default();
+                        tracing::warn!(job = %name, %election, requested_ms, "reinit refused: {why}");
+                        self.reinit_refused = told;
+                    }
                     let _ = reply.send(false);
                     return;
                 }
+                self.reinit_refused = None;
                 tracing::warn!(job = %name, %election, requested_ms, "reinit accepted: the job stops campaigning while its intent is claimed");
                 self.retire_for_reinit(job, key);
                 if reply.send(true).is_err() {
