@@ -1,4 +1,4 @@
-//! The runtime side of clusters: the presence listener, the leader prober of the fast crash failover, and reading member records and intents (parsed leniently, every call under a deadline).
+//! The runtime side of clusters: the presence listener, the leader prober of the fast crash failover, reading member records and intents (parsed leniently, every call under a deadline), and reinit: the per-job intent watch and emptying a data directory through descriptors.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
