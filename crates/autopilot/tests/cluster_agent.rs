@@ -783,3 +783,95 @@ fn a_reload_moves_the_presence_listener() {
         "the presence listener answers on {addr}"
     );
 }
+
+/// A reinit intent for a member that never turned healthy (so never
+/// campaigned) is still carried out; a refusal (no data directory yet) is
+/// asked again without a new intent; an intent whose `requested_ms` was
+/// handled already is deleted, never carried out twice.
+#[test]
+fn reinit_runs_without_campaigning_rearms_and_never_repeats() {
+    let d = Dir::new("cl-reinit-watch");
+    let url = format!("local://{}", d.path("catalog").display());
+    let store = format!("file://{}", d.child("store").0.display());
+    let dir = d.child("n1");
+    let dead = free_port();
+    // Healthy never: the check asks a port nobody listens on.
+    let cfg = format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "db", exec: ["sh", "-c", "echo x >> @DIR@/starts; exec sleep 1000"],
+       port: {dead}, interfaces: ["static:127.0.0.1"],
+       health: {{ tcp: "127.0.0.1:{dead}", interval: "200ms", ttl: "2s" }},
+       election: {{ name: "db", ttl: "5s" }},
+       snapshot: {{ store: "{store}", interval: "1h", dataDir: "@DIR@/data",
+                   create: ["sh", "-c", "true"], restore: ["sh", "-c", "true"] }} }},
+  ]
+}}"#
+    );
+    // At first a symlink to a directory: a reinit refuses it.
+    let real = d.child("real");
+    std::fs::create_dir_all(&real.0).expect("mkdir");
+    std::os::unix::fs::symlink(&real.0, dir.path("data")).expect("symlink");
+    let agent = start_with(
+        &dir,
+        &cfg,
+        &[],
+        &[("AUTOPILOT_CATALOG", &url), ("AUTOPILOT_HOSTNAME", "n1")],
+    );
+    agent.ready();
+    let starts = || dir.read("starts").lines().count();
+    assert!(wait_for(Duration::from_secs(10), || starts() == 1));
+    let key = "_cluster/db/reinit/db-n1";
+    let first = format!(r#"{{"requested_ms": {}}}"#, now_ms());
+    assert!(kv(&url, &["put", key, &first]));
+    // Refused: the data directory is a symlink.
+    assert!(
+        wait_for(Duration::from_secs(10), || agent
+            .log()
+            .contains("reinit refused")),
+        "never asked: {}",
+        agent.log()
+    );
+    std::fs::remove_file(dir.path("data")).expect("unlink");
+    std::fs::create_dir_all(dir.path("data")).expect("data dir");
+    std::fs::write(dir.path("data/junk"), "stale").expect("junk");
+    // Asked again on its own, without a new intent.
+    assert!(
+        wait_for(Duration::from_secs(20), || kv_get(&url, key).is_none()
+            && !dir.path("data/junk").exists()
+            && starts() == 2),
+        "not reinitialised: intent {:?}, starts {}\n{}",
+        kv_get(&url, key),
+        starts(),
+        agent.log()
+    );
+    // The same request again: deleted, never carried out twice.
+    std::fs::write(dir.path("data/junk"), "kept").expect("junk");
+    assert!(kv(&url, &["put", key, &first]));
+    assert!(
+        wait_for(Duration::from_secs(10), || kv_get(&url, key).is_none()),
+        "a handled intent stays: {}",
+        agent.log()
+    );
+    assert_eq!(dir.read("data/junk"), "kept");
+    assert_eq!(starts(), 2);
+    // A new request is carried out.
+    let second = format!(r#"{{"requested_ms": {}}}"#, now_ms().saturating_add(1));
+    assert!(kv(&url, &["put", key, &second]));
+    assert!(
+        wait_for(Duration::from_secs(20), || kv_get(&url, key).is_none()
+            && !dir.path("data/junk").exists()
+            && starts() == 3),
+        "second request not carried out: starts {}\n{}",
+        starts(),
+        agent.log()
+    );
+    assert_eq!(
+        agent
+            .log()
+            .matches("reinit: data directory emptied")
+            .count(),
+        2
+    );
+}

@@ -112,6 +112,11 @@ enum Msg {
     CampaignEnded {
         key: u64,
     },
+    /// A job's reinit watch (see [`crate::cluster::watch_reinit`]).
+    Reinit {
+        key: u64,
+        news: crate::cluster::ReinitNews,
+    },
 }
 
 /// A job's campaign: the channel that turns it on and off, and its task.
@@ -213,16 +218,38 @@ struct Agent {
     positions: BTreeMap<String, u64>,
     /// Per election: the leader term this agent's campaign confirmed dead.
     suspects: BTreeMap<String, u64>,
-    /// A reinit waiting for its job to stop (see [`Agent::reinit`]).
+    /// A reinit accepted, then claimed, waiting for its job to stop (see
+    /// [`Agent::reinit_news`]).
     reinit_pending: Option<Reinit>,
+    /// Per job key: the task watching that job's reinit intent (jobs with
+    /// an election), whether or not the job campaigns.
+    reinit_watches: BTreeMap<u64, tokio::task::JoinHandle<()>>,
+    /// The last reinit refusal logged (job key, requested_ms, why): a watch
+    /// asks again every few seconds, and the same refusal is logged once.
+    reinit_refused: Option<(u64, u64, String)>,
 }
 
-/// A reinit in progress: the job, the data directory to empty once it has
-/// stopped, and the intent to delete then.
+/// A reinit in progress. While it stands its job does not campaign; a job
+/// that led at any time since it was accepted is never emptied.
 struct Reinit {
+    /// The job's key, name and candidate ID.
+    key: u64,
     job: String,
+    id: String,
+    requested_ms: u64,
+    /// The data directory to empty once the job has stopped.
     dir: PathBuf,
-    key: String,
+    /// Whether the intent was deleted.
+    claimed: bool,
+    /// Whether the job's campaign task has ended (retired when the reinit
+    /// was accepted): only then can no win be reported any more, so the
+    /// job's stop waits for it.
+    quiet: bool,
+    /// Whether this node was recorded as the election's leader since.
+    led: bool,
+    /// What the machine last asked of the job's campaign, applied if the
+    /// reinit is given up.
+    want_campaign: bool,
 }
 
 /// A member record this agent publishes for a running elected job.
@@ -414,10 +441,13 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         positions: BTreeMap::new(),
         suspects: BTreeMap::new(),
         reinit_pending: None,
+        reinit_watches: BTreeMap::new(),
+        reinit_refused: None,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
     agent.reset_elections(&[]);
+    agent.start_reinit_watches();
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
@@ -458,6 +488,9 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             for c in agent.campaigns.drain(..).flatten() {
                 let _ = c.want.send(false);
                 c.task.abort();
+            }
+            for (_, w) in std::mem::take(&mut agent.reinit_watches) {
+                w.abort();
             }
             for e in elections {
                 let resign = agent.catalog.resign(&e);
@@ -590,6 +623,16 @@ impl Agent {
     }
 
     fn campaign(&mut self, job: usize, on: bool) {
+        // A job being reinitialised stays out of its election: the wish is
+        // kept for when the reinit is given up.
+        let key = self.job_keys.get(job).copied();
+        let on = match &mut self.reinit_pending {
+            Some(r) if Some(r.key) == key => {
+                r.want_campaign = on;
+                false
+            }
+            _ => on,
+        };
         // A vote belongs to a running campaign: never republish a stale one.
         if let Some(e) = &self.machine.spec(job).election
             && (!on || self.campaigns[job].is_none())
@@ -716,47 +759,257 @@ impl Agent {
         }
     }
 
-    /// Carries out a reinit intent for `job`: checks its `snapshot.dataDir`,
-    /// then stops the job through the reload path (as a changed job), and
-    /// [`Agent::adopt`] empties the directory before the job starts again
-    /// through restore-before-start. Refusals are logged; the intent stays.
+    /// The election task's reinit news is not acted on: a per-job watch,
+    /// independent of campaigning, carries reinits out (see
+    /// [`Agent::reinit_news`]).
     fn reinit(&mut self, job: usize, election: &str) {
+        let name = &self.machine.spec(job).name;
+        tracing::debug!(job = %name, %election, "reinit intent seen by the campaign; the job's reinit watch handles it");
+    }
+
+    /// The users a reinit may empty a data directory of: this agent's (jobs
+    /// run as the agent's user).
+    fn reinit_uids(&self) -> [u32; 1] {
+        [nix::unistd::geteuid().as_raw()]
+    }
+
+    /// Starts a reinit watch for every job with an election that has none
+    /// (by job key, so a reload keeps the watch of an unchanged job) and
+    /// ends the watches of jobs that are gone.
+    fn start_reinit_watches(&mut self) {
+        let mut old = std::mem::take(&mut self.reinit_watches);
+        for job in 0..self.machine.job_count() {
+            let Some(key) = self.job_keys.get(job).copied() else {
+                continue;
+            };
+            let Some(e) = &self.machine.spec(job).election else {
+                continue;
+            };
+            if let Some(w) = old.remove(&key) {
+                self.reinit_watches.insert(key, w);
+                continue;
+            }
+            let intent =
+                autopilot_core::cluster::IntentKey::Reinit(self.entry_id(job)).key(&e.name);
+            let handled = self
+                .job_state_root
+                .join(&self.machine.spec(job).name)
+                .join(crate::cluster::REINIT_HANDLED_FILE);
+            let task = tokio::spawn(crate::cluster::watch_reinit(
+                self.catalog.clone(),
+                intent,
+                handled,
+                self.tx.clone(),
+                move |news| Msg::Reinit { key, news },
+            ));
+            self.reinit_watches.insert(key, task);
+        }
+        for (_, w) in old {
+            w.abort();
+        }
+        // A reinit whose job was dropped or replaced is over.
+        if let Some(r) = &self.reinit_pending
+            && !self.job_keys.contains(&r.key)
+        {
+            self.reinit_pending = None;
+        }
+    }
+
+    /// A job's reinit watch: an intent to accept or refuse (a refusal is
+    /// asked again later), then whether it was claimed. Once accepted, the
+    /// job stops campaigning; once claimed (the intent deleted), the job is
+    /// stopped through the reload path (as a changed job), and
+    /// [`Agent::adopt`] empties its `snapshot.dataDir` before it starts again
+    /// through restore-before-start. Never on a node that leads or led since.
+    fn reinit_news(&mut self, job: usize, news: crate::cluster::ReinitNews) {
+        use crate::cluster::ReinitNews;
         let name = self.machine.spec(job).name.clone();
-        if self.machine.stopping().is_some() || self.next_config.is_some() {
-            tracing::warn!(job = %name, %election, "reinit refused: the agent is stopping or reloading; write the intent again later");
-            return;
-        }
-        if matches!(self.machine.role(job), Role::Leader { .. }) {
-            tracing::warn!(job = %name, %election, "reinit refused: this node leads (switch over first)");
-            return;
-        }
-        let dir = self
+        let key = self.job_keys.get(job).copied().unwrap_or_default();
+        let Some(election) = self
             .machine
             .spec(job)
-            .snapshot
+            .election
             .as_ref()
-            .and_then(|s| s.data_dir.clone());
-        let dir = match crate::cluster::check_data_dir(dir.as_deref()) {
-            Ok(d) => d,
-            Err(why) => {
-                tracing::error!(job = %name, %election, "reinit refused: {why}");
-                return;
-            }
+            .map(|e| e.name.clone())
+        else {
+            return;
         };
+        match news {
+            ReinitNews::Ask {
+                requested_ms,
+                reply,
+            } => {
+                let refusal = if self.reinit_pending.is_some() {
+                    Some("another reinit is in progress".to_string())
+                } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+                    Some("the agent is stopping or reloading (asked again shortly)".into())
+                } else if self.leads(job, &election) {
+                    Some("this node leads (switch over first)".into())
+                } else {
+                    let dir = self
+                        .machine
+                        .spec(job)
+                        .snapshot
+                        .as_ref()
+                        .and_then(|s| s.data_dir.clone());
+                    match crate::cluster::check_data_dir(dir.as_deref(), &self.reinit_uids()) {
+                        Ok(dir) => {
+                            let want_campaign = self
+                                .campaigns
+                                .get(job)
+                                .and_then(Option::as_ref)
+                                .is_some_and(|c| *c.want.borrow());
+                            self.reinit_pending = Some(Reinit {
+                                key,
+                                job: name.clone(),
+                                id: self.entry_id(job),
+                                requested_ms,
+                                dir,
+                                claimed: false,
+                                quiet: false,
+                                led: false,
+                                want_campaign,
+                            });
+                            None
+                        }
+                        Err(why) => Some(why),
+                    }
+                };
+                if let Some(why) = refusal {
+                    let told = Some((key, requested_ms, why));
+                    if self.reinit_refused != told {
+                        let why = told.as_ref().map(|t| t.2.as_str()).unwrap_or_default();
+                        tracing::warn!(job = %name, %election, requested_ms, "reinit refused: {why}");
+                        self.reinit_refused = told;
+                    }
+                    let _ = reply.send(false);
+                    return;
+                }
+                self.reinit_refused = None;
+                tracing::warn!(job = %name, %election, requested_ms, "reinit accepted: the job stops campaigning while its intent is claimed");
+                self.retire_for_reinit(job, key);
+                if reply.send(true).is_err() {
+                    self.give_up_reinit(job);
+                }
+            }
+            ReinitNews::Claimed { requested_ms, ok } => {
+                let Some(r) = self
+                    .reinit_pending
+                    .as_mut()
+                    .filter(|r| r.key == key && r.requested_ms == requested_ms && !r.claimed)
+                else {
+                    return;
+                };
+                if !ok {
+                    self.give_up_reinit(job);
+                    return;
+                }
+                r.claimed = true;
+                self.reinit_proceed(job);
+            }
+        }
+    }
+
+    /// Whether `job` leads its election, as the machine or the last leader
+    /// read knows it.
+    fn leads(&self, job: usize, election: &str) -> bool {
+        self.machine.leading(job).is_some()
+            || matches!(self.machine.role(job), Role::Leader { .. })
+            || self
+                .leaders
+                .get(election)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.id == self.entry_id(job))
+    }
+
+    /// Ends the campaign of a job whose reinit was accepted: its task steps
+    /// down (resigning if it won meanwhile) and ends; its end is reported
+    /// as [`Msg::CampaignEnded`] under the job's key.
+    fn retire_for_reinit(&mut self, job: usize, key: u64) {
+        let Some(c) = self.campaigns.get_mut(job).and_then(Option::take) else {
+            if let Some(r) = &mut self.reinit_pending {
+                r.quiet = true;
+            }
+            return;
+        };
+        self.suspects.remove(&c.election);
+        // Dropping the sender ends the task once it has stepped down.
+        drop(c.want);
+        let (done_tx, done) = watch::channel(false);
+        let tx = self.tx.clone();
+        let task = c.task;
+        tokio::spawn(async move {
+            let _ = task.await;
+            let _ = done_tx.send(true);
+            let _ = tx.send(Msg::CampaignEnded { key }).await;
+        });
+        self.retired.push(Retired {
+            key,
+            election: c.election,
+            id: c.id,
+            done,
+        });
+    }
+
+    /// A campaign task ended: a reinit waiting for it may go on.
+    fn reinit_campaign_ended(&mut self, key: u64) {
+        let Some(r) = self.reinit_pending.as_mut().filter(|r| r.key == key) else {
+            return;
+        };
+        r.quiet = true;
+        if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
+            self.reinit_proceed(job);
+        }
+    }
+
+    /// Stops a reinit's job through the reload path (as a changed job) once
+    /// its intent is claimed and its campaign has ended, unless this node
+    /// led since the reinit was accepted.
+    fn reinit_proceed(&mut self, job: usize) {
+        let Some(r) = &self.reinit_pending else {
+            return;
+        };
+        if !(r.claimed && r.quiet) {
+            return;
+        }
+        let (name, requested_ms, dir, led) = (r.job.clone(), r.requested_ms, r.dir.clone(), r.led);
+        let election = self
+            .machine
+            .spec(job)
+            .election
+            .as_ref()
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        let why = if led || self.leads(job, &election) {
+            Some("this node led since the request; its data is kept")
+        } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+            Some("the agent is stopping or reloading; write the intent again later")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::error!(job = %name, %election, requested_ms, "reinit refused: {why}");
+            self.give_up_reinit(job);
+            return;
+        }
         tracing::warn!(job = %name, %election, dir = %dir.display(), "reinit: stopping the job, emptying its data directory and starting it again through restore-before-start");
         let mut cfg = self.config.clone();
         let Some(spec) = cfg.jobs.get_mut(job) else {
+            self.give_up_reinit(job);
             return;
         };
         spec.reinit = spec.reinit.saturating_add(1);
         let (jobs, stop_timeout) = (cfg.jobs.clone(), cfg.stop_timeout);
         self.next_config = Some((cfg, self.job_ips.clone()));
-        self.reinit_pending = Some(Reinit {
-            job: name,
-            dir,
-            key: autopilot_core::cluster::IntentKey::Reinit(self.entry_id(job)).key(election),
-        });
         self.input(Input::Reload { jobs, stop_timeout });
+    }
+
+    /// Ends a reinit not carried out: the job's campaign gets back what the
+    /// machine last asked of it.
+    fn give_up_reinit(&mut self, job: usize) {
+        if let Some(r) = self.reinit_pending.take() {
+            self.campaign(job, r.want_campaign);
+        }
     }
 
     /// News from a campaign a reload retired (its job is gone): the seat it
@@ -826,6 +1079,11 @@ impl Agent {
     /// Records an election's leader for children's environment and writes
     /// the leader file; returns whether it changed.
     fn record_leader(&mut self, election: &str, l: Option<Leader>) -> bool {
+        if let (Some(r), Some(l)) = (&mut self.reinit_pending, &l)
+            && l.id == r.id
+        {
+            r.led = true;
+        }
         if self.leaders.get(election) == Some(&l) {
             return false;
         }
@@ -1221,7 +1479,15 @@ impl Agent {
                     self.retired_news(&election, &id, news);
                 }
             }
-            Msg::CampaignEnded { key } => self.retired.retain(|r| r.key != key),
+            Msg::CampaignEnded { key } => {
+                self.retired.retain(|r| r.key != key);
+                self.reinit_campaign_ended(key);
+            }
+            Msg::Reinit { key, news } => {
+                if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
+                    self.reinit_news(job, news);
+                }
+            }
             Msg::WatchRetry { key } => {
                 if let Some(index) = self.watch_keys.iter().position(|k| *k == key)
                     && let Some(passing) = self.watch_pending.get_mut(index).and_then(Option::take)
@@ -1566,28 +1832,24 @@ impl Agent {
         );
         let old = std::mem::replace(&mut self.config, cfg);
         self.job_ips = ips;
-        // A reinit's job has stopped: empty its data before it starts again.
-        if let Some(r) = self.reinit_pending.take() {
-            match crate::cluster::empty_dir(&r.dir) {
-                Ok(n) => {
-                    tracing::warn!(job = %r.job, dir = %r.dir.display(), entries = n, "reinit: data directory emptied; restoring before start")
-                }
-                Err(e) => {
-                    tracing::error!(job = %r.job, dir = %r.dir.display(), "reinit: cannot empty the data directory: {e}")
+        // A claimed reinit's job has stopped: empty its data before it
+        // starts again, unless this node led meanwhile.
+        if let Some(r) = self.reinit_pending.take_if(|r| r.claimed && r.quiet) {
+            if r.led {
+                tracing::error!(job = %r.job, dir = %r.dir.display(), "reinit refused: this node led since the request; its data is kept");
+            } else {
+                match crate::cluster::empty_dir(&r.dir, &self.reinit_uids()) {
+                    Ok(n) => {
+                        tracing::warn!(job = %r.job, dir = %r.dir.display(), entries = n, "reinit: data directory emptied; restoring before start")
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %r.job, "reinit: cannot empty the data directory: {e}")
+                    }
                 }
             }
-            let catalog = self.catalog.clone();
-            tokio::spawn(async move {
-                let del = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    catalog.kv_delete(&r.key),
-                );
-                if let Ok(Err(e)) = del.await {
-                    tracing::warn!(key = %r.key, "cannot delete the reinit intent carried out: {e}");
-                }
-            });
         }
         self.reset_elections(&kept);
+        self.start_reinit_watches();
         self.start_watches(&old.watches);
         self.start_templates(&old.templates);
         let unchanged = kept.iter().flatten().count();

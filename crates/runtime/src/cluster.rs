@@ -1,4 +1,4 @@
-//! The runtime side of clusters: the presence listener, the leader prober of the fast crash failover, and reading member records and intents (parsed leniently, every call under a deadline).
+//! The runtime side of clusters: the presence listener, the leader prober of the fast crash failover, reading member records and intents (parsed leniently, every call under a deadline), and reinit: the per-job intent watch and emptying a data directory through descriptors.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -211,10 +211,46 @@ pub async fn intents(catalog: &dyn Catalog, election: &str, limit: Duration) -> 
     Some(out)
 }
 
-/// The data directory a reinit may empty: set, not `/`, a real directory
-/// (not a symlink) owned by this process's user.
-pub fn check_data_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
-    use std::os::unix::fs::MetadataExt;
+/// System directories a reinit never empties, whatever their owner (also
+/// when reached through another path: compared by device and inode).
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/local",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+];
+
+/// How deep a data directory's tree may go before emptying gives up (each
+/// level holds one descriptor).
+const MAX_DEPTH: usize = 128;
+
+/// Opens the data directory a reinit may empty: set, absolute, opened with
+/// `O_DIRECTORY|O_NOFOLLOW` (a symlink swapped in is refused), owned by one
+/// of `uids` (checked on the open descriptor), and none of [`SYSTEM_DIRS`].
+pub fn open_data_dir(dir: Option<&Path>, uids: &[u32]) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, fstat, stat};
     let dir = dir.ok_or("the job has no snapshot.dataDir to empty")?;
     if dir.parent().is_none() || !dir.is_absolute() {
         return Err(format!(
@@ -222,39 +258,234 @@ pub fn check_data_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
             dir.display()
         ));
     }
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("snapshot.dataDir {}: {e}", dir.display()))?;
-    if !meta.file_type().is_dir() {
-        return Err(format!(
-            "snapshot.dataDir {} is not a directory",
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = open(dir, flags, Mode::empty()).map_err(|e| {
+        format!(
+            "snapshot.dataDir {} cannot be opened as a directory (not a symlink): {e}",
             dir.display()
-        ));
-    }
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        )
+    })?;
+    let st = fstat(&fd).map_err(|e| format!("snapshot.dataDir {}: {e}", dir.display()))?;
+    if !uids.contains(&st.st_uid) {
         return Err(format!(
             "snapshot.dataDir {} is owned by uid {}, not by this agent's user",
             dir.display(),
-            meta.uid()
+            st.st_uid
         ));
     }
-    Ok(dir.to_path_buf())
+    for sys in SYSTEM_DIRS {
+        if let Ok(s) = stat(*sys)
+            && s.st_dev == st.st_dev
+            && s.st_ino == st.st_ino
+        {
+            return Err(format!(
+                "snapshot.dataDir {} is the system directory {sys}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(fd)
+}
+
+/// Checks the data directory a reinit may empty (see [`open_data_dir`]);
+/// [`empty_dir`] checks again on the descriptor it empties through.
+pub fn check_data_dir(dir: Option<&Path>, uids: &[u32]) -> Result<PathBuf, String> {
+    open_data_dir(dir, uids)?;
+    dir.map(Path::to_path_buf)
+        .ok_or_else(|| "the job has no snapshot.dataDir to empty".into())
 }
 
 /// Removes everything inside `dir` (not `dir` itself, nor anything a
-/// symlink in it points to); returns how many entries it removed.
-pub fn empty_dir(dir: &Path) -> std::io::Result<usize> {
-    let mut n = 0usize;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-        n = n.saturating_add(1);
+/// symlink in it points to), through descriptors: the directory is opened
+/// and checked once ([`open_data_dir`]), and every entry is removed relative
+/// to its parent's descriptor, never following a symlink. Returns how many
+/// entries of `dir` it removed.
+pub fn empty_dir(dir: &Path, uids: &[u32]) -> Result<usize, String> {
+    let fd = open_data_dir(Some(dir), uids)?;
+    empty_fd(fd, 0).map_err(|e| format!("emptying snapshot.dataDir {}: {e}", dir.display()))
+}
+
+fn empty_fd(fd: std::os::fd::OwnedFd, depth: usize) -> nix::Result<usize> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, SFlag, fstatat};
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    if depth > MAX_DEPTH {
+        return Err(nix::errno::Errno::ELOOP);
     }
-    Ok(n)
+    let mut d = Dir::from_fd(fd)?;
+    let mut removed = 0usize;
+    loop {
+        // A batch at a time: names are read, then removed; the iterator
+        // rewinds when dropped, so the next pass starts over.
+        let batch: Vec<(std::ffi::CString, Option<Type>)> = d
+            .iter()
+            .filter_map(|e| match e {
+                Ok(e) => {
+                    let n = e.file_name().to_bytes();
+                    (n != b"." && n != b"..").then(|| Ok((e.file_name().to_owned(), e.file_type())))
+                }
+                Err(e) => Some(Err(e)),
+            })
+            .take(256)
+            .collect::<nix::Result<_>>()?;
+        if batch.is_empty() {
+            return Ok(removed);
+        }
+        for (name, kind) in batch {
+            let is_dir = match kind {
+                Some(t) => t == Type::Directory,
+                None => {
+                    let st = fstatat(
+                        &d,
+                        name.as_c_str(),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )?;
+                    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+                }
+            };
+            if is_dir {
+                let flags =
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let sub = openat(&d, name.as_c_str(), flags, Mode::empty())?;
+                empty_fd(sub, depth.saturating_add(1))?;
+                unlinkat(&d, name.as_c_str(), UnlinkatFlags::RemoveDir)?;
+            } else {
+                unlinkat(&d, name.as_c_str(), UnlinkatFlags::NoRemoveDir)?;
+            }
+            removed = removed.saturating_add(1);
+        }
+    }
+}
+
+/// The file in a job's state directory holding the `requested_ms` of the
+/// last reinit intent it claimed: an intent with that value is never acted
+/// on again (only deleted), even after a crash between claim and delete.
+pub const REINIT_HANDLED_FILE: &str = "reinit-handled";
+
+/// How often a reinit watch reads its intent, and how long it waits before
+/// asking again after a refusal.
+const REINIT_POLL: Duration = Duration::from_secs(1);
+const REINIT_RETRY: Duration = Duration::from_secs(5);
+/// One catalog call's deadline in the reinit watch.
+const REINIT_CALL: Duration = Duration::from_secs(5);
+
+/// What a reinit watch tells the agent.
+#[derive(Debug)]
+pub enum ReinitNews {
+    /// A reinit intent not handled yet: the agent answers whether it takes
+    /// it (and then stops campaigning for the job until it is claimed).
+    Ask {
+        requested_ms: u64,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// The intent of an accepted ask was deleted (`ok`: the agent empties
+    /// and restarts the job), or could not be (another request replaced it,
+    /// it was withdrawn, or the catalog failed: the agent gives it up).
+    Claimed { requested_ms: u64, ok: bool },
+}
+
+#[derive(Deserialize)]
+struct ReinitJson {
+    requested_ms: u64,
+}
+
+/// The last handled `requested_ms` recorded in `file`, if any.
+pub fn reinit_handled(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Watches one job's reinit intent `key` (independent of campaigning): an
+/// intent whose `requested_ms` differs from the one recorded in `handled`
+/// is asked about; once the agent accepts, the intent is deleted
+/// conditionally (its value unchanged) and, only then, recorded as handled
+/// and reported claimed. A refusal re-arms the ask after [`REINIT_RETRY`].
+pub async fn watch_reinit<M: Send + 'static>(
+    catalog: std::sync::Arc<dyn Catalog>,
+    key: String,
+    handled: PathBuf,
+    tx: tokio::sync::mpsc::Sender<M>,
+    wrap: impl Fn(ReinitNews) -> M + Send + 'static,
+) {
+    loop {
+        let value = match tokio::time::timeout(REINIT_CALL, catalog.kv_get(&key)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(%key, "cannot read the reinit intent: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        let mut wait = REINIT_POLL;
+        if let Some(v) = value {
+            match serde_json::from_str::<ReinitJson>(&v) {
+                Err(e) => tracing::debug!(%key, "ignoring an unreadable reinit intent: {e}"),
+                Ok(r) if reinit_handled(&handled) == Some(r.requested_ms) => {
+                    // Carried out already (its delete was lost): never again.
+                    let _ = tokio::time::timeout(REINIT_CALL, catalog.kv_delete_if(&key, &v)).await;
+                }
+                Ok(r) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let ask = ReinitNews::Ask {
+                        requested_ms: r.requested_ms,
+                        reply,
+                    };
+                    if tx.send(wrap(ask)).await.is_err() {
+                        return;
+                    }
+                    if answer.await.unwrap_or(false) {
+                        let ok = claim(&*catalog, &key, &v, &handled, r.requested_ms).await;
+                        let news = ReinitNews::Claimed {
+                            requested_ms: r.requested_ms,
+                            ok,
+                        };
+                        if tx.send(wrap(news)).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        wait = REINIT_RETRY;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Deletes the intent if it still holds `value`, then records `requested_ms`
+/// as handled; whether both happened.
+async fn claim(
+    catalog: &dyn Catalog,
+    key: &str,
+    value: &str,
+    handled: &Path,
+    requested_ms: u64,
+) -> bool {
+    match tokio::time::timeout(REINIT_CALL, catalog.kv_delete_if(key, value)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            tracing::warn!(%key, "reinit not carried out: the intent was replaced or withdrawn meanwhile");
+            return false;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%key, "reinit not carried out: cannot delete its intent: {e}");
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!(%key, "reinit not carried out: deleting its intent timed out");
+            return false;
+        }
+    }
+    if let Some(dir) = handled.parent()
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(dir = %dir.display(), "cannot create the job state directory: {e}");
+    }
+    if let Err(e) = crate::fsutil::write_atomic(handled, requested_ms.to_string().as_bytes()) {
+        // The intent is gone already: it cannot be seen again.
+        tracing::warn!(file = %handled.display(), "cannot record the reinit handled: {e}");
+    }
+    true
 }
 
 #[cfg(test)]
@@ -263,27 +494,72 @@ mod tests {
 
     #[test]
     fn reinit_empties_only_a_real_directory_of_ours() {
+        let me = [nix::unistd::geteuid().as_raw()];
         let base = std::env::temp_dir().join(format!("autopilot-reinit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let data = base.join("data");
-        std::fs::create_dir_all(data.join("sub")).expect("mkdir");
+        std::fs::create_dir_all(data.join("sub/deeper")).expect("mkdir");
         std::fs::write(data.join("sub/f"), "x").expect("write");
+        std::fs::write(data.join("sub/deeper/h"), "x").expect("write");
         std::fs::write(data.join("g"), "x").expect("write");
         let outside = base.join("outside");
-        std::fs::write(&outside, "keep").expect("write");
-        std::os::unix::fs::symlink(&outside, data.join("link")).expect("symlink");
-        assert!(check_data_dir(None).is_err());
-        assert!(check_data_dir(Some(Path::new("/"))).is_err());
-        assert!(check_data_dir(Some(Path::new("relative"))).is_err());
-        assert!(check_data_dir(Some(&outside)).is_err(), "a file");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("keep"), "keep").expect("write");
+        std::os::unix::fs::symlink(outside.join("keep"), data.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(&outside, data.join("sub/dirlink")).expect("symlink");
+        assert!(check_data_dir(None, &me).is_err());
+        assert!(check_data_dir(Some(Path::new("/")), &me).is_err());
+        assert!(check_data_dir(Some(Path::new("relative")), &me).is_err());
+        assert!(
+            check_data_dir(Some(&outside.join("keep")), &me).is_err(),
+            "a file"
+        );
         let link = base.join("dirlink");
         std::os::unix::fs::symlink(&data, &link).expect("symlink");
-        assert!(check_data_dir(Some(&link)).is_err(), "a symlink");
-        assert!(check_data_dir(Some(&base.join("missing"))).is_err());
-        assert_eq!(check_data_dir(Some(&data)), Ok(data.clone()));
-        assert_eq!(empty_dir(&data).expect("empty"), 3);
+        assert!(check_data_dir(Some(&link), &me).is_err(), "a symlink");
+        assert!(empty_dir(&link, &me).is_err(), "a symlink at empty time");
+        assert!(check_data_dir(Some(&base.join("missing")), &me).is_err());
+        // Owned by another user than the ones allowed.
+        let other = [me[0].wrapping_add(1)];
+        assert!(check_data_dir(Some(&data), &other).is_err());
+        assert!(empty_dir(&data, &other).is_err());
+        assert_eq!(check_data_dir(Some(&data), &me), Ok(data.clone()));
+        assert_eq!(empty_dir(&data, &me).expect("empty"), 3);
         assert_eq!(std::fs::read_dir(&data).expect("read").count(), 0);
-        assert_eq!(std::fs::read_to_string(&outside).expect("kept"), "keep");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep")).expect("kept"),
+            "keep"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn reinit_refuses_system_directories_even_when_owned() {
+        // Owner checks pass for every uid that owns these: only the
+        // system-directory rule refuses them.
+        for sys in ["/etc", "/var", "/usr", "/tmp", "/home"] {
+            let Ok(meta) = std::fs::symlink_metadata(sys) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            use std::os::unix::fs::MetadataExt;
+            let owner = [meta.uid()];
+            let err = check_data_dir(Some(Path::new(sys)), &owner).expect_err(sys);
+            assert!(err.contains("system directory"), "{sys}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_handled_reinit_is_read_back() {
+        let base = std::env::temp_dir().join(format!("autopilot-handled-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let f = base.join(REINIT_HANDLED_FILE);
+        assert_eq!(reinit_handled(&f), None);
+        crate::fsutil::write_atomic(&f, b"1700000000123").expect("write");
+        assert_eq!(reinit_handled(&f), Some(1_700_000_000_123));
         let _ = std::fs::remove_dir_all(&base);
     }
 
