@@ -755,16 +755,7 @@ impl Agent {
                     None => self.suspects.remove(&election),
                 };
             }
-            ElectionNews::Reinit => self.reinit(job, &election),
         }
-    }
-
-    /// The election task's reinit news is not acted on: a per-job watch,
-    /// independent of campaigning, carries reinits out (see
-    /// [`Agent::reinit_news`]).
-    fn reinit(&mut self, job: usize, election: &str) {
-        let name = &self.machine.spec(job).name;
-        tracing::debug!(job = %name, %election, "reinit intent seen by the campaign; the job's reinit watch handles it");
     }
 
     /// The users a reinit may empty a data directory of: this agent's (jobs
@@ -1035,9 +1026,8 @@ impl Agent {
                     self.publish_leader_changed(election);
                 }
             }
-            // Only a live campaign's vote is published, and only a live
-            // campaign's job is reinitialised.
-            ElectionNews::Suspect(_) | ElectionNews::Reinit => {}
+            // Only a live campaign's vote is published.
+            ElectionNews::Suspect(_) => {}
         }
     }
 

@@ -599,10 +599,6 @@ pub enum ElectionNews {
     /// The leader term this candidate has confirmed dead by probing (the
     /// member record's `suspect` tag), or `None`.
     Suspect(Option<u64>),
-    /// A reinit intent names this candidate, which does not lead: empty
-    /// its data and start it again through restore-before-start. Sent
-    /// once per appearance of the intent.
-    Reinit,
 }
 
 /// A candidate's own cluster settings (`election.priority`, `maxLag`).
@@ -710,7 +706,6 @@ pub fn spawn_election_after<M: Send + 'static>(
         let mut free_since: Option<Duration> = None;
         let mut last_holder: Option<Leader> = None;
         let mut dead: Option<String> = None;
-        let mut reinit_asked = false;
         // The deadline of the switchover this node resigned for: it does
         // not campaign until then, unless the intents read show it gone.
         let mut handed_over: Option<u64> = None;
@@ -785,8 +780,6 @@ pub fn spawn_election_after<M: Send + 'static>(
                 None => every,
             };
             let read = cluster_read(leading);
-            // Intents even while not campaigning: a member whose job is
-            // unhealthy is the one a reinit is for.
             let members = if wanted && !read.is_zero() {
                 crate::cluster::members(catalog.as_ref(), &election, read).await
             } else {
@@ -830,22 +823,6 @@ pub fn spawn_election_after<M: Send + 'static>(
                 list.push(mine);
                 list
             });
-            // A reinit intent for us, never while we lead.
-            if let Some(i) = &intents {
-                let asked = i.reinit.contains(&me.id);
-                let leads = leading.is_some() || held.as_ref().is_some_and(|l| l.id == me.id);
-                if asked && !reinit_asked && !leads {
-                    reinit_asked = true;
-                    if tx.send(wrap(ElectionNews::Reinit)).await.is_err() {
-                        return;
-                    }
-                } else if asked && !reinit_asked && leads {
-                    tracing::warn!(%election, "a reinit intent names this node, which leads: refused (switch over first)");
-                    reinit_asked = true;
-                } else if !asked {
-                    reinit_asked = false;
-                }
-            }
             // The fast path: probe a leader that is not us, unless paused.
             let following = held.as_ref().filter(|l| l.id != me.id && leading.is_none());
             let target = match (following, &members, &intents) {
