@@ -159,7 +159,11 @@ fn start_sh(dir: &Dir, env: &[(&str, &str)]) -> (bool, String) {
 fn server_uid() -> u32 {
     let root = my_uid() == 0;
     let out = Command::new("id")
-        .args(if root { vec!["-u", "postgres"] } else { vec!["-u"] })
+        .args(if root {
+            vec!["-u", "postgres"]
+        } else {
+            vec!["-u"]
+        })
         .output()
         .expect("id");
     String::from_utf8_lossy(&out.stdout)
