@@ -525,7 +525,10 @@ fn ineligible(v: &View, m: &Member, max_lag: Option<u64>, named: bool) -> Option
         return Some(format!("{} already leads", m.id));
     }
     if m.priority == 0 && !named {
-        return Some(format!("{} has priority 0 (it never leads automatically)", m.id));
+        return Some(format!(
+            "{} has priority 0 (it never leads automatically)",
+            m.id
+        ));
     }
     let lag = v.lag(m).unwrap_or(0);
     for (limit, from) in [(m.max_lag, "its maxLag"), (max_lag, "--max-lag")] {
