@@ -1,4 +1,4 @@
-//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd, on the README's own paths: one guarded initdb, standbys from a snapshot, kill -9 failover, the old primary rewound (not re-cloned), a failed rewind kept aside, authentication, the pinned version, fail-closed fencing, and synchronous mode (no acknowledged commit lost; only a listed standby promoted).
+//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd, on the README's own paths: one guarded initdb, standbys from a snapshot, kill -9 failover, the old primary rewound (not re-cloned), a failed rewind kept aside, authentication, the pinned version, the private run dir and archive repository checks, fail-closed fencing, and synchronous mode (no acknowledged commit lost; only a listed standby promoted).
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
