@@ -1,4 +1,4 @@
-//! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, the old master rejoining; and its production defaults: the password, the fence of a deposed master (frozen, or its pause lapsed), AOF across a kill -9 of every node.
+//! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, the old master rejoining; and its production defaults: the password, the fence of a deposed master (frozen, or its pause lapsed), AOF across a kill -9 of every node, the private run dir check.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
