@@ -16,15 +16,18 @@ fi
 # doubles as the liveness query.
 pos=$(q "select case when pg_is_in_recovery() then coalesce(pg_last_wal_replay_lsn(), '0/0') else pg_current_wal_flush_lsn() end")
 [ -n "$pos" ] || exit 1
-# Published as this member's position, only when it changed. A failure to
+# Published as this member's position, only when it changed. The cache is
+# keyed by the agent's PID too: a restarted agent's member record starts
+# without a position, so an idle server must publish it again. A failure to
 # publish is logged (once until it works again) and never fails the check.
-if [ "$pos" != "$(cat "$PRIV/position" 2>/dev/null)" ]; then
+key="${AUTOPILOT_PID:-} $pos"
+if [ "$key" != "$(cat "$PRIV/position" 2>/dev/null)" ]; then
     if out=$(timeout 1 autopilot cluster position "$pos" 2>&1); then
-        echo "$pos" > "$PRIV/position"
+        echo "$key" | put position
         rm -f "$PRIV/position-failed"
     elif [ ! -e "$PRIV/position-failed" ]; then
         log "cannot publish the position $pos (autopilot cluster position): $(echo "$out" | head -1)"
-        : > "$PRIV/position-failed"
+        : | put position-failed
     fi
 fi
 exit 0

@@ -1,7 +1,9 @@
 # Shared by the scripts: settings, running as the postgres user, and SQL.
 PORT=${PG_PORT:-5432}
 DATA=${PGDATA:-/var/lib/postgresql/autopilot}
-RUN=${PG_RUN:-/tmp}
+# Root's default is /run (only root can create there); others get /tmp,
+# where the private dir's owner, mode and type are checked (private_dir).
+if [ "$(id -u)" = 0 ]; then RUN=${PG_RUN:-/run}; else RUN=${PG_RUN:-/tmp}; fi
 # The node's private run directory (0700): the server's socket and the
 # client password file. Never inside PGDATA: pg_rewind and pg_basebackup
 # would meet the socket and its lock file there (and pg_rewind fails).
@@ -21,6 +23,35 @@ BIN=${PG_BIN:-/usr/lib/postgresql/$MAJOR/bin}
 PATH="$BIN:$PATH"
 export PATH
 log() { echo "$*" >&2; }
+# private_dir: creates $PRIV (mkdir -m 0700: fails if anything is there
+# already) or accepts an existing one only if it is a real directory (not a
+# symlink), mode 0700, owned by the server's user (postgres when root runs
+# the scripts, else us). Anything else is refused: in a shared directory
+# such as /tmp another user could have made it, or a link to elsewhere.
+private_dir() {
+    if [ "$(id -u)" = 0 ]; then want=$(id -u postgres) || return 1; else want=$(id -u); fi
+    if [ ! -e "$PRIV" ] && [ ! -L "$PRIV" ] && mkdir -m 0700 "$PRIV" 2>/dev/null; then
+        # Ours (just made), so chown -h cannot be sent elsewhere.
+        if [ "$(id -u)" = 0 ]; then chown -h postgres:postgres "$PRIV" || return 1; fi
+    fi
+    if [ -L "$PRIV" ] || [ ! -d "$PRIV" ]; then
+        log "the private run directory $PRIV is not a directory (or is a symlink): refused (remove it, or set PG_RUN)"
+        return 1
+    fi
+    got=$(stat -c '%u %a' "$PRIV") || return 1
+    if [ "$got" != "$want 700" ]; then
+        log "the private run directory $PRIV has owner uid and mode $got, not $want 700: refused (remove it, or set PG_RUN)"
+        return 1
+    fi
+}
+# put NAME: stdin into $PRIV/NAME (0600) atomically: a mktemp file (never a
+# predictable name) renamed over it, written as the directory's owner, so
+# root never writes through a link in a directory another user owns.
+put() {
+    private_dir || return 1
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    as_pg sh -c 'umask 077 && t=$(mktemp "$1/.$2.XXXXXX") && { cat > "$t" && mv -f "$t" "$1/$2" || { rm -f "$t"; exit 1; }; }' put "$PRIV" "$1"
+}
 # as_pg CMD...: PostgreSQL refuses to run as root.
 as_pg() {
     if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
@@ -61,7 +92,7 @@ REPO=${PG_ARCHIVE_REPO:-/var/backups/postgres-archive}
 PGBR_CONF="$PRIV/pgbackrest.conf"
 PGBR="pgbackrest --config=$PGBR_CONF --stanza=$STANZA"
 write_pgbr_conf() {
-    cat > "$PGBR_CONF.tmp" <<CONF
+    put pgbackrest.conf <<CONF
 [global]
 repo1-path=$REPO
 lock-path=$PRIV/pgbackrest
@@ -78,8 +109,6 @@ pg1-port=$PORT
 pg1-socket-path=$SOCK
 pg1-user=postgres
 CONF
-    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PGBR_CONF.tmp"; fi
-    mv "$PGBR_CONF.tmp" "$PGBR_CONF"
 }
 # pgbr ARGS...: pgBackRest as the postgres user on this node.
 # shellcheck disable=SC2086
@@ -124,13 +153,8 @@ passfile() {
         log "the password file $PWFILE is empty: not starting"
         return 1
     fi
-    (
-        umask 077
-        # The passfile's own escapes: backslash and colon.
-        printf '*:*:*:postgres:%s\n' "$(printf %s "$pw" | sed 's/[\\:]/\\&/g')" > "$PGPASSFILE.tmp"
-    ) || return 1
-    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PGPASSFILE.tmp"; fi
-    mv "$PGPASSFILE.tmp" "$PGPASSFILE"
+    # The passfile's own escapes: backslash and colon.
+    printf '*:*:*:postgres:%s\n' "$(printf %s "$pw" | sed 's/[\\:]/\\&/g')" | put pgpass
 }
 # current_leader: sets LID and LADDR (HOST:PORT) to the leader as the agent
 # records it now (its leader file is rewritten on every change, while a

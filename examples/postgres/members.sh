@@ -30,7 +30,7 @@ for s in $have; do
         continue
         ;;
     esac
-    [ -e "$PRIV/absent-$s" ] || echo "$now" > "$PRIV/absent-$s"
+    [ -e "$PRIV/absent-$s" ] || echo "$now" | put "absent-$s"
     [ $((now - $(cat "$PRIV/absent-$s"))) -ge "${PG_SLOT_GRACE:-60}" ] || continue
     if [ "$(q "select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots where slot_name = '$s' and not active")" = 1 ]; then
         log "replication slot $s dropped: no such member for ${PG_SLOT_GRACE:-60} s"
@@ -56,5 +56,5 @@ until [ "$(q 'show synchronous_standby_names')" = "$(sed -n "s/^synchronous_stan
     sleep 0.01
 done
 autopilot kv put "$SYNC_KEY" "$APP $new" --timeout 2s >/dev/null || exit 1
-echo "$new" > "$PRIV/sync"
+echo "$new" | put sync
 log "synchronous standbys: ${new:-none}"

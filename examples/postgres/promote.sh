@@ -102,7 +102,7 @@ if sync_mode; then
             *" $APP "*) ;;
             *)
                 log "not a synchronous standby of $old (those: ${list:-none}): not promoting; handing the seat on"
-                touch "$PRIV/ineligible"
+                : | put ineligible
                 exit 1
                 ;;
         esac

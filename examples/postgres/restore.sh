@@ -9,9 +9,9 @@ set -eu
     log "the snapshot's dataDir $AUTOPILOT_DATA_DIR is not PGDATA $DATA"
     exit 1
 }
-mkdir -p "$PRIV"
-if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$PRIV"; fi
-chmod 700 "$DATA" "$PRIV"
+private_dir
+if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA"; fi
+chmod 700 "$DATA"
 write_pgbr_conf
 archive_restore
 log "restored $(cat "$AUTOPILOT_SNAPSHOT_FILE")"

@@ -8,9 +8,10 @@
 #   - another node leads: stream from it.
 set -u
 . ./lib.sh
-mkdir -p "$DATA" "$PRIV"
-if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA" "$PRIV"; fi
-chmod 700 "$DATA" "$PRIV"
+private_dir || exit 1
+mkdir -p "$DATA"
+if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DATA"; fi
+chmod 700 "$DATA"
 passfile || exit 1
 # A pinned major version: a server or a data directory of another one is
 # refused (a major upgrade is a deliberate pg_upgrade, never a side effect).
@@ -55,10 +56,21 @@ clone() {
     as_pg touch "$DATA/standby.signal"
 }
 
-# The archive's repository: every node writes to it (as postgres).
-write_pgbr_conf
-mkdir -p "$REPO"
-if [ "$(id -u)" = 0 ] && [ "$(stat -c %U "$REPO")" != postgres ]; then chown postgres:postgres "$REPO"; fi
+# The archive's repository: every node writes to it (as postgres). It must
+# exist already: never created here, since a shared mount that is missing
+# (not mounted) would become an empty local directory, read as "no backups",
+# and a node with no data and no primary would then initdb over the lost
+# cluster. (With pgBackRest's S3 settings there is no local directory.)
+write_pgbr_conf || exit 1
+case ${PGBACKREST_REPO1_TYPE:-posix} in
+    posix | cifs)
+        if [ ! -d "$REPO" ]; then
+            log "the archive repository $REPO does not exist (not mounted?): not starting (create it once, on the shared mount, when bootstrapping)"
+            exit 1
+        fi
+        if [ "$(id -u)" = 0 ] && [ "$(stat -c %U "$REPO")" != postgres ]; then chown postgres:postgres "$REPO"; fi
+        ;;
+esac
 
 if [ ! -e "$DATA/PG_VERSION" ]; then
     if [ -n "$L" ] && [ "$L" != "$ME" ]; then
@@ -77,8 +89,7 @@ if [ ! -e "$DATA/PG_VERSION" ]; then
         log "bootstrap: initdb"
         # Password authentication (scram-sha-256) on every connection,
         # local socket, TCP and replication alike.
-        (umask 077 && head -n 1 "$PWFILE" > "$PRIV/initdb-pw") || exit 1
-        if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PRIV/initdb-pw"; fi
+        head -n 1 "$PWFILE" | put initdb-pw || exit 1
         as_pg initdb -D "$DATA" -U postgres --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
             --pwfile="$PRIV/initdb-pw" >/dev/null
         rc=$?

@@ -10,7 +10,8 @@ set -u
 . ./lib.sh
 I=$(REDISCLI_AUTH=$PW timeout 1 redis-cli -p "$PORT" INFO 2>/dev/null | tr -d '\r')
 [ "$(field "$I" loading)" = 0 ] || exit 1
-state=${AUTOPILOT_JOB_STATE_DIR:-/tmp}
+state=${AUTOPILOT_JOB_STATE_DIR:-}
+if [ -z "$state" ]; then private_dir || exit 1; state=$PRIV; fi
 off=$(field "$I" master_repl_offset)
 # Keyed by the agent's PID too: a restarted agent's member record starts without it.
 pos="${AUTOPILOT_PID:-} $off"

@@ -8,8 +8,30 @@ PWFILE=${REDIS_PASSWORD_FILE:-/etc/autopilot/redis.password}
 # A deposed master's write pause (ms). health.sh renews it every check, so it
 # only lapses if the agent stopped checking.
 PAUSE_MS=${REDIS_PAUSE_MS:-600000}
-LOCK="${REDIS_RUN:-/tmp}/redis-$PORT.fence.lock"
+# The node's private run directory (0700, ours): the fence lock. Root's
+# default parent is /run (only root can create there); others get /tmp, where
+# private_dir checks what it finds.
+if [ "$(id -u)" = 0 ]; then RUN=${REDIS_RUN:-/run}; else RUN=${REDIS_RUN:-/tmp}; fi
+PRIV="$RUN/autopilot-redis-$PORT"
+LOCK="$PRIV/fence.lock"
 log() { echo "$*" >&2; }
+# private_dir: creates $PRIV (mkdir -m 0700: fails if anything is there
+# already) or accepts an existing one only if it is a real directory (not a
+# symlink), mode 0700 and ours. Anything else is refused: in a shared
+# directory such as /tmp another user could have made it (and hold the lock
+# in it, so fence.sh could never pause a deposed master), or a link.
+private_dir() {
+    [ -e "$PRIV" ] || [ -L "$PRIV" ] || mkdir -m 0700 "$PRIV" 2>/dev/null
+    if [ -L "$PRIV" ] || [ ! -d "$PRIV" ]; then
+        log "the private run directory $PRIV is not a directory (or is a symlink): refused (remove it, or set REDIS_RUN)"
+        return 1
+    fi
+    got=$(stat -c '%u %a' "$PRIV") || return 1
+    if [ "$got" != "$(id -u) 700" ]; then
+        log "the private run directory $PRIV has owner uid and mode $got, not $(id -u) 700: refused (remove it, or set REDIS_RUN)"
+        return 1
+    fi
+}
 # The password, in a shell variable that is never exported: it reaches
 # redis-cli through REDISCLI_AUTH for one command at a time (never argv,
 # never the agent's environment).
@@ -46,6 +68,7 @@ unpause() { [ "$(cli CLIENT UNPAUSE 2>/dev/null | tr -d '\r')" = OK ]; }
 # stale view of the seat can never land after promote.sh's unpause.
 # (Not a subshell: CMD may set variables. The lock goes with fd 9.)
 locked() {
+    private_dir || return 1
     {
         flock -w 5 9 || { log "cannot take the fence lock $LOCK"; return 1; }
         "$@"

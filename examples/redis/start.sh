@@ -5,6 +5,7 @@
 set -u
 . ./lib.sh
 DATA=${REDIS_DATA:-/data}
+private_dir || exit 1
 mkdir -p "$DATA"
 # The password file: required, and private (requirepass and masterauth).
 if [ ! -f "$PWFILE" ] || [ ! -r "$PWFILE" ]; then

@@ -1,4 +1,4 @@
-//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd, on the README's own paths: one guarded initdb, standbys from a snapshot, kill -9 failover, the old primary rewound (not re-cloned), a failed rewind kept aside, authentication, the pinned version, fail-closed fencing, and synchronous mode (no acknowledged commit lost; only a listed standby promoted).
+//! The PostgreSQL blueprint (examples/postgres) end to end on a real etcd, on the README's own paths: one guarded initdb, standbys from a snapshot, kill -9 failover, the old primary rewound (not re-cloned), a failed rewind kept aside, authentication, the pinned version, the private run dir and archive repository checks, fail-closed fencing, and synchronous mode (no acknowledged commit lost; only a listed standby promoted).
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
@@ -100,14 +100,17 @@ fn another_major_version_is_refused() {
 }
 
 /// Runs the blueprint's start.sh alone on `dir` (data dir `data`, password
-/// file `pw`) with an unreachable catalog, so whatever it does after its
-/// checks fails fast; returns whether it succeeded and its stderr.
+/// file `pw`) with an unreachable catalog unless `env` names one, so whatever
+/// it does after its checks fails fast; returns whether it succeeded and its
+/// stderr. Bounded (60 s): a start.sh that wrongly goes on to exec a server
+/// is stopped (fast shutdown, then SIGKILL) and counts as a success.
 fn start_sh(dir: &Dir, env: &[(&str, &str)]) -> (bool, String) {
     let bin_dir = std::path::Path::new(bin())
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    let out = Command::new("sh")
+    let log = dir.path(&format!("start-{}.log", free_port()));
+    let mut child = Command::new("sh")
         .arg("start.sh")
         .current_dir(example_dir("postgres"))
         .env(
@@ -124,13 +127,159 @@ fn start_sh(dir: &Dir, env: &[(&str, &str)]) -> (bool, String) {
         .env("PG_PASSWORD_FILE", dir.path("pw"))
         .env("AUTOPILOT_CATALOG", "etcd://127.0.0.1:1/none")
         .env("LEADER_RETRIES", "1")
+        .env("PG_BIND", "127.0.0.1")
         .envs(env.iter().copied())
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
         .expect("run start.sh");
+    let mut status = None;
+    if !wait_for(Duration::from_secs(60), || {
+        status = child.try_wait().expect("wait start.sh");
+        status.is_some()
+    }) {
+        // It exec'd a server (same pid): stop it and count that as success.
+        kill(child.id() as i32, libc::SIGINT);
+        if !wait_for(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        return (true, std::fs::read_to_string(&log).unwrap_or_default());
+    }
     (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.is_some_and(|s| s.success()),
+        std::fs::read_to_string(&log).unwrap_or_default(),
     )
+}
+
+/// The uid the blueprint runs its server as: postgres when root runs it.
+fn server_uid() -> u32 {
+    let root = my_uid() == 0;
+    let out = Command::new("id")
+        .args(if root {
+            vec!["-u", "postgres"]
+        } else {
+            vec!["-u"]
+        })
+        .output()
+        .expect("id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a uid")
+}
+
+/// Our own uid, from `id -u`.
+fn my_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a uid")
+}
+
+/// start.sh refuses a private run directory it finds in a shared place
+/// unless it is a real directory (not a symlink), 0700 and owned by the
+/// server's user, and writes nothing into a refused one (another user could
+/// have made it, or planted a link, to read the passfile or have root write
+/// through the link); a missing one is made 0700 for the server's user.
+#[test]
+fn a_foreign_or_linked_private_run_dir_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = Dir::new("bp-pg-priv");
+    write_mode(&dir.path("pw"), "secret\n", 0o600);
+    let port = free_port().to_string();
+    let env = [("PG_PORT", port.as_str())];
+    let priv_dir = dir.path(&format!("autopilot-pg-{port}"));
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    let refused = |why: &str, says: &str, look_in: &std::path::Path| {
+        let (ok, err) = start_sh(&dir, &env);
+        assert!(!ok, "{why}: {err}");
+        assert!(
+            err.contains("private run directory") && err.contains(says),
+            "{why}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(look_in).expect("read dir").count(),
+            0,
+            "{why}: nothing is written into a refused directory"
+        );
+        assert!(!dir.path("data").exists(), "{why}: refused first");
+    };
+    if my_uid() == 0 {
+        // Another user's directory (nobody), with the right mode.
+        std::fs::create_dir(&priv_dir).expect("mkdir");
+        std::os::unix::fs::chown(&priv_dir, Some(65534), Some(65534)).expect("chown");
+        mode(&priv_dir, 0o700);
+        refused("owned by nobody", "not", &priv_dir);
+        std::fs::remove_dir(&priv_dir).expect("rmdir");
+    }
+    // The server user's directory, but open to others.
+    std::fs::create_dir(&priv_dir).expect("mkdir");
+    std::os::unix::fs::chown(&priv_dir, Some(server_uid()), None).expect("chown");
+    mode(&priv_dir, 0o755);
+    refused("mode 0755", "755", &priv_dir);
+    std::fs::remove_dir(&priv_dir).expect("rmdir");
+    // A symlink to a directory that would pass every other check.
+    let elsewhere = dir.path("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    std::os::unix::fs::chown(&elsewhere, Some(server_uid()), None).expect("chown");
+    mode(&elsewhere, 0o700);
+    std::os::unix::fs::symlink(&elsewhere, &priv_dir).expect("symlink");
+    refused("a symlink", "symlink", &elsewhere);
+    std::fs::remove_file(&priv_dir).expect("rm link");
+    // None there: made 0700 for the server's user; start.sh goes on (to the
+    // unreachable catalog) with the passfile written in it.
+    let (ok, err) = start_sh(&dir, &env);
+    assert!(!ok, "{err}");
+    assert!(err.contains("cannot read the election"), "{err}");
+    let meta = std::fs::symlink_metadata(&priv_dir).expect("made");
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o7777, 0o700);
+    assert_eq!(meta.uid(), server_uid());
+    let pass = std::fs::metadata(priv_dir.join("pgpass")).expect("passfile");
+    assert_eq!(pass.mode() & 0o777, 0o600);
+    assert_eq!(pass.uid(), server_uid());
+    assert!(
+        !std::fs::read_dir(&priv_dir)
+            .expect("read dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with('.')),
+        "no temp file is left behind"
+    );
+}
+
+/// start.sh never creates the archive repository: a missing one (a shared
+/// mount that is not mounted) stops the start, instead of reading as "no
+/// backups" and letting a node with no data and no primary initdb over a
+/// lost cluster.
+#[test]
+fn a_missing_archive_repository_stops_the_start() {
+    let dir = Dir::new("bp-pg-repo");
+    write_mode(&dir.path("pw"), "secret\n", 0o600);
+    let etcd = autopilot_testkit::Etcd::single(&dir.0);
+    let url = format!("etcd://{}/pg-repo", etcd.endpoint());
+    let repo = dir.path("archive");
+    let repo_s = repo.display().to_string();
+    let (ok, err) = start_sh(
+        &dir,
+        &[
+            ("AUTOPILOT_CATALOG", url.as_str()),
+            ("PG_ARCHIVE_REPO", repo_s.as_str()),
+        ],
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("the archive repository {repo_s} does not exist")),
+        "{err}"
+    );
+    assert!(!repo.exists(), "the repository is never created");
+    assert!(!dir.path("data/PG_VERSION").exists(), "no initdb");
 }
 
 /// Writes `text` to a new file with `mode`.
@@ -153,6 +302,9 @@ impl Cluster {
         let dir = Dir::new(tag);
         write_mode(&dir.path("pg-password"), &format!("{PASSWORD}\n"), 0o600);
         let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        // The shared archive exists before the first node starts (start.sh
+        // never creates it).
+        std::fs::create_dir(dir.path("archive")).expect("archive dir");
         let extra = extra
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

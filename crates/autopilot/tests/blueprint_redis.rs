@@ -1,4 +1,4 @@
-//! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, the old master rejoining; and its production defaults: the password, the fence of a deposed master (frozen, or its pause lapsed), AOF across a kill -9 of every node.
+//! The Redis blueprint (examples/redis) end to end on a real etcd: election of one master, replicas following it, snapshots, restore of a new node, kill -9 failover with no lost `WAIT 1` write, the old master rejoining; and its production defaults: the password, the fence of a deposed master (frozen, or its pause lapsed), AOF across a kill -9 of every node, the private run dir check.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 
@@ -402,4 +402,117 @@ fn writes_acknowledged_a_second_before_a_kill_9_of_every_node_survive() {
         durable.len(),
         lost.iter().take(10).collect::<Vec<_>>()
     );
+}
+
+/// The fence lock lives in the node's private run directory: one found
+/// there is refused unless it is a real directory (not a symlink), 0700 and
+/// ours (in a shared /tmp another user could have made it and hold the lock,
+/// so a deposed master would never be paused); a missing one is made 0700.
+/// Driven through health.sh, which renews a deposed master's pause under the
+/// lock, against a real redis-server that is a master without the seat.
+#[test]
+fn a_foreign_or_linked_private_run_dir_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let c = Cluster::new("bp-redis-priv");
+    let dir = &c.dir;
+    let port = free_port();
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let up = wait_for(Duration::from_secs(10), || {
+        resp(port, &["PING"]).as_deref() == Some("+PONG")
+    });
+    let state = dir.path("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let bin_dir = std::path::Path::new(bin()).parent().expect("bin dir");
+    let health = || {
+        let out = std::process::Command::new("sh")
+            .arg("health.sh")
+            .current_dir(example_dir("redis"))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("REDIS_PORT", port.to_string())
+            .env("REDIS_RUN", &dir.0)
+            .env("REDIS_PASSWORD_FILE", dir.path("redis.password"))
+            .env("AUTOPILOT_JOB_STATE_DIR", &state)
+            .env("AUTOPILOT_HOSTNAME", "priv-test")
+            .env("REDIS_PAUSE_MS", "60000")
+            .env_remove("AUTOPILOT_LEADER_REDIS_FILE")
+            .env_remove("AUTOPILOT_LEADER_REDIS_ID")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("health.sh");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let priv_dir = dir.path(&format!("autopilot-redis-{port}"));
+    let uid = std::fs::metadata(&dir.0).expect("dir").uid();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    let mut failures = Vec::new();
+    let mut refused = |why: &str, says: &str, look_in: &std::path::Path| {
+        let (ok, err) = health();
+        let empty = std::fs::read_dir(look_in).map(|d| d.count()).unwrap_or(0) == 0;
+        if ok || !err.contains("private run directory") || !err.contains(says) || !empty {
+            failures.push(format!("{why}: ok={ok} empty={empty}: {err}"));
+        }
+    };
+    if up {
+        if uid == 0 {
+            // Another user's directory (nobody), with the right mode.
+            std::fs::create_dir(&priv_dir).expect("mkdir");
+            std::os::unix::fs::chown(&priv_dir, Some(65534), Some(65534)).expect("chown");
+            mode(&priv_dir, 0o700);
+            refused("owned by nobody", "not 0 700", &priv_dir);
+            std::fs::remove_dir(&priv_dir).expect("rmdir");
+        }
+        // Ours, but open to others.
+        std::fs::create_dir(&priv_dir).expect("mkdir");
+        mode(&priv_dir, 0o755);
+        refused("mode 0755", "755", &priv_dir);
+        std::fs::remove_dir(&priv_dir).expect("rmdir");
+        // A symlink to a directory that passes every other check.
+        let elsewhere = dir.path("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        mode(&elsewhere, 0o700);
+        std::os::unix::fs::symlink(&elsewhere, &priv_dir).expect("symlink");
+        refused("a symlink", "symlink", &elsewhere);
+        std::fs::remove_file(&priv_dir).expect("rm link");
+    }
+    // None there: made 0700, the lock taken in it, the deposed master paused.
+    let fresh = up.then(health);
+    let paused = up && holds_writes(port, "priv-test");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(up, "redis-server did not start");
+    assert!(failures.is_empty(), "{failures:#?}");
+    let (ok, err) = fresh.expect("ran");
+    assert!(ok, "{err}");
+    let meta = std::fs::symlink_metadata(&priv_dir).expect("made");
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o7777, 0o700);
+    assert!(priv_dir.join("fence.lock").exists());
+    assert!(paused, "health.sh renews a deposed master's pause");
 }

@@ -381,7 +381,12 @@ fn refusals_body(s: &Store) {
         2,
         "b lags by 10, beyond its maxLag of 5",
     );
-    refused(&["switchover", E, "--to", "d"], 2, "d has priority 0");
+    // Priority 0 keeps d out of automatic choices only: named with --to it is
+    // an explicit choice (as with failover --to), not refused; nobody acts on
+    // the intent here, so the wait runs out (3) and the intent is withdrawn.
+    let (c, out, err) = s.cli(&["switchover", E, "--to", "d", "--timeout", "1s"]);
+    assert_eq!(c, 3, "priority 0 named with --to is allowed: {out}{err}");
+    assert!(err.contains("did not complete within 1s"), "{err}");
     refused(
         &["switchover", E, "--to", "e", "--max-lag", "3"],
         2,
@@ -402,6 +407,41 @@ fn refusals_body(s: &Store) {
         &["failover", E, "--to", "e"],
         2,
         "a leads pg and is passing: use `autopilot switchover",
+    );
+    // A leader whose record is not critical keeps its seat: failover ends
+    // only a seat whose holder's own record says critical.
+    s.member("a", Status::Warning, &["position=100"]);
+    refused(
+        &["failover", E, "--to", "e"],
+        2,
+        "a leads pg and is warning, not critical: its seat is not ended",
+    );
+    s.member("a", Status::Passing, &["position=100"]);
+    // A leader without a member record (an older agent, a job without an
+    // address) may be healthy: refused, and its seat is never ended.
+    s.member_in("norec", "x", Status::Passing, &[]);
+    let holder = Candidate {
+        id: "z".into(),
+        address: "127.0.0.1".into(),
+        port: 5432,
+    };
+    s.rt.block_on(s.seat.campaign("norec", &holder, Duration::from_secs(60)))
+        .expect("campaign")
+        .expect("z wins norec");
+    refused(
+        &["failover", "norec", "--to", "x"],
+        2,
+        "z leads norec (term",
+    );
+    let (_, _, err) = s.cli(&["failover", "norec", "--to", "x"]);
+    assert!(err.contains("has no member record"), "{err}");
+    assert_eq!(
+        s.rt.block_on(s.members.leader("norec"))
+            .expect("leader")
+            .map(|l| l.id)
+            .as_deref(),
+        Some("z"),
+        "the seat of a leader without a record is never ended"
     );
     refused(&["reinit", E, "a"], 2, "a leads pg");
     refused(&["reinit", E, "zz"], 1, "\"zz\" is not a member of pg");

@@ -514,16 +514,21 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Why `m` cannot be handed the seat (`None`: it can).
-fn ineligible(v: &View, m: &Member, max_lag: Option<u64>) -> Option<String> {
+/// Why `m` cannot be handed the seat (`None`: it can). `named`: the operator
+/// named `m` (`--to`), an explicit choice that priority 0 does not forbid
+/// (priority 0 only keeps a member out of automatic choices).
+fn ineligible(v: &View, m: &Member, max_lag: Option<u64>, named: bool) -> Option<String> {
     if !m.passing() {
         return Some(format!("{} is {}, not passing", m.id, m.status.as_str()));
     }
     if v.is_leader(m) {
         return Some(format!("{} already leads", m.id));
     }
-    if m.priority == 0 {
-        return Some(format!("{} has priority 0 (it never leads)", m.id));
+    if m.priority == 0 && !named {
+        return Some(format!(
+            "{} has priority 0 (it never leads automatically)",
+            m.id
+        ));
     }
     let lag = v.lag(m).unwrap_or(0);
     for (limit, from) in [(m.max_lag, "its maxLag"), (max_lag, "--max-lag")] {
@@ -690,7 +695,7 @@ pub async fn switchover(
                     ),
                 )
             })?;
-            if let Some(why) = ineligible(&v, m, a.max_lag) {
+            if let Some(why) = ineligible(&v, m, a.max_lag, true) {
                 return Err(refused(CMD, format!("cannot hand {} to {why}", a.election)));
             }
         }
@@ -698,7 +703,7 @@ pub async fn switchover(
             if !v
                 .members
                 .iter()
-                .any(|m| ineligible(&v, m, a.max_lag).is_none())
+                .any(|m| ineligible(&v, m, a.max_lag, false).is_none())
             {
                 return Err(refused(
                     CMD,
@@ -812,19 +817,42 @@ pub async fn failover(
     let (cat, etcd) = (opened.cat.as_ref(), opened.etcd.as_deref());
     let what = format!("catalog {}", o.url);
     let v = super::bounded(&what, o.deadline, read_view(cat, etcd, &a.election)).await?;
-    let healthy_leader = v
-        .leader
-        .as_ref()
-        .and_then(|l| v.member(&l.id))
-        .filter(|m| m.passing());
-    if let Some(l) = healthy_leader {
-        return Err(refused(
-            CMD,
-            format!(
-                "{} leads {} and is passing: use `autopilot switchover {} --to {}`",
-                l.id, a.election, a.election, a.to
-            ),
-        ));
+    // A seat is ended only when its holder's own record says critical: a
+    // leader without a record (an older agent, a job without an address)
+    // may be healthy, and ending its seat would make two primaries.
+    if let Some(l) = &v.leader {
+        match v.member(&l.id) {
+            None => {
+                return Err(refused(
+                    CMD,
+                    format!(
+                        "{} leads {} (term {}) but has no member record, so its health is unknown: its seat is not ended; stop it or wait for its seat to expire, then retry",
+                        l.id, a.election, l.term
+                    ),
+                ));
+            }
+            Some(m) if m.passing() => {
+                return Err(refused(
+                    CMD,
+                    format!(
+                        "{} leads {} and is passing: use `autopilot switchover {} --to {}`",
+                        m.id, a.election, a.election, a.to
+                    ),
+                ));
+            }
+            Some(m) if m.status != Status::Critical => {
+                return Err(refused(
+                    CMD,
+                    format!(
+                        "{} leads {} and is {}, not critical: its seat is not ended",
+                        m.id,
+                        a.election,
+                        m.status.as_str()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
     }
     let m = v.member(&a.to).ok_or_else(|| {
         refused(
@@ -863,7 +891,7 @@ pub async fn failover(
         .await;
         match ended {
             Ok(true) => eprintln!(
-                "autopilot: ended the seat of {} (term {}), which was not passing",
+                "autopilot: ended the seat of {} (term {}), which was critical",
                 l.id, l.term
             ),
             Ok(false) => {}
