@@ -123,7 +123,12 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
     let d = Dir::new("hook-pg");
     let fakes = fakes(&d, &["initdb", "postgres", "pg_basebackup"]);
     let (data, run) = (d.path("data"), d.path("run"));
+    std::fs::create_dir(&run).expect("run dir");
     let pw = password_file(&d);
+    // The shared archive exists (start.sh never creates it) and is empty.
+    let repo = d.path("archive");
+    std::fs::create_dir(&repo).expect("archive dir");
+    let repo = repo.display().to_string();
     let refused = autopilot_testkit::refused_port();
     let down = format!("etcd://127.0.0.1:{}/pg", refused.port);
     let env = [
@@ -132,6 +137,7 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
         ("PG_RUN", run.to_str().expect("utf-8")),
         ("PG_BIN", fakes.to_str().expect("utf-8")),
         ("PG_PASSWORD_FILE", pw.as_str()),
+        ("PG_ARCHIVE_REPO", repo.as_str()),
         ("LEADER_RETRIES", "2"),
     ];
     // Before: initdb, then postgres as a primary.
@@ -139,6 +145,11 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
         start_hook("postgres", &fakes, &env),
         Some(1),
         "{}",
+        d.read("start.log")
+    );
+    assert!(
+        d.read("start.log").contains("cannot read the election"),
+        "it stopped for the catalog: {}",
         d.read("start.log")
     );
     assert!(d.lines("calls").is_empty(), "ran: {:?}", d.lines("calls"));
@@ -150,8 +161,14 @@ fn postgres_start_never_initdbs_while_the_catalog_is_unreachable() {
         ("PG_RUN", run.to_str().expect("utf-8")),
         ("PG_BIN", fakes.to_str().expect("utf-8")),
         ("PG_PASSWORD_FILE", pw.as_str()),
+        ("PG_ARCHIVE_REPO", repo.as_str()),
     ];
-    assert_eq!(start_hook("postgres", &fakes, &env), Some(0));
+    assert_eq!(
+        start_hook("postgres", &fakes, &env),
+        Some(0),
+        "{}",
+        d.read("start.log")
+    );
     let calls = d.lines("calls");
     assert!(
         calls.len() == 2 && calls[0].starts_with("initdb") && calls[1].starts_with("postgres"),

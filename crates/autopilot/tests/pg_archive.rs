@@ -124,6 +124,8 @@ fn a_cluster_whose_every_node_is_lost_comes_back_from_the_archive() {
         "pgBackRest is not installed: run ./scripts/test, which installs it"
     );
     let dir = Dir::new("pg-archive");
+    // The shared archive exists before the first node starts (start.sh never creates it).
+    std::fs::create_dir(dir.path("archive")).expect("archive dir");
     write_mode(&dir.path("pg-password"), &format!("{PASSWORD}\n"), 0o600);
     write_mode(
         &dir.path("client-pgpass"),

@@ -325,7 +325,24 @@ fn reloading_the_postgres_blueprint_keeps_the_primary() {
         ("PG_PORT".into(), port.to_string()),
         ("PGDATA".into(), dir.path("data-pg1").display().to_string()),
         ("PG_BIND".into(), "127.0.0.1".into()),
+        (
+            "PG_PASSWORD_FILE".into(),
+            dir.path("pg-password").display().to_string(),
+        ),
+        (
+            "PG_ARCHIVE_REPO".into(),
+            dir.path("archive").display().to_string(),
+        ),
     ]);
+    // Authentication is on by default (an owner-only password file), and
+    // the shared archive exists before the first node starts.
+    std::fs::write(dir.path("pg-password"), "s3cret\n").expect("password");
+    std::fs::set_permissions(
+        dir.path("pg-password"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    std::fs::create_dir(dir.path("archive")).expect("archive dir");
     let a = start_example_ready(
         "postgres",
         "postgres.json5",
