@@ -363,7 +363,7 @@ class ApCluster:
             self.password_file = (var, f"{work}/{kind}.password")
             with open(self.password_file[1], "w") as f:
                 f.write("bench\n")
-            os.chmod(self.password_file[1], 0o644)
+            os.chmod(self.password_file[1], 0o600)  # the blueprints refuse a readable one
 
     def env(self, name, port):
         e = dict(os.environ)
@@ -378,6 +378,11 @@ class ApCluster:
         if self.kind == "pg":
             e.update({"PG_RUN": self.work, "PG_PORT": str(port), "PGDATA": f"{self.work}/data-{name}",
                       "PG_BIND": "127.0.0.1", "PG_LEASE_TTL": f"{self.ttl}s"})
+            if blueprint_wants("postgres", "PG_ARCHIVE_REPO"):
+                # The shared archive exists before any node starts (the blueprint never creates it).
+                repo = f"{self.work}/archive"
+                os.makedirs(repo, exist_ok=True)
+                e["PG_ARCHIVE_REPO"] = repo
         else:
             e.update({"REDIS_RUN": self.work, "REDIS_PORT": str(port), "REDIS_DATA": f"{self.work}/data-{name}",
                       "REDIS_BIND": "127.0.0.1", "REDIS_LEASE_TTL": f"{self.ttl}s", "SNAPSHOT_INTERVAL": "10s"})

@@ -931,7 +931,13 @@ impl EtcdCatalog {
     /// someone else may hold them now, so they are never silently taken back.
     fn lost_lease(&self, s: &mut Session, why: &str) {
         if let Some(lease) = s.lease.take() {
-            tracing::warn!(catalog = %self.url, "session lease {lease:x} lost ({why}); taking a new one and registering again");
+            if s.owned.is_empty() && s.locks.is_empty() {
+                // Nothing lived on it (the last entry was removed, so no
+                // keep-alive was due): an idle lease lapsing loses nothing.
+                tracing::debug!(catalog = %self.url, "idle session lease {lease:x} lapsed ({why}); taking a new one");
+            } else {
+                tracing::warn!(catalog = %self.url, "session lease {lease:x} lost ({why}); taking a new one and registering again");
+            }
         }
         s.keeper = None;
         for name in std::mem::take(&mut s.locks).keys() {
