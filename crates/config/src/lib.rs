@@ -1295,6 +1295,22 @@ fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
     let retain = o.opt("retain", |f| f.int(1, 10_000))?.unwrap_or(3) as u32;
     let leader_only = o.opt("leaderOnly", Field::bool)?.unwrap_or(false);
     let data_dir = o.opt("dataDir", Field::str)?.map(PathBuf::from);
+    let data_dir_owner = o.opt("dataDirOwner", Field::str)?;
+    if let Some(u) = &data_dir_owner
+        && (u.is_empty()
+            || u.len() > 32
+            || !u
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(o.err(
+            "dataDirOwner",
+            format!("{u:?} is not a user name (1-32 letters, digits, '_', '-', '.')"),
+        ));
+    }
+    if data_dir_owner.is_some() && data_dir.is_none() {
+        return Err(o.err("dataDirOwner", "'dataDirOwner' needs a 'dataDir'"));
+    }
     if restore.is_some() != data_dir.is_some() {
         return Err(o.err(
             "restore",
@@ -1310,6 +1326,7 @@ fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
         "retain",
         "leaderOnly",
         "dataDir",
+        "dataDirOwner",
     ])?;
     Ok(SnapshotSpec {
         set,
@@ -1320,6 +1337,7 @@ fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {
         retain,
         leader_only,
         data_dir,
+        data_dir_owner,
     })
 }
 

@@ -627,3 +627,31 @@ fn election_priority_and_max_lag() {
         assert!(err.contains(want), "{text}: {err}");
     }
 }
+
+#[test]
+fn data_dir_owner_is_a_user_name_beside_a_data_dir() {
+    let snap = |extra: &str| {
+        format!(
+            "{{ jobs: [{{ name: 'db', exec: 'x', snapshot: {{ store: 'file:///tmp/s', dataDir: '/srv/db', restore: 'true'{extra} }} }}] }}"
+        )
+    };
+    let c = load(&snap(", dataDirOwner: 'postgres'")).expect("valid");
+    assert_eq!(
+        c.jobs[0]
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.data_dir_owner.as_deref()),
+        Some("postgres")
+    );
+    let e = load(&snap(", dataDirOwner: '../root'")).expect_err("not a name");
+    assert!(
+        e.to_string().contains("jobs[0].snapshot.dataDirOwner")
+            && e.to_string().contains("not a user name"),
+        "{e}"
+    );
+    let e = load(
+        "{ jobs: [{ name: 'db', exec: 'x', snapshot: { store: 'file:///tmp/s', dataDirOwner: 'postgres' } }] }",
+    )
+    .expect_err("needs a dataDir");
+    assert!(e.to_string().contains("needs a 'dataDir'"), "{e}");
+}

@@ -169,6 +169,9 @@ pub struct SnapshotSpec {
     pub leader_only: bool,
     /// Restored into before the job first starts, when it is empty.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `dataDirOwner`: the user (name) besides the agent's own whose
+    /// `dataDir` a reinit may empty (a server that runs as another user).
+    pub data_dir_owner: Option<String>,
 }
 
 impl SnapshotSpec {

@@ -737,6 +737,7 @@ fn restore_before_start_gates_the_first_run_only() {
         retain: 3,
         leader_only: false,
         data_dir: Some("/data".into()),
+        data_dir_owner: None,
     };
     let mut h = H::new(vec![JobSpec {
         snapshot: Some(snap),
@@ -894,6 +895,7 @@ fn a_new_leader_takes_the_first_snapshot_and_followers_skip_leader_only_ticks() 
         retain: 3,
         leader_only: true,
         data_dir: None,
+        data_dir_owner: None,
     };
     let snaps = |a: &[Action]| {
         a.iter()

@@ -758,10 +758,25 @@ impl Agent {
         }
     }
 
-    /// The users a reinit may empty a data directory of: this agent's (jobs
-    /// run as the agent's user).
-    fn reinit_uids(&self) -> [u32; 1] {
-        [nix::unistd::geteuid().as_raw()]
+    /// The users a reinit may empty a data directory of: this agent's, and
+    /// `snapshot.dataDirOwner`'s (a server that runs as another user).
+    fn reinit_uids(&self, job: &str) -> Vec<u32> {
+        let mut uids = vec![nix::unistd::geteuid().as_raw()];
+        let owner = (0..self.machine.job_count())
+            .map(|j| self.machine.spec(j))
+            .find(|s| s.name == job)
+            .and_then(|s| s.snapshot.as_ref())
+            .and_then(|s| s.data_dir_owner.clone());
+        if let Some(name) = owner {
+            match nix::unistd::User::from_name(&name) {
+                Ok(Some(u)) => uids.push(u.uid.as_raw()),
+                Ok(None) => {
+                    tracing::warn!(user = %name, "reinit: dataDirOwner names no user on this machine")
+                }
+                Err(e) => tracing::warn!(user = %name, "reinit: cannot look up dataDirOwner: {e}"),
+            }
+        }
+        uids
     }
 
     /// Starts a reinit watch for every job with an election that has none
@@ -843,7 +858,7 @@ impl Agent {
                         .snapshot
                         .as_ref()
                         .and_then(|s| s.data_dir.clone());
-                    match crate::cluster::check_data_dir(dir.as_deref(), &self.reinit_uids()) {
+                    match crate::cluster::check_data_dir(dir.as_deref(), &self.reinit_uids(&name)) {
                         Ok(dir) => {
                             let want_campaign = self
                                 .campaigns
@@ -1828,7 +1843,7 @@ impl Agent {
             if r.led {
                 tracing::error!(job = %r.job, dir = %r.dir.display(), "reinit refused: this node led since the request; its data is kept");
             } else {
-                match crate::cluster::empty_dir(&r.dir, &self.reinit_uids()) {
+                match crate::cluster::empty_dir(&r.dir, &self.reinit_uids(&r.job)) {
                     Ok(n) => {
                         tracing::warn!(job = %r.job, dir = %r.dir.display(), entries = n, "reinit: data directory emptied; restoring before start")
                     }
