@@ -594,22 +594,7 @@ impl Agent {
         for (o, c) in campaigns.into_iter().enumerate() {
             let Some(c) = c else { continue };
             let _ = c.want.send(false);
-            drop(c.want);
-            let key = keys.get(o).copied().unwrap_or_default();
-            let (done_tx, done) = watch::channel(false);
-            let tx = self.tx.clone();
-            let task = c.task;
-            tokio::spawn(async move {
-                let _ = task.await;
-                let _ = done_tx.send(true);
-                let _ = tx.send(Msg::CampaignEnded { key }).await;
-            });
-            self.retired.push(Retired {
-                key,
-                election: c.election,
-                id: c.id,
-                done,
-            });
+            self.retire(keys.get(o).copied().unwrap_or_default(), c);
         }
         let leaders = std::mem::take(&mut self.leaders);
         self.leaders = (0..n)
@@ -939,7 +924,13 @@ impl Agent {
             return;
         };
         self.suspects.remove(&c.election);
-        // Dropping the sender ends the task once it has stepped down.
+        self.retire(key, c);
+    }
+
+    /// Retires a campaign: dropping its sender ends the task once it has
+    /// stepped down; until then its news is routed by election, and its end
+    /// is reported as [`Msg::CampaignEnded`] under `key`.
+    fn retire(&mut self, key: u64, c: Campaign) {
         drop(c.want);
         let (done_tx, done) = watch::channel(false);
         let tx = self.tx.clone();
