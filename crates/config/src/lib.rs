@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
 use autopilot_core::spec::{
-    Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts, RoleSpec,
-    Roles, SnapshotSpec, Trigger,
+    ArtifactSpec, Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts,
+    RoleSpec, Roles, SnapshotSpec, Trigger,
 };
 use decode::{Doc, Field, Obj, child};
 
@@ -79,7 +79,24 @@ pub struct Config {
     /// ContainerPilot fields that are accepted but not honoured; the agent
     /// logs each once at start.
     pub warnings: Vec<ConfigWarning>,
+    /// `bundle`: the config itself comes as an artifact, an autopilot extension.
+    pub bundle: Option<BundleConfig>,
 }
+
+/// `bundle: {name, dest, store, file}`: an artifact holding the config (and
+/// its templates); the agent runs `dest/current/<file>` when it exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleConfig {
+    pub name: String,
+    /// Absolute.
+    pub dest: PathBuf,
+    pub store: String,
+    /// The config file's path inside the bundle (relative, no `..`).
+    pub file: PathBuf,
+}
+
+/// Where an artifact's store comes from when `store` is omitted.
+pub const ARTIFACT_STORE_ENV: &str = "AUTOPILOT_ARTIFACT_STORE";
 
 /// A field that loads but has no effect, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,7 +332,7 @@ fn render_str(
 
 pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let rendered = render(path, env)?;
-    parse_rendered(path, &rendered)
+    parse_rendered(path, &rendered, env)
 }
 
 /// Renders and parses config text; `path` is only used in errors.
@@ -325,10 +342,18 @@ pub fn load_str(
     env: &BTreeMap<String, String>,
 ) -> Result<Config, ConfigError> {
     let rendered = render_str(path, text, env)?;
-    parse_rendered(path, &rendered)
+    parse_rendered(path, &rendered, env)
 }
 
-fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
+fn parse_rendered(
+    path: &Path,
+    rendered: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let default_store = env
+        .get(ARTIFACT_STORE_ENV)
+        .filter(|s| !s.is_empty())
+        .map(String::as_str);
     let doc = Doc {
         file: path,
         src: rendered,
@@ -397,7 +422,7 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
     if let Some(f) = top.get("jobs") {
         let mut names = HashSet::new();
         for j in f.array()? {
-            let spec = job(&j, stop_timeout, &mut warnings)?;
+            let spec = job(&j, stop_timeout, default_store, &mut warnings)?;
             if !names.insert(spec.name.clone()) {
                 return Err(doc.err(
                     j.node.pos,
@@ -429,7 +454,12 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
             template_fields.push(t);
         }
     }
+    let bundle = top
+        .get("bundle")
+        .map(|f| bundle(&f, default_store))
+        .transpose()?;
     top.finish(&[
+        "bundle",
         "consul",
         "catalog",
         "logging",
@@ -492,6 +522,94 @@ fn parse_rendered(path: &Path, rendered: &str) -> Result<Config, ConfigError> {
         stop_timeout,
         etcd,
         warnings,
+        bundle,
+    })
+}
+
+/// An artifact or version name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
+// TODO(rollout): use core::rollout::valid_name once it lands on main.
+fn valid_artifact_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The `name`, `dest` and `store` of an `artifact` or a `bundle`; `store`
+/// defaults to `$AUTOPILOT_ARTIFACT_STORE`.
+fn artifact_fields(
+    o: &mut Obj,
+    default_store: Option<&str>,
+) -> Result<(String, PathBuf, String), ConfigError> {
+    let name_f = o.require("name")?;
+    let name = name_f.str()?;
+    if !valid_artifact_name(&name) {
+        return Err(name_f.err(format!(
+            "{name:?} is not a valid artifact name (a letter or digit, then up to 127 letters, digits, '.', '_' or '-')"
+        )));
+    }
+    let dest_f = o.require("dest")?;
+    let dest = PathBuf::from(dest_f.str()?);
+    if !dest.is_absolute()
+        || dest
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(dest_f.err(format!(
+            "{:?} is not an absolute path without '..'",
+            dest.display()
+        )));
+    }
+    let store = match o.get("store") {
+        Some(f) => {
+            let store = f.str()?;
+            if !store.starts_with("file:///") && !store.starts_with("s3://") {
+                return Err(f.err(format!(
+                    "{store:?} is not an artifact store: expected file:///path or s3://bucket/prefix"
+                )));
+            }
+            store
+        }
+        None => match default_store {
+            Some(s) => s.to_string(),
+            None => {
+                return Err(o.err(
+                    "store",
+                    format!("this field is required when ${ARTIFACT_STORE_ENV} is not set"),
+                ));
+            }
+        },
+    };
+    Ok((name, dest, store))
+}
+
+fn artifact(f: &Field, default_store: Option<&str>) -> Result<ArtifactSpec, ConfigError> {
+    let mut o = f.obj()?;
+    let (name, dest, store) = artifact_fields(&mut o, default_store)?;
+    o.finish(&["name", "dest", "store"])?;
+    Ok(ArtifactSpec { name, dest, store })
+}
+
+fn bundle(f: &Field, default_store: Option<&str>) -> Result<BundleConfig, ConfigError> {
+    let mut o = f.obj()?;
+    let (name, dest, store) = artifact_fields(&mut o, default_store)?;
+    let file_f = o.require("file")?;
+    let file = PathBuf::from(file_f.str()?);
+    let plain = file
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if file.as_os_str().is_empty() || !plain {
+        return Err(file_f.err(format!(
+            "{:?} is not a relative path inside the bundle (no '/', '.' or '..' components)",
+            file.display()
+        )));
+    }
+    o.finish(&["name", "dest", "store", "file"])?;
+    Ok(BundleConfig {
+        name,
+        dest,
+        store,
+        file,
     })
 }
 
@@ -1006,7 +1124,8 @@ fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-const JOB_KEYS: [&str; 18] = [
+const JOB_KEYS: [&str; 19] = [
+    "artifact",
     "name",
     "exec",
     "port",
@@ -1030,6 +1149,7 @@ const JOB_KEYS: [&str; 18] = [
 fn job(
     f: &Field,
     global_stop: Duration,
+    default_store: Option<&str>,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<JobSpec, ConfigError> {
     let mut o = f.obj()?;
@@ -1235,6 +1355,10 @@ fn job(
         Some(f) => Some(snapshot(&f, &name)?),
         None => None,
     };
+    let artifact = o
+        .get("artifact")
+        .map(|f| artifact(&f, default_store))
+        .transpose()?;
     o.finish(&JOB_KEYS)?;
     let spec = JobSpec {
         name,
@@ -1258,6 +1382,8 @@ fn job(
         roles,
         snapshot,
         reinit: 0,
+        artifact,
+        artifact_sha: None,
     };
     Ok(spec)
 }

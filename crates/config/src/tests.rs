@@ -655,3 +655,121 @@ fn data_dir_owner_is_a_user_name_beside_a_data_dir() {
     .expect_err("needs a dataDir");
     assert!(e.to_string().contains("needs a 'dataDir'"), "{e}");
 }
+
+fn load_env(text: &str, store: Option<&str>) -> Result<Config, ConfigError> {
+    let env: BTreeMap<String, String> = store
+        .map(|s| (ARTIFACT_STORE_ENV.to_string(), s.to_string()))
+        .into_iter()
+        .collect();
+    load_str(Path::new("/etc/app.json5"), text, &env)
+}
+
+#[test]
+fn a_job_runs_an_artifact() {
+    let c = load_env(
+        "{ jobs: [{ name: 'api', exec: '/opt/api/current/server', artifact: { name: 'api', dest: '/opt/api', store: 'file:///srv/a' } }] }",
+        None,
+    )
+    .expect("valid");
+    let a = c.jobs[0].artifact.as_ref().expect("artifact");
+    assert_eq!(
+        (a.name.as_str(), a.dest.as_path(), a.store.as_str()),
+        ("api", Path::new("/opt/api"), "file:///srv/a")
+    );
+    assert_eq!(c.jobs[0].artifact_sha, None);
+    // The store defaults to $AUTOPILOT_ARTIFACT_STORE.
+    let text =
+        "{ jobs: [{ name: 'api', exec: 'x', artifact: { name: 'api', dest: '/opt/api' } }] }";
+    let c = load_env(text, Some("file:///var/lib/artifacts")).expect("valid");
+    assert_eq!(
+        c.jobs[0].artifact.as_ref().map(|a| a.store.as_str()),
+        Some("file:///var/lib/artifacts")
+    );
+    let e = load_env(text, None).expect_err("no store").to_string();
+    assert!(
+        e.starts_with("/etc/app.json5:1:")
+            && e.contains("jobs[0].artifact.store")
+            && e.contains("AUTOPILOT_ARTIFACT_STORE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_artifact_fields_are_named() {
+    let job = |a: &str| format!("{{ jobs: [{{ name: 'api', exec: 'x', artifact: {a} }}] }}");
+    for (a, field, want) in [
+        (
+            "{ name: '../x', dest: '/opt/a' }",
+            "jobs[0].artifact.name",
+            "not a valid artifact name",
+        ),
+        (
+            "{ name: '', dest: '/opt/a' }",
+            "jobs[0].artifact.name",
+            "not a valid artifact name",
+        ),
+        (
+            "{ name: 'a', dest: 'opt/a' }",
+            "jobs[0].artifact.dest",
+            "absolute",
+        ),
+        (
+            "{ name: 'a', dest: '/opt/../etc' }",
+            "jobs[0].artifact.dest",
+            "absolute",
+        ),
+        (
+            "{ name: 'a', dest: '/opt/a', store: 'http://x' }",
+            "jobs[0].artifact.store",
+            "not an artifact store",
+        ),
+        (
+            "{ name: 'a', dest: '/opt/a', sha: 'x' }",
+            "jobs[0].artifact.sha",
+            "",
+        ),
+        ("{ dest: '/opt/a' }", "jobs[0].artifact.name", "required"),
+    ] {
+        let e = load_env(&job(a), Some("file:///s"))
+            .expect_err(a)
+            .to_string();
+        assert!(
+            e.starts_with("/etc/app.json5:1:") && e.contains(field) && e.contains(want),
+            "{a}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_config_bundle() {
+    let c = load_env(
+        "{ bundle: { name: 'cfg', dest: '/var/lib/autopilot/bundle', file: 'conf/autopilot.json5' }, jobs: [{ name: 'a', exec: 'x' }] }",
+        Some("file:///s"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.bundle,
+        Some(BundleConfig {
+            name: "cfg".into(),
+            dest: "/var/lib/autopilot/bundle".into(),
+            store: "file:///s".into(),
+            file: "conf/autopilot.json5".into(),
+        })
+    );
+    for (file, ok) in [
+        ("../x.json5", false),
+        ("/etc/x", false),
+        ("", false),
+        ("./a", false),
+    ] {
+        let text = format!("{{ bundle: {{ name: 'cfg', dest: '/b', file: '{file}' }} }}");
+        let e = load_env(&text, Some("file:///s"))
+            .expect_err(file)
+            .to_string();
+        assert!(!ok && e.contains("bundle.file"), "{file}: {e}");
+    }
+    let e = load_env("{ bundle: { name: 'cfg', dest: '/b', file: 'a' } }", None)
+        .expect_err("no store")
+        .to_string();
+    assert!(e.contains("bundle.store"), "{e}");
+}

@@ -181,6 +181,18 @@ impl SnapshotSpec {
     }
 }
 
+/// `artifact: {name, dest, store}`: the job runs a version of an artifact
+/// that the agent fetches, verifies and unpacks into `dest/<sha256>`, with
+/// `dest/current` pointing at the one to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactSpec {
+    pub name: String,
+    /// Absolute.
+    pub dest: std::path::PathBuf,
+    /// The store URL (`file:///...`, `s3://...`).
+    pub store: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
@@ -213,6 +225,12 @@ pub struct JobSpec {
     /// the agent, never by a config, so the reload plan treats the job as
     /// changed and starts it again through restore-before-start.
     pub reinit: u32,
+    pub artifact: Option<ArtifactSpec>,
+    /// The sha256 of the artifact version the job runs (`"original"` for
+    /// what was on disk before any rollout): set by the agent, never by a
+    /// config. A new one makes the reload plan restart the job through its
+    /// stop path, as any changed spec does.
+    pub artifact_sha: Option<String>,
 }
 
 impl JobSpec {
@@ -240,6 +258,8 @@ impl JobSpec {
             roles: None,
             snapshot: None,
             reinit: 0,
+            artifact: None,
+            artifact_sha: None,
         }
     }
 }
@@ -349,4 +369,27 @@ pub fn main_job(jobs: &[JobSpec]) -> Option<usize> {
         .rev()
         .find(|(_, j)| candidate(j) && !awaited(&j.name))
         .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::plan_reload;
+
+    #[test]
+    fn a_new_artifact_sha_restarts_the_job_and_nothing_else() {
+        let mut api = JobSpec::new("api", &["/opt/api/current/server"]);
+        api.artifact = Some(ArtifactSpec {
+            name: "api".into(),
+            dest: "/opt/api".into(),
+            store: "file:///srv/artifacts".into(),
+        });
+        api.artifact_sha = Some("a".repeat(64));
+        let other = JobSpec::new("other", &["sleep", "100"]);
+        let old = vec![api.clone(), other.clone()];
+        assert_eq!(plan_reload(&old, &old), vec![Some(0), Some(1)]);
+        let mut next = api.clone();
+        next.artifact_sha = Some("b".repeat(64));
+        assert_eq!(plan_reload(&old, &[next, other]), vec![None, Some(1)]);
+    }
 }
