@@ -526,15 +526,6 @@ fn parse_rendered(
     })
 }
 
-/// An artifact or version name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
-// TODO(rollout): use core::rollout::valid_name once it lands on main.
-fn valid_artifact_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// The `name`, `dest` and `store` of an `artifact` or a `bundle`; `store`
 /// defaults to `$AUTOPILOT_ARTIFACT_STORE`.
 fn artifact_fields(
@@ -543,7 +534,7 @@ fn artifact_fields(
 ) -> Result<(String, PathBuf, String), ConfigError> {
     let name_f = o.require("name")?;
     let name = name_f.str()?;
-    if !valid_artifact_name(&name) {
+    if !autopilot_core::rollout::valid_name(&name) {
         return Err(name_f.err(format!(
             "{name:?} is not a valid artifact name (a letter or digit, then up to 127 letters, digits, '.', '_' or '-')"
         )));
