@@ -14,10 +14,12 @@ mod unpack;
 use std::path::{Path, PathBuf};
 
 use autopilot_catalog::{Catalog, CatalogError};
-use autopilot_snapshot::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub use dest::{Current, check_dest, current, install, switch};
+/// The stores artifacts live in (those of snapshots), re-exported so
+/// callers need no other crate to open one.
+pub use autopilot_snapshot::{Store, StoreError, open as open_store};
 
 /// The store set artifacts live in (objects named by their sha256).
 pub const STORE_SET: &str = "artifacts";
