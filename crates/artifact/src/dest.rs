@@ -69,7 +69,8 @@ pub fn check_dest(dest: &Path) -> Result<(), Error> {
             .map_err(io(format!("cannot set the mode of {}", dest.display())))?;
     }
     // Checked again after creating it: someone may have been faster.
-    let m = std::fs::symlink_metadata(dest).map_err(io(format!("cannot read {}", dest.display())))?;
+    let m =
+        std::fs::symlink_metadata(dest).map_err(io(format!("cannot read {}", dest.display())))?;
     if m.file_type().is_symlink() {
         return refuse("a symlink: an artifact's dest must be a real directory".into());
     }
@@ -105,8 +106,10 @@ pub async fn install(store: &dyn Store, rec: &Record, dest: &Path) -> Result<Pat
         return Ok(dir);
     }
     // Removed on drop: a failed fetch or a mismatch leaves nothing.
-    let tmp = autopilot_snapshot::scratch_file(dest, ".fetch-")
-        .map_err(io(format!("cannot create a temp file in {}", dest.display())))?;
+    let tmp = autopilot_snapshot::scratch_file(dest, ".fetch-").map_err(io(format!(
+        "cannot create a temp file in {}",
+        dest.display()
+    )))?;
     store.get(STORE_SET, &rec.sha256, &tmp).await?;
     let (sha, size) = autopilot_snapshot::sha256_file(&tmp)
         .await
@@ -148,7 +151,10 @@ fn unpack_verified(
         .prefix(".unpack-")
         .rand_bytes(12)
         .tempdir_in(dest)
-        .map_err(io(format!("cannot create a directory in {}", dest.display())))?;
+        .map_err(io(format!(
+            "cannot create a directory in {}",
+            dest.display()
+        )))?;
     match (rec.kind, &rec.file) {
         (Kind::Tar, _) => unpack::unpack(&tmp, work.path(), Limits::for_size(rec.size))?,
         (Kind::File, Some(name)) => {
@@ -169,8 +175,9 @@ fn unpack_verified(
             });
         }
     }
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(io(format!("cannot set the mode of {}", work.path().display())))?;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).map_err(io(
+        format!("cannot set the mode of {}", work.path().display()),
+    ))?;
     // Everything on disk before the rename makes it visible: a crash
     // never leaves a `dest/<sha>` with truncated files.
     let d = std::fs::File::open(work.path())
@@ -189,7 +196,11 @@ fn unpack_verified(
         // Another install of the same version won: use it (ours is dropped).
         Err(_) if real_dir(&dir) => Ok(dir),
         Err(e) => Err(Error::Io {
-            context: format!("cannot rename {} to {}", work.path().display(), dir.display()),
+            context: format!(
+                "cannot rename {} to {}",
+                work.path().display(),
+                dir.display()
+            ),
             source: e,
         }),
     }

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use autopilot_catalog::{Catalog, CatalogError};
 use serde::{Deserialize, Serialize};
 
-pub use dest::{Current, check_dest, current, install, switch};
 /// The stores artifacts live in (those of snapshots), re-exported so
 /// callers need no other crate to open one.
 pub use autopilot_snapshot::{Store, StoreError, open as open_store};
+pub use dest::{Current, check_dest, current, install, switch};
 
 /// The store set artifacts live in (objects named by their sha256).
 pub const STORE_SET: &str = "artifacts";
@@ -135,9 +135,8 @@ pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> E
 // A local copy of `autopilot_core::rollout::valid_name` until that lands.
 pub fn valid_name(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
+    b.len() <= 128
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
@@ -293,7 +292,10 @@ pub async fn record(
     by: &str,
 ) -> Result<Record, Error> {
     check_name("artifact name", name)?;
-    let version = version.map_or_else(|| up.sha256[..12].to_string(), str::to_string);
+    let version = version.map_or_else(
+        || up.sha256.get(..12).unwrap_or(&up.sha256).to_string(),
+        str::to_string,
+    );
     check_name("version", &version)?;
     let rec = Record {
         name: name.to_string(),

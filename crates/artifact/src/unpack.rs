@@ -478,7 +478,10 @@ mod tests {
             c.run(
                 &[
                     (header("l", tar::EntryType::Symlink, 0, Some(target)), b""),
-                    (header("l/passwd", tar::EntryType::Regular, 4, None), b"evil"),
+                    (
+                        header("l/passwd", tar::EntryType::Regular, 4, None),
+                        b"evil",
+                    ),
                 ],
                 ROOMY,
             ),

@@ -20,11 +20,9 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let cat = autopilot_catalog_local::LocalCatalog::open(&dir.path().join("catalog"), "test")
             .expect("catalog");
-        let store = autopilot_snapshot::open(&format!(
-            "file://{}",
-            dir.path().join("store").display()
-        ))
-        .expect("store");
+        let store =
+            autopilot_snapshot::open(&format!("file://{}", dir.path().join("store").display()))
+                .expect("store");
         World { dir, cat, store }
     }
     fn path(&self, name: &str) -> PathBuf {
@@ -121,8 +119,14 @@ async fn push_records_once_and_refuses_another_checksum_for_a_version() {
     let bin = w.path("server");
     std::fs::write(&bin, "binary").expect("bin");
     let f = w.push("srv", Some("1"), &bin).await.expect("file");
-    assert_eq!((f.kind, f.file.as_deref(), f.size), (Kind::File, Some("server"), 6));
-    assert_eq!(std::fs::read(w.object(&f.sha256)).expect("object"), b"binary");
+    assert_eq!(
+        (f.kind, f.file.as_deref(), f.size),
+        (Kind::File, Some("server"), 6)
+    );
+    assert_eq!(
+        std::fs::read(w.object(&f.sha256)).expect("object"),
+        b"binary"
+    );
 
     // Newest first; a broken record is skipped and reported, not fatal.
     w.cat
@@ -133,9 +137,18 @@ async fn push_records_once_and_refuses_another_checksum_for_a_version() {
     let versions: Vec<&str> = list.iter().map(|r| r.version.as_str()).collect();
     assert_eq!(versions, ["2.0.0", "1.0.0", r.version.as_str()]);
     assert_eq!(bad.len(), 1);
-    assert!(bad[0].to_string().contains("_fleet/artifacts/api/9.9.9"), "{}", bad[0]);
+    assert!(
+        bad[0].to_string().contains("_fleet/artifacts/api/9.9.9"),
+        "{}",
+        bad[0]
+    );
     assert_eq!(artifact::list(&w.cat, "api").await.expect("list").len(), 3);
-    assert!(artifact::list(&w.cat, "none").await.expect("list").is_empty());
+    assert!(
+        artifact::list(&w.cat, "none")
+            .await
+            .expect("list")
+            .is_empty()
+    );
     assert_eq!(
         artifact::get(&w.cat, "api", "2.0.0").await.expect("get"),
         Some(v2)
@@ -180,7 +193,12 @@ async fn push_refuses_special_files_and_links_out_of_the_tree() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // Nothing was recorded, and no temp file is left behind in the store.
-    assert!(artifact::list(&w.cat, "api").await.expect("list").is_empty());
+    assert!(
+        artifact::list(&w.cat, "api")
+            .await
+            .expect("list")
+            .is_empty()
+    );
     assert!(!w.path("store/artifacts").exists());
 }
 
@@ -197,18 +215,28 @@ async fn install_verifies_unpacks_and_switch_keeps_current_and_previous() {
     let dest = w.path("opt/api");
     assert_eq!(artifact::current(&dest), Current::Missing);
 
-    let da = artifact::install(&*w.store, &ra, &dest).await.expect("install a");
+    let da = artifact::install(&*w.store, &ra, &dest)
+        .await
+        .expect("install a");
     assert_eq!(da, dest.join(&ra.sha256));
     let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o7777;
     assert_eq!(mode(&dest), 0o755, "dest created 0755");
     assert_eq!(mode(&da), 0o755);
     assert_eq!(mode(&da.join("run.sh")), 0o750, "modes kept");
     assert_eq!(link(&da.join("greeting")), "etc/greeting", "symlinks kept");
-    assert_eq!(std::fs::read_to_string(da.join("greeting")).expect("read"), "one");
-    assert_eq!(listing(&dest), [ra.sha256.clone()], "no temp file left");
+    assert_eq!(
+        std::fs::read_to_string(da.join("greeting")).expect("read"),
+        "one"
+    );
+    assert_eq!(listing(&dest), vec![ra.sha256.clone()], "no temp file left");
     // A version on disk is reused, not fetched again.
     std::fs::remove_file(w.object(&ra.sha256)).expect("rm object");
-    assert_eq!(artifact::install(&*w.store, &ra, &dest).await.expect("again"), da);
+    assert_eq!(
+        artifact::install(&*w.store, &ra, &dest)
+            .await
+            .expect("again"),
+        da
+    );
 
     artifact::switch(&dest, &Current::Sha(ra.sha256.clone())).expect("switch a");
     assert_eq!(artifact::current(&dest), Current::Sha(ra.sha256.clone()));
@@ -217,7 +245,9 @@ async fn install_verifies_unpacks_and_switch_keeps_current_and_previous() {
         std::fs::read_to_string(dest.join("current/etc/greeting")).expect("read"),
         "one"
     );
-    artifact::install(&*w.store, &rb, &dest).await.expect("install b");
+    artifact::install(&*w.store, &rb, &dest)
+        .await
+        .expect("install b");
     artifact::switch(&dest, &Current::Sha(rb.sha256.clone())).expect("switch b");
     assert_eq!(link(&dest.join("current")), rb.sha256);
     assert_eq!(link(&dest.join("previous")), ra.sha256);
@@ -225,7 +255,9 @@ async fn install_verifies_unpacks_and_switch_keeps_current_and_previous() {
     artifact::switch(&dest, &Current::Sha(rb.sha256.clone())).expect("same");
     assert_eq!(link(&dest.join("previous")), ra.sha256);
 
-    artifact::install(&*w.store, &rc, &dest).await.expect("install c");
+    artifact::install(&*w.store, &rc, &dest)
+        .await
+        .expect("install c");
     artifact::switch(&dest, &Current::Sha(rc.sha256.clone())).expect("switch c");
     let mut want = vec![
         rb.sha256.clone(),
@@ -253,7 +285,9 @@ async fn install_verifies_unpacks_and_switch_keeps_current_and_previous() {
     chmod(&bin, 0o755);
     let rf = w.push("srv", Some("1"), &bin).await.expect("file");
     let sdest = w.dest("srv");
-    let d = artifact::install(&*w.store, &rf, &sdest).await.expect("install");
+    let d = artifact::install(&*w.store, &rf, &sdest)
+        .await
+        .expect("install");
     assert_eq!(mode(&d.join("server")), 0o755);
     assert_eq!(listing(&d), ["server"]);
 }
@@ -267,7 +301,9 @@ async fn a_corrupted_object_is_refused_and_nothing_changes() {
     let ra = w.push("api", Some("1.2.0"), &a).await.expect("a");
     let rb = w.push("api", Some("1.3.0"), &b).await.expect("b");
     let dest = w.dest("dest");
-    artifact::install(&*w.store, &ra, &dest).await.expect("install a");
+    artifact::install(&*w.store, &ra, &dest)
+        .await
+        .expect("install a");
     artifact::switch(&dest, &Current::Sha(ra.sha256.clone())).expect("switch");
     let before = listing(&dest);
 
@@ -287,7 +323,11 @@ async fn a_corrupted_object_is_refused_and_nothing_changes() {
         ),
         other => panic!("expected a checksum mismatch, got {other:?}"),
     }
-    assert_eq!(listing(&dest), before, "nothing unpacked, the temp file gone");
+    assert_eq!(
+        listing(&dest),
+        before,
+        "nothing unpacked, the temp file gone"
+    );
     assert_eq!(artifact::current(&dest), Current::Sha(ra.sha256.clone()));
 
     // A record whose size lies is refused too.
@@ -326,7 +366,9 @@ async fn a_hostile_archive_from_the_store_leaves_nothing_behind() {
     b.append(&h, &b"evil"[..]).expect("append");
     let tar_path = w.path("evil.tar");
     std::fs::write(&tar_path, b.into_inner().expect("tar")).expect("write");
-    let (sha, size) = autopilot_snapshot::sha256_file(&tar_path).await.expect("hash");
+    let (sha, size) = autopilot_snapshot::sha256_file(&tar_path)
+        .await
+        .expect("hash");
     w.store
         .put(artifact::STORE_SET, &sha, &tar_path)
         .await
@@ -386,7 +428,10 @@ async fn a_dest_others_could_redirect_is_refused() {
         artifact::install(&*w.store, &r, &sym).await,
         Err(Error::Unsafe { .. })
     ));
-    assert!(listing(&real).is_empty(), "nothing written through the symlink");
+    assert!(
+        listing(&real).is_empty(),
+        "nothing written through the symlink"
+    );
     assert!(matches!(
         artifact::switch(&sym, &Current::Original),
         Err(Error::Unsafe { .. })
@@ -437,7 +482,9 @@ async fn the_original_directory_is_kept_and_can_be_switched_back_to() {
     std::fs::write(dest.join("current/greeting"), "shipped").expect("write");
     assert_eq!(artifact::current(&dest), Current::Original);
 
-    artifact::install(&*w.store, &r, &dest).await.expect("install");
+    artifact::install(&*w.store, &r, &dest)
+        .await
+        .expect("install");
     artifact::switch(&dest, &Current::Sha(r.sha256.clone())).expect("switch");
     assert_eq!(
         std::fs::read_to_string(dest.join("original/greeting")).expect("kept"),
@@ -463,7 +510,9 @@ async fn the_original_directory_is_kept_and_can_be_switched_back_to() {
     let d2 = w.dest("d2");
     std::fs::create_dir(d2.join("original")).expect("original");
     assert_eq!(artifact::current(&d2), Current::Original);
-    artifact::install(&*w.store, &r, &d2).await.expect("install");
+    artifact::install(&*w.store, &r, &d2)
+        .await
+        .expect("install");
     artifact::switch(&d2, &Current::Sha(r.sha256.clone())).expect("switch");
     assert_eq!(link(&d2.join("previous")), "original");
 
@@ -471,7 +520,9 @@ async fn the_original_directory_is_kept_and_can_be_switched_back_to() {
     let d3 = w.dest("d3");
     std::fs::create_dir(d3.join("current")).expect("current");
     std::fs::create_dir(d3.join("original")).expect("original");
-    artifact::install(&*w.store, &r, &d3).await.expect("install");
+    artifact::install(&*w.store, &r, &d3)
+        .await
+        .expect("install");
     assert!(matches!(
         artifact::switch(&d3, &Current::Sha(r.sha256.clone())),
         Err(Error::Unsafe { .. })
@@ -521,7 +572,10 @@ async fn current_always_names_a_complete_version_while_switching() {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let reads = reader.join().expect("reader").expect("every read found a version");
+    let reads = reader
+        .join()
+        .expect("reader")
+        .expect("every read found a version");
     assert!(reads > 0);
     // Both versions survived every switch (current and previous), and no
     // temp link was left.

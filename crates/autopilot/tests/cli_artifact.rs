@@ -85,7 +85,10 @@ fn push_list_show_a_directory() {
     assert_eq!(rec["version"], "1.0.0");
     assert_eq!(rec["kind"], "tar");
     assert_eq!(rec["store"], s.store.as_str());
-    assert!(rec["by"].as_str().expect("by").starts_with("tester@"), "{rec}");
+    assert!(
+        rec["by"].as_str().expect("by").starts_with("tester@"),
+        "{rec}"
+    );
     assert!(rec.get("file").is_none(), "{rec}");
     assert!(
         s.d.path(&format!("store/artifacts/{sha}.snap")).exists(),
@@ -98,7 +101,11 @@ fn push_list_show_a_directory() {
     assert_eq!(r.code, Some(0), "{}", r.err);
     assert!(r.out.contains("kind:     file"), "{}", r.out);
     assert!(r.out.contains("file:     server"), "{}", r.out);
-    let srv = s.json(&["show", "srv", r.out.lines().nth(1).expect("version line")[10..].trim()]);
+    let srv = s.json(&[
+        "show",
+        "srv",
+        r.out.lines().nth(1).expect("version line")[10..].trim(),
+    ]);
     assert_eq!(
         srv["version"].as_str().expect("version"),
         &srv["sha256"].as_str().expect("sha")[..12]
@@ -178,7 +185,10 @@ fn bad_input_exits_2_and_absent_exits_1() {
     }
 
     // No store: flag nor environment.
-    let r = ap_env(&["artifact", "push", "api", &app, "--catalog", &s.catalog], &[]);
+    let r = ap_env(
+        &["artifact", "push", "api", &app, "--catalog", &s.catalog],
+        &[],
+    );
     assert_eq!(r.code, Some(2), "{}", r.err);
     assert!(r.err.contains("--store"), "{}", r.err);
     assert!(r.err.contains("AUTOPILOT_ARTIFACT_STORE"), "{}", r.err);
@@ -231,7 +241,8 @@ fn an_unreadable_record_is_skipped_with_a_warning() {
     assert_eq!(r.code, Some(0), "{}", r.err);
     assert_eq!(r.out.lines().count(), 2, "{}", r.out);
     assert!(
-        r.err.contains("warning: skipped: catalog key _fleet/artifacts/api/2"),
+        r.err
+            .contains("warning: skipped: catalog key _fleet/artifacts/api/2"),
         "{}",
         r.err
     );

@@ -89,12 +89,15 @@ pub async fn artifact_cmd(o: CatalogOpts, cmd: &ArtifactCmd, out: Output) -> any
                     .into());
                 }
             }
-            let url = store.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| SetupError {
-                origin: "--store".into(),
-                field: String::new(),
-                message: "no artifact store: pass --store URL or set $AUTOPILOT_ARTIFACT_STORE"
-                    .into(),
-            })?;
+            let url = store
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| SetupError {
+                    origin: "--store".into(),
+                    field: String::new(),
+                    message: "no artifact store: pass --store URL or set $AUTOPILOT_ARTIFACT_STORE"
+                        .into(),
+                })?;
             let store = artifact::open_store(url)?;
             if let Err(e) = std::fs::metadata(path) {
                 return Err(SetupError {
@@ -139,10 +142,7 @@ pub async fn artifact_cmd(o: CatalogOpts, cmd: &ArtifactCmd, out: Output) -> any
                 eprintln!("autopilot: warning: skipped: {e}");
             }
             if list.is_empty() {
-                eprintln!(
-                    "autopilot: no artifact {} in {what}",
-                    super::quote(name)
-                );
+                eprintln!("autopilot: no artifact {} in {what}", super::quote(name));
                 return Ok(exit::ABSENT);
             }
             if out.json() {
