@@ -156,7 +156,15 @@ fn unpack_verified(
             dest.display()
         )))?;
     match (rec.kind, &rec.file) {
-        (Kind::Tar, _) => unpack::unpack(&tmp, work.path(), Limits::for_size(rec.size))?,
+        (Kind::Tar, _) => unpack::unpack(&tmp, work.path(), Limits::for_size(rec.size))
+            // Which artifact the refused entry came from, for the report.
+            .map_err(|e| match e {
+                Error::Unsafe { path, why } => Error::Unsafe {
+                    path,
+                    why: format!("{why} (artifact {} {})", rec.name, rec.version),
+                },
+                other => other,
+            })?,
         (Kind::File, Some(name)) => {
             let to = work.path().join(name);
             tmp.persist(&to).map_err(|e| Error::Io {
