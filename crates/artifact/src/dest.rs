@@ -28,7 +28,7 @@ pub enum Current {
     Missing,
 }
 
-const ORIGINAL: &str = "original";
+use autopilot_core::rollout::ORIGINAL;
 const CURRENT: &str = "current";
 const PREVIOUS: &str = "previous";
 /// Scratch entries older than this are a crashed install's and are removed.

@@ -24,8 +24,8 @@ pub use dest::{Current, check_dest, current, install, switch};
 /// The store set artifacts live in (objects named by their sha256).
 pub const STORE_SET: &str = "artifacts";
 
-/// Where the records live in the catalog's key space.
-const PREFIX: &str = "_fleet/artifacts/";
+// Where the records live in the catalog's key space.
+use autopilot_core::rollout::ARTIFACTS_PREFIX as PREFIX;
 
 /// How an artifact's bytes are laid out.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,14 +132,7 @@ pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> E
 }
 
 /// Artifact names and versions: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
-// A local copy of `autopilot_core::rollout::valid_name` until that lands.
-pub fn valid_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() <= 128
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
+pub use autopilot_core::rollout::valid_name;
 
 fn check_name(what: &'static str, value: &str) -> Result<(), Error> {
     if valid_name(value) {
@@ -152,14 +145,15 @@ fn check_name(what: &'static str, value: &str) -> Result<(), Error> {
     }
 }
 
-/// Whether `s` is a sha256 as objects and `dest/<sha>` directories are named.
+/// Whether `s` is a sha256 as objects and `dest/<sha>` directories are
+/// named: 64 lower-case hex digits.
 pub fn valid_sha(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    autopilot_core::rollout::valid_sha256(s)
 }
 
 /// `_fleet/artifacts/<name>/<version>`.
 pub fn record_key(name: &str, version: &str) -> String {
-    format!("{PREFIX}{name}/{version}")
+    autopilot_core::rollout::artifact_key(name, version)
 }
 
 impl Record {
