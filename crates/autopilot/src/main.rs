@@ -106,6 +106,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 let o = catalog(url)?;
                 return cli::block_on(cli::kv::kv_cmd(o, cmd, out))?;
             }
+            Some(Cmd::Artifact { catalog: url, cmd }) => {
+                let o = catalog(url)?;
+                return cli::block_on(cli::artifact::artifact_cmd(o, cmd, out))?;
+            }
             Some(Cmd::Leader { catalog: url, name }) => {
                 let o = catalog(url)?;
                 return cli::block_on(cli::catalog::leader_cmd(o, name, out))?;

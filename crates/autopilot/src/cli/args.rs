@@ -135,6 +135,14 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: super::kv::KvCmd,
     },
+    /// Push versions of a file or directory to the artifact store; list and show them.
+    Artifact {
+        /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
+        #[arg(long, global = true, value_name = "URL")]
+        catalog: Option<String>,
+        #[command(subcommand)]
+        cmd: super::artifact::ArtifactCmd,
+    },
     /// Print the current leader of an election (exit 1 if nobody leads).
     Leader {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).

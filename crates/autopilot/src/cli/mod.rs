@@ -1,6 +1,7 @@
 //! The subcommands, one module per family, and what they share: config and catalog choice, opening the catalog, sockets, `--timeout`, `-o`, exit codes, the async runtime.
 
 pub mod args;
+pub mod artifact;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
