@@ -24,6 +24,11 @@ use crate::interfaces;
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 
+// The per-artifact tasks (see the report: `crates/runtime/src/lib.rs` would
+// declare `pub mod fleet;`).
+#[path = "fleet.rs"]
+pub mod fleet;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
@@ -116,6 +121,12 @@ enum Msg {
     Reinit {
         key: u64,
         news: crate::cluster::ReinitNews,
+    },
+    /// A unit's task installed a version: switch to it and restart the job
+    /// (`job` names it) or reload the config bundle (`None`).
+    Fleet {
+        job: Option<String>,
+        ready: fleet::Ready,
     },
 }
 
@@ -227,6 +238,16 @@ struct Agent {
     /// The last reinit refusal logged (job key, requested_ms, why): a watch
     /// asks again every few seconds, and the same refusal is logged once.
     reinit_refused: Option<(u64, u64, String)>,
+    /// Per job with an `artifact` (by name: a restart on a new version
+    /// keeps the task): the task that pulls its versions.
+    fleet: BTreeMap<String, fleet::Task>,
+    /// The config bundle's task, when the config has a `bundle`.
+    bundle_task: Option<fleet::Task>,
+    bundle: Option<autopilot_config::BundleConfig>,
+    /// The bundle version the running config came from.
+    bundle_sha: Option<String>,
+    /// Versions ready while a reload was under way: one reload at a time.
+    fleet_pending: VecDeque<(Option<String>, fleet::Ready)>,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -285,8 +306,50 @@ fn job_ips(config: &Config) -> Result<Vec<Option<IpAddr>>, AgentError> {
         .collect()
 }
 
+/// Sets each artifact job's `artifact_sha` to what `dest/current` holds:
+/// a reloaded config restarts only the jobs whose version changed.
+fn stamp_artifacts(cfg: &mut Config) {
+    for j in &mut cfg.jobs {
+        if let Some(a) = &j.artifact {
+            j.artifact_sha = fleet::current_sha(&a.dest);
+        }
+    }
+}
+
+/// With a config bundle installed (`bundle.dest/current/<file>`), its config
+/// runs instead of the bootstrap file; a bundle config that no longer loads
+/// leaves the bootstrap file in charge. Returns the bundle settings and the
+/// sha of the bundle version in use.
+fn bundle_config(
+    cfg: &mut Config,
+    env: &BTreeMap<String, String>,
+) -> (Option<autopilot_config::BundleConfig>, Option<String>) {
+    let Some(b) = cfg.bundle.clone() else {
+        return (None, None);
+    };
+    let file = b.dest.join("current").join(&b.file);
+    if !file.exists() {
+        tracing::info!(bootstrap = %cfg.path.display(), bundle = %b.name, "no config bundle installed yet ({}): running the bootstrap file", file.display());
+        return (Some(b), None);
+    }
+    match autopilot_config::load(&file, env) {
+        Ok(next) => {
+            tracing::info!(bootstrap = %cfg.path.display(), config = %file.display(), "running the config bundle's config, not the bootstrap file");
+            let sha = fleet::current_sha(&b.dest);
+            let b = next.bundle.clone().unwrap_or(b);
+            *cfg = next;
+            (Some(b), sha)
+        }
+        Err(e) => {
+            tracing::error!(bootstrap = %cfg.path.display(), "the config bundle's config cannot be used ({e}); running the bootstrap file");
+            (Some(b), None)
+        }
+    }
+}
+
 /// Runs the agent until every job has stopped; returns the exit code.
-pub async fn run(opts: Options) -> Result<i32, AgentError> {
+pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
+    let (bundle, bundle_sha) = bundle_config(&mut opts.config, &opts.env);
     // Fields a ContainerPilot config may carry that autopilot cannot honour:
     // each is named once, and the agent runs without it.
     for w in &opts.config.warnings {
@@ -348,6 +411,27 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             autopilot_snapshot::open(&s.store)
                 .map_err(|e| AgentError::Settings(format!("job {}: {e}", j.name)))?;
         }
+        if let Some(a) = &j.artifact {
+            autopilot_snapshot::open(&a.store)
+                .map_err(|e| AgentError::Settings(format!("job {}: artifact: {e}", j.name)))?;
+        }
+    }
+    // Before a job with an artifact first starts, the version its rollout
+    // wants is put in place (bounded: with no answer, what is on disk runs).
+    for j in &mut opts.config.jobs {
+        let Some(a) = j.artifact.clone() else {
+            continue;
+        };
+        let unit = fleet::Unit {
+            artifact: a.name,
+            dest: a.dest,
+            store: a.store,
+            instance: format!("{}-{}", j.name, opts.hostname),
+            address: String::new(),
+            port: 0,
+            ttl: DEFAULT_TTL,
+        };
+        j.artifact_sha = fleet::prepare(catalog.as_ref(), &unit).await;
     }
     let spawner = Spawner::start()?;
     if opts.init
@@ -443,11 +527,17 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
         reinit_pending: None,
         reinit_watches: BTreeMap::new(),
         reinit_refused: None,
+        fleet: BTreeMap::new(),
+        bundle_task: None,
+        bundle,
+        bundle_sha,
+        fleet_pending: VecDeque::new(),
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
     agent.reset_elections(&[]);
     agent.start_reinit_watches();
+    agent.start_fleet();
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
@@ -464,6 +554,7 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
     loop {
         let finished = agent.execute();
         agent.sync_members();
+        agent.sync_fleet();
         if let Some(code) = finished {
             // Hand leadership over before exiting, so a follower wins at
             // once rather than after the seat's TTL.
@@ -502,6 +593,15 @@ pub async fn run(opts: Options) -> Result<i32, AgentError> {
             }
             if let Some(id) = &agent.telemetry_id {
                 agent.registrar.remove(id);
+            }
+            for t in std::mem::take(&mut agent.fleet)
+                .into_values()
+                .chain(agent.bundle_task.take())
+            {
+                t.task.abort();
+                agent
+                    .registrar
+                    .remove(&fleet::member_id(&t.unit.artifact, &t.unit.instance));
             }
             agent
                 .registrar
@@ -1496,7 +1596,284 @@ impl Agent {
                     self.input(Input::Prepared { job, ok });
                 }
             }
+            Msg::Fleet { job, ready } => self.fleet_ready(job, ready),
         }
+    }
+
+    /// A unit's member record: where its job serves, its entry's TTL.
+    fn unit_of(&self, job: usize, a: &autopilot_core::spec::ArtifactSpec) -> fleet::Unit {
+        let spec = self.machine.spec(job);
+        fleet::Unit {
+            artifact: a.name.clone(),
+            dest: a.dest.clone(),
+            store: a.store.clone(),
+            instance: self.entry_id(job),
+            address: self
+                .job_ips
+                .get(job)
+                .copied()
+                .flatten()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            port: spec.port.unwrap_or(0),
+            ttl: spec.health.as_ref().map_or(DEFAULT_TTL, |h| h.ttl),
+        }
+    }
+
+    fn bundle_unit(&self) -> Option<fleet::Unit> {
+        let b = self.bundle.as_ref()?;
+        Some(fleet::Unit {
+            artifact: b.name.clone(),
+            dest: b.dest.clone(),
+            store: b.store.clone(),
+            instance: format!("autopilot-{}", self.hostname),
+            address: String::new(),
+            port: 0,
+            ttl: DEFAULT_TTL,
+        })
+    }
+
+    /// What each unit's task hears of its job (the bundle's: every job with
+    /// a health check passing).
+    fn fleet_health(&self) -> (BTreeMap<String, fleet::Health>, fleet::Health) {
+        let view = self.machine.view();
+        let mut jobs = BTreeMap::new();
+        let mut all = true;
+        for (j, v) in view.iter().enumerate() {
+            let spec = self.machine.spec(j);
+            let running = matches!(v.phase, Phase::Running(_));
+            let healthy = v.health == autopilot_core::HealthStatus::Healthy;
+            if spec.health.is_some() && !healthy {
+                all = false;
+            }
+            if spec.artifact.is_none() {
+                continue;
+            }
+            jobs.insert(
+                spec.name.clone(),
+                fleet::Health {
+                    sha: spec.artifact_sha.clone(),
+                    running,
+                    passing: running && (healthy || spec.health.is_none()),
+                    why: self.check_failures.get(&spec.name).cloned(),
+                },
+            );
+        }
+        let bundle = fleet::Health {
+            sha: self.bundle_sha.clone(),
+            running: true,
+            passing: all,
+            why: (!all).then(|| "a job's health check is not passing".to_string()),
+        };
+        (jobs, bundle)
+    }
+
+    /// Starts a task for each job with an artifact that has none (a job
+    /// whose artifact settings are unchanged keeps its task) and for the
+    /// config bundle; ends the others and removes their member records.
+    fn start_fleet(&mut self) {
+        let (health, bundle_health) = self.fleet_health();
+        let mut old = std::mem::take(&mut self.fleet);
+        let mut gone = Vec::new();
+        for j in 0..self.machine.job_count() {
+            let Some(a) = self.machine.spec(j).artifact.clone() else {
+                continue;
+            };
+            let name = self.machine.spec(j).name.clone();
+            let unit = self.unit_of(j, &a);
+            match old.remove(&name) {
+                Some(t) if t.unit == unit => {
+                    self.fleet.insert(name, t);
+                    continue;
+                }
+                Some(t) => gone.push(t),
+                None => {}
+            }
+            let job = name.clone();
+            let task = fleet::spawn(
+                self.catalog.clone(),
+                self.registrar.clone(),
+                unit,
+                health.get(&name).cloned().unwrap_or_default(),
+                self.tx.clone(),
+                move |ready| Msg::Fleet {
+                    job: Some(job.clone()),
+                    ready,
+                },
+            );
+            self.fleet.insert(name, task);
+        }
+        let bundle = self.bundle_unit();
+        match self.bundle_task.take() {
+            Some(t) if Some(&t.unit) == bundle.as_ref() => self.bundle_task = Some(t),
+            Some(t) => gone.push(t),
+            None => {}
+        }
+        if let (None, Some(unit)) = (&self.bundle_task, bundle) {
+            self.bundle_task = Some(fleet::spawn(
+                self.catalog.clone(),
+                self.registrar.clone(),
+                unit,
+                bundle_health,
+                self.tx.clone(),
+                |ready| Msg::Fleet { job: None, ready },
+            ));
+        }
+        gone.extend(old.into_values());
+        let kept: Vec<String> = self
+            .fleet
+            .values()
+            .chain(self.bundle_task.as_ref())
+            .map(|t| fleet::member_id(&t.unit.artifact, &t.unit.instance))
+            .collect();
+        for t in gone {
+            t.task.abort();
+            let id = fleet::member_id(&t.unit.artifact, &t.unit.instance);
+            if !kept.contains(&id) {
+                self.registrar.remove(&id);
+            }
+        }
+    }
+
+    /// Tells each unit's task what its job runs and how it is.
+    fn sync_fleet(&mut self) {
+        if self.fleet.is_empty() && self.bundle_task.is_none() {
+            return;
+        }
+        let (health, bundle) = self.fleet_health();
+        for (name, t) in &self.fleet {
+            if let Some(h) = health.get(name) {
+                t.health.send_if_modified(|old| {
+                    let changed = old != h;
+                    if changed {
+                        *old = h.clone();
+                    }
+                    changed
+                });
+            }
+        }
+        for (job, t) in self
+            .fleet
+            .iter()
+            .map(|(n, t)| (n.as_str(), t))
+            .chain(self.bundle_task.as_ref().map(|t| ("", t)))
+        {
+            let version = t
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .version
+                .clone();
+            if !version.is_empty() {
+                self.metrics.info(
+                    "autopilot_artifact_info",
+                    ("job", job),
+                    &[("artifact", &t.unit.artifact), ("version", &version)],
+                );
+            }
+        }
+        if let Some(t) = &self.bundle_task {
+            t.health.send_if_modified(|old| {
+                let changed = *old != bundle;
+                if changed {
+                    *old = bundle.clone();
+                }
+                changed
+            });
+        }
+    }
+
+    /// A unit's task has a verified version ready: switch `current` to it
+    /// and restart its job (or reload the bundle's config) through a reload,
+    /// one reload at a time.
+    fn fleet_ready(&mut self, job: Option<String>, ready: fleet::Ready) {
+        if self.machine.stopping().is_some() {
+            let _ = ready.reply.send(Err("the agent is stopping".into()));
+            return;
+        }
+        if self.next_config.is_some() {
+            self.fleet_pending.push_back((job, ready));
+            return;
+        }
+        let res = match &job {
+            Some(name) => self.switch_job(name, &ready),
+            None => self.switch_bundle(&ready),
+        };
+        if let Err(e) = &res {
+            tracing::error!(job = job.as_deref().unwrap_or("(config bundle)"), version = %ready.version, "not switched: {e}");
+        }
+        let _ = ready.reply.send(res);
+    }
+
+    /// Versions that became ready during a reload, now that it is over.
+    fn fleet_pending_run(&mut self) {
+        while self.next_config.is_none()
+            && let Some((job, ready)) = self.fleet_pending.pop_front()
+        {
+            self.fleet_ready(job, ready);
+        }
+    }
+
+    fn switch_job(&mut self, name: &str, ready: &fleet::Ready) -> Result<(), String> {
+        let j = self
+            .config
+            .jobs
+            .iter()
+            .position(|s| s.name == name && s.artifact.is_some())
+            .ok_or_else(|| format!("job {name} no longer runs an artifact"))?;
+        let mut cfg = self.config.clone();
+        let spec = &mut cfg.jobs[j];
+        let Some(a) = spec.artifact.clone() else {
+            return Err(format!("job {name} no longer runs an artifact"));
+        };
+        autopilot_artifact::switch(&a.dest, &ready.to).map_err(|e| e.to_string())?;
+        spec.artifact_sha = fleet::sha_of(&ready.to);
+        tracing::info!(job = %name, artifact = %a.name, version = %ready.version, "switched to the new version; restarting the job through its lifecycle");
+        let ips = self.job_ips.clone();
+        self.begin_reload(cfg, ips);
+        Ok(())
+    }
+
+    /// Loads and validates the bundle version's config before anything is
+    /// switched; then switches and reloads (unchanged jobs keep running).
+    fn switch_bundle(&mut self, ready: &fleet::Ready) -> Result<(), String> {
+        let b = self
+            .bundle
+            .clone()
+            .ok_or_else(|| "the config has no bundle any more".to_string())?;
+        let dir = match &ready.to {
+            autopilot_artifact::Current::Sha(s) => b.dest.join(s),
+            autopilot_artifact::Current::Original => b.dest.join("original"),
+            autopilot_artifact::Current::Missing => {
+                return Err("no bundle version to switch to".into());
+            }
+        };
+        // The reason goes into a member tag of at most 200 characters: the
+        // file is named from inside `dest`, where the line and field follow.
+        let inside = format!("{}/", b.dest.display());
+        let mut cfg = autopilot_config::load(&dir.join(&b.file), &self.render_env())
+            .map_err(|e| format!("bad config: {}", e.to_string().replace(&inside, "")))?;
+        let ips = job_ips(&cfg)
+            .map_err(|e| format!("config bundle {} {}: {e}", b.name, ready.version))?;
+        autopilot_artifact::switch(&b.dest, &ready.to).map_err(|e| e.to_string())?;
+        for w in &cfg.warnings {
+            tracing::warn!(field = %w.field, "{}", w.message);
+        }
+        cfg.path = b.dest.join("current").join(&b.file);
+        stamp_artifacts(&mut cfg);
+        if let Some(nb) = &cfg.bundle {
+            self.bundle = Some(nb.clone());
+        }
+        self.bundle_sha = fleet::sha_of(&ready.to);
+        tracing::info!(bundle = %b.name, version = %ready.version, "config bundle switched; reloading (unchanged jobs keep running)");
+        self.begin_reload(cfg, ips);
+        Ok(())
+    }
+
+    fn begin_reload(&mut self, cfg: Config, ips: Vec<Option<IpAddr>>) {
+        let (jobs, stop_timeout) = (cfg.jobs.clone(), cfg.stop_timeout);
+        self.next_config = Some((cfg, ips));
+        self.input(Input::Reload { jobs, stop_timeout });
     }
 
     /// Records a finished health check of job `name`: metrics, and why it
@@ -1763,7 +2140,8 @@ impl Agent {
             return Err("the agent is already stopping".into());
         }
         let env = self.render_env();
-        let cfg = autopilot_config::load(&self.config.path, &env).map_err(|e| e.to_string())?;
+        let mut cfg = autopilot_config::load(&self.config.path, &env).map_err(|e| e.to_string())?;
+        stamp_artifacts(&mut cfg);
         let ips = job_ips(&cfg).map_err(|e| e.to_string())?;
         if cfg.control != self.config.control
             || cfg.telemetry.as_ref().map(|t| t.port)
@@ -1848,6 +2226,7 @@ impl Agent {
         self.start_reinit_watches();
         self.start_watches(&old.watches);
         self.start_templates(&old.templates);
+        self.start_fleet();
         let unchanged = kept.iter().flatten().count();
         tracing::info!(
             jobs = self.config.jobs.len(),
@@ -1855,6 +2234,7 @@ impl Agent {
             "config reloaded; starting new and changed jobs"
         );
         self.queue.extend(actions);
+        self.fleet_pending_run();
     }
 
     /// Carries out queued actions until none remain; returns the exit code
@@ -2253,6 +2633,24 @@ impl Agent {
                 })
             })
             .collect();
+        let lock = |t: &fleet::Task| t.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fleet: Vec<serde_json::Value> = self
+            .fleet
+            .iter()
+            .map(|(name, t)| (Some(name.as_str()), lock(t)))
+            .chain(self.bundle_task.as_ref().map(|t| (None, lock(t))))
+            .map(|(job, s)| {
+                serde_json::json!({
+                    "job": job,
+                    "artifact": s.artifact,
+                    "version": s.version,
+                    "sha": s.sha,
+                    "state": s.state,
+                    "rollout": s.rollout,
+                    "reason": s.reason,
+                })
+            })
+            .collect();
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -2269,6 +2667,7 @@ impl Agent {
             },
             "jobs": jobs,
             "watches": watches,
+            "fleet": fleet,
         })
     }
 }

@@ -18,7 +18,12 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const SUMMARY_WINDOW: usize = 1024;
 
 /// The agent's own metrics.
-const BUILT_IN: [(&str, &str, MetricKind); 10] = [
+const BUILT_IN: [(&str, &str, MetricKind); 11] = [
+    (
+        "autopilot_artifact_info",
+        "1 for the artifact version each job (or the config bundle, job \"\") runs.",
+        MetricKind::Gauge,
+    ),
     (
         "autopilot_template_renders",
         "Template renders by template and result (written, unchanged, waiting, failed).",
@@ -231,6 +236,24 @@ impl Metrics {
         observe(fam.series.entry(key).or_insert_with(|| Value::new(kind)), v);
     }
 
+    /// Sets an info gauge to 1 for `labels`, dropping the series of the
+    /// same `key` label with other values (a job's previous version).
+    pub fn info(&self, name: &str, key: (&str, &str), labels: &[(&str, &str)]) {
+        let mut all: Vec<(String, String)> = std::iter::once(key)
+            .chain(labels.iter().copied())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.sort();
+        let mut f = self.lock();
+        let Some(fam) = f.get_mut(name) else { return };
+        if fam.series.contains_key(&all) {
+            return;
+        }
+        fam.series
+            .retain(|l, _| !l.iter().any(|(k, v)| k == key.0 && v == key.1));
+        fam.series.insert(all, Value::Gauge(1.0));
+    }
+
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let f = self.lock();
@@ -365,6 +388,35 @@ mod tests {
             kind: *k,
         })
         .collect()
+    }
+
+    #[test]
+    fn an_info_gauge_keeps_one_series_per_job() {
+        let m = Metrics::new(&[]);
+        let name = "autopilot_artifact_info";
+        m.info(
+            name,
+            ("job", "api"),
+            &[("artifact", "api"), ("version", "1.0")],
+        );
+        m.info(
+            name,
+            ("job", "web"),
+            &[("artifact", "web"), ("version", "7")],
+        );
+        m.info(
+            name,
+            ("job", "api"),
+            &[("artifact", "api"), ("version", "2.0")],
+        );
+        let out = m.render();
+        assert!(
+            out.contains(
+                "autopilot_artifact_info{artifact=\"api\",job=\"api\",version=\"2.0\"} 1\n"
+            ) && out.contains("version=\"7\"")
+                && !out.contains("version=\"1.0\""),
+            "{out}"
+        );
     }
 
     #[test]

@@ -1,0 +1,602 @@
+//! Jobs that run an artifact and the config bundle, with the real binary, a real catalog and a
+//! file:// store: the first start on the version the rollout wants, a deploy that restarts the
+//! job on the new version, a corrupted object refused, a probation failure rolled back, a bad
+//! bundle config refused, and on etcd a rollout in two units advanced by the agents alone.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use autopilot_core::rollout;
+use common::*;
+
+const HOST: &str = "testhost";
+
+/// Where a test's fleet keeps its state: a catalog URL and a store URL.
+struct Cat {
+    catalog: String,
+    store: String,
+}
+
+/// A local catalog and a file:// store in `d`.
+fn local(d: &Dir) -> Cat {
+    Cat {
+        catalog: format!("local://{}", d.path("catalog").display()),
+        store: format!("file://{}", d.path("store").display()),
+    }
+}
+
+/// Runs the CLI with the test's catalog and store.
+fn ap(c: &Cat, args: &[&str]) -> (i32, String) {
+    #[allow(clippy::disallowed_methods)] // the test drives the real binary
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env("AUTOPILOT_CATALOG", &c.catalog)
+        .env("AUTOPILOT_ARTIFACT_STORE", &c.store)
+        .output()
+        .expect("run cli");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A version of the `api` service: a directory with `server.sh`, which
+/// appends `<tag> <time in ns>` to the agent directory's `runs` (it runs as
+/// `<agent dir>/opt/current/server.sh`) and waits for SIGTERM, and
+/// `check.sh`, its health check (passing or not).
+fn version_dir(d: &Dir, tag: &str, healthy: bool) -> std::path::PathBuf {
+    let src = d.child(&format!("src-{tag}"));
+    let server = format!(
+        "#!/bin/sh\necho {tag} $(date +%s%N) >> \"$(dirname \"$0\")/../../runs\"\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n"
+    );
+    let check = format!("#!/bin/sh\nexit {}\n", if healthy { 0 } else { 1 });
+    for (name, text) in [("server.sh", server), ("check.sh", check)] {
+        let p = src.path(name);
+        std::fs::write(&p, text).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    src.0.clone()
+}
+
+/// Pushes `path` as `name` `version` (as `autopilot artifact push` does);
+/// returns its sha256.
+fn push(c: &Cat, name: &str, version: &str, path: &Path) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let etcd = autopilot_config::EtcdConfig::default();
+        let catalog = autopilot_runtime::catalog::open(&c.catalog, "test", &etcd)
+            .await
+            .expect("catalog");
+        let store = autopilot_snapshot::open(&c.store).expect("store");
+        let rec = autopilot_artifact::push(
+            catalog.as_ref(),
+            store.as_ref(),
+            name,
+            Some(version),
+            path,
+            "test",
+        )
+        .await
+        .expect("push");
+        rec.sha256
+    })
+}
+
+/// A rollout as `autopilot deploy` would write it: `units` over `members`,
+/// max failures 0, rollback on.
+struct Deploy<'a> {
+    name: &'a str,
+    id: u64,
+    to: (&'a str, &'a str),
+    units: &'a str,
+    probation_ms: u64,
+    members: Vec<String>,
+}
+
+impl Deploy<'_> {
+    fn new<'a>(name: &'a str, id: u64, to: (&'a str, &'a str), probation_ms: u64) -> Deploy<'a> {
+        Deploy {
+            name,
+            id,
+            to,
+            units: "100%",
+            probation_ms,
+            members: vec![format!("api-{HOST}"), format!("autopilot-{HOST}")],
+        }
+    }
+
+    fn write(&self, c: &Cat) {
+        let plan = rollout::Plan {
+            id: self.id,
+            artifact: self.name.to_string(),
+            target: rollout::Target {
+                version: self.to.0.to_string(),
+                sha256: self.to.1.to_string(),
+            },
+            from: None,
+            units: rollout::parse_units(self.units).expect("units"),
+            probation: Duration::from_millis(self.probation_ms),
+            max_failures: 0,
+            rollback: true,
+        };
+        let r = rollout::new_rollout(plan, &self.members, "2026-11-28T03:00:00.000Z", "test");
+        let key = rollout::rollout_key(self.name, self.id);
+        let (code, out) = ap(c, &["kv", "cas", "--absent", &key, &rollout::encode(&r)]);
+        assert_eq!(code, 0, "{out}");
+    }
+}
+
+/// The latest rollout record of `name`.
+fn latest(c: &Cat, name: &str) -> Option<serde_json::Value> {
+    let (code, out) = ap(c, &["kv", "ls", &rollout::rollouts_prefix(name)]);
+    if code != 0 {
+        return None;
+    }
+    let last = out.lines().rev().find(|l| l.contains('{'))?;
+    let json = &last[last.find('{')?..];
+    serde_json::from_str(json).ok()
+}
+
+/// The member record `<name>.<instance>`: its tags as key=value pairs.
+fn member(c: &Cat, name: &str, instance: &str) -> Option<Vec<(String, String)>> {
+    let service = rollout::member_service(name);
+    let (code, out) = ap(c, &["catalog", "instances", &service, "--json"]);
+    if code != 0 {
+        return None;
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+    let id = rollout::member_id(name, instance);
+    let m = list.into_iter().find(|i| i["id"] == id.as_str())?;
+    Some(
+        m["tags"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t.as_str()?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn tag(tags: &[(String, String)], key: &str) -> Option<String> {
+    tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}
+
+fn member_state(c: &Cat, name: &str, instance: &str) -> Option<String> {
+    tag(&member(c, name, instance)?, "state")
+}
+
+/// The agent's config: `api` runs `opt/current/server.sh`, checked by `opt/current/check.sh`.
+fn api_config() -> String {
+    r#"{ control: { socket: "@SOCKET@" }, stopTimeout: "2s", jobs: [
+  { name: "api", exec: "@DIR@/opt/current/server.sh", restarts: "unlimited",
+    artifact: { name: "api", dest: "@DIR@/opt" },
+    health: { exec: "@DIR@/opt/current/check.sh", interval: "200ms", ttl: 5 } },
+] }"#
+        .to_string()
+}
+
+fn start_api(d: &Dir, c: &Cat, host: &str) -> Agent {
+    let a = start_with(
+        d,
+        &api_config(),
+        &[],
+        &[
+            ("AUTOPILOT_HOSTNAME", host),
+            ("AUTOPILOT_CATALOG", &c.catalog),
+            ("AUTOPILOT_ARTIFACT_STORE", &c.store),
+        ],
+    );
+    a.ready();
+    a
+}
+
+/// `opt/current` as a real directory: what ran before any rollout.
+fn original(d: &Dir) {
+    let src = version_dir(d, "v0", true);
+    let opt = d.child("opt");
+    std::fs::rename(&src, opt.path("current")).expect("install the original");
+}
+
+/// The tags of the versions the job ran, in order.
+fn runs(d: &Dir) -> Vec<String> {
+    runs_at(d).into_iter().map(|(t, _)| t).collect()
+}
+
+/// The versions the job ran, with when each started (ns since the epoch).
+fn runs_at(d: &Dir) -> Vec<(String, u128)> {
+    d.lines("runs")
+        .iter()
+        .filter_map(|l| {
+            let (t, at) = l.split_once(' ')?;
+            Some((t.to_string(), at.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_job_starts_on_the_version_its_rollout_wants() {
+    let d = Dir::new("art-first");
+    original(&d);
+    let c = local(&d);
+    let v1 = version_dir(&d, "v1", true);
+    let sha1 = push(&c, "api", "1.0.0", &v1);
+    Deploy::new("api", 1, ("1.0.0", &sha1), 200).write(&c);
+    let a = start_api(&d, &c, HOST);
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v1"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    // It never ran what was on disk first.
+    assert_eq!(runs(&d), ["v1"]);
+    let link = std::fs::read_link(d.path("opt/current")).expect("current is a link");
+    assert_eq!(link, Path::new(&sha1));
+    assert!(
+        wait_for(Duration::from_secs(10), || member_state(
+            &c,
+            "api",
+            &format!("api-{HOST}")
+        )
+        .as_deref()
+            == Some("ok")),
+        "{:?}\n{}",
+        member(&c, "api", &format!("api-{HOST}")),
+        a.log()
+    );
+    let st = a.status();
+    let f = &st["fleet"][0];
+    assert_eq!(
+        (f["job"].as_str(), f["sha"].as_str()),
+        (Some("api"), Some(sha1.as_str())),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_new_version_deploys_and_the_job_restarts_on_it() {
+    let d = Dir::new("art-deploy");
+    original(&d);
+    let c = local(&d);
+    let a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    // With no record the job runs what is on disk, and says so.
+    assert!(
+        wait_for(Duration::from_secs(10), || member(&c, "api", &me)
+            .is_some_and(|t| tag(&t, "sha").as_deref() == Some("original"))),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    let v2 = version_dir(&d, "v2", true);
+    let sha2 = push(&c, "api", "2.0.0", &v2);
+    Deploy::new("api", 1, ("2.0.0", &sha2), 300).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || runs(&d) == ["v0", "v2"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    // Probation passes; the agent advances the gate: the rollout completes.
+    assert!(
+        wait_for(Duration::from_secs(15), || latest(&c, "api")
+            .is_some_and(|r| r["state"] == "completed")),
+        "{:?}\n{:?}\n{}",
+        latest(&c, "api"),
+        member(&c, "api", &me),
+        a.log()
+    );
+    let tags = member(&c, "api", &me).expect("member");
+    assert_eq!(
+        tag(&tags, "sha").as_deref(),
+        Some(sha2.as_str()),
+        "{tags:?}"
+    );
+    assert_eq!(tag(&tags, "version").as_deref(), Some("2.0.0"), "{tags:?}");
+    // The original is kept for a rollback.
+    assert!(d.path("opt/original/server.sh").exists());
+}
+
+#[test]
+fn a_corrupted_object_is_refused_and_the_job_keeps_its_version() {
+    let d = Dir::new("art-corrupt");
+    original(&d);
+    let c = local(&d);
+    let a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let pid = a.job_pid("api").expect("pid");
+    let v2 = version_dir(&d, "v2", true);
+    let sha2 = push(&c, "api", "2.0.0", &v2);
+    // Flip bytes of the stored object.
+    let obj = std::fs::read_dir(d.path("store"))
+        .expect("store")
+        .flatten()
+        .flat_map(|set| {
+            std::fs::read_dir(set.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains(&sha2))
+        .expect("stored object");
+    let mut bytes = std::fs::read(&obj).expect("read object");
+    for b in bytes.iter_mut().take(64) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&obj, bytes).expect("corrupt");
+    Deploy::new("api", 1, ("2.0.0", &sha2), 300).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || member_state(&c, "api", &me)
+            .as_deref()
+            == Some("failed")),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    let tags = member(&c, "api", &me).expect("member");
+    assert!(
+        tag(&tags, "reason").is_some_and(|r| r.contains("checksum")),
+        "{tags:?}"
+    );
+    assert_eq!(tag(&tags, "sha").as_deref(), Some("original"), "{tags:?}");
+    // Nothing unverified in dest; the job never restarted.
+    assert!(!d.path(&format!("opt/{sha2}")).exists());
+    assert_eq!(a.job_pid("api"), Some(pid));
+    assert_eq!(runs(&d), ["v0"]);
+}
+
+#[test]
+fn a_probation_failure_marks_the_member_failed_and_rolls_back() {
+    let d = Dir::new("art-probation");
+    original(&d);
+    let c = local(&d);
+    let a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let bad = version_dir(&d, "bad", false);
+    let sha = push(&c, "api", "bad", &bad);
+    Deploy::new("api", 1, ("bad", &sha), 500).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || member_state(&c, "api", &me)
+            .as_deref()
+            == Some("failed")
+            || latest(&c, "api").is_some_and(|r| r["state"] != "rolling")),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    // The gate saw the failure and rolled back to what ran before.
+    assert!(
+        wait_for(Duration::from_secs(20), || latest(&c, "api")
+            .is_some_and(|r| r["state"] == "rolled_back")),
+        "{:?}\n{:?}\n{}",
+        latest(&c, "api"),
+        member(&c, "api", &me),
+        a.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0", "bad", "v0"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    assert!(a.log().contains("probation failed"), "{}", a.log());
+}
+
+#[test]
+fn a_bad_bundle_config_is_refused_and_the_running_config_stays() {
+    let d = Dir::new("art-bundle");
+    let config = r#"{ control: { socket: "@SOCKET@" }, stopTimeout: "2s",
+  bundle: { name: "cfg", dest: "@DIR@/bundle", file: "autopilot.json5" },
+  jobs: [{ name: "boot", exec: ["sh", "-c", "echo boot 0 >> @DIR@/runs; trap 'exit 0' TERM; while :; do sleep 0.1; done"] }] }"#;
+    let c = local(&d);
+    let a = start_with(
+        &d,
+        config,
+        &[],
+        &[
+            ("AUTOPILOT_HOSTNAME", HOST),
+            ("AUTOPILOT_ARTIFACT_STORE", &c.store),
+        ],
+    );
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["boot"]),
+        "{}",
+        a.log()
+    );
+    let pid = a.job_pid("boot").expect("pid");
+    let me = format!("autopilot-{HOST}");
+    let bad = d.child("bundle-bad");
+    bad.write(
+        "autopilot.json5",
+        "{\n  jobs: [\n    { name: \"x\", exec: \"true\", bogus: 1 },\n  ],\n}\n",
+    );
+    let sha = push(&c, "cfg", "bad", &bad.0);
+    Deploy::new("cfg", 1, ("bad", &sha), 300).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || member_state(&c, "cfg", &me)
+            .as_deref()
+            == Some("failed")),
+        "{:?}\n{}",
+        member(&c, "cfg", &me),
+        a.log()
+    );
+    let reason = tag(&member(&c, "cfg", &me).expect("member"), "reason").unwrap_or_default();
+    assert!(
+        reason.contains("autopilot.json5:3:") && reason.contains("jobs[0].bogus"),
+        "{reason}"
+    );
+    // Nothing switched, the running config and its job stay.
+    assert!(std::fs::symlink_metadata(d.path("bundle/current")).is_err());
+    assert_eq!(a.job_pid("boot"), Some(pid));
+
+    // A good version is switched to and reloaded: its job starts.
+    let good = d.child("bundle-good");
+    good.write(
+        "autopilot.json5",
+        &format!(
+            "{{ jobs: [{{ name: \"next\", exec: [\"sh\", \"-c\", \"echo next 0 >> {}; trap 'exit 0' TERM; while :; do sleep 0.1; done\"] }}] }}",
+            d.path("runs").display()
+        ),
+    );
+    let sha_good = push(&c, "cfg", "good", &good.0);
+    Deploy::new("cfg", 2, ("good", &sha_good), 300).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || runs(&d) == ["boot", "next"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    let link = std::fs::read_link(d.path("bundle/current")).expect("current");
+    assert_eq!(link, Path::new(&sha_good));
+
+    // Started again, the agent runs the bundle's config, not the bootstrap file.
+    drop(a);
+    let a = start_with(
+        &d,
+        config,
+        &[],
+        &[
+            ("AUTOPILOT_HOSTNAME", HOST),
+            ("AUTOPILOT_ARTIFACT_STORE", &c.store),
+        ],
+    );
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d)
+            == ["boot", "next", "next"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    assert!(
+        a.log().contains("running the config bundle's config"),
+        "{}",
+        a.log()
+    );
+}
+
+/// Three agents on etcd, a rollout in two units (`1,100%`): nobody but the
+/// agents advances the gate; the second unit starts only after the first
+/// instance passed its probation, and every instance ends on the version.
+#[test]
+fn agents_alone_roll_a_version_through_two_units_on_etcd() {
+    let d = Dir::new("art-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let c = Cat {
+        catalog: format!("etcd://{}/fleet", etcd.endpoint()),
+        store: format!("file://{}", d.path("store").display()),
+    };
+    let hosts = ["h1", "h2", "h3"];
+    let dirs: Vec<Dir> = hosts.iter().map(|h| d.child(h)).collect();
+    let mut agents = Vec::new();
+    for (h, hd) in hosts.iter().zip(&dirs) {
+        original(hd);
+        agents.push(start_api(hd, &c, h));
+    }
+    let logs = |agents: &[Agent]| {
+        agents
+            .iter()
+            .map(Agent::log)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || dirs
+            .iter()
+            .all(|hd| runs(hd) == ["v0"])),
+        "{}",
+        logs(&agents)
+    );
+    let v2 = version_dir(&d, "v2", true);
+    let sha2 = push(&c, "api", "2.0.0", &v2);
+    let probation = 700;
+    let mut dep = Deploy::new("api", 1, ("2.0.0", &sha2), probation);
+    dep.units = "1,100%";
+    dep.members = hosts.iter().map(|h| format!("api-{h}")).collect();
+    dep.write(&c);
+    assert!(
+        wait_for(Duration::from_secs(30), || latest(&c, "api")
+            .is_some_and(|r| r["state"] == "completed")),
+        "{:?}\n{}",
+        latest(&c, "api"),
+        logs(&agents)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || dirs
+            .iter()
+            .all(|hd| runs(hd) == ["v0", "v2"])),
+        "{:?}",
+        dirs.iter().map(runs).collect::<Vec<_>>()
+    );
+    // The first unit's instance started v2 first; the others only after
+    // its probation (start, healthy, then healthy for the window).
+    let mut starts: Vec<u128> = dirs.iter().map(|hd| runs_at(hd)[1].1).collect();
+    starts.sort_unstable();
+    let gap_ms = (starts[1] - starts[0]) / 1_000_000;
+    assert!(
+        gap_ms >= u128::from(probation),
+        "second unit started {gap_ms} ms after the first"
+    );
+    eprintln!(
+        "two units of 1 + 2 instances, probation {probation} ms: the second unit started {gap_ms} ms after the first"
+    );
+    for h in hosts {
+        let tags = member(&c, "api", &format!("api-{h}")).expect("member");
+        assert_eq!(
+            tag(&tags, "sha").as_deref(),
+            Some(sha2.as_str()),
+            "{h}: {tags:?}"
+        );
+        assert_eq!(tag(&tags, "state").as_deref(), Some("ok"), "{h}: {tags:?}");
+    }
+    drop(agents);
+}
+
+/// A rollout record that cannot be read (hostile or corrupt catalog data)
+/// never stops the job: it runs what is on disk, and the log says why.
+#[test]
+fn an_unreadable_record_runs_what_is_on_disk() {
+    let d = Dir::new("art-unreadable");
+    original(&d);
+    let c = local(&d);
+    let key = rollout::rollout_key("api", 1);
+    let (code, out) = ap(
+        &c,
+        &["kv", "put", &key, "{\"id\": 1, \"state\": \"rolling\""],
+    );
+    assert_eq!(code, 0, "{out}");
+    let a = start_api(&d, &c, HOST);
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    assert!(
+        a.log().contains("rollout 1 of api") && a.log().contains("running what is on disk"),
+        "{}",
+        a.log()
+    );
+}

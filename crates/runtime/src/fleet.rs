@@ -1,0 +1,605 @@
+//! Jobs that run an artifact, and the config bundle: one task per unit pulls the version its rollout wants, installs it, has the agent switch and restart, runs probation, publishes its member record and advances the rollout's gate.
+//!
+//! Decisions (which version an instance runs, what probation concludes,
+//! whether the gate moves) are `autopilot_core::rollout`'s; this module only
+//! reads the catalog, moves files and reports. Every catalog call is bounded
+//! by [`CATALOG_DEADLINE`]. While no rollout is active a task reads nothing
+//! until the catalog's change revision moves, so an idle fleet costs the
+//! catalog nothing beyond the agents' keep-alives.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autopilot_artifact::Current;
+use autopilot_catalog::{Catalog, Registration, Status};
+use autopilot_core::rollout::{self, Desired, Member, MemberState, Probation, Rollout};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::catalog::Registrar;
+
+/// Every catalog read or write of this module.
+pub const CATALOG_DEADLINE: Duration = Duration::from_secs(2);
+/// The safety-net re-check while a rollout moves (Rolling, RollingBack).
+pub const ACTIVE_RECHECK: Duration = Duration::from_secs(10);
+/// How long after a switch the new version may take to start running
+/// (beyond the probation window) before its probation fails.
+const START_GRACE: Duration = Duration::from_secs(60);
+/// A failed install is tried again no sooner than this.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+pub use autopilot_core::rollout::{ORIGINAL, member_id};
+
+/// The sha a version on disk goes by in specs and member records.
+pub fn sha_of(c: &Current) -> Option<String> {
+    match c {
+        Current::Sha(s) => Some(s.clone()),
+        Current::Original => Some(ORIGINAL.to_string()),
+        Current::Missing => None,
+    }
+}
+
+/// The sha of what `dest/current` points at.
+pub fn current_sha(dest: &Path) -> Option<String> {
+    sha_of(&autopilot_artifact::current(dest))
+}
+
+/// What a unit (a job with an `artifact`, or the config bundle) is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// The artifact's name.
+    pub artifact: String,
+    pub dest: PathBuf,
+    pub store: String,
+    /// The member's instance ID (the job's entry ID, or `autopilot-<host>`).
+    pub instance: String,
+    /// Where the member record says the instance serves.
+    pub address: String,
+    pub port: u16,
+    pub ttl: Duration,
+}
+
+/// What the agent tells a unit's task about what it runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Health {
+    /// The sha the running spec was started with.
+    pub sha: Option<String>,
+    pub running: bool,
+    pub passing: bool,
+    /// Why the last health check failed, if it did.
+    pub why: Option<String>,
+}
+
+/// A version installed and verified, ready to run: the agent switches
+/// `current` to it (a bundle's config is validated first) and restarts the
+/// job, or reloads, and replies whether it did.
+#[derive(Debug)]
+pub struct Ready {
+    pub to: Current,
+    pub version: String,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// What /status shows of a unit.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UnitStatus {
+    pub artifact: String,
+    pub version: String,
+    pub sha: String,
+    pub state: String,
+    pub rollout: Option<u64>,
+    pub reason: String,
+}
+
+/// A unit's task, as the agent holds it.
+pub struct Task {
+    pub unit: Unit,
+    pub health: watch::Sender<Health>,
+    pub status: Arc<Mutex<UnitStatus>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The latest rollout record of an artifact: its key, its exact text (the
+/// compare-and-swap's expected value) and the record.
+#[derive(Debug, Clone)]
+pub struct Latest {
+    pub key: String,
+    pub raw: String,
+    pub rollout: Rollout,
+}
+
+/// Reads the latest rollout of `name` (the highest id), under the deadline.
+pub async fn latest(catalog: &dyn Catalog, name: &str) -> Result<Option<Latest>, String> {
+    let prefix = rollout::rollouts_prefix(name);
+    let list = tokio::time::timeout(CATALOG_DEADLINE, catalog.kv_list(&prefix))
+        .await
+        .map_err(|_| format!("reading the rollouts of {name}: no answer within 2s"))?
+        .map_err(|e| format!("reading the rollouts of {name}: {e}"))?;
+    let Some((id, key, raw)) = list
+        .into_iter()
+        .filter_map(|(k, v)| Some((rollout::parse_rollout_key(name, &k)?, k, v)))
+        .max_by_key(|(id, _, _)| *id)
+    else {
+        return Ok(None);
+    };
+    let rollout = rollout::decode(name, id, &raw)?;
+    Ok(Some(Latest { key, raw, rollout }))
+}
+
+/// What the latest record wants this instance to run: `None` when it runs
+/// what it has (no record).
+fn wanted(l: Option<&Latest>, instance: &str) -> Want {
+    match rollout::desired(l.map(|l| &l.rollout), instance) {
+        Desired::Run(t) => Want::Run {
+            version: t.version,
+            sha: t.sha256,
+        },
+        Desired::Original => Want::Original,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Want {
+    Run { version: String, sha: String },
+    Original,
+}
+
+impl Want {
+    fn sha(&self) -> &str {
+        match self {
+            Want::Run { sha, .. } => sha,
+            Want::Original => ORIGINAL,
+        }
+    }
+    fn version(&self) -> &str {
+        match self {
+            Want::Run { version, .. } => version,
+            Want::Original => ORIGINAL,
+        }
+    }
+    fn current(&self) -> Current {
+        match self {
+            Want::Run { sha, .. } => Current::Sha(sha.clone()),
+            Want::Original => Current::Original,
+        }
+    }
+}
+
+/// Fetches, verifies and unpacks the version `want` names into `dest`
+/// (nothing to fetch for the original).
+async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), String> {
+    let Want::Run { version, sha } = want else {
+        return Ok(());
+    };
+    let name = &unit.artifact;
+    let rec = tokio::time::timeout(
+        CATALOG_DEADLINE,
+        autopilot_artifact::get(catalog, name, version),
+    )
+    .await
+    .map_err(|_| format!("artifact {name} {version}: no answer from the catalog within 2s"))?
+    .map_err(|e| format!("artifact {name} {version}: {e}"))?
+    .ok_or_else(|| format!("artifact {name} {version}: no such version in the catalog"))?;
+    if rec.sha256 != *sha {
+        return Err(format!(
+            "artifact {name} {version}: the record's checksum {} is not the rollout's {sha}",
+            rec.sha256
+        ));
+    }
+    let store = autopilot_snapshot::open(&unit.store)
+        .map_err(|e| format!("artifact {name} {version}: {e}"))?;
+    autopilot_artifact::check_dest(&unit.dest).map_err(|e| e.to_string())?;
+    autopilot_artifact::install(store.as_ref(), &rec, &unit.dest)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Before a job first starts: puts the version its rollout wants in place,
+/// when the record can be read within the deadline; otherwise (or with no
+/// record) the job runs what is on disk. Returns the sha it will run.
+pub async fn prepare(catalog: &dyn Catalog, unit: &Unit) -> Option<String> {
+    let on_disk = current_sha(&unit.dest);
+    let l = match latest(catalog, &unit.artifact).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(artifact = %unit.artifact, "{e}; running what is on disk");
+            return on_disk;
+        }
+    };
+    if l.is_none() {
+        tracing::info!(artifact = %unit.artifact, sha = on_disk.as_deref().unwrap_or("none"), "no rollout record: running what is on disk");
+        return on_disk;
+    }
+    let want = wanted(l.as_ref(), &unit.instance);
+    if on_disk.as_deref() == Some(want.sha()) {
+        return on_disk;
+    }
+    tracing::info!(artifact = %unit.artifact, version = %want.version(), "installing the version the rollout wants before the first start");
+    let done = match install(catalog, unit, &want).await {
+        Ok(()) => {
+            autopilot_artifact::switch(&unit.dest, &want.current()).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => Some(want.sha().to_string()),
+        Err(e) => {
+            tracing::error!(artifact = %unit.artifact, "{e}; running what is on disk");
+            on_disk
+        }
+    }
+}
+
+/// Starts a unit's task: `to_agent` wraps each [`Ready`] into the agent's
+/// message type.
+pub fn spawn<M: Send + 'static>(
+    catalog: Arc<dyn Catalog>,
+    registrar: Registrar,
+    unit: Unit,
+    initial: Health,
+    tx: mpsc::Sender<M>,
+    to_agent: impl Fn(Ready) -> M + Send + Sync + 'static,
+) -> Task {
+    let (health_tx, health) = watch::channel(initial);
+    let status = Arc::new(Mutex::new(UnitStatus {
+        artifact: unit.artifact.clone(),
+        ..Default::default()
+    }));
+    let mut t = Worker {
+        catalog,
+        registrar,
+        unit: unit.clone(),
+        status: status.clone(),
+        health,
+        member: Member {
+            instance: unit.instance.clone(),
+            sha256: String::new(),
+            version: String::new(),
+            state: MemberState::Ok,
+            rollout: None,
+            passing: false,
+            reason: String::new(),
+        },
+        published: None,
+        probation: None,
+        awaiting_run: false,
+        failed: None,
+        latest: None,
+        started: tokio::time::Instant::now(),
+    };
+    let task = tokio::spawn(async move { t.run(tx, to_agent).await });
+    Task {
+        unit,
+        health: health_tx,
+        status,
+        task,
+    }
+}
+
+struct Worker {
+    catalog: Arc<dyn Catalog>,
+    registrar: Registrar,
+    unit: Unit,
+    status: Arc<Mutex<UnitStatus>>,
+    health: watch::Receiver<Health>,
+    member: Member,
+    published: Option<Registration>,
+    /// The probation of the version switched to, until it ends.
+    probation: Option<Probation>,
+    /// Switched, and the job has not run the new version yet.
+    awaiting_run: bool,
+    /// The last install that failed, and when: not tried again at once.
+    failed: Option<(String, tokio::time::Instant)>,
+    latest: Option<Latest>,
+    started: tokio::time::Instant,
+}
+
+impl Worker {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn run<M: Send>(&mut self, tx: mpsc::Sender<M>, to_agent: impl Fn(Ready) -> M + Sync) {
+        let mut changes = self.catalog.changes();
+        let h = self.health.borrow().clone();
+        self.member.sha256 = h.sha.clone().unwrap_or_else(|| ORIGINAL.to_string());
+        self.member.version = if self.member.sha256 == ORIGINAL {
+            ORIGINAL.to_string()
+        } else {
+            // Until a record names it.
+            self.member.sha256.chars().take(12).collect()
+        };
+        let mut read = true;
+        loop {
+            if read {
+                changes.borrow_and_update();
+                match latest(self.catalog.as_ref(), &self.unit.artifact).await {
+                    Ok(l) => self.latest = l,
+                    Err(e) => tracing::warn!(artifact = %self.unit.artifact, "{e}"),
+                }
+                if let Some(v) = self.status_version(&self.member.sha256) {
+                    self.member.version = v;
+                }
+                if !self.converge(&tx, &to_agent).await {
+                    return;
+                }
+                self.gate().await;
+            }
+            self.follow_health();
+            self.publish();
+            let active = self
+                .latest
+                .as_ref()
+                .is_some_and(|l| l.rollout.state.moving());
+            let probation = self
+                .probation
+                .as_ref()
+                .and_then(Probation::next_deadline)
+                .map(|d| self.started + d);
+            let retry = self.failed.as_ref().map(|(_, at)| *at + RETRY_AFTER);
+            read = tokio::select! {
+                r = changes.changed() => { if r.is_err() { return; } true }
+                r = self.health.changed() => { if r.is_err() { return; } false }
+                _ = sleep_opt(active.then(|| tokio::time::Instant::now() + ACTIVE_RECHECK)) => true,
+                _ = sleep_opt(probation) => false,
+                _ = sleep_opt(retry) => true,
+            };
+        }
+    }
+
+    /// Moves to the version the latest record wants, if this instance does
+    /// not run it. Returns false when the agent is gone.
+    async fn converge<M: Send>(
+        &mut self,
+        tx: &mpsc::Sender<M>,
+        to_agent: &(impl Fn(Ready) -> M + Sync),
+    ) -> bool {
+        // No record: what is on disk is what runs.
+        let Some(l) = self.latest.clone() else {
+            return true;
+        };
+        let want = wanted(Some(&l), &self.unit.instance);
+        let running = self.health.borrow().sha.clone();
+        if running.as_deref() == Some(want.sha()) || self.member.sha256 == want.sha() {
+            return true;
+        }
+        let key = format!("{}/{}", l.rollout.id, want.sha());
+        if let Some((k, at)) = &self.failed
+            && *k == key
+            && at.elapsed() < RETRY_AFTER
+        {
+            return true;
+        }
+        tracing::info!(artifact = %self.unit.artifact, version = %want.version(), rollout = l.rollout.id, "fetching the version the rollout wants");
+        self.set(
+            want.sha(),
+            want.version(),
+            MemberState::Fetching,
+            Some(l.rollout.id),
+            "",
+        );
+        self.publish();
+        let outcome = match install(self.catalog.as_ref(), &self.unit, &want).await {
+            Ok(()) => {
+                let (reply, answer) = oneshot::channel();
+                let ready = Ready {
+                    to: want.current(),
+                    version: want.version().to_string(),
+                    reply,
+                };
+                if tx.send(to_agent(ready)).await.is_err() {
+                    return false;
+                }
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err("the agent is stopping".to_string()))
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                self.failed = None;
+                self.member.state = MemberState::Starting;
+                self.awaiting_run = true;
+                // Until the new version runs (its job stops first, through
+                // its stop timeout) this only catches a job that never does.
+                let window = p_duration(Some(&l)).saturating_add(START_GRACE);
+                self.probation = Some(Probation::new(window, self.now()));
+            }
+            Err(reason) => {
+                tracing::error!(artifact = %self.unit.artifact, version = %want.version(), "{reason}; the running version stays");
+                self.failed = Some((key, tokio::time::Instant::now()));
+                let running = running.unwrap_or_else(|| ORIGINAL.to_string());
+                let version = self
+                    .status_version(&running)
+                    .unwrap_or_else(|| self.member.version.clone());
+                self.set(
+                    &running,
+                    &version,
+                    MemberState::Failed,
+                    Some(l.rollout.id),
+                    &reason,
+                );
+            }
+        }
+        true
+    }
+
+    /// The version name of a sha, as the latest record knows it.
+    fn status_version(&self, sha: &str) -> Option<String> {
+        if sha == ORIGINAL {
+            return Some(ORIGINAL.to_string());
+        }
+        let r = &self.latest.as_ref()?.rollout;
+        [Some(&r.target), r.from.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|t| t.sha256 == sha)
+            .map(|t| t.version.clone())
+    }
+
+    fn set(&mut self, sha: &str, version: &str, state: MemberState, id: Option<u64>, reason: &str) {
+        self.member.sha256 = sha.to_string();
+        self.member.version = version.to_string();
+        self.member.state = state;
+        self.member.rollout = id;
+        self.member.reason = reason.chars().take(rollout::REASON_CAP).collect();
+    }
+
+    /// Feeds the job's health to the probation of the version it switched
+    /// to; the probation's verdict becomes the member's state.
+    fn follow_health(&mut self) {
+        let h = self.health.borrow_and_update().clone();
+        self.member.passing = h.running && h.passing;
+        let now = self.now();
+        // The probation window opens with the first run of the new version
+        // (the one opened when the agent accepted the switch catches a job
+        // that never starts).
+        if self.awaiting_run && h.running && h.sha.as_deref() == Some(self.member.sha256.as_str()) {
+            self.awaiting_run = false;
+            self.probation = Some(Probation::new(p_duration(self.latest.as_ref()), now));
+        }
+        let Some(p) = self.probation.as_mut() else {
+            return;
+        };
+        if !self.awaiting_run {
+            p.health(self.member.passing, now);
+        }
+        let state = p.tick(now);
+        if state == MemberState::Failed {
+            let why = match (h.running, h.why) {
+                (false, _) => "the job is not running".to_string(),
+                (true, Some(why)) => why,
+                (true, None) => "its health check is not passing".to_string(),
+            };
+            self.member.reason = format!("probation failed: {} ({why})", p.reason())
+                .chars()
+                .take(rollout::REASON_CAP)
+                .collect();
+            tracing::error!(artifact = %self.unit.artifact, version = %self.member.version, "{}", self.member.reason);
+        }
+        if !(self.awaiting_run && state == MemberState::Probation) {
+            self.member.state = state;
+        }
+        if matches!(state, MemberState::Ok | MemberState::Failed) {
+            self.probation = None;
+            self.awaiting_run = false;
+        }
+    }
+
+    /// Publishes the member record (when it changed) and the status.
+    fn publish(&mut self) {
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            *s = UnitStatus {
+                artifact: self.unit.artifact.clone(),
+                version: self.member.version.clone(),
+                sha: self.member.sha256.clone(),
+                state: self.member.state.as_str().to_string(),
+                rollout: self.member.rollout,
+                reason: self.member.reason.clone(),
+            };
+        }
+        let r = Registration {
+            id: member_id(&self.unit.artifact, &self.unit.instance),
+            name: rollout::member_service(&self.unit.artifact),
+            tags: rollout::member_tags(&self.member),
+            address: self.unit.address.clone(),
+            port: self.unit.port,
+            status: if self.member.passing {
+                Status::Passing
+            } else {
+                Status::Critical
+            },
+            ttl: self.unit.ttl,
+            deregister_critical_after: None,
+            seat: None,
+        };
+        if self.published.as_ref() != Some(&r) {
+            self.registrar.put(r.clone());
+            self.published = Some(r);
+        }
+    }
+
+    /// Advances the latest rollout when its gate holds: any agent may, and
+    /// a lost compare-and-swap means another one did.
+    async fn gate(&mut self) {
+        let Some(l) = self.latest.clone() else {
+            return;
+        };
+        if !l.rollout.state.moving() {
+            return;
+        }
+        let service = rollout::member_service(&self.unit.artifact);
+        let list = match tokio::time::timeout(CATALOG_DEADLINE, self.catalog.instances(&service))
+            .await
+        {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => {
+                tracing::warn!(artifact = %self.unit.artifact, "reading the members: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(artifact = %self.unit.artifact, "reading the members: no answer within 2s");
+                return;
+            }
+        };
+        let members: Vec<Member> = list
+            .iter()
+            .filter_map(|i| {
+                rollout::parse_member(
+                    &self.unit.artifact,
+                    &i.id,
+                    &i.tags,
+                    i.status == Status::Passing,
+                )
+            })
+            .collect();
+        let now = autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms());
+        let by = format!("agent {}", self.unit.instance);
+        let Some(next) = rollout::evaluate(&l.rollout, &members, &now, &by) else {
+            return;
+        };
+        let json = rollout::encode(&next);
+        match tokio::time::timeout(
+            CATALOG_DEADLINE,
+            self.catalog.kv_cas(&l.key, Some(&l.raw), &json),
+        )
+        .await
+        {
+            Ok(Ok(true)) => {
+                tracing::info!(artifact = %self.unit.artifact, rollout = next.id, state = ?next.state, unit = next.unit, "rollout advanced");
+                self.latest = Some(Latest {
+                    key: l.key,
+                    raw: json,
+                    rollout: next,
+                });
+            }
+            // Someone else advanced it; the change brings the new record.
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(artifact = %self.unit.artifact, "advancing the rollout: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(artifact = %self.unit.artifact, "advancing the rollout: no answer within 2s")
+            }
+        }
+    }
+}
+
+fn p_duration(l: Option<&Latest>) -> Duration {
+    Duration::from_millis(l.map_or(0, |l| l.rollout.probation_ms))
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
