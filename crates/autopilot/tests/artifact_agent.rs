@@ -280,12 +280,21 @@ fn a_new_version_deploys_and_the_job_restarts_on_it() {
     );
     let v2 = version_dir(&d, "v2", true);
     let sha2 = push(&c, "api", "2.0.0", &v2);
+    let written = std::time::SystemTime::now();
     Deploy::new("api", 1, ("2.0.0", &sha2), 300).write(&c);
     assert!(
         wait_for(Duration::from_secs(15), || runs(&d) == ["v0", "v2"]),
         "runs {:?}\n{}",
         runs(&d),
         a.log()
+    );
+    let since = written
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let started = runs_at(&d)[1].1.saturating_sub(since) / 1_000_000;
+    eprintln!(
+        "record written to v2 running: {started} ms (fetch, verify, unpack, switch, restart)"
     );
     // Probation passes; the agent advances the gate: the rollout completes.
     assert!(
