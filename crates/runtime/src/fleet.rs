@@ -342,7 +342,12 @@ impl Worker {
                 .as_ref()
                 .and_then(Probation::next_deadline)
                 .map(|d| self.started + d);
-            let retry = self.failed.as_ref().map(|(_, at)| *at + RETRY_AFTER);
+            // Armed only while ahead: a retry that came due re-reads once.
+            let retry = self
+                .failed
+                .as_ref()
+                .map(|(_, at)| *at + RETRY_AFTER)
+                .filter(|due| *due > tokio::time::Instant::now());
             read = tokio::select! {
                 r = changes.changed() => { if r.is_err() { return; } true }
                 r = self.health.changed() => { if r.is_err() { return; } false }
