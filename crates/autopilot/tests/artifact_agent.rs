@@ -609,3 +609,52 @@ fn an_unreadable_record_runs_what_is_on_disk() {
         a.log()
     );
 }
+
+/// etcd's count of requests of one gRPC method (`Range`, `Txn`, `Put`).
+fn etcd_requests(endpoint: &str, method: &str) -> u64 {
+    let (_, body) = http_tcp(endpoint, "/metrics").expect("etcd metrics");
+    let want = format!("grpc_method=\"{method}\"");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_started_total{") && l.contains(&want))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// With no rollout moving, an agent running an artifact job reads and
+/// writes nothing in etcd: only its session's keep-alive.
+#[test]
+fn an_idle_artifact_job_costs_etcd_nothing() {
+    let d = Dir::new("art-idle");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    let c = Cat {
+        catalog: format!("etcd://{}/idle", etcd.endpoint()),
+        store: format!("file://{}", d.path("store").display()),
+    };
+    original(&d);
+    let a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || member(&c, "api", &me)
+            .is_some_and(|t| tag(&t, "state").as_deref() == Some("ok"))),
+        "{}",
+        a.log()
+    );
+    // Registration settles (healthy, then registered) before counting.
+    assert!(wait_for(Duration::from_secs(10), || a.status()["jobs"][0]
+        ["health"]
+        == "healthy"));
+    let count = || {
+        ["Range", "Txn", "Put", "DeleteRange"]
+            .iter()
+            .map(|m| etcd_requests(&etcd.endpoint(), m))
+            .sum::<u64>()
+    };
+    let before = count();
+    assert!(before > 0, "the agent's start read etcd: the count is read");
+    // Longer than the re-check of a moving rollout (10 s), with many health
+    // checks and keep-alives in it; there is nothing to wait for.
+    std::thread::sleep(Duration::from_secs(11));
+    let after = count();
+    assert_eq!(after, before, "requests while idle\n{}", a.log());
+}
