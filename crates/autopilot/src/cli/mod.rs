@@ -4,6 +4,7 @@ pub mod args;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
+pub mod deploy;
 pub mod info;
 pub mod kv;
 pub mod lock;
