@@ -526,3 +526,45 @@ fn a_watcher_killed_mid_rollout_leaves_a_record_another_finishes() {
     );
     assert_eq!(s.latest().map(|n| n.state), Some(State::Completed));
 }
+
+/// Deploys racing for the same artifact: the compare-and-swap from absent
+/// lets exactly one write its rollout; the others re-read, find it rolling
+/// and refuse (exit 2). No record is overwritten.
+#[test]
+fn racing_deploys_create_exactly_one_rollout() {
+    let s = Store::new("deploy-race");
+    for i in &instances(3) {
+        s.member(i, "original", "ok", None, true);
+    }
+    s.artifact("1.0", &sha('a'));
+    let mut racers: Vec<Reaped> = (0..4)
+        .map(|n| Reaped(s.spawn(&["deploy", A, "1.0"], &format!("race{n}"))))
+        .collect();
+    let mut codes: Vec<i32> = racers.iter_mut().map(|c| exit_of(&mut c.0, WAIT)).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, vec![0, 2, 2, 2], "one winner, the others refused");
+    let (_, out, _) = s.cli(&["deploy", "history", A, "-o", "json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v.len(), 1, "one record: {out}");
+}
+
+/// Only the newest 50 records of an artifact are kept.
+#[test]
+fn old_records_are_pruned_to_50() {
+    let s = Store::new("deploy-prune");
+    s.artifact("1.0", &sha('a'));
+    // No member: each rollout completes at once, so the next may start.
+    for _ in 0..53 {
+        let (code, _, err) = s.cli(&["deploy", A, "1.0"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (_, out, _) = s.cli(&["deploy", "history", A, "-o", "json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let ids: Vec<u64> = v.iter().filter_map(|r| r["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 50, "{ids:?}");
+    assert_eq!(
+        (ids[0], ids[49]),
+        (53, 4),
+        "newest first, the oldest 3 gone"
+    );
+}
