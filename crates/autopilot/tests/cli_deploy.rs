@@ -31,6 +31,7 @@ struct Store {
     rt: tokio::runtime::Runtime,
     /// The members' session (their entries live on it).
     members: Arc<dyn Catalog>,
+    _etcd: Option<autopilot_testkit::Etcd>,
     dir: Dir,
 }
 
@@ -54,6 +55,37 @@ impl Store {
             url: format!("local://{}", path.display()),
             rt,
             members,
+            _etcd: None,
+            dir,
+        }
+    }
+
+    fn etcd(tag: &str) -> Store {
+        let dir = Dir::new(tag);
+        let etcd = autopilot_testkit::Etcd::single(&dir.0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let opts = autopilot_catalog_etcd::EtcdOptions {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/dp".into(),
+            // Long enough that nothing expires during a test.
+            lease_ttl: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let members: Arc<dyn Catalog> = Arc::new(
+            rt.block_on(autopilot_catalog_etcd::EtcdCatalog::connect(
+                opts,
+                "test-members",
+            ))
+            .expect("connect"),
+        );
+        Store {
+            url: format!("etcd://{}/dp", etcd.endpoint()),
+            rt,
+            members,
+            _etcd: Some(etcd),
             dir,
         }
     }
@@ -412,7 +444,16 @@ fn unreachable_catalog_exits_3() {
 /// watcher can move the record.
 #[test]
 fn watch_advances_units_and_exits_0_on_completion() {
-    let s = Store::new("deploy-watch");
+    watch_advances(Store::new("deploy-watch"));
+}
+
+/// The same on etcd: its compare-and-swap and its watch drive the CLI.
+#[test]
+fn watch_advances_units_on_etcd() {
+    watch_advances(Store::etcd("deploy-watch-etcd"));
+}
+
+fn watch_advances(s: Store) {
     let insts = instances(6);
     s.artifact("1.0", &sha('a'));
     for i in &insts {

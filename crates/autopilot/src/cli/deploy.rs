@@ -427,20 +427,20 @@ fn unit_views(r: &Rollout, ms: &[Member]) -> Vec<UnitView> {
     v
 }
 
-/// Where a unit stands: passed, rolling (the current one) or waiting.
+/// Where a unit stands in the rollout's state.
 fn unit_phase(r: &Rollout, k: usize) -> &'static str {
-    match r.state {
-        State::Completed => "passed",
-        _ if k < r.unit => "passed",
-        _ if k == r.unit => match r.state {
-            State::Rolling => "rolling",
-            State::Paused => "paused",
-            State::RollingBack | State::RolledBack => "rolled back",
-            State::Failed => "failed",
-            State::Aborted => "aborted",
-            State::Completed => "passed",
-        },
-        _ => "waiting",
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match (r.state, k.cmp(&r.unit)) {
+        (State::Completed, _) => "passed",
+        (State::RollingBack, Less | Equal) => "rolling back",
+        (State::RolledBack, Less | Equal) => "rolled back",
+        (State::Rolling | State::Paused, Greater) => "waiting",
+        (_, Greater) => "not started",
+        (State::Failed | State::Aborted | State::Rolling | State::Paused, Less) => "passed",
+        (State::Rolling, Equal) => "rolling",
+        (State::Paused, Equal) => "paused",
+        (State::Failed, Equal) => "failed",
+        (State::Aborted, Equal) => "aborted",
     }
 }
 
@@ -625,7 +625,13 @@ async fn follow(
     let tty = std::io::stdout().is_terminal() && !out.json();
     let me = by();
     let mut changes = cat.changes();
-    let mut deadline = o.deadline;
+    // After `deploy` created the rollout, the first round gets a whole
+    // --timeout; `status --watch` shares the one that opened the catalog.
+    let mut deadline = if id.is_some() {
+        Deadline::after(o.timeout)
+    } else {
+        o.deadline
+    };
     let mut last_shown = String::new();
     loop {
         changes.borrow_and_update();
