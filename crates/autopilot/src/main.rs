@@ -122,6 +122,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 | Cmd::Resume(_)
                 | Cmd::Reinit(_)),
             ) => return cli::cluster::dispatch(c, catalog, cli.timeout.as_deref(), out),
+            Some(Cmd::Deploy(a)) => {
+                let o = catalog(&a.catalog)?;
+                return cli::block_on(cli::deploy::deploy_cmd(o, a, out))?;
+            }
             Some(Cmd::Lock {
                 catalog: url,
                 wait,

@@ -167,6 +167,8 @@ pub enum Cmd {
     Resume(super::cluster::ElectionArgs),
     /// Wipe a member's data and rebuild it from a snapshot or the leader (default --timeout 120s).
     Reinit(super::cluster::ReinitArgs),
+    /// Roll an artifact's version out unit by unit behind health gates; show and steer rollouts.
+    Deploy(super::deploy::DeployArgs),
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).

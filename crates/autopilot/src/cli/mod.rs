@@ -5,6 +5,7 @@ pub mod artifact;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
+pub mod deploy;
 pub mod info;
 pub mod kv;
 pub mod lock;

@@ -1,0 +1,819 @@
+//! `autopilot deploy`: starts a rollout of an artifact's version, shows it (`status`, `history`), steers it (`pause`, `resume`, `abort`, `rollback`) and, with `--watch`/`--wait`, advances its gate as one more evaluator.
+//!
+//! Everything is a compare-and-swap on the rollout record
+//! (`_fleet/rollouts/<name>/<id>`) against the exact text read, so the CLI
+//! races agents harmlessly: a lost write is re-read and retried. The record
+//! and the member entries are untrusted catalog data; the decisions are
+//! `autopilot_core::rollout`'s.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use autopilot_catalog::{Catalog, Status, now_ms, rfc3339_ms};
+use autopilot_core::rollout::{
+    self, Action, Member, Plan, Rollout, State, Target, UnitSpec, member_service,
+};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{
+    Access, CatalogOpts, Deadline, Output, SetupError, bounded, exit, open_catalog, quote,
+};
+
+/// How many lost compare-and-swaps a write retries before giving up (exit 1).
+const CAS_ATTEMPTS: usize = 5;
+/// Rollout records kept per artifact; older ones are deleted after a create.
+const KEEP_RECORDS: usize = 50;
+/// `--watch` re-reads this often even without a change notification (a safety net).
+const RECHECK: Duration = Duration::from_secs(2);
+/// Width of a unit's progress bar.
+const BAR: usize = 10;
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct DeployArgs {
+    /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
+    #[arg(long, global = true, value_name = "URL")]
+    pub catalog: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Option<DeployCmd>,
+    /// The artifact to roll out.
+    #[arg(required = true)]
+    pub name: Option<String>,
+    /// The version (as pushed with `autopilot artifact push`).
+    #[arg(required = true)]
+    pub version: Option<String>,
+    /// Scale units, cumulative: instance counts or shares of the fleet.
+    #[arg(long, value_name = "LIST", default_value = "1,10%,50%,100%")]
+    pub units: String,
+    /// How long an updated instance must stay healthy before its unit passes.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub probation: String,
+    /// Failed instances tolerated in the units rolled so far.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_failures: u32,
+    /// On failure, stop without rolling the updated instances back.
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Follow the rollout (advancing its gate) until it ends: exit 0 completed, 1 otherwise.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeployCmd {
+    /// Show the latest rollout: state, versions, per-unit progress, failures.
+    Status {
+        name: String,
+        /// Redraw on every catalog change and advance the gate until the rollout ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop starting further units (instances keep what they run).
+    Pause { name: String },
+    /// Resume a paused rollout.
+    Resume { name: String },
+    /// End the rollout where it stands (instances keep what they run).
+    Abort { name: String },
+    /// Send every instance back to the version before the rollout.
+    Rollback { name: String },
+    /// List the rollouts of an artifact, newest first.
+    History { name: String },
+}
+
+/// A request that cannot be carried out as asked: exit 2.
+fn refused(command: &str, message: String) -> anyhow::Error {
+    SetupError {
+        origin: command.into(),
+        field: String::new(),
+        message,
+    }
+    .into()
+}
+
+fn check_name(command: &str, what: &str, s: &str) -> anyhow::Result<()> {
+    if rollout::valid_name(s) {
+        return Ok(());
+    }
+    Err(refused(
+        command,
+        format!(
+            "invalid {what} {}: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128",
+            quote(s)
+        ),
+    ))
+}
+
+/// Who writes: `user@host`, for the record's events.
+fn by() -> String {
+    let uid = nix::unistd::Uid::current();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid{}", uid.as_raw()));
+    let host = std::env::var("AUTOPILOT_HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
+}
+
+fn now() -> String {
+    rfc3339_ms(now_ms())
+}
+
+/// The latest rollout record of an artifact, as read.
+struct Latest {
+    key: String,
+    /// The exact text read: the expected value of the next compare-and-swap.
+    raw: String,
+    rollout: Rollout,
+}
+
+/// Every rollout record of `name` by id (ascending), each decoded or why not.
+async fn records(
+    cat: &dyn Catalog,
+    name: &str,
+) -> anyhow::Result<Vec<(u64, String, String, Result<Rollout, String>)>> {
+    let mut out: Vec<_> = cat
+        .kv_list(&rollout::rollouts_prefix(name))
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let id = rollout::parse_rollout_key(name, &k)?;
+            let r = rollout::decode(name, id, &v);
+            Some((id, k, v, r))
+        })
+        .collect();
+    out.sort_by_key(|(id, ..)| *id);
+    Ok(out)
+}
+
+/// The latest record (the highest id), `None` when there is none; a
+/// record that does not decode is an error naming its key (exit 2), never
+/// skipped: deciding on an older record would undo what it says.
+async fn latest(cat: &dyn Catalog, name: &str) -> anyhow::Result<Option<Latest>> {
+    let Some((_, key, raw, r)) = records(cat, name).await?.pop() else {
+        return Ok(None);
+    };
+    match r {
+        Ok(rollout) => Ok(Some(Latest { key, raw, rollout })),
+        Err(e) => Err(refused(
+            "deploy",
+            format!("{key}: {e} (repair or delete the key)"),
+        )),
+    }
+}
+
+/// The live member entries of `name` that parse (untrusted: others are skipped).
+async fn members(cat: &dyn Catalog, name: &str) -> anyhow::Result<Vec<Member>> {
+    Ok(cat
+        .instances(&member_service(name))
+        .await?
+        .iter()
+        .filter_map(|i| rollout::parse_member(name, &i.id, &i.tags, i.status == Status::Passing))
+        .collect())
+}
+
+/// The instance IDs of every live entry of `_artifacts.<name>`: an
+/// instance still fetching or with odd tags is a member all the same.
+async fn member_ids(cat: &dyn Catalog, name: &str) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("{name}.");
+    Ok(cat
+        .instances(&member_service(name))
+        .await?
+        .into_iter()
+        .filter_map(|i| {
+            i.id.strip_prefix(&prefix)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+/// The target named by the artifact record `_fleet/artifacts/<name>/<version>`
+/// (`None`: no such version).
+async fn artifact_target(
+    cat: &dyn Catalog,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<Option<Target>> {
+    let key = rollout::artifact_key(name, version);
+    let Some(raw) = cat.kv_get(&key).await? else {
+        return Ok(None);
+    };
+    // Only these two fields matter here; the record's other fields are the artifact command's.
+    let v: serde_json::Value = serde_json::from_str(&raw)
+        .map_err(|e| refused("deploy", format!("{key}: not an artifact record: {e}")))?;
+    let field = |f: &str| {
+        v.get(f)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    };
+    let (rec_version, sha256) = (field("version"), field("sha256"));
+    if rec_version != version || !rollout::valid_sha256(sha256) {
+        return Err(refused(
+            "deploy",
+            format!(
+                "{key}: malformed artifact record (version {}, sha256 {})",
+                quote(rec_version),
+                quote(sha256)
+            ),
+        ));
+    }
+    Ok(Some(Target {
+        version: rec_version.to_string(),
+        sha256: sha256.to_string(),
+    }))
+}
+
+/// Runs `autopilot deploy ...`.
+pub async fn deploy_cmd(o: CatalogOpts, a: &DeployArgs, out: Output) -> anyhow::Result<i32> {
+    match &a.cmd {
+        None => {
+            let (Some(name), Some(version)) = (&a.name, &a.version) else {
+                return Err(refused(
+                    "deploy",
+                    "usage: autopilot deploy NAME VERSION".into(),
+                ));
+            };
+            create(o, a, name, version, out).await
+        }
+        Some(DeployCmd::Status { name, watch }) => {
+            check_name("deploy status", "artifact name", name)?;
+            if *watch {
+                let cat = open_catalog(&o, &super::cli_owner(), Access::Write)
+                    .await?
+                    .cat;
+                follow(&o, cat.as_ref(), name, None, out).await
+            } else {
+                status(o, name, out).await
+            }
+        }
+        Some(DeployCmd::Pause { name }) => transition(o, name, Action::Pause, out).await,
+        Some(DeployCmd::Resume { name }) => transition(o, name, Action::Resume, out).await,
+        Some(DeployCmd::Abort { name }) => transition(o, name, Action::Abort, out).await,
+        Some(DeployCmd::Rollback { name }) => transition(o, name, Action::Rollback, out).await,
+        Some(DeployCmd::History { name }) => history(o, name, out).await,
+    }
+}
+
+fn what(o: &CatalogOpts) -> String {
+    format!("catalog {}", o.url)
+}
+
+/// `deploy NAME VERSION`: writes rollout `latest + 1` by compare-and-swap from absent.
+async fn create(
+    o: CatalogOpts,
+    a: &DeployArgs,
+    name: &str,
+    version: &str,
+    out: Output,
+) -> anyhow::Result<i32> {
+    check_name("deploy", "artifact name", name)?;
+    check_name("deploy", "version", version)?;
+    let units = rollout::parse_units(&a.units).map_err(|e| refused("--units", e))?;
+    let probation = super::duration_arg("--probation", &a.probation)?;
+    let cat = open_catalog(&o, &super::cli_owner(), Access::Write)
+        .await?
+        .cat;
+    let me = by();
+    let created = bounded(&what(&o), o.deadline, async {
+        for _ in 0..CAS_ATTEMPTS {
+            let latest = latest(cat.as_ref(), name).await?;
+            if let Some(l) = &latest
+                && l.rollout.state.active()
+            {
+                return Err(refused(
+                    "deploy",
+                    format!(
+                        "rollout {} of {name} ({}) is {}; wait for it to end, or stop it with `autopilot deploy abort {name}`",
+                        l.rollout.id,
+                        l.rollout.target.version,
+                        l.rollout.state.as_str()
+                    ),
+                ));
+            }
+            let Some(target) = artifact_target(cat.as_ref(), name, version).await? else {
+                return Ok(None);
+            };
+            let ids = member_ids(cat.as_ref(), name).await?;
+            let id = latest.as_ref().map_or(1, |l| l.rollout.id.saturating_add(1));
+            let plan = Plan {
+                id,
+                artifact: name.to_string(),
+                target,
+                from: rollout::from_for_next(latest.as_ref().map(|l| &l.rollout)),
+                units: units.clone(),
+                probation,
+                max_failures: a.max_failures,
+                rollback: !a.no_rollback,
+            };
+            let r = rollout::new_rollout(plan, &ids, &now(), &me);
+            let key = rollout::rollout_key(name, id);
+            let raw = rollout::encode(&r);
+            if cat.kv_cas(&key, None, &raw).await? {
+                prune(cat.as_ref(), name).await?;
+                return Ok(Some(Some(r)));
+            }
+            // Someone else wrote rollout `id` (or the record moved): re-read.
+        }
+        Ok(Some(None))
+    })
+    .await?;
+    let r = match created {
+        None => {
+            eprintln!(
+                "autopilot: deploy: no version {} of {name} in catalog {} (push it with `autopilot artifact push`)",
+                quote(version),
+                o.url
+            );
+            return Ok(exit::ABSENT);
+        }
+        Some(None) => {
+            eprintln!(
+                "autopilot: deploy: the rollouts of {name} kept changing; gave up after {CAS_ATTEMPTS} attempts"
+            );
+            return Ok(exit::ABSENT);
+        }
+        Some(Some(r)) => r,
+    };
+    if out.json() {
+        println!("{}", rollout::encode(&r));
+    } else {
+        println!("{}", summary(&r));
+    }
+    if a.wait {
+        std::io::stdout().flush()?;
+        return follow(&o, cat.as_ref(), name, Some(r.id), out).await;
+    }
+    Ok(exit::OK)
+}
+
+/// Deletes the oldest records beyond [`KEEP_RECORDS`] (each only if it still
+/// holds what was read; the newest is never touched).
+async fn prune(cat: &dyn Catalog, name: &str) -> anyhow::Result<()> {
+    let all = records(cat, name).await?;
+    let extra = all.len().saturating_sub(KEEP_RECORDS);
+    for (_, key, raw, _) in all.iter().take(extra) {
+        cat.kv_delete_if(key, raw).await?;
+    }
+    Ok(())
+}
+
+fn version_of(t: Option<&Target>) -> &str {
+    t.map_or(rollout::ORIGINAL, |t| t.version.as_str())
+}
+
+/// The one line `deploy` prints.
+fn summary(r: &Rollout) -> String {
+    let units: Vec<String> = r
+        .units
+        .iter()
+        .zip(&r.unit_sizes)
+        .map(|(u, n)| format!("{u}={n}"))
+        .collect();
+    format!(
+        "rollout {} of {}: {} (from {}), {}, units {}, probation {}, max failures {}, {}",
+        r.id,
+        r.artifact,
+        r.target.version,
+        version_of(r.from.as_ref()),
+        r.state.as_str(),
+        units.join(" "),
+        super::dur(Duration::from_millis(r.probation_ms)),
+        r.max_failures,
+        if r.rollback {
+            "rollback on failure"
+        } else {
+            "no rollback"
+        }
+    )
+}
+
+/// One unit's progress as counted from the live member entries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct UnitView {
+    /// Live instances in the unit now.
+    instances: usize,
+    on_target: usize,
+    ok: usize,
+    failed: usize,
+}
+
+fn unit_views(r: &Rollout, ms: &[Member]) -> Vec<UnitView> {
+    let mut v = vec![UnitView::default(); r.units.len()];
+    for m in ms {
+        let Some(u) = v.get_mut(rollout::unit_of(r, &m.instance)) else {
+            continue;
+        };
+        u.instances = u.instances.saturating_add(1);
+        if m.sha256 == r.target.sha256 {
+            u.on_target = u.on_target.saturating_add(1);
+            if m.state == rollout::MemberState::Ok && m.passing {
+                u.ok = u.ok.saturating_add(1);
+            }
+        }
+        if m.rollout == Some(r.id) && m.state == rollout::MemberState::Failed {
+            u.failed = u.failed.saturating_add(1);
+        }
+    }
+    v
+}
+
+/// Where a unit stands in the rollout's state.
+fn unit_phase(r: &Rollout, k: usize) -> &'static str {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match (r.state, k.cmp(&r.unit)) {
+        (State::Completed, _) => "passed",
+        (State::RollingBack, Less | Equal) => "rolling back",
+        (State::RolledBack, Less | Equal) => "rolled back",
+        (State::Rolling | State::Paused, Greater) => "waiting",
+        (_, Greater) => "not started",
+        (State::Failed | State::Aborted | State::Rolling | State::Paused, Less) => "passed",
+        (State::Rolling, Equal) => "rolling",
+        (State::Paused, Equal) => "paused",
+        (State::Failed, Equal) => "failed",
+        (State::Aborted, Equal) => "aborted",
+    }
+}
+
+fn bar(done: usize, total: usize) -> String {
+    let filled = done
+        .saturating_mul(BAR)
+        .checked_div(total)
+        .unwrap_or(0)
+        .min(BAR);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(BAR - filled))
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// The status text; `tty` draws progress bars.
+fn render(r: &Rollout, ms: &[Member], tty: bool) -> String {
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    line(format!(
+        "rollout {} of {}: {}, unit {} of {}",
+        r.id,
+        r.artifact,
+        r.state.as_str(),
+        r.unit.saturating_add(1),
+        r.units.len()
+    ));
+    line(format!(
+        "  target {} ({}), from {}{}",
+        r.target.version,
+        short(&r.target.sha256),
+        version_of(r.from.as_ref()),
+        r.from
+            .as_ref()
+            .map(|t| format!(" ({})", short(&t.sha256)))
+            .unwrap_or_default()
+    ));
+    line(format!(
+        "  probation {}, max failures {}, {}; created {} by {}, updated {}",
+        super::dur(Duration::from_millis(r.probation_ms)),
+        r.max_failures,
+        if r.rollback {
+            "rollback on failure"
+        } else {
+            "no rollback"
+        },
+        r.created,
+        r.by,
+        r.updated
+    ));
+    for (k, u) in unit_views(r, ms).iter().enumerate() {
+        let spec = r.units.get(k).map(UnitSpec::to_string).unwrap_or_default();
+        let phase = unit_phase(r, k);
+        let n = k.saturating_add(1);
+        if tty {
+            line(format!(
+                "  unit {n} ({spec}) {} {}/{} on {}, {} ok{} ({phase})",
+                bar(u.on_target, u.instances),
+                u.on_target,
+                u.instances,
+                r.target.version,
+                u.ok,
+                if u.failed > 0 {
+                    format!(", {} failed", u.failed)
+                } else {
+                    String::new()
+                }
+            ));
+        } else {
+            line(format!(
+                "  unit {n} ({spec}): {phase}, {} instances, {} on {}, {} ok, {} failed",
+                u.instances, u.on_target, r.target.version, u.ok, u.failed
+            ));
+        }
+    }
+    if !r.failures.is_empty() {
+        line(format!("  failures ({}):", r.failures.len()));
+        for f in &r.failures {
+            line(format!("    {} at {}: {}", f.instance, f.at, f.reason));
+        }
+    }
+    if let Some(e) = r.events.last() {
+        line(format!("  last event: {} {} by {}", e.at, e.what, e.by));
+    }
+    s
+}
+
+fn status_json(r: &Rollout, ms: &[Member]) -> serde_json::Value {
+    let units: Vec<_> = unit_views(r, ms)
+        .iter()
+        .enumerate()
+        .map(|(k, u)| {
+            json!({
+                "unit": k.saturating_add(1),
+                "spec": r.units.get(k).map(UnitSpec::to_string),
+                "phase": unit_phase(r, k),
+                "sizeAtCreation": r.unit_sizes.get(k),
+                "instances": u.instances,
+                "onTarget": u.on_target,
+                "ok": u.ok,
+                "failed": u.failed,
+            })
+        })
+        .collect();
+    let members: Vec<_> = ms
+        .iter()
+        .map(|m| {
+            json!({
+                "instance": m.instance,
+                "unit": rollout::unit_of(r, &m.instance).saturating_add(1),
+                "sha256": m.sha256,
+                "version": m.version,
+                "state": m.state.as_str(),
+                "rollout": m.rollout,
+                "passing": m.passing,
+                "reason": m.reason,
+            })
+        })
+        .collect();
+    let record: serde_json::Value =
+        serde_json::from_str(&rollout::encode(r)).unwrap_or(serde_json::Value::Null);
+    json!({"rollout": record, "units": units, "members": members})
+}
+
+fn no_rollout(name: &str, o: &CatalogOpts) -> i32 {
+    eprintln!("autopilot: no rollout of {name} in catalog {}", o.url);
+    exit::ABSENT
+}
+
+/// `deploy status NAME` (one reading).
+async fn status(o: CatalogOpts, name: &str, out: Output) -> anyhow::Result<i32> {
+    let cat = open_catalog(&o, &super::cli_owner(), Access::Read)
+        .await?
+        .cat;
+    let read = bounded(&what(&o), o.deadline, async {
+        let Some(l) = latest(cat.as_ref(), name).await? else {
+            return Ok(None);
+        };
+        Ok(Some((l, members(cat.as_ref(), name).await?)))
+    })
+    .await?;
+    let Some((l, ms)) = read else {
+        return Ok(no_rollout(name, &o));
+    };
+    if out.json() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status_json(&l.rollout, &ms))?
+        );
+    } else {
+        print!(
+            "{}",
+            render(&l.rollout, &ms, std::io::stdout().is_terminal())
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The exit code of an ended rollout.
+fn ended_code(s: State) -> i32 {
+    if s == State::Completed {
+        exit::OK
+    } else {
+        exit::ABSENT
+    }
+}
+
+/// `--watch`/`--wait`: redraws on every catalog change and applies the gate
+/// (`evaluate`) by compare-and-swap, until the rollout (`id`, else the
+/// latest) ends. Each round's reads get a whole `--timeout`.
+async fn follow(
+    o: &CatalogOpts,
+    cat: &dyn Catalog,
+    name: &str,
+    id: Option<u64>,
+    out: Output,
+) -> anyhow::Result<i32> {
+    let tty = std::io::stdout().is_terminal() && !out.json();
+    let me = by();
+    let mut changes = cat.changes();
+    // After `deploy` created the rollout, the first round gets a whole
+    // --timeout; `status --watch` shares the one that opened the catalog.
+    let mut deadline = if id.is_some() {
+        Deadline::after(o.timeout)
+    } else {
+        o.deadline
+    };
+    let mut last_shown = String::new();
+    loop {
+        changes.borrow_and_update();
+        let read = bounded(&what(o), deadline, async {
+            let Some(l) = latest(cat, name).await? else {
+                return Ok(None);
+            };
+            let ms = members(cat, name).await?;
+            // The gate: whoever sees it hold writes the next record; a lost
+            // write means someone else moved it, and the next round re-reads.
+            let mut moved = false;
+            if l.rollout.state.moving()
+                && let Some(next) = rollout::evaluate(&l.rollout, &ms, &now(), &me)
+            {
+                moved = cat
+                    .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&next))
+                    .await?;
+            }
+            Ok(Some((l, ms, moved)))
+        })
+        .await?;
+        let Some((l, ms, moved)) = read else {
+            return Ok(no_rollout(name, o));
+        };
+        if let Some(id) = id
+            && l.rollout.id != id
+        {
+            // A newer rollout replaced ours, so ours had ended.
+            eprintln!(
+                "autopilot: rollout {id} of {name} was followed by rollout {}",
+                l.rollout.id
+            );
+            return Ok(exit::ABSENT);
+        }
+        if moved {
+            deadline = Deadline::after(o.timeout);
+            continue;
+        }
+        let shown = if out.json() {
+            status_json(&l.rollout, &ms).to_string()
+        } else {
+            render(&l.rollout, &ms, tty)
+        };
+        if shown != last_shown {
+            let mut so = std::io::stdout().lock();
+            if tty {
+                // Home and clear: a redraw in place.
+                write!(so, "\x1b[H\x1b[2J{shown}")?;
+            } else if out.json() {
+                writeln!(so, "{shown}")?;
+            } else {
+                write!(so, "{shown}")?;
+            }
+            so.flush()?;
+            last_shown = shown;
+        }
+        if !l.rollout.state.active() {
+            return Ok(ended_code(l.rollout.state));
+        }
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    tokio::time::sleep(RECHECK).await;
+                }
+            }
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+        deadline = Deadline::after(o.timeout);
+    }
+}
+
+/// `deploy pause|resume|abort|rollback NAME`: the core transition, by
+/// compare-and-swap, re-read and retried when an evaluator moved the record.
+async fn transition(
+    o: CatalogOpts,
+    name: &str,
+    action: Action,
+    out: Output,
+) -> anyhow::Result<i32> {
+    let verb = match action {
+        Action::Pause => "pause",
+        Action::Resume => "resume",
+        Action::Abort => "abort",
+        Action::Rollback => "rollback",
+    };
+    let command = format!("deploy {verb}");
+    check_name(&command, "artifact name", name)?;
+    let cat = open_catalog(&o, &super::cli_owner(), Access::Write)
+        .await?
+        .cat;
+    let me = by();
+    let done = bounded(&what(&o), o.deadline, async {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(l) = latest(cat.as_ref(), name).await? else {
+                return Ok(Some(None));
+            };
+            let next = rollout::act(&l.rollout, action, &now(), &me)
+                .map_err(|e| refused(&command, e.to_string()))?;
+            if cat
+                .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&next))
+                .await?
+            {
+                return Ok(Some(Some(next)));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    match done {
+        Some(Some(r)) => {
+            if out.json() {
+                println!("{}", rollout::encode(&r));
+            } else {
+                println!("rollout {} of {name}: {}", r.id, r.state.as_str());
+            }
+            Ok(exit::OK)
+        }
+        Some(None) => Ok(no_rollout(name, &o)),
+        None => {
+            eprintln!(
+                "autopilot: {command}: rollout of {name} kept changing; gave up after {CAS_ATTEMPTS} attempts"
+            );
+            Ok(exit::ABSENT)
+        }
+    }
+}
+
+/// `deploy history NAME`: every kept record, newest first.
+async fn history(o: CatalogOpts, name: &str, out: Output) -> anyhow::Result<i32> {
+    check_name("deploy history", "artifact name", name)?;
+    let cat = open_catalog(&o, &super::cli_owner(), Access::Read)
+        .await?
+        .cat;
+    let all = bounded(&what(&o), o.deadline, records(cat.as_ref(), name)).await?;
+    if all.is_empty() {
+        return Ok(no_rollout(name, &o));
+    }
+    if out.json() {
+        let v: Vec<_> = all
+            .iter()
+            .rev()
+            .map(|(id, key, _, r)| match r {
+                Ok(r) => {
+                    serde_json::from_str(&rollout::encode(r)).unwrap_or(serde_json::Value::Null)
+                }
+                Err(e) => json!({"id": id, "key": key, "invalid": e}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<8} {:<12} {:<20} {:<20} {:<24} {:<24} BY",
+        "ID", "STATE", "TARGET", "FROM", "CREATED", "UPDATED"
+    );
+    for (id, key, _, r) in all.iter().rev() {
+        match r {
+            Ok(r) => println!(
+                "{:<8} {:<12} {:<20} {:<20} {:<24} {:<24} {}",
+                r.id,
+                r.state.as_str(),
+                r.target.version,
+                version_of(r.from.as_ref()),
+                r.created,
+                r.updated,
+                r.by
+            ),
+            Err(e) => println!("{id:<8} {:<12} {key}: {e}", "invalid"),
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_are_bounded() {
+        assert_eq!(bar(5, 10), "[#####.....]");
+        assert_eq!(bar(0, 0), "[..........]");
+        assert_eq!(bar(12, 10), "[##########]", "never more than full");
+        assert_eq!(bar(1, 3), "[###.......]");
+    }
+}
