@@ -24,10 +24,7 @@ use crate::interfaces;
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 
-// The per-artifact tasks (see the report: `crates/runtime/src/lib.rs` would
-// declare `pub mod fleet;`).
-#[path = "fleet.rs"]
-pub mod fleet;
+use crate::fleet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

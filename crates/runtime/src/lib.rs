@@ -4,6 +4,7 @@ pub mod agent;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
+pub mod fleet;
 #[cfg(test)]
 mod election_tests;
 pub mod fsutil;
