@@ -4,9 +4,9 @@ pub mod agent;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
-pub mod fleet;
 #[cfg(test)]
 mod election_tests;
+pub mod fleet;
 pub mod fsutil;
 pub mod interfaces;
 pub mod listen;
