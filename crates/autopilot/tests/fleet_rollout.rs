@@ -662,7 +662,8 @@ fn rollouts_across_a_fleet_behind_nginx() {
         .keys()
         .filter_map(|id| Some((fleet.node_of(id)?, id.clone())))
         .collect();
-    let mut starts: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    // Each instance's first start of 1.0.0 (a crash and restart is not a unit's start).
+    let mut first: BTreeMap<usize, f64> = BTreeMap::new();
     for s in fleet
         .served()
         .iter()
@@ -673,7 +674,16 @@ fn rollouts_across_a_fleet_behind_nginx() {
             .iter()
             .position(|n| n.name == s.node)
             .expect("node");
-        starts.entry(unit_of(&r, &ids[&i])).or_default().push(s.at);
+        first.entry(i).or_insert(s.at);
+    }
+    assert_eq!(
+        first.len(),
+        AGENTS,
+        "not every node started 1.0.0: {first:?}"
+    );
+    let mut starts: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for (i, at) in &first {
+        starts.entry(unit_of(&r, &ids[i])).or_default().push(*at);
     }
     assert_eq!(starts.len(), 4, "starts by unit: {starts:?}");
     let units: Vec<&Vec<f64>> = starts.values().collect();
