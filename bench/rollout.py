@@ -7,7 +7,8 @@
    and to the first start in each unit.
 2. Idle load: etcd's received gRPC messages per second by method, with the fleet idle, once
    before any rollout and once after one completed (agents must not poll: one lease
-   keep-alive per agent every TTL/3, nothing else).
+   keep-alive per agent every TTL/3, plus the watch stream's progress request every 5 s of
+   silence that the etcd backend has always sent; no reads).
 3. Artifact speed: one more agent whose artifact is a directory of --mb MiB of random data;
    three versions are deployed in turn (each a fresh fetch: only current and previous stay on
    disk), deploy to job start, minus the same with a tiny artifact, is the fetch (file://
@@ -172,7 +173,9 @@ def fleet(b, a, etcd_port):
         "agent_rss_mb_median": round(rss, 1),
         "idle_etcd_requests_per_s_before_any_rollout": idle_before,
         "idle_etcd_requests_per_s_after_a_rollout": idle_after,
-        "expected_keepalives_per_s": expected,
+        # Per agent: one lease keep-alive every TTL/3, and one progress request on its single
+        # watch stream every 5 s of silence (the etcd backend's stall detection, WATCH_IDLE).
+        "expected_per_s": {"LeaseKeepAlive": expected, "Watch": round(n / 5, 3)},
         "idle_seconds": a.seconds,
     }, indent=2), flush=True)
 
