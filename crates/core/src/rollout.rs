@@ -226,6 +226,10 @@ pub struct Rollout {
     pub created: String,
     pub by: String,
     pub updated: String,
+    /// A newer rollout of the artifact replaced this one: it no longer
+    /// moves, and no action applies to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
 }
 
 /// What an instance should run.
@@ -329,6 +333,7 @@ pub fn new_rollout(plan: Plan, members: &[String], now: &str, by: &str) -> Rollo
         created: now.to_string(),
         by: by.to_string(),
         updated: now.to_string(),
+        superseded_by: None,
     };
     let what = if order.is_empty() {
         format!(
@@ -469,16 +474,21 @@ pub fn parse_member(artifact: &str, id: &str, tags: &[String], passing: bool) ->
     Some(Member {
         instance: instance.to_string(),
         sha256: sha.to_string(),
-        version: tag("version").unwrap_or_default().to_string(),
+        version: clean(tag("version").unwrap_or_default()),
         state,
         rollout,
         passing,
-        reason: tag("reason")
-            .unwrap_or_default()
-            .chars()
-            .take(REASON_CAP)
-            .collect(),
+        reason: clean(tag("reason").unwrap_or_default()),
     })
+}
+
+/// Catalog text bound for a record or a terminal: at most [`REASON_CAP`]
+/// characters, control characters replaced by spaces.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .take(REASON_CAP)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The tags of a member entry (the inverse of [`parse_member`]).
@@ -492,13 +502,7 @@ pub fn member_tags(m: &Member) -> Vec<String> {
         tags.push(format!("rollout={r}"));
     }
     if m.state == MemberState::Failed && !m.reason.is_empty() {
-        let reason: String = m
-            .reason
-            .chars()
-            .take(REASON_CAP)
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        tags.push(format!("reason={reason}"));
+        tags.push(format!("reason={}", clean(&m.reason)));
     }
     tags
 }
@@ -517,21 +521,22 @@ fn runs(m: &Member, t: Option<&Target>) -> bool {
 pub fn evaluate(r: &Rollout, members: &[Member], now: &str, by: &str) -> Option<Rollout> {
     match r.state {
         State::Rolling => {
+            if r.superseded_by.is_some() {
+                return None;
+            }
             let scope: Vec<&Member> = members
                 .iter()
                 .filter(|m| unit_of(r, &m.instance) <= r.unit)
                 .collect();
-            let failed: Vec<&&Member> = scope
-                .iter()
-                .filter(|m| m.rollout == Some(r.id) && m.state == MemberState::Failed)
-                .collect();
+            let failed_now = |m: &Member| m.rollout == Some(r.id) && m.state == MemberState::Failed;
             let mut next = r.clone();
             let mut changed = false;
-            for m in &failed {
-                if !next.failures.iter().any(|f| f.instance == m.instance) {
-                    if next.failures.len() >= RECORD_CAP {
-                        next.failures.remove(0);
-                    }
+            for m in scope.iter().filter(|m| failed_now(m)) {
+                // Recorded once per instance; the list is capped, so a
+                // full list changes nothing and never causes a write.
+                if next.failures.len() < RECORD_CAP
+                    && !next.failures.iter().any(|f| f.instance == m.instance)
+                {
                     next.failures.push(Failure {
                         instance: m.instance.clone(),
                         reason: m.reason.clone(),
@@ -540,18 +545,45 @@ pub fn evaluate(r: &Rollout, members: &[Member], now: &str, by: &str) -> Option<
                     changed = true;
                 }
             }
+            // Distinct instances that failed in this rollout: the recorded
+            // ones (an instance that failed and then restarted or vanished
+            // still counts) and the failing ones not recorded yet.
+            let unrecorded = scope
+                .iter()
+                .filter(|m| {
+                    failed_now(m) && !next.failures.iter().any(|f| f.instance == m.instance)
+                })
+                .count();
+            let failed = next.failures.len().saturating_add(unrecorded);
             let max = usize::try_from(r.max_failures).unwrap_or(usize::MAX);
-            if failed.len() > max {
+            // The unit being rolled must prove the version: at least one of
+            // its live instances runs it, passed probation and is passing.
+            // An empty or fully failed unit never lets the next one start.
+            let unit_members: Vec<&&Member> = scope
+                .iter()
+                .filter(|m| unit_of(r, &m.instance) == r.unit)
+                .collect();
+            let proven = unit_members
+                .iter()
+                .any(|m| m.sha256 == r.target.sha256 && m.state == MemberState::Ok && m.passing);
+            let had_members = r.unit_sizes.get(r.unit).is_some_and(|n| *n > 0);
+            let all_failed = !unit_members.is_empty() && unit_members.iter().all(|m| failed_now(m));
+            if failed > max || (had_members && all_failed) {
                 next.state = if r.rollback {
                     State::RollingBack
                 } else {
                     State::Failed
                 };
                 let what = format!(
-                    "unit {} failed: {} of its instances failed (at most {} allowed){}",
+                    "unit {} failed: {} instances failed (at most {} allowed{}){}",
                     r.unit.saturating_add(1),
-                    failed.len(),
+                    failed,
                     r.max_failures,
+                    if all_failed {
+                        ", and none of the unit's instances succeeded"
+                    } else {
+                        ""
+                    },
                     if r.rollback {
                         "; rolling back"
                     } else {
@@ -561,10 +593,10 @@ pub fn evaluate(r: &Rollout, members: &[Member], now: &str, by: &str) -> Option<
                 push_event(&mut next, now, by, what);
                 return Some(next);
             }
-            let passed = scope
-                .iter()
-                .filter(|m| !(m.rollout == Some(r.id) && m.state == MemberState::Failed))
-                .all(|m| m.sha256 == r.target.sha256 && m.state == MemberState::Ok && m.passing);
+            let passed = (proven || !had_members)
+                && scope.iter().filter(|m| !failed_now(m)).all(|m| {
+                    m.sha256 == r.target.sha256 && m.state == MemberState::Ok && m.passing
+                });
             if passed {
                 let last = r.units.len().saturating_sub(1);
                 if r.unit >= last {
@@ -590,6 +622,9 @@ pub fn evaluate(r: &Rollout, members: &[Member], now: &str, by: &str) -> Option<
             None
         }
         State::RollingBack => {
+            if r.superseded_by.is_some() {
+                return None;
+            }
             let done = members.iter().all(|m| {
                 runs(m, r.from.as_ref())
                     && !matches!(m.state, MemberState::Fetching | MemberState::Starting)
@@ -645,6 +680,9 @@ pub enum Action {
 
 /// The record after a person's action, or why it cannot be carried out.
 pub fn act(r: &Rollout, action: Action, now: &str, by: &str) -> Result<Rollout, Refusal> {
+    if r.superseded_by.is_some() {
+        return Err(refuse(r, "a newer rollout replaced it"));
+    }
     let mut next = r.clone();
     let what = match (action, r.state) {
         (Action::Pause, State::Rolling) => {
@@ -657,7 +695,13 @@ pub fn act(r: &Rollout, action: Action, now: &str, by: &str) -> Result<Rollout, 
             "resumed"
         }
         (Action::Resume, _) => return Err(refuse(r, "only a paused rollout can be resumed")),
-        (Action::Abort, State::Rolling | State::Paused | State::RollingBack) => {
+        // Aborting a rollback never sends anyone forward again: the
+        // instances that returned stay returned, the others keep trying.
+        (Action::Abort, State::RollingBack) => {
+            next.state = State::RolledBack;
+            "rollback ended by hand: every instance is still sent back to the previous version, but no one waits for the others"
+        }
+        (Action::Abort, State::Rolling | State::Paused) => {
             next.state = State::Aborted;
             "aborted: every instance keeps the version it has"
         }
@@ -672,6 +716,67 @@ pub fn act(r: &Rollout, action: Action, now: &str, by: &str) -> Result<Rollout, 
     };
     push_event(&mut next, now, by, what.to_string());
     Ok(next)
+}
+
+/// Marks `r` replaced by rollout `next` (`autopilot deploy` writes this
+/// first, by compare-and-swap, so a person's rollback written meanwhile is
+/// never silently undone by a new rollout). Refused while `r` is active.
+pub fn supersede(r: &Rollout, next: u64, now: &str, by: &str) -> Result<Rollout, Refusal> {
+    if r.state.active() {
+        return Err(refuse(
+            r,
+            "a new rollout must wait until it ends (autopilot deploy abort)",
+        ));
+    }
+    if r.superseded_by.is_some() {
+        return Err(refuse(r, "a newer rollout replaced it"));
+    }
+    let mut out = r.clone();
+    out.superseded_by = Some(next);
+    push_event(&mut out, now, by, format!("replaced by rollout {next}"));
+    Ok(out)
+}
+
+/// Why the gate does not move yet: each instance in the units rolled so
+/// far that holds it up, with the reason, for `deploy status`.
+pub fn waiting_for(r: &Rollout, members: &[Member]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    match r.state {
+        State::Rolling | State::Paused => {
+            for m in members.iter().filter(|m| unit_of(r, &m.instance) <= r.unit) {
+                if m.rollout == Some(r.id) && m.state == MemberState::Failed {
+                    continue;
+                }
+                let why = if m.sha256 != r.target.sha256 {
+                    format!("runs {} ({})", m.version, m.state.as_str())
+                } else if !m.passing {
+                    "critical".to_string()
+                } else if m.state != MemberState::Ok {
+                    m.state.as_str().to_string()
+                } else {
+                    continue;
+                };
+                out.push((m.instance.clone(), why));
+            }
+            let in_unit = members.iter().any(|m| unit_of(r, &m.instance) == r.unit);
+            if !in_unit && r.unit_sizes.get(r.unit).is_some_and(|n| *n > 0) {
+                out.push((
+                    format!("unit {}", r.unit.saturating_add(1)),
+                    "no live instance to prove the version".to_string(),
+                ));
+            }
+        }
+        State::RollingBack => {
+            for m in members.iter().filter(|m| !runs(m, r.from.as_ref())) {
+                out.push((
+                    m.instance.clone(),
+                    format!("runs {} ({})", m.version, m.state.as_str()),
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// The version the fleet runs before a new rollout, given the latest one.
@@ -697,7 +802,8 @@ pub fn decode(artifact: &str, id: u64, json: &str) -> Result<Rollout, String> {
     if r.units.is_empty() || r.units.len() > MAX_UNITS || r.bounds.len() != r.units.len() {
         return Err(format!("rollout {id} of {artifact}: malformed units"));
     }
-    if !valid_sha256(&r.target.sha256) || r.from.as_ref().is_some_and(|t| !valid_sha256(&t.sha256))
+    let bad_target = |t: &Target| !valid_sha256(&t.sha256) || !valid_name(&t.version);
+    if !valid_name(&r.artifact) || bad_target(&r.target) || r.from.as_ref().is_some_and(bad_target)
     {
         return Err(format!("rollout {id} of {artifact}: malformed checksum"));
     }
@@ -978,6 +1084,116 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_with_no_live_proof_never_passes() {
+        let r = new_rollout(plan("1,100%"), &ids(4), "t0", "cli");
+        // The canary's agent is gone: nobody proved the version.
+        assert_eq!(evaluate(&r, &[], "t1", "a"), None);
+        let w = waiting_for(&r, &[]);
+        assert!(
+            w.iter().any(|(_, why)| why.contains("no live instance")),
+            "{w:?}"
+        );
+        // Every instance of the unit failed, even within the budget: it fails.
+        let mut p = plan("2,100%");
+        p.max_failures = 1000;
+        let r = new_rollout(p, &ids(6), "t0", "cli");
+        let tgt = r.target.sha256.clone();
+        let ms: Vec<Member> = ids(6)
+            .iter()
+            .filter(|i| unit_of(&r, i) == 0)
+            .map(|i| member(&r, i, &tgt, MemberState::Failed, false))
+            .collect();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(
+            evaluate(&r, &ms, "t1", "a").map(|r| r.state),
+            Some(State::RollingBack)
+        );
+    }
+
+    #[test]
+    fn many_failures_within_the_budget_write_once() {
+        let mut p = plan("100%");
+        p.max_failures = 1000;
+        let all = ids(150);
+        let r = new_rollout(p, &all, "t0", "cli");
+        let tgt = r.target.sha256.clone();
+        let mut ms: Vec<Member> = all
+            .iter()
+            .map(|i| member(&r, i, &tgt, MemberState::Failed, false))
+            .collect();
+        ms[0].state = MemberState::Probation;
+        ms[0].passing = true;
+        let r2 = evaluate(&r, &ms, "t1", "a").expect("records failures");
+        assert_eq!(r2.failures.len(), RECORD_CAP);
+        assert_eq!(r2.state, State::Rolling);
+        // Nothing new: no write, however many evaluators look.
+        assert_eq!(evaluate(&r2, &ms, "t2", "b"), None);
+        // Failures count even once their instances are gone.
+        let mut p = plan("100%");
+        p.max_failures = 1;
+        let r = new_rollout(p, &ids(3), "t0", "cli");
+        let bad = |i: &str| member(&r, i, &tgt, MemberState::Failed, false);
+        let ok = |i: &str| member(&r, i, &tgt, MemberState::Probation, true);
+        let r2 = evaluate(
+            &r,
+            &[bad("api-host0"), ok("api-host1"), ok("api-host2")],
+            "t1",
+            "a",
+        )
+        .expect("recorded");
+        assert_eq!(r2.state, State::Rolling);
+        let r3 = evaluate(&r2, &[ok("api-host1"), bad("api-host2")], "t2", "a").expect("fails");
+        assert_eq!(r3.state, State::RollingBack);
+    }
+
+    #[test]
+    fn aborting_a_rollback_never_sends_anyone_forward() {
+        let r = new_rollout(plan("1,100%"), &ids(4), "t0", "cli");
+        let first = ids(4)
+            .into_iter()
+            .find(|i| unit_of(&r, i) == 0)
+            .expect("first");
+        let back = act(&r, Action::Rollback, "t1", "me").expect("rollback");
+        let ended = act(&back, Action::Abort, "t2", "me").expect("abort");
+        assert_eq!(ended.state, State::RolledBack);
+        assert_eq!(desired(Some(&ended), &first), Desired::Run(t("1")));
+    }
+
+    #[test]
+    fn a_superseded_rollout_takes_no_action_and_does_not_move() {
+        let r = new_rollout(plan("1,100%"), &ids(4), "t0", "cli");
+        assert!(supersede(&r, 2, "t1", "me").is_err());
+        let mut done = r.clone();
+        done.state = State::Failed;
+        let s = supersede(&done, 2, "t1", "me").expect("supersede");
+        assert_eq!(s.superseded_by, Some(2));
+        assert!(act(&s, Action::Rollback, "t2", "me").is_err());
+        assert!(supersede(&s, 3, "t2", "me").is_err());
+        let mut moving = s.clone();
+        moving.state = State::RollingBack;
+        assert_eq!(evaluate(&moving, &[], "t3", "a"), None);
+    }
+
+    #[test]
+    fn waiting_for_names_what_holds_the_gate() {
+        let r = new_rollout(plan("100%"), &ids(2), "t0", "cli");
+        let tgt = r.target.sha256.clone();
+        let ms = vec![
+            member(&r, "api-host0", &tgt, MemberState::Ok, false),
+            member(&r, "api-host1", &tgt, MemberState::Probation, true),
+        ];
+        assert_eq!(evaluate(&r, &ms, "t1", "a"), None);
+        let w = waiting_for(&r, &ms);
+        assert_eq!(
+            w,
+            vec![
+                ("api-host0".to_string(), "critical".to_string()),
+                ("api-host1".to_string(), "probation".to_string())
+            ]
+        );
+    }
+
+    #[test]
     fn a_failure_of_another_rollout_does_not_count() {
         let r = new_rollout(plan("100%"), &ids(1), "t0", "cli");
         let mut m = member(&r, "api-host0", &t("1").sha256, MemberState::Failed, false);
@@ -1019,6 +1235,14 @@ mod tests {
                 "api",
                 1,
                 &json.replace("\"units\":[\"1\"", "\"units\":[\"0\"")
+            )
+            .is_err()
+        );
+        assert!(
+            decode(
+                "api",
+                1,
+                &json.replace("\"version\":\"2\"", "\"version\":\"\\u001b[2J\"")
             )
             .is_err()
         );
