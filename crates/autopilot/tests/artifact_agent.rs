@@ -1,7 +1,8 @@
 //! Jobs that run an artifact and the config bundle, with the real binary, a real catalog and a
 //! file:// store: the first start on the version the rollout wants, a deploy that restarts the
 //! job on the new version, a corrupted object refused, a probation failure rolled back, a bad
-//! bundle config refused, and on etcd a rollout in two units advanced by the agents alone.
+//! bundle config refused, on etcd a rollout in two units advanced by the agents alone, an agent
+//! restarted mid-probation proving the version again, and maintenance suspending probation.
 
 mod common;
 
@@ -657,4 +658,149 @@ fn an_idle_artifact_job_costs_etcd_nothing() {
     std::thread::sleep(Duration::from_secs(11));
     let after = count();
     assert_eq!(after, before, "requests while idle\n{}", a.log());
+}
+
+/// The member record's status (`passing` or `critical`).
+fn member_status(c: &Cat, name: &str, instance: &str) -> Option<String> {
+    let service = rollout::member_service(name);
+    let (code, out) = ap(c, &["catalog", "instances", &service, "--json"]);
+    if code != 0 {
+        return None;
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+    let id = rollout::member_id(name, instance);
+    let m = list.into_iter().find(|i| i["id"] == id.as_str())?;
+    m["status"].as_str().map(str::to_string)
+}
+
+/// What the agent's /status says of its (only) artifact job.
+fn fleet_state(a: &Agent) -> Option<String> {
+    let (code, body) = http_unix(&a.socket, "GET", "/v3/status", "")?;
+    if code != 200 {
+        return None;
+    }
+    let st: serde_json::Value = serde_json::from_str(&body).ok()?;
+    st["fleet"][0]["state"].as_str().map(str::to_string)
+}
+
+/// An agent killed in the middle of a probation and started again does not
+/// take the version as proved: its job goes through probation again and
+/// the rollout does not complete on the restart alone.
+#[test]
+fn an_agent_restarted_mid_probation_goes_through_probation_again() {
+    let d = Dir::new("art-restart");
+    original(&d);
+    let c = local(&d);
+    let mut a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let v1 = version_dir(&d, "v1", true);
+    let sha1 = push(&c, "api", "1.0.0", &v1);
+    Deploy::new("api", 1, ("1.0.0", &sha1), 60_000).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || fleet_state(&a).as_deref()
+            == Some("probation")),
+        "{:?}\n{}",
+        a.status(),
+        a.log()
+    );
+    let job = a.job_pid("api");
+    a.signal(libc::SIGKILL);
+    assert!(a.wait(Duration::from_secs(5)).is_some(), "agent not killed");
+    // The orphaned job: the new agent starts its own.
+    if let Some(pid) = job {
+        kill(pid, libc::SIGKILL);
+    }
+    let b = start_api(&d, &c, HOST);
+    let mut seen = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            let s = fleet_state(&b);
+            if seen.last() != Some(&s) {
+                seen.push(s.clone());
+            }
+            s.as_deref() == Some("probation")
+        }),
+        "states after the restart {seen:?}\n{}",
+        b.log()
+    );
+    assert!(
+        !seen.iter().any(|s| s.as_deref() == Some("ok")),
+        "states after the restart {seen:?}\n{}",
+        b.log()
+    );
+    let tags = member(&c, "api", &me).expect("member");
+    assert_eq!(tag(&tags, "rollout").as_deref(), Some("1"), "{tags:?}");
+    assert_ne!(tag(&tags, "state").as_deref(), Some("ok"), "{tags:?}");
+    assert_eq!(
+        latest(&c, "api").map(|r| r["state"].clone()),
+        Some(serde_json::json!("rolling")),
+        "{}",
+        b.log()
+    );
+}
+
+/// Maintenance during probation is not a failure: the member turns
+/// critical, probation waits, and its clock restarts when maintenance ends;
+/// the rollout then completes.
+#[test]
+fn maintenance_during_probation_suspends_it() {
+    let d = Dir::new("art-maint");
+    original(&d);
+    let c = local(&d);
+    let a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let v1 = version_dir(&d, "v1", true);
+    let sha1 = push(&c, "api", "1.0.0", &v1);
+    Deploy::new("api", 1, ("1.0.0", &sha1), 2_000).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || fleet_state(&a).as_deref()
+            == Some("probation")),
+        "{:?}\n{}",
+        a.status(),
+        a.log()
+    );
+    let (code, out) = a.cli(&["maintenance", "enable"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(10), || member_status(&c, "api", &me)
+            .as_deref()
+            == Some("critical")),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    // Held past the probation window: it neither fails nor passes.
+    let ended = wait_for(Duration::from_secs(4), || {
+        matches!(fleet_state(&a).as_deref(), Some("failed" | "ok"))
+            || latest(&c, "api").is_some_and(|r| r["state"] != "rolling")
+    });
+    assert!(
+        !ended,
+        "{:?} {:?}\n{}",
+        fleet_state(&a),
+        latest(&c, "api"),
+        a.log()
+    );
+    let (code, out) = a.cli(&["maintenance", "disable"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(20), || latest(&c, "api")
+            .is_some_and(|r| r["state"] == "completed")),
+        "{:?}\n{:?}\n{}",
+        latest(&c, "api"),
+        member(&c, "api", &me),
+        a.log()
+    );
+    assert_eq!(runs(&d), ["v0", "v1"]);
+    assert!(a.log().contains("probation restarted"), "{}", a.log());
 }

@@ -1634,6 +1634,7 @@ impl Agent {
     /// a health check passing).
     fn fleet_health(&self) -> (BTreeMap<String, fleet::Health>, fleet::Health) {
         let view = self.machine.view();
+        let maintenance = self.machine.in_maintenance();
         let mut jobs = BTreeMap::new();
         let mut all = true;
         for (j, v) in view.iter().enumerate() {
@@ -1653,6 +1654,9 @@ impl Agent {
                     running,
                     passing: running && (healthy || spec.health.is_none()),
                     why: self.check_failures.get(&spec.name).cloned(),
+                    maintenance,
+                    // Counted by the task's health sender.
+                    dips: 0,
                 },
             );
         }
@@ -1661,6 +1665,8 @@ impl Agent {
             running: true,
             passing: all,
             why: (!all).then(|| "a job's health check is not passing".to_string()),
+            maintenance,
+            dips: 0,
         };
         (jobs, bundle)
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use autopilot_artifact::Current;
 use autopilot_catalog::{Catalog, Registration, Status};
-use autopilot_core::rollout::{self, Desired, Member, MemberState, Probation, Rollout};
+use autopilot_core::rollout::{self, Desired, Member, MemberState, Probation, Rollout, State};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::Registrar;
@@ -25,8 +25,13 @@ pub const ACTIVE_RECHECK: Duration = Duration::from_secs(10);
 /// How long after a switch the new version may take to start running
 /// (beyond the probation window) before its probation fails.
 const START_GRACE: Duration = Duration::from_secs(60);
-/// A failed install is tried again no sooner than this.
+/// A failed install is tried again no sooner than this, doubling for each
+/// failure of the same want up to [`RETRY_MAX`].
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// An install is given at least this long, or the time at 1 MiB/s.
+const INSTALL_MIN: Duration = Duration::from_secs(300);
+const INSTALL_RATE: u64 = 1 << 20;
 pub use autopilot_core::rollout::{ORIGINAL, member_id};
 
 /// The sha a version on disk goes by in specs and member records.
@@ -67,6 +72,46 @@ pub struct Health {
     pub passing: bool,
     /// Why the last health check failed, if it did.
     pub why: Option<String>,
+    /// The machine is in maintenance: probation is suspended, not failed.
+    pub maintenance: bool,
+    /// How many times the job went from passing to not passing (outside
+    /// maintenance): counted by [`HealthSender`], so a dip between two reads
+    /// of the watch is not missed. The agent leaves it 0.
+    pub dips: u64,
+}
+
+impl Health {
+    fn up(&self) -> bool {
+        self.running && self.passing
+    }
+}
+
+/// The agent's end of a unit's health watch.
+pub struct HealthSender(watch::Sender<Health>);
+
+impl HealthSender {
+    /// Lets `modify` update the health (its return value is ignored: a
+    /// change is what differs afterwards); counts a dip when the job stopped
+    /// passing outside maintenance. Returns whether anything changed.
+    pub fn send_if_modified(&self, modify: impl FnOnce(&mut Health) -> bool) -> bool {
+        self.0.send_if_modified(|h| {
+            let before = h.clone();
+            modify(h);
+            h.dips = before.dips;
+            if before.up() && !h.up() && !h.maintenance {
+                h.dips = h.dips.wrapping_add(1);
+            }
+            *h != before
+        })
+    }
+
+    /// Replaces the health (the counter is kept and moved as above).
+    pub fn send(&self, health: Health) -> bool {
+        self.send_if_modified(|h| {
+            *h = health;
+            true
+        })
+    }
 }
 
 /// A version installed and verified, ready to run: the agent switches
@@ -93,7 +138,7 @@ pub struct UnitStatus {
 /// A unit's task, as the agent holds it.
 pub struct Task {
     pub unit: Unit,
-    pub health: watch::Sender<Health>,
+    pub health: HealthSender,
     pub status: Arc<Mutex<UnitStatus>>,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -170,11 +215,15 @@ impl Want {
     }
 }
 
-/// Fetches, verifies and unpacks the version `want` names into `dest`
-/// (nothing to fetch for the original).
-async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), String> {
+/// The artifact record of the version `want` names, checked against the
+/// rollout's sha (`None` for the original: nothing to fetch).
+async fn record(
+    catalog: &dyn Catalog,
+    unit: &Unit,
+    want: &Want,
+) -> Result<Option<autopilot_artifact::Record>, String> {
     let Want::Run { version, sha } = want else {
-        return Ok(());
+        return Ok(None);
     };
     let name = &unit.artifact;
     let rec = tokio::time::timeout(
@@ -191,13 +240,71 @@ async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), 
             rec.sha256
         ));
     }
+    Ok(Some(rec))
+}
+
+/// How long an install of `size` bytes may take.
+fn install_limit(size: u64) -> Duration {
+    INSTALL_MIN.max(Duration::from_secs(size / INSTALL_RATE))
+}
+
+/// Fetches, verifies and unpacks `rec` into `dest`, within
+/// [`install_limit`].
+async fn install_record(unit: &Unit, rec: &autopilot_artifact::Record) -> Result<(), String> {
+    let name = &unit.artifact;
+    let version = &rec.version;
     let store = autopilot_snapshot::open(&unit.store)
         .map_err(|e| format!("artifact {name} {version}: {e}"))?;
     autopilot_artifact::check_dest(&unit.dest).map_err(|e| e.to_string())?;
-    autopilot_artifact::install(store.as_ref(), &rec, &unit.dest)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    let limit = install_limit(rec.size);
+    match tokio::time::timeout(
+        limit,
+        autopilot_artifact::install(store.as_ref(), rec, &unit.dest),
+    )
+    .await
+    {
+        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "artifact {name} {version}: not installed within {}s",
+            limit.as_secs()
+        )),
+    }
+}
+
+/// Fetches, verifies and unpacks the version `want` names into `dest`
+/// (nothing to fetch for the original).
+async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), String> {
+    match record(catalog, unit, want).await? {
+        Some(rec) => install_record(unit, &rec).await,
+        None => Ok(()),
+    }
+}
+
+/// How a fetch in the worker ended.
+enum Fetched {
+    Done,
+    Failed(String),
+    /// The record changed and wants something else.
+    Cancelled,
+}
+
+/// The last install that failed: not tried again before `at + delay`.
+struct Retry {
+    key: String,
+    at: tokio::time::Instant,
+    delay: Duration,
+}
+
+/// What a failed install is remembered by: a change of the record's
+/// rollout, target, state or unit resets the back-off.
+fn retry_key(l: &Latest, want: &Want) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        l.rollout.id,
+        want.sha(),
+        l.rollout.state.as_str(),
+        l.rollout.unit
+    )
 }
 
 /// Before a job first starts: puts the version its rollout wants in place,
@@ -247,6 +354,7 @@ pub fn spawn<M: Send + 'static>(
     to_agent: impl Fn(Ready) -> M + Send + Sync + 'static,
 ) -> Task {
     let (health_tx, health) = watch::channel(initial);
+    let health_tx = HealthSender(health_tx);
     let status = Arc::new(Mutex::new(UnitStatus {
         artifact: unit.artifact.clone(),
         ..Default::default()
@@ -270,6 +378,8 @@ pub fn spawn<M: Send + 'static>(
         probation: None,
         awaiting_run: false,
         failed: None,
+        suspended: false,
+        dips_seen: 0,
         latest: None,
         started: tokio::time::Instant::now(),
     };
@@ -295,7 +405,12 @@ struct Worker {
     /// Switched, and the job has not run the new version yet.
     awaiting_run: bool,
     /// The last install that failed, and when: not tried again at once.
-    failed: Option<(String, tokio::time::Instant)>,
+    failed: Option<Retry>,
+    /// The probation is suspended by maintenance: its clock restarts when
+    /// maintenance ends.
+    suspended: bool,
+    /// The health's dip counter as last seen.
+    dips_seen: u64,
     latest: Option<Latest>,
     started: tokio::time::Instant,
 }
@@ -315,7 +430,9 @@ impl Worker {
             // Until a record names it.
             self.member.sha256.chars().take(12).collect()
         };
+        self.dips_seen = h.dips;
         let mut read = true;
+        let mut first = true;
         loop {
             if read {
                 changes.borrow_and_update();
@@ -326,7 +443,10 @@ impl Worker {
                 if let Some(v) = self.status_version(&self.member.sha256) {
                     self.member.version = v;
                 }
-                if !self.converge(&tx, &to_agent).await {
+                if std::mem::take(&mut first) {
+                    self.resume().await;
+                }
+                if !self.converge(&mut changes, &tx, &to_agent).await {
                     return;
                 }
                 self.gate().await;
@@ -340,13 +460,14 @@ impl Worker {
             let probation = self
                 .probation
                 .as_ref()
+                .filter(|_| !self.suspended)
                 .and_then(Probation::next_deadline)
                 .map(|d| self.started + d);
             // Armed only while ahead: a retry that came due re-reads once.
             let retry = self
                 .failed
                 .as_ref()
-                .map(|(_, at)| *at + RETRY_AFTER)
+                .map(|f| f.at + f.delay)
                 .filter(|due| *due > tokio::time::Instant::now());
             read = tokio::select! {
                 r = changes.changed() => { if r.is_err() { return; } true }
@@ -358,82 +479,246 @@ impl Worker {
         }
     }
 
+    /// After a (re)start: a job already running the version a moving
+    /// rollout switches it to has not proved it here yet, so it goes through
+    /// probation again; a failure this member already published for the same
+    /// rollout and sha stands.
+    async fn resume(&mut self) {
+        let Some(l) = self.latest.clone() else {
+            return;
+        };
+        let r = &l.rollout;
+        let Some(running) = self.health.borrow().sha.clone() else {
+            return;
+        };
+        let switched = match r.state {
+            State::Rolling => {
+                rollout::unit_of(r, &self.unit.instance) <= r.unit && running == r.target.sha256
+            }
+            State::RollingBack => wanted(Some(&l), &self.unit.instance).sha() == running,
+            _ => false,
+        };
+        if !switched {
+            return;
+        }
+        let version = self
+            .status_version(&running)
+            .unwrap_or_else(|| self.member.version.clone());
+        if let Some(m) = self.own_member().await
+            && m.state == MemberState::Failed
+            && m.rollout == Some(r.id)
+            && m.sha256 == running
+        {
+            tracing::info!(artifact = %self.unit.artifact, rollout = r.id, "this instance already failed this rollout: {}", m.reason);
+            self.set(
+                &running,
+                &version,
+                MemberState::Failed,
+                Some(r.id),
+                &m.reason,
+            );
+            return;
+        }
+        tracing::info!(artifact = %self.unit.artifact, version = %version, rollout = r.id, "running the version a moving rollout switched to: probation again");
+        self.set(&running, &version, MemberState::Starting, Some(r.id), "");
+        self.awaiting_run = true;
+        let window = p_duration(Some(&l)).saturating_add(START_GRACE);
+        self.probation = Some(Probation::new(window, self.now()));
+    }
+
+    /// This instance's own member record, if it is still live.
+    async fn own_member(&self) -> Option<Member> {
+        let service = rollout::member_service(&self.unit.artifact);
+        let id = member_id(&self.unit.artifact, &self.unit.instance);
+        let list = match tokio::time::timeout(CATALOG_DEADLINE, self.catalog.instances(&service))
+            .await
+        {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => {
+                tracing::warn!(artifact = %self.unit.artifact, "reading this member's record: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(artifact = %self.unit.artifact, "reading this member's record: no answer within 2s");
+                return None;
+            }
+        };
+        let i = list.iter().find(|i| i.id == id)?;
+        rollout::parse_member(
+            &self.unit.artifact,
+            &i.id,
+            &i.tags,
+            i.status == Status::Passing,
+        )
+    }
+
     /// Moves to the version the latest record wants, if this instance does
     /// not run it. Returns false when the agent is gone.
     async fn converge<M: Send>(
         &mut self,
+        changes: &mut watch::Receiver<u64>,
         tx: &mpsc::Sender<M>,
         to_agent: &(impl Fn(Ready) -> M + Sync),
     ) -> bool {
-        // No record: what is on disk is what runs.
-        let Some(l) = self.latest.clone() else {
-            return true;
-        };
-        let want = wanted(Some(&l), &self.unit.instance);
-        let running = self.health.borrow().sha.clone();
-        if running.as_deref() == Some(want.sha()) || self.member.sha256 == want.sha() {
-            return true;
-        }
-        let key = format!("{}/{}", l.rollout.id, want.sha());
-        if let Some((k, at)) = &self.failed
-            && *k == key
-            && at.elapsed() < RETRY_AFTER
-        {
-            return true;
-        }
-        tracing::info!(artifact = %self.unit.artifact, version = %want.version(), rollout = l.rollout.id, "fetching the version the rollout wants");
-        self.set(
-            want.sha(),
-            want.version(),
-            MemberState::Fetching,
-            Some(l.rollout.id),
-            "",
-        );
-        self.publish();
-        let outcome = match install(self.catalog.as_ref(), &self.unit, &want).await {
-            Ok(()) => {
-                let (reply, answer) = oneshot::channel();
-                let ready = Ready {
-                    to: want.current(),
-                    version: want.version().to_string(),
-                    reply,
-                };
-                if tx.send(to_agent(ready)).await.is_err() {
-                    return false;
+        loop {
+            // No record: what is on disk is what runs.
+            let Some(l) = self.latest.clone() else {
+                return true;
+            };
+            let want = wanted(Some(&l), &self.unit.instance);
+            let running = self.health.borrow().sha.clone();
+            if running.as_deref() == Some(want.sha()) || self.member.sha256 == want.sha() {
+                return true;
+            }
+            let key = retry_key(&l, &want);
+            if let Some(f) = &self.failed
+                && f.key == key
+                && f.at.elapsed() < f.delay
+            {
+                return true;
+            }
+            tracing::info!(artifact = %self.unit.artifact, version = %want.version(), rollout = l.rollout.id, "fetching the version the rollout wants");
+            // Kept to put back if the fetch is called off.
+            let before = (
+                self.member.clone(),
+                self.probation.take(),
+                std::mem::take(&mut self.awaiting_run),
+                std::mem::take(&mut self.suspended),
+            );
+            // Until it switches, the member says what it runs.
+            let running_sha = running.clone().unwrap_or_else(|| ORIGINAL.to_string());
+            let running_version = self
+                .status_version(&running_sha)
+                .unwrap_or_else(|| self.member.version.clone());
+            self.set(
+                &running_sha,
+                &running_version,
+                MemberState::Fetching,
+                Some(l.rollout.id),
+                "",
+            );
+            self.publish();
+            let mut fetched = self.fetch(&want, changes).await;
+            if matches!(fetched, Fetched::Done) {
+                // The record may have moved on during the install.
+                match latest(self.catalog.as_ref(), &self.unit.artifact).await {
+                    Ok(now) => {
+                        if wanted(now.as_ref(), &self.unit.instance) != want {
+                            fetched = Fetched::Cancelled;
+                        }
+                        self.latest = now;
+                    }
+                    Err(e) => {
+                        tracing::warn!(artifact = %self.unit.artifact, "{e}; switching to what the record wanted")
+                    }
                 }
-                answer
-                    .await
-                    .unwrap_or_else(|_| Err("the agent is stopping".to_string()))
             }
-            Err(e) => Err(e),
+            let outcome = match fetched {
+                Fetched::Cancelled => {
+                    tracing::info!(artifact = %self.unit.artifact, version = %want.version(), "the rollout wants another version now: not switched");
+                    (
+                        self.member,
+                        self.probation,
+                        self.awaiting_run,
+                        self.suspended,
+                    ) = before;
+                    continue;
+                }
+                Fetched::Failed(e) => Err(e),
+                Fetched::Done => {
+                    let (reply, answer) = oneshot::channel();
+                    let ready = Ready {
+                        to: want.current(),
+                        version: want.version().to_string(),
+                        reply,
+                    };
+                    if tx.send(to_agent(ready)).await.is_err() {
+                        return false;
+                    }
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Err("the agent is stopping".to_string()))
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    self.failed = None;
+                    self.set(
+                        want.sha(),
+                        want.version(),
+                        MemberState::Starting,
+                        Some(l.rollout.id),
+                        "",
+                    );
+                    self.awaiting_run = true;
+                    // Until the new version runs (its job stops first, through
+                    // its stop timeout) this only catches a job that never does.
+                    let window = p_duration(Some(&l)).saturating_add(START_GRACE);
+                    self.probation = Some(Probation::new(window, self.now()));
+                }
+                Err(reason) => {
+                    let delay = match &self.failed {
+                        Some(f) if f.key == key => f.delay.saturating_mul(2).min(RETRY_MAX),
+                        _ => RETRY_AFTER,
+                    };
+                    tracing::error!(artifact = %self.unit.artifact, version = %want.version(), "{reason}; the running version stays (next try in {}s)", delay.as_secs());
+                    self.failed = Some(Retry {
+                        key,
+                        at: tokio::time::Instant::now(),
+                        delay,
+                    });
+                    self.set(
+                        &running_sha,
+                        &running_version,
+                        MemberState::Failed,
+                        Some(l.rollout.id),
+                        &reason,
+                    );
+                }
+            }
+            return true;
+        }
+    }
+
+    /// Installs what `want` names, called off when the record changes to
+    /// want something else (the new record is then `self.latest`).
+    async fn fetch(&mut self, want: &Want, changes: &mut watch::Receiver<u64>) -> Fetched {
+        let rec = match record(self.catalog.as_ref(), &self.unit, want).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Fetched::Done,
+            Err(e) => return Fetched::Failed(e),
         };
-        match outcome {
-            Ok(()) => {
-                self.failed = None;
-                self.member.state = MemberState::Starting;
-                self.awaiting_run = true;
-                // Until the new version runs (its job stops first, through
-                // its stop timeout) this only catches a job that never does.
-                let window = p_duration(Some(&l)).saturating_add(START_GRACE);
-                self.probation = Some(Probation::new(window, self.now()));
-            }
-            Err(reason) => {
-                tracing::error!(artifact = %self.unit.artifact, version = %want.version(), "{reason}; the running version stays");
-                self.failed = Some((key, tokio::time::Instant::now()));
-                let running = running.unwrap_or_else(|| ORIGINAL.to_string());
-                let version = self
-                    .status_version(&running)
-                    .unwrap_or_else(|| self.member.version.clone());
-                self.set(
-                    &running,
-                    &version,
-                    MemberState::Failed,
-                    Some(l.rollout.id),
-                    &reason,
-                );
+        let unit = self.unit.clone();
+        let install = install_record(&unit, &rec);
+        tokio::pin!(install);
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                r = &mut install => {
+                    return match r {
+                        Ok(()) => Fetched::Done,
+                        Err(e) => Fetched::Failed(e),
+                    };
+                }
+                r = changes.changed(), if watching => {
+                    if r.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    changes.borrow_and_update();
+                    match latest(self.catalog.as_ref(), &self.unit.artifact).await {
+                        Ok(now) => {
+                            let moved = wanted(now.as_ref(), &self.unit.instance) != *want;
+                            self.latest = now;
+                            if moved {
+                                return Fetched::Cancelled;
+                            }
+                        }
+                        Err(e) => tracing::warn!(artifact = %self.unit.artifact, "{e}"),
+                    }
+                }
             }
         }
-        true
     }
 
     /// The version name of a sha, as the latest record knows it.
@@ -461,8 +746,32 @@ impl Worker {
     /// to; the probation's verdict becomes the member's state.
     fn follow_health(&mut self) {
         let h = self.health.borrow_and_update().clone();
-        self.member.passing = h.running && h.passing;
+        let dipped = h.dips != self.dips_seen;
+        self.dips_seen = h.dips;
         let now = self.now();
+        if h.maintenance {
+            // Not serving (critical), but not a failure of the version.
+            self.member.passing = false;
+            if self.probation.is_some() && !self.suspended {
+                tracing::info!(artifact = %self.unit.artifact, "maintenance: probation suspended");
+                self.suspended = true;
+            }
+            return;
+        }
+        self.member.passing = h.up();
+        let mut dipped = dipped;
+        if std::mem::take(&mut self.suspended)
+            && let Some(p) = self.probation.as_mut()
+        {
+            // The whole window again, from the end of maintenance.
+            let mut window = p_duration(self.latest.as_ref());
+            if self.awaiting_run {
+                window = window.saturating_add(START_GRACE);
+            }
+            *p = Probation::new(window, now);
+            dipped = false;
+            tracing::info!(artifact = %self.unit.artifact, "maintenance over: probation restarted");
+        }
         // The probation window opens with the first run of the new version
         // (the one opened when the agent accepted the switch catches a job
         // that never starts).
@@ -474,13 +783,19 @@ impl Worker {
             return;
         };
         if !self.awaiting_run {
+            // A dip between two reads of the watch still fails probation.
+            if dipped {
+                p.health(false, now);
+            }
             p.health(self.member.passing, now);
         }
         let state = p.tick(now);
         if state == MemberState::Failed {
+            let up = h.up();
             let why = match (h.running, h.why) {
                 (false, _) => "the job is not running".to_string(),
                 (true, Some(why)) => why,
+                (true, None) if up => "its health check failed in between".to_string(),
                 (true, None) => "its health check is not passing".to_string(),
             };
             self.member.reason = format!("probation failed: {} ({why})", p.reason())
