@@ -295,6 +295,15 @@ struct Retry {
     delay: Duration,
 }
 
+/// How long after a failure of `key` to try again: doubling while the same
+/// want fails, from [`RETRY_AFTER`] up to [`RETRY_MAX`].
+fn retry_delay(last: Option<&Retry>, key: &str) -> Duration {
+    match last {
+        Some(f) if f.key == key => f.delay.saturating_mul(2).min(RETRY_MAX),
+        _ => RETRY_AFTER,
+    }
+}
+
 /// What a failed install is remembered by: a change of the record's
 /// rollout, target, state or unit resets the back-off.
 fn retry_key(l: &Latest, want: &Want) -> String {
@@ -657,10 +666,7 @@ impl Worker {
                     self.probation = Some(Probation::new(window, self.now()));
                 }
                 Err(reason) => {
-                    let delay = match &self.failed {
-                        Some(f) if f.key == key => f.delay.saturating_mul(2).min(RETRY_MAX),
-                        _ => RETRY_AFTER,
-                    };
+                    let delay = retry_delay(self.failed.as_ref(), &key);
                     tracing::error!(artifact = %self.unit.artifact, version = %want.version(), "{reason}; the running version stays (next try in {}s)", delay.as_secs());
                     self.failed = Some(Retry {
                         key,
@@ -921,5 +927,83 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up() -> Health {
+        Health {
+            sha: Some("a".repeat(64)),
+            running: true,
+            passing: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_dip_overwritten_before_the_task_reads_is_still_counted() {
+        let (tx, mut rx) = watch::channel(up());
+        let tx = HealthSender(tx);
+        rx.borrow_and_update();
+        // Down and up again between two reads: the watch keeps only the latest.
+        assert!(tx.send(Health {
+            passing: false,
+            ..up()
+        }));
+        assert!(tx.send(up()));
+        assert!(rx.has_changed().expect("open"));
+        let h = rx.borrow_and_update().clone();
+        assert!(h.up());
+        assert_eq!(h.dips, 1);
+        // The agent's own value (dips 0) does not reset the count or wake the task.
+        assert!(!tx.send(up()));
+        assert_eq!(rx.borrow().dips, 1);
+    }
+
+    #[test]
+    fn maintenance_is_not_a_dip() {
+        let (tx, rx) = watch::channel(up());
+        let tx = HealthSender(tx);
+        tx.send(Health {
+            passing: false,
+            maintenance: true,
+            ..up()
+        });
+        tx.send(up());
+        assert_eq!(rx.borrow().dips, 0);
+        // A job that stops running is one.
+        tx.send(Health {
+            running: false,
+            ..up()
+        });
+        assert_eq!(rx.borrow().dips, 1);
+    }
+
+    #[test]
+    fn failed_installs_back_off_to_an_hour_and_reset_on_a_new_want() {
+        let mut last: Option<Retry> = None;
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            let delay = retry_delay(last.as_ref(), "1/abc/rolling/0");
+            delays.push(delay.as_secs());
+            last = Some(Retry {
+                key: "1/abc/rolling/0".into(),
+                at: tokio::time::Instant::now(),
+                delay,
+            });
+        }
+        assert_eq!(delays, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(retry_delay(last.as_ref(), "1/abc/rolling/1"), RETRY_AFTER);
+    }
+
+    #[test]
+    fn an_install_gets_five_minutes_or_one_second_per_mib() {
+        assert_eq!(install_limit(0), INSTALL_MIN);
+        assert_eq!(install_limit(100 << 20), INSTALL_MIN);
+        assert_eq!(install_limit(1000 << 20), Duration::from_secs(1000));
+        assert_eq!(install_limit(u64::MAX), Duration::from_secs(u64::MAX >> 20));
     }
 }
