@@ -226,7 +226,9 @@ fn a_job_starts_on_the_version_its_rollout_wants() {
     let c = local(&d);
     let v1 = version_dir(&d, "v1", true);
     let sha1 = push(&c, "api", "1.0.0", &v1);
-    Deploy::new("api", 1, ("1.0.0", &sha1), 200).write(&c);
+    // The job joins the rollout on its first start, so it goes through
+    // probation: long enough for a first check on a loaded machine.
+    Deploy::new("api", 1, ("1.0.0", &sha1), 1_000).write(&c);
     let a = start_api(&d, &c, HOST);
     assert!(
         wait_for(Duration::from_secs(10), || runs(&d) == ["v1"]),
@@ -803,4 +805,84 @@ fn maintenance_during_probation_suspends_it() {
     );
     assert_eq!(runs(&d), ["v0", "v1"]);
     assert!(a.log().contains("probation restarted"), "{}", a.log());
+}
+
+/// A failure this instance published stands across a restart of its agent:
+/// the restarted agent does not clear it by running the same version again.
+#[test]
+fn a_failure_published_before_a_restart_stands() {
+    let d = Dir::new("art-failkept");
+    original(&d);
+    let c = local(&d);
+    let mut a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let bad = version_dir(&d, "bad", false);
+    let sha = push(&c, "api", "bad", &bad);
+    // One failure tolerated and no rollback: the rollout stays rolling.
+    let plan = rollout::Plan {
+        id: 1,
+        artifact: "api".into(),
+        target: rollout::Target {
+            version: "bad".into(),
+            sha256: sha.clone(),
+        },
+        from: None,
+        units: rollout::parse_units("100%").expect("units"),
+        probation: Duration::from_millis(300),
+        max_failures: 1,
+        rollback: false,
+    };
+    let r = rollout::new_rollout(plan, &[me.clone()], "2026-11-28T03:00:00.000Z", "test");
+    let key = rollout::rollout_key("api", 1);
+    let (code, out) = ap(&c, &["kv", "cas", "--absent", &key, &rollout::encode(&r)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(15), || member_state(&c, "api", &me)
+            .as_deref()
+            == Some("failed")),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    let job = a.job_pid("api");
+    a.signal(libc::SIGKILL);
+    assert!(a.wait(Duration::from_secs(5)).is_some(), "agent not killed");
+    if let Some(pid) = job {
+        kill(pid, libc::SIGKILL);
+    }
+    let b = start_api(&d, &c, HOST);
+    let mut seen = Vec::new();
+    // Until the restarted job has run its health check a few times.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let s = fleet_state(&b);
+            if seen.last() != Some(&s) {
+                seen.push(s.clone());
+            }
+            runs(&d).len() == 3 && b.status()["jobs"][0]["health"] == "unhealthy"
+        }),
+        "states after the restart {seen:?}\n{}",
+        b.log()
+    );
+    assert_eq!(
+        fleet_state(&b).as_deref(),
+        Some("failed"),
+        "{:?}\n{}",
+        latest(&c, "api"),
+        b.log()
+    );
+    assert!(
+        seen.iter().flatten().all(|s| s == "failed"),
+        "states after the restart {seen:?}\n{}",
+        b.log()
+    );
+    let tags = member(&c, "api", &me).expect("member");
+    assert_eq!(tag(&tags, "state").as_deref(), Some("failed"), "{tags:?}");
+    assert_eq!(tag(&tags, "rollout").as_deref(), Some("1"), "{tags:?}");
+    assert_eq!(runs(&d), ["v0", "bad", "bad"]);
 }

@@ -488,10 +488,10 @@ impl Worker {
         }
     }
 
-    /// After a (re)start: a job already running the version a moving
-    /// rollout switches it to has not proved it here yet, so it goes through
-    /// probation again; a failure this member already published for the same
-    /// rollout and sha stands.
+    /// After a (re)start: a failure this member already published for the
+    /// same rollout and sha stands (whatever the record's state); otherwise a
+    /// job already running the version a moving rollout switches it to has
+    /// not proved it here yet, so it goes through probation again.
     async fn resume(&mut self) {
         let Some(l) = self.latest.clone() else {
             return;
@@ -507,7 +507,7 @@ impl Worker {
             State::RollingBack => wanted(Some(&l), &self.unit.instance).sha() == running,
             _ => false,
         };
-        if !switched {
+        if !switched && wanted(Some(&l), &self.unit.instance).sha() != running {
             return;
         }
         let version = self
@@ -526,6 +526,9 @@ impl Worker {
                 Some(r.id),
                 &m.reason,
             );
+            return;
+        }
+        if !switched {
             return;
         }
         tracing::info!(artifact = %self.unit.artifact, version = %version, rollout = r.id, "running the version a moving rollout switched to: probation again");
