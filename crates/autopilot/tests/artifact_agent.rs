@@ -837,7 +837,12 @@ fn a_failure_published_before_a_restart_stands() {
         max_failures: 1,
         rollback: false,
     };
-    let r = rollout::new_rollout(plan, &[me.clone()], "2026-11-28T03:00:00.000Z", "test");
+    let r = rollout::new_rollout(
+        plan,
+        std::slice::from_ref(&me),
+        "2026-11-28T03:00:00.000Z",
+        "test",
+    );
     let key = rollout::rollout_key("api", 1);
     let (code, out) = ap(&c, &["kv", "cas", "--absent", &key, &rollout::encode(&r)]);
     assert_eq!(code, 0, "{out}");

@@ -34,6 +34,50 @@ const INSTALL_MIN: Duration = Duration::from_secs(300);
 const INSTALL_RATE: u64 = 1 << 20;
 pub use autopilot_core::rollout::{ORIGINAL, member_id};
 
+/// Why reading a rollout or installing a version failed (its text becomes
+/// a failed member's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{what}: no answer from the catalog within 2s")]
+    Deadline { what: String },
+    #[error("{what}: {source}")]
+    Catalog {
+        what: String,
+        #[source]
+        source: autopilot_catalog::CatalogError,
+    },
+    #[error("reading the rollouts of {name}: {reason}")]
+    Record { name: String, reason: String },
+    #[error("artifact {name} {version}: {source}")]
+    Store {
+        name: String,
+        version: String,
+        #[source]
+        source: autopilot_snapshot::StoreError,
+    },
+    /// Already names the artifact and version.
+    #[error(transparent)]
+    Artifact(#[from] autopilot_artifact::Error),
+    #[error("artifact {name} {version}: no such version in the catalog")]
+    NoVersion { name: String, version: String },
+    #[error("artifact {name} {version}: the record's checksum {got} is not the rollout's {want}")]
+    Mismatch {
+        name: String,
+        version: String,
+        got: String,
+        want: String,
+    },
+    #[error("artifact {name} {version}: not installed within {secs}s")]
+    Slow {
+        name: String,
+        version: String,
+        secs: u64,
+    },
+    /// The agent did not switch (its reason).
+    #[error("{0}")]
+    Switch(String),
+}
+
 /// The sha a version on disk goes by in specs and member records.
 pub fn sha_of(c: &Current) -> Option<String> {
     match c {
@@ -159,12 +203,16 @@ pub struct Latest {
 }
 
 /// Reads the latest rollout of `name` (the highest id), under the deadline.
-pub async fn latest(catalog: &dyn Catalog, name: &str) -> Result<Option<Latest>, String> {
+pub async fn latest(catalog: &dyn Catalog, name: &str) -> Result<Option<Latest>, FleetError> {
     let prefix = rollout::rollouts_prefix(name);
+    let what = || format!("reading the rollouts of {name}");
     let list = tokio::time::timeout(CATALOG_DEADLINE, catalog.kv_list(&prefix))
         .await
-        .map_err(|_| format!("reading the rollouts of {name}: no answer within 2s"))?
-        .map_err(|e| format!("reading the rollouts of {name}: {e}"))?;
+        .map_err(|_| FleetError::Deadline { what: what() })?
+        .map_err(|source| FleetError::Catalog {
+            what: what(),
+            source,
+        })?;
     let Some((id, key, raw)) = list
         .into_iter()
         .filter_map(|(k, v)| Some((rollout::parse_rollout_key(name, &k)?, k, v)))
@@ -172,7 +220,10 @@ pub async fn latest(catalog: &dyn Catalog, name: &str) -> Result<Option<Latest>,
     else {
         return Ok(None);
     };
-    let rollout = rollout::decode(name, id, &raw)?;
+    let rollout = rollout::decode(name, id, &raw).map_err(|reason| FleetError::Record {
+        name: name.to_string(),
+        reason,
+    })?;
     Ok(Some(Latest { key, raw, rollout }))
 }
 
@@ -221,7 +272,7 @@ async fn record(
     catalog: &dyn Catalog,
     unit: &Unit,
     want: &Want,
-) -> Result<Option<autopilot_artifact::Record>, String> {
+) -> Result<Option<autopilot_artifact::Record>, FleetError> {
     let Want::Run { version, sha } = want else {
         return Ok(None);
     };
@@ -231,14 +282,20 @@ async fn record(
         autopilot_artifact::get(catalog, name, version),
     )
     .await
-    .map_err(|_| format!("artifact {name} {version}: no answer from the catalog within 2s"))?
-    .map_err(|e| format!("artifact {name} {version}: {e}"))?
-    .ok_or_else(|| format!("artifact {name} {version}: no such version in the catalog"))?;
+    .map_err(|_| FleetError::Deadline {
+        what: format!("artifact {name} {version}"),
+    })??
+    .ok_or_else(|| FleetError::NoVersion {
+        name: name.clone(),
+        version: version.clone(),
+    })?;
     if rec.sha256 != *sha {
-        return Err(format!(
-            "artifact {name} {version}: the record's checksum {} is not the rollout's {sha}",
-            rec.sha256
-        ));
+        return Err(FleetError::Mismatch {
+            name: name.clone(),
+            version: version.clone(),
+            got: rec.sha256,
+            want: sha.clone(),
+        });
     }
     Ok(Some(rec))
 }
@@ -250,12 +307,15 @@ fn install_limit(size: u64) -> Duration {
 
 /// Fetches, verifies and unpacks `rec` into `dest`, within
 /// [`install_limit`].
-async fn install_record(unit: &Unit, rec: &autopilot_artifact::Record) -> Result<(), String> {
+async fn install_record(unit: &Unit, rec: &autopilot_artifact::Record) -> Result<(), FleetError> {
     let name = &unit.artifact;
     let version = &rec.version;
-    let store = autopilot_snapshot::open(&unit.store)
-        .map_err(|e| format!("artifact {name} {version}: {e}"))?;
-    autopilot_artifact::check_dest(&unit.dest).map_err(|e| e.to_string())?;
+    let store = autopilot_snapshot::open(&unit.store).map_err(|source| FleetError::Store {
+        name: name.clone(),
+        version: version.clone(),
+        source,
+    })?;
+    autopilot_artifact::check_dest(&unit.dest)?;
     let limit = install_limit(rec.size);
     match tokio::time::timeout(
         limit,
@@ -263,17 +323,18 @@ async fn install_record(unit: &Unit, rec: &autopilot_artifact::Record) -> Result
     )
     .await
     {
-        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "artifact {name} {version}: not installed within {}s",
-            limit.as_secs()
-        )),
+        Ok(r) => r.map(|_| ()).map_err(FleetError::from),
+        Err(_) => Err(FleetError::Slow {
+            name: name.clone(),
+            version: version.clone(),
+            secs: limit.as_secs(),
+        }),
     }
 }
 
 /// Fetches, verifies and unpacks the version `want` names into `dest`
 /// (nothing to fetch for the original).
-async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), String> {
+async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), FleetError> {
     match record(catalog, unit, want).await? {
         Some(rec) => install_record(unit, &rec).await,
         None => Ok(()),
@@ -283,7 +344,7 @@ async fn install(catalog: &dyn Catalog, unit: &Unit, want: &Want) -> Result<(), 
 /// How a fetch in the worker ended.
 enum Fetched {
     Done,
-    Failed(String),
+    Failed(FleetError),
     /// The record changed and wants something else.
     Cancelled,
 }
@@ -338,9 +399,7 @@ pub async fn prepare(catalog: &dyn Catalog, unit: &Unit) -> Option<String> {
     }
     tracing::info!(artifact = %unit.artifact, version = %want.version(), "installing the version the rollout wants before the first start");
     let done = match install(catalog, unit, &want).await {
-        Ok(()) => {
-            autopilot_artifact::switch(&unit.dest, &want.current()).map_err(|e| e.to_string())
-        }
+        Ok(()) => autopilot_artifact::switch(&unit.dest, &want.current()).map_err(FleetError::from),
         Err(e) => Err(e),
     };
     match done {
@@ -650,6 +709,7 @@ impl Worker {
                     answer
                         .await
                         .unwrap_or_else(|_| Err("the agent is stopping".to_string()))
+                        .map_err(FleetError::Switch)
                 }
             };
             match outcome {
@@ -668,7 +728,8 @@ impl Worker {
                     let window = p_duration(Some(&l)).saturating_add(START_GRACE);
                     self.probation = Some(Probation::new(window, self.now()));
                 }
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     let delay = retry_delay(self.failed.as_ref(), &key);
                     tracing::error!(artifact = %self.unit.artifact, version = %want.version(), "{reason}; the running version stays (next try in {}s)", delay.as_secs());
                     self.failed = Some(Retry {
