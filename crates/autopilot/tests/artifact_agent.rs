@@ -2,7 +2,8 @@
 //! file:// store: the first start on the version the rollout wants, a deploy that restarts the
 //! job on the new version, a corrupted object refused, a probation failure rolled back, a bad
 //! bundle config refused, on etcd a rollout in two units advanced by the agents alone, an agent
-//! restarted mid-probation proving the version again, and maintenance suspending probation.
+//! restarted mid-probation proving the version again (a published failure standing), maintenance
+//! suspending probation, and a failed install not hidden by the probation before it.
 
 mod common;
 
@@ -890,4 +891,79 @@ fn a_failure_published_before_a_restart_stands() {
     assert_eq!(tag(&tags, "state").as_deref(), Some("failed"), "{tags:?}");
     assert_eq!(tag(&tags, "rollout").as_deref(), Some("1"), "{tags:?}");
     assert_eq!(runs(&d), ["v0", "bad", "bad"]);
+}
+
+/// A failed install is not hidden by the probation of the version before
+/// it: the member says failed, for the new rollout, on the version it runs.
+#[test]
+fn a_failed_install_during_probation_shows_failed() {
+    let d = Dir::new("art-masked");
+    original(&d);
+    let c = local(&d);
+    let a = start_api(&d, &c, HOST);
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let v1 = version_dir(&d, "v1", true);
+    let sha1 = push(&c, "api", "1.0.0", &v1);
+    Deploy::new("api", 1, ("1.0.0", &sha1), 60_000).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || fleet_state(&a).as_deref()
+            == Some("probation")),
+        "{:?}\n{}",
+        a.status(),
+        a.log()
+    );
+    // A version with no record: its install fails. No rollback, so the
+    // failure stays on show.
+    let missing = "f".repeat(64);
+    let plan = rollout::Plan {
+        id: 2,
+        artifact: "api".into(),
+        target: rollout::Target {
+            version: "9.9.9".into(),
+            sha256: missing,
+        },
+        from: Some(rollout::Target {
+            version: "1.0.0".into(),
+            sha256: sha1.clone(),
+        }),
+        units: rollout::parse_units("100%").expect("units"),
+        probation: Duration::from_millis(300),
+        max_failures: 0,
+        rollback: false,
+    };
+    let r = rollout::new_rollout(
+        plan,
+        std::slice::from_ref(&me),
+        "2026-11-28T03:00:00.000Z",
+        "test",
+    );
+    let key = rollout::rollout_key("api", 2);
+    let (code, out) = ap(&c, &["kv", "cas", "--absent", &key, &rollout::encode(&r)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(15), || member(&c, "api", &me)
+            .is_some_and(|t| tag(&t, "state").as_deref() == Some("failed")
+                && tag(&t, "rollout").as_deref() == Some("2"))),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    let tags = member(&c, "api", &me).expect("member");
+    assert!(
+        tag(&tags, "reason").is_some_and(|r| r.contains("no such version")),
+        "{tags:?}"
+    );
+    assert_eq!(
+        tag(&tags, "sha").as_deref(),
+        Some(sha1.as_str()),
+        "{tags:?}"
+    );
+    assert_eq!(tag(&tags, "version").as_deref(), Some("1.0.0"), "{tags:?}");
+    assert_eq!(fleet_state(&a).as_deref(), Some("failed"));
+    assert_eq!(runs(&d), ["v0", "v1"]);
 }
