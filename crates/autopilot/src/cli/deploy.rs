@@ -344,7 +344,7 @@ async fn create(
             let key = rollout::rollout_key(name, id);
             let raw = rollout::encode(&r);
             if cat.kv_cas(&key, None, &raw).await? {
-                return Ok(Created::Written(r));
+                return Ok(Created::Written(Box::new(r)));
             }
             // Someone else wrote rollout `id`: re-read.
             contested = key;
@@ -369,7 +369,7 @@ async fn create(
                 ),
             ));
         }
-        Created::Written(r) => r,
+        Created::Written(r) => *r,
     };
     // The rollout is written: pruning is housekeeping, and its failure
     // (even past --timeout) must not make the deploy look failed.
@@ -406,7 +406,7 @@ enum Created {
     NoVersion,
     /// Every compare-and-swap lost; the key of the last one.
     GaveUp(String),
-    Written(Rollout),
+    Written(Box<Rollout>),
 }
 
 /// Catalog text as printed on a terminal: see [`rollout::clean`].
