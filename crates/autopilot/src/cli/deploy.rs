@@ -20,7 +20,7 @@ use super::{
     Access, CatalogOpts, Deadline, Output, SetupError, bounded, exit, open_catalog, quote,
 };
 
-/// How many lost compare-and-swaps a write retries before giving up (exit 1).
+/// How many lost compare-and-swaps a write retries before giving up (exit 2, naming the key).
 const CAS_ATTEMPTS: usize = 5;
 /// Rollout records kept per artifact; older ones are deleted after a create.
 const KEEP_RECORDS: usize = 50;
@@ -861,9 +861,10 @@ async fn transition(
         .cat;
     let me = by();
     let done = bounded(&what(&o), o.deadline, async {
+        let mut contested = String::new();
         for _ in 0..CAS_ATTEMPTS {
             let Some(l) = latest(cat.as_ref(), name).await? else {
-                return Ok(Some(None));
+                return Ok(Ok(None));
             };
             let next = rollout::act(&l.rollout, action, &now(), &me)
                 .map_err(|e| refused(&command, c(&e.to_string())))?;
@@ -871,14 +872,15 @@ async fn transition(
                 .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&next))
                 .await?
             {
-                return Ok(Some(Some(next)));
+                return Ok(Ok(Some(next)));
             }
+            contested = l.key;
         }
-        Ok(None)
+        Ok(Err(contested))
     })
     .await?;
     match done {
-        Some(Some(r)) => {
+        Ok(Some(r)) => {
             if out.json() {
                 println!("{}", rollout::encode(&r));
             } else {
@@ -886,12 +888,11 @@ async fn transition(
             }
             Ok(exit::OK)
         }
-        Some(None) => Ok(no_rollout(name, &o)),
-        None => Err(refused(
+        Ok(None) => Ok(no_rollout(name, &o)),
+        Err(key) => Err(refused(
             &command,
             format!(
-                "the latest rollout of {name} (under {}) kept changing; gave up after {CAS_ATTEMPTS} attempts",
-                rollout::rollouts_prefix(name)
+                "{key} kept changing (the rollout of {name} is being written by others); gave up after {CAS_ATTEMPTS} attempts"
             ),
         )),
     }
