@@ -58,6 +58,10 @@ pub struct Record {
     /// For `kind: file`: the pushed file's basename (the name it gets in `dest/<sha>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// For `kind: file`: the pushed file's permission bits (`& 0o755`);
+    /// absent in records written before it was kept (installed 0755).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
     /// The store URL the object was pushed to.
     pub store: String,
     /// RFC 3339, UTC, milliseconds.
@@ -205,6 +209,8 @@ pub struct Upload {
     pub size: u64,
     pub kind: Kind,
     pub file: Option<String>,
+    /// For `kind: file`: its permission bits `& 0o755`.
+    pub mode: Option<u32>,
     pub store: String,
 }
 
@@ -214,8 +220,8 @@ pub async fn upload(store: &dyn Store, path: &Path) -> Result<Upload, Error> {
     let meta = tokio::fs::metadata(path)
         .await
         .map_err(io(format!("cannot read {}", path.display())))?;
-    let (kind, file) = if meta.is_dir() {
-        (Kind::Tar, None)
+    let (kind, file, mode) = if meta.is_dir() {
+        (Kind::Tar, None, None)
     } else if meta.is_file() {
         let name = path
             .file_name()
@@ -225,7 +231,8 @@ pub async fn upload(store: &dyn Store, path: &Path) -> Result<Upload, Error> {
                 path: path.to_path_buf(),
                 why: "the file name must be valid UTF-8 without control characters".into(),
             })?;
-        (Kind::File, Some(name.to_string()))
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o755;
+        (Kind::File, Some(name.to_string()), Some(mode))
     } else {
         return Err(Error::Unsafe {
             path: path.to_path_buf(),
@@ -255,6 +262,7 @@ pub async fn upload(store: &dyn Store, path: &Path) -> Result<Upload, Error> {
         size,
         kind,
         file,
+        mode,
         store: store.url().to_string(),
     })
 }
@@ -298,6 +306,7 @@ pub async fn record(
         size: up.size,
         kind: up.kind,
         file: up.file.clone(),
+        mode: up.mode,
         store: up.store.clone(),
         created: autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms()),
         by: by.to_string(),
@@ -443,6 +452,7 @@ mod tests {
             size: 1234,
             kind: Kind::File,
             file: Some("server".into()),
+            mode: None,
             store: "file:///s".into(),
             created: "2026-11-28T03:00:00.123Z".into(),
             by: "root@host".into(),

@@ -386,6 +386,7 @@ async fn a_hostile_archive_from_the_store_leaves_nothing_behind() {
         size,
         kind: Kind::Tar,
         file: None,
+        mode: None,
         store: w.store.url().into(),
         created: "2026-11-28T03:00:00.000Z".into(),
         by: "mallory@host".into(),
