@@ -100,10 +100,14 @@ pub enum Error {
         version: String,
         existing: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Catalog(#[source] CatalogError),
+    #[error(transparent)]
+    Catalog(CatalogError),
+    /// A record that others kept rewriting while we tried to record ours:
+    /// a request to retry, not an unreachable catalog.
+    #[error("catalog key {key} keeps changing; gave up after {tries} tries: try again")]
+    Contended { key: String, tries: u32 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -318,7 +322,8 @@ pub async fn record(
     })?;
     // A record deleted between our failed write and our read is written
     // again: a few rounds, not for ever.
-    for _ in 0..3 {
+    const TRIES: u32 = 3;
+    for _ in 0..TRIES {
         if catalog.kv_cas(&key, None, &json).await? {
             return Ok(rec);
         }
@@ -333,10 +338,7 @@ pub async fn record(
             });
         }
     }
-    Err(Error::Catalog(CatalogError::Unavailable {
-        url: catalog.url().to_string(),
-        message: format!("{key} keeps changing; try again"),
-    }))
+    Err(Error::Contended { key, tries: TRIES })
 }
 
 /// Uploads `path` and records it: [`upload`] then [`record`]. Names are
@@ -441,6 +443,42 @@ mod tests {
         assert!(valid_sha(&"0a".repeat(32)));
         assert!(!valid_sha(&"0A".repeat(32)));
         assert!(!valid_sha("abc"));
+    }
+
+    /// Every message of the chain, as `{:#}` prints it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            out = format!("{out}: {c}");
+            cur = c.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_wrapped_error_prints_its_cause_once() {
+        let Err(store) = autopilot_snapshot::open("nope") else {
+            panic!("a bad store URL opened");
+        };
+        let msg = store.to_string();
+        let e = Error::from(store);
+        assert_eq!(chain(&e), msg);
+        let cat = CatalogError::Unavailable {
+            url: "local:///x".into(),
+            message: "down".into(),
+        };
+        let msg = chain(&cat);
+        assert_eq!(chain(&Error::from(cat)), msg);
+        let e = Error::Contended {
+            key: record_key("api", "1"),
+            tries: 3,
+        };
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(
+            e.to_string(),
+            "catalog key _fleet/artifacts/api/1 keeps changing; gave up after 3 tries: try again"
+        );
     }
 
     #[test]
