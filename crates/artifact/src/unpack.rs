@@ -494,14 +494,17 @@ mod tests {
         let mut t = Vec::new();
         let long = format!("{}/{}", "n".repeat(150), "m".repeat(150));
         let name = format!("{long}\0");
-        raw(&mut t, b'L', "././@LongLink", name.len() as u64, name.as_bytes());
+        raw(
+            &mut t,
+            b'L',
+            "././@LongLink",
+            name.len() as u64,
+            name.as_bytes(),
+        );
         raw(&mut t, b'0', "short", 2, b"ok");
         t.resize(t.len() + 1024, 0);
         unpack_raw(&c, &t).expect("a small long name unpacks");
-        assert_eq!(
-            std::fs::read(c.root().join(&long)).expect("read"),
-            b"ok"
-        );
+        assert_eq!(std::fs::read(c.root().join(&long)).expect("read"), b"ok");
     }
 
     #[test]
@@ -531,7 +534,13 @@ mod tests {
         d.set_mode(0o077);
         d.set_cksum();
         c.run(&[(d, b""), (f, b"x")], ROOMY).expect("unpack");
-        let mode = |p: PathBuf| std::fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777;
+        let mode = |p: PathBuf| {
+            std::fs::symlink_metadata(p)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
         assert_eq!(mode(c.root().join("d/f")), 0o755);
         assert_eq!(mode(c.root().join("d")), 0o755);
     }

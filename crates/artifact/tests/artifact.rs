@@ -613,7 +613,10 @@ async fn a_dest_under_a_directory_others_could_rename_is_refused() {
     let gw = w.dest("gw");
     chmod(&gw, 0o775);
     let e = refused(&gw.join("dest"), "group-writable parent");
-    assert!(e.contains("writable by group or others") && e.contains("ancestor"), "{e}");
+    assert!(
+        e.contains("writable by group or others") && e.contains("ancestor"),
+        "{e}"
+    );
     // Further up counts as much as the parent.
     std::fs::create_dir(gw.join("mid")).expect("mid");
     chmod(&gw.join("mid"), 0o755);
@@ -641,7 +644,10 @@ async fn a_dest_under_a_directory_others_could_rename_is_refused() {
         std::fs::create_dir(&d).expect("dir");
         chmod(&d, 0o755);
         nix::unistd::chown(&d, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
-        assert!(matches!(artifact::check_dest(&d), Err(Error::Unsafe { .. })));
+        assert!(matches!(
+            artifact::check_dest(&d),
+            Err(Error::Unsafe { .. })
+        ));
     }
 }
 
@@ -723,7 +729,10 @@ async fn an_object_larger_than_its_record_is_refused_before_it_is_copied() {
     tree(&src, "one");
     let r = w.push("api", Some("1"), &src).await.expect("push");
     let obj = w.object(&r.sha256);
-    let f = std::fs::File::options().write(true).open(&obj).expect("open");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&obj)
+        .expect("open");
     f.set_len(r.size + (1 << 20)).expect("grow");
     let dest = w.dest("dest");
     match artifact::install(&*w.store, &r, &dest).await {
@@ -743,10 +752,15 @@ async fn a_single_file_keeps_its_mode_and_a_version_without_it_is_installed_agai
         let bin = w.path(&format!("f{pushed:o}"));
         std::fs::write(&bin, format!("{pushed}")).expect("bin");
         chmod(&bin, pushed);
-        let r = w.push("srv", Some(&format!("{pushed:o}")), &bin).await.expect("push");
+        let r = w
+            .push("srv", Some(&format!("{pushed:o}")), &bin)
+            .await
+            .expect("push");
         assert_eq!(r.mode, Some(pushed & 0o755));
         let dest = w.dest(&format!("d{pushed:o}"));
-        let d = artifact::install(&*w.store, &r, &dest).await.expect("install");
+        let d = artifact::install(&*w.store, &r, &dest)
+            .await
+            .expect("install");
         assert_eq!(mode(&d.join(r.file.as_deref().expect("file"))), want);
     }
     // A record written before modes were kept: 0755 as before.
@@ -754,14 +768,21 @@ async fn a_single_file_keeps_its_mode_and_a_version_without_it_is_installed_agai
     std::fs::write(&bin, "old").expect("bin");
     chmod(&bin, 0o644);
     let r = w.push("srv", Some("old"), &bin).await.expect("push");
-    let old = Record { mode: None, ..r.clone() };
+    let old = Record {
+        mode: None,
+        ..r.clone()
+    };
     let s = serde_json::to_string(&old).expect("json");
     assert!(!s.contains("mode"), "{s}");
     let dest = w.dest("dold");
-    let d = artifact::install(&*w.store, &old, &dest).await.expect("install");
+    let d = artifact::install(&*w.store, &old, &dest)
+        .await
+        .expect("install");
     assert_eq!(mode(&d.join("old")), 0o755);
     // `dest/<sha>` without its file is not taken as installed.
     std::fs::remove_file(d.join("old")).expect("rm");
-    let d = artifact::install(&*w.store, &r, &dest).await.expect("again");
+    let d = artifact::install(&*w.store, &r, &dest)
+        .await
+        .expect("again");
     assert_eq!(std::fs::read_to_string(d.join("old")).expect("read"), "old");
 }

@@ -259,7 +259,16 @@ fn control_characters_in_a_record_are_not_printed_raw() {
     let app = s.tree("app", "one");
     let evil = "te\u{1b}]0;pwned\u{7}ster";
     let r = ap_env(
-        &["artifact", "push", "api", &app, "--version", "1", "--catalog", &s.catalog],
+        &[
+            "artifact",
+            "push",
+            "api",
+            &app,
+            "--version",
+            "1",
+            "--catalog",
+            &s.catalog,
+        ],
         &[("AUTOPILOT_ARTIFACT_STORE", &s.store), ("USER", evil)],
     );
     assert_eq!(r.code, Some(0), "{}", r.err);
@@ -271,7 +280,11 @@ fn control_characters_in_a_record_are_not_printed_raw() {
             "{args:?}: {:?}",
             r.out
         );
-        assert!(r.out.contains("te\\u{1b}]0;pwned\\u{7}ster@"), "{args:?}: {}", r.out);
+        assert!(
+            r.out.contains("te\\u{1b}]0;pwned\\u{7}ster@"),
+            "{args:?}: {}",
+            r.out
+        );
     }
     assert!(
         s.json(&["show", "api", "1"])["by"]
