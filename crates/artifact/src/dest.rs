@@ -5,7 +5,9 @@
 //! `dest/current` and `dest/previous` are relative symlinks, replaced by
 //! renaming a new symlink over them, so `current` always names a complete
 //! version; a real directory found at `dest/current` before the first
-//! switch is kept as `dest/original`.
+//! switch is kept as `dest/original`. An old version is renamed to
+//! `dest/.trash-<random>` before it is removed, so a removal cut short
+//! never leaves a partial tree under a sha.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
