@@ -163,8 +163,9 @@ fn check_ancestors(dest: &Path) -> Result<bool, Error> {
 /// Fetches `rec` from `store` into `dest` and verifies its sha256 and size
 /// before anything is unpacked; unpacks it (safely, on a blocking thread)
 /// and renames it to `dest/<sha256>`, which it returns. An existing
-/// `dest/<sha256>` is reused: such a directory exists only verified. On any
-/// error nothing is left in `dest`.
+/// `dest/<sha256>` is reused: such a directory exists only verified (for a
+/// kind file, only with its file in it). On any error nothing is left in
+/// `dest`; leftovers of crashed runs are swept first.
 pub async fn install(store: &dyn Store, rec: &Record, dest: &Path) -> Result<PathBuf, Error> {
     rec.validate(&record_key(&rec.name, &rec.version))?;
     check_dest(dest)?;
