@@ -662,17 +662,6 @@ fn an_idle_artifact_job_costs_etcd_nothing() {
 
 // ---- Review fixes: agent stop, bundle probation, bundle original, bundle configs (fixbundle) ----
 
-/// A version of `api` like [`version_dir`], whose server takes a second to
-/// stop (the window in which a stopping agent used to read as a failure).
-fn slow_stop_version(d: &Dir, tag: &str) -> std::path::PathBuf {
-    let src = version_dir(d, tag, true);
-    let server = format!(
-        "#!/bin/sh\necho {tag} $(date +%s%N) >> \"$(dirname \"$0\")/../../runs\"\ntrap 'sleep 1; exit 0' TERM\nwhile :; do sleep 0.1; done\n"
-    );
-    std::fs::write(src.join("server.sh"), server).expect("write");
-    src
-}
-
 /// Whether member `<name>.<instance>` is passing in the catalog.
 fn member_passing(c: &Cat, name: &str, instance: &str) -> bool {
     passing_ids(&c.catalog, &rollout::member_service(name))
@@ -684,14 +673,32 @@ fn a_sigterm_during_probation_does_not_roll_the_fleet_back() {
     let d = Dir::new("art-stop");
     original(&d);
     let c = local(&d);
-    let mut a = start_api(&d, &c, HOST);
+    // Beside `api`, a job that takes a while to stop: `api` has stopped
+    // while the agent still runs (the window in which a stopping agent used
+    // to read as a failed probation).
+    let config = api_config().replacen(
+        "jobs: [",
+        "jobs: [\n  { name: \"slow\", exec: [\"sh\", \"-c\", \"trap 'sleep 1.5; exit 0' TERM; while :; do sleep 0.1; done\"] },",
+        1,
+    );
+    let mut a = start_with(
+        &d,
+        &config,
+        &[],
+        &[
+            ("AUTOPILOT_HOSTNAME", HOST),
+            ("AUTOPILOT_CATALOG", &c.catalog),
+            ("AUTOPILOT_ARTIFACT_STORE", &c.store),
+        ],
+    );
+    a.ready();
     let me = format!("api-{HOST}");
     assert!(
         wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
         "{}",
         a.log()
     );
-    let v1 = slow_stop_version(&d, "v1");
+    let v1 = version_dir(&d, "v1", true);
     let sha = push(&c, "api", "v1", &v1);
     // A probation far longer than the test: the agent stops in the middle.
     Deploy::new("api", 1, ("v1", &sha), 120_000).write(&c);
@@ -709,7 +716,11 @@ fn a_sigterm_during_probation_does_not_roll_the_fleet_back() {
     assert_eq!(r["state"], "rolling", "{r}\n{}", a.log());
     assert_eq!(r["failures"], serde_json::json!([]), "{r}");
     // The stopped agent's member left, as a dead agent's does.
-    assert!(member(&c, "api", &me).is_none(), "{:?}", member(&c, "api", &me));
+    assert!(
+        member(&c, "api", &me).is_none(),
+        "{:?}",
+        member(&c, "api", &me)
+    );
     assert!(!a.log().contains("probation failed"), "{}", a.log());
 }
 
@@ -764,8 +775,8 @@ fn push_bundle(d: &Dir, c: &Cat, version: &str, config: &str) -> String {
 }
 
 #[test]
-fn a_good_bundle_that_changes_a_checked_job_completes_and_reload_keeps_it() {
-    let d = Dir::new("art-bundle-good");
+fn a_bundle_config_without_its_bundle_is_refused() {
+    let d = Dir::new("art-bundle-drop");
     let c = local(&d);
     let a = start_bundled(&d, &c);
     let me = format!("autopilot-{HOST}");
@@ -797,9 +808,35 @@ fn a_good_bundle_that_changes_a_checked_job_completes_and_reload_keeps_it() {
         a.log()
     );
 
-    // A good version restarts the health-checked job and passes probation.
-    let sha = push_bundle(&d, &c, "v1", &web_config(&d, "v1", "true", true));
-    Deploy::new("cfg", 2, ("v1", &sha), 1000).write(&c);
+    // So is one that renames the bundle.
+    let renamed = web_config(&d, "rn", "true", true).replace("name: \"cfg\"", "name: \"other\"");
+    let sha = push_bundle(&d, &c, "renamed", &renamed);
+    Deploy::new("cfg", 2, ("renamed", &sha), 500).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || member(&c, "cfg", &me)
+            .and_then(|m| tag(&m, "reason"))
+            .is_some_and(|r| r.contains("changes bundle.name"))),
+        "{:?}\n{}",
+        member(&c, "cfg", &me),
+        a.log()
+    );
+    assert!(std::fs::symlink_metadata(d.path("bundle/current")).is_err());
+    assert_eq!(a.job_pid("web"), Some(boot_pid));
+    assert_eq!(runs(&d), ["boot"]);
+}
+
+#[test]
+fn a_good_bundle_that_changes_a_checked_job_completes_and_reload_keeps_it() {
+    let d = Dir::new("art-bundle-good");
+    let c = local(&d);
+    let a = start_bundled(&d, &c);
+    let me = format!("autopilot-{HOST}");
+    // A good version restarts the health-checked job and passes probation;
+    // its first check comes a second after it starts (the old jobs were
+    // healthy until they stopped: that is not the new version passing).
+    let v1 = web_config(&d, "v1", "true", true).replace("\"200ms\"", "\"1s\"");
+    let sha = push_bundle(&d, &c, "v1", &v1);
+    Deploy::new("cfg", 1, ("v1", &sha), 3000).write(&c);
     assert!(
         wait_for(Duration::from_secs(30), || latest(&c, "cfg")
             .is_some_and(|r| r["state"] != "rolling")),
@@ -847,7 +884,8 @@ fn rolling_back_a_first_bundle_rollout_runs_the_bootstrap_file() {
         a.log()
     );
     assert!(
-        wait_for(Duration::from_secs(10), || runs(&d) == ["boot", "bad", "boot"]),
+        wait_for(Duration::from_secs(10), || runs(&d)
+            == ["boot", "bad", "boot"]),
         "runs {:?}\n{}",
         runs(&d),
         a.log()
