@@ -125,6 +125,13 @@ enum Msg {
         job: Option<String>,
         ready: fleet::Ready,
     },
+    /// A switch run off the event loop returned: for the bundle, with the
+    /// config it loaded.
+    Switched {
+        job: Option<String>,
+        ready: fleet::Ready,
+        outcome: Result<Option<Box<Loaded>>, String>,
+    },
 }
 
 /// A job's campaign: the channel that turns it on and off, and its task.
@@ -255,6 +262,9 @@ struct Agent {
     /// An `autopilot reload` that arrived during another reload: carried
     /// out once that one is adopted.
     reload_queued: bool,
+    /// A version's switch runs off the event loop: no reload starts until
+    /// it returns.
+    switching: bool,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -354,6 +364,47 @@ fn bundle_config(
     }
 }
 
+/// A config loaded for a reload, with its jobs' addresses.
+type Loaded = (Config, Vec<Option<IpAddr>>);
+
+/// Loads and validates a bundle version's config before anything is
+/// switched; then switches `current` (runs off the event loop). The
+/// bundle's `original` is the bootstrap file: `current` is removed (the
+/// versions stay) and the bootstrap file is what reloads.
+fn switch_bundle(
+    b: &autopilot_config::BundleConfig,
+    to: &autopilot_artifact::Current,
+    version: &str,
+    bootstrap: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Loaded, String> {
+    let file = match to {
+        autopilot_artifact::Current::Sha(s) => b.dest.join(s).join(&b.file),
+        autopilot_artifact::Current::Original => bootstrap.to_path_buf(),
+        autopilot_artifact::Current::Missing => {
+            return Err("no bundle version to switch to".into());
+        }
+    };
+    let original = *to == autopilot_artifact::Current::Original;
+    // The reason goes into a member tag of at most 200 characters: the
+    // file is named from inside `dest`, where the line and field follow.
+    let inside = format!("{}/", b.dest.display());
+    let mut cfg = autopilot_config::load(&file, env)
+        .map_err(|e| format!("bad config: {}", e.to_string().replace(&inside, "")))?;
+    if !original {
+        same_bundle(b, &cfg, &b.file)?;
+    }
+    let ips = job_ips(&cfg).map_err(|e| format!("config bundle {} {version}: {e}", b.name))?;
+    if original {
+        remove_current(&b.dest)?;
+    } else {
+        autopilot_artifact::switch(&b.dest, to).map_err(|e| e.to_string())?;
+        cfg.path = b.dest.join("current").join(&b.file);
+    }
+    stamp_artifacts(&mut cfg);
+    Ok((cfg, ips))
+}
+
 /// A bundle version's config must keep the bundle it came from: without
 /// its `bundle` block, or with another name or dest, the agent would stop
 /// following the bundle (or follow another one).
@@ -390,8 +441,9 @@ fn remove_current(dest: &std::path::Path) -> Result<(), String> {
     autopilot_artifact::check_dest(dest).map_err(|e| e.to_string())?;
     let cur = dest.join("current");
     match std::fs::symlink_metadata(&cur) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&cur)
-            .map_err(|e| format!("cannot remove {}: {e}", cur.display())),
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::remove_file(&cur).map_err(|e| format!("cannot remove {}: {e}", cur.display()))
+        }
         Ok(_) => Err(format!(
             "{} is not a symlink: move it away to run the bootstrap file",
             cur.display()
@@ -590,6 +642,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         next_bundle_sha: None,
         bootstrap,
         reload_queued: false,
+        switching: false,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -982,7 +1035,10 @@ impl Agent {
             } => {
                 let refusal = if self.reinit_pending.is_some() {
                     Some("another reinit is in progress".to_string())
-                } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+                } else if self.machine.stopping().is_some()
+                    || self.next_config.is_some()
+                    || self.switching
+                {
                     Some("the agent is stopping or reloading (asked again shortly)".into())
                 } else if self.leads(job, &election) {
                     Some("this node leads (switch over first)".into())
@@ -1129,7 +1185,8 @@ impl Agent {
             .unwrap_or_default();
         let why = if led || self.leads(job, &election) {
             Some("this node led since the request; its data is kept")
-        } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+        } else if self.machine.stopping().is_some() || self.next_config.is_some() || self.switching
+        {
             Some("the agent is stopping or reloading; write the intent again later")
         } else {
             None
@@ -1651,6 +1708,11 @@ impl Agent {
                 }
             }
             Msg::Fleet { job, ready } => self.fleet_ready(job, ready),
+            Msg::Switched {
+                job,
+                ready,
+                outcome,
+            } => self.switched(job, ready, outcome),
         }
     }
 
@@ -1865,9 +1927,21 @@ impl Agent {
         }
     }
 
+    /// Versions that became ready during a reload, now that it is over.
+    fn fleet_pending_run(&mut self) {
+        while self.next_config.is_none()
+            && !self.switching
+            && let Some((job, ready)) = self.fleet_pending.pop_front()
+        {
+            self.fleet_ready(job, ready);
+        }
+    }
+
     /// A unit's task has a verified version ready: switch `current` to it
     /// and restart its job (or reload the bundle's config) through a reload,
-    /// one reload at a time.
+    /// one reload at a time. The switch (and its removal of old versions,
+    /// and a bundle config's load) runs off the event loop; the reload
+    /// begins when it returns ([`Agent::switched`]).
     fn fleet_ready(&mut self, job: Option<String>, ready: fleet::Ready) {
         if self.machine.stopping().is_some() {
             // Its task has ended (see `stop`): nobody to tell, and the
@@ -1875,94 +1949,121 @@ impl Agent {
             drop(ready);
             return;
         }
-        if self.next_config.is_some() {
+        if self.next_config.is_some() || self.switching {
             self.fleet_pending.push_back((job, ready));
             return;
         }
-        let res = match &job {
-            Some(name) => self.switch_job(name, &ready),
-            None => self.switch_bundle(&ready),
+        type Work = Box<dyn FnOnce() -> Result<Option<Box<Loaded>>, String> + Send>;
+        let work: Work = match &job {
+            Some(name) => {
+                let Some(a) = self
+                    .config
+                    .jobs
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .and_then(|s| s.artifact.clone())
+                else {
+                    let e = format!("job {name} no longer runs an artifact");
+                    tracing::error!(job = %name, version = %ready.version, "not switched: {e}");
+                    let _ = ready.reply.send(Err(e));
+                    return;
+                };
+                let to = ready.to.clone();
+                Box::new(move || {
+                    autopilot_artifact::switch(&a.dest, &to)
+                        .map(|()| None)
+                        .map_err(|e| e.to_string())
+                })
+            }
+            None => {
+                let Some(b) = self.bundle.clone() else {
+                    let _ = ready
+                        .reply
+                        .send(Err("the config has no bundle any more".into()));
+                    return;
+                };
+                let (to, version) = (ready.to.clone(), ready.version.clone());
+                let (bootstrap, env) = (self.bootstrap.clone(), self.render_env());
+                Box::new(move || {
+                    switch_bundle(&b, &to, &version, &bootstrap, &env).map(|l| Some(Box::new(l)))
+                })
+            }
         };
+        self.switching = true;
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = work();
+            // The agent is gone when this fails: nothing to tell.
+            let _ = tx.blocking_send(Msg::Switched {
+                job,
+                ready,
+                outcome,
+            });
+        });
+    }
+
+    /// A switch ran: on success the job restarts (or the bundle's config is
+    /// reloaded) through a reload; the unit's task hears the outcome.
+    fn switched(
+        &mut self,
+        job: Option<String>,
+        ready: fleet::Ready,
+        outcome: Result<Option<Box<Loaded>>, String>,
+    ) {
+        self.switching = false;
+        if self.machine.stopping().is_some() {
+            // `current` moved; the next start runs it.
+            drop(ready);
+            return;
+        }
+        let res = outcome.and_then(|loaded| match (&job, loaded) {
+            (Some(name), _) => self.restart_switched(name, &ready),
+            (None, Some(l)) => {
+                self.reload_bundle(l, &ready);
+                Ok(())
+            }
+            (None, None) => Err("no bundle config loaded".into()),
+        });
         if let Err(e) = &res {
             tracing::error!(job = job.as_deref().unwrap_or("(config bundle)"), version = %ready.version, "not switched: {e}");
         }
         let _ = ready.reply.send(res);
-    }
-
-    /// Versions that became ready during a reload, now that it is over.
-    fn fleet_pending_run(&mut self) {
-        while self.next_config.is_none()
-            && let Some((job, ready)) = self.fleet_pending.pop_front()
-        {
-            self.fleet_ready(job, ready);
+        if self.next_config.is_none() && std::mem::take(&mut self.reload_queued) {
+            tracing::info!("carrying out the reload asked for during the switch");
+            if let Err(e) = self.reload() {
+                tracing::error!("reload not carried out: {e}");
+            }
         }
+        self.fleet_pending_run();
     }
 
-    fn switch_job(&mut self, name: &str, ready: &fleet::Ready) -> Result<(), String> {
-        let j = self
-            .config
-            .jobs
-            .iter()
-            .position(|s| s.name == name && s.artifact.is_some())
-            .ok_or_else(|| format!("job {name} no longer runs an artifact"))?;
+    fn restart_switched(&mut self, name: &str, ready: &fleet::Ready) -> Result<(), String> {
         let mut cfg = self.config.clone();
-        let spec = &mut cfg.jobs[j];
-        let Some(a) = spec.artifact.clone() else {
-            return Err(format!("job {name} no longer runs an artifact"));
-        };
-        autopilot_artifact::switch(&a.dest, &ready.to).map_err(|e| e.to_string())?;
+        let spec = cfg
+            .jobs
+            .iter_mut()
+            .find(|s| s.name == name && s.artifact.is_some())
+            .ok_or_else(|| format!("job {name} no longer runs an artifact"))?;
         spec.artifact_sha = fleet::sha_of(&ready.to);
-        tracing::info!(job = %name, artifact = %a.name, version = %ready.version, "switched to the new version; restarting the job through its lifecycle");
+        let artifact = spec.artifact.as_ref().map(|a| a.name.clone());
+        tracing::info!(job = %name, artifact = artifact.as_deref().unwrap_or(""), version = %ready.version, "switched to the new version; restarting the job through its lifecycle");
         let ips = self.job_ips.clone();
         self.begin_reload(cfg, ips);
         Ok(())
     }
 
-    /// Loads and validates the bundle version's config before anything is
-    /// switched; then switches and reloads (unchanged jobs keep running).
-    /// The bundle's `original` is the bootstrap file: `current` is removed
-    /// (the versions stay) and the bootstrap file reloaded.
-    fn switch_bundle(&mut self, ready: &fleet::Ready) -> Result<(), String> {
-        let b = self
-            .bundle
-            .clone()
-            .ok_or_else(|| "the config has no bundle any more".to_string())?;
-        let file = match &ready.to {
-            autopilot_artifact::Current::Sha(s) => b.dest.join(s).join(&b.file),
-            autopilot_artifact::Current::Original => self.bootstrap.clone(),
-            autopilot_artifact::Current::Missing => {
-                return Err("no bundle version to switch to".into());
-            }
-        };
-        let original = ready.to == autopilot_artifact::Current::Original;
-        // The reason goes into a member tag of at most 200 characters: the
-        // file is named from inside `dest`, where the line and field follow.
-        let inside = format!("{}/", b.dest.display());
-        let mut cfg = autopilot_config::load(&file, &self.render_env())
-            .map_err(|e| format!("bad config: {}", e.to_string().replace(&inside, "")))?;
-        if !original {
-            same_bundle(&b, &cfg, &b.file)?;
-        }
-        let ips = job_ips(&cfg)
-            .map_err(|e| format!("config bundle {} {}: {e}", b.name, ready.version))?;
-        if original {
-            remove_current(&b.dest)?;
-        } else {
-            autopilot_artifact::switch(&b.dest, &ready.to).map_err(|e| e.to_string())?;
-            cfg.path = b.dest.join("current").join(&b.file);
-        }
+    fn reload_bundle(&mut self, l: Box<Loaded>, ready: &fleet::Ready) {
+        let (cfg, ips) = *l;
         for w in &cfg.warnings {
             tracing::warn!(field = %w.field, "{}", w.message);
         }
-        stamp_artifacts(&mut cfg);
         if let Some(nb) = &cfg.bundle {
             self.bundle = Some(nb.clone());
         }
-        tracing::info!(bundle = %b.name, version = %ready.version, config = %cfg.path.display(), "config bundle switched; reloading (unchanged jobs keep running)");
+        tracing::info!(version = %ready.version, config = %cfg.path.display(), "config bundle switched; reloading (unchanged jobs keep running)");
         self.begin_reload(cfg, ips);
         // Taken as the bundle's version once the reload is adopted.
         self.next_bundle_sha = Some(fleet::sha_of(&ready.to));
-        Ok(())
     }
 
     fn begin_reload(&mut self, cfg: Config, ips: Vec<Option<IpAddr>>) {
@@ -2004,13 +2105,17 @@ impl Agent {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Reload(reply) => {
-                if self.next_config.is_some() && self.machine.stopping().is_none() {
+                if (self.next_config.is_some() || self.switching)
+                    && self.machine.stopping().is_none()
+                {
                     // One reload at a time: this one is checked now and
                     // carried out (reading the file again) once the one in
                     // flight is adopted, so it cannot drop that one's config.
                     let res = self.load_reload().map(|_| ());
                     if res.is_ok() {
-                        tracing::info!("reload asked for during a reload: it follows once this one is done");
+                        tracing::info!(
+                            "reload asked for during a reload: it follows once this one is done"
+                        );
                         self.reload_queued = true;
                     }
                     let _ = reply.send(res);
