@@ -651,7 +651,20 @@ fn an_idle_artifact_job_costs_etcd_nothing() {
             .map(|m| etcd_requests(&etcd.endpoint(), m))
             .sum::<u64>()
     };
-    let before = count();
+    // Start-up writes (the job's registration, the member entry's first
+    // states) settle: two readings 2 s apart agree.
+    let mut before = count();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = count();
+            let settled = now == before;
+            before = now;
+            settled
+        }),
+        "etcd requests never settled\n{}",
+        a.log()
+    );
     assert!(before > 0, "the agent's start read etcd: the count is read");
     // Longer than the re-check of a moving rollout (10 s), with many health
     // checks and keep-alives in it; there is nothing to wait for.
