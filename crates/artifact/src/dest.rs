@@ -5,7 +5,9 @@
 //! `dest/current` and `dest/previous` are relative symlinks, replaced by
 //! renaming a new symlink over them, so `current` always names a complete
 //! version; a real directory found at `dest/current` before the first
-//! switch is kept as `dest/original`.
+//! switch is kept as `dest/original`. An old version is renamed to
+//! `dest/.trash-<random>` before it is removed, so a removal cut short
+//! never leaves a partial tree under a sha.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -31,8 +33,14 @@ pub enum Current {
 use autopilot_core::rollout::ORIGINAL;
 const CURRENT: &str = "current";
 const PREVIOUS: &str = "previous";
-/// Scratch entries older than this are a crashed install's and are removed.
-const STALE: Duration = Duration::from_secs(3600);
+/// Scratch entries older than this are a crashed install's and are
+/// removed (younger ones may be a concurrent install's).
+const STALE: Duration = Duration::from_secs(300);
+/// Prefix of a version being removed: renamed to it first, so a removal cut
+/// short never leaves a partial `dest/<sha>` (swept at any age).
+const TRASH: &str = ".trash-";
+/// Scratch entries of this crate (and of the store's copy into `.fetch-*`).
+const SCRATCH: [&str; 5] = [".unpack-", ".fetch-", "..fetch-", ".current-", ".previous-"];
 
 fn real_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
@@ -52,6 +60,8 @@ pub fn check_dest(dest: &Path) -> Result<(), Error> {
     if !dest.is_absolute() {
         return refuse("an artifact's dest must be an absolute path".into());
     }
+    // Before creating anything: a missing dest is created through them.
+    check_ancestors(dest)?;
     if let Err(e) = std::fs::symlink_metadata(dest) {
         if e.kind() != std::io::ErrorKind::NotFound {
             return Err(Error::Io {
@@ -90,27 +100,91 @@ pub fn check_dest(dest: &Path) -> Result<(), Error> {
             m.mode() & 0o7777
         ));
     }
+    // Again: the ones just created, and a rename meanwhile.
+    if check_ancestors(dest)? && m.uid() != me {
+        return refuse(format!(
+            "owned by uid {}: under a directory others may write to (sticky), dest must be owned by uid {me}",
+            m.uid()
+        ));
+    }
     Ok(())
+}
+
+/// Checks every existing ancestor of `dest` as `dest` itself (a real
+/// directory owned by us or root, not writable by group or others), except
+/// that a sticky directory writable by all (`/tmp`) is allowed: then it
+/// returns true and `dest` must be ours. Whoever may rename an ancestor
+/// may redirect every write below it.
+fn check_ancestors(dest: &Path) -> Result<bool, Error> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut sticky = false;
+    for a in dest.ancestors().skip(1) {
+        let refuse = |why: String| {
+            Err(Error::Unsafe {
+                path: dest.to_path_buf(),
+                why: format!("{why} (its ancestor {})", a.display()),
+            })
+        };
+        let m = match std::fs::symlink_metadata(a) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("cannot read {}", a.display()),
+                    source: e,
+                });
+            }
+        };
+        if m.file_type().is_symlink() {
+            return refuse("under a symlink: every directory above dest must be real".into());
+        }
+        if !m.is_dir() {
+            return refuse("under something that is not a directory".into());
+        }
+        if m.uid() != me && m.uid() != 0 {
+            return refuse(format!(
+                "under a directory owned by uid {}: it must be owned by uid {me} or root",
+                m.uid()
+            ));
+        }
+        if m.mode() & 0o022 != 0 {
+            if m.mode() & 0o1000 == 0 {
+                return refuse(format!(
+                    "under a directory writable by group or others (mode {:04o})",
+                    m.mode() & 0o7777
+                ));
+            }
+            sticky = true;
+        }
+    }
+    Ok(sticky)
 }
 
 /// Fetches `rec` from `store` into `dest` and verifies its sha256 and size
 /// before anything is unpacked; unpacks it (safely, on a blocking thread)
 /// and renames it to `dest/<sha256>`, which it returns. An existing
-/// `dest/<sha256>` is reused: such a directory exists only verified. On any
-/// error nothing is left in `dest`.
+/// `dest/<sha256>` is reused: such a directory exists only verified (for a
+/// kind file, only with its file in it). On any error nothing is left in
+/// `dest`; leftovers of crashed runs are swept first.
 pub async fn install(store: &dyn Store, rec: &Record, dest: &Path) -> Result<PathBuf, Error> {
     rec.validate(&record_key(&rec.name, &rec.version))?;
     check_dest(dest)?;
+    sweep(dest);
     let dir = dest.join(&rec.sha256);
-    if real_dir(&dir) {
+    if real_dir(&dir) && complete(rec, &dir) {
         return Ok(dir);
+    }
+    if real_dir(&dir) {
+        // Not what this record unpacks to (another kind or file name):
+        // out of the way, then installed afresh.
+        trash(dest, &dir)?;
     }
     // Removed on drop: a failed fetch or a mismatch leaves nothing.
     let tmp = autopilot_snapshot::scratch_file(dest, ".fetch-").map_err(io(format!(
         "cannot create a temp file in {}",
         dest.display()
     )))?;
-    store.get(STORE_SET, &rec.sha256, &tmp).await?;
+    fetch_bounded(store, rec, dest, &tmp).await?;
     let (sha, size) = autopilot_snapshot::sha256_file(&tmp)
         .await
         .map_err(io(format!("cannot hash {}", tmp.display())))?;
@@ -137,6 +211,71 @@ pub async fn install(store: &dyn Store, rec: &Record, dest: &Path) -> Result<Pat
             context: "the unpacking task failed".into(),
             source: std::io::Error::other(e),
         })?
+}
+
+/// Whether an existing `dest/<sha>` holds what `rec` unpacks to (for a
+/// kind file: its file, a regular file).
+fn complete(rec: &Record, dir: &Path) -> bool {
+    match (rec.kind, &rec.file) {
+        (Kind::Tar, _) => true,
+        (Kind::File, Some(f)) => std::fs::symlink_metadata(dir.join(f)).is_ok_and(|m| m.is_file()),
+        (Kind::File, None) => false,
+    }
+}
+
+/// Copies the object into `tmp`, refusing more than `rec.size` bytes: a
+/// file store's object is measured first; any other store's copy (its
+/// `.fetch-*` temp files in `dest`) is watched and dropped once it grows
+/// past the size.
+async fn fetch_bounded(
+    store: &dyn Store,
+    rec: &Record,
+    dest: &Path,
+    tmp: &Path,
+) -> Result<(), Error> {
+    let too_big = |got: u64| Error::Size {
+        name: rec.name.clone(),
+        version: rec.version.clone(),
+        expected: rec.size,
+        got,
+    };
+    if let Some(root) = store.url().strip_prefix("file://") {
+        let obj = Path::new(root)
+            .join(STORE_SET)
+            .join(format!("{}.snap", rec.sha256));
+        if let Ok(m) = std::fs::metadata(&obj)
+            && m.len() != rec.size
+        {
+            return Err(too_big(m.len()));
+        }
+    }
+    let ours = tmp
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let theirs = format!(".fetch-{}-", rec.sha256);
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Ok(entries) = std::fs::read_dir(dest) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if (name.contains(&ours) || name.starts_with(&theirs))
+                    && let Ok(m) = e.metadata()
+                    && m.len() > rec.size
+                {
+                    return m.len();
+                }
+            }
+        }
+    };
+    tokio::select! {
+        got = store.get(STORE_SET, &rec.sha256, tmp) => Ok(got?),
+        // Dropping the copy removes its temp file.
+        size = watch => Err(too_big(size)),
+    }
 }
 
 fn unpack_verified(
@@ -171,9 +310,10 @@ fn unpack_verified(
                 context: format!("cannot move the download to {}", to.display()),
                 source: e.error,
             })?;
-            // The record does not say whether the pushed file was
-            // executable: a single file is most often the program itself.
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
+            // The pushed file's bits; a record written before they were
+            // kept says nothing: a single file is most often the program.
+            let mode = rec.mode.unwrap_or(0o755) & 0o755;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
                 .map_err(io(format!("cannot set the mode of {}", to.display())))?;
         }
         (Kind::File, None) => {
@@ -299,11 +439,20 @@ pub fn switch(dest: &Path, to: &Current) -> Result<(), Error> {
             },
         });
     }
-    if old.as_deref() != Some(target.as_str()) {
-        replace_link(dest, CURRENT, &target)?;
-        if let Some(o) = old.as_deref().filter(|o| real_dir(&dest.join(o))) {
+    // Only a link already naming the target is left alone: a missing
+    // `current` (a crash between the renames above, or a switch to the
+    // original of a directory just renamed) is made again.
+    if link_target(&cur).as_deref() != Some(target.as_str()) {
+        // Checked again right before the writes that matter.
+        check_dest(dest)?;
+        // `previous` first: a crash between the two keeps a way back.
+        if let Some(o) = old
+            .as_deref()
+            .filter(|o| *o != target && real_dir(&dest.join(o)))
+        {
             replace_link(dest, PREVIOUS, o)?;
         }
+        replace_link(dest, CURRENT, &target)?;
         sync_dir(dest)?;
     }
     gc(dest);
@@ -325,8 +474,61 @@ fn replace_link(dest: &Path, name: &str, target: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes every version but current and previous, and stale scratch
-/// entries. A failure is logged: the switch itself is done.
+/// Renames `dir` to `dest/.trash-<random>` (atomic: `dest/<sha>` is
+/// there whole or not at all), then removes it.
+fn trash(dest: &Path, dir: &Path) -> Result<(), Error> {
+    let to = tempfile::Builder::new()
+        .prefix(TRASH)
+        .rand_bytes(12)
+        .make_in(dest, |p| std::fs::rename(dir, p))
+        .map_err(io(format!("cannot move {} out of the way", dir.display())))?
+        .into_temp_path()
+        .keep()
+        .map_err(|e| Error::Io {
+            context: format!("cannot keep {}", e.path.display()),
+            source: e.error,
+        })?;
+    std::fs::remove_dir_all(&to).map_err(io(format!("cannot remove {}", to.display())))
+}
+
+/// Removes what crashed runs left: trash at any age, scratch entries
+/// older than [`STALE`]. A failure is logged.
+fn sweep(dest: &Path) {
+    let entries = match std::fs::read_dir(dest) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("cannot list {} to remove leftovers: {e}", dest.display());
+            return;
+        }
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let stale = SCRATCH.iter().any(|p| name.starts_with(p))
+            && meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE);
+        if !(stale || name.starts_with(TRASH)) {
+            continue;
+        }
+        let res = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(err) = res {
+            tracing::warn!("cannot remove {}: {err}", path.display());
+        }
+    }
+}
+
+/// Removes every version but current and previous (each renamed to trash
+/// first), then leftovers. A failure is logged: the switch itself is done.
 fn gc(dest: &Path) {
     let keep: Vec<String> = [CURRENT, PREVIOUS]
         .iter()
@@ -342,27 +544,12 @@ fn gc(dest: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let old_version = valid_sha(&name) && meta.is_dir() && !keep.contains(&name);
-        let scratch = [".unpack-", ".fetch-", ".current-", ".previous-"]
-            .iter()
-            .any(|p| name.starts_with(p))
-            && meta
-                .modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE);
-        let res = if old_version || (scratch && meta.is_dir()) {
-            std::fs::remove_dir_all(&path)
-        } else if scratch {
-            std::fs::remove_file(&path)
-        } else {
-            continue;
-        };
-        if let Err(err) = res {
-            tracing::warn!("cannot remove {}: {err}", path.display());
+        let old_version = valid_sha(&name)
+            && !keep.contains(&name)
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if old_version && let Err(err) = trash(dest, &path) {
+            tracing::warn!("{err}");
         }
     }
+    sweep(dest);
 }

@@ -58,6 +58,10 @@ pub struct Record {
     /// For `kind: file`: the pushed file's basename (the name it gets in `dest/<sha>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// For `kind: file`: the pushed file's permission bits (`& 0o755`);
+    /// absent in records written before it was kept (installed 0755).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
     /// The store URL the object was pushed to.
     pub store: String,
     /// RFC 3339, UTC, milliseconds.
@@ -96,10 +100,14 @@ pub enum Error {
         version: String,
         existing: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Catalog(#[source] CatalogError),
+    #[error(transparent)]
+    Catalog(CatalogError),
+    /// A record that others kept rewriting while we tried to record ours:
+    /// a request to retry, not an unreachable catalog.
+    #[error("catalog key {key} keeps changing; gave up after {tries} tries: try again")]
+    Contended { key: String, tries: u32 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -205,6 +213,8 @@ pub struct Upload {
     pub size: u64,
     pub kind: Kind,
     pub file: Option<String>,
+    /// For `kind: file`: its permission bits `& 0o755`.
+    pub mode: Option<u32>,
     pub store: String,
 }
 
@@ -214,8 +224,8 @@ pub async fn upload(store: &dyn Store, path: &Path) -> Result<Upload, Error> {
     let meta = tokio::fs::metadata(path)
         .await
         .map_err(io(format!("cannot read {}", path.display())))?;
-    let (kind, file) = if meta.is_dir() {
-        (Kind::Tar, None)
+    let (kind, file, mode) = if meta.is_dir() {
+        (Kind::Tar, None, None)
     } else if meta.is_file() {
         let name = path
             .file_name()
@@ -225,7 +235,8 @@ pub async fn upload(store: &dyn Store, path: &Path) -> Result<Upload, Error> {
                 path: path.to_path_buf(),
                 why: "the file name must be valid UTF-8 without control characters".into(),
             })?;
-        (Kind::File, Some(name.to_string()))
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o755;
+        (Kind::File, Some(name.to_string()), Some(mode))
     } else {
         return Err(Error::Unsafe {
             path: path.to_path_buf(),
@@ -255,6 +266,7 @@ pub async fn upload(store: &dyn Store, path: &Path) -> Result<Upload, Error> {
         size,
         kind,
         file,
+        mode,
         store: store.url().to_string(),
     })
 }
@@ -298,6 +310,7 @@ pub async fn record(
         size: up.size,
         kind: up.kind,
         file: up.file.clone(),
+        mode: up.mode,
         store: up.store.clone(),
         created: autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms()),
         by: by.to_string(),
@@ -309,7 +322,8 @@ pub async fn record(
     })?;
     // A record deleted between our failed write and our read is written
     // again: a few rounds, not for ever.
-    for _ in 0..3 {
+    const TRIES: u32 = 3;
+    for _ in 0..TRIES {
         if catalog.kv_cas(&key, None, &json).await? {
             return Ok(rec);
         }
@@ -324,10 +338,7 @@ pub async fn record(
             });
         }
     }
-    Err(Error::Catalog(CatalogError::Unavailable {
-        url: catalog.url().to_string(),
-        message: format!("{key} keeps changing; try again"),
-    }))
+    Err(Error::Contended { key, tries: TRIES })
 }
 
 /// Uploads `path` and records it: [`upload`] then [`record`]. Names are
@@ -434,6 +445,42 @@ mod tests {
         assert!(!valid_sha("abc"));
     }
 
+    /// Every message of the chain, as `{:#}` prints it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            out = format!("{out}: {c}");
+            cur = c.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_wrapped_error_prints_its_cause_once() {
+        let Err(store) = autopilot_snapshot::open("nope") else {
+            panic!("a bad store URL opened");
+        };
+        let msg = store.to_string();
+        let e = Error::from(store);
+        assert_eq!(chain(&e), msg);
+        let cat = CatalogError::Unavailable {
+            url: "local:///x".into(),
+            message: "down".into(),
+        };
+        let msg = chain(&cat);
+        assert_eq!(chain(&Error::from(cat)), msg);
+        let e = Error::Contended {
+            key: record_key("api", "1"),
+            tries: 3,
+        };
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(
+            e.to_string(),
+            "catalog key _fleet/artifacts/api/1 keeps changing; gave up after 3 tries: try again"
+        );
+    }
+
     #[test]
     fn record_json_has_the_contract_fields() {
         let r = Record {
@@ -443,6 +490,7 @@ mod tests {
             size: 1234,
             kind: Kind::File,
             file: Some("server".into()),
+            mode: None,
             store: "file:///s".into(),
             created: "2026-11-28T03:00:00.123Z".into(),
             by: "root@host".into(),

@@ -13,7 +13,9 @@
 //! - a hard link's target is a regular file already unpacked;
 //! - devices, fifos, sparse and unknown entries are refused;
 //! - the number of entries and the bytes written are bounded;
-//! - set-user-ID, set-group-ID and sticky bits are dropped.
+//! - set-user-ID, set-group-ID and sticky bits are dropped, as are
+//!   group and other write bits;
+//! - `L`/`K`/`x`/`g` entries (read into memory) are bounded to 64 KiB.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -137,8 +139,79 @@ fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
+/// The most a GNU long-name/long-link (`L`/`K`) or pax (`x`/`g`) entry may
+/// hold: the tar crate reads them wholly into memory.
+pub const MAX_META: u64 = 64 << 10;
+
+/// Walks the 512-byte headers the way the tar crate will (a pax `size`
+/// overriding the next entry's) and refuses an `L`/`K`/`x`/`g` entry over
+/// [`MAX_META`] before the tar crate reads one into memory. Anything it
+/// cannot follow is left for the real pass to report.
+fn check_meta_sizes(tar: &Path) -> Result<(), Error> {
+    use std::io::Read;
+    let f = std::fs::File::open(tar).map_err(io(format!("cannot read {}", tar.display())))?;
+    let mut r = std::io::BufReader::with_capacity(64 << 10, f);
+    let mut block = [0u8; 512];
+    let mut pax_size: Option<u64> = None;
+    loop {
+        if r.read_exact(&mut block).is_err() || block.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let h = tar::Header::from_byte_slice(&block);
+        let kind = h.entry_type();
+        let Ok(mut size) = h.entry_size() else {
+            return Ok(());
+        };
+        let meta = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        if meta && size > MAX_META {
+            return Err(Error::Unsafe {
+                path: tar.to_path_buf(),
+                why: format!(
+                    "refused archive: a {} entry of {size} bytes (at most {MAX_META})",
+                    match kind.as_byte() {
+                        b'L' => "long name",
+                        b'K' => "long link",
+                        _ => "pax header",
+                    }
+                ),
+            });
+        }
+        if kind.is_gnu_sparse() {
+            // Refused by the real pass; its extension blocks are not followed here.
+            return Ok(());
+        }
+        if !meta && let Some(s) = pax_size.take() {
+            size = s;
+        }
+        let mut skip = size.checked_next_multiple_of(512).unwrap_or(u64::MAX);
+        if kind.is_pax_local_extensions() {
+            // At most MAX_META bytes, checked above.
+            let mut data = Vec::new();
+            (&mut r)
+                .take(size)
+                .read_to_end(&mut data)
+                .map_err(io(format!("cannot read {}", tar.display())))?;
+            // As the tar crate does: the first `size` record counts.
+            pax_size = tar::PaxExtensions::new(&data)
+                .map_while(Result::ok)
+                .find(|e| e.key() == Ok("size"))
+                .and_then(|e| e.value().ok().and_then(|v| v.parse::<u64>().ok()));
+            skip = skip.saturating_sub(data.len() as u64);
+        }
+        let Ok(skip) = i64::try_from(skip) else {
+            return Ok(());
+        };
+        r.seek_relative(skip)
+            .map_err(io(format!("cannot read {}", tar.display())))?;
+    }
+}
+
 /// Unpacks the tar at `tar` into the (empty, private) directory `into`.
 pub fn unpack(tar: &Path, into: &Path, limits: Limits) -> Result<(), Error> {
+    check_meta_sizes(tar)?;
     let f = std::fs::File::open(tar).map_err(io(format!("cannot read {}", tar.display())))?;
     let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
     let bad_tar = |e: std::io::Error| Error::Io {
@@ -178,7 +251,9 @@ pub fn unpack(tar: &Path, into: &Path, limits: Limits) -> Result<(), Error> {
         }
         real_parents(into, &rel)?;
         let dst = into.join(&rel);
-        let mode = entry.header().mode().map_err(bad_tar)? & 0o777;
+        // Never group- or other-writable, whatever the pusher's umask: the
+        // tree is run as root.
+        let mode = entry.header().mode().map_err(bad_tar)? & 0o755;
         match kind {
             tar::EntryType::Directory => {
                 match std::fs::symlink_metadata(&dst) {
@@ -189,7 +264,7 @@ pub fn unpack(tar: &Path, into: &Path, limits: Limits) -> Result<(), Error> {
                         .create(&dst)
                         .map_err(io(format!("cannot create {}", dst.display())))?,
                 }
-                dirs.push((dst, mode | 0o700));
+                dirs.push((dst, (mode | 0o700) & 0o755));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
@@ -380,6 +455,94 @@ mod tests {
             Err(e @ Error::Unsafe { .. }) => e.to_string(),
             other => panic!("{what}: expected a refusal, got {other:?}"),
         }
+    }
+
+    /// One entry as raw bytes: a GNU header of type `kind` saying `size`,
+    /// then `data` padded to 512 (so `size` may lie, as a pax `size` allows).
+    fn raw(out: &mut Vec<u8>, kind: u8, name: &str, size: u64, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().expect("gnu").name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+
+    fn unpack_raw(c: &Case, bytes: &[u8]) -> Result<(), Error> {
+        let p = c.dir.path().join("raw.tar");
+        std::fs::write(&p, bytes).expect("write tar");
+        unpack(&p, &c.root(), ROOMY)
+    }
+
+    #[test]
+    fn oversized_long_name_and_pax_entries_are_refused_before_they_are_read() {
+        for kind in [b'L', b'K', b'x', b'g'] {
+            let c = Case::new();
+            let mut t = Vec::new();
+            let big = vec![b'a'; (MAX_META + 1) as usize];
+            raw(&mut t, kind, "././@LongLink", big.len() as u64, &big);
+            raw(&mut t, b'0', "f", 1, b"x");
+            t.resize(t.len() + 1024, 0);
+            let e = refused(unpack_raw(&c, &t), "oversized meta entry");
+            assert!(e.contains("bytes (at most 65536)"), "{e}");
+        }
+        // At the limit: read as usual (a long name of 300 characters works).
+        let c = Case::new();
+        let mut t = Vec::new();
+        let long = format!("{}/{}", "n".repeat(150), "m".repeat(150));
+        let name = format!("{long}\0");
+        raw(
+            &mut t,
+            b'L',
+            "././@LongLink",
+            name.len() as u64,
+            name.as_bytes(),
+        );
+        raw(&mut t, b'0', "short", 2, b"ok");
+        t.resize(t.len() + 1024, 0);
+        unpack_raw(&c, &t).expect("a small long name unpacks");
+        assert_eq!(std::fs::read(c.root().join(&long)).expect("read"), b"ok");
+    }
+
+    #[test]
+    fn the_first_pass_follows_a_pax_size_to_find_a_later_oversized_entry() {
+        let c = Case::new();
+        let mut t = Vec::new();
+        // The header says 0 bytes, the pax record 600: the tar crate reads
+        // 600, and so must the first pass to find the next header.
+        let rec = b"12 size=600\n";
+        raw(&mut t, b'x', "././@PaxHeader", rec.len() as u64, rec);
+        raw(&mut t, b'0', "f", 0, &[b'y'; 600]);
+        let big = vec![b'a'; (MAX_META + 1) as usize];
+        raw(&mut t, b'L', "././@LongLink", big.len() as u64, &big);
+        raw(&mut t, b'0', "g", 1, b"x");
+        t.resize(t.len() + 1024, 0);
+        let e = refused(unpack_raw(&c, &t), "oversized entry after a pax size");
+        assert!(e.contains("long name"), "{e}");
+    }
+
+    #[test]
+    fn modes_are_never_group_or_other_writable() {
+        let c = Case::new();
+        let mut f = header("d/f", tar::EntryType::Regular, 1, None);
+        f.set_mode(0o777);
+        f.set_cksum();
+        let mut d = header("d/", tar::EntryType::Directory, 0, None);
+        d.set_mode(0o077);
+        d.set_cksum();
+        c.run(&[(d, b""), (f, b"x")], ROOMY).expect("unpack");
+        let mode = |p: PathBuf| {
+            std::fs::symlink_metadata(p)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(c.root().join("d/f")), 0o755);
+        assert_eq!(mode(c.root().join("d")), 0o755);
     }
 
     #[test]

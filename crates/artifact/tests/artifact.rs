@@ -386,6 +386,7 @@ async fn a_hostile_archive_from_the_store_leaves_nothing_behind() {
         size,
         kind: Kind::Tar,
         file: None,
+        mode: None,
         store: w.store.url().into(),
         created: "2026-11-28T03:00:00.000Z".into(),
         by: "mallory@host".into(),
@@ -597,4 +598,191 @@ async fn current_always_names_a_complete_version_while_switching() {
     ];
     want.sort();
     assert_eq!(listing(&dest), want);
+}
+
+#[tokio::test]
+async fn a_dest_under_a_directory_others_could_rename_is_refused() {
+    let w = World::new();
+    let refused = |dest: &Path, what: &str| match artifact::check_dest(dest) {
+        Err(e @ Error::Unsafe { .. }) => {
+            assert!(!dest.exists(), "{what}: nothing created");
+            e.to_string()
+        }
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    };
+    let gw = w.dest("gw");
+    chmod(&gw, 0o775);
+    let e = refused(&gw.join("dest"), "group-writable parent");
+    assert!(
+        e.contains("writable by group or others") && e.contains("ancestor"),
+        "{e}"
+    );
+    // Further up counts as much as the parent.
+    std::fs::create_dir(gw.join("mid")).expect("mid");
+    chmod(&gw.join("mid"), 0o755);
+    refused(&gw.join("mid/dest"), "group-writable grandparent");
+
+    let real = w.dest("real");
+    std::os::unix::fs::symlink(&real, w.path("sym")).expect("symlink");
+    let e = refused(&w.path("sym/dest"), "symlinked parent");
+    assert!(e.contains("symlink"), "{e}");
+    assert!(listing(&real).is_empty());
+
+    if nix::unistd::geteuid().is_root() {
+        let theirs = w.dest("theirs");
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+        let e = refused(&theirs.join("dest"), "parent owned by another user");
+        assert!(e.contains("owned by uid 65534"), "{e}");
+    }
+
+    // A sticky directory writable by all (/tmp) is fine above a dest of ours.
+    let sticky = w.dest("sticky");
+    chmod(&sticky, 0o1777);
+    artifact::check_dest(&sticky.join("dest")).expect("under a sticky directory");
+    if nix::unistd::geteuid().is_root() {
+        let d = sticky.join("theirs");
+        std::fs::create_dir(&d).expect("dir");
+        chmod(&d, 0o755);
+        nix::unistd::chown(&d, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+        assert!(matches!(
+            artifact::check_dest(&d),
+            Err(Error::Unsafe { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn old_versions_go_through_trash_and_leftovers_are_swept() {
+    let w = World::new();
+    let (a, b, c) = (w.path("a"), w.path("b"), w.path("c"));
+    tree(&a, "one");
+    tree(&b, "two");
+    tree(&c, "three");
+    let ra = w.push("api", Some("1"), &a).await.expect("a");
+    let rb = w.push("api", Some("2"), &b).await.expect("b");
+    let rc = w.push("api", Some("3"), &c).await.expect("c");
+    let dest = w.dest("dest");
+    artifact::install(&*w.store, &ra, &dest).await.expect("a");
+    artifact::switch(&dest, &Current::Sha(ra.sha256.clone())).expect("a");
+    // What a gc killed half-way through a removal leaves: a partial tree
+    // under a trash name (never under its sha).
+    std::fs::create_dir_all(dest.join(".trash-killed/etc")).expect("trash");
+    // A crashed fetch long ago, and one that may be a running install's.
+    let old = dest.join(".fetch-old");
+    std::fs::write(&old, "x").expect("old");
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .expect("open")
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .expect("mtime");
+    std::fs::create_dir(dest.join(".unpack-young")).expect("young");
+    artifact::install(&*w.store, &rb, &dest).await.expect("b");
+    let mut want = vec![
+        ".unpack-young".to_string(),
+        ra.sha256.clone(),
+        rb.sha256.clone(),
+        "current".into(),
+    ];
+    want.sort();
+    assert_eq!(listing(&dest), want, "trash and stale scratch swept");
+    artifact::switch(&dest, &Current::Sha(rb.sha256.clone())).expect("b");
+    artifact::install(&*w.store, &rc, &dest).await.expect("c");
+    artifact::switch(&dest, &Current::Sha(rc.sha256.clone())).expect("c");
+    let mut want = vec![
+        ".unpack-young".to_string(),
+        rb.sha256.clone(),
+        rc.sha256.clone(),
+        "current".into(),
+        "previous".into(),
+    ];
+    want.sort();
+    assert_eq!(listing(&dest), want, "a collected, no trash left");
+}
+
+#[tokio::test]
+async fn a_missing_current_is_made_again_by_a_switch() {
+    let w = World::new();
+    // Switching to the original while `current` is still the shipped
+    // directory: it is renamed, and `current` must name it again.
+    let dest = w.dest("dest");
+    std::fs::create_dir(dest.join("current")).expect("current");
+    std::fs::write(dest.join("current/greeting"), "shipped").expect("write");
+    artifact::switch(&dest, &Current::Original).expect("switch");
+    assert_eq!(link(&dest.join("current")), "original");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("current/greeting")).expect("read"),
+        "shipped"
+    );
+    // A crash between the first switch's renames: `original`, no `current`.
+    let d2 = w.dest("d2");
+    std::fs::create_dir(d2.join("original")).expect("original");
+    artifact::switch(&d2, &Current::Original).expect("switch");
+    assert_eq!(link(&d2.join("current")), "original");
+    assert!(!d2.join("previous").exists(), "no previous to itself");
+}
+
+#[tokio::test]
+async fn an_object_larger_than_its_record_is_refused_before_it_is_copied() {
+    let w = World::new();
+    let src = w.path("src");
+    tree(&src, "one");
+    let r = w.push("api", Some("1"), &src).await.expect("push");
+    let obj = w.object(&r.sha256);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&obj)
+        .expect("open");
+    f.set_len(r.size + (1 << 20)).expect("grow");
+    let dest = w.dest("dest");
+    match artifact::install(&*w.store, &r, &dest).await {
+        Err(Error::Size { expected, got, .. }) => {
+            assert_eq!((expected, got), (r.size, r.size + (1 << 20)));
+        }
+        other => panic!("expected a size refusal, got {other:?}"),
+    }
+    assert!(listing(&dest).is_empty(), "{:?}", listing(&dest));
+}
+
+#[tokio::test]
+async fn a_single_file_keeps_its_mode_and_a_version_without_it_is_installed_again() {
+    let w = World::new();
+    let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o7777;
+    for (pushed, want) in [(0o644, 0o644), (0o750, 0o750), (0o777, 0o755)] {
+        let bin = w.path(&format!("f{pushed:o}"));
+        std::fs::write(&bin, format!("{pushed}")).expect("bin");
+        chmod(&bin, pushed);
+        let r = w
+            .push("srv", Some(&format!("{pushed:o}")), &bin)
+            .await
+            .expect("push");
+        assert_eq!(r.mode, Some(pushed & 0o755));
+        let dest = w.dest(&format!("d{pushed:o}"));
+        let d = artifact::install(&*w.store, &r, &dest)
+            .await
+            .expect("install");
+        assert_eq!(mode(&d.join(r.file.as_deref().expect("file"))), want);
+    }
+    // A record written before modes were kept: 0755 as before.
+    let bin = w.path("old");
+    std::fs::write(&bin, "old").expect("bin");
+    chmod(&bin, 0o644);
+    let r = w.push("srv", Some("old"), &bin).await.expect("push");
+    let old = Record {
+        mode: None,
+        ..r.clone()
+    };
+    let s = serde_json::to_string(&old).expect("json");
+    assert!(!s.contains("mode"), "{s}");
+    let dest = w.dest("dold");
+    let d = artifact::install(&*w.store, &old, &dest)
+        .await
+        .expect("install");
+    assert_eq!(mode(&d.join("old")), 0o755);
+    // `dest/<sha>` without its file is not taken as installed.
+    std::fs::remove_file(d.join("old")).expect("rm");
+    let d = artifact::install(&*w.store, &r, &dest)
+        .await
+        .expect("again");
+    assert_eq!(std::fs::read_to_string(d.join("old")).expect("read"), "old");
 }

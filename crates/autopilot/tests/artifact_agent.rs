@@ -469,7 +469,8 @@ fn a_bad_bundle_config_is_refused_and_the_running_config_stays() {
     good.write(
         "autopilot.json5",
         &format!(
-            "{{ jobs: [{{ name: \"next\", exec: [\"sh\", \"-c\", \"echo next 0 >> {}; trap 'exit 0' TERM; while :; do sleep 0.1; done\"] }}] }}",
+            "{{ bundle: {{ name: \"cfg\", dest: \"{}\", file: \"autopilot.json5\" }},\n  jobs: [{{ name: \"next\", exec: [\"sh\", \"-c\", \"echo next 0 >> {}; trap 'exit 0' TERM; while :; do sleep 0.1; done\"] }}] }}",
+            d.path("bundle").display(),
             d.path("runs").display()
         ),
     );
@@ -654,7 +655,20 @@ fn an_idle_artifact_job_costs_etcd_nothing() {
             .map(|m| etcd_requests(&etcd.endpoint(), m))
             .sum::<u64>()
     };
-    let before = count();
+    // Start-up writes (the job's registration, the member entry's first
+    // states) settle: two readings 2 s apart agree.
+    let mut before = count();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = count();
+            let settled = now == before;
+            before = now;
+            settled
+        }),
+        "etcd requests never settled\n{}",
+        a.log()
+    );
     assert!(before > 0, "the agent's start read etcd: the count is read");
     // Longer than the re-check of a moving rollout (10 s), with many health
     // checks and keep-alives in it; there is nothing to wait for.
@@ -662,6 +676,243 @@ fn an_idle_artifact_job_costs_etcd_nothing() {
     let after = count();
     assert_eq!(after, before, "requests while idle\n{}", a.log());
 }
+
+// ---- Review fixes: agent stop, bundle probation, bundle original, bundle configs (fixbundle) ----
+
+/// Whether member `<name>.<instance>` is passing in the catalog.
+fn member_passing(c: &Cat, name: &str, instance: &str) -> bool {
+    passing_ids(&c.catalog, &rollout::member_service(name))
+        .is_some_and(|ids| ids.contains(&rollout::member_id(name, instance)))
+}
+
+#[test]
+fn a_sigterm_during_probation_does_not_roll_the_fleet_back() {
+    let d = Dir::new("art-stop");
+    original(&d);
+    let c = local(&d);
+    // Beside `api`, a job that takes a while to stop: `api` has stopped
+    // while the agent still runs (the window in which a stopping agent used
+    // to read as a failed probation).
+    let config = api_config().replacen(
+        "jobs: [",
+        "jobs: [\n  { name: \"slow\", exec: [\"sh\", \"-c\", \"trap 'sleep 1.5; exit 0' TERM; while :; do sleep 0.1; done\"] },",
+        1,
+    );
+    let mut a = start_with(
+        &d,
+        &config,
+        &[],
+        &[
+            ("AUTOPILOT_HOSTNAME", HOST),
+            ("AUTOPILOT_CATALOG", &c.catalog),
+            ("AUTOPILOT_ARTIFACT_STORE", &c.store),
+        ],
+    );
+    a.ready();
+    let me = format!("api-{HOST}");
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d) == ["v0"]),
+        "{}",
+        a.log()
+    );
+    let v1 = version_dir(&d, "v1", true);
+    let sha = push(&c, "api", "v1", &v1);
+    // A probation far longer than the test: the agent stops in the middle.
+    Deploy::new("api", 1, ("v1", &sha), 120_000).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || runs(&d) == ["v0", "v1"]
+            && member_state(&c, "api", &me).as_deref() == Some("probation")
+            && member_passing(&c, "api", &me)),
+        "{:?}\n{}",
+        member(&c, "api", &me),
+        a.log()
+    );
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0), "{}", a.log());
+    let r = latest(&c, "api").expect("rollout");
+    assert_eq!(r["state"], "rolling", "{r}\n{}", a.log());
+    assert_eq!(r["failures"], serde_json::json!([]), "{r}");
+    // The stopped agent's member left, as a dead agent's does.
+    assert!(
+        member(&c, "api", &me).is_none(),
+        "{:?}",
+        member(&c, "api", &me)
+    );
+    assert!(!a.log().contains("probation failed"), "{}", a.log());
+}
+
+/// A config with the `cfg` bundle (unless `with_bundle` is false) and one
+/// job `web` that appends `<tag> 0` to `runs`, its health check `check`.
+fn web_config(d: &Dir, tag: &str, check: &str, with_bundle: bool) -> String {
+    let bundle = if with_bundle {
+        format!(
+            "bundle: {{ name: \"cfg\", dest: \"{}\", file: \"autopilot.json5\" }},\n  ",
+            d.path("bundle").display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{{ {bundle}stopTimeout: \"2s\",\n  jobs: [{{ name: \"web\", exec: [\"sh\", \"-c\", \"echo {tag} 0 >> {}; trap 'exit 0' TERM; while :; do sleep 0.1; done\"],\n    health: {{ exec: \"{check}\", interval: \"200ms\", ttl: 5 }} }}] }}\n",
+        d.path("runs").display()
+    )
+}
+
+/// Starts an agent on a bootstrap file with the `cfg` bundle and `web` (tag `boot`).
+fn start_bundled(d: &Dir, c: &Cat) -> Agent {
+    let boot = web_config(d, "boot", "true", true).replacen(
+        "{ ",
+        "{ control: { socket: \"@SOCKET@\" }, ",
+        1,
+    );
+    let a = start_with(
+        d,
+        &boot,
+        &[],
+        &[
+            ("AUTOPILOT_HOSTNAME", HOST),
+            ("AUTOPILOT_CATALOG", &c.catalog),
+            ("AUTOPILOT_ARTIFACT_STORE", &c.store),
+        ],
+    );
+    a.ready();
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(d) == ["boot"]),
+        "{}",
+        a.log()
+    );
+    a
+}
+
+/// Pushes a bundle version holding `config` as `autopilot.json5`.
+fn push_bundle(d: &Dir, c: &Cat, version: &str, config: &str) -> String {
+    let src = d.child(&format!("bundle-{version}"));
+    src.write("autopilot.json5", config);
+    push(c, "cfg", version, &src.0)
+}
+
+#[test]
+fn a_bundle_config_without_its_bundle_is_refused() {
+    let d = Dir::new("art-bundle-drop");
+    let c = local(&d);
+    let a = start_bundled(&d, &c);
+    let me = format!("autopilot-{HOST}");
+    let boot_pid = a.job_pid("web").expect("pid");
+
+    // A config that drops the bundle block is a bad bundle config.
+    let sha = push_bundle(&d, &c, "nobundle", &web_config(&d, "nb", "true", false));
+    Deploy::new("cfg", 1, ("nobundle", &sha), 500).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || member_state(&c, "cfg", &me)
+            .as_deref()
+            == Some("failed")),
+        "{:?}\n{}",
+        member(&c, "cfg", &me),
+        a.log()
+    );
+    let reason = tag(&member(&c, "cfg", &me).expect("member"), "reason").unwrap_or_default();
+    assert!(
+        reason.contains("bad bundle config") && reason.contains("no bundle block"),
+        "{reason}"
+    );
+    assert!(std::fs::symlink_metadata(d.path("bundle/current")).is_err());
+    assert_eq!(a.job_pid("web"), Some(boot_pid));
+    assert!(
+        wait_for(Duration::from_secs(15), || latest(&c, "cfg")
+            .is_some_and(|r| r["state"] == "rolled_back")),
+        "{:?}\n{}",
+        latest(&c, "cfg"),
+        a.log()
+    );
+
+    // So is one that renames the bundle.
+    let renamed = web_config(&d, "rn", "true", true).replace("name: \"cfg\"", "name: \"other\"");
+    let sha = push_bundle(&d, &c, "renamed", &renamed);
+    Deploy::new("cfg", 2, ("renamed", &sha), 500).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(15), || member(&c, "cfg", &me)
+            .and_then(|m| tag(&m, "reason"))
+            .is_some_and(|r| r.contains("changes bundle.name"))),
+        "{:?}\n{}",
+        member(&c, "cfg", &me),
+        a.log()
+    );
+    assert!(std::fs::symlink_metadata(d.path("bundle/current")).is_err());
+    assert_eq!(a.job_pid("web"), Some(boot_pid));
+    assert_eq!(runs(&d), ["boot"]);
+}
+
+#[test]
+fn a_good_bundle_that_changes_a_checked_job_completes_and_reload_keeps_it() {
+    let d = Dir::new("art-bundle-good");
+    let c = local(&d);
+    let a = start_bundled(&d, &c);
+    let me = format!("autopilot-{HOST}");
+    // A good version restarts the health-checked job and passes probation;
+    // its first check comes a second after it starts (the old jobs were
+    // healthy until they stopped: that is not the new version passing).
+    let v1 = web_config(&d, "v1", "true", true).replace("\"200ms\"", "\"1s\"");
+    let sha = push_bundle(&d, &c, "v1", &v1);
+    Deploy::new("cfg", 1, ("v1", &sha), 3000).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(30), || latest(&c, "cfg")
+            .is_some_and(|r| r["state"] != "rolling")),
+        "{:?}\n{:?}\n{}",
+        latest(&c, "cfg"),
+        member(&c, "cfg", &me),
+        a.log()
+    );
+    let r = latest(&c, "cfg").expect("rollout");
+    assert_eq!(r["state"], "completed", "{r}\n{}", a.log());
+    assert_eq!(runs(&d), ["boot", "v1"]);
+    let pid = a.job_pid("web").expect("pid");
+
+    // A reload reads the installed bundle's config, not the bootstrap file:
+    // the job is unchanged and keeps running.
+    let (code, out) = a.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .log()
+            .matches("config reloaded")
+            .count()
+            >= 2),
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.job_pid("web"), Some(pid), "{}", a.log());
+    assert_eq!(runs(&d), ["boot", "v1"]);
+}
+
+#[test]
+fn rolling_back_a_first_bundle_rollout_runs_the_bootstrap_file() {
+    let d = Dir::new("art-bundle-back");
+    let c = local(&d);
+    let a = start_bundled(&d, &c);
+    // A config that loads but whose job never passes its health check.
+    let sha = push_bundle(&d, &c, "bad", &web_config(&d, "bad", "false", true));
+    Deploy::new("cfg", 1, ("bad", &sha), 500).write(&c);
+    assert!(
+        wait_for(Duration::from_secs(30), || latest(&c, "cfg")
+            .is_some_and(|r| r["state"] == "rolled_back")),
+        "{:?}\n{:?}\n{}",
+        latest(&c, "cfg"),
+        member(&c, "cfg", &format!("autopilot-{HOST}")),
+        a.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || runs(&d)
+            == ["boot", "bad", "boot"]),
+        "runs {:?}\n{}",
+        runs(&d),
+        a.log()
+    );
+    // `current` is gone (the bootstrap file runs); the version stays on disk.
+    assert!(std::fs::symlink_metadata(d.path("bundle/current")).is_err());
+    assert!(d.path("bundle").join(&sha).is_dir());
+}
+
+// ---- Review fixes: restart, maintenance, masked failures (fixfleet) ----
 
 /// The member record's status (`passing` or `critical`).
 fn member_status(c: &Cat, name: &str, instance: &str) -> Option<String> {

@@ -250,3 +250,46 @@ fn an_unreadable_record_is_skipped_with_a_warning() {
     assert_eq!(r.code, Some(2), "{}", r.err);
     assert!(r.err.contains("unreadable artifact record"), "{}", r.err);
 }
+
+/// Record text is anyone's input: a terminal escape in `by` (from $USER
+/// at push) is printed escaped by `show` and `list`, and kept in JSON.
+#[test]
+fn control_characters_in_a_record_are_not_printed_raw() {
+    let s = Setup::new("art-ctl");
+    let app = s.tree("app", "one");
+    let evil = "te\u{1b}]0;pwned\u{7}ster";
+    let r = ap_env(
+        &[
+            "artifact",
+            "push",
+            "api",
+            &app,
+            "--version",
+            "1",
+            "--catalog",
+            &s.catalog,
+        ],
+        &[("AUTOPILOT_ARTIFACT_STORE", &s.store), ("USER", evil)],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.err);
+    for args in [&["show", "api", "1"][..], &["list", "api"][..]] {
+        let r = s.art(args);
+        assert_eq!(r.code, Some(0), "{args:?}: {}", r.err);
+        assert!(
+            !r.out.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: {:?}",
+            r.out
+        );
+        assert!(
+            r.out.contains("te\\u{1b}]0;pwned\\u{7}ster@"),
+            "{args:?}: {}",
+            r.out
+        );
+    }
+    assert!(
+        s.json(&["show", "api", "1"])["by"]
+            .as_str()
+            .expect("by")
+            .starts_with(evil)
+    );
+}

@@ -31,7 +31,7 @@ struct Store {
     rt: tokio::runtime::Runtime,
     /// The members' session (their entries live on it).
     members: Arc<dyn Catalog>,
-    _etcd: Option<autopilot_testkit::Etcd>,
+    etcd: Option<autopilot_testkit::Etcd>,
     dir: Dir,
 }
 
@@ -55,7 +55,7 @@ impl Store {
             url: format!("local://{}", path.display()),
             rt,
             members,
-            _etcd: None,
+            etcd: None,
             dir,
         }
     }
@@ -85,7 +85,7 @@ impl Store {
             url: format!("etcd://{}/dp", etcd.endpoint()),
             rt,
             members,
-            _etcd: Some(etcd),
+            etcd: Some(etcd),
             dir,
         }
     }
@@ -337,6 +337,13 @@ fn status_as_lines_bars_and_json() {
         "{out}"
     );
     assert!(!out.contains('#'), "no bars in a pipe: {out}");
+    assert!(
+        out.contains(&format!(
+            "unit 1 (2): rolling, 2 instances, 2 on 1.0, 1 ok, 0 failed\n    waiting for: {} (probation)\n",
+            first[1]
+        )),
+        "what holds the gate, under the unit being rolled: {out}"
+    );
 
     // A terminal gets bars (`script` gives the CLI a pseudo-terminal).
     let line = format!("{} deploy status {A} --catalog {}", bin(), s.url);
@@ -359,6 +366,109 @@ fn status_as_lines_bars_and_json() {
     assert_eq!(v["units"][0]["ok"], 1);
     assert_eq!(v["units"][1]["phase"], "waiting");
     assert_eq!(v["members"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        v["waiting_for"],
+        serde_json::json!([{"instance": first[1], "why": "probation"}])
+    );
+}
+
+/// A new rollout first marks the one it replaces (so a rollback written
+/// meanwhile makes it lose rather than being undone); a record marked
+/// replaced refuses every action (exit 2), and `deploy` finishes the job
+/// of one that stopped between its two writes.
+#[test]
+fn a_replaced_rollout_is_marked_and_refuses_actions() {
+    let s = Store::new("deploy-supersede");
+    for i in &instances(3) {
+        s.member(i, "original", "ok", None, true);
+    }
+    s.artifact("1.0", &sha('a'));
+    s.artifact("2.0", &sha('b'));
+    assert_eq!(s.cli(&["deploy", A, "1.0"]).0, 0);
+    assert_eq!(s.cli(&["deploy", "abort", A]).0, 0);
+    let (code, _, err) = s.cli(&["deploy", A, "2.0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = s.cli(&["deploy", "history", A]);
+    assert_eq!(code, 0);
+    let rows: Vec<_> = out.lines().skip(1).collect();
+    assert!(
+        rows.len() == 2
+            && rows[1].starts_with("1 ")
+            && rows[1].ends_with("(replaced by rollout 2)")
+            && !rows[0].contains("replaced"),
+        "history names the replacement: {out}"
+    );
+
+    // A deploy that stopped after marking rollout 1 but before writing 2.
+    let (code, _, err) = s.cli(&["kv", "del", &rollout::rollout_key(A, 2)]);
+    assert_eq!(code, 0, "{err}");
+    let r = s.latest().expect("record");
+    assert_eq!((r.id, r.superseded_by), (1, Some(2)));
+    for verb in ["pause", "rollback", "abort", "resume"] {
+        let (code, _, err) = s.cli(&["deploy", verb, A]);
+        assert_eq!(code, 2, "{verb} of a replaced rollout is refused: {err}");
+        assert!(err.contains("a newer rollout replaced it"), "{err}");
+    }
+    assert_eq!(
+        s.latest().map(|r| r.state),
+        Some(State::Aborted),
+        "unchanged"
+    );
+    let (code, out, _) = s.cli(&["deploy", "status", A]);
+    assert!(code == 0 && out.contains("replaced by rollout 2"), "{out}");
+    let (code, out, err) = s.cli(&["deploy", A, "2.0"]);
+    assert_eq!(code, 0, "the next deploy writes rollout 2: {err}");
+    assert!(
+        out.contains("rollout 2 of api: 2.0 (from original)"),
+        "an aborted rollout did not change the fleet's version: {out}"
+    );
+}
+
+/// With no live member, a rollout completes at once: `deploy` says so on stderr.
+#[test]
+fn a_rollout_without_members_warns() {
+    let s = Store::new("deploy-empty");
+    s.artifact("1.0", &sha('a'));
+    let (code, out, err) = s.cli(&["deploy", A, "1.0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("completed"), "{out}");
+    assert!(
+        err.contains(
+            "no live instance of api: the rollout completed at once; every instance that starts gets 1.0"
+        ),
+        "{err}"
+    );
+}
+
+/// Catalog text (here the writer's name, from a hostile hostname) reaches a
+/// terminal without its control characters.
+#[test]
+fn catalog_text_is_printed_without_control_characters() {
+    let s = Store::new("deploy-clean");
+    s.member("web-0", "original", "ok", None, true);
+    s.artifact("1.0", &sha('a'));
+    let out = s
+        .cmd(&["deploy", A, "1.0"])
+        .env("AUTOPILOT_HOSTNAME", "h\u{1b}[2J\u{7}ost")
+        .output()
+        .expect("run cli");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r = s.latest().expect("record");
+    assert!(r.by.contains('\u{1b}'), "the record keeps what was written");
+    for args in [
+        vec!["deploy", "status", A],
+        vec!["deploy", "history", A],
+        vec!["deploy", "pause", A],
+    ] {
+        let (code, out, err) = s.cli(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: {out:?}"
+        );
+    }
+    let (_, out, _) = s.cli(&["deploy", "status", A]);
+    assert!(out.contains("h [2J ost"), "{out:?}");
 }
 
 #[test]
@@ -394,7 +504,11 @@ fn person_actions_are_transitions_and_refusals_exit_2() {
 
     let (code, _, err) = s.cli(&["deploy", "abort", A]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(state(&s), Some(State::Aborted));
+    assert_eq!(
+        state(&s),
+        Some(State::RolledBack),
+        "aborting a rollback ends it rolled back, never forward again"
+    );
     let (code, _, err) = s.cli(&["deploy", "abort", A]);
     assert_eq!(code, 2, "already ended: {err}");
     let r = s.latest().expect("record");
@@ -403,7 +517,7 @@ fn person_actions_are_transitions_and_refusals_exit_2() {
 
     // Watching an ended rollout prints it and exits with its outcome.
     let (code, out, _) = s.cli(&["deploy", "status", A, "--watch"]);
-    assert_eq!(code, 1, "aborted: exit 1 ({out})");
+    assert_eq!(code, 1, "rolled back: exit 1 ({out})");
 }
 
 #[test]
@@ -490,6 +604,49 @@ fn watch_advances(s: Store) {
     );
     let out = s.dir.read("watch.out");
     assert!(out.contains("rollout 1 of api: completed"), "{out}");
+}
+
+/// `deploy status --watch` rides out a catalog that stops answering for a
+/// while (etcd stalled): it says so on stderr, retries, and still follows
+/// the rollout to its end.
+#[test]
+fn watch_survives_a_stalled_catalog() {
+    let s = Store::etcd("deploy-watch-stall");
+    let insts = instances(2);
+    s.artifact("1.0", &sha('a'));
+    for i in &insts {
+        s.member(i, "original", "ok", None, true);
+    }
+    let (code, _, err) = s.cli(&["deploy", A, "1.0", "--units", "100%"]);
+    assert_eq!(code, 0, "{err}");
+    let mut watch = Reaped(s.spawn(
+        &["deploy", "status", A, "--watch", "--timeout", "1s"],
+        "watch",
+    ));
+    assert!(
+        wait_for(WAIT, || s.dir.read("watch.out").contains("rolling")),
+        "first drawing: {}",
+        s.dir.read("watch.err")
+    );
+    let etcd = s.etcd.as_ref().expect("etcd");
+    etcd.pause();
+    let stalled = wait_for(WAIT, || s.dir.read("watch.err").contains("retrying"));
+    etcd.resume();
+    assert!(stalled, "the watcher reported a failed read");
+    assert_eq!(
+        watch.0.try_wait().ok().flatten().and_then(|st| st.code()),
+        None,
+        "still watching: {}",
+        s.dir.read("watch.err")
+    );
+    let r = s.latest().expect("record");
+    s.converge(&insts, &r);
+    assert_eq!(
+        exit_of(&mut watch.0, WAIT),
+        0,
+        "completed: exit 0 ({})",
+        s.dir.read("watch.err")
+    );
 }
 
 /// `deploy --wait` on a bad version: the first unit's instance fails, the

@@ -458,6 +458,26 @@ fn parse_rendered(
         .get("bundle")
         .map(|f| bundle(&f, default_store))
         .transpose()?;
+    // Each unit owns its `dest` whole: a switch's cleanup removes every
+    // version directory but two, so one unit inside another's dest would
+    // see its files removed (or removed the other's).
+    let mut dests: Vec<(&Path, &str)> = Vec::new();
+    for (spec, field) in jobs.iter().zip(&job_fields) {
+        let Some(a) = &spec.artifact else { continue };
+        let unit = format!("job {:?}", spec.name);
+        if let Some(msg) = dest_clash(&dests, &a.dest, &unit) {
+            let mut o = field.obj()?;
+            let mut a = o.require("artifact")?.obj()?;
+            return Err(a.require("dest")?.err(msg));
+        }
+        dests.push((&a.dest, &spec.name));
+    }
+    if let Some(b) = &bundle
+        && let Some(msg) = dest_clash(&dests, &b.dest, "the config bundle")
+        && let Some(f) = top.get("bundle")
+    {
+        return Err(f.obj()?.require("dest")?.err(msg));
+    }
     top.finish(&[
         "bundle",
         "consul",
@@ -524,6 +544,26 @@ fn parse_rendered(
         warnings,
         bundle,
     })
+}
+
+/// Why `dest` of `unit` cannot be used beside the artifact `dest`s of the
+/// jobs in `taken`: equal to one, or one inside the other.
+fn dest_clash(taken: &[(&Path, &str)], dest: &Path, unit: &str) -> Option<String> {
+    let (other, job) = taken
+        .iter()
+        .find(|(d, _)| dest.starts_with(d) || d.starts_with(dest))?;
+    let how = if dest == *other {
+        "is the same as"
+    } else if dest.starts_with(other) {
+        "is inside"
+    } else {
+        "contains"
+    };
+    Some(format!(
+        "{} of {unit} {how} {} of job {job:?}'s artifact: each artifact needs a dest of its own",
+        dest.display(),
+        other.display()
+    ))
 }
 
 /// The `name`, `dest` and `store` of an `artifact` or a `bundle`; `store`

@@ -773,3 +773,58 @@ fn a_config_bundle() {
         .to_string();
     assert!(e.contains("bundle.store"), "{e}");
 }
+
+#[test]
+fn artifact_dests_that_are_equal_or_nested_are_refused() {
+    let job = |n: &str, dest: &str| {
+        format!("{{ name: '{n}', exec: 'x', artifact: {{ name: '{n}', dest: '{dest}' }} }}")
+    };
+    for (a, b, how) in [
+        ("/opt/a", "/opt/a", "is the same as"),
+        ("/opt/a", "/opt/a/b", "is inside"),
+        ("/opt/a/b", "/opt/a", "contains"),
+        ("/opt/a", "/opt/a/", "is the same as"),
+    ] {
+        let text = format!("{{ jobs: [{}, {}] }}", job("one", a), job("two", b));
+        let e = load_env(&text, Some("file:///s"))
+            .expect_err(&text)
+            .to_string();
+        assert!(
+            e.contains("jobs[1].artifact.dest") && e.contains(how) && e.contains("\"one\""),
+            "{text}: {e}"
+        );
+    }
+    // Siblings, and a name that only shares a prefix, are fine.
+    let text = format!(
+        "{{ jobs: [{}, {}, {}] }}",
+        job("one", "/opt/a"),
+        job("two", "/opt/b"),
+        job("three", "/opt/ab")
+    );
+    load_env(&text, Some("file:///s")).expect("distinct dests");
+    // The bundle is one more unit.
+    for (bundle, ok) in [
+        ("/opt/a", false),
+        ("/opt", false),
+        ("/opt/a/cfg", false),
+        ("/var/lib/bundle", true),
+    ] {
+        let text = format!(
+            "{{ bundle: {{ name: 'cfg', dest: '{bundle}', file: 'a.json5' }}, jobs: [{}] }}",
+            job("one", "/opt/a")
+        );
+        let res = load_env(&text, Some("file:///s"));
+        match (ok, res) {
+            (true, r) => {
+                r.expect(&text);
+            }
+            (false, r) => {
+                let e = r.expect_err(&text).to_string();
+                assert!(
+                    e.contains("bundle.dest") && e.contains("config bundle"),
+                    "{text}: {e}"
+                );
+            }
+        }
+    }
+}

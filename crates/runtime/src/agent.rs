@@ -125,6 +125,13 @@ enum Msg {
         job: Option<String>,
         ready: fleet::Ready,
     },
+    /// A switch run off the event loop returned: for the bundle, with the
+    /// config it loaded.
+    Switched {
+        job: Option<String>,
+        ready: fleet::Ready,
+        outcome: Result<Option<Box<Loaded>>, String>,
+    },
 }
 
 /// A job's campaign: the channel that turns it on and off, and its task.
@@ -245,6 +252,19 @@ struct Agent {
     bundle_sha: Option<String>,
     /// Versions ready while a reload was under way: one reload at a time.
     fleet_pending: VecDeque<(Option<String>, fleet::Ready)>,
+    /// The bundle version a reload in flight switches to: it becomes
+    /// `bundle_sha` only when that reload is adopted, so the bundle's
+    /// probation does not open on the old jobs.
+    next_bundle_sha: Option<Option<String>>,
+    /// The config file given on the command line: what a bundle's
+    /// `original` runs, and what a reload reads with no bundle installed.
+    bootstrap: PathBuf,
+    /// An `autopilot reload` that arrived during another reload: carried
+    /// out once that one is adopted.
+    reload_queued: bool,
+    /// A version's switch runs off the event loop: no reload starts until
+    /// it returns.
+    switching: bool,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -344,8 +364,98 @@ fn bundle_config(
     }
 }
 
+/// A config loaded for a reload, with its jobs' addresses.
+type Loaded = (Config, Vec<Option<IpAddr>>);
+
+/// Loads and validates a bundle version's config before anything is
+/// switched; then switches `current` (runs off the event loop). The
+/// bundle's `original` is the bootstrap file: `current` is removed (the
+/// versions stay) and the bootstrap file is what reloads.
+fn switch_bundle(
+    b: &autopilot_config::BundleConfig,
+    to: &autopilot_artifact::Current,
+    version: &str,
+    bootstrap: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Loaded, String> {
+    let file = match to {
+        autopilot_artifact::Current::Sha(s) => b.dest.join(s).join(&b.file),
+        autopilot_artifact::Current::Original => bootstrap.to_path_buf(),
+        autopilot_artifact::Current::Missing => {
+            return Err("no bundle version to switch to".into());
+        }
+    };
+    let original = *to == autopilot_artifact::Current::Original;
+    // The reason goes into a member tag of at most 200 characters: the
+    // file is named from inside `dest`, where the line and field follow.
+    let inside = format!("{}/", b.dest.display());
+    let mut cfg = autopilot_config::load(&file, env)
+        .map_err(|e| format!("bad config: {}", e.to_string().replace(&inside, "")))?;
+    if !original {
+        same_bundle(b, &cfg, &b.file)?;
+    }
+    let ips = job_ips(&cfg).map_err(|e| format!("config bundle {} {version}: {e}", b.name))?;
+    if original {
+        remove_current(&b.dest)?;
+    } else {
+        autopilot_artifact::switch(&b.dest, to).map_err(|e| e.to_string())?;
+        cfg.path = b.dest.join("current").join(&b.file);
+    }
+    stamp_artifacts(&mut cfg);
+    Ok((cfg, ips))
+}
+
+/// A bundle version's config must keep the bundle it came from: without
+/// its `bundle` block, or with another name or dest, the agent would stop
+/// following the bundle (or follow another one).
+fn same_bundle(
+    b: &autopilot_config::BundleConfig,
+    cfg: &Config,
+    file: &std::path::Path,
+) -> Result<(), String> {
+    match &cfg.bundle {
+        None => Err(format!(
+            "bad bundle config: {} has no bundle block (bundle {} would no longer be followed)",
+            file.display(),
+            b.name
+        )),
+        Some(nb) if nb.name != b.name => Err(format!(
+            "bad bundle config: {} changes bundle.name from {} to {}",
+            file.display(),
+            b.name,
+            nb.name
+        )),
+        Some(nb) if nb.dest != b.dest => Err(format!(
+            "bad bundle config: {} changes bundle.dest from {} to {}",
+            file.display(),
+            b.dest.display(),
+            nb.dest.display()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Puts a bundle back on its bootstrap file: `dest/current` (a symlink) is
+/// removed; the installed versions stay for a later rollout.
+fn remove_current(dest: &std::path::Path) -> Result<(), String> {
+    autopilot_artifact::check_dest(dest).map_err(|e| e.to_string())?;
+    let cur = dest.join("current");
+    match std::fs::symlink_metadata(&cur) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::remove_file(&cur).map_err(|e| format!("cannot remove {}: {e}", cur.display()))
+        }
+        Ok(_) => Err(format!(
+            "{} is not a symlink: move it away to run the bootstrap file",
+            cur.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot read {}: {e}", cur.display())),
+    }
+}
+
 /// Runs the agent until every job has stopped; returns the exit code.
 pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
+    let bootstrap = opts.config.path.clone();
     let (bundle, bundle_sha) = bundle_config(&mut opts.config, &opts.env);
     // Fields a ContainerPilot config may carry that autopilot cannot honour:
     // each is named once, and the agent runs without it.
@@ -529,6 +639,10 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         bundle,
         bundle_sha,
         fleet_pending: VecDeque::new(),
+        next_bundle_sha: None,
+        bootstrap,
+        reload_queued: false,
+        switching: false,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -591,15 +705,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
             if let Some(id) = &agent.telemetry_id {
                 agent.registrar.remove(id);
             }
-            for t in std::mem::take(&mut agent.fleet)
-                .into_values()
-                .chain(agent.bundle_task.take())
-            {
-                t.task.abort();
-                agent
-                    .registrar
-                    .remove(&fleet::member_id(&t.unit.artifact, &t.unit.instance));
-            }
+            agent.end_fleet();
             agent
                 .registrar
                 .flush(std::time::Duration::from_secs(5))
@@ -929,7 +1035,10 @@ impl Agent {
             } => {
                 let refusal = if self.reinit_pending.is_some() {
                     Some("another reinit is in progress".to_string())
-                } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+                } else if self.machine.stopping().is_some()
+                    || self.next_config.is_some()
+                    || self.switching
+                {
                     Some("the agent is stopping or reloading (asked again shortly)".into())
                 } else if self.leads(job, &election) {
                     Some("this node leads (switch over first)".into())
@@ -1076,7 +1185,8 @@ impl Agent {
             .unwrap_or_default();
         let why = if led || self.leads(job, &election) {
             Some("this node led since the request; its data is kept")
-        } else if self.machine.stopping().is_some() || self.next_config.is_some() {
+        } else if self.machine.stopping().is_some() || self.next_config.is_some() || self.switching
+        {
             Some("the agent is stopping or reloading; write the intent again later")
         } else {
             None
@@ -1499,6 +1609,10 @@ impl Agent {
         for (task, _) in self.templates.drain(..) {
             task.abort();
         }
+        // A graceful stop is not a failed version: the unit tasks end
+        // before the jobs stop (a stopping job would read as a failed
+        // probation) and their members leave, as an agent that is gone.
+        self.end_fleet();
         self.input(Input::Stop(StopReason::Shutdown));
     }
 
@@ -1594,6 +1708,11 @@ impl Agent {
                 }
             }
             Msg::Fleet { job, ready } => self.fleet_ready(job, ready),
+            Msg::Switched {
+                job,
+                ready,
+                outcome,
+            } => self.switched(job, ready, outcome),
         }
     }
 
@@ -1675,7 +1794,11 @@ impl Agent {
     /// whose artifact settings are unchanged keeps its task) and for the
     /// config bundle; ends the others and removes their member records.
     fn start_fleet(&mut self) {
-        let (health, bundle_health) = self.fleet_health();
+        if self.machine.stopping() == Some(StopReason::Shutdown) {
+            self.end_fleet();
+            return;
+        }
+        let (health, bundle_health) = self.fleet_health_now();
         let mut old = std::mem::take(&mut self.fleet);
         let mut gone = Vec::new();
         for j in 0..self.machine.job_count() {
@@ -1738,12 +1861,36 @@ impl Agent {
         }
     }
 
+    /// Ends every unit's task and removes its member record; versions that
+    /// became ready meanwhile are dropped unanswered.
+    fn end_fleet(&mut self) {
+        self.fleet_pending.clear();
+        for t in std::mem::take(&mut self.fleet)
+            .into_values()
+            .chain(self.bundle_task.take())
+        {
+            t.task.abort();
+            self.registrar
+                .remove(&fleet::member_id(&t.unit.artifact, &t.unit.instance));
+        }
+    }
+
+    /// What the bundle's task hears: while a reload is in flight the old
+    /// jobs still run, so the bundle is not running its new version yet.
+    fn fleet_health_now(&self) -> (BTreeMap<String, fleet::Health>, fleet::Health) {
+        let (jobs, mut bundle) = self.fleet_health();
+        if self.next_config.is_some() {
+            bundle.running = false;
+        }
+        (jobs, bundle)
+    }
+
     /// Tells each unit's task what its job runs and how it is.
     fn sync_fleet(&mut self) {
         if self.fleet.is_empty() && self.bundle_task.is_none() {
             return;
         }
-        let (health, bundle) = self.fleet_health();
+        let (health, bundle) = self.fleet_health_now();
         for (name, t) in &self.fleet {
             if let Some(h) = health.get(name) {
                 t.health.send_if_modified(|old| {
@@ -1786,91 +1933,143 @@ impl Agent {
         }
     }
 
-    /// A unit's task has a verified version ready: switch `current` to it
-    /// and restart its job (or reload the bundle's config) through a reload,
-    /// one reload at a time.
-    fn fleet_ready(&mut self, job: Option<String>, ready: fleet::Ready) {
-        if self.machine.stopping().is_some() {
-            let _ = ready.reply.send(Err("the agent is stopping".into()));
-            return;
-        }
-        if self.next_config.is_some() {
-            self.fleet_pending.push_back((job, ready));
-            return;
-        }
-        let res = match &job {
-            Some(name) => self.switch_job(name, &ready),
-            None => self.switch_bundle(&ready),
-        };
-        if let Err(e) = &res {
-            tracing::error!(job = job.as_deref().unwrap_or("(config bundle)"), version = %ready.version, "not switched: {e}");
-        }
-        let _ = ready.reply.send(res);
-    }
-
     /// Versions that became ready during a reload, now that it is over.
     fn fleet_pending_run(&mut self) {
         while self.next_config.is_none()
+            && !self.switching
             && let Some((job, ready)) = self.fleet_pending.pop_front()
         {
             self.fleet_ready(job, ready);
         }
     }
 
-    fn switch_job(&mut self, name: &str, ready: &fleet::Ready) -> Result<(), String> {
-        let j = self
-            .config
-            .jobs
-            .iter()
-            .position(|s| s.name == name && s.artifact.is_some())
-            .ok_or_else(|| format!("job {name} no longer runs an artifact"))?;
-        let mut cfg = self.config.clone();
-        let spec = &mut cfg.jobs[j];
-        let Some(a) = spec.artifact.clone() else {
-            return Err(format!("job {name} no longer runs an artifact"));
+    /// A unit's task has a verified version ready: switch `current` to it
+    /// and restart its job (or reload the bundle's config) through a reload,
+    /// one reload at a time. The switch (and its removal of old versions,
+    /// and a bundle config's load) runs off the event loop; the reload
+    /// begins when it returns ([`Agent::switched`]).
+    fn fleet_ready(&mut self, job: Option<String>, ready: fleet::Ready) {
+        if self.machine.stopping().is_some() {
+            // Its task has ended (see `stop`): nobody to tell, and the
+            // version did not fail.
+            drop(ready);
+            return;
+        }
+        if self.next_config.is_some() || self.switching {
+            self.fleet_pending.push_back((job, ready));
+            return;
+        }
+        type Work = Box<dyn FnOnce() -> Result<Option<Box<Loaded>>, String> + Send>;
+        let work: Work = match &job {
+            Some(name) => {
+                let Some(a) = self
+                    .config
+                    .jobs
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .and_then(|s| s.artifact.clone())
+                else {
+                    let e = format!("job {name} no longer runs an artifact");
+                    tracing::error!(job = %name, version = %ready.version, "not switched: {e}");
+                    let _ = ready.reply.send(Err(e));
+                    return;
+                };
+                let to = ready.to.clone();
+                Box::new(move || {
+                    autopilot_artifact::switch(&a.dest, &to)
+                        .map(|()| None)
+                        .map_err(|e| e.to_string())
+                })
+            }
+            None => {
+                let Some(b) = self.bundle.clone() else {
+                    let _ = ready
+                        .reply
+                        .send(Err("the config has no bundle any more".into()));
+                    return;
+                };
+                let (to, version) = (ready.to.clone(), ready.version.clone());
+                let (bootstrap, env) = (self.bootstrap.clone(), self.render_env());
+                Box::new(move || {
+                    switch_bundle(&b, &to, &version, &bootstrap, &env).map(|l| Some(Box::new(l)))
+                })
+            }
         };
-        autopilot_artifact::switch(&a.dest, &ready.to).map_err(|e| e.to_string())?;
+        self.switching = true;
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = work();
+            // The agent is gone when this fails: nothing to tell.
+            let _ = tx.blocking_send(Msg::Switched {
+                job,
+                ready,
+                outcome,
+            });
+        });
+    }
+
+    /// A switch ran: on success the job restarts (or the bundle's config is
+    /// reloaded) through a reload; the unit's task hears the outcome.
+    fn switched(
+        &mut self,
+        job: Option<String>,
+        ready: fleet::Ready,
+        outcome: Result<Option<Box<Loaded>>, String>,
+    ) {
+        self.switching = false;
+        if self.machine.stopping().is_some() {
+            // `current` moved; the next start runs it.
+            drop(ready);
+            return;
+        }
+        let res = outcome.and_then(|loaded| match (&job, loaded) {
+            (Some(name), _) => self.restart_switched(name, &ready),
+            (None, Some(l)) => {
+                self.reload_bundle(l, &ready);
+                Ok(())
+            }
+            (None, None) => Err("no bundle config loaded".into()),
+        });
+        if let Err(e) = &res {
+            tracing::error!(job = job.as_deref().unwrap_or("(config bundle)"), version = %ready.version, "not switched: {e}");
+        }
+        let _ = ready.reply.send(res);
+        if self.next_config.is_none() && std::mem::take(&mut self.reload_queued) {
+            tracing::info!("carrying out the reload asked for during the switch");
+            if let Err(e) = self.reload() {
+                tracing::error!("reload not carried out: {e}");
+            }
+        }
+        self.fleet_pending_run();
+    }
+
+    fn restart_switched(&mut self, name: &str, ready: &fleet::Ready) -> Result<(), String> {
+        let mut cfg = self.config.clone();
+        let spec = cfg
+            .jobs
+            .iter_mut()
+            .find(|s| s.name == name && s.artifact.is_some())
+            .ok_or_else(|| format!("job {name} no longer runs an artifact"))?;
         spec.artifact_sha = fleet::sha_of(&ready.to);
-        tracing::info!(job = %name, artifact = %a.name, version = %ready.version, "switched to the new version; restarting the job through its lifecycle");
+        let artifact = spec.artifact.as_ref().map(|a| a.name.clone());
+        tracing::info!(job = %name, artifact = artifact.as_deref().unwrap_or(""), version = %ready.version, "switched to the new version; restarting the job through its lifecycle");
         let ips = self.job_ips.clone();
         self.begin_reload(cfg, ips);
         Ok(())
     }
 
-    /// Loads and validates the bundle version's config before anything is
-    /// switched; then switches and reloads (unchanged jobs keep running).
-    fn switch_bundle(&mut self, ready: &fleet::Ready) -> Result<(), String> {
-        let b = self
-            .bundle
-            .clone()
-            .ok_or_else(|| "the config has no bundle any more".to_string())?;
-        let dir = match &ready.to {
-            autopilot_artifact::Current::Sha(s) => b.dest.join(s),
-            autopilot_artifact::Current::Original => b.dest.join("original"),
-            autopilot_artifact::Current::Missing => {
-                return Err("no bundle version to switch to".into());
-            }
-        };
-        // The reason goes into a member tag of at most 200 characters: the
-        // file is named from inside `dest`, where the line and field follow.
-        let inside = format!("{}/", b.dest.display());
-        let mut cfg = autopilot_config::load(&dir.join(&b.file), &self.render_env())
-            .map_err(|e| format!("bad config: {}", e.to_string().replace(&inside, "")))?;
-        let ips = job_ips(&cfg)
-            .map_err(|e| format!("config bundle {} {}: {e}", b.name, ready.version))?;
-        autopilot_artifact::switch(&b.dest, &ready.to).map_err(|e| e.to_string())?;
+    fn reload_bundle(&mut self, l: Box<Loaded>, ready: &fleet::Ready) {
+        let (cfg, ips) = *l;
         for w in &cfg.warnings {
             tracing::warn!(field = %w.field, "{}", w.message);
         }
-        cfg.path = b.dest.join("current").join(&b.file);
-        stamp_artifacts(&mut cfg);
         if let Some(nb) = &cfg.bundle {
             self.bundle = Some(nb.clone());
         }
-        self.bundle_sha = fleet::sha_of(&ready.to);
-        tracing::info!(bundle = %b.name, version = %ready.version, "config bundle switched; reloading (unchanged jobs keep running)");
+        tracing::info!(version = %ready.version, config = %cfg.path.display(), "config bundle switched; reloading (unchanged jobs keep running)");
         self.begin_reload(cfg, ips);
-        Ok(())
+        // Taken as the bundle's version once the reload is adopted.
+        self.next_bundle_sha = Some(fleet::sha_of(&ready.to));
     }
 
     fn begin_reload(&mut self, cfg: Config, ips: Vec<Option<IpAddr>>) {
@@ -1912,25 +2111,23 @@ impl Agent {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Reload(reply) => {
-                let res = self.prepare_reload();
-                let jobs = match (&res, &self.next_config) {
-                    (Ok(()), Some((cfg, _))) => Some((cfg.jobs.clone(), cfg.stop_timeout)),
-                    _ => None,
-                };
-                let _ = reply.send(res);
-                if let Some((jobs, stop_timeout)) = jobs {
-                    let old: Vec<_> = (0..self.machine.job_count())
-                        .map(|j| self.machine.spec(j).clone())
-                        .collect();
-                    let kept = autopilot_core::machine::plan_reload(&old, &jobs);
-                    let unchanged = kept.iter().flatten().count();
-                    tracing::info!(
-                        unchanged,
-                        stopping = old.len().saturating_sub(unchanged),
-                        "reloading: unchanged jobs keep running; changed and removed ones stop first"
-                    );
-                    self.input(Input::Reload { jobs, stop_timeout });
+                if (self.next_config.is_some() || self.switching)
+                    && self.machine.stopping().is_none()
+                {
+                    // One reload at a time: this one is checked now and
+                    // carried out (reading the file again) once the one in
+                    // flight is adopted, so it cannot drop that one's config.
+                    let res = self.load_reload().map(|_| ());
+                    if res.is_ok() {
+                        tracing::info!(
+                            "reload asked for during a reload: it follows once this one is done"
+                        );
+                        self.reload_queued = true;
+                    }
+                    let _ = reply.send(res);
+                    return;
                 }
+                let _ = reply.send(self.reload());
             }
             Command::Maintenance(on, reply) => {
                 let updated = self.machine.in_maintenance() != on;
@@ -2138,12 +2335,47 @@ impl Agent {
         }
     }
 
-    fn prepare_reload(&mut self) -> Result<(), String> {
+    /// `autopilot reload`: reads the config again and stops the jobs it
+    /// changes; the new config is taken once they have stopped.
+    fn reload(&mut self) -> Result<(), String> {
+        self.prepare_reload()?;
+        let Some((cfg, _)) = &self.next_config else {
+            return Ok(());
+        };
+        let (jobs, stop_timeout) = (cfg.jobs.clone(), cfg.stop_timeout);
+        let old: Vec<_> = (0..self.machine.job_count())
+            .map(|j| self.machine.spec(j).clone())
+            .collect();
+        let kept = autopilot_core::machine::plan_reload(&old, &jobs);
+        let unchanged = kept.iter().flatten().count();
+        tracing::info!(
+            unchanged,
+            stopping = old.len().saturating_sub(unchanged),
+            "reloading: unchanged jobs keep running; changed and removed ones stop first"
+        );
+        self.input(Input::Reload { jobs, stop_timeout });
+        Ok(())
+    }
+
+    /// Reads and checks the config a reload would take: the config
+    /// bundle's when one is installed (as at start), else the bootstrap file.
+    fn load_reload(&self) -> Result<(Config, Vec<Option<IpAddr>>), String> {
         if self.machine.stopping().is_some() {
             return Err("the agent is already stopping".into());
         }
+        let installed = self
+            .bundle
+            .as_ref()
+            .map(|b| (b, b.dest.join("current").join(&b.file)))
+            .filter(|(_, f)| f.exists());
+        let path = installed
+            .as_ref()
+            .map_or_else(|| self.bootstrap.clone(), |(_, f)| f.clone());
         let env = self.render_env();
-        let mut cfg = autopilot_config::load(&self.config.path, &env).map_err(|e| e.to_string())?;
+        let mut cfg = autopilot_config::load(&path, &env).map_err(|e| e.to_string())?;
+        if let Some((b, _)) = installed {
+            same_bundle(b, &cfg, &path)?;
+        }
         stamp_artifacts(&mut cfg);
         let ips = job_ips(&cfg).map_err(|e| e.to_string())?;
         if cfg.control != self.config.control
@@ -2156,7 +2388,12 @@ impl Agent {
         for w in &cfg.warnings {
             tracing::warn!(field = %w.field, "{}", w.message);
         }
-        self.next_config = Some((cfg, ips));
+        Ok((cfg, ips))
+    }
+
+    fn prepare_reload(&mut self) -> Result<(), String> {
+        let next = self.load_reload()?;
+        self.next_config = Some(next);
         Ok(())
     }
 
@@ -2192,6 +2429,9 @@ impl Agent {
             self.queue.extend(actions);
             return;
         };
+        if let Some(sha) = self.next_bundle_sha.take() {
+            self.bundle_sha = sha;
+        }
         let new_of_old = autopilot_core::machine::new_of_old(&kept, self.config.jobs.len());
         self.runs
             .retain(|_, r| match new_of_old.get(r.job).copied().flatten() {
@@ -2237,6 +2477,12 @@ impl Agent {
             "config reloaded; starting new and changed jobs"
         );
         self.queue.extend(actions);
+        if std::mem::take(&mut self.reload_queued) {
+            tracing::info!("carrying out the reload asked for during the last one");
+            if let Err(e) = self.reload() {
+                tracing::error!("reload not carried out: {e}");
+            }
+        }
         self.fleet_pending_run();
     }
 

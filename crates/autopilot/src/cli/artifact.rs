@@ -41,11 +41,33 @@ fn by() -> String {
 
 /// The exit code scripts rely on: a catalog error keeps its type (3 when
 /// unreachable); anything else is a request that cannot be carried out (2).
+/// The chain is kept, except where the message already names its cause
+/// (it would be printed twice).
 fn classify(e: artifact::Error) -> anyhow::Error {
     match e {
         artifact::Error::Catalog(c) => c.into(),
-        other => anyhow::anyhow!("{other}"),
+        e @ (artifact::Error::Io { .. } | artifact::Error::Corrupt { .. }) => {
+            anyhow::Error::msg(e.to_string())
+        }
+        other => anyhow::Error::new(other),
     }
+}
+
+/// Catalog text as printed: a record is anyone's input, and a control
+/// character (a terminal escape) must not reach the terminal as is.
+fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn print_record(r: &Record, out: Output) -> anyhow::Result<()> {
@@ -59,11 +81,14 @@ fn print_record(r: &Record, out: Output) -> anyhow::Result<()> {
     println!("size:     {}", r.size);
     println!("kind:     {}", r.kind.as_str());
     if let Some(f) = &r.file {
-        println!("file:     {f}");
+        println!("file:     {}", clean(f));
     }
-    println!("store:    {}", r.store);
-    println!("created:  {}", r.created);
-    println!("by:       {}", r.by);
+    if let Some(m) = r.mode {
+        println!("mode:     {m:04o}");
+    }
+    println!("store:    {}", clean(&r.store));
+    println!("created:  {}", clean(&r.created));
+    println!("by:       {}", clean(&r.by));
     Ok(())
 }
 
@@ -166,8 +191,8 @@ pub async fn artifact_cmd(o: CatalogOpts, cmd: &ArtifactCmd, out: Output) -> any
                     r.sha256.get(..12).unwrap_or(&r.sha256),
                     r.size,
                     r.kind.as_str(),
-                    r.created,
-                    r.by
+                    clean(&r.created),
+                    clean(&r.by)
                 );
             }
             Ok(exit::OK)

@@ -20,12 +20,15 @@ use super::{
     Access, CatalogOpts, Deadline, Output, SetupError, bounded, exit, open_catalog, quote,
 };
 
-/// How many lost compare-and-swaps a write retries before giving up (exit 1).
+/// How many lost compare-and-swaps a write retries before giving up (exit 2, naming the key).
 const CAS_ATTEMPTS: usize = 5;
 /// Rollout records kept per artifact; older ones are deleted after a create.
 const KEEP_RECORDS: usize = 50;
 /// `--watch` re-reads this often even without a change notification (a safety net).
 const RECHECK: Duration = Duration::from_secs(2);
+/// Consecutive failed catalog reads `--watch`/`--wait` tolerate (each
+/// bounded by `--timeout`) before giving up (exit 3).
+const READ_RETRIES: u32 = 5;
 /// Width of a unit's progress bar.
 const BAR: usize = 10;
 
@@ -166,7 +169,7 @@ async fn latest(cat: &dyn Catalog, name: &str) -> anyhow::Result<Option<Latest>>
         Ok(rollout) => Ok(Some(Latest { key, raw, rollout })),
         Err(e) => Err(refused(
             "deploy",
-            format!("{key}: {e} (repair or delete the key)"),
+            format!("{key}: {} (repair or delete the key)", c(&e)),
         )),
     }
 }
@@ -285,6 +288,8 @@ async fn create(
         .cat;
     let me = by();
     let created = bounded(&what(&o), o.deadline, async {
+        // The key of the last write lost, for the give-up message.
+        let mut contested = rollout::rollout_key(name, 1);
         for _ in 0..CAS_ATTEMPTS {
             let latest = latest(cat.as_ref(), name).await?;
             if let Some(l) = &latest
@@ -295,20 +300,40 @@ async fn create(
                     format!(
                         "rollout {} of {name} ({}) is {}; wait for it to end, or stop it with `autopilot deploy abort {name}`",
                         l.rollout.id,
-                        l.rollout.target.version,
+                        c(&l.rollout.target.version),
                         l.rollout.state.as_str()
                     ),
                 ));
             }
             let Some(target) = artifact_target(cat.as_ref(), name, version).await? else {
-                return Ok(None);
+                return Ok(Created::NoVersion);
             };
             let ids = member_ids(cat.as_ref(), name).await?;
             let id = latest.as_ref().map_or(1, |l| l.rollout.id.saturating_add(1));
+            if let Some(l) = &latest {
+                // Mark the latest record replaced first, against the exact
+                // text read: a rollback (or any write) made meanwhile makes
+                // this lose, and the next round sees it (active: refused)
+                // instead of a new rollout silently undoing it. A record
+                // already marked replaced by `id` (a deploy that stopped
+                // between its two writes) needs no second mark.
+                if l.rollout.superseded_by != Some(id) {
+                    let marked = rollout::supersede(&l.rollout, id, &now(), &me)
+                        .map_err(|e| refused("deploy", c(&e.to_string())))?;
+                    if !cat
+                        .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&marked))
+                        .await?
+                    {
+                        contested.clone_from(&l.key);
+                        continue;
+                    }
+                }
+            }
             let plan = Plan {
                 id,
                 artifact: name.to_string(),
                 target,
+                // The version the fleet runs, from the record as read.
                 from: rollout::from_for_next(latest.as_ref().map(|l| &l.rollout)),
                 units: units.clone(),
                 probation,
@@ -319,16 +344,16 @@ async fn create(
             let key = rollout::rollout_key(name, id);
             let raw = rollout::encode(&r);
             if cat.kv_cas(&key, None, &raw).await? {
-                prune(cat.as_ref(), name).await?;
-                return Ok(Some(Some(r)));
+                return Ok(Created::Written(Box::new(r)));
             }
-            // Someone else wrote rollout `id` (or the record moved): re-read.
+            // Someone else wrote rollout `id`: re-read.
+            contested = key;
         }
-        Ok(Some(None))
+        Ok(Created::GaveUp(contested))
     })
     .await?;
     let r = match created {
-        None => {
+        Created::NoVersion => {
             eprintln!(
                 "autopilot: deploy: no version {} of {name} in catalog {} (push it with `autopilot artifact push`)",
                 quote(version),
@@ -336,14 +361,33 @@ async fn create(
             );
             return Ok(exit::ABSENT);
         }
-        Some(None) => {
-            eprintln!(
-                "autopilot: deploy: the rollouts of {name} kept changing; gave up after {CAS_ATTEMPTS} attempts"
-            );
-            return Ok(exit::ABSENT);
+        Created::GaveUp(key) => {
+            return Err(refused(
+                "deploy",
+                format!(
+                    "{key} kept changing (the rollouts of {name} are being written by others); gave up after {CAS_ATTEMPTS} attempts"
+                ),
+            ));
         }
-        Some(Some(r)) => r,
+        Created::Written(r) => *r,
     };
+    // The rollout is written: pruning is housekeeping, and its failure
+    // (even past --timeout) must not make the deploy look failed.
+    if let Err(e) = bounded(
+        &what(&o),
+        Deadline::after(o.timeout),
+        prune(cat.as_ref(), name),
+    )
+    .await
+    {
+        eprintln!("autopilot: deploy: warning: could not prune old rollouts of {name}: {e:#}");
+    }
+    if r.state == State::Completed {
+        eprintln!(
+            "autopilot: deploy: warning: no live instance of {name}: the rollout completed at once; every instance that starts gets {}",
+            c(&r.target.version)
+        );
+    }
     if out.json() {
         println!("{}", rollout::encode(&r));
     } else {
@@ -354,6 +398,20 @@ async fn create(
         return follow(&o, cat.as_ref(), name, Some(r.id), out).await;
     }
     Ok(exit::OK)
+}
+
+/// What `deploy NAME VERSION`'s writes came to.
+enum Created {
+    /// No artifact record of the version.
+    NoVersion,
+    /// Every compare-and-swap lost; the key of the last one.
+    GaveUp(String),
+    Written(Box<Rollout>),
+}
+
+/// Catalog text as printed on a terminal: see [`rollout::clean`].
+fn c(s: &str) -> String {
+    rollout::clean(s)
 }
 
 /// Deletes the oldest records beyond [`KEEP_RECORDS`] (each only if it still
@@ -367,8 +425,9 @@ async fn prune(cat: &dyn Catalog, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn version_of(t: Option<&Target>) -> &str {
-    t.map_or(rollout::ORIGINAL, |t| t.version.as_str())
+/// The version a target names, cleaned for a terminal.
+fn version_of(t: Option<&Target>) -> String {
+    c(t.map_or(rollout::ORIGINAL, |t| t.version.as_str()))
 }
 
 /// The one line `deploy` prints.
@@ -383,7 +442,7 @@ fn summary(r: &Rollout) -> String {
         "rollout {} of {}: {} (from {}), {}, units {}, probation {}, max failures {}, {}",
         r.id,
         r.artifact,
-        r.target.version,
+        c(&r.target.version),
         version_of(r.from.as_ref()),
         r.state.as_str(),
         units.join(" "),
@@ -472,14 +531,17 @@ fn render(r: &Rollout, ms: &[Member], tty: bool) -> String {
         r.unit.saturating_add(1),
         r.units.len()
     ));
+    if let Some(next) = r.superseded_by {
+        line(format!("  replaced by rollout {next}"));
+    }
+    let target = c(&r.target.version);
     line(format!(
-        "  target {} ({}), from {}{}",
-        r.target.version,
-        short(&r.target.sha256),
+        "  target {target} ({}), from {}{}",
+        c(short(&r.target.sha256)),
         version_of(r.from.as_ref()),
         r.from
             .as_ref()
-            .map(|t| format!(" ({})", short(&t.sha256)))
+            .map(|t| format!(" ({})", c(short(&t.sha256))))
             .unwrap_or_default()
     ));
     line(format!(
@@ -491,21 +553,21 @@ fn render(r: &Rollout, ms: &[Member], tty: bool) -> String {
         } else {
             "no rollback"
         },
-        r.created,
-        r.by,
-        r.updated
+        c(&r.created),
+        c(&r.by),
+        c(&r.updated)
     ));
+    let waiting = waiting_line(r, ms);
     for (k, u) in unit_views(r, ms).iter().enumerate() {
         let spec = r.units.get(k).map(UnitSpec::to_string).unwrap_or_default();
         let phase = unit_phase(r, k);
         let n = k.saturating_add(1);
         if tty {
             line(format!(
-                "  unit {n} ({spec}) {} {}/{} on {}, {} ok{} ({phase})",
+                "  unit {n} ({spec}) {} {}/{} on {target}, {} ok{} ({phase})",
                 bar(u.on_target, u.instances),
                 u.on_target,
                 u.instances,
-                r.target.version,
                 u.ok,
                 if u.failed > 0 {
                     format!(", {} failed", u.failed)
@@ -515,21 +577,60 @@ fn render(r: &Rollout, ms: &[Member], tty: bool) -> String {
             ));
         } else {
             line(format!(
-                "  unit {n} ({spec}): {phase}, {} instances, {} on {}, {} ok, {} failed",
-                u.instances, u.on_target, r.target.version, u.ok, u.failed
+                "  unit {n} ({spec}): {phase}, {} instances, {} on {target}, {} ok, {} failed",
+                u.instances, u.on_target, u.ok, u.failed
             ));
+        }
+        if k == r.unit
+            && let Some(w) = &waiting
+        {
+            line(format!("    waiting for: {w}"));
         }
     }
     if !r.failures.is_empty() {
         line(format!("  failures ({}):", r.failures.len()));
         for f in &r.failures {
-            line(format!("    {} at {}: {}", f.instance, f.at, f.reason));
+            line(format!(
+                "    {} at {}: {}",
+                c(&f.instance),
+                c(&f.at),
+                c(&f.reason)
+            ));
         }
     }
     if let Some(e) = r.events.last() {
-        line(format!("  last event: {} {} by {}", e.at, e.what, e.by));
+        line(format!(
+            "  last event: {} {} by {}",
+            c(&e.at),
+            c(&e.what),
+            c(&e.by)
+        ));
     }
     s
+}
+
+/// How many instances `deploy status` names as holding the gate.
+const WAITING_SHOWN: usize = 10;
+
+/// `host-a (critical), host-b (probation)[, and N more]`: what holds the
+/// gate of the unit being rolled (or the rollback), `None` when nothing does.
+fn waiting_line(r: &Rollout, ms: &[Member]) -> Option<String> {
+    let w = rollout::waiting_for(r, ms);
+    if w.is_empty() || r.superseded_by.is_some() {
+        return None;
+    }
+    let mut parts: Vec<String> = w
+        .iter()
+        .take(WAITING_SHOWN)
+        .map(|(i, why)| format!("{} ({})", c(i), c(why)))
+        .collect();
+    if w.len() > WAITING_SHOWN {
+        parts.push(format!(
+            "and {} more",
+            w.len().saturating_sub(WAITING_SHOWN)
+        ));
+    }
+    Some(parts.join(", "))
 }
 
 fn status_json(r: &Rollout, ms: &[Member]) -> serde_json::Value {
@@ -564,9 +665,17 @@ fn status_json(r: &Rollout, ms: &[Member]) -> serde_json::Value {
             })
         })
         .collect();
+    let waiting: Vec<_> = if r.superseded_by.is_some() {
+        Vec::new()
+    } else {
+        rollout::waiting_for(r, ms)
+    }
+    .into_iter()
+    .map(|(instance, why)| json!({"instance": instance, "why": why}))
+    .collect();
     let record: serde_json::Value =
         serde_json::from_str(&rollout::encode(r)).unwrap_or(serde_json::Value::Null);
-    json!({"rollout": record, "units": units, "members": members})
+    json!({"rollout": record, "units": units, "members": members, "waiting_for": waiting})
 }
 
 fn no_rollout(name: &str, o: &CatalogOpts) -> i32 {
@@ -633,6 +742,7 @@ async fn follow(
         o.deadline
     };
     let mut last_shown = String::new();
+    let mut failed_reads = 0u32;
     loop {
         changes.borrow_and_update();
         let read = bounded(&what(o), deadline, async {
@@ -652,7 +762,28 @@ async fn follow(
             }
             Ok(Some((l, ms, moved)))
         })
-        .await?;
+        .await;
+        let read = match read {
+            Ok(read) => {
+                failed_reads = 0;
+                read
+            }
+            // A catalog that fails a read or two (a leader election, a
+            // restart) must not end a watch of a rollout that is fine; a
+            // record that cannot be read as one (exit 2) is not retried.
+            Err(e) if e.downcast_ref::<SetupError>().is_none() && failed_reads < READ_RETRIES => {
+                failed_reads = failed_reads.saturating_add(1);
+                let pause = backoff(failed_reads);
+                eprintln!(
+                    "autopilot: deploy: reading the rollout of {name} failed ({failed_reads} in a row, {READ_RETRIES} tolerated); retrying in {}: {e:#}",
+                    super::dur(pause)
+                );
+                tokio::time::sleep(pause).await;
+                deadline = Deadline::after(o.timeout);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let Some((l, ms, moved)) = read else {
             return Ok(no_rollout(name, o));
         };
@@ -703,6 +834,12 @@ async fn follow(
     }
 }
 
+/// The pause before retry `n` (from 1) of a failed read: 0.5s doubling, at most 8s.
+fn backoff(n: u32) -> Duration {
+    let doublings = n.saturating_sub(1).min(4);
+    Duration::from_millis(500u64.saturating_mul(1u64 << doublings))
+}
+
 /// `deploy pause|resume|abort|rollback NAME`: the core transition, by
 /// compare-and-swap, re-read and retried when an evaluator moved the record.
 async fn transition(
@@ -724,24 +861,26 @@ async fn transition(
         .cat;
     let me = by();
     let done = bounded(&what(&o), o.deadline, async {
+        let mut contested = String::new();
         for _ in 0..CAS_ATTEMPTS {
             let Some(l) = latest(cat.as_ref(), name).await? else {
-                return Ok(Some(None));
+                return Ok(Ok(None));
             };
             let next = rollout::act(&l.rollout, action, &now(), &me)
-                .map_err(|e| refused(&command, e.to_string()))?;
+                .map_err(|e| refused(&command, c(&e.to_string())))?;
             if cat
                 .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&next))
                 .await?
             {
-                return Ok(Some(Some(next)));
+                return Ok(Ok(Some(next)));
             }
+            contested = l.key;
         }
-        Ok(None)
+        Ok(Err(contested))
     })
     .await?;
     match done {
-        Some(Some(r)) => {
+        Ok(Some(r)) => {
             if out.json() {
                 println!("{}", rollout::encode(&r));
             } else {
@@ -749,13 +888,13 @@ async fn transition(
             }
             Ok(exit::OK)
         }
-        Some(None) => Ok(no_rollout(name, &o)),
-        None => {
-            eprintln!(
-                "autopilot: {command}: rollout of {name} kept changing; gave up after {CAS_ATTEMPTS} attempts"
-            );
-            Ok(exit::ABSENT)
-        }
+        Ok(None) => Ok(no_rollout(name, &o)),
+        Err(key) => Err(refused(
+            &command,
+            format!(
+                "{key} kept changing (the rollout of {name} is being written by others); gave up after {CAS_ATTEMPTS} attempts"
+            ),
+        )),
     }
 }
 
@@ -790,16 +929,19 @@ async fn history(o: CatalogOpts, name: &str, out: Output) -> anyhow::Result<i32>
     for (id, key, _, r) in all.iter().rev() {
         match r {
             Ok(r) => println!(
-                "{:<8} {:<12} {:<20} {:<20} {:<24} {:<24} {}",
+                "{:<8} {:<12} {:<20} {:<20} {:<24} {:<24} {}{}",
                 r.id,
                 r.state.as_str(),
-                r.target.version,
+                c(&r.target.version),
                 version_of(r.from.as_ref()),
-                r.created,
-                r.updated,
-                r.by
+                c(&r.created),
+                c(&r.updated),
+                c(&r.by),
+                r.superseded_by
+                    .map(|n| format!(" (replaced by rollout {n})"))
+                    .unwrap_or_default()
             ),
-            Err(e) => println!("{id:<8} {:<12} {key}: {e}", "invalid"),
+            Err(e) => println!("{id:<8} {:<12} {key}: {}", "invalid", c(e)),
         }
     }
     Ok(exit::OK)
@@ -815,5 +957,13 @@ mod tests {
         assert_eq!(bar(0, 0), "[..........]");
         assert_eq!(bar(12, 10), "[##########]", "never more than full");
         assert_eq!(bar(1, 3), "[###.......]");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(5), Duration::from_secs(8));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(8));
     }
 }
