@@ -479,7 +479,6 @@ fn parse_rendered(
         return Err(f.obj()?.require("dest")?.err(msg));
     }
     top.finish(&[
-        "bundle",
         "consul",
         "catalog",
         "logging",
@@ -490,6 +489,7 @@ fn parse_rendered(
         "control",
         "stopTimeout",
         "etcd",
+        "bundle",
     ])?;
 
     // Every `when.source` must name something that can publish events.
