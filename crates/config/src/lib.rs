@@ -1415,6 +1415,7 @@ fn job(
         reinit: 0,
         artifact,
         artifact_sha: None,
+        repair: None,
     };
     Ok(spec)
 }

@@ -25,10 +25,19 @@ pub enum EventCode {
     Demoted,
     /// The leader of the job's election changed.
     LeaderChanged,
+    /// A repair step (restart, reimage, replace) began on the job.
+    RepairStarted,
+    /// The job passed its probation after a repair: healthy again.
+    RepairFinished,
+    /// A repair step did not bring the job back (or could not run).
+    RepairFailed,
+    /// The job needs a repair but the service's repair budget is taken:
+    /// published once per exhaustion, fleet-wide, by the agent that noticed.
+    RepairBudgetExhausted,
 }
 
 impl EventCode {
-    pub const ALL: [EventCode; 16] = [
+    pub const ALL: [EventCode; 20] = [
         EventCode::Startup,
         EventCode::Shutdown,
         EventCode::ExitSuccess,
@@ -45,6 +54,10 @@ impl EventCode {
         EventCode::Elected,
         EventCode::Demoted,
         EventCode::LeaderChanged,
+        EventCode::RepairStarted,
+        EventCode::RepairFinished,
+        EventCode::RepairFailed,
+        EventCode::RepairBudgetExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +78,10 @@ impl EventCode {
             EventCode::Elected => "elected",
             EventCode::Demoted => "demoted",
             EventCode::LeaderChanged => "leaderChanged",
+            EventCode::RepairStarted => "repairStarted",
+            EventCode::RepairFinished => "repairFinished",
+            EventCode::RepairFailed => "repairFailed",
+            EventCode::RepairBudgetExhausted => "repairBudgetExhausted",
         }
     }
 

@@ -193,6 +193,152 @@ pub struct ArtifactSpec {
     pub store: String,
 }
 
+/// One step of a repair ladder, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepairStep {
+    /// Stop the job and start it again (its restart count starts afresh).
+    Restart,
+    /// Stop the job, move its `dataDir` aside, restore the newest verified
+    /// snapshot into it and start the job again.
+    Reimage,
+    /// Run the `replace` hook and exit the agent with the replace exit code,
+    /// so the scheduler replaces the container or machine. Always last.
+    Replace,
+}
+
+impl RepairStep {
+    pub const ALL: [RepairStep; 3] = [RepairStep::Restart, RepairStep::Reimage, RepairStep::Replace];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairStep::Restart => "restart",
+            RepairStep::Reimage => "reimage",
+            RepairStep::Replace => "replace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RepairStep> {
+        RepairStep::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// `repair.budget`: how many of a service's instances may be in repair at
+/// once, fleet-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairBudget {
+    /// At least 1.
+    Count(u32),
+    /// 1..=100 percent of the service's instances (rounded down, at least 1).
+    Percent(u32),
+}
+
+/// `repair: {ladder, probation, grace, budget, replace, replaceTimeout, exitCode}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepairSpec {
+    /// Non-empty, no step twice, `replace` only last; `reimage` needs the
+    /// job's `snapshot` with `dataDir` and `restore`.
+    pub ladder: Vec<RepairStep>,
+    /// After a step, the job must pass its checks this long (default 60 s).
+    pub probation: Duration,
+    /// A job that runs but is not healthy this long after its start is
+    /// failing (default 60 s). A restore before the start does not count.
+    pub grace: Duration,
+    /// Default `Count(1)`.
+    pub budget: RepairBudget,
+    /// `replace`: the hook run before the agent exits for replacement.
+    pub replace_exec: Option<Vec<String>>,
+    /// Bound on the replace hook (default 60 s).
+    pub replace_timeout: Duration,
+    /// The agent's exit code after `replace` (default 75, 1..=255).
+    pub exit_code: i32,
+}
+
+impl RepairSpec {
+    /// The defaults for a ladder.
+    pub fn new(ladder: Vec<RepairStep>) -> RepairSpec {
+        RepairSpec {
+            ladder,
+            probation: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+            budget: RepairBudget::Count(1),
+            replace_exec: None,
+            replace_timeout: Duration::from_secs(60),
+            exit_code: DEFAULT_REPLACE_EXIT_CODE,
+        }
+    }
+}
+
+/// The agent's exit code after a `replace` repair, unless `repair.exitCode` says otherwise.
+pub const DEFAULT_REPLACE_EXIT_CODE: i32 = 75;
+
+/// Free space under a path, for a `disk` watchdog's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    /// Percent of the filesystem's size (0..=100).
+    Percent(f64),
+    Bytes(u64),
+}
+
+/// What a watchdog checks. Each reports `ok`, `warning` or `error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchdogCheck {
+    /// A command: exit 0 is ok, 1 is warning, anything else (or a timeout)
+    /// is error (the Nagios convention). Its first output line is the message.
+    Exec { argv: Vec<String> },
+    /// A GET: `expect` (or any 2xx) is ok, a status in `warnOn` (default
+    /// 429 and 503: overloaded) or an answer slower than `slow` is warning,
+    /// anything else (no answer, timeout, other status) is error.
+    Http {
+        url: String,
+        expect: Option<u16>,
+        warn_on: Vec<u16>,
+        slow: Option<Duration>,
+    },
+    /// A connection: opens is ok, opens slower than `slow` is warning,
+    /// refused or timed out is error.
+    Tcp {
+        address: String,
+        slow: Option<Duration>,
+    },
+    /// Free space under `path`: below `warning` is warning, below `error` is
+    /// error (either may be unset).
+    Disk {
+        path: std::path::PathBuf,
+        warning: Option<FreeSpace>,
+        error: Option<FreeSpace>,
+    },
+    /// The catalog: ok while the agent's session is alive and its entries
+    /// registered, error while requests fail (the registrar's outage).
+    Catalog,
+    /// A job crash-looping: `restarts` or more exits in `window` is error,
+    /// and a job that failed for good (no restart left) is error.
+    Crashloop {
+        job: String,
+        restarts: u32,
+        window: Duration,
+    },
+}
+
+/// One entry of the top-level `watchdogs` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchdogSpec {
+    /// Unique among watchdogs; a catalog-safe name.
+    pub name: String,
+    pub check: WatchdogCheck,
+    /// Default 10 s.
+    pub interval: Duration,
+    /// Default 5 s, at most `interval`.
+    pub timeout: Duration,
+    /// The job whose repair an `error` counts for; `None`: every job with a
+    /// `repair` block (a crashloop watchdog defaults to its own job).
+    pub job: Option<String>,
+    /// Consecutive results needed to move to a better status (default 1).
+    pub rise: u32,
+    /// Consecutive results needed to move to a worse status (default 1).
+    pub fall: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
@@ -231,6 +377,9 @@ pub struct JobSpec {
     /// config. A new one makes the reload plan restart the job through its
     /// stop path, as any changed spec does.
     pub artifact_sha: Option<String>,
+    /// `repair`: how the agent repairs this job when it fails (the ladder,
+    /// probation, the fleet-wide budget).
+    pub repair: Option<RepairSpec>,
 }
 
 impl JobSpec {
@@ -260,6 +409,7 @@ impl JobSpec {
             reinit: 0,
             artifact: None,
             artifact_sha: None,
+            repair: None,
         }
     }
 }
