@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod event;
 pub mod machine;
+pub mod repair;
 pub mod rollout;
 pub mod spec;
 pub mod watch;

@@ -97,6 +97,16 @@ pub enum Input {
         jobs: Vec<JobSpec>,
         stop_timeout: Duration,
     },
+    /// A repair step for a job with a `repair` block (`Restart` or
+    /// `Reimage`; `Replace` is the runtime's): stop the run (SIGTERM, then
+    /// SIGKILL after its stop timeout; its exit publishes nothing), forget
+    /// its restart count and back-off, and start it again, through
+    /// [`Action::Prepare`] with `reimage` for a reimage. Works on a running,
+    /// restarting, waiting or parked job; ignored while stopping or restoring.
+    Repair {
+        job: usize,
+        step: crate::spec::RepairStep,
+    },
 }
 
 /// Which of its `roles` a job's catalog entry takes.
@@ -135,8 +145,10 @@ pub enum Action {
     Deregister { job: usize },
     /// Start (`true`) or stop campaigning in the job's election.
     Campaign { job: usize, campaign: bool },
-    /// Restore the job's data before its first start; answer with `Input::Prepared`.
-    Prepare { job: usize },
+    /// Restore the job's data before its start; answer with `Input::Prepared`.
+    /// With `reimage` (a repair step): move the current data aside first,
+    /// and only when a verified snapshot exists.
+    Prepare { job: usize, reimage: bool },
     /// Take a snapshot of the job: its interval came round, or (with
     /// `only_if_none`) it was just elected and the set may have none yet.
     Snapshot { job: usize, only_if_none: bool },
@@ -236,6 +248,13 @@ struct Job {
     prepared: bool,
     /// A pending reload drops or replaces this job: it is stopping for good.
     retiring: bool,
+    /// A job with `repair` that ran out of restarts: it waits for a repair
+    /// instead of completing.
+    parked: bool,
+    /// A repair stopped the run (`Some(reimage)`): its exit starts it again.
+    repairing: Option<bool>,
+    /// The next restore is a reimage.
+    reimage: bool,
 }
 
 impl Job {
@@ -272,6 +291,9 @@ impl Job {
             leading: None,
             prepared: !spec_restores,
             retiring: false,
+            parked: false,
+            repairing: None,
+            reimage: false,
         }
     }
 }
@@ -306,6 +328,8 @@ pub struct JobView {
     pub restarts: u64,
     pub last_exit: Option<i32>,
     pub registered: Option<EntryStatus>,
+    /// Out of restarts, waiting for a repair.
+    pub parked: bool,
 }
 
 pub struct Machine {
@@ -441,8 +465,24 @@ impl Machine {
                 restarts: j.restarts_total,
                 last_exit: j.last_exit.map(ExitStatus::code),
                 registered: j.registered,
+                parked: j.parked,
             })
             .collect()
+    }
+
+    /// The job's phase.
+    pub fn phase(&self, job: usize) -> Phase {
+        self.jobs[job].phase
+    }
+
+    /// The job's health status.
+    pub fn health(&self, job: usize) -> HealthStatus {
+        self.jobs[job].health
+    }
+
+    /// Whether the job ran out of restarts and waits for a repair.
+    pub fn parked(&self, job: usize) -> bool {
+        self.jobs[job].parked
     }
 
     /// The earliest pending timer, for the runtime's sleep.
@@ -487,6 +527,7 @@ impl Machine {
             Input::Prepared { job, ok } => self.prepared(job, ok),
             Input::Leadership { job, term } => self.leadership(job, term),
             Input::Reload { jobs, stop_timeout } => self.begin_reload(jobs, stop_timeout),
+            Input::Repair { job, step } => self.repair(job, step),
         }
         self.drain();
         self.after_step();
@@ -557,7 +598,8 @@ impl Machine {
         let job = &mut self.jobs[j];
         if !job.prepared {
             job.phase = Phase::Preparing;
-            self.actions.push(Action::Prepare { job: j });
+            let reimage = std::mem::take(&mut job.reimage);
+            self.actions.push(Action::Prepare { job: j, reimage });
             return;
         }
         job.ran = true;
@@ -688,6 +730,22 @@ impl Machine {
         // starts nothing but stop hooks while stopping.
         let stopped_for_reload =
             self.jobs[j].retiring && self.jobs[j].stop == Some(StopStage::Term);
+        // A run a repair stopped starts again at once (a stop or reload
+        // that began meanwhile wins).
+        let repaired = self.jobs[j].repairing.take();
+        if let Some(reimage) = repaired
+            && self.jobs[j].stop.is_none()
+            && !self.winding(j)
+        {
+            let job = &mut self.jobs[j];
+            job.last_exit = Some(status);
+            job.epoch = job.epoch.wrapping_add(1);
+            job.check = None;
+            job.phase = Phase::Waiting;
+            self.set_health(j, HealthStatus::Unknown);
+            self.restart_now(j, reimage);
+            return;
+        }
         {
             let job = &mut self.jobs[j];
             job.last_exit = Some(status);
@@ -740,7 +798,73 @@ impl Machine {
             self.set_timer(delay, Timer::Restart(j));
             return;
         }
+        if job.spec.repair.is_some() && !status.success() {
+            // Out of restarts: the repair ladder takes over. Parked, the
+            // job neither completes nor ends the agent.
+            job.parked = true;
+            job.pending = 0;
+            return;
+        }
         self.settle(j);
+    }
+
+    /// A repair step for job `j` (see [`Input::Repair`]).
+    fn repair(&mut self, j: usize, step: crate::spec::RepairStep) {
+        let Some(job) = self.jobs.get(j) else {
+            return;
+        };
+        if step == crate::spec::RepairStep::Replace
+            || self.stopping.is_some()
+            || job.retiring
+            || job.stop.is_some()
+            || job.repairing.is_some()
+        {
+            return;
+        }
+        let reimage = step == crate::spec::RepairStep::Reimage;
+        match job.phase {
+            Phase::Running(Some(run)) => {
+                let grace = job.spec.stop_timeout;
+                self.jobs[j].repairing = Some(reimage);
+                self.actions.push(Action::Signal {
+                    run,
+                    sig: Sig::Term,
+                });
+                self.set_timer(grace, Timer::KillAfterTerm(run));
+                // Out of the catalog and any election before it goes down.
+                self.set_health(j, HealthStatus::Unknown);
+            }
+            Phase::Preparing => {}
+            Phase::Running(None) | Phase::Backoff | Phase::Waiting => {
+                if let Phase::Running(None) = job.phase {
+                    self.jobs[j].phase = Phase::Waiting;
+                    self.set_health(j, HealthStatus::Unknown);
+                }
+                self.restart_now(j, reimage);
+            }
+            Phase::Done => {
+                if job.ran {
+                    self.restart_now(j, reimage);
+                }
+            }
+        }
+    }
+
+    /// Starts job `j` again as if fresh: restarts and back-off forgotten.
+    fn restart_now(&mut self, j: usize, reimage: bool) {
+        let job = &mut self.jobs[j];
+        job.parked = false;
+        job.repairing = None;
+        job.restarts_left = limit(job.spec.restarts);
+        job.streak = 0;
+        job.pending = 0;
+        job.phase = Phase::Waiting;
+        if reimage && job.spec.snapshot.as_ref().is_some_and(|s| s.restores()) {
+            job.prepared = false;
+            job.reimage = true;
+        }
+        self.failures.retain(|(f, _)| *f != j);
+        self.start(j);
     }
 
     /// After a run ends with no restart due: run again for a queued

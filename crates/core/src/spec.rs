@@ -208,7 +208,11 @@ pub enum RepairStep {
 }
 
 impl RepairStep {
-    pub const ALL: [RepairStep; 3] = [RepairStep::Restart, RepairStep::Reimage, RepairStep::Replace];
+    pub const ALL: [RepairStep; 3] = [
+        RepairStep::Restart,
+        RepairStep::Reimage,
+        RepairStep::Replace,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -746,7 +746,10 @@ fn restore_before_start_gates_the_first_run_only() {
     }]);
     let a = h.startup();
     assert!(h.spawns(&a).is_empty(), "nothing runs before the restore");
-    assert!(a.contains(&Action::Prepare { job: 0 }));
+    assert!(a.contains(&Action::Prepare {
+        job: 0,
+        reimage: false
+    }));
     // A failed restore is retried after the back-off, not given up.
     let a = h.input(Input::Prepared { job: 0, ok: false });
     assert!(a.contains(&Action::Restarting {
@@ -754,14 +757,20 @@ fn restore_before_start_gates_the_first_run_only() {
         delay: ms(100)
     }));
     let a = h.at(100);
-    assert!(a.contains(&Action::Prepare { job: 0 }));
+    assert!(a.contains(&Action::Prepare {
+        job: 0,
+        reimage: false
+    }));
     let a = h.input(Input::Prepared { job: 0, ok: true });
     assert_eq!(h.spawns(&a), vec!["db"]);
     // Restarts do not restore again.
     h.exit(h.run_of("db", ProcKind::Job), 1);
     let a = h.at(300);
     assert_eq!(h.spawns(&a), vec!["db"]);
-    assert!(!a.contains(&Action::Prepare { job: 0 }));
+    assert!(!a.contains(&Action::Prepare {
+        job: 0,
+        reimage: false
+    }));
 }
 
 #[test]
@@ -1680,4 +1689,179 @@ mod props {
             }
         }
     }
+}
+
+// ---- repair steps (Input::Repair) and parked jobs --------------------------
+
+fn repair_job(name: &str) -> JobSpec {
+    let mut j = JobSpec::new(name, &["app"]);
+    j.restarts = Restarts::Count(1);
+    j.repair = Some(spec::RepairSpec::new(vec![
+        spec::RepairStep::Restart,
+        spec::RepairStep::Replace,
+    ]));
+    j
+}
+
+#[test]
+fn a_repair_job_out_of_restarts_is_parked_and_does_not_end_the_agent() {
+    let mut h = H::new(vec![repair_job("db")]);
+    h.startup();
+    let run = h.run_of("db", ProcKind::Job);
+    h.exit(run, 1);
+    h.at(200); // the one restart
+    let run2 = h.run_of("db", ProcKind::Job);
+    assert_ne!(run, run2);
+    let a = h.exit(run2, 1);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Finished { .. })),
+        "{a:?}"
+    );
+    assert!(h.m.parked(0));
+    assert_eq!(h.m.phase(0), Phase::Waiting);
+    assert!(h.m.view()[0].parked);
+    // Nothing more happens on its own.
+    let a = h.at(60_000);
+    assert!(h.spawns(&a).is_empty(), "{a:?}");
+    // A repair starts it again with a fresh restart count.
+    let a = h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Restart,
+    });
+    assert_eq!(h.spawns(&a), vec!["db"]);
+    assert!(!h.m.parked(0));
+    let run3 = h.run_of("db", ProcKind::Job);
+    h.exit(run3, 1);
+    h.at(60_300);
+    assert_ne!(
+        h.run_of("db", ProcKind::Job),
+        run3,
+        "restart count was reset"
+    );
+}
+
+#[test]
+fn the_same_job_without_repair_ends_the_agent() {
+    let mut j = repair_job("db");
+    j.repair = None;
+    j.port = Some(80);
+    let mut h = H::new(vec![j]);
+    h.startup();
+    let run = h.run_of("db", ProcKind::Job);
+    h.exit(run, 1);
+    h.at(200);
+    let run2 = h.run_of("db", ProcKind::Job);
+    h.exit(run2, 1);
+    assert!(
+        h.log
+            .iter()
+            .any(|a| matches!(a, Action::Finished { code: 1, .. })),
+        "{:?}",
+        h.log
+    );
+}
+
+#[test]
+fn a_repair_restart_stops_the_run_quietly_and_starts_it_at_once() {
+    let mut h = H::new(vec![repair_job("db")]);
+    h.startup();
+    let run = h.run_of("db", ProcKind::Job);
+    h.at(1000);
+    let a = h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Restart,
+    });
+    assert!(a.contains(&Action::Signal {
+        run,
+        sig: Sig::Term
+    }));
+    assert!(h.spawns(&a).is_empty());
+    let a = h.exit(run, 143);
+    assert_eq!(h.spawns(&a), vec!["db"], "{a:?}");
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::Published(e) if e.code == EventCode::ExitFailed)),
+        "a repair's stop is not the job failing: {a:?}"
+    );
+    // A second repair while the first one's stop is under way is ignored.
+    let run2 = h.run_of("db", ProcKind::Job);
+    h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Restart,
+    });
+    let a = h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Restart,
+    });
+    assert!(a.is_empty(), "{a:?}");
+    // SIGKILL follows at the stop timeout.
+    let a = h.at(1000 + 5000);
+    assert!(a.contains(&Action::Signal {
+        run: run2,
+        sig: Sig::Kill
+    }));
+}
+
+#[test]
+fn a_reimage_goes_through_a_restore_with_the_reimage_flag() {
+    let mut j = repair_job("db");
+    j.snapshot = Some(SnapshotSpec {
+        set: "db".into(),
+        store: "file:///s".into(),
+        create: Some(vec!["c".into()]),
+        restore: Some(vec!["r".into()]),
+        interval: None,
+        retain: 3,
+        leader_only: false,
+        data_dir: Some("/data".into()),
+        data_dir_owner: None,
+    });
+    let mut h = H::new(vec![j]);
+    let a = h.startup();
+    assert!(a.contains(&Action::Prepare {
+        job: 0,
+        reimage: false
+    }));
+    let a = h.input(Input::Prepared { job: 0, ok: true });
+    assert_eq!(h.spawns(&a), vec!["db"]);
+    let run = h.run_of("db", ProcKind::Job);
+    h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Reimage,
+    });
+    let a = h.exit(run, 143);
+    assert!(
+        a.contains(&Action::Prepare {
+            job: 0,
+            reimage: true
+        }),
+        "{a:?}"
+    );
+    assert_eq!(h.m.phase(0), Phase::Preparing);
+    // A repair while restoring is ignored.
+    let a = h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Restart,
+    });
+    assert!(a.is_empty());
+    let a = h.input(Input::Prepared { job: 0, ok: true });
+    assert_eq!(h.spawns(&a), vec!["db"]);
+}
+
+#[test]
+fn a_shutdown_during_a_repair_stop_wins() {
+    let mut h = H::new(vec![repair_job("db")]);
+    h.startup();
+    let run = h.run_of("db", ProcKind::Job);
+    h.input(Input::Repair {
+        job: 0,
+        step: spec::RepairStep::Restart,
+    });
+    h.input(Input::Stop(StopReason::Shutdown));
+    let a = h.exit(run, 143);
+    assert!(h.spawns(&a).is_empty(), "{a:?}");
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Finished { .. })),
+        "{a:?}"
+    );
 }

@@ -2604,7 +2604,7 @@ impl Agent {
                     self.registrar.status(&id, catalog_status(status));
                 }
                 Action::Campaign { job, campaign } => self.campaign(job, campaign),
-                Action::Prepare { job } => self.prepare(job),
+                Action::Prepare { job, .. } => self.prepare(job),
                 Action::Snapshot { job, only_if_none } => self.snapshot(job, only_if_none),
                 Action::Deregister { job } => {
                     let id = self.entry_id(job);
