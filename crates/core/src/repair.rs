@@ -272,6 +272,10 @@ pub enum RepairInput {
     Tick,
     SlotGranted,
     SlotDenied,
+    /// Just before carrying out a `Run`, the runtime found the slot no longer
+    /// held (its session expired during a stall): the step did not run. It is
+    /// recorded as interrupted and tried again once a slot is held.
+    SlotLost,
     /// Whether the job leads its election.
     Leading(bool),
     /// The running step ended: for restart and reimage, the job was started
@@ -560,6 +564,27 @@ impl Repair {
                             out.push(RepairAction::Changed);
                         }
                     }
+                }
+            }
+            RepairInput::SlotLost => {
+                if self.slot == Slot::Held {
+                    self.slot = Slot::None;
+                }
+                if let Some((idx, _)) = self.running.take() {
+                    if self.history_open {
+                        self.history_open = false;
+                        out.push(RepairAction::HistoryEnd {
+                            outcome: Outcome::Interrupted,
+                            message: "the repair slot was lost before the step ran".to_string(),
+                        });
+                    }
+                    // Back to before the step: it is tried again.
+                    self.step = idx.checked_sub(1);
+                    self.attempt = self.attempt.saturating_sub(1);
+                    self.state = NodeState::Failure;
+                    self.since = now;
+                    out.push(RepairAction::Changed);
+                    self.ask(&mut out);
                 }
             }
             RepairInput::ActionDone { ok, message } => {

@@ -583,3 +583,32 @@ fn node_tags_read_back_and_hostile_tags_are_tamed() {
     assert_eq!(h.node, "a b");
     assert!(h.outcome.is_none());
 }
+
+#[test]
+fn a_slot_lost_before_the_step_ran_retries_the_same_step() {
+    let mut r = R::new(spec());
+    r.cond(Condition::Ok);
+    r.err("down");
+    r.input(RepairInput::SlotGranted);
+    r.done();
+    r.now = s(1);
+    r.err("down again");
+    assert_eq!(r.runs(), vec![RepairStep::Restart, RepairStep::Reimage]);
+    let a = r.input(RepairInput::SlotLost);
+    assert_eq!(
+        a,
+        vec![
+            RepairAction::HistoryEnd {
+                outcome: Outcome::Interrupted,
+                message: "the repair slot was lost before the step ran".into()
+            },
+            RepairAction::Changed,
+            RepairAction::AcquireSlot,
+        ]
+    );
+    let v = r.m.view();
+    assert_eq!(v.state, NodeState::Failure);
+    assert!(!v.holds_slot && !v.running);
+    let a = r.input(RepairInput::SlotGranted);
+    assert!(a.contains(&run(RepairStep::Reimage, 2)), "{a:?}");
+}
