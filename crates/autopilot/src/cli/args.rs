@@ -169,6 +169,8 @@ pub enum Cmd {
     Reinit(super::cluster::ReinitArgs),
     /// Roll an artifact's version out unit by unit behind health gates; show and steer rollouts.
     Deploy(super::deploy::DeployArgs),
+    /// Show self-repair: nodes in repair, the budget, the repair history (exit 1: no data for SERVICE).
+    Repairs(super::repairs::RepairsArgs),
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod info;
 pub mod kv;
 pub mod lock;
+pub mod repairs;
 pub mod run;
 pub mod status;
 pub mod template;
