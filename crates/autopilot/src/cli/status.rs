@@ -1,4 +1,4 @@
-//! `autopilot status`: the running agent's jobs, as a table or as the agent's JSON.
+//! `autopilot status`: the running agent's jobs, their repair state and its watchdogs, as tables or as the agent's JSON.
 
 use std::path::Path;
 use std::time::Duration;
@@ -80,6 +80,8 @@ pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i
             catalog,
         );
     }
+    print!("{}", repair_section(&v));
+    print!("{}", watchdog_section(&v));
     let c = &v["catalog"];
     println!(
         "catalog {}{}",
@@ -90,4 +92,112 @@ pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i
             .unwrap_or_default()
     );
     Ok(0)
+}
+
+/// A text field of the agent's JSON as printed: cleaned, `-` when absent.
+fn text(v: &serde_json::Value) -> String {
+    match v.as_str() {
+        Some(s) if !s.is_empty() => autopilot_core::repair::clean(s),
+        _ => "-".into(),
+    }
+}
+
+/// The `REPAIR` table: one line per job with a `repair` block; empty
+/// when no job has one.
+fn repair_section(v: &serde_json::Value) -> String {
+    let mut s = String::new();
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let r = &j["repair"];
+        if !r.is_object() {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str(&format!(
+                "{:<24} {:<10} {:<8} {:>7}  {:<24} {:<22} REASON\n",
+                "REPAIR", "STATE", "STEP", "ATTEMPT", "SINCE", "FLAGS"
+            ));
+        }
+        let flags: Vec<&str> = [
+            ("running", "running"),
+            ("holdsSlot", "slot"),
+            ("waitingForBudget", "waiting"),
+            ("exhausted", "exhausted"),
+        ]
+        .into_iter()
+        .filter(|(k, _)| r[*k] == true)
+        .map(|(_, f)| f)
+        .collect();
+        s.push_str(&format!(
+            "{:<24} {:<10} {:<8} {:>7}  {:<24} {:<22} {}\n",
+            text(&j["name"]),
+            text(&r["state"]),
+            text(&r["step"]),
+            r["attempt"].as_u64().unwrap_or(0),
+            text(&r["since"]),
+            if flags.is_empty() {
+                "-".to_string()
+            } else {
+                flags.join(",")
+            },
+            text(&r["reason"]),
+        ));
+    }
+    s
+}
+
+/// The `WATCHDOG` table; empty when the agent has none.
+fn watchdog_section(v: &serde_json::Value) -> String {
+    let list = v["watchdogs"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "{:<24} {:<16} {:<8} {:<24} MESSAGE\n",
+        "WATCHDOG", "JOB", "STATUS", "SINCE"
+    );
+    for w in list {
+        s.push_str(&format!(
+            "{:<24} {:<16} {:<8} {:<24} {}\n",
+            text(&w["name"]),
+            text(&w["job"]),
+            text(&w["status"]),
+            text(&w["since"]),
+            text(&w["message"]),
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_and_watchdog_sections() {
+        let v = serde_json::json!({
+            "jobs": [
+                {"name": "app", "repair": {"state": "failure", "step": "restart", "attempt": 1,
+                 "reason": "health\u{1b}[2Jfailing", "since": "2026-11-28T12:00:00Z",
+                 "waitingForBudget": true, "holdsSlot": false, "exhausted": false, "running": false}},
+                {"name": "side", "repair": null},
+            ],
+            "watchdogs": [{"name": "disk", "job": null, "status": "warning",
+                           "message": "12% free", "since": "2026-11-28T11:00:00Z"}],
+        });
+        let r = repair_section(&v);
+        assert!(r.starts_with("REPAIR"), "{r}");
+        assert!(
+            r.contains("app") && r.contains("failure") && r.contains("waiting"),
+            "{r}"
+        );
+        assert!(!r.contains("side") && !r.contains('\u{1b}'), "{r}");
+        let w = watchdog_section(&v);
+        assert!(
+            w.contains("disk") && w.contains("warning") && w.contains("12% free"),
+            "{w}"
+        );
+        let none = serde_json::json!({"jobs": [{"name": "x"}]});
+        assert_eq!(repair_section(&none), "");
+        assert_eq!(watchdog_section(&none), "");
+    }
 }
