@@ -272,18 +272,8 @@ fn repair_fleet() {
     f.wait_view("six healthy node entries", |v| {
         f.nodes.iter().all(|n| f.healthy(v, n))
     });
-    // (b) n5 only warns, from now to the end of the test.
+    // (b) n5 only warns, from now to the end of the test (checked after (a)).
     f.nodes[5].flag("wd-warn");
-    let warned = wait_for(PHASE, || {
-        let (_, out) = f.ap(&["catalog", "instances", "_watchdogs", "-o", "json"]);
-        serde_json::from_str::<Value>(&out)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .any(|i| i["id"] == "n5.probe" && i["status"] == "warning")
-    });
-    assert!(warned, "n5's watchdog entry shows the warning");
 
     // ---- (a) restart, reimage, replace --------------------------------
     let n0 = &f.nodes[0];
@@ -362,6 +352,17 @@ fn repair_fleet() {
     let h = Fleet::history_of(&v, &f.nodes[0]);
     assert_eq!(h.len(), 3, "no step repeated after the replacement: {v:#}");
     eprintln!("phase a done after {:?}", now.elapsed());
+
+    let warned = wait_for(PHASE, || {
+        let (_, out) = f.ap(&["catalog", "instances", "_watchdogs", "-o", "json"]);
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|i| i["id"] == "n5.probe" && i["status"] == "warning")
+    });
+    assert!(warned, "n5's watchdog entry shows the warning");
 
     // ---- (c) four failures at once, one slot --------------------------
     let before_c = f.log("exhausted.log").len();
