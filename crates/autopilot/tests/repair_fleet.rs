@@ -109,7 +109,7 @@ impl Drop for Fleet {
 impl Fleet {
     fn new() -> Fleet {
         let dir = Dir::new("repair-fleet");
-        let etcd = Etcd::single(&dir.path("etcd"));
+        let etcd = Etcd::single(&dir.0);
         let catalog = format!("etcd://{}/repair", etcd.endpoint());
         let store = dir.path("store");
         std::fs::create_dir_all(&store).expect("store dir");
