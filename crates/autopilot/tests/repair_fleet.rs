@@ -481,7 +481,7 @@ fn repair_fleet() {
     let (code, out) = f.nodes[5].agent.as_ref().expect("n5").cli(&["status"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("WATCHDOG") && out.contains("overloaded"),
-        "status shows the watchdog: {out}"
+        out.contains("WATCHDOG") && out.contains("overloaded") && out.contains("REPAIR"),
+        "status shows the repair state and the watchdog: {out}"
     );
 }
