@@ -326,7 +326,7 @@ fn free_space(f: &Field) -> Result<FreeSpace, ConfigError> {
     // Float arithmetic cannot trap; the range check refuses infinities and
     // NaN, so the conversion below is exact enough and never saturates.
     let bytes = (num * scale).floor();
-    if !(bytes >= 1.0 && bytes < 18_446_744_073_709_551_616.0) {
+    if !(1.0..18_446_744_073_709_551_616.0).contains(&bytes) {
         return Err(f.err(format!(
             "{num} is not a valid size: it must be between 1 byte and 16EiB"
         )));
