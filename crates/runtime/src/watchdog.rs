@@ -779,3 +779,558 @@ impl WatchdogSet {
         self.registrar.flush(Duration::from_secs(2)).await;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use autopilot_catalog::Catalog;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// How the loopback server answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        Status(u16),
+        /// Answers 200 after this long.
+        Slow(Duration),
+        /// Reads the request and never answers.
+        Stall,
+    }
+
+    /// A real HTTP/1.1 server on loopback answering every request as `answer` says now.
+    async fn server(answer: Arc<Mutex<Answer>>) -> (u16, JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let a = *locked(&answer);
+                    let code = match a {
+                        Answer::Status(c) => c,
+                        Answer::Slow(d) => {
+                            tokio::time::sleep(d).await;
+                            200
+                        }
+                        Answer::Stall => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (port, task)
+    }
+
+    async fn closed_port() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn http_statuses_speed_and_silence() {
+        let answer = Arc::new(Mutex::new(Answer::Status(200)));
+        let (port, srv) = server(answer.clone()).await;
+        let t = Duration::from_secs(2);
+        let warn = DEFAULT_WARN_ON.to_vec();
+        let get = |expect, slow, timeout| {
+            let warn = warn.clone();
+            async move { http("127.0.0.1", port, "/health", expect, &warn, slow, timeout).await }
+        };
+        assert_eq!(
+            get(None, None, t).await,
+            (WatchdogStatus::Ok, "answered 200".into())
+        );
+        for (code, want) in [
+            (429, WatchdogStatus::Warning),
+            (503, WatchdogStatus::Warning),
+            (500, WatchdogStatus::Error),
+            (404, WatchdogStatus::Error),
+        ] {
+            *locked(&answer) = Answer::Status(code);
+            let (status, message) = get(None, None, t).await;
+            assert_eq!(status, want, "{code}: {message}");
+            assert!(message.contains(&code.to_string()), "{message}");
+        }
+        *locked(&answer) = Answer::Status(200);
+        assert_eq!(
+            get(Some(204), None, t).await.0,
+            WatchdogStatus::Error,
+            "not the expected status"
+        );
+        *locked(&answer) = Answer::Status(204);
+        assert_eq!(get(Some(204), None, t).await.0, WatchdogStatus::Ok);
+
+        *locked(&answer) = Answer::Slow(Duration::from_millis(300));
+        let (status, message) = get(None, Some(Duration::from_millis(100)), t).await;
+        assert_eq!(status, WatchdogStatus::Warning, "{message}");
+        assert!(message.contains("slower than 100ms"), "{message}");
+
+        *locked(&answer) = Answer::Stall;
+        let started = Instant::now();
+        let (status, message) = get(None, None, Duration::from_millis(200)).await;
+        assert_eq!(status, WatchdogStatus::Error);
+        assert!(message.contains("no answer within 200ms"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(2), "bounded");
+        srv.abort();
+
+        let dead = closed_port().await;
+        let (status, message) = http("127.0.0.1", dead, "/", None, &[], None, t).await;
+        assert_eq!(status, WatchdogStatus::Error);
+        assert!(message.contains("cannot connect"), "{message}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn tcp_opens_or_fails() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            tcp("127.0.0.1", port, None, t).await,
+            (WatchdogStatus::Ok, "connected".into())
+        );
+        drop(l);
+        let (status, message) = tcp("127.0.0.1", port, None, t).await;
+        assert_eq!(status, WatchdogStatus::Error, "{message}");
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    fn path_env() -> Vec<(String, String)> {
+        vec![("PATH".into(), "/usr/bin:/bin".into())]
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exec_exit_codes_output_and_timeout() {
+        let sp = Spawner::start().expect("spawner");
+        let env = path_env();
+        let t = Duration::from_secs(5);
+        let run = |script: &str| {
+            let argv = sh(script);
+            let (sp, env) = (sp.clone(), env.clone());
+            async move { exec(&sp, &env, "t", &argv, t).await }
+        };
+        assert_eq!(
+            run("echo 'all good'; echo second line; exit 0").await,
+            (WatchdogStatus::Ok, "all good".into())
+        );
+        assert_eq!(
+            run("echo 'almost full'; exit 1").await,
+            (WatchdogStatus::Warning, "almost full".into())
+        );
+        let (status, message) = run("printf 'broken\\033[31m\\n'; exit 2").await;
+        assert_eq!(status, WatchdogStatus::Error);
+        assert_eq!(
+            clean(&message),
+            "broken [31m",
+            "control characters are cleaned"
+        );
+        assert_eq!(
+            run("exit 3").await,
+            (WatchdogStatus::Error, "exit code 3".into())
+        );
+        let long = "x".repeat(500);
+        let (_, message) = run(&format!("echo {long}")).await;
+        let out = Tracker::new(&spec("long", WatchdogCheck::Catalog), SystemTime::now()).observe(
+            WatchdogStatus::Ok,
+            &message,
+            SystemTime::now(),
+            Instant::now(),
+        );
+        assert_eq!(
+            out.report.map(|r| r.message.chars().count()),
+            Some(200),
+            "messages are capped"
+        );
+        let missing = exec(&sp, &env, "t", &["/no/such/check".into()], t).await;
+        assert_eq!(missing.0, WatchdogStatus::Error);
+        assert!(missing.1.contains("/no/such/check"), "{}", missing.1);
+
+        // Past its timeout the whole group is killed, descendants included.
+        let dir = tempfile::tempdir().expect("dir");
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let started = Instant::now();
+        let (status, message) =
+            exec(&sp, &env, "t", &sh(&script), Duration::from_millis(500)).await;
+        assert_eq!(status, WatchdogStatus::Error);
+        assert!(message.contains("no result within 500ms"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("number");
+        let mut gone = false;
+        for _ in 0..250 {
+            // Killed, and reaped by whoever inherited it.
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the check's child {pid} was killed with it");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn disk_thresholds_against_the_real_free_space() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (free, total) = free_space(dir.path()).expect("statvfs");
+        assert!(free > 0 && total >= free, "{free} of {total}");
+        #[allow(clippy::cast_precision_loss)]
+        let percent = free as f64 * 100.0 / total as f64;
+        let t = Duration::from_secs(2);
+        let check = |warning, error| {
+            let p = dir.path().to_path_buf();
+            async move { disk(&p, warning, error, t).await }
+        };
+        let (status, message) = check(None, None).await;
+        assert_eq!(status, WatchdogStatus::Ok);
+        assert!(message.contains("free of"), "{message}");
+        // Margins of 2x absorb whatever else writes to the disk meanwhile.
+        let b = FreeSpace::Bytes;
+        assert_eq!(
+            check(Some(b(free / 2)), Some(b(free / 4))).await.0,
+            WatchdogStatus::Ok
+        );
+        assert_eq!(
+            check(Some(b(free.saturating_mul(2))), Some(b(free / 4)))
+                .await
+                .0,
+            WatchdogStatus::Warning
+        );
+        assert_eq!(
+            check(
+                Some(b(free.saturating_mul(8))),
+                Some(b(free.saturating_mul(4)))
+            )
+            .await
+            .0,
+            WatchdogStatus::Error
+        );
+        let p = FreeSpace::Percent;
+        assert_eq!(
+            check(Some(p(percent / 2.0)), Some(p(percent / 4.0)))
+                .await
+                .0,
+            WatchdogStatus::Ok
+        );
+        assert_eq!(
+            check(Some(p(101.0)), Some(p(percent / 4.0))).await.0,
+            WatchdogStatus::Warning
+        );
+        assert_eq!(check(None, Some(p(101.0))).await.0, WatchdogStatus::Error);
+        let gone = dir.path().join("no-such-dir");
+        let (status, message) = disk(&gone, None, None, t).await;
+        assert_eq!(status, WatchdogStatus::Error);
+        assert!(message.contains("no-such-dir"), "{message}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn crashloop_counts_exits_in_a_bounded_window() {
+        let window = Duration::from_secs(60);
+        let mut c = Crashes::new(3);
+        let status = |c: &Crashes| crashloop(c, "app", 3, window, Instant::now()).0;
+        assert_eq!(status(&c), WatchdogStatus::Ok);
+        c.exited(Instant::now(), false);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        c.exited(Instant::now(), false);
+        assert_eq!(status(&c), WatchdogStatus::Ok, "two exits are not three");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        c.exited(Instant::now(), false);
+        let (s, message) = crashloop(&c, "app", 3, window, Instant::now());
+        assert_eq!(s, WatchdogStatus::Error);
+        assert_eq!(message, "app exited 3 times within 1m0s");
+        // The first exit leaves the window: two remain.
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert_eq!(status(&c), WatchdogStatus::Ok);
+        // Bounded: only the last `restarts` exits are kept.
+        for _ in 0..100 {
+            c.exited(Instant::now(), false);
+        }
+        assert_eq!(c.exits.len(), 3);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(status(&c), WatchdogStatus::Ok);
+        // Failed for good: an error whatever the count.
+        c.exited(Instant::now(), true);
+        let (s, message) = crashloop(&c, "app", 3, window, Instant::now());
+        assert_eq!(s, WatchdogStatus::Error);
+        assert!(message.contains("failed for good"), "{message}");
+    }
+
+    fn spec(name: &str, check: WatchdogCheck) -> WatchdogSpec {
+        WatchdogSpec {
+            name: name.into(),
+            check,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            job: None,
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    #[test]
+    fn rise_fall_reports_and_write_rules() {
+        let mut s = spec("w", WatchdogCheck::Catalog);
+        (s.rise, s.fall) = (2, 2);
+        let wall = SystemTime::now();
+        let mut t = Tracker::new(&s, wall);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let report = |status, message: &str| {
+            Some(WatchdogReport {
+                name: "w".into(),
+                job: None,
+                status,
+                message: message.into(),
+            })
+        };
+        use WatchdogStatus::{Error, Ok as Fine};
+        // The first result is reported and written, whatever it is.
+        assert_eq!(
+            t.observe(Error, "down", wall, at(0)),
+            Outcome {
+                report: report(Fine, "down"),
+                write: true
+            },
+            "one error is not `fall` errors"
+        );
+        let later = wall + Duration::from_secs(1);
+        assert_eq!(
+            t.observe(Error, "down", later, at(1)),
+            Outcome {
+                report: report(Error, "down"),
+                write: true
+            }
+        );
+        assert_eq!(t.view().since, later, "since: the status change");
+        // A message change alone is reported, but written only after 30 s.
+        assert_eq!(
+            t.observe(Fine, "up", wall, at(2)),
+            Outcome {
+                report: report(Error, "up"),
+                write: false
+            }
+        );
+        assert_eq!(
+            t.observe(Fine, "up", wall, at(3)),
+            Outcome {
+                report: report(Fine, "up"),
+                write: true
+            },
+            "`rise` oks"
+        );
+        assert_eq!(
+            t.observe(Fine, "up, fast", wall, at(4)),
+            Outcome {
+                report: report(Fine, "up, fast"),
+                write: false
+            }
+        );
+        assert_eq!(
+            t.observe(Fine, "up, fast", wall, at(20)),
+            Outcome {
+                report: None,
+                write: false
+            }
+        );
+        assert_eq!(
+            t.observe(Fine, "up, fast", wall, at(34)),
+            Outcome {
+                report: None,
+                write: true
+            },
+            "the changed message is written once 30 s have passed"
+        );
+        assert_eq!(
+            t.observe(Fine, "up, fast", wall, at(100)),
+            Outcome {
+                report: None,
+                write: false
+            },
+            "nothing changed: no churn"
+        );
+        let r = t.registration("h1", "10.0.0.1", Duration::from_secs(30));
+        assert_eq!(
+            (r.id.as_str(), r.name.as_str(), r.status),
+            ("h1.w", "_watchdogs", Status::Passing)
+        );
+        assert_eq!(
+            &r.tags[..3],
+            ["watchdog=w", "status=ok", "message=up, fast"]
+        );
+        assert!(r.tags[3].starts_with("since=") && r.tags[3].ends_with('Z'));
+    }
+
+    async fn next_for(
+        rx: &mut mpsc::Receiver<WatchdogReport>,
+        name: &str,
+        status: WatchdogStatus,
+    ) -> WatchdogReport {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let r = rx.recv().await.expect("reports");
+                if r.name == name && r.status == status {
+                    return r;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {} report for {name}", status.as_str()))
+    }
+
+    async fn entry(
+        cat: &Arc<dyn Catalog>,
+        registrar: &Registrar,
+        id: &str,
+    ) -> Option<autopilot_catalog::Instance> {
+        registrar.flush(Duration::from_secs(2)).await;
+        cat.instances(WATCHDOG_SERVICE)
+            .await
+            .expect("read")
+            .into_iter()
+            .find(|i| i.id == id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_reports_publishes_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cat: Arc<dyn Catalog> = Arc::new(
+            autopilot_catalog_local::LocalCatalog::open(dir.path(), "agent").expect("catalog"),
+        );
+        let registrar = Registrar::start(cat.clone());
+        let answer = Arc::new(Mutex::new(Answer::Status(200)));
+        let (port, srv) = server(answer.clone()).await;
+        let (ok_tx, ok_rx) = watch::channel(true);
+        let mut api = spec(
+            "api",
+            WatchdogCheck::Http {
+                url: format!("http://127.0.0.1:{port}/health"),
+                expect: None,
+                warn_on: vec![],
+                slow: None,
+            },
+        );
+        api.interval = Duration::from_millis(100);
+        api.job = Some("app".into());
+        let mut lp = spec(
+            "loop",
+            WatchdogCheck::Crashloop {
+                job: "app".into(),
+                restarts: 2,
+                window: Duration::from_secs(60),
+            },
+        );
+        lp.interval = Duration::from_secs(3600);
+        let specs = vec![api, spec("catalog", WatchdogCheck::Catalog), lp];
+        let (tx, mut rx) = mpsc::channel(64);
+        let set = WatchdogSet::start(
+            &specs,
+            WatchdogCtx {
+                registrar: registrar.clone(),
+                host: "h1".into(),
+                address: "127.0.0.1".into(),
+                ttl: Duration::from_secs(30),
+                catalog_ok: ok_rx,
+                spawner: Spawner::start().expect("spawner"),
+                env: path_env(),
+            },
+            tx,
+        );
+        // Every watchdog reports its first result.
+        let mut first = std::collections::BTreeMap::new();
+        while first.len() < 3 {
+            let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("first reports")
+                .expect("reports");
+            first.entry(r.name.clone()).or_insert(r);
+        }
+        assert!(
+            first.values().all(|r| r.status == WatchdogStatus::Ok),
+            "{first:?}"
+        );
+        assert_eq!(first["api"].job.as_deref(), Some("app"));
+        assert_eq!(first["catalog"].job, None);
+        assert_eq!(
+            first["loop"].job.as_deref(),
+            Some("app"),
+            "a crashloop's own job"
+        );
+
+        let e = entry(&cat, &registrar, "h1.api").await.expect("api entry");
+        assert_eq!(e.status, Status::Passing);
+        assert!(e.tags.contains(&"status=ok".to_string()), "{:?}", e.tags);
+        assert!(e.tags.contains(&"message=answered 200".to_string()));
+        assert!(e.tags.contains(&"job=app".to_string()));
+
+        // An error is reported and written at once.
+        *locked(&answer) = Answer::Status(500);
+        let r = next_for(&mut rx, "api", WatchdogStatus::Error).await;
+        assert_eq!(r.message, "answered 500, expected 2xx");
+        let e = entry(&cat, &registrar, "h1.api").await.expect("api entry");
+        assert_eq!(e.status, Status::Critical);
+        assert!(e.tags.contains(&"status=error".to_string()));
+
+        // The registrar's health drives the catalog watchdog without waiting
+        // for its interval.
+        ok_tx.send_replace(false);
+        next_for(&mut rx, "catalog", WatchdogStatus::Error).await;
+
+        // Exits wake the crashloop watchdog at once.
+        set.job_exited("app", false);
+        set.job_exited("app", false);
+        let r = next_for(&mut rx, "loop", WatchdogStatus::Error).await;
+        assert_eq!(r.message, "app exited 2 times within 1m0s");
+
+        let views = set.view();
+        assert_eq!(
+            views
+                .iter()
+                .map(|v| (v.name.as_str(), v.status))
+                .collect::<Vec<_>>(),
+            [
+                ("api", WatchdogStatus::Error),
+                ("catalog", WatchdogStatus::Error),
+                ("loop", WatchdogStatus::Error)
+            ]
+        );
+
+        set.stop().await;
+        assert!(
+            cat.instances(WATCHDOG_SERVICE)
+                .await
+                .expect("read")
+                .is_empty(),
+            "stop removes the entries"
+        );
+        srv.abort();
+    }
+}
