@@ -573,6 +573,8 @@ async fn tcp(
 }
 
 /// Free and total bytes of the filesystem holding `path`.
+// `c_ulong` and `fsblkcnt_t` are narrower than u64 on some targets.
+#[allow(clippy::useless_conversion)]
 fn free_space(path: &std::path::Path) -> Result<(u64, u64), String> {
     let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let frsize = u64::from(st.fragment_size());
