@@ -168,9 +168,6 @@ enum Check {
     Unusable(String),
 }
 
-/// The default `warnOn`: overloaded.
-const DEFAULT_WARN_ON: [u16; 2] = [429, 503];
-
 impl Check {
     fn of(check: &WatchdogCheck) -> Check {
         match check {
@@ -186,11 +183,9 @@ impl Check {
                     port,
                     target,
                     expect: *expect,
-                    warn_on: if warn_on.is_empty() {
-                        DEFAULT_WARN_ON.to_vec()
-                    } else {
-                        warn_on.clone()
-                    },
+                    // The config fills in the default (429, 503); an
+                    // explicit empty list warns on no status.
+                    warn_on: warn_on.clone(),
                     slow: *slow,
                 },
                 Err(e) => Check::Unusable(format!("unusable url {url:?}: {e}")),
@@ -855,7 +850,7 @@ mod tests {
         let answer = Arc::new(Mutex::new(Answer::Status(200)));
         let (port, srv) = server(answer.clone()).await;
         let t = Duration::from_secs(2);
-        let warn = DEFAULT_WARN_ON.to_vec();
+        let warn = vec![429, 503];
         let get = |expect, slow, timeout| {
             let warn = warn.clone();
             async move { http("127.0.0.1", port, "/health", expect, &warn, slow, timeout).await }
