@@ -470,13 +470,16 @@ async fn exec(
         Ok(pair) => pair,
         Err(e) => return (WatchdogStatus::Error, e.to_string()),
     };
-    let pid = child.pid;
+    // Killed with its group if the check is dropped (the set stopped) or
+    // times out: a check's children never outlive it.
+    let mut guard = KillGroup(Some(child.pid));
     let exit = match tokio::time::timeout(timeout, child.exit).await {
-        Ok(Ok(exit)) => exit,
+        Ok(Ok(exit)) => {
+            guard.0 = None;
+            exit
+        }
         Ok(Err(_)) => return (WatchdogStatus::Error, "exit status lost".into()),
         Err(_) => {
-            // The whole group: a check's children must not outlive it.
-            let _ = autopilot_process::signal_group(pid, autopilot_process::Sig::Kill);
             return (
                 WatchdogStatus::Error,
                 format!("no result within {}; killed", dur(timeout)),
@@ -494,6 +497,17 @@ async fn exec(
         Exit::Signal(s) => (WatchdogStatus::Error, format!("killed by signal {s}")),
     };
     (status, if first.is_empty() { fallback } else { first })
+}
+
+/// SIGKILLs a process group when dropped, unless disarmed.
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = autopilot_process::signal_group(pid, autopilot_process::Sig::Kill);
+        }
+    }
 }
 
 /// An http check: the expected status (any 2xx without `expect`) is ok,
