@@ -24,6 +24,9 @@ const KV_ROOT: &str = "_fleet/repair/";
 const NAME_CAP: usize = 200;
 /// The largest exhausted marker read (bytes); a larger one is shown as unreadable.
 const MARKER_CAP: usize = 4096;
+/// Services read when none is named (each costs a catalog request); the
+/// rest are counted on stderr, so junk keys cannot exhaust `--timeout`.
+const SERVICES_CAP: usize = 200;
 
 #[derive(Args, Debug)]
 pub struct RepairsArgs {
@@ -144,7 +147,12 @@ async fn list(
         .await?
         .cat;
     let what = format!("catalog {}", o.url);
-    let views = bounded(&what, o.deadline, read(cat.as_ref(), service)).await?;
+    let (views, left_out) = bounded(&what, o.deadline, read(cat.as_ref(), service)).await?;
+    if left_out > 0 {
+        eprintln!(
+            "autopilot: repairs list: {left_out} more services with repair data not shown (name one)"
+        );
+    }
     if let Some(s) = service
         && !views.iter().any(|v| v.found)
     {
@@ -178,8 +186,12 @@ fn service_of_key(key: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Reads one service (`Some`) or every service with repair data.
-async fn read(cat: &dyn Catalog, service: Option<&str>) -> anyhow::Result<Vec<ServiceView>> {
+/// Reads one service (`Some`) or every service with repair data (the
+/// first [`SERVICES_CAP`] by name), and how many were left out.
+async fn read(
+    cat: &dyn Catalog,
+    service: Option<&str>,
+) -> anyhow::Result<(Vec<ServiceView>, usize)> {
     let (names, kv): (BTreeSet<String>, Vec<(String, String)>) = match service {
         Some(s) => (
             BTreeSet::from([s.to_string()]),
@@ -207,13 +219,14 @@ async fn read(cat: &dyn Catalog, service: Option<&str>) -> anyhow::Result<Vec<Se
             by_service.entry(s).or_default().push((k, v));
         }
     }
+    let left_out = names.len().saturating_sub(SERVICES_CAP);
     let mut views = Vec::new();
-    for name in &names {
+    for name in names.iter().take(SERVICES_CAP) {
         let entries = cat.instances(&node_service(name)).await?;
         let kv = by_service.remove(name.as_str()).unwrap_or_default();
         views.push(view(name, &entries, &kv));
     }
-    Ok(views)
+    Ok((views, left_out))
 }
 
 /// Builds one service's view from its live entries and KV pairs (pure).
