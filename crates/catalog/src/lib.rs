@@ -195,6 +195,17 @@ pub trait Catalog: Send + Sync {
     /// the session is kept alive, so a dead holder's lock expires.
     async fn lock(&self, name: &str) -> Result<(), CatalogError>;
 
+    /// Takes the lock `name` only if it is free, never waiting; returns
+    /// whether this session holds it afterwards. Held and released as for
+    /// [`Catalog::lock`]. The default refuses (a backend without it cannot
+    /// take a repair budget slot).
+    async fn try_lock(&self, name: &str) -> Result<bool, CatalogError> {
+        Err(CatalogError::Invalid {
+            url: self.url().to_string(),
+            message: format!("this catalog cannot try the lock {name:?} without waiting"),
+        })
+    }
+
     async fn unlock(&self, name: &str) -> Result<(), CatalogError>;
 
     /// Whether this session still holds the lock `name` in the catalog. A
