@@ -704,3 +704,74 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// A watchdog's reported status as the agent shows it (`/status`, metrics)
+/// and folds into its job's condition (only `error` counts).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WatchdogShown {
+    pub name: String,
+    /// The job it is about (`None`: every repair job of the agent).
+    pub job: Option<String>,
+    pub status: repair::WatchdogStatus,
+    pub message: String,
+    /// RFC 3339 of the last status change.
+    pub since: String,
+}
+
+/// The first watchdog `error` that counts for `job`: `"name: message"`.
+pub fn watchdog_error<'a>(
+    job: &str,
+    watchdogs: impl IntoIterator<Item = &'a WatchdogShown>,
+) -> Option<String> {
+    watchdogs
+        .into_iter()
+        .find(|w| {
+            w.status == repair::WatchdogStatus::Error
+                && w.job.as_deref().is_none_or(|j| j == job)
+        })
+        .map(|w| format!("{}: {}", w.name, w.message))
+}
+
+/// The `repair` section of a job in `/status`.
+pub fn status_json(s: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "state": s.view.state.as_str(),
+        "step": s.view.step.map(RepairStep::as_str),
+        "attempt": s.view.attempt,
+        "reason": s.view.reason,
+        "since": s.since,
+        "waitingForBudget": s.view.waiting_for_budget,
+        "holdsSlot": s.view.holds_slot,
+        "exhausted": s.view.exhausted,
+        "running": s.view.running,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dog(name: &str, job: Option<&str>, status: repair::WatchdogStatus) -> WatchdogShown {
+        WatchdogShown {
+            name: name.into(),
+            job: job.map(String::from),
+            status,
+            message: "m".into(),
+            since: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_an_error_of_the_job_or_of_every_job_counts() {
+        use repair::WatchdogStatus::*;
+        let w = [
+            dog("warn", None, Warning),
+            dog("other", Some("b"), Error),
+            dog("mine", Some("a"), Error),
+            dog("all", None, Error),
+        ];
+        assert_eq!(watchdog_error("a", &w), Some("mine: m".into()));
+        assert_eq!(watchdog_error("c", &w), Some("all: m".into()));
+        assert_eq!(watchdog_error("a", &w[..2]), None);
+    }
+}
