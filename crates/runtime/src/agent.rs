@@ -143,6 +143,8 @@ enum Msg {
         code: i32,
     },
     /// A watchdog's reported status changed (or its message, see `_watchdogs`).
+    // Sent by the watchdog set's reports once it is wired in.
+    #[allow(dead_code)]
     Watchdog(crate::repair::WatchdogShown),
     /// A switch run off the event loop returned: for the bundle, with the
     /// config it loaded.
@@ -822,7 +824,9 @@ async fn run_replace_hook(
         Ok(Ok(Exit::Signal(sig))) => {
             tracing::error!(job = %job, signal = sig, "repair: the replace hook was killed")
         }
-        Ok(Err(_)) => tracing::error!(job = %job, "repair: the replace hook's exit status was lost"),
+        Ok(Err(_)) => {
+            tracing::error!(job = %job, "repair: the replace hook's exit status was lost")
+        }
         Err(_) => {
             tracing::error!(job = %job, secs = limit.as_secs(), "repair: the replace hook did not finish in time; killing it");
             let _ = autopilot_process::signal_group(pid, autopilot_process::Sig::Kill);
@@ -2066,7 +2070,12 @@ impl Agent {
                 }
                 Err(e) => {
                     tracing::error!(set = %spec.set, "reimage failed after the data was moved aside: {e}");
-                    (false, Some(format!("the restore after moving the data aside failed: {e}")))
+                    (
+                        false,
+                        Some(format!(
+                            "the restore after moving the data aside failed: {e}"
+                        )),
+                    )
                 }
             };
             let _ = tx.send(Msg::Reimaged { key, ok, note }).await;

@@ -118,7 +118,10 @@ impl Task {
 
     /// A copy of what the task shows.
     pub fn snapshot(&self) -> Option<Snapshot> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -196,10 +199,7 @@ async fn bounded<T>(
     match tokio::time::timeout(CATALOG_DEADLINE, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {}s",
-            CATALOG_DEADLINE.as_secs()
-        )),
+        Err(_) => Err(format!("no answer within {}s", CATALOG_DEADLINE.as_secs())),
     }
 }
 
@@ -257,7 +257,10 @@ impl Worker {
                 .map(|d| self.started + d)
                 .into_iter()
                 .chain(self.retry_slot)
-                .chain(self.record_dirty.then(|| tokio::time::Instant::now() + RETRY))
+                .chain(
+                    self.record_dirty
+                        .then(|| tokio::time::Instant::now() + RETRY),
+                )
                 .min();
             let poll = waiting.then(|| tokio::time::Instant::now() + RETRY);
             tokio::select! {
@@ -320,7 +323,8 @@ impl Worker {
         let rec = loop {
             match bounded(self.catalog.kv_get(&key)).await {
                 Ok(v) => {
-                    self.outage.recovered(self.catalog.url(), "reading the repair record");
+                    self.outage
+                        .recovered(self.catalog.url(), "reading the repair record");
                     break v
                         .filter(|v| v.len() <= VALUE_CAP)
                         .and_then(|v| NodeRecord::decode(&v));
@@ -340,7 +344,10 @@ impl Worker {
                 tracing::info!(job = %self.unit.job, state = %r.state.as_str(), step = ?r.step.map(RepairStep::as_str), attempt = r.attempt, "repair: continuing from the persisted record");
                 Repair::resume(self.unit.spec.clone(), &r, now)
             }
-            _ => (Repair::new(self.unit.spec.clone(), now), vec![RepairAction::Changed]),
+            _ => (
+                Repair::new(self.unit.spec.clone(), now),
+                vec![RepairAction::Changed],
+            ),
         };
         let mut m = m;
         let mut actions = actions;
@@ -563,7 +570,9 @@ impl Worker {
                     tracing::info!(job = %self.unit.job, "repair budget available again");
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(job = %self.unit.job, "repair: cannot clear the exhausted marker: {e}"),
+                Err(e) => {
+                    tracing::warn!(job = %self.unit.job, "repair: cannot clear the exhausted marker: {e}")
+                }
             }
         }
     }
@@ -676,8 +685,12 @@ impl Worker {
         let expected = (!open.text.is_empty()).then_some(open.text.as_str());
         match bounded(self.catalog.kv_cas(&open.key, expected, &text)).await {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(job = %self.unit.job, key = %open.key, "repair: the history record changed meanwhile; its end is not written"),
-            Err(e) => tracing::warn!(job = %self.unit.job, "repair: cannot close the history record: {e}"),
+            Ok(false) => {
+                tracing::warn!(job = %self.unit.job, key = %open.key, "repair: the history record changed meanwhile; its end is not written")
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.unit.job, "repair: cannot close the history record: {e}")
+            }
         }
     }
 
@@ -726,8 +739,7 @@ pub fn watchdog_error<'a>(
     watchdogs
         .into_iter()
         .find(|w| {
-            w.status == repair::WatchdogStatus::Error
-                && w.job.as_deref().is_none_or(|j| j == job)
+            w.status == repair::WatchdogStatus::Error && w.job.as_deref().is_none_or(|j| j == job)
         })
         .map(|w| format!("{}: {}", w.name, w.message))
 }

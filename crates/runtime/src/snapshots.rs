@@ -474,7 +474,11 @@ pub async fn reimage(ctx: &Ctx, spec: &SnapshotSpec) -> Result<Reimaged, String>
         let why = if list.is_empty() {
             "no snapshot recorded".to_string()
         } else {
-            format!("{} snapshot(s) recorded, none verified: {}", list.len(), problems.join("; "))
+            format!(
+                "{} snapshot(s) recorded, none verified: {}",
+                list.len(),
+                problems.join("; ")
+            )
         };
         return Ok(Reimaged::NoSnapshot(why));
     };
