@@ -195,10 +195,15 @@ pub trait Catalog: Send + Sync {
     /// the session is kept alive, so a dead holder's lock expires.
     async fn lock(&self, name: &str) -> Result<(), CatalogError>;
 
-    /// Takes the lock `name` only if it is free, never waiting; returns
-    /// whether this session holds it afterwards. Held and released as for
-    /// [`Catalog::lock`]. The default refuses (a backend without it cannot
-    /// take a repair budget slot).
+    /// Takes the lock `name` only if nobody holds it, never waiting: `Ok(true)`
+    /// when this session holds it after the call (it already did, or took it
+    /// now). A lock taken here is the same session-bound lock as
+    /// [`Catalog::lock`]'s: [`Catalog::holds_lock`] sees it,
+    /// [`Catalog::unlock`] releases it, and it dies with the session. A
+    /// session waiting in `lock` for the same name never makes this one win
+    /// while another session holds it, nor the other way round.
+    ///
+    /// The default refuses, as [`Catalog::kv_delete_if`]'s does.
     async fn try_lock(&self, name: &str) -> Result<bool, CatalogError> {
         Err(CatalogError::Invalid {
             url: self.url().to_string(),
