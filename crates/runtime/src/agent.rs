@@ -1896,11 +1896,11 @@ impl Agent {
         }
         gone.extend(old.into_values());
         for t in gone {
-            t.task.abort();
             if !self.repairs.values().any(|k| k.unit.node == t.unit.node) {
                 self.registrar.remove(&t.unit.node);
             }
             self.repair_steps.remove(&t.unit.job);
+            t.end();
         }
     }
 

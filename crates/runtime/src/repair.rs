@@ -83,6 +83,10 @@ pub struct Task {
     inputs: mpsc::UnboundedSender<RepairInput>,
     pub status: Arc<Mutex<Option<Snapshot>>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// The budget slot the task holds, shared with it: given back when the
+    /// task is ended while the agent (and its session) goes on.
+    slot: Arc<Mutex<Option<String>>>,
+    catalog: Arc<dyn Catalog>,
 }
 
 impl Drop for Task {
@@ -116,6 +120,22 @@ impl Task {
         let _ = self.inputs.send(RepairInput::Leading(leading));
     }
 
+    /// Ends the task (a reload dropped or changed its job) and gives back
+    /// the budget slot it held, in the background under the deadline.
+    pub fn end(self) {
+        self.task.abort();
+        let held = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(name) = held {
+            let catalog = self.catalog.clone();
+            let job = self.unit.job.clone();
+            tokio::spawn(async move {
+                if let Err(e) = bounded(catalog.unlock(&name)).await {
+                    tracing::warn!(%job, slot = %name, "repair: cannot give the slot back: {e}");
+                }
+            });
+        }
+    }
+
     /// A copy of what the task shows.
     pub fn snapshot(&self) -> Option<Snapshot> {
         self.status
@@ -138,8 +158,9 @@ pub fn spawn<M: Send + 'static>(
     let (condition, cond_rx) = watch::channel(initial);
     let (inputs, in_rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(None));
+    let slot = Arc::new(Mutex::new(None));
     let mut w = Worker {
-        catalog,
+        catalog: catalog.clone(),
         registrar,
         unit: unit.clone(),
         status: status.clone(),
@@ -152,7 +173,7 @@ pub fn spawn<M: Send + 'static>(
         outcomes: Vec::new(),
         retry_slot: None,
         record_dirty: false,
-        slot: None,
+        slot: slot.clone(),
     };
     let task = tokio::spawn(async move { w.run(cond_rx, in_rx, tx, to_agent).await });
     Task {
@@ -161,6 +182,8 @@ pub fn spawn<M: Send + 'static>(
         inputs,
         status,
         task,
+        slot,
+        catalog,
     }
 }
 
@@ -189,7 +212,7 @@ struct Worker {
     /// The node record could not be written: written again on the next retry.
     record_dirty: bool,
     /// The budget slot (lock name) this node took.
-    slot: Option<String>,
+    slot: Arc<Mutex<Option<String>>>,
 }
 
 /// Runs a catalog call under [`CATALOG_DEADLINE`]; `Err` says why it failed.
@@ -521,7 +544,7 @@ impl Worker {
         for i in 0..slots {
             let name = repair::slot_lock_name(self.service(), i);
             if bounded(self.catalog.try_lock(&name)).await? {
-                self.slot = Some(name);
+                *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
                 self.outage
                     .recovered(self.catalog.url(), "taking a repair slot");
                 tracing::info!(job = %self.unit.job, slot = i, slots, "repair: budget slot taken");
@@ -536,10 +559,11 @@ impl Worker {
     /// Whether the catalog confirms, within the deadline, that this node
     /// still holds the slot it took (no answer: not confirmed).
     async fn slot_confirmed(&self) -> bool {
-        let Some(name) = &self.slot else {
+        let held = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(name) = held else {
             return false;
         };
-        match bounded(self.catalog.holds_lock(name)).await {
+        match bounded(self.catalog.holds_lock(&name)).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(job = %self.unit.job, slot = %name, "repair: cannot confirm the budget slot: {e}");
@@ -550,7 +574,8 @@ impl Worker {
 
     /// Gives the slot back, then removes the exhausted marker if no instance waits.
     async fn release(&mut self) {
-        if let Some(name) = self.slot.take()
+        let held = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(name) = held
             && let Err(e) = bounded(self.catalog.unlock(&name)).await
         {
             // The session's end frees it in any case.
