@@ -67,6 +67,38 @@ fn bad_configs_exit_2_and_start_nothing() {
             "{{ range 1000000000 }}{{ end }}{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }] }",
             "config.json5:1:1: template: template ",
         ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  watchdogs: [{ name: 'w', exec: 'true', tcp: { address: 'h:1' } }] }",
+            "config.json5:2:42: watchdogs[0].tcp: watchdog \"w\" sets both 'exec' and 'tcp': set exactly one of exec, http, tcp, disk, catalog, crashloop",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  watchdogs: [{ name: 'w', crashloop: { job: 'ghost' } }] }",
+            "config.json5:2:46: watchdogs[0].crashloop.job: \"ghost\" names no job",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  watchdogs: [{ name: 'w', disk: { path: '/', warning: '5%', error: '10%' } }] }",
+            "config.json5:2:62: watchdogs[0].disk.error: the error threshold (10%) must be less free space than the warning one (5%)",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started' }],\n  watchdogs: [{ name: 'w', catalog: true }, { name: 'w', catalog: true }] }",
+            "config.json5:2:53: watchdogs[1].name: duplicate watchdog name \"w\"",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started',\n  repair: { ladder: ['restart', 'reimage'] } }] }",
+            "config.json5:2:33: jobs[0].repair.ladder[1]: \"reimage\" restores the newest snapshot into the job's data directory, but the job has no 'snapshot'",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started',\n  repair: { ladder: ['replace', 'restart'] } }] }",
+            "config.json5:2:22: jobs[0].repair.ladder[0]: \"replace\" must be the last step",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started', when: { interval: '1s' },\n  repair: { ladder: ['restart'] } }] }",
+            "config.json5:2:11: jobs[0].repair: 'repair' does not apply to an interval job",
+        ),
+        (
+            "{ jobs: [{ name: 'a', exec: 'touch @DIR@/started',\n  repair: { ladder: ['restart'], budget: '0%' } }] }",
+            "config.json5:2:42: jobs[0].repair.budget: \"0%\" is not a valid budget percentage",
+        ),
     ];
     for (text, want) in cases {
         let d = Dir::new("badcfg");

@@ -6,6 +6,7 @@
 
 mod decode;
 pub mod json5;
+mod repair;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::time::Duration;
 use autopilot_core::event::{EventCode, GLOBAL, SIGNAL_EVENTS};
 use autopilot_core::spec::{
     ArtifactSpec, Backoff, ElectionSpec, EntryStatus, HealthCheck, HealthSpec, JobSpec, Restarts,
-    RoleSpec, Roles, SnapshotSpec, Trigger,
+    RoleSpec, Roles, SnapshotSpec, Trigger, WatchdogSpec,
 };
 use decode::{Doc, Field, Obj, child};
 
@@ -81,6 +82,8 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
     /// `bundle`: the config itself comes as an artifact, an autopilot extension.
     pub bundle: Option<BundleConfig>,
+    /// `watchdogs`: node-level checks that feed the repair ladder, an autopilot extension.
+    pub watchdogs: Vec<WatchdogSpec>,
 }
 
 /// `bundle: {name, dest, store, file}`: an artifact holding the config (and
@@ -458,6 +461,10 @@ fn parse_rendered(
         .get("bundle")
         .map(|f| bundle(&f, default_store))
         .transpose()?;
+    let watchdogs = match top.get("watchdogs") {
+        Some(f) => repair::watchdogs(&f, &jobs)?,
+        None => Vec::new(),
+    };
     // Each unit owns its `dest` whole: a switch's cleanup removes every
     // version directory but two, so one unit inside another's dest would
     // see its files removed (or removed the other's).
@@ -490,6 +497,7 @@ fn parse_rendered(
         "stopTimeout",
         "etcd",
         "bundle",
+        "watchdogs",
     ])?;
 
     // Every `when.source` must name something that can publish events.
@@ -543,6 +551,7 @@ fn parse_rendered(
         etcd,
         warnings,
         bundle,
+        watchdogs,
     })
 }
 
@@ -1155,7 +1164,7 @@ fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-const JOB_KEYS: [&str; 19] = [
+const JOB_KEYS: [&str; 20] = [
     "artifact",
     "name",
     "exec",
@@ -1175,6 +1184,7 @@ const JOB_KEYS: [&str; 19] = [
     "election",
     "roles",
     "snapshot",
+    "repair",
 ];
 
 fn job(
@@ -1390,6 +1400,18 @@ fn job(
         .get("artifact")
         .map(|f| artifact(&f, default_store))
         .transpose()?;
+    let repair = match o.get("repair") {
+        Some(f) => Some(repair::repair(
+            &f,
+            &repair::JobFacts {
+                exec: &exec,
+                trigger: &trigger,
+                snapshot: snapshot.as_ref(),
+            },
+            warnings,
+        )?),
+        None => None,
+    };
     o.finish(&JOB_KEYS)?;
     let spec = JobSpec {
         name,
@@ -1415,7 +1437,7 @@ fn job(
         reinit: 0,
         artifact,
         artifact_sha: None,
-        repair: None,
+        repair,
     };
     Ok(spec)
 }

@@ -828,3 +828,842 @@ fn artifact_dests_that_are_equal_or_nested_are_refused() {
         }
     }
 }
+
+mod watchdogs_and_repair {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use autopilot_core::spec::{
+        FreeSpace, RepairBudget, RepairSpec, RepairStep, WatchdogCheck, WatchdogSpec,
+    };
+
+    use super::load;
+
+    /// A config with the job `app` (snapshot with dataDir and restore), the
+    /// port-only job `advert`, and `extra` spliced into the root.
+    fn with(extra: &str) -> String {
+        format!(
+            "{{ jobs: [{{ name: 'app', exec: '/bin/app', restarts: 'unlimited', \
+             snapshot: {{ store: 'file:///snap', create: 'true', restore: 'true', dataDir: '/data' }} }}, \
+             {{ name: 'advert', port: 9000, initial_status: 'passing' }}], {extra} }}"
+        )
+    }
+
+    fn watchdog(entry: &str) -> Result<WatchdogSpec, String> {
+        let c = load(&with(&format!("watchdogs: [{entry}]"))).map_err(|e| e.to_string())?;
+        Ok(c.watchdogs.into_iter().next().expect("one watchdog"))
+    }
+
+    /// A job `jj` with `fields` and a repair block `r`, beside `app`.
+    fn repair_of(fields: &str, r: &str) -> Result<(RepairSpec, Vec<String>), String> {
+        let text = format!(
+            "{{ jobs: [{{ name: 'app', exec: 'true' }}, {{ name: 'jj'{fields}, repair: {r} }}] }}"
+        );
+        let c = load(&text).map_err(|e| e.to_string())?;
+        let spec = c.jobs[1].repair.clone().expect("a repair block");
+        Ok((spec, c.warnings.iter().map(|w| w.to_string()).collect()))
+    }
+
+    #[test]
+    fn the_contract_example_loads() {
+        let c = load(&with(
+            r#"watchdogs: [
+    {name: "disk", disk: {path: "/data", warning: "20%", error: "5%"}, interval: "30s"},
+    {name: "api", http: {url: "http://127.0.0.1:8080/health", warnOn: [429, 503], slow: "2s"}, job: "app"},
+    {name: "port", tcp: {address: "127.0.0.1:8080", slow: "1s"}},
+    {name: "script", exec: ["/bin/check"], interval: "10s", timeout: "5s", rise: 2, fall: 3},
+    {name: "catalog", catalog: true},
+    {name: "loop", crashloop: {job: "app", restarts: 5, window: "60s"}},
+  ]"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let w = &c.watchdogs;
+        assert_eq!(w.len(), 6);
+        assert_eq!(
+            w[0],
+            WatchdogSpec {
+                name: "disk".into(),
+                check: WatchdogCheck::Disk {
+                    path: PathBuf::from("/data"),
+                    warning: Some(FreeSpace::Percent(20.0)),
+                    error: Some(FreeSpace::Percent(5.0)),
+                },
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(5),
+                job: None,
+                rise: 1,
+                fall: 1,
+            }
+        );
+        assert_eq!(
+            w[1].check,
+            WatchdogCheck::Http {
+                url: "http://127.0.0.1:8080/health".into(),
+                expect: None,
+                warn_on: vec![429, 503],
+                slow: Some(Duration::from_secs(2)),
+            }
+        );
+        assert_eq!(w[1].job.as_deref(), Some("app"));
+        assert_eq!(
+            w[2].check,
+            WatchdogCheck::Tcp {
+                address: "127.0.0.1:8080".into(),
+                slow: Some(Duration::from_secs(1)),
+            }
+        );
+        assert_eq!(
+            w[3].check,
+            WatchdogCheck::Exec {
+                argv: vec!["/bin/check".into()]
+            }
+        );
+        assert_eq!((w[3].rise, w[3].fall), (2, 3));
+        assert_eq!(w[4].check, WatchdogCheck::Catalog);
+        assert_eq!(
+            w[5].check,
+            WatchdogCheck::Crashloop {
+                job: "app".into(),
+                restarts: 5,
+                window: Duration::from_secs(60),
+            }
+        );
+        // A crashloop watchdog counts for its own job unless told otherwise.
+        assert_eq!(w[5].job.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn no_watchdogs_and_no_repair_by_default() {
+        let c = load(&with("")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.watchdogs.is_empty());
+        assert!(c.jobs.iter().all(|j| j.repair.is_none()));
+    }
+
+    #[test]
+    fn watchdog_defaults() {
+        let w =
+            watchdog("{ name: 'x', exec: '/bin/check --fast' }").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.interval, Duration::from_secs(10));
+        assert_eq!(w.timeout, Duration::from_secs(5));
+        assert_eq!((w.rise, w.fall, w.job), (1, 1, None));
+        assert_eq!(
+            w.check,
+            WatchdogCheck::Exec {
+                argv: vec!["/bin/check".into(), "--fast".into()]
+            }
+        );
+        // A short interval shortens the default timeout.
+        let w = watchdog("{ name: 'x', catalog: true, interval: '2s' }")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.timeout, Duration::from_secs(2));
+        let w = watchdog("{ name: 'x', http: { url: 'http://h/' }, timeout: '10s' }")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.timeout, Duration::from_secs(10));
+        let WatchdogCheck::Http {
+            warn_on, expect, ..
+        } = w.check
+        else {
+            panic!("not http: {:?}", w.check)
+        };
+        assert_eq!((warn_on, expect), (vec![429, 503], None));
+        let w = watchdog("{ name: 'x', http: { url: 'http://h/', warnOn: [], expect: 204 } }")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let WatchdogCheck::Http {
+            warn_on, expect, ..
+        } = w.check
+        else {
+            panic!("not http: {:?}", w.check)
+        };
+        assert_eq!((warn_on, expect), (vec![], Some(204)));
+        let w = watchdog("{ name: 'x', crashloop: { job: 'app' }, job: 'app' }")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            w.check,
+            WatchdogCheck::Crashloop {
+                job: "app".into(),
+                restarts: 5,
+                window: Duration::from_secs(60)
+            }
+        );
+        for ok in ["a", "A.b_c-1", &"x".repeat(64)] {
+            let w = watchdog(&format!("{{ name: '{ok}', catalog: true }}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(w.name, ok);
+        }
+    }
+
+    #[test]
+    fn disk_thresholds() {
+        let disk = |w: &str, e: &str| -> Result<(Option<FreeSpace>, Option<FreeSpace>), String> {
+            let mut fields = String::new();
+            if !w.is_empty() {
+                fields += &format!(", warning: {w}");
+            }
+            if !e.is_empty() {
+                fields += &format!(", error: {e}");
+            }
+            let spec = watchdog(&format!(
+                "{{ name: 'd', disk: {{ path: '/data'{fields} }} }}"
+            ))?;
+            match spec.check {
+                WatchdogCheck::Disk { warning, error, .. } => Ok((warning, error)),
+                other => panic!("not disk: {other:?}"),
+            }
+        };
+        let b = |n| Some(FreeSpace::Bytes(n));
+        let p = |n| Some(FreeSpace::Percent(n));
+        assert_eq!(disk("'500MiB'", ""), Ok((b(500 << 20), None)));
+        assert_eq!(disk("", "'2GB'"), Ok((None, b(2_000_000_000))));
+        assert_eq!(disk("'1.5GiB'", "'1 kib'"), Ok((b(3 << 29), b(1024))));
+        assert_eq!(disk("1000000", "'4096'"), Ok((b(1_000_000), b(4096))));
+        assert_eq!(disk("'12.5%'", "'0.5%'"), Ok((p(12.5), p(0.5))));
+        assert_eq!(disk("'100%'", ""), Ok((p(100.0), None)));
+        // Different units are not compared: the percentage depends on the disk.
+        assert_eq!(disk("'1GiB'", "'10%'"), Ok((b(1 << 30), p(10.0))));
+        assert_eq!(disk("'1%'", "'1TB'"), Ok((p(1.0), b(1_000_000_000_000))));
+        for (w, e, want) in [
+            (
+                "",
+                "",
+                "watchdogs[0].disk.warning: a disk watchdog needs 'warning', 'error' or both",
+            ),
+            (
+                "'0%'",
+                "",
+                "watchdogs[0].disk.warning: \"0%\": a percentage must be above 0 and at most 100",
+            ),
+            (
+                "'100.1%'",
+                "",
+                "a percentage must be above 0 and at most 100",
+            ),
+            ("'-5%'", "", "a percentage must be above 0"),
+            ("'NaN%'", "", "a percentage must be above 0"),
+            (
+                "'x%'",
+                "",
+                "watchdogs[0].disk.warning: \"x%\": expected a percentage",
+            ),
+            ("", "'5%'", ""),
+            (
+                "'5%'",
+                "'5%'",
+                "watchdogs[0].disk.error: the error threshold (5%) must be less free space than the warning one (5%)",
+            ),
+            (
+                "'5%'",
+                "'10%'",
+                "watchdogs[0].disk.error: the error threshold (10%)",
+            ),
+            (
+                "'1GB'",
+                "'2GB'",
+                "watchdogs[0].disk.error: the error threshold (2000000000 bytes) must be less",
+            ),
+            (
+                "'1GB'",
+                "1000000000",
+                "watchdogs[0].disk.error: the error threshold",
+            ),
+            (
+                "'2PB'",
+                "",
+                "watchdogs[0].disk.warning: \"2PB\" has an unknown size unit",
+            ),
+            (
+                "'MiB'",
+                "",
+                "watchdogs[0].disk.warning: \"MiB\": expected a percentage",
+            ),
+            ("''", "", "expected a percentage"),
+            ("0", "", "watchdogs[0].disk.warning: 0 is not a valid size"),
+            ("0.5", "", "is not a valid size"),
+            ("-1", "", "is not a valid size"),
+            (
+                "1e300",
+                "",
+                "watchdogs[0].disk.warning: 1000000000000000000000",
+            ),
+            ("'99999999999999TiB'", "", "is not a valid size"),
+            ("Infinity", "", "is not a valid size"),
+            (
+                "true",
+                "",
+                "watchdogs[0].disk.warning: expected a percentage such as \"10%\" or a size such as \"500MiB\", \"2GB\" or a number of bytes, found",
+            ),
+        ] {
+            let r = disk(w, e);
+            if want.is_empty() {
+                assert!(r.is_ok(), "{w} {e}: {r:?}");
+                continue;
+            }
+            let err = r.expect_err(want);
+            assert!(err.contains(want), "{w} {e}\n got: {err}\nwant: {want}");
+        }
+        let e =
+            watchdog("{ name: 'd', disk: { path: 'data', error: '5%' } }").expect_err("relative");
+        assert!(
+            e.contains("watchdogs[0].disk.path: data is not an absolute path"),
+            "{e}"
+        );
+        let e = watchdog("{ name: 'd', disk: { error: '5%' } }").expect_err("no path");
+        assert!(
+            e.contains("watchdogs[0].disk.path: this field is required"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_watchdogs_name_the_field() {
+        for (entry, want) in [
+            (
+                "{ catalog: true }",
+                "watchdogs[0].name: this field is required",
+            ),
+            (
+                "{ name: 42, catalog: true }",
+                "watchdogs[0].name: expected a string, found",
+            ),
+            (
+                "{ name: ['a'], catalog: true }",
+                "watchdogs[0].name: expected a string",
+            ),
+            (
+                "{ name: '', catalog: true }",
+                "watchdogs[0].name: \"\" is not a valid watchdog name",
+            ),
+            (
+                "{ name: 'a b', catalog: true }",
+                "is not a valid watchdog name: 1-64 letters",
+            ),
+            (
+                "{ name: 'a/b', catalog: true }",
+                "is not a valid watchdog name",
+            ),
+            (
+                "{ name: 'a\\nb', catalog: true }",
+                "watchdogs[0].name: \"a\\nb\" is not a valid",
+            ),
+            (
+                &format!("{{ name: '{}', catalog: true }}", "x".repeat(65)),
+                "is not a valid watchdog name",
+            ),
+            (
+                "{ name: 'w' }",
+                "watchdogs[0]: watchdog \"w\" needs a check: set one of exec, http, tcp, disk, catalog, crashloop",
+            ),
+            (
+                "{ name: 'w', exec: 'true', catalog: true }",
+                "watchdogs[0].catalog: watchdog \"w\" sets both 'exec' and 'catalog': set exactly one of exec, http, tcp, disk, catalog, crashloop",
+            ),
+            (
+                "{ name: 'w', catalog: false }",
+                "watchdogs[0].catalog: 'catalog' takes only true",
+            ),
+            (
+                "{ name: 'w', catalog: 'yes' }",
+                "watchdogs[0].catalog: expected true or false",
+            ),
+            (
+                "{ name: 'w', exec: '' }",
+                "watchdogs[0].exec: the command is empty",
+            ),
+            (
+                "{ name: 'w', exec: 'a \"b' }",
+                "watchdogs[0].exec: unbalanced quotes",
+            ),
+            (
+                "{ name: 'w', exec: 5 }",
+                "watchdogs[0].exec: expected a string or an array of strings",
+            ),
+            (
+                "{ name: 'w', catalog: true, interval: 0 }",
+                "watchdogs[0].interval: must be at least 1ms",
+            ),
+            (
+                "{ name: 'w', catalog: true, interval: 1e300 }",
+                "watchdogs[0].interval: 1000000000000000000000",
+            ),
+            (
+                "{ name: 'w', catalog: true, timeout: '99999999999h' }",
+                "watchdogs[0].timeout: \"99999999999h\" is not a valid duration",
+            ),
+            (
+                "{ name: 'w', catalog: true, timeout: '11s' }",
+                "watchdogs[0].timeout: must not be longer than 'interval' (10s)",
+            ),
+            (
+                "{ name: 'w', catalog: true, interval: '500ms', timeout: '1s' }",
+                "must not be longer than 'interval' (500ms)",
+            ),
+            (
+                "{ name: 'w', catalog: true, rise: 0 }",
+                "watchdogs[0].rise: 0 is out of range (1..=100)",
+            ),
+            (
+                "{ name: 'w', catalog: true, fall: 101 }",
+                "watchdogs[0].fall: 101 is out of range (1..=100)",
+            ),
+            (
+                "{ name: 'w', catalog: true, fall: 1e300 }",
+                "watchdogs[0].fall: ",
+            ),
+            (
+                "{ name: 'w', catalog: true, rise: 1.5 }",
+                "watchdogs[0].rise: expected an integer",
+            ),
+            (
+                "{ name: 'w', catalog: true, job: 'ghost' }",
+                "watchdogs[0].job: \"ghost\" names no job",
+            ),
+            (
+                "{ name: 'w', catalog: true, job: 3 }",
+                "watchdogs[0].job: expected a string",
+            ),
+            (
+                "{ name: 'w', catalog: true, jobs: 'app' }",
+                "watchdogs[0].jobs: unknown field (did you mean \"job\"?)",
+            ),
+            (
+                "{ name: 'w', catalog: true, zzz: 1 }",
+                "watchdogs[0].zzz: unknown field; expected one of: name, exec",
+            ),
+            (
+                "{ name: 'w', http: 'http://h/' }",
+                "watchdogs[0].http: expected an object",
+            ),
+            (
+                "{ name: 'w', http: {} }",
+                "watchdogs[0].http.url: this field is required",
+            ),
+            (
+                "{ name: 'w', http: { url: 'https://h/' } }",
+                "watchdogs[0].http.url: 'https://h/': https is not supported",
+            ),
+            (
+                "{ name: 'w', http: { url: 'h:80' } }",
+                "watchdogs[0].http.url: ",
+            ),
+            (
+                "{ name: 'w', http: { url: 'http://h/', expect: 99 } }",
+                "watchdogs[0].http.expect: 99 is out of range (100..=599)",
+            ),
+            (
+                "{ name: 'w', http: { url: 'http://h/', warnOn: [503, 600] } }",
+                "watchdogs[0].http.warnOn[1]: 600 is out of range",
+            ),
+            (
+                "{ name: 'w', http: { url: 'http://h/', warnOn: 503 } }",
+                "watchdogs[0].http.warnOn: expected an array",
+            ),
+            (
+                "{ name: 'w', http: { url: 'http://h/', slow: '5s' } }",
+                "watchdogs[0].http.slow: must be shorter than the watchdog's 'timeout' (5s)",
+            ),
+            (
+                "{ name: 'w', http: { url: 'http://h/', slow: 1e300 } }",
+                "watchdogs[0].http.slow: 1000000000000000000000",
+            ),
+            (
+                "{ name: 'w', http: { url: 'http://h/', status: 200 } }",
+                "watchdogs[0].http.status: unknown field",
+            ),
+            (
+                "{ name: 'w', tcp: {} }",
+                "watchdogs[0].tcp.address: this field is required",
+            ),
+            (
+                "{ name: 'w', tcp: { address: 'h' } }",
+                "watchdogs[0].tcp.address: 'h' is not host:port",
+            ),
+            (
+                "{ name: 'w', tcp: { address: 'h:0' } }",
+                "watchdogs[0].tcp.address: 'h:0': '0' is not a port",
+            ),
+            (
+                "{ name: 'w', tcp: { address: 'h:1', slow: '6s' }, timeout: '5s' }",
+                "watchdogs[0].tcp.slow: must be shorter",
+            ),
+            (
+                "{ name: 'w', crashloop: {} }",
+                "watchdogs[0].crashloop.job: this field is required",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'ghost' } }",
+                "watchdogs[0].crashloop.job: \"ghost\" names no job",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'advert' } }",
+                "watchdogs[0].crashloop.job: job \"advert\" runs no process ('exec'), so it cannot crash-loop",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'app', restarts: 0 } }",
+                "watchdogs[0].crashloop.restarts: 0 is out of range (1..=1000)",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'app', restarts: 1001 } }",
+                "out of range (1..=1000)",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'app', restarts: 1e300 } }",
+                "watchdogs[0].crashloop.restarts: ",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'app', window: 0 } }",
+                "watchdogs[0].crashloop.window: must be at least 1ms",
+            ),
+            (
+                "{ name: 'w', crashloop: { job: 'app', window: '1e300s' } }",
+                "watchdogs[0].crashloop.window: ",
+            ),
+            ("'w'", "watchdogs[0]: expected an object, found"),
+        ] {
+            let e = watchdog(entry).expect_err(entry);
+            assert!(e.contains(want), "{entry}\n got: {e}\nwant: {want}");
+            assert!(e.starts_with("/etc/app.json5:1:"), "{e}");
+        }
+        let e = load(&with(
+            "watchdogs: [{ name: 'a', catalog: true },\n { name: 'a', exec: 'true' }]",
+        ))
+        .expect_err("duplicate")
+        .to_string();
+        assert!(
+            e.contains("/etc/app.json5:2:10: watchdogs[1].name: duplicate watchdog name \"a\""),
+            "{e}"
+        );
+        let e = load(&with("watchdogs: { name: 'a' }"))
+            .expect_err("object")
+            .to_string();
+        assert!(e.contains("watchdogs: expected an array"), "{e}");
+        // The known top-level fields keep their order, `watchdogs` last.
+        let e = load("{ zzz: 1 }").expect_err("unknown").to_string();
+        assert!(e.contains("expected one of: consul, catalog,"), "{e}");
+        assert!(e.ends_with("etcd, bundle, watchdogs"), "{e}");
+        let e = load("{ watchdog: [] }").expect_err("unknown").to_string();
+        assert!(
+            e.contains("watchdog: unknown field (did you mean \"watchdogs\"?)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn repair_block_defaults_and_values() {
+        let (r, warnings) = repair_of(", exec: 'true'", "{ ladder: ['restart'] }")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r, RepairSpec::new(vec![RepairStep::Restart]));
+        assert_eq!(r.probation, Duration::from_secs(60));
+        assert_eq!(r.grace, Duration::from_secs(60));
+        assert_eq!(r.budget, RepairBudget::Count(1));
+        assert_eq!(r.replace_exec, None);
+        assert_eq!(r.replace_timeout, Duration::from_secs(60));
+        assert_eq!(r.exit_code, 75);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let text = "{ jobs: [{ name: 'app', exec: '/bin/app', \
+            snapshot: { store: 'file:///snap', restore: ['/bin/restore', '--into', '/data'], dataDir: '/data' }, \
+            repair: { ladder: ['restart', 'reimage', 'replace'], probation: '2m', grace: 30, budget: '20%', \
+                      replace: ['/bin/page', 'replacing'], replaceTimeout: '10s', exitCode: 3 } }] }";
+        let c = load(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.jobs[0].repair,
+            Some(RepairSpec {
+                ladder: vec![
+                    RepairStep::Restart,
+                    RepairStep::Reimage,
+                    RepairStep::Replace
+                ],
+                probation: Duration::from_secs(120),
+                grace: Duration::from_secs(30),
+                budget: RepairBudget::Percent(20),
+                replace_exec: Some(vec!["/bin/page".into(), "replacing".into()]),
+                replace_timeout: Duration::from_secs(10),
+                exit_code: 3,
+            })
+        );
+        for (b, want) in [
+            ("1", RepairBudget::Count(1)),
+            ("'3'", RepairBudget::Count(3)),
+            ("4294967295", RepairBudget::Count(u32::MAX)),
+            ("'1%'", RepairBudget::Percent(1)),
+            ("' 100% '", RepairBudget::Percent(100)),
+        ] {
+            let (r, _) = repair_of(
+                ", exec: 'true'",
+                &format!("{{ ladder: ['restart'], budget: {b} }}"),
+            )
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+            assert_eq!(r.budget, want, "{b}");
+        }
+        let (r, _) = repair_of(
+            ", exec: 'true'",
+            "{ ladder: ['replace'], replace: '/bin/page now' }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.ladder, vec![RepairStep::Replace]);
+        assert_eq!(r.replace_exec, Some(vec!["/bin/page".into(), "now".into()]));
+        // A job started after another's success, and a `once` handler, may be repaired.
+        for fields in [
+            ", exec: 'true', when: { source: 'app', once: 'exitSuccess' }",
+            ", exec: 'true', when: { source: 'app', once: 'healthy' }",
+            ", exec: 'true', port: 8080, health: { tcp: '127.0.0.1:8080' }",
+        ] {
+            repair_of(fields, "{ ladder: ['restart'] }")
+                .unwrap_or_else(|e| panic!("{fields}: {e}"));
+        }
+    }
+
+    #[test]
+    fn replace_settings_without_a_replace_step_warn() {
+        let (_, warnings) = repair_of(
+            ", exec: 'true'",
+            "{ ladder: ['restart'], replace: '/bin/page', replaceTimeout: '5s', exitCode: 9 }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .contains("jobs[1].repair.replace: ignored: only the 'replace' step uses it"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("jobs[1].repair.replaceTimeout: ignored"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].contains("jobs[1].repair.exitCode: ignored"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn bad_repair_blocks_name_the_field() {
+        const SNAP: &str = ", exec: 'true', snapshot: { store: 'file:///s', create: 'true' }";
+        for (fields, r, want) in [
+            (
+                ", exec: 'true'",
+                "{}",
+                "jobs[1].repair.ladder: this field is required",
+            ),
+            (
+                ", exec: 'true'",
+                "true",
+                "jobs[1].repair: expected an object",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: [] }",
+                "jobs[1].repair.ladder: the ladder is empty: list at least one of restart, reimage, replace",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: 'restart' }",
+                "jobs[1].repair.ladder: expected an array",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart', 'reboot'] }",
+                "jobs[1].repair.ladder[1]: unknown repair step \"reboot\"; expected one of: restart, reimage, replace",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['Restart'] }",
+                "jobs[1].repair.ladder[0]: unknown repair step \"Restart\"",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: [1] }",
+                "jobs[1].repair.ladder[0]: expected a string",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: [['restart']] }",
+                "jobs[1].repair.ladder[0]: expected a string",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart', 'restart'] }",
+                "jobs[1].repair.ladder[1]: \"restart\" is already in the ladder",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace', 'restart'] }",
+                "jobs[1].repair.ladder[0]: \"replace\" must be the last step",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['reimage'] }",
+                "jobs[1].repair.ladder[0]: \"reimage\" restores the newest snapshot into the job's data directory, but the job has no 'snapshot'",
+            ),
+            (
+                SNAP,
+                "{ ladder: ['restart', 'reimage'] }",
+                "jobs[1].repair.ladder[1]: \"reimage\" restores the newest snapshot into the job's data directory, but the job's snapshot has no 'dataDir' and no 'restore'",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], probation: 0 }",
+                "jobs[1].repair.probation: must be at least 1ms",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], probation: 1e300 }",
+                "jobs[1].repair.probation: 1000000000000000000000",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], grace: '-1s' }",
+                "jobs[1].repair.grace: \"-1s\": a duration cannot be negative",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], grace: '99999999999999999999h' }",
+                "jobs[1].repair.grace: ",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: 0 }",
+                "jobs[1].repair.budget: expected a positive number of instances, or a percentage such as \"20%\"",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: -1 }",
+                "jobs[1].repair.budget: expected a positive number",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: 1e300 }",
+                "jobs[1].repair.budget: expected a positive number",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: 4294967296 }",
+                "jobs[1].repair.budget: expected a positive number",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: 1.5 }",
+                "jobs[1].repair.budget: expected a positive number",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: 'all' }",
+                "jobs[1].repair.budget: expected a positive number",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: '0%' }",
+                "jobs[1].repair.budget: \"0%\" is not a valid budget percentage: expected a whole number from 1% to 100%",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: '101%' }",
+                "is not a valid budget percentage",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: '12.5%' }",
+                "is not a valid budget percentage",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], budget: '%' }",
+                "is not a valid budget percentage",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], replace: '' }",
+                "jobs[1].repair.replace: the command is empty",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], replace: {} }",
+                "jobs[1].repair.replace: expected a string or an array of strings",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], replaceTimeout: 0 }",
+                "jobs[1].repair.replaceTimeout: must be at least 1ms",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], replaceTimeout: 1e300 }",
+                "jobs[1].repair.replaceTimeout: ",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], exitCode: 0 }",
+                "jobs[1].repair.exitCode: 0 is out of range (1..=255)",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], exitCode: 256 }",
+                "jobs[1].repair.exitCode: 256 is out of range (1..=255)",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['replace'], exitCode: 1e300 }",
+                "jobs[1].repair.exitCode: ",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], steps: [] }",
+                "jobs[1].repair.steps: unknown field; expected one of: ladder, probation",
+            ),
+            (
+                ", exec: 'true'",
+                "{ ladder: ['restart'], exitcode: 3 }",
+                "jobs[1].repair.exitcode: unknown field (did you mean \"exitCode\"?)",
+            ),
+            (
+                ", port: 8080, initial_status: 'passing'",
+                "{ ladder: ['restart'] }",
+                "jobs[1].repair: 'repair' needs the job to run a process: set 'exec'",
+            ),
+            (
+                ", exec: 'true', when: { interval: '5s' }",
+                "{ ladder: ['restart'] }",
+                "jobs[1].repair: 'repair' does not apply to an interval job ('when.interval')",
+            ),
+            (
+                ", exec: 'true', when: { source: 'app', each: 'healthy' }",
+                "{ ladder: ['restart'] }",
+                "jobs[1].repair: 'repair' does not apply to an 'each' handler ('when.each')",
+            ),
+            (
+                ", exec: 'true', when: { source: 'app', once: 'stopping' }",
+                "{ ladder: ['restart'] }",
+                "jobs[1].repair: 'repair' does not apply to a stop hook",
+            ),
+            (
+                ", exec: 'true', when: { source: 'app', once: 'stopped' }",
+                "{ ladder: ['restart'] }",
+                "jobs[1].repair: 'repair' does not apply to a stop hook",
+            ),
+        ] {
+            let e = repair_of(fields, r).expect_err(r);
+            assert!(e.contains(want), "{fields} {r}\n got: {e}\nwant: {want}");
+            assert!(e.starts_with("/etc/app.json5:1:"), "{e}");
+        }
+        // `repair` is listed last among a job's fields.
+        let e = load("{ jobs: [{ name: 'a', exec: 'true', zzz: 1 }] }")
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.contains("expected one of: artifact, name, exec,"), "{e}");
+        assert!(e.ends_with("snapshot, repair"), "{e}");
+    }
+
+    #[test]
+    fn repair_is_part_of_the_job_spec_equality() {
+        let a = load("{ jobs: [{ name: 'a', exec: 'true', repair: { ladder: ['restart'] } }] }")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = load(
+            "{ jobs: [{ name: 'a', exec: 'true', repair: { ladder: ['restart'], budget: 2 } }] }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = load("{ jobs: [{ name: 'a', exec: 'true' }] }").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(a.jobs[0], b.jobs[0]);
+        assert_ne!(a.jobs[0], c.jobs[0]);
+        let mut plain = a.jobs[0].clone();
+        plain.repair = None;
+        assert_eq!(plain, c.jobs[0]);
+    }
+}
