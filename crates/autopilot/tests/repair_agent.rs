@@ -17,6 +17,18 @@ use common::*;
 /// repair ladder, hooks that log the repair events, and (with `snapshot`)
 /// snapshots of `@DIR@/data/db.txt` into `store`.
 fn config(ladder: &str, snapshot: Option<&str>) -> String {
+    config_with(ladder, snapshot, "")
+}
+
+/// Prometheus text from the agent's telemetry endpoint.
+fn metrics(addr: &str) -> String {
+    http_tcp(addr, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+/// As [`config`], with `watchdogs` (a JSON5 list, or empty).
+fn config_with(ladder: &str, snapshot: Option<&str>, watchdogs: &str) -> String {
     let snap = snapshot.map_or(String::new(), |store| {
         format!(
             r#"snapshot: {{
@@ -29,6 +41,7 @@ fn config(ladder: &str, snapshot: Option<&str>) -> String {
     format!(
         r#"{{
   control: {{ socket: "@SOCKET@" }},
+  {watchdogs}
   jobs: [
     {{ name: "app",
       exec: ["sh", "-c", "mkdir -p @DIR@/data; test -s @DIR@/data/db.txt || echo original > @DIR@/data/db.txt; while :; do sleep 0.1; done"],
@@ -67,6 +80,14 @@ fn with_catalog<T>(
     })
 }
 
+/// The live instances of `service`.
+fn instances(url: &str, service: &str) -> Vec<autopilot_catalog::Instance> {
+    with_catalog(url, async |c| {
+        c.instances(service).await.unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
 /// The service's history, oldest first.
 fn history(url: &str) -> Vec<HistoryRecord> {
     with_catalog(url, async |c| {
@@ -103,9 +124,12 @@ fn events(d: &Dir) -> Vec<String> {
 fn a_failing_job_is_restarted_and_passes_its_probation() {
     let d = Dir::new("repair-restart");
     let url = catalog_url(&d);
+    let port = autopilot_testkit::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let telemetry = format!(r#"telemetry: {{ port: {port}, interfaces: ["static:127.0.0.1"] }},"#);
     let a = start_with(
         &d,
-        &config(r#"["restart", "replace"]"#, None),
+        &config_with(r#"["restart", "replace"]"#, None, &telemetry),
         &[],
         &[("AUTOPILOT_HOSTNAME", "n1")],
     );
@@ -157,6 +181,21 @@ fn a_failing_job_is_restarted_and_passes_its_probation() {
     assert_eq!(
         node_record(&url, "app-n1").map(|r| r.state),
         Some(NodeState::Healthy)
+    );
+    let m = metrics(&addr);
+    for line in [
+        r#"autopilot_repair_state{job="app",state="healthy"} 1"#,
+        r#"autopilot_repair_state{job="app",state="probation"} 0"#,
+        r#"autopilot_repair_actions_total{job="app",outcome="succeeded",step="restart"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line} in the metrics:\n{m}");
+    }
+    let entry = instances(&url, "_repair.app");
+    assert!(
+        entry.iter().any(|i| i.id == "app-n1"
+            && i.status == autopilot_catalog::Status::Passing
+            && i.tags.iter().any(|t| t == "state=healthy")),
+        "the node entry shows the node healthy: {entry:?}"
     );
 }
 
@@ -273,4 +312,72 @@ fn a_kill_9_mid_probation_continues_the_ladder() {
         b.log()
     );
     assert_eq!(d.lines("replaced"), ["replaced"]);
+}
+
+#[test]
+fn a_warning_watchdog_never_repairs_and_an_error_one_does() {
+    let d = Dir::new("repair-watchdog");
+    let url = catalog_url(&d);
+    let watchdogs = r#"watchdogs: [
+    { name: "slow", exec: ["sh", "-c", "echo slow but alive; exit 1"], interval: "100ms", job: "app" },
+    { name: "disk", exec: ["sh", "-c", "test -e @DIR@/wdfail && { echo disk gone; exit 2; }; echo fine"], interval: "100ms" },
+  ],"#;
+    let a = start_with(
+        &d,
+        &config_with(r#"["restart", "replace"]"#, None, watchdogs),
+        &[],
+        &[("AUTOPILOT_HOSTNAME", "n1")],
+    );
+    a.ready();
+    let shown = |name: &str| {
+        a.status()["watchdogs"]
+            .as_array()
+            .and_then(|w| w.iter().find(|w| w["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || shown("slow")["status"]
+            == "warning"),
+        "the warning is shown in /status: {}; log:\n{}",
+        a.status(),
+        a.log()
+    );
+    assert_eq!(shown("slow")["message"], "slow but alive");
+    assert_eq!(shown("slow")["job"], "app");
+    assert!(
+        wait_for(Duration::from_secs(5), || instances(&url, "_watchdogs")
+            .iter()
+            .any(|i| i.id == "n1.slow"
+                && i.status == autopilot_catalog::Status::Warning
+                && i.tags.iter().any(|t| t == "status=warning"))),
+        "the warning is published as a _watchdogs entry: {:?}",
+        instances(&url, "_watchdogs")
+    );
+    // Longer than `grace`: a warning never reaches the repair machine.
+    assert!(
+        !wait_for(Duration::from_secs(3), || !history(&url).is_empty()
+            || a.status()["jobs"][0]["repair"]["state"] != "healthy"),
+        "a warning started a repair: {:?}",
+        history(&url)
+    );
+    d.write("wdfail", "");
+    assert!(
+        wait_for(Duration::from_secs(10), || history(&url)
+            .iter()
+            .any(
+                |r| r.step == RepairStep::Restart && r.reason.contains("disk gone")
+            )),
+        "an error watchdog (for every job) starts a restart: {:?}; log:\n{}",
+        history(&url),
+        a.log()
+    );
+    std::fs::remove_file(d.path("wdfail")).expect("clear");
+    assert!(
+        wait_for(Duration::from_secs(10), || history(&url)
+            .iter()
+            .any(|r| r.outcome == Some(Outcome::Succeeded))),
+        "the restart passes its probation once the watchdog is ok: {:?}; log:\n{}",
+        history(&url),
+        a.log()
+    );
 }
