@@ -24,8 +24,8 @@ use autopilot_catalog::{
 };
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
-    LeaseKeepAliveStream, LeaseKeeper, LockOptions, PutOptions, TlsOptions, Txn, TxnOp,
-    WatchOptions,
+    LeaseKeepAliveStream, LeaseKeeper, LockOptions, PutOptions, SortOrder, SortTarget, TlsOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -1458,6 +1458,71 @@ impl Catalog for EtcdCatalog {
                 Ok(Err(e)) => return Err(self.unavailable(describe(&e))),
             }
         }
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, name)?;
+        // The keys etcd's lock service uses (`<lock>/<lease hex>`, the lowest
+        // create revision holds it), so `lock`, `unlock` and lock waiters
+        // see a lock taken here as their own. One transaction puts ours only
+        // while the prefix is empty (nobody holds or waits), else reads the
+        // holder: never a queued key of ours that could be granted later.
+        let prefix = format!("{}/locks/{name}/", self.prefix);
+        let mut s = self.session.lock().await;
+        if s.locks.contains_key(name) {
+            return Ok(true);
+        }
+        for attempt in 0..2 {
+            let lease = self.ensure_lease(&mut s).await?;
+            let mine = format!("{prefix}{lease:x}");
+            let resp = self
+                .conn
+                .call(|mut c| {
+                    let txn = Txn::new()
+                        .when([
+                            Compare::create_revision(prefix.clone(), CompareOp::Equal, 0)
+                                .with_prefix(),
+                        ])
+                        .and_then([TxnOp::put(
+                            mine.clone(),
+                            "",
+                            Some(PutOptions::new().with_lease(lease)),
+                        )])
+                        .or_else([TxnOp::get(
+                            prefix.clone(),
+                            Some(
+                                GetOptions::new()
+                                    .with_prefix()
+                                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                                    .with_limit(1),
+                            ),
+                        )]);
+                    async move { c.txn(txn).await }
+                })
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(CatalogError::Unavailable { message, .. })
+                    if attempt == 0 && is_lease_gone(&message) =>
+                {
+                    self.lost_lease(&mut s, &message);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // Taken now, or ours already (a call cut short after its write,
+            // or this session's own `lock` granted): the lowest key is ours.
+            let held = resp.succeeded()
+                || resp.op_responses().iter().any(|r| {
+                    matches!(r, TxnOpResponse::Get(g)
+                        if g.kvs().first().is_some_and(|kv| kv.key() == mine.as_bytes()))
+                });
+            if held {
+                s.locks.insert(name.to_string(), mine.into_bytes());
+            }
+            return Ok(held);
+        }
+        Err(self.unavailable(format!("lock {name}: the lease keeps expiring")))
     }
 
     async fn campaign(

@@ -955,6 +955,40 @@ impl Catalog for LocalCatalog {
         }
     }
 
+    async fn try_lock(&self, name: &str) -> Result<bool, CatalogError> {
+        autopilot_catalog::check_key(&self.url, name)?;
+        let (n, owner) = (name.to_string(), self.owner.clone());
+        // One IMMEDIATE transaction, as `lock` takes, without the wait: an
+        // expired holder is cleared, then the lock is ours, free, or another's.
+        self.with(move |c| {
+            let now = clock_ms();
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM locks WHERE name = ?1 AND expires_ms <= ?2",
+                params![n, now],
+            )?;
+            let cur: Option<String> = tx
+                .query_row("SELECT owner FROM locks WHERE name = ?1", params![n], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let held = match cur {
+                Some(o) => o == owner,
+                None => {
+                    tx.execute(
+                        "INSERT INTO locks (name, owner, expires_ms) VALUES (?1, ?2, ?3)",
+                        params![n, owner, now + LOCK_TTL_MS],
+                    )?;
+                    bump(&tx)?;
+                    true
+                }
+            };
+            tx.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+
     async fn campaign(
         &self,
         election: &str,

@@ -52,6 +52,7 @@ where
     hostile_data_round_trips(&open, tag).await;
     key_value(&open, tag).await;
     locks_exclude_and_expire(&open, tag, expiry).await;
+    try_locks(&open, tag, expiry).await;
     elections(&open, tag, expiry).await;
     seat_bound_entries(&open, tag, expiry).await;
     end_seat(&open, tag).await;
@@ -465,6 +466,112 @@ where
         .expect("c locks");
     assert!(t.elapsed() >= Duration::from_millis(200));
     c.unlock(&name).await.expect("unlock");
+}
+
+/// `try_lock` takes a free lock at once and never waits: of two sessions
+/// racing, exactly one wins; it is the same lock as `lock`'s (released by
+/// `unlock`, queued behind by `lock` waiters, never handed to two holders)
+/// and dies with its session.
+async fn try_locks<F, Fut>(open: &F, tag: &str, expiry: Duration)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Catalog>>,
+{
+    // Races: exactly one of two sessions wins each fresh lock.
+    let (a, b) = (open("a".into()).await, open("b".into()).await);
+    for round in 0..5 {
+        let name = format!("try-{tag}/race-{round}");
+        let (x, y) = tokio::join!(a.try_lock(&name), b.try_lock(&name));
+        let (x, y) = (x.expect("a tries"), y.expect("b tries"));
+        assert!(x ^ y, "round {round}: exactly one wins, got a={x} b={y}");
+        let (winner, loser) = if x { (&a, &b) } else { (&b, &a) };
+        assert!(winner.holds_lock(&name).await.expect("holds"));
+        assert!(!loser.holds_lock(&name).await.expect("holds"));
+        assert!(
+            winner.try_lock(&name).await.expect("again"),
+            "the holder still holds it"
+        );
+        assert!(
+            !loser.try_lock(&name).await.expect("again"),
+            "held: refused at once"
+        );
+        // The holder's unlock frees it for the other's try at once.
+        winner.unlock(&name).await.expect("unlock");
+        assert!(!winner.holds_lock(&name).await.expect("holds"));
+        assert!(
+            loser.try_lock(&name).await.expect("after unlock"),
+            "free after unlock"
+        );
+        assert!(loser.holds_lock(&name).await.expect("holds"));
+        loser.unlock(&name).await.expect("unlock");
+    }
+
+    // A lock taken by try_lock queues `lock` waiters; while one waits,
+    // try_lock wins nothing, and the waiter is handed the lock alone.
+    let (h, w, t) = (
+        open("h".into()).await,
+        open("w".into()).await,
+        open("t".into()).await,
+    );
+    let name = format!("try-{tag}/queue");
+    assert!(h.try_lock(&name).await.expect("h tries"));
+    let waiter = {
+        let (w, name) = (w.clone(), name.clone());
+        tokio::spawn(async move {
+            w.lock(&name).await.expect("w locks");
+            Instant::now()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "w waits while h holds the lock");
+    assert!(!t.try_lock(&name).await.expect("t tries"), "h holds it");
+    let released = Instant::now();
+    h.unlock(&name).await.expect("unlock");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("w gets it")
+        .expect("task");
+    assert!(
+        got.duration_since(released) < Duration::from_millis(1500),
+        "handed over promptly"
+    );
+    assert!(w.holds_lock(&name).await.expect("holds"));
+    assert!(
+        !t.try_lock(&name).await.expect("t tries"),
+        "the waiter holds it now"
+    );
+    assert!(
+        !t.holds_lock(&name).await.expect("holds"),
+        "no double holder"
+    );
+    assert!(!h.try_lock(&name).await.expect("h tries"));
+    w.unlock(&name).await.expect("unlock");
+    assert!(t.try_lock(&name).await.expect("t tries"), "free again");
+    t.unlock(&name).await.expect("unlock");
+
+    // A holder that never keeps its session alive loses the lock with it.
+    let (d, e) = (open("d".into()).await, open("e".into()).await);
+    let name = format!("try-{tag}/expire");
+    assert!(d.try_lock(&name).await.expect("d tries"));
+    let start = Instant::now();
+    let freed = eventually(expiry + d.lock_ttl() + Duration::from_secs(3), || async {
+        // e stays alive while it waits; d does not.
+        let _ = e.keep_alive().await;
+        e.try_lock(&name).await.expect("e tries")
+    })
+    .await;
+    assert!(
+        freed,
+        "an abandoned try_lock'd lock expires with its session"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "not before the session expires: {:?}",
+        start.elapsed()
+    );
+    assert!(e.holds_lock(&name).await.expect("holds"));
+    assert!(!d.holds_lock(&name).await.expect("holds"));
+    e.unlock(&name).await.expect("unlock");
 }
 
 async fn register_read_and_status<F, Fut>(open: &F, tag: &str)

@@ -127,12 +127,28 @@ impl Spawner {
         spec: &SpawnSpec,
         stderr_at_info: bool,
     ) -> Result<Child, SpawnError> {
-        self.spawn_inner(spec, Attach::default(), stderr_at_info)
+        self.spawn_inner(spec, Attach::default(), stderr_at_info, None)
     }
 
     /// [`Spawner::spawn`] with the child tied to this process as `attach` says.
     pub fn spawn_attached(&self, spec: &SpawnSpec, attach: Attach) -> Result<Child, SpawnError> {
-        self.spawn_inner(spec, attach, false)
+        self.spawn_inner(spec, attach, false, None)
+    }
+
+    /// [`Spawner::spawn`] (output always piped and logged), and the first
+    /// line of the child's stdout (empty when it wrote none), for checks
+    /// whose output is their message.
+    pub fn spawn_first_line(
+        &self,
+        spec: &SpawnSpec,
+    ) -> Result<(Child, oneshot::Receiver<String>), SpawnError> {
+        let (tx, rx) = oneshot::channel();
+        let spec = SpawnSpec {
+            raw_output: false,
+            ..spec.clone()
+        };
+        let child = self.spawn_inner(&spec, Attach::default(), false, Some(tx))?;
+        Ok((child, rx))
     }
 
     #[allow(unsafe_code)]
@@ -141,6 +157,7 @@ impl Spawner {
         spec: &SpawnSpec,
         attach: Attach,
         stderr_at_info: bool,
+        first_line: Option<oneshot::Sender<String>>,
     ) -> Result<Child, SpawnError> {
         let (program, args) = spec.argv.split_first().ok_or(SpawnError::Empty)?;
         let mut cmd = Command::new(program);
@@ -188,7 +205,13 @@ impl Spawner {
         };
         let pid = child.id();
         if let Some(out) = child.stdout.take() {
-            forward(out.into(), spec.tag.clone(), pid, Stream::Stdout);
+            forward(
+                out.into(),
+                spec.tag.clone(),
+                pid,
+                Stream::Stdout,
+                first_line,
+            );
         }
         if let Some(err) = child.stderr.take() {
             let stream = if stderr_at_info {
@@ -196,7 +219,7 @@ impl Spawner {
             } else {
                 Stream::Stderr
             };
-            forward(err.into(), spec.tag.clone(), pid, stream);
+            forward(err.into(), spec.tag.clone(), pid, stream, None);
         }
         // `child` is dropped without waiting: the reaper owns the wait.
         Ok(Child { pid, exit: rx })
@@ -334,7 +357,13 @@ enum Stream {
     StderrAtInfo,
 }
 
-fn forward(fd: OwnedFd, tag: String, pid: u32, stream: Stream) {
+fn forward(
+    fd: OwnedFd,
+    tag: String,
+    pid: u32,
+    stream: Stream,
+    first_line: Option<oneshot::Sender<String>>,
+) {
     let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
         Err(e) => {
@@ -342,10 +371,18 @@ fn forward(fd: OwnedFd, tag: String, pid: u32, stream: Stream) {
             return;
         }
     };
-    tokio::spawn(pump(rx, tag, pid, stream));
+    tokio::spawn(pump(rx, tag, pid, stream, first_line));
 }
 
-async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stream: Stream) {
+/// Logs every line; the first one also goes to `first_line` (an empty one
+/// when the stream ends without a line).
+async fn pump(
+    rx: impl AsyncRead + Unpin,
+    tag: String,
+    pid: u32,
+    stream: Stream,
+    mut first_line: Option<oneshot::Sender<String>>,
+) {
     let mut reader = BufReader::with_capacity(8192, rx);
     let mut buf = Vec::new();
     loop {
@@ -372,10 +409,16 @@ async fn pump(rx: impl AsyncRead + Unpin, tag: String, pid: u32, stream: Stream)
             }
         }
         if buf.is_empty() {
+            if let Some(tx) = first_line.take() {
+                let _ = tx.send(String::new());
+            }
             return;
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
+        if let Some(tx) = first_line.take() {
+            let _ = tx.send(line.to_string());
+        }
         let cut = if truncated { " [line truncated]" } else { "" };
         // What a child writes to stderr is what it means as a warning or
         // an error (unless its job says otherwise); stdout is its ordinary output.

@@ -17,6 +17,7 @@ pub mod repair;
 pub mod snapshots;
 pub mod telemetry;
 pub mod templates;
+pub mod watchdog;
 
 pub use agent::{AgentError, Options, run};
 pub use listen::raise_nofile_limit;

@@ -114,51 +114,7 @@ impl Probe {
                 target,
                 expect,
             } => {
-                let stream = connect(host, *port).await?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|source| ProbeError::Handshake {
-                            host: host.clone(),
-                            port: *port,
-                            source,
-                        })?;
-                // The connection is driven beside the request; it ends when
-                // the probe's future is dropped (timeout or done).
-                let driver = async move {
-                    let _ = conn.await;
-                };
-                let authority = if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                };
-                let req = hyper::Request::get(target.as_str())
-                    .header(hyper::header::HOST, authority)
-                    .header(hyper::header::USER_AGENT, "autopilot-health-check")
-                    .header(hyper::header::CONNECTION, "close")
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|source| ProbeError::Request {
-                        target: target.clone(),
-                        source,
-                    })?;
-                let response = sender.send_request(req);
-                tokio::pin!(response, driver);
-                // The connection may finish (the server closes after
-                // answering) before the response is polled: it is then
-                // ready, or failed with the reason.
-                let resp = tokio::select! {
-                    biased;
-                    r = &mut response => r,
-                    () = &mut driver => response.await,
-                }
-                .map_err(|source| ProbeError::Get {
-                    target: target.clone(),
-                    host: host.clone(),
-                    port: *port,
-                    source,
-                })?;
-                let status = resp.status().as_u16();
+                let status = http_status(host, *port, target).await?;
                 let ok = match expect {
                     Some(want) => status == *want,
                     None => (200..300).contains(&status),
@@ -180,7 +136,56 @@ impl Probe {
     }
 }
 
-async fn connect(host: &str, port: u16) -> Result<TcpStream, ProbeError> {
+/// One GET of `target` from `host:port` (no deadline of its own: callers
+/// bound it); the answer's status code. The body is never read.
+pub async fn http_status(host: &str, port: u16, target: &str) -> Result<u16, ProbeError> {
+    let stream = connect(host, port).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ProbeError::Handshake {
+            host: host.to_string(),
+            port,
+            source,
+        })?;
+    // The connection is driven beside the request; it ends when
+    // the probe's future is dropped (timeout or done).
+    let driver = async move {
+        let _ = conn.await;
+    };
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let req = hyper::Request::get(target)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::USER_AGENT, "autopilot-health-check")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| ProbeError::Request {
+            target: target.to_string(),
+            source,
+        })?;
+    let response = sender.send_request(req);
+    tokio::pin!(response, driver);
+    // The connection may finish (the server closes after
+    // answering) before the response is polled: it is then
+    // ready, or failed with the reason.
+    let resp = tokio::select! {
+        biased;
+        r = &mut response => r,
+        () = &mut driver => response.await,
+    }
+    .map_err(|source| ProbeError::Get {
+        target: target.to_string(),
+        host: host.to_string(),
+        port,
+        source,
+    })?;
+    Ok(resp.status().as_u16())
+}
+
+pub(crate) async fn connect(host: &str, port: u16) -> Result<TcpStream, ProbeError> {
     TcpStream::connect((host, port))
         .await
         .map_err(|source| ProbeError::Connect {
