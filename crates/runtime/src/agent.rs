@@ -142,10 +142,8 @@ enum Msg {
         job: String,
         code: i32,
     },
-    /// A watchdog's reported status changed (or its message, see `_watchdogs`).
-    // Sent by the watchdog set's reports once it is wired in.
-    #[allow(dead_code)]
-    Watchdog(crate::repair::WatchdogShown),
+    /// A watchdog's reported status (or message) changed.
+    Watchdog(crate::watchdog::WatchdogReport),
     /// A switch run off the event loop returned: for the bundle, with the
     /// config it loaded.
     Switched {
@@ -296,10 +294,19 @@ struct Agent {
     repair_leading: BTreeMap<String, bool>,
     /// Per repair job: the step outcomes already counted in metrics.
     repair_counted: BTreeMap<String, usize>,
-    /// The watchdogs' reported status, by name.
+    /// The watchdogs' reported status, by name (from the set's view).
     watchdogs: BTreeMap<String, crate::repair::WatchdogShown>,
+    /// The running watchdogs and the specs they were started with.
+    watchdog_set: Option<(
+        crate::watchdog::WatchdogSet,
+        Vec<autopilot_core::spec::WatchdogSpec>,
+    )>,
+    /// `true` while the registrar is healthy (the `catalog` watchdog).
+    catalog_ok: watch::Sender<bool>,
     /// A `replace` step: the agent exits with this code once its jobs stopped.
     exit_override: Option<i32>,
+    /// Jobs whose process exit is being handled (for the crashloop watchdogs).
+    exited_jobs: Vec<usize>,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -683,13 +690,17 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         repair_leading: BTreeMap::new(),
         repair_counted: BTreeMap::new(),
         watchdogs: BTreeMap::new(),
+        watchdog_set: None,
+        catalog_ok: watch::channel(true).0,
         exit_override: None,
+        exited_jobs: Vec::new(),
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
     agent.reset_elections(&[]);
     agent.start_reinit_watches();
     agent.start_fleet();
+    agent.start_watchdogs();
     agent.start_repairs();
     tracing::info!(
         jobs = agent.config.jobs.len(),
@@ -752,6 +763,9 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
             }
             agent.end_fleet();
             agent.end_repairs();
+            if let Some((set, _)) = agent.watchdog_set.take() {
+                set.stop().await;
+            }
             agent
                 .registrar
                 .flush(std::time::Duration::from_secs(5))
@@ -778,6 +792,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
                     (st.error.is_some(), st.applied.len())
                 };
                 agent.metrics.record("autopilot_catalog_degraded", &[], if degraded { 1.0 } else { 0.0 });
+                agent.catalog_ok.send_if_modified(|ok| std::mem::replace(ok, !degraded) == degraded);
                 // What the catalog holds now, not what was asked for.
                 agent.metrics.record("autopilot_catalog_registered", &[], registered as f64);
             }
@@ -1737,6 +1752,7 @@ impl Agent {
                                 .record("autopilot_job_running", &[("job", &name)], 0.0);
                             self.last_runs
                                 .insert(name.clone(), (status, meta.started.elapsed()));
+                            self.exited_jobs.push(meta.job);
                             match status {
                                 ExitStatus::Code(code) => {
                                     tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), code, "job exited")
@@ -1749,6 +1765,13 @@ impl Agent {
                     }
                 }
                 self.input(Input::Exited { run, status });
+                // Crashloop watchdogs count the exit, knowing whether the
+                // machine parked the job for good.
+                for job in std::mem::take(&mut self.exited_jobs) {
+                    if let Some((set, _)) = &self.watchdog_set {
+                        set.job_exited(&self.machine.spec(job).name, self.machine.parked(job));
+                    }
+                }
             }
             Msg::Probed { run, result } => {
                 // A probe killed by the machine (timeout, stop) was already
@@ -1812,7 +1835,7 @@ impl Agent {
                 self.exit_override = Some(code);
                 self.stop("repair replace");
             }
-            Msg::Watchdog(w) => self.watchdog(w),
+            Msg::Watchdog(w) => self.watchdog(&w),
             Msg::Switched {
                 job,
                 ready,
@@ -2082,21 +2105,109 @@ impl Agent {
         });
     }
 
-    /// A watchdog's report: shown, counted, and folded into repair conditions.
-    fn watchdog(&mut self, w: crate::repair::WatchdogShown) {
-        for st in [
-            autopilot_core::repair::WatchdogStatus::Ok,
-            autopilot_core::repair::WatchdogStatus::Warning,
-            autopilot_core::repair::WatchdogStatus::Error,
-        ] {
-            let v = if w.status == st { 1.0 } else { 0.0 };
-            self.metrics.record(
-                "autopilot_watchdog_status",
-                &[("watchdog", &w.name), ("status", st.as_str())],
-                v,
-            );
+    /// Starts the config's watchdogs (a reload that keeps them keeps the set).
+    fn start_watchdogs(&mut self) {
+        let specs = self.config.watchdogs.clone();
+        if self
+            .watchdog_set
+            .as_ref()
+            .is_some_and(|(_, old)| *old == specs)
+        {
+            return;
         }
-        self.watchdogs.insert(w.name.clone(), w);
+        if let Some((set, _)) = self.watchdog_set.take() {
+            tokio::spawn(set.stop());
+        }
+        self.watchdogs.clear();
+        if specs.is_empty() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let agent = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                if agent.send(Msg::Watchdog(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let env: Vec<(String, String)> = self
+            .base_env
+            .iter()
+            .chain(&self.put_env)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(self.hook_env.iter().cloned())
+            .collect();
+        let ctx = crate::watchdog::WatchdogCtx {
+            registrar: self.registrar.clone(),
+            host: self.hostname.clone(),
+            address: String::new(),
+            ttl: DEFAULT_TTL,
+            catalog_ok: self.catalog_ok.subscribe(),
+            spawner: self.spawner.clone(),
+            env,
+        };
+        let set = crate::watchdog::WatchdogSet::start(&specs, ctx, tx);
+        self.watchdog_set = Some((set, specs));
+        self.refresh_watchdogs();
+    }
+
+    /// The watchdogs as the set shows them now.
+    fn refresh_watchdogs(&mut self) {
+        let Some((set, _)) = &self.watchdog_set else {
+            return;
+        };
+        self.watchdogs = set
+            .view()
+            .into_iter()
+            .map(|v| {
+                let since = v
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0);
+                (
+                    v.name.clone(),
+                    crate::repair::WatchdogShown {
+                        name: v.name,
+                        job: v.job,
+                        status: v.status,
+                        message: v.message,
+                        since: autopilot_catalog::rfc3339_ms(since),
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// A watchdog's report: shown, counted, and folded into repair conditions.
+    fn watchdog(&mut self, r: &crate::watchdog::WatchdogReport) {
+        match r.status {
+            autopilot_core::repair::WatchdogStatus::Ok => {
+                tracing::info!(watchdog = %r.name, message = %r.message, "watchdog ok")
+            }
+            autopilot_core::repair::WatchdogStatus::Warning => {
+                tracing::warn!(watchdog = %r.name, message = %r.message, "watchdog warning")
+            }
+            autopilot_core::repair::WatchdogStatus::Error => {
+                tracing::error!(watchdog = %r.name, message = %r.message, "watchdog error")
+            }
+        }
+        self.refresh_watchdogs();
+        for w in self.watchdogs.values() {
+            for st in [
+                autopilot_core::repair::WatchdogStatus::Ok,
+                autopilot_core::repair::WatchdogStatus::Warning,
+                autopilot_core::repair::WatchdogStatus::Error,
+            ] {
+                let v = if w.status == st { 1.0 } else { 0.0 };
+                self.metrics.record(
+                    "autopilot_watchdog_status",
+                    &[("watchdog", &w.name), ("status", st.as_str())],
+                    v,
+                );
+            }
+        }
         self.sync_repairs();
     }
 
@@ -2854,6 +2965,7 @@ impl Agent {
         self.start_watches(&old.watches);
         self.start_templates(&old.templates);
         self.start_fleet();
+        self.start_watchdogs();
         self.start_repairs();
         let unchanged = kept.iter().flatten().count();
         tracing::info!(
@@ -2879,6 +2991,9 @@ impl Agent {
                 Action::Spawn { run, job, kind } => {
                     if kind == ProcKind::Job {
                         self.repair_started(job);
+                        if let Some((set, _)) = &self.watchdog_set {
+                            set.job_started(&self.machine.spec(job).name);
+                        }
                     }
                     self.spawn(run, job, kind)
                 }
