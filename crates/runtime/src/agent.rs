@@ -294,8 +294,8 @@ struct Agent {
     repair_leading: BTreeMap<String, bool>,
     /// Per repair job: the step outcomes already counted in metrics.
     repair_counted: BTreeMap<String, usize>,
-    /// The watchdogs' reported status, by name (from the set's view).
-    watchdogs: BTreeMap<String, crate::repair::WatchdogShown>,
+    /// The watchdogs' reported status, in config order (from the set's view).
+    watchdogs: Vec<crate::repair::WatchdogShown>,
     /// The running watchdogs and the specs they were started with.
     watchdog_set: Option<(
         crate::watchdog::WatchdogSet,
@@ -689,7 +689,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         repair_steps: BTreeMap::new(),
         repair_leading: BTreeMap::new(),
         repair_counted: BTreeMap::new(),
-        watchdogs: BTreeMap::new(),
+        watchdogs: Vec::new(),
         watchdog_set: None,
         catalog_ok: watch::channel(true).0,
         exit_override: None,
@@ -1872,7 +1872,7 @@ impl Agent {
             health: self.machine.health(job),
             has_check: spec.health.is_some(),
             parked: self.machine.parked(job),
-            watchdog_error: crate::repair::watchdog_error(&spec.name, self.watchdogs.values()),
+            watchdog_error: crate::repair::watchdog_error(&spec.name, &self.watchdogs),
         })
     }
 
@@ -2166,18 +2166,29 @@ impl Agent {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     .unwrap_or(0);
-                (
-                    v.name.clone(),
-                    crate::repair::WatchdogShown {
-                        name: v.name,
-                        job: v.job,
-                        status: v.status,
-                        message: v.message,
-                        since: autopilot_catalog::rfc3339_ms(since),
-                    },
-                )
+                crate::repair::WatchdogShown {
+                    name: v.name,
+                    job: v.job,
+                    status: v.status,
+                    message: v.message,
+                    since: autopilot_catalog::rfc3339_ms(since),
+                }
             })
             .collect();
+        for w in &self.watchdogs {
+            for st in [
+                autopilot_core::repair::WatchdogStatus::Ok,
+                autopilot_core::repair::WatchdogStatus::Warning,
+                autopilot_core::repair::WatchdogStatus::Error,
+            ] {
+                let v = if w.status == st { 1.0 } else { 0.0 };
+                self.metrics.record(
+                    "autopilot_watchdog_status",
+                    &[("watchdog", &w.name), ("status", st.as_str())],
+                    v,
+                );
+            }
+        }
     }
 
     /// A watchdog's report: shown, counted, and folded into repair conditions.
@@ -2194,20 +2205,6 @@ impl Agent {
             }
         }
         self.refresh_watchdogs();
-        for w in self.watchdogs.values() {
-            for st in [
-                autopilot_core::repair::WatchdogStatus::Ok,
-                autopilot_core::repair::WatchdogStatus::Warning,
-                autopilot_core::repair::WatchdogStatus::Error,
-            ] {
-                let v = if w.status == st { 1.0 } else { 0.0 };
-                self.metrics.record(
-                    "autopilot_watchdog_status",
-                    &[("watchdog", &w.name), ("status", st.as_str())],
-                    v,
-                );
-            }
-        }
         self.sync_repairs();
     }
 
@@ -3424,7 +3421,7 @@ impl Agent {
             "jobs": jobs,
             "watches": watches,
             "fleet": fleet,
-            "watchdogs": self.watchdogs.values().collect::<Vec<_>>(),
+            "watchdogs": self.watchdogs,
         })
     }
 }
