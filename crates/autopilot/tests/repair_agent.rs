@@ -1,4 +1,4 @@
-//! Self-repair with the real binary, real processes and the embedded catalog: a failing job is
+//! Self-repair with the real binary, real processes and the embedded catalog (one case on etcd too): a failing job is
 //! restarted and passes probation; one that keeps failing climbs restart → reimage → replace
 //! (data moved aside, snapshot restored, the agent exits with the replace code); a kill -9 of the
 //! agent mid-probation continues the ladder from the persisted record; the repair events reach hooks.
@@ -124,14 +124,32 @@ fn events(d: &Dir) -> Vec<String> {
 fn a_failing_job_is_restarted_and_passes_its_probation() {
     let d = Dir::new("repair-restart");
     let url = catalog_url(&d);
+    restart_body(&d, &url);
+}
+
+#[test]
+fn a_failing_job_is_restarted_on_etcd() {
+    let d = Dir::new("repair-restart-etcd");
+    let etcd = autopilot_testkit::Etcd::single(&d.0);
+    restart_body(&d, &format!("etcd://{}/repair", etcd.endpoint()));
+}
+
+/// A failing job is restarted, passes probation once healthy again, and
+/// the history, events, /status, node record, node entry and metrics say so.
+fn restart_body(d: &Dir, url: &str) {
+    let url = url.to_string();
     let port = autopilot_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     let telemetry = format!(r#"telemetry: {{ port: {port}, interfaces: ["static:127.0.0.1"] }},"#);
     let a = start_with(
-        &d,
+        d,
         &config_with(r#"["restart", "replace"]"#, None, &telemetry),
         &[],
-        &[("AUTOPILOT_HOSTNAME", "n1")],
+        &[
+            ("AUTOPILOT_HOSTNAME", "n1"),
+            ("AUTOPILOT_CATALOG", &url),
+            ("AUTOPILOT_ETCD_TTL", "3s"),
+        ],
     );
     a.ready();
     assert!(
@@ -171,10 +189,10 @@ fn a_failing_job_is_restarted_and_passes_its_probation() {
         vec![(RepairStep::Restart, Some(Outcome::Succeeded))]
     );
     assert!(
-        wait_for(Duration::from_secs(5), || events(&d)
+        wait_for(Duration::from_secs(5), || events(d)
             == ["started", "finished"]),
         "repairStarted and repairFinished reach their hooks: {:?}",
-        events(&d)
+        events(d)
     );
     let st = a.status();
     assert_eq!(st["jobs"][0]["repair"]["state"], "healthy", "{st}");
