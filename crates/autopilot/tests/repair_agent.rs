@@ -1,7 +1,7 @@
 //! Self-repair with the real binary, real processes and the embedded catalog (one case on etcd too): a failing job is
 //! restarted and passes probation; one that keeps failing climbs restart → reimage → replace
 //! (data moved aside, snapshot restored, the agent exits with the replace code); a kill -9 of the
-//! agent mid-probation continues the ladder from the persisted record; the repair events reach hooks.
+//! agent mid-probation continues the ladder from the persisted record; the repair events reach hooks; a warning watchdog never repairs, an error one does.
 // Tests start the real binary and real servers as child processes.
 #![allow(clippy::disallowed_methods)]
 

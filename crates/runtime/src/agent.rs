@@ -1,4 +1,4 @@
-//! The agent's event loop: feeds signals, exits, timers and control commands to the core machine and carries out its actions.
+//! The agent's event loop: feeds signals, exits, timers, control commands and watchdog reports to the core machine, carries out its actions, and runs the per-job repair and fleet tasks beside it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
