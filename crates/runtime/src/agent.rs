@@ -1,4 +1,4 @@
-//! The agent's event loop: feeds signals, exits, timers and control commands to the core machine and carries out its actions.
+//! The agent's event loop: feeds signals, exits, timers, control commands and watchdog reports to the core machine, carries out its actions, and runs the per-job repair and fleet tasks beside it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -125,6 +125,25 @@ enum Msg {
         job: Option<String>,
         ready: fleet::Ready,
     },
+    /// A repair job's task asks for a step, a demotion or an event.
+    Repair {
+        job: String,
+        request: crate::repair::Request,
+    },
+    /// A reimage's restore ended: `note` is why the step did not reimage
+    /// (the job then starts on its old data, or after a plain restore).
+    Reimaged {
+        key: u64,
+        ok: bool,
+        note: Option<String>,
+    },
+    /// A `replace` step's hook ended: stop everything and exit with `code`.
+    Replaced {
+        job: String,
+        code: i32,
+    },
+    /// A watchdog's reported status (or message) changed.
+    Watchdog(crate::watchdog::WatchdogReport),
     /// A switch run off the event loop returned: for the bundle, with the
     /// config it loaded.
     Switched {
@@ -265,6 +284,29 @@ struct Agent {
     /// A version's switch runs off the event loop: no reload starts until
     /// it returns.
     switching: bool,
+    /// Per job with a `repair` block (by name: a reload that keeps the job
+    /// and its repair settings keeps the task): its repair task.
+    repairs: BTreeMap<String, crate::repair::Task>,
+    /// Per job: a restart or reimage step waiting for the job to start
+    /// again, with why it did not do what it should (answered `ok: false`).
+    repair_steps: BTreeMap<String, Option<String>>,
+    /// Per repair job: the leadership last told to its task.
+    repair_leading: BTreeMap<String, bool>,
+    /// Per repair job: the step outcomes already counted in metrics.
+    repair_counted: BTreeMap<String, usize>,
+    /// The watchdogs' reported status, in config order (from the set's view).
+    watchdogs: Vec<crate::repair::WatchdogShown>,
+    /// The running watchdogs and the specs they were started with.
+    watchdog_set: Option<(
+        crate::watchdog::WatchdogSet,
+        Vec<autopilot_core::spec::WatchdogSpec>,
+    )>,
+    /// `true` while the registrar is healthy (the `catalog` watchdog).
+    catalog_ok: watch::Sender<bool>,
+    /// A `replace` step: the agent exits with this code once its jobs stopped.
+    exit_override: Option<i32>,
+    /// Jobs whose process exit is being handled (for the crashloop watchdogs).
+    exited_jobs: Vec<usize>,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -643,12 +685,23 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         bootstrap,
         reload_queued: false,
         switching: false,
+        repairs: BTreeMap::new(),
+        repair_steps: BTreeMap::new(),
+        repair_leading: BTreeMap::new(),
+        repair_counted: BTreeMap::new(),
+        watchdogs: Vec::new(),
+        watchdog_set: None,
+        catalog_ok: watch::channel(true).0,
+        exit_override: None,
+        exited_jobs: Vec::new(),
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
     agent.reset_elections(&[]);
     agent.start_reinit_watches();
     agent.start_fleet();
+    agent.start_watchdogs();
+    agent.start_repairs();
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
@@ -666,7 +719,10 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         let finished = agent.execute();
         agent.sync_members();
         agent.sync_fleet();
+        agent.sync_repairs();
         if let Some(code) = finished {
+            // A `replace` step's exit code wins over the machine's.
+            let code = agent.exit_override.unwrap_or(code);
             // Hand leadership over before exiting, so a follower wins at
             // once rather than after the seat's TTL.
             // Every election, not only those led now: a resignation started
@@ -706,6 +762,10 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
                 agent.registrar.remove(id);
             }
             agent.end_fleet();
+            agent.end_repairs();
+            if let Some((set, _)) = agent.watchdog_set.take() {
+                set.stop().await;
+            }
             agent
                 .registrar
                 .flush(std::time::Duration::from_secs(5))
@@ -732,6 +792,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
                     (st.error.is_some(), st.applied.len())
                 };
                 agent.metrics.record("autopilot_catalog_degraded", &[], if degraded { 1.0 } else { 0.0 });
+                agent.catalog_ok.send_if_modified(|ok| std::mem::replace(ok, !degraded) == degraded);
                 // What the catalog holds now, not what was asked for.
                 agent.metrics.record("autopilot_catalog_registered", &[], registered as f64);
             }
@@ -744,6 +805,46 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
                     tracing::error!("{e}");
                 }
             }
+        }
+    }
+}
+
+/// Runs a `replace` step's hook with the job's environment, bounded by
+/// `limit` (killed after it), its output logged.
+async fn run_replace_hook(
+    spawner: &Spawner,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    limit: std::time::Duration,
+    job: &str,
+) {
+    let child = match spawner.spawn(&SpawnSpec {
+        argv,
+        env,
+        raw_output: false,
+        tag: format!("{job}.replace"),
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(job = %job, "repair: the replace hook could not start: {e}");
+            return;
+        }
+    };
+    let pid = child.pid;
+    match tokio::time::timeout(limit, child.exit).await {
+        Ok(Ok(Exit::Code(0))) => tracing::info!(job = %job, "repair: the replace hook ran"),
+        Ok(Ok(Exit::Code(c))) => {
+            tracing::error!(job = %job, code = c, "repair: the replace hook failed")
+        }
+        Ok(Ok(Exit::Signal(sig))) => {
+            tracing::error!(job = %job, signal = sig, "repair: the replace hook was killed")
+        }
+        Ok(Err(_)) => {
+            tracing::error!(job = %job, "repair: the replace hook's exit status was lost")
+        }
+        Err(_) => {
+            tracing::error!(job = %job, secs = limit.as_secs(), "repair: the replace hook did not finish in time; killing it");
+            let _ = autopilot_process::signal_group(pid, autopilot_process::Sig::Kill);
         }
     }
 }
@@ -1613,6 +1714,9 @@ impl Agent {
         // before the jobs stop (a stopping job would read as a failed
         // probation) and their members leave, as an agent that is gone.
         self.end_fleet();
+        // No repair runs while the jobs stop (their records stay: the next
+        // start continues from them).
+        self.end_repairs();
         self.input(Input::Stop(StopReason::Shutdown));
     }
 
@@ -1648,6 +1752,7 @@ impl Agent {
                                 .record("autopilot_job_running", &[("job", &name)], 0.0);
                             self.last_runs
                                 .insert(name.clone(), (status, meta.started.elapsed()));
+                            self.exited_jobs.push(meta.job);
                             match status {
                                 ExitStatus::Code(code) => {
                                     tracing::info!(job = %name, pid = meta.pid.unwrap_or(0), code, "job exited")
@@ -1660,6 +1765,13 @@ impl Agent {
                     }
                 }
                 self.input(Input::Exited { run, status });
+                // Crashloop watchdogs count the exit, knowing whether the
+                // machine parked the job for good.
+                for job in std::mem::take(&mut self.exited_jobs) {
+                    if let Some((set, _)) = &self.watchdog_set {
+                        set.job_exited(&self.machine.spec(job).name, self.machine.parked(job));
+                    }
+                }
             }
             Msg::Probed { run, result } => {
                 // A probe killed by the machine (timeout, stop) was already
@@ -1708,12 +1820,392 @@ impl Agent {
                 }
             }
             Msg::Fleet { job, ready } => self.fleet_ready(job, ready),
+            Msg::Repair { job, request } => self.repair_request(&job, request),
+            Msg::Reimaged { key, ok, note } => {
+                if let Some(job) = self.job_keys.iter().position(|k| *k == key) {
+                    let name = self.machine.spec(job).name.clone();
+                    if let (Some(n), Some(slot)) = (note, self.repair_steps.get_mut(&name)) {
+                        *slot = Some(n);
+                    }
+                    self.input(Input::Prepared { job, ok });
+                }
+            }
+            Msg::Replaced { job, code } => {
+                tracing::error!(job = %job, code, "repair: replacing this node; stopping every job and exiting");
+                self.exit_override = Some(code);
+                self.stop("repair replace");
+            }
+            Msg::Watchdog(w) => self.watchdog(&w),
             Msg::Switched {
                 job,
                 ready,
                 outcome,
             } => self.switched(job, ready, outcome),
         }
+    }
+
+    /// What a repair job's task is given: a change restarts its task.
+    fn repair_unit(&self, job: usize) -> Option<crate::repair::Unit> {
+        let spec = self.machine.spec(job);
+        let r = spec.repair.clone()?;
+        Some(crate::repair::Unit {
+            job: spec.name.clone(),
+            node: self.entry_id(job),
+            address: self
+                .job_ips
+                .get(job)
+                .copied()
+                .flatten()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            spec: r,
+        })
+    }
+
+    /// What the agent observes of repair job `job` now.
+    fn repair_condition(&self, job: usize) -> autopilot_core::repair::Condition {
+        let spec = self.machine.spec(job);
+        let phase = self.machine.phase(job);
+        autopilot_core::repair::condition(&autopilot_core::repair::JobObservation {
+            running: matches!(phase, Phase::Running(Some(_))),
+            preparing: matches!(phase, Phase::Preparing),
+            health: self.machine.health(job),
+            has_check: spec.health.is_some(),
+            parked: self.machine.parked(job),
+            watchdog_error: crate::repair::watchdog_error(&spec.name, &self.watchdogs),
+        })
+    }
+
+    /// Starts a repair task for each job with a `repair` block that has
+    /// none (a job whose repair settings are unchanged keeps its task) and
+    /// ends the others, removing their node entries.
+    fn start_repairs(&mut self) {
+        if self.machine.stopping() == Some(StopReason::Shutdown) {
+            self.end_repairs();
+            return;
+        }
+        let mut old = std::mem::take(&mut self.repairs);
+        let mut gone = Vec::new();
+        for j in 0..self.machine.job_count() {
+            let Some(unit) = self.repair_unit(j) else {
+                continue;
+            };
+            let name = unit.job.clone();
+            match old.remove(&name) {
+                Some(t) if t.unit == unit => {
+                    self.repairs.insert(name, t);
+                    continue;
+                }
+                Some(t) => gone.push(t),
+                None => {}
+            }
+            let leading = self.machine.leading(j).is_some();
+            self.repair_leading.insert(name.clone(), leading);
+            self.repair_counted.insert(name.clone(), 0);
+            let job = name.clone();
+            let task = crate::repair::spawn(
+                self.catalog.clone(),
+                self.registrar.clone(),
+                unit,
+                self.repair_condition(j),
+                leading,
+                self.tx.clone(),
+                move |request| Msg::Repair {
+                    job: job.clone(),
+                    request,
+                },
+            );
+            self.repairs.insert(name, task);
+        }
+        gone.extend(old.into_values());
+        for t in gone {
+            if !self.repairs.values().any(|k| k.unit.node == t.unit.node) {
+                self.registrar.remove(&t.unit.node);
+            }
+            self.repair_steps.remove(&t.unit.job);
+            t.end();
+        }
+    }
+
+    /// Ends every repair task and removes its node entry (the node record
+    /// stays: the next start continues from it).
+    fn end_repairs(&mut self) {
+        self.sync_repairs();
+        for t in std::mem::take(&mut self.repairs).into_values() {
+            t.task.abort();
+            self.registrar.remove(&t.unit.node);
+        }
+        self.repair_steps.clear();
+    }
+
+    /// After every machine step: each repair task's condition and
+    /// leadership, and the repair metrics.
+    fn sync_repairs(&mut self) {
+        if self.repairs.is_empty() {
+            return;
+        }
+        for j in 0..self.machine.job_count() {
+            let name = self.machine.spec(j).name.clone();
+            if !self.repairs.contains_key(&name) {
+                continue;
+            }
+            let cond = self.repair_condition(j);
+            let leading = self.machine.leading(j).is_some();
+            let Some(t) = self.repairs.get(&name) else {
+                continue;
+            };
+            t.condition(cond);
+            if self.repair_leading.get(&name) != Some(&leading) {
+                self.repair_leading.insert(name.clone(), leading);
+                t.leading(leading);
+            }
+            let Some(snap) = t.snapshot() else {
+                continue;
+            };
+            for state in [
+                autopilot_core::repair::NodeState::Healthy,
+                autopilot_core::repair::NodeState::Failure,
+                autopilot_core::repair::NodeState::Probation,
+            ] {
+                let v = if snap.view.state == state { 1.0 } else { 0.0 };
+                self.metrics.record(
+                    "autopilot_repair_state",
+                    &[("job", &name), ("state", state.as_str())],
+                    v,
+                );
+            }
+            let counted = self.repair_counted.entry(name.clone()).or_insert(0);
+            for (step, outcome) in snap.outcomes.iter().skip(*counted) {
+                self.metrics.record(
+                    "autopilot_repair_actions_total",
+                    &[
+                        ("job", &name),
+                        ("step", step.as_str()),
+                        ("outcome", outcome.as_str()),
+                    ],
+                    1.0,
+                );
+            }
+            *counted = snap.outcomes.len();
+        }
+    }
+
+    /// A repair task's request.
+    fn repair_request(&mut self, name: &str, request: crate::repair::Request) {
+        use autopilot_core::spec::RepairStep;
+        let Some(job) = (0..self.machine.job_count()).find(|j| self.machine.spec(*j).name == name)
+        else {
+            return;
+        };
+        let Some(task) = self.repairs.get(name) else {
+            return;
+        };
+        match request {
+            crate::repair::Request::Event(code) => {
+                self.input(Input::External(Event::new(code, name)));
+            }
+            crate::repair::Request::Demote => {
+                if self.machine.leading(job).is_none() {
+                    task.leading(false);
+                } else {
+                    // The campaign resigns; the machine campaigns again
+                    // once the job runs healthy after the step.
+                    tracing::warn!(job = %name, "repair: stepping down from the election before the step");
+                    self.campaign(job, false);
+                }
+            }
+            crate::repair::Request::Run {
+                step: step @ (RepairStep::Restart | RepairStep::Reimage),
+                ..
+            } => {
+                if self.machine.stopping().is_some() {
+                    task.done(false, "the agent is stopping");
+                    return;
+                }
+                let note = (step == RepairStep::Reimage
+                    && !self
+                        .machine
+                        .spec(job)
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|s| s.restores()))
+                .then(|| "no verified snapshot: the job has no snapshot with a restore command and dataDir".to_string());
+                self.repair_steps.insert(name.to_string(), note);
+                self.input(Input::Repair { job, step });
+            }
+            crate::repair::Request::Run {
+                step: RepairStep::Replace,
+                reason,
+                exit_code,
+                ..
+            } => {
+                let hook = task.unit.spec.replace_exec.clone();
+                let limit = task.unit.spec.replace_timeout;
+                tracing::error!(job = %name, %reason, code = exit_code, "repair: replacing this node (the last step of the ladder)");
+                let env = self.child_env(job);
+                let spawner = self.spawner.clone();
+                let tx = self.tx.clone();
+                let job_name = name.to_string();
+                tokio::spawn(async move {
+                    if let Some(argv) = hook {
+                        run_replace_hook(&spawner, argv, env, limit, &job_name).await;
+                    }
+                    let _ = tx
+                        .send(Msg::Replaced {
+                            job: job_name,
+                            code: exit_code,
+                        })
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// The machine starts job `job` again: a repair step waiting for it ends.
+    fn repair_started(&mut self, job: usize) {
+        let name = &self.machine.spec(job).name;
+        let Some(note) = self.repair_steps.remove(name) else {
+            return;
+        };
+        if let Some(t) = self.repairs.get(name) {
+            match note {
+                Some(why) => t.done(false, &why),
+                None => t.done(true, "the job was started again"),
+            }
+        }
+    }
+
+    /// A repair's reimage before the job starts again, off the event loop.
+    fn reimage(&mut self, job: usize) {
+        let Some(spec) = self.machine.spec(job).snapshot.clone() else {
+            self.input(Input::Prepared { job, ok: true });
+            return;
+        };
+        let ctx = self.snapshot_ctx(job);
+        let tx = self.tx.clone();
+        let key = self.job_keys.get(job).copied().unwrap_or_default();
+        tokio::spawn(async move {
+            let (ok, note) = match crate::snapshots::reimage(&ctx, &spec).await {
+                Ok(crate::snapshots::Reimaged::Restored { .. }) => (true, None),
+                Ok(crate::snapshots::Reimaged::NoSnapshot(why)) => {
+                    tracing::error!(set = %spec.set, "reimage not done: no verified snapshot ({why}); the job starts again on its data");
+                    (true, Some(format!("no verified snapshot: {why}")))
+                }
+                Err(e) => {
+                    tracing::error!(set = %spec.set, "reimage failed after the data was moved aside: {e}");
+                    (
+                        false,
+                        Some(format!(
+                            "the restore after moving the data aside failed: {e}"
+                        )),
+                    )
+                }
+            };
+            let _ = tx.send(Msg::Reimaged { key, ok, note }).await;
+        });
+    }
+
+    /// Starts the config's watchdogs (a reload that keeps them keeps the set).
+    fn start_watchdogs(&mut self) {
+        let specs = self.config.watchdogs.clone();
+        if self
+            .watchdog_set
+            .as_ref()
+            .is_some_and(|(_, old)| *old == specs)
+        {
+            return;
+        }
+        if let Some((set, _)) = self.watchdog_set.take() {
+            tokio::spawn(set.stop());
+        }
+        self.watchdogs.clear();
+        if specs.is_empty() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let agent = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                if agent.send(Msg::Watchdog(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let env: Vec<(String, String)> = self
+            .base_env
+            .iter()
+            .chain(&self.put_env)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(self.hook_env.iter().cloned())
+            .collect();
+        let ctx = crate::watchdog::WatchdogCtx {
+            registrar: self.registrar.clone(),
+            host: self.hostname.clone(),
+            address: String::new(),
+            ttl: DEFAULT_TTL,
+            catalog_ok: self.catalog_ok.subscribe(),
+            spawner: self.spawner.clone(),
+            env,
+        };
+        let set = crate::watchdog::WatchdogSet::start(&specs, ctx, tx);
+        self.watchdog_set = Some((set, specs));
+        self.refresh_watchdogs();
+    }
+
+    /// The watchdogs as the set shows them now.
+    fn refresh_watchdogs(&mut self) {
+        let Some((set, _)) = &self.watchdog_set else {
+            return;
+        };
+        self.watchdogs = set
+            .view()
+            .into_iter()
+            .map(|v| {
+                let since = v
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0);
+                crate::repair::WatchdogShown {
+                    name: v.name,
+                    job: v.job,
+                    status: v.status,
+                    message: v.message,
+                    since: autopilot_catalog::rfc3339_ms(since),
+                }
+            })
+            .collect();
+        for w in &self.watchdogs {
+            for st in [
+                autopilot_core::repair::WatchdogStatus::Ok,
+                autopilot_core::repair::WatchdogStatus::Warning,
+                autopilot_core::repair::WatchdogStatus::Error,
+            ] {
+                let v = if w.status == st { 1.0 } else { 0.0 };
+                self.metrics.record(
+                    "autopilot_watchdog_status",
+                    &[("watchdog", &w.name), ("status", st.as_str())],
+                    v,
+                );
+            }
+        }
+    }
+
+    /// A watchdog's report: shown, counted, and folded into repair conditions.
+    fn watchdog(&mut self, r: &crate::watchdog::WatchdogReport) {
+        match r.status {
+            autopilot_core::repair::WatchdogStatus::Ok => {
+                tracing::info!(watchdog = %r.name, message = %r.message, "watchdog ok")
+            }
+            autopilot_core::repair::WatchdogStatus::Warning => {
+                tracing::warn!(watchdog = %r.name, message = %r.message, "watchdog warning")
+            }
+            autopilot_core::repair::WatchdogStatus::Error => {
+                tracing::error!(watchdog = %r.name, message = %r.message, "watchdog error")
+            }
+        }
+        self.refresh_watchdogs();
+        self.sync_repairs();
     }
 
     /// A unit's member record: where its job serves, its entry's TTL.
@@ -2470,6 +2962,8 @@ impl Agent {
         self.start_watches(&old.watches);
         self.start_templates(&old.templates);
         self.start_fleet();
+        self.start_watchdogs();
+        self.start_repairs();
         let unchanged = kept.iter().flatten().count();
         tracing::info!(
             jobs = self.config.jobs.len(),
@@ -2491,7 +2985,15 @@ impl Agent {
     fn execute_queued(&mut self) -> Option<i32> {
         while let Some(action) = self.queue.pop_front() {
             match action {
-                Action::Spawn { run, job, kind } => self.spawn(run, job, kind),
+                Action::Spawn { run, job, kind } => {
+                    if kind == ProcKind::Job {
+                        self.repair_started(job);
+                        if let Some((set, _)) = &self.watchdog_set {
+                            set.job_started(&self.machine.spec(job).name);
+                        }
+                    }
+                    self.spawn(run, job, kind)
+                }
                 Action::Signal { run, sig } => {
                     let Some(meta) = self.runs.get(&run) else {
                         continue;
@@ -2604,6 +3106,7 @@ impl Agent {
                     self.registrar.status(&id, catalog_status(status));
                 }
                 Action::Campaign { job, campaign } => self.campaign(job, campaign),
+                Action::Prepare { job, reimage: true } => self.reimage(job),
                 Action::Prepare { job, .. } => self.prepare(job),
                 Action::Snapshot { job, only_if_none } => self.snapshot(job, only_if_none),
                 Action::Deregister { job } => {
@@ -2855,6 +3358,7 @@ impl Agent {
                         "suspect": self.suspects.get(&e.name),
                         "probe": self.members.get(&autopilot_core::cluster::member_id(&e.name, &self.entry_id(i))).and_then(|m| m.presence.as_ref()).map(|p| p.addr.to_string()),
                     })),
+                    "repair": self.repairs.get(&j.name).and_then(crate::repair::Task::snapshot).map(|s| crate::repair::status_json(&s)),
                     "restore": self.restore_progress.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                     "registration": self.machine.spec(i).port.map(|_| {
                         let id = self.entry_id(i);
@@ -2917,6 +3421,7 @@ impl Agent {
             "jobs": jobs,
             "watches": watches,
             "fleet": fleet,
+            "watchdogs": self.watchdogs,
         })
     }
 }

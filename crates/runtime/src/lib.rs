@@ -13,6 +13,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod probe;
+pub mod repair;
 pub mod snapshots;
 pub mod telemetry;
 pub mod templates;

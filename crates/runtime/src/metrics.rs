@@ -1,4 +1,4 @@
-//! Prometheus metrics: the user's configured metrics, the agent's built-ins, and text exposition.
+//! Prometheus metrics: the user's configured metrics, the agent's built-ins (repair and watchdog families included), and text exposition.
 //!
 //! Hand-rolled rather than prometheus-client because that crate has no
 //! summary type and renames counters to `*_total`, which would break the
@@ -18,7 +18,7 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const SUMMARY_WINDOW: usize = 1024;
 
 /// The agent's own metrics.
-const BUILT_IN: [(&str, &str, MetricKind); 11] = [
+const BUILT_IN: [(&str, &str, MetricKind); 14] = [
     (
         "autopilot_artifact_info",
         "1 for the artifact version each job (or the config bundle, job \"\") runs.",
@@ -67,6 +67,21 @@ const BUILT_IN: [(&str, &str, MetricKind); 11] = [
     (
         "autopilot_catalog_degraded",
         "1 while the catalog is unreachable or failing (supervision goes on).",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_repair_state",
+        "1 for the node state (healthy, failure, probation) of each job with a repair block, 0 for the others.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_repair_actions_total",
+        "Repair steps by job, step and outcome (succeeded, failed, interrupted, replaced).",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_watchdog_status",
+        "1 for the reported status (ok, warning, error) of each watchdog, 0 for the others.",
         MetricKind::Gauge,
     ),
     (

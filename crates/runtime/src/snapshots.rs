@@ -1,4 +1,4 @@
-//! Snapshots and restore-before-start: taking a snapshot under a cluster-wide lock and recording it in the catalog, and restoring the newest verified one, waiting for one, or winning the one-time bootstrap.
+//! Snapshots and restore-before-start: taking a snapshot under a cluster-wide lock and recording it in the catalog, restoring the newest verified one, waiting for one, or winning the one-time bootstrap, and a repair's reimage (verify first, then move the data aside and restore).
 //!
 //! Catalog keys (in the key/value space): `snapshots/<set>/index` holds the
 //! recorded snapshots, newest first, as JSON; `snapshots/<set>/bootstrap`
@@ -402,4 +402,145 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+/// How a reimage went (see [`reimage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reimaged {
+    /// The old data was moved to `aside` and the newest verified snapshot restored.
+    Restored { aside: PathBuf, sha256: String },
+    /// No snapshot could be fetched and verified: nothing was touched (why).
+    NoSnapshot(String),
+}
+
+/// A repair's reimage: finds and verifies the newest snapshot *first*
+/// (downloaded and checksummed into the scratch directory); only then moves
+/// `dataDir` aside to `<dataDir>.reimage-<unix secs>` (a rename: same
+/// filesystem, kept), recreates it empty with the old mode and owner, and
+/// runs the restore command into it. With no verified snapshot nothing is
+/// moved. `Err` is a failure after the data was moved aside (the job's
+/// normal restore before start then fills the empty directory).
+pub async fn reimage(ctx: &Ctx, spec: &SnapshotSpec) -> Result<Reimaged, String> {
+    let (Some(restore), Some(data)) = (&spec.restore, &spec.data_dir) else {
+        return Ok(Reimaged::NoSnapshot(
+            "the job's snapshot has no restore command or dataDir".to_string(),
+        ));
+    };
+    std::fs::create_dir_all(&ctx.scratch).map_err(|e| e.to_string())?;
+    let store = autopilot_snapshot::open(&spec.store).map_err(|e| e.to_string())?;
+    let list = match tokio::time::timeout(Duration::from_secs(2), read_index(ctx, &spec.set)).await
+    {
+        Ok(Ok((_, list))) => list,
+        Ok(Err(e)) => {
+            return Ok(Reimaged::NoSnapshot(format!(
+                "cannot read the snapshot index: {e}"
+            )));
+        }
+        Err(_) => {
+            return Ok(Reimaged::NoSnapshot(
+                "cannot read the snapshot index: no answer within 2s".to_string(),
+            ));
+        }
+    };
+    let mut problems = Vec::new();
+    let mut verified = None;
+    for meta in &list {
+        let tmp = autopilot_snapshot::scratch_file(&ctx.scratch, &format!("reimage-{}-", spec.set))
+            .map_err(|e| format!("cannot create a file in {}: {e}", ctx.scratch.display()))?;
+        let check = match store.get(&spec.set, &meta.sha256, &tmp).await {
+            Err(e) => Err(format!("{}: cannot fetch: {e}", short(&meta.sha256))),
+            Ok(()) => match autopilot_snapshot::sha256_file(&tmp).await {
+                Ok((sha, _)) if sha == meta.sha256 => Ok(()),
+                Ok((sha, _)) => Err(format!(
+                    "{}: checksum mismatch (got {})",
+                    short(&meta.sha256),
+                    short(&sha)
+                )),
+                Err(e) => Err(format!("{}: cannot read: {e}", short(&meta.sha256))),
+            },
+        };
+        match check {
+            Ok(()) => {
+                verified = Some((tmp, meta.sha256.clone()));
+                break;
+            }
+            Err(p) => {
+                tracing::warn!(set = %spec.set, "snapshot unusable for a reimage: {p}");
+                problems.push(p);
+            }
+        }
+    }
+    let Some((tmp, sha256)) = verified else {
+        let why = if list.is_empty() {
+            "no snapshot recorded".to_string()
+        } else {
+            format!(
+                "{} snapshot(s) recorded, none verified: {}",
+                list.len(),
+                problems.join("; ")
+            )
+        };
+        return Ok(Reimaged::NoSnapshot(why));
+    };
+    let aside = aside_path(data, autopilot_catalog::now_ms() / 1000);
+    let meta = std::fs::metadata(data).ok();
+    match std::fs::rename(data, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Ok(Reimaged::NoSnapshot(format!(
+                "cannot move {} aside: {e}",
+                data.display()
+            )));
+        }
+    }
+    std::fs::create_dir(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    if let Some(m) = &meta {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", data.display()))?;
+        if let Err(e) = std::os::unix::fs::chown(data, Some(m.uid()), Some(m.gid())) {
+            // Only root may give a directory away; the agent's own is fine.
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return Err(format!("cannot set the owner of {}: {e}", data.display()));
+            }
+        }
+    }
+    tracing::warn!(dir = %data.display(), aside = %aside.display(), "reimage: data directory moved aside; restoring the newest verified snapshot");
+    let extra = [
+        ("AUTOPILOT_SNAPSHOT_FILE", tmp.display().to_string()),
+        ("AUTOPILOT_DATA_DIR", data.display().to_string()),
+    ];
+    let res = run(ctx, restore, &extra, &format!("restore.{}", spec.set)).await;
+    drop(tmp);
+    res?;
+    tracing::info!(set = %spec.set, sha256 = %sha256, "reimage: restored");
+    Ok(Reimaged::Restored { aside, sha256 })
+}
+
+/// `<dataDir>.reimage-<secs>`, beside it (a later one in the same second gets a suffix).
+fn aside_path(data: &Path, secs: u64) -> PathBuf {
+    // Rebuilt from its components: a trailing slash would put it inside.
+    let data: PathBuf = data.components().collect();
+    let base = format!("{}.reimage-{secs}", data.display());
+    let mut p = PathBuf::from(&base);
+    let mut n: u32 = 1;
+    while p.exists() && n < 1000 {
+        p = PathBuf::from(format!("{base}.{n}"));
+        n = n.saturating_add(1);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_aside_directory_is_a_sibling_even_with_a_trailing_slash() {
+        assert_eq!(
+            aside_path(Path::new("/nonexistent/data/"), 7),
+            PathBuf::from("/nonexistent/data.reimage-7")
+        );
+    }
 }
