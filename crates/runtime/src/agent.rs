@@ -1424,17 +1424,21 @@ impl Agent {
         }
     }
 
+    /// The address the job's entries advertise (empty until it is known).
+    fn job_address(&self, job: usize) -> String {
+        self.job_ips
+            .get(job)
+            .copied()
+            .flatten()
+            .map(|ip| ip.to_string())
+            .unwrap_or_default()
+    }
+
     /// This job as a candidate: its entry ID and where it serves.
     fn candidate(&self, job: usize) -> Candidate {
         Candidate {
             id: self.entry_id(job),
-            address: self
-                .job_ips
-                .get(job)
-                .copied()
-                .flatten()
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            address: self.job_address(job),
             port: self.machine.spec(job).port.unwrap_or(0),
         }
     }
@@ -1851,13 +1855,7 @@ impl Agent {
         Some(crate::repair::Unit {
             job: spec.name.clone(),
             node: self.entry_id(job),
-            address: self
-                .job_ips
-                .get(job)
-                .copied()
-                .flatten()
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            address: self.job_address(job),
             spec: r,
         })
     }
@@ -2216,13 +2214,7 @@ impl Agent {
             dest: a.dest.clone(),
             store: a.store.clone(),
             instance: self.entry_id(job),
-            address: self
-                .job_ips
-                .get(job)
-                .copied()
-                .flatten()
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            address: self.job_address(job),
             port: spec.port.unwrap_or(0),
             ttl: spec.health.as_ref().map_or(DEFAULT_TTL, |h| h.ttl),
         }

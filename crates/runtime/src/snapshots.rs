@@ -291,18 +291,8 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
                             ));
                         }
                     };
-                    let verified = match store.get(&spec.set, &meta.sha256, &tmp).await {
-                        Err(e) => Err(format!("{}: cannot fetch: {e}", short(&meta.sha256))),
-                        Ok(()) => match autopilot_snapshot::sha256_file(&tmp).await {
-                            Ok((sha, _)) if sha == meta.sha256 => Ok(()),
-                            Ok((sha, _)) => Err(format!(
-                                "{}: checksum mismatch (got {})",
-                                short(&meta.sha256),
-                                short(&sha)
-                            )),
-                            Err(e) => Err(format!("{}: cannot read: {e}", short(&meta.sha256))),
-                        },
-                    };
+                    let verified =
+                        fetch_verified(store.as_ref(), &spec.set, &meta.sha256, &tmp).await;
                     if let Err(p) = verified {
                         tracing::warn!(set = %spec.set, "snapshot unusable: {p}");
                         problems.push(p);
@@ -400,6 +390,28 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
     }
 }
 
+/// Downloads snapshot `sha256` of `set` into `tmp` and checks its checksum.
+async fn fetch_verified(
+    store: &dyn autopilot_snapshot::Store,
+    set: &str,
+    sha256: &str,
+    tmp: &Path,
+) -> Result<(), String> {
+    store
+        .get(set, sha256, tmp)
+        .await
+        .map_err(|e| format!("{}: cannot fetch: {e}", short(sha256)))?;
+    match autopilot_snapshot::sha256_file(tmp).await {
+        Ok((sha, _)) if sha == sha256 => Ok(()),
+        Ok((sha, _)) => Err(format!(
+            "{}: checksum mismatch (got {})",
+            short(sha256),
+            short(&sha)
+        )),
+        Err(e) => Err(format!("{}: cannot read: {e}", short(sha256))),
+    }
+}
+
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
@@ -447,18 +459,7 @@ pub async fn reimage(ctx: &Ctx, spec: &SnapshotSpec) -> Result<Reimaged, String>
     for meta in &list {
         let tmp = autopilot_snapshot::scratch_file(&ctx.scratch, &format!("reimage-{}-", spec.set))
             .map_err(|e| format!("cannot create a file in {}: {e}", ctx.scratch.display()))?;
-        let check = match store.get(&spec.set, &meta.sha256, &tmp).await {
-            Err(e) => Err(format!("{}: cannot fetch: {e}", short(&meta.sha256))),
-            Ok(()) => match autopilot_snapshot::sha256_file(&tmp).await {
-                Ok((sha, _)) if sha == meta.sha256 => Ok(()),
-                Ok((sha, _)) => Err(format!(
-                    "{}: checksum mismatch (got {})",
-                    short(&meta.sha256),
-                    short(&sha)
-                )),
-                Err(e) => Err(format!("{}: cannot read: {e}", short(&meta.sha256))),
-            },
-        };
+        let check = fetch_verified(store.as_ref(), &spec.set, &meta.sha256, &tmp).await;
         match check {
             Ok(()) => {
                 verified = Some((tmp, meta.sha256.clone()));
