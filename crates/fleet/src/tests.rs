@@ -130,6 +130,17 @@ async fn overview_puts_failing_services_first() {
     );
     assert!(!crate::clusters::list(c).await.unwrap()[0].paused);
 
+    // An election's view is `cluster list -o json`; an unknown one is absent.
+    let v = serde_json::to_value(crate::clusters::view(c, "redis").await.unwrap()).unwrap();
+    assert_eq!(v["election"], "redis");
+    assert_eq!(v["leader"]["id"], "redis-h1");
+    assert_eq!(v["members"][0]["role"], "leader");
+    assert_eq!(v["members"][1]["role"], "-");
+    assert!(matches!(
+        crate::clusters::view(c, "nope").await,
+        Err(FleetError::NotFound(_))
+    ));
+
     // The service detail names its election.
     let d = services::detail(c, "redis").await.unwrap();
     assert_eq!(d.elections, ["redis"]);
@@ -556,4 +567,82 @@ fn errors_map_to_statuses_and_exit_codes() {
     for (e, status, code) in cases {
         assert_eq!((e.http_status(), e.exit_code()), (status, code), "{e}");
     }
+}
+
+#[tokio::test]
+async fn rollouts_start_and_steer() {
+    let (_d, cat) = open();
+    let c: &dyn Catalog = &cat;
+    let opts = rollouts::StartOptions::parse(Some("1,100%"), Some("1s"), None).unwrap();
+    let e = rollouts::start(c, "web", "v2", &opts, "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FleetError::NotFound(_)), "{e}");
+    assert!(matches!(
+        rollouts::StartOptions::parse(Some("nonsense"), None, None),
+        Err(FleetError::Invalid(_))
+    ));
+    assert!(matches!(
+        rollouts::StartOptions::parse(None, Some("0s"), None),
+        Err(FleetError::Invalid(_))
+    ));
+    let sha = "a".repeat(64);
+    let rec = json!({"name": "web", "version": "v2", "sha256": sha, "size": 1, "kind": "file",
+        "store": "file:///s", "created": "2026-11-29T00:00:00.000Z", "by": "x"});
+    c.kv_put("_fleet/artifacts/web/v2", &rec.to_string())
+        .await
+        .unwrap();
+    register(c, "web.web-h1", "_artifacts.web", Status::Passing, &[]).await;
+
+    let s = rollouts::start(c, "web", "v2", &opts, "alice")
+        .await
+        .unwrap();
+    assert_eq!((s.id, s.state), (1, "rolling"));
+    assert_eq!(s.rollout["by"], "alice");
+    // One active rollout at a time.
+    let e = rollouts::start(c, "web", "v2", &opts, "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FleetError::Refused(_)), "{e}");
+
+    let r = rollouts::transition(c, "web", rollouts::Transition::Pause, "bob")
+        .await
+        .unwrap();
+    assert_eq!(r.state.as_str(), "paused");
+    let e = rollouts::transition(c, "web", rollouts::Transition::Pause, "bob")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FleetError::Refused(_)), "{e}");
+    let status = rollouts::status(c, "web").await.unwrap();
+    assert_eq!(status["rollout"]["state"], "paused");
+    let list = rollouts::list(c).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (
+            list[0].artifact.as_str(),
+            list[0].state.as_str(),
+            list[0].to.as_str()
+        ),
+        ("web", "paused", "v2")
+    );
+    assert_eq!(list[0].from, "original");
+    rollouts::transition(c, "web", rollouts::Transition::Abort, "bob")
+        .await
+        .unwrap();
+    assert!(matches!(
+        rollouts::transition(c, "nope", rollouts::Transition::Abort, "bob").await,
+        Err(FleetError::NotFound(_))
+    ));
+    assert_eq!(
+        rollouts::Transition::parse("rollback"),
+        Some(rollouts::Transition::Rollback)
+    );
+    // After it ended, a new rollout replaces it.
+    let s2 = rollouts::start(c, "web", "v2", &opts, "alice")
+        .await
+        .unwrap();
+    assert_eq!(s2.id, 2);
+    let h = rollouts::history(c, "web").await.unwrap();
+    assert_eq!(h[0]["id"], 2);
+    assert_eq!(h[1]["superseded_by"], 2);
 }
