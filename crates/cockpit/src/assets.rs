@@ -59,7 +59,10 @@ fn send(a: &Asset, req: &HeaderMap) -> Response {
     }
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(a.content_type)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(a.content_type),
+            ),
             (header::ETAG, etag),
             (header::CACHE_CONTROL, cache),
         ],

@@ -55,7 +55,10 @@ pub struct Tokens {
 pub enum Caller {
     /// No tokens are configured: reads are open, actions refused.
     Anonymous,
-    Token { name: String, role: Role },
+    Token {
+        name: String,
+        role: Role,
+    },
 }
 
 impl Caller {
@@ -277,7 +280,10 @@ mod tests {
         assert_eq!(t.find(""), None);
         let mut h = HeaderMap::new();
         assert!(t.caller(&h).is_err(), "no header");
-        h.insert("authorization", "Bearer bbbbbbbbbbbbbbbbbbbb".parse().unwrap());
+        h.insert(
+            "authorization",
+            "Bearer bbbbbbbbbbbbbbbbbbbb".parse().unwrap(),
+        );
         assert_eq!(
             t.caller(&h).unwrap(),
             Caller::Token {
@@ -285,7 +291,10 @@ mod tests {
                 role: Role::Read
             }
         );
-        h.insert("authorization", "Basic bbbbbbbbbbbbbbbbbbbb".parse().unwrap());
+        h.insert(
+            "authorization",
+            "Basic bbbbbbbbbbbbbbbbbbbb".parse().unwrap(),
+        );
         assert_eq!(
             t.caller(&h).unwrap_err().status,
             axum::http::StatusCode::UNAUTHORIZED

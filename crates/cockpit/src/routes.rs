@@ -72,14 +72,19 @@ pub fn router(state: AppState) -> Router {
     for route in table() {
         let access = route.access;
         let s = state.clone();
-        let handler = route.handler.route_layer(middleware::from_fn(move |req, next| {
-            app::authorize(s.clone(), access, req, next)
-        }));
+        let handler = route
+            .handler
+            .route_layer(middleware::from_fn(move |req, next| {
+                app::authorize(s.clone(), access, req, next)
+            }));
         r = r.route(route.path, handler);
     }
     r.route("/", axum::routing::get(crate::assets::index))
         .route("/assets/app.js", axum::routing::get(crate::assets::app_js))
-        .route("/assets/app.css", axum::routing::get(crate::assets::app_css))
+        .route(
+            "/assets/app.css",
+            axum::routing::get(crate::assets::app_css),
+        )
         .fallback(app::not_found)
         .layer(DefaultBodyLimit::max(app::MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), app::timeout))
@@ -130,10 +135,7 @@ mod tests {
                 if method == "parameters" {
                     continue;
                 }
-                assert!(
-                    op["responses"].is_object(),
-                    "{method} {path} has responses"
-                );
+                assert!(op["responses"].is_object(), "{method} {path} has responses");
                 documented.insert((method.to_uppercase(), path.clone()));
             }
         }
@@ -144,8 +146,14 @@ mod tests {
         assert_eq!(table().len(), routed.len(), "a route is given twice");
         let missing: Vec<_> = routed.difference(&documented).collect();
         let extra: Vec<_> = documented.difference(&routed).collect();
-        assert!(missing.is_empty(), "routes missing from openapi.json: {missing:?}");
-        assert!(extra.is_empty(), "openapi.json documents unknown routes: {extra:?}");
+        assert!(
+            missing.is_empty(),
+            "routes missing from openapi.json: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "openapi.json documents unknown routes: {extra:?}"
+        );
         // Actions and only actions need an admin token; and the document says
         // which routes need no token.
         for r in table() {

@@ -62,7 +62,11 @@ pub fn changes(
     stream::unfold(feed, move |mut feed| async move {
         let Some(last) = feed.last else {
             let rev = *feed.rx.borrow_and_update();
-            feed.last = Some(Instant::now().checked_sub(every).unwrap_or_else(Instant::now));
+            feed.last = Some(
+                Instant::now()
+                    .checked_sub(every)
+                    .unwrap_or_else(Instant::now),
+            );
             return Some((Ok(event("hello", rev)), feed));
         };
         if let Some(at) = last.checked_add(every) {
@@ -96,7 +100,10 @@ mod tests {
         let t0 = Instant::now();
         let first = s.next().await.unwrap().unwrap();
         assert!(text(&first).contains("change") && text(&first).contains("8"));
-        assert!(t0.elapsed() < Duration::from_millis(10), "the first change goes at once");
+        assert!(
+            t0.elapsed() < Duration::from_millis(10),
+            "the first change goes at once"
+        );
         // A burst: three changes within the window become one event, the newest.
         for r in 9..=11 {
             tx.send(r).unwrap();

@@ -27,8 +27,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, CockpitError> {
             "no PEM certificate in the file".into(),
         ));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| err("key", key, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| err("key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
