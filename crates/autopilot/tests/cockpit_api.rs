@@ -580,6 +580,15 @@ fn cockpit_serves_the_fleet_with_tokens_audit_events_and_tls() {
         "plain HTTP is not served on the TLS port"
     );
     drop(s);
+
+    // --- a silent catalog: 503 within the deadline, not a hung request -------
+    etcd.pause();
+    let t = Instant::now();
+    let (code, v) = c.get("/api/v1/overview", Some(ADMIN));
+    let took = t.elapsed();
+    etcd.resume();
+    assert_eq!(code, 503, "{v}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
     drop(c);
     drop(nodes);
     drop(etcd);
