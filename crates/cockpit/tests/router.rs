@@ -92,7 +92,14 @@ async fn tokens_decide_who_reads_and_who_acts() {
     let (code, h, _) = send(&f, "GET", "/api/v1/whoami", None, "").await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     assert!(h.contains_key(header::WWW_AUTHENTICATE));
-    let (code, _, _) = send(&f, "GET", "/api/v1/whoami", Some("wrong-token-0123456789"), "").await;
+    let (code, _, _) = send(
+        &f,
+        "GET",
+        "/api/v1/whoami",
+        Some("wrong-token-0123456789"),
+        "",
+    )
+    .await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     let (code, _, body) = send(&f, "GET", "/api/v1/whoami", Some(READER), "").await;
     assert_eq!(code, StatusCode::OK);
@@ -108,9 +115,23 @@ async fn tokens_decide_who_reads_and_who_acts() {
     let (code, _, _) = send(&f, "POST", "/api/v1/elections/db/pause", None, "{}").await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     let big = format!("{{\"on\": true, \"pad\": \"{}\"}}", "x".repeat(70 * 1024));
-    let (code, _, body) = send(&f, "POST", "/api/v1/nodes/n1/maintenance", Some(ADMIN), &big).await;
+    let (code, _, body) = send(
+        &f,
+        "POST",
+        "/api/v1/nodes/n1/maintenance",
+        Some(ADMIN),
+        &big,
+    )
+    .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    let (code, _, body) = send(&f, "POST", "/api/v1/nodes/n1/maintenance", Some(ADMIN), "{on").await;
+    let (code, _, body) = send(
+        &f,
+        "POST",
+        "/api/v1/nodes/n1/maintenance",
+        Some(ADMIN),
+        "{on",
+    )
+    .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     let (code, _, body) = send(
         &f,
@@ -135,7 +156,10 @@ async fn the_page_is_served_with_validators() {
     ] {
         let (code, h, body) = send(&f, "GET", path, None, "").await;
         assert_eq!(code, StatusCode::OK, "{path}: the page needs no token");
-        assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty), "{path}");
+        assert!(
+            h[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty),
+            "{path}"
+        );
         assert!(!body.is_empty());
         let etag = h[header::ETAG].to_str().unwrap().to_string();
         let resp = f
@@ -175,10 +199,17 @@ async fn event_streams_are_capped() {
     let mut body = first.into_body();
     let hello = body.frame().await.unwrap().unwrap().into_data().unwrap();
     let hello = String::from_utf8_lossy(&hello);
-    assert!(hello.starts_with("event: hello\ndata: {\"revision\":"), "{hello}");
+    assert!(
+        hello.starts_with("event: hello\ndata: {\"revision\":"),
+        "{hello}"
+    );
     let second = f.app.clone().oneshot(req()).await.unwrap();
     assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
     drop(body);
     let third = f.app.clone().oneshot(req()).await.unwrap();
-    assert_eq!(third.status(), StatusCode::OK, "a closed stream frees its slot");
+    assert_eq!(
+        third.status(),
+        StatusCode::OK,
+        "a closed stream frees its slot"
+    );
 }
