@@ -311,6 +311,13 @@ pub(crate) async fn leader_ids(cat: &dyn Catalog) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The current leader of an election (`autopilot leader`), `None` when nobody leads.
+pub async fn leader(cat: &dyn Catalog, election: &str) -> Result<Option<Leader>> {
+    cat.leader(election)
+        .await
+        .map_err(catalog(ctx("the leader", election)))
+}
+
 /// A leader as JSON.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LeaderView {
