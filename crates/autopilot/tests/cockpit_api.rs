@@ -469,6 +469,19 @@ fn cockpit_serves_the_fleet_with_tokens_audit_events_and_tls() {
         "switchover to a stranger: {code} {v}"
     );
     assert!(v["error"].is_string(), "{v}");
+    let audit = c.read("/api/v1/audit?limit=10");
+    let refused = audit["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["action"] == "switchover"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        refused["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("refused: ")),
+        "a refused action is audited too: {audit}"
+    );
+    assert_eq!(refused["who"], "alice", "{refused}");
     let (code, v) = c.req(
         "POST",
         "/api/v1/nodes/n1/maintenance",
