@@ -68,6 +68,10 @@ struct Cockpit {
 
 impl Drop for Cockpit {
     fn drop(&mut self) {
+        // Never signal a pid already reaped: it may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         kill(self.child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -602,6 +606,19 @@ fn cockpit_serves_the_fleet_with_tokens_audit_events_and_tls() {
     etcd.resume();
     assert_eq!(code, 503, "{v}");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
+
+    // --- SIGTERM stops it, exit 0 ----------------------------------------------
+    let mut c = c;
+    kill(c.child.id() as i32, libc::SIGTERM);
+    let mut status = None;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            status = c.child.try_wait().ok().flatten();
+            status.is_some()
+        }),
+        "the cockpit did not stop on SIGTERM"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
     drop(c);
     drop(nodes);
     drop(etcd);
