@@ -646,12 +646,6 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         });
         telemetry_id = Some(id);
     }
-    // The maintenance intent is the node's desired state: read before the
-    // jobs start (bounded), so a node in maintenance starts in it.
-    let mut intent =
-        crate::node::IntentWatcher::new(catalog.clone(), &opts.hostname, &owner, metrics.clone());
-    let first_intent = intent.first().await;
-    let health_log = crate::node::HealthLog::start(catalog.clone(), &opts.hostname);
     let sig = |k| signal(k).map_err(AgentError::Signal);
     let (mut term, mut int, mut hup, mut usr1, mut usr2) = (
         sig(SignalKind::terminate())?,
@@ -660,6 +654,14 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         sig(SignalKind::user_defined1())?,
         sig(SignalKind::user_defined2())?,
     );
+    // The maintenance intent is the node's desired state: read before the
+    // jobs start (bounded), so a node in maintenance starts in it. After the
+    // signal handlers: the control socket already answers, and a signal
+    // sent now must not find the default action.
+    let mut intent =
+        crate::node::IntentWatcher::new(catalog.clone(), &opts.hostname, &owner, metrics.clone());
+    let first_intent = intent.first().await;
+    let health_log = crate::node::HealthLog::start(catalog.clone(), &opts.hostname);
 
     let machine = Machine::new(opts.config.jobs.clone(), opts.config.stop_timeout, 1);
     let mut agent = Agent {
