@@ -78,6 +78,8 @@ pub struct Options {
     pub hostname: String,
     /// Where per-job state directories live (they persist across runs).
     pub job_state_root: PathBuf,
+    /// The git commit the binary was built from (`autopilot_build_info`).
+    pub commit: String,
 }
 
 enum Msg {
@@ -307,6 +309,16 @@ struct Agent {
     exit_override: Option<i32>,
     /// Jobs whose process exit is being handled (for the crashloop watchdogs).
     exited_jobs: Vec<usize>,
+    /// This agent's catalog session (`<host>/<pid>/<start ms>`).
+    session: String,
+    /// When the agent started (RFC 3339), for the `_nodes` entry.
+    started_at: String,
+    /// The `_nodes` entry last handed to the registrar.
+    node_entry: Option<Registration>,
+    /// Job health transitions for `_fleet/health/<node>`.
+    health_log: crate::node::HealthLog,
+    /// The maintenance intent task.
+    intent_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -525,7 +537,25 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
     );
     let etcd = crate::catalog::etcd_settings(&opts.config.etcd, &opts.env)
         .map_err(AgentError::Settings)?;
-    let catalog = crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?;
+    let user_metrics = opts
+        .config
+        .telemetry
+        .as_ref()
+        .map(|t| t.metrics.clone())
+        .unwrap_or_default();
+    let metrics = Arc::new(Metrics::new(&user_metrics));
+    metrics.record(
+        "autopilot_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", &opts.commit),
+        ],
+        1.0,
+    );
+    let catalog: Arc<dyn Catalog> = Arc::new(crate::metered::Metered::new(
+        crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?,
+        metrics.clone(),
+    ));
     // The agent's private scratch directory (watch and leader files,
     // snapshot files in transit): a fresh name no other user can predict or
     // pre-create, mode 0700, removed at exit. As PID 1 a fixed name such as
@@ -590,13 +620,6 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         tracing::warn!("cannot become the reaper of orphans: {e}");
     }
     let ips = job_ips(&opts.config)?;
-    let user_metrics = opts
-        .config
-        .telemetry
-        .as_ref()
-        .map(|t| t.metrics.clone())
-        .unwrap_or_default();
-    let metrics = Arc::new(Metrics::new(&user_metrics));
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(64);
     control::serve(&opts.socket, ctl_tx.clone(), metrics.clone()).await?;
@@ -631,6 +654,14 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         sig(SignalKind::user_defined1())?,
         sig(SignalKind::user_defined2())?,
     );
+    // The maintenance intent is the node's desired state: read before the
+    // jobs start (bounded), so a node in maintenance starts in it. After the
+    // signal handlers: the control socket already answers, and a signal
+    // sent now must not find the default action.
+    let mut intent =
+        crate::node::IntentWatcher::new(catalog.clone(), &opts.hostname, &owner, metrics.clone());
+    let first_intent = intent.first().await;
+    let health_log = crate::node::HealthLog::start(catalog.clone(), &opts.hostname);
 
     let machine = Machine::new(opts.config.jobs.clone(), opts.config.stop_timeout, 1);
     let mut agent = Agent {
@@ -694,6 +725,11 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         catalog_ok: watch::channel(true).0,
         exit_override: None,
         exited_jobs: Vec::new(),
+        session: owner.clone(),
+        started_at: autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms()),
+        node_entry: None,
+        health_log,
+        intent_task: None,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -710,6 +746,10 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         env!("CARGO_PKG_VERSION")
     );
     agent.input(Input::Startup);
+    if let Some(on) = first_intent {
+        agent.input(Input::Maintenance(on));
+    }
+    agent.intent_task = Some(intent.spawn(ctl_tx.clone()));
     let mut registrar_state = agent.registrar.subscribe();
     agent.metrics.record("autopilot_catalog_degraded", &[], 0.0);
     agent
@@ -720,6 +760,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         agent.sync_members();
         agent.sync_fleet();
         agent.sync_repairs();
+        agent.sync_node();
         if let Some(code) = finished {
             // A `replace` step's exit code wins over the machine's.
             let code = agent.exit_override.unwrap_or(code);
@@ -760,6 +801,12 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
             }
             if let Some(id) = &agent.telemetry_id {
                 agent.registrar.remove(id);
+            }
+            if let Some(t) = agent.intent_task.take() {
+                t.abort();
+            }
+            if let Some(e) = agent.node_entry.take() {
+                agent.registrar.remove(&e.id);
             }
             agent.end_fleet();
             agent.end_repairs();
@@ -938,6 +985,7 @@ impl Agent {
         let Some(e) = self.machine.spec(job).election.clone() else {
             return;
         };
+        self.election_metrics(&e.name);
         let me = self.candidate(job);
         let id = me.id.clone();
         let (tx, rx) = watch::channel(true);
@@ -1399,13 +1447,57 @@ impl Agent {
                 tracing::info!(%election, leader = "none", "leader changed: no node holds the seat now")
             }
         }
+        let prev_term = self
+            .leaders
+            .get(election)
+            .and_then(Option::as_ref)
+            .map(|p| p.term);
+        if let Some(l) = &l
+            && prev_term != Some(l.term)
+        {
+            self.metrics.record(
+                "autopilot_election_transitions_total",
+                &[("election", election)],
+                1.0,
+            );
+        }
         let file = self.leader_file(election);
         let json = serde_json::to_vec_pretty(&l).unwrap_or_default();
         if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
             tracing::warn!(file = %file.display(), "cannot write leader file: {e}");
         }
         self.leaders.insert(election.to_string(), l);
+        self.election_metrics(election);
         true
+    }
+
+    /// `autopilot_election_*` for `election` as this agent knows it now.
+    fn election_metrics(&self, election: &str) {
+        let l = self.leaders.get(election).and_then(Option::as_ref);
+        let mine = l.is_some_and(|l| {
+            (0..self.machine.job_count()).any(|j| {
+                self.machine
+                    .spec(j)
+                    .election
+                    .as_ref()
+                    .is_some_and(|e| e.name == election)
+                    && self.entry_id(j) == l.id
+            })
+        });
+        let labels = [("election", election)];
+        self.metrics.record(
+            "autopilot_election_leader",
+            &labels,
+            if mine { 1.0 } else { 0.0 },
+        );
+        self.metrics.record(
+            "autopilot_election_term",
+            &labels,
+            l.map_or(0.0, |l| l.term as f64),
+        );
+        // The counter's series exists from the first campaign on.
+        self.metrics
+            .record("autopilot_election_transitions_total", &labels, 0.0);
     }
 
     /// Every job in the election hears of a new leader.
@@ -1432,6 +1524,34 @@ impl Agent {
             .flatten()
             .map(|ip| ip.to_string())
             .unwrap_or_default()
+    }
+
+    /// Publishes this agent's `_nodes` entry when what it shows changed.
+    fn sync_node(&mut self) {
+        let jobs: Vec<String> = (0..self.machine.job_count())
+            .map(|j| self.machine.spec(j).name.clone())
+            .collect();
+        let address = (0..self.machine.job_count())
+            .map(|j| self.job_address(j))
+            .find(|a| !a.is_empty())
+            .unwrap_or_default();
+        let view = autopilot_core::intent::NodeView {
+            maintenance: self.machine.in_maintenance(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: self.started_at.clone(),
+            session: self.session.clone(),
+            jobs,
+        };
+        let reg = crate::node::node_registration(&self.hostname, &address, &view, DEFAULT_TTL);
+        self.metrics.record(
+            "autopilot_maintenance",
+            &[],
+            if view.maintenance { 1.0 } else { 0.0 },
+        );
+        if self.node_entry.as_ref() != Some(&reg) {
+            self.registrar.put(reg.clone());
+            self.node_entry = Some(reg);
+        }
     }
 
     /// This job as a candidate: its entry ID and where it serves.
@@ -1487,9 +1607,25 @@ impl Agent {
             return;
         };
         let ctx = self.snapshot_ctx(job);
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::snapshots::take(&ctx, &spec, only_if_none).await {
-                tracing::error!(set = %spec.set, "snapshot failed: {e}");
+            let t0 = Instant::now();
+            match crate::snapshots::take(&ctx, &spec, only_if_none).await {
+                Ok(Some(meta)) => {
+                    let labels = [("set", spec.set.as_str())];
+                    metrics.record(
+                        "autopilot_snapshot_last_success_timestamp_seconds",
+                        &labels,
+                        meta.created_ms as f64 / 1000.0,
+                    );
+                    metrics.record(
+                        "autopilot_snapshot_duration_seconds",
+                        &labels,
+                        t0.elapsed().as_secs_f64(),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(set = %spec.set, "snapshot failed: {e}"),
             }
         });
     }
@@ -1972,6 +2108,11 @@ impl Agent {
                     v,
                 );
             }
+            self.metrics.record(
+                "autopilot_repair_budget_exhausted",
+                &[("job", &name)],
+                if snap.view.exhausted { 1.0 } else { 0.0 },
+            );
             let counted = self.repair_counted.entry(name.clone()).or_insert(0);
             for (step, outcome) in snap.outcomes.iter().skip(*counted) {
                 self.metrics.record(
@@ -2392,12 +2533,17 @@ impl Agent {
             .map(|(n, t)| (n.as_str(), t))
             .chain(self.bundle_task.as_ref().map(|t| ("", t)))
         {
-            let version = t
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .version
-                .clone();
+            let (version, state) = {
+                let st = t.status.lock().unwrap_or_else(|e| e.into_inner());
+                (st.version.clone(), st.state.clone())
+            };
+            if !state.is_empty() {
+                self.metrics.info(
+                    "autopilot_rollout_state",
+                    ("artifact", &t.unit.artifact),
+                    &[("state", &state)],
+                );
+            }
             if !version.is_empty() {
                 self.metrics.info(
                     "autopilot_artifact_info",
@@ -3050,6 +3196,11 @@ impl Agent {
                     };
                     self.metrics
                         .record("autopilot_job_healthy", &[("job", &name)], v);
+                    match healthy {
+                        Some(true) => self.health_log.push(&name, "healthy"),
+                        Some(false) => self.health_log.push(&name, "unhealthy"),
+                        None => {}
+                    }
                     match healthy {
                         Some(true) => tracing::info!(job = %name, "healthy"),
                         Some(false) => match self.check_failures.get(&name) {

@@ -1,0 +1,1 @@
+// Placeholder: the page is written on branch wt-page.
