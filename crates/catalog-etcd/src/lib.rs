@@ -1276,6 +1276,14 @@ impl Catalog for EtcdCatalog {
             .collect())
     }
 
+    async fn instances_with_heartbeats(
+        &self,
+        service: &str,
+    ) -> Result<Vec<Instance>, CatalogError> {
+        // The inherent method (a path names it before the trait's).
+        EtcdCatalog::instances_with_heartbeats(self, service).await
+    }
+
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError> {
         let mine_ms = self.session.lock().await.last_keep_alive_ms;
         let mut out: Vec<Instance> = self

@@ -151,6 +151,16 @@ pub trait Catalog: Send + Sync {
     /// Every live (unexpired) instance of a service, any status, sorted by ID.
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, CatalogError>;
 
+    /// [`Catalog::instances`] with each instance's real last heartbeat, for
+    /// people (the CLI, the cockpit), not for watches: a backend that keeps
+    /// heartbeats apart from the entries (etcd: in the leases) reads them.
+    async fn instances_with_heartbeats(
+        &self,
+        service: &str,
+    ) -> Result<Vec<Instance>, CatalogError> {
+        self.instances(service).await
+    }
+
     /// A revision that changes whenever any instance, key or leader may have
     /// changed, expiries included. Watchers and templates re-read on change;
     /// no polling.

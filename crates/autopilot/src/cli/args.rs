@@ -171,6 +171,8 @@ pub enum Cmd {
     Deploy(super::deploy::DeployArgs),
     /// Show self-repair: nodes in repair, the budget, the repair history (exit 1: no data for SERVICE).
     Repairs(super::repairs::RepairsArgs),
+    /// Serve the cockpit: a JSON API and a web page over the fleet, with tokens, TLS and live updates.
+    Cockpit(super::cockpit::CockpitArgs),
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
@@ -236,7 +238,7 @@ pub fn rewrite_single_dash(args: impl IntoIterator<Item = OsString>) -> Vec<OsSt
 }
 
 impl Cli {
-    /// Whether this invocation runs the agent or holds a lock.
+    /// Whether this invocation runs the agent, holds a lock or serves the cockpit.
     pub fn runs_long(&self) -> bool {
         if self.version || self.template || self.reload || self.ping {
             return false;
@@ -244,7 +246,10 @@ impl Cli {
         if self.maintenance.is_some() || !self.putenv.is_empty() || !self.putmetric.is_empty() {
             return false;
         }
-        matches!(self.cmd, None | Some(Cmd::Run) | Some(Cmd::Lock { .. }))
+        matches!(
+            self.cmd,
+            None | Some(Cmd::Run) | Some(Cmd::Lock { .. }) | Some(Cmd::Cockpit(_))
+        )
     }
 }
 

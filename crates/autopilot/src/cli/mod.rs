@@ -4,6 +4,7 @@ pub mod args;
 pub mod artifact;
 pub mod catalog;
 pub mod cluster;
+pub mod cockpit;
 pub mod control;
 pub mod deploy;
 pub mod info;
