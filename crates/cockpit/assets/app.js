@@ -317,7 +317,7 @@
     ["Id", (r) => show(r.id), "num"],
     ["State", (r) => badge(rolloutState(r))],
     ["From → to", (r) => `${show(r.from)} → ${show(r.to)}`],
-    ["Progress", (r) => bar(r.done, r.total, `${r.artifact} progress`)],
+    ["Progress", (r) => (r.total === null || r.total === undefined ? dash : bar(r.done, r.total, `${r.artifact} progress`))],
   ];
 
   async function serviceScreen(name) {
@@ -352,7 +352,8 @@
       });
     }
     out.push(h("h2", null, "Repairs"));
-    out.push(d.repair ? repairView(d.repair) : h("p.muted", null, "No repair policy for this service."));
+    const rep = d.repair && d.repair.services ? arr(d.repair.services)[0] : d.repair;
+    out.push(rep ? repairView(rep) : h("p.muted", null, "No repair policy for this service."));
     return out;
   }
   const rank = (s) => ({ critical: 0, warning: 1, passing: 3 })[s] ?? 2;
@@ -391,11 +392,15 @@
   }
 
   async function nodeScreen(node) {
-    const raw = await maybe("/nodes/" + enc(node));
+    const [raw, list] = await Promise.all([maybe("/nodes/" + enc(node)), soft("/nodes")]);
     if (!raw) return notFound("node", node);
     const d = raw.node && typeof raw.node === "object" ? Object.assign({}, raw, raw.node) : raw;
-    const intent = d.maintenance_intent || d.intent || (typeof d.maintenance === "object" ? d.maintenance : null);
-    const inMaint = typeof d.maintenance === "boolean" ? d.maintenance : !!(intent && intent.on);
+    // The detail's `maintenance` is the intent (object or null); the `_nodes`
+    // entry's own flag (what the agent applied) comes from the node list.
+    const intent = d.maintenance_intent || d.intent || (d.maintenance && typeof d.maintenance === "object" ? d.maintenance : null);
+    const entry = arr(list).find((n) => n && n.node === node);
+    const inMaint = entry && typeof entry.maintenance === "boolean" ? entry.maintenance
+      : typeof d.maintenance === "boolean" ? d.maintenance : !!(intent && intent.on && intent.applied_ms);
     const health = arr(d.health).slice().reverse();
     return [
       h("h1", null, "Node ", h("code", null, node)),
@@ -407,6 +412,8 @@
         ["started", when(d.started)],
         ["heartbeat", when(d.last_heartbeat)],
         ["intent", intent ? `${intent.on ? "on" : "off"} by ${show(intent.by)} ${ago(intent.at_ms)} · ${intent.outcome ? "outcome: " + intent.outcome : "not applied yet"}` : "none"],
+        ["address", show(d.address)],
+        ["notes", arr(d.notes).length ? arr(d.notes).join("; ") : null],
       ]),
       actionForm({
         id: "maintenance",
@@ -434,10 +441,10 @@
       ], d.repairs, { label: "node repairs", empty: "No repair records." }),
       h("h2", null, "Watchdogs"),
       table([
-        ["Watchdog", (w) => show(w.name || w.id)],
-        ["Status", (w) => badge(w.status)],
-        ["Detail", (w) => show(w.detail || w.message || w.reason || (w.tags && arr(w.tags).join(" ")))],
-      ], d.watchdogs, { label: "watchdogs", status: (w) => show(w.status).toLowerCase(), empty: "No watchdogs." }),
+        ["Watchdog", (w) => show(w.watchdog || w.name || w.id)],
+        ["Status", (w) => badge(w.health || w.status)],
+        ["Detail", (w) => show(w.message || w.detail || w.reason)],
+      ], d.watchdogs, { label: "watchdogs", status: (w) => show(w.health || w.status).toLowerCase(), empty: "No watchdogs." }),
     ];
   }
 
@@ -511,6 +518,9 @@
         from: r.from && r.from.version, to: r.target && r.target.version,
         done: units.reduce((a, u) => a + num(u.onTarget), 0), total: units.reduce((a, u) => a + num(u.instances), 0),
       };
+    }
+    if (x && x.target) {
+      return { artifact: x.artifact, id: x.id, state: x.state, from: x.from && x.from.version, to: x.target.version, done: null, total: null };
     }
     return x || {};
   }
@@ -605,18 +615,22 @@
 
   async function repairsScreen(service) {
     if (service) {
-      const v = await maybe("/repairs/" + enc(service));
+      const raw = await maybe("/repairs/" + enc(service));
+      const v = raw && raw.services ? arr(raw.services).find((x) => x.service === service) || arr(raw.services)[0] : raw;
       if (!v) return notFound("repair view of", service);
       return [h("h1", null, "Repairs of ", link("#/services/" + enc(service), service)), repairView(v)];
     }
-    const list = arr(await api("/repairs"));
+    const raw = await api("/repairs");
+    const list = arr(raw && raw.services ? raw.services : raw);
     return [
       h("h1", null, "Repairs"),
       table([
         ["Service", (r) => link("#/repairs/" + enc(r.service), r.service)],
         ["In repair", (r) => show(r.in_repair ?? r.inRepair), "num"],
-        ["Budget", (r) => show(r.budget ?? r.slotsHeld), "num"],
+        ["Slots held", (r) => show(r.budget ?? r.slotsHeld), "num"],
+        ["Waiting", (r) => show(r.waitingForBudget), "num"],
         ["Nodes", (r) => show(r.nodes ? arr(r.nodes).length : null), "num"],
+        ["History", (r) => show(r.historyTotal), "num"],
         ["Exhausted", (r) => (r.exhausted || r.budgetExhausted ? badge("exhausted") : "no")],
       ], list, { label: "repairs", status: (r) => (r.exhausted || r.budgetExhausted ? "critical" : null), empty: "No repair policies in use." }),
     ];
@@ -629,15 +643,20 @@
       table([
         ["Set", (s) => show(s.set || s.name)],
         ["Snapshots", (s) => show(s.count ?? (s.snapshots && arr(s.snapshots).length)), "num"],
-        ["Newest", (s) => show(s.newest && (s.newest.id || s.newest.name || s.newest.key || s.newest))],
-        ["Age", (s) => when(s.newest_ms ?? s.newest_at ?? (s.newest && (s.newest.at_ms || s.newest.created || s.newest.at)))],
-        ["Size", (s) => bytes(s.size ?? s.bytes ?? (s.newest && s.newest.size))],
-      ], list, { label: "snapshots", empty: "No snapshot sets." }),
+        ["Newest", (s) => { const n = newest(s); return n ? h("code", { title: show(n.sha256) }, show(n.sha256).slice(0, 12)) : dash; }],
+        ["By", (s) => show(newest(s) && newest(s).by)],
+        ["Age", (s) => (newest(s) ? when(newest(s).created_ms) : dash)],
+        ["Size", (s) => (newest(s) ? bytes(newest(s).size) : dash)],
+        ["Bootstrap", (s) => show(s.bootstrap)],
+      ], list, { label: "snapshots", status: (s) => (s.unreadable ? "critical" : null), empty: "No snapshot sets." }),
     ];
   }
 
+  const newest = (s) => arr(s.snapshots)[0] || null;
+
   async function auditScreen() {
-    const list = arr(await api("/audit?limit=200"));
+    const raw = await api("/audit?limit=200");
+    const list = arr(raw && raw.entries ? raw.entries : raw);
     return [
       h("h1", null, "Audit log"),
       table([
