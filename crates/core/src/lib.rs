@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod event;
+pub mod intent;
 pub mod machine;
 pub mod repair;
 pub mod rollout;

@@ -307,6 +307,16 @@ struct Agent {
     exit_override: Option<i32>,
     /// Jobs whose process exit is being handled (for the crashloop watchdogs).
     exited_jobs: Vec<usize>,
+    /// This agent's catalog session (`<host>/<pid>/<start ms>`).
+    session: String,
+    /// When the agent started (RFC 3339), for the `_nodes` entry.
+    started_at: String,
+    /// The `_nodes` entry last handed to the registrar.
+    node_entry: Option<Registration>,
+    /// Job health transitions for `_fleet/health/<node>`.
+    health_log: crate::node::HealthLog,
+    /// The maintenance intent task.
+    intent_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -623,6 +633,12 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         });
         telemetry_id = Some(id);
     }
+    // The maintenance intent is the node's desired state: read before the
+    // jobs start (bounded), so a node in maintenance starts in it.
+    let mut intent =
+        crate::node::IntentWatcher::new(catalog.clone(), &opts.hostname, &owner, metrics.clone());
+    let first_intent = intent.first().await;
+    let health_log = crate::node::HealthLog::start(catalog.clone(), &opts.hostname);
     let sig = |k| signal(k).map_err(AgentError::Signal);
     let (mut term, mut int, mut hup, mut usr1, mut usr2) = (
         sig(SignalKind::terminate())?,
@@ -694,6 +710,11 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         catalog_ok: watch::channel(true).0,
         exit_override: None,
         exited_jobs: Vec::new(),
+        session: owner.clone(),
+        started_at: autopilot_catalog::rfc3339_ms(autopilot_catalog::now_ms()),
+        node_entry: None,
+        health_log,
+        intent_task: None,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -710,6 +731,10 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         env!("CARGO_PKG_VERSION")
     );
     agent.input(Input::Startup);
+    if let Some(on) = first_intent {
+        agent.input(Input::Maintenance(on));
+    }
+    agent.intent_task = Some(intent.spawn(ctl_tx.clone()));
     let mut registrar_state = agent.registrar.subscribe();
     agent.metrics.record("autopilot_catalog_degraded", &[], 0.0);
     agent
@@ -720,6 +745,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         agent.sync_members();
         agent.sync_fleet();
         agent.sync_repairs();
+        agent.sync_node();
         if let Some(code) = finished {
             // A `replace` step's exit code wins over the machine's.
             let code = agent.exit_override.unwrap_or(code);
@@ -760,6 +786,12 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
             }
             if let Some(id) = &agent.telemetry_id {
                 agent.registrar.remove(id);
+            }
+            if let Some(t) = agent.intent_task.take() {
+                t.abort();
+            }
+            if let Some(e) = agent.node_entry.take() {
+                agent.registrar.remove(&e.id);
             }
             agent.end_fleet();
             agent.end_repairs();
@@ -1432,6 +1464,29 @@ impl Agent {
             .flatten()
             .map(|ip| ip.to_string())
             .unwrap_or_default()
+    }
+
+    /// Publishes this agent's `_nodes` entry when what it shows changed.
+    fn sync_node(&mut self) {
+        let jobs: Vec<String> = (0..self.machine.job_count())
+            .map(|j| self.machine.spec(j).name.clone())
+            .collect();
+        let address = (0..self.machine.job_count())
+            .map(|j| self.job_address(j))
+            .find(|a| !a.is_empty())
+            .unwrap_or_default();
+        let view = autopilot_core::intent::NodeView {
+            maintenance: self.machine.in_maintenance(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: self.started_at.clone(),
+            session: self.session.clone(),
+            jobs,
+        };
+        let reg = crate::node::node_registration(&self.hostname, &address, &view, DEFAULT_TTL);
+        if self.node_entry.as_ref() != Some(&reg) {
+            self.registrar.put(reg.clone());
+            self.node_entry = Some(reg);
+        }
     }
 
     /// This job as a candidate: its entry ID and where it serves.
@@ -3050,6 +3105,11 @@ impl Agent {
                     };
                     self.metrics
                         .record("autopilot_job_healthy", &[("job", &name)], v);
+                    match healthy {
+                        Some(true) => self.health_log.push(&name, "healthy"),
+                        Some(false) => self.health_log.push(&name, "unhealthy"),
+                        None => {}
+                    }
                     match healthy {
                         Some(true) => tracing::info!(job = %name, "healthy"),
                         Some(false) => match self.check_failures.get(&name) {

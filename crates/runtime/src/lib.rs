@@ -12,6 +12,7 @@ pub mod interfaces;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod node;
 pub mod probe;
 pub mod repair;
 pub mod snapshots;

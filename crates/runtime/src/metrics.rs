@@ -18,7 +18,7 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const SUMMARY_WINDOW: usize = 1024;
 
 /// The agent's own metrics.
-const BUILT_IN: [(&str, &str, MetricKind); 14] = [
+const BUILT_IN: [(&str, &str, MetricKind); 15] = [
     (
         "autopilot_artifact_info",
         "1 for the artifact version each job (or the config bundle, job \"\") runs.",
@@ -88,6 +88,11 @@ const BUILT_IN: [(&str, &str, MetricKind); 14] = [
         "autopilot_catalog_registered",
         "Entries of this agent the catalog holds now (0 once a lost session let them expire).",
         MetricKind::Gauge,
+    ),
+    (
+        "autopilot_maintenance_intent_invalid_total",
+        "Reads of this node's maintenance intent that were not a usable intent (ignored).",
+        MetricKind::Counter,
     ),
 ];
 

@@ -1,0 +1,308 @@
+//! The node's fleet-facing side: the maintenance intent task (reads `_fleet/maintenance/<node>` at start, on every catalog change and every second, applies it through the control path, records the outcome by compare-and-swap), the `_nodes` entry and the health log writer (`_fleet/health/<node>`).
+//!
+//! What to do is decided by [`autopilot_core::intent`]; this module only
+//! reads, applies and writes, each catalog call under [`CALL_DEADLINE`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_catalog::{Catalog, CatalogError, Outage, Registration, Status};
+use autopilot_core::intent::{self, Decision, HealthTransition, Intent, IntentError, NodeView};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::control::Command;
+use crate::metrics::Metrics;
+
+/// Every catalog call of this module is given up after this long.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(2);
+/// The safety re-read when no catalog change arrives.
+const RECHECK: Duration = Duration::from_secs(1);
+/// Lost compare-and-swaps in a row before waiting for the next tick.
+const CAS_RETRIES: usize = 5;
+
+async fn bounded<T>(
+    url: &str,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, CatalogError>>,
+) -> Result<T, CatalogError> {
+    match tokio::time::timeout(CALL_DEADLINE, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(CatalogError::Unavailable {
+            url: url.to_string(),
+            message: format!("{what}: no answer within {CALL_DEADLINE:?}"),
+        }),
+    }
+}
+
+/// The `_nodes` entry of an agent: id = node, on the agent's lease.
+pub fn node_registration(
+    node: &str,
+    address: &str,
+    view: &NodeView,
+    ttl: Duration,
+) -> Registration {
+    Registration {
+        id: node.to_string(),
+        name: intent::NODES_SERVICE.to_string(),
+        address: address.to_string(),
+        port: 0,
+        tags: view.tags(),
+        status: if view.warning() {
+            Status::Warning
+        } else {
+            Status::Passing
+        },
+        ttl,
+        deregister_critical_after: None,
+        seat: None,
+    }
+}
+
+/// The intent read once: its raw value and what it decoded to.
+type Read = Option<(String, Result<Intent, IntentError>)>;
+
+/// Reads the node's maintenance intent and carries it out.
+pub struct IntentWatcher {
+    catalog: Arc<dyn Catalog>,
+    key: String,
+    session: String,
+    metrics: Arc<Metrics>,
+    last_applied: Option<String>,
+    starting: bool,
+    /// The last hostile value logged, and how many reads were ignored.
+    last_bad: Option<String>,
+    ignored: u64,
+    outage: Outage,
+}
+
+impl IntentWatcher {
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        node: &str,
+        session: &str,
+        metrics: Arc<Metrics>,
+    ) -> IntentWatcher {
+        IntentWatcher {
+            catalog,
+            key: intent::maintenance_key(node),
+            session: session.to_string(),
+            metrics,
+            last_applied: None,
+            starting: true,
+            last_bad: None,
+            ignored: 0,
+            outage: Outage::default(),
+        }
+    }
+
+    async fn read(&mut self) -> Result<Read, CatalogError> {
+        let url = self.catalog.url().to_string();
+        let raw = bounded(&url, "reading the maintenance intent", async {
+            self.catalog.kv_get(&self.key).await
+        })
+        .await?;
+        Ok(raw.map(|r| {
+            let d = intent::decode(&r);
+            (r, d)
+        }))
+    }
+
+    fn decide(&mut self, read: &Read) -> Decision {
+        let d = intent::decide(
+            match read {
+                None => Ok(None),
+                Some((_, Ok(i))) => Ok(Some(i)),
+                Some((_, Err(e))) => Err(e),
+            },
+            self.last_applied.as_deref(),
+            self.starting,
+            &self.session,
+        );
+        if let (Decision::Ignore(why), Some((raw, _))) = (&d, read) {
+            self.ignored = self.ignored.saturating_add(1);
+            self.metrics
+                .record("autopilot_maintenance_intent_invalid_total", &[], 1.0);
+            if self.last_bad.as_deref() != Some(raw.as_str()) {
+                tracing::warn!(
+                    key = %self.key,
+                    ignored = self.ignored,
+                    "ignoring the maintenance intent: {why} ({} unusable reads so far)",
+                    self.ignored
+                );
+                self.last_bad = Some(raw.clone());
+            }
+        } else {
+            self.last_bad = None;
+        }
+        d
+    }
+
+    /// The first read, before the jobs start: `Some(on)` when the intent
+    /// asks for a maintenance state (the caller applies it at once; the
+    /// task records it). A catalog that does not answer in time starts the
+    /// agent as it would without an intent; the task applies it later.
+    pub async fn first(&mut self) -> Option<bool> {
+        let read = match self.read().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key = %self.key, "cannot read the maintenance intent at start: {e}");
+                return None;
+            }
+        };
+        match self.decide(&read) {
+            Decision::Apply { on } => {
+                if let Some((_, Ok(i))) = &read {
+                    tracing::info!(id = %i.id, by = %i.by, on, "maintenance intent applied at start");
+                    self.last_applied = Some(i.id.clone());
+                    self.starting = false;
+                }
+                Some(on)
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs until the agent stops answering control commands.
+    pub fn spawn(self, control: mpsc::Sender<Command>) -> JoinHandle<()> {
+        tokio::spawn(self.run(control))
+    }
+
+    async fn run(mut self, control: mpsc::Sender<Command>) {
+        let mut changes = self.catalog.changes();
+        loop {
+            let mut again = 0;
+            while again < CAS_RETRIES {
+                match self.step(&control).await {
+                    Step::Done => break,
+                    Step::Again => again = again.saturating_add(1),
+                    Step::Gone => return,
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => {
+                    if r.is_err() {
+                        // No more change news: the 1 s re-read still runs.
+                        changes = self.catalog.changes();
+                        tokio::time::sleep(RECHECK).await;
+                    }
+                }
+                () = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    async fn step(&mut self, control: &mpsc::Sender<Command>) -> Step {
+        let url = self.catalog.url().to_string();
+        let read = match self.read().await {
+            Ok(r) => {
+                self.outage
+                    .recovered(&url, "reading the maintenance intent");
+                r
+            }
+            Err(e) => {
+                self.outage
+                    .failed(&url, "reading the maintenance intent", &e.to_string());
+                return Step::Done;
+            }
+        };
+        let decision = self.decide(&read);
+        let Some((raw, Ok(i))) = &read else {
+            return Step::Done;
+        };
+        match decision {
+            Decision::Apply { on } => {
+                let (tx, rx) = oneshot::channel();
+                if control.send(Command::Maintenance(on, tx)).await.is_err() {
+                    return Step::Gone;
+                }
+                let Ok(changed) = rx.await else {
+                    return Step::Gone;
+                };
+                tracing::info!(id = %i.id, by = %i.by, on, changed, "maintenance intent applied");
+                self.last_applied = Some(i.id.clone());
+                self.starting = false;
+                self.write_record(raw).await
+            }
+            Decision::Record => self.write_record(raw).await,
+            Decision::Nothing | Decision::Ignore(_) => Step::Done,
+        }
+    }
+
+    /// Records that this session applied the intent `raw`; a lost
+    /// compare-and-swap reads again.
+    async fn write_record(&mut self, raw: &str) -> Step {
+        let url = self.catalog.url().to_string();
+        let Ok(next) = intent::record(raw, autopilot_catalog::now_ms(), &self.session, "applied")
+        else {
+            return Step::Done;
+        };
+        let res = bounded(&url, "recording the maintenance intent", async {
+            self.catalog.kv_cas(&self.key, Some(raw), &next).await
+        })
+        .await;
+        match res {
+            Ok(true) => Step::Done,
+            Ok(false) => Step::Again,
+            Err(e) => {
+                tracing::warn!(key = %self.key, "cannot record the maintenance intent: {e}; retrying");
+                Step::Done
+            }
+        }
+    }
+}
+
+enum Step {
+    Done,
+    Again,
+    Gone,
+}
+
+/// Appends job health transitions to `_fleet/health/<node>` by
+/// compare-and-swap, in order, off the agent loop. Transitions that arrive
+/// while 256 wait are dropped (the log is a convenience, not a record).
+#[derive(Clone)]
+pub struct HealthLog {
+    tx: mpsc::Sender<HealthTransition>,
+}
+
+impl HealthLog {
+    pub fn start(catalog: Arc<dyn Catalog>, node: &str) -> HealthLog {
+        let (tx, mut rx) = mpsc::channel::<HealthTransition>(256);
+        let key = intent::health_key(node);
+        tokio::spawn(async move {
+            let url = catalog.url().to_string();
+            let mut outage = Outage::default();
+            while let Some(t) = rx.recv().await {
+                for _ in 0..CAS_RETRIES {
+                    let res = bounded(&url, "writing the health log", async {
+                        let cur = catalog.kv_get(&key).await?;
+                        let next = intent::push_health(cur.as_deref(), t.clone());
+                        catalog.kv_cas(&key, cur.as_deref(), &next).await
+                    })
+                    .await;
+                    match res {
+                        Ok(true) => {
+                            outage.recovered(&url, "writing the health log");
+                            break;
+                        }
+                        Ok(false) => continue,
+                        Err(e) => {
+                            outage.failed(&url, "writing the health log", &e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        HealthLog { tx }
+    }
+
+    pub fn push(&self, job: &str, status: &str) {
+        let _ = self.tx.try_send(HealthTransition {
+            job: job.to_string(),
+            status: status.to_string(),
+            at_ms: autopilot_catalog::now_ms(),
+        });
+    }
+}
