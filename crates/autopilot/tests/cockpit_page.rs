@@ -38,6 +38,8 @@ const STEP: Duration = Duration::from_secs(30);
 const LIVE: Duration = Duration::from_secs(1);
 /// The admin token the cockpit is started with.
 const ADMIN: &str = "admin-token-0123456789abcdef";
+/// The read token.
+const READ: &str = "read-token-0123456789abcdef";
 
 /// A child process in its own process group; dropping it stops the group
 /// (chromedriver's Chromium, a job's children): SIGTERM, then SIGKILL.
@@ -114,9 +116,7 @@ impl Fleet {
         }
         let tokens = dir.write(
             "tokens",
-            &format!(
-                "# role name token\nadmin ops {ADMIN}\nread viewer read-token-0123456789abcdef\n"
-            ),
+            &format!("# role name token\nadmin ops {ADMIN}\nread viewer {READ}\n"),
         );
         std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .expect("chmod tokens");
@@ -294,6 +294,43 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css` finds. A live update re-renders the screen,
+    /// so an element found may be replaced before the click: find it again.
+    async fn click(&self, css: &str, what: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let tried = match self.c().find(Locator::Css(css)).await {
+                Ok(e) => e.click().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match tried {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("click {what}: {e}; again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click {what} ({css}): {e}"),
+            }
+        }
+    }
+
+    /// Types `token` into the page's token form and submits it.
+    async fn use_token(&self, token: &str) {
+        let input = self
+            .c()
+            .find(Locator::Id("token-input"))
+            .await
+            .expect("token input");
+        input.send_keys(token).await.expect("type the token");
+        self.c()
+            .find(Locator::Id("token-save"))
+            .await
+            .expect("token button")
+            .click()
+            .await
+            .expect("use the token");
+    }
+
     async fn shot(&self, dir: &Path, name: &str) -> PathBuf {
         let png = tokio::time::timeout(STEP, self.c().screenshot())
             .await
@@ -346,6 +383,17 @@ async fn cockpit_page_in_a_real_browser() {
         .goto(&format!("{}/#/", fleet.url))
         .await
         .expect("open the page");
+    // Reads need a token once token files are configured: a read token first.
+    b.use_token(READ).await;
+    assert!(
+        b.until(
+            STEP,
+            r#"return document.getElementById("whoami").dataset.role === "read";"#
+        )
+        .await,
+        "whoami shows read; page:\n{}",
+        b.js("return document.body.innerText;").await
+    );
     assert!(
         b.until(
             STEP,
@@ -442,19 +490,7 @@ async fn cockpit_page_in_a_real_browser() {
     let desktop = b.shot(&shots, "desktop-fleet.png").await;
 
     // 3. Admin token, node page, maintenance on, confirmed: the agent acts.
-    let input = b
-        .c()
-        .find(Locator::Id("token-input"))
-        .await
-        .expect("token input");
-    input.send_keys(ADMIN).await.expect("type the token");
-    b.c()
-        .find(Locator::Id("token-save"))
-        .await
-        .expect("token button")
-        .click()
-        .await
-        .expect("use the token");
+    b.use_token(ADMIN).await;
     assert!(
         b.until(
             STEP,
@@ -464,13 +500,8 @@ async fn cockpit_page_in_a_real_browser() {
         "whoami shows admin; page:\n{}",
         b.js("return document.body.innerText;").await
     );
-    b.c()
-        .find(Locator::Css(r##"#view a[href="#/nodes/h2"]"##))
-        .await
-        .expect("a link to node h2 on the fleet page")
-        .click()
-        .await
-        .expect("open node h2");
+    b.click(r##"#view a[href="#/nodes/h2"]"##, "the link to node h2")
+        .await;
     assert!(
         b.until(
             STEP,
@@ -482,13 +513,8 @@ async fn cockpit_page_in_a_real_browser() {
         b.js("return document.body.innerText;").await
     );
     b.shot(&shots, "desktop-node.png").await;
-    b.c()
-        .find(Locator::Css(r#"#view button[data-op="on"]"#))
-        .await
-        .expect("maintenance button")
-        .click()
-        .await
-        .expect("click maintenance on");
+    b.click(r#"#view button[data-op="on"]"#, "maintenance on")
+        .await;
     assert!(
         b.until(
             STEP,

@@ -321,7 +321,12 @@ mod tests {
     fn health_log_keeps_the_newest() {
         let t = |n: u64| HealthTransition {
             job: "db".into(),
-            status: if n.is_multiple_of(2) { "healthy" } else { "unhealthy" }.into(),
+            status: if n.is_multiple_of(2) {
+                "healthy"
+            } else {
+                "unhealthy"
+            }
+            .into(),
             at_ms: n,
         };
         let mut log = push_health(Some("not json"), t(0));
