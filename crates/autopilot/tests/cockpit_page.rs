@@ -38,6 +38,9 @@ const STEP: Duration = Duration::from_secs(30);
 const LIVE: Duration = Duration::from_secs(1);
 /// The admin token the cockpit is started with.
 const ADMIN: &str = "admin-token-0123456789abcdef";
+/// WebDriver's Escape and Enter keys.
+const ESCAPE: &str = "\u{e00c}";
+const ENTER: &str = "\u{e007}";
 /// The read token.
 const READ: &str = "read-token-0123456789abcdef";
 
@@ -314,6 +317,24 @@ impl Browser {
         }
     }
 
+    /// Waits until the confirmation dialog is open (or closed).
+    async fn dialog_open(&self, open: bool) {
+        assert!(
+            self.until(
+                STEP,
+                &format!(r#"return document.getElementById("confirm").open === {open};"#)
+            )
+            .await,
+            "the confirmation dialog open: {open}"
+        );
+    }
+
+    /// Presses a key in the focused element.
+    async fn key(&self, key: &str) {
+        let el = self.c().active_element().await.expect("focused element");
+        el.send_keys(key).await.expect("press a key");
+    }
+
     /// Types `token` into the page's token form and submits it.
     async fn use_token(&self, token: &str) {
         let input = self
@@ -513,23 +534,24 @@ async fn cockpit_page_in_a_real_browser() {
         b.js("return document.body.innerText;").await
     );
     b.shot(&shots, "desktop-node.png").await;
+    // Escape cancels the dialog: nothing is sent.
     b.click(r#"#view button[data-op="on"]"#, "maintenance on")
         .await;
-    assert!(
-        b.until(
-            STEP,
-            r#"return document.getElementById("confirm").open === true;"#
-        )
-        .await,
-        "the confirmation dialog opened"
+    b.dialog_open(true).await;
+    b.key(ESCAPE).await;
+    b.dialog_open(false).await;
+    assert_eq!(
+        b.js(r#"return document.getElementById("notice").hidden;"#)
+            .await,
+        Value::Bool(true),
+        "a cancelled action sent nothing"
     );
-    b.c()
-        .find(Locator::Id("confirm-ok"))
-        .await
-        .expect("confirm button")
-        .click()
-        .await
-        .expect("confirm");
+    // Enter confirms (the focused default button).
+    b.click(r#"#view button[data-op="on"]"#, "maintenance on")
+        .await;
+    b.dialog_open(true).await;
+    b.key(ENTER).await;
+    b.dialog_open(false).await;
     let mut node = Value::Null;
     let acted = wait_for(STEP, || {
         node = fleet

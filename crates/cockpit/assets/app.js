@@ -68,7 +68,7 @@
   /** A status badge: colour plus its word (never colour alone). */
   function badge(status) {
     const s = show(status).toLowerCase();
-    const kind = ["passing", "ok", "applied", "accepted", "completed", "done", "leader", "succeeded"].includes(s)
+    const kind = ["passing", "healthy", "ok", "applied", "accepted", "completed", "done", "passed", "leader", "succeeded"].includes(s)
       ? "ok"
       : ["warning", "waiting", "paused", "running", "repairing", "maintenance"].includes(s)
         ? "warning"
@@ -708,7 +708,11 @@
       nodes = await r.run();
     } catch (e) {
       if (seq !== state.renderSeq) return;
-      if (e.status === 401) nodes = [h("h1", null, "Token needed"), h("p", null, "This cockpit needs a token: enter it above.")];
+      if (e.status === 401) {
+        nodes = [h("h1", null, "Token needed"), h("p", null, "This cockpit needs a token: enter it above.")];
+        fresh = false;
+        setTimeout(() => $("token-input").focus(), 0);
+      }
       else if (!fresh && view.childElementCount) { notice(`refresh failed: ${e.message}`); return; }
       else nodes = [h("h1", null, "Cannot load"), h("p", null, e.message)];
     }
