@@ -342,8 +342,8 @@ fn catalog_cli_lists_and_streams() {
         .collect();
     assert_eq!(
         names,
-        vec!["api", "containerpilot"],
-        "the telemetry endpoint registers itself"
+        vec!["_nodes", "api", "containerpilot"],
+        "the telemetry endpoint registers itself (and the agent its node entry)"
     );
     let out = Command::new(bin())
         .args(["catalog", "--catalog", &cat.url(), "instances", "api"])

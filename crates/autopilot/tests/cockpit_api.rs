@@ -68,6 +68,10 @@ struct Cockpit {
 
 impl Drop for Cockpit {
     fn drop(&mut self) {
+        // Never signal a pid already reaped: it may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         kill(self.child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -469,6 +473,19 @@ fn cockpit_serves_the_fleet_with_tokens_audit_events_and_tls() {
         "switchover to a stranger: {code} {v}"
     );
     assert!(v["error"].is_string(), "{v}");
+    let audit = c.read("/api/v1/audit?limit=10");
+    let refused = audit["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["action"] == "switchover"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        refused["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("refused: ")),
+        "a refused action is audited too: {audit}"
+    );
+    assert_eq!(refused["who"], "alice", "{refused}");
     let (code, v) = c.req(
         "POST",
         "/api/v1/nodes/n1/maintenance",
@@ -589,6 +606,19 @@ fn cockpit_serves_the_fleet_with_tokens_audit_events_and_tls() {
     etcd.resume();
     assert_eq!(code, 503, "{v}");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
+
+    // --- SIGTERM stops it, exit 0 ----------------------------------------------
+    let mut c = c;
+    kill(c.child.id() as i32, libc::SIGTERM);
+    let mut status = None;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            status = c.child.try_wait().ok().flatten();
+            status.is_some()
+        }),
+        "the cockpit did not stop on SIGTERM"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
     drop(c);
     drop(nodes);
     drop(etcd);

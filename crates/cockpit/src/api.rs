@@ -4,6 +4,7 @@ use autopilot_fleet as fleet;
 use autopilot_fleet::FleetError;
 use axum::Extension;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -174,7 +175,14 @@ fn limit(asked: Option<usize>, default: usize) -> Result<usize, ApiError> {
     }
 }
 
-async fn kv(State(s): State<AppState>, Query(q): Query<KvQuery>) -> Reply {
+/// A query string, or 400 with a JSON error.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+}
+
+async fn kv(State(s): State<AppState>, q: Result<Query<KvQuery>, QueryRejection>) -> Reply {
+    let q = query(q)?;
     let n = limit(q.limit, 200)?;
     reply(s.call(fleet::kv::list(s.cat(), &q.prefix, n)).await?)
 }
@@ -184,7 +192,8 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
-async fn audit(State(s): State<AppState>, Query(q): Query<LimitQuery>) -> Reply {
+async fn audit(State(s): State<AppState>, q: Result<Query<LimitQuery>, QueryRejection>) -> Reply {
+    let q = query(q)?;
     let n = limit(q.limit, 100)?;
     reply(s.call(fleet::audit::list(s.cat(), n)).await?)
 }

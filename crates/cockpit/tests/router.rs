@@ -142,8 +142,12 @@ async fn tokens_decide_who_reads_and_who_acts() {
     )
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "unknown fields: {body}");
-    let (code, _, body) = send(&f, "GET", "/api/v1/audit?limit=0", Some(READER), "").await;
-    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    for q in ["limit=0", "limit=1001", "limit=many"] {
+        let (code, _, body) =
+            send(&f, "GET", &format!("/api/v1/audit?{q}"), Some(READER), "").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{q}: {body}");
+        assert!(body.starts_with("{\"error\":"), "{q}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -267,12 +267,27 @@ pub async fn read_view(cat: &dyn Catalog, election: &str) -> Result<View> {
     })
 }
 
-/// `cluster list`'s view of one election.
+/// `cluster list`'s view of one election; `NotFound` when the election
+/// has no member, no leader and no intent (`cluster list` itself prints
+/// the empty view).
 pub async fn view(cat: &dyn Catalog, election: &str) -> Result<ClusterView> {
     check_election(election)?;
+    let view = read_view(cat, election).await?;
+    if view.members.is_empty()
+        && view.leader.is_none()
+        && view.paused.is_none()
+        && view.switchover.is_none()
+        && view.failover.is_none()
+    {
+        return Err(FleetError::NotFound(format!(
+            "no election {} in catalog {}",
+            quote(election),
+            cat.url()
+        )));
+    }
     Ok(ClusterView {
         election: election.to_string(),
-        view: read_view(cat, election).await?,
+        view,
     })
 }
 
@@ -309,6 +324,13 @@ pub(crate) async fn leader_ids(cat: &dyn Catalog) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// The current leader of an election (`autopilot leader`), `None` when nobody leads.
+pub async fn leader(cat: &dyn Catalog, election: &str) -> Result<Option<Leader>> {
+    cat.leader(election)
+        .await
+        .map_err(catalog(ctx("the leader", election)))
 }
 
 /// A leader as JSON.

@@ -46,6 +46,16 @@ pub fn cut(s: &str, cap: usize) -> (&str, bool) {
     (s.get(..end).unwrap_or(""), true)
 }
 
+/// The number of entries a listing asked for `limit` returns at most:
+/// `limit` up to [`LIMIT_MAX`]; 0 means [`LIMIT_MAX`].
+pub fn effective_limit(limit: usize) -> usize {
+    if limit == 0 {
+        LIMIT_MAX
+    } else {
+        limit.min(LIMIT_MAX)
+    }
+}
+
 /// Keys under `prefix` by name with their values; `limit` is at most
 /// [`LIMIT_MAX`] (0 or more: [`LIMIT_MAX`]).
 pub async fn list(cat: &dyn Catalog, prefix: &str, limit: usize) -> Result<KvList> {
@@ -54,11 +64,7 @@ pub async fn list(cat: &dyn Catalog, prefix: &str, limit: usize) -> Result<KvLis
             "invalid prefix: at most {PREFIX_CAP} bytes, no control characters"
         )));
     }
-    let limit = if limit == 0 {
-        LIMIT_MAX
-    } else {
-        limit.min(LIMIT_MAX)
-    };
+    let limit = effective_limit(limit);
     let mut all = cat
         .kv_list(prefix)
         .await

@@ -78,6 +78,8 @@ pub struct Options {
     pub hostname: String,
     /// Where per-job state directories live (they persist across runs).
     pub job_state_root: PathBuf,
+    /// The git commit the binary was built from (`autopilot_build_info`).
+    pub commit: String,
 }
 
 enum Msg {
@@ -535,7 +537,25 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
     );
     let etcd = crate::catalog::etcd_settings(&opts.config.etcd, &opts.env)
         .map_err(AgentError::Settings)?;
-    let catalog = crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?;
+    let user_metrics = opts
+        .config
+        .telemetry
+        .as_ref()
+        .map(|t| t.metrics.clone())
+        .unwrap_or_default();
+    let metrics = Arc::new(Metrics::new(&user_metrics));
+    metrics.record(
+        "autopilot_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", &opts.commit),
+        ],
+        1.0,
+    );
+    let catalog: Arc<dyn Catalog> = Arc::new(crate::metered::Metered::new(
+        crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?,
+        metrics.clone(),
+    ));
     // The agent's private scratch directory (watch and leader files,
     // snapshot files in transit): a fresh name no other user can predict or
     // pre-create, mode 0700, removed at exit. As PID 1 a fixed name such as
@@ -600,13 +620,6 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         tracing::warn!("cannot become the reaper of orphans: {e}");
     }
     let ips = job_ips(&opts.config)?;
-    let user_metrics = opts
-        .config
-        .telemetry
-        .as_ref()
-        .map(|t| t.metrics.clone())
-        .unwrap_or_default();
-    let metrics = Arc::new(Metrics::new(&user_metrics));
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(64);
     control::serve(&opts.socket, ctl_tx.clone(), metrics.clone()).await?;
@@ -633,12 +646,6 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         });
         telemetry_id = Some(id);
     }
-    // The maintenance intent is the node's desired state: read before the
-    // jobs start (bounded), so a node in maintenance starts in it.
-    let mut intent =
-        crate::node::IntentWatcher::new(catalog.clone(), &opts.hostname, &owner, metrics.clone());
-    let first_intent = intent.first().await;
-    let health_log = crate::node::HealthLog::start(catalog.clone(), &opts.hostname);
     let sig = |k| signal(k).map_err(AgentError::Signal);
     let (mut term, mut int, mut hup, mut usr1, mut usr2) = (
         sig(SignalKind::terminate())?,
@@ -647,6 +654,14 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         sig(SignalKind::user_defined1())?,
         sig(SignalKind::user_defined2())?,
     );
+    // The maintenance intent is the node's desired state: read before the
+    // jobs start (bounded), so a node in maintenance starts in it. After the
+    // signal handlers: the control socket already answers, and a signal
+    // sent now must not find the default action.
+    let mut intent =
+        crate::node::IntentWatcher::new(catalog.clone(), &opts.hostname, &owner, metrics.clone());
+    let first_intent = intent.first().await;
+    let health_log = crate::node::HealthLog::start(catalog.clone(), &opts.hostname);
 
     let machine = Machine::new(opts.config.jobs.clone(), opts.config.stop_timeout, 1);
     let mut agent = Agent {
@@ -970,6 +985,7 @@ impl Agent {
         let Some(e) = self.machine.spec(job).election.clone() else {
             return;
         };
+        self.election_metrics(&e.name);
         let me = self.candidate(job);
         let id = me.id.clone();
         let (tx, rx) = watch::channel(true);
@@ -1431,13 +1447,57 @@ impl Agent {
                 tracing::info!(%election, leader = "none", "leader changed: no node holds the seat now")
             }
         }
+        let prev_term = self
+            .leaders
+            .get(election)
+            .and_then(Option::as_ref)
+            .map(|p| p.term);
+        if let Some(l) = &l
+            && prev_term != Some(l.term)
+        {
+            self.metrics.record(
+                "autopilot_election_transitions_total",
+                &[("election", election)],
+                1.0,
+            );
+        }
         let file = self.leader_file(election);
         let json = serde_json::to_vec_pretty(&l).unwrap_or_default();
         if let Err(e) = crate::fsutil::write_atomic(&file, &json) {
             tracing::warn!(file = %file.display(), "cannot write leader file: {e}");
         }
         self.leaders.insert(election.to_string(), l);
+        self.election_metrics(election);
         true
+    }
+
+    /// `autopilot_election_*` for `election` as this agent knows it now.
+    fn election_metrics(&self, election: &str) {
+        let l = self.leaders.get(election).and_then(Option::as_ref);
+        let mine = l.is_some_and(|l| {
+            (0..self.machine.job_count()).any(|j| {
+                self.machine
+                    .spec(j)
+                    .election
+                    .as_ref()
+                    .is_some_and(|e| e.name == election)
+                    && self.entry_id(j) == l.id
+            })
+        });
+        let labels = [("election", election)];
+        self.metrics.record(
+            "autopilot_election_leader",
+            &labels,
+            if mine { 1.0 } else { 0.0 },
+        );
+        self.metrics.record(
+            "autopilot_election_term",
+            &labels,
+            l.map_or(0.0, |l| l.term as f64),
+        );
+        // The counter's series exists from the first campaign on.
+        self.metrics
+            .record("autopilot_election_transitions_total", &labels, 0.0);
     }
 
     /// Every job in the election hears of a new leader.
@@ -1483,6 +1543,11 @@ impl Agent {
             jobs,
         };
         let reg = crate::node::node_registration(&self.hostname, &address, &view, DEFAULT_TTL);
+        self.metrics.record(
+            "autopilot_maintenance",
+            &[],
+            if view.maintenance { 1.0 } else { 0.0 },
+        );
         if self.node_entry.as_ref() != Some(&reg) {
             self.registrar.put(reg.clone());
             self.node_entry = Some(reg);
@@ -1542,9 +1607,25 @@ impl Agent {
             return;
         };
         let ctx = self.snapshot_ctx(job);
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::snapshots::take(&ctx, &spec, only_if_none).await {
-                tracing::error!(set = %spec.set, "snapshot failed: {e}");
+            let t0 = Instant::now();
+            match crate::snapshots::take(&ctx, &spec, only_if_none).await {
+                Ok(Some(meta)) => {
+                    let labels = [("set", spec.set.as_str())];
+                    metrics.record(
+                        "autopilot_snapshot_last_success_timestamp_seconds",
+                        &labels,
+                        meta.created_ms as f64 / 1000.0,
+                    );
+                    metrics.record(
+                        "autopilot_snapshot_duration_seconds",
+                        &labels,
+                        t0.elapsed().as_secs_f64(),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(set = %spec.set, "snapshot failed: {e}"),
             }
         });
     }
@@ -2027,6 +2108,11 @@ impl Agent {
                     v,
                 );
             }
+            self.metrics.record(
+                "autopilot_repair_budget_exhausted",
+                &[("job", &name)],
+                if snap.view.exhausted { 1.0 } else { 0.0 },
+            );
             let counted = self.repair_counted.entry(name.clone()).or_insert(0);
             for (step, outcome) in snap.outcomes.iter().skip(*counted) {
                 self.metrics.record(
@@ -2447,12 +2533,17 @@ impl Agent {
             .map(|(n, t)| (n.as_str(), t))
             .chain(self.bundle_task.as_ref().map(|t| ("", t)))
         {
-            let version = t
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .version
-                .clone();
+            let (version, state) = {
+                let st = t.status.lock().unwrap_or_else(|e| e.into_inner());
+                (st.version.clone(), st.state.clone())
+            };
+            if !state.is_empty() {
+                self.metrics.info(
+                    "autopilot_rollout_state",
+                    ("artifact", &t.unit.artifact),
+                    &[("state", &state)],
+                );
+            }
             if !version.is_empty() {
                 self.metrics.info(
                     "autopilot_artifact_info",

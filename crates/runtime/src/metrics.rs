@@ -18,7 +18,7 @@ const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const SUMMARY_WINDOW: usize = 1024;
 
 /// The agent's own metrics.
-const BUILT_IN: [(&str, &str, MetricKind); 15] = [
+const BUILT_IN: &[(&str, &str, MetricKind)] = &[
     (
         "autopilot_artifact_info",
         "1 for the artifact version each job (or the config bundle, job \"\") runs.",
@@ -94,6 +94,61 @@ const BUILT_IN: [(&str, &str, MetricKind); 15] = [
         "Reads of this node's maintenance intent that were not a usable intent (ignored).",
         MetricKind::Counter,
     ),
+    (
+        "autopilot_maintenance",
+        "1 while the agent is in maintenance (its jobs out of the catalog).",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_build_info",
+        "1, labelled with the agent's version and git commit.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_election_leader",
+        "1 while a job of this agent leads the election, else 0.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_election_term",
+        "The term of the election's current leader as this agent sees it (0: none known).",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_election_transitions_total",
+        "New leaders (new terms) of the election this agent has seen.",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_catalog_request_duration_seconds",
+        "How long the agent's catalog requests take, by operation.",
+        MetricKind::Histogram,
+    ),
+    (
+        "autopilot_catalog_request_errors_total",
+        "Catalog requests of the agent that failed, by operation.",
+        MetricKind::Counter,
+    ),
+    (
+        "autopilot_snapshot_last_success_timestamp_seconds",
+        "When this agent last recorded a snapshot of the set (unix seconds).",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_snapshot_duration_seconds",
+        "How long the last successful snapshot of the set took.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_rollout_state",
+        "1 for the member state (pending, installing, probation, ok, failed, ...) of each artifact unit this agent runs.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_repair_budget_exhausted",
+        "1 while the repair budget of the job's service is exhausted (nodes wait for a slot).",
+        MetricKind::Gauge,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -165,7 +220,7 @@ impl Metrics {
     pub fn new(user: &[MetricConfig]) -> Metrics {
         let m = Metrics::default();
         for (name, help, kind) in BUILT_IN {
-            m.declare(name, help, kind);
+            m.declare(name, help, *kind);
         }
         m.set_user(user);
         m
@@ -274,8 +329,15 @@ impl Metrics {
         fam.series.insert(all, Value::Gauge(1.0));
     }
 
-    /// The Prometheus text exposition format (version 0.0.4).
+    /// The Prometheus text exposition format (version 0.0.4), with the
+    /// process metrics read from `/proc/self` now.
     pub fn render(&self) -> String {
+        let mut out = self.render_families();
+        out.push_str(&crate::procstat::render());
+        out
+    }
+
+    fn render_families(&self) -> String {
         let f = self.lock();
         let mut out = String::new();
         for (name, fam) in f.iter() {

@@ -16,6 +16,10 @@ use crate::metrics::Metrics;
 
 /// Every catalog call of this module is given up after this long.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(2);
+/// The read before the jobs start waits no longer than this: a catalog
+/// that is slow to answer delays the jobs by at most this much (the task
+/// applies the intent when it answers).
+pub const START_DEADLINE: Duration = Duration::from_secs(1);
 /// The safety re-read when no catalog change arrives.
 const RECHECK: Duration = Duration::from_secs(1);
 /// Lost compare-and-swaps in a row before waiting for the next tick.
@@ -96,12 +100,17 @@ impl IntentWatcher {
         }
     }
 
-    async fn read(&mut self) -> Result<Read, CatalogError> {
+    async fn read(&mut self, limit: Duration) -> Result<Read, CatalogError> {
         let url = self.catalog.url().to_string();
-        let raw = bounded(&url, "reading the maintenance intent", async {
-            self.catalog.kv_get(&self.key).await
-        })
-        .await?;
+        let raw = match tokio::time::timeout(limit, self.catalog.kv_get(&self.key)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(CatalogError::Unavailable {
+                    url,
+                    message: format!("reading the maintenance intent: no answer within {limit:?}"),
+                });
+            }
+        };
         Ok(raw.map(|r| {
             let d = intent::decode(&r);
             (r, d)
@@ -143,7 +152,7 @@ impl IntentWatcher {
     /// task records it). A catalog that does not answer in time starts the
     /// agent as it would without an intent; the task applies it later.
     pub async fn first(&mut self) -> Option<bool> {
-        let read = match self.read().await {
+        let read = match self.read(START_DEADLINE).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(key = %self.key, "cannot read the maintenance intent at start: {e}");
@@ -194,7 +203,7 @@ impl IntentWatcher {
 
     async fn step(&mut self, control: &mpsc::Sender<Command>) -> Step {
         let url = self.catalog.url().to_string();
-        let read = match self.read().await {
+        let read = match self.read(CALL_DEADLINE).await {
             Ok(r) => {
                 self.outage
                     .recovered(&url, "reading the maintenance intent");
@@ -304,5 +313,84 @@ impl HealthLog {
             status: status.to_string(),
             at_ms: autopilot_catalog::now_ms(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if f().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn applies_records_and_ignores_garbage() {
+        let dir = autopilot_testkit::TempDir::new("node-intent");
+        let cat: Arc<dyn Catalog> = Arc::new(
+            autopilot_catalog_local::LocalCatalog::open(&dir.0.join("c"), "n1/1/1").unwrap(),
+        );
+        let metrics = Arc::new(Metrics::new(&[]));
+        let key = intent::maintenance_key("n1");
+        cat.kv_put(&key, r#"{"on":true,"id":"a1","by":"t","at_ms":1}"#)
+            .await
+            .unwrap();
+        let mut w = IntentWatcher::new(cat.clone(), "n1", "n1/1/1", metrics.clone());
+        assert_eq!(w.first().await, Some(true));
+        let (tx, mut rx) = mpsc::channel(8);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                if let Command::Maintenance(on, reply) = c {
+                    s.lock().unwrap().push(on);
+                    let _ = reply.send(true);
+                }
+            }
+        });
+        let task = w.spawn(tx);
+        let recorded = |id: &'static str| {
+            let cat = cat.clone();
+            let key = key.clone();
+            async move {
+                let Some(raw) = cat.kv_get(&key).await.unwrap() else {
+                    return false;
+                };
+                intent::decode(&raw).is_ok_and(|i| {
+                    i.id == id
+                        && i.applied_by.as_deref() == Some("n1/1/1")
+                        && i.outcome.as_deref() == Some("applied")
+                })
+            }
+        };
+        assert!(eventually(async || recorded("a1").await).await);
+        // Applied at start by the caller: not sent again.
+        assert!(seen.lock().unwrap().is_empty());
+        for bad in [
+            "garbage",
+            "[]",
+            r#"{"on":1,"id":"x"}"#,
+            "{\"on\":true,\"id\":\"\"}",
+        ] {
+            cat.kv_put(&key, bad).await.unwrap();
+            assert!(
+                eventually(async || metrics
+                    .render()
+                    .contains("autopilot_maintenance_intent_invalid_total "))
+                .await
+            );
+        }
+        cat.kv_put(&key, r#"{"on":false,"id":"b2","by":"t","at_ms":2}"#)
+            .await
+            .unwrap();
+        assert!(eventually(async || recorded("b2").await).await);
+        assert_eq!(*seen.lock().unwrap(), vec![false]);
+        task.abort();
     }
 }

@@ -2,7 +2,9 @@
 
 use clap::Subcommand;
 
-use super::{Access, CatalogOpts, Deadline, Output, bounded, exit, open_catalog};
+use autopilot_fleet as fleet;
+
+use super::{Access, CatalogOpts, Deadline, Output, bounded, exit, fleet_err, open_catalog};
 
 #[derive(Subcommand, Debug)]
 pub enum CatalogCmd {
@@ -12,23 +14,6 @@ pub enum CatalogCmd {
     Instances { name: String },
     /// Print a service's passing instances now and after every change, until interrupted.
     Watch { name: String },
-}
-
-/// An instance as JSON: camelCase field names, as every JSON output.
-fn instance_json(i: &autopilot_catalog::Instance) -> serde_json::Value {
-    serde_json::json!({
-        "id": i.id,
-        "name": i.name,
-        "address": i.address,
-        "port": i.port,
-        "tags": i.tags,
-        "status": i.status.as_str(),
-        "lastHeartbeat": i.last_heartbeat,
-    })
-}
-
-fn instances_json(list: &[autopilot_catalog::Instance]) -> serde_json::Value {
-    serde_json::Value::Array(list.iter().map(instance_json).collect())
 }
 
 pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyhow::Result<i32> {
@@ -43,18 +28,14 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
     let cat = opened.cat;
     match cmd {
         CatalogCmd::Services => {
-            let list = bounded(&what, o.deadline, async { Ok(cat.services().await?) }).await?;
+            let list = bounded(&what, o.deadline, async {
+                fleet::services::counts(cat.as_ref())
+                    .await
+                    .map_err(|e| fleet_err("catalog services", e))
+            })
+            .await?;
             if out.json() {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "name": s.name,
-                            "instances": s.instances,
-                            "passing": s.passing,
-                        })
-                    })
-                    .collect();
+                let v = fleet::services::counts_json(&list);
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{:<32} {:>9} {:>8}", "SERVICE", "INSTANCES", "PASSING");
@@ -65,15 +46,14 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
         }
         CatalogCmd::Instances { name } => {
             let list = bounded(&what, o.deadline, async {
-                Ok(match &opened.etcd {
-                    // etcd keeps the heartbeat in the lease, not the entry.
-                    Some(etcd) => etcd.instances_with_heartbeats(name).await?,
-                    None => cat.instances(name).await?,
-                })
+                fleet::services::instances(cat.as_ref(), name)
+                    .await
+                    .map_err(|e| fleet_err("catalog instances", e))
             })
             .await?;
             if out.json() {
-                println!("{}", serde_json::to_string_pretty(&instances_json(&list))?);
+                let v = fleet::services::instances_json(&list);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_instances(&list);
             }
@@ -102,7 +82,7 @@ pub async fn catalog_cmd(o: CatalogOpts, cmd: &CatalogCmd, out: Output) -> anyho
                     .collect();
                 if last.as_ref() != Some(&key) {
                     if out.json() {
-                        println!("{}", instances_json(&passing));
+                        println!("{}", fleet::services::instances_json(&passing));
                     } else {
                         println!(
                             "{} {name}: {} passing: {}",
@@ -158,16 +138,14 @@ pub async fn leader_cmd(o: CatalogOpts, name: &str, out: Output) -> anyhow::Resu
     let cat = open_catalog(&o, &super::cli_owner(), Access::Read)
         .await?
         .cat;
-    match bounded(&what, o.deadline, async { Ok(cat.leader(name).await?) }).await? {
-        Some(l) if out.json() => println!(
-            "{}",
-            serde_json::json!({
-                "id": l.id,
-                "address": l.address,
-                "port": l.port,
-                "term": l.term,
-            })
-        ),
+    let leader = bounded(&what, o.deadline, async {
+        fleet::clusters::leader(cat.as_ref(), name)
+            .await
+            .map_err(|e| fleet_err("leader", e))
+    })
+    .await?;
+    match leader {
+        Some(l) if out.json() => println!("{}", fleet::clusters::leader_json(&Some(l))),
         Some(l) => println!("{} {}:{} term {}", l.id, l.address, l.port, l.term),
         None => {
             eprintln!("autopilot: nobody leads {}", super::quote(name));

@@ -9,21 +9,22 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use autopilot_catalog::{Catalog, Instance, Leader, Status, now_ms};
+use autopilot_catalog::{Catalog, Status, now_ms};
+use autopilot_fleet as fleet;
+use autopilot_fleet::clusters::{Member, View, intent_json, intent_key, ms_field, str_field};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::control::Req;
 use super::{
-    Access, CatalogOpts, Deadline, Output, SetupError, Unreachable, exit, open_catalog, quote,
+    Access, CatalogOpts, Deadline, Output, SetupError, Unreachable, exit, fleet_err, open_catalog,
+    quote,
 };
 
 /// How long `switchover` and `failover` wait by default.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `reinit` waits by default (a rebuild restores or clones data).
 pub const REINIT_TIMEOUT: Duration = Duration::from_secs(120);
-/// A scheduled switchover stays valid this long after its time.
-const SCHEDULE_GRACE_MS: u64 = 60_000;
 /// Re-read this often even without a change notification (a safety net).
 const RECHECK: Duration = Duration::from_millis(250);
 
@@ -106,194 +107,33 @@ fn refused(command: &str, message: String) -> anyhow::Error {
 
 /// Election names become key components: one printable path component.
 fn check_election(command: &str, election: &str) -> anyhow::Result<()> {
-    if election.is_empty()
-        || election.len() > 256
-        || election.contains('/')
-        || election == "."
-        || election == ".."
-        || election.chars().any(char::is_control)
-    {
-        return Err(refused(
-            command,
-            format!(
-                "invalid election name {}: one printable path component",
-                quote(election)
-            ),
-        ));
-    }
-    Ok(())
+    fleet::clusters::check_election(election).map_err(|e| fleet_err(command, e))
 }
 
-fn members_service(election: &str) -> String {
-    format!("_members.{election}")
+/// An election's view (members with their heartbeats, leader, intents).
+async fn read_view(cat: &dyn Catalog, election: &str) -> anyhow::Result<View> {
+    fleet::clusters::read_view(cat, election)
+        .await
+        .map_err(|e| fleet_err("cluster", e))
 }
 
-fn intent_key(election: &str, what: &str) -> String {
-    format!("_cluster/{election}/{what}")
+/// Deletes our intent only if it still holds what we wrote.
+async fn withdraw(cat: &dyn Catalog, key: &str, ours: &str) -> anyhow::Result<bool> {
+    fleet::clusters::withdraw(cat, key, ours)
+        .await
+        .map_err(|e| fleet_err("cluster", e))
 }
 
-/// One member record, parsed leniently: an unparsable tag is absent.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// The candidate ID (the record's ID without `<election>.`).
-    pub id: String,
-    pub address: String,
-    pub port: u16,
-    pub status: Status,
-    pub priority: u32,
-    pub max_lag: Option<u64>,
-    pub position: Option<u64>,
-    pub suspect: Option<u64>,
-    pub last_heartbeat: String,
-}
-
-impl Member {
-    fn parse(election: &str, i: &Instance) -> Member {
-        let tag = |key: &str| {
-            i.tags
-                .iter()
-                .filter_map(|t| t.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.trim())
-        };
-        let num = |key: &str| tag(key).and_then(|v| v.parse::<u64>().ok());
-        let id =
-            i.id.strip_prefix(election)
-                .and_then(|r| r.strip_prefix('.'))
-                .filter(|r| !r.is_empty())
-                .unwrap_or(&i.id)
-                .to_string();
-        Member {
-            id,
-            address: i.address.clone(),
-            port: i.port,
-            status: i.status,
-            priority: tag("priority")
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(1),
-            max_lag: num("maxlag"),
-            position: num("position"),
-            suspect: num("suspect"),
-            last_heartbeat: i.last_heartbeat.clone(),
-        }
-    }
-
-    fn passing(&self) -> bool {
-        self.status == Status::Passing
-    }
-}
-
-/// What `cluster list` shows and the other commands decide on.
-pub struct View {
-    pub leader: Option<Leader>,
-    pub members: Vec<Member>,
-    pub paused: Option<serde_json::Value>,
-    pub switchover: Option<serde_json::Value>,
-    pub failover: Option<serde_json::Value>,
-}
-
-impl View {
-    fn member(&self, id: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.id == id)
-    }
-
-    /// The highest published position, if anyone published one.
-    fn highest(&self) -> Option<u64> {
-        self.members.iter().filter_map(|m| m.position).max()
-    }
-
-    /// The contract's lag: highest position minus the member's (a member
-    /// without a position lags by the highest); `None` when nobody published.
-    fn lag(&self, m: &Member) -> Option<u64> {
-        let top = self.highest()?;
-        Some(top.saturating_sub(m.position.unwrap_or(0)))
-    }
-
-    fn is_leader(&self, m: &Member) -> bool {
-        self.leader.as_ref().is_some_and(|l| l.id == m.id)
-    }
-
-    fn role(&self, m: &Member) -> &'static str {
-        match (m.passing(), self.is_leader(m)) {
-            (false, _) => "-",
-            (true, true) => "leader",
-            (true, false) => "replica",
-        }
-    }
-}
-
-/// An intent's value as JSON; an unparsable one is kept as its text, so it
-/// is shown rather than hidden.
-fn intent_value(raw: Option<String>) -> Option<serde_json::Value> {
-    let raw = raw?;
-    Some(
-        serde_json::from_str::<serde_json::Value>(&raw)
-            .ok()
-            .filter(serde_json::Value::is_object)
-            .unwrap_or(serde_json::Value::String(raw)),
-    )
-}
-
-async fn read_view(
+/// Writes an intent unless a live one (its deadline not passed) stands.
+async fn write_intent(
     cat: &dyn Catalog,
-    etcd: Option<&autopilot_catalog_etcd::EtcdCatalog>,
-    election: &str,
-) -> anyhow::Result<View> {
-    let service = members_service(election);
-    let instances = match etcd {
-        // etcd keeps the heartbeat in the lease, not the entry.
-        Some(e) => e.instances_with_heartbeats(&service).await?,
-        None => cat.instances(&service).await?,
-    };
-    let mut members: Vec<Member> = instances
-        .iter()
-        .map(|i| Member::parse(election, i))
-        .collect();
-    members.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(View {
-        leader: cat.leader(election).await?,
-        members,
-        paused: intent_value(cat.kv_get(&intent_key(election, "paused")).await?),
-        switchover: intent_value(cat.kv_get(&intent_key(election, "switchover")).await?),
-        failover: intent_value(cat.kv_get(&intent_key(election, "failover")).await?),
-    })
-}
-
-fn leader_json(l: &Option<Leader>) -> serde_json::Value {
-    match l {
-        Some(l) => json!({"id": l.id, "address": l.address, "port": l.port, "term": l.term}),
-        None => serde_json::Value::Null,
-    }
-}
-
-/// A stored intent as camelCase JSON (times as given, unix milliseconds).
-fn intent_json(v: &Option<serde_json::Value>) -> serde_json::Value {
-    let Some(v) = v else {
-        return serde_json::Value::Null;
-    };
-    let Some(o) = v.as_object() else {
-        return json!({ "invalid": v });
-    };
-    let mut out = serde_json::Map::new();
-    for (k, val) in o {
-        let camel = match k.as_str() {
-            "at_ms" => "atMs",
-            "deadline_ms" => "deadlineMs",
-            "since_ms" => "sinceMs",
-            "requested_ms" => "requestedMs",
-            other => other,
-        };
-        out.insert(camel.to_string(), val.clone());
-    }
-    serde_json::Value::Object(out)
-}
-
-fn ms_field(v: &serde_json::Value, field: &str) -> Option<u64> {
-    v.get(field).and_then(serde_json::Value::as_u64)
-}
-
-fn str_field<'a>(v: &'a serde_json::Value, field: &str) -> Option<&'a str> {
-    v.get(field).and_then(serde_json::Value::as_str)
+    command: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    fleet::clusters::write_intent(cat, key, value)
+        .await
+        .map_err(|e| fleet_err(command, e))
 }
 
 fn when(ms: Option<u64>) -> String {
@@ -367,34 +207,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 fn print_view(election: &str, v: &View, out: Output) -> anyhow::Result<()> {
     if out.json() {
-        let members: Vec<_> = v
-            .members
-            .iter()
-            .map(|m| {
-                json!({
-                    "id": m.id,
-                    "address": m.address,
-                    "port": m.port,
-                    "role": v.role(m),
-                    "health": m.status.as_str(),
-                    "position": m.position,
-                    "lag": v.lag(m),
-                    "priority": m.priority,
-                    "maxLag": m.max_lag,
-                    "lastHeartbeat": m.last_heartbeat,
-                    "suspect": m.suspect,
-                })
-            })
-            .collect();
-        let doc = json!({
-            "election": election,
-            "leader": leader_json(&v.leader),
-            "paused": v.paused.is_some(),
-            "switchover": intent_json(&v.switchover),
-            "failover": intent_json(&v.failover),
-            "members": members,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&v.to_json(election))?);
         return Ok(());
     }
     println!("{}", cell(&summary(election, v)));
@@ -483,7 +296,7 @@ pub async fn list(o: CatalogOpts, election: &str, out: Output) -> anyhow::Result
     let opened = open_catalog(&o, &super::cli_owner(), Access::Read).await?;
     let what = format!("catalog {}", o.url);
     let view = super::bounded(&what, o.deadline, async {
-        read_view(opened.cat.as_ref(), opened.etcd.as_deref(), election).await
+        read_view(opened.cat.as_ref(), election).await
     })
     .await?;
     print_view(election, &view, out)?;
@@ -514,73 +327,10 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Why `m` cannot be handed the seat (`None`: it can). `named`: the operator
-/// named `m` (`--to`), an explicit choice that priority 0 does not forbid
-/// (priority 0 only keeps a member out of automatic choices).
-fn ineligible(v: &View, m: &Member, max_lag: Option<u64>, named: bool) -> Option<String> {
-    if !m.passing() {
-        return Some(format!("{} is {}, not passing", m.id, m.status.as_str()));
-    }
-    if v.is_leader(m) {
-        return Some(format!("{} already leads", m.id));
-    }
-    if m.priority == 0 && !named {
-        return Some(format!(
-            "{} has priority 0 (it never leads automatically)",
-            m.id
-        ));
-    }
-    let lag = v.lag(m).unwrap_or(0);
-    for (limit, from) in [(m.max_lag, "its maxLag"), (max_lag, "--max-lag")] {
-        if let Some(limit) = limit
-            && lag > limit
-        {
-            return Some(format!("{} lags by {lag}, beyond {from} of {limit}", m.id));
-        }
-    }
-    None
-}
-
-/// Deletes our intent only if it still holds what we wrote: an intent
-/// written since by someone else is left alone.
-async fn withdraw(cat: &dyn Catalog, key: &str, ours: &str) -> anyhow::Result<bool> {
-    Ok(cat.kv_delete_if(key, ours).await?)
-}
-
-/// Writes an intent unless a live one (its deadline not passed) stands.
-async fn write_intent(
-    cat: &dyn Catalog,
-    command: &str,
-    key: &str,
-    value: &str,
-) -> anyhow::Result<()> {
-    let old = cat.kv_get(key).await?;
-    if let Some(old) = &old {
-        let live = serde_json::from_str::<serde_json::Value>(old)
-            .ok()
-            .and_then(|v| ms_field(&v, "deadline_ms"))
-            .is_some_and(|d| d > now_ms());
-        if live {
-            return Err(refused(
-                command,
-                format!("another request is pending ({key} = {old}); wait for it or delete it"),
-            ));
-        }
-    }
-    if !cat.kv_cas(key, old.as_deref(), value).await? {
-        return Err(refused(
-            command,
-            format!("{key} changed while it was written; try again"),
-        ));
-    }
-    Ok(())
-}
-
 /// Waits, woken by catalog changes, until `done` holds of the election's
 /// view, or `deadline`. Returns the view that satisfied it.
 async fn wait_until(
     cat: &dyn Catalog,
-    etcd: Option<&autopilot_catalog_etcd::EtcdCatalog>,
     election: &str,
     deadline: Deadline,
     mut done: impl FnMut(&View) -> bool,
@@ -590,8 +340,7 @@ async fn wait_until(
         changes.borrow_and_update();
         // A failed read is retried until the deadline: an outage during a
         // handover is not its failure.
-        if let Ok(Ok(v)) =
-            tokio::time::timeout_at(deadline.at, read_view(cat, etcd, election)).await
+        if let Ok(Ok(v)) = tokio::time::timeout_at(deadline.at, read_view(cat, election)).await
             && done(&v)
         {
             return Ok(Some(v));
@@ -625,7 +374,7 @@ fn handed_over(
             "{}",
             json!({
                 "election": election,
-                "leader": leader_json(&v.leader),
+                "leader": fleet::clusters::leader_json(&v.leader),
                 "handoverMs": ms(took),
             })
         );
@@ -670,60 +419,22 @@ pub async fn switchover(
     };
     let o = with_timeout(o, timeout, HANDOVER_TIMEOUT)?;
     let opened = open_catalog(&o, &super::cli_owner(), Access::Write).await?;
-    let (cat, etcd) = (opened.cat.as_ref(), opened.etcd.as_deref());
+    let cat = opened.cat.as_ref();
     let what = format!("catalog {}", o.url);
-    let v = super::bounded(&what, o.deadline, read_view(cat, etcd, &a.election)).await?;
-    let Some(leader) = v.leader.clone() else {
-        return Err(refused(
-            CMD,
-            format!(
-                "nobody leads {}: use `autopilot failover {} --to ID`",
-                a.election, a.election
-            ),
-        ));
+    let req = fleet::clusters::SwitchoverRequest {
+        to: a.to.clone(),
+        at_ms,
+        max_lag: a.max_lag,
+        window_ms: ms(o.timeout),
     };
-    match &a.to {
-        Some(to) => {
-            let m = v.member(to).ok_or_else(|| {
-                refused(
-                    CMD,
-                    format!(
-                        "{} is not a member of {} (members: {})",
-                        quote(to),
-                        a.election,
-                        member_ids(&v)
-                    ),
-                )
-            })?;
-            if let Some(why) = ineligible(&v, m, a.max_lag, true) {
-                return Err(refused(CMD, format!("cannot hand {} to {why}", a.election)));
-            }
-        }
-        None => {
-            if !v
-                .members
-                .iter()
-                .any(|m| ineligible(&v, m, a.max_lag, false).is_none())
-            {
-                return Err(refused(
-                    CMD,
-                    format!(
-                        "no member of {} other than the leader is passing, has a priority and is within its lag limit",
-                        a.election
-                    ),
-                ));
-            }
-        }
-    }
-    let now = now_ms();
-    let (at, deadline) = match at_ms {
-        Some(at) => (at, at.saturating_add(SCHEDULE_GRACE_MS)),
-        None => (now, now.saturating_add(ms(o.timeout))),
-    };
-    let value =
-        json!({"from": leader.id, "to": a.to, "at_ms": at, "deadline_ms": deadline}).to_string();
-    let key = intent_key(&a.election, "switchover");
-    super::bounded(&what, o.deadline, write_intent(cat, CMD, &key, &value)).await?;
+    let sw = super::bounded(&what, o.deadline, async {
+        fleet::clusters::request_switchover(cat, &a.election, &req)
+            .await
+            .map_err(|e| fleet_err(CMD, e))
+    })
+    .await?;
+    let (key, value, at, deadline) = (sw.key, sw.value, sw.at_ms, sw.deadline_ms);
+    let leader = sw.from;
     if a.at.is_some() {
         if out.json() {
             println!(
@@ -734,7 +445,7 @@ pub async fn switchover(
             println!(
                 "switchover of {} from {} scheduled at {} (valid until {})",
                 a.election,
-                leader.id,
+                leader,
                 autopilot_catalog::rfc3339_ms(at),
                 autopilot_catalog::rfc3339_ms(deadline)
             );
@@ -742,10 +453,10 @@ pub async fn switchover(
         return Ok(exit::OK);
     }
     let started = std::time::Instant::now();
-    let done = wait_until(cat, etcd, &a.election, o.deadline, |v| {
+    let done = wait_until(cat, &a.election, o.deadline, |v| {
         v.leader.as_ref().is_some_and(|l| match &a.to {
             Some(to) => &l.id == to,
-            None => l.id != leader.id,
+            None => l.id != leader,
         })
     })
     .await?;
@@ -792,17 +503,6 @@ async fn finish(
     }
 }
 
-fn member_ids(v: &View) -> String {
-    if v.members.is_empty() {
-        return "none".into();
-    }
-    v.members
-        .iter()
-        .map(|m| m.id.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `autopilot failover ELECTION --to ID`.
 pub async fn failover(
     o: CatalogOpts,
@@ -814,9 +514,9 @@ pub async fn failover(
     check_election(CMD, &a.election)?;
     let o = with_timeout(o, timeout, HANDOVER_TIMEOUT)?;
     let opened = open_catalog(&o, &super::cli_owner(), Access::Write).await?;
-    let (cat, etcd) = (opened.cat.as_ref(), opened.etcd.as_deref());
+    let cat = opened.cat.as_ref();
     let what = format!("catalog {}", o.url);
-    let v = super::bounded(&what, o.deadline, read_view(cat, etcd, &a.election)).await?;
+    let v = super::bounded(&what, o.deadline, read_view(cat, &a.election)).await?;
     // A seat is ended only when its holder's own record says critical: a
     // leader without a record (an older agent, a job without an address)
     // may be healthy, and ending its seat would make two primaries.
@@ -861,7 +561,7 @@ pub async fn failover(
                 "{} is not a member of {} (members: {})",
                 quote(&a.to),
                 a.election,
-                member_ids(&v)
+                v.member_ids()
             ),
         )
     })?;
@@ -901,7 +601,7 @@ pub async fn failover(
             }
         }
     }
-    let done = wait_until(cat, etcd, &a.election, o.deadline, |v| {
+    let done = wait_until(cat, &a.election, o.deadline, |v| {
         v.leader.as_ref().is_some_and(|l| l.id == a.to)
     })
     .await?;
@@ -913,13 +613,15 @@ pub async fn pause(o: CatalogOpts, a: &ElectionArgs, out: Output) -> anyhow::Res
     check_election("pause", &a.election)?;
     let opened = open_catalog(&o, &super::cli_owner(), Access::Write).await?;
     let cat = opened.cat.as_ref();
-    let key = intent_key(&a.election, "paused");
-    let value = json!({ "since_ms": now_ms() }).to_string();
     let what = format!("catalog {}", o.url);
+    let me = super::by();
     let wrote = super::bounded(&what, o.deadline, async {
-        Ok(cat.kv_cas(&key, None, &value).await?)
+        fleet::clusters::pause(cat, &a.election, &me)
+            .await
+            .map_err(|e| fleet_err("pause", e))
     })
-    .await?;
+    .await?
+    .changed;
     if out.json() {
         println!(
             "{}",
@@ -941,10 +643,15 @@ pub async fn resume(o: CatalogOpts, a: &ElectionArgs, out: Output) -> anyhow::Re
     check_election("resume", &a.election)?;
     let opened = open_catalog(&o, &super::cli_owner(), Access::Write).await?;
     let cat = opened.cat.as_ref();
-    let key = intent_key(&a.election, "paused");
     let what = format!("catalog {}", o.url);
-    let removed =
-        super::bounded(&what, o.deadline, async { Ok(cat.kv_delete(&key).await?) }).await?;
+    let me = super::by();
+    let removed = super::bounded(&what, o.deadline, async {
+        fleet::clusters::resume(cat, &a.election, &me)
+            .await
+            .map_err(|e| fleet_err("resume", e))
+    })
+    .await?
+    .changed;
     if out.json() {
         println!(
             "{}",
@@ -969,9 +676,9 @@ pub async fn reinit(
     check_election(CMD, &a.election)?;
     let o = with_timeout(o, timeout, REINIT_TIMEOUT)?;
     let opened = open_catalog(&o, &super::cli_owner(), Access::Write).await?;
-    let (cat, etcd) = (opened.cat.as_ref(), opened.etcd.as_deref());
+    let cat = opened.cat.as_ref();
     let what = format!("catalog {}", o.url);
-    let v = super::bounded(&what, o.deadline, read_view(cat, etcd, &a.election)).await?;
+    let v = super::bounded(&what, o.deadline, read_view(cat, &a.election)).await?;
     if v.leader.as_ref().is_some_and(|l| l.id == a.id) {
         return Err(refused(
             CMD,
@@ -986,7 +693,7 @@ pub async fn reinit(
             "autopilot: {} is not a member of {} (members: {})",
             quote(&a.id),
             a.election,
-            member_ids(&v)
+            v.member_ids()
         );
         return Ok(exit::ABSENT);
     }
@@ -1014,7 +721,7 @@ pub async fn reinit(
     // the view (by the racing reader below).
     let consumed = std::cell::Cell::new(false);
     let id = a.id.clone();
-    let done = wait_until(cat, etcd, &a.election, o.deadline, |v| {
+    let done = wait_until(cat, &a.election, o.deadline, |v| {
         let passing = v.member(&id).is_some_and(Member::passing);
         gone |= !passing;
         passing && (gone || consumed.get())

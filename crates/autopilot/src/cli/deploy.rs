@@ -9,21 +9,19 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use autopilot_catalog::{Catalog, Status, now_ms, rfc3339_ms};
-use autopilot_core::rollout::{
-    self, Action, Member, Plan, Rollout, State, Target, UnitSpec, member_service,
+use autopilot_catalog::Catalog;
+use autopilot_core::rollout::{self, Action, Member, Rollout, State, Target, UnitSpec};
+use autopilot_fleet::FleetError;
+use autopilot_fleet::rollouts::{
+    self, StartOptions, Transition, status_json, unit_phase, unit_views,
 };
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::{
-    Access, CatalogOpts, Deadline, Output, SetupError, bounded, exit, open_catalog, quote,
+    Access, CatalogOpts, Deadline, Output, SetupError, bounded, exit, fleet_err, open_catalog,
+    quote,
 };
 
-/// How many lost compare-and-swaps a write retries before giving up (exit 2, naming the key).
-const CAS_ATTEMPTS: usize = 5;
-/// Rollout records kept per artifact; older ones are deleted after a create.
-const KEEP_RECORDS: usize = 50;
 /// `--watch` re-reads this often even without a change notification (a safety net).
 const RECHECK: Duration = Duration::from_secs(2);
 /// Consecutive failed catalog reads `--watch`/`--wait` tolerate (each
@@ -95,145 +93,7 @@ fn refused(command: &str, message: String) -> anyhow::Error {
 }
 
 fn check_name(command: &str, what: &str, s: &str) -> anyhow::Result<()> {
-    if rollout::valid_name(s) {
-        return Ok(());
-    }
-    Err(refused(
-        command,
-        format!(
-            "invalid {what} {}: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128",
-            quote(s)
-        ),
-    ))
-}
-
-/// Who writes: `user@host`, for the record's events.
-fn by() -> String {
-    let uid = nix::unistd::Uid::current();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| format!("uid{}", uid.as_raw()));
-    let host = std::env::var("AUTOPILOT_HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    format!("{user}@{host}")
-}
-
-fn now() -> String {
-    rfc3339_ms(now_ms())
-}
-
-/// The latest rollout record of an artifact, as read.
-struct Latest {
-    key: String,
-    /// The exact text read: the expected value of the next compare-and-swap.
-    raw: String,
-    rollout: Rollout,
-}
-
-/// Every rollout record of `name` by id (ascending), each decoded or why not.
-async fn records(
-    cat: &dyn Catalog,
-    name: &str,
-) -> anyhow::Result<Vec<(u64, String, String, Result<Rollout, String>)>> {
-    let mut out: Vec<_> = cat
-        .kv_list(&rollout::rollouts_prefix(name))
-        .await?
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let id = rollout::parse_rollout_key(name, &k)?;
-            let r = rollout::decode(name, id, &v);
-            Some((id, k, v, r))
-        })
-        .collect();
-    out.sort_by_key(|(id, ..)| *id);
-    Ok(out)
-}
-
-/// The latest record (the highest id), `None` when there is none; a
-/// record that does not decode is an error naming its key (exit 2), never
-/// skipped: deciding on an older record would undo what it says.
-async fn latest(cat: &dyn Catalog, name: &str) -> anyhow::Result<Option<Latest>> {
-    let Some((_, key, raw, r)) = records(cat, name).await?.pop() else {
-        return Ok(None);
-    };
-    match r {
-        Ok(rollout) => Ok(Some(Latest { key, raw, rollout })),
-        Err(e) => Err(refused(
-            "deploy",
-            format!("{key}: {} (repair or delete the key)", c(&e)),
-        )),
-    }
-}
-
-/// The live member entries of `name` that parse (untrusted: others are skipped).
-async fn members(cat: &dyn Catalog, name: &str) -> anyhow::Result<Vec<Member>> {
-    Ok(cat
-        .instances(&member_service(name))
-        .await?
-        .iter()
-        .filter_map(|i| rollout::parse_member(name, &i.id, &i.tags, i.status == Status::Passing))
-        .collect())
-}
-
-/// The instance IDs of every live entry of `_artifacts.<name>`: an
-/// instance still fetching or with odd tags is a member all the same.
-async fn member_ids(cat: &dyn Catalog, name: &str) -> anyhow::Result<Vec<String>> {
-    let prefix = format!("{name}.");
-    Ok(cat
-        .instances(&member_service(name))
-        .await?
-        .into_iter()
-        .filter_map(|i| {
-            i.id.strip_prefix(&prefix)
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-        })
-        .collect())
-}
-
-/// The target named by the artifact record `_fleet/artifacts/<name>/<version>`
-/// (`None`: no such version).
-async fn artifact_target(
-    cat: &dyn Catalog,
-    name: &str,
-    version: &str,
-) -> anyhow::Result<Option<Target>> {
-    let key = rollout::artifact_key(name, version);
-    let Some(raw) = cat.kv_get(&key).await? else {
-        return Ok(None);
-    };
-    // Only these two fields matter here; the record's other fields are the artifact command's.
-    let v: serde_json::Value = serde_json::from_str(&raw)
-        .map_err(|e| refused("deploy", format!("{key}: not an artifact record: {e}")))?;
-    let field = |f: &str| {
-        v.get(f)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-    };
-    let (rec_version, sha256) = (field("version"), field("sha256"));
-    if rec_version != version || !rollout::valid_sha256(sha256) {
-        return Err(refused(
-            "deploy",
-            format!(
-                "{key}: malformed artifact record (version {}, sha256 {})",
-                quote(rec_version),
-                quote(sha256)
-            ),
-        ));
-    }
-    Ok(Some(Target {
-        version: rec_version.to_string(),
-        sha256: sha256.to_string(),
-    }))
+    rollouts::check_name(what, s).map_err(|e| fleet_err(command, e))
 }
 
 /// Runs `autopilot deploy ...`.
@@ -286,74 +146,20 @@ async fn create(
     let cat = open_catalog(&o, &super::cli_owner(), Access::Write)
         .await?
         .cat;
-    let me = by();
+    let me = super::by();
+    let opts = StartOptions {
+        units,
+        probation,
+        max_failures: a.max_failures,
+        rollback: !a.no_rollback,
+    };
     let created = bounded(&what(&o), o.deadline, async {
-        // The key of the last write lost, for the give-up message.
-        let mut contested = rollout::rollout_key(name, 1);
-        for _ in 0..CAS_ATTEMPTS {
-            let latest = latest(cat.as_ref(), name).await?;
-            if let Some(l) = &latest
-                && l.rollout.state.active()
-            {
-                return Err(refused(
-                    "deploy",
-                    format!(
-                        "rollout {} of {name} ({}) is {}; wait for it to end, or stop it with `autopilot deploy abort {name}`",
-                        l.rollout.id,
-                        c(&l.rollout.target.version),
-                        l.rollout.state.as_str()
-                    ),
-                ));
-            }
-            let Some(target) = artifact_target(cat.as_ref(), name, version).await? else {
-                return Ok(Created::NoVersion);
-            };
-            let ids = member_ids(cat.as_ref(), name).await?;
-            let id = latest.as_ref().map_or(1, |l| l.rollout.id.saturating_add(1));
-            if let Some(l) = &latest {
-                // Mark the latest record replaced first, against the exact
-                // text read: a rollback (or any write) made meanwhile makes
-                // this lose, and the next round sees it (active: refused)
-                // instead of a new rollout silently undoing it. A record
-                // already marked replaced by `id` (a deploy that stopped
-                // between its two writes) needs no second mark.
-                if l.rollout.superseded_by != Some(id) {
-                    let marked = rollout::supersede(&l.rollout, id, &now(), &me)
-                        .map_err(|e| refused("deploy", c(&e.to_string())))?;
-                    if !cat
-                        .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&marked))
-                        .await?
-                    {
-                        contested.clone_from(&l.key);
-                        continue;
-                    }
-                }
-            }
-            let plan = Plan {
-                id,
-                artifact: name.to_string(),
-                target,
-                // The version the fleet runs, from the record as read.
-                from: rollout::from_for_next(latest.as_ref().map(|l| &l.rollout)),
-                units: units.clone(),
-                probation,
-                max_failures: a.max_failures,
-                rollback: !a.no_rollback,
-            };
-            let r = rollout::new_rollout(plan, &ids, &now(), &me);
-            let key = rollout::rollout_key(name, id);
-            let raw = rollout::encode(&r);
-            if cat.kv_cas(&key, None, &raw).await? {
-                return Ok(Created::Written(Box::new(r)));
-            }
-            // Someone else wrote rollout `id`: re-read.
-            contested = key;
-        }
-        Ok(Created::GaveUp(contested))
+        Ok(rollouts::create(cat.as_ref(), name, version, &opts, &me).await)
     })
     .await?;
     let r = match created {
-        Created::NoVersion => {
+        Ok(r) => r,
+        Err(FleetError::NotFound(_)) => {
             eprintln!(
                 "autopilot: deploy: no version {} of {name} in catalog {} (push it with `autopilot artifact push`)",
                 quote(version),
@@ -361,23 +167,23 @@ async fn create(
             );
             return Ok(exit::ABSENT);
         }
-        Created::GaveUp(key) => {
+        Err(FleetError::Contended { key, attempts }) => {
             return Err(refused(
                 "deploy",
                 format!(
-                    "{key} kept changing (the rollouts of {name} are being written by others); gave up after {CAS_ATTEMPTS} attempts"
+                    "{key} kept changing (the rollouts of {name} are being written by others); gave up after {attempts} attempts"
                 ),
             ));
         }
-        Created::Written(r) => *r,
+        Err(e) => return Err(fleet_err("deploy", e)),
     };
     // The rollout is written: pruning is housekeeping, and its failure
     // (even past --timeout) must not make the deploy look failed.
-    if let Err(e) = bounded(
-        &what(&o),
-        Deadline::after(o.timeout),
-        prune(cat.as_ref(), name),
-    )
+    if let Err(e) = bounded(&what(&o), Deadline::after(o.timeout), async {
+        rollouts::prune(cat.as_ref(), name)
+            .await
+            .map_err(|e| fleet_err("deploy", e))
+    })
     .await
     {
         eprintln!("autopilot: deploy: warning: could not prune old rollouts of {name}: {e:#}");
@@ -400,29 +206,9 @@ async fn create(
     Ok(exit::OK)
 }
 
-/// What `deploy NAME VERSION`'s writes came to.
-enum Created {
-    /// No artifact record of the version.
-    NoVersion,
-    /// Every compare-and-swap lost; the key of the last one.
-    GaveUp(String),
-    Written(Box<Rollout>),
-}
-
 /// Catalog text as printed on a terminal: see [`rollout::clean`].
 fn c(s: &str) -> String {
     rollout::clean(s)
-}
-
-/// Deletes the oldest records beyond [`KEEP_RECORDS`] (each only if it still
-/// holds what was read; the newest is never touched).
-async fn prune(cat: &dyn Catalog, name: &str) -> anyhow::Result<()> {
-    let all = records(cat, name).await?;
-    let extra = all.len().saturating_sub(KEEP_RECORDS);
-    for (_, key, raw, _) in all.iter().take(extra) {
-        cat.kv_delete_if(key, raw).await?;
-    }
-    Ok(())
 }
 
 /// The version a target names, cleaned for a terminal.
@@ -454,53 +240,6 @@ fn summary(r: &Rollout) -> String {
             "no rollback"
         }
     )
-}
-
-/// One unit's progress as counted from the live member entries.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct UnitView {
-    /// Live instances in the unit now.
-    instances: usize,
-    on_target: usize,
-    ok: usize,
-    failed: usize,
-}
-
-fn unit_views(r: &Rollout, ms: &[Member]) -> Vec<UnitView> {
-    let mut v = vec![UnitView::default(); r.units.len()];
-    for m in ms {
-        let Some(u) = v.get_mut(rollout::unit_of(r, &m.instance)) else {
-            continue;
-        };
-        u.instances = u.instances.saturating_add(1);
-        if m.sha256 == r.target.sha256 {
-            u.on_target = u.on_target.saturating_add(1);
-            if m.state == rollout::MemberState::Ok && m.passing {
-                u.ok = u.ok.saturating_add(1);
-            }
-        }
-        if m.rollout == Some(r.id) && m.state == rollout::MemberState::Failed {
-            u.failed = u.failed.saturating_add(1);
-        }
-    }
-    v
-}
-
-/// Where a unit stands in the rollout's state.
-fn unit_phase(r: &Rollout, k: usize) -> &'static str {
-    use std::cmp::Ordering::{Equal, Greater, Less};
-    match (r.state, k.cmp(&r.unit)) {
-        (State::Completed, _) => "passed",
-        (State::RollingBack, Less | Equal) => "rolling back",
-        (State::RolledBack, Less | Equal) => "rolled back",
-        (State::Rolling | State::Paused, Greater) => "waiting",
-        (_, Greater) => "not started",
-        (State::Failed | State::Aborted | State::Rolling | State::Paused, Less) => "passed",
-        (State::Rolling, Equal) => "rolling",
-        (State::Paused, Equal) => "paused",
-        (State::Failed, Equal) => "failed",
-        (State::Aborted, Equal) => "aborted",
-    }
 }
 
 fn bar(done: usize, total: usize) -> String {
@@ -633,51 +372,6 @@ fn waiting_line(r: &Rollout, ms: &[Member]) -> Option<String> {
     Some(parts.join(", "))
 }
 
-fn status_json(r: &Rollout, ms: &[Member]) -> serde_json::Value {
-    let units: Vec<_> = unit_views(r, ms)
-        .iter()
-        .enumerate()
-        .map(|(k, u)| {
-            json!({
-                "unit": k.saturating_add(1),
-                "spec": r.units.get(k).map(UnitSpec::to_string),
-                "phase": unit_phase(r, k),
-                "sizeAtCreation": r.unit_sizes.get(k),
-                "instances": u.instances,
-                "onTarget": u.on_target,
-                "ok": u.ok,
-                "failed": u.failed,
-            })
-        })
-        .collect();
-    let members: Vec<_> = ms
-        .iter()
-        .map(|m| {
-            json!({
-                "instance": m.instance,
-                "unit": rollout::unit_of(r, &m.instance).saturating_add(1),
-                "sha256": m.sha256,
-                "version": m.version,
-                "state": m.state.as_str(),
-                "rollout": m.rollout,
-                "passing": m.passing,
-                "reason": m.reason,
-            })
-        })
-        .collect();
-    let waiting: Vec<_> = if r.superseded_by.is_some() {
-        Vec::new()
-    } else {
-        rollout::waiting_for(r, ms)
-    }
-    .into_iter()
-    .map(|(instance, why)| json!({"instance": instance, "why": why}))
-    .collect();
-    let record: serde_json::Value =
-        serde_json::from_str(&rollout::encode(r)).unwrap_or(serde_json::Value::Null);
-    json!({"rollout": record, "units": units, "members": members, "waiting_for": waiting})
-}
-
 fn no_rollout(name: &str, o: &CatalogOpts) -> i32 {
     eprintln!("autopilot: no rollout of {name} in catalog {}", o.url);
     exit::ABSENT
@@ -689,10 +383,9 @@ async fn status(o: CatalogOpts, name: &str, out: Output) -> anyhow::Result<i32> 
         .await?
         .cat;
     let read = bounded(&what(&o), o.deadline, async {
-        let Some(l) = latest(cat.as_ref(), name).await? else {
-            return Ok(None);
-        };
-        Ok(Some((l, members(cat.as_ref(), name).await?)))
+        rollouts::read_status(cat.as_ref(), name)
+            .await
+            .map_err(|e| fleet_err("deploy", e))
     })
     .await?;
     let Some((l, ms)) = read else {
@@ -732,7 +425,7 @@ async fn follow(
     out: Output,
 ) -> anyhow::Result<i32> {
     let tty = std::io::stdout().is_terminal() && !out.json();
-    let me = by();
+    let me = super::by();
     let mut changes = cat.changes();
     // After `deploy` created the rollout, the first round gets a whole
     // --timeout; `status --watch` shares the one that opened the catalog.
@@ -745,22 +438,12 @@ async fn follow(
     let mut failed_reads = 0u32;
     loop {
         changes.borrow_and_update();
+        // The gate: whoever sees it hold writes the next record; a lost
+        // write means someone else moved it, and the next round re-reads.
         let read = bounded(&what(o), deadline, async {
-            let Some(l) = latest(cat, name).await? else {
-                return Ok(None);
-            };
-            let ms = members(cat, name).await?;
-            // The gate: whoever sees it hold writes the next record; a lost
-            // write means someone else moved it, and the next round re-reads.
-            let mut moved = false;
-            if l.rollout.state.moving()
-                && let Some(next) = rollout::evaluate(&l.rollout, &ms, &now(), &me)
-            {
-                moved = cat
-                    .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&next))
-                    .await?;
-            }
-            Ok(Some((l, ms, moved)))
+            rollouts::step(cat, name, &me)
+                .await
+                .map_err(|e| fleet_err("deploy", e))
         })
         .await;
         let read = match read {
@@ -859,28 +542,19 @@ async fn transition(
     let cat = open_catalog(&o, &super::cli_owner(), Access::Write)
         .await?
         .cat;
-    let me = by();
+    let me = super::by();
+    let t = match action {
+        Action::Pause => Transition::Pause,
+        Action::Resume => Transition::Resume,
+        Action::Abort => Transition::Abort,
+        Action::Rollback => Transition::Rollback,
+    };
     let done = bounded(&what(&o), o.deadline, async {
-        let mut contested = String::new();
-        for _ in 0..CAS_ATTEMPTS {
-            let Some(l) = latest(cat.as_ref(), name).await? else {
-                return Ok(Ok(None));
-            };
-            let next = rollout::act(&l.rollout, action, &now(), &me)
-                .map_err(|e| refused(&command, c(&e.to_string())))?;
-            if cat
-                .kv_cas(&l.key, Some(&l.raw), &rollout::encode(&next))
-                .await?
-            {
-                return Ok(Ok(Some(next)));
-            }
-            contested = l.key;
-        }
-        Ok(Err(contested))
+        Ok(rollouts::transition(cat.as_ref(), name, t, &me).await)
     })
     .await?;
     match done {
-        Ok(Some(r)) => {
+        Ok(r) => {
             if out.json() {
                 println!("{}", rollout::encode(&r));
             } else {
@@ -888,13 +562,14 @@ async fn transition(
             }
             Ok(exit::OK)
         }
-        Ok(None) => Ok(no_rollout(name, &o)),
-        Err(key) => Err(refused(
+        Err(FleetError::NotFound(_)) => Ok(no_rollout(name, &o)),
+        Err(FleetError::Contended { key, attempts }) => Err(refused(
             &command,
             format!(
-                "{key} kept changing (the rollout of {name} is being written by others); gave up after {CAS_ATTEMPTS} attempts"
+                "{key} kept changing (the rollout of {name} is being written by others); gave up after {attempts} attempts"
             ),
         )),
+        Err(e) => Err(fleet_err(&command, e)),
     }
 }
 
@@ -904,21 +579,17 @@ async fn history(o: CatalogOpts, name: &str, out: Output) -> anyhow::Result<i32>
     let cat = open_catalog(&o, &super::cli_owner(), Access::Read)
         .await?
         .cat;
-    let all = bounded(&what(&o), o.deadline, records(cat.as_ref(), name)).await?;
+    let all = bounded(&what(&o), o.deadline, async {
+        rollouts::records(cat.as_ref(), name)
+            .await
+            .map_err(|e| fleet_err("deploy", e))
+    })
+    .await?;
     if all.is_empty() {
         return Ok(no_rollout(name, &o));
     }
     if out.json() {
-        let v: Vec<_> = all
-            .iter()
-            .rev()
-            .map(|(id, key, _, r)| match r {
-                Ok(r) => {
-                    serde_json::from_str(&rollout::encode(r)).unwrap_or(serde_json::Value::Null)
-                }
-                Err(e) => json!({"id": id, "key": key, "invalid": e}),
-            })
-            .collect();
+        let v = rollouts::history_json(&all);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
     }

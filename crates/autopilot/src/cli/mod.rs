@@ -112,6 +112,9 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         if cause.is::<Unreachable>() {
             return exit::UNREACHABLE;
         }
+        if let Some(f) = cause.downcast_ref::<autopilot_fleet::FleetError>() {
+            return f.exit_code();
+        }
         if let Some(c) = cause.downcast_ref::<CatalogError>() {
             return match c {
                 CatalogError::Unavailable { .. } => exit::UNREACHABLE,
@@ -129,6 +132,24 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         }
     }
     exit::USAGE
+}
+
+/// A fleet error as the CLI reports it: a catalog failure as the catalog
+/// error itself (exit 3 when unreachable), bad input or a refusal as a
+/// `SetupError` of `command` (exit 2), the rest as is (absent or lost
+/// compare-and-swap: exit 1).
+pub fn fleet_err(command: &str, e: autopilot_fleet::FleetError) -> anyhow::Error {
+    use autopilot_fleet::FleetError;
+    match e {
+        FleetError::Catalog { source, .. } => source.into(),
+        FleetError::Invalid(message) | FleetError::Refused(message) => SetupError {
+            origin: command.into(),
+            field: String::new(),
+            message,
+        }
+        .into(),
+        other => other.into(),
+    }
 }
 
 /// The output format of every command that prints data.
@@ -301,11 +322,9 @@ pub enum Access {
     Write,
 }
 
-/// An open catalog; `etcd` is the same catalog when it is etcd, for the
-/// reads only that backend has (real heartbeats from leases).
+/// An open catalog.
 pub struct Opened {
     pub cat: Arc<dyn autopilot_catalog::Catalog>,
-    pub etcd: Option<Arc<autopilot_catalog_etcd::EtcdCatalog>>,
 }
 
 /// Opens the catalog as session `owner`, within the command's deadline.
@@ -327,10 +346,7 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                 })
                 .await
                 .context("the catalog task failed")??;
-                Ok(Opened {
-                    cat: Arc::new(cat),
-                    etcd: None,
-                })
+                Ok(Opened { cat: Arc::new(cat) })
             }
             CatalogUrl::Etcd { endpoints, prefix } => {
                 let opts = autopilot_catalog_etcd::EtcdOptions {
@@ -354,10 +370,7 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                         autopilot_catalog_etcd::EtcdCatalog::connect(opts, owner).await?
                     }
                 });
-                Ok(Opened {
-                    cat: cat.clone(),
-                    etcd: Some(cat),
-                })
+                Ok(Opened { cat })
             }
             CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
                 url: o.url.clone(),
@@ -399,4 +412,24 @@ pub fn socket_for_client(
 /// A catalog session name unique to this CLI process.
 pub fn cli_owner() -> String {
     format!("cli-{}", std::process::id())
+}
+
+/// Who writes: `user@host`, for rollout events and intents.
+pub fn by() -> String {
+    let uid = nix::unistd::Uid::current();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid{}", uid.as_raw()));
+    let host = std::env::var("AUTOPILOT_HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
 }

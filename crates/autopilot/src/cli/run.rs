@@ -94,6 +94,7 @@ pub fn run_agent(
         log,
         catalog_url,
         catalog_explicit,
+        commit: env!("AUTOPILOT_GIT_COMMIT").to_string(),
     };
     match super::block_on(autopilot_runtime::run(opts))? {
         Ok(code) => Ok(code),
