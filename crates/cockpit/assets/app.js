@@ -720,7 +720,8 @@
     // Keep what the user is typing across live refreshes.
     const keep = {};
     for (const el of view.querySelectorAll("input[id], select[id]")) keep[el.id] = el.value;
-    const focused = document.activeElement && view.contains(document.activeElement) ? document.activeElement.id : null;
+    const focused = focusKey(document.activeElement);
+    const before = view.querySelectorAll('tr[data-status="critical"]').length;
     const frag = document.createDocumentFragment();
     add(frag, [nodes]);
     paintBars(frag);
@@ -729,12 +730,26 @@
       const el = document.getElementById(id);
       if (el && !el.disabled && v !== "") el.value = v;
     }
-    if (focused && $(focused)) $(focused).focus();
+    const again = focused && view.querySelector(focused);
+    if (again) again.focus({ preventScroll: true });
     else if (fresh) view.focus({ preventScroll: true });
+    // Screen readers hear what changed in a word, not the whole screen again.
+    const after = view.querySelectorAll('tr[data-status="critical"]').length;
+    if (fresh) $("announce").textContent = `${r.title} loaded`;
+    else if (after !== before) $("announce").textContent = `${r.title} updated: ${after} critical row${after === 1 ? "" : "s"}`;
     view.setAttribute("aria-busy", "false");
     view.dataset.rendered = String(Date.now());
     view.dataset.revision = show(state.revision);
     if (fresh) notice(null);
+  }
+  /** A selector finding the focused element again after a re-render (a link by href, a control by id or data-op). */
+  function focusKey(el) {
+    if (!el || !view.contains(el) || el === view) return null;
+    const q = (v) => String(v).replace(/["\\]/g, "\\$&");
+    if (el.id) return `#${CSS.escape(el.id)}`;
+    if (el.tagName === "A" && el.getAttribute("href")) return `a[href="${q(el.getAttribute("href"))}"]`;
+    if (el.dataset && el.dataset.op) return `button[data-op="${q(el.dataset.op)}"]`;
+    return null;
   }
   function schedule(ms) {
     clearTimeout(state.timer);
