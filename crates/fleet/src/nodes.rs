@@ -173,11 +173,12 @@ pub async fn detail(cat: &dyn Catalog, node: &str) -> Result<NodeDetail> {
         .into_iter()
         .filter(|w| w.node == node || w.id.starts_with(&dot))
         .collect();
-    let suffix = format!("-{node}");
+    // The node's instance ids: `<job>-<node>` for each of its jobs.
+    let ids: Vec<String> = view.jobs.iter().map(|j| format!("{j}-{node}")).collect();
     let (views, _) = repairs::read(cat, None).await?;
     let mut repairs = Vec::new();
     for v in &views {
-        for n in v.nodes.iter().filter(|n| n.entry.id.ends_with(&suffix)) {
+        for n in v.nodes.iter().filter(|n| ids.contains(&n.entry.id)) {
             let mut j = repairs::node_json(n);
             if let Some(o) = j.as_object_mut() {
                 o.insert("service".into(), Value::String(v.service.clone()));

@@ -235,6 +235,16 @@ async fn nodes_come_from_node_entries() {
     .await;
     register(c, "web-host1", "web", Status::Passing, &[]).await;
     register(c, "web-host0", "web", Status::Critical, &[]).await;
+    register(c, "web-xhost1", "web", Status::Critical, &[]).await;
+    // Persisted repair records (a node left in repair shows without a live
+    // entry; the embedded catalog keys entries by id alone).
+    let rec = r#"{"state":"failure","step":"restart","attempt":1}"#;
+    c.kv_put("_fleet/repair/web/nodes/web-host1", rec)
+        .await
+        .unwrap();
+    c.kv_put("_fleet/repair/web/nodes/web-b-host1", rec)
+        .await
+        .unwrap();
     register(
         c,
         "host1.disk",
@@ -279,6 +289,10 @@ async fn nodes_come_from_node_entries() {
         .collect();
     assert_eq!(ids, ["web-host1"]);
     assert_eq!(d.watchdogs.len(), 1);
+    assert_eq!(d.repairs.len(), 1, "{:?}", d.repairs);
+    assert_eq!(d.repairs[0]["id"], "web-host1");
+    assert_eq!(d.repairs[0]["service"], "web");
+    assert_eq!(d.repairs[0]["state"], "failure");
     assert_eq!(d.watchdogs[0].message.as_deref(), Some("90% full"));
     assert_eq!(d.health.len(), 2, "the unreadable transition is skipped");
     assert!(d.maintenance.is_none());
