@@ -169,6 +169,21 @@ fn the_intent_moves_one_node_in_and_out_of_maintenance() {
     assert!(tag(&na, "started").is_some_and(|s| s.ends_with('Z')));
     assert!(tag(&na, "session").is_some_and(|s| s.starts_with("na/")));
     assert_eq!(na["address"], "127.0.0.1");
+    // The node's health log has its job's first transition.
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let (code, out) = run(&["kv", "--catalog", &url, "get", "_fleet/health/na"]);
+            code == 0
+                && serde_json::from_str::<Vec<Value>>(out.trim()).is_ok_and(|log| {
+                    log.iter().any(|t| {
+                        t["job"] == "web"
+                            && t["status"] == "healthy"
+                            && t["at_ms"].as_u64().is_some()
+                    })
+                })
+        }),
+        "no health log for na"
+    );
 
     // On: node A only.
     put_intent(&url, "na", true, "00000000000000a1");
