@@ -45,6 +45,7 @@ fn config_with(ladder: &str, snapshot: Option<&str>, watchdogs: &str) -> String 
   jobs: [
     {{ name: "app",
       exec: ["sh", "-c", "mkdir -p @DIR@/data; test -s @DIR@/data/db.txt || echo original > @DIR@/data/db.txt; while :; do sleep 0.1; done"],
+      port: 8080, interfaces: ["static:127.0.0.1"],
       health: {{ exec: "test ! -e @DIR@/fail", interval: "100ms", ttl: 2 }},
       {snap}
       repair: {{ ladder: {ladder}, probation: "1s", grace: "2s", budget: 1,
@@ -226,7 +227,7 @@ fn restart_body(d: &Dir, url: &str) {
     );
     let healthy_entry = || {
         instances(&url, "_repair.app").iter().any(|i| {
-            i.id == "app-n1"
+            i.id == "_repair.app.app-n1"
                 && i.status == autopilot_catalog::Status::Passing
                 && i.tags.iter().any(|t| t == "state=healthy")
         })
@@ -235,6 +236,16 @@ fn restart_body(d: &Dir, url: &str) {
         wait_for(Duration::from_secs(5), healthy_entry),
         "the node entry shows the node healthy: {:?}",
         instances(&url, "_repair.app")
+    );
+    // The node entry is an entry of its own: the job stays registered.
+    assert!(
+        wait_for(Duration::from_secs(5), || instances(&url, "app")
+            .iter()
+            .any(
+                |i| i.id == "app-n1" && i.status == autopilot_catalog::Status::Passing
+            )),
+        "the job's own instance is listed beside its node entry: {:?}",
+        instances(&url, "app")
     );
 }
 

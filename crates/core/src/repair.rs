@@ -869,6 +869,24 @@ pub fn node_service(service: &str) -> String {
     format!("_repair.{service}")
 }
 
+/// The instance ID of `node`'s entry in [`node_service`]: `_repair.<service>.<node>`.
+/// It must differ from the job's own instance ID (`node` is that ID): one
+/// agent's registrar, and the embedded catalog, key entries by ID alone, so
+/// the same ID in two services would replace the job's registration.
+pub fn node_entry_id(service: &str, node: &str) -> String {
+    format!("_repair.{service}.{node}")
+}
+
+/// The node a `_repair.<service>` entry ID names (see [`node_entry_id`]); an ID
+/// without the prefix is taken as the node itself.
+pub fn node_of_entry<'a>(service: &str, id: &'a str) -> &'a str {
+    id.strip_prefix("_repair.")
+        .and_then(|r| r.strip_prefix(service))
+        .and_then(|r| r.strip_prefix('.'))
+        .filter(|n| !n.is_empty())
+        .unwrap_or(id)
+}
+
 /// The service whose node entries `name` holds, if it is a node-entry service.
 pub fn service_of_node_service(name: &str) -> Option<&str> {
     name.strip_prefix("_repair.").filter(|s| !s.is_empty())

@@ -612,3 +612,15 @@ fn a_slot_lost_before_the_step_ran_retries_the_same_step() {
     let a = r.input(RepairInput::SlotGranted);
     assert!(a.contains(&run(RepairStep::Reimage, 2)), "{a:?}");
 }
+
+#[test]
+fn node_entry_ids_differ_from_the_job_instance_and_map_back() {
+    let id = node_entry_id("db", "db-a");
+    assert_eq!(id, "_repair.db.db-a");
+    assert_ne!(id, "db-a");
+    assert_eq!(node_of_entry("db", &id), "db-a");
+    // An entry written before the prefix, and a prefix of another service.
+    assert_eq!(node_of_entry("db", "db-a"), "db-a");
+    assert_eq!(node_of_entry("d", "_repair.db.db-a"), "_repair.db.db-a");
+    assert_eq!(node_of_entry("db", "_repair.db."), "_repair.db.");
+}

@@ -175,7 +175,7 @@ pub fn view(
     };
     let mut bad_entries = 0usize;
     for i in entries {
-        match repair::parse_node(&i.id, &i.tags) {
+        match repair::parse_node(repair::node_of_entry(service, &i.id), &i.tags) {
             Some(entry) => v.nodes.push(Node {
                 entry,
                 status: Some(i.status),

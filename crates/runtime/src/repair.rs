@@ -524,7 +524,9 @@ impl Worker {
         .await?;
         Ok(list
             .iter()
-            .filter_map(|i| repair::parse_node(&i.id, &i.tags))
+            .filter_map(|i| {
+                repair::parse_node(repair::node_of_entry(self.service(), &i.id), &i.tags)
+            })
             .collect())
     }
 
@@ -621,7 +623,7 @@ impl Worker {
         };
         let view = m.view();
         self.registrar.put(Registration {
-            id: self.unit.node.clone(),
+            id: repair::node_entry_id(self.service(), &self.unit.node),
             name: repair::node_service(self.service()),
             address: self.unit.address.clone(),
             port: 0,
