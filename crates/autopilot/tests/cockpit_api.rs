@@ -693,7 +693,7 @@ fn a_maintenance_intent_is_applied_by_the_agent() {
         let mut detail = Value::Null;
         let applied = wait_for(Duration::from_secs(5), || {
             detail = c.read("/api/v1/nodes/m1");
-            let m = &detail["maintenance"];
+            let m = &detail["intent"];
             m["id"] == id.as_str() && m["outcome"] == "applied" && m["applied_ms"].is_u64()
         });
         assert!(applied, "maintenance {on} not applied: {detail}");

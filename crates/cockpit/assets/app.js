@@ -392,15 +392,13 @@
   }
 
   async function nodeScreen(node) {
-    const [raw, list] = await Promise.all([maybe("/nodes/" + enc(node)), soft("/nodes")]);
+    const raw = await maybe("/nodes/" + enc(node));
     if (!raw) return notFound("node", node);
     const d = raw.node && typeof raw.node === "object" ? Object.assign({}, raw, raw.node) : raw;
-    // The detail's `maintenance` is the intent (object or null); the `_nodes`
-    // entry's own flag (what the agent applied) comes from the node list.
-    const intent = d.maintenance_intent || d.intent || (d.maintenance && typeof d.maintenance === "object" ? d.maintenance : null);
-    const entry = arr(list).find((n) => n && n.node === node);
-    const inMaint = entry && typeof entry.maintenance === "boolean" ? entry.maintenance
-      : typeof d.maintenance === "boolean" ? d.maintenance : !!(intent && intent.on && intent.applied_ms);
+    // `intent` is the maintenance intent (or null); `maintenance` is what the
+    // agent applied, from its `_nodes` entry.
+    const intent = d.intent && typeof d.intent === "object" ? d.intent : null;
+    const inMaint = typeof d.maintenance === "boolean" ? d.maintenance : !!(intent && intent.on && intent.applied_ms);
     const health = arr(d.health).slice().reverse();
     return [
       h("h1", null, "Node ", h("code", null, node)),

@@ -122,7 +122,9 @@ pub struct NodeDetail {
     pub repairs: Vec<Value>,
     /// The last job health transitions, newest last (`[]` when none).
     pub health: Vec<HealthTransition>,
-    pub maintenance: Option<MaintenanceIntent>,
+    /// The maintenance intent for the node (`_fleet/maintenance/<node>`), if
+    /// any; the flattened `maintenance` flag is what the agent applied.
+    pub intent: Option<MaintenanceIntent>,
     /// What could not be read and was skipped.
     pub notes: Vec<String>,
 }
@@ -209,7 +211,7 @@ pub async fn detail(cat: &dyn Catalog, node: &str) -> Result<NodeDetail> {
         watchdogs,
         repairs,
         health,
-        maintenance,
+        intent: maintenance,
         notes,
     })
 }

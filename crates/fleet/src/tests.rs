@@ -295,10 +295,11 @@ async fn nodes_come_from_node_entries() {
     assert_eq!(d.repairs[0]["state"], "failure");
     assert_eq!(d.watchdogs[0].message.as_deref(), Some("90% full"));
     assert_eq!(d.health.len(), 2, "the unreadable transition is skipped");
-    assert!(d.maintenance.is_none());
+    assert!(d.intent.is_none());
     let j = serde_json::to_value(&d).unwrap();
     assert_eq!(j["node"], "host1");
-    assert_eq!(j["maintenance"], Value::Null);
+    assert_eq!(j["maintenance"], false);
+    assert_eq!(j["intent"], Value::Null);
 
     let w = watchdogs::list(c).await.unwrap();
     assert_eq!(
@@ -376,14 +377,18 @@ async fn maintenance_intent_is_written_for_known_nodes_only() {
         .unwrap();
     assert_ne!(m2.id, m.id);
     let d = nodes::detail(c, "host1").await.unwrap();
-    assert_eq!(d.maintenance.as_ref().map(|m| m.on), Some(false));
+    assert_eq!(d.intent.as_ref().map(|m| m.on), Some(false));
+    // The applied flag and the intent are two keys, never one written twice.
+    let text = serde_json::to_string(&d).unwrap();
+    assert_eq!(text.matches("\"maintenance\":").count(), 1, "{text}");
+    assert_eq!(text.matches("\"intent\":").count(), 1, "{text}");
 
     // An agent's garbage in the intent is reported, not fatal.
     c.kv_put("_fleet/maintenance/host1", "{\"on\": \"yes\"")
         .await
         .unwrap();
     let d = nodes::detail(c, "host1").await.unwrap();
-    assert!(d.maintenance.is_none());
+    assert!(d.intent.is_none());
     assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
 }
 
