@@ -100,7 +100,8 @@ fn intent(url: &str, node: &str) -> Option<Value> {
 
 fn put_intent(url: &str, node: &str, on: bool, id: &str) {
     let value = format!(
-        r#"{{"on": {on}, "id": "{id}", "by": "test", "at_ms": 1, "applied_ms": null, "applied_by": null, "outcome": null}}"#
+        r#"{{"on": {on}, "id": "{id}", "by": "test", "at_ms": {at}, "applied_ms": null, "applied_by": null, "outcome": null}}"#,
+        at = autopilot_catalog::now_ms()
     );
     put_raw(url, node, &value);
 }
@@ -195,6 +196,13 @@ fn the_intent_moves_one_node_in_and_out_of_maintenance() {
         intent(&url, "na"),
         a.as_ref().map(Agent::log).unwrap_or_default()
     );
+    // The agent applied it within a second of the write (same clock).
+    let i = intent(&url, "na").expect("intent");
+    let lag = i["applied_ms"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+        .saturating_sub(i["at_ms"].as_u64().unwrap_or(0));
+    assert!(lag <= 1000, "applied {lag} ms after the write: {i}");
     assert_eq!(a.as_ref().expect("agent").status()["maintenance"], true);
     assert_eq!(b.status()["maintenance"], false);
     assert!(passing_web(&url, "web-nb"), "node B untouched");

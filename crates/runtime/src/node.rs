@@ -1,4 +1,4 @@
-//! The node's fleet-facing side: the maintenance intent task (reads `_fleet/maintenance/<node>` at start, on every catalog change and every second, applies it through the control path, records the outcome by compare-and-swap), the `_nodes` entry and the health log writer (`_fleet/health/<node>`).
+//! The node's fleet-facing side: the maintenance intent task (reads `_fleet/maintenance/<node>` at start and on every catalog change, every second while the catalog fails; applies it through the control path, records the outcome by compare-and-swap), the `_nodes` entry and the health log writer (`_fleet/health/<node>`).
 //!
 //! What to do is decided by [`autopilot_core::intent`]; this module only
 //! reads, applies and writes, each catalog call under [`CALL_DEADLINE`].
@@ -20,7 +20,7 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(2);
 /// that is slow to answer delays the jobs by at most this much (the task
 /// applies the intent when it answers).
 pub const START_DEADLINE: Duration = Duration::from_secs(1);
-/// The safety re-read when no catalog change arrives.
+/// The re-read after a failed read or record.
 const RECHECK: Duration = Duration::from_secs(1);
 /// Lost compare-and-swaps in a row before waiting for the next tick.
 const CAS_RETRIES: usize = 5;
@@ -179,24 +179,33 @@ impl IntentWatcher {
 
     async fn run(mut self, control: mpsc::Sender<Command>) {
         let mut changes = self.catalog.changes();
+        let mut open = true;
         loop {
             let mut again = 0;
+            // A failed read or record is retried every second; otherwise
+            // only a catalog change wakes the task (an idle node costs the
+            // catalog nothing: the etcd watch resumes from its last
+            // revision, so no intent is missed).
+            let mut retry = true;
             while again < CAS_RETRIES {
                 match self.step(&control).await {
-                    Step::Done => break,
+                    Step::Done => {
+                        retry = false;
+                        break;
+                    }
+                    Step::Retry => break,
                     Step::Again => again = again.saturating_add(1),
                     Step::Gone => return,
                 }
             }
             tokio::select! {
-                r = changes.changed() => {
+                r = changes.changed(), if open => {
                     if r.is_err() {
-                        // No more change news: the 1 s re-read still runs.
-                        changes = self.catalog.changes();
-                        tokio::time::sleep(RECHECK).await;
+                        // No more change news: re-read every second.
+                        open = false;
                     }
                 }
-                () = tokio::time::sleep(RECHECK) => {}
+                () = tokio::time::sleep(RECHECK), if retry || !open => {}
             }
         }
     }
@@ -212,7 +221,7 @@ impl IntentWatcher {
             Err(e) => {
                 self.outage
                     .failed(&url, "reading the maintenance intent", &e.to_string());
-                return Step::Done;
+                return Step::Retry;
             }
         };
         let decision = self.decide(&read);
@@ -255,14 +264,18 @@ impl IntentWatcher {
             Ok(false) => Step::Again,
             Err(e) => {
                 tracing::warn!(key = %self.key, "cannot record the maintenance intent: {e}; retrying");
-                Step::Done
+                Step::Retry
             }
         }
     }
 }
 
 enum Step {
+    /// Nothing left to do until the catalog changes.
     Done,
+    /// The catalog failed: try again in a second.
+    Retry,
+    /// A lost compare-and-swap: read again at once.
     Again,
     Gone,
 }
