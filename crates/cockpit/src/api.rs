@@ -5,7 +5,7 @@ use autopilot_fleet::FleetError;
 use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -69,14 +69,10 @@ pub fn routes() -> Vec<Route> {
         post("/api/v1/elections/{name}/pause", Admin, pause),
         post("/api/v1/elections/{name}/resume", Admin, resume),
         post("/api/v1/rollouts", Admin, start_rollout),
-        post("/api/v1/rollouts/{artifact}/pause", Admin, rollout_pause),
-        post("/api/v1/rollouts/{artifact}/resume", Admin, rollout_resume),
-        post("/api/v1/rollouts/{artifact}/abort", Admin, rollout_abort),
-        post(
-            "/api/v1/rollouts/{artifact}/rollback",
-            Admin,
-            rollout_rollback,
-        ),
+        post("/api/v1/rollouts/{artifact}/pause", Admin, rollout_steer),
+        post("/api/v1/rollouts/{artifact}/resume", Admin, rollout_steer),
+        post("/api/v1/rollouts/{artifact}/abort", Admin, rollout_steer),
+        post("/api/v1/rollouts/{artifact}/rollback", Admin, rollout_steer),
     ]
 }
 
@@ -346,77 +342,28 @@ async fn start_rollout(
     act(&s, &caller, "rollout.start", &b.artifact, params, f).await
 }
 
-async fn transition(
-    s: AppState,
-    caller: Caller,
-    artifact: String,
-    t: fleet::rollouts::Transition,
-    action: &str,
+/// `POST /rollouts/{artifact}/<verb>`: the verb is the matched route's last
+/// segment (pause, resume, abort, rollback).
+async fn rollout_steer(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    matched: MatchedPath,
+    Path(artifact): Path<String>,
+    JsonBody(_): JsonBody<Empty>,
 ) -> Accepted {
+    use fleet::rollouts::Transition;
+    let (t, action) = match matched.as_str().rsplit('/').next() {
+        Some("pause") => (Transition::Pause, "rollout.pause"),
+        Some("resume") => (Transition::Resume, "rollout.resume"),
+        Some("abort") => (Transition::Abort, "rollout.abort"),
+        Some("rollback") => (Transition::Rollback, "rollout.rollback"),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no rollout action at {}", matched.as_str()),
+            ));
+        }
+    };
     let f = fleet::rollouts::transition(s.cat(), &artifact, t, caller.who());
     act(&s, &caller, action, &artifact, json!({}), f).await
-}
-
-async fn rollout_pause(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(artifact): Path<String>,
-    JsonBody(_): JsonBody<Empty>,
-) -> Accepted {
-    transition(
-        s,
-        caller,
-        artifact,
-        fleet::rollouts::Transition::Pause,
-        "rollout.pause",
-    )
-    .await
-}
-
-async fn rollout_resume(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(artifact): Path<String>,
-    JsonBody(_): JsonBody<Empty>,
-) -> Accepted {
-    transition(
-        s,
-        caller,
-        artifact,
-        fleet::rollouts::Transition::Resume,
-        "rollout.resume",
-    )
-    .await
-}
-
-async fn rollout_abort(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(artifact): Path<String>,
-    JsonBody(_): JsonBody<Empty>,
-) -> Accepted {
-    transition(
-        s,
-        caller,
-        artifact,
-        fleet::rollouts::Transition::Abort,
-        "rollout.abort",
-    )
-    .await
-}
-
-async fn rollout_rollback(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(artifact): Path<String>,
-    JsonBody(_): JsonBody<Empty>,
-) -> Accepted {
-    transition(
-        s,
-        caller,
-        artifact,
-        fleet::rollouts::Transition::Rollback,
-        "rollout.rollback",
-    )
-    .await
 }

@@ -217,3 +217,34 @@ async fn event_streams_are_capped() {
         "a closed stream frees its slot"
     );
 }
+
+#[tokio::test]
+async fn each_rollout_verb_reaches_its_transition_and_is_audited() {
+    let f = fixture(true, Limits::default());
+    for verb in ["pause", "resume", "abort", "rollback"] {
+        let path = format!("/api/v1/rollouts/web/{verb}");
+        let (code, _, body) = send(&f, "POST", &path, Some(ADMIN), "{}").await;
+        // No rollout of `web` exists: the transition itself answers.
+        assert_eq!(code, StatusCode::NOT_FOUND, "{verb}: {body}");
+        assert!(body.contains("web"), "{verb}: {body}");
+    }
+    let (code, _, body) = send(&f, "GET", "/api/v1/audit?limit=10", Some(READER), "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut actions: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    actions.sort_unstable();
+    assert_eq!(
+        actions,
+        [
+            "rollout.abort",
+            "rollout.pause",
+            "rollout.resume",
+            "rollout.rollback"
+        ]
+    );
+}

@@ -5,29 +5,21 @@
 
 use autopilot_catalog::{Catalog, Instance, now_ms};
 use autopilot_core::repair::clean;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::catalog;
 use crate::watchdogs::{self, WatchdogView};
 use crate::{FleetError, Result, quote, repairs, services};
 
-/// The reserved service of node entries.
-pub const NODES_SERVICE: &str = "_nodes";
+/// The layout and shapes agents and people share are core's.
+pub use autopilot_core::intent::{
+    HEALTH_KEEP as HEALTH_CAP, HealthTransition, Intent as MaintenanceIntent,
+    MAX_INTENT_BYTES as VALUE_CAP, NODES_SERVICE, health_key, maintenance_key,
+};
+
 /// At most this many jobs of a node are read for its detail.
 pub const JOBS_CAP: usize = 100;
-/// The largest health array or maintenance intent read (bytes).
-pub const VALUE_CAP: usize = 64 * 1024;
-/// Health transitions kept per node.
-pub const HEALTH_CAP: usize = 50;
-
-pub fn maintenance_key(node: &str) -> String {
-    format!("_fleet/maintenance/{node}")
-}
-
-pub fn health_key(node: &str) -> String {
-    format!("_fleet/health/{node}")
-}
 
 /// A node as its `_nodes` entry says.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -82,31 +74,6 @@ pub async fn list(cat: &dyn Catalog) -> Result<Vec<NodeView>> {
     let mut out: Vec<NodeView> = entries(cat).await?.iter().map(NodeView::parse).collect();
     out.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(out)
-}
-
-/// A job health transition (`_fleet/health/<node>`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HealthTransition {
-    pub job: String,
-    pub status: String,
-    pub at_ms: u64,
-}
-
-/// The maintenance intent for a node (`_fleet/maintenance/<node>`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MaintenanceIntent {
-    pub on: bool,
-    /// 16 hex digits, new on every request: the agent applies an id once.
-    pub id: String,
-    pub by: String,
-    pub at_ms: u64,
-    #[serde(default)]
-    pub applied_ms: Option<u64>,
-    #[serde(default)]
-    pub applied_by: Option<String>,
-    /// `applied` or `failed: <why>`.
-    #[serde(default)]
-    pub outcome: Option<String>,
 }
 
 /// A node in detail.
