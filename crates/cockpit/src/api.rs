@@ -211,6 +211,9 @@ async fn act<T: Serialize>(
     let result = s.call(f).await;
     let outcome = match &result {
         Ok(_) => "accepted".to_string(),
+        // The catalog did not answer (or not in time): the write may or may
+        // not have landed.
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => format!("unknown: {}", e.message),
         Err(e) => format!("refused: {}", e.message),
     };
     let entry = fleet::audit::AuditEntry::new(caller.who(), action, target, params, &outcome);

@@ -87,6 +87,14 @@ pub async fn authorize(
     next: Next,
 ) -> Result<Response, ApiError> {
     let tokens = &state.0.tokens;
+    // Without tokens the cockpit listens on loopback only; a page on another
+    // site whose name was rebound to 127.0.0.1 still sends its own Host.
+    if tokens.is_empty() && !loopback_host(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a cockpit without tokens answers only requests for localhost, 127.0.0.1 or [::1] (the Host header)",
+        ));
+    }
     let caller = match access {
         Access::Open => tokens.caller(req.headers()).unwrap_or(Caller::Anonymous),
         Access::Read => tokens.caller(req.headers())?,
@@ -108,8 +116,50 @@ pub async fn authorize(
             caller
         }
     };
+    let admin = access == Access::Admin;
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    if !admin {
+        return Ok(next.run(req).await);
+    }
+    // An action runs to its end in a task of its own: a client that goes
+    // away (or the request timeout) after the intent is written must not
+    // cancel the audit record that follows it.
+    match tokio::spawn(next.run(req)).await {
+        Ok(r) => Ok(r),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the action failed: {e}"),
+        )),
+    }
+}
+
+/// Whether the request's `Host` names this machine's loopback: `localhost`
+/// (or a name under it), a 127/8 address or `[::1]`, with or without a port.
+pub fn loopback_host(headers: &axum::http::HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase)
+    else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => host.as_str(),
+        }
+    };
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The security headers on every response; API answers are never cached.

@@ -1,6 +1,7 @@
 //! Bearer tokens: reading `--token-file` files (`ROLE NAME TOKEN` lines, private files only) and finding a caller's token in constant time.
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use axum::http::HeaderMap;
@@ -168,7 +169,16 @@ fn read_file(path: &Path) -> Result<Vec<Token>, CockpitError> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
+    // One open, then every check on what was opened: the file cannot be
+    // swapped between the checks and the read.
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(CockpitError::TokenFile {
+            path: path.to_path_buf(),
+            message: "not a regular file".into(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(CockpitError::TokenFileMode {
@@ -176,10 +186,14 @@ fn read_file(path: &Path) -> Result<Vec<Token>, CockpitError> {
             mode,
         });
     }
-    if !meta.is_file() {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
         return Err(CockpitError::TokenFile {
             path: path.to_path_buf(),
-            message: "not a regular file".into(),
+            message: format!(
+                "owned by uid {}, not by this user ({me}) or root: another user could change it",
+                meta.uid()
+            ),
         });
     }
     if meta.len() > MAX_FILE {
@@ -188,7 +202,16 @@ fn read_file(path: &Path) -> Result<Vec<Token>, CockpitError> {
             message: format!("larger than {MAX_FILE} bytes"),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    let mut text = String::new();
+    file.take(MAX_FILE.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_FILE {
+        return Err(CockpitError::TokenFile {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_FILE} bytes"),
+        });
+    }
     parse(path, &text)
 }
 
@@ -340,5 +363,17 @@ mod tests {
         }
         let missing = d.path().join("missing");
         assert!(Tokens::load(&[missing]).is_err());
+        assert!(
+            Tokens::load(&[d.path().to_path_buf()]).is_err(),
+            "a directory"
+        );
+        // Another user's file: they could change the tokens. Only root can
+        // give a file away, so this case needs root (CI runs as root).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = file(d.path(), "theirs", "admin a aaaaaaaaaaaaaaaaaaaa\n", 0o600);
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let e = Tokens::load(&[theirs]).err().unwrap().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
     }
 }

@@ -42,7 +42,21 @@ async fn send(
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, axum::http::HeaderMap, String) {
-    let mut r = Request::builder().method(method).uri(path);
+    send_to(f, "127.0.0.1:8500", method, path, token, body).await
+}
+
+async fn send_to(
+    f: &Fixture,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, host);
     if let Some(t) = token {
         r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -84,6 +98,45 @@ async fn without_tokens_reads_are_open_and_actions_refused() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(h[header::CONTENT_TYPE], "application/json");
     assert!(body.contains("\"openapi\""));
+}
+
+#[tokio::test]
+async fn without_tokens_only_loopback_hosts_are_answered() {
+    // A page whose name was rebound to 127.0.0.1 sends its own Host.
+    let f = fixture(false, Limits::default());
+    for host in [
+        "localhost:8500",
+        "127.0.0.1",
+        "[::1]:8500",
+        "app.localhost",
+        "127.1.2.3:1",
+    ] {
+        let (code, _, body) = send_to(&f, host, "GET", "/api/v1/whoami", None, "").await;
+        assert_eq!(code, StatusCode::OK, "{host}: {body}");
+    }
+    for host in [
+        "evil.example:8500",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+        "[::1]x",
+        "",
+    ] {
+        let (code, _, body) = send_to(&f, host, "GET", "/api/v1/services", None, "").await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{host}: {body}");
+        assert!(body.contains("Host header"), "{body}");
+    }
+    // With tokens the Host is not what guards the API.
+    let f = fixture(true, Limits::default());
+    let (code, _, body) = send_to(
+        &f,
+        "cockpit.example:443",
+        "GET",
+        "/api/v1/whoami",
+        Some(READER),
+        "",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
@@ -172,6 +225,7 @@ async fn the_page_is_served_with_validators() {
             .oneshot(
                 Request::builder()
                     .uri(path)
+                    .header(header::HOST, "localhost")
                     .header(header::IF_NONE_MATCH, &etag)
                     .body(Body::empty())
                     .unwrap(),
@@ -194,6 +248,7 @@ async fn event_streams_are_capped() {
     let req = || {
         Request::builder()
             .uri("/api/v1/events")
+            .header(header::HOST, "localhost")
             .body(Body::empty())
             .unwrap()
     };

@@ -105,7 +105,7 @@ pub fn record(
 pub enum Decision {
     /// Enter (`true`) or leave maintenance, then record the outcome.
     Apply { on: bool },
-    /// Already applied by this agent, not yet recorded under this session.
+    /// Already applied by this agent, not yet recorded by this session.
     Record,
     /// Nothing to do.
     Nothing,
@@ -119,10 +119,15 @@ pub enum Decision {
 /// has not applied any intent since it started: at start the intent is the
 /// desired state and is applied whatever its id (it survives restarts). A
 /// local `autopilot maintenance` stands until an intent with a new id.
+/// `recorded` is the id this session last recorded: an intent recorded by
+/// another session is recorded once more under this one (a restarted agent
+/// says it applied it), and then left alone, so two agents that share a
+/// node name never rewrite each other's record in turn.
 pub fn decide(
     read: Result<Option<&Intent>, &IntentError>,
     last_applied: Option<&str>,
     starting: bool,
+    recorded: Option<&str>,
     session: &str,
 ) -> Decision {
     let intent = match read {
@@ -133,7 +138,8 @@ pub fn decide(
     if starting || last_applied != Some(intent.id.as_str()) {
         return Decision::Apply { on: intent.on };
     }
-    if intent.applied_by.as_deref() != Some(session) || intent.outcome.is_none() {
+    let theirs = intent.applied_by.as_deref() != Some(session);
+    if intent.outcome.is_none() || (theirs && recorded != Some(intent.id.as_str())) {
         return Decision::Record;
     }
     Decision::Nothing
@@ -257,39 +263,54 @@ mod tests {
         let on = intent(true, "a");
         // At start the intent is applied whatever was applied before.
         assert_eq!(
-            decide(Ok(Some(&on)), None, true, s),
+            decide(Ok(Some(&on)), None, true, None, s),
             Decision::Apply { on: true }
         );
         assert_eq!(
-            decide(Ok(Some(&on)), Some("a"), true, s),
+            decide(Ok(Some(&on)), Some("a"), true, Some("a"), s),
             Decision::Apply { on: true }
         );
         // Applied, not recorded yet.
-        assert_eq!(decide(Ok(Some(&on)), Some("a"), false, s), Decision::Record);
+        assert_eq!(
+            decide(Ok(Some(&on)), Some("a"), false, None, s),
+            Decision::Record
+        );
         let mut done = on.clone();
         done.applied_by = Some(s.into());
         done.outcome = Some("applied".into());
         done.applied_ms = Some(2);
         assert_eq!(
-            decide(Ok(Some(&done)), Some("a"), false, s),
+            decide(Ok(Some(&done)), Some("a"), false, Some("a"), s),
             Decision::Nothing
         );
-        // Recorded by an earlier session of this node: recorded again.
+        // Recorded by an earlier session of this node (a restart): this
+        // session records it once.
+        let mut theirs = done.clone();
+        theirs.applied_by = Some("h1/2/2".into());
         assert_eq!(
-            decide(Ok(Some(&done)), Some("a"), false, "h1/2/2"),
+            decide(Ok(Some(&theirs)), Some("a"), false, None, s),
             Decision::Record
+        );
+        // Then left alone, even when a second agent with this node's name
+        // records it again: the two never rewrite it in turn.
+        assert_eq!(
+            decide(Ok(Some(&theirs)), Some("a"), false, Some("a"), s),
+            Decision::Nothing
         );
         // A new id is applied.
         let off = intent(false, "b");
         assert_eq!(
-            decide(Ok(Some(&off)), Some("a"), false, s),
+            decide(Ok(Some(&off)), Some("a"), false, None, s),
             Decision::Apply { on: false }
         );
-        assert_eq!(decide(Ok(None), Some("a"), false, s), Decision::Nothing);
-        assert_eq!(decide(Ok(None), None, true, s), Decision::Nothing);
+        assert_eq!(
+            decide(Ok(None), Some("a"), false, None, s),
+            Decision::Nothing
+        );
+        assert_eq!(decide(Ok(None), None, true, None, s), Decision::Nothing);
         let err = IntentError::Shape("x".into());
         assert!(matches!(
-            decide(Err(&err), Some("a"), false, s),
+            decide(Err(&err), Some("a"), false, None, s),
             Decision::Ignore(_)
         ));
     }

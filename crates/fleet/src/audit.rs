@@ -13,6 +13,12 @@ pub const PREFIX: &str = "_fleet/audit/";
 pub const KEEP: usize = 1000;
 /// The largest record read or written (bytes).
 pub const RECORD_CAP: usize = 16 * 1024;
+/// The longest `who`, `action`, `target` or `outcome` kept (bytes); longer
+/// ones are cut, so a hostile target never keeps an action out of the log.
+pub const FIELD_CAP: usize = 1024;
+/// The largest `params` kept (bytes, as JSON); larger ones are replaced by
+/// a note of their size.
+pub const PARAMS_CAP: usize = 8 * 1024;
 
 /// One action.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,20 +32,29 @@ pub struct AuditEntry {
     pub target: String,
     #[serde(default)]
     pub params: Value,
-    /// `accepted` or `refused: ...`.
+    /// `accepted`, `refused: ...`, or `unknown: ...` when the catalog did
+    /// not answer in time (the intent may or may not be written).
     pub outcome: String,
 }
 
 impl AuditEntry {
-    /// An entry stamped now.
+    /// An entry stamped now, its fields cut to [`FIELD_CAP`] and its params
+    /// to [`PARAMS_CAP`] so that it always fits in [`RECORD_CAP`].
     pub fn new(who: &str, action: &str, target: &str, params: Value, outcome: &str) -> AuditEntry {
+        let field = |s: &str| crate::kv::cut(s, FIELD_CAP).0.to_string();
+        let size = serde_json::to_string(&params).map_or(usize::MAX, |s| s.len());
+        let params = if size > PARAMS_CAP {
+            serde_json::json!({ "cut": true, "bytes": size })
+        } else {
+            params
+        };
         AuditEntry {
             at_ms: now_ms(),
-            who: who.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
+            who: field(who),
+            action: field(action),
+            target: field(target),
             params,
-            outcome: outcome.to_string(),
+            outcome: field(outcome),
         }
     }
 }

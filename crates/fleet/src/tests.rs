@@ -445,6 +445,28 @@ async fn audit_is_pruned_to_the_newest_thousand() {
 }
 
 #[tokio::test]
+async fn oversized_audit_fields_are_cut_not_refused() {
+    let (_d, cat) = open();
+    let c: &dyn Catalog = &cat;
+    let huge = "é".repeat(40_000);
+    let e = audit::AuditEntry::new(
+        &huge,
+        "maintenance",
+        &huge,
+        serde_json::json!({ "reason": huge.clone() }),
+        &format!("refused: {huge}"),
+    );
+    assert!(e.target.len() <= audit::FIELD_CAP && e.target.starts_with('é'));
+    assert!(e.outcome.starts_with("refused: "));
+    assert_eq!(e.params["cut"], true);
+    // The record is written, not refused for its size.
+    let key = audit::record(c, &e).await.unwrap();
+    let l = audit::list(c, 1).await.unwrap();
+    assert_eq!(l.entries[0].key, key);
+    assert_eq!(l.entries[0].entry.action, "maintenance");
+}
+
+#[tokio::test]
 async fn kv_listing_is_capped() {
     let (_d, cat) = open();
     let c: &dyn Catalog = &cat;

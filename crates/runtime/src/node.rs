@@ -74,6 +74,8 @@ pub struct IntentWatcher {
     metrics: Arc<Metrics>,
     last_applied: Option<String>,
     starting: bool,
+    /// The id of the intent this session last recorded.
+    recorded: Option<String>,
     /// The last hostile value logged, and how many reads were ignored.
     last_bad: Option<String>,
     ignored: u64,
@@ -94,6 +96,7 @@ impl IntentWatcher {
             metrics,
             last_applied: None,
             starting: true,
+            recorded: None,
             last_bad: None,
             ignored: 0,
             outage: Outage::default(),
@@ -126,6 +129,7 @@ impl IntentWatcher {
             },
             self.last_applied.as_deref(),
             self.starting,
+            self.recorded.as_deref(),
             &self.session,
         );
         if let (Decision::Ignore(why), Some((raw, _))) = (&d, read) {
@@ -251,16 +255,27 @@ impl IntentWatcher {
     /// compare-and-swap reads again.
     async fn write_record(&mut self, raw: &str) -> Step {
         let url = self.catalog.url().to_string();
-        let Ok(next) = intent::record(raw, autopilot_catalog::now_ms(), &self.session, "applied")
-        else {
-            return Step::Done;
+        let next = match intent::record(raw, autopilot_catalog::now_ms(), &self.session, "applied")
+        {
+            Ok(next) => next,
+            Err(e) => {
+                // `decode` accepted this value, so this is not expected:
+                // logged and counted, never dropped in silence.
+                tracing::warn!(key = %self.key, "cannot record the maintenance intent: {e}");
+                self.metrics
+                    .record("autopilot_maintenance_intent_invalid_total", &[], 1.0);
+                return Step::Done;
+            }
         };
         let res = bounded(&url, "recording the maintenance intent", async {
             self.catalog.kv_cas(&self.key, Some(raw), &next).await
         })
         .await;
         match res {
-            Ok(true) => Step::Done,
+            Ok(true) => {
+                self.recorded.clone_from(&self.last_applied);
+                Step::Done
+            }
             Ok(false) => Step::Again,
             Err(e) => {
                 tracing::warn!(key = %self.key, "cannot record the maintenance intent: {e}; retrying");
