@@ -82,6 +82,7 @@ pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i
     }
     print!("{}", repair_section(&v));
     print!("{}", watchdog_section(&v));
+    print!("{}", announce_section(&v));
     let c = &v["catalog"];
     println!(
         "catalog {}{}",
@@ -92,6 +93,35 @@ pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i
             .unwrap_or_default()
     );
     Ok(0)
+}
+
+/// The `ANNOUNCE` table: one line per prefix of each job with an
+/// `announce` block (state and why); empty when no job has one.
+fn announce_section(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let a = &j["announce"];
+        for p in a["prefixes"].as_array().into_iter().flatten() {
+            if out.is_empty() {
+                out.push_str(&format!(
+                    "{:<24} {:<40} {:<10} REASON\n",
+                    "ANNOUNCE", "PREFIX", "STATE"
+                ));
+            }
+            let mut reason = text(&p["reason"]);
+            if let Some(e) = a["speakerError"].as_str() {
+                reason = format!("{reason} ({})", autopilot_core::repair::clean(e));
+            }
+            out.push_str(&format!(
+                "{:<24} {:<40} {:<10} {}\n",
+                text(&j["name"]),
+                text(&p["prefix"]),
+                text(&p["state"]),
+                reason
+            ));
+        }
+    }
+    out
 }
 
 /// A text field of the agent's JSON as printed: cleaned, `-` when absent.
