@@ -1643,12 +1643,13 @@ mod watchdogs_and_repair {
             assert!(e.contains(want), "{fields} {r}\n got: {e}\nwant: {want}");
             assert!(e.starts_with("/etc/app.json5:1:"), "{e}");
         }
-        // `repair` is listed last among a job's fields.
+        // `repair` is listed among a job's fields (`announce` and
+        // `dieWithAgent` follow it).
         let e = load("{ jobs: [{ name: 'a', exec: 'true', zzz: 1 }] }")
             .expect_err("unknown")
             .to_string();
         assert!(e.contains("expected one of: artifact, name, exec,"), "{e}");
-        assert!(e.ends_with("snapshot, repair"), "{e}");
+        assert!(e.contains("snapshot, repair"), "{e}");
     }
 
     #[test]
@@ -1698,6 +1699,16 @@ mod announce {
         assert_eq!(a.drain, Duration::from_millis(1500));
         let c = load("{ jobs: [{ name: 'bird', exec: 'bird -f', dieWithAgent: true }] }").unwrap();
         assert!(c.jobs[0].die_with_agent);
+    }
+
+    #[test]
+    fn the_anycast_example_loads() {
+        let c = load(include_str!("../../../examples/anycast/autopilot.json5")).unwrap();
+        assert!(c.jobs[0].die_with_agent);
+        let a = c.jobs[1].announce.clone().expect("the api job announces");
+        assert_eq!(a.prefixes.len(), 2);
+        assert_eq!(a.include_file(false), "/run/autopilot/autopilot4.conf");
+        assert_eq!(a.drain, Duration::from_secs(5));
     }
 
     #[test]
