@@ -424,6 +424,7 @@ fn parse_rendered(
     let mut job_fields = Vec::new();
     if let Some(f) = top.get("jobs") {
         let mut names = HashSet::new();
+        let mut includes = HashSet::new();
         for j in f.array()? {
             let spec = job(&j, stop_timeout, default_store, &mut warnings)?;
             if !names.insert(spec.name.clone()) {
@@ -431,6 +432,19 @@ fn parse_rendered(
                     j.node.pos,
                     &child(&j.path, "name"),
                     format!("duplicate job name {:?}", spec.name),
+                ));
+            }
+            // Each announcing job owns its include files.
+            if let Some(a) = &spec.announce
+                && !includes.insert(a.include_file(false))
+            {
+                return Err(doc.err(
+                    j.node.pos,
+                    &child(&child(&j.path, "announce"), "protocol"),
+                    format!(
+                        "another job already writes {}: give each announcing job its own 'protocol'",
+                        a.include_file(false)
+                    ),
                 ));
             }
             jobs.push(spec);

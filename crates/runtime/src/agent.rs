@@ -3605,8 +3605,18 @@ impl Agent {
                     s.announce.clone().map(|a| (s.name.clone(), a))
                 })
                 .collect();
-        self.announcers
-            .retain(|name, a| wanted.get(name) == Some(&a.spec));
+        // Ended tasks by the files they wrote: a new task for the same
+        // files starts after the old one's last withdrawal.
+        let mut ended: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        let names: Vec<String> = self.announcers.keys().cloned().collect();
+        for name in names {
+            if wanted.get(&name) != self.announcers.get(&name).map(|a| &a.spec)
+                && let Some(a) = self.announcers.remove(&name)
+            {
+                let key = a.spec.include_file(false);
+                ended.insert(key, a.finish());
+            }
+        }
         for (name, spec) in wanted {
             if self.announcers.contains_key(&name) {
                 continue;
@@ -3620,7 +3630,9 @@ impl Agent {
                 gate: self.announce_input(j),
                 seq: 0,
             };
-            let a = crate::announce::Announcer::start(&name, spec, feed, self.metrics.clone());
+            let after = ended.remove(&spec.include_file(false));
+            let a =
+                crate::announce::Announcer::start(&name, spec, feed, self.metrics.clone(), after);
             self.announcers.insert(name, a);
         }
     }

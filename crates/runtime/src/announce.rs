@@ -209,7 +209,16 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    pub fn start(job: &str, spec: AnnounceSpec, first: Feed, metrics: Arc<Metrics>) -> Announcer {
+    /// Starts the task; with `after` (the ended task of a job that wrote
+    /// the same files, on a reload) it first waits for that task's last
+    /// withdrawal, so an old withdrawal never lands after a new announcement.
+    pub fn start(
+        job: &str,
+        spec: AnnounceSpec,
+        first: Feed,
+        metrics: Arc<Metrics>,
+        after: Option<JoinHandle<()>>,
+    ) -> Announcer {
         let (feed, feed_rx) = watch::channel(first);
         let (report_tx, report) = watch::channel(Report {
             state: PrefixState::Withdrawn(Reason::NotRegistered),
@@ -217,13 +226,14 @@ impl Announcer {
             error: None,
             changes: 0,
         });
-        let task = tokio::spawn(run(
-            job.to_string(),
-            spec.clone(),
-            feed_rx,
-            report_tx,
-            metrics,
-        ));
+        let (name, task_spec) = (job.to_string(), spec.clone());
+        let task = tokio::spawn(async move {
+            if let Some(old) = after {
+                // Bounded: the old task's last exchange has its deadline.
+                let _ = old.await;
+            }
+            run(name, task_spec, feed_rx, report_tx, metrics).await;
+        });
         Announcer {
             spec,
             feed,
