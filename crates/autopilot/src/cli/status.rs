@@ -230,4 +230,37 @@ mod tests {
         assert_eq!(repair_section(&none), "");
         assert_eq!(watchdog_section(&none), "");
     }
+
+    #[test]
+    fn announce_section_shows_each_prefix_state_and_reason() {
+        let v = serde_json::json!({
+            "jobs": [
+                {"name": "web", "announce": {"socket": "/run/bird/bird.ctl", "changes": 3,
+                 "speakerError": "cannot connect\u{1b}[2J",
+                 "prefixes": [
+                    {"prefix": "192.0.2.10/32", "state": "withdrawn", "reason": "speaker unreachable"},
+                    {"prefix": "2001:db8::1/128", "state": "withdrawn", "reason": "speaker unreachable"}]}},
+                {"name": "side", "announce": null},
+            ],
+        });
+        let a = announce_section(&v);
+        let lines: Vec<&str> = a.lines().collect();
+        assert_eq!(lines.len(), 3, "{a}");
+        assert!(lines[0].starts_with("ANNOUNCE"), "{a}");
+        assert!(
+            lines[1].contains("192.0.2.10/32")
+                && lines[1].contains("withdrawn")
+                && lines[1].contains("speaker unreachable (cannot connect"),
+            "{a}"
+        );
+        assert!(!a.contains("side") && !a.contains('\u{1b}'), "{a}");
+        let ok = serde_json::json!({"jobs": [{"name": "web", "announce": {"prefixes": [
+            {"prefix": "192.0.2.10/32", "state": "announced", "reason": null}]}}]});
+        assert!(
+            announce_section(&ok).contains("announced  -"),
+            "{}",
+            announce_section(&ok)
+        );
+        assert_eq!(announce_section(&serde_json::json!({"jobs": []})), "");
+    }
 }
