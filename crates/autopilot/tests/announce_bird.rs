@@ -44,13 +44,14 @@ struct Net {
 }
 
 impl Net {
-    fn new() -> Net {
+    /// `tag` keeps the names of this binary's tests (one pid) apart.
+    fn new(tag: &str) -> Net {
         let id = std::process::id();
         let net = Net {
-            router: format!("apr{id}"),
-            agent: format!("apa{id}"),
+            router: format!("apr{tag}{id}"),
+            agent: format!("apa{tag}{id}"),
         };
-        let (vr, va) = (format!("vr{id}"), format!("va{id}"));
+        let (vr, va) = (format!("vr{tag}{id}"), format!("va{tag}{id}"));
         run(&["ip", "netns", "add", &net.router]);
         run(&["ip", "netns", "add", &net.agent]);
         run(&[
@@ -157,8 +158,14 @@ protocol bgp uplink {{
     )
 }
 
-fn config(dir: &Dir, ns: &str, port: u16, telemetry: u16) -> String {
+/// The agent's config: BIRD as a `dieWithAgent` job (started in the agent's
+/// namespace through `ip netns exec` when the agent itself runs outside
+/// it), and `web` with its `announce` block.
+fn config(dir: &Dir, ns: Option<&str>, port: u16, telemetry: u16, loopback: bool) -> String {
     let d = dir.0.display();
+    let wrap = ns
+        .map(|ns| format!(r#""ip", "netns", "exec", "{ns}", "#))
+        .unwrap_or_default();
     format!(
         r#"{{
   control: {{ socket: "@SOCKET@" }},
@@ -166,13 +173,13 @@ fn config(dir: &Dir, ns: &str, port: u16, telemetry: u16) -> String {
   telemetry: {{ port: {telemetry}, interfaces: ["static:127.0.0.1"] }},
   jobs: [
     {{ name: "bird", dieWithAgent: true, restarts: "unlimited",
-       exec: ["ip", "netns", "exec", "{ns}", "bird", "-f", "-c", "{d}/agent-bird.conf", "-s", "{d}/agent-bird.ctl", "-P", "{d}/agent-bird.pid"] }},
+       exec: [{wrap}"bird", "-f", "-c", "{d}/agent-bird.conf", "-s", "{d}/agent-bird.ctl", "-P", "{d}/agent-bird.pid"] }},
     {{ name: "web", port: {port}, interfaces: ["static:127.0.0.1"],
        exec: ["sh", "-c", "trap 'date +%s.%N > {d}/sigterm; exit 0' TERM; while :; do sleep 0.05; done"],
        health: {{ exec: ["test", "-f", "{d}/healthy"], interval: 1, ttl: 5 }},
        announce: {{ prefixes: ["{PREFIX}"], speaker: "bird", socket: "{d}/agent-bird.ctl",
                    protocol: "autopilot", includeDir: "{d}/include", disableFile: "{d}/disable",
-                   loopback: false, drain: "{DRAIN_MS}ms" }} }},
+                   loopback: {loopback}, drain: "{DRAIN_MS}ms" }} }},
   ],
 }}"#
     )
@@ -245,6 +252,82 @@ fn pid_alive(pid: i32) -> bool {
             .contains(") Z ")
 }
 
+/// The router's BIRD in its namespace, and its control socket.
+fn start_router(dir: &Dir, net: &Net) -> (Bird, std::path::PathBuf) {
+    let sock = dir.path("router.ctl");
+    std::fs::write(dir.path("router.conf"), router_conf()).unwrap();
+    let bird = Bird(
+        Command::new("ip")
+            .args(["netns", "exec", &net.router, "bird", "-f", "-c"])
+            .arg(dir.path("router.conf"))
+            .arg("-s")
+            .arg(&sock)
+            .arg("-P")
+            .arg(dir.path("router.pid"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path("router.log")).unwrap())
+            .spawn()
+            .expect("start the router's bird"),
+    );
+    (bird, sock)
+}
+
+/// Whether `lo` in namespace `ns` holds the anycast address.
+fn on_lo(ns: &str) -> bool {
+    let out = run(&["ip", "-n", ns, "-o", "addr", "show", "dev", "lo"]);
+    String::from_utf8_lossy(&out.stdout).contains(" 192.0.2.10/32 ")
+}
+
+/// `loopback: true` with the agent itself in the node's namespace (its
+/// catalog the embedded one): the address is on `lo` whenever the route is
+/// announced, and leaves it after the withdrawal and on stop.
+#[test]
+fn loopback_follows_the_gate() {
+    let dir = Dir::new("announce-lo");
+    let net = Net::new("l");
+    let (_router, router_sock) = start_router(&dir, &net);
+    std::fs::write(dir.path("agent-bird.conf"), agent_bird_conf(&dir.0)).unwrap();
+    let cfg = config(&dir, None, 8080, 9090, true);
+    let mut agent = start_wrapped(&dir, &cfg, &["ip", "netns", "exec", &net.agent], &[]);
+    agent.ready();
+    assert!(
+        wait_for(Duration::from_secs(20), || established(&router_sock)),
+        "no BGP session: {}",
+        agent.log()
+    );
+    assert!(!on_lo(&net.agent));
+    let t = Instant::now();
+    std::fs::write(dir.path("healthy"), "").unwrap();
+    let (_, took) = until_route(&router_sock, true, INTERVAL + SLACK, t);
+    // Added before the announcement.
+    assert!(
+        on_lo(&net.agent),
+        "the route is up without the address on lo"
+    );
+    println!(
+        "loopback: healthy -> announced with the address on lo: {} ms",
+        took.as_millis()
+    );
+    std::fs::remove_file(dir.path("healthy")).unwrap();
+    until_route(&router_sock, false, INTERVAL + SLACK, Instant::now());
+    assert!(
+        wait_for(Duration::from_secs(3), || !on_lo(&net.agent)),
+        "the address stayed on lo after the withdrawal: {}",
+        agent.log()
+    );
+    std::fs::write(dir.path("healthy"), "").unwrap();
+    until_route(&router_sock, true, INTERVAL + SLACK, Instant::now());
+    assert!(on_lo(&net.agent));
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait(Duration::from_secs(15)).is_some(),
+        "{}",
+        agent.log()
+    );
+    assert!(!router_has_route(&router_sock));
+    assert!(!on_lo(&net.agent), "the address outlived the agent's stop");
+}
+
 #[test]
 fn the_router_follows_the_gate() {
     assert!(
@@ -255,27 +338,13 @@ fn the_router_follows_the_gate() {
     let etcd = Etcd::single(&dir.0);
     etcd.wait_healthy(Duration::from_secs(20));
     let url = format!("etcd://{}/announce", etcd.endpoint());
-    let net = Net::new();
-    let router_sock = dir.path("router.ctl");
-    std::fs::write(dir.path("router.conf"), router_conf()).unwrap();
-    let _router = Bird(
-        Command::new("ip")
-            .args(["netns", "exec", &net.router, "bird", "-f", "-c"])
-            .arg(dir.path("router.conf"))
-            .arg("-s")
-            .arg(&router_sock)
-            .arg("-P")
-            .arg(dir.path("router.pid"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path("router.log")).unwrap())
-            .spawn()
-            .expect("start the router's bird"),
-    );
+    let net = Net::new("");
+    let (_router, router_sock) = start_router(&dir, &net);
     std::fs::write(dir.path("agent-bird.conf"), agent_bird_conf(&dir.0)).unwrap();
     let port = autopilot_testkit::free_port();
     let telemetry = autopilot_testkit::free_port();
     let metrics_addr = format!("127.0.0.1:{telemetry}");
-    let cfg = config(&dir, &net.agent, port, telemetry);
+    let cfg = config(&dir, Some(&net.agent), port, telemetry, false);
     let env = [
         ("AUTOPILOT_CATALOG", url.as_str()),
         ("AUTOPILOT_HOSTNAME", "n1"),

@@ -1533,10 +1533,14 @@ fn announce(f: &Field) -> Result<autopilot_core::announce::AnnounceSpec, ConfigE
         }
     };
     let loopback = o.opt("loopback", Field::bool)?.unwrap_or(false);
-    if loopback {
+    if loopback
+        && let Some(p) = prefixes
+            .iter()
+            .find(|p| p.len != if p.is_v6() { 128 } else { 32 })
+    {
         return Err(o.err(
             "loopback",
-            "adding the address to 'lo' is not supported yet: add it outside autopilot and set false",
+            format!("'lo' gets host addresses only: {p} is not a /32 or /128"),
         ));
     }
     let drain = o.opt("drain", Field::duration)?.unwrap_or_default();

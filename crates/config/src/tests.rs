@@ -1756,9 +1756,9 @@ mod announce {
                 "",
             ),
             (
-                "{ prefixes: ['10.0.0.1/32'], loopback: true }",
+                "{ prefixes: ['10.0.0.0/24'], loopback: true }",
                 "jobs[0].announce.loopback",
-                "not supported",
+                "not a /32 or /128",
             ),
             (
                 "{ prefixes: ['10.0.0.1/32'], prefix: 1 }",

@@ -24,7 +24,7 @@ pub struct AnnounceSpec {
     pub include_dir: String,
     /// While this file exists, every prefix is withdrawn.
     pub disable_file: String,
-    /// Add and remove the addresses on `lo` (not carried out yet: rejected by the config).
+    /// Add the addresses to `lo` before announcing, remove them after withdrawing.
     pub loopback: bool,
     /// Wait after the withdrawal before the jobs get their stop signal.
     pub drain: Duration,

@@ -3631,8 +3631,14 @@ impl Agent {
                 seq: 0,
             };
             let after = ended.remove(&spec.include_file(false));
-            let a =
-                crate::announce::Announcer::start(&name, spec, feed, self.metrics.clone(), after);
+            let a = crate::announce::Announcer::start(
+                &name,
+                spec,
+                feed,
+                self.metrics.clone(),
+                after,
+                Some(self.spawner.clone()),
+            );
             self.announcers.insert(name, a);
         }
     }

@@ -21,6 +21,8 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use autopilot_process::{Exit, SpawnSpec, Spawner};
+
 use crate::metrics::Metrics;
 
 /// The bound on one exchange with the speaker (connect, greeting, reply).
@@ -58,6 +60,12 @@ pub enum SpeakerError {
     },
     #[error("the speaker at {socket} answered something that is not BIRD's protocol: {line:?}")]
     Protocol { socket: String, line: String },
+    #[error("cannot {what} the address {prefix} on lo: {why}")]
+    Loopback {
+        what: &'static str,
+        prefix: String,
+        why: String,
+    },
     #[error("cannot write the include file {path}")]
     Write {
         path: String,
@@ -160,8 +168,80 @@ async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-/// Writes the job's include files for `announced` and has BIRD apply them.
-async fn apply(spec: &AnnounceSpec, announced: bool) -> Result<(), SpeakerError> {
+/// Runs `ip addr <verb> <prefix> dev lo` through the agent's spawner,
+/// bounded by [`SPEAKER_DEADLINE`] (the process group is killed after it).
+async fn ip_addr(
+    spawner: &Spawner,
+    verb: &'static str,
+    prefix: &gate::Prefix,
+) -> Result<(), SpeakerError> {
+    let err = |why: String| SpeakerError::Loopback {
+        what: if verb == "del" { "remove" } else { "add" },
+        prefix: prefix.to_string(),
+        why,
+    };
+    let child = spawner
+        .spawn(&SpawnSpec {
+            argv: ["ip", "addr", verb, &prefix.to_string(), "dev", "lo"]
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            env: vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
+            raw_output: false,
+            tag: "announce.ip".into(),
+        })
+        .map_err(|e| err(e.to_string()))?;
+    match tokio::time::timeout(SPEAKER_DEADLINE, child.exit).await {
+        Ok(Ok(Exit::Code(0))) => Ok(()),
+        Ok(Ok(Exit::Code(c))) => Err(err(format!("ip exited with code {c}"))),
+        Ok(Ok(Exit::Signal(sig))) => Err(err(format!("ip was killed by signal {sig}"))),
+        Ok(Err(_)) => Err(err("ip's exit status was lost".into())),
+        Err(_) => {
+            let _ = autopilot_process::signal_group(child.pid, autopilot_process::Sig::Kill);
+            Err(err(format!(
+                "ip did not finish within {}s",
+                SPEAKER_DEADLINE.as_secs()
+            )))
+        }
+    }
+}
+
+/// Whether `lo` holds the prefix's address now (read from `/proc`-backed
+/// `ip -o addr show dev lo` would fork; the interface list is enough).
+fn on_loopback(prefix: &gate::Prefix) -> bool {
+    crate::interfaces::host_addresses()
+        .iter()
+        .any(|(name, ip)| name == "lo" && *ip == prefix.addr)
+}
+
+/// Writes the job's include files for `announced` and has BIRD apply them;
+/// with `loopback`, the addresses go on `lo` before the announcement and
+/// leave it after the withdrawal.
+async fn apply(
+    spec: &AnnounceSpec,
+    announced: bool,
+    spawner: Option<&Spawner>,
+) -> Result<(), SpeakerError> {
+    let lo = spawner.filter(|_| spec.loopback);
+    if announced && let Some(sp) = lo {
+        for p in &spec.prefixes {
+            if !on_loopback(p) {
+                ip_addr(sp, "add", p).await?;
+            }
+        }
+    }
+    configure(spec, announced).await?;
+    if !announced && let Some(sp) = lo {
+        for p in &spec.prefixes {
+            if on_loopback(p) {
+                ip_addr(sp, "del", p).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn configure(spec: &AnnounceSpec, announced: bool) -> Result<(), SpeakerError> {
     let dir = Path::new(&spec.include_dir);
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|source| SpeakerError::Write {
@@ -218,6 +298,7 @@ impl Announcer {
         first: Feed,
         metrics: Arc<Metrics>,
         after: Option<JoinHandle<()>>,
+        spawner: Option<Spawner>,
     ) -> Announcer {
         let (feed, feed_rx) = watch::channel(first);
         let (report_tx, report) = watch::channel(Report {
@@ -232,7 +313,7 @@ impl Announcer {
                 // Bounded: the old task's last exchange has its deadline.
                 let _ = old.await;
             }
-            run(name, task_spec, feed_rx, report_tx, metrics).await;
+            run(name, task_spec, feed_rx, report_tx, metrics, spawner).await;
         });
         Announcer {
             spec,
@@ -341,6 +422,7 @@ async fn run(
     mut feed: watch::Receiver<Feed>,
     report: watch::Sender<Report>,
     metrics: Arc<Metrics>,
+    spawner: Option<Spawner>,
 ) {
     // Unknown at start: the first pass writes the files either way, so a
     // route an earlier run left behind is withdrawn.
@@ -359,7 +441,7 @@ async fn run(
         let on = want == PrefixState::Announced;
         let due = retry_at.is_none_or(|t| tokio::time::Instant::now() >= t);
         if !gate::changes(&spec.prefixes, applied, want).is_empty() && due {
-            match apply(&spec, on).await {
+            match apply(&spec, on, spawner.as_ref()).await {
                 Ok(()) => {
                     if applied.is_some() {
                         changes = changes.saturating_add(1);
@@ -421,7 +503,7 @@ async fn run(
     }
     // The job left the config (or the agent is exiting): its routes go.
     if applied != Some(false)
-        && let Err(e) = apply(&spec, false).await
+        && let Err(e) = apply(&spec, false, spawner.as_ref()).await
     {
         tracing::warn!(job = %job, "announce: the last withdrawal failed: {}", error_chain(&e));
     }
