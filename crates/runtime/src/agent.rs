@@ -3703,15 +3703,14 @@ impl Agent {
             .max()
             .unwrap_or_default();
         let tx = self.tx.clone();
+        // One deadline for all: the tasks withdraw concurrently.
+        let deadline = tokio::time::Instant::now() + crate::announce::SPEAKER_DEADLINE;
         tokio::spawn(async move {
             for (job, seq, mut rx) in waits {
                 let done = rx.wait_for(|r| {
                     r.seq >= seq && r.state != autopilot_core::announce::PrefixState::Announced
                 });
-                if tokio::time::timeout(crate::announce::SPEAKER_DEADLINE, done)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
                     tracing::warn!(job = %job, "announce: the speaker did not confirm the withdrawal within {}s; stopping anyway", crate::announce::SPEAKER_DEADLINE.as_secs());
                 }
             }

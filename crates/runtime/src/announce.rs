@@ -206,8 +206,7 @@ async fn ip_addr(
     }
 }
 
-/// Whether `lo` holds the prefix's address now (read from `/proc`-backed
-/// `ip -o addr show dev lo` would fork; the interface list is enough).
+/// Whether `lo` holds the prefix's address now (`getifaddrs`: no fork).
 fn on_loopback(prefix: &gate::Prefix) -> bool {
     crate::interfaces::host_addresses()
         .iter()
@@ -528,6 +527,129 @@ mod tests {
         ));
         let cut: &[u8] = b"0002-Reading\n";
         assert!(read_reply(&mut BufReader::new(cut), "s").await.is_err());
+    }
+
+    /// A BIRD with only the two static protocols (no BGP, no kernel
+    /// protocol: nothing leaves the process), killed on drop.
+    struct Bird(std::process::Child);
+
+    impl Drop for Bird {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start_bird(dir: &Path, socket: &str) -> Bird {
+        let conf = dir.join("bird.conf");
+        let inc = dir.join("inc");
+        std::fs::write(
+            &conf,
+            format!(
+                "router id 10.0.0.1;\nprotocol device {{}}\nprotocol static t4 {{\n  ipv4;\n  include \"{i}/t4.conf\";\n}}\nprotocol static t6 {{\n  ipv6;\n  include \"{i}/t6.conf\";\n}}\n",
+                i = inc.display()
+            ),
+        )
+        .unwrap();
+        // Test only: the speaker under test is a separate program.
+        #[allow(clippy::disallowed_methods)]
+        let child = std::process::Command::new("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(socket)
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("bird (Debian bird2) must be installed");
+        Bird(child)
+    }
+
+    /// The task reports `withdrawn (speaker unreachable)` while BIRD is
+    /// down, retries with back-off, and announces once BIRD answers; a
+    /// withdrawal empties BIRD's table of the route.
+    #[tokio::test]
+    async fn the_task_retries_until_the_speaker_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("inc")).unwrap();
+        for f in ["t4.conf", "t6.conf"] {
+            std::fs::write(dir.path().join("inc").join(f), "").unwrap();
+        }
+        let socket = dir.path().join("bird.ctl").display().to_string();
+        let spec = AnnounceSpec {
+            prefixes: vec![gate::Prefix::parse("192.0.2.10/32").unwrap()],
+            socket: socket.clone(),
+            protocol: "t".into(),
+            include_dir: dir.path().join("inc").display().to_string(),
+            disable_file: dir.path().join("disable").display().to_string(),
+            loopback: false,
+            drain: Duration::ZERO,
+        };
+        let passing = GateInput {
+            registered: Some(autopilot_core::EntryStatus::Passing),
+            maintenance: false,
+            stopping: false,
+            disabled: false,
+        };
+        let metrics = Arc::new(Metrics::new(&[]));
+        let a = Announcer::start(
+            "web",
+            spec,
+            Feed {
+                gate: passing,
+                seq: 1,
+            },
+            metrics.clone(),
+            None,
+            None,
+        );
+        let mut rx = a.report.clone();
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| r.error.is_some()))
+            .await
+            .expect("a speaker error")
+            .unwrap()
+            .clone();
+        assert_eq!(r.state, PrefixState::Withdrawn(Reason::SpeakerUnreachable));
+        assert!(r.error.unwrap().contains("cannot connect"));
+        let _bird = start_bird(dir.path(), &socket);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|r| r.state == PrefixState::Announced),
+        )
+        .await
+        .expect("announced once BIRD answers")
+        .unwrap()
+        .clone();
+        assert_eq!((r.seq, r.error), (1, None));
+        let table = bird_command(&socket, "show route")
+            .await
+            .unwrap()
+            .join("\n");
+        assert!(table.contains("192.0.2.10/32"), "{table}");
+        assert!(metrics.render().contains(
+            r#"autopilot_announce_state{job="web",prefix="192.0.2.10/32",state="announced"} 1"#
+        ));
+        // Withdraw: maintenance.
+        let seq = a.feed(GateInput {
+            maintenance: true,
+            ..passing
+        });
+        assert_eq!(seq, 2);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|r| r.seq == 2 && r.state == PrefixState::Withdrawn(Reason::Maintenance)),
+        )
+        .await
+        .expect("withdrawn")
+        .unwrap();
+        let table = bird_command(&socket, "show route")
+            .await
+            .unwrap()
+            .join("\n");
+        assert!(!table.contains("192.0.2.10/32"), "{table}");
+        assert_eq!(rx.borrow().changes, 1);
     }
 
     #[tokio::test]

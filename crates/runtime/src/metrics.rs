@@ -26,7 +26,7 @@ const BUILT_IN: &[(&str, &str, MetricKind)] = &[
     ),
     (
         "autopilot_announce_changes_total",
-        "Announcements and withdrawals the BGP speaker confirmed, by job.",
+        "Announcements and withdrawals the BGP speaker confirmed, by job (not counting the first write at start).",
         MetricKind::Counter,
     ),
     (
