@@ -424,6 +424,7 @@ fn parse_rendered(
     let mut job_fields = Vec::new();
     if let Some(f) = top.get("jobs") {
         let mut names = HashSet::new();
+        let mut includes = HashSet::new();
         for j in f.array()? {
             let spec = job(&j, stop_timeout, default_store, &mut warnings)?;
             if !names.insert(spec.name.clone()) {
@@ -431,6 +432,19 @@ fn parse_rendered(
                     j.node.pos,
                     &child(&j.path, "name"),
                     format!("duplicate job name {:?}", spec.name),
+                ));
+            }
+            // Each announcing job owns its include files.
+            if let Some(a) = &spec.announce
+                && !includes.insert(a.include_file(false))
+            {
+                return Err(doc.err(
+                    j.node.pos,
+                    &child(&child(&j.path, "announce"), "protocol"),
+                    format!(
+                        "another job already writes {}: give each announcing job its own 'protocol'",
+                        a.include_file(false)
+                    ),
                 ));
             }
             jobs.push(spec);
@@ -1164,7 +1178,7 @@ fn check_service_name(f: &Field, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-const JOB_KEYS: [&str; 20] = [
+const JOB_KEYS: [&str; 22] = [
     "artifact",
     "name",
     "exec",
@@ -1185,6 +1199,8 @@ const JOB_KEYS: [&str; 20] = [
     "roles",
     "snapshot",
     "repair",
+    "announce",
+    "dieWithAgent",
 ];
 
 fn job(
@@ -1412,6 +1428,18 @@ fn job(
         )?),
         None => None,
     };
+    let announce = match o.get("announce") {
+        Some(f) => {
+            if port.is_none() || health.is_none() {
+                return Err(f.err(
+                    "'announce' follows the job's catalog entry: the job needs a 'port' and a 'health' check",
+                ));
+            }
+            Some(announce(&f)?)
+        }
+        None => None,
+    };
+    let die_with_agent = o.opt("dieWithAgent", Field::bool)?.unwrap_or(false);
     o.finish(&JOB_KEYS)?;
     let spec = JobSpec {
         name,
@@ -1438,8 +1466,103 @@ fn job(
         artifact,
         artifact_sha: None,
         repair,
+        announce,
+        die_with_agent,
     };
     Ok(spec)
+}
+
+// --- announce (issue 16: the anycast gate) ---
+
+/// Prefixes per job: a bound on what one include file carries.
+const MAX_ANNOUNCE_PREFIXES: usize = 256;
+
+fn announce(f: &Field) -> Result<autopilot_core::announce::AnnounceSpec, ConfigError> {
+    use autopilot_core::announce::{AnnounceSpec, Prefix};
+    let mut o = f.obj()?;
+    let list = o.require("prefixes")?;
+    let items = list.array()?;
+    if items.is_empty() {
+        return Err(list.err("at least one prefix is required"));
+    }
+    if items.len() > MAX_ANNOUNCE_PREFIXES {
+        return Err(list.err(format!("at most {MAX_ANNOUNCE_PREFIXES} prefixes per job")));
+    }
+    let mut prefixes = Vec::new();
+    for item in &items {
+        let p = Prefix::parse(&item.str()?).map_err(|e| item.err(e))?;
+        if prefixes.contains(&p) {
+            return Err(item.err(format!("{p} is listed twice")));
+        }
+        prefixes.push(p);
+    }
+    if let Some(s) = o.get("speaker") {
+        let v = s.str()?;
+        if v != "bird" {
+            return Err(s.err(format!("unknown speaker {v:?}; expected \"bird\"")));
+        }
+    }
+    let absolute = |o: &mut Obj, key: &str, default: &str| -> Result<String, ConfigError> {
+        match o.get(key) {
+            None => Ok(default.to_string()),
+            Some(v) => {
+                let path = v.str()?;
+                if !path.starts_with('/') {
+                    return Err(v.err(format!("{path:?} is not an absolute path")));
+                }
+                Ok(path)
+            }
+        }
+    };
+    let socket = absolute(&mut o, "socket", "/run/bird/bird.ctl")?;
+    let include_dir = absolute(&mut o, "includeDir", "/run/autopilot")?;
+    let disable_file = absolute(&mut o, "disableFile", "/etc/autopilot/announce-disable")?;
+    let protocol = match o.get("protocol") {
+        None => "autopilot".to_string(),
+        Some(v) => {
+            let p = v.str()?;
+            let ok = p.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && p.len() <= 64
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(v.err(format!(
+                    "{p:?} is not a BIRD protocol name: a letter, then letters, digits or '_' (at most 64)"
+                )));
+            }
+            p
+        }
+    };
+    let loopback = o.opt("loopback", Field::bool)?.unwrap_or(false);
+    if loopback
+        && let Some(p) = prefixes
+            .iter()
+            .find(|p| p.len != if p.is_v6() { 128 } else { 32 })
+    {
+        return Err(o.err(
+            "loopback",
+            format!("'lo' gets host addresses only: {p} is not a /32 or /128"),
+        ));
+    }
+    let drain = o.opt("drain", Field::duration)?.unwrap_or_default();
+    o.finish(&[
+        "prefixes",
+        "speaker",
+        "socket",
+        "protocol",
+        "includeDir",
+        "disableFile",
+        "loopback",
+        "drain",
+    ])?;
+    Ok(AnnounceSpec {
+        prefixes,
+        socket,
+        protocol,
+        include_dir,
+        disable_file,
+        loopback,
+        drain,
+    })
 }
 
 fn snapshot(f: &Field, job: &str) -> Result<SnapshotSpec, ConfigError> {

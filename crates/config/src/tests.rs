@@ -1643,12 +1643,13 @@ mod watchdogs_and_repair {
             assert!(e.contains(want), "{fields} {r}\n got: {e}\nwant: {want}");
             assert!(e.starts_with("/etc/app.json5:1:"), "{e}");
         }
-        // `repair` is listed last among a job's fields.
+        // `repair` is listed among a job's fields (`announce` and
+        // `dieWithAgent` follow it).
         let e = load("{ jobs: [{ name: 'a', exec: 'true', zzz: 1 }] }")
             .expect_err("unknown")
             .to_string();
         assert!(e.contains("expected one of: artifact, name, exec,"), "{e}");
-        assert!(e.ends_with("snapshot, repair"), "{e}");
+        assert!(e.contains("snapshot, repair"), "{e}");
     }
 
     #[test]
@@ -1665,5 +1666,119 @@ mod watchdogs_and_repair {
         let mut plain = a.jobs[0].clone();
         plain.repair = None;
         assert_eq!(plain, c.jobs[0]);
+    }
+}
+
+mod announce {
+    use super::*;
+
+    fn job(a: &str) -> String {
+        format!(
+            "{{ jobs: [{{ name: 'web', exec: 'x', port: 80, health: {{ exec: 'true', interval: 1, ttl: 5 }}, announce: {a} }}] }}"
+        )
+    }
+
+    #[test]
+    fn an_announce_block_with_defaults_and_every_field() {
+        let c = load(&job("{ prefixes: ['192.0.2.10/32', '2001:db8::1/128'] }")).unwrap();
+        let a = c.jobs[0].announce.clone().expect("an announce block");
+        assert_eq!(a.prefixes.len(), 2);
+        assert_eq!(a.prefixes[1].to_string(), "2001:db8::1/128");
+        assert_eq!(a.socket, "/run/bird/bird.ctl");
+        assert_eq!(a.protocol, "autopilot");
+        assert_eq!(a.disable_file, "/etc/autopilot/announce-disable");
+        assert_eq!(a.include_file(false), "/run/autopilot/autopilot4.conf");
+        assert_eq!(a.drain, Duration::ZERO);
+        assert!(!c.jobs[0].die_with_agent);
+        let c = load(&job(
+            "{ prefixes: ['198.51.100.0/24'], speaker: 'bird', socket: '/s/b.ctl', protocol: 'ap_web', includeDir: '/run/x/', disableFile: '/d', loopback: false, drain: '1500ms' }",
+        ))
+        .unwrap();
+        let a = c.jobs[0].announce.clone().unwrap();
+        assert_eq!(a.include_file(true), "/run/x/ap_web6.conf");
+        assert_eq!(a.drain, Duration::from_millis(1500));
+        let c = load("{ jobs: [{ name: 'bird', exec: 'bird -f', dieWithAgent: true }] }").unwrap();
+        assert!(c.jobs[0].die_with_agent);
+    }
+
+    #[test]
+    fn the_anycast_example_loads() {
+        let c = load(include_str!("../../../examples/anycast/autopilot.json5")).unwrap();
+        assert!(c.jobs[0].die_with_agent);
+        let a = c.jobs[1].announce.clone().expect("the api job announces");
+        assert_eq!(a.prefixes.len(), 2);
+        assert_eq!(a.include_file(false), "/run/autopilot/autopilot4.conf");
+        assert_eq!(a.drain, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_announce_fields_are_named() {
+        for (a, field, want) in [
+            ("{ }", "jobs[0].announce.prefixes", "required"),
+            (
+                "{ prefixes: [] }",
+                "jobs[0].announce.prefixes",
+                "at least one",
+            ),
+            (
+                "{ prefixes: ['192.0.2.10/24'] }",
+                "jobs[0].announce.prefixes[0]",
+                "host bits",
+            ),
+            (
+                "{ prefixes: ['192.0.2.10'] }",
+                "jobs[0].announce.prefixes[0]",
+                "not a prefix",
+            ),
+            (
+                "{ prefixes: ['10.0.0.1/32', '10.0.0.1/32'] }",
+                "jobs[0].announce.prefixes[1]",
+                "twice",
+            ),
+            (
+                "{ prefixes: ['10.0.0.1/32'], speaker: 'exabgp' }",
+                "jobs[0].announce.speaker",
+                "unknown speaker",
+            ),
+            (
+                "{ prefixes: ['10.0.0.1/32'], socket: 'bird.ctl' }",
+                "jobs[0].announce.socket",
+                "absolute",
+            ),
+            (
+                "{ prefixes: ['10.0.0.1/32'], protocol: 'a b' }",
+                "jobs[0].announce.protocol",
+                "protocol name",
+            ),
+            (
+                "{ prefixes: ['10.0.0.1/32'], drain: 'soon' }",
+                "jobs[0].announce.drain",
+                "",
+            ),
+            (
+                "{ prefixes: ['10.0.0.0/24'], loopback: true }",
+                "jobs[0].announce.loopback",
+                "not a /32 or /128",
+            ),
+            (
+                "{ prefixes: ['10.0.0.1/32'], prefix: 1 }",
+                "jobs[0].announce.prefix",
+                "unknown field",
+            ),
+        ] {
+            let e = load(&job(a)).expect_err(a).to_string();
+            assert!(
+                e.starts_with("/etc/app.json5:1:") && e.contains(field) && e.contains(want),
+                "{a}: {e}"
+            );
+        }
+        let e =
+            load("{ jobs: [{ name: 'w', exec: 'x', announce: { prefixes: ['10.0.0.1/32'] } }] }")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("jobs[0].announce") && e.contains("'port'"),
+            "{e}"
+        );
     }
 }

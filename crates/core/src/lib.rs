@@ -12,6 +12,7 @@
     clippy::arithmetic_side_effects
 )]
 
+pub mod announce;
 pub mod cluster;
 pub mod event;
 pub mod intent;

@@ -384,6 +384,12 @@ pub struct JobSpec {
     /// `repair`: how the agent repairs this job when it fails (the ladder,
     /// probation, the fleet-wide budget).
     pub repair: Option<RepairSpec>,
+    /// `announce`: anycast prefixes announced through a BGP speaker only
+    /// while the job is registered as passing.
+    pub announce: Option<crate::announce::AnnounceSpec>,
+    /// `dieWithAgent`: the job gets SIGKILL when the agent dies (a BGP
+    /// speaker whose routes must not outlive the agent's gate).
+    pub die_with_agent: bool,
 }
 
 impl JobSpec {
@@ -414,6 +420,8 @@ impl JobSpec {
             artifact: None,
             artifact_sha: None,
             repair: None,
+            announce: None,
+            die_with_agent: false,
         }
     }
 }

@@ -130,6 +130,17 @@ impl Spawner {
         self.spawn_inner(spec, Attach::default(), stderr_at_info, None)
     }
 
+    /// [`Spawner::spawn_logged`] with the child tied to this process as
+    /// `attach` says (a job with `dieWithAgent`).
+    pub fn spawn_logged_attached(
+        &self,
+        spec: &SpawnSpec,
+        attach: Attach,
+        stderr_at_info: bool,
+    ) -> Result<Child, SpawnError> {
+        self.spawn_inner(spec, attach, stderr_at_info, None)
+    }
+
     /// [`Spawner::spawn`] with the child tied to this process as `attach` says.
     pub fn spawn_attached(&self, spec: &SpawnSpec, attach: Attach) -> Result<Child, SpawnError> {
         self.spawn_inner(spec, attach, false, None)

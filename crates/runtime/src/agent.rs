@@ -83,6 +83,11 @@ pub struct Options {
 }
 
 enum Msg {
+    /// The announce gate withdrew every prefix before a stop (or gave up
+    /// after its deadline) and the drain time passed: stop the jobs now.
+    AnnounceDrained {
+        why: &'static str,
+    },
     Exited {
         run: RunId,
         exit: Exit,
@@ -319,6 +324,10 @@ struct Agent {
     health_log: crate::node::HealthLog,
     /// The maintenance intent task.
     intent_task: Option<tokio::task::JoinHandle<()>>,
+    /// The announce gate's task per job with `announce`, by job name.
+    announcers: BTreeMap<String, crate::announce::Announcer>,
+    /// Set while the prefixes are withdrawn ahead of a stop.
+    announce_draining: bool,
 }
 
 /// A reinit in progress. While it stands its job does not campaign; a job
@@ -730,6 +739,8 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         node_entry: None,
         health_log,
         intent_task: None,
+        announcers: BTreeMap::new(),
+        announce_draining: false,
     };
     agent.start_watches(&[]);
     agent.start_templates(&[]);
@@ -738,6 +749,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
     agent.start_fleet();
     agent.start_watchdogs();
     agent.start_repairs();
+    agent.start_announce();
     tracing::info!(
         jobs = agent.config.jobs.len(),
         config = %agent.config.path.display(),
@@ -761,6 +773,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         agent.sync_fleet();
         agent.sync_repairs();
         agent.sync_node();
+        agent.sync_announce();
         if let Some(code) = finished {
             // A `replace` step's exit code wins over the machine's.
             let code = agent.exit_override.unwrap_or(code);
@@ -810,6 +823,7 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
             }
             agent.end_fleet();
             agent.end_repairs();
+            agent.end_announce().await;
             if let Some((set, _)) = agent.watchdog_set.take() {
                 set.stop().await;
             }
@@ -843,8 +857,8 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
                 // What the catalog holds now, not what was asked for.
                 agent.metrics.record("autopilot_catalog_registered", &[], registered as f64);
             }
-            _ = term.recv() => agent.stop("SIGTERM"),
-            _ = int.recv() => agent.stop("SIGINT"),
+            _ = term.recv() => agent.drain_then_stop("SIGTERM"),
+            _ = int.recv() => agent.drain_then_stop("SIGINT"),
             _ = hup.recv() => agent.input(Input::SignalEvent("SIGHUP".into())),
             _ = usr2.recv() => agent.input(Input::SignalEvent("SIGUSR2".into())),
             _ = usr1.recv() => {
@@ -1862,6 +1876,7 @@ impl Agent {
 
     fn message(&mut self, msg: Msg) {
         match msg {
+            Msg::AnnounceDrained { why } => self.stop(why),
             Msg::Exited { run, exit } => {
                 let status = match exit {
                     Exit::Code(c) => ExitStatus::Code(c),
@@ -3102,6 +3117,7 @@ impl Agent {
         self.start_fleet();
         self.start_watchdogs();
         self.start_repairs();
+        self.start_announce();
         let unchanged = kept.iter().flatten().count();
         tracing::info!(
             jobs = self.config.jobs.len(),
@@ -3297,13 +3313,20 @@ impl Agent {
         let name = spec.name.clone();
         let env = self.child_env(job);
         let stderr_at_info = spec.stderr_at_info;
-        match self.spawner.spawn_logged(
+        // `dieWithAgent`: a BGP speaker must not outlive the gate that
+        // drives it (kill -9 of the agent would leave its routes up).
+        let attach = autopilot_process::Attach {
+            die_with_parent: kind == ProcKind::Job && spec.die_with_agent,
+            ..Default::default()
+        };
+        match self.spawner.spawn_logged_attached(
             &SpawnSpec {
                 argv,
                 env,
                 raw_output: raw,
                 tag,
             },
+            attach,
             stderr_at_info,
         ) {
             Ok(child) => {
@@ -3503,6 +3526,7 @@ impl Agent {
                     })),
                     "repair": self.repairs.get(&j.name).and_then(crate::repair::Task::snapshot).map(|s| crate::repair::status_json(&s)),
                     "restore": self.restore_progress.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                    "announce": self.announce_status(&j.name),
                     "registration": self.machine.spec(i).port.map(|_| {
                         let id = self.entry_id(i);
                         let applied = reg.applied.get(&id).map(|s| s.as_str());
@@ -3566,6 +3590,188 @@ impl Agent {
             "fleet": fleet,
             "watchdogs": self.watchdogs,
         })
+    }
+}
+
+// --- announce gate (issue 16) ---
+impl Agent {
+    /// Starts a task for each job with `announce`, keeps those whose spec
+    /// did not change and ends the others (they withdraw as they end).
+    fn start_announce(&mut self) {
+        let wanted: BTreeMap<String, autopilot_core::announce::AnnounceSpec> =
+            (0..self.machine.job_count())
+                .filter_map(|j| {
+                    let s = self.machine.spec(j);
+                    s.announce.clone().map(|a| (s.name.clone(), a))
+                })
+                .collect();
+        // Ended tasks by the files they wrote: a new task for the same
+        // files starts after the old one's last withdrawal.
+        let mut ended: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        let names: Vec<String> = self.announcers.keys().cloned().collect();
+        for name in names {
+            if wanted.get(&name) != self.announcers.get(&name).map(|a| &a.spec)
+                && let Some(a) = self.announcers.remove(&name)
+            {
+                let key = a.spec.include_file(false);
+                ended.insert(key, a.finish());
+            }
+        }
+        for (name, spec) in wanted {
+            if self.announcers.contains_key(&name) {
+                continue;
+            }
+            let Some(j) =
+                (0..self.machine.job_count()).find(|j| self.machine.spec(*j).name == name)
+            else {
+                continue;
+            };
+            let feed = crate::announce::Feed {
+                gate: self.announce_input(j),
+                seq: 0,
+            };
+            let after = ended.remove(&spec.include_file(false));
+            let a = crate::announce::Announcer::start(
+                &name,
+                spec,
+                feed,
+                self.metrics.clone(),
+                after,
+                Some(self.spawner.clone()),
+            );
+            self.announcers.insert(name, a);
+        }
+    }
+
+    fn announce_input(&self, j: usize) -> autopilot_core::announce::GateInput {
+        autopilot_core::announce::GateInput {
+            registered: self.machine.registered(j),
+            maintenance: self.machine.in_maintenance(),
+            stopping: self.announce_draining
+                || self.machine.stopping().is_some()
+                || self.machine.is_winding(j),
+            disabled: false,
+        }
+    }
+
+    /// Feeds every announce task the gate's inputs (a no-op when unchanged).
+    fn sync_announce(&mut self) {
+        if self.announcers.is_empty() {
+            return;
+        }
+        for j in 0..self.machine.job_count() {
+            if let Some(a) = self.announcers.get(&self.machine.spec(j).name) {
+                a.feed(self.announce_input(j));
+            }
+        }
+    }
+
+    /// A stop with announced prefixes withdraws them first: each task is
+    /// told the agent is stopping, and the jobs get their signal once the
+    /// speaker confirmed (bounded by the speaker deadline) and the longest
+    /// `drain` passed. A second signal during the drain stops at once.
+    fn drain_then_stop(&mut self, why: &'static str) {
+        if self.announcers.is_empty()
+            || self.announce_draining
+            || self.machine.stopping() == Some(StopReason::Shutdown)
+        {
+            self.stop(why);
+            return;
+        }
+        tracing::info!("{why} received; withdrawing announced prefixes before stopping jobs");
+        self.announce_draining = true;
+        self.sync_announce();
+        let waits: Vec<(
+            String,
+            u64,
+            tokio::sync::watch::Receiver<crate::announce::Report>,
+        )> = self
+            .announcers
+            .iter()
+            .map(|(name, a)| {
+                (
+                    name.clone(),
+                    a.feed(self.announce_input_for(name)),
+                    a.report.clone(),
+                )
+            })
+            .collect();
+        let drain = self
+            .announcers
+            .values()
+            .map(|a| a.spec.drain)
+            .max()
+            .unwrap_or_default();
+        let tx = self.tx.clone();
+        // One deadline for all: the tasks withdraw concurrently.
+        let deadline = tokio::time::Instant::now() + crate::announce::SPEAKER_DEADLINE;
+        tokio::spawn(async move {
+            for (job, seq, mut rx) in waits {
+                let done = rx.wait_for(|r| {
+                    r.seq >= seq && r.state != autopilot_core::announce::PrefixState::Announced
+                });
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    tracing::warn!(job = %job, "announce: the speaker did not confirm the withdrawal within {}s; stopping anyway", crate::announce::SPEAKER_DEADLINE.as_secs());
+                }
+            }
+            if !drain.is_zero() {
+                tracing::info!(
+                    "announce: prefixes withdrawn; draining for {}",
+                    crate::logging::dur(drain)
+                );
+                tokio::time::sleep(drain).await;
+            }
+            let _ = tx.send(Msg::AnnounceDrained { why }).await;
+        });
+    }
+
+    fn announce_input_for(&self, name: &str) -> autopilot_core::announce::GateInput {
+        match (0..self.machine.job_count()).find(|j| self.machine.spec(*j).name == name) {
+            Some(j) => self.announce_input(j),
+            None => autopilot_core::announce::GateInput {
+                registered: None,
+                maintenance: false,
+                stopping: true,
+                disabled: false,
+            },
+        }
+    }
+
+    /// Ends the announce tasks at exit; each withdraws what it still
+    /// announces, bounded by the speaker deadline.
+    async fn end_announce(&mut self) {
+        for (job, a) in std::mem::take(&mut self.announcers) {
+            let task = a.finish();
+            let limit = crate::announce::SPEAKER_DEADLINE
+                .saturating_add(std::time::Duration::from_millis(500));
+            if tokio::time::timeout(limit, task).await.is_err() {
+                tracing::warn!(job = %job, "announce: the last withdrawal did not finish in time");
+            }
+        }
+    }
+
+    /// The job's prefixes for `/status`.
+    fn announce_status(&self, job: &str) -> Option<serde_json::Value> {
+        let a = self.announcers.get(job)?;
+        let r = a.report.borrow().clone();
+        let prefixes: Vec<serde_json::Value> = a
+            .spec
+            .prefixes
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "prefix": p.to_string(),
+                    "state": r.state.as_str(),
+                    "reason": r.state.reason(),
+                })
+            })
+            .collect();
+        Some(serde_json::json!({
+            "socket": a.spec.socket,
+            "prefixes": prefixes,
+            "speakerError": r.error,
+            "changes": r.changes,
+        }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The imperative shell around the core: the event loop and its I/O adapters.
 
 pub mod agent;
+pub mod announce;
 pub mod catalog;
 pub mod cluster;
 pub mod control;

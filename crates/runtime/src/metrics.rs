@@ -20,6 +20,16 @@ const SUMMARY_WINDOW: usize = 1024;
 /// The agent's own metrics.
 const BUILT_IN: &[(&str, &str, MetricKind)] = &[
     (
+        "autopilot_announce_state",
+        "1 for each announce prefix's current state (announced, withdrawn, disabled), 0 for the others.",
+        MetricKind::Gauge,
+    ),
+    (
+        "autopilot_announce_changes_total",
+        "Announcements and withdrawals the BGP speaker confirmed, by job (not counting the first write at start).",
+        MetricKind::Counter,
+    ),
+    (
         "autopilot_artifact_info",
         "1 for the artifact version each job (or the config bundle, job \"\") runs.",
         MetricKind::Gauge,

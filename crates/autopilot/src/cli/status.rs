@@ -82,6 +82,7 @@ pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i
     }
     print!("{}", repair_section(&v));
     print!("{}", watchdog_section(&v));
+    print!("{}", announce_section(&v));
     let c = &v["catalog"];
     println!(
         "catalog {}{}",
@@ -92,6 +93,35 @@ pub fn status(socket: &Path, timeout: Duration, out: Output) -> anyhow::Result<i
             .unwrap_or_default()
     );
     Ok(0)
+}
+
+/// The `ANNOUNCE` table: one line per prefix of each job with an
+/// `announce` block (state and why); empty when no job has one.
+fn announce_section(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let a = &j["announce"];
+        for p in a["prefixes"].as_array().into_iter().flatten() {
+            if out.is_empty() {
+                out.push_str(&format!(
+                    "{:<24} {:<40} {:<10} REASON\n",
+                    "ANNOUNCE", "PREFIX", "STATE"
+                ));
+            }
+            let mut reason = text(&p["reason"]);
+            if let Some(e) = a["speakerError"].as_str() {
+                reason = format!("{reason} ({})", autopilot_core::repair::clean(e));
+            }
+            out.push_str(&format!(
+                "{:<24} {:<40} {:<10} {}\n",
+                text(&j["name"]),
+                text(&p["prefix"]),
+                text(&p["state"]),
+                reason
+            ));
+        }
+    }
+    out
 }
 
 /// A text field of the agent's JSON as printed: cleaned, `-` when absent.
@@ -199,5 +229,38 @@ mod tests {
         let none = serde_json::json!({"jobs": [{"name": "x"}]});
         assert_eq!(repair_section(&none), "");
         assert_eq!(watchdog_section(&none), "");
+    }
+
+    #[test]
+    fn announce_section_shows_each_prefix_state_and_reason() {
+        let v = serde_json::json!({
+            "jobs": [
+                {"name": "web", "announce": {"socket": "/run/bird/bird.ctl", "changes": 3,
+                 "speakerError": "cannot connect\u{1b}[2J",
+                 "prefixes": [
+                    {"prefix": "192.0.2.10/32", "state": "withdrawn", "reason": "speaker unreachable"},
+                    {"prefix": "2001:db8::1/128", "state": "withdrawn", "reason": "speaker unreachable"}]}},
+                {"name": "side", "announce": null},
+            ],
+        });
+        let a = announce_section(&v);
+        let lines: Vec<&str> = a.lines().collect();
+        assert_eq!(lines.len(), 3, "{a}");
+        assert!(lines[0].starts_with("ANNOUNCE"), "{a}");
+        assert!(
+            lines[1].contains("192.0.2.10/32")
+                && lines[1].contains("withdrawn")
+                && lines[1].contains("speaker unreachable (cannot connect"),
+            "{a}"
+        );
+        assert!(!a.contains("side") && !a.contains('\u{1b}'), "{a}");
+        let ok = serde_json::json!({"jobs": [{"name": "web", "announce": {"prefixes": [
+            {"prefix": "192.0.2.10/32", "state": "announced", "reason": null}]}}]});
+        assert!(
+            announce_section(&ok).contains("announced  -"),
+            "{}",
+            announce_section(&ok)
+        );
+        assert_eq!(announce_section(&serde_json::json!({"jobs": []})), "");
     }
 }
