@@ -38,14 +38,14 @@ const TCP_QUEUE: usize = 32;
 pub enum DnsError {
     #[error("invalid dns domain {domain:?}: {message}")]
     Domain { domain: String, message: String },
-    #[error("cannot listen for dns on {addr} ({proto})")]
+    #[error("cannot listen for dns on {addr} ({proto}): {source}")]
     Bind {
         addr: SocketAddr,
         proto: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("the dns server failed")]
+    #[error("the dns server failed: {source}")]
     Serve {
         #[source]
         source: hickory_server::net::NetError,

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
+pub mod dns;
 #[cfg(test)]
 mod election_tests;
 pub mod fleet;
