@@ -6,7 +6,8 @@
 //! the additional section), the tag filter, the leader name, NXDOMAIN and
 //! REFUSED; then one instance's health check starts failing and the test
 //! measures how long after the catalog shows it critical it is gone from
-//! the answers (asserted under 1 s). A config with a `dns` block whose port
+//! the answers (asserted under 1 s). With etcd down the last good answers
+//! stay; when it is back, a change shows again. A config with a `dns` block whose port
 //! is taken fails to start with exit 2 naming `dns.listen`.
 // Tests start the real binary, etcd and dig as child processes.
 #![allow(clippy::disallowed_methods)]
@@ -91,7 +92,7 @@ fn agent_config(ip: &str, port: u16, tags: &str, extra_job: &str, dns: &str) -> 
 #[test]
 fn dig_answers_services_tags_leaders_and_drops_a_failing_instance_within_a_second() {
     let d = Dir::new("dns");
-    let etcd = Etcd::single(&d.0);
+    let mut etcd = Etcd::single(&d.0);
     let url = format!("etcd://{}/dns", etcd.endpoint());
     let (dns_port, agent_dns_port) = (free_port(), free_port());
     let node = |host: &str, cfg: String| {
@@ -281,6 +282,25 @@ fn dig_answers_services_tags_leaders_and_drops_a_failing_instance_within_a_secon
         "web.service.autopilot.",
         "A"
     ) == both));
+
+    // The catalog goes away: the last good answers stay (stale beats empty).
+    etcd.kill();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(short(dns_port, "web.service.autopilot.", "A"), both);
+    }
+    // It comes back: the server reads it again and sees b fail once more.
+    etcd.restart();
+    dir_b.write("sick", "");
+    assert!(
+        wait_for(Duration::from_secs(30), || short(
+            dns_port,
+            "web.service.autopilot.",
+            "A"
+        ) == ["127.0.0.2"]),
+        "never caught up after the catalog came back; log:\n{}",
+        std::fs::read_to_string(d.path("dns.log")).unwrap_or_default()
+    );
     drop(dns);
 }
 
