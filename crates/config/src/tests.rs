@@ -1338,7 +1338,7 @@ mod watchdogs_and_repair {
         // The known top-level fields keep their order, `watchdogs` last.
         let e = load("{ zzz: 1 }").expect_err("unknown").to_string();
         assert!(e.contains("expected one of: consul, catalog,"), "{e}");
-        assert!(e.ends_with("etcd, bundle, watchdogs"), "{e}");
+        assert!(e.ends_with("etcd, bundle, watchdogs, dns"), "{e}");
         let e = load("{ watchdog: [] }").expect_err("unknown").to_string();
         assert!(
             e.contains("watchdog: unknown field (did you mean \"watchdogs\"?)"),
