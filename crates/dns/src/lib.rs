@@ -10,11 +10,13 @@
 //! Queries never wait on the catalog: [`refresh`] rebuilds the zone from the
 //! catalog at start and after each change (coalesced), every catalog call
 //! under a deadline, and keeps the last good zone while the catalog fails.
-//! The wire format, UDP/TCP serving and truncation (TC over UDP) are
-//! hickory-server's.
+//! The wire format, UDP serving, TCP framing and truncation (TC over UDP)
+//! are hickory-server's; only the TCP accept loop is ours ([`tcp`]), to cap
+//! connections.
 
 pub mod handler;
 pub mod refresh;
+pub mod tcp;
 pub mod zone;
 
 use std::future::Future;
@@ -28,11 +30,6 @@ use hickory_server::proto::rr::Name;
 
 pub use handler::{Handler, Shared};
 pub use zone::{View, Zone};
-
-/// How long a TCP connection may stay idle between queries.
-const TCP_IDLE: Duration = Duration::from_secs(5);
-/// Responses queued per TCP connection.
-const TCP_QUEUE: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -93,6 +90,7 @@ pub struct DnsServer {
     server: Server<Handler>,
     addr: SocketAddr,
     refresher: tokio::task::JoinHandle<()>,
+    tcp: tokio::task::JoinHandle<()>,
 }
 
 impl DnsServer {
@@ -120,17 +118,19 @@ impl DnsServer {
                 source,
             })?;
         let shared = Arc::new(Shared::new(Zone::empty(&domain, cfg.ttl)));
-        let mut server = Server::new(Handler {
+        let handler = Handler {
             shared: shared.clone(),
-        });
+        };
+        let tcp = tokio::spawn(tcp::serve(tcp, Arc::new(handler.clone())));
+        let mut server = Server::new(handler);
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE, TCP_QUEUE);
         let refresher = tokio::spawn(refresh::run(cat, shared, domain, cfg.ttl));
         tracing::info!("dns: serving {} on {addr} (udp, tcp)", cfg.domain);
         Ok(DnsServer {
             server,
             addr,
             refresher,
+            tcp,
         })
     }
 
@@ -149,6 +149,7 @@ impl DnsServer {
             }
         };
         self.refresher.abort();
+        self.tcp.abort();
         out
     }
 }

@@ -398,3 +398,69 @@ async fn serves_udp_and_tcp_with_truncation_from_a_real_catalog() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn tcp_connections_are_capped_and_freed() {
+    use autopilot_catalog::Catalog;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cat: Arc<dyn Catalog> = Arc::new(
+        autopilot_catalog_local::LocalCatalog::open(&dir.path().join("cat"), "dns-tcp").unwrap(),
+    );
+    let cfg = crate::DnsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        domain: "autopilot.".into(),
+        ttl: Duration::ZERO,
+    };
+    let server = crate::DnsServer::bind(&cfg, cat).await.unwrap();
+    let addr = server.local_addr();
+    let serving = tokio::spawn(server.run(std::future::pending()));
+    // One query over a connection: Some(rcode) or None when it was closed.
+    async fn ask(c: &mut tokio::net::TcpStream) -> Option<ResponseCode> {
+        let q = query("autopilot.", RecordType::SOA, 1);
+        c.write_all(&u16::try_from(q.len()).unwrap().to_be_bytes())
+            .await
+            .ok()?;
+        c.write_all(&q).await.ok()?;
+        let mut lb = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut lb))
+            .await
+            .ok()?
+            .ok()?;
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(lb))];
+        c.read_exact(&mut body).await.ok()?;
+        Some(Message::from_bytes(&body).ok()?.metadata.response_code)
+    }
+    let mut open = Vec::new();
+    for _ in 0..crate::tcp::MAX_CONNECTIONS {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            ask(&mut c).await.is_some(),
+            "a connection under the cap answers"
+        );
+        open.push(c);
+    }
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        ask(&mut over).await,
+        None,
+        "the connection over the cap is closed"
+    );
+    drop(open.pop());
+    // The freed slot is taken again (its task ends when it sees the close).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if ask(&mut c).await.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serving.abort();
+}
