@@ -5,6 +5,7 @@
 //! applied: a config either loads whole or not at all.
 
 mod decode;
+mod dns;
 pub mod json5;
 mod repair;
 
@@ -20,6 +21,7 @@ use autopilot_core::spec::{
 use decode::{Doc, Field, Obj, child};
 
 pub use decode::{MAX_DURATION, parse_duration};
+pub use dns::{DEFAULT_DNS_DOMAIN, DEFAULT_DNS_LISTEN, DnsConfig, dns_domain};
 
 /// The functions a `templates` source file may call beyond the built-ins:
 /// the data functions crates/runtime/src/templates.rs installs, plus `env`.
@@ -84,6 +86,8 @@ pub struct Config {
     pub bundle: Option<BundleConfig>,
     /// `watchdogs`: node-level checks that feed the repair ladder, an autopilot extension.
     pub watchdogs: Vec<WatchdogSpec>,
+    /// `dns`: serve DNS over the catalog from the agent, an autopilot extension.
+    pub dns: Option<DnsConfig>,
 }
 
 /// `bundle: {name, dest, store, file}`: an artifact holding the config (and
@@ -388,6 +392,7 @@ fn parse_rendered(
         None => ControlConfig::default(),
     };
     let telemetry = top.get("telemetry").map(|f| telemetry(&f)).transpose()?;
+    let dns = top.get("dns").map(|f| dns::dns(&f)).transpose()?;
     let etcd = top
         .get("etcd")
         .map(|f| etcd(&f))
@@ -512,6 +517,7 @@ fn parse_rendered(
         "etcd",
         "bundle",
         "watchdogs",
+        "dns",
     ])?;
 
     // Every `when.source` must name something that can publish events.
@@ -566,6 +572,7 @@ fn parse_rendered(
         warnings,
         bundle,
         watchdogs,
+        dns,
     })
 }
 

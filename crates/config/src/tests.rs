@@ -89,6 +89,41 @@ fn full_containerpilot_example() {
 
 /// Each bad config, the `line:column: field` it must point at, and a part of the message.
 #[test]
+fn the_dns_block() {
+    assert_eq!(load("{}").unwrap().dns, None);
+    let d = load("{ dns: {} }").unwrap().dns.unwrap();
+    assert_eq!(d.listen.to_string(), "127.0.0.1:8600");
+    assert_eq!(d.domain, "autopilot.");
+    assert_eq!(d.ttl, Duration::ZERO);
+    let d = load("{ dns: { listen: '[::1]:53', domain: 'Consul', ttl: '30s' } }")
+        .unwrap()
+        .dns
+        .unwrap();
+    assert_eq!(d.listen.to_string(), "[::1]:53");
+    assert_eq!(d.domain, "consul.");
+    assert_eq!(d.ttl, Duration::from_secs(30));
+    for (text, field, msg) in [
+        (
+            "{ dns: { listen: 'localhost' } }",
+            "dns.listen",
+            "not an address and port",
+        ),
+        ("{ dns: { domain: 'a..b' } }", "dns.domain", "label \"\""),
+        (
+            "{ dns: { domain: '.' } }",
+            "dns.domain",
+            "must name a domain",
+        ),
+        ("{ dns: { ttl: 'soon' } }", "dns.ttl", ""),
+        ("{ dns: { port: 53 } }", "dns.port", "unknown field"),
+        ("{ dns: 5 }", "dns", "expected"),
+    ] {
+        let e = load(text).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(msg), "{text}: {e}");
+    }
+}
+
+#[test]
 fn bad_configs_table() {
     let cases: &[(&str, &str, &str)] = &[
         ("{ jobz: [] }", "1:3: jobz", "unknown field"),
@@ -1338,7 +1373,7 @@ mod watchdogs_and_repair {
         // The known top-level fields keep their order, `watchdogs` last.
         let e = load("{ zzz: 1 }").expect_err("unknown").to_string();
         assert!(e.contains("expected one of: consul, catalog,"), "{e}");
-        assert!(e.ends_with("etcd, bundle, watchdogs"), "{e}");
+        assert!(e.ends_with("etcd, bundle, watchdogs, dns"), "{e}");
         let e = load("{ watchdog: [] }").expect_err("unknown").to_string();
         assert!(
             e.contains("watchdog: unknown field (did you mean \"watchdogs\"?)"),

@@ -45,6 +45,9 @@ pub enum AgentError {
     /// The telemetry listener cannot be bound (`telemetry.port`).
     #[error("telemetry: {0}")]
     Telemetry(String),
+    /// The `dns` block's server cannot start (`dns.listen`, `dns.domain`).
+    #[error("dns: {0}")]
+    Dns(#[source] autopilot_dns::DnsError),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -654,6 +657,10 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
             seat: None,
         });
         telemetry_id = Some(id);
+    }
+    // The `dns` block: a DNS server answering from its own cache of the catalog.
+    if let Some(d) = &opts.config.dns {
+        crate::dns::start(d, catalog.clone()).await?;
     }
     let sig = |k| signal(k).map_err(AgentError::Signal);
     let (mut term, mut int, mut hup, mut usr1, mut usr2) = (
@@ -3028,6 +3035,9 @@ impl Agent {
                 != self.config.telemetry.as_ref().map(|t| t.port)
         {
             tracing::warn!("control and telemetry listeners keep their old settings until restart");
+        }
+        if cfg.dns != self.config.dns {
+            tracing::warn!("the dns server keeps its old settings until restart");
         }
         // The reloaded file's unhonoured fields, named as at start.
         for w in &cfg.warnings {

@@ -5,6 +5,7 @@ pub mod announce;
 pub mod catalog;
 pub mod cluster;
 pub mod control;
+pub mod dns;
 #[cfg(test)]
 mod election_tests;
 pub mod fleet;

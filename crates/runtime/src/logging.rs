@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use autopilot_config::{Level, LogFormat, LogOutput, LoggingConfig};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 enum Target {
     Stdout,
@@ -90,13 +93,30 @@ pub fn init(cfg: &LoggingConfig) -> io::Result<LogHandle> {
         Level::Warn => tracing::Level::WARN,
         Level::Error => tracing::Level::ERROR,
     };
+    // hickory (the `dns` block's server) logs every query at info: its
+    // crates log warnings and errors only, unless the level is debug.
+    let hickory = match cfg.level {
+        Level::Debug => LevelFilter::DEBUG,
+        Level::Error => LevelFilter::ERROR,
+        Level::Info | Level::Warn => LevelFilter::WARN,
+    };
+    let targets = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("hickory_server", hickory)
+        .with_target("hickory_proto", hickory)
+        .with_target("hickory_net", hickory);
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(handle.clone())
         .with_ansi(false);
     let res = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(targets)
+            .try_init(),
+        LogFormat::Text => builder.finish().with(targets).try_init(),
     };
     // A second init (tests, or a re-exec) keeps the first subscriber.
     let _ = res;

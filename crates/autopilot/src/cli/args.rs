@@ -173,6 +173,8 @@ pub enum Cmd {
     Repairs(super::repairs::RepairsArgs),
     /// Serve the cockpit: a JSON API and a web page over the fleet, with tokens, TLS and live updates.
     Cockpit(super::cockpit::CockpitArgs),
+    /// Serve DNS over the catalog: NAME.service, TAG.NAME.service, _NAME._tcp.service, ELECTION.leader.
+    Dns(super::dns::DnsArgs),
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
@@ -248,7 +250,10 @@ impl Cli {
         }
         matches!(
             self.cmd,
-            None | Some(Cmd::Run) | Some(Cmd::Lock { .. }) | Some(Cmd::Cockpit(_))
+            None | Some(Cmd::Run)
+                | Some(Cmd::Lock { .. })
+                | Some(Cmd::Cockpit(_))
+                | Some(Cmd::Dns(_))
         )
     }
 }

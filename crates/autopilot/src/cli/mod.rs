@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod cockpit;
 pub mod control;
 pub mod deploy;
+pub mod dns;
 pub mod info;
 pub mod kv;
 pub mod lock;

@@ -105,6 +105,10 @@ pub fn run_agent(
             Err(setup("telemetry.interfaces", message).into())
         }
         Err(AgentError::Telemetry(message)) => Err(setup("telemetry.port", message).into()),
+        Err(AgentError::Dns(e @ autopilot_dns::DnsError::Domain { .. })) => {
+            Err(setup("dns.domain", e.to_string()).into())
+        }
+        Err(AgentError::Dns(e)) => Err(setup("dns.listen", e.to_string()).into()),
         Err(AgentError::Control(
             e @ (ControlError::InUse { .. }
             | ControlError::Io { .. }
