@@ -266,3 +266,97 @@ fn an_agent_with_a_30s_lease_keeps_one_watch_stream() {
         a.log()
     );
 }
+
+/// A candidate of the election `db` (TTL 5 s) whose job is health-checked
+/// against `health`.
+fn candidate_config(port: u16, health: u16) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  jobs: [
+    {{ name: "db", exec: "sleep 600", port: {port}, interfaces: ["static:127.0.0.1"],
+       health: {{ tcp: "127.0.0.1:{health}", interval: "500ms", ttl: "5s" }},
+       election: {{ name: "db", ttl: "5s" }} }},
+  ],
+}}"#
+    )
+}
+
+#[test]
+fn an_idle_election_costs_only_its_renewals() {
+    const NODES: usize = 3;
+    let d = Dir::new("fleet-etcd-election");
+    let etcd = Etcd::single(&d.0);
+    let ep = etcd.endpoint();
+    let url = format!("etcd://{ep}/el");
+    let health = health_listener();
+    let mut agents: Vec<Agent> = (0..NODES)
+        .map(|i| {
+            let sub = d.child(&format!("c{i}"));
+            start_with(
+                &sub,
+                &candidate_config(21_000 + u16::try_from(i).expect("port"), health),
+                &[],
+                &[
+                    ("AUTOPILOT_CATALOG", url.as_str()),
+                    ("AUTOPILOT_HOSTNAME", &format!("c{i}")),
+                    ("AUTOPILOT_ETCD_TTL", "10s"),
+                ],
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cat = catalog(&rt, &ep, "/el");
+    let members = |cat: &Arc<dyn Catalog>| {
+        rt.block_on(cat.instances("_members.db"))
+            .map(|l| l.iter().filter(|i| i.status == Status::Passing).count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            std::thread::sleep(Duration::from_millis(50));
+            members(&cat) == NODES && rt.block_on(cat.leader("db")).ok().flatten().is_some()
+        }),
+        "no leader with {NODES} passing members"
+    );
+    // Settled: the candidates have read the seat and records once.
+    std::thread::sleep(Duration::from_secs(3));
+    let window = Duration::from_secs(15);
+    let methods = ["LeaseKeepAlive", "Range", "Txn", "Watch", "LeaseGrant", "Put"];
+    let count = |m: &str| received(&etcd, Some(m));
+    let before: Vec<f64> = methods.iter().map(|m| count(m)).collect();
+    let all0 = received(&etcd, None);
+    std::thread::sleep(window);
+    let all = received(&etcd, None) - all0;
+    let per_min = |n: f64| n * 60.0 / window.as_secs_f64() / NODES as f64;
+    let by: Vec<String> = methods
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| format!("{m} {:.1}", per_min(count(m) - b)))
+        .collect();
+    eprintln!(
+        "idle election ({NODES} candidates, election TTL 5 s, lease TTL 10 s): {:.1} messages/min per node ({})",
+        per_min(all),
+        by.join(", ")
+    );
+    // Each agent's session keep-alive every 10/3 s, the leader's renewal
+    // every 5/3 s: 18 + 36/3 = 30 a minute per node.
+    let expected = NODES as f64 * window.as_secs_f64() / (10.0 / 3.0)
+        + window.as_secs_f64() / (5.0 / 3.0);
+    assert!(
+        all <= 2.0 * expected,
+        "{all} messages in {window:?}, expected about {expected}"
+    );
+    let reads = count("Range") - before[1];
+    assert!(reads <= 2.0, "{reads} reads at idle");
+    for a in agents.iter_mut() {
+        assert!(
+            a.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))),
+            "agent exited: {}",
+            a.log()
+        );
+    }
+}

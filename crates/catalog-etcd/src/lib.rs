@@ -45,8 +45,11 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// A watch stream silent this long is asked for its progress, which must
-/// come within `OP_TIMEOUT`: a stalled connection is not a quiet one.
-const WATCH_IDLE: Duration = Duration::from_secs(5);
+/// come within `OP_TIMEOUT`: a stalled connection is not a quiet one. A dead
+/// connection is found sooner by the HTTP/2 pings (`PING_INTERVAL` +
+/// `PING_TIMEOUT`); this catches a stream the server stopped serving on a
+/// live connection, at a cost of one message per agent per 30 s at idle.
+const WATCH_IDLE: Duration = Duration::from_secs(30);
 
 /// HTTP/2 keep-alive pings: at least etcd's `--grpc-keepalive-min-time`
 /// (5 s by default), or etcd answers GOAWAY "too_many_pings" and drops the
@@ -1149,7 +1152,7 @@ impl Notifier {
 /// restart with an empty data dir), it notifies (readers re-read
 /// everything) and resumes from the present. Every wait has a deadline: a
 /// silent stream is asked for its progress, which must come in time.
-/// Retries back off exponentially with full jitter (50 ms to 5 s), so a
+/// Retries back off exponentially with full jitter (50 ms to 1 s), so a
 /// fleet whose cluster came back does not reconnect in one wave.
 async fn watch_loop(
     conn: std::sync::Arc<Conn>,
@@ -1160,8 +1163,10 @@ async fn watch_loop(
     let url = conn.url.clone();
     let mut rev = start_rev;
     let mut cluster: Option<u64> = None;
+    // Capped at 1 s: watches see changes again within about a second of the
+    // cluster's return, and 1000 agents reconnect at most 1000 times a second.
     let mut backoff =
-        autopilot_catalog::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        autopilot_catalog::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut outage = autopilot_catalog::Outage::default();
     let (from, to) = range;
     loop {

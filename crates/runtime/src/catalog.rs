@@ -606,6 +606,34 @@ fn continue_after_state(w: &Worker, state: &watch::Sender<RegistrarState>) {
     });
 }
 
+/// One change counter bumped by a change under any of `prefixes` (see
+/// [`Catalog::changes_under`] for the key space): a task per prefix
+/// forwards its bumps, and ends with the returned receiver or the catalog.
+/// The prefixes are subscribed here, so a caller that reads after this call
+/// misses no change.
+pub fn changes_under_any(catalog: &dyn Catalog, prefixes: &[String]) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    let tx = Arc::new(tx);
+    for p in prefixes {
+        let mut from = catalog.changes_under(p);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = from.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
+    }
+    rx
+}
+
 /// Reads the passing instances of a watched service whenever the catalog
 /// changes (and every `interval` as a safety net), and sends each snapshot.
 /// A failed read sends nothing: an unreachable catalog is not "no instances".
