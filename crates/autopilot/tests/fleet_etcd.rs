@@ -135,7 +135,9 @@ fn a_hundred_agents_start_at_once_register_and_idle_quietly() {
     );
     for (sub, a) in agents.iter_mut() {
         assert!(
-            a.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))),
+            a.child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None))),
             "agent {} exited; log:\n{}",
             sub.0.display(),
             a.log()
@@ -212,10 +214,15 @@ fn a_hundred_agents_start_at_once_register_and_idle_quietly() {
         "{all} messages at idle, expected about {keep_alives}"
     );
     assert!(range <= 5.0, "{range} reads at idle");
-    assert!(watches <= 1.0, "{watches} watch streams (re)started at idle");
+    assert!(
+        watches <= 1.0,
+        "{watches} watch streams (re)started at idle"
+    );
     for (sub, a) in agents.iter_mut() {
         assert!(
-            a.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))),
+            a.child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None))),
             "agent {} exited; log:\n{}",
             sub.0.display(),
             a.log()
@@ -325,7 +332,14 @@ fn an_idle_election_costs_only_its_renewals() {
     // Settled: the candidates have read the seat and records once.
     std::thread::sleep(Duration::from_secs(3));
     let window = Duration::from_secs(15);
-    let methods = ["LeaseKeepAlive", "Range", "Txn", "Watch", "LeaseGrant", "Put"];
+    let methods = [
+        "LeaseKeepAlive",
+        "Range",
+        "Txn",
+        "Watch",
+        "LeaseGrant",
+        "Put",
+    ];
     let count = |m: &str| received(&etcd, Some(m));
     let before: Vec<f64> = methods.iter().map(|m| count(m)).collect();
     let all0 = received(&etcd, None);
@@ -344,8 +358,8 @@ fn an_idle_election_costs_only_its_renewals() {
     );
     // Each agent's session keep-alive every 10/3 s, the leader's renewal
     // every 5/3 s: 18 + 36/3 = 30 a minute per node.
-    let expected = NODES as f64 * window.as_secs_f64() / (10.0 / 3.0)
-        + window.as_secs_f64() / (5.0 / 3.0);
+    let expected =
+        NODES as f64 * window.as_secs_f64() / (10.0 / 3.0) + window.as_secs_f64() / (5.0 / 3.0);
     assert!(
         all <= 2.0 * expected,
         "{all} messages in {window:?}, expected about {expected}"
@@ -354,7 +368,9 @@ fn an_idle_election_costs_only_its_renewals() {
     assert!(reads <= 2.0, "{reads} reads at idle");
     for a in agents.iter_mut() {
         assert!(
-            a.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))),
+            a.child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None))),
             "agent exited: {}",
             a.log()
         );

@@ -256,10 +256,8 @@ impl Conn {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut last = String::new();
-        let mut backoff = autopilot_catalog::Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(400),
-        );
+        let mut backoff =
+            autopilot_catalog::Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         for attempt in 0..self.attempts {
             if attempt >= self.endpoints.len() {
                 // Every endpoint failed once: the cluster may be electing a
@@ -655,11 +653,7 @@ impl EtcdCatalog {
                         .with_limit(1);
                     let header = if write {
                         let txn = Txn::new()
-                            .when([Compare::create_revision(
-                                probe.clone(),
-                                CompareOp::Less,
-                                0,
-                            )])
+                            .when([Compare::create_revision(probe.clone(), CompareOp::Less, 0)])
                             .and_then([TxnOp::put(probe, "", None)])
                             .or_else([TxnOp::get(format!("{prefix}/"), Some(read))]);
                         client.txn(txn).await?.header().cloned()
@@ -1453,7 +1447,8 @@ impl Catalog for EtcdCatalog {
     }
 
     fn changes_under(&self, prefix: &str) -> watch::Receiver<u64> {
-        self.notifier.subscribe(&format!("{}/{prefix}", self.prefix))
+        self.notifier
+            .subscribe(&format!("{}/{prefix}", self.prefix))
     }
 
     async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError> {

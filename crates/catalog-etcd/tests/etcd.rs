@@ -652,12 +652,18 @@ async fn changes_under_a_prefix_wake_only_its_readers_and_starting_agents_wake_n
     let rev1 = revision(&etcdctl(&ep, &["endpoint", "status", "-w", "json"]));
     assert_eq!(rev0, rev1, "connecting wrote to etcd");
     // A session lease and its agents/ key: outside the watched range.
-    others[0].register(&reg("db-o0", "db")).await.expect("register");
+    others[0]
+        .register(&reg("db-o0", "db"))
+        .await
+        .expect("register");
     settle().await;
     assert!(bumped(&mut all), "an instance write wakes changes()");
     assert!(!bumped(&mut web), "a db entry woke the web readers");
     assert!(!bumped(&mut key), "a db entry woke the intent reader");
-    others[1].register(&reg("web-o1", "web")).await.expect("register");
+    others[1]
+        .register(&reg("web-o1", "web"))
+        .await
+        .expect("register");
     assert!(
         tokio::time::timeout(Duration::from_secs(5), web.changed())
             .await

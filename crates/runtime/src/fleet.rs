@@ -495,7 +495,10 @@ impl Worker {
             self.catalog.as_ref(),
             &[
                 format!("kv/{}", rollout::rollouts_prefix(&self.unit.artifact)),
-                format!("instances/{}/", rollout::member_service(&self.unit.artifact)),
+                format!(
+                    "instances/{}/",
+                    rollout::member_service(&self.unit.artifact)
+                ),
             ],
         );
         let h = self.health.borrow().clone();

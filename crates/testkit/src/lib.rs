@@ -545,7 +545,10 @@ impl Etcd {
         s.read_to_end(&mut raw).ok()?;
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n")?;
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             // Chunked: drop the size lines.
             let mut out = String::new();
             let mut rest = body;
