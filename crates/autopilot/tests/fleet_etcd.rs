@@ -117,7 +117,10 @@ fn a_hundred_agents_start_at_once_register_and_idle_quietly() {
             (sub, a)
         })
         .collect();
+    // The test's own reads, left out of the agents' count.
+    let polls = std::cell::Cell::new(0u32);
     let passing = |cat: &Arc<dyn Catalog>| {
+        polls.set(polls.get() + 1);
         rt.block_on(cat.instances("app"))
             .map(|l| l.iter().filter(|i| i.status == Status::Passing).count())
             .unwrap_or(0)
@@ -128,9 +131,9 @@ fn a_hundred_agents_start_at_once_register_and_idle_quietly() {
     });
     let took = t0.elapsed();
     let cpu_start = etcd.cpu_time().expect("etcd cpu").saturating_sub(cpu0);
-    let ranges = received(&etcd, Some("Range")) - ranges0;
+    let ranges = received(&etcd, Some("Range")) - ranges0 - f64::from(polls.get());
     eprintln!(
-        "{AGENTS} agents: all registered after {took:?}; etcd CPU {cpu_start:?}; {ranges} Range requests ({:.1} per agent)",
+        "{AGENTS} agents: all registered after {took:?}; etcd CPU {cpu_start:?}; {ranges} Range requests by the agents ({:.1} each)",
         ranges / AGENTS as f64
     );
     for (sub, a) in agents.iter_mut() {
@@ -151,9 +154,10 @@ fn a_hundred_agents_start_at_once_register_and_idle_quietly() {
     // Loose: 2 shared cores, debug builds.
     assert!(took < Duration::from_secs(30), "registration took {took:?}");
     // Each agent reads little at start (its intent, its watch): not once
-    // per other agent's registration.
+    // per other agent's registration (about 20 each before the watch was
+    // demultiplexed, 2.5 after).
     assert!(
-        ranges < (AGENTS * 12) as f64,
+        ranges < (AGENTS * 8) as f64,
         "{ranges} Range requests for {AGENTS} agents starting"
     );
 
