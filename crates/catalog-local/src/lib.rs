@@ -1635,6 +1635,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_too_long_for_a_socket_falls_back_to_the_poll() {
+        // A unix socket path holds at most 107 bytes.
+        let d = dir(&"long".repeat(25));
+        let a = LocalCatalog::open(&d, "a").expect("open without a socket");
+        let b = LocalCatalog::open(&d, "b").expect("open without a socket");
+        assert!(b._socket.is_none(), "no socket at {}", d.display());
+        let mut rx = b.changes();
+        rx.borrow_and_update();
+        a.register(&entry("x-1")).await.expect("register");
+        assert!(
+            moved(&mut rx, POLL + Duration::from_secs(1))
+                .await
+                .is_some(),
+            "the poll sees the change"
+        );
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn the_watcher_socket_is_private() {
         use std::os::unix::fs::PermissionsExt;
