@@ -88,7 +88,8 @@ pub(crate) fn bind(catalog_dir: &Path) -> io::Result<(tokio::net::UnixDatagram, 
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = catalog_dir.join(WATCHERS);
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
+        // The umask may have taken bits we asked for; set exactly 0700.
+        Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
