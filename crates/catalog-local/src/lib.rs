@@ -408,8 +408,17 @@ impl LocalCatalog {
         let (listener, socket) = match wake::bind(dir) {
             Ok((l, f)) => (Some(l), Some(f)),
             Err(e) => {
+                let hint = match e.raw_os_error() {
+                    Some(nix::libc::EMFILE | nix::libc::ENFILE) => {
+                        " (out of file descriptors: raise `ulimit -n` or LimitNOFILE=)"
+                    }
+                    _ if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        " (a unix socket path holds at most 107 bytes: use a shorter catalog directory)"
+                    }
+                    _ => "",
+                };
                 tracing::warn!(
-                    "catalog {url}: cannot bind a change socket in {}: {e}; reading changes every {}s instead",
+                    "catalog {url}: cannot bind a change socket in {}: {e}{hint}; reading changes every {}s instead",
                     dir.join(wake::WATCHERS).display(),
                     POLL.as_secs()
                 );
