@@ -8,7 +8,7 @@ Each agent: one trivial job with a port and a native TCP health check every
 maintenance (deregister / register of `probe`) through its control socket;
 every toggle must reach all N handlers.
 
-usage: bench/local_fleet.py BINARY N [CHANGES]
+usage: bench/local_fleet.py BINARY N [CHANGES]   (TTL=15s in the environment: the entry TTL)
 prints one JSON line."""
 import json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
@@ -17,6 +17,7 @@ CHANGES = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 TMP = tempfile.mkdtemp(prefix="ap-localfleet-")
 CAT = "local://" + os.path.join(TMP, "catalog")
 CLK = os.sysconf("SC_CLK_TCK")
+TTL = os.environ.get("TTL", "3s")
 ENV = dict(os.environ, AUTOPILOT_CATALOG=CAT)
 PROCS = []
 
@@ -76,7 +77,7 @@ def main():
         with open(cfg, "w") as f:
             f.write(f"""{{ control: {{ socket: "{d}/ctl.sock" }},
   jobs: [{{ name: "app", exec: "sleep 3600", port: 9000, interfaces: ["static:127.0.0.1"],
-            health: {{ tcp: "127.0.0.1:{hport}", interval: "5s", ttl: "3s" }} }},
+            health: {{ tcp: "127.0.0.1:{hport}", interval: "5s", ttl: "{TTL}" }} }},
          {{ name: "h", when: {{ source: "watch.probe", each: "changed" }}, exec: ["sh", "-c", "date +%s%N >> {log}"] }}],
   watches: [{{ name: "probe", interval: 60 }}] }}""")
         PROCS.append(subprocess.Popen([BIN, "-config", cfg], env=dict(ENV, AUTOPILOT_HOSTNAME=f"n{i}"),
@@ -127,7 +128,7 @@ def main():
         lat += [(int(x[b]) - sent) / 1e6 for x, b in zip(now, before)]
         time.sleep(1.5)
     print(json.dumps({
-        "agents": N, "all_registered_s": round(registered, 1), "idle_cpu_percent_all_agents": round(idle, 2),
+        "agents": N, "ttl": TTL, "all_registered_s": round(registered, 1), "idle_cpu_percent_all_agents": round(idle, 2),
         "change_to_every_handler_ms": {"p50": round(pct(lat, 0.5)), "p99": round(pct(lat, 0.99)),
                                        "max": round(max(lat)), "n": len(lat)},
     }))
