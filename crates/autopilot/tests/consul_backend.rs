@@ -1,0 +1,181 @@
+//! The `consul://` backend against a real `autopilot consul-api` server (over an embedded catalog): the catalog conformance suite, and two agents that see each other and fail an election over.
+// Tests start the real binary (server and agents) as child processes.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autopilot_catalog::Catalog;
+use autopilot_catalog_consul::{ConsulCatalog, ConsulOptions};
+use common::*;
+
+/// `autopilot consul-api` on a free loopback port over an embedded catalog
+/// in `dir`; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Dir) -> Server {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path("consul-api.log")).expect("log");
+        let child = Command::new(bin())
+            .args([
+                "consul-api",
+                "--listen",
+                &addr,
+                "--catalog",
+                &format!("local://{}", dir.path("server-catalog").display()),
+            ])
+            .env("AUTOPILOT_STATE_DIR", dir.path("server-state"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn consul-api");
+        let s = Server { child, addr };
+        assert!(
+            wait_for(Duration::from_secs(20), || http_tcp(
+                &s.addr,
+                "/v1/status/leader"
+            )
+            .is_some_and(|(code, _)| code == 200)),
+            "consul-api did not come up: {}",
+            dir.read("consul-api.log")
+        );
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_against_autopilot_consul_api() {
+    let d = Dir::new("consul-conf");
+    let server = Server::start(&d);
+    let rest = format!("{}/conformance?ttl=2s", server.addr);
+    let open = |agent: String| {
+        let rest = rest.clone();
+        async move {
+            let opts = ConsulOptions::parse(&rest).expect("url");
+            let c = ConsulCatalog::connect(opts, &format!("agent-{agent}"))
+                .await
+                .expect("connect");
+            Arc::new(c) as Arc<dyn Catalog>
+        }
+    };
+    let t = Instant::now();
+    // Sessions of 2 s are invalidated within two TTLs (Consul's grant);
+    // entries go one TTL after they turn critical.
+    autopilot_catalog::conformance::run_all(open, "consul", Duration::from_secs(4)).await;
+    eprintln!("conformance on consul-api took {:?}", t.elapsed());
+}
+
+fn config(port: u16) -> String {
+    format!(
+        r#"{{
+  control: {{ socket: "@SOCKET@" }},
+  watches: [{{ name: "web", interval: 60 }}],
+  jobs: [{{ name: "web", exec: "sleep 120", port: {port}, interfaces: ["static:127.0.0.1"],
+            health: {{ exec: "true", interval: "200ms", ttl: 2 }},
+            election: {{ name: "web-primary", ttl: "2s" }} }}],
+}}"#
+    )
+}
+
+fn agent(d: &Dir, host: &str, url: &str, port: u16) -> Agent {
+    let dir = d.child(host);
+    let a = start_with(
+        &dir,
+        &config(port),
+        &[],
+        &[("AUTOPILOT_CATALOG", url), ("AUTOPILOT_HOSTNAME", host)],
+    );
+    a.ready();
+    a
+}
+
+/// `autopilot leader web-primary --json` through the Consul backend: (id, term).
+fn leader(url: &str) -> Option<(String, u64)> {
+    let out = Command::new(bin())
+        .args(["leader", "web-primary", "--json", "--catalog", url])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["id"].as_str()?.to_string(), v["term"].as_u64()?))
+}
+
+/// How many passing `web` instances an agent's own watch sees.
+fn seen(a: &Agent) -> Option<u64> {
+    a.status()["watches"][0]["passing"].as_u64()
+}
+
+#[test]
+fn two_agents_see_each_other_and_fail_over() {
+    let d = Dir::new("consul-e2e");
+    let server = Server::start(&d);
+    let url = format!("consul://{}/e2e?ttl=2s", server.addr);
+    let agents = [
+        agent(&d, "h1", &url, free_port()),
+        agent(&d, "h2", &url, free_port()),
+    ];
+    // Each agent's watch (blocking queries on the server) sees both.
+    assert!(
+        wait_for(Duration::from_secs(15), || agents
+            .iter()
+            .all(|a| seen(a) == Some(2))),
+        "watches: {:?} / {:?}",
+        agents[0].status()["watches"],
+        agents[1].status()["watches"]
+    );
+    assert_eq!(
+        passing_ids(&url, "web"),
+        Some(vec!["web-h1".to_string(), "web-h2".to_string()])
+    );
+    let st = agents[0].status();
+    assert_eq!(st["catalog"]["url"], "consul://".to_string() + &server.addr + "/e2e");
+    assert_eq!(st["catalog"]["degraded"], false, "{st}");
+
+    // One leader; kill -9 its agent and its job: the other takes over with
+    // a higher term once the seat's session lapses, and its watch sees the
+    // dead instance go.
+    assert!(wait_for(Duration::from_secs(10), || leader(&url).is_some()));
+    let (id1, term1) = leader(&url).expect("a leader");
+    let (dead, alive) = if id1 == "web-h1" { (0, 1) } else { (1, 0) };
+    let job_pid = agents[dead].status()["jobs"][0]["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    let t = Instant::now();
+    agents[dead].signal(libc::SIGKILL);
+    killpg(job_pid, libc::SIGKILL);
+    assert!(
+        wait_for(Duration::from_secs(15), || leader(&url)
+            .is_some_and(|(i, _)| i != id1)),
+        "no failover: {}",
+        d.child(if alive == 0 { "h1" } else { "h2" }).read("agent.log")
+    );
+    let failover = t.elapsed();
+    let (id2, term2) = leader(&url).expect("a new leader");
+    assert_eq!(id2, if alive == 0 { "web-h1" } else { "web-h2" });
+    assert!(term2 > term1, "fencing term grows: {term1} -> {term2}");
+    eprintln!("failover after kill -9 took {failover:?}");
+    // Seat session TTL 1 s (half the election's 2 s), invalidated within two.
+    assert!(failover < Duration::from_secs(8), "{failover:?}");
+    assert!(
+        wait_for(Duration::from_secs(10), || seen(&agents[alive]) == Some(1)),
+        "the survivor's watch drops the dead instance: {:?}",
+        agents[alive].status()["watches"]
+    );
+}
