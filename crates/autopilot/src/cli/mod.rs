@@ -5,6 +5,7 @@ pub mod artifact;
 pub mod catalog;
 pub mod cluster;
 pub mod cockpit;
+pub mod consul;
 pub mod control;
 pub mod deploy;
 pub mod dns;
