@@ -266,7 +266,8 @@ fn a_consul_block_without_catalog_runs_on_the_consul_backend() {
     assert!(a.wait(Duration::from_secs(10)).is_some(), "{}", a.log());
     let log = a.log();
     assert!(
-        !log.lines().any(|l| l.contains("WARN") && l.contains("field=consul")),
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("field=consul")),
         "no warning: the consul block is used\n{log}"
     );
 }

@@ -5,8 +5,10 @@
 //! `DeregisterCriticalServiceAfter` = its own or its TTL); keys live under
 //! `<prefix>/kv/`, locks under `<prefix>/locks/` (acquired by the agent's
 //! session), election seats under `<prefix>/elections/` (acquired by one
-//! session per seat, whose TTL is the campaign's), the term being the seat
-//! key's `LockIndex`.
+//! session per seat; the value carries the candidate and the wall-clock
+//! instant the seat lapses unless renewed, since Consul's session TTLs are
+//! 10 s at least), the term being the seat key's `LockIndex`; an entry bound
+//! to a seat has its binding under `<prefix>/bound/<ID>`.
 
 mod http;
 
@@ -28,6 +30,8 @@ use crate::http::{Answer, Http, key_path, segment};
 
 /// The agent session's TTL when the URL names none: Consul's minimum.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
+/// Consul refuses session TTLs below this.
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
 /// The deadline of one ordinary request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one blocking query of the change stream waits on the server.
@@ -35,8 +39,6 @@ const BLOCKING_WAIT: Duration = Duration::from_secs(30);
 /// Most services listed by `services()`.
 const MAX_SERVICES: usize = 10_000;
 /// Meta keys the backend writes on its services.
-const META_SEAT: &str = "autopilot_seat";
-const META_TERM: &str = "autopilot_term";
 const META_REGISTERED: &str = "autopilot_registered_ms";
 const META_STATUS: &str = "autopilot_status";
 
@@ -86,10 +88,10 @@ impl ConsulOptions {
             match pair.split_once('=') {
                 Some(("ttl", v)) => {
                     session_ttl = parse_duration(v)
-                        .filter(|d| *d >= Duration::from_millis(500))
+                        .filter(|d| *d >= MIN_SESSION_TTL)
                         .ok_or_else(|| {
                             bad(format!(
-                                "ttl={v}: expected a duration of at least 500ms, such as 10s"
+                                "ttl={v}: expected a duration of at least 10s (Consul's minimum session TTL), such as 15s"
                             ))
                         })?;
                 }
@@ -137,6 +139,33 @@ struct Owned {
 #[derive(Debug, Clone)]
 struct SeatHeld {
     session: String,
+    term: u64,
+    /// The seat session's TTL, and when it was last renewed.
+    session_ttl: Duration,
+    renewed: Instant,
+}
+
+/// What a seat key holds.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+struct SeatValue {
+    id: String,
+    address: String,
+    port: u16,
+    /// When the seat lapses unless renewed (ms since the epoch); 0: never.
+    #[serde(default)]
+    expires_ms: u64,
+}
+
+impl SeatValue {
+    fn lapsed(&self, now: u64) -> bool {
+        self.expires_ms != 0 && now > self.expires_ms
+    }
+}
+
+/// What `<prefix>/bound/<ID>` holds: the seat an entry is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+struct Binding {
+    election: String,
     term: u64,
 }
 
@@ -311,6 +340,32 @@ impl ConsulCatalog {
 
     fn lock_path(&self, name: &str) -> String {
         format!("/v1/kv/{}/locks/{}", key_path(&self.prefix), key_path(name))
+    }
+
+    fn bound_path(&self, id: &str) -> String {
+        format!("/v1/kv/{}/bound/{}", key_path(&self.prefix), segment(id))
+    }
+
+    /// Every entry binding: entry ID -> its seat.
+    async fn bindings(&self) -> Result<BTreeMap<String, Binding>, CatalogError> {
+        let path = format!("/v1/kv/{}/bound/?recurse", key_path(&self.prefix));
+        let a = self.http.expect(Method::GET, &path, None, true).await?;
+        if a.status == 404 {
+            return Ok(BTreeMap::new());
+        }
+        let entries: Vec<KvEntry> = self.parse(&format!("GET {path}"), &a)?;
+        let strip = format!("{}/bound/", self.prefix);
+        let mut out = BTreeMap::new();
+        for e in &entries {
+            let Some(id) = e.key.strip_prefix(&strip) else {
+                continue;
+            };
+            // Unreadable bindings are skipped: a stray key never hides an entry.
+            if let Ok(b) = serde_json::from_str::<Binding>(&self.decode(e)?) {
+                out.insert(id.to_string(), b);
+            }
+        }
+        Ok(out)
     }
 
     fn election_path(&self, name: &str) -> String {
@@ -505,8 +560,8 @@ impl ConsulCatalog {
 
     // ---- seats -------------------------------------------------------------
 
-    /// The current holder of an election seat (its key and the candidate).
-    async fn seat(&self, election: &str) -> Result<Option<(KvEntry, Candidate)>, CatalogError> {
+    /// An election's seat key as it is, lapsed or not (`None`: nobody holds it).
+    async fn seat_raw(&self, election: &str) -> Result<Option<(KvEntry, SeatValue)>, CatalogError> {
         let Some(e) = self.read_kv(&self.election_path(election)).await? else {
             return Ok(None);
         };
@@ -514,12 +569,21 @@ impl ConsulCatalog {
             return Ok(None);
         }
         let text = self.decode(&e)?;
-        let c: Candidate = serde_json::from_str(&text).map_err(|err| {
+        let v: SeatValue = serde_json::from_str(&text).map_err(|err| {
             self.http.invalid(format!(
                 "election {election}: the seat holds no candidate: {err}"
             ))
         })?;
-        Ok(Some((e, c)))
+        Ok(Some((e, v)))
+    }
+
+    /// The live seat of an election: held and not lapsed.
+    async fn seat(&self, election: &str) -> Result<Option<(KvEntry, SeatValue)>, CatalogError> {
+        let now = now_ms();
+        Ok(self
+            .seat_raw(election)
+            .await?
+            .filter(|(_, v)| !v.lapsed(now)))
     }
 
     /// Whether this agent holds `election`'s seat at `term` right now.
@@ -550,7 +614,7 @@ impl ConsulCatalog {
             .map(|o| o.reg.id.clone())
             .collect();
         for id in bound {
-            self.deregister_remote(&id).await?;
+            self.deregister_remote(&id, true).await?;
             st.owned.remove(&id);
         }
         self.update_interval(st);
@@ -568,10 +632,6 @@ impl ConsulCatalog {
         meta.insert(META_REGISTERED.into(), registered_ms.to_string().into());
         if reg.status == Status::Maintenance {
             meta.insert(META_STATUS.into(), "maintenance".into());
-        }
-        if let Some(seat) = &reg.seat {
-            meta.insert(META_SEAT.into(), seat.election.clone().into());
-            meta.insert(META_TERM.into(), seat.term.to_string().into());
         }
         let body = serde_json::json!({
             "ID": reg.id,
@@ -600,7 +660,8 @@ impl ConsulCatalog {
         Ok(())
     }
 
-    async fn deregister_remote(&self, id: &str) -> Result<(), CatalogError> {
+    /// Removes a service, then its seat binding if it had one.
+    async fn deregister_remote(&self, id: &str, bound: bool) -> Result<(), CatalogError> {
         self.http
             .expect(
                 Method::PUT,
@@ -609,6 +670,25 @@ impl ConsulCatalog {
                 true,
             )
             .await?;
+        if bound {
+            self.http
+                .expect(Method::DELETE, &self.bound_path(id), None, true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes (before the service) or removes (after it) an entry's binding.
+    async fn write_binding(&self, reg: &Registration) -> Result<(), CatalogError> {
+        if let Some(seat) = &reg.seat {
+            let b = Binding {
+                election: seat.election.clone(),
+                term: seat.term,
+            };
+            let body = serde_json::to_vec(&b)
+                .map_err(|e| self.http.invalid(format!("entry {}: {e}", reg.id)))?;
+            self.put_bool(&self.bound_path(&reg.id), body).await?;
+        }
         Ok(())
     }
 
@@ -640,22 +720,26 @@ impl ConsulCatalog {
             return Ok(Vec::new());
         }
         let entries: Vec<HealthEntry> = self.parse(&format!("GET {path}"), &a)?;
+        let bindings = if entries.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.bindings().await?
+        };
         let mut seats: BTreeMap<String, Option<u64>> = BTreeMap::new();
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let meta = e.service.meta.unwrap_or_default();
             // A seat-bound entry is listed only while its seat is held at its term.
-            if let Some(election) = meta.get(META_SEAT) {
-                let term: Option<u64> = meta.get(META_TERM).and_then(|t| t.parse().ok());
-                let current = match seats.get(election) {
+            if let Some(b) = bindings.get(&e.service.id) {
+                let current = match seats.get(&b.election) {
                     Some(t) => *t,
                     None => {
-                        let t = self.seat(election).await?.map(|(k, _)| k.lock_index);
-                        seats.insert(election.clone(), t);
+                        let t = self.seat(&b.election).await?.map(|(k, _)| k.lock_index);
+                        seats.insert(b.election.clone(), t);
                         t
                     }
                 };
-                if current.is_none() || current != term {
+                if current != Some(b.term) {
                     continue;
                 }
             }
@@ -792,7 +876,14 @@ impl Catalog for ConsulCatalog {
             });
         }
         let registered_ms = now_ms();
+        self.write_binding(reg).await?;
         self.register_remote(reg, registered_ms).await?;
+        let was_bound = st.owned.get(&reg.id).is_some_and(|o| o.reg.seat.is_some());
+        if was_bound && reg.seat.is_none() {
+            self.http
+                .expect(Method::DELETE, &self.bound_path(&reg.id), None, true)
+                .await?;
+        }
         st.owned.insert(
             reg.id.clone(),
             Owned {
@@ -834,8 +925,9 @@ impl Catalog for ConsulCatalog {
 
     async fn deregister(&self, id: &str) -> Result<(), CatalogError> {
         let mut st = self.state.lock().await;
-        if st.owned.contains_key(id) {
-            self.deregister_remote(id).await?;
+        if let Some(o) = st.owned.get(id) {
+            let bound = o.reg.seat.is_some();
+            self.deregister_remote(id, bound).await?;
             st.owned.remove(id);
             self.update_interval(&st);
         }
@@ -869,7 +961,7 @@ impl Catalog for ConsulCatalog {
                     }
                 };
                 if !held {
-                    self.deregister_remote(&o.reg.id).await?;
+                    self.deregister_remote(&o.reg.id, true).await?;
                     st.owned.remove(&o.reg.id);
                     continue;
                 }
@@ -885,6 +977,7 @@ impl Catalog for ConsulCatalog {
                 continue;
             }
             // Consul lost it (a restarted or replaced server): restore it.
+            self.write_binding(&o.reg).await?;
             self.register_remote(&o.reg, o.registered_ms).await?;
             refreshed += 1;
             restored += 1;
@@ -1142,29 +1235,75 @@ impl Catalog for ConsulCatalog {
         check_key(&self.http.url, election)?;
         let mut st = self.state.lock().await;
         let path = self.election_path(election);
-        if let Some(held) = st.seats.get(election).cloned() {
-            if self.renew_session(&held.session).await?
-                && self.holds_seat(&st, election, held.term).await?
-            {
-                return Ok(Some(held.term));
+        let value = |now: u64| {
+            serde_json::to_vec(&SeatValue {
+                id: me.id.clone(),
+                address: me.address.clone(),
+                port: me.port,
+                expires_ms: now.saturating_add(millis(ttl)),
+            })
+            .map_err(|e| self.http.invalid(format!("election {election}: {e}")))
+        };
+        if let Some(mut held) = st.seats.get(election).cloned() {
+            // Renewal: still ours at our term and not lapsed, then the
+            // value is written again (same session: the term stays).
+            let now = now_ms();
+            let ours = self.seat(election).await?.is_some_and(|(e, _)| {
+                e.holder() == Some(held.session.as_str()) && e.lock_index == held.term
+            });
+            let mut renewed = false;
+            if ours {
+                if held.renewed.elapsed() >= held.session_ttl / 2 {
+                    if self.renew_session(&held.session).await? {
+                        held.renewed = Instant::now();
+                    } else {
+                        held.term = 0;
+                    }
+                }
+                if held.term != 0 {
+                    renewed = self
+                        .put_bool(
+                            &format!("{path}?acquire={}", segment(&held.session)),
+                            value(now)?,
+                        )
+                        .await
+                        .unwrap_or(false);
+                }
             }
-            // Lost (expired or ended): its bound entries go with it.
+            if renewed {
+                let term = held.term;
+                st.seats.insert(election.to_string(), held);
+                return Ok(Some(term));
+            }
+            // Lost (lapsed, ended or taken): its bound entries go with it.
             st.seats.remove(election);
             self.drop_bound(&mut st, election).await?;
+            let _ = self.destroy_session(&held.session).await;
         }
-        if self.seat(election).await?.is_some() {
-            return Ok(None);
+        if let Some((_, v)) = self.seat_raw(election).await? {
+            if !v.lapsed(now_ms()) {
+                return Ok(None);
+            }
+            // An abandoned seat: its holder stopped renewing. Ending its
+            // session frees the key (the term moves on at the next acquire).
+            if let Some((e, v)) = self.seat_raw(election).await?
+                && v.lapsed(now_ms())
+                && let Some(sid) = e.holder()
+            {
+                self.destroy_session(sid).await?;
+            }
         }
-        // Consul invalidates a session between one and two TTLs after its
-        // last renewal: half the campaign's TTL keeps the seat within it.
-        let session_ttl = (ttl / 2).max(Duration::from_millis(500));
+        // Consul's session TTL is 10 s at least; the seat's own lapse time
+        // (in the value) is what ends an abandoned seat sooner.
+        let session_ttl = ttl.max(MIN_SESSION_TTL);
         let sid = self
             .create_session(&format!("autopilot seat {election} {}", me.id), session_ttl)
             .await?;
-        let value = serde_json::to_vec(me)
-            .map_err(|e| self.http.invalid(format!("election {election}: {e}")))?;
         let won = self
-            .put_bool(&format!("{path}?acquire={}", segment(&sid)), value)
+            .put_bool(
+                &format!("{path}?acquire={}", segment(&sid)),
+                value(now_ms())?,
+            )
             .await;
         let won = match won {
             Ok(w) => w,
@@ -1183,8 +1322,15 @@ impl Catalog for ConsulCatalog {
         };
         match term {
             Some(term) => {
-                st.seats
-                    .insert(election.to_string(), SeatHeld { session: sid, term });
+                st.seats.insert(
+                    election.to_string(),
+                    SeatHeld {
+                        session: sid,
+                        term,
+                        session_ttl,
+                        renewed: Instant::now(),
+                    },
+                );
                 Ok(Some(term))
             }
             None => {
@@ -1216,20 +1362,20 @@ impl Catalog for ConsulCatalog {
 
     async fn leader(&self, election: &str) -> Result<Option<Leader>, CatalogError> {
         check_key(&self.http.url, election)?;
-        Ok(self.seat(election).await?.map(|(e, c)| Leader {
-            id: c.id,
-            address: c.address,
-            port: c.port,
+        Ok(self.seat(election).await?.map(|(e, v)| Leader {
+            id: v.id,
+            address: v.address,
+            port: v.port,
             term: e.lock_index,
         }))
     }
 
     async fn end_seat(&self, election: &str, leader: &Leader) -> Result<bool, CatalogError> {
         check_key(&self.http.url, election)?;
-        let Some((e, c)) = self.seat(election).await? else {
+        let Some((e, v)) = self.seat(election).await? else {
             return Ok(false);
         };
-        if c.id != leader.id || e.lock_index != leader.term {
+        if v.id != leader.id || e.lock_index != leader.term {
             return Ok(false);
         }
         let Some(sid) = e.holder().map(str::to_string) else {
@@ -1258,14 +1404,17 @@ mod tests {
             (o.address.as_str(), o.prefix.as_str(), o.session_ttl),
             ("127.0.0.1:8500", "autopilot", DEFAULT_SESSION_TTL)
         );
-        let o = ConsulOptions::parse("consul:8500/env1/?ttl=2s").unwrap();
+        let o = ConsulOptions::parse("consul:8500/env1/?ttl=15s").unwrap();
         assert_eq!(
             (o.address.as_str(), o.prefix.as_str(), o.session_ttl),
-            ("consul:8500", "env1", Duration::from_secs(2))
+            ("consul:8500", "env1", Duration::from_secs(15))
         );
         assert!(ConsulOptions::parse("consul").is_err(), "no port");
         assert!(ConsulOptions::parse("a:1?ttl=1h").is_err());
-        assert!(ConsulOptions::parse("a:1?ttl=100ms").is_err(), "too short");
+        assert!(
+            ConsulOptions::parse("a:1?ttl=2s").is_err(),
+            "below Consul's minimum"
+        );
         assert!(ConsulOptions::parse("a:1?token=x").is_err());
         assert!(ConsulOptions::parse("u:p@a:1").is_err());
         assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
