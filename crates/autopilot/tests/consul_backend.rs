@@ -39,16 +39,31 @@ impl Server {
             .expect("spawn consul-api");
         let s = Server { child, addr };
         assert!(
-            wait_for(Duration::from_secs(20), || http_tcp(
-                &s.addr,
-                "/v1/status/leader"
-            )
-            .is_some_and(|(code, _)| code == 200)),
+            wait_for(Duration::from_secs(20), || get(&s.addr, "/v1/status/leader")
+                .is_some_and(|(code, _)| code == 200)),
             "consul-api did not come up: {}",
             dir.read("consul-api.log")
         );
         s
     }
+}
+
+/// A GET with the Host header the server accepts (it refuses other hosts,
+/// as Consul's DNS-rebinding guard does).
+fn get(addr: &str, uri: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {uri} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let code = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
 }
 
 impl Drop for Server {

@@ -36,6 +36,8 @@ pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one blocking query of the change stream waits on the server.
 const BLOCKING_WAIT: Duration = Duration::from_secs(30);
+/// How long opening waits for the change stream's first answers.
+const PRIME_WAIT: Duration = Duration::from_secs(2);
 /// Most services listed by `services()`.
 const MAX_SERVICES: usize = 10_000;
 /// Meta keys the backend writes on its services.
@@ -310,18 +312,29 @@ impl ConsulCatalog {
         let http = Http::new(&opts.address, opts.token, opts.request_timeout, &url);
         let (tx, _) = watch::channel(0u64);
         let changes = Arc::new(tx);
+        let (p1, r1) = tokio::sync::oneshot::channel();
+        let (p2, r2) = tokio::sync::oneshot::channel();
         let watchers = vec![
             tokio::spawn(watch_loop(
                 http.clone(),
                 "/v1/health/state/any".to_string(),
                 changes.clone(),
+                p1,
             )),
             tokio::spawn(watch_loop(
                 http.clone(),
                 format!("/v1/kv/{}/?keys", key_path(&opts.prefix)),
                 changes.clone(),
+                p2,
             )),
         ];
+        // The first index of each stream, so a change made right after
+        // opening is told; a server that is down is not waited for long.
+        let _ = tokio::time::timeout(PRIME_WAIT, async {
+            let _ = r1.await;
+            let _ = r2.await;
+        })
+        .await;
         Ok(ConsulCatalog {
             http,
             prefix: opts.prefix,
@@ -793,7 +806,13 @@ fn millis(d: Duration) -> u64 {
 
 /// One blocking-query loop of the change stream: bumps the counter whenever
 /// the answer's index moves (either way), backs off with jitter on failure.
-async fn watch_loop(http: Http, path: String, changes: Arc<watch::Sender<u64>>) {
+async fn watch_loop(
+    http: Http,
+    path: String,
+    changes: Arc<watch::Sender<u64>>,
+    primed: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut primed = Some(primed);
     let sep = if path.contains('?') { '&' } else { '?' };
     let mut index: u64 = 0;
     let mut backoff = Duration::from_millis(100);
@@ -826,6 +845,9 @@ async fn watch_loop(http: Http, path: String, changes: Arc<watch::Sender<u64>>) 
                     }
                     // An index that went backwards restarts from 0 (Consul's rule).
                     index = if new < index { 0 } else { new };
+                    if let Some(p) = primed.take() {
+                        let _ = p.send(());
+                    }
                 } else if started.elapsed() < Duration::from_millis(50) {
                     // An early answer with nothing new: do not spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
