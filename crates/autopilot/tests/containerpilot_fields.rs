@@ -259,7 +259,7 @@ fn a_consul_block_without_catalog_runs_on_the_consul_backend() {
         "{st}"
     );
     assert!(
-        !home.path(".local/state/autopilot").exists(),
+        !home.path(".local/state/autopilot/catalog.db").exists(),
         "the default catalog is not used"
     );
     a.signal(libc::SIGTERM);
