@@ -39,8 +39,11 @@ impl Server {
             .expect("spawn consul-api");
         let s = Server { child, addr };
         assert!(
-            wait_for(Duration::from_secs(20), || get(&s.addr, "/v1/status/leader")
-                .is_some_and(|(code, _)| code == 200)),
+            wait_for(Duration::from_secs(20), || get(
+                &s.addr,
+                "/v1/status/leader"
+            )
+            .is_some_and(|(code, _)| code == 200)),
             "consul-api did not come up: {}",
             dir.read("consul-api.log")
         );
