@@ -21,7 +21,12 @@ struct Server {
 
 impl Server {
     fn start(dir: &Dir) -> Server {
-        let addr = format!("127.0.0.1:{}", free_port());
+        Server::start_at(dir, &format!("127.0.0.1:{}", free_port()), "server-catalog")
+    }
+
+    /// On `addr`, over the embedded catalog `dir/catalog`.
+    fn start_at(dir: &Dir, addr: &str, catalog: &str) -> Server {
+        let addr = addr.to_string();
         let log = std::fs::File::create(dir.path("consul-api.log")).expect("log");
         let child = Command::new(bin())
             .args([
@@ -29,7 +34,7 @@ impl Server {
                 "--listen",
                 &addr,
                 "--catalog",
-                &format!("local://{}", dir.path("server-catalog").display()),
+                &format!("local://{}", dir.path(catalog).display()),
             ])
             .env("AUTOPILOT_STATE_DIR", dir.path("server-state"))
             .stdin(Stdio::null())
@@ -96,6 +101,55 @@ async fn conformance_against_autopilot_consul_api() {
     // TTLs, as Consul grants; entries go one TTL after they turn critical.
     autopilot_catalog::conformance::run_all(open, "consul", Duration::from_secs(20)).await;
     eprintln!("conformance on consul-api took {:?}", t.elapsed());
+}
+
+/// A server replaced by one that knows nothing (a new Consul cluster, or
+/// one that lost its data): the next keep-alive registers the entries
+/// again and takes the held lock again on a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_server_state_is_restored() {
+    let d = Dir::new("consul-restore");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_at(&d, &addr, "catalog-1");
+    let opts = ConsulOptions::parse(&format!("{addr}/restore")).expect("url");
+    let c = ConsulCatalog::connect(opts, "agent-r")
+        .await
+        .expect("connect");
+    let reg = autopilot_catalog::Registration {
+        id: "web-r".into(),
+        name: "web".into(),
+        address: "127.0.0.1".into(),
+        port: 80,
+        tags: vec!["t".into()],
+        status: autopilot_catalog::Status::Passing,
+        ttl: Duration::from_secs(10),
+        deregister_critical_after: None,
+        seat: None,
+    };
+    c.register(&reg).await.expect("register");
+    assert!(c.try_lock("job").await.expect("lock"));
+    assert_eq!(c.instances("web").await.expect("read").len(), 1);
+
+    drop(server);
+    // While the server is down, keep-alives fail (an outage, not a panic).
+    assert!(c.keep_alive().await.is_err());
+    let _server = Server::start_at(&d, &addr, "catalog-2");
+    assert!(
+        c.instances("web").await.expect("read").is_empty(),
+        "the new server starts empty"
+    );
+    assert_eq!(c.keep_alive().await.expect("keep-alive"), 1);
+    let back = c.instances("web").await.expect("read");
+    assert_eq!(
+        back.iter()
+            .map(|i| (i.id.as_str(), i.tags.clone()))
+            .collect::<Vec<_>>(),
+        [("web-r", vec!["t".to_string()])]
+    );
+    assert!(
+        c.holds_lock("job").await.expect("holds"),
+        "lock taken again"
+    );
 }
 
 fn config(port: u16) -> String {
