@@ -1302,16 +1302,13 @@ impl Catalog for ConsulCatalog {
             self.drop_bound(&mut st, election).await?;
             let _ = self.destroy_session(&held.session).await;
         }
-        if let Some((_, v)) = self.seat_raw(election).await? {
+        if let Some((e, v)) = self.seat_raw(election).await? {
             if !v.lapsed(now_ms()) {
                 return Ok(None);
             }
             // An abandoned seat: its holder stopped renewing. Ending its
             // session frees the key (the term moves on at the next acquire).
-            if let Some((e, v)) = self.seat_raw(election).await?
-                && v.lapsed(now_ms())
-                && let Some(sid) = e.holder()
-            {
+            if let Some(sid) = e.holder() {
                 self.destroy_session(sid).await?;
             }
         }
