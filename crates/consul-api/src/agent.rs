@@ -28,6 +28,10 @@ pub struct Check {
     pub output: String,
     pub notes: String,
     pub expires: Instant,
+    /// `DeregisterCriticalServiceAfter` of this check: the service goes
+    /// once this check has been critical this long (Consul times it per check).
+    pub deregister_after: Option<Duration>,
+    pub critical_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,8 +43,6 @@ pub struct Service {
     pub port: u16,
     pub meta: Value,
     pub checks: Vec<Check>,
-    pub deregister_after: Option<Duration>,
-    pub critical_since: Option<Instant>,
     /// The status last written to the catalog.
     pub written: Option<Status>,
 }
@@ -66,7 +68,9 @@ impl Service {
             tags: self.tags.clone(),
             status: self.status(),
             ttl: st.cfg.entry_ttl,
-            deregister_critical_after: self.deregister_after,
+            // Reaping is per check, here (see `check_ttls`); the entry's TTL
+            // covers this server's death.
+            deregister_critical_after: None,
             seat: None,
         }
     }
@@ -168,7 +172,8 @@ pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
             Ok(http::reply(empty(), None))
         }
         ["agent", "service", "deregister", id] => {
-            http::need_method(&req, &[Method::PUT])?;
+            // GET too: see `http::legacy_write`.
+            http::need_method(&req, &[Method::PUT, Method::GET])?;
             req.query.only(&[])?;
             if st.agent.service(id).is_none() {
                 return Err(HttpError::new(
@@ -182,7 +187,8 @@ pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
             Ok(http::reply(empty(), None))
         }
         ["agent", "check", op @ ("pass" | "warn" | "fail"), id] => {
-            http::need_method(&req, &[Method::PUT])?;
+            // GET too: see `http::legacy_write`.
+            http::need_method(&req, &[Method::PUT, Method::GET])?;
             req.query.only(&["note"])?;
             let status = match op {
                 "pass" => Status::Passing,
@@ -321,7 +327,6 @@ fn parse_service(st: &State, body: &Value) -> Result<Service, HttpError> {
     }
     let many = defs.len() > 1;
     let mut checks = Vec::new();
-    let mut deregister_after: Option<Duration> = None;
     for (i, c) in defs.iter().enumerate() {
         for kind in [
             "HTTP",
@@ -366,11 +371,8 @@ fn parse_service(st: &State, body: &Value) -> Result<Service, HttpError> {
                 .filter(|s| *s != Status::Maintenance)
                 .ok_or_else(|| HttpError::bad(format!("Invalid check status {s:?}")))?,
         };
-        if let Some(d) =
-            http::duration_field(c, "DeregisterCriticalServiceAfter")?.filter(|d| !d.is_zero())
-        {
-            deregister_after = Some(deregister_after.map_or(d, |x| x.min(d)));
-        }
+        let deregister_after =
+            http::duration_field(c, "DeregisterCriticalServiceAfter")?.filter(|d| !d.is_zero());
         checks.push(Check {
             id: cid,
             name: cname,
@@ -379,6 +381,8 @@ fn parse_service(st: &State, body: &Value) -> Result<Service, HttpError> {
             output: String::new(),
             notes: http::str_field(c, "Notes")?.unwrap_or("").to_string(),
             expires: Instant::now().checked_add(ttl).unwrap_or_else(Instant::now),
+            deregister_after,
+            critical_since: None,
         });
     }
     Ok(Service {
@@ -389,8 +393,6 @@ fn parse_service(st: &State, body: &Value) -> Result<Service, HttpError> {
         port,
         meta,
         checks,
-        deregister_after,
-        critical_since: None,
         written: None,
     })
 }
@@ -420,6 +422,7 @@ async fn register(st: &State, body: &Value) -> Result<(), HttpError> {
                     c.status = o.status;
                     c.output = o.output.clone();
                     c.expires = o.expires;
+                    c.critical_since = o.critical_since;
                 }
             }
         }
@@ -457,14 +460,14 @@ async fn update(st: &State, id: &str, status: Status, output: String) -> Result<
             ));
         };
         for c in svc.checks.iter_mut().filter(|c| c.id == id) {
+            if status != Status::Critical {
+                c.critical_since = None;
+            }
             c.status = status;
             c.output = output.chars().take(4096).collect();
             c.expires = Instant::now()
                 .checked_add(c.ttl)
                 .unwrap_or_else(Instant::now);
-        }
-        if svc.status() != Status::Critical {
-            svc.critical_since = None;
         }
         st.views.wrote();
         svc.written != Some(svc.status())
@@ -513,18 +516,24 @@ pub async fn check_ttls(st: &State) {
                     c.output = format!("TTL expired (last update more than {:?} ago)", c.ttl);
                 }
             }
-            let status = s.status();
-            if status == Status::Critical {
-                let since = *s.critical_since.get_or_insert(now);
-                if let Some(after) = s.deregister_after
-                    && now.duration_since(since) >= after
-                {
-                    to_remove.push(s.id.clone());
+            let mut reap = false;
+            for c in s.checks.iter_mut() {
+                if c.status != Status::Critical {
+                    c.critical_since = None;
                     continue;
                 }
-            } else {
-                s.critical_since = None;
+                let since = *c.critical_since.get_or_insert(now);
+                if c.deregister_after
+                    .is_some_and(|after| now.duration_since(since) >= after)
+                {
+                    reap = true;
+                }
             }
+            if reap {
+                to_remove.push(s.id.clone());
+                continue;
+            }
+            let status = s.status();
             if s.written != Some(status) {
                 to_sync.push(s.id.clone());
             }

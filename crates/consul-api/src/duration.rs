@@ -65,10 +65,10 @@ pub fn format_go_duration(d: Duration) -> String {
     }
     if d < Duration::from_secs(1) {
         let ns = d.as_nanos();
-        if ns % 1_000_000 == 0 {
+        if ns.is_multiple_of(1_000_000) {
             return format!("{}ms", ns / 1_000_000);
         }
-        if ns % 1_000 == 0 {
+        if ns.is_multiple_of(1_000) {
             return format!("{}µs", ns / 1_000);
         }
         return format!("{ns}ns");

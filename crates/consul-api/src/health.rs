@@ -21,6 +21,8 @@ struct Entry {
     node: String,
     inst: Instance,
     checks: Vec<Value>,
+    /// The registered `Meta` of a service registered here; `{}` otherwise.
+    meta: Value,
 }
 
 impl Entry {
@@ -70,8 +72,10 @@ async fn instances(st: &State, name: &str) -> Result<Vec<Entry>, HttpError> {
         .map(|inst| {
             let node = node_of(st, &inst);
             let mut checks = vec![serf(&node)];
+            let mut meta = json!({});
             match st.agent.service(&inst.id) {
                 Some(svc) if svc.name == inst.name => {
+                    meta = svc.meta.clone();
                     checks.extend(
                         svc.checks
                             .iter()
@@ -107,7 +111,12 @@ async fn instances(st: &State, name: &str) -> Result<Vec<Entry>, HttpError> {
                     }));
                 }
             }
-            Entry { node, inst, checks }
+            Entry {
+                node,
+                inst,
+                checks,
+                meta,
+            }
         })
         .collect())
 }
@@ -131,7 +140,7 @@ fn service_json(e: &Entry) -> Value {
         "Service": e.inst.name,
         "Tags": e.inst.tags,
         "Address": e.inst.address,
-        "Meta": {},
+        "Meta": e.meta,
         "Port": e.inst.port,
         "Weights": {"Passing": 1, "Warning": 1},
         "EnableTagOverride": false,
@@ -168,7 +177,7 @@ pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
         }
         ["catalog", "datacenters"] => {
             q.only(&[])?;
-            return http::json(&[st.cfg.datacenter.clone()]);
+            return http::json(&[st.cfg.datacenter.as_str()]);
         }
         ["health", "service", name] if !name.is_empty() => {
             q.only(&["index", "wait", "tag", "near", "passing"])?;
@@ -267,7 +276,7 @@ async fn compute(st: &State, kind: &Kind, tags: &[String]) -> Result<Rendered, H
                         "ServiceName": e.inst.name,
                         "ServiceTags": e.inst.tags,
                         "ServiceAddress": e.inst.address,
-                        "ServiceMeta": {},
+                        "ServiceMeta": e.meta,
                         "ServicePort": e.inst.port,
                         "ServiceWeights": {"Passing": 1, "Warning": 1},
                         "ServiceEnableTagOverride": false,

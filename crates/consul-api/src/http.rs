@@ -65,7 +65,8 @@ async fn handle(st: &Arc<State>, req: Request) -> Result<Response, HttpError> {
         .map_err(|_| HttpError::bad("the path is not valid UTF-8 after percent-decoding"))?
         .into_owned();
     let query = Query::parse(parts.uri.query().unwrap_or(""))?;
-    authorize(st, &parts.method, &parts.headers, &query)?;
+    let write = !matches!(parts.method, Method::GET | Method::HEAD) || legacy_write(&rest);
+    authorize(st, write, &parts.headers, &query)?;
     let req = Req {
         method: parts.method,
         rest,
@@ -110,6 +111,15 @@ fn status(st: &State, req: Req) -> Result<Response, HttpError> {
     Ok(reply(r, None))
 }
 
+/// The writes Consul before 1.0 took as GET, and python-consul 0.7 still
+/// sends so: deregistering a service, updating a TTL check.
+pub fn legacy_write(rest: &str) -> bool {
+    rest.starts_with("agent/service/deregister/")
+        || rest.starts_with("agent/check/pass/")
+        || rest.starts_with("agent/check/warn/")
+        || rest.starts_with("agent/check/fail/")
+}
+
 pub fn unsupported(req: &Req) -> HttpError {
     HttpError::new(
         StatusCode::NOT_FOUND,
@@ -138,7 +148,7 @@ pub fn need_method(req: &Req, allowed: &[Method]) -> Result<(), HttpError> {
 
 /// Writes need an admin token, reads a read or admin token, when tokens are
 /// configured; without tokens only requests for a loopback Host are served.
-fn authorize(st: &State, method: &Method, headers: &HeaderMap, q: &Query) -> Result<(), HttpError> {
+fn authorize(st: &State, write: bool, headers: &HeaderMap, q: &Query) -> Result<(), HttpError> {
     let tokens = &st.tokens;
     if tokens.is_empty() {
         if !autopilot_cockpit::app::loopback_host(headers) {
@@ -174,7 +184,6 @@ fn authorize(st: &State, method: &Method, headers: &HeaderMap, q: &Query) -> Res
     let Some((name, role)) = tokens.find(&token) else {
         return Err(HttpError::new(StatusCode::FORBIDDEN, "ACL not found"));
     };
-    let write = !matches!(*method, Method::GET | Method::HEAD);
     if write && role != autopilot_cockpit::auth::Role::Admin {
         return Err(HttpError::new(
             StatusCode::FORBIDDEN,

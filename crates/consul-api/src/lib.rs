@@ -192,10 +192,10 @@ async fn background(st: std::sync::Weak<State>) {
             .as_millis()
             .max(250)
             / 250;
-        if n % u64::try_from(every).unwrap_or(1).max(1) == 0 {
+        if n.is_multiple_of(u64::try_from(every).unwrap_or(1).max(1)) {
             agent::keep_alive(&st).await;
         }
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             session::expire(&st).await;
         }
     }
