@@ -307,6 +307,24 @@ fn curl_kv_sessions_agent_blocking_queries_errors_and_tokens() {
         "true"
     );
     assert_eq!(get(&u("/v1/kv/lock")).json()[0]["LockIndex"], 2);
+    // A key list's blocking query wakes on a release too (its index follows
+    // every ModifyIndex under the prefix, as Consul's).
+    let ki = get(&u("/v1/kv/lo?keys")).index();
+    let url = u(&format!("/v1/kv/lo?keys&index={ki}&wait=20s"));
+    let t = Instant::now();
+    let waiter = std::thread::spawn(move || get(&url));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        put(&u(&format!("/v1/kv/lock?release={s2}")), "them").body,
+        "true"
+    );
+    let woke = waiter.join().unwrap();
+    assert!(woke.index() > ki && t.elapsed() < Duration::from_secs(5));
+    assert_eq!(woke.json(), serde_json::json!(["lock"]));
+    assert_eq!(
+        put(&u(&format!("/v1/kv/lock?acquire={s2}")), "them").body,
+        "true"
+    );
     assert_eq!(
         put(
             &u("/v1/kv/lock?acquire=00000000-0000-4000-8000-000000000000"),

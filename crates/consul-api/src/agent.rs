@@ -221,6 +221,7 @@ fn empty() -> crate::view::Rendered {
         status: StatusCode::OK,
         body: Default::default(),
         content_type: "text/plain; charset=utf-8",
+        tag: 0,
     }
 }
 

@@ -158,7 +158,13 @@ async fn get(st: &Arc<State>, req: &Req, key: &str) -> Result<Response, HttpErro
                 if out.is_empty() {
                     return Ok(Rendered::not_found());
                 }
-                return Rendered::json(&out);
+                // Like Consul's (the prefix's highest ModifyIndex), the
+                // index moves with any write under the prefix.
+                let modified: Vec<(&str, u64)> = all
+                    .iter()
+                    .map(|(k, e)| (k.as_str(), e.modify_index))
+                    .collect();
+                return Ok(Rendered::json(&out)?.tagged(&modified));
             }
             if recurse {
                 let all = list(st, key).await?;
@@ -189,6 +195,7 @@ async fn get(st: &Arc<State>, req: &Req, key: &str) -> Result<Response, HttpErro
                     status: StatusCode::OK,
                     body: Bytes::from(bytes),
                     content_type: "text/plain; charset=utf-8",
+                    tag: e.modify_index,
                 });
             }
             Rendered::json(&[pair(key, &e)])

@@ -36,9 +36,20 @@ pub struct Rendered {
     pub status: StatusCode,
     pub body: Bytes,
     pub content_type: &'static str,
+    /// What else the answer's index follows beyond the body (a kv key list
+    /// follows every `ModifyIndex` under its prefix, as Consul's does).
+    pub tag: u64,
 }
 
 impl Rendered {
+    /// The answer with `tag` set from `v`'s hash.
+    pub fn tagged(mut self, v: &impl Hash) -> Rendered {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.hash(&mut h);
+        self.tag = h.finish();
+        self
+    }
+
     pub fn json(v: &impl serde::Serialize) -> Result<Rendered, HttpError> {
         let body = serde_json::to_vec(v)
             .map_err(|e| HttpError::internal(format!("cannot encode the answer: {e}")))?;
@@ -46,6 +57,7 @@ impl Rendered {
             status: StatusCode::OK,
             body: Bytes::from(body),
             content_type: "application/json",
+            tag: 0,
         })
     }
 
@@ -54,6 +66,7 @@ impl Rendered {
             status: StatusCode::NOT_FOUND,
             body: Bytes::new(),
             content_type: "text/plain; charset=utf-8",
+            tag: 0,
         }
     }
 
@@ -61,6 +74,7 @@ impl Rendered {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.status.as_u16().hash(&mut h);
         self.body.hash(&mut h);
+        self.tag.hash(&mut h);
         h.finish()
     }
 }
