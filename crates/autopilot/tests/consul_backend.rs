@@ -226,7 +226,13 @@ fn two_agents_see_each_other_and_fail_over() {
     // One leader; kill -9 its agent and its job: the other takes over with
     // a higher term once the seat's session lapses, and its watch sees the
     // dead instance go.
-    assert!(wait_for(Duration::from_secs(10), || leader(&url).is_some()));
+    assert!(
+        wait_for(Duration::from_secs(20), || leader(&url).is_some()),
+        "no leader: {}\n{}\n{}",
+        agents[0].log(),
+        agents[1].log(),
+        d.read("consul-api.log")
+    );
     let (id1, term1) = leader(&url).expect("a leader");
     let (dead, alive) = if id1 == "web-h1" { (0, 1) } else { (1, 0) };
     let job_pid = agents[dead].status()["jobs"][0]["pid"]
