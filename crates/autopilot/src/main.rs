@@ -126,7 +126,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 let o = catalog(&a.catalog)?;
                 return cli::block_on(cli::deploy::deploy_cmd(o, a, out))?;
             }
-            Some(c @ (Cmd::Cockpit(_) | Cmd::Dns(_))) => return cli::dns::serve(c, catalog),
+            Some(c @ (Cmd::Cockpit(_) | Cmd::Dns(_) | Cmd::ConsulApi(_))) => {
+                return cli::dns::serve(c, catalog);
+            }
             Some(Cmd::Repairs(a)) => {
                 return cli::block_on(cli::repairs::repairs_cmd(catalog(&a.catalog)?, a, out))?;
             }

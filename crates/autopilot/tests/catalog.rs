@@ -402,9 +402,8 @@ fn bad_catalog_paths_and_consul_configs_fail_clearly() {
         "c.json5",
         &consul.replace("@SOCKET@", &socket.display().to_string()),
     );
-    // Without AUTOPILOT_CATALOG the consul block falls back to the default
-    // catalog (tests/containerpilot_fields.rs runs that as an unprivileged
-    // user, so the machine's own default catalog is never touched).
+    // Without AUTOPILOT_CATALOG the consul block chooses the Consul backend
+    // (tests/containerpilot_fields.rs); AUTOPILOT_CATALOG takes precedence.
     let out = Command::new(bin())
         .args(["-config", cfg_path.to_str().expect("utf8")])
         .env("AUTOPILOT_CATALOG", url(&sub.path("cat")))

@@ -565,7 +565,13 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         1.0,
     );
     let catalog: Arc<dyn Catalog> = Arc::new(crate::metered::Metered::new(
-        crate::catalog::open(&opts.catalog_url, &owner, &etcd).await?,
+        crate::catalog::open_with(
+            &opts.catalog_url,
+            &owner,
+            &etcd,
+            opts.config.consul.as_ref().and_then(|c| c.token.as_deref()),
+        )
+        .await?,
         metrics.clone(),
     ));
     // The agent's private scratch directory (watch and leader files,

@@ -65,21 +65,31 @@ fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// The catalog a config names: its `catalog`, else its ContainerPilot
+/// `consul` block's address as `consul://host:port` (a scheme in the address,
+/// as some ContainerPilot configs write it, is dropped).
+pub fn config_catalog(config: &autopilot_config::Config) -> Option<String> {
+    config.catalog.clone().or_else(|| {
+        config.consul.as_ref().map(|c| {
+            let a = c.address.trim();
+            let a = a.strip_prefix("http://").unwrap_or(a);
+            format!("consul://{}", a.trim_end_matches('/'))
+        })
+    })
+}
+
 /// What to say about a ContainerPilot `consul` block (`address` is its
-/// address), given the catalog the agent runs on: until the Consul backend
-/// lands, the block is not used and the agent runs on `url` (the default
-/// catalog, or the one chosen explicitly). `None` without a `consul` block.
+/// address) when the agent does not run on it: a catalog chosen explicitly
+/// (`catalog` or $AUTOPILOT_CATALOG, `url`) takes precedence. `None`
+/// without a `consul` block, or when the agent runs on it.
 pub fn consul_fallback(address: Option<&str>, explicit: bool, url: &str) -> Option<String> {
     let address = address?;
-    Some(if explicit {
-        format!(
-            "ignored: the Consul backend is not available yet, so the consul block ({address}) is not used; running on the catalog chosen with `catalog` or $AUTOPILOT_CATALOG, {url}"
-        )
-    } else {
-        format!(
-            "ignored: the Consul backend is not available yet, so the consul block ({address}) is not used; running on the default catalog {url} (set `catalog` or $AUTOPILOT_CATALOG to choose another)"
-        )
-    })
+    if !explicit || url.starts_with("consul://") {
+        return None;
+    }
+    Some(format!(
+        "ignored: the consul block ({address}) is not used; running on the catalog chosen with `catalog` or $AUTOPILOT_CATALOG, {url}"
+    ))
 }
 
 /// Removes the etcd password from an environment children inherit (hooks
@@ -154,10 +164,22 @@ pub fn hook_env(
 }
 
 /// Opens the backend a catalog URL names, as one agent session `owner`.
+/// A Consul catalog's token is `$CONSUL_HTTP_TOKEN`, as Consul's own tools read it.
 pub async fn open(
     url: &str,
     owner: &str,
     etcd: &autopilot_config::EtcdConfig,
+) -> Result<Arc<dyn Catalog>, CatalogError> {
+    open_with(url, owner, etcd, None).await
+}
+
+/// [`open`] with the Consul token of the config's `consul` block (which
+/// `$CONSUL_HTTP_TOKEN` overrides).
+pub async fn open_with(
+    url: &str,
+    owner: &str,
+    etcd: &autopilot_config::EtcdConfig,
+    consul_token: Option<&str>,
 ) -> Result<Arc<dyn Catalog>, CatalogError> {
     match autopilot_catalog::parse_url(url)? {
         CatalogUrl::Local(dir) => Ok(Arc::new(autopilot_catalog_local::LocalCatalog::open(
@@ -176,10 +198,16 @@ pub async fn open(
             };
             Ok(Arc::new(connect_patiently(opts, owner).await?))
         }
-        CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
-            url: url.to_string(),
-            backend: "consul".into(),
-        }),
+        CatalogUrl::Consul { address } => {
+            let mut opts = autopilot_catalog_consul::ConsulOptions::parse(&address)?;
+            opts.token = std::env::var("CONSUL_HTTP_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or(consul_token.map(str::to_string));
+            Ok(Arc::new(
+                autopilot_catalog_consul::ConsulCatalog::connect(opts, owner).await?,
+            ))
+        }
     }
 }
 

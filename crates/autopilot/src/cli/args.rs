@@ -175,6 +175,9 @@ pub enum Cmd {
     Cockpit(super::cockpit::CockpitArgs),
     /// Serve DNS over the catalog: NAME.service, TAG.NAME.service, _NAME._tcp.service, ELECTION.leader.
     Dns(super::dns::DnsArgs),
+    /// Serve a Consul-compatible HTTP API (agent, catalog, health, kv, sessions) over the catalog.
+    #[command(name = "consul-api")]
+    ConsulApi(super::consul::ConsulArgs),
     /// Run a command while holding a cluster-wide lock; other callers wait their turn.
     Lock {
         /// Catalog URL (default: $AUTOPILOT_CATALOG, the config's catalog, the default local catalog).
@@ -254,6 +257,7 @@ impl Cli {
                 | Some(Cmd::Lock { .. })
                 | Some(Cmd::Cockpit(_))
                 | Some(Cmd::Dns(_))
+                | Some(Cmd::ConsulApi(_))
         )
     }
 }

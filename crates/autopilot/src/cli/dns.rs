@@ -33,7 +33,7 @@ fn setup(flag: &str, message: String) -> anyhow::Error {
     .into()
 }
 
-/// The long-running servers (`cockpit`, `dns`): one dispatch line in main.
+/// The long-running servers (`cockpit`, `dns`, `consul-api`): one dispatch line in main.
 pub fn serve(
     cmd: &Cmd,
     catalog: impl Fn(&Option<String>) -> anyhow::Result<CatalogOpts>,
@@ -41,6 +41,7 @@ pub fn serve(
     match cmd {
         Cmd::Cockpit(a) => super::cockpit::run(catalog(&a.catalog)?, a),
         Cmd::Dns(a) => run(catalog(&a.catalog)?, a),
+        Cmd::ConsulApi(a) => super::consul::run(catalog(&a.catalog)?, a),
         _ => Err(anyhow::anyhow!("not a server command")),
     }
 }

@@ -5,6 +5,7 @@ pub mod artifact;
 pub mod catalog;
 pub mod cluster;
 pub mod cockpit;
+pub mod consul;
 pub mod control;
 pub mod deploy;
 pub mod dns;
@@ -291,7 +292,9 @@ pub fn catalog_choice(
     let url = autopilot_catalog::select_url(
         explicit,
         env,
-        config.and_then(|c| c.catalog.as_deref()),
+        config
+            .and_then(autopilot_runtime::catalog::config_catalog)
+            .as_deref(),
         is_root(),
     );
     let none = autopilot_config::EtcdConfig::default();
@@ -330,7 +333,7 @@ pub struct Opened {
 
 /// Opens the catalog as session `owner`, within the command's deadline.
 pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyhow::Result<Opened> {
-    use autopilot_catalog::{CatalogError, CatalogUrl};
+    use autopilot_catalog::CatalogUrl;
     let opened = async {
         match autopilot_catalog::parse_url(&o.url)? {
             CatalogUrl::Local(dir) => {
@@ -373,11 +376,12 @@ pub async fn open_catalog(o: &CatalogOpts, owner: &str, access: Access) -> anyho
                 });
                 Ok(Opened { cat })
             }
-            CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
-                url: o.url.clone(),
-                backend: "consul".into(),
+            CatalogUrl::Consul { .. } => {
+                let none = autopilot_config::EtcdConfig::default();
+                Ok(Opened {
+                    cat: autopilot_runtime::catalog::open(&o.url, owner, &none).await?,
+                })
             }
-            .into()),
         }
     };
     bounded(&format!("catalog {}", o.url), o.deadline, opened).await

@@ -77,8 +77,14 @@ pub fn run_agent(
     };
     let catalog_explicit =
         config.catalog.is_some() || env.get("AUTOPILOT_CATALOG").is_some_and(|c| !c.is_empty());
-    let catalog_url =
-        autopilot_catalog::select_url(None, &env, config.catalog.as_deref(), is_root());
+    // A ContainerPilot `consul` block chooses the Consul backend when
+    // nothing else is chosen.
+    let catalog_url = autopilot_catalog::select_url(
+        None,
+        &env,
+        autopilot_runtime::catalog::config_catalog(&config).as_deref(),
+        is_root(),
+    );
     let job_state_root = env
         .get("AUTOPILOT_STATE_DIR")
         .filter(|d| !d.is_empty())
