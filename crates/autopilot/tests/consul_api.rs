@@ -1,4 +1,4 @@
-//! The Consul-compatible API end to end, with clients nobody here wrote: `curl` for the HTTP semantics (kv, sessions, agent, blocking queries, errors, tokens), Prometheus's `consul_sd_configs` discovering autopilot agents' instances, and python-consul (Debian `python3-consul`).
+//! The Consul-compatible API end to end, with clients nobody here wrote: `curl` for the HTTP semantics (kv, sessions, agent, blocking queries, errors, tokens), python-consul (Debian `python3-consul`), and autopilot agents' instances followed by a blocking health watch as Prometheus's `consul_sd_configs` does it (Debian's Prometheus 2.42 is built with Consul SD disabled, so the real one cannot run here).
 // Tests start the real binary, curl, prometheus and python3 as child processes.
 #![allow(clippy::disallowed_methods)]
 
