@@ -25,14 +25,6 @@ struct Entry {
     meta: Value,
 }
 
-impl Entry {
-    fn passing(&self) -> bool {
-        self.checks
-            .iter()
-            .all(|c| c.get("Status").and_then(Value::as_str) == Some("passing"))
-    }
-}
-
 /// The node of an instance: this server's for services registered here;
 /// the host of an agent's `<job>-<host>` ID; else its address.
 fn node_of(st: &State, inst: &Instance) -> String {
@@ -149,10 +141,6 @@ fn service_json(e: &Entry) -> Value {
     })
 }
 
-fn has_tags(e: &Entry, tags: &[String]) -> bool {
-    tags.iter().all(|t| e.inst.tags.contains(t))
-}
-
 pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
     http::need_method(&req, &[Method::GET])?;
     let parts: Vec<&str> = req.rest.splitn(3, '/').collect();
@@ -167,7 +155,7 @@ pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
         ["catalog", "service", name] if !name.is_empty() => {
             q.only(&["index", "wait", "tag", "near"])?;
             (
-                format!("catalog\0service\0{name}\0{}", tags.join("\0")),
+                format!("catalog\0service\0{name}"),
                 Kind::CatalogService(name.to_string()),
             )
         }
@@ -183,7 +171,7 @@ pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
             q.only(&["index", "wait", "tag", "near", "passing"])?;
             let passing = q.flag("passing");
             (
-                format!("health\0service\0{name}\0{passing}\0{}", tags.join("\0")),
+                format!("health\0service\0{name}"),
                 Kind::Health(name.to_string(), passing),
             )
         }
@@ -208,8 +196,45 @@ pub async fn handle(st: &Arc<State>, req: Req) -> Result<Response, HttpError> {
         }
         _ => return Err(http::unsupported(&req)),
     };
-    let (rendered, idx) = view::answer(st, &key, b, || compute(st, &r, &tags)).await?;
+    // A service's reads share one answer and index whatever the filters
+    // (as Consul's share the table's index): the filters apply after, so an
+    // index from `?passing` blocks a read without it, and the other way round.
+    let (rendered, idx) = view::answer(st, &key, b, || compute(st, &r)).await?;
+    let rendered = match &r {
+        Kind::CatalogService(_) => filter(rendered, |v| {
+            tags.iter().all(|t| {
+                v["ServiceTags"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+            })
+        })?,
+        Kind::Health(_, passing) => filter(rendered, |v| {
+            let tagged = tags.iter().all(|t| {
+                v["Service"]["Tags"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+            });
+            let ok = !passing
+                || v["Checks"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|c| c.get("Status").and_then(Value::as_str) == Some("passing"))
+                });
+            tagged && ok
+        })?,
+        _ => rendered,
+    };
     Ok(http::reply(rendered, Some(idx)))
+}
+
+/// Keeps the elements of a JSON array answer that `keep` accepts.
+fn filter(r: Rendered, keep: impl Fn(&Value) -> bool) -> Result<Rendered, HttpError> {
+    let all: Vec<Value> = serde_json::from_slice(&r.body)
+        .map_err(|e| HttpError::internal(format!("cannot filter the answer: {e}")))?;
+    let kept: Vec<&Value> = all.iter().filter(|v| keep(v)).collect();
+    if kept.len() == all.len() {
+        return Ok(r);
+    }
+    Rendered::json(&kept)
 }
 
 enum Kind {
@@ -237,7 +262,7 @@ async fn everything(st: &State) -> Result<Vec<Entry>, HttpError> {
     Ok(out)
 }
 
-async fn compute(st: &State, kind: &Kind, tags: &[String]) -> Result<Rendered, HttpError> {
+async fn compute(st: &State, kind: &Kind) -> Result<Rendered, HttpError> {
     match kind {
         Kind::Services => {
             let mut services = st.call(st.cat.services()).await?;
@@ -262,7 +287,6 @@ async fn compute(st: &State, kind: &Kind, tags: &[String]) -> Result<Rendered, H
             let out: Vec<Value> = instances(st, name)
                 .await?
                 .iter()
-                .filter(|e| has_tags(e, tags))
                 .map(|e| {
                     json!({
                         "ID": "",
@@ -297,11 +321,10 @@ async fn compute(st: &State, kind: &Kind, tags: &[String]) -> Result<Rendered, H
             let out: Vec<Value> = nodes.into_values().collect();
             Rendered::json(&out)
         }
-        Kind::Health(name, passing) => {
+        Kind::Health(name, _) => {
             let out: Vec<Value> = instances(st, name)
                 .await?
                 .iter()
-                .filter(|e| has_tags(e, tags) && (!passing || e.passing()))
                 .map(|e| {
                     json!({
                         "Node": node_json(st, e),

@@ -152,7 +152,8 @@ pub async fn next_index(st: &State) -> Result<u64, HttpError> {
             .as_deref()
             .and_then(|r| r.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let next = n.max(*last).saturating_add(1);
+        // Never 1: a read answers 1 before anything was counted.
+        let next = n.max(*last).max(1).saturating_add(1);
         if st
             .call(st.cat.kv_cas(&key, raw.as_deref(), &next.to_string()))
             .await?
