@@ -173,25 +173,73 @@ fn etcd_down_for_10s_leaves_the_app_alone_and_registrations_return() {
 }
 
 #[test]
-fn bad_endpoints_fail_at_startup_with_a_clear_error() {
+fn a_silent_cluster_at_start_is_waited_for_and_a_bad_endpoint_fails() {
     let d = Dir::new("etcdbad");
     // A listener that never answers holds the port, so no etcd another test
     // starts meanwhile can take it (a free port is only free until then).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = silent.local_addr().expect("addr").port();
     let url = format!("etcd://127.0.0.1:{port}/x");
-    let mut a = start_with(
-        &d,
-        r#"{ control: { socket: "@SOCKET@" }, jobs: [{ name: "app", exec: "touch @DIR@/started" }] }"#,
-        &[],
-        &[("AUTOPILOT_CATALOG", &url)],
+    let job = r#"{ control: { socket: "@SOCKET@" }, jobs: [{ name: "app", exec: "touch @DIR@/started" }] }"#;
+    let quiet = d.child("quiet");
+    let mut a = start_with(&quiet, job, &[], &[("AUTOPILOT_CATALOG", &url)]);
+    // It waits (retrying with back-off, the failure logged with its
+    // count), never exits, and starts no job without the catalog.
+    assert!(
+        wait_for(Duration::from_secs(20), || a
+            .log()
+            .contains("connecting to the catalog failed")),
+        "{}",
+        a.log()
     );
-    let code = a.wait(Duration::from_secs(20));
-    assert!(matches!(code, Some(c) if c != 0));
+    assert_eq!(a.wait(Duration::from_secs(6)), None, "{}", a.log());
     let log = a.log();
     assert!(
-        log.contains("catalog etcd://127.0.0.1") && log.contains(&port.to_string()),
+        log.contains(&format!("etcd://127.0.0.1:{port}/x")) && log.contains("retrying"),
         "{log}"
     );
-    assert!(!d.path("started").exists());
+    assert!(!quiet.path("started").exists());
+    // A signal ends the wait at once.
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(5)).is_some(), "{}", a.log());
+    // A cluster that answers late: the agent goes on as soon as it does.
+    let etcd = Etcd::single(&d.0);
+    let proxy = autopilot_testkit::Proxy::start(
+        etcd.endpoint()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("etcd port"),
+    );
+    proxy.cut();
+    let late = d.child("late");
+    let late_url = format!("etcd://{}/late", proxy.endpoint());
+    let mut b = start_with(&late, job, &[], &[("AUTOPILOT_CATALOG", &late_url)]);
+    assert!(
+        wait_for(Duration::from_secs(20), || b
+            .log()
+            .contains("connecting to the catalog failed")),
+        "{}",
+        b.log()
+    );
+    assert!(!late.path("started").exists());
+    proxy.heal();
+    assert!(
+        wait_for(Duration::from_secs(20), || late.path("started").exists()),
+        "{}",
+        b.log()
+    );
+    assert_eq!(b.wait(Duration::from_millis(100)), None, "{}", b.log());
+    // A configuration error is fatal at once, with what is wrong.
+    let bad = d.child("bad");
+    let mut c = start_with(
+        &bad,
+        job,
+        &[],
+        &[("AUTOPILOT_CATALOG", "etcd://127.0.0.1:notaport/x")],
+    );
+    let code = c.wait(Duration::from_secs(20));
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}");
+    assert!(c.log().contains("invalid endpoint"), "{}", c.log());
+    assert!(!bad.path("started").exists());
 }

@@ -13,6 +13,12 @@
 //! as etcd does; locks held on it are lost, lock waiters queue again.
 //! An entry bound to an election seat lives on the seat's lease instead, and
 //! dies with the seat. Every request has a deadline.
+//!
+//! One watch stream per agent covers only what readers need
+//! (`elections/`, `instances/`, `kv/` and `locks/`: one key range), and is
+//! demultiplexed here: [`Catalog::changes_under`] receivers are bumped only
+//! by events under their prefix, so a write wakes the readers of that key,
+//! not every task of every agent.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,8 +45,25 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// A watch stream silent this long is asked for its progress, which must
-/// come within `OP_TIMEOUT`: a stalled connection is not a quiet one.
-const WATCH_IDLE: Duration = Duration::from_secs(5);
+/// come within `OP_TIMEOUT`: a stalled connection is not a quiet one. A dead
+/// connection is found sooner by the HTTP/2 pings (`PING_INTERVAL` +
+/// `PING_TIMEOUT`); this catches a stream the server stopped serving on a
+/// live connection, at a cost of one message per agent per 30 s at idle.
+const WATCH_IDLE: Duration = Duration::from_secs(30);
+
+/// HTTP/2 keep-alive pings: at least etcd's `--grpc-keepalive-min-time`
+/// (5 s by default), or etcd answers GOAWAY "too_many_pings" and drops the
+/// connection with every stream on it. A stalled cluster is still found
+/// out quickly: every request has its own deadline, and a silent watch is
+/// asked for its progress.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sub-trees of the prefix the watch stream covers, as one key range:
+/// `elections/` < `instances/` < `kv/` < `locks/` sort together, and
+/// `agents/` (sessions) and `terms/` (written with the seat) fall outside.
+const WATCH_FROM: &str = "elections/";
+const WATCH_TO: &str = "locks0";
 
 /// How to reach and authenticate to etcd.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -233,11 +256,13 @@ impl Conn {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut last = String::new();
+        let mut backoff =
+            autopilot_catalog::Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
         for attempt in 0..self.attempts {
             if attempt >= self.endpoints.len() {
                 // Every endpoint failed once: the cluster may be electing a
-                // leader. Back off a little before going round again.
-                tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                // leader. Back off a little (jittered) before going round again.
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             let idx = self.pinned.load(std::sync::atomic::Ordering::SeqCst) % self.endpoints.len();
             let client = match self.client(idx).await {
@@ -272,6 +297,10 @@ pub struct EtcdCatalog {
     lease_ttl: Duration,
     session: Mutex<Session>,
     changes: watch::Receiver<u64>,
+    /// Per-prefix change counters fed by the watch stream.
+    notifier: std::sync::Arc<Notifier>,
+    /// One keep-alive stream per election lease held, for its life.
+    election_keepers: Mutex<BTreeMap<String, (i64, LeaseKeeper, LeaseKeepAliveStream)>>,
     /// Bumped with every new session lease, so lock waiters re-queue on it.
     lease_epoch: watch::Sender<u64>,
     /// The highest term this agent has seen per election: after etcd lost
@@ -533,7 +562,7 @@ impl EtcdCatalog {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(OP_TIMEOUT)
             .with_timeout(OP_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(PING_INTERVAL, PING_TIMEOUT);
         let tls = opts.ca.is_some() || opts.cert.is_some();
         if tls {
             let mut t = TlsOptions::new();
@@ -604,30 +633,38 @@ impl EtcdCatalog {
             pinned: std::sync::atomic::AtomicUsize::new(0),
             attempts: 2 * n + 1,
         });
-        // A read and (for a writer) a write under the prefix prove
-        // reachability, credentials and permissions before any job starts.
+        // One request proves reachability, credentials and permissions
+        // before any job starts, and writes nothing (no revision, no watcher
+        // woken, whatever the number of agents starting): a reader reads one
+        // key; a writer sends a transaction whose condition can never hold
+        // (a create revision below 0) with a put on the success side and the
+        // same read on the other. etcd checks the permissions of both sides
+        // of a transaction before evaluating it, so a user who may not write
+        // the prefix is refused, yet nothing is ever written.
         let probe = format!("{}/agents/{owner}", opts.prefix);
         let prefix = opts.prefix.clone();
         let checked = conn
             .call(|mut client| {
                 let (prefix, probe) = (prefix.clone(), probe.clone());
                 async move {
-                    let got = client
-                        .get(
-                            format!("{prefix}/"),
-                            Some(
-                                GetOptions::new()
-                                    .with_prefix()
-                                    .with_keys_only()
-                                    .with_limit(1),
-                            ),
-                        )
-                        .await?;
-                    if write {
-                        client.put(probe.clone(), "", None).await?;
-                        client.delete(probe, None).await?;
-                    }
-                    Ok(got.header().map(|h| h.revision()).unwrap_or(0))
+                    let read = GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1);
+                    let header = if write {
+                        let txn = Txn::new()
+                            .when([Compare::create_revision(probe.clone(), CompareOp::Less, 0)])
+                            .and_then([TxnOp::put(probe, "", None)])
+                            .or_else([TxnOp::get(format!("{prefix}/"), Some(read))]);
+                        client.txn(txn).await?.header().cloned()
+                    } else {
+                        client
+                            .get(format!("{prefix}/"), Some(read))
+                            .await?
+                            .header()
+                            .cloned()
+                    };
+                    Ok(header.map(|h| h.revision()).unwrap_or(0))
                 }
             })
             .await;
@@ -663,12 +700,18 @@ impl EtcdCatalog {
             Err(e) => return Err(e),
         };
         let (tx, rx) = watch::channel(0u64);
+        let notifier = std::sync::Arc::new(Notifier {
+            all: tx,
+            under: std::sync::Mutex::new(Vec::new()),
+        });
         let watcher = tokio::spawn(watch_loop(
             conn.clone(),
-            // The whole prefix: entries, elections and locks all wake readers.
-            format!("{}/", opts.prefix),
+            (
+                format!("{}/{WATCH_FROM}", opts.prefix),
+                format!("{}/{WATCH_TO}", opts.prefix),
+            ),
             rev,
-            tx,
+            notifier.clone(),
         ));
         Ok(EtcdCatalog {
             url,
@@ -686,6 +729,8 @@ impl EtcdCatalog {
                 elections: BTreeMap::new(),
             }),
             changes: rx,
+            notifier,
+            election_keepers: Mutex::new(BTreeMap::new()),
             lease_epoch: watch::channel(0u64).0,
             terms_seen: std::sync::Mutex::new(BTreeMap::new()),
             watcher,
@@ -926,6 +971,41 @@ impl EtcdCatalog {
         }
     }
 
+    /// One keep-alive on an election's lease over its own stream, opened
+    /// on the first renewal and kept while it works. Returns the TTL etcd
+    /// granted (0: the lease is gone).
+    async fn renew_seat(&self, election: &str, lease: i64) -> Result<i64, CatalogError> {
+        let mut keepers = self.election_keepers.lock().await;
+        let kept = keepers
+            .remove(election)
+            .filter(|(l, _, _)| *l == lease)
+            .map(|(_, k, st)| (k, st));
+        let (mut keeper, mut stream) = match kept {
+            Some(pair) => pair,
+            None => {
+                self.conn
+                    .call(|mut c| async move { c.lease_keep_alive(lease).await })
+                    .await?
+            }
+        };
+        timed(&self.url, keeper.keep_alive()).await?;
+        let ttl = match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+            Ok(Ok(Some(resp))) => resp.ttl(),
+            Ok(Ok(None)) => return Err(self.unavailable("the keep-alive stream closed".into())),
+            Ok(Err(e)) => return Err(self.unavailable(describe(&e))),
+            Err(_) => {
+                return Err(self.unavailable(format!(
+                    "no keep-alive answer within {}s",
+                    OP_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        if ttl > 0 {
+            keepers.insert(election.to_string(), (lease, keeper, stream));
+        }
+        Ok(ttl)
+    }
+
     /// The session's lease is gone (expired or the cluster forgot it). Its
     /// entries are rewritten on the next lease; locks held on it are lost:
     /// someone else may hold them now, so they are never silently taken back.
@@ -1005,36 +1085,91 @@ fn to_instance(e: Entry, heartbeat_ms: u64) -> Instance {
     }
 }
 
-/// Follows every change under the prefix from a known revision. After a
+/// The change counters the watch stream feeds: one for everything it
+/// covers ([`Catalog::changes`]) and one per prefix asked for
+/// ([`Catalog::changes_under`]), shared by every receiver of that prefix.
+struct Notifier {
+    all: watch::Sender<u64>,
+    /// Full key prefixes (with the catalog's prefix) and their counters.
+    under: std::sync::Mutex<Vec<(Vec<u8>, watch::Sender<u64>)>>,
+}
+
+impl Notifier {
+    fn subscribe(&self, full_prefix: &str) -> watch::Receiver<u64> {
+        let mut under = self.under.lock().unwrap_or_else(|e| e.into_inner());
+        // Counters nobody listens to any more are dropped here (bounded by
+        // the number of distinct prefixes live readers ask for).
+        under.retain(|(_, tx)| tx.receiver_count() > 0);
+        if let Some((_, tx)) = under.iter().find(|(p, _)| p == full_prefix.as_bytes()) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(0u64);
+        under.push((full_prefix.as_bytes().to_vec(), tx));
+        rx
+    }
+
+    /// Bumps the counters whose prefix starts one of `keys` (each once),
+    /// and the counter of everything if there was any key.
+    fn keys(&self, keys: &[&[u8]]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.all.send_modify(|n| *n = n.wrapping_add(1));
+        let under = self.under.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, tx) in under.iter() {
+            if keys.iter().any(|k| k.starts_with(p)) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Bumps every counter: the stream resumed, was compacted or the
+    /// cluster was reset, so anything may have changed.
+    fn everything(&self) {
+        self.all.send_modify(|n| *n = n.wrapping_add(1));
+        let under = self.under.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, tx) in under.iter() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Whether the catalog (which holds a receiver of `all`) is gone.
+    fn closed(&self) -> bool {
+        self.all.is_closed()
+    }
+}
+
+/// Follows every change in the watched range from a known revision. After a
 /// broken stream it resumes from the last revision seen, so no change is
 /// missed; if that revision was compacted away, or the cluster was reset
 /// (its revision went backwards or its cluster ID changed, as after a
 /// restart with an empty data dir), it notifies (readers re-read
 /// everything) and resumes from the present. Every wait has a deadline: a
 /// silent stream is asked for its progress, which must come in time.
+/// Retries back off exponentially with full jitter (50 ms to 1 s), so a
+/// fleet whose cluster came back does not reconnect in one wave.
 async fn watch_loop(
     conn: std::sync::Arc<Conn>,
-    key: String,
+    range: (String, String),
     start_rev: i64,
-    tx: watch::Sender<u64>,
+    notifier: std::sync::Arc<Notifier>,
 ) {
     let url = conn.url.clone();
     let mut rev = start_rev;
     let mut cluster: Option<u64> = None;
-    let mut counter = 0u64;
-    let mut backoff = Duration::from_millis(50);
+    // Capped at 1 s: watches see changes again within about a second of the
+    // cluster's return, and 1000 agents reconnect at most 1000 times a second.
+    let mut backoff =
+        autopilot_catalog::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut outage = autopilot_catalog::Outage::default();
-    let notify = |counter: &mut u64| {
-        *counter = counter.wrapping_add(1);
-        tx.send(*counter).is_ok()
-    };
+    let (from, to) = range;
     loop {
         let idx = conn.pinned.load(std::sync::atomic::Ordering::SeqCst) % conn.endpoints.len();
         let opts = WatchOptions::new()
-            .with_prefix()
+            .with_range(to.clone())
             .with_start_revision(rev.saturating_add(1));
         let stream = match conn.client(idx).await {
-            Ok(mut c) => tokio::time::timeout(OP_TIMEOUT, c.watch(key.clone(), Some(opts)))
+            Ok(mut c) => tokio::time::timeout(OP_TIMEOUT, c.watch(from.clone(), Some(opts)))
                 .await
                 .map_err(|_| format!("no answer within {}s", OP_TIMEOUT.as_secs()))
                 .and_then(|r| r.map_err(|e| describe(&e))),
@@ -1045,8 +1180,10 @@ async fn watch_loop(
             Err(why) => {
                 conn.fail(idx, &why);
                 outage.failed(&url, "the watch stream", &why);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tokio::time::sleep(backoff.next_delay()).await;
+                if notifier.closed() {
+                    return;
+                }
                 continue;
             }
         };
@@ -1054,11 +1191,9 @@ async fn watch_loop(
             outage.recovered(&url, "the watch stream");
             // Whatever happened meanwhile is replayed below; one extra
             // notification makes readers re-check after the outage too.
-            if !notify(&mut counter) {
-                return;
-            }
+            notifier.everything();
         }
-        backoff = Duration::from_millis(50);
+        backoff.reset();
         let why = loop {
             let msg = match tokio::time::timeout(WATCH_IDLE, stream.message()).await {
                 Ok(m) => m,
@@ -1089,38 +1224,40 @@ async fn watch_loop(
                         "the cluster was reset (cluster id {id:x}, revision {now} after {rev}); watching from the present"
                     );
                     rev = now;
-                    if !notify(&mut counter) {
-                        return;
-                    }
+                    notifier.everything();
                     break "the cluster was reset".to_string();
                 }
             }
             if resp.compact_revision() > 0 {
                 tracing::warn!(catalog = %url, "watch revision {} was compacted; re-reading", rev + 1);
                 rev = resp.compact_revision() - 1;
-                if !notify(&mut counter) {
-                    return;
-                }
+                notifier.everything();
                 break "compacted".to_string();
             }
             if resp.canceled() {
                 break format!("canceled: {}", resp.cancel_reason());
             }
-            let mut seen = false;
+            let mut keys: Vec<&[u8]> = Vec::new();
             for ev in resp.events() {
                 if let Some(kv) = ev.kv() {
                     rev = rev.max(kv.mod_revision());
+                    keys.push(kv.key());
                 }
-                seen = true;
             }
-            if seen && !notify(&mut counter) {
+            notifier.keys(&keys);
+            if notifier.closed() {
                 return;
             }
         };
-        if tx.is_closed() {
+        if notifier.closed() {
             return;
         }
         outage.failed(&url, "the watch stream", &why);
+        // A stream that broke is resumed at once the first time (a dropped
+        // connection), then with back-off.
+        if outage.failures() > 1 {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
     }
 }
 
@@ -1307,6 +1444,11 @@ impl Catalog for EtcdCatalog {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    fn changes_under(&self, prefix: &str) -> watch::Receiver<u64> {
+        self.notifier
+            .subscribe(&format!("{}/{prefix}", self.prefix))
     }
 
     async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError> {
@@ -1543,15 +1685,10 @@ impl Catalog for EtcdCatalog {
         let key = format!("{}/elections/{election}", self.prefix);
         let held = self.session.lock().await.elections.get(election).copied();
         if let Some((lease, term, _)) = held {
-            // Renewal: one keep-alive on the election's lease.
-            let alive = self
-                .conn
-                .call(|mut c| async move {
-                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                    keeper.keep_alive().await?;
-                    Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
-                })
-                .await;
+            // Renewal: one keep-alive on the election's lease, over the
+            // stream opened for it when it was won (one stream per lease for
+            // its life; reopened only after it failed).
+            let alive = self.renew_seat(election, lease).await;
             match alive {
                 Ok(ttl) if ttl > 0 => return Ok(Some(term)),
                 // The lease is gone (a zero TTL, or "lease not found"): the
@@ -1642,6 +1779,7 @@ impl Catalog for EtcdCatalog {
         let Some((lease, _, _)) = self.session.lock().await.elections.get(election).copied() else {
             return Ok(());
         };
+        self.election_keepers.lock().await.remove(election);
         // Revoking the lease deletes the key in the same step. The seat is
         // forgotten only once that is done, so an interrupted resignation
         // can be repeated (an agent resigns again on its way out).

@@ -608,3 +608,131 @@ async fn fencing_terms_keep_growing_after_etcd_loses_its_data() {
     assert!(t > last, "the fencing token went back from {last} to {t}");
     c.resign("db").await.expect("resign");
 }
+
+/// etcd's count of gRPC streams or unary calls started for `method`.
+fn started(etcd: &Etcd, method: &str) -> f64 {
+    autopilot_testkit::metric_sum(
+        &etcd.metrics().expect("etcd metrics"),
+        "grpc_server_started_total",
+        &[&format!("grpc_method=\"{method}\"")],
+    )
+}
+
+/// Whether a change receiver was bumped since it was last marked seen.
+fn bumped(rx: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+    let b = rx.has_changed().unwrap_or(false);
+    rx.borrow_and_update();
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_under_a_prefix_wake_only_its_readers_and_starting_agents_wake_nobody() {
+    let dir = TempDir::new("etcd-demux");
+    let etcd = Etcd::single(&dir.0);
+    let ep = etcd.endpoint();
+    let a = connect(opts(&ep, "/dm", 10), "a").await;
+    let mut web = a.changes_under("instances/web/");
+    let mut key = a.changes_under("kv/_fleet/maintenance/n1");
+    let mut all = a.changes();
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    // Agents connecting (the start-up check) and taking their session
+    // lease (the agents/ key) wake no watcher at all.
+    let revision = |t: &str| {
+        t.lines()
+            .find_map(|l| l.split("\"revision\":").nth(1))
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|r| r.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let rev0 = revision(&etcdctl(&ep, &["endpoint", "status", "-w", "json"]));
+    let mut others: Vec<Arc<dyn Catalog>> = Vec::new();
+    for i in 0..5 {
+        others.push(connect(opts(&ep, "/dm", 10), &format!("o{i}")).await);
+    }
+    let rev1 = revision(&etcdctl(&ep, &["endpoint", "status", "-w", "json"]));
+    assert_eq!(rev0, rev1, "connecting wrote to etcd");
+    // A session lease and its agents/ key: outside the watched range.
+    others[0]
+        .register(&reg("db-o0", "db"))
+        .await
+        .expect("register");
+    settle().await;
+    assert!(bumped(&mut all), "an instance write wakes changes()");
+    assert!(!bumped(&mut web), "a db entry woke the web readers");
+    assert!(!bumped(&mut key), "a db entry woke the intent reader");
+    others[1]
+        .register(&reg("web-o1", "web"))
+        .await
+        .expect("register");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), web.changed())
+            .await
+            .is_ok(),
+        "a web entry did not wake the web readers"
+    );
+    web.borrow_and_update();
+    settle().await;
+    assert!(!bumped(&mut key));
+    others[2]
+        .kv_put("_fleet/maintenance/n1", "{}")
+        .await
+        .expect("put");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), key.changed())
+            .await
+            .is_ok()
+    );
+    key.borrow_and_update();
+    others[2]
+        .kv_put("_fleet/maintenance/n10", "{}")
+        .await
+        .expect("put");
+    settle().await;
+    // A byte prefix: n10 starts with n1 (readers of one key re-check it).
+    assert!(bumped(&mut key));
+    assert!(!bumped(&mut web));
+    // Locks and sessions of other agents: no reader of web or the key wakes.
+    assert!(others[3].try_lock("x").await.expect("try_lock"));
+    settle().await;
+    assert!(!bumped(&mut web) && !bumped(&mut key));
+    // The same prefix asked twice shares one counter; a receiver dropped
+    // and asked again still sees later changes.
+    let mut web2 = a.changes_under("instances/web/");
+    drop(web);
+    others[1].deregister("web-o1").await.expect("deregister");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), web2.changed())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_lease_keeps_one_keep_alive_stream() {
+    let dir = TempDir::new("etcd-seat-stream");
+    let etcd = Etcd::single(&dir.0);
+    let ep = etcd.endpoint();
+    let a = connect(opts(&ep, "/ss", 10), "a").await;
+    let me = autopilot_catalog::Candidate {
+        id: "db-a".into(),
+        address: "127.0.0.1".into(),
+        port: 5432,
+    };
+    let ttl = Duration::from_secs(3);
+    let term = a.campaign("e", &me, ttl).await.expect("campaign");
+    assert!(term.is_some());
+    let before = started(&etcd, "LeaseKeepAlive");
+    for _ in 0..10 {
+        assert_eq!(a.campaign("e", &me, ttl).await.expect("renew"), term);
+    }
+    let streams = started(&etcd, "LeaseKeepAlive") - before;
+    assert!(
+        streams <= 1.0,
+        "10 renewals opened {streams} keep-alive streams"
+    );
+    // Resigning ends the seat (and its stream); winning again works.
+    a.resign("e").await.expect("resign");
+    let again = a.campaign("e", &me, ttl).await.expect("campaign");
+    assert!(again > term);
+    assert_eq!(a.campaign("e", &me, ttl).await.expect("renew"), again);
+}

@@ -166,6 +166,19 @@ pub trait Catalog: Send + Sync {
     /// no polling.
     fn changes(&self) -> watch::Receiver<u64>;
 
+    /// Like [`Catalog::changes`], but bumped only for changes under `prefix`
+    /// of the catalog's logical key space: `instances/<service>/`,
+    /// `elections/<name>`, `kv/<key>` or `locks/<name>` (a prefix of a key,
+    /// compared byte by byte; an empty prefix means everything). A backend
+    /// that cannot tell (the default) returns [`Catalog::changes`]: waking
+    /// too often is allowed, missing a change is not. A resumed or compacted
+    /// watch, or a reset cluster, bumps every receiver. Subscribe before
+    /// reading, as with `changes`.
+    fn changes_under(&self, prefix: &str) -> watch::Receiver<u64> {
+        let _ = prefix;
+        self.changes()
+    }
+
     // ---- key/value, for hooks (`autopilot kv`) ---------------------------
 
     async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError>;
@@ -357,6 +370,74 @@ impl Outage {
     }
 }
 
+/// Exponential back-off with full jitter, for every retry loop against the
+/// catalog: each delay is drawn uniformly from `[0, current]`, and `current`
+/// doubles from `min` to `max` with each failure. Many agents retrying the
+/// same cluster after an outage (or at a fleet start) so spread out instead
+/// of arriving in waves.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        use std::hash::{BuildHasher, Hasher};
+        // A per-process random seed (std's hash keys), mixed with the time
+        // and an address so two back-offs of one process differ too.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        let local = 0u8;
+        h.write_usize(std::ptr::addr_of!(local) as usize);
+        Backoff {
+            min,
+            max: max.max(min),
+            current: min,
+            rng: h.finish() | 1,
+        }
+    }
+
+    /// A uniform draw from `[0, 1]` scaled to `d` (xorshift64*).
+    fn jitter(&mut self, d: Duration) -> Duration {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11; // 53 bits
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // nanos * r / 2^53 without overflow.
+        let scaled = (u128::from(nanos) * u128::from(r)) >> 53;
+        Duration::from_nanos(u64::try_from(scaled).unwrap_or(nanos))
+    }
+
+    /// The delay before the next attempt; the one after may be twice as long.
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self.current;
+        self.current = self.current.saturating_mul(2).min(self.max);
+        self.jitter(cap)
+    }
+
+    /// A delay drawn from `[d/2, d]`: a fixed period spread out.
+    pub fn spread(&mut self, d: Duration) -> Duration {
+        let half = d / 2;
+        half + self.jitter(d - half)
+    }
+
+    /// After a success: the next failure starts again from `min`.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
 /// Keys for `kv_*` and lock names: non-empty, printable, no NUL.
 pub fn check_key(url: &str, key: &str) -> Result<(), CatalogError> {
     if key.is_empty() || key.len() > 1024 || key.chars().any(|c| c.is_control()) {
@@ -544,6 +625,29 @@ mod tests {
             select_url(Some("local:///f"), &env, Some("local:///c"), false),
             "local:///f"
         );
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_bounded() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        let mut b = Backoff::new(min, max);
+        let mut caps = Vec::new();
+        for _ in 0..12 {
+            caps.push(b.current);
+            let d = b.next_delay();
+            assert!(d <= *caps.last().unwrap(), "{d:?} above {caps:?}");
+        }
+        assert_eq!(caps[0], min);
+        assert_eq!(caps[1], min * 2);
+        assert_eq!(*caps.last().unwrap(), max);
+        // Not a fixed sequence: 200 draws from [0, 5s] are not all equal.
+        let draws: std::collections::BTreeSet<_> = (0..200).map(|_| b.next_delay()).collect();
+        assert!(draws.len() > 100, "{}", draws.len());
+        assert!(draws.iter().any(|d| *d < max / 2) && draws.iter().any(|d| *d > max / 2));
+        b.reset();
+        assert!(b.next_delay() <= min);
+        let s = b.spread(Duration::from_secs(2));
+        assert!(s >= Duration::from_secs(1) && s <= Duration::from_secs(2));
     }
 
     #[test]

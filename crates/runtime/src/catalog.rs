@@ -174,14 +174,72 @@ pub async fn open(
                 password: etcd.password.clone(),
                 lease_ttl: etcd.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             };
-            Ok(Arc::new(
-                autopilot_catalog_etcd::EtcdCatalog::connect(opts, owner).await?,
-            ))
+            Ok(Arc::new(connect_patiently(opts, owner).await?))
         }
         CatalogUrl::Consul { .. } => Err(CatalogError::Unsupported {
             url: url.to_string(),
             backend: "consul".into(),
         }),
+    }
+}
+
+/// Connects an agent to etcd, waiting as long as it takes for a cluster
+/// that is down, slow or overloaded (a fleet starting at once): retries
+/// back off exponentially with full jitter from 100 ms to 5 s, and the
+/// failure is logged with its count ([`autopilot_catalog::Outage`]), never
+/// fatal. A configuration error (credentials, permissions, TLS, a bad
+/// endpoint or prefix) is fatal at once: retrying cannot fix it.
+async fn connect_patiently(
+    opts: autopilot_catalog_etcd::EtcdOptions,
+    owner: &str,
+) -> Result<autopilot_catalog_etcd::EtcdCatalog, CatalogError> {
+    let mut backoff =
+        autopilot_catalog::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut outage = autopilot_catalog::Outage::default();
+    // SIGTERM or SIGINT while waiting ends the wait (as PID 1 nothing else
+    // would: no handler is installed yet).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let stopped = |url: String| CatalogError::Unavailable {
+        url,
+        message: "stopped by a signal while waiting for the cluster".into(),
+    };
+    loop {
+        let attempt = tokio::select! {
+            r = autopilot_catalog_etcd::EtcdCatalog::connect(opts.clone(), owner) => r,
+            _ = recv_opt(&mut term) => return Err(stopped(opts.endpoints.join(","))),
+            _ = recv_opt(&mut int) => return Err(stopped(opts.endpoints.join(","))),
+        };
+        match attempt {
+            Ok(c) => {
+                outage.recovered(c.url(), "connecting to the catalog");
+                return Ok(c);
+            }
+            Err(CatalogError::Unavailable { url, message }) => {
+                outage.failed(
+                    &url,
+                    "connecting to the catalog",
+                    &format!("{message} (jobs start once it answers)"),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = recv_opt(&mut term) => return Err(stopped(url)),
+                    _ = recv_opt(&mut int) => return Err(stopped(url)),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The next signal, or never when the handler could not be installed.
+async fn recv_opt(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -268,7 +326,7 @@ struct Worker {
     /// the wanted registration changes.
     refused: BTreeMap<String, Registration>,
     error: Option<String>,
-    retry: Duration,
+    retry: autopilot_catalog::Backoff,
     retry_at: Option<Instant>,
     /// The last time the catalog confirmed our entries (a keep-alive or a
     /// write that succeeded): entries outlive it by their TTL, no more.
@@ -363,7 +421,7 @@ impl Worker {
         if self.error.take().is_some() {
             self.outage.recovered(self.catalog.url(), "the catalog");
         }
-        self.retry = RETRY_MIN;
+        self.retry.reset();
         self.retry_at = None;
     }
 
@@ -371,8 +429,9 @@ impl Worker {
         let msg = e.to_string();
         self.outage.failed(self.catalog.url(), "the catalog", &msg);
         self.error = Some(msg);
-        self.retry_at = Some(Instant::now() + self.retry);
-        self.retry = (self.retry * 2).min(RETRY_MAX);
+        // Jittered: agents that lost the catalog together do not all come
+        // back in the same instant.
+        self.retry_at = Some(Instant::now() + self.retry.next_delay());
         // Past their TTL without a keep-alive, our entries are gone from
         // the catalog: stop claiming them (reconcile writes them again when
         // the catalog answers).
@@ -443,7 +502,7 @@ async fn run_registrar(
         applied: BTreeMap::new(),
         refused: BTreeMap::new(),
         error: None,
-        retry: RETRY_MIN,
+        retry: autopilot_catalog::Backoff::new(RETRY_MIN, RETRY_MAX),
         retry_at: None,
         confirmed: Instant::now(),
         outage: autopilot_catalog::Outage::default(),
@@ -547,6 +606,34 @@ fn continue_after_state(w: &Worker, state: &watch::Sender<RegistrarState>) {
     });
 }
 
+/// One change counter bumped by a change under any of `prefixes` (see
+/// [`Catalog::changes_under`] for the key space): a task per prefix
+/// forwards its bumps, and ends with the returned receiver or the catalog.
+/// The prefixes are subscribed here, so a caller that reads after this call
+/// misses no change.
+pub fn changes_under_any(catalog: &dyn Catalog, prefixes: &[String]) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    let tx = Arc::new(tx);
+    for p in prefixes {
+        let mut from = catalog.changes_under(p);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = from.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
+    }
+    rx
+}
+
 /// Reads the passing instances of a watched service whenever the catalog
 /// changes (and every `interval` as a safety net), and sends each snapshot.
 /// A failed read sends nothing: an unreachable catalog is not "no instances".
@@ -557,7 +644,8 @@ pub fn spawn_watch<M: Send + 'static>(
     wrap: impl Fn(Vec<Instance>) -> M + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut changes = catalog.changes();
+        // Only this service's entries wake the watch.
+        let mut changes = catalog.changes_under(&format!("instances/{}/", cfg.name));
         loop {
             changes.borrow_and_update();
             match catalog.instances(&cfg.name).await {
@@ -689,7 +777,19 @@ pub fn spawn_election_after<M: Send + 'static>(
         }
         let margin = (ttl / 5).max(Duration::from_millis(300));
         let every = ttl / 3;
-        let mut changes = catalog.changes();
+        // The seat, the member records and the intents are read when they
+        // changed (or the watch resumed), never on a timer: an idle
+        // election costs the catalog only its leader's renewals.
+        let mut seat_rx = catalog.changes_under(&format!("elections/{election}"));
+        let mut members_rx = catalog.changes_under(&format!(
+            "instances/{}/",
+            cluster::members_service(&election)
+        ));
+        let mut intents_rx =
+            catalog.changes_under(&format!("kv/{}", cluster::intents_prefix(&election)));
+        let (mut stale_seat, mut stale_members, mut stale_intents) = (true, true, true);
+        let mut known_members: Option<Vec<cluster::Member>> = None;
+        let mut known_intents: Option<cluster::Intents> = None;
         // (term, send time of the last successful renewal)
         let mut leading: Option<(u64, Instant)> = None;
         let mut last_leader: Option<Option<Leader>> = None;
@@ -710,7 +810,16 @@ pub fn spawn_election_after<M: Send + 'static>(
         // not campaign until then, unless the intents read show it gone.
         let mut handed_over: Option<u64> = None;
         loop {
-            changes.borrow_and_update();
+            for (rx, stale) in [
+                (&mut seat_rx, &mut stale_seat),
+                (&mut members_rx, &mut stale_members),
+                (&mut intents_rx, &mut stale_intents),
+            ] {
+                if rx.has_changed().unwrap_or(false) {
+                    rx.borrow_and_update();
+                    *stale = true;
+                }
+            }
             let wanted = *want.borrow_and_update();
             if let Some((term, sent)) = leading {
                 if !wanted {
@@ -735,9 +844,15 @@ pub fn spawn_election_after<M: Send + 'static>(
                 None => d,
             };
             let read = bound(every, leading);
-            if !read.is_zero()
-                && let Ok(Ok(l)) = tokio::time::timeout(read, catalog.leader(&election)).await
-            {
+            let seat_read = if stale_seat && !read.is_zero() {
+                let r = tokio::time::timeout(read, catalog.leader(&election)).await;
+                // A failed read is tried again on the next turn.
+                stale_seat = !matches!(r, Ok(Ok(_)));
+                Some(r)
+            } else {
+                None
+            };
+            if let Some(Ok(Ok(l))) = seat_read {
                 // The seat is not (me, my term) any more: it was ended
                 // (a fast-path vote, `autopilot failover`) or lost. Step
                 // down now, before anything else: another node may win it
@@ -780,17 +895,17 @@ pub fn spawn_election_after<M: Send + 'static>(
                 None => every,
             };
             let read = cluster_read(leading);
-            let members = if wanted && !read.is_zero() {
-                crate::cluster::members(catalog.as_ref(), &election, read).await
-            } else {
-                None
-            };
+            if wanted && !read.is_zero() && (stale_members || known_members.is_none()) {
+                known_members = crate::cluster::members(catalog.as_ref(), &election, read).await;
+                stale_members = known_members.is_none();
+            }
+            let members = if wanted { known_members.clone() } else { None };
             let read = cluster_read(leading);
-            let intents = if read.is_zero() {
-                None
-            } else {
-                crate::cluster::intents(catalog.as_ref(), &election, read).await
-            };
+            if !read.is_zero() && (stale_intents || known_intents.is_none()) {
+                known_intents = crate::cluster::intents(catalog.as_ref(), &election, read).await;
+                stale_intents = known_intents.is_none();
+            }
+            let intents = known_intents.clone();
             let held = match &last_leader {
                 Some(Some(l)) => Some(l.clone()),
                 _ => None,
@@ -1003,7 +1118,9 @@ pub fn spawn_election_after<M: Send + 'static>(
                 },
             };
             tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
+                r = seat_rx.changed() => if r.is_err() { return } else { stale_seat = true },
+                r = members_rx.changed() => if r.is_err() { return } else { stale_members = true },
+                r = intents_rx.changed() => if r.is_err() { return } else { stale_intents = true },
                 r = want.changed() => if r.is_err() { return },
                 r = suspect_rx.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(wake) => {}

@@ -363,8 +363,9 @@ fn empty_fd(fd: std::os::fd::OwnedFd, depth: usize) -> nix::Result<usize> {
 /// on again (only deleted), even after a crash between claim and delete.
 pub const REINIT_HANDLED_FILE: &str = "reinit-handled";
 
-/// How often a reinit watch reads its intent, and how long it waits before
-/// asking again after a refusal.
+/// How often a reinit watch reads its intent while reading fails (otherwise
+/// only a change of the key wakes it), and how long it waits before asking
+/// again after a refusal.
 const REINIT_POLL: Duration = Duration::from_secs(1);
 const REINIT_RETRY: Duration = Duration::from_secs(5);
 /// One catalog call's deadline in the reinit watch.
@@ -407,16 +408,26 @@ pub async fn watch_reinit<M: Send + 'static>(
     tx: tokio::sync::mpsc::Sender<M>,
     wrap: impl Fn(ReinitNews) -> M + Send + 'static,
 ) {
+    // Read when the key changes (subscribed before each read, so no change
+    // is missed), and every REINIT_POLL only while reading fails: an idle
+    // intent costs the catalog nothing.
+    let mut changes = catalog.changes_under(&format!("kv/{key}"));
+    let mut open = true;
     loop {
+        changes.borrow_and_update();
+        let mut wait = None;
         let value = match tokio::time::timeout(REINIT_CALL, catalog.kv_get(&key)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::debug!(%key, "cannot read the reinit intent: {e}");
+                wait = Some(REINIT_POLL);
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                wait = Some(REINIT_POLL);
+                None
+            }
         };
-        let mut wait = REINIT_POLL;
         if let Some(v) = value {
             match serde_json::from_str::<ReinitJson>(&v) {
                 Err(e) => tracing::debug!(%key, "ignoring an unreadable reinit intent: {e}"),
@@ -443,12 +454,26 @@ pub async fn watch_reinit<M: Send + 'static>(
                             return;
                         }
                     } else {
-                        wait = REINIT_RETRY;
+                        wait = Some(REINIT_RETRY);
                     }
                 }
             }
         }
-        tokio::time::sleep(wait).await;
+        if !open {
+            wait = Some(wait.unwrap_or(REINIT_POLL));
+        }
+        tokio::select! {
+            r = changes.changed(), if open => {
+                // No more change news: poll.
+                open = r.is_ok();
+            }
+            () = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
     }
 }
 

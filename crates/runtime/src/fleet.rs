@@ -489,7 +489,18 @@ impl Worker {
     }
 
     async fn run<M: Send>(&mut self, tx: mpsc::Sender<M>, to_agent: impl Fn(Ready) -> M + Sync) {
-        let mut changes = self.catalog.changes();
+        // Its rollout records and the member records its gate reads: no
+        // other write wakes it.
+        let mut changes = crate::catalog::changes_under_any(
+            self.catalog.as_ref(),
+            &[
+                format!("kv/{}", rollout::rollouts_prefix(&self.unit.artifact)),
+                format!(
+                    "instances/{}/",
+                    rollout::member_service(&self.unit.artifact)
+                ),
+            ],
+        );
         let h = self.health.borrow().clone();
         self.member.sha256 = h.sha.clone().unwrap_or_else(|| ORIGINAL.to_string());
         self.member.version = if self.member.sha256 == ORIGINAL {

@@ -86,6 +86,10 @@ impl Catalog for Metered {
         self.inner.changes()
     }
 
+    fn changes_under(&self, prefix: &str) -> watch::Receiver<u64> {
+        self.inner.changes_under(prefix)
+    }
+
     async fn kv_get(&self, key: &str) -> Result<Option<String>, CatalogError> {
         self.timed("kv_get", self.inner.kv_get(key)).await
     }

@@ -182,7 +182,9 @@ impl IntentWatcher {
     }
 
     async fn run(mut self, control: mpsc::Sender<Command>) {
-        let mut changes = self.catalog.changes();
+        // Only a change of this node's intent key wakes the task (not every
+        // registration of every agent: that was N reads per start of a fleet).
+        let mut changes = self.catalog.changes_under(&format!("kv/{}", self.key));
         let mut open = true;
         loop {
             let mut again = 0;

@@ -255,7 +255,10 @@ impl Worker {
         tx: mpsc::Sender<M>,
         to_agent: impl Fn(Request) -> M + Sync,
     ) {
-        let mut changes = self.catalog.changes();
+        // Waiting for a budget slot: only its slots' lock keys wake it.
+        let mut changes = self
+            .catalog
+            .changes_under(&format!("locks/repair.{}.slot", self.service()));
         let first = self.start().await;
         let mut queue: VecDeque<RepairAction> = first.into();
         let mut last_cond: Option<Condition> = None;

@@ -268,7 +268,13 @@ pub async fn restore(ctx: &Ctx, spec: &SnapshotSpec, election: Option<&str>) -> 
     std::fs::create_dir_all(&ctx.scratch).map_err(|e| e.to_string())?;
     let store = autopilot_snapshot::open(&spec.store).map_err(|e| e.to_string())?;
     let mut backoff = Duration::from_millis(200);
-    let mut changes = ctx.catalog.changes();
+    // The set's keys (index, bootstrap claim, force-bootstrap) and the
+    // election's seat: nothing else wakes the wait.
+    let mut prefixes = vec![format!("kv/snapshots/{}/", spec.set)];
+    if let Some(e) = election {
+        prefixes.push(format!("elections/{e}"));
+    }
+    let mut changes = crate::catalog::changes_under_any(ctx.catalog.as_ref(), &prefixes);
     let mut told = String::new();
     let mut attempts: u64 = 0;
     loop {

@@ -528,3 +528,71 @@ impl Drop for Proxy {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// What an etcd member says about itself on its client port (plain HTTP
+/// only): the Prometheus text of `/metrics`, and the CPU time it used.
+impl Etcd {
+    /// The member's `/metrics` text (`None` if it does not answer in 5 s).
+    pub fn metrics(&self) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            // Chunked: drop the size lines.
+            let mut out = String::new();
+            let mut rest = body;
+            while let Some((len, tail)) = rest.split_once("\r\n") {
+                let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+                if n == 0 || tail.len() < n {
+                    break;
+                }
+                out.push_str(&tail[..n]);
+                rest = tail[n..].trim_start_matches("\r\n");
+            }
+            return Some(out);
+        }
+        Some(body.to_string())
+    }
+
+    /// The member's CPU time so far (user + system, from `/proc/<pid>/stat`).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces).
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // In USER_HZ ticks: 100 per second on Linux (part of the /proc ABI).
+        Some(Duration::from_millis(ticks * 10))
+    }
+}
+
+/// The sum of every sample of the metric `name` in Prometheus text whose
+/// labels contain each of `labels` (`key="value"` strings).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, lbls) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            (metric == name && labels.iter().all(|w| lbls.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
