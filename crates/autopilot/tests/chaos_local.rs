@@ -206,6 +206,17 @@ fn catalog_files_are_private_under_umask_000_and_open_directories_are_refused() 
     for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
         assert_eq!(mode(&catalog.join(f)), 0o600, "{f}");
     }
+    // The agents' wake-up sockets, too.
+    assert_eq!(mode(&catalog.join("watchers")), 0o700, "watchers");
+    let socks: Vec<_> = std::fs::read_dir(catalog.join("watchers"))
+        .expect("watchers")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!socks.is_empty(), "the agent's socket");
+    for s in &socks {
+        assert_eq!(mode(s), 0o600, "{}", s.display());
+    }
     drop(a);
 
     // A directory others can write to is refused, with its path, mode and owner.

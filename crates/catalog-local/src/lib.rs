@@ -1,4 +1,4 @@
-//! The embedded catalog: one SQLite database in WAL mode that every agent on the machine shares, with inotify-driven change notification.
+//! The embedded catalog: one SQLite database in WAL mode that every agent on the machine shares, with change wake-ups over unix datagram sockets.
 //!
 //! Why SQLite: it is the best-kept embedded store that several processes
 //! can write at once (WAL mode, file locks, busy timeouts), and every
@@ -8,13 +8,34 @@
 //! an election seat is visible only while that seat row is live, so it
 //! ends in the same instant as the seat. Expiries are CLOCK_BOOTTIME
 //! milliseconds (a wall-clock step cannot move them); rows from another
-//! boot are purged on open. Every visible change bumps a revision in the
-//! same transaction; writers touch the WAL file, inotify wakes the
-//! watchers, and they compare revisions. The directory is 0700 and the
-//! database 0600; a directory others can write to is refused.
+//! boot are purged on open. The directory is 0700 and the database 0600;
+//! a directory others can write to is refused.
+//!
+//! Change notification, built so that an idle machine costs the same
+//! whatever the number of agents: every *visible* change (an entry added,
+//! removed or changed, a key, a lock, a seat, an expiry) bumps a revision
+//! in the same transaction; a keep-alive (refreshing expiries and the
+//! displayed heartbeat) does not. After a commit that bumped it, the
+//! writer sends one byte to each watcher socket in `<dir>/watchers/`
+//! ([`wake`]); each open catalog binds one there (0600, a random name,
+//! removed on drop; a dead agent's is removed by the next writer that
+//! finds nobody listening). A woken watcher reads the revision and its
+//! `changes()` moves only if the revision did. Every [`POLL`] a watcher
+//! also reads the revision by itself, covering a lost wake-up. The
+//! earlier design (inotify on the directory) woke every agent on every
+//! write, heartbeats included (N agents: N² wake-ups), and needed one
+//! inotify instance per agent, so the 128th agent of a user failed with
+//! EMFILE (`fs.inotify.max_user_instances`).
+//!
+//! Expiry: a watcher sleeps until the earliest expiry it knows of (or the
+//! poll), and on waking checks with one read whether anything has
+//! expired; only then does it write (delete, bump, wake everyone). A full
+//! sweep (a write) runs once per [`FULL_SWEEP_MS`] across the machine: the
+//! `swept` row says when the last one ran, so N agents do not all sweep.
+
+mod wake;
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +44,7 @@ use autopilot_catalog::{
     Candidate, Catalog, CatalogError, Instance, Leader, Registration, ServiceSummary, Status,
     now_ms, rfc3339_ms,
 };
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 /// The tables as this version writes them (schema 2). A schema-1 catalog
@@ -84,9 +103,17 @@ macro_rules! live {
 /// How long a lock outlives its holder's last keep-alive.
 const LOCK_TTL_MS: i64 = 3_000;
 
-/// A safety re-check, in case a change notification is ever missed (for
-/// example on a filesystem where inotify does not report other writers).
+/// The longest a `lock` waiter sleeps between attempts, in case a
+/// wake-up is ever missed.
 const SAFETY_RECHECK: Duration = Duration::from_secs(5);
+
+/// How often a watcher reads the revision without being woken: the bound
+/// on a change's delay when its wake-up was lost. One indexed read.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// How often, across all the agents on the machine, a full sweep runs
+/// even though no known expiry is due (boot-clock milliseconds).
+pub const FULL_SWEEP_MS: i64 = 30_000;
 
 /// The back-off between failed sweeps grows from the first to the second.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -98,6 +125,12 @@ pub struct LocalCatalog {
     owner: String,
     changes: watch::Receiver<u64>,
     notifier: tokio::task::JoinHandle<()>,
+    /// Wakes every watcher after a commit that bumped the revision.
+    waker: Arc<wake::Waker>,
+    /// This catalog's watcher socket file, removed on drop.
+    _socket: Option<wake::SocketFile>,
+    /// How many times the notifier has read the catalog (its idle cost).
+    checks: Arc<std::sync::atomic::AtomicU64>,
     /// Counts this open in [`OPEN_DBS`] while it lives.
     _counted: OpenDb,
 }
@@ -365,37 +398,56 @@ impl LocalCatalog {
         let url = format!("local://{}", dir.display());
         let (conn, counted) = open_db(dir, &url)?;
         let conn = Arc::new(Mutex::new(conn));
-        let inotify =
-            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
-                CatalogError::Invalid {
-                    url: url.clone(),
-                    message: format!("cannot watch {} for changes: {e}", dir.display()),
-                }
-            })?;
-        inotify
-            .add_watch(
-                dir,
-                AddWatchFlags::IN_MODIFY
-                    | AddWatchFlags::IN_CREATE
-                    | AddWatchFlags::IN_MOVED_TO
-                    | AddWatchFlags::IN_CLOSE_WRITE,
-            )
-            .map_err(|e| CatalogError::Invalid {
-                url: url.clone(),
-                message: format!("cannot watch {} for changes: {e}", dir.display()),
-            })?;
+        let waker = Arc::new(wake::Waker::new(dir));
+        // A migration that purged another boot's rows bumped the revision.
+        if BUMPED.replace(false) {
+            waker.wake_all();
+        }
+        // No socket (a path too long for one, no descriptors left): this
+        // catalog still works, and learns of changes by its poll.
+        let (listener, socket) = match wake::bind(dir) {
+            Ok((l, f)) => (Some(l), Some(f)),
+            Err(e) => {
+                let hint = match e.raw_os_error() {
+                    Some(nix::libc::EMFILE | nix::libc::ENFILE) => {
+                        " (out of file descriptors: raise `ulimit -n` or LimitNOFILE=)"
+                    }
+                    _ if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        " (a unix socket path holds at most 107 bytes: use a shorter catalog directory)"
+                    }
+                    _ => "",
+                };
+                tracing::warn!(
+                    "catalog {url}: cannot bind a change socket in {}: {e}{hint}; reading changes every {}s instead",
+                    dir.join(wake::WATCHERS).display(),
+                    POLL.as_secs()
+                );
+                (None, None)
+            }
+        };
         let rev0 = {
             let c = lock(&conn);
             read_rev(&c).unwrap_or(0)
         };
         let (tx, rx) = watch::channel(rev0);
-        let notifier = tokio::spawn(notify_loop(conn.clone(), inotify, tx, dir.to_path_buf()));
+        let checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let notifier = tokio::spawn(notify_loop(
+            conn.clone(),
+            listener,
+            waker.clone(),
+            tx,
+            dir.to_path_buf(),
+            checks.clone(),
+        ));
         Ok(LocalCatalog {
             url,
             conn,
             owner: owner.to_string(),
             changes: rx,
             notifier,
+            waker,
+            _socket: socket,
+            checks,
             _counted: counted,
         })
     }
@@ -429,25 +481,29 @@ impl LocalCatalog {
         }
     }
 
+    /// How many times this catalog's notifier has read the catalog since
+    /// it was opened: its wake-ups (a visible change, a due expiry, the
+    /// poll). A measure of its idle cost; heartbeats never add to it.
+    pub fn wakeups(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, CatalogError> {
-        let conn = self.conn.clone();
+        let (conn, waker) = (self.conn.clone(), self.waker.clone());
         let url = self.url.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = lock(&conn);
-            f(&mut c)
-        })
-        .await
-        .map_err(|e| CatalogError::Unavailable {
-            url: url.clone(),
-            message: format!("catalog task failed: {e}"),
-        })?
-        .map_err(|e| CatalogError::Unavailable {
-            url,
-            message: e.to_string(),
-        })
+        tokio::task::spawn_blocking(move || run_and_wake(&conn, &waker, f))
+            .await
+            .map_err(|e| CatalogError::Unavailable {
+                url: url.clone(),
+                message: format!("catalog task failed: {e}"),
+            })?
+            .map_err(|e| CatalogError::Unavailable {
+                url,
+                message: e.to_string(),
+            })
     }
 }
 
@@ -462,16 +518,114 @@ fn read_rev(c: &Connection) -> rusqlite::Result<u64> {
     .map(|v| v as u64)
 }
 
+thread_local! {
+    /// Set by [`bump`]: the statement on this thread bumped the revision,
+    /// so once its transaction is over the watchers are woken.
+    static BUMPED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks a visible change: the revision moves in the caller's transaction,
+/// and the watchers are woken after it ([`run_and_wake`]). Keep-alives
+/// never call it.
 fn bump(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
-    tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev'", [])
-        .map(|_| ())
+    tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev'", [])?;
+    BUMPED.set(true);
+    Ok(())
+}
+
+/// Runs `f` on the connection, then, if it succeeded and bumped the
+/// revision, wakes every watcher (with the connection already released).
+/// A bump whose transaction rolled back wakes them for nothing: they read
+/// an unchanged revision and stay quiet.
+fn run_and_wake<T>(
+    conn: &Mutex<Connection>,
+    waker: &wake::Waker,
+    f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let (result, bumped) = {
+        let mut c = lock(conn);
+        BUMPED.set(false);
+        let r = f(&mut c);
+        (r, BUMPED.replace(false))
+    };
+    if bumped && result.is_ok() {
+        waker.wake_all();
+    }
+    result
+}
+
+/// The earliest instant (boot-clock ms) something expires: an entry, a
+/// seat, a lock, or a critical entry's deregistration.
+fn next_expiry(c: &Connection) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT MIN(t) FROM (
+            SELECT MIN(expires_ms) AS t FROM instances
+            UNION ALL
+            SELECT MIN(expires_ms) FROM elections
+            UNION ALL
+            SELECT MIN(expires_ms) FROM locks
+            UNION ALL
+            SELECT MIN(critical_since_ms + deregister_after_ms) FROM instances
+              WHERE critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// A watcher's turn, one read in the common case: the revision and the
+/// next expiry. It writes (sweeps) only when something has expired, or
+/// when no agent on the machine has swept for [`FULL_SWEEP_MS`].
+fn check(c: &mut Connection) -> rusqlite::Result<(u64, Option<u64>)> {
+    let now = clock_ms();
+    let (rev, next, swept) = {
+        let tx = c.transaction()?;
+        let rev = read_rev(&tx)?;
+        let next = next_expiry(&tx)?;
+        let swept = swept_at(&tx, now)?;
+        tx.commit()?;
+        (rev, next, swept)
+    };
+    let due = next.is_some_and(|t| t <= now) || full_sweep_due(swept, now);
+    if due {
+        return sweep(c);
+    }
+    Ok((rev, next.map(|t| t.max(0) as u64)))
+}
+
+/// When the last full sweep ran on this boot's clock; text, or a value
+/// from another boot's clock, reads as never.
+fn swept_at(c: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
+    Ok(
+        c.query_row("SELECT value FROM meta WHERE key = 'swept'", [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .optional()?
+        .and_then(|v| match v {
+            rusqlite::types::Value::Integer(t) if t <= now => Some(t),
+            _ => None,
+        }),
+    )
+}
+
+fn full_sweep_due(swept: Option<i64>, now: i64) -> bool {
+    swept.is_none_or(|t| t.saturating_add(FULL_SWEEP_MS) <= now)
 }
 
 /// Deletes expired entries and those critical for too long; returns the
-/// current revision and the next time something will expire.
+/// current revision and the next time something will expire. It writes
+/// only what changed: when N agents wake for the same expiry, the first
+/// deletes and wakes everyone, and the others' deletes find nothing. A
+/// full sweep records itself in `swept`, checked again under the write
+/// lock so that one runs per interval across the machine.
 fn sweep(c: &mut Connection) -> rusqlite::Result<(u64, Option<u64>)> {
     let now = clock_ms();
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if full_sweep_due(swept_at(&tx, now)?, now) {
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('swept', ?1)",
+            params![now],
+        )?;
+    }
     // Entries whose seat ended go too (they are already invisible).
     let removed = tx.execute(
         concat!(
@@ -489,59 +643,43 @@ fn sweep(c: &mut Connection) -> rusqlite::Result<(u64, Option<u64>)> {
     if removed > 0 {
         bump(&tx)?;
     }
-    let next: Option<i64> = tx.query_row(
-        "SELECT MIN(t) FROM (
-            SELECT MIN(expires_ms) AS t FROM instances
-            UNION ALL
-            SELECT MIN(expires_ms) FROM elections
-            UNION ALL
-            SELECT MIN(expires_ms) FROM locks
-            UNION ALL
-            SELECT MIN(critical_since_ms + deregister_after_ms) FROM instances
-              WHERE critical_since_ms IS NOT NULL AND deregister_after_ms IS NOT NULL)",
-        [],
-        |r| r.get(0),
-    )?;
+    let next = next_expiry(&tx)?;
     let rev = read_rev(&tx)?;
     tx.commit()?;
     Ok((rev, next.map(|t| t.max(0) as u64)))
 }
 
-struct Fd(Inotify);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
+/// Waits for a wake-up on `listener`; without one, never (the poll runs).
+async fn woken(listener: Option<&tokio::net::UnixDatagram>) -> std::io::Result<()> {
+    match listener {
+        Some(l) => l.readable().await,
+        None => std::future::pending().await,
     }
 }
 
 async fn notify_loop(
     conn: Arc<Mutex<Connection>>,
-    inotify: Inotify,
+    listener: Option<tokio::net::UnixDatagram>,
+    waker: Arc<wake::Waker>,
     tx: watch::Sender<u64>,
     dir: PathBuf,
+    checks: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    // SAFETY: `Inotify` owns its descriptor for its whole life, and `Fd`
-    // always returns that same descriptor; the AsyncFd owns the Inotify.
-    #[allow(unsafe_code)]
-    let fd = match unsafe { AsyncFd::register(Fd(inotify)) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!("catalog {}: cannot watch for changes: {}", dir.display(), e);
-            return;
-        }
-    };
-    // A failed sweep (a full disk, a lock held too long) touches the WAL,
-    // whose change notification would wake this loop at once to fail
-    // again: after a failure, wait out a growing back-off instead, and log
-    // it as one outage (start, a counted reminder every 10 s, recovery).
+    // A failed check (a full disk, a lock held too long) is retried after
+    // a growing back-off, and logged as one outage (start, a counted
+    // reminder every 10 s, recovery).
     let url = format!("local://{}", dir.display());
     let mut outage = autopilot_catalog::Outage::default();
     let mut backoff = Duration::ZERO;
     loop {
-        let c = conn.clone();
-        let swept = tokio::task::spawn_blocking(move || sweep(&mut lock(&c))).await;
-        let next = match swept {
+        if let Some(l) = &listener {
+            // Whatever was queued is covered by this check.
+            wake::drain(l);
+        }
+        checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (c, w) = (conn.clone(), waker.clone());
+        let checked = tokio::task::spawn_blocking(move || run_and_wake(&c, &w, check)).await;
+        let next = match checked {
             Ok(Ok((rev, next))) => {
                 if outage.is_failing() {
                     outage.recovered(&url, "sweeping expired entries");
@@ -566,27 +704,19 @@ async fn notify_loop(
                 _ = tokio::time::sleep(backoff) => {}
                 _ = tx.closed() => return,
             }
-            // Whatever the failed attempt (or others) notified meanwhile is
-            // covered by the next sweep.
-            while fd.get_ref().0.read_events().is_ok() {}
             continue;
         }
         let wait = next
             .map(|t| Duration::from_millis(t.saturating_sub(clock_ms().max(0) as u64) + 1))
-            .unwrap_or(SAFETY_RECHECK)
-            .min(SAFETY_RECHECK);
+            .unwrap_or(POLL)
+            .min(POLL);
         tokio::select! {
-            ready = fd.readable() => match ready {
-                Ok(mut guard) => {
-                    // Drain every queued event; one wake-up re-reads once.
-                    while guard.get_inner().0.read_events().is_ok() {}
-                    guard.clear_ready();
+            ready = woken(listener.as_ref()) => {
+                if let Err(e) = ready {
+                    tracing::warn!("catalog {url}: change socket failed: {e}");
+                    tokio::time::sleep(POLL).await;
                 }
-                Err(e) => {
-                    tracing::warn!("catalog {}: change watch failed: {e}", dir.display());
-                    tokio::time::sleep(SAFETY_RECHECK).await;
-                }
-            },
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = tx.closed() => return,
         }
@@ -1366,6 +1496,190 @@ mod tests {
             .expect("bump schema");
         let e = LocalCatalog::open(&d, "b").err().expect("refused");
         assert!(e.to_string().contains("schema 99"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Waits for `rx` to move, up to `within`; returns how long it took.
+    async fn moved(rx: &mut watch::Receiver<u64>, within: Duration) -> Option<Duration> {
+        let t = std::time::Instant::now();
+        tokio::time::timeout(within, rx.changed())
+            .await
+            .ok()?
+            .ok()?;
+        Some(t.elapsed())
+    }
+
+    /// Below [`POLL`]: a change seen this fast came by its wake-up.
+    const WOKEN: Duration = Duration::from_millis(1000);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeats_wake_nobody_and_visible_changes_wake_at_once() {
+        let d = dir("wake");
+        let a = LocalCatalog::open(&d, "a").expect("open a");
+        let b = LocalCatalog::open(&d, "b").expect("open b");
+        let mut rx = b.changes();
+        rx.borrow_and_update();
+        a.register(&entry("x-1")).await.expect("register");
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "register wakes");
+
+        // Keep-alives for longer than a poll: the revision never moves,
+        // and the other handle is not even woken (its poll only).
+        rx.borrow_and_update();
+        let checks = || b.wakeups();
+        let before = checks();
+        let until = std::time::Instant::now() + POLL + Duration::from_millis(500);
+        let mut beats = 0;
+        while std::time::Instant::now() < until {
+            assert_eq!(a.keep_alive().await.expect("keep-alive"), 1);
+            beats += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !rx.has_changed().expect("notifier alive"),
+            "a heartbeat moved another handle's changes()"
+        );
+        let woken = checks() - before;
+        assert!(
+            woken <= 2,
+            "{beats} heartbeats woke the other handle {woken} times"
+        );
+
+        // Each kind of visible change wakes the other handle at once.
+        assert!(a.set_status("x-1", Status::Critical).await.expect("status"));
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "status change");
+        rx.borrow_and_update();
+        a.kv_put("k", "v").await.expect("kv");
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "key write");
+        rx.borrow_and_update();
+        a.lock("l").await.expect("lock");
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "lock");
+        rx.borrow_and_update();
+        let me = Candidate {
+            id: "x-1".into(),
+            address: "10.0.0.1".into(),
+            port: 1,
+        };
+        a.campaign("e", &me, Duration::from_secs(30))
+            .await
+            .expect("campaign");
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "seat won");
+        rx.borrow_and_update();
+        a.deregister("x-1").await.expect("deregister");
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "deregister");
+
+        // An expiry: nobody keeps the entry alive, any handle deletes it
+        // and everyone hears of it.
+        rx.borrow_and_update();
+        a.register(&Registration {
+            ttl: Duration::from_millis(300),
+            ..entry("x-2")
+        })
+        .await
+        .expect("register");
+        assert!(moved(&mut rx, WOKEN).await.is_some(), "register");
+        rx.borrow_and_update();
+        let t = std::time::Instant::now();
+        assert!(
+            moved(&mut rx, Duration::from_secs(2)).await.is_some(),
+            "expiry wakes"
+        );
+        assert!(b.instances("x").await.expect("read").is_empty());
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_handles_than_inotify_instances_all_hear_a_change() {
+        // Above the default fs.inotify.max_user_instances (128): no
+        // instance per handle any more, one socket each.
+        const N: usize = 200;
+        let d = dir("many");
+        let handles: Vec<LocalCatalog> = (0..N)
+            .map(|i| LocalCatalog::open(&d, &format!("a{i}")).expect("open"))
+            .collect();
+        let socks = std::fs::read_dir(d.join(wake::WATCHERS))
+            .expect("watchers")
+            .count();
+        assert_eq!(socks, N, "one socket per handle");
+        let mut rxs: Vec<_> = handles.iter().map(|h| h.changes()).collect();
+        for rx in &mut rxs {
+            rx.borrow_and_update();
+        }
+        let t = std::time::Instant::now();
+        handles[0].register(&entry("x-1")).await.expect("register");
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let left = Duration::from_secs(5).saturating_sub(t.elapsed());
+            assert!(moved(rx, left).await.is_some(), "handle {i} never woke");
+        }
+        eprintln!("{N} handles woken in {:?}", t.elapsed());
+        drop(rxs);
+        drop(handles);
+        let left = std::fs::read_dir(d.join(wake::WATCHERS))
+            .expect("watchers")
+            .count();
+        assert_eq!(left, 0, "every socket removed with its handle");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dead_watchers_socket_is_removed_by_the_next_writer() {
+        let d = dir("stale");
+        let a = LocalCatalog::open(&d, "a").expect("open");
+        // A watcher killed without removing its socket: a file nobody binds.
+        let stale = d.join(wake::WATCHERS).join("0123456789abcdef.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&stale).expect("bind"));
+        assert!(stale.exists());
+        a.kv_put("k", "v").await.expect("kv");
+        assert!(!stale.exists(), "the stale socket is gone");
+        // A keep-alive wakes nobody, so it sends nothing.
+        drop(std::os::unix::net::UnixDatagram::bind(&stale).expect("bind"));
+        a.keep_alive().await.expect("keep-alive");
+        assert!(stale.exists(), "a keep-alive sent a wake-up");
+        drop(a);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_too_long_for_a_socket_falls_back_to_the_poll() {
+        // A unix socket path holds at most 107 bytes.
+        let d = dir(&"long".repeat(25));
+        let a = LocalCatalog::open(&d, "a").expect("open without a socket");
+        let b = LocalCatalog::open(&d, "b").expect("open without a socket");
+        assert!(b._socket.is_none(), "no socket at {}", d.display());
+        let mut rx = b.changes();
+        rx.borrow_and_update();
+        a.register(&entry("x-1")).await.expect("register");
+        assert!(
+            moved(&mut rx, POLL + Duration::from_secs(1))
+                .await
+                .is_some(),
+            "the poll sees the change"
+        );
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_watcher_socket_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("sockmode");
+        let a = LocalCatalog::open(&d, "a").expect("open");
+        let w = d.join(wake::WATCHERS);
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&w), 0o700);
+        let sock = std::fs::read_dir(&w)
+            .expect("watchers")
+            .next()
+            .expect("a socket")
+            .expect("entry")
+            .path();
+        assert_eq!(mode(&sock), 0o600);
+        drop(a);
         let _ = std::fs::remove_dir_all(&d);
     }
 
