@@ -64,6 +64,9 @@ pub enum AgentError {
 /// The TTL of entries whose job has no health check (as ContainerPilot's
 /// telemetry service had).
 const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+/// When the start-up code's pages are unmapped (crate::trim): after the
+/// first spawns, health checks and registrations have run.
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct Options {
     pub config: Config,
@@ -775,6 +778,15 @@ pub async fn run(mut opts: Options) -> Result<i32, AgentError> {
         agent.input(Input::Maintenance(on));
     }
     agent.intent_task = Some(intent.spawn(ctl_tx.clone()));
+    // Start-up code (config parsing, catalog open, the first spawns) is not
+    // run again: once started, its pages leave the agent's RSS (crate::trim).
+    tokio::spawn(async {
+        tokio::time::sleep(TRIM_AFTER).await;
+        match crate::trim::trim_code_pages() {
+            Ok(kb) => tracing::debug!(kb, "start-up code pages unmapped"),
+            Err(e) => tracing::debug!("cannot unmap start-up code pages: {e}"),
+        }
+    });
     let mut registrar_state = agent.registrar.subscribe();
     agent.metrics.record("autopilot_catalog_degraded", &[], 0.0);
     agent

@@ -22,6 +22,7 @@ pub mod repair;
 pub mod snapshots;
 pub mod telemetry;
 pub mod templates;
+pub mod trim;
 pub mod watchdog;
 
 pub use agent::{AgentError, Options, run};

@@ -249,6 +249,9 @@ impl S3Store {
         if bucket.is_empty() {
             return Err(bad("no bucket: s3://bucket/prefix".into()));
         }
+        // reqwest is built without a TLS provider of its own: the process
+        // default is ring's (already installed if another part set it first).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
         if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
             b = b.with_region("us-east-1");
