@@ -5,9 +5,9 @@
 #
 # Limits: each agent holds ~10 descriptors and a few threads, and runs a `sleep` job and a
 # health check; 1000 agents need `ulimit -n` well above the default 1024 for this script (it
-# raises the soft limit to the hard one), kernel.pid_max above ~6000 (32768 here), and, on the
-# embedded catalog, one inotify instance per agent: fs.inotify.max_user_instances (default 128)
-# is raised to 4096 when run as root; otherwise the run stops with a message.
+# raises the soft limit to the hard one) and kernel.pid_max above ~6000 (32768 here). The
+# embedded catalog needs no inotify instance per agent (its wake-ups are unix datagram
+# sockets), so no kernel setting is changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=100
@@ -22,18 +22,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 ulimit -n "$(ulimit -Hn)"
-if [ "$catalog" = local ]; then
-  cur=$(sysctl -n fs.inotify.max_user_instances)
-  if [ "$cur" -lt $((agents + 64)) ]; then
-    if [ "$(id -u)" = 0 ]; then
-      sysctl -qw fs.inotify.max_user_instances=4096
-    else
-      echo "fs.inotify.max_user_instances is $cur: too few for $agents agents on the embedded catalog" >&2
-      exit 2
-    fi
-  fi
-fi
-echo "limits: nofile $(ulimit -n), pid_max $(sysctl -n kernel.pid_max), inotify instances $(sysctl -n fs.inotify.max_user_instances), cores $(nproc)" >&2
+echo "limits: nofile $(ulimit -n), pid_max $(sysctl -n kernel.pid_max), cores $(nproc)" >&2
 cargo build --release --locked -p autopilot
 bin="${CARGO_TARGET_DIR:-target}/release/autopilot"
 pidfile=$(mktemp /tmp/ap-fleet-pids.XXXXXX)
